@@ -1,0 +1,47 @@
+"""null: stores nothing and mounts nothing, to test the harness and measure its overhead.
+
+Every layer and every container is the same plain directory, so a scenario's
+file I/O still has somewhere to go, but no copy, mount or snapshot happens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from layerbench.harness.driver import Driver, LayerFormat, Style
+
+from ._common import remove_tree
+
+
+class NullDriver(Driver):
+    name = "null"
+    style = Style.NONE
+    layer_format = LayerFormat.FULL
+
+    def setup(self) -> None:
+        self.root = self.home / "root"
+        self.root.mkdir(exist_ok=True)
+
+    def create_layer(self, layer_id: str, parent: str | None) -> Path:
+        return self.root
+
+    def create_container(self, container_id: str, image: str) -> None:
+        pass
+
+    def mount(self, container_id: str) -> Path:
+        return self.root
+
+    def unmount(self, container_id: str) -> None:
+        pass
+
+    def commit(self, container_id: str, layer_id: str) -> None:
+        pass
+
+    def remove(self, item_id: str) -> None:
+        pass
+
+    def inspect(self, item_id: str) -> dict[str, str]:
+        return {"Dir": str(self.root)}
+
+    def close(self) -> None:
+        remove_tree(self.home / "root")

@@ -1,0 +1,52 @@
+"""vfs: every layer and every container is a full copy of its parent (Docker's vfs on ext4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from layerbench.harness.driver import Driver, LayerFormat, Style
+from layerbench.harness.treecopy import copy_tree
+
+from ._common import remove_tree
+
+
+class VfsDriver(Driver):
+    name = "vfs"
+    style = Style.COPY
+    layer_format = LayerFormat.FULL
+    backings = ("ext4", "xfs", "btrfs")
+
+    def _dir(self, item_id: str) -> Path:
+        return self.home / "dir" / item_id
+
+    def setup(self) -> None:
+        (self.home / "dir").mkdir(exist_ok=True)
+
+    def create_layer(self, layer_id: str, parent: str | None) -> Path:
+        path = self._dir(layer_id)
+        if parent is None:
+            path.mkdir(mode=0o755)
+        else:
+            copy_tree(str(self._dir(parent)), str(path))
+        return path
+
+    def create_container(self, container_id: str, image: str) -> None:
+        copy_tree(str(self._dir(image)), str(self._dir(container_id)))
+
+    def mount(self, container_id: str) -> Path:
+        return self._dir(container_id)  # Get is the directory itself; Put is a no-op
+
+    def unmount(self, container_id: str) -> None:
+        pass
+
+    def commit(self, container_id: str, layer_id: str) -> None:
+        copy_tree(str(self._dir(container_id)), str(self._dir(layer_id)))
+
+    def remove(self, item_id: str) -> None:
+        remove_tree(self._dir(item_id))
+
+    def inspect(self, item_id: str) -> dict[str, str]:
+        return {"Dir": str(self._dir(item_id))}
+
+    def close(self) -> None:
+        remove_tree(self.home / "dir")

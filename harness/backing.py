@@ -1,0 +1,147 @@
+"""Backing stores: a fresh loop-mounted filesystem per cell, so disk usage is exact."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import syscalls
+from .errors import UserError
+
+__all__ = ["BackingStore", "MKFS", "Usage", "usage", "allocated_bytes", "mkfs_versions"]
+
+#: mkfs command per backing filesystem; the path argument is appended.
+MKFS: dict[str, list[str]] = {
+    "ext4": ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-O", "^has_journal"],
+    "btrfs": ["mkfs.btrfs", "-q", "-f"],
+    "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
+}
+MIN_SIZE = {"ext4": 64 << 20, "btrfs": 256 << 20, "xfs": 320 << 20}
+
+
+def _run(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout.strip()
+
+
+def mkfs_versions(fstypes: list[str]) -> dict[str, str]:
+    """Version strings of the mkfs binaries for `fstypes` (those that are installed)."""
+    out: dict[str, str] = {}
+    for fs in fstypes:
+        exe = MKFS[fs][0]
+        if shutil.which(exe) is None:
+            continue
+        flag = "-V"
+        proc = subprocess.run([exe, flag], capture_output=True, text=True)
+        text = (proc.stdout or proc.stderr).strip().splitlines()
+        out[exe] = text[0] if text else "?"
+    return out
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Used bytes and inodes of a filesystem, read after syncfs."""
+
+    bytes: int
+    inodes: int
+
+
+def usage(path: Path) -> Usage:
+    """The filesystem's own accounting (statvfs) after syncfs(2)."""
+    syscalls.syncfs(str(path))
+    st = os.statvfs(path)
+    return Usage(bytes=(st.f_blocks - st.f_bfree) * st.f_frsize, inodes=st.f_files - st.f_ffree)
+
+
+def _mount_points() -> set[str]:
+    points = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            points.add(line.split()[4].encode().decode("unicode_escape"))
+    return points
+
+
+def allocated_bytes(root: Path) -> int:
+    """Allocated blocks under `root`, each inode once, not descending into other mounts.
+
+    Shared extents (reflinks, snapshots) are counted once per inode that has them,
+    so on btrfs this is an upper bound; the statvfs delta is the truth there.
+    """
+    skip = _mount_points() - {str(root)}
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    stack = [str(root)]
+    while stack:
+        top = stack.pop()
+        st = os.lstat(top)
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+        with os.scandir(top) as it:
+            for entry in it:
+                st = entry.stat(follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.path not in skip:
+                        stack.append(entry.path)
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key not in seen:
+                    seen.add(key)
+                    total += st.st_blocks * 512
+    return total
+
+
+class BackingStore:
+    """A sparse file, formatted and loop-mounted under `workdir`; released by `close`.
+
+    Use as a context manager; `close` is idempotent and runs after errors too.
+    """
+
+    def __init__(self, workdir: Path, fstype: str, size_bytes: int) -> None:
+        if fstype not in MKFS:
+            raise UserError(f"unknown backing filesystem {fstype!r}; allowed: {', '.join(MKFS)}")
+        self.fstype = fstype
+        self.size_bytes = max(size_bytes, MIN_SIZE[fstype])
+        self.image = workdir / f"backing.{fstype}.img"
+        self.mountpoint = workdir / "mnt"
+        self.loop: str | None = None
+        self.mounted = False
+
+    def open(self) -> Path:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        with open(self.image, "wb") as f:
+            f.truncate(self.size_bytes)
+        _run([*MKFS[self.fstype], str(self.image)])
+        self.loop = _run(["losetup", "--find", "--show", str(self.image)])
+        syscalls.mount(self.loop, str(self.mountpoint), self.fstype, 0, "")
+        self.mounted = True
+        return self.mountpoint
+
+    def close(self) -> None:
+        if self.mounted:
+            try:
+                syscalls.umount(str(self.mountpoint))
+            except OSError:
+                syscalls.umount(str(self.mountpoint), syscalls.MNT_DETACH)
+            self.mounted = False
+        if self.loop is not None:
+            subprocess.run(["losetup", "-d", self.loop], capture_output=True)
+            self.loop = None
+        self.image.unlink(missing_ok=True)
+        if self.mountpoint.is_dir() and not os.path.ismount(self.mountpoint):
+            self.mountpoint.rmdir()
+
+    def __enter__(self) -> Path:
+        try:
+            return self.open()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,37 @@
+"""The `layerbench` command. One module per verb; each verb wraps one library call."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ..errors import UserError
+from .drivers import drivers_cmd
+from .run import run_cmd
+from .scenarios import scenarios_cmd
+
+__all__ = ["main"]
+
+
+class _Group(click.Group):
+    """Shows a UserError as one line and exits with its code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"layerbench: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="layerbench")
+def main() -> None:
+    """Benchmark container-image storage drivers side by side on the real kernel."""
+
+
+main.add_command(run_cmd)
+main.add_command(drivers_cmd)
+main.add_command(scenarios_cmd)

@@ -1,0 +1,60 @@
+"""`layerbench run`: run scenarios on drivers and print the comparison."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from .. import results
+from ..errors import UserError
+from ..runner import RunConfig, run
+from ..table import comparison_table
+
+__all__ = ["run_cmd", "parse_param"]
+
+
+def parse_param(text: str) -> tuple[str, list[int]]:
+    """`name=1,2,3` -> ("name", [1, 2, 3])."""
+    m = re.match(r"^([a-z_][a-z0-9_]*)=(\d+(?:,\d+)*)$", text)
+    if not m:
+        raise UserError(f"--param {text!r}: expected name=value or name=v1,v2 with whole numbers")
+    return m.group(1), [int(v) for v in m.group(2).split(",")]
+
+
+@click.command("run")
+@click.argument("scenarios", nargs=-1)
+@click.option("-d", "--driver", "drivers", multiple=True, metavar="NAME",
+              help="Driver to run (repeatable). Default: every driver that can run here except null.")
+@click.option("-p", "--param", "params", multiple=True, metavar="NAME=V[,V...]",
+              help="Override a swept parameter of every scenario that has it.")
+@click.option("--samples", type=click.IntRange(min=1), help="Samples per cell (default: the scenario's).")
+@click.option("--warmup", type=click.IntRange(min=0), help="Warm-up samples per cell (default: the scenario's).")
+@click.option("--label", default="run", show_default=True, help="Label in the results file name.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@click.option("--work-root", type=click.Path(path_type=Path),
+              help="Where backing stores are made (default: $TMPDIR or /var/tmp).")
+@click.option("--export-csv", "export_csv", metavar="FILE",
+              help="Also write the tidy summary table as CSV ('-' for stdout).")
+def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[str, ...],
+            samples: int | None, warmup: int | None, label: str, results_dir: Path,
+            work_root: Path | None, export_csv: str | None) -> None:
+    """Run SCENARIOS (built-in names or .toml paths; default: every built-in one)."""
+    if not re.match(r"^[A-Za-z0-9._-]+$", label):
+        raise UserError(f"--label {label!r}: use letters, digits, '.', '_' and '-' only")
+    config = RunConfig(scenarios=scenarios, drivers=drivers, results_dir=results_dir, label=label,
+                       work_root=work_root, samples=samples, warmup=warmup,
+                       overrides=dict(parse_param(p) for p in params))
+    try:
+        doc, path = run(config, progress=lambda line: click.echo(line, err=True))
+    except KeyboardInterrupt:
+        raise UserError("interrupted; finished cells are kept in the results file") from None
+    click.echo(comparison_table(doc))
+    click.echo(f"results: {path}", err=True)
+    if export_csv:
+        text = results.to_csv(doc)
+        if export_csv == "-":
+            click.echo(text, nl=False)
+        else:
+            Path(export_csv).write_text(text)

@@ -1,0 +1,103 @@
+"""The driver interface: what every storage driver implements.
+
+Smaller than moby's graphdriver and containerd's snapshotter. A driver owns one
+directory (its *home*) on a backing filesystem the harness made for it, and keeps
+layers and containers there under ids the harness chooses.
+
+The life of an image and a container::
+
+    path = driver.create_layer("l0", parent=None)   # fill `path`, then
+    driver.seal_layer("l0")
+    driver.create_container("c0", image="l0")
+    root = driver.mount("c0")                        # a real directory
+    ...                                              # plain file I/O on `root`
+    driver.unmount("c0")
+    driver.commit("c0", "l1")                        # docker commit
+    driver.remove("c0")
+    driver.close()                                   # removes everything, idempotent
+"""
+
+from __future__ import annotations
+
+import abc
+from enum import Enum
+from pathlib import Path
+from typing import ClassVar
+
+__all__ = ["Driver", "Style", "LayerFormat"]
+
+
+class Style(str, Enum):
+    """How a driver stores a layer stack."""
+
+    UNION = "union"        # layers are directories merged at mount time (overlayfs)
+    COPY = "copy"          # every layer and container is a full copy (vfs)
+    SNAPSHOT = "snapshot"  # block- or file-level copy-on-write snapshots (btrfs)
+    NONE = "none"          # stores nothing measurable (null)
+
+
+class LayerFormat(str, Enum):
+    """What the directory handed out by `create_layer` holds."""
+
+    DIFF = "diff"  # only this layer's changes; removals are overlay whiteouts
+    FULL = "full"  # the parent's whole tree, to be changed in place
+
+
+class Driver(abc.ABC):
+    """A storage driver. Subclasses set the class variables and the abstract methods."""
+
+    name: ClassVar[str]
+    style: ClassVar[Style]
+    layer_format: ClassVar[LayerFormat]
+    #: backing filesystems the driver can sit on; the first is the default
+    backings: ClassVar[tuple[str, ...]] = ("ext4",)
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    @classmethod
+    def probe(cls) -> str | None:
+        """Return None when the driver can run here, else one sentence saying why not."""
+        return None
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        """Versions of the helper binaries or kernel features the driver relies on."""
+        return {}
+
+    def setup(self) -> None:
+        """Prepare `home` (already exists, empty). Not timed."""
+
+    @abc.abstractmethod
+    def create_layer(self, layer_id: str, parent: str | None) -> Path:
+        """Create an image layer on `parent`; return the writable directory to fill."""
+
+    def seal_layer(self, layer_id: str) -> None:
+        """Mark a filled layer read-only for its children. Default: nothing to do."""
+
+    @abc.abstractmethod
+    def create_container(self, container_id: str, image: str) -> None:
+        """Create a read-write layer on top of image layer `image`."""
+
+    @abc.abstractmethod
+    def mount(self, container_id: str) -> Path:
+        """Make the container's root a real directory and return its path."""
+
+    @abc.abstractmethod
+    def unmount(self, container_id: str) -> None:
+        """Undo `mount`."""
+
+    @abc.abstractmethod
+    def commit(self, container_id: str, layer_id: str) -> None:
+        """Turn the container's changes into a new image layer (`docker commit`)."""
+
+    @abc.abstractmethod
+    def remove(self, item_id: str) -> None:
+        """Remove a layer or an unmounted container."""
+
+    @abc.abstractmethod
+    def inspect(self, item_id: str) -> dict[str, str]:
+        """GraphDriver data in the spirit of `docker inspect` (LowerDir, UpperDir, ...)."""
+
+    def close(self) -> None:
+        """Unmount and remove everything the driver made. Idempotent, safe after a crash."""

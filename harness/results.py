@@ -1,0 +1,128 @@
+"""Results files: one JSON document per run, rewritten atomically after every cell.
+
+docs/results.md documents the schema. `load` turns any set of files into one tidy
+pandas DataFrame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import UserError
+from .stats import SUMMARY_FIELDS, summarize
+
+__all__ = ["SCHEMA_VERSION", "new_document", "save", "read", "tidy", "load", "params_text", "unit_of"]
+
+SCHEMA_VERSION = 1
+TIDY_COLUMNS = ["scenario", "driver", "params", "metric", "unit", *SUMMARY_FIELDS]
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def unit_of(metric: str) -> str:
+    """The unit is the metric name's suffix: `copy_up_ns` is in ns, `disk_bytes` in bytes."""
+    if metric.endswith("_ns"):
+        return "ns"
+    if metric.endswith("_bytes"):
+        return "bytes"
+    return "count"
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """`k=v;k=v`, sorted by name."""
+    return ";".join(f"{k}={params[k]}" for k in sorted(params))
+
+
+def new_document(label: str, machine: dict[str, Any], tool: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "label": label,
+        "started_utc": utc_now(),
+        "finished_utc": None,
+        "status": "running",
+        "machine": machine,
+        "tool": tool,
+        "helpers": {},
+        "drivers": {},
+        "scenarios": {},
+        "cells": [],
+    }
+
+
+def save(doc: dict[str, Any], path: Path) -> None:
+    """Write `doc` to `path` atomically: a temporary file, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Read one results file; refuse one that is not ours or newer than this code."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a readable results file: {exc}") from None
+    version = doc.get("schema_version") if isinstance(doc, dict) else None
+    if not isinstance(version, int):
+        raise UserError(f"{path}: not a layerbench results file (no integer schema_version)")
+    if version > SCHEMA_VERSION:
+        raise UserError(
+            f"{path}: schema_version {version} is newer than this layerbench understands "
+            f"({SCHEMA_VERSION}); upgrade layerbench"
+        )
+    return doc
+
+
+def tidy(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per scenario x driver x parameter set x metric, summarised."""
+    rows = []
+    for doc in docs:
+        for cell in doc["cells"]:
+            for metric, data in cell.get("metrics", {}).items():
+                rows.append({
+                    "scenario": cell["scenario"],
+                    "driver": cell["driver"],
+                    "params": params_text(cell["params"]),
+                    "metric": metric,
+                    "unit": data["unit"],
+                    **summarize(data["samples"]),
+                })
+    return rows
+
+
+def load(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Every cell's summarised metrics of the given results files as one DataFrame."""
+    frames = []
+    for path in paths:
+        doc = read(Path(path))
+        frame = pd.DataFrame(tidy([doc]), columns=TIDY_COLUMNS)
+        frame.insert(0, "run", doc["label"])
+        frame.insert(1, "started_utc", doc["started_utc"])
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["run", "started_utc", *TIDY_COLUMNS])
+    return pd.concat(frames, ignore_index=True)
+
+
+def to_csv(doc: dict[str, Any]) -> str:
+    """The tidy table of one run as CSV text."""
+    return pd.DataFrame(tidy([doc]), columns=TIDY_COLUMNS).to_csv(index=False)

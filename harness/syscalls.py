@@ -1,0 +1,144 @@
+"""Thin ctypes wrappers over the mount syscalls, so timed regions spawn no process."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Sequence
+
+__all__ = [
+    "mount",
+    "umount",
+    "overlay_mount",
+    "has_new_mount_api",
+    "syncfs",
+    "MNT_DETACH",
+]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long
+
+MNT_DETACH = 2
+
+# The new mount API: the same numbers on every architecture (added after 4.20's unification).
+_SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 429, 430, 431, 432
+_FSOPEN_CLOEXEC = 1
+_FSCONFIG_SET_STRING = 1
+_FSCONFIG_CMD_CREATE = 6
+_FSMOUNT_CLOEXEC = 1
+_MOVE_MOUNT_F_EMPTY_PATH = 4
+_AT_FDCWD = -100
+
+
+def _check(ret: int, what: str, path: str | bytes = "") -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", os.fsdecode(path) if path else None)
+    return ret
+
+
+def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
+    """mount(2)."""
+    _check(
+        _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None),
+        "mount",
+        target,
+    )
+
+
+def umount(target: str, flags: int = 0) -> None:
+    """umount2(2)."""
+    _check(_libc.umount2(target.encode(), flags), "umount", target)
+
+
+def _fsconfig(fd: int, key: bytes | None, value: bytes | None, cmd: int = _FSCONFIG_SET_STRING) -> None:
+    ret = _libc.syscall(_SYS_FSCONFIG, ctypes.c_int(fd), ctypes.c_uint(cmd), key, value, ctypes.c_int(0))
+    _check(ret, f"fsconfig {key.decode() if key else 'create'}")
+
+
+def has_new_mount_api() -> bool:
+    """True when fsopen(2) exists and overlay takes `lowerdir+` (Linux >= 6.8)."""
+    fd = _libc.syscall(_SYS_FSOPEN, b"overlay", ctypes.c_uint(_FSOPEN_CLOEXEC))
+    if fd < 0:
+        return False
+    try:
+        _fsconfig(fd, b"lowerdir+", b"/")
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def overlay_mount(
+    target: str,
+    lowers: Sequence[str],
+    upper: str | None,
+    work: str | None,
+    options: Sequence[tuple[str, str]] = (),
+    new_api: bool = True,
+) -> None:
+    """Mount overlayfs on `target`; `lowers` uppermost first.
+
+    With `new_api`, each lower is added by `fsconfig(lowerdir+)`, which has no page
+    limit (up to the kernel's 500 layers); otherwise one mount(2) whose data string
+    must fit one page.
+    """
+    if not new_api:
+        parts = ["lowerdir=" + ":".join(lowers)]
+        if upper is not None:
+            parts += [f"upperdir={upper}", f"workdir={work}"]
+        parts += [f"{k}={v}" for k, v in options]
+        mount("overlay", target, "overlay", 0, ",".join(parts))
+        return
+    fd = _check(_libc.syscall(_SYS_FSOPEN, b"overlay", ctypes.c_uint(_FSOPEN_CLOEXEC)), "fsopen")
+    try:
+        for lower in lowers:
+            _fsconfig(fd, b"lowerdir+", lower.encode())
+        if upper is not None and work is not None:
+            _fsconfig(fd, b"upperdir", upper.encode())
+            _fsconfig(fd, b"workdir", work.encode())
+        for key, value in options:
+            _fsconfig(fd, key.encode(), value.encode())
+        _fsconfig(fd, None, None, _FSCONFIG_CMD_CREATE)
+        mfd = _check(
+            _libc.syscall(_SYS_FSMOUNT, ctypes.c_int(fd), ctypes.c_uint(_FSMOUNT_CLOEXEC), ctypes.c_uint(0)),
+            "fsmount",
+            target,
+        )
+        try:
+            _check(
+                _libc.syscall(
+                    _SYS_MOVE_MOUNT,
+                    ctypes.c_int(mfd),
+                    b"",
+                    ctypes.c_int(_AT_FDCWD),
+                    target.encode(),
+                    ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH),
+                ),
+                "move_mount",
+                target,
+            )
+        finally:
+            os.close(mfd)
+    finally:
+        os.close(fd)
+
+
+_libc.syncfs.argtypes = [ctypes.c_int]
+
+
+def syncfs(path: str) -> None:
+    """syncfs(2) on the filesystem holding `path`."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _check(_libc.syncfs(fd), "syncfs", path)
+    finally:
+        os.close(fd)
+
+
+def is_eperm(exc: OSError) -> bool:
+    return exc.errno in (errno.EPERM, errno.EACCES)
