@@ -17,6 +17,7 @@ class NullDriver(Driver):
     name = "null"
     style = Style.NONE
     layer_format = LayerFormat.FULL
+    backings = ("dir", "ext4")
 
     def setup(self) -> None:
         self.root = self.home / "root"

@@ -14,7 +14,7 @@ class VfsDriver(Driver):
     name = "vfs"
     style = Style.COPY
     layer_format = LayerFormat.FULL
-    backings = ("ext4", "xfs", "btrfs")
+    backings = ("ext4", "xfs", "btrfs", "dir")
 
     def _dir(self, item_id: str) -> Path:
         return self.home / "dir" / item_id

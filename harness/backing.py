@@ -11,7 +11,7 @@ from pathlib import Path
 from . import syscalls
 from .errors import UserError
 
-__all__ = ["BackingStore", "MKFS", "Usage", "usage", "allocated_bytes", "mkfs_versions"]
+__all__ = ["BackingStore", "MKFS", "Usage", "usage", "allocated_bytes", "mkfs_versions", "unavailable"]
 
 #: mkfs command per backing filesystem; the path argument is appended.
 MKFS: dict[str, list[str]] = {
@@ -20,6 +20,19 @@ MKFS: dict[str, list[str]] = {
     "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
 }
 MIN_SIZE = {"ext4": 64 << 20, "btrfs": 256 << 20, "xfs": 320 << 20}
+#: "dir" is a plain directory: the fallback where loop devices are not allowed.
+BACKINGS = (*MKFS, "dir")
+
+
+def unavailable(fstype: str) -> str | None:
+    """None when a backing store of `fstype` can be made here, else why not."""
+    if fstype == "dir":
+        return None
+    if os.geteuid() != 0:
+        return "loop-mounted filesystems need root"
+    if shutil.which(MKFS[fstype][0]) is None:
+        return f"{MKFS[fstype][0]} is not installed"
+    return None
 
 
 def _run(cmd: list[str]) -> str:
@@ -96,6 +109,15 @@ def allocated_bytes(root: Path) -> int:
     return total
 
 
+def _count_inodes(root: Path) -> int:
+    seen = set()
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            st = os.lstat(os.path.join(top, name))
+            seen.add(st.st_ino)
+    return len(seen)
+
+
 class BackingStore:
     """A sparse file, formatted and loop-mounted under `workdir`; released by `close`.
 
@@ -103,10 +125,10 @@ class BackingStore:
     """
 
     def __init__(self, workdir: Path, fstype: str, size_bytes: int) -> None:
-        if fstype not in MKFS:
-            raise UserError(f"unknown backing filesystem {fstype!r}; allowed: {', '.join(MKFS)}")
+        if fstype not in BACKINGS:
+            raise UserError(f"unknown backing filesystem {fstype!r}; allowed: {', '.join(BACKINGS)}")
         self.fstype = fstype
-        self.size_bytes = max(size_bytes, MIN_SIZE[fstype])
+        self.size_bytes = max(size_bytes, MIN_SIZE.get(fstype, 0))
         self.image = workdir / f"backing.{fstype}.img"
         self.mountpoint = workdir / "mnt"
         self.loop: str | None = None
@@ -114,6 +136,8 @@ class BackingStore:
 
     def open(self) -> Path:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
+        if self.fstype == "dir":
+            return self.mountpoint
         with open(self.image, "wb") as f:
             f.truncate(self.size_bytes)
         _run([*MKFS[self.fstype], str(self.image)])
@@ -134,7 +158,13 @@ class BackingStore:
             self.loop = None
         self.image.unlink(missing_ok=True)
         if self.mountpoint.is_dir() and not os.path.ismount(self.mountpoint):
-            self.mountpoint.rmdir()
+            shutil.rmtree(self.mountpoint)
+
+    def usage(self) -> Usage:
+        """Used bytes and inodes: the filesystem's own statvfs, or a walk for "dir"."""
+        if self.fstype != "dir":
+            return usage(self.mountpoint)
+        return Usage(bytes=allocated_bytes(self.mountpoint), inodes=_count_inodes(self.mountpoint))
 
     def __enter__(self) -> Path:
         try:

@@ -57,10 +57,18 @@ class RunConfig:
     overrides: dict[str, list[Any]] = field(default_factory=dict)
 
 
+def default_backing(driver: type[Driver]) -> str:
+    """The first backing the driver can sit on that this machine can make."""
+    for fstype in driver.backings:
+        if backing.unavailable(fstype) is None:
+            return fstype
+    return driver.backings[0]
+
+
 def plan_cells(scenarios: list[Scenario], drivers: list[type[Driver]]) -> list[Cell]:
     """Every scenario x driver x parameter set, on each driver's default backing."""
     return [
-        Cell(scenario=s, driver=d, params=p, backing=d.backings[0])
+        Cell(scenario=s, driver=d, params=p, backing=default_backing(d))
         for s in scenarios
         for d in drivers
         for p in s.param_sets()
@@ -135,11 +143,11 @@ def run_cell(cell: Cell, workdir: Path, samples: int | None = None, warmup: int 
         mnt = store.open()
         home = mnt / cell.driver.name
         home.mkdir(mode=0o700)
-        base, base_walk = backing.usage(mnt), backing.allocated_bytes(mnt)
+        base, base_walk = store.usage(), backing.allocated_bytes(mnt)
         driver = cell.driver(home)
         driver.setup()
         top = _build_image(cell, driver)
-        recorded["image_disk_bytes"].append(backing.usage(mnt).bytes - base.bytes)
+        recorded["image_disk_bytes"].append(store.usage().bytes - base.bytes)
         out["inspect"]["image"] = driver.inspect(top)
         steps = cell.scenario.steps(cell.params)
 
@@ -150,17 +158,16 @@ def run_cell(cell: Cell, workdir: Path, samples: int | None = None, warmup: int 
             pass
 
         for rep in range(n_warmup + n_samples):
-            state = SampleState(driver, top, mnt, base, base_walk, prefix=f"s{rep}")
-            try:
-                for step in steps:
-                    OPS[step.op](state, step.args, step.measure, keep if rep >= n_warmup else drop)
-                if rep == n_warmup and state.containers:
-                    out["inspect"]["container"] = driver.inspect(state.containers[-1])
-            finally:
-                for cid in reversed(state.mounted):
-                    driver.unmount(cid)
-                for cid in reversed(state.containers):
-                    driver.remove(cid)
+            state = SampleState(driver, top, store, base, base_walk, prefix=f"s{rep}")
+            for step in steps:
+                OPS[step.op](state, step.args, step.measure, keep if rep >= n_warmup else drop)
+            if rep == n_warmup and state.containers:
+                out["inspect"]["container"] = driver.inspect(state.containers[-1])
+            # After a failure, driver.close() below releases what the sample left.
+            for cid in reversed(state.mounted):
+                driver.unmount(cid)
+            for cid in reversed(state.containers):
+                driver.remove(cid)
         out["status"] = "ok"
     except KeyboardInterrupt:
         out["status"] = "interrupted"
@@ -223,7 +230,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
     progress(f"{len(cells)} cells; the largest needs {_human_bytes(need)} of disk ({_human_bytes(free)} free)")
 
     doc = results.new_document(config.label, machine.machine_info(), machine.tool_info())
-    doc["helpers"] = backing.mkfs_versions(sorted({c.backing for c in cells}))
+    doc["helpers"] = backing.mkfs_versions(sorted({c.backing for c in cells} - {"dir"}))
     for cls in drivers:
         doc["helpers"].update(cls.versions())
     doc["drivers"] = {

@@ -27,7 +27,7 @@ class SampleState:
 
     driver: Driver
     image: str
-    store: Path
+    store: backing.BackingStore
     baseline: backing.Usage
     baseline_walk: int
     prefix: str
@@ -95,10 +95,10 @@ def _unlink(state: SampleState, args: dict[str, Any], measure: str | None, recor
 
 
 def _usage(state: SampleState, args: dict[str, Any], measure: str | None, record: Recorder) -> None:
-    used = backing.usage(state.store)
+    used = state.store.usage()
     record("disk_bytes", used.bytes - state.baseline.bytes)
     record("inodes", used.inodes - state.baseline.inodes)
-    record("disk_walk_bytes", backing.allocated_bytes(state.store) - state.baseline_walk)
+    record("disk_walk_bytes", backing.allocated_bytes(state.store.mountpoint) - state.baseline_walk)
 
 
 OPS: dict[str, Callable[[SampleState, dict[str, Any], str | None, Recorder], None]] = {

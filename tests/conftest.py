@@ -1,0 +1,42 @@
+"""Shared fixtures. Real-mount tests are marked `mounts` and skip with a reason where impossible."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from layerbench.harness.plugins import default_plugins
+
+ROOT = os.geteuid() == 0
+
+
+def _leftovers_under(root: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split()[4] for line in f if line.split()[4].startswith(root)]
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.splitlines()
+    return mounts + [line for line in loops if root in line]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole suite, no mount or loop device under the tests' temp root remains."""
+    root = str(tmp_path_factory.getbasetemp())
+    yield
+    left = _leftovers_under(root)
+    assert not left, f"left behind by the test suite: {left}"
+
+
+def require(driver: str) -> None:
+    """Skip unless `driver` can run here, with its own reason."""
+    reason = default_plugins().driver(driver).probe()
+    if reason is not None:
+        pytest.skip(f"{driver}: {reason}")
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    return tmp_path

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from layerbench.harness.errors import UserError
+from layerbench.harness.scenario import builtin_scenarios, load_scenario, resolve_scenarios
+
+GOOD = """
+name = "tiny"
+description = "A tiny scenario."
+[params]
+n = [1, 2]
+size = [10]
+[image]
+layers = 2
+files = 4
+bytes = 1000
+[[image.file]]
+path = "a/b.bin"
+size = "${size}"
+[[step]]
+op = "start"
+count = "${n}"
+[[step]]
+op = "append"
+path = "a/b.bin"
+measure = "copy_up_ns"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "s.toml"
+    p.write_text(text)
+    return p
+
+
+def test_builtins_load_and_name_the_issue_parameters() -> None:
+    scenarios = {s.name: s for s in resolve_scenarios(())}
+    assert set(scenarios) == {"layer-sharing", "copy-up", "startup"}
+    assert scenarios["layer-sharing"].params == {"containers": [1, 10, 20]}
+    assert scenarios["copy-up"].params == {"file_size": [4096, 1 << 20, 64 << 20, 256 << 20]}
+    assert scenarios["startup"].params == {"layers": [1, 8, 32, 128]}
+    assert all(s.samples >= 5 and s.warmup >= 1 for s in scenarios.values())
+
+
+def test_layer_sharing_image_is_about_100mb_in_1000_files() -> None:
+    s = load_scenario(builtin_scenarios()["layer-sharing"])
+    image = s.image(s.param_sets()[0])
+    assert image.total_files == 1000
+    assert image.total_bytes == 100_000_000
+    assert len(image.layers) > 1
+
+
+def test_params_expand_and_substitute(tmp_path: Path) -> None:
+    s = load_scenario(write(tmp_path, GOOD))
+    assert s.param_sets() == [{"n": 1, "size": 10}, {"n": 2, "size": 10}]
+    steps = s.steps({"n": 2, "size": 10})
+    assert steps[0].args == {"count": 2} and steps[0].measure == "startup_ns"
+    image = s.image({"n": 2, "size": 10})
+    assert [f.size for f in image.layers[0] if f.path == "a/b.bin"] == [10]
+
+
+def test_override_replaces_values(tmp_path: Path) -> None:
+    s = load_scenario(write(tmp_path, GOOD), overrides={"n": [7]})
+    assert [p["n"] for p in s.param_sets()] == [7]
+
+
+def test_content_hash_changes_with_the_file(tmp_path: Path) -> None:
+    a = load_scenario(write(tmp_path, GOOD)).sha256
+    b = load_scenario(write(tmp_path, GOOD + "\n# changed\n")).sha256
+    assert a != b
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace('op = "start"', 'op = "explode"'), "step[0].op: unknown op 'explode'; allowed: start"),
+        (lambda t: t.replace("layers = 2", "layerz = 2"), "image.layerz: unknown field; allowed:"),
+        (lambda t: t.replace('"${n}"', '"${nope}"'), "step[0].count: unknown parameter ${nope}; parameters: n, size"),
+        (lambda t: t.replace("layers = 2", "layers = -1"), "image.layers: expected a whole number >= 0"),
+        (lambda t: t.replace("layers = 2", "layers = 900"), "image.layers: must be between 1 and 500"),
+        (lambda t: t.replace('path = "a/b.bin"\nmeasure', 'measure'), "step[1].path: required by op 'append'"),
+        (lambda t: t.replace('"copy_up_ns"', '"copy up"'), "step[1].measure: a metric name"),
+        (lambda t: t.replace('name = "tiny"', ""), "name: required, a non-empty string"),
+        (lambda t: t.replace("n = [1, 2]", "n = []"), "params.n: expected a non-empty list"),
+        (lambda t: t.replace('path = "a/b.bin"\nsize', 'path = "../b"\nsize'), "image.file[0].path: must be relative"),
+        (lambda t: t.replace("[[step]]", "[[stepp]]", 1), "stepp: unknown field"),
+        (lambda t: t + "\n[oops\n", "not valid TOML"),
+    ],
+)
+def test_bad_files_get_one_precise_message(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    path = write(tmp_path, edit(GOOD))
+    with pytest.raises(UserError) as err:
+        load_scenario(path)
+    text = str(err.value)
+    assert text.startswith(str(path)) and message in text
+    assert "\n" not in text
+
+
+def test_unknown_scenario_names_the_builtins() -> None:
+    with pytest.raises(UserError, match="built-in scenarios: copy-up, layer-sharing, startup"):
+        resolve_scenarios(("nope",))

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from layerbench.harness import results
+from layerbench.harness.errors import UserError
+from layerbench.harness.stats import summarize
+
+
+def test_summary_is_median_quartiles_min_max() -> None:
+    s = summarize([5, 1, 3, 2, 4])
+    assert s == {"n": 5, "median": 3.0, "p25": 2.0, "p75": 4.0, "min": 1.0, "max": 5.0}
+
+
+def _doc() -> dict:  # type: ignore[type-arg]
+    doc = results.new_document("t", {"name": "m"}, {"version": "0"})
+    doc["cells"].append({"scenario": "s", "driver": "d", "params": {"b": 2, "a": 1}, "status": "ok",
+                         "metrics": {"x_ns": {"unit": "ns", "samples": [1, 2, 3]}}})
+    return doc
+
+
+def test_tidy_csv_has_the_documented_columns() -> None:
+    lines = results.to_csv(_doc()).splitlines()
+    assert lines[0] == "scenario,driver,params,metric,unit,n,median,p25,p75,min,max"
+    assert lines[1].startswith("s,d,a=1;b=2,x_ns,ns,3,2.0,")
+
+
+def test_save_is_atomic_and_load_gives_a_frame(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    results.save(_doc(), path)
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    frame = results.load([path])
+    assert list(frame["metric"]) == ["x_ns"] and frame["median"][0] == 2.0
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"schema_version": results.SCHEMA_VERSION + 1}))
+    with pytest.raises(UserError, match="newer than this layerbench understands"):
+        results.read(path)
