@@ -1,13 +1,9 @@
-#!/usr/bin/env python3
 """The bare-kernel floor under layerbench's `startup_ns`, measured side by side in one run.
 
-overlay2 on ext4: one mount(2), or one fsopen/fsconfig(lowerdir+)/fsmount sequence, plus
-the first readdir -- against `create_container` + `mount` + `listdir`, exactly what
-`harness/steps.py::_start` times. btrfs: one BTRFS_IOC_SNAP_CREATE_V2 plus the first
-readdir, against the same. The operations are interleaved, their order rotating every
-round, so they share the machine's noise; all set-up and clean-up is outside the clock.
-
-    python benchmarks/floor.py [--samples N] [--layers 8] [--json FILE]
+overlay2/ext4: one overlay mount(2) or fsconfig(lowerdir+) sequence + first readdir; btrfs: one
+BTRFS_IOC_SNAP_CREATE_V2 + first readdir; each against what `harness/steps.py::_start` times.
+Ops are interleaved, order rotating every round, so they share noise; set-up and clean-up
+stay outside the clock. Usage: python benchmarks/floor.py [--samples N] [--layers 8] [--json FILE]
 """
 
 from __future__ import annotations
@@ -50,11 +46,9 @@ def build_image(driver: Driver, layers: int) -> str:
         (path / f"d{i}").mkdir()
         for j in range(4):
             (path / f"d{i}" / f"f{j}").write_bytes(b"x" * 128 * (j + 1))
-        (path / f"top{i}").write_text(f"layer {i}\n")
         driver.seal_layer(f"l{i}")
         parent = f"l{i}"
-    assert parent is not None
-    return parent
+    return f"l{layers - 1}"
 
 
 def startup_op(driver: Driver, image: str) -> Op:
@@ -79,11 +73,9 @@ def bare_overlay_op(bare: Path, lowers: list[str], new_api: bool) -> Op:
 
     def op(r: int) -> int:
         d = bare / f"{'fsconfig' if new_api else 'mount2'}{r}"
-        d.mkdir(mode=0o700)
         upper, work, merged = str(d / "diff"), str(d / "work"), str(d / "merged")
-        os.mkdir(upper, 0o755)
-        os.mkdir(work, 0o700)
-        os.mkdir(merged)
+        for path, mode in ((str(d), 0o700), (upper, 0o755), (work, 0o700), (merged, 0o755)):
+            os.mkdir(path, mode)
         t0 = perf_counter_ns()
         syscalls.overlay_mount(merged, lowers, upper, work, OVERLAY_OPTIONS, new_api=new_api)
         os.listdir(merged)
@@ -143,7 +135,8 @@ def overlay_section(workdir: Path, samples: int, layers: int) -> Samples:
             top = build_image(driver, layers)
             lowers = [str(home / f"l{i}" / "diff") for i in reversed(range(layers))]
             d = bare / f"mount2{WARMUP + samples}"
-            data = f"lowerdir={':'.join(lowers)},upperdir={d}/diff,workdir={d}/work,index=off"
+            extra = "".join(f",{k}={v}" for k, v in OVERLAY_OPTIONS)
+            data = f"lowerdir={':'.join(lowers)},upperdir={d}/diff,workdir={d}/work{extra}"
             ops: dict[str, Op] = {}
             if len(data) < PAGE:  # mount(2) silently cuts its data at a page
                 ops[MOUNT2] = bare_overlay_op(bare, lowers, new_api=False)
@@ -195,6 +188,10 @@ def print_table(results: dict[str, Samples]) -> None:
             print(f"{'layerbench/' + label:<30} {section:<9} {ratio:>6.2f}x  (medians)")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds through the same finally blocks as Ctrl-C
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=30, help="timed rounds (after 3 warm-up rounds)")
@@ -203,7 +200,7 @@ def main() -> int:
     opts = ap.parse_args()
     if opts.samples < 2 or opts.layers < 1:
         ap.error("need --samples >= 2 and --layers >= 1")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     sections: dict[str, tuple[Callable[[Path, int, int], Samples], type[Driver], str]] = {
         "overlay2": (overlay_section, Overlay2Driver, "mkfs.ext4"),
         "btrfs": (btrfs_section, BtrfsDriver, "mkfs.btrfs"),
@@ -218,11 +215,10 @@ def main() -> int:
             if reason is not None:
                 print(f"{section}: skipped: {reason}")
                 continue
-            sub = workdir / section
-            sub.mkdir()
-            results[section] = run(sub, opts.samples, opts.layers)
+            (workdir / section).mkdir()
+            results[section] = run(workdir / section, opts.samples, opts.layers)
     except KeyboardInterrupt:
-        print("interrupted; everything released", file=sys.stderr)
+        print("interrupted; mounts, loop devices and work directory released", file=sys.stderr)
         return 130
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
