@@ -34,6 +34,7 @@ WARMUP = 3
 STORE_BYTES = 512 << 20
 OVERLAY_OPTIONS = (("index", "off"),)  # what Overlay2Driver.mount passes
 MOUNT2, FSCONFIG, IOCTL, STARTUP = "bare mount(2)", "bare fsconfig", "bare snapshot ioctl", "layerbench startup"
+LAYOUT = "bare layout+mount(2)"
 _DIR = os.O_RDONLY | os.O_DIRECTORY
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -81,6 +82,39 @@ def bare_overlay_op(bare: Path, lowers: list[str], new_api: bool) -> Op:
         os.listdir(merged)
         t1 = perf_counter_ns()
         syscalls.umount(merged)
+        shutil.rmtree(d)
+        return t1 - t0
+
+    return op
+
+
+def bare_layout_op(bare: Path, lowers: list[str]) -> Op:
+    """Docker's container-layer syscalls (dir, diff, link, l/ symlink, lower, work, merged)
+    + mount(2) + listdir, all timed: the floor of the whole operation `startup_ns` times."""
+    (bare / "l").mkdir(exist_ok=True)
+    lower_text = ":".join(lowers).encode()
+
+    def op(r: int) -> int:
+        d = f"{bare}/layout{r}"
+        diff, work, merged, link, lower = f"{d}/diff", f"{d}/work", f"{d}/merged", f"{d}/link", f"{d}/lower"
+        short, flags = f"{bare}/l/L{r:025d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        t0 = perf_counter_ns()
+        os.mkdir(d, 0o700)
+        os.mkdir(diff, 0o755)
+        fd = os.open(link, flags, 0o644)
+        os.write(fd, short[-26:].encode())
+        os.close(fd)
+        os.symlink(f"../layout{r}/diff", short)
+        fd = os.open(lower, flags, 0o644)
+        os.write(fd, lower_text)
+        os.close(fd)
+        os.mkdir(work, 0o700)
+        os.mkdir(merged)
+        syscalls.overlay_mount(merged, lowers, diff, work, OVERLAY_OPTIONS, new_api=False)
+        os.listdir(merged)
+        t1 = perf_counter_ns()
+        syscalls.umount(merged)
+        os.unlink(short)
         shutil.rmtree(d)
         return t1 - t0
 
@@ -140,6 +174,7 @@ def overlay_section(workdir: Path, samples: int, layers: int) -> Samples:
             ops: dict[str, Op] = {}
             if len(data) < PAGE:  # mount(2) silently cuts its data at a page
                 ops[MOUNT2] = bare_overlay_op(bare, lowers, new_api=False)
+                ops[LAYOUT] = bare_layout_op(bare, lowers)
             else:
                 print(f"overlay2: {MOUNT2} skipped: {len(data)}-byte data string does not fit a page")
             if driver.new_api:
@@ -175,17 +210,17 @@ def quartiles(xs: list[int]) -> tuple[float, float, float]:
 
 
 def print_table(results: dict[str, Samples]) -> None:
-    print(f"{'section':<9} {'operation':<20} {'n':>4} {'median µs':>10} {'p25 µs':>10} {'p75 µs':>10}")
+    print(f"{'section':<9} {'operation':<22} {'n':>4} {'median µs':>10} {'p25 µs':>10} {'p75 µs':>10}")
     for section, ops in results.items():
         for name, xs in ops.items():
             med, p25, p75 = quartiles(xs)
-            print(f"{section:<9} {name:<20} {len(xs):>4} {med:>10.1f} {p25:>10.1f} {p75:>10.1f}")
+            print(f"{section:<9} {name:<22} {len(xs):>4} {med:>10.1f} {p25:>10.1f} {p75:>10.1f}")
     for section, bare, label in (("overlay2", MOUNT2, "bare-mount(2)"), ("overlay2", FSCONFIG, "bare-fsconfig"),
-                                 ("btrfs", IOCTL, "bare-ioctl")):
+                                 ("overlay2", LAYOUT, "bare-layout+mount(2)"), ("btrfs", IOCTL, "bare-ioctl")):
         ops = results.get(section, {})
         if bare in ops and STARTUP in ops:
             ratio = statistics.median(ops[STARTUP]) / statistics.median(ops[bare])
-            print(f"{'layerbench/' + label:<30} {section:<9} {ratio:>6.2f}x  (medians)")
+            print(f"{'layerbench/' + label:<33} {section:<9} {ratio:>6.2f}x  (medians)")
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -53,8 +53,8 @@ class BtrfsDriver(Driver):
             return reason
         if not fs_in_kernel("btrfs"):
             return "the kernel has no btrfs filesystem (modprobe btrfs)"
-        if shutil.which("mkfs.btrfs") is None:
-            return "mkfs.btrfs is not installed (apt-get install btrfs-progs)"
+        if shutil.which("mkfs.btrfs") is None or shutil.which("btrfs") is None:
+            return "btrfs-progs is not installed (apt-get install btrfs-progs)"
         return None
 
     @classmethod
@@ -101,6 +101,11 @@ class BtrfsDriver(Driver):
 
     def inspect(self, item_id: str) -> dict[str, str]:
         return {"Subvolume": str(self.subvolumes / item_id)}
+
+    def settle(self) -> None:
+        # A destroyed subvolume is freed by btrfs's cleaner thread later; wait for it so
+        # the next sample's disk usage does not carry the last one's garbage.
+        subprocess.run(["btrfs", "subvolume", "sync", str(self.subvolumes)], capture_output=True, check=True)
 
     def close(self) -> None:
         if getattr(self, "_dirfd", None) is not None:

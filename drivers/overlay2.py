@@ -7,16 +7,17 @@
     <home>/<id>/merged   the mount point, made on mount and removed on unmount
     <home>/l/<link>      symlink to ../<id>/diff
 
-Lower layers are added one by one through the new mount API (`lowerdir+`, no page
-limit, up to the kernel's 500); kernels without it get one mount(2) whose data
-string of short `l/` names fits a page for 128 layers, as in Docker.
+The mount is one mount(2) when its data string fits a page; deeper images add
+their lowers one by one through the new mount API (`lowerdir+`, no page limit, up
+to the kernel's 500); kernels without it get Docker's fallback: relative `l/`
+names from inside <home>, which fit a page for 128 layers.
 """
 
 from __future__ import annotations
 
+import base64
 import os
-import secrets
-import string
+import random
 from pathlib import Path
 
 from layerbench.harness import syscalls
@@ -25,8 +26,32 @@ from layerbench.harness.treecopy import copy_tree
 
 from ._common import fs_in_kernel, needs_root, remove_tree, unmount_below
 
-_LINK_ALPHABET = string.ascii_uppercase + string.digits
 MAX_LOWERS_CLASSIC = 128
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+_random = random.Random()
+
+
+def _new_link() -> str:
+    """A 26-character short name, base32 of random bytes as moby's generateID makes it."""
+    return base64.b32encode(_random.randbytes(17)).decode()[:26]
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> str:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, 1 << 16).decode()
+    finally:
+        os.close(fd)
 
 
 class Overlay2Driver(Driver):
@@ -50,55 +75,68 @@ class Overlay2Driver(Driver):
     def setup(self) -> None:
         (self.home / "l").mkdir(exist_ok=True)
         self.new_api = syscalls.has_new_mount_api()
+        # What this process wrote to `link` and `lower`, so hot paths need not read it back.
+        self._links: dict[str, str] = {}
+        self._lowers: dict[str, str | None] = {}
 
-    def _make(self, item_id: str, lower: str | None, diff_from: Path | None = None) -> Path:
-        d = self.home / item_id
-        d.mkdir(mode=0o700)
-        diff = d / "diff"
+    def _link(self, item_id: str) -> str:
+        if item_id not in self._links:
+            self._links[item_id] = _read(f"{self.home}/{item_id}/link")
+        return self._links[item_id]
+
+    def _lower(self, item_id: str) -> str | None:
+        if item_id not in self._lowers:
+            try:
+                self._lowers[item_id] = _read(f"{self.home}/{item_id}/lower")
+            except FileNotFoundError:  # a base layer
+                self._lowers[item_id] = None
+        return self._lowers[item_id]
+
+    def _make(self, item_id: str, lower: str | None, diff_from: Path | None = None) -> str:
+        d = f"{self.home}/{item_id}"
+        os.mkdir(d, 0o700)
         if diff_from is None:
-            diff.mkdir(mode=0o755)
+            os.mkdir(f"{d}/diff", 0o755)
         else:
-            copy_tree(str(diff_from), str(diff))
-        link = "".join(secrets.choice(_LINK_ALPHABET) for _ in range(26))
-        (d / "link").write_text(link)
-        os.symlink(f"../{item_id}/diff", self.home / "l" / link)
+            copy_tree(str(diff_from), f"{d}/diff")
+        link = _new_link()
+        _write(f"{d}/link", link)
+        os.symlink(f"../{item_id}/diff", f"{self.home}/l/{link}")
         if lower is not None:
-            (d / "lower").write_text(lower)
-            (d / "work").mkdir(mode=0o700)
-        return diff
+            _write(f"{d}/lower", lower)
+            os.mkdir(f"{d}/work", 0o700)
+        self._links[item_id], self._lowers[item_id] = link, lower
+        return f"{d}/diff"
 
     def _lower_of_child(self, parent: str) -> str:
-        link = (self.home / parent / "link").read_text()
-        lower_file = self.home / parent / "lower"
-        below = lower_file.read_text() if lower_file.exists() else ""
-        return f"l/{link}" + (f":{below}" if below else "")
+        below = self._lower(parent)
+        return f"l/{self._link(parent)}" + (f":{below}" if below else "")
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
-        return self._make(layer_id, None if parent is None else self._lower_of_child(parent))
+        return Path(self._make(layer_id, None if parent is None else self._lower_of_child(parent)))
 
     def create_container(self, container_id: str, image: str) -> None:
         self._make(container_id, self._lower_of_child(image))
 
     def mount(self, container_id: str) -> Path:
-        d = self.home / container_id
-        lowers = (d / "lower").read_text().split(":")
-        merged = d / "merged"
-        merged.mkdir()
-        if self.new_api:
-            home = str(self.home)
-            syscalls.overlay_mount(
-                str(merged),
-                [f"{home}/{lower}" for lower in lowers],
-                str(d / "diff"),
-                str(d / "work"),
-                [("index", "off")],
-            )
+        home = str(self.home)
+        d = f"{home}/{container_id}"
+        lowers = [f"{home}/{lower}" for lower in (self._lower(container_id) or "").split(":")]
+        target, upper, work = f"{d}/merged", f"{d}/diff", f"{d}/work"
+        os.mkdir(target)
+        options = [("index", "off")]
+        data = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},index=off"
+        if len(data) < _PAGE:  # one mount(2), as Docker does when the string fits a page
+            syscalls.mount("overlay", target, "overlay", 0, data)
+        elif self.new_api:  # one fsconfig(lowerdir+) per layer: no page limit
+            syscalls.overlay_mount(target, lowers, upper, work, options)
         else:
-            self._mount_classic(container_id, lowers, merged)
-        return merged
+            self._mount_relative(container_id, Path(target))
+        return Path(target)
 
-    def _mount_classic(self, container_id: str, lowers: list[str], merged: Path) -> None:
-        # Relative short names from inside <home>, as Docker does, so 128 lowers fit a page.
+    def _mount_relative(self, container_id: str, merged: Path) -> None:
+        # Short relative names from inside <home>, as Docker does, so 128 lowers fit a page.
+        lowers = (self._lower(container_id) or "").split(":")
         if len(lowers) > MAX_LOWERS_CLASSIC:
             raise OSError(f"max depth exceeded: {len(lowers)} lower layers > {MAX_LOWERS_CLASSIC}")
         cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
@@ -123,14 +161,14 @@ class Overlay2Driver(Driver):
 
     def commit(self, container_id: str, layer_id: str) -> None:
         d = self.home / container_id
-        self._make(layer_id, (d / "lower").read_text(), diff_from=d / "diff")
+        self._make(layer_id, self._lower(container_id), diff_from=d / "diff")
 
     def remove(self, item_id: str) -> None:
-        d = self.home / item_id
-        link_file = d / "link"
-        if link_file.exists():
-            (self.home / "l" / link_file.read_text()).unlink(missing_ok=True)
-        remove_tree(d)
+        if (self.home / item_id / "link").exists():
+            (self.home / "l" / self._link(item_id)).unlink(missing_ok=True)
+        remove_tree(self.home / item_id)
+        self._links.pop(item_id, None)
+        self._lowers.pop(item_id, None)
 
     def inspect(self, item_id: str) -> dict[str, str]:
         d = self.home / item_id

@@ -15,7 +15,7 @@ __all__ = ["BackingStore", "MKFS", "Usage", "usage", "allocated_bytes", "mkfs_ve
 
 #: mkfs command per backing filesystem; the path argument is appended.
 MKFS: dict[str, list[str]] = {
-    "ext4": ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-O", "^has_journal"],
+    "ext4": ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-O", "^has_journal"],
     "btrfs": ["mkfs.btrfs", "-q", "-f"],
     "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
 }

@@ -99,5 +99,8 @@ class Driver(abc.ABC):
     def inspect(self, item_id: str) -> dict[str, str]:
         """GraphDriver data in the spirit of `docker inspect` (LowerDir, UpperDir, ...)."""
 
+    def settle(self) -> None:
+        """Wait until removed items have given their space back. Not timed. Default: nothing."""
+
     def close(self) -> None:
         """Unmount and remove everything the driver made. Idempotent, safe after a crash."""

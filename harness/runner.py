@@ -168,6 +168,7 @@ def run_cell(cell: Cell, workdir: Path, samples: int | None = None, warmup: int 
                 driver.unmount(cid)
             for cid in reversed(state.containers):
                 driver.remove(cid)
+            driver.settle()
         out["status"] = "ok"
     except KeyboardInterrupt:
         out["status"] = "interrupted"

@@ -139,7 +139,7 @@ def test_delete_in_a_container_hides_the_file_from_that_container_only(name: str
         driver.unmount("y")
 
 
-@pytest.mark.parametrize("new_api", [True, False], ids=["fsconfig", "mount2"])
+@pytest.mark.parametrize("new_api", [True, False], ids=["fsconfig-lowerdir+", "relative-short-names"])
 def test_overlay2_mounts_128_layers_in_dockers_layout(new_api: bool, work: Path) -> None:
     with driver_on_store("overlay2", work) as (driver, _):
         driver.new_api = new_api  # type: ignore[attr-defined]
