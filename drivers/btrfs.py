@@ -21,6 +21,7 @@ from ._common import fs_in_kernel, needs_root, remove_tree
 BTRFS_IOC_SUBVOL_CREATE = 0x5000940E
 BTRFS_IOC_SNAP_DESTROY = 0x5000940F
 BTRFS_IOC_SNAP_CREATE_V2 = 0x50009417
+BTRFS_IOC_SYNC = 0x9408
 _VOL_ARGS_SIZE = 4096          # struct btrfs_ioctl_vol_args: int64 fd; char name[4088]
 _V2_NAME_OFFSET = 56           # struct btrfs_ioctl_vol_args_v2: fd, transid, flags, union[32], name
 BTRFS_SUPER_MAGIC = 0x9123683E
@@ -105,6 +106,9 @@ class BtrfsDriver(Driver):
     def settle(self) -> None:
         # A destroyed subvolume is freed by btrfs's cleaner thread later; wait for it so
         # the next sample's disk usage does not carry the last one's garbage.
+        # BTRFS_IOC_SYNC commits and wakes the cleaner; syncfs alone leaves it asleep
+        # until the 30 s commit timer.
+        fcntl.ioctl(self._dirfd, BTRFS_IOC_SYNC)
         subprocess.run(["btrfs", "subvolume", "sync", str(self.subvolumes)], capture_output=True, check=True)
 
     def close(self) -> None:
