@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
 
 from layerbench.harness import syscalls
 
-__all__ = ["needs_root", "fs_in_kernel", "unmount_below", "remove_tree"]
+__all__ = ["needs_root", "fs_in_kernel", "unmount_below", "remove_tree", "Lineage"]
 
 
 def needs_root() -> str | None:
@@ -21,15 +22,8 @@ def fs_in_kernel(fstype: str) -> bool:
 
 
 def unmount_below(root: Path) -> None:
-    """Unmount every mount at or below `root`, deepest first (lazily if busy)."""
-    prefix = str(root).rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
-    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
-        try:
-            syscalls.umount(point)
-        except OSError:
-            syscalls.umount(point, syscalls.MNT_DETACH)
+    """Unmount every mount below `root`, deepest first (lazily if busy)."""
+    syscalls.unmount_below(str(root))
 
 
 def remove_tree(path: Path) -> None:
@@ -38,3 +32,34 @@ def remove_tree(path: Path) -> None:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path)
+
+
+class Lineage:
+    """Who was made on whom, so `remove` can refuse a layer that still has children.
+
+    A committed layer's parent is its container's image. Kept in memory: it covers
+    what this driver object made.
+    """
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str | None] = {}
+        self.children: dict[str, set[str]] = {}
+
+    def add(self, item_id: str, parent: str | None) -> None:
+        self.parent[item_id] = parent
+        if parent is not None:
+            self.children.setdefault(parent, set()).add(item_id)
+
+    def add_commit(self, layer_id: str, container_id: str) -> None:
+        self.add(layer_id, self.parent.get(container_id))
+
+    def check_removable(self, item_id: str) -> None:
+        """Raise OSError(EBUSY) when `item_id` has children."""
+        if kids := self.children.get(item_id):
+            raise OSError(errno.EBUSY, f"layer {item_id!r} has children ({', '.join(sorted(kids))}); remove them first")
+
+    def forget(self, item_id: str) -> None:
+        parent = self.parent.pop(item_id, None)
+        if parent is not None:
+            self.children.get(parent, set()).discard(item_id)
+        self.children.pop(item_id, None)

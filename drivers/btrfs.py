@@ -16,7 +16,7 @@ from pathlib import Path
 
 from layerbench.harness.driver import Driver, LayerFormat, Style
 
-from ._common import fs_in_kernel, needs_root, remove_tree
+from ._common import Lineage, fs_in_kernel, needs_root, remove_tree
 
 BTRFS_IOC_SUBVOL_CREATE = 0x5000940E
 BTRFS_IOC_SNAP_DESTROY = 0x5000940F
@@ -66,6 +66,7 @@ class BtrfsDriver(Driver):
     def setup(self) -> None:
         self.subvolumes = self.home / "subvolumes"
         self.subvolumes.mkdir(exist_ok=True)
+        self.lineage = Lineage()
         self._dirfd = os.open(self.subvolumes, os.O_RDONLY | os.O_DIRECTORY)
 
     def _snapshot(self, source: str, name: str) -> Path:
@@ -78,7 +79,10 @@ class BtrfsDriver(Driver):
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
         if parent is not None:
-            return self._snapshot(parent, layer_id)
+            path = self._snapshot(parent, layer_id)
+            self.lineage.add(layer_id, parent)
+            return path
+        self.lineage.add(layer_id, None)
         fcntl.ioctl(self._dirfd, BTRFS_IOC_SUBVOL_CREATE, _vol_args(layer_id))
         path = self.subvolumes / layer_id
         os.chmod(path, 0o755)
@@ -86,6 +90,7 @@ class BtrfsDriver(Driver):
 
     def create_container(self, container_id: str, image: str) -> None:
         self._snapshot(image, container_id)
+        self.lineage.add(container_id, image)
 
     def mount(self, container_id: str) -> Path:
         return self.subvolumes / container_id  # the subvolume is already a mounted tree
@@ -95,8 +100,14 @@ class BtrfsDriver(Driver):
 
     def commit(self, container_id: str, layer_id: str) -> None:
         self._snapshot(container_id, layer_id)
+        self.lineage.add_commit(layer_id, container_id)
 
     def remove(self, item_id: str) -> None:
+        self.lineage.check_removable(item_id)
+        self._destroy(item_id)
+        self.lineage.forget(item_id)
+
+    def _destroy(self, item_id: str) -> None:
         if (self.subvolumes / item_id).exists():
             fcntl.ioctl(self._dirfd, BTRFS_IOC_SNAP_DESTROY, _vol_args(item_id))
 
@@ -114,7 +125,7 @@ class BtrfsDriver(Driver):
     def close(self) -> None:
         if getattr(self, "_dirfd", None) is not None:
             for child in os.listdir(self.subvolumes):
-                self.remove(child)
+                self._destroy(child)  # snapshots do not depend on each other
             os.close(self._dirfd)
             self._dirfd = None  # type: ignore[assignment]
         remove_tree(self.home / "subvolumes")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from layerbench.harness.driver import Driver, LayerFormat, Style
 
-from ._common import remove_tree
+from ._common import Lineage, remove_tree
 
 
 class NullDriver(Driver):
@@ -22,12 +22,14 @@ class NullDriver(Driver):
     def setup(self) -> None:
         self.root = self.home / "root"
         self.root.mkdir(exist_ok=True)
+        self.lineage = Lineage()
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
+        self.lineage.add(layer_id, parent)
         return self.root
 
     def create_container(self, container_id: str, image: str) -> None:
-        pass
+        self.lineage.add(container_id, image)
 
     def mount(self, container_id: str) -> Path:
         return self.root
@@ -36,10 +38,11 @@ class NullDriver(Driver):
         pass
 
     def commit(self, container_id: str, layer_id: str) -> None:
-        pass
+        self.lineage.add_commit(layer_id, container_id)
 
     def remove(self, item_id: str) -> None:
-        pass
+        self.lineage.check_removable(item_id)
+        self.lineage.forget(item_id)
 
     def inspect(self, item_id: str) -> dict[str, str]:
         return {"Dir": str(self.root)}

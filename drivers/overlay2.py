@@ -24,7 +24,7 @@ from layerbench.harness import syscalls
 from layerbench.harness.driver import Driver, LayerFormat, Style
 from layerbench.harness.treecopy import copy_tree
 
-from ._common import fs_in_kernel, needs_root, remove_tree, unmount_below
+from ._common import Lineage, fs_in_kernel, needs_root, remove_tree, unmount_below
 
 MAX_LOWERS_CLASSIC = 128
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -78,6 +78,7 @@ class Overlay2Driver(Driver):
         # What this process wrote to `link` and `lower`, so hot paths need not read it back.
         self._links: dict[str, str] = {}
         self._lowers: dict[str, str | None] = {}
+        self.lineage = Lineage()
 
     def _link(self, item_id: str) -> str:
         if item_id not in self._links:
@@ -113,10 +114,13 @@ class Overlay2Driver(Driver):
         return f"l/{self._link(parent)}" + (f":{below}" if below else "")
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
-        return Path(self._make(layer_id, None if parent is None else self._lower_of_child(parent)))
+        path = Path(self._make(layer_id, None if parent is None else self._lower_of_child(parent)))
+        self.lineage.add(layer_id, parent)
+        return path
 
     def create_container(self, container_id: str, image: str) -> None:
         self._make(container_id, self._lower_of_child(image))
+        self.lineage.add(container_id, image)
 
     def mount(self, container_id: str) -> Path:
         home = str(self.home)
@@ -162,13 +166,16 @@ class Overlay2Driver(Driver):
     def commit(self, container_id: str, layer_id: str) -> None:
         d = self.home / container_id
         self._make(layer_id, self._lower(container_id), diff_from=d / "diff")
+        self.lineage.add_commit(layer_id, container_id)
 
     def remove(self, item_id: str) -> None:
+        self.lineage.check_removable(item_id)
         if (self.home / item_id / "link").exists():
             (self.home / "l" / self._link(item_id)).unlink(missing_ok=True)
         remove_tree(self.home / item_id)
         self._links.pop(item_id, None)
         self._lowers.pop(item_id, None)
+        self.lineage.forget(item_id)
 
     def inspect(self, item_id: str) -> dict[str, str]:
         d = self.home / item_id

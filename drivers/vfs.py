@@ -7,7 +7,7 @@ from pathlib import Path
 from layerbench.harness.driver import Driver, LayerFormat, Style
 from layerbench.harness.treecopy import copy_tree
 
-from ._common import remove_tree
+from ._common import Lineage, remove_tree
 
 
 class VfsDriver(Driver):
@@ -21,6 +21,7 @@ class VfsDriver(Driver):
 
     def setup(self) -> None:
         (self.home / "dir").mkdir(exist_ok=True)
+        self.lineage = Lineage()
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
         path = self._dir(layer_id)
@@ -28,10 +29,12 @@ class VfsDriver(Driver):
             path.mkdir(mode=0o755)
         else:
             copy_tree(str(self._dir(parent)), str(path))
+        self.lineage.add(layer_id, parent)
         return path
 
     def create_container(self, container_id: str, image: str) -> None:
         copy_tree(str(self._dir(image)), str(self._dir(container_id)))
+        self.lineage.add(container_id, image)
 
     def mount(self, container_id: str) -> Path:
         return self._dir(container_id)  # Get is the directory itself; Put is a no-op
@@ -41,9 +44,12 @@ class VfsDriver(Driver):
 
     def commit(self, container_id: str, layer_id: str) -> None:
         copy_tree(str(self._dir(container_id)), str(self._dir(layer_id)))
+        self.lineage.add_commit(layer_id, container_id)
 
     def remove(self, item_id: str) -> None:
+        self.lineage.check_removable(item_id)
         remove_tree(self._dir(item_id))
+        self.lineage.forget(item_id)
 
     def inspect(self, item_id: str) -> dict[str, str]:
         return {"Dir": str(self._dir(item_id))}
