@@ -1,23 +1,26 @@
-"""Synthetic images: seeded, reproducible layer contents shaped like Docker Hub images.
+"""Images the harness builds: seeded synthetic ones, and the interface every source meets.
 
-Docker Hub studies (Zhao et al.): a median image of about 94 MB in about 1,090
-files, most layers small, a few large files holding most of the bytes. The
-generator draws file sizes from a log-normal distribution scaled to the asked
-total, puts about half the files in the bottom (base OS) layer and spreads the
-rest over the layers above, at least one file each.
+Synthetic images are shaped by the Docker Hub studies (Zhao et al.): a median image
+of about 94 MB in about 1,090 files, most layers small, a few large files holding
+most of the bytes. The generator draws file sizes from a log-normal distribution
+scaled to the asked total, puts about half the files in the bottom (base OS) layer
+and spreads the rest over the layers above, at least one file each.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from .driver import LayerFormat
 
-__all__ = ["FileSpec", "ImageSpec", "synthetic_image", "apply_layer"]
+__all__ = ["FileSpec", "LayerSpec", "Image", "SyntheticImage", "synthetic_image", "apply_layer", "write_whiteout"]
 
 
 @dataclass(frozen=True)
@@ -27,21 +30,73 @@ class FileSpec:
     path: str
     size: int
     seed: int
+    mode: int = 0o644
 
 
 @dataclass(frozen=True)
-class ImageSpec:
-    """An image as a list of layers, bottom first."""
+class LayerSpec:
+    """A layer's new files and the paths it removes from the layers below."""
 
-    layers: tuple[tuple[FileSpec, ...], ...]
+    files: tuple[FileSpec, ...]
+    removals: tuple[str, ...] = ()
+
+
+class Image(Protocol):
+    """What the runner needs of an image, whatever its source."""
+
+    @property
+    def layer_count(self) -> int: ...
+
+    @property
+    def total_bytes(self) -> int: ...
+
+    @property
+    def total_files(self) -> int: ...
+
+    def file_paths(self) -> list[str]:
+        """Regular files of the flattened image, sorted."""
+        ...
+
+    def apply(self, index: int, root: Path, layer_format: LayerFormat) -> None:
+        """Write layer `index` (0 = bottom) into `root`, the directory create_layer handed out."""
+        ...
+
+
+@dataclass(frozen=True)
+class SyntheticImage:
+    """A generated image; the same seed gives the same bytes on every driver."""
+
+    layers: tuple[LayerSpec, ...]
+
+    @property
+    def layer_count(self) -> int:
+        return len(self.layers)
 
     @property
     def total_bytes(self) -> int:
-        return sum(f.size for layer in self.layers for f in layer)
+        return sum(f.size for layer in self.layers for f in layer.files)
 
     @property
     def total_files(self) -> int:
-        return sum(len(layer) for layer in self.layers)
+        return sum(len(layer.files) for layer in self.layers)
+
+    def file_paths(self) -> list[str]:
+        present: set[str] = set()
+        for layer in self.layers:
+            for gone in layer.removals:
+                present = {p for p in present if p != gone and not p.startswith(gone + "/")}
+            present.update(f.path for f in layer.files)
+        return sorted(present)
+
+    def contents(self) -> dict[str, bytes]:
+        """Every file's bytes by seed, generated ahead (keeps generation out of timed builds)."""
+        return {str(f.seed): _content(f) for layer in self.layers for f in layer.files}
+
+    def apply(self, index: int, root: Path, layer_format: LayerFormat, contents: dict[str, bytes] | None = None) -> None:
+        layer = self.layers[index]
+        for gone in layer.removals:
+            write_whiteout(root, gone, layer_format)
+        apply_layer(root, layer.files, layer_format, contents)
 
 
 def synthetic_image(
@@ -52,8 +107,9 @@ def synthetic_image(
     depth: int = 3,
     sigma: float = 2.0,
     extra: tuple[tuple[int, FileSpec], ...] = (),
-) -> ImageSpec:
-    """Build an image spec; `extra` adds (layer index, file) pairs at fixed paths."""
+    removals: tuple[tuple[int, str], ...] = (),
+) -> SyntheticImage:
+    """Generate an image; `extra` adds (layer, file) at fixed paths, `removals` (layer, path)."""
     rng = np.random.default_rng(seed)
     files = max(files, layers)
     per_layer = np.zeros(layers, dtype=int)
@@ -75,14 +131,37 @@ def synthetic_image(
             index += 1
     for layer, spec in extra:
         out[layer].append(spec)
-    return ImageSpec(layers=tuple(tuple(layer) for layer in out))
+    gone: list[list[str]] = [[] for _ in range(layers)]
+    for layer, path in removals:
+        gone[layer].append(path)
+    return SyntheticImage(tuple(LayerSpec(tuple(f), tuple(g)) for f, g in zip(out, gone)))
 
 
 def _content(spec: FileSpec) -> bytes:
     return np.random.default_rng(spec.seed).bytes(spec.size)
 
 
-def apply_layer(root: Path, files: tuple[FileSpec, ...], layer_format: LayerFormat) -> None:
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
+def write_whiteout(root: Path, path: str, layer_format: LayerFormat) -> None:
+    """Remove `path` the driver's way: delete it (FULL) or an overlay 0/0 char device (DIFF)."""
+    target = root / path
+    if layer_format is LayerFormat.FULL:
+        _remove(target)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove(target)
+    os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+
+
+def apply_layer(
+    root: Path, files: tuple[FileSpec, ...], layer_format: LayerFormat, contents: dict[str, bytes] | None = None
+) -> None:
     """Write a layer's files under `root`, the directory `create_layer` handed out.
 
     An existing path is replaced (unlinked, then created), as the OCI spec says for
@@ -92,7 +171,15 @@ def apply_layer(root: Path, files: tuple[FileSpec, ...], layer_format: LayerForm
     for spec in files:
         path = root / spec.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        if layer_format is LayerFormat.FULL and os.path.lexists(path):
+        if os.path.lexists(path):
             path.unlink()
-        with open(path, "wb") as f:
-            f.write(_content(spec))
+        data = contents[str(spec.seed)] if contents is not None else _content(spec)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, spec.mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        if spec.mode & 0o7000:
+            os.chmod(path, spec.mode)

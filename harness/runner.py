@@ -2,12 +2,14 @@
 
 A cell is one scenario x one driver x one parameter set x one backing filesystem.
 It makes its own backing store and driver home and releases both, after errors
-and interrupts too. The results file is rewritten after every cell.
+and interrupts too. Cells run in a seeded random order; the results file is
+rewritten after every cell.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import tempfile
@@ -17,20 +19,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import perf_counter_ns
 from typing import Any
 
-from . import backing, machine, results
+from . import backing, machine, overhead, results, syscalls
 from .driver import Driver, Style
 from .errors import UserError
-from .image import apply_layer
+from .image import Image, SyntheticImage
 from .plugins import Plugins, default_plugins
 from .scenario import Scenario, resolve_scenarios
-from .steps import OPS, SampleState
+from .steps import SampleState, run_step
 
 __all__ = ["Cell", "RunConfig", "plan_cells", "estimate_bytes", "run_cell", "run", "select_drivers"]
 
 _MiB = 1 << 20
+MAX_SAMPLES = 10_000
 
 
 @dataclass(frozen=True)
@@ -49,45 +51,56 @@ class Cell:
 class RunConfig:
     scenarios: tuple[str, ...] = ()
     drivers: tuple[str, ...] = ()
+    backings: tuple[str, ...] = ()
     results_dir: Path = Path("results")
     label: str = "run"
     work_root: Path | None = None
     samples: int | None = None
     warmup: int | None = None
+    min_time_s: float | None = None
+    cold: bool = False
+    order: str = "random"
+    seed: int = 0
     overrides: dict[str, list[Any]] = field(default_factory=dict)
 
 
-def default_backing(driver: type[Driver]) -> str:
-    """The first backing the driver can sit on that this machine can make."""
+def _backings_for(driver: type[Driver], scenario: Scenario, asked: tuple[str, ...]) -> list[str]:
+    """The backings a cell runs on: those asked (or the scenario's), else the driver's first usable."""
+    wanted = asked or scenario.backings
+    if wanted:
+        return [b for b in wanted if b in driver.backings and backing.unavailable(b) is None]
     for fstype in driver.backings:
         if backing.unavailable(fstype) is None:
-            return fstype
-    return driver.backings[0]
+            return [fstype]
+    return [driver.backings[0]]
 
 
-def plan_cells(scenarios: list[Scenario], drivers: list[type[Driver]]) -> list[Cell]:
-    """Every scenario x driver x parameter set, on each driver's default backing."""
+def plan_cells(scenarios: list[Scenario], drivers: list[type[Driver]], backings: tuple[str, ...] = ()) -> list[Cell]:
+    """Every scenario x driver x parameter set x backing the driver can sit on."""
     return [
-        Cell(scenario=s, driver=d, params=p, backing=default_backing(d))
+        Cell(scenario=s, driver=d, params=p, backing=b)
         for s in scenarios
         for d in drivers
         for p in s.param_sets()
+        for b in _backings_for(d, s, backings)
     ]
 
 
 def estimate_bytes(cell: Cell) -> int:
-    """An upper bound of the bytes the cell's backing store will hold at its fullest."""
+    """An upper bound of the bytes the cell's backing store holds at its fullest."""
     image = cell.scenario.image(cell.params)
-    total = image.total_bytes
-    per_sample = sum(int(s.args.get("count", 1)) for s in cell.scenario.steps(cell.params) if s.op == "start")
+    total, layers = image.total_bytes, image.layer_count
+    steps = cell.scenario.steps(cell.params)
+    containers = sum(int(s.args.get("count", 1)) for s in steps if s.op == "start")
+    copies = sum(1 for s in steps if s.op in ("commit", "volume"))
+    builds = sum(1 for s in steps if s.op == "build")
+    written = sum(int(s.args.get("bytes", 0)) for s in steps)
     if cell.driver.style is Style.COPY:
-        cumulative = sum(sum(f.size for layer in image.layers[: i + 1] for f in layer) for i in range(len(image.layers)))
-        need = cumulative + per_sample * total
+        need = total * (layers * (1 + builds) + containers + copies)
     else:
-        biggest = max((f.size for layer in image.layers for f in layer), default=0)
-        need = total + per_sample * (_MiB + biggest)
-    files = image.total_files * (1 + (per_sample if cell.driver.style is Style.COPY else 0))
-    return int(need * 1.3) + files * 8192 + 96 * _MiB
+        need = total * (1 + builds + containers + copies)
+    files = image.total_files * (1 + containers + builds)
+    return int((need + written) * 1.2) + files * 4096 + 128 * _MiB
 
 
 def select_drivers(plugins: Plugins, names: tuple[str, ...]) -> tuple[list[type[Driver]], dict[str, str]]:
@@ -106,35 +119,46 @@ def select_drivers(plugins: Plugins, names: tuple[str, ...]) -> tuple[list[type[
     return runnable, skipped
 
 
-def _build_image(cell: Cell, driver: Driver) -> str:
-    image = cell.scenario.image(cell.params)
+def _build_image(image: Image, driver: Driver, store: backing.BackingStore, base: int) -> tuple[str, list[int]]:
+    """Build the image layer by layer; return its top layer and the disk used after each layer."""
     parent: str | None = None
-    for i, files in enumerate(image.layers):
+    after: list[int] = []
+    for i in range(image.layer_count):
         layer_id = f"layer{i}"
-        apply_layer(driver.create_layer(layer_id, parent), files, driver.layer_format)
+        image.apply(i, driver.create_layer(layer_id, parent), driver.layer_format)
         driver.seal_layer(layer_id)
         parent = layer_id
+        after.append(store.usage().bytes - base)
     assert parent is not None
-    return parent
+    return parent, after
 
 
-def run_cell(cell: Cell, workdir: Path, samples: int | None = None, warmup: int | None = None) -> dict[str, Any]:
+@dataclass
+class _Sampling:
+    samples: int
+    warmup: int
+    min_time_s: float
+    cold: bool
+
+
+def run_cell(cell: Cell, workdir: Path, sampling: _Sampling | None = None, overhead_ns: int = 0) -> dict[str, Any]:
     """Run one cell in `workdir` (created and removed here) and return its result."""
-    n_samples = samples if samples is not None else cell.scenario.samples
-    n_warmup = warmup if warmup is not None else cell.scenario.warmup
+    s = cell.scenario
+    sampling = sampling or _Sampling(*s.repeat(cell.params), cold=False)
     out: dict[str, Any] = {
-        "scenario": cell.scenario.name,
+        "scenario": s.name,
         "driver": cell.driver.name,
         "params": cell.params,
         "backing": cell.backing,
         "status": "running",
         "error": None,
-        "samples": n_samples,
-        "warmup": n_warmup,
+        "warmup": sampling.warmup,
         "metrics": {},
+        "outcomes": {},
         "inspect": {},
     }
     recorded: dict[str, list[int]] = defaultdict(list)
+    outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     started = time.monotonic()
     workdir.mkdir(mode=0o700)
     store = backing.BackingStore(workdir, cell.backing, estimate_bytes(cell))
@@ -146,44 +170,60 @@ def run_cell(cell: Cell, workdir: Path, samples: int | None = None, warmup: int 
         base, base_walk = store.usage(), backing.allocated_bytes(mnt)
         driver = cell.driver(home)
         driver.setup()
-        top = _build_image(cell, driver)
-        recorded["image_disk_bytes"].append(store.usage().bytes - base.bytes)
+        image = s.image(cell.params)
+        top, per_layer = _build_image(image, driver, store, base.bytes)
+        recorded["image_disk_bytes"].append(per_layer[-1])
+        out["image_layers_disk_bytes"] = per_layer
+        out["image_bytes"] = image.total_bytes
         out["inspect"]["image"] = driver.inspect(top)
-        steps = cell.scenario.steps(cell.params)
+        steps = s.steps(cell.params)
+        contents = image.contents() if isinstance(image, SyntheticImage) and any(x.op == "build" for x in steps) else None
 
         def keep(metric: str, value: int) -> None:
-            recorded[metric].append(value)
+            recorded[metric].append(max(0, value - overhead_ns) if metric.endswith("_ns") else value)
 
         def drop(metric: str, value: int) -> None:
             pass
 
-        for rep in range(n_warmup + n_samples):
-            state = SampleState(driver, top, store, base, base_walk, prefix=f"s{rep}")
+        def outcome(label: str, name: str) -> None:
+            outcomes[label][name] += 1
+
+        rep, measured, spent = 0, 0, 0.0
+        while measured < sampling.samples or (spent < sampling.min_time_s and measured < MAX_SAMPLES):
+            warm = rep < sampling.warmup
+            if sampling.cold:
+                syscalls.drop_caches()
+            state = SampleState(driver, image, top, store, base, base_walk, prefix=f"s{rep}", contents=contents)
+            t0 = time.monotonic()
             for step in steps:
-                OPS[step.op](state, step.args, step.measure, keep if rep >= n_warmup else drop)
-            if rep == n_warmup and state.containers:
-                out["inspect"]["container"] = driver.inspect(state.containers[-1])
-            # After a failure, driver.close() below releases what the sample left.
-            for cid in reversed(state.mounted):
-                driver.unmount(cid)
-            for cid in reversed(state.containers):
-                driver.remove(cid)
-            driver.settle()
+                run_step(state, step, drop if warm else keep, outcome)
+            if not warm:
+                spent += time.monotonic() - t0
+                measured += 1
+                if state.containers and "container" not in out["inspect"]:
+                    out["inspect"]["container"] = driver.inspect(state.containers[-1])
+            # After a failure, the cleanup below releases what the sample left.
+            state.release()
+            rep += 1
+        out["samples"] = measured
         out["status"] = "ok"
     except KeyboardInterrupt:
         out["status"] = "interrupted"
+        out["error"] = "interrupted"
         raise
     except Exception as exc:
         out["status"] = "error"
         out["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         try:
+            syscalls.unmount_below(str(store.mountpoint / cell.driver.name))
             if driver is not None:
                 driver.close()
         finally:
             store.close()
             shutil.rmtree(workdir, ignore_errors=True)
         out["metrics"] = {m: {"unit": results.unit_of(m), "samples": v} for m, v in recorded.items()}
+        out["outcomes"] = {k: dict(v) for k, v in outcomes.items()}
         out["duration_s"] = round(time.monotonic() - started, 3)
     return out
 
@@ -200,11 +240,24 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _human_bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / _MiB:.0f} MiB"
 
 
 Progress = Callable[[str], None]
+
+
+def _check_disk(cells: list[Cell], work_parent: Path, progress: Progress) -> None:
+    need = {id(c): estimate_bytes(c) for c in cells}
+    biggest = max(cells, key=lambda c: need[id(c)])
+    free = shutil.disk_usage(work_parent).free
+    if free < need[id(biggest)]:
+        raise UserError(
+            f"not enough free disk under {work_parent}: the largest cell ({biggest.describe()}) needs "
+            f"{human_bytes(need[id(biggest)])}, {human_bytes(free)} is free; free some space, pass "
+            f"--work-root on a bigger disk, or --param to shrink it"
+        )
+    progress(f"{len(cells)} cells; the largest needs {human_bytes(need[id(biggest)])} of disk ({human_bytes(free)} free)")
 
 
 def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = lambda s: None) -> tuple[dict[str, Any], Path]:
@@ -216,19 +269,20 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
         progress(f"skipping driver {name}: {reason}")
     if not drivers:
         raise UserError("no driver can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    cells = plan_cells(scenarios, drivers)
+    for b in config.backings:
+        if (why := backing.unavailable(b)) is not None:
+            raise UserError(f"--backing {b}: {why}")
+    cells = plan_cells(scenarios, drivers, config.backings)
+    if not cells:
+        raise UserError(f"no driver can sit on --backing {', '.join(config.backings)}")
+    if config.cold and os.geteuid() != 0:
+        raise UserError("--cold drops the page cache, which needs root")
+    if config.order == "random":
+        random.Random(config.seed).shuffle(cells)
 
     work_parent = config.work_root or Path(os.environ.get("TMPDIR", "/var/tmp"))
     work_parent.mkdir(parents=True, exist_ok=True)
-    need = max(estimate_bytes(c) for c in cells)
-    free = shutil.disk_usage(work_parent).free
-    biggest = max(cells, key=estimate_bytes)
-    if free < need:
-        raise UserError(
-            f"not enough free disk under {work_parent}: the largest cell ({biggest.describe()}) needs "
-            f"{_human_bytes(need)}, {_human_bytes(free)} is free; free some space or pass --work-root"
-        )
-    progress(f"{len(cells)} cells; the largest needs {_human_bytes(need)} of disk ({_human_bytes(free)} free)")
+    _check_disk(cells, work_parent, progress)
 
     doc = results.new_document(config.label, machine.machine_info(), machine.tool_info())
     doc["helpers"] = backing.mkfs_versions(sorted({c.backing for c in cells} - {"dir"}))
@@ -239,10 +293,14 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
         **{n: {"style": plugins.driver(n).style.value, "available": False, "reason": r} for n, r in skipped.items()},
     }
     doc["scenarios"] = {
-        s.name: {"path": s.path, "sha256": s.sha256, "description": s.description, "params": s.params,
-                 "samples": config.samples or s.samples, "warmup": s.warmup if config.warmup is None else config.warmup}
+        s.name: {"path": s.path, "sha256": s.sha256, "description": s.description, "params": s.params}
         for s in scenarios
     }
+    measured = overhead.measure(plugins.registry.drivers.get("null"))
+    doc["overhead"] = measured
+    doc["settings"] = {"order": config.order, "seed": config.seed, "cold": config.cold,
+                       "samples": config.samples, "warmup": config.warmup, "min_time_s": config.min_time_s,
+                       "backings": list(config.backings), "overrides": config.overrides}
     stamp = doc["started_utc"].replace("-", "").replace(":", "")
     path = config.results_dir / machine.machine_name() / f"{stamp}_{config.label}.json"
     results.save(doc, path)
@@ -252,18 +310,24 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
         with _sigterm_as_interrupt():
             for i, cell in enumerate(cells, 1):
                 progress(f"[{i}/{len(cells)}] {cell.describe()}")
+                s = cell.scenario
+                samples, warmup, min_time_s = s.repeat(cell.params)
+                sampling = _Sampling(
+                    samples=config.samples or samples,
+                    warmup=warmup if config.warmup is None else config.warmup,
+                    min_time_s=min_time_s if config.min_time_s is None else config.min_time_s,
+                    cold=config.cold,
+                )
                 try:
-                    result = run_cell(cell, workdir / f"cell{i}", config.samples, config.warmup)
+                    result = run_cell(cell, workdir / f"cell{i}", sampling, measured["timer_ns"])
                 except KeyboardInterrupt:
-                    doc["cells"].append({"scenario": cell.scenario.name, "driver": cell.driver.name,
-                                         "params": cell.params, "backing": cell.backing,
-                                         "status": "interrupted", "error": "interrupted", "metrics": {}})
+                    doc["cells"].append({"scenario": s.name, "driver": cell.driver.name, "params": cell.params,
+                                         "backing": cell.backing, "status": "interrupted", "error": "interrupted",
+                                         "metrics": {}})
                     doc["status"] = "interrupted"
+                    doc["finished_utc"] = results.utc_now()
+                    results.save(doc, path)
                     raise
-                finally:
-                    if doc["status"] == "interrupted":
-                        doc["finished_utc"] = results.utc_now()
-                        results.save(doc, path)
                 doc["cells"].append(result)
                 if result["status"] == "error":
                     progress(f"    error: {result['error']}")

@@ -1,12 +1,14 @@
 """Scenario files: declarative TOML, validated before anything runs.
 
 A scenario names an image, parameters to sweep, how many samples to take, and the
-steps of one sample. `${name}` as a whole value stands for a swept parameter.
-docs/scenarios.md documents every field.
+steps of one sample. `"${name}"` as a whole value stands for a parameter. Every
+error names the file, the field and what is allowed. docs/scenarios.md documents
+every field and step.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import re
@@ -17,28 +19,67 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .image import FileSpec, ImageSpec, synthetic_image
+from .image import FileSpec, Image, synthetic_image
 
-__all__ = ["Scenario", "Step", "load_scenario", "builtin_scenarios", "resolve_scenarios", "STEP_FIELDS"]
+__all__ = ["Scenario", "Step", "load_scenario", "builtin_scenarios", "resolve_scenarios", "STEPS", "SELECT"]
 
 _REF = re.compile(r"^\$\{([a-z_][a-z0-9_]*)\}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-_METRIC = re.compile(r"^[a-z][a-z0-9_]*_(ns|bytes)$")
+_PARAM = re.compile(r"^[a-z_][a-z0-9_]*$")
+_METRIC = re.compile(r"^[a-z][a-z0-9_]*_ns$")
+BACKINGS = ("ext4", "xfs", "btrfs", "dir")
 
-#: op -> {field: (type, required)}; every step may also have `measure`.
-STEP_FIELDS: dict[str, dict[str, tuple[type, bool]]] = {
-    "start": {"count": (int, False)},
-    "append": {"path": (str, True), "bytes": (int, False)},
-    "read": {"path": (str, True)},
-    "unlink": {"path": (str, True)},
-    "usage": {},
+# Field kinds: how a value is checked once parameters are substituted.
+INT, SIZE, STR, BOOL = "int", "size", "str", "bool"
+FRACTION, NUMBER, ERRNOS, MODE = "fraction", "number", "errnos", "mode"
+_KIND_TEXT = {
+    INT: "a whole number >= 0",
+    SIZE: "a size in bytes (a whole number >= 0)",
+    STR: "a string",
+    BOOL: "true or false",
+    FRACTION: "a number in (0, 1]",
+    NUMBER: "a number > 0",
+    ERRNOS: "a list of errno names such as [\"EXDEV\", \"EROFS\"]",
+    MODE: "a file mode such as 0o644",
 }
-#: what an op measures when the step names no metric, and whether it can be timed at all
-DEFAULT_MEASURE = {"start": "startup_ns", "append": None, "read": None, "unlink": None, "usage": None}
-_TOP = {"name", "description", "params", "image", "repeat", "step"}
-_IMAGE = {"source", "layers", "files", "bytes", "seed", "depth", "file"}
-_IMAGE_FILE = {"path", "size", "layer"}
-_REPEAT = {"samples", "warmup"}
+
+#: the ways a file step picks its files; exactly one is given
+SELECT = {"path": STR, "glob": STR, "fraction": FRACTION}
+
+#: op -> (fields: name -> (kind or enum tuple, required), takes a file selection, default metric)
+STEPS: dict[str, tuple[dict[str, tuple[Any, bool]], bool, str | None]] = {
+    "start": ({"count": (INT, False), "image": (("base", "committed"), False)}, False, "startup_ns"),
+    "remove": ({}, False, None),
+    "commit": ({}, False, "commit_ns"),
+    "build": ({}, False, "build_ns"),
+    "usage": ({}, False, None),
+    "volume": ({"path": (STR, True), "kind": (("bind", "tmpfs"), False), "populate": (BOOL, False)}, False, None),
+    "write": ({"bytes": (SIZE, True), "count": (INT, False)}, True, None),
+    "append": ({"bytes": (SIZE, False)}, True, None),
+    "overwrite": ({"bytes": (SIZE, False), "offset": (SIZE, False)}, True, None),
+    "truncate": ({"size": (SIZE, True)}, True, None),
+    "open_rdwr": ({}, True, None),
+    "read": ({"cold": (BOOL, False)}, True, None),
+    "stat": ({}, True, None),
+    "fsync": ({}, True, None),
+    "chmod": ({"mode": (MODE, True)}, True, None),
+    "chown": ({"uid": (INT, True), "gid": (INT, True)}, True, None),
+    "unlink": ({}, True, None),
+    "rename": ({"path": (STR, True), "to": (STR, True)}, False, None),
+    "mkdir": ({"path": (STR, True)}, False, None),
+    "readdir": ({"path": (STR, True)}, False, None),
+}
+_COMMON = {"op", "measure", "allow_errors"}
+_TOP = {"name", "description", "params", "sets", "image", "repeat", "step", "backing"}
+_SOURCES = {
+    "synthetic": {"layers", "files", "bytes", "seed", "depth", "sigma", "file", "remove"},
+    "dir": {"path"},
+    "oci": {"path"},
+    "docker-archive": {"path"},
+}
+_IMAGE_FILE = {"path": (STR, True), "size": (SIZE, True), "layer": (INT, False), "mode": (MODE, False)}
+_IMAGE_REMOVE = {"path": (STR, True), "layer": (INT, True)}
+_REPEAT = {"samples": (INT, False), "warmup": (INT, False), "min_time_s": (NUMBER, False)}
 
 
 @dataclass(frozen=True)
@@ -46,6 +87,8 @@ class Step:
     op: str
     args: dict[str, Any]
     measure: str | None
+    allow_errors: tuple[str, ...] = ()
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,40 +99,62 @@ class Scenario:
     description: str
     path: str
     sha256: str
-    params: dict[str, list[Any]]
+    sets: tuple[dict[str, Any], ...]
     raw_image: dict[str, Any]
     raw_steps: tuple[dict[str, Any], ...]
-    samples: int
-    warmup: int
+    raw_repeat: dict[str, Any]
+    backings: tuple[str, ...] = ()
     overrides: dict[str, list[Any]] = field(default_factory=dict)
 
-    def param_sets(self) -> list[dict[str, Any]]:
-        """Every combination of the swept parameters (one empty set when none)."""
-        names = sorted(self.params)
-        return [dict(zip(names, combo)) for combo in itertools.product(*(self.params[n] for n in names))]
+    @property
+    def params(self) -> dict[str, list[Any]]:
+        """Each parameter's values across the sets, in order."""
+        out: dict[str, list[Any]] = {}
+        for s in self.sets:
+            for k, v in s.items():
+                if v not in out.setdefault(k, []):
+                    out[k].append(v)
+        return out
 
-    def image(self, params: dict[str, Any]) -> ImageSpec:
+    def param_sets(self) -> list[dict[str, Any]]:
+        return [dict(s) for s in self.sets]
+
+    def repeat(self, params: dict[str, Any]) -> tuple[int, int, float]:
+        """(samples, warm-up samples, minimum seconds of sampling) for one parameter set."""
+        r = _subst(self.raw_repeat, params)
+        return r.get("samples", 5), r.get("warmup", 1), float(r.get("min_time_s", 0.0))
+
+    def image(self, params: dict[str, Any]) -> Image:
         img = _subst(self.raw_image, params)
-        layers = img.get("layers", 1)
+        source = img.get("source", "synthetic")
+        if source != "synthetic":
+            from .image_sources import open_image  # imported lazily: archive readers
+
+            return open_image(source, Path(self.path).parent / img["path"])
+        seed = img.get("seed", 0)
         extra = tuple(
-            (f.get("layer", 0), FileSpec(path=f["path"], size=f["size"], seed=img.get("seed", 0) + 7 + i))
+            (f.get("layer", 0), FileSpec(f["path"], f["size"], seed * 7919 + 17 + i, f.get("mode", 0o644)))
             for i, f in enumerate(img.get("file", []))
         )
+        removals = tuple((r["layer"], r["path"]) for r in img.get("remove", []))
         return synthetic_image(
-            layers=layers,
+            layers=img.get("layers", 1),
             files=img.get("files", 100),
             total_bytes=img.get("bytes", 1 << 20),
-            seed=img.get("seed", 0),
+            seed=seed,
             depth=img.get("depth", 3),
+            sigma=float(img.get("sigma", 2.0)),
             extra=extra,
+            removals=removals,
         )
 
     def steps(self, params: dict[str, Any]) -> list[Step]:
         out = []
-        for raw in self.raw_steps:
-            args = _subst({k: v for k, v in raw.items() if k not in ("op", "measure")}, params)
-            op = raw["op"]
-            out.append(Step(op=op, args=args, measure=raw.get("measure", DEFAULT_MEASURE[op])))
+        for i, raw in enumerate(self.raw_steps):
+            op = _subst(raw["op"], params)
+            args = _subst({k: v for k, v in raw.items() if k not in _COMMON}, params)
+            label = f"step[{i}] {op}"
+            out.append(Step(op, args, raw.get("measure", STEPS[op][2]), tuple(raw.get("allow_errors", ())), label))
         return out
 
 
@@ -104,101 +169,207 @@ def _subst(value: Any, params: dict[str, Any]) -> Any:
 
 
 class _Checker:
-    def __init__(self, path: str) -> None:
+    """Checks one file; every failure is one line naming the file and the field."""
+
+    def __init__(self, path: str, params: dict[str, list[Any]]) -> None:
         self.path = path
+        self.params = params
 
     def fail(self, where: str, message: str) -> UserError:
         return UserError(f"{self.path}: {where}: {message}")
 
-    def keys(self, table: dict[str, Any], allowed: set[str], where: str) -> None:
+    def table(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, "expected a table")
+        return value
+
+    def keys(self, table: dict[str, Any], allowed: set[str] | dict[str, Any], where: str) -> None:
         for key in table:
             if key not in allowed:
                 raise self.fail(f"{where}{key}", f"unknown field; allowed: {', '.join(sorted(allowed))}")
 
-    def value(self, table: dict[str, Any], key: str, kind: type, where: str, params: dict[str, Any]) -> None:
-        value = table[key]
+    def value(self, value: Any, kind: Any, where: str) -> None:
+        """Check a value, or every value a `${param}` in its place can take."""
         if isinstance(value, str) and (m := _REF.match(value)):
-            if m.group(1) not in params:
-                known = ", ".join(sorted(params)) or "none"
-                raise self.fail(f"{where}{key}", f"unknown parameter ${{{m.group(1)}}}; parameters: {known}")
+            name = m.group(1)
+            if name not in self.params:
+                known = ", ".join(sorted(self.params)) or "none"
+                raise self.fail(where, f"unknown parameter ${{{name}}}; parameters: {known}")
+            for v in self.params[name]:
+                if not _ok(v, kind):
+                    raise self.fail(where, f"parameter {name} = {v!r} is not {_describe(kind)}")
             return
-        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise self.fail(f"{where}{key}", f"expected a whole number >= 0 or ${{param}}, got {value!r}")
-        if kind is str and not isinstance(value, str):
-            raise self.fail(f"{where}{key}", f"expected a string, got {value!r}")
+        if not _ok(value, kind):
+            raise self.fail(where, f"expected {_describe(kind)} or \"${{param}}\", got {value!r}")
+
+    def fields(self, table: dict[str, Any], spec: dict[str, tuple[Any, bool]], where: str) -> None:
+        for key, (kind, required) in spec.items():
+            if key in table:
+                self.value(table[key], kind, f"{where}{key}")
+            elif required:
+                raise self.fail(f"{where}{key}", "required")
 
 
-def _validate(data: dict[str, Any], path: str) -> None:
-    c = _Checker(path)
+def _ok(value: Any, kind: Any) -> bool:
+    if isinstance(kind, tuple):
+        return value in kind
+    if kind in (INT, SIZE, MODE):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if kind == STR:
+        return isinstance(value, str)
+    if kind == BOOL:
+        return isinstance(value, bool)
+    if kind in (FRACTION, NUMBER):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        return number and (kind == NUMBER or value <= 1)
+    if kind == ERRNOS:
+        return isinstance(value, list) and all(isinstance(v, str) and v in errno.errorcode.values() for v in value)
+    raise AssertionError(kind)
+
+
+def _describe(kind: Any) -> str:
+    if isinstance(kind, tuple):
+        return "one of " + ", ".join(repr(k) for k in kind)
+    return _KIND_TEXT[kind]
+
+
+def _relative(c: _Checker, path: Any, where: str) -> None:
+    if isinstance(path, str) and not _REF.match(path) and (path.startswith("/") or ".." in path.split("/")):
+        raise c.fail(where, "must be relative to the container root, without '..'")
+
+
+def _param_sets(data: dict[str, Any], path: str, overrides: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of [params], or the listed [[sets]]; `overrides` replace values."""
+    c = _Checker(path, {})
+    if "params" in data and "sets" in data:
+        raise c.fail("sets", "give either [params] (every combination) or [[sets]] (listed sets), not both")
+    ok_value = lambda v: isinstance(v, (int, str)) and not isinstance(v, bool)  # noqa: E731
+    if "sets" in data:
+        sets = data["sets"]
+        if not isinstance(sets, list) or not sets or not all(isinstance(s, dict) for s in sets):
+            raise c.fail("sets", "expected one or more [[sets]] tables of name = value")
+        names = set(sets[0])
+        for i, s in enumerate(sets):
+            if set(s) != names:
+                raise c.fail(f"sets[{i}]", f"every set must name the same parameters: {', '.join(sorted(names))}")
+            for k, v in s.items():
+                if not _PARAM.match(k):
+                    raise c.fail(f"sets[{i}].{k}", "parameter names are lower_snake_case")
+                if not ok_value(v):
+                    raise c.fail(f"sets[{i}].{k}", f"values are whole numbers or strings, got {v!r}")
+        out = [dict(s) for s in sets]
+        for name, new in overrides.items():
+            if name in names:  # keep the sets with these values; a new value copies the last set
+                kept = [s for s in out if s[name] in new]
+                kept += [dict(out[-1], **{name: v}) for v in new if all(s[name] != v for s in out)]
+                out = kept
+        return out
+    params = c.table(data.get("params", {}), "params")
+    for name, values in params.items():
+        if not _PARAM.match(name):
+            raise c.fail(f"params.{name}", "parameter names are lower_snake_case")
+        if not isinstance(values, list) or not values:
+            raise c.fail(f"params.{name}", "expected a non-empty list of values")
+        if not all(ok_value(v) for v in values):
+            raise c.fail(f"params.{name}", f"values are whole numbers or strings, got {values!r}")
+    params = {k: overrides.get(k, v) for k, v in params.items()}
+    names = sorted(params)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(params[n] for n in names))]
+
+
+def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> None:
+    values: dict[str, list[Any]] = {}
+    for s in sets:
+        for k, v in s.items():
+            values.setdefault(k, []).append(v)
+    c = _Checker(path, values)
     c.keys(data, _TOP, "")
     for key in ("name", "description"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise c.fail(key, "required, a non-empty string")
     if not _NAME.match(data["name"]):
         raise c.fail("name", "lower-case letters, digits and '-' only")
-    params = data.get("params", {})
-    if not isinstance(params, dict):
-        raise c.fail("params", "expected a table of name = [values]")
-    for name, values in params.items():
-        if not re.match(r"^[a-z_][a-z0-9_]*$", name):
-            raise c.fail(f"params.{name}", "parameter names are lower_snake_case")
-        if not isinstance(values, list) or not values:
-            raise c.fail(f"params.{name}", "expected a non-empty list of values")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-            raise c.fail(f"params.{name}", f"values must be whole numbers >= 0, got {values!r}")
-    image = data.get("image")
-    if not isinstance(image, dict):
+    backing = data.get("backing", [])
+    if not isinstance(backing, list) or not all(b in BACKINGS for b in backing):
+        raise c.fail("backing", f"expected a list of backing filesystems from: {', '.join(BACKINGS)}")
+
+    image = c.table(data.get("image"), "image") if "image" in data else None
+    if image is None:
         raise c.fail("image", "required table")
-    c.keys(image, _IMAGE, "image.")
-    if image.get("source", "synthetic") != "synthetic":
-        raise c.fail("image.source", f"unknown source {image['source']!r}; allowed: synthetic")
-    for key in ("layers", "files", "bytes", "seed", "depth"):
-        if key in image:
-            c.value(image, key, int, "image.", params)
-    if isinstance(image.get("layers"), int) and not 1 <= image["layers"] <= 500:
-        raise c.fail("image.layers", "must be between 1 and 500")
-    files = image.get("file", [])
-    if not isinstance(files, list):
-        raise c.fail("image.file", "expected an array of tables [[image.file]]")
-    for i, f in enumerate(files):
-        where = f"image.file[{i}]."
-        c.keys(f, _IMAGE_FILE, where)
-        for key, kind in (("path", str), ("size", int)):
-            if key not in f:
-                raise c.fail(f"{where}{key}", "required")
-            c.value(f, key, kind, where, params)
-        if "layer" in f:
-            c.value(f, "layer", int, where, params)
-        p = f["path"]
-        if p.startswith("/") or ".." in p.split("/"):
-            raise c.fail(f"{where}path", "must be relative to the image root, without '..'")
-    repeat = data.get("repeat", {})
+    source = image.get("source", "synthetic")
+    if source not in _SOURCES:
+        raise c.fail("image.source", f"unknown source {source!r}; allowed: {', '.join(_SOURCES)}")
+    c.keys(image, _SOURCES[source] | {"source"}, "image.")
+    if source == "synthetic":
+        c.fields(image, {k: (INT, False) for k in ("layers", "files", "bytes", "seed", "depth")}, "image.")
+        c.fields(image, {"sigma": (NUMBER, False)}, "image.")
+        layers = image.get("layers", 1)
+        for n in values.get(_REF.match(layers).group(1), []) if isinstance(layers, str) and _REF.match(layers) else [layers]:
+            if isinstance(n, int) and not 1 <= n <= 500:
+                raise c.fail("image.layers", f"must be between 1 and 500, got {n}")
+        for table, spec in (("file", _IMAGE_FILE), ("remove", _IMAGE_REMOVE)):
+            entries = image.get(table, [])
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise c.fail(f"image.{table}", f"expected an array of tables [[image.{table}]]")
+            for i, entry in enumerate(entries):
+                where = f"image.{table}[{i}]."
+                c.keys(entry, spec, where)
+                c.fields(entry, spec, where)
+                _relative(c, entry["path"], f"{where}path")
+    else:
+        if not isinstance(image.get("path"), str):
+            raise c.fail("image.path", f"required for source {source!r}: a path, relative to the scenario file")
+        target = Path(path).parent / image["path"]
+        if not target.exists():
+            raise c.fail("image.path", f"{target} does not exist")
+
+    repeat = c.table(data.get("repeat", {}), "repeat")
     c.keys(repeat, _REPEAT, "repeat.")
-    for key in _REPEAT & repeat.keys():
-        c.value(repeat, key, int, "repeat.", {})
-    if repeat.get("samples", 5) < 1:
-        raise c.fail("repeat.samples", "must be at least 1")
+    c.fields(repeat, _REPEAT, "repeat.")
+    for s in sets:
+        if _subst(repeat, s).get("samples", 5) < 1:
+            raise c.fail("repeat.samples", "must be at least 1")
+
     steps = data.get("step")
-    if not isinstance(steps, list) or not steps:
-        raise c.fail("step", "at least one [[step]] is required")
+    if not isinstance(steps, list) or not steps or not all(isinstance(s, dict) for s in steps):
+        raise c.fail("step", "at least one [[step]] table is required")
     for i, step in enumerate(steps):
         where = f"step[{i}]."
         op = step.get("op")
-        if op not in STEP_FIELDS:
-            raise c.fail(f"{where}op", f"unknown op {op!r}; allowed: {', '.join(STEP_FIELDS)}")
-        fields = STEP_FIELDS[op]
-        c.keys(step, {"op", "measure", *fields}, where)
-        for key, (kind, required) in fields.items():
-            if key not in step:
-                if required:
-                    raise c.fail(f"{where}{key}", f"required by op {op!r}")
-                continue
-            c.value(step, key, kind, where, params)
-        if "measure" in step:
-            if op == "usage":
-                raise c.fail(f"{where}measure", "op 'usage' always records disk_bytes, disk_walk_bytes, inodes")
-            if not isinstance(step["measure"], str) or not _METRIC.match(step["measure"]):
-                raise c.fail(f"{where}measure", "a metric name in snake_case ending in _ns")
+        ops = [op]
+        if isinstance(op, str) and (m := _REF.match(op)):  # one op per parameter value
+            c.value(op, tuple(STEPS), f"{where}op")
+            ops = list(dict.fromkeys(values[m.group(1)]))
+        for one in ops:
+            _validate_step(c, step, one, where)
+
+
+def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> None:
+    if op not in STEPS:
+        raise c.fail(f"{where}op", f"unknown op {op!r}; allowed: {', '.join(STEPS)}")
+    spec, selects, _ = STEPS[op]
+    allowed = {*_COMMON, *spec, *(SELECT if selects else ())}
+    for key in step:
+        if key not in allowed:
+            raise c.fail(f"{where}{key}", f"unknown field for op {op!r}; allowed: {', '.join(sorted(allowed))}")
+    c.fields(step, spec, where)
+    if selects:
+        given = [k for k in SELECT if k in step]
+        if len(given) != 1:
+            raise c.fail(where.rstrip("."), f"op {op!r} needs exactly one of path, glob, fraction")
+        c.value(step[given[0]], SELECT[given[0]], f"{where}{given[0]}")
+    for key in ("path", "to", "glob"):
+        if key in step:
+            _relative(c, step[key], f"{where}{key}")
+    if "count" in step and op == "write" and "{i}" not in str(step.get("path", "")):
+        raise c.fail(f"{where}path", "with count, the path must hold {i}, numbering the files")
+    if "allow_errors" in step:
+        c.value(step["allow_errors"], ERRNOS, f"{where}allow_errors")
+    if "measure" in step:
+        if not isinstance(step["measure"], str) or not _METRIC.match(step["measure"]):
+            raise c.fail(f"{where}measure", "a metric name in snake_case ending in _ns")
+        if op in ("usage", "volume"):
+            raise c.fail(f"{where}measure", f"op {op!r} records fixed metrics and times nothing")
 
 
 def load_scenario(path: Path | str, overrides: dict[str, list[Any]] | None = None) -> Scenario:
@@ -212,22 +383,19 @@ def load_scenario(path: Path | str, overrides: dict[str, list[Any]] | None = Non
         data = tomllib.loads(raw.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from None
-    _validate(data, str(path))
-    params = {k: list(v) for k, v in data.get("params", {}).items()}
-    for name, values in (overrides or {}).items():
-        if name in params:
-            params[name] = values
+    sets = _param_sets(data, str(path), overrides or {})
+    _validate(data, str(path), sets)
     repeat = data.get("repeat", {})
     return Scenario(
         name=data["name"],
         description=" ".join(data["description"].split()),
         path=str(path),
         sha256=hashlib.sha256(raw).hexdigest(),
-        params=params,
+        sets=tuple(sets),
         raw_image=data["image"],
         raw_steps=tuple(data["step"]),
-        samples=repeat.get("samples", 5),
-        warmup=repeat.get("warmup", 1),
+        raw_repeat=dict(repeat),
+        backings=tuple(data.get("backing", ())),
         overrides=dict(overrides or {}),
     )
 

@@ -82,22 +82,22 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
 
 
 def advice(samples: Sequence[float], unit: str) -> list[str]:
-    """Warnings that say what to do about these samples; empty when they look sound.
+    """Warnings about timing samples that say what to do; empty when they look sound.
 
-    Many outliers (more than 10% by MAD or Tukey) and, for times, a first sample
-    more than twice the median.
+    Many outliers (at least 2 and more than 10%, by MAD or Tukey) and a first
+    sample more than twice the median. Sizes and counts get no advice: their
+    spread is not noise from the machine.
     """
     out: list[str] = []
     n = len(samples)
-    if n < 3:
+    if n < 3 or unit != "ns":
         return out
     worst = max(outliers_mad(samples), outliers_tukey(samples))
-    if worst > MANY_OUTLIERS * n:
+    if worst >= 2 and worst > MANY_OUTLIERS * n:
         out.append(f"{worst} of {n} samples are outliers; try more warm-up (--warmup), "
                    "--cold, or a quieter machine")
-    if unit == "ns":
-        median = float(np.median(np.asarray(samples, dtype=float)))
-        if median > 0 and samples[0] > SLOW_FIRST * median:
-            out.append(f"the first sample took {samples[0] / median:.1f}x the median; "
-                       "caches were probably cold: pass --warmup N (e.g. --warmup 3)")
+    median = float(np.median(np.asarray(samples, dtype=float)))
+    if median > 0 and samples[0] > SLOW_FIRST * median:
+        out.append(f"the first sample took {samples[0] / median:.1f}x the median; "
+                   "caches were probably cold: pass --warmup N (e.g. --warmup 3)")
     return out

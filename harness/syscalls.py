@@ -8,6 +8,9 @@ import os
 from collections.abc import Sequence
 
 __all__ = [
+    "unmount_below",
+    "drop_caches",
+    "MS_BIND",
     "mount",
     "umount",
     "overlay_mount",
@@ -22,6 +25,7 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.syscall.restype = ctypes.c_long
 
 MNT_DETACH = 2
+MS_BIND = 4096
 
 # The new mount API: the same numbers on every architecture (added after 4.20's unification).
 _SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 429, 430, 431, 432
@@ -142,3 +146,32 @@ def syncfs(path: str) -> None:
 
 def is_eperm(exc: OSError) -> bool:
     return exc.errno in (errno.EPERM, errno.EACCES)
+
+
+def _mount_points() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4].encode().decode("unicode_escape") for line in f]
+
+
+def unmount_below(root: str, include_root: bool = False) -> list[str]:
+    """Unmount every mount below `root` (and `root` itself if asked), deepest first.
+
+    A busy mount is detached lazily as the last resort. Returns what was unmounted.
+    """
+    prefix = root.rstrip("/") + "/"
+    points = [p for p in _mount_points() if p.startswith(prefix) or (include_root and p == root)]
+    done = []
+    for point in sorted(set(points), key=len, reverse=True):
+        try:
+            umount(point)
+        except OSError:
+            umount(point, MNT_DETACH)
+        done.append(point)
+    return done
+
+
+def drop_caches() -> None:
+    """Write dirty data back and drop the page cache, dentries and inodes (root only)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")

@@ -57,12 +57,13 @@ def _finish(path: str, st: os.stat_result) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
-def copy_tree(src: str, dst: str) -> None:
-    """Copy the tree at `src` to `dst` (which must not exist)."""
+def copy_tree(src: str, dst: str, into: bool = False) -> None:
+    """Copy the tree at `src` to `dst`, which must not exist unless `into` (copy the children)."""
     links: dict[tuple[int, int], str] = {}
     dirs: list[tuple[str, os.stat_result]] = []
     st = os.lstat(src)
-    os.mkdir(dst, 0o700)
+    if not into:
+        os.mkdir(dst, 0o700)
     copy_xattrs(src, dst)
     dirs.append((dst, st))
     stack = [(src, dst)]

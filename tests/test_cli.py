@@ -50,12 +50,15 @@ def test_unknown_driver_is_one_line_exit_2() -> None:
 
 def test_unknown_scenario_is_one_line_exit_2() -> None:
     code, _, err = invoke("run", "nosuch")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "copy-up, layer-sharing, startup" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "built-in scenarios: commit, copy-up," in err
 
 
 def test_bad_param_is_one_line() -> None:
-    code, _, err = invoke("run", "copy-up", "--param", "file_size=big")
+    code, _, err = invoke("run", "copy-up", "--param", "file_size=1/2")
     assert code == 2 and "expected name=value" in err and "Traceback" not in err
+    code, _, err = invoke("run", "copy-up", "--param", "file_size=big")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "copy-up.toml: image.file[0].size: parameter file_size = 'big' is not a size in bytes" in err
 
 
 def test_drivers_lists_style_and_availability() -> None:

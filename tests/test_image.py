@@ -12,14 +12,14 @@ def test_synthetic_image_is_seeded_and_exact() -> None:
     c = synthetic_image(layers=5, files=1000, total_bytes=100_000_000, seed=2)
     assert a == b and a != c
     assert a.total_bytes == 100_000_000 and a.total_files == 1000
-    assert all(len(layer) >= 1 for layer in a.layers)
-    sizes = sorted((f.size for layer in a.layers for f in layer), reverse=True)
+    assert all(len(layer.files) >= 1 for layer in a.layers)
+    sizes = sorted((f.size for layer in a.layers for f in layer.files), reverse=True)
     assert sum(sizes[:50]) > 0.5 * a.total_bytes  # a few large files hold most bytes
 
 
 def test_every_layer_gets_a_file_even_when_deep() -> None:
     image = synthetic_image(layers=128, files=256, total_bytes=1 << 20, seed=3)
-    assert len(image.layers) == 128 and all(image.layers)
+    assert len(image.layers) == 128 and all(layer.files for layer in image.layers)
     single = synthetic_image(layers=1, files=256, total_bytes=1 << 20)
     assert single.total_files == 256
 

@@ -36,13 +36,24 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
+BUILTINS = {"layer-sharing", "copy-up", "startup", "commit", "delete-in-later-layer", "deep-read",
+            "write-heavy", "metadata-storm", "image-build"}
+
+
 def test_builtins_load_and_name_the_issue_parameters() -> None:
     scenarios = {s.name: s for s in resolve_scenarios(())}
-    assert set(scenarios) == {"layer-sharing", "copy-up", "startup"}
-    assert scenarios["layer-sharing"].params == {"containers": [1, 10, 20]}
-    assert scenarios["copy-up"].params == {"file_size": [4096, 1 << 20, 64 << 20, 256 << 20]}
-    assert scenarios["startup"].params == {"layers": [1, 8, 32, 128]}
-    assert all(s.samples >= 5 and s.warmup >= 1 for s in scenarios.values())
+    assert set(scenarios) == BUILTINS
+    assert scenarios["layer-sharing"].params["containers"] == [1, 10, 20, 50]
+    assert scenarios["copy-up"].params["file_size"] == [4096, 1 << 20, 64 << 20, 256 << 20]
+    assert scenarios["copy-up"].params["mode"] == ["append", "open_rdwr", "overwrite"]
+    assert scenarios["copy-up"].params["depth"] == [1, 8, 32]
+    assert scenarios["startup"].params["layers"] == [1, 8, 32, 128]
+    assert scenarios["startup"].params["files"] == [1000, 10000, 100000]
+    for s in scenarios.values():
+        for p in s.param_sets():
+            samples, warmup, _ = s.repeat(p)
+            # at least 5 samples after a warm-up, or one sample holding many containers
+            assert warmup >= 1 and (samples >= 5 or p.get("containers", 1) * samples >= 20 or p.get("files", 0) >= 100000)
 
 
 def test_layer_sharing_image_is_about_100mb_in_1000_files() -> None:
@@ -59,7 +70,7 @@ def test_params_expand_and_substitute(tmp_path: Path) -> None:
     steps = s.steps({"n": 2, "size": 10})
     assert steps[0].args == {"count": 2} and steps[0].measure == "startup_ns"
     image = s.image({"n": 2, "size": 10})
-    assert [f.size for f in image.layers[0] if f.path == "a/b.bin"] == [10]
+    assert [f.size for f in image.layers[0].files if f.path == "a/b.bin"] == [10]
 
 
 def test_override_replaces_values(tmp_path: Path) -> None:
@@ -81,7 +92,7 @@ def test_content_hash_changes_with_the_file(tmp_path: Path) -> None:
         (lambda t: t.replace('"${n}"', '"${nope}"'), "step[0].count: unknown parameter ${nope}; parameters: n, size"),
         (lambda t: t.replace("layers = 2", "layers = -1"), "image.layers: expected a whole number >= 0"),
         (lambda t: t.replace("layers = 2", "layers = 900"), "image.layers: must be between 1 and 500"),
-        (lambda t: t.replace('path = "a/b.bin"\nmeasure', 'measure'), "step[1].path: required by op 'append'"),
+        (lambda t: t.replace('path = "a/b.bin"\nmeasure', 'measure'), "step[1]: op 'append' needs exactly one of path, glob, fraction"),
         (lambda t: t.replace('"copy_up_ns"', '"copy up"'), "step[1].measure: a metric name"),
         (lambda t: t.replace('name = "tiny"', ""), "name: required, a non-empty string"),
         (lambda t: t.replace("n = [1, 2]", "n = []"), "params.n: expected a non-empty list"),
@@ -100,5 +111,5 @@ def test_bad_files_get_one_precise_message(tmp_path: Path, edit, message: str) -
 
 
 def test_unknown_scenario_names_the_builtins() -> None:
-    with pytest.raises(UserError, match="built-in scenarios: copy-up, layer-sharing, startup"):
+    with pytest.raises(UserError, match="built-in scenarios: commit, copy-up, deep-read"):
         resolve_scenarios(("nope",))

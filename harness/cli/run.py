@@ -15,12 +15,12 @@ from ..table import comparison_table
 __all__ = ["run_cmd", "parse_param"]
 
 
-def parse_param(text: str) -> tuple[str, list[int]]:
-    """`name=1,2,3` -> ("name", [1, 2, 3])."""
-    m = re.match(r"^([a-z_][a-z0-9_]*)=(\d+(?:,\d+)*)$", text)
+def parse_param(text: str) -> tuple[str, list[int | str]]:
+    """`name=1,2,3` -> ("name", [1, 2, 3]); values that are not whole numbers stay strings."""
+    m = re.match(r"^([a-z_][a-z0-9_]*)=([A-Za-z0-9_.-]+(?:,[A-Za-z0-9_.-]+)*)$", text)
     if not m:
-        raise UserError(f"--param {text!r}: expected name=value or name=v1,v2 with whole numbers")
-    return m.group(1), [int(v) for v in m.group(2).split(",")]
+        raise UserError(f"--param {text!r}: expected name=value or name=v1,v2 (whole numbers or words)")
+    return m.group(1), [int(v) if v.isdigit() else v for v in m.group(2).split(",")]
 
 
 @click.command("run")
@@ -29,8 +29,16 @@ def parse_param(text: str) -> tuple[str, list[int]]:
               help="Driver to run (repeatable). Default: every driver that can run here except null.")
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=V[,V...]",
               help="Override a swept parameter of every scenario that has it.")
+@click.option("-b", "--backing", "backings", multiple=True, type=click.Choice(["ext4", "xfs", "btrfs", "dir"]),
+              help="Backing filesystem (repeatable: a sweep). Default: each driver's first usable one.")
 @click.option("--samples", type=click.IntRange(min=1), help="Samples per cell (default: the scenario's).")
 @click.option("--warmup", type=click.IntRange(min=0), help="Warm-up samples per cell (default: the scenario's).")
+@click.option("--min-time", "min_time_s", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Keep sampling each cell until its samples took this long (default: the scenario's).")
+@click.option("--cold", is_flag=True, help="Sync and drop the page cache before every sample (root).")
+@click.option("--order", type=click.Choice(["random", "planned"]), default="random", show_default=True,
+              help="Cell order: seeded random, or scenario x driver x parameters as planned.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random cell order.")
 @click.option("--label", default="run", show_default=True, help="Label in the results file name.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--work-root", type=click.Path(path_type=Path),
@@ -38,14 +46,15 @@ def parse_param(text: str) -> tuple[str, list[int]]:
 @click.option("--export-csv", "export_csv", metavar="FILE",
               help="Also write the tidy summary table as CSV ('-' for stdout).")
 def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[str, ...],
-            samples: int | None, warmup: int | None, label: str, results_dir: Path,
+            backings: tuple[str, ...], samples: int | None, warmup: int | None, min_time_s: float | None,
+            cold: bool, order: str, seed: int, label: str, results_dir: Path,
             work_root: Path | None, export_csv: str | None) -> None:
     """Run SCENARIOS (built-in names or .toml paths; default: every built-in one)."""
     if not re.match(r"^[A-Za-z0-9._-]+$", label):
         raise UserError(f"--label {label!r}: use letters, digits, '.', '_' and '-' only")
-    config = RunConfig(scenarios=scenarios, drivers=drivers, results_dir=results_dir, label=label,
-                       work_root=work_root, samples=samples, warmup=warmup,
-                       overrides=dict(parse_param(p) for p in params))
+    config = RunConfig(scenarios=scenarios, drivers=drivers, backings=backings, results_dir=results_dir,
+                       label=label, work_root=work_root, samples=samples, warmup=warmup, min_time_s=min_time_s,
+                       cold=cold, order=order, seed=seed, overrides=dict(parse_param(p) for p in params))
     try:
         doc, path = run(config, progress=lambda line: click.echo(line, err=True))
     except KeyboardInterrupt:

@@ -1,0 +1,192 @@
+"""The report's plots (matplotlib, no display needed), as base64 PNG for a self-contained page.
+
+Line plots follow a metric across a swept parameter, one line per driver with the
+bootstrap CI of the median as a band; which ones is the table LINE_PLOTS, matched
+by metric and parameter name, so a scenario that is missing just has no plot. Box
+plots show every metric's raw samples per parameter set and driver.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from matplotlib.figure import Figure as MplFigure
+from matplotlib.patches import Patch
+
+from . import results
+from .report import Report
+
+__all__ = ["Plot", "LINE_PLOTS", "figures", "line_plots", "box_plots"]
+
+#: (metric, swept parameter, title, log x, log y)
+LINE_PLOTS: tuple[tuple[str, str, str, bool, bool], ...] = (
+    ("copy_up_ns", "file_size", "Copy-up latency vs file size", True, True),
+    ("disk_bytes", "containers", "Disk usage vs container count", False, False),
+    ("startup_ns", "layers", "Startup vs layer count", True, True),
+    ("startup_ns", "files", "Startup vs file count", True, True),
+)
+MIN_BOX_SAMPLES = 3
+_SCALES = {"ns": ((1e9, "s"), (1e6, "ms"), (1e3, "µs"), (1, "ns")),
+           "bytes": ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B"))}
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One figure: a title, a caption and the image as base64 PNG."""
+
+    title: str
+    caption: str
+    png_base64: str
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + self.png_base64
+
+
+def _scale(unit: str, largest: float) -> tuple[float, str]:
+    for factor, name in _SCALES.get(unit, ()):
+        if largest >= factor:
+            return factor, name
+    return 1.0, unit
+
+
+def _tick(value: float, param: str) -> str:
+    if param.endswith("size"):
+        factor, name = _scale("bytes", value)
+        return f"{value / factor:g} {name}"
+    return f"{value:g}"
+
+
+def _colors(report: Report) -> dict[str, str]:
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    return {d: palette[i % len(palette)] for i, d in enumerate(report.drivers)}
+
+
+def _png(fig: MplFigure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _stats(report: Report) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+    return {(r["scenario"], r["driver"], r["params"], r["metric"]): r for r in report.rows}
+
+
+def _line_plot(report: Report, scenario: str, metric: str, param: str, title: str,
+               logx: bool, logy: bool) -> Plot | None:
+    stats = _stats(report)
+    lines: dict[tuple[str, str], list[tuple[float, dict[str, Any]]]] = {}
+    for cell in report.doc["cells"]:
+        if cell["scenario"] != scenario or param not in cell["params"]:
+            continue
+        row = stats.get((scenario, cell["driver"], results.params_text(cell["params"]), metric))
+        if row is None or row["n"] == 0:
+            continue
+        rest = results.params_text({k: v for k, v in cell["params"].items() if k != param})
+        lines.setdefault((cell["driver"], rest), []).append((float(cell["params"][param]), row))
+    if not any(len({x for x, _ in pts}) >= 2 for pts in lines.values()):
+        return None
+    unit = next(iter(lines.values()))[0][1]["unit"]
+    factor, unit_name = _scale(unit, max(r["median"] for pts in lines.values() for _, r in pts))
+    colors = _colors(report)
+    fig = MplFigure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot()
+    styles = ["-", "--", ":", "-."]
+    rests = list(dict.fromkeys(rest for _, rest in lines))
+    for (driver, rest), pts in lines.items():
+        pts.sort(key=lambda p: p[0])
+        xs = [x for x, _ in pts]
+        label = driver + (f" ({rest})" if rest else "")
+        color = colors[driver]
+        ax.plot(xs, [r["median"] / factor for _, r in pts], marker="o", color=color,
+                linestyle=styles[rests.index(rest) % len(styles)], label=label)
+        ax.fill_between(xs, [r["ci95_low"] / factor for _, r in pts], [r["ci95_high"] / factor for _, r in pts],
+                        color=color, alpha=0.2, linewidth=0)
+    if logx:
+        ax.set_xscale("log")
+    ticks = sorted({x for pts in lines.values() for x, _ in pts})
+    ax.set_xticks(ticks, [_tick(x, param) for x in ticks])
+    ax.minorticks_off() if logx else None
+    if logy:
+        ax.set_yscale("log")
+    elif unit != "count":
+        ax.set_ylim(bottom=0)
+    ax.set_xlabel(param)
+    ax.set_ylabel(f"{metric}, median ({unit_name})")
+    ax.set_title(f"{title} — {scenario}")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(frameon=False)
+    caption = (f"Median {metric} of scenario {scenario} against {param}; the band is the 95% bootstrap "
+               f"confidence interval of the median" + ("; both axes logarithmic." if logx and logy else "."))
+    return Plot(title=f"{title} ({scenario})", caption=caption, png_base64=_png(fig))
+
+
+def line_plots(report: Report) -> list[Plot]:
+    """Every LINE_PLOTS entry for every scenario that sweeps its parameter and has its metric."""
+    out = []
+    for metric, param, title, logx, logy in LINE_PLOTS:
+        for scenario in dict.fromkeys(c["scenario"] for c in report.doc["cells"]):
+            plot = _line_plot(report, scenario, metric, param, title, logx, logy)
+            if plot is not None:
+                out.append(plot)
+    return out
+
+
+def _box_plot(report: Report, scenario: str, metric: str) -> Plot | None:
+    groups = list(dict.fromkeys(r["params"] for r in report.rows if r["scenario"] == scenario and r["metric"] == metric))
+    drivers = [d for d in report.drivers
+               if any(len(report.samples(scenario, d, p, metric)) >= MIN_BOX_SAMPLES for p in groups)]
+    if not drivers:
+        return None
+    unit = results.unit_of(metric)
+    data, positions, colors_used = [], [], []
+    colors = _colors(report)
+    width = 0.8 / len(drivers)
+    for g, params in enumerate(groups):
+        for d, driver in enumerate(drivers):
+            samples = report.samples(scenario, driver, params, metric)
+            if samples:
+                data.append(samples)
+                positions.append(g + (d - (len(drivers) - 1) / 2) * width)
+                colors_used.append(colors[driver])
+    largest = max(max(s) for s in data)
+    factor, unit_name = _scale(unit, largest)
+    scaled = [[v / factor for v in s] for s in data]
+    fig = MplFigure(figsize=(7.5, 4.2))
+    ax = fig.add_subplot()
+    boxes = ax.boxplot(scaled, positions=positions, widths=width * 0.85, patch_artist=True,
+                       flierprops={"marker": ".", "markersize": 4}, medianprops={"color": "black"})
+    for patch, color in zip(boxes["boxes"], colors_used):
+        patch.set_facecolor(color)
+        patch.set_alpha(0.6)
+    smallest = min(min(s) for s in scaled)
+    if smallest > 0 and max(max(s) for s in scaled) / smallest > 30:
+        ax.set_yscale("log")
+    ax.set_xticks(range(len(groups)), [g or "-" for g in groups], rotation=20 if len(groups) > 3 else 0,
+                  ha="right" if len(groups) > 3 else "center")
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylabel(f"{metric} ({unit_name})")
+    ax.set_title(f"{metric} — {scenario}")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(handles=[Patch(facecolor=colors[d], alpha=0.6, label=d) for d in drivers], frameon=False)
+    caption = (f"Every sample of {metric} in scenario {scenario}, by parameter set and driver: the box spans "
+               "the quartiles, the whiskers 1.5 IQR, dots are outliers (kept, not dropped).")
+    return Plot(title=f"{metric} ({scenario})", caption=caption, png_base64=_png(fig))
+
+
+def box_plots(report: Report) -> list[Plot]:
+    """One box plot per scenario and metric that has at least 3 samples somewhere."""
+    out = []
+    for scenario, metric in dict.fromkeys((r["scenario"], r["metric"]) for r in report.rows):
+        plot = _box_plot(report, scenario, metric)
+        if plot is not None:
+            out.append(plot)
+    return out
+
+
+def figures(report: Report) -> list[Plot]:
+    """The line plots, then the box plots."""
+    return line_plots(report) + box_plots(report)

@@ -1,0 +1,147 @@
+"""What a report says, independent of its format: one `Report` built from result files.
+
+`build` merges the runs, summarises every cell's metrics (harness/stats.py), works
+out each driver's ratio to the baseline driver, and collects the claims check,
+warnings and errors. report_md.py, report_html.py and `render` turn it into text.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import results
+from .errors import UserError
+from .stats import STATS_FIELDS, advice, summarize
+
+__all__ = ["Report", "build", "render", "read_all", "FORMATS", "DEFAULT_BASELINE"]
+
+FORMATS = ("md", "html", "csv", "json")
+DEFAULT_BASELINE = "overlay2"
+ROW_FIELDS = ("scenario", "driver", "params", "metric", "unit", *STATS_FIELDS, "ratio")
+
+
+@dataclass
+class Report:
+    """Everything a report shows. `rows`: one per cell and metric, with `ratio` to the baseline."""
+
+    runs: list[dict[str, Any]]
+    doc: dict[str, Any]
+    baseline: str
+    drivers: list[str]
+    rows: list[dict[str, Any]]
+    claims: list[dict[str, str]] | None = None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def samples(self, scenario: str, driver: str, params: str, metric: str) -> list[float]:
+        """The raw samples of one cell's metric (empty when it was not measured)."""
+        for cell in self.doc["cells"]:
+            if (cell["scenario"], cell["driver"], results.params_text(cell["params"])) == (scenario, driver, params):
+                return list(cell.get("metrics", {}).get(metric, {}).get("samples", []))
+        return []
+
+
+def _describe(cell: dict[str, Any]) -> str:
+    p = results.params_text(cell["params"])
+    return f"{cell['scenario']} {cell['driver']}" + (f" {p}" if p else "")
+
+
+def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
+    """One document of every run's cells; a cell in a later run replaces the same cell before."""
+    merged: dict[str, Any] = {**docs[0], "scenarios": {}, "drivers": {}, "cells": []}
+    by_key: dict[tuple[str, str, str], int] = {}
+    for doc in docs:
+        merged["scenarios"].update(doc["scenarios"])
+        merged["drivers"].update(doc["drivers"])
+        for cell in doc["cells"]:
+            key = (cell["scenario"], cell["driver"], results.params_text(cell["params"]))
+            if key in by_key:
+                notes.append(f"{_describe(cell)} is in several runs; showing the one from {doc['label']}")
+                merged["cells"][by_key[key]] = cell
+            else:
+                by_key[key] = len(merged["cells"])
+                merged["cells"].append(cell)
+    return merged
+
+
+def _claims(doc: dict[str, Any]) -> list[dict[str, str]] | None:
+    try:
+        from . import claims  # type: ignore[attr-defined]  # optional: written alongside this module
+    except ImportError:
+        return None
+    found: list[dict[str, str]] = claims.evaluate(doc)
+    return found
+
+
+def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_claims: bool = True) -> Report:
+    """The report of one or more results documents (read with `results.read`)."""
+    if not docs:
+        raise UserError("no results files given")
+    notes: list[str] = []
+    doc = _merge(docs, notes)
+    drivers = list(dict.fromkeys(c["driver"] for c in doc["cells"]))
+    if baseline in drivers:
+        drivers.remove(baseline)
+        drivers.insert(0, baseline)
+    else:
+        notes.append(f"baseline driver {baseline} is not in these results, so there are no ratios "
+                     f"(choose one of {', '.join(drivers) or 'none'} with --baseline)")
+    rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for cell in doc["cells"]:
+        for metric, data in cell.get("metrics", {}).items():
+            rows.append({"scenario": cell["scenario"], "driver": cell["driver"],
+                         "params": results.params_text(cell["params"]), "metric": metric,
+                         "unit": data["unit"], **summarize(data["samples"])})
+            warnings += [f"{_describe(cell)} {metric}: {w}" for w in advice(data["samples"], data["unit"])]
+    base = {(r["scenario"], r["params"], r["metric"]): r["median"] for r in rows if r["driver"] == baseline}
+    for r in rows:
+        b = base.get((r["scenario"], r["params"], r["metric"]))
+        r["ratio"] = r["median"] / b if b and not math.isnan(b) else float("nan")
+    errors = [f"{_describe(c)}: {c['status']}: {c.get('error')}" for c in doc["cells"] if c["status"] != "ok"]
+    runs = [{k: d.get(k) for k in ("label", "started_utc", "finished_utc", "status", "machine", "tool", "helpers")}
+            for d in docs]
+    return Report(runs=runs, doc=doc, baseline=baseline, drivers=drivers, rows=rows,
+                  claims=_claims(doc) if with_claims else None, warnings=warnings, notes=notes, errors=errors)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def render(report: Report, fmt: str) -> str:
+    """The report as Markdown, a self-contained HTML page, CSV rows or JSON."""
+    if fmt == "md":
+        from .report_md import markdown
+        return markdown(report)
+    if fmt == "html":
+        from .report_html import html_page
+        return html_page(report)
+    if fmt == "csv":
+        buf = io.StringIO()
+        pd.DataFrame(report.rows, columns=list(ROW_FIELDS)).to_csv(buf, index=False)
+        return buf.getvalue()
+    if fmt == "json":
+        out = {"baseline": report.baseline, "runs": report.runs, "rows": report.rows, "claims": report.claims,
+               "warnings": report.warnings, "notes": report.notes, "errors": report.errors}
+        return json.dumps(_jsonable(out), indent=1) + "\n"
+    raise UserError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def read_all(paths: list[Path]) -> list[dict[str, Any]]:
+    """Every results file, read (and migrated) in the order given."""
+    return [results.read(p) for p in paths]
