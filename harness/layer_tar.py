@@ -238,7 +238,7 @@ class _Applier:
                 self.stats.skipped.append(f"{e.name}: xattr {key}")
                 continue
             try:
-                os.setxattr(target, key, value, follow_symlinks=False)
+                os.setxattr(target, key, value, follow_symlinks=isinstance(target, int))
                 self.stats.xattrs += 1
             except OSError as exc:
                 if exc.errno not in _XATTR_SKIP:

@@ -1,0 +1,442 @@
+"""Applying one layer: OCI semantics on FULL and DIFF roots, and every unsafe archive refused."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from layerbench.harness.driver import LayerFormat
+from layerbench.harness.errors import UserError
+from layerbench.harness.layer_tar import apply_host_dir, apply_tar_layer
+from layerbench.harness.treecopy import copy_tree
+
+ROOT = os.geteuid() == 0
+FULL, DIFF = LayerFormat.FULL, LayerFormat.DIFF
+needs_root = pytest.mark.skipif(not ROOT, reason="overlay whiteouts, trusted xattrs and chown need root")
+MTIME = 1_600_000_000
+
+
+# -- building archives ----------------------------------------------------------------------
+
+Member = tuple[tarfile.TarInfo, bytes | None]
+
+
+def _info(name: str, kind: bytes, mode: int, uid: int = 0, gid: int = 0, xattrs: dict[str, str] | None = None,
+          mtime: int = MTIME) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid, info.mtime = kind, mode, uid, gid, mtime
+    if xattrs:
+        info.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in xattrs.items()}
+    return info
+
+
+def F(name: str, data: bytes = b"", mode: int = 0o644, **kw: object) -> Member:
+    info = _info(name, tarfile.REGTYPE, mode, **kw)  # type: ignore[arg-type]
+    info.size = len(data)
+    return info, data
+
+
+def D(name: str, mode: int = 0o755, **kw: object) -> Member:
+    return _info(name, tarfile.DIRTYPE, mode, **kw), None  # type: ignore[arg-type]
+
+
+def S(name: str, target: str) -> Member:
+    info = _info(name, tarfile.SYMTYPE, 0o777)
+    info.linkname = target
+    return info, None
+
+
+def H(name: str, target: str) -> Member:
+    info = _info(name, tarfile.LNKTYPE, 0o644)
+    info.linkname = target
+    return info, None
+
+
+def DEV(name: str, kind: bytes, major: int = 0, minor: int = 0, mode: int = 0o600) -> Member:
+    info = _info(name, kind, mode)
+    info.devmajor, info.devminor = major, minor
+    return info, None
+
+
+def WH(name: str) -> Member:
+    return F(name)
+
+
+def tar_bytes(*members: Member, compress: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    raw = buf.getvalue()
+    if compress == "gzip":
+        return gzip.compress(raw)
+    if compress == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor().compress(raw)
+    return raw
+
+
+def apply(root: Path, fmt: LayerFormat, *members: Member, **kw: object):  # type: ignore[no-untyped-def]
+    return apply_tar_layer(root, io.BytesIO(tar_bytes(*members)), fmt, name="layer.tar", **kw)  # type: ignore[arg-type]
+
+
+def child(tmp_path: Path, parent: Path, fmt: LayerFormat, name: str = "child") -> Path:
+    """The directory a driver would hand out for a child of `parent`."""
+    out = tmp_path / name
+    if fmt is FULL:
+        copy_tree(str(parent), str(out))
+    else:
+        out.mkdir()
+    return out
+
+
+@pytest.fixture(params=[FULL, DIFF], ids=["full", "diff"])
+def fmt(request: pytest.FixtureRequest) -> LayerFormat:
+    return request.param  # type: ignore[no-any-return]
+
+
+# -- semantics ------------------------------------------------------------------------------
+
+
+def test_files_dirs_links_modes_and_times(tmp_path: Path, fmt: LayerFormat) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    stats = apply(
+        root, fmt,
+        D("./"), D("usr/", 0o755), D("usr/bin/"), D("tmp/", 0o1777),
+        F("usr/bin/su", b"su!", 0o4755), F("usr/bin/g", b"g", 0o2711),
+        S("usr/bin/sh", "su"), H("usr/bin/su2", "usr/bin/su"), DEV("run/fifo", tarfile.FIFOTYPE, mode=0o640),
+        F("deep/er/file", b"implicit parents"),
+    )
+    su = (root / "usr/bin/su").lstat()
+    assert (root / "usr/bin/su").read_bytes() == b"su!"
+    assert stat.S_IMODE(su.st_mode) == 0o4755 and su.st_mtime == MTIME
+    assert stat.S_IMODE((root / "usr/bin/g").stat().st_mode) == 0o2711
+    assert stat.S_IMODE((root / "tmp").stat().st_mode) == 0o1777
+    assert (root / "usr").stat().st_mtime == MTIME  # dir times set after their children
+    assert os.readlink(root / "usr/bin/sh") == "su" and (root / "usr/bin/sh").lstat().st_mtime == MTIME
+    assert (root / "usr/bin/su2").stat().st_ino == su.st_ino
+    assert stat.S_ISFIFO((root / "run/fifo").lstat().st_mode)
+    assert stat.S_IMODE((root / "run/fifo").lstat().st_mode) == 0o640
+    assert (root / "deep/er/file").read_bytes() == b"implicit parents"
+    assert (stats.files, stats.symlinks, stats.hardlinks, stats.devices, stats.bytes) == (3, 1, 1, 1, 20)
+
+
+@needs_root
+def test_ownership_devices_and_xattrs(tmp_path: Path, fmt: LayerFormat) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    stats = apply(
+        root, fmt,
+        D("d/", 0o705, uid=1, gid=2), F("d/f", b"x", 0o4755, uid=3, gid=4, xattrs={"user.k": "v"}),
+        DEV("dev/null", tarfile.CHRTYPE, 1, 3, 0o666), DEV("dev/loop9", tarfile.BLKTYPE, 7, 9),
+        F("evil", b"", xattrs={"trusted.overlay.redirect": "/etc"}),
+    )
+    d, f = (root / "d").stat(), (root / "d/f").stat()
+    assert (d.st_uid, d.st_gid, stat.S_IMODE(d.st_mode)) == (1, 2, 0o705)
+    assert (f.st_uid, f.st_gid, stat.S_IMODE(f.st_mode)) == (3, 4, 0o4755)  # setuid survives chown
+    assert os.getxattr(root / "d/f", "user.k") == b"v"
+    null = (root / "dev/null").lstat()
+    assert stat.S_ISCHR(null.st_mode) and null.st_rdev == os.makedev(1, 3)
+    assert stat.S_ISBLK((root / "dev/loop9").lstat().st_mode)
+    assert "trusted.overlay.redirect" not in os.listxattr(root / "evil")  # a layer never steers overlayfs
+    assert any("trusted.overlay.redirect" in s for s in stats.skipped)
+
+
+@pytest.mark.parametrize("compress", [None, "gzip", "zstd"])
+def test_compression_is_detected_by_magic(tmp_path: Path, compress: str | None) -> None:
+    data = tar_bytes(D("a/"), F("a/f", b"hello"), compress=compress)
+    apply_tar_layer(tmp_path, io.BytesIO(data), FULL)
+    assert (tmp_path / "a/f").read_bytes() == b"hello"
+
+
+def _lower(tmp_path: Path) -> Path:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    apply(lower, FULL, D("d/", 0o700), F("d/a", b"a"), D("d/sub/"), F("d/sub/b", b"b"), F("keep", b"k"),
+          F("f", b"f"), S("ln", "keep"))
+    return lower
+
+
+def test_full_whiteouts_delete_files_dirs_and_links(tmp_path: Path) -> None:
+    root = child(tmp_path, _lower(tmp_path), FULL)
+    stats = apply(root, FULL, WH(".wh.f"), WH("d/.wh.sub"), WH(".wh.ln"), WH(".wh.missing"), WH("nodir/.wh.x"))
+    assert sorted(os.listdir(root)) == ["d", "keep"] and os.listdir(root / "d") == ["a"]
+    assert (root / "keep").read_bytes() == b"k"  # the symlink went, not its target
+    assert not (tmp_path / "child/nodir").exists()  # a whiteout makes no parents on FULL
+    assert stats.whiteouts == 5
+
+
+def test_full_opaque_empties_lower_children_before_this_layers_entries(tmp_path: Path) -> None:
+    root = child(tmp_path, _lower(tmp_path), FULL)
+    apply(root, FULL, D("d/", 0o755), F("d/new", b"n"), D("d/sub/"), F("d/sub/c", b"c"), WH("d/.wh..wh..opq"),
+          F("d/after", b"z"))
+    assert sorted(os.listdir(root / "d")) == ["after", "new", "sub"]
+    assert os.listdir(root / "d/sub") == ["c"]  # the lower d/sub/b is hidden, this layer's c stays
+    assert stat.S_IMODE((root / "d").stat().st_mode) == 0o755
+
+
+def test_whiteout_hides_lower_only_not_this_layers_entry(tmp_path: Path, fmt: LayerFormat) -> None:
+    root = child(tmp_path, _lower(tmp_path), fmt)
+    apply(root, fmt, F("f", b"new"), WH(".wh.f"))
+    assert (root / "f").read_bytes() == b"new"
+
+
+@needs_root
+def test_diff_whiteout_is_a_0_0_char_device_and_opaque_an_xattr(tmp_path: Path) -> None:
+    root = tmp_path / "diff"
+    root.mkdir()
+    stats = apply(root, DIFF, D("d/"), WH("d/.wh..wh..opq"), F("d/new", b"n"), WH(".wh.f"), WH("x/y/.wh.z"))
+    for path in (root / "f", root / "x/y/z"):
+        st = path.lstat()
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    assert os.getxattr(root / "d", "trusted.overlay.opaque") == b"y"
+    assert os.listdir(root / "d") == ["new"]
+    assert (stats.whiteouts, stats.opaques) == (2, 1)
+
+
+@needs_root
+def test_diff_lower_dir_removed_and_recreated_becomes_opaque(tmp_path: Path) -> None:
+    for order in ([WH(".wh.d"), D("d/"), F("d/c", b"c")], [D("d/"), F("d/c", b"c"), WH(".wh.d")]):
+        root = tmp_path / f"diff{len(os.listdir(tmp_path))}"
+        root.mkdir()
+        apply(root, DIFF, *order)
+        assert os.getxattr(root / "d", "trusted.overlay.opaque") == b"y"
+        assert os.listdir(root / "d") == ["c"]
+
+
+def test_full_lower_dir_removed_and_recreated(tmp_path: Path) -> None:
+    lower = _lower(tmp_path)
+    for i, order in enumerate(([WH(".wh.d"), D("d/"), F("d/c", b"c")], [D("d/"), F("d/c", b"c"), WH(".wh.d")])):
+        root = child(tmp_path, lower, FULL, f"c{i}")
+        apply(root, FULL, *order)
+        assert os.listdir(root / "d") == ["c"]
+
+
+def test_entry_over_existing_path(tmp_path: Path) -> None:
+    root = child(tmp_path, _lower(tmp_path), FULL)
+    apply(root, FULL, D("d/", 0o751, mtime=5), F("keep", b"replaced", 0o600),
+          D("f/"), F("f/inner", b"i"), F("d/sub", b"file over dir"), F("ln", b"file over symlink"))
+    assert stat.S_IMODE((root / "d").stat().st_mode) == 0o751 and (root / "d").stat().st_mtime == 5
+    assert (root / "d/a").read_bytes() == b"a"  # two dirs merge: children kept
+    assert (root / "d/sub").read_bytes() == b"file over dir"
+    assert (root / "f/inner").read_bytes() == b"i"
+    assert (root / "keep").read_bytes() == b"replaced" and not (root / "ln").is_symlink()
+    assert (tmp_path / "lower/keep").read_bytes() == b"k"  # the parent's copy is untouched
+
+
+def test_replacing_a_hardlinked_file_leaves_its_twin(tmp_path: Path) -> None:
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    apply(lower, FULL, F("a", b"same"), H("b", "a"))
+    root = child(tmp_path, lower, FULL)
+    apply(root, FULL, F("a", b"new"))
+    assert (root / "a").read_bytes() == b"new" and (root / "b").read_bytes() == b"same"
+
+
+def test_aufs_metadata_is_skipped(tmp_path: Path) -> None:
+    stats = apply(tmp_path, FULL, D(".wh..wh.plnk/"), F(".wh..wh.aufs"), F("f", b"x"))
+    assert os.listdir(tmp_path) == ["f"] and len(stats.skipped) == 2
+
+
+def test_absolute_symlinks_can_be_rewritten_inside_the_root(tmp_path: Path) -> None:
+    apply(tmp_path, FULL, S("etc/localtime", "/usr/share/zoneinfo/UTC"), S("top", "/"), S("a/b/c", "/"),
+          symlinks="relative")
+    assert os.readlink(tmp_path / "etc/localtime") == "../usr/share/zoneinfo/UTC"
+    assert os.readlink(tmp_path / "top") == "." and os.readlink(tmp_path / "a/b/c") == "../.."
+
+
+def test_relative_symlinks_inside_the_root_are_kept(tmp_path: Path) -> None:
+    apply(tmp_path, FULL, S("etc/os-release", "../usr/lib/os-release"), S("a/b/up", "../.."), S("here", "./x/y"))
+    assert os.readlink(tmp_path / "etc/os-release") == "../usr/lib/os-release"
+    assert os.readlink(tmp_path / "a/b/up") == "../.."
+
+
+@pytest.mark.parametrize("data, what", [
+    (b"not a tar at all" * 100, "not a readable layer tar"),
+    (gzip.compress(b"x" * 1000)[:30], "not a readable layer tar"),
+    (tar_bytes(F("big", b"y" * 5000))[:2048], "not a readable layer tar|truncated"),
+])
+def test_malformed_streams_are_one_line_errors(tmp_path: Path, data: bytes, what: str) -> None:
+    with pytest.raises(UserError, match=what) as exc:
+        apply_tar_layer(tmp_path, io.BytesIO(data), FULL, name="bad.tar")
+    assert str(exc.value).startswith("bad.tar: ") and "\n" not in str(exc.value)
+
+
+def test_host_dir_is_one_layer_copied_with_metadata(tmp_path: Path, fmt: LayerFormat) -> None:
+    src = tmp_path / "src"
+    (src / "dir").mkdir(parents=True)
+    (src / "dir/f").write_bytes(b"hello" * 100)
+    os.chmod(src / "dir/f", 0o4750)
+    os.link(src / "dir/f", src / "hard")
+    os.symlink("dir/f", src / "link")
+    (src / ".wh.literal").write_bytes(b"not a whiteout here")
+    os.utime(src / "dir", (MTIME, MTIME))
+    root = child(tmp_path, _lower(tmp_path), fmt)
+    stats = apply_host_dir(root, src, fmt)
+    f = (root / "dir/f").stat()
+    assert (root / "dir/f").read_bytes() == b"hello" * 100 and stat.S_IMODE(f.st_mode) == 0o4750
+    assert f.st_ino != (src / "dir/f").stat().st_ino and (root / "hard").stat().st_ino == f.st_ino
+    assert os.readlink(root / "link") == "dir/f" and (root / ".wh.literal").is_file()
+    assert (root / "dir").stat().st_mtime == MTIME
+    assert stats.hardlinks == 1 and stats.bytes == 500 + len(b"not a whiteout here")
+    if fmt is FULL:
+        assert (root / "keep").read_bytes() == b"k"
+
+
+def test_host_dir_absolute_symlink_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink("/etc/passwd", src / "pw")
+    with pytest.raises(UserError, match="'pw': symlink target '/etc/passwd' is absolute"):
+        apply_host_dir(tmp_path, src, FULL)
+
+
+# -- unsafe archives: refused, nothing outside the root -------------------------------------
+
+
+@pytest.fixture
+def jail(tmp_path: Path, fmt: LayerFormat) -> tuple[Path, Path, LayerFormat]:
+    """A layer root with a sentinel directory beside it holding one file."""
+    if fmt is DIFF and not ROOT:
+        pytest.skip("DIFF whiteouts need root")
+    sentinel = tmp_path / "sentinel"
+    sentinel.mkdir()
+    (sentinel / "secret").write_bytes(b"secret")
+    os.chmod(sentinel, 0o750)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "inside").mkdir()
+    (root / "inside/old").write_bytes(b"old")
+    return root, sentinel, fmt
+
+
+def _untouched(root: Path, sentinel: Path) -> None:
+    tmp = root.parent
+    assert sorted(os.listdir(tmp)) == ["root", "sentinel"]
+    assert os.listdir(sentinel) == ["secret"]
+    st = (sentinel / "secret").lstat()
+    assert (sentinel / "secret").read_bytes() == b"secret" and st.st_nlink == 1
+    assert stat.S_IMODE(sentinel.stat().st_mode) == 0o750
+    assert (root / "inside/old").read_bytes() == b"old"  # nothing already applied is corrupted
+
+
+def _refused(root: Path, sentinel: Path, fmt: LayerFormat, match: str, *members: Member) -> None:
+    with pytest.raises(UserError, match=match) as exc:
+        apply(root, fmt, F("inside/first", b"applied before"), *members)
+    assert str(exc.value).startswith("layer.tar: entry ") and "\n" not in str(exc.value)
+    assert (root / "inside/first").read_bytes() == b"applied before"
+    _untouched(root, sentinel)
+
+
+def test_unsafe_absolute_path(jail: tuple[Path, Path, LayerFormat]) -> None:
+    root, sentinel, fmt = jail
+    _refused(root, sentinel, fmt, "absolute path .*escapes the layer root", F(str(sentinel / "x"), b"pwned"))
+
+
+@pytest.mark.parametrize("name", ["../sentinel/x", "inside/../../sentinel/x", "./../sentinel/secret"])
+def test_unsafe_dotdot_path(jail: tuple[Path, Path, LayerFormat], name: str) -> None:
+    root, sentinel, fmt = jail
+    _refused(root, sentinel, fmt, rf"entry '{name}': path .*'\.\.' component: path escapes the layer root",
+             F(name, b"pwned"))
+
+
+def test_unsafe_dotdot_directory_and_symlink_names(jail: tuple[Path, Path, LayerFormat]) -> None:
+    root, sentinel, fmt = jail
+    _refused(root, sentinel, fmt, "escapes the layer root", D("../sentinel/newdir/"))
+    _refused(root, sentinel, fmt, "escapes the layer root", S("../sentinel/l", "x"))
+
+
+def test_unsafe_symlink_absolute_target(jail: tuple[Path, Path, LayerFormat]) -> None:
+    root, sentinel, fmt = jail
+    _refused(root, sentinel, fmt, "'evil': symlink target .* is absolute", S("evil", str(sentinel)),
+             F("evil/x", b"pwned"))
+    assert not (root / "evil").exists()
+
+
+@pytest.mark.parametrize("name, target", [("evil", "../sentinel"), ("a/b/evil", "../../../sentinel/secret"),
+                                          ("evil", "..")])
+def test_unsafe_symlink_relative_climbing_out(jail: tuple[Path, Path, LayerFormat], name: str, target: str) -> None:
+    root, sentinel, fmt = jail
+    _refused(root, sentinel, fmt, "climbs out of the layer root", S(name, target), F(f"{name}/x", b"pwned"))
+
+
+def test_unsafe_symlink_dotdot_after_a_name(jail: tuple[Path, Path, LayerFormat]) -> None:
+    # 'self -> .' is inside; 'self/../sentinel' looks inside lexically but resolves outside
+    root, sentinel, fmt = jail
+    _refused(root, sentinel, fmt, "'\\.\\.' after a name", S("self", "."), S("evil", "self/../sentinel"),
+             F("evil/x", b"pwned"))
+
+
+def test_unsafe_symlinked_parent_from_this_layer(jail: tuple[Path, Path, LayerFormat]) -> None:
+    root, sentinel, fmt = jail
+    _refused(root, sentinel, fmt, "parent 'lnk' is a symlink", S("lnk", "inside"), F("lnk/x", b"through"))
+    assert not (root / "inside/x").exists()
+
+
+def test_unsafe_symlinked_parent_already_in_the_tree(jail: tuple[Path, Path, LayerFormat]) -> None:
+    root, sentinel, fmt = jail
+    os.symlink(sentinel, root / "out")  # as if a lower layer (or a race) had put it there
+    _refused(root, sentinel, fmt, "parent 'out' is a symlink", F("out/x", b"pwned"))
+    _refused(root, sentinel, fmt, "parent 'out' is a symlink", D("out/sub/x/"))
+    _refused(root, sentinel, fmt, "parent 'out' is a symlink", F("out/secret", b"pwned"))
+
+
+def test_unsafe_hardlink_outside(jail: tuple[Path, Path, LayerFormat]) -> None:
+    root, sentinel, fmt = jail
+    _refused(root, sentinel, fmt, "hardlink target .*escapes the layer root", H("h", "../sentinel/secret"))
+    _refused(root, sentinel, fmt, "absolute hardlink target", H("h", str(sentinel / "secret")))
+
+
+def test_unsafe_hardlink_through_a_symlink(jail: tuple[Path, Path, LayerFormat]) -> None:
+    root, sentinel, fmt = jail
+    os.symlink(sentinel, root / "out")
+    _refused(root, sentinel, fmt, "parent 'out' is a symlink", H("h", "out/secret"))
+    assert not (root / "h").exists()
+
+
+def test_unsafe_hardlink_missing_or_a_directory(jail: tuple[Path, Path, LayerFormat]) -> None:
+    root, sentinel, fmt = jail
+    _refused(root, sentinel, fmt, "does not exist in the layer", H("h", "nothing"))
+    _refused(root, sentinel, fmt, "is a directory", D("dd/"), H("h", "dd"))
+
+
+@pytest.mark.parametrize("name, what", [(".wh...", "climbs out of its directory"),
+                                        ("inside/.wh...", "climbs out of its directory"),
+                                        (".wh.", "must name a file"), ("inside/.wh..", "must name a file"),
+                                        ("../.wh.sentinel", "escapes the layer root"),
+                                        ("../sentinel/.wh.secret", "escapes the layer root"),
+                                        (".wh.x/y", "whiteout name used as a directory")])
+def test_unsafe_whiteout_names(jail: tuple[Path, Path, LayerFormat], name: str, what: str) -> None:
+    root, sentinel, fmt = jail
+    _refused(root, sentinel, fmt, what, WH(name))
+    assert (root / "inside").is_dir() and os.listdir(root) == ["inside"]
+
+
+def test_unsafe_whiteout_and_opaque_through_a_symlink(jail: tuple[Path, Path, LayerFormat]) -> None:
+    root, sentinel, fmt = jail
+    os.symlink(sentinel, root / "out")
+    _refused(root, sentinel, fmt, "parent 'out' is a symlink", WH("out/.wh.secret"))
+    _refused(root, sentinel, fmt, "parent 'out' is a symlink", WH("out/.wh..wh..opq"))
+
+
+def test_unsafe_directory_over_a_symlink(jail: tuple[Path, Path, LayerFormat]) -> None:
+    root, sentinel, fmt = jail
+    os.symlink(sentinel, root / "out")
+    _refused(root, sentinel, fmt, "a directory entry over a symlink", D("out/", 0o777))
+    assert os.readlink(root / "out") == str(sentinel)
+
+
+def test_file_over_a_symlink_replaces_the_link_not_its_target(jail: tuple[Path, Path, LayerFormat]) -> None:
+    root, sentinel, fmt = jail
+    os.symlink(sentinel / "secret", root / "out")
+    apply(root, fmt, F("out", b"mine", 0o600), S("out2", "inside/old"))
+    assert (root / "out").read_bytes() == b"mine" and not (root / "out").is_symlink()
+    _untouched(root, sentinel)
