@@ -1,0 +1,363 @@
+"""Image sources: OCI layouts and docker/podman save archives built here, digests checked."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import platform
+import stat
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from layerbench.harness.driver import LayerFormat
+from layerbench.harness.errors import UserError
+from layerbench.harness.oci import apply_blob, read_image, source_kind
+
+from .test_layer_tar import DIFF, FULL, D, F, H, S, WH, needs_root, tar_bytes
+
+OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
+ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+
+def layers() -> list[bytes]:
+    """Three uncompressed layer tars: a base, a change set with whiteouts, an opaque dir."""
+    return [
+        tar_bytes(D("etc/"), F("etc/conf", b"v1"), D("bin/"), F("bin/sh", b"#!", 0o755), H("bin/sh2", "bin/sh"),
+                  D("d/"), F("d/old", b"o"), D("gone/"), F("gone/x", b"x")),
+        tar_bytes(D("etc/"), WH("etc/.wh.conf"), F("etc/new", b"n"), WH(".wh.gone"), S("etc/sh", "../bin/sh")),
+        tar_bytes(D("d/"), WH("d/.wh..wh..opq"), F("d/fresh", b"f")),
+    ]
+
+
+def expect_final(root: Path) -> None:
+    assert sorted(os.listdir(root)) == ["bin", "d", "etc"]
+    assert sorted(os.listdir(root / "etc")) == ["new", "sh"]
+    assert os.listdir(root / "d") == ["fresh"]
+    assert (root / "etc/sh").read_bytes() == b"#!"
+    assert (root / "bin/sh2").stat().st_ino == (root / "bin/sh").stat().st_ino
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _compress(data: bytes, how: str) -> bytes:
+    if how == "gzip":
+        return gzip.compress(data)
+    if how == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor().compress(data)
+    return data
+
+
+class Layout:
+    """Files of an OCI image layout, to write as a directory or a tar."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}'}
+
+    def blob(self, data: bytes) -> dict[str, Any]:
+        self.files[f"blobs/sha256/{sha(data)[7:]}"] = data
+        return {"digest": sha(data), "size": len(data)}
+
+    def manifest(self, tars: list[bytes], how: tuple[str, ...] = ("", "gzip", "zstd")) -> dict[str, Any]:
+        config = self.blob(json.dumps({"rootfs": {"type": "layers", "diff_ids": [sha(t) for t in tars]}}).encode())
+        descs = []
+        for i, t in enumerate(tars):
+            kind = how[i % len(how)]
+            descs.append({"mediaType": OCI_TAR + (f"+{kind}" if kind else ""), **self.blob(_compress(t, kind))})
+        doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+               "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config}, "layers": descs}
+        return {"mediaType": doc["mediaType"], **self.blob(json.dumps(doc).encode())}
+
+    def index(self, manifests: list[dict[str, Any]]) -> None:
+        self.files["index.json"] = json.dumps({"schemaVersion": 2, "manifests": manifests}).encode()
+
+    def write_dir(self, path: Path) -> Path:
+        for name, data in self.files.items():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            (path / name).write_bytes(data)
+        return path
+
+    def write_tar(self, path: Path) -> Path:
+        with tarfile.open(path, "w") as tar:
+            for name, data in self.files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return path
+
+
+def oci_layout(path: Path, ref: str = "demo:1") -> Path:
+    lay = Layout()
+    m = lay.manifest(layers())
+    lay.index([{**m, "annotations": {"org.opencontainers.image.ref.name": ref}}])
+    return lay.write_dir(path)
+
+
+def docker_archive(path: Path, images: dict[str, list[bytes]], dup_symlink: bool = False) -> Path:
+    """A legacy `docker save` tar: manifest.json, <id>/layer.tar, <config>.json with diff_ids."""
+    entries: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    manifest = []
+    for tag, tars in images.items():
+        names = []
+        for i, t in enumerate(tars):
+            lid = hashlib.sha256(tag.encode() + bytes([i])).hexdigest()
+            info = tarfile.TarInfo(f"{lid}/layer.tar")
+            if dup_symlink and i > 0 and t == tars[0]:  # older docker links duplicate layers
+                info.type, info.linkname = tarfile.SYMTYPE, f"../{names[0].split('/')[0]}/layer.tar"
+                entries.append((info, None))
+            else:
+                info.size = len(t)
+                entries.append((info, t))
+            names.append(info.name)
+        config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [sha(t) for t in tars]}}).encode()
+        cinfo = tarfile.TarInfo(f"{sha(config)[7:]}.json")
+        cinfo.size = len(config)
+        entries.append((cinfo, config))
+        manifest.append({"Config": cinfo.name, "RepoTags": [tag], "Layers": names})
+    data = json.dumps(manifest).encode()
+    minfo = tarfile.TarInfo("manifest.json")
+    minfo.size = len(data)
+    entries.append((minfo, data))
+    with tarfile.open(path, "w") as tar:
+        for info, blob in entries:
+            tar.addfile(info, io.BytesIO(blob) if blob is not None else None)
+    return path
+
+
+def apply_all(root: Path, blobs: list[Any], fmt: LayerFormat = FULL) -> None:
+    for blob in blobs:
+        apply_blob(root, blob, fmt)
+
+
+# -- formats --------------------------------------------------------------------------------
+
+
+def test_oci_layout_dir_of_three_layers_tar_gzip_zstd(tmp_path: Path) -> None:
+    path = oci_layout(tmp_path / "img")
+    blobs = read_image(path)
+    assert [b.media_type.rsplit(".", 1)[-1] for b in blobs] == ["tar", "tar+gzip", "tar+zstd"]
+    assert source_kind(path) == "oci-layout"
+    root = tmp_path / "root"
+    root.mkdir()
+    apply_all(root, blobs)
+    expect_final(root)
+
+
+def test_oci_layout_inside_a_tar_and_ref_selection(tmp_path: Path) -> None:
+    lay = Layout()
+    a, b = lay.manifest(layers()), lay.manifest(layers()[:1])
+    lay.index([{**a, "annotations": {"io.containerd.image.name": "docker.io/library/demo:1",
+                                     "org.opencontainers.image.ref.name": "1"}},
+               {**b, "annotations": {"org.opencontainers.image.ref.name": "base"}}])
+    archive = lay.write_tar(tmp_path / "img.tar")
+    assert source_kind(archive) == "oci-layout"
+    assert len(read_image(archive, ref="demo:1")) == 3 and len(read_image(archive, ref="base")) == 1
+    with pytest.raises(UserError, match="2 images to choose from; name one"):
+        read_image(archive)
+    with pytest.raises(UserError, match="no image named 'nope'"):
+        read_image(archive, ref="nope")
+
+
+def test_nested_index_picks_this_machines_platform(tmp_path: Path) -> None:
+    lay = Layout()
+    here, other = lay.manifest(layers()), lay.manifest(layers()[:1])
+    att = lay.manifest(layers()[:1])
+    inner = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {**other, "platform": {"os": "linux", "architecture": "mips64" if ARCH != "mips64" else "s390x"}},
+        {**here, "platform": {"os": "linux", "architecture": ARCH}},
+        {**att, "platform": {"os": "unknown", "architecture": "unknown"},
+         "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
+    ]}
+    lay.index([{"mediaType": inner["mediaType"], **lay.blob(json.dumps(inner).encode())}])
+    assert len(read_image(lay.write_dir(tmp_path / "img"))) == 3
+
+
+def test_docker_save_archive(tmp_path: Path) -> None:
+    archive = docker_archive(tmp_path / "save.tar", {"demo:1": layers()})
+    assert source_kind(archive) == "docker-archive"
+    blobs = read_image(archive)
+    assert [b.name.rsplit(":", 1)[-1].endswith("/layer.tar") for b in blobs] == [True] * 3
+    root = tmp_path / "root"
+    root.mkdir()
+    apply_all(root, blobs)
+    expect_final(root)
+
+
+def test_docker_save_several_images_and_symlinked_duplicate_layer(tmp_path: Path) -> None:
+    base = layers()[0]
+    archive = docker_archive(tmp_path / "save.tar", {"a:1": layers(), "b:2": [base, base]}, dup_symlink=True)
+    with pytest.raises(UserError, match=r"2 images \(a:1, b:2\); name one"):
+        read_image(archive)
+    assert len(read_image(archive, ref="a:1")) == 3
+    blobs = read_image(archive, ref="b:2")
+    assert blobs[0].offset == blobs[1].offset  # the symlink member resolved to the first copy
+
+
+def test_docker_25_archive_has_both_forms(tmp_path: Path) -> None:
+    lay = Layout()
+    tars = layers()
+    m = lay.manifest(tars, how=("",))
+    lay.index([{**m, "annotations": {"io.containerd.image.name": "docker.io/library/demo:1"}}])
+    doc = json.loads(lay.files[f"blobs/sha256/{m['digest'][7:]}"])
+    lay.files["manifest.json"] = json.dumps([{
+        "Config": f"blobs/sha256/{doc['config']['digest'][7:]}", "RepoTags": ["demo:1"],
+        "Layers": [f"blobs/sha256/{d['digest'][7:]}" for d in doc["layers"]]}]).encode()
+    archive = lay.write_tar(tmp_path / "img.tar")
+    blobs = read_image(archive, ref="demo:1")
+    assert [b.digest for b in blobs] == [sha(t) for t in tars]
+    unpacked = lay.write_dir(tmp_path / "unpacked")
+    assert source_kind(unpacked) == "oci-layout" and len(read_image(unpacked)) == 3
+
+
+@needs_root
+def test_blobs_apply_as_diff_layers(tmp_path: Path) -> None:
+    blobs = read_image(oci_layout(tmp_path / "img"))
+    diffs = []
+    for i, blob in enumerate(blobs):
+        diffs.append(tmp_path / f"diff{i}")
+        diffs[-1].mkdir()
+        apply_blob(diffs[-1], blob, DIFF)
+    wh = (diffs[1] / "etc/conf").lstat()
+    assert stat.S_ISCHR(wh.st_mode) and wh.st_rdev == 0
+    assert os.getxattr(diffs[2] / "d", "trusted.overlay.opaque") == b"y"
+
+
+def test_plain_directory_is_a_host_dir_source(tmp_path: Path) -> None:
+    assert source_kind(tmp_path) == "directory"
+    with pytest.raises(UserError, match="neither an OCI image layout"):
+        read_image(tmp_path)
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def test_layer_digest_mismatch_is_refused(tmp_path: Path) -> None:
+    path = oci_layout(tmp_path / "img")
+    blob = read_image(path)[1]
+    with open(blob.path, "r+b") as f:  # flip one byte, keep the size
+        f.seek(blob.size // 2)
+        byte = f.read(1)
+        f.seek(blob.size // 2)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(UserError, match=r"blobs/sha256/[0-9a-f]{64}: does not match its digest sha256:"):
+        read_image(path)
+
+
+def test_docker_diff_id_mismatch_is_refused(tmp_path: Path) -> None:
+    tars = layers()
+    archive = docker_archive(tmp_path / "save.tar", {"demo:1": tars})
+    data = archive.read_bytes()
+    i = data.index(b"v1")  # etc/conf's content in the first layer
+    archive.write_bytes(data[:i] + b"v2" + data[i + 2:])
+    with pytest.raises(UserError, match="layer.tar: uncompressed content does not match its diff_id"):
+        read_image(archive)
+
+
+def test_manifest_digest_mismatch_and_size_mismatch(tmp_path: Path) -> None:
+    path = oci_layout(tmp_path / "img")
+    index = json.loads((path / "index.json").read_text())
+    m = index["manifests"][0]
+    mpath = path / "blobs/sha256" / m["digest"][7:]
+    doc = json.loads(mpath.read_text())
+    doc["layers"][0]["size"] += 1
+    mpath.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match="content does not match its digest"):
+        read_image(path)
+    new = json.dumps(doc).encode()
+    (path / "blobs/sha256" / sha(new)[7:]).write_bytes(new)
+    index["manifests"][0].update(digest=sha(new), size=len(new))
+    (path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(UserError, match="bytes, the manifest says"):
+        read_image(path)
+
+
+def test_layer_path_leaving_the_image_is_refused(tmp_path: Path) -> None:
+    archive = docker_archive(tmp_path / "save.tar", {"demo:1": layers()})
+    with tarfile.open(archive) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}  # type: ignore[union-attr]
+    manifest = json.loads(files["manifest.json"])
+    manifest[0]["Layers"][0] = "../../etc/passwd"
+    (tmp_path / "dir").mkdir()
+    for name, data in {**files, "manifest.json": json.dumps(manifest).encode()}.items():
+        (tmp_path / "dir" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "dir" / name).write_bytes(data)
+    with pytest.raises(UserError, match="'../../etc/passwd' leaves the image"):
+        read_image(tmp_path / "dir")
+    manifest[0]["Layers"][0] = "escape/layer.tar"
+    (tmp_path / "dir/manifest.json").write_text(json.dumps(manifest))
+    os.symlink("/etc", tmp_path / "dir/escape")
+    with pytest.raises(UserError, match="leads outside the image directory"):
+        read_image(tmp_path / "dir")
+
+
+def test_symlink_member_leaving_the_archive_is_refused(tmp_path: Path) -> None:
+    archive = docker_archive(tmp_path / "save.tar", {"demo:1": layers()})
+    with tarfile.open(archive, "a") as tar:
+        info = tarfile.TarInfo("evil/layer.tar")
+        info.type, info.linkname = tarfile.SYMTYPE, "../../outside.tar"
+        tar.addfile(info)
+    with tarfile.open(archive) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    manifest[0]["Layers"][0] = "evil/layer.tar"
+    data = json.dumps(manifest).encode()
+    with tarfile.open(archive, "a") as tar:  # a later member of the same name wins
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(UserError, match="'evil/layer.tar' links outside the archive"):
+        read_image(archive)
+
+
+@pytest.mark.parametrize("files, what", [
+    ({"index.json": b"{}"}, "oci-layout has no imageLayoutVersion"),
+    ({"oci-layout": b'{"imageLayoutVersion": "1.0.0"}', "index.json": b"{nope"}, "index.json: not valid JSON"),
+    ({"oci-layout": b'{"imageLayoutVersion": "1.0.0"}', "index.json": b'{"manifests": 3}'},
+     "field 'manifests' is missing or not a list"),
+    ({"oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+      "index.json": b'{"manifests": [{"digest": "sha256:../../x"}]}'}, "malformed digest"),
+    ({"oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+      "index.json": json.dumps({"manifests": [{"digest": "sha256:" + "0" * 64}]}).encode()}, "is missing"),
+    ({"manifest.json": b'{"not": "a list"}'}, "manifest.json: not a list of images"),
+    ({"manifest.json": b'[{"RepoTags": ["x:1"]}]'}, "field 'Layers' is missing"),
+])
+def test_malformed_metadata_is_one_line(tmp_path: Path, files: dict[str, bytes], what: str) -> None:
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    if "oci-layout" not in files and "manifest.json" not in files:
+        (tmp_path / "oci-layout").write_bytes(b"[]")
+    with pytest.raises(UserError, match=what) as exc:
+        read_image(tmp_path)
+    assert "\n" not in str(exc.value)
+
+
+def test_non_layer_media_type_is_refused(tmp_path: Path) -> None:
+    lay = Layout()
+    m = lay.manifest(layers()[:1], how=("",))
+    doc = json.loads(lay.files[f"blobs/sha256/{m['digest'][7:]}"])
+    doc["layers"][0]["mediaType"] = "application/vnd.example.wasm"
+    lay.index([{"mediaType": doc["mediaType"], **lay.blob(json.dumps(doc).encode())}])
+    with pytest.raises(UserError, match="layer media type 'application/vnd.example.wasm' is not a tar layer"):
+        read_image(lay.write_dir(tmp_path / "img"))
+
+
+def test_compressed_or_bogus_archive(tmp_path: Path) -> None:
+    archive = docker_archive(tmp_path / "save.tar", {"demo:1": layers()})
+    gz = tmp_path / "save.tar.gz"
+    gz.write_bytes(gzip.compress(archive.read_bytes()))
+    with pytest.raises(UserError, match="save.tar.gz: a compressed archive; decompress it first"):
+        read_image(gz)
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(UserError, match="junk.tar: not a tar archive|neither an OCI"):
+        read_image(junk)
+    with pytest.raises(UserError, match="no such file"):
+        source_kind(tmp_path / "missing")
