@@ -440,3 +440,10 @@ def test_file_over_a_symlink_replaces_the_link_not_its_target(jail: tuple[Path, 
     apply(root, fmt, F("out", b"mine", 0o600), S("out2", "inside/old"))
     assert (root / "out").read_bytes() == b"mine" and not (root / "out").is_symlink()
     _untouched(root, sentinel)
+
+
+def test_unknown_entry_type_is_refused(tmp_path: Path) -> None:
+    info = _info("weird", b"Z", 0o644)
+    with pytest.raises(UserError, match="layer.tar: entry 'weird': unsupported tar entry type"):
+        apply(tmp_path, FULL, F("ok", b"1"), (info, None))
+    assert (tmp_path / "ok").read_bytes() == b"1"
