@@ -24,7 +24,10 @@ from .driver import LayerFormat
 from .errors import UserError
 from .layer_tar import LayerStats, SymlinkPolicy, apply_host_dir, apply_tar_layer, open_layer_stream
 
-__all__ = ["LayerBlob", "read_image", "apply_blob", "source_kind", "apply_host_dir", "LAYER_MEDIA_TYPES"]
+__all__ = [
+    "LayerBlob", "LayerStats", "read_image", "apply_blob", "apply_tar_layer", "apply_host_dir", "source_kind",
+    "LAYER_MEDIA_TYPES",
+]
 
 LAYER_MEDIA_TYPES = frozenset({
     "application/vnd.oci.image.layer.v1.tar",
