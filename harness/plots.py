@@ -15,6 +15,7 @@ from typing import Any
 
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.patches import Patch
+from matplotlib.ticker import NullLocator
 
 from . import results
 from .report import Report
@@ -24,6 +25,7 @@ __all__ = ["Plot", "LINE_PLOTS", "figures", "line_plots", "box_plots"]
 #: (metric, swept parameter, title, log x, log y)
 LINE_PLOTS: tuple[tuple[str, str, str, bool, bool], ...] = (
     ("copy_up_ns", "file_size", "Copy-up latency vs file size", True, True),
+    ("copy_up_ns", "depth", "Copy-up latency vs layer depth", True, True),
     ("disk_bytes", "containers", "Disk usage vs container count", False, False),
     ("startup_ns", "layers", "Startup vs layer count", True, True),
     ("startup_ns", "files", "Startup vs file count", True, True),
@@ -87,7 +89,8 @@ def _line_plot(report: Report, scenario: str, metric: str, param: str, title: st
             continue
         rest = results.params_text({k: v for k, v in cell["params"].items() if k != param})
         lines.setdefault((cell["driver"], rest), []).append((float(cell["params"][param]), row))
-    if not any(len({x for x, _ in pts}) >= 2 for pts in lines.values()):
+    lines = {k: pts for k, pts in lines.items() if len({x for x, _ in pts}) >= 2}
+    if not lines:
         return None
     unit = next(iter(lines.values()))[0][1]["unit"]
     factor, unit_name = _scale(unit, max(r["median"] for pts in lines.values() for _, r in pts))
@@ -109,7 +112,7 @@ def _line_plot(report: Report, scenario: str, metric: str, param: str, title: st
         ax.set_xscale("log")
     ticks = sorted({x for pts in lines.values() for x, _ in pts})
     ax.set_xticks(ticks, [_tick(x, param) for x in ticks])
-    ax.minorticks_off() if logx else None
+    ax.xaxis.set_minor_locator(NullLocator())
     if logy:
         ax.set_yscale("log")
     elif unit != "count":

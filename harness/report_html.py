@@ -6,7 +6,7 @@ from html import escape
 
 from .plots import figures
 from .report import Report
-from .report_md import MdTable, claims_table, scenario_table, stats_table, versions_table
+from .report_md import MdTable, claims_table, intro, scenario_table, stats_table, versions_table
 
 __all__ = ["html_page"]
 
@@ -57,8 +57,7 @@ def html_page(report: Report) -> str:
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            "<title>layerbench report</title>", f"<style>{CSS}</style></head><body>",
-           "<h1>layerbench report</h1>", f'<p class="meta">Runs: {runs}. Medians; in brackets each driver\'s '
-           f"median over <b>{escape(report.baseline)}</b>'s (below ×1 is faster or smaller).</p>"]
+           "<h1>layerbench report</h1>", f'<p class="meta">Runs: {runs}. {intro(report)}</p>']
     out += [f'<div class="note">{escape(n)}</div>' for n in report.notes]
     plots = figures(report)
     if plots:

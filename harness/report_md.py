@@ -8,7 +8,7 @@ from typing import Any
 from .report import Report
 from .table import human
 
-__all__ = ["markdown", "ratio_text", "scenario_table", "stats_table", "versions_table", "claims_table", "MdTable"]
+__all__ = ["markdown", "ratio_text", "scenario_table", "stats_table", "versions_table", "claims_table", "intro", "MdTable"]
 
 MdTable = tuple[list[str], list[list[str]]]  # header, body
 
@@ -78,6 +78,14 @@ def claims_table(report: Report) -> MdTable:
     return ["claim", "verdict", "figures"], [[c["claim"], c["verdict"], c["figures"]] for c in report.claims]
 
 
+def intro(report: Report) -> str:
+    """What the numbers in the tables are (with <b> around the baseline's name)."""
+    if report.baseline not in report.drivers:
+        return "Medians."
+    return (f"Medians; in brackets each driver's median over <b>{report.baseline}</b>'s "
+            "(below ×1 is faster or smaller).")
+
+
 def _md(table: MdTable, numeric_from: int = 2) -> list[str]:
     header, body = table
     esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
@@ -90,8 +98,7 @@ def markdown(report: Report) -> str:
     out = ["# layerbench report", ""]
     out.append("Runs: " + ", ".join(f"`{r['label']}` ({r['started_utc']}, {r['machine'].get('name')})"
                                     for r in report.runs) + ".")
-    out += ["", f"Medians; in brackets each driver's median over **{report.baseline}**'s "
-            "(below ×1 is faster or smaller).", ""]
+    out += ["", intro(report).replace("<b>", "**").replace("</b>", "**"), ""]
     out += [f"> {n}" for n in report.notes] + ([""] if report.notes else [])
     for scenario in dict.fromkeys(r["scenario"] for r in report.rows):
         out += [f"## {scenario}", ""]

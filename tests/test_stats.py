@@ -42,5 +42,6 @@ def test_advice_for_many_outliers_and_a_slow_first_sample() -> None:
     assert "--warmup" in slow and "9.0x the median" in slow
     noisy = advice([100, 100, 100, 100, 100, 500, 600, 100, 100, 100], "ns")
     assert any("outliers" in w and "--cold" in w and "quieter machine" in w for w in noisy)
-    assert not any("first sample" in w for w in advice([900, 100, 100, 100], "bytes"))  # times only
+    assert advice([900, 100, 100, 100, 700], "bytes") == []  # sizes and counts get no advice
+    assert not any("outliers" in w for w in advice([100, 100, 100, 100, 100, 100, 100, 100, 100, 500], "ns"))
     assert advice([1, 2], "ns") == []  # too few samples to say anything

@@ -8,7 +8,10 @@ from typing import Any
 import click
 
 from ..errors import UserError
+from .compare import compare_cmd
 from .drivers import drivers_cmd
+from .listing import results_cmd
+from .report import report_cmd
 from .run import run_cmd
 from .scenarios import scenarios_cmd
 
@@ -35,3 +38,6 @@ def main() -> None:
 main.add_command(run_cmd)
 main.add_command(drivers_cmd)
 main.add_command(scenarios_cmd)
+main.add_command(report_cmd)
+main.add_command(compare_cmd)
+main.add_command(results_cmd)

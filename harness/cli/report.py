@@ -1,0 +1,48 @@
+"""`layerbench report`: result files as Markdown, a self-contained HTML page, CSV or JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+from ..report import DEFAULT_BASELINE, FORMATS, build, read_all, render
+
+__all__ = ["report_cmd", "expand_paths"]
+
+
+def expand_paths(paths: tuple[Path, ...]) -> list[Path]:
+    """Files as given; a directory stands for every results file under it."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.json") if not p.name.startswith("."))
+            if not found:
+                raise UserError(f"{path}: no results files (*.json) in this directory")
+            out += found
+        else:
+            out.append(path)
+    return out
+
+
+@click.command("report")
+@click.argument("results_files", nargs=-1, required=True, metavar="RESULTS...", type=click.Path(path_type=Path))
+@click.option("-f", "--format", "fmt", type=click.Choice(FORMATS),
+              help="Output format (default: from the -o suffix, else md).")
+@click.option("-o", "--output", default="-", metavar="FILE", help="Write here instead of stdout.")
+@click.option("--baseline", default=DEFAULT_BASELINE, show_default=True,
+              help="Driver the others' ratios are relative to.")
+def report_cmd(results_files: tuple[Path, ...], fmt: str | None, output: str, baseline: str) -> None:
+    """Turn RESULTS (files or directories) into tables, plots and the claims check."""
+    if fmt is None:
+        suffix = Path(output).suffix.lstrip(".").lower()
+        fmt = {"htm": "html", "markdown": "md"}.get(suffix, suffix) if output != "-" else "md"
+        if fmt not in FORMATS:
+            raise UserError(f"-o {output}: cannot tell the format from the suffix; pass --format")
+    text = render(build(read_all(expand_paths(results_files)), baseline), fmt)
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text)
+        click.echo(f"report: {output}", err=True)

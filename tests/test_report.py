@@ -1,0 +1,142 @@
+"""report: golden Markdown of committed runs, a self-contained HTML page with every plot, CSV/JSON, errors."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from layerbench.harness import report
+from layerbench.harness.cli import main
+from layerbench.harness.plots import figures
+
+DATA = Path(__file__).parent / "data"
+RUNS = [DATA / f"{name}.json" for name in ("copy-up", "null", "layer-sharing", "startup")]
+
+
+def build(paths: list[Path], baseline: str = "overlay2", with_claims: bool = False) -> report.Report:
+    return report.build(report.read_all(paths), baseline, with_claims=with_claims)
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(main, list(args))
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_markdown_is_golden() -> None:
+    from .test_compare import golden
+
+    golden("report-copy-up.md", report.render(build(RUNS[:2]), "md"))
+
+
+def test_markdown_tables_put_drivers_side_by_side_with_ratios() -> None:
+    md = report.render(build(RUNS[:2]), "md")
+    assert "| params | metric (median) | overlay2 | btrfs | null |" in md
+    assert "| file_size=1048576 | copy_up_ns | 1.73 ms | 33.6 µs (×0.0194) | 4.69 µs (×0.00271) |" in md
+    assert "## Machine and versions" in md and "mke2fs 1.47.0" in md
+    other = report.render(build(RUNS[:2], baseline="btrfs"), "md")
+    assert "| params | metric (median) | btrfs | overlay2 | null |" in other
+
+
+def test_a_missing_baseline_is_a_note_not_an_error() -> None:
+    md = report.render(build([DATA / "null.json"]), "md")
+    assert "> baseline driver overlay2 is not in these results" in md and "(×" not in md and "Medians.\n" in md
+
+
+def test_html_is_self_contained_and_has_every_plot() -> None:
+    r = build(RUNS)
+    page = report.render(r, "html")
+    assert page.startswith("<!DOCTYPE html>")
+    assert not re.search(r"https?://|<script|<link|@import|url\(", page), "the page must not reach the network"
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    for s in sources:
+        assert base64.b64decode(s.split(",", 1)[1]).startswith(b"\x89PNG")
+    titles = [p.title for p in figures(r)]
+    assert titles[:3] == ["Copy-up latency vs file size (copy-up)", "Disk usage vs container count (layer-sharing)",
+                          "Startup vs layer count (startup)"]
+    assert "copy_up_ns (copy-up)" in titles and "disk_bytes (layer-sharing)" in titles
+    assert "startup_ns (startup)" in titles and "image_disk_bytes (copy-up)" not in titles  # one sample only
+    assert len(sources) == len(titles) == page.count("<figure>")
+
+
+def test_a_missing_scenario_just_omits_its_plot() -> None:
+    titles = [p.title for p in figures(build([DATA / "startup.json"]))]
+    assert titles == ["Startup vs layer count (startup)", "startup_ns (startup)"]
+
+
+def test_csv_and_json_have_every_statistic_and_the_ratio() -> None:
+    r = build(RUNS[:2])
+    rows = list(csv.DictReader(io.StringIO(report.render(r, "csv"))))
+    assert list(rows[0]) == list(report.ROW_FIELDS)
+    row = next(x for x in rows if x["driver"] == "btrfs" and x["metric"] == "copy_up_ns"
+               and x["params"] == "file_size=4096")
+    assert float(row["ratio"]) == pytest.approx(38110 / 590235, rel=0.01)
+    doc = json.loads(report.render(r, "json"))
+    assert doc["baseline"] == "overlay2" and [run["label"] for run in doc["runs"]] == ["copy-up", "null"]
+    assert doc["rows"][0]["ratio"] == 1.0 and doc["claims"] is None
+
+
+def test_claims_are_rendered_when_the_module_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.ModuleType("layerbench.harness.claims")
+    fake.evaluate = lambda doc: [  # type: ignore[attr-defined]
+        {"claim": "btrfs copy-up does not grow with file size", "verdict": "held", "figures": "38 µs vs 34 µs"},
+        {"claim": "vfs startup is the slowest", "verdict": "not measured", "figures": "no vfs cells"},
+    ]
+    monkeypatch.setitem(sys.modules, "layerbench.harness.claims", fake)
+    import layerbench.harness as harness_pkg
+
+    monkeypatch.setattr(harness_pkg, "claims", fake, raising=False)
+    r = build(RUNS[:2], with_claims=True)
+    md = report.render(r, "md")
+    assert "## Claims" in md and "| btrfs copy-up does not grow with file size | held | 38 µs vs 34 µs |" in md
+    assert '<td class="not-measured">not measured</td>' in report.render(r, "html")
+
+
+def test_report_verb_writes_the_format_of_the_suffix(tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    code, _, err = invoke("report", *map(str, RUNS), "-o", str(out))
+    assert code == 0, err
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    code, text, _ = invoke("report", str(DATA / "copy-up.json"), "--format", "md")
+    assert code == 0 and text.startswith("# layerbench report")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("missing.json",), "missing.json: not a readable results file"),
+    (("--format", "md", str(DATA / "golden")), "golden: no results files (*.json) in this directory"),
+    ((str(DATA / "copy-up.json"), "-o", "r.pdf"), "cannot tell the format from the suffix"),
+])
+def test_report_errors_are_one_line(args: tuple[str, ...], message: str) -> None:
+    code, _, err = invoke("report", *args)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_newer_schema_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "new.json"
+    path.write_text(json.dumps({"schema_version": 99}))
+    code, _, err = invoke("report", str(path))
+    assert code == 2 and "schema_version 99 is newer than this layerbench understands" in err
+
+
+def test_results_lists_saved_runs(tmp_path: Path) -> None:
+    for p in RUNS[:2]:
+        (tmp_path / "vm").mkdir(exist_ok=True)
+        (tmp_path / "vm" / p.name).write_text(p.read_text())
+    (tmp_path / "vm" / "junk.json").write_text("{}")
+    code, out, _ = invoke("results", "--results-dir", str(tmp_path))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["date", "label", "machine", "scenarios", "drivers", "status", "path"]
+    assert lines[1].split()[:6] == ["2026-11-30T06:49:25Z", "copy-up", "vm", "copy-up", "overlay2,btrfs", "finished"]
+    assert "unreadable: not a layerbench results file" in out
+    code, _, err = invoke("results", "--results-dir", str(tmp_path / "nope"))
+    assert code == 2 and "no such results directory" in err
