@@ -6,14 +6,17 @@ from layerbench.harness import hookimpl
 from layerbench.harness.plugins import DriverRegistry
 
 from .btrfs import BtrfsDriver
+from .fuse_overlayfs import FuseOverlayfsDriver
 from .null import NullDriver
 from .overlay2 import Overlay2Driver
+from .reflink import ReflinkDriver
 from .vfs import VfsDriver
+from .zfs import ZfsDriver
 
-__all__ = ["BtrfsDriver", "NullDriver", "Overlay2Driver", "VfsDriver"]
+__all__ = ["BtrfsDriver", "FuseOverlayfsDriver", "NullDriver", "Overlay2Driver", "ReflinkDriver", "VfsDriver", "ZfsDriver"]
 
 
 @hookimpl
 def layerbench_register_drivers(registry: DriverRegistry) -> None:
-    for cls in (NullDriver, VfsDriver, Overlay2Driver, BtrfsDriver):
+    for cls in (NullDriver, VfsDriver, Overlay2Driver, BtrfsDriver, FuseOverlayfsDriver, ReflinkDriver, ZfsDriver):
         registry.add(cls)
