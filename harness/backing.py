@@ -124,11 +124,12 @@ class BackingStore:
     Use as a context manager; `close` is idempotent and runs after errors too.
     """
 
-    def __init__(self, workdir: Path, fstype: str, size_bytes: int) -> None:
+    def __init__(self, workdir: Path, fstype: str, size_bytes: int, inodes: int = 0) -> None:
         if fstype not in BACKINGS:
             raise UserError(f"unknown backing filesystem {fstype!r}; allowed: {', '.join(BACKINGS)}")
         self.fstype = fstype
         self.size_bytes = max(size_bytes, MIN_SIZE.get(fstype, 0))
+        self.inodes = inodes  # ext4 fixes its inode count at mkfs; 0 keeps mkfs's default
         self.image = workdir / f"backing.{fstype}.img"
         self.mountpoint = workdir / "mnt"
         self.loop: str | None = None
@@ -140,7 +141,8 @@ class BackingStore:
             return self.mountpoint
         with open(self.image, "wb") as f:
             f.truncate(self.size_bytes)
-        _run([*MKFS[self.fstype], str(self.image)])
+        extra = ["-N", str(self.inodes)] if self.fstype == "ext4" and self.inodes else []
+        _run([*MKFS[self.fstype], *extra, str(self.image)])
         self.loop = _run(["losetup", "--find", "--show", str(self.image)])
         syscalls.mount(self.loop, str(self.mountpoint), self.fstype, 0, "")
         self.mounted = True

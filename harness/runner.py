@@ -99,8 +99,19 @@ def estimate_bytes(cell: Cell) -> int:
         need = total * (layers * (1 + builds) + containers + copies)
     else:
         need = total * (1 + builds + containers + copies)
-    files = image.total_files * (1 + containers + builds)
-    return int((need + written) * 1.2) + files * 4096 + 128 * _MiB
+    return int((need + written) * 1.2) + estimate_inodes(cell) * 4096 + 128 * _MiB
+
+
+def estimate_inodes(cell: Cell) -> int:
+    """An upper bound of the inodes the cell's store holds at its fullest (ext4 fixes them at mkfs)."""
+    image = cell.scenario.image(cell.params)
+    steps = cell.scenario.steps(cell.params)
+    containers = sum(int(s.args.get("count", 1)) for s in steps if s.op == "start")
+    created = sum(int(s.args.get("count", 1)) for s in steps if s.op in ("write", "mkdir", "commit"))
+    copies = image.layer_count + containers if cell.driver.style is Style.COPY else 2 + containers // 8
+    builds = sum(1 for s in steps if s.op == "build")
+    dirs = image.total_files // 4 + 64  # generated paths share directories
+    return int(((image.total_files + dirs) * (copies * (1 + builds)) + created * 2 + containers * 16) * 1.3) + 4096
 
 
 def select_drivers(plugins: Plugins, names: tuple[str, ...]) -> tuple[list[type[Driver]], dict[str, str]]:
@@ -161,7 +172,7 @@ def run_cell(cell: Cell, workdir: Path, sampling: _Sampling | None = None, overh
     outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     started = time.monotonic()
     workdir.mkdir(mode=0o700)
-    store = backing.BackingStore(workdir, cell.backing, estimate_bytes(cell))
+    store = backing.BackingStore(workdir, cell.backing, estimate_bytes(cell), estimate_inodes(cell))
     driver: Driver | None = None
     try:
         mnt = store.open()
