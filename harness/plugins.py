@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 import pluggy
 
@@ -13,9 +16,22 @@ from . import hookspecs
 from .driver import Driver, LayerFormat, Style
 from .errors import UserError
 
-__all__ = ["DriverRegistry", "PluginError", "Plugins", "load_plugins", "ENTRY_POINT_GROUP"]
+if TYPE_CHECKING:
+    from .image import Image
+
+__all__ = [
+    "DriverRegistry", "ExporterRegistry", "ImageSourceRegistry", "Exporter", "ImageSource",
+    "PluginError", "PluginInfo", "Plugins", "load_plugins", "ENTRY_POINT_GROUP", "ENTRY_POINT_GROUPS",
+]
 
 ENTRY_POINT_GROUP = "layerbench.drivers"
+#: Plugins are found in both groups: drivers, and plugins that add anything else.
+ENTRY_POINT_GROUPS = (ENTRY_POINT_GROUP, "layerbench.plugins")
+
+#: Writes one results document to a text stream.
+Exporter = Callable[[dict[str, Any], TextIO], None]
+#: Turns a scenario's [image] table (and the scenario file's directory) into layers.
+ImageSource = Callable[[Mapping[str, Any], Path], "Image"]
 
 
 class PluginError(Exception):
@@ -51,13 +67,83 @@ class DriverRegistry:
         self.origin[cls.name] = plugin
 
 
+T = TypeVar("T")
+
+
+@dataclass
+class _NamedRegistry(Generic[T]):
+    """Callables by name, with the plugin that added each; refuses duplicates and non-callables."""
+
+    kind: str = "item"
+    items: dict[str, T] = field(default_factory=dict)
+    suffix: dict[str, str] = field(default_factory=dict)
+    description: dict[str, str] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)
+    current_plugin: str = "?"
+
+    def add(self, name: str, obj: T, suffix: str = "", description: str = "") -> None:
+        plugin = self.current_plugin
+        if not (isinstance(name, str) and name):
+            raise PluginError(f"plugin {plugin}: a {self.kind} needs a non-empty string name, not {name!r}")
+        if not callable(obj):
+            raise PluginError(f"plugin {plugin}: {self.kind} {name!r} is not callable ({obj!r})")
+        if name in self.items:
+            raise PluginError(
+                f"plugin {plugin}: {self.kind} name {name!r} is already registered by plugin {self.origin[name]}"
+            )
+        self.items[name] = obj
+        self.suffix[name] = suffix
+        self.description[name] = description
+        self.origin[name] = plugin
+
+    def _snapshot(self) -> tuple[dict[str, T], dict[str, str], dict[str, str], dict[str, str]]:
+        return dict(self.items), dict(self.suffix), dict(self.description), dict(self.origin)
+
+    def _restore(self, saved: tuple[dict[str, T], dict[str, str], dict[str, str], dict[str, str]]) -> None:
+        self.items, self.suffix, self.description, self.origin = (dict(x) for x in saved)  # type: ignore[assignment]
+
+
+class ExporterRegistry(_NamedRegistry[Exporter]):
+    """Result exporters by name, filled through `layerbench_register_exporters`."""
+
+    def __init__(self) -> None:
+        super().__init__(kind="exporter")
+
+
+class ImageSourceRegistry(_NamedRegistry[ImageSource]):
+    """Image sources by name, filled through `layerbench_register_image_sources`."""
+
+    def __init__(self) -> None:
+        super().__init__(kind="image source")
+
+
+@dataclass
+class PluginInfo:
+    """One loaded plugin, as `layerbench plugins` shows it."""
+
+    name: str
+    version: str
+    module: str
+    hooks: list[str] = field(default_factory=list)
+    drivers: list[str] = field(default_factory=list)
+    exporters: list[str] = field(default_factory=list)
+    image_sources: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "module": self.module, "hooks": self.hooks,
+                "drivers": self.drivers, "exporters": self.exporters, "image_sources": self.image_sources}
+
+
 @dataclass
 class Plugins:
-    """What was loaded: the plugin manager, the driver registry and the plugins that broke."""
+    """What was loaded: the plugin manager, the registries and the plugins that broke."""
 
     manager: pluggy.PluginManager
     registry: DriverRegistry
     broken: dict[str, str]
+    exporters: ExporterRegistry = field(default_factory=ExporterRegistry)
+    image_sources: ImageSourceRegistry = field(default_factory=ImageSourceRegistry)
+    info: dict[str, PluginInfo] = field(default_factory=dict)
 
     def driver(self, name: str) -> type[Driver]:
         try:
@@ -72,43 +158,75 @@ def _plugin_version(ep: metadata.EntryPoint) -> str:
     return dist.version if dist is not None else "?"
 
 
-def load_plugins(extra: tuple[object, ...] = ()) -> Plugins:
-    """Load every `layerbench.drivers` entry point (plus `extra` plugin objects).
+def _module_of(plugin: object) -> str:
+    if inspect.ismodule(plugin):
+        return plugin.__name__
+    return getattr(type(plugin), "__module__", "?") + "." + type(plugin).__qualname__
 
-    A plugin that fails to import or to register is recorded in `broken` and the
-    others still load.
+
+_HOOKS = ("layerbench_register_drivers", "layerbench_register_exporters", "layerbench_register_image_sources")
+
+
+def load_plugins(extra: tuple[object, ...] = ()) -> Plugins:
+    """Load every `layerbench.drivers` and `layerbench.plugins` entry point (plus `extra` objects).
+
+    A plugin that fails to import or to register anything is recorded in `broken`,
+    what it registered is taken back, and the others still load.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     broken: dict[str, str] = {}
-    candidates: list[tuple[str, object]] = []
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        label = f"{ep.name} ({ep.value})"
-        try:
-            candidates.append((label, ep.load()))
-        except Exception as exc:  # a broken plugin must not take the others down
-            broken[label] = f"import failed: {exc}"
-    candidates.extend((getattr(p, "__name__", repr(p)), p) for p in extra)
+    candidates: list[tuple[str, object, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for group in ENTRY_POINT_GROUPS:
+        for ep in metadata.entry_points(group=group):
+            if (ep.name, ep.value) in seen:
+                continue
+            seen.add((ep.name, ep.value))
+            label = f"{ep.name} ({ep.value})"
+            try:
+                candidates.append((label, ep.load(), _plugin_version(ep)))
+            except Exception as exc:  # a broken plugin must not take the others down
+                broken[label] = f"import failed: {exc}"
+    candidates.extend((getattr(p, "__name__", repr(p)), p, "?") for p in extra)
 
     registry = DriverRegistry()
-    for label, plugin in candidates:
+    exporters, sources = ExporterRegistry(), ImageSourceRegistry()
+    info: dict[str, PluginInfo] = {}
+    for label, plugin, version in candidates:
         try:
             pm.register(plugin, name=label)
         except Exception as exc:
             broken[label] = f"registration failed: {exc}"
             continue
-        impls = [i for i in pm.hook.layerbench_register_drivers.get_hookimpls() if i.plugin is plugin]
-        for impl in impls:
-            registry.current_plugin = label
-            before = dict(registry.drivers)
-            try:
-                impl.function(registry=registry)
-            except Exception as exc:
-                registry.drivers = before
-                registry.origin = {k: v for k, v in registry.origin.items() if k in before}
-                broken[label] = str(exc)
+        saved = (dict(registry.drivers), dict(registry.origin), exporters._snapshot(), sources._snapshot())
+        hooks: list[str] = []
+        try:
+            for hook in _HOOKS:
+                impls = [i for i in getattr(pm.hook, hook).get_hookimpls() if i.plugin is plugin]
+                for impl in impls:
+                    hooks.append(hook)
+                    registry.current_plugin = exporters.current_plugin = sources.current_plugin = label
+                    target = {"layerbench_register_drivers": registry,
+                              "layerbench_register_exporters": exporters,
+                              "layerbench_register_image_sources": sources}[hook]
+                    impl.function(registry=target)
+        except Exception as exc:
+            registry.drivers, registry.origin = saved[0], saved[1]
+            exporters._restore(saved[2])
+            sources._restore(saved[3])
+            broken[label] = str(exc)
+            pm.unregister(plugin)
+            continue
+        info[label] = PluginInfo(
+            name=label, version=version, module=_module_of(plugin), hooks=sorted(set(hooks)),
+            drivers=sorted(n for n, o in registry.origin.items() if o == label),
+            exporters=sorted(n for n, o in exporters.origin.items() if o == label),
+            image_sources=sorted(n for n, o in sources.origin.items() if o == label),
+        )
     pm.check_pending()
-    return Plugins(manager=pm, registry=registry, broken=broken)
+    return Plugins(manager=pm, registry=registry, broken=broken, exporters=exporters,
+                   image_sources=sources, info=info)
 
 
 @functools.cache

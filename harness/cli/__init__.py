@@ -8,9 +8,11 @@ from typing import Any
 import click
 
 from ..errors import UserError
+from .claims import claims_cmd
 from .compare import compare_cmd
 from .drivers import drivers_cmd
 from .listing import results_cmd
+from .plugins import plugins_cmd
 from .report import report_cmd
 from .run import run_cmd
 from .scenarios import scenarios_cmd
@@ -38,6 +40,8 @@ def main() -> None:
 main.add_command(run_cmd)
 main.add_command(drivers_cmd)
 main.add_command(scenarios_cmd)
+main.add_command(claims_cmd)
 main.add_command(report_cmd)
 main.add_command(compare_cmd)
 main.add_command(results_cmd)
+main.add_command(plugins_cmd)
