@@ -211,6 +211,8 @@ def run_cell(cell: Cell, workdir: Path, sampling: _Sampling | None = None, overh
             if not warm:
                 spent += time.monotonic() - t0
                 measured += 1
+                if state.written:
+                    recorded["written_bytes"].append(state.written)
                 if state.containers and "container" not in out["inspect"]:
                     out["inspect"]["container"] = driver.inspect(state.containers[-1])
             # After a failure, the cleanup below releases what the sample left.

@@ -47,6 +47,7 @@ class SampleState:
     volumes: list[str] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
     committed: str | None = None
+    written: int = 0  # bytes the sample's write steps wrote into the container or its volumes
 
     @property
     def root(self) -> Path:
@@ -218,6 +219,8 @@ def _file_op(state: SampleState, step: Step, record: Recorder) -> None:
         syscalls.drop_caches()
     fn = _FILE_OPS[op](args, paths)
     _timed(record, step.measure, fn)
+    if op in ("write", "append", "overwrite"):
+        state.written += len(paths) * args.get("bytes", 4 if op == "overwrite" else 1)
 
 
 def _write_fn(flags: int) -> Callable[[dict[str, Any], list[str]], Callable[[], None]]:

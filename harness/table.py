@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from .results import tidy
@@ -27,10 +28,15 @@ def human(value: float, unit: str) -> str:
     return f"{value:.0f}"
 
 
+def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders `file_size=4096` before `file_size=1048576`."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", text))
+
+
 def comparison_table(doc: dict[str, Any]) -> str:
     """Per scenario: one row per parameter set and metric, one column per driver."""
-    rows = tidy([doc])
-    drivers = list(dict.fromkeys(r["driver"] for r in rows))
+    rows = sorted(tidy([doc]), key=lambda r: (r["scenario"], _natural(r["params"])))
+    drivers = sorted({r["driver"] for r in rows})
     out: list[str] = []
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
         mine = [r for r in rows if r["scenario"] == scenario]
@@ -42,7 +48,11 @@ def comparison_table(doc: dict[str, Any]) -> str:
         widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
         line = lambda xs: "  ".join(str(x).ljust(w) if i < 2 else str(x).rjust(w) for i, (x, w) in enumerate(zip(xs, widths)))  # noqa: E731
         out += [f"== {scenario}", line(header), line(["-" * w for w in widths]), *map(line, body), ""]
-    errors = [c for c in doc["cells"] if c["status"] != "ok"]
-    for c in errors:
-        out.append(f"{c['status']}: {c['scenario']} {c['driver']} {c['params']}: {c.get('error')}")
+    for c in sorted(doc["cells"], key=lambda c: (c["scenario"], c["driver"])):
+        for label, counts in c.get("outcomes", {}).items():
+            seen = ", ".join(f"{name} x{n}" for name, n in counts.items())
+            out.append(f"outcome: {c['scenario']} {c['driver']} {c['backing']} {label}: {seen}")
+    for c in doc["cells"]:
+        if c["status"] != "ok":
+            out.append(f"{c['status']}: {c['scenario']} {c['driver']} {c['params']}: {c.get('error')}")
     return "\n".join(out).rstrip() + "\n"

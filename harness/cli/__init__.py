@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..errors import UserError
+from .claims import claims_cmd
 from .compare import compare_cmd
 from .drivers import drivers_cmd
 from .listing import results_cmd
@@ -39,6 +40,7 @@ def main() -> None:
 main.add_command(run_cmd)
 main.add_command(drivers_cmd)
 main.add_command(scenarios_cmd)
+main.add_command(claims_cmd)
 main.add_command(report_cmd)
 main.add_command(compare_cmd)
 main.add_command(results_cmd)

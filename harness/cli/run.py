@@ -10,6 +10,7 @@ import click
 from .. import results
 from ..errors import UserError
 from ..runner import RunConfig, run
+from ..claims import claims_text
 from ..table import comparison_table
 
 __all__ = ["run_cmd", "parse_param"]
@@ -60,6 +61,7 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
     except KeyboardInterrupt:
         raise UserError("interrupted; finished cells are kept in the results file") from None
     click.echo(comparison_table(doc))
+    click.echo(claims_text(doc))
     click.echo(f"results: {path}", err=True)
     if export_csv:
         text = results.to_csv(doc)

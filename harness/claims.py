@@ -1,0 +1,182 @@
+"""The claims people make about image layers, checked against a run's own numbers.
+
+Each claim is decided from the cells of the built-in scenario that measures it:
+held, did not hold, or not measured, with the figures that decide it. The seed
+tutorial's claims (layers shared between containers, copy-on-write into the
+container layer, deletes that do not shrink an image, commit as a new layer) and
+the ones users ask about (vfs's cost, volumes bypassing the driver).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+from .table import human
+
+__all__ = ["evaluate", "CLAIMS", "HELD", "NOT_HELD", "NOT_MEASURED"]
+
+HELD, NOT_HELD, NOT_MEASURED = "held", "did not hold", "not measured"
+Verdict = tuple[str, str]
+
+
+def _median(cell: dict[str, Any], metric: str) -> float | None:
+    samples = cell.get("metrics", {}).get(metric, {}).get("samples", [])
+    return float(statistics.median(samples)) if samples else None
+
+
+def _cells(doc: dict[str, Any], scenario: str, **params: Any) -> list[dict[str, Any]]:
+    return [
+        c for c in doc["cells"]
+        if c["scenario"] == scenario and c["status"] == "ok"
+        and all(c["params"].get(k) == v for k, v in params.items())
+    ]
+
+
+def _style(doc: dict[str, Any], driver: str) -> str:
+    return doc.get("drivers", {}).get(driver, {}).get("style", "")
+
+
+def _sharing(doc: dict[str, Any]) -> Verdict:
+    cells = _cells(doc, "layer-sharing")
+    if not cells:
+        return NOT_MEASURED, "no layer-sharing cells"
+    figures, ok = [], True
+    for driver in sorted({c["driver"] for c in cells}):
+        cell = max((c for c in cells if c["driver"] == driver), key=lambda c: c["params"].get("containers", 0))
+        n, disk, image = cell["params"].get("containers", 1), _median(cell, "disk_bytes"), _median(cell, "image_disk_bytes")
+        if disk is None or image is None or not cell.get("image_bytes"):
+            continue
+        each = (disk - image) / n / cell["image_bytes"]
+        figures.append(f"{driver}: {n} containers add {human(disk - image, 'bytes')}, {each:.3f} image each")
+        style = _style(doc, driver)
+        if style in ("union", "snapshot"):
+            ok &= each < 0.05
+        elif style == "copy":
+            ok &= each > 0.8
+    if not figures:
+        return NOT_MEASURED, "no disk_bytes in layer-sharing"
+    return (HELD if ok else NOT_HELD), "; ".join(figures)
+
+
+def _copy_up(doc: dict[str, Any]) -> Verdict:
+    cells = _cells(doc, "copy-up", mode="append", depth=1)
+    figures, decided, ok = [], False, True
+    for driver in sorted({c["driver"] for c in cells}):
+        mine = {c["params"]["file_size"]: c for c in cells if c["driver"] == driver}
+        if len(mine) < 2:
+            continue
+        small, big = mine[min(mine)], mine[max(mine)]
+        a, b = _median(small, "copy_up_ns"), _median(big, "copy_up_ns")
+        if not a or b is None:
+            continue
+        ratio = b / a
+        grew = (_median(big, "disk_bytes") or 0) - (_median(big, "image_disk_bytes") or 0)
+        figures.append(f"{driver}: first append {human(b, 'ns')} at {human(max(mine), 'bytes')} vs "
+                       f"{human(a, 'ns')} at {human(min(mine), 'bytes')} ({ratio:.0f}x), container layer +{human(grew, 'bytes')}")
+        style = _style(doc, driver)
+        if style == "union":
+            decided, ok = True, ok and ratio > 10 and grew >= 0.9 * max(mine)
+        elif style == "snapshot":
+            decided, ok = True, ok and ratio < 10
+    if not decided:
+        return NOT_MEASURED, "; ".join(figures) or "no copy-up cells on a union or snapshot driver"
+    return (HELD if ok else NOT_HELD), "; ".join(figures)
+
+
+def _delete(doc: dict[str, Any]) -> Verdict:
+    cells = _cells(doc, "delete-in-later-layer")
+    if not cells:
+        return NOT_MEASURED, "no delete-in-later-layer cells"
+    figures, ok = [], True
+    for c in sorted(cells, key=lambda c: c["driver"]):
+        layers = c.get("image_layers_disk_bytes") or []
+        if len(layers) < 2:
+            continue
+        peak, final = max(layers[:-1]), layers[-1]
+        hidden = sum(n for label, o in c.get("outcomes", {}).items() if "stat" in label for e, n in o.items() if e == "ENOENT")
+        figures.append(f"{c['driver']}: {human(peak, 'bytes')} before the delete, {human(final, 'bytes')} after; "
+                       f"file hidden in {hidden} samples")
+        ok &= final >= 0.98 * peak and hidden > 0
+    return (HELD if ok and figures else NOT_HELD if figures else NOT_MEASURED), "; ".join(figures)
+
+
+def _commit(doc: dict[str, Any]) -> Verdict:
+    cells = _cells(doc, "commit")
+    figures, decided, ok = [], False, True
+    for c in sorted(cells, key=lambda c: c["driver"]):
+        layer, written = _median(c, "commit_layer_bytes"), _median(c, "written_bytes")
+        if layer is None or not written:
+            continue
+        figures.append(f"{c['driver']}: new layer {human(layer, 'bytes')} for {human(written, 'bytes')} of changes "
+                       f"on a {human(c.get('image_bytes', 0), 'bytes')} image")
+        if _style(doc, c["driver"]) in ("union", "snapshot"):
+            decided, ok = True, ok and layer <= 1.5 * written
+    if not decided:
+        return NOT_MEASURED, "; ".join(figures) or "no commit cells on a union or snapshot driver"
+    return (HELD if ok else NOT_HELD), "; ".join(figures)
+
+
+def _vfs_worst(doc: dict[str, Any]) -> Verdict:
+    cells = _cells(doc, "layer-sharing")
+    copy = [d for d in {c["driver"] for c in cells} if _style(doc, d) == "copy"]
+    others = [d for d in {c["driver"] for c in cells} if _style(doc, d) in ("union", "snapshot")]
+    if not copy or not others:
+        return NOT_MEASURED, "needs layer-sharing on vfs and on a union or snapshot driver"
+    ok, figures = True, []
+    for n in sorted({c["params"].get("containers") for c in cells}):
+        at = {c["driver"]: c for c in cells if c["params"].get("containers") == n}
+        start = {d: _median(c, "startup_ns") or 0 for d, c in at.items()}
+        disk = {d: _median(c, "disk_bytes") or 0 for d, c in at.items()}
+        slowest, largest = max(start, key=start.__getitem__), max(disk, key=disk.__getitem__)
+        ok &= slowest in copy and largest in copy
+        figures.append(f"{n} containers: slowest {slowest} ({human(start[slowest], 'ns')}), "
+                       f"largest {largest} ({human(disk[largest], 'bytes')})")
+    return (HELD if ok else NOT_HELD), "; ".join(figures)
+
+
+def _volumes(doc: dict[str, Any]) -> Verdict:
+    cells = [c for c in _cells(doc, "write-heavy") if _style(doc, c["driver"]) == "union"]
+    if not cells:
+        return NOT_MEASURED, "needs write-heavy on a union driver (overlay2)"
+    ok, figures = True, []
+    for c in cells:
+        box, vol, tmp = (_median(c, f"overwrite_{t}_ns") for t in ("container", "volume", "tmpfs"))
+        if box is None or vol is None or tmp is None:
+            return NOT_MEASURED, f"{c['driver']}: overwrite metrics missing"
+        figures.append(f"{c['driver']}: overwrite in the container layer {human(box, 'ns')}, on a volume "
+                       f"{human(vol, 'ns')}, on tmpfs {human(tmp, 'ns')}")
+        ok &= box > 10 * vol and box > 10 * tmp
+    return (HELD if ok else NOT_HELD), "; ".join(figures)
+
+
+CLAIMS: list[tuple[str, Callable[[dict[str, Any]], Verdict]]] = [
+    ("Containers from one image share its layers: union and snapshot drivers cost the image once "
+     "plus a little per container; vfs about one image per container", _sharing),
+    ("A change copies the file up into the container's layer; the copy costs time that grows with "
+     "the file's size on overlay2 and not on btrfs", _copy_up),
+    ("Deleting a file in a later layer does not make the image smaller", _delete),
+    ("A commit adds one layer holding only the container's changes", _commit),
+    ("vfs is the slowest to start and the largest on disk", _vfs_worst),
+    ("Writes to a volume or a tmpfs avoid copy-up", _volumes),
+]
+
+
+def evaluate(doc: dict[str, Any]) -> list[dict[str, str]]:
+    """Every claim with its verdict and the figures that decide it."""
+    out = []
+    for claim, check in CLAIMS:
+        verdict, figures = check(doc)
+        out.append({"claim": claim, "verdict": verdict, "figures": figures})
+    return out
+
+
+def claims_text(doc: dict[str, Any]) -> str:
+    """The claims as lines a person reads after a run."""
+    lines = ["== claims"]
+    for row in evaluate(doc):
+        lines.append(f"[{row['verdict']}] {row['claim']}")
+        if row["figures"]:
+            lines.append(f"    {row['figures']}")
+    return "\n".join(lines) + "\n"
