@@ -113,3 +113,58 @@ def test_bad_files_get_one_precise_message(tmp_path: Path, edit, message: str) -
 def test_unknown_scenario_names_the_builtins() -> None:
     with pytest.raises(UserError, match="built-in scenarios: commit, copy-up, deep-read"):
         resolve_scenarios(("nope",))
+
+
+SETS = """
+name = "sets"
+description = "Listed sets."
+[[sets]]
+n = 1
+how = "append"
+[[sets]]
+n = 2
+how = "open_rdwr"
+[image]
+layers = 1
+[repeat]
+samples = "${n}"
+[[step]]
+op = "start"
+[[step]]
+op = "${how}"
+path = "f"
+"""
+
+
+def test_listed_sets_string_params_and_op_from_a_parameter(tmp_path: Path) -> None:
+    s = load_scenario(write(tmp_path, SETS))
+    assert s.param_sets() == [{"n": 1, "how": "append"}, {"n": 2, "how": "open_rdwr"}]
+    assert s.repeat({"n": 2, "how": "open_rdwr"})[0] == 2
+    assert [st.op for st in s.steps({"n": 2, "how": "open_rdwr"})] == ["start", "open_rdwr"]
+    assert load_scenario(write(tmp_path, SETS), {"n": [2, 9]}).param_sets() == [
+        {"n": 2, "how": "open_rdwr"}, {"n": 9, "how": "open_rdwr"}]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (SETS.replace('how = "open_rdwr"', 'how = "explode"'), "step[1].op: parameter how = 'explode' is not one of"),
+        (SETS.replace('path = "f"', 'path = "f"\nbytes = 3').replace('"append"', '"open_rdwr"'),
+         "step[1].bytes: unknown field for op 'open_rdwr'"),
+        (SETS.replace("[[sets]]\nn = 2", "[[sets]]\nm = 2"), "sets[1]: every set must name the same parameters"),
+        (SETS + "\n[params]\nx = [1]\n", "sets: give either [params] (every combination) or [[sets]]"),
+        (SETS.replace("[image]\n", '[image]\nsource = "ftp"\n'), "image.source: unknown source 'ftp'"),
+        (SETS.replace("[image]\nlayers = 1", '[image]\nsource = "oci"\npath = "nope"'), "image.path: "),
+        (SETS.replace('path = "f"', 'glob = "*"\npath = "f"'), "needs exactly one of path, glob, fraction"),
+        (SETS.replace('path = "f"', "fraction = 1.5"), "step[1].fraction: expected a number in (0, 1]"),
+        (SETS.replace('op = "start"', 'op = "write"\npath = "x"\nbytes = 1\ncount = 3'),
+         "step[0].path: with count, the path must hold {i}"),
+        (SETS.replace('path = "f"', 'path = "f"\nallow_errors = ["EWHAT"]'), "step[1].allow_errors: expected a list of errno"),
+        (SETS.replace('samples = "${n}"', "samples = 0"), "repeat.samples: must be at least 1"),
+        (SETS.replace('op = "start"', 'op = "usage"\nmeasure = "x_ns"'), "step[0].measure: op 'usage' records fixed"),
+    ],
+)
+def test_more_bad_files(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(UserError) as err:
+        load_scenario(write(tmp_path, text))
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -1,0 +1,126 @@
+"""Scenario steps on real drivers: volumes bypass copy-up, EXDEV is an outcome, commit, whiteouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from layerbench.harness.plugins import default_plugins
+from layerbench.harness.runner import Cell, run_cell
+from layerbench.harness.scenario import load_scenario
+
+from ..conftest import require
+
+pytestmark = pytest.mark.mounts
+MiB = 1 << 20
+
+SCENARIO = """
+name = "steps"
+description = "Volumes, renames, commit and a deleted file, on a small image."
+
+[image]
+layers = 3
+files = 40
+bytes = 400000
+
+[[image.file]]
+path = "data/db.bin"
+size = 8388608
+
+[[image.file]]
+path = "vol/db.bin"
+size = 8388608
+
+[[image.file]]
+path = "gone/x.bin"
+size = 1000
+
+[[image.remove]]
+path = "gone/x.bin"
+layer = 2
+
+[repeat]
+samples = 2
+warmup = 0
+
+[[step]]
+op = "start"
+
+[[step]]
+op = "volume"
+path = "vol"
+populate = true
+
+[[step]]
+op = "usage"
+
+[[step]]
+op = "overwrite"
+path = "vol/db.bin"
+measure = "overwrite_volume_ns"
+
+[[step]]
+op = "usage"
+
+[[step]]
+op = "overwrite"
+path = "data/db.bin"
+measure = "overwrite_container_ns"
+
+[[step]]
+op = "usage"
+
+[[step]]
+op = "stat"
+path = "gone/x.bin"
+allow_errors = ["ENOENT"]
+
+[[step]]
+op = "rename"
+path = "usr"
+to = "usr2"
+allow_errors = ["EXDEV"]
+
+[[step]]
+op = "write"
+path = "pkg/f{i}"
+count = 20
+bytes = 100000
+
+[[step]]
+op = "commit"
+
+[[step]]
+op = "start"
+image = "committed"
+
+[[step]]
+op = "read"
+path = "pkg/f19"
+measure = "read_committed_ns"
+"""
+
+
+@pytest.mark.parametrize("name", ["overlay2", "btrfs", "vfs"])
+def test_steps_on_a_real_driver(name: str, tmp_path: Path) -> None:
+    require(name)
+    path = tmp_path / "steps.toml"
+    path.write_text(SCENARIO)
+    scenario = load_scenario(path)
+    cls = default_plugins().driver(name)
+    out = run_cell(Cell(scenario, cls, {}, cls.backings[0]), tmp_path / "cell")
+    assert out["status"] == "ok", out["error"]
+    disk = out["metrics"]["disk_bytes"]["samples"][:3]  # first sample: after volume, volume write, container write
+    assert disk[1] - disk[0] < 1 * MiB  # a volume write goes around the storage driver
+    if name == "overlay2":
+        assert disk[2] - disk[1] >= 8 * MiB  # the container write copied the 8 MiB file up
+        assert out["outcomes"]["step[8] rename"] == {"EXDEV": 2}
+    else:
+        assert disk[2] - disk[1] < 8 * MiB and "step[8] rename" not in out["outcomes"]
+    assert out["outcomes"]["step[7] stat"] == {"ENOENT": 2}  # the whiteout hides the file
+    layers = out["image_layers_disk_bytes"]
+    assert layers == sorted(layers)  # deleting in a later layer did not shrink the image
+    assert len(out["metrics"]["read_committed_ns"]["samples"]) == 2  # the committed image has the files
+    assert out["metrics"]["written_bytes"]["samples"] == [2 * 4 + 20 * 100000] * 2
+    assert not (tmp_path / "cell").exists()

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from typing import Any
+
+from layerbench.harness.claims import HELD, NOT_HELD, NOT_MEASURED, evaluate
+
+MiB = 1 << 20
+STYLES = {"overlay2": "union", "btrfs": "snapshot", "vfs": "copy"}
+
+
+def cell(scenario: str, driver: str, params: dict[str, Any], **metrics: list[float]) -> dict[str, Any]:
+    return {"scenario": scenario, "driver": driver, "params": params, "status": "ok", "image_bytes": 100 * MiB,
+            "metrics": {m: {"unit": "x", "samples": v} for m, v in metrics.items()}, "outcomes": {}}
+
+
+def doc(*cells: dict[str, Any]) -> dict[str, Any]:
+    return {"drivers": {d: {"style": s} for d, s in STYLES.items()}, "cells": list(cells)}
+
+
+def verdicts(d: dict[str, Any]) -> list[str]:
+    return [row["verdict"] for row in evaluate(d)]
+
+
+def test_nothing_measured() -> None:
+    assert verdicts(doc()) == [NOT_MEASURED] * 6
+
+
+def sharing(vfs_each: float, overlay_each: float) -> list[dict[str, Any]]:
+    return [
+        cell("layer-sharing", "vfs", {"containers": 20}, disk_bytes=[(300 + 20 * 100 * vfs_each) * MiB],
+             image_disk_bytes=[300 * MiB], startup_ns=[9e7]),
+        cell("layer-sharing", "overlay2", {"containers": 20}, disk_bytes=[(100 + 20 * 100 * overlay_each) * MiB],
+             image_disk_bytes=[100 * MiB], startup_ns=[3e5]),
+    ]
+
+
+def test_sharing_and_vfs_worst_decided_from_layer_sharing() -> None:
+    held = verdicts(doc(*sharing(vfs_each=0.96, overlay_each=0.001)))
+    assert held[0] == HELD and held[4] == HELD
+    assert verdicts(doc(*sharing(vfs_each=0.96, overlay_each=0.2)))[0] == NOT_HELD
+
+
+def test_copy_up_needs_growth_on_union_and_none_on_snapshot() -> None:
+    def cells(btrfs_big: float) -> list[dict[str, Any]]:
+        out = []
+        for driver, small, big in (("overlay2", 3e4, 2e8), ("btrfs", 3e4, btrfs_big)):
+            for size, t in ((4096, small), (256 * MiB, big)):
+                grew = size if driver == "overlay2" else 4096
+                out.append(cell("copy-up", driver, {"file_size": size, "mode": "append", "depth": 1},
+                                copy_up_ns=[t], disk_bytes=[MiB + grew], image_disk_bytes=[MiB]))
+        return out
+
+    assert verdicts(doc(*cells(btrfs_big=4e4)))[1] == HELD
+    assert verdicts(doc(*cells(btrfs_big=4e6)))[1] == NOT_HELD
+
+
+def test_delete_and_commit_and_volumes() -> None:
+    d = cell("delete-in-later-layer", "overlay2", {})
+    d["image_layers_disk_bytes"] = [2 * MiB, 66 * MiB, 66 * MiB]
+    d["outcomes"] = {"step[1] stat": {"ENOENT": 5}}
+    c = cell("commit", "overlay2", {}, commit_layer_bytes=[48 * MiB], written_bytes=[47 * MiB])
+    v = cell("write-heavy", "overlay2", {}, overwrite_container_ns=[7e7], overwrite_volume_ns=[1.5e4],
+             overwrite_tmpfs_ns=[9e3])
+    assert verdicts(doc(d, c, v))[2:4] + verdicts(doc(d, c, v))[5:] == [HELD, HELD, HELD]
+    d["image_layers_disk_bytes"] = [2 * MiB, 66 * MiB, 3 * MiB]  # the image shrank: the claim fails
+    c["metrics"]["commit_layer_bytes"]["samples"] = [150 * MiB]  # a full copy
+    assert verdicts(doc(d, c, v))[2:4] == [NOT_HELD, NOT_HELD]
