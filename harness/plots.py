@@ -18,7 +18,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 
 from . import results
-from .report import Report
+from .report import Report, params_key
 
 __all__ = ["Plot", "LINE_PLOTS", "figures", "line_plots", "box_plots"]
 
@@ -42,6 +42,7 @@ class Plot:
     title: str
     caption: str
     png_base64: str
+    wide: bool = False  # many parameter sets: spans the page
 
     @property
     def data_uri(self) -> str:
@@ -80,7 +81,7 @@ def _stats(report: Report) -> dict[tuple[str, str, str, str], dict[str, Any]]:
 def _line_plot(report: Report, scenario: str, metric: str, param: str, title: str,
                logx: bool, logy: bool) -> Plot | None:
     stats = _stats(report)
-    lines: dict[tuple[str, str], list[tuple[float, dict[str, Any]]]] = {}
+    points: dict[str, list[tuple[float, str, dict[str, Any]]]] = {}
     for cell in report.doc["cells"]:
         if cell["scenario"] != scenario or param not in cell["params"]:
             continue
@@ -88,7 +89,14 @@ def _line_plot(report: Report, scenario: str, metric: str, param: str, title: st
         if row is None or row["n"] == 0:
             continue
         rest = results.params_text({k: v for k, v in cell["params"].items() if k != param})
-        lines.setdefault((cell["driver"], rest), []).append((float(cell["params"][param]), row))
+        points.setdefault(cell["driver"], []).append((float(cell["params"][param]), rest, row))
+    # A driver is one line when each x has one cell (other parameters just follow x, like
+    # `samples`); else one line per combination of the other parameters.
+    lines: dict[tuple[str, str], list[tuple[float, dict[str, Any]]]] = {}
+    for driver in sorted(points, key=report.drivers.index):
+        unique = len({x for x, _, _ in points[driver]}) == len(points[driver])
+        for x, rest, row in sorted(points[driver], key=lambda p: (p[1], p[0])):
+            lines.setdefault((driver, "" if unique else rest), []).append((x, row))
     lines = {k: pts for k, pts in lines.items() if len({x for x, _ in pts}) >= 2}
     if not lines:
         return None
@@ -138,8 +146,17 @@ def line_plots(report: Report) -> list[Plot]:
     return out
 
 
+def _group_labels(groups: list[str]) -> list[str]:
+    """Each parameter set as the parameters that vary between them, one per line."""
+    split = [dict(part.partition("=")[::2] for part in g.split(";") if part) for g in groups]
+    varying = [k for k in dict.fromkeys(k for d in split for k in d) if len({d.get(k) for d in split}) > 1]
+    return ["\n".join(f"{k}={_tick(float(d[k]), k) if k.endswith('size') else d[k]}" for k in varying if k in d)
+            or (g or "-") for g, d in zip(groups, split)]
+
+
 def _box_plot(report: Report, scenario: str, metric: str) -> Plot | None:
-    groups = list(dict.fromkeys(r["params"] for r in report.rows if r["scenario"] == scenario and r["metric"] == metric))
+    groups = sorted(dict.fromkeys(r["params"] for r in report.rows
+                                  if r["scenario"] == scenario and r["metric"] == metric), key=params_key)
     drivers = [d for d in report.drivers
                if any(len(report.samples(scenario, d, p, metric)) >= MIN_BOX_SAMPLES for p in groups)]
     if not drivers:
@@ -158,7 +175,8 @@ def _box_plot(report: Report, scenario: str, metric: str) -> Plot | None:
     largest = max(max(s) for s in data)
     factor, unit_name = _scale(unit, largest)
     scaled = [[v / factor for v in s] for s in data]
-    fig = MplFigure(figsize=(7.5, 4.2))
+    wide = len(groups) > 4
+    fig = MplFigure(figsize=(15 if wide else 7.5, 4.6))
     ax = fig.add_subplot()
     boxes = ax.boxplot(scaled, positions=positions, widths=width * 0.85, patch_artist=True,
                        flierprops={"marker": ".", "markersize": 4}, medianprops={"color": "black"})
@@ -168,8 +186,7 @@ def _box_plot(report: Report, scenario: str, metric: str) -> Plot | None:
     smallest = min(min(s) for s in scaled)
     if smallest > 0 and max(max(s) for s in scaled) / smallest > 30:
         ax.set_yscale("log")
-    ax.set_xticks(range(len(groups)), [g or "-" for g in groups], rotation=20 if len(groups) > 3 else 0,
-                  ha="right" if len(groups) > 3 else "center")
+    ax.set_xticks(range(len(groups)), _group_labels(groups), fontsize=9)
     ax.set_xlim(-0.6, len(groups) - 0.4)
     ax.set_ylabel(f"{metric} ({unit_name})")
     ax.set_title(f"{metric} — {scenario}")
@@ -177,7 +194,7 @@ def _box_plot(report: Report, scenario: str, metric: str) -> Plot | None:
     ax.legend(handles=[Patch(facecolor=colors[d], alpha=0.6, label=d) for d in drivers], frameon=False)
     caption = (f"Every sample of {metric} in scenario {scenario}, by parameter set and driver: the box spans "
                "the quartiles, the whiskers 1.5 IQR, dots are outliers (kept, not dropped).")
-    return Plot(title=f"{metric} ({scenario})", caption=caption, png_base64=_png(fig))
+    return Plot(title=f"{metric} ({scenario})", caption=caption, png_base64=_png(fig), wide=wide)
 
 
 def box_plots(report: Report) -> list[Plot]:

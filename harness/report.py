@@ -20,7 +20,7 @@ from . import results
 from .errors import UserError
 from .stats import STATS_FIELDS, advice, summarize
 
-__all__ = ["Report", "build", "render", "read_all", "FORMATS", "DEFAULT_BASELINE"]
+__all__ = ["Report", "build", "render", "read_all", "params_key", "FORMATS", "DEFAULT_BASELINE"]
 
 FORMATS = ("md", "html", "csv", "json")
 DEFAULT_BASELINE = "overlay2"
@@ -72,6 +72,12 @@ def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
     return merged
 
 
+def params_key(text: str) -> tuple[Any, ...]:
+    """Sort key for `k=v;k=v` that orders numbers by value, then words."""
+    return tuple((k, (0, float(v), "") if v.lstrip("-").replace(".", "", 1).isdigit() else (1, 0.0, v))
+                 for k, _, v in (part.partition("=") for part in text.split(";")))
+
+
 def _claims(doc: dict[str, Any]) -> list[dict[str, str]] | None:
     try:
         from . import claims  # type: ignore[attr-defined]  # optional: written alongside this module
@@ -94,6 +100,9 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
     else:
         notes.append(f"baseline driver {baseline} is not in these results, so there are no ratios "
                      f"(choose one of {', '.join(drivers) or 'none'} with --baseline)")
+    scenarios = list(dict.fromkeys([*doc["scenarios"], *(c["scenario"] for c in doc["cells"])]))
+    doc["cells"].sort(key=lambda c: (scenarios.index(c["scenario"]), params_key(results.params_text(c["params"])),
+                                     drivers.index(c["driver"])))
     rows: list[dict[str, Any]] = []
     warnings: list[str] = []
     for cell in doc["cells"]:

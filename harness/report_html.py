@@ -22,8 +22,9 @@ th { background: #f5f5f7; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr:nth-child(even) td { background: #fafafa; }
 details summary { cursor: pointer; color: #0a58ca; margin: 6px 0; }
-.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 24px; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); grid-auto-flow: dense; gap: 24px; }
 figure { margin: 0; }
+figure.wide { grid-column: 1 / -1; }
 figure img { width: 100%; height: auto; border: 1px solid #eee; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 6px 12px; margin: 8px 0; }
 .warn li { color: #8a4b00; }
@@ -62,8 +63,10 @@ def html_page(report: Report) -> str:
     plots = figures(report)
     if plots:
         out.append("<h2>Plots</h2><div class=\"plots\">")
-        out += [f'<figure><img alt="{escape(p.title)}" src="{p.data_uri}"><figcaption><b>{escape(p.title)}.</b> '
-                f"{escape(p.caption)}</figcaption></figure>" for p in plots]
+        for p in plots:
+            wide = ' class="wide"' if p.wide else ""
+            out.append(f'<figure{wide}><img alt="{escape(p.title)}" src="{p.data_uri}">'
+                       f"<figcaption><b>{escape(p.title)}.</b> {escape(p.caption)}</figcaption></figure>")
         out.append("</div>")
     if report.claims is not None:
         out += ["<h2>Claims</h2>", _table(claims_table(report), numeric_from=3, verdict_col=1)]
