@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from pathlib import Path
 
-from layerbench.harness import syscalls
+from layerbench.harness import safety, syscalls
 
 __all__ = ["needs_root", "fs_in_kernel", "unmount_below", "remove_tree", "Lineage"]
 
@@ -27,11 +26,8 @@ def unmount_below(root: Path) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove `path` without following symlinks out of it; missing is fine."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
+    """Remove `path` without following symlinks or crossing into a mount; missing is fine."""
+    safety.remove_tree(path)
 
 
 class Lineage:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from . import syscalls
 from .errors import UserError
+from .ledger import Ledger
+from .safety import remove_tree
 
 __all__ = ["BackingStore", "MKFS", "Usage", "usage", "allocated_bytes", "mkfs_versions", "unavailable"]
 
@@ -124,7 +126,9 @@ class BackingStore:
     Use as a context manager; `close` is idempotent and runs after errors too.
     """
 
-    def __init__(self, workdir: Path, fstype: str, size_bytes: int, inodes: int = 0) -> None:
+    def __init__(
+        self, workdir: Path, fstype: str, size_bytes: int, inodes: int = 0, ledger: Ledger | None = None
+    ) -> None:
         if fstype not in BACKINGS:
             raise UserError(f"unknown backing filesystem {fstype!r}; allowed: {', '.join(BACKINGS)}")
         self.fstype = fstype
@@ -134,33 +138,45 @@ class BackingStore:
         self.mountpoint = workdir / "mnt"
         self.loop: str | None = None
         self.mounted = False
+        self.ledger = ledger
+
+    def _note(self, kind: str, path: Path | str, made: bool = True) -> None:
+        if self.ledger is not None:
+            (self.ledger.made if made else self.ledger.released)(kind, path)
 
     def open(self) -> Path:
+        self._note("dir", self.mountpoint)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         if self.fstype == "dir":
             return self.mountpoint
+        self._note("file", self.image)
         with open(self.image, "wb") as f:
             f.truncate(self.size_bytes)
         extra = ["-N", str(self.inodes)] if self.fstype == "ext4" and self.inodes else []
         _run([*MKFS[self.fstype], *extra, str(self.image)])
+        self._note("loop", self.image)
         self.loop = _run(["losetup", "--find", "--show", str(self.image)])
+        self._note("mount", self.mountpoint)
         syscalls.mount(self.loop, str(self.mountpoint), self.fstype, 0, "")
         self.mounted = True
         return self.mountpoint
 
     def close(self) -> None:
+        """Unmount (everything below first, lazily as the last resort), detach, remove."""
         if self.mounted:
-            try:
-                syscalls.umount(str(self.mountpoint))
-            except OSError:
-                syscalls.umount(str(self.mountpoint), syscalls.MNT_DETACH)
+            syscalls.unmount_below(str(self.mountpoint), include_root=True)
             self.mounted = False
+            self._note("mount", self.mountpoint, made=False)
         if self.loop is not None:
             subprocess.run(["losetup", "-d", self.loop], capture_output=True)
             self.loop = None
-        self.image.unlink(missing_ok=True)
+            self._note("loop", self.image, made=False)
+        if os.path.lexists(self.image):
+            self.image.unlink()
+            self._note("file", self.image, made=False)
         if self.mountpoint.is_dir() and not os.path.ismount(self.mountpoint):
-            shutil.rmtree(self.mountpoint)
+            remove_tree(self.mountpoint)
+            self._note("dir", self.mountpoint, made=False)
 
     def usage(self) -> Usage:
         """Used bytes and inodes: the filesystem's own statvfs, or a walk for "dir"."""

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import backing, machine, overhead, results, syscalls
+from . import backing, machine, overhead, results, safety, syscalls
 from .driver import Driver, Style
 from .errors import UserError
 from .image import Image, SyntheticImage
+from .ledger import LEDGER_NAME, Ledger
 from .plugins import Plugins, default_plugins
 from .scenario import Scenario, resolve_scenarios
 from .steps import SampleState, run_step
@@ -61,6 +62,8 @@ class RunConfig:
     cold: bool = False
     order: str = "random"
     seed: int = 0
+    cell_timeout_s: float = 1800.0
+    resume: Path | None = None
     overrides: dict[str, list[Any]] = field(default_factory=dict)
 
 
@@ -150,9 +153,98 @@ class _Sampling:
     warmup: int
     min_time_s: float
     cold: bool
+    timeout_s: float = 0.0
 
 
-def run_cell(cell: Cell, workdir: Path, sampling: _Sampling | None = None, overhead_ns: int = 0) -> dict[str, Any]:
+class CellTimeout(Exception):
+    """The cell ran past its time limit."""
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise CellTimeout in the running cell after `seconds` (0: no limit)."""
+    if seconds <= 0:
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise CellTimeout(f"the cell ran past its time limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _measure(
+    cell: Cell,
+    store: backing.BackingStore,
+    sampling: _Sampling,
+    overhead_ns: int,
+    out: dict[str, Any],
+    recorded: dict[str, list[int]],
+    outcomes: dict[str, dict[str, int]],
+    drivers: list[Driver],
+) -> None:
+    """Open the store, build the image and take the samples; `run_cell` cleans up."""
+    s = cell.scenario
+    mnt = store.open()
+    home = mnt / cell.driver.name
+    home.mkdir(mode=0o700)
+    base, base_walk = store.usage(), backing.allocated_bytes(mnt)
+    driver = cell.driver(home)
+    drivers.append(driver)
+    driver.setup()
+    image = s.image(cell.params)
+    top, per_layer = _build_image(image, driver, store, base.bytes)
+    recorded["image_disk_bytes"].append(per_layer[-1])
+    out["image_layers_disk_bytes"] = per_layer
+    out["image_bytes"] = image.total_bytes
+    out["inspect"]["image"] = driver.inspect(top)
+    steps = s.steps(cell.params)
+    contents = image.contents() if isinstance(image, SyntheticImage) and any(x.op == "build" for x in steps) else None
+
+    def keep(metric: str, value: int) -> None:
+        recorded[metric].append(max(0, value - overhead_ns) if metric.endswith("_ns") else value)
+
+    def drop(metric: str, value: int) -> None:
+        pass
+
+    def outcome(label: str, name: str) -> None:
+        outcomes[label][name] += 1
+
+    rep, measured, spent = 0, 0, 0.0
+    while measured < sampling.samples or (spent < sampling.min_time_s and measured < MAX_SAMPLES):
+        warm = rep < sampling.warmup
+        if sampling.cold:
+            syscalls.drop_caches()
+        state = SampleState(driver, image, top, store, base, base_walk, prefix=f"s{rep}", contents=contents)
+        t0 = time.monotonic()
+        for step in steps:
+            run_step(state, step, drop if warm else keep, outcome)
+        if not warm:
+            spent += time.monotonic() - t0
+            measured += 1
+            if state.written:
+                recorded["written_bytes"].append(state.written)
+            if state.containers and "container" not in out["inspect"]:
+                out["inspect"]["container"] = driver.inspect(state.containers[-1])
+        # After a failure, the cleanup below releases what the sample left.
+        state.release()
+        rep += 1
+    out["samples"] = measured
+
+
+def run_cell(
+    cell: Cell,
+    workdir: Path,
+    sampling: _Sampling | None = None,
+    overhead_ns: int = 0,
+    ledger: Ledger | None = None,
+) -> dict[str, Any]:
     """Run one cell in `workdir` (created and removed here) and return its result."""
     s = cell.scenario
     sampling = sampling or _Sampling(*s.repeat(cell.params), cold=False)
@@ -171,54 +263,14 @@ def run_cell(cell: Cell, workdir: Path, sampling: _Sampling | None = None, overh
     recorded: dict[str, list[int]] = defaultdict(list)
     outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     started = time.monotonic()
+    if ledger is not None:
+        ledger.made("dir", workdir)
     workdir.mkdir(mode=0o700)
-    store = backing.BackingStore(workdir, cell.backing, estimate_bytes(cell), estimate_inodes(cell))
-    driver: Driver | None = None
+    store = backing.BackingStore(workdir, cell.backing, estimate_bytes(cell), estimate_inodes(cell), ledger)
+    drivers: list[Driver] = []  # the driver, once set up, for the cleanup below
     try:
-        mnt = store.open()
-        home = mnt / cell.driver.name
-        home.mkdir(mode=0o700)
-        base, base_walk = store.usage(), backing.allocated_bytes(mnt)
-        driver = cell.driver(home)
-        driver.setup()
-        image = s.image(cell.params)
-        top, per_layer = _build_image(image, driver, store, base.bytes)
-        recorded["image_disk_bytes"].append(per_layer[-1])
-        out["image_layers_disk_bytes"] = per_layer
-        out["image_bytes"] = image.total_bytes
-        out["inspect"]["image"] = driver.inspect(top)
-        steps = s.steps(cell.params)
-        contents = image.contents() if isinstance(image, SyntheticImage) and any(x.op == "build" for x in steps) else None
-
-        def keep(metric: str, value: int) -> None:
-            recorded[metric].append(max(0, value - overhead_ns) if metric.endswith("_ns") else value)
-
-        def drop(metric: str, value: int) -> None:
-            pass
-
-        def outcome(label: str, name: str) -> None:
-            outcomes[label][name] += 1
-
-        rep, measured, spent = 0, 0, 0.0
-        while measured < sampling.samples or (spent < sampling.min_time_s and measured < MAX_SAMPLES):
-            warm = rep < sampling.warmup
-            if sampling.cold:
-                syscalls.drop_caches()
-            state = SampleState(driver, image, top, store, base, base_walk, prefix=f"s{rep}", contents=contents)
-            t0 = time.monotonic()
-            for step in steps:
-                run_step(state, step, drop if warm else keep, outcome)
-            if not warm:
-                spent += time.monotonic() - t0
-                measured += 1
-                if state.written:
-                    recorded["written_bytes"].append(state.written)
-                if state.containers and "container" not in out["inspect"]:
-                    out["inspect"]["container"] = driver.inspect(state.containers[-1])
-            # After a failure, the cleanup below releases what the sample left.
-            state.release()
-            rep += 1
-        out["samples"] = measured
+        with _time_limit(sampling.timeout_s):
+            _measure(cell, store, sampling, overhead_ns, out, recorded, outcomes, drivers)
         out["status"] = "ok"
     except KeyboardInterrupt:
         out["status"] = "interrupted"
@@ -230,11 +282,13 @@ def run_cell(cell: Cell, workdir: Path, sampling: _Sampling | None = None, overh
     finally:
         try:
             syscalls.unmount_below(str(store.mountpoint / cell.driver.name))
-            if driver is not None:
+            for driver in drivers:
                 driver.close()
         finally:
             store.close()
-            shutil.rmtree(workdir, ignore_errors=True)
+            safety.remove_tree(workdir)
+            if ledger is not None:
+                ledger.released("dir", workdir)
         out["metrics"] = {m: {"unit": results.unit_of(m), "samples": v} for m, v in recorded.items()}
         out["outcomes"] = {k: dict(v) for k, v in outcomes.items()}
         out["duration_s"] = round(time.monotonic() - started, 3)
@@ -273,9 +327,49 @@ def _check_disk(cells: list[Cell], work_parent: Path, progress: Progress) -> Non
     progress(f"{len(cells)} cells; the largest needs {human_bytes(need[id(biggest)])} of disk ({human_bytes(free)} free)")
 
 
+def _cell_key(scenario: str, driver: str, params: dict[str, Any], backing_fs: str) -> tuple[str, str, str, str]:
+    return scenario, driver, results.params_text(params), backing_fs
+
+
+def _resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
+    """The config, document and path of an interrupted run, to finish it."""
+    assert config.resume is not None
+    path = config.resume
+    doc = results.read(path)
+    settings = doc.get("settings", {})
+    if "scenarios" not in settings:
+        raise UserError(f"{path}: has no run settings to resume from")
+    resumed = RunConfig(
+        scenarios=tuple(settings["scenarios"]), drivers=tuple(settings["drivers"]),
+        backings=tuple(settings["backings"]), results_dir=config.results_dir, label=doc["label"],
+        work_root=config.work_root, samples=settings["samples"], warmup=settings["warmup"],
+        min_time_s=settings["min_time_s"], cold=settings["cold"], order=settings["order"], seed=settings["seed"],
+        cell_timeout_s=settings.get("cell_timeout_s", config.cell_timeout_s), overrides=settings["overrides"],
+    )
+    for s in resolve_scenarios(resumed.scenarios, resumed.overrides):
+        if doc["scenarios"].get(s.name, {}).get("sha256") != s.sha256:
+            raise UserError(f"{path}: scenario {s.name!r} changed since the run started ({s.path}); "
+                            f"start a new run instead")
+    doc["cells"] = [c for c in doc["cells"] if c["status"] in ("ok", "error")]
+    return resumed, doc, path
+
+
+def _results_path(config: RunConfig, stamp: str) -> Path:
+    """A new results file name; a second run in the same second gets a suffix."""
+    folder = config.results_dir / machine.machine_name()
+    path, n = folder / f"{stamp}_{config.label}.json", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stamp}_{config.label}-{n}.json"
+    return path
+
+
 def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = lambda s: None) -> tuple[dict[str, Any], Path]:
-    """Run the configured suite; return the results document and where it was saved."""
+    """Run the configured suite (or finish an interrupted one); return the document and its path."""
     plugins = plugins or default_plugins()
+    previous: dict[str, Any] | None = None
+    if config.resume is not None:
+        config, previous, resume_path = _resume(config)
     scenarios = resolve_scenarios(config.scenarios, config.overrides)
     drivers, skipped = select_drivers(plugins, config.drivers)
     for name, reason in skipped.items():
@@ -292,33 +386,43 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
         raise UserError("--cold drops the page cache, which needs root")
     if config.order == "random":
         random.Random(config.seed).shuffle(cells)
+    if previous is not None:
+        done = {_cell_key(c["scenario"], c["driver"], c["params"], c["backing"]) for c in previous["cells"]}
+        cells = [c for c in cells if _cell_key(c.scenario.name, c.driver.name, c.params, c.backing) not in done]
+        progress(f"resuming {resume_path}: {len(done)} cells done, {len(cells)} to go")
 
-    work_parent = config.work_root or Path(os.environ.get("TMPDIR", "/var/tmp"))
-    work_parent.mkdir(parents=True, exist_ok=True)
-    _check_disk(cells, work_parent, progress)
+    work_root = safety.prepare_work_root(config.work_root or safety.DEFAULT_WORK_ROOT)
+    if cells:
+        _check_disk(cells, work_root, progress)
 
-    doc = results.new_document(config.label, machine.machine_info(), machine.tool_info())
-    doc["helpers"] = backing.mkfs_versions(sorted({c.backing for c in cells} - {"dir"}))
-    for cls in drivers:
-        doc["helpers"].update(cls.versions())
-    doc["drivers"] = {
-        **{d.name: {"style": d.style.value, "available": True, "reason": None} for d in drivers},
-        **{n: {"style": plugins.driver(n).style.value, "available": False, "reason": r} for n, r in skipped.items()},
-    }
-    doc["scenarios"] = {
-        s.name: {"path": s.path, "sha256": s.sha256, "description": s.description, "params": s.params}
-        for s in scenarios
-    }
-    measured = overhead.measure(plugins.registry.drivers.get("null"))
-    doc["overhead"] = measured
-    doc["settings"] = {"order": config.order, "seed": config.seed, "cold": config.cold,
-                       "samples": config.samples, "warmup": config.warmup, "min_time_s": config.min_time_s,
-                       "backings": list(config.backings), "overrides": config.overrides}
-    stamp = doc["started_utc"].replace("-", "").replace(":", "")
-    path = config.results_dir / machine.machine_name() / f"{stamp}_{config.label}.json"
+    if previous is not None:
+        doc, path = previous, resume_path
+        doc["status"] = "running"
+    else:
+        doc = results.new_document(config.label, machine.machine_info(), machine.tool_info())
+        doc["helpers"] = backing.mkfs_versions(sorted({c.backing for c in cells} - {"dir"}))
+        for cls in drivers:
+            doc["helpers"].update(cls.versions())
+        doc["drivers"] = {
+            **{d.name: {"style": d.style.value, "available": True, "reason": None} for d in drivers},
+            **{n: {"style": plugins.driver(n).style.value, "available": False, "reason": r} for n, r in skipped.items()},
+        }
+        doc["scenarios"] = {
+            s.name: {"path": s.path, "sha256": s.sha256, "description": s.description, "params": s.params}
+            for s in scenarios
+        }
+        doc["overhead"] = overhead.measure(plugins.registry.drivers.get("null"))
+        doc["settings"] = {
+            "scenarios": [s.path for s in scenarios], "drivers": [d.name for d in drivers],
+            "order": config.order, "seed": config.seed, "cold": config.cold, "samples": config.samples,
+            "warmup": config.warmup, "min_time_s": config.min_time_s, "cell_timeout_s": config.cell_timeout_s,
+            "backings": list(config.backings), "overrides": config.overrides,
+        }
+        path = _results_path(config, doc["started_utc"].replace("-", "").replace(":", ""))
     results.save(doc, path)
 
-    workdir = Path(tempfile.mkdtemp(prefix="layerbench-", dir=work_parent))
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work_root))
+    ledger = Ledger(run_dir / LEDGER_NAME).open()
     try:
         with _sigterm_as_interrupt():
             for i, cell in enumerate(cells, 1):
@@ -330,9 +434,10 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
                     warmup=warmup if config.warmup is None else config.warmup,
                     min_time_s=min_time_s if config.min_time_s is None else config.min_time_s,
                     cold=config.cold,
+                    timeout_s=config.cell_timeout_s,
                 )
                 try:
-                    result = run_cell(cell, workdir / f"cell{i}", sampling, measured["timer_ns"])
+                    result = run_cell(cell, run_dir / f"cell{i}", sampling, doc["overhead"]["timer_ns"], ledger)
                 except KeyboardInterrupt:
                     doc["cells"].append({"scenario": s.name, "driver": cell.driver.name, "params": cell.params,
                                          "backing": cell.backing, "status": "interrupted", "error": "interrupted",
@@ -346,7 +451,9 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
                     progress(f"    error: {result['error']}")
                 results.save(doc, path)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        ledger.close()
+        (run_dir / LEDGER_NAME).unlink(missing_ok=True)
+        safety.remove_tree(run_dir)
     doc["status"] = "finished"
     doc["finished_utc"] = results.utc_now()
     results.save(doc, path)

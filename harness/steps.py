@@ -223,14 +223,23 @@ def _file_op(state: SampleState, step: Step, record: Recorder) -> None:
         state.written += len(paths) * args.get("bytes", 4 if op == "overwrite" else 1)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`: a short write (a full disk) goes on until it raises ENOSPC."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _write_fn(flags: int) -> Callable[[dict[str, Any], list[str]], Callable[[], None]]:
     def make(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
         data = b"x" * args.get("bytes", 1)
 
         def one(p: str) -> None:
             fd = os.open(p, flags, 0o644)
-            os.write(fd, data)
-            os.close(fd)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
 
         if flags & os.O_CREAT:  # new files may need their directories, made before the clock
             for parent in {os.path.dirname(p) for p in paths}:

@@ -7,8 +7,9 @@ import re
 from typing import Any
 
 from .results import tidy
+from .stats import advice
 
-__all__ = ["comparison_table", "human"]
+__all__ = ["comparison_table", "human", "run_warnings"]
 
 
 def human(value: float, unit: str) -> str:
@@ -56,3 +57,13 @@ def comparison_table(doc: dict[str, Any]) -> str:
         if c["status"] != "ok":
             out.append(f"{c['status']}: {c['scenario']} {c['driver']} {c['params']}: {c.get('error')}")
     return "\n".join(out).rstrip() + "\n"
+
+
+def run_warnings(doc: dict[str, Any]) -> list[str]:
+    """Advice on cells whose samples look unreliable (outliers, a slow first sample)."""
+    out = []
+    for c in doc["cells"]:
+        for metric, data in c.get("metrics", {}).items():
+            for text in advice(data["samples"], data["unit"]):
+                out.append(f"{c['scenario']} {c['driver']} {c['params']} {metric}: {text}")
+    return out

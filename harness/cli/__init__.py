@@ -9,6 +9,7 @@ import click
 
 from ..errors import UserError
 from .claims import claims_cmd
+from .cleanup import cleanup_cmd
 from .compare import compare_cmd
 from .drivers import drivers_cmd
 from .listing import results_cmd
@@ -41,6 +42,7 @@ main.add_command(run_cmd)
 main.add_command(drivers_cmd)
 main.add_command(scenarios_cmd)
 main.add_command(claims_cmd)
+main.add_command(cleanup_cmd)
 main.add_command(report_cmd)
 main.add_command(compare_cmd)
 main.add_command(results_cmd)

@@ -11,7 +11,7 @@ from .. import results
 from ..errors import UserError
 from ..runner import RunConfig, run
 from ..claims import claims_text
-from ..table import comparison_table
+from ..table import comparison_table, run_warnings
 
 __all__ = ["run_cmd", "parse_param"]
 
@@ -43,25 +43,35 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
 @click.option("--label", default="run", show_default=True, help="Label in the results file name.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--work-root", type=click.Path(path_type=Path),
-              help="Where backing stores are made (default: $TMPDIR or /var/tmp).")
+              help="Where backing stores are made: a directory of layerbench's own (default: /var/tmp/layerbench).")
+@click.option("--cell-timeout", "cell_timeout_s", type=click.FloatRange(min=0), default=1800, show_default=True,
+              metavar="SECONDS", help="Fail a cell that runs longer, release it, and go on (0: no limit).")
+@click.option("--resume", type=click.Path(path_type=Path, exists=True, dir_okay=False), metavar="RESULT",
+              help="Finish an interrupted run: same settings, finished cells kept, the rest run.")
 @click.option("--export-csv", "export_csv", metavar="FILE",
               help="Also write the tidy summary table as CSV ('-' for stdout).")
 def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[str, ...],
             backings: tuple[str, ...], samples: int | None, warmup: int | None, min_time_s: float | None,
             cold: bool, order: str, seed: int, label: str, results_dir: Path,
-            work_root: Path | None, export_csv: str | None) -> None:
+            work_root: Path | None, cell_timeout_s: float, resume: Path | None, export_csv: str | None) -> None:
     """Run SCENARIOS (built-in names or .toml paths; default: every built-in one)."""
     if not re.match(r"^[A-Za-z0-9._-]+$", label):
         raise UserError(f"--label {label!r}: use letters, digits, '.', '_' and '-' only")
     config = RunConfig(scenarios=scenarios, drivers=drivers, backings=backings, results_dir=results_dir,
                        label=label, work_root=work_root, samples=samples, warmup=warmup, min_time_s=min_time_s,
-                       cold=cold, order=order, seed=seed, overrides=dict(parse_param(p) for p in params))
+                       cold=cold, order=order, seed=seed, cell_timeout_s=cell_timeout_s, resume=resume,
+                       overrides=dict(parse_param(p) for p in params))
     try:
         doc, path = run(config, progress=lambda line: click.echo(line, err=True))
     except KeyboardInterrupt:
         raise UserError("interrupted; finished cells are kept in the results file") from None
     click.echo(comparison_table(doc))
     click.echo(claims_text(doc))
+    warnings = run_warnings(doc)
+    for line in warnings[:10]:
+        click.echo(f"warning: {line}", err=True)
+    if len(warnings) > 10:
+        click.echo(f"warning: ... and {len(warnings) - 10} more; `layerbench report` lists them all", err=True)
     click.echo(f"results: {path}", err=True)
     if export_csv:
         text = results.to_csv(doc)

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from layerbench.harness.errors import UserError
+from layerbench.harness.ledger import Ledger, release, release_abandoned
+from layerbench.harness.safety import MARKER, prepare_work_root, remove_tree
+
+
+@pytest.mark.parametrize("bad", ["/", "/etc", "/usr", "/var/tmp", "~"])
+def test_system_and_home_work_roots_are_refused(bad: str) -> None:
+    with pytest.raises(UserError, match="refusing a system directory or the home directory"):
+        prepare_work_root(Path(os.path.expanduser(bad)))
+
+
+def test_a_foreign_non_empty_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "theirs.txt").write_text("keep me")
+    with pytest.raises(UserError, match="non-empty directory layerbench did not make"):
+        prepare_work_root(tmp_path)
+    assert (tmp_path / "theirs.txt").read_text() == "keep me"
+
+
+def test_a_new_work_root_is_0700_and_marked(tmp_path: Path) -> None:
+    root = prepare_work_root(tmp_path / "w")
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700 and (root / MARKER).exists()
+    (root / "run-x").mkdir()
+    assert prepare_work_root(root) == root  # ours, so non-empty is fine
+
+
+def test_remove_tree_does_not_follow_symlinks_out(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("x")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    os.symlink(outside, tree / "sub" / "link")
+    remove_tree(tree)
+    assert not tree.exists() and (outside / "precious").read_text() == "x"
+
+
+def test_ledger_releases_in_reverse_and_only_what_it_names(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run-1"
+    run_dir.mkdir()
+    ledger = Ledger(run_dir / "ledger.jsonl").open()
+    ledger.made("dir", run_dir / "cell")
+    (run_dir / "cell").mkdir()
+    ledger.made("file", run_dir / "cell" / "img")
+    (run_dir / "cell" / "img").write_text("x")
+    ledger.made("file", run_dir / "cell" / "gone")  # recorded, never made: nothing to do
+    ledger.close()
+    neighbour = tmp_path / "not-recorded"
+    neighbour.write_text("y")
+    actions = release(run_dir / "ledger.jsonl")
+    assert actions == [f"removed {run_dir / 'cell' / 'img'}", f"removed {run_dir / 'cell'}"]
+    assert release(run_dir / "ledger.jsonl") == []  # idempotent
+    done, live = release_abandoned(tmp_path)
+    assert live == [] and neighbour.read_text() == "y" and not run_dir.exists()
