@@ -361,7 +361,8 @@ class SetXattr:
         return None
 
 
-_LAYER_OPS = (Mkdir, File, Symlink, Link, Remove, Opaque, SetXattr)
+# By name, not class: the suite may be imported under two module names (--pyargs from a checkout).
+_LAYER_OPS = frozenset({"Mkdir", "File", "Symlink", "Link", "Remove", "Opaque", "SetXattr"})
 
 
 def _ensure_parents(diff: Path, ref: Path, rel: str) -> None:
@@ -385,18 +386,19 @@ def apply_to_diff(op: Op, diff: Path, ref: Path) -> None:
     `ref` is the reference tree with the whole change set already applied; parents
     created here copy its attributes.
     """
-    if not isinstance(op, _LAYER_OPS):
-        raise ValueError(f"{type(op).__name__} changes a lower entry: apply it in a container step")
+    kind = type(op).__name__
+    if kind not in _LAYER_OPS:
+        raise ValueError(f"{kind} changes a lower entry: apply it in a container step")
     _ensure_parents(diff, ref, op.path)
     p = diff / op.path
-    if isinstance(op, Remove):
+    if kind == "Remove":
         _rm(p)
         os.mknod(p, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-    elif isinstance(op, Opaque):
+    elif kind == "Opaque":
         op.apply(diff)
         os.setxattr(p, "trusted.overlay.opaque", b"y")
-    elif isinstance(op, Link) and not os.path.lexists(diff / op.target):
-        raise ValueError(f"hardlink {op.path} -> {op.target}: the target must be in the same layer")
+    elif kind == "Link" and not os.path.lexists(diff / op.target):  # type: ignore[attr-defined]
+        raise ValueError(f"hardlink {op.path} -> {op.target}: the target must be in the same layer")  # type: ignore[attr-defined]
     else:
         op.apply(diff)
 
