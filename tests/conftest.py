@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from layerbench.harness import results
 from layerbench.harness.plugins import default_plugins
 
 ROOT = os.geteuid() == 0
@@ -40,3 +41,15 @@ def require(driver: str) -> None:
 @pytest.fixture
 def work(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def every_saved_result_matches_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every results file a test writes is validated against harness/results.schema.json."""
+    save = results.save
+
+    def checked(doc: dict, path: Path) -> None:  # type: ignore[type-arg]
+        results.validate(doc)
+        save(doc, path)
+
+    monkeypatch.setattr(results, "save", checked)
