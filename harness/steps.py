@@ -17,7 +17,7 @@ from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
 
-from . import backing, syscalls
+from . import backing, safety, syscalls
 from .driver import Driver
 from .image import Image
 from .scenario import Step
@@ -45,6 +45,7 @@ class SampleState:
     mounted: list[str] = field(default_factory=list)
     roots: dict[str, Path] = field(default_factory=dict)
     volumes: list[str] = field(default_factory=list)
+    volume_dirs: list[Path] = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
     committed: str | None = None
     written: int = 0  # bytes the sample's write steps wrote into the container or its volumes
@@ -65,7 +66,9 @@ class SampleState:
             self.driver.remove(cid)
         for layer in reversed(self.layers):
             self.driver.remove(layer)
-        self.volumes, self.mounted, self.containers, self.layers = [], [], [], []
+        for host in self.volume_dirs:  # `docker rm -v`: the sample's volumes go with it
+            safety.remove_tree(host)
+        self.volumes, self.mounted, self.containers, self.layers, self.volume_dirs = [], [], [], [], []
         self.driver.settle()
 
 
@@ -193,6 +196,7 @@ def _volume(state: SampleState, step: Step, record: Recorder) -> None:
     host = state.store.mountpoint / "volumes" / f"{state.containers[-1]}-{len(state.volumes)}"
     host.parent.mkdir(exist_ok=True)
     populate = step.args.get("populate", False) and target.is_dir()
+    state.volume_dirs.append(host)
     if populate:
         copy_tree(str(target), str(host))
     else:
