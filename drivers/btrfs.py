@@ -47,6 +47,7 @@ class BtrfsDriver(Driver):
     style = Style.SNAPSHOT
     layer_format = LayerFormat.FULL
     backings = ("btrfs",)
+    in_default_run = True
 
     @classmethod
     def probe(cls) -> str | None:

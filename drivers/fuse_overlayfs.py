@@ -31,6 +31,7 @@ class FuseOverlayfsDriver(Overlay2Driver):
 
     name = "fuse-overlayfs"
     backings = ("ext4", "xfs", "btrfs", "dir")
+    in_default_run = False  # run it with -d fuse-overlayfs or -d all
 
     @classmethod
     def probe(cls) -> str | None:

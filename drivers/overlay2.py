@@ -59,6 +59,7 @@ class Overlay2Driver(Driver):
     style = Style.UNION
     layer_format = LayerFormat.DIFF
     backings = ("ext4", "xfs", "btrfs")
+    in_default_run = True
 
     @classmethod
     def probe(cls) -> str | None:

@@ -15,6 +15,7 @@ class VfsDriver(Driver):
     style = Style.COPY
     layer_format = LayerFormat.FULL
     backings = ("ext4", "xfs", "btrfs", "dir")
+    in_default_run = True
 
     def _dir(self, item_id: str) -> Path:
         return self.home / "dir" / item_id

@@ -51,6 +51,12 @@ class Driver(abc.ABC):
     layer_format: ClassVar[LayerFormat]
     #: backing filesystems the driver can sit on; the first is the default
     backings: ClassVar[tuple[str, ...]] = ("ext4",)
+    #: run this driver's cells inside an unprivileged user namespace (rootless), see docs/rootless.md
+    userns: ClassVar[bool] = False
+    #: the xattr marking an opaque directory in a DIFF layer (`user.overlay.opaque` under `userxattr`)
+    opaque_xattr: ClassVar[str] = "trusted.overlay.opaque"
+    #: whether `layerbench run` without --driver runs it (the built-ins: overlay2, btrfs, vfs)
+    in_default_run: ClassVar[bool] = False
 
     def __init__(self, home: Path) -> None:
         self.home = home

@@ -63,6 +63,7 @@ class RunConfig:
     order: str = "random"
     seed: int = 0
     cell_timeout_s: float = 1800.0
+    quick: bool = False
     resume: Path | None = None
     overrides: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -118,11 +119,16 @@ def estimate_inodes(cell: Cell) -> int:
 
 
 def select_drivers(plugins: Plugins, names: tuple[str, ...]) -> tuple[list[type[Driver]], dict[str, str]]:
-    """The drivers to run and, by name, why the others asked for cannot run here."""
+    """The drivers to run and, by name, why the others asked for cannot run here.
+
+    `("all",)` asks for every registered driver but null.
+    """
+    if names == ("all",):
+        names = tuple(n for n in sorted(plugins.registry.drivers) if n != "null")
     if names:
         chosen = [plugins.driver(n) for n in dict.fromkeys(names)]
-    else:  # every driver but null, which measures the harness, not storage
-        chosen = [cls for name, cls in sorted(plugins.registry.drivers.items()) if name != "null"]
+    else:  # the drivers in the default run: one of each style, not null (it measures the harness)
+        chosen = [cls for _, cls in sorted(plugins.registry.drivers.items()) if cls.in_default_run]
     runnable, skipped = [], {}
     for cls in chosen:
         reason = cls.probe()
@@ -345,8 +351,9 @@ def _resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
         work_root=config.work_root, samples=settings["samples"], warmup=settings["warmup"],
         min_time_s=settings["min_time_s"], cold=settings["cold"], order=settings["order"], seed=settings["seed"],
         cell_timeout_s=settings.get("cell_timeout_s", config.cell_timeout_s), overrides=settings["overrides"],
+        quick=settings.get("quick", False),
     )
-    for s in resolve_scenarios(resumed.scenarios, resumed.overrides):
+    for s in resolve_scenarios(resumed.scenarios, resumed.overrides, resumed.quick):
         if doc["scenarios"].get(s.name, {}).get("sha256") != s.sha256:
             raise UserError(f"{path}: scenario {s.name!r} changed since the run started ({s.path}); "
                             f"start a new run instead")
@@ -370,7 +377,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
     previous: dict[str, Any] | None = None
     if config.resume is not None:
         config, previous, resume_path = _resume(config)
-    scenarios = resolve_scenarios(config.scenarios, config.overrides)
+    scenarios = resolve_scenarios(config.scenarios, config.overrides, config.quick)
     drivers, skipped = select_drivers(plugins, config.drivers)
     for name, reason in skipped.items():
         progress(f"skipping driver {name}: {reason}")
@@ -414,7 +421,8 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
         doc["overhead"] = overhead.measure(plugins.registry.drivers.get("null"))
         doc["settings"] = {
             "scenarios": [s.path for s in scenarios], "drivers": [d.name for d in drivers],
-            "order": config.order, "seed": config.seed, "cold": config.cold, "samples": config.samples,
+            "order": config.order, "seed": config.seed, "cold": config.cold, "quick": config.quick,
+            "samples": config.samples,
             "warmup": config.warmup, "min_time_s": config.min_time_s, "cell_timeout_s": config.cell_timeout_s,
             "backings": list(config.backings), "overrides": config.overrides,
         }

@@ -70,7 +70,8 @@ STEPS: dict[str, tuple[dict[str, tuple[Any, bool]], bool, str | None]] = {
     "readdir": ({"path": (STR, True)}, False, None),
 }
 _COMMON = {"op", "measure", "allow_errors"}
-_TOP = {"name", "description", "params", "sets", "image", "repeat", "step", "backing"}
+_TOP = {"name", "description", "params", "sets", "image", "repeat", "step", "backing", "quick"}
+_QUICK = {"params", "samples", "warmup"}
 _SOURCES = {
     "synthetic": {"layers", "files", "bytes", "seed", "depth", "sigma", "file", "remove"},
     "dir": {"path"},
@@ -372,8 +373,27 @@ def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> No
             raise c.fail(f"{where}measure", f"op {op!r} records fixed metrics and times nothing")
 
 
-def load_scenario(path: Path | str, overrides: dict[str, list[Any]] | None = None) -> Scenario:
-    """Read and validate one scenario file; raises UserError naming the file and field."""
+def _quick(data: dict[str, Any], path: str) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """The `[quick]` table: parameter values and repeat settings of the quick suite."""
+    c = _Checker(path, {})
+    quick = c.table(data.get("quick", {}), "quick")
+    c.keys(quick, _QUICK, "quick.")
+    params = c.table(quick.get("params", {}), "quick.params")
+    for name, values in params.items():
+        if not isinstance(values, list) or not values:
+            raise c.fail(f"quick.params.{name}", "expected a non-empty list of values")
+    for key in ("samples", "warmup"):
+        if key in quick:
+            c.value(quick[key], INT, f"quick.{key}")
+    return dict(params), {k: quick[k] for k in ("samples", "warmup") if k in quick}
+
+
+def load_scenario(path: Path | str, overrides: dict[str, list[Any]] | None = None, quick: bool = False) -> Scenario:
+    """Read and validate one scenario file; raises UserError naming the file and field.
+
+    `quick` applies the file's `[quick]` table (fewer parameter values and samples)
+    under `overrides`.
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -383,9 +403,16 @@ def load_scenario(path: Path | str, overrides: dict[str, list[Any]] | None = Non
         data = tomllib.loads(raw.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from None
+    quick_params, quick_repeat = _quick(data, str(path))
+    if quick:
+        overrides = {**quick_params, **(overrides or {})}
     sets = _param_sets(data, str(path), overrides or {})
     _validate(data, str(path), sets)
-    repeat = data.get("repeat", {})
+    known = set().union(*(s.keys() for s in sets)) if sets else set()
+    for name in quick_params:
+        if name not in known:
+            raise UserError(f"{path}: quick.params.{name}: not a parameter of this scenario")
+    repeat = {**data.get("repeat", {}), **(quick_repeat if quick else {})}
     return Scenario(
         name=data["name"],
         description=" ".join(data["description"].split()),
@@ -406,16 +433,18 @@ def builtin_scenarios() -> dict[str, Path]:
     return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".toml")}
 
 
-def resolve_scenarios(names: tuple[str, ...], overrides: dict[str, list[Any]] | None = None) -> list[Scenario]:
+def resolve_scenarios(
+    names: tuple[str, ...], overrides: dict[str, list[Any]] | None = None, quick: bool = False
+) -> list[Scenario]:
     """Turn names of built-ins or paths to .toml files into validated scenarios."""
     builtins = builtin_scenarios()
     chosen = names or tuple(sorted(builtins))
     out = []
     for name in chosen:
         if name in builtins:
-            out.append(load_scenario(builtins[name], overrides))
+            out.append(load_scenario(builtins[name], overrides, quick))
         elif name.endswith(".toml") or "/" in name:
-            out.append(load_scenario(Path(name), overrides))
+            out.append(load_scenario(Path(name), overrides, quick))
         else:
             raise UserError(f"unknown scenario {name!r}; built-in scenarios: {', '.join(sorted(builtins))}")
     return out

@@ -27,7 +27,8 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
 @click.command("run")
 @click.argument("scenarios", nargs=-1)
 @click.option("-d", "--driver", "drivers", multiple=True, metavar="NAME",
-              help="Driver to run (repeatable). Default: every driver that can run here except null.")
+              help="Driver to run (repeatable; 'all' for every driver but null). "
+                   "Default: overlay2, btrfs and vfs, where they can run.")
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=V[,V...]",
               help="Override a swept parameter of every scenario that has it.")
 @click.option("-b", "--backing", "backings", multiple=True, type=click.Choice(["ext4", "xfs", "btrfs", "dir"]),
@@ -36,6 +37,7 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
 @click.option("--warmup", type=click.IntRange(min=0), help="Warm-up samples per cell (default: the scenario's).")
 @click.option("--min-time", "min_time_s", type=click.FloatRange(min=0), metavar="SECONDS",
               help="Keep sampling each cell until its samples took this long (default: the scenario's).")
+@click.option("--quick", is_flag=True, help="The quick suite: each scenario's [quick] values and samples.")
 @click.option("--cold", is_flag=True, help="Sync and drop the page cache before every sample (root).")
 @click.option("--order", type=click.Choice(["random", "planned"]), default="random", show_default=True,
               help="Cell order: seeded random, or scenario x driver x parameters as planned.")
@@ -52,14 +54,14 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
               help="Also write the tidy summary table as CSV ('-' for stdout).")
 def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[str, ...],
             backings: tuple[str, ...], samples: int | None, warmup: int | None, min_time_s: float | None,
-            cold: bool, order: str, seed: int, label: str, results_dir: Path,
+            quick: bool, cold: bool, order: str, seed: int, label: str, results_dir: Path,
             work_root: Path | None, cell_timeout_s: float, resume: Path | None, export_csv: str | None) -> None:
     """Run SCENARIOS (built-in names or .toml paths; default: every built-in one)."""
     if not re.match(r"^[A-Za-z0-9._-]+$", label):
         raise UserError(f"--label {label!r}: use letters, digits, '.', '_' and '-' only")
     config = RunConfig(scenarios=scenarios, drivers=drivers, backings=backings, results_dir=results_dir,
                        label=label, work_root=work_root, samples=samples, warmup=warmup, min_time_s=min_time_s,
-                       cold=cold, order=order, seed=seed, cell_timeout_s=cell_timeout_s, resume=resume,
+                       quick=quick, cold=cold, order=order, seed=seed, cell_timeout_s=cell_timeout_s, resume=resume,
                        overrides=dict(parse_param(p) for p in params))
     try:
         doc, path = run(config, progress=lambda line: click.echo(line, err=True))
