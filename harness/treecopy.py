@@ -10,8 +10,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 
-__all__ = ["copy_tree", "copy_xattrs"]
+__all__ = ["copy_tree", "copy_xattrs", "copy_data", "FileCopier"]
+
+#: copies one regular file: (source, destination, mode, size)
+FileCopier = Callable[[str, str, int, int], None]
 
 _CHUNK = 1 << 30
 
@@ -32,8 +36,9 @@ def copy_xattrs(src: str, dst: str) -> None:
                 raise
 
 
-def _copy_data(src: str, dst: str, mode: int, size: int) -> None:
-    # sendfile copies in the kernel without sharing extents (copy_file_range may reflink).
+def copy_data(src: str, dst: str, mode: int, size: int) -> None:
+    """Copy a regular file's bytes with sendfile: in the kernel, sharing no extents
+    (copy_file_range may reflink)."""
     fin = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o777)
@@ -57,8 +62,12 @@ def _finish(path: str, st: os.stat_result) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
-def copy_tree(src: str, dst: str, into: bool = False) -> None:
-    """Copy the tree at `src` to `dst`, which must not exist unless `into` (copy the children)."""
+def copy_tree(src: str, dst: str, into: bool = False, copy_file: FileCopier = copy_data) -> None:
+    """Copy the tree at `src` to `dst`, which must not exist unless `into` (copy the children).
+
+    `copy_file` copies each regular file's data: a full copy by default, a clone
+    for the reflink driver; everything else is recreated the same way.
+    """
     links: dict[tuple[int, int], str] = {}
     dirs: list[tuple[str, os.stat_result]] = []
     st = os.lstat(src)
@@ -88,7 +97,7 @@ def copy_tree(src: str, dst: str, into: bool = False) -> None:
                     continue
                 links[key] = d
             if stat.S_ISREG(mode):
-                _copy_data(s, d, mode, st.st_size)
+                copy_file(s, d, mode, st.st_size)
             elif stat.S_ISLNK(mode):
                 os.symlink(os.readlink(s), d)
             elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
