@@ -34,6 +34,11 @@ def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", text))
 
 
+def _line(cells: list[str], widths: list[int]) -> str:
+    """Labels left-aligned, figures right-aligned."""
+    return "  ".join(x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(cells, widths, strict=True)))
+
+
 def comparison_table(doc: dict[str, Any]) -> str:
     """Per scenario: one row per parameter set and metric, one column per driver."""
     rows = sorted(tidy([doc]), key=lambda r: (r["scenario"], _natural(r["params"])))
@@ -46,9 +51,9 @@ def comparison_table(doc: dict[str, Any]) -> str:
             cells.setdefault((r["params"], r["metric"]), {})[r["driver"]] = human(r["median"], r["unit"])
         header = ["params", "metric (median)", *drivers]
         body = [[p or "-", m, *(v.get(d, "") for d in drivers)] for (p, m), v in cells.items()]
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-        line = lambda xs: "  ".join(str(x).ljust(w) if i < 2 else str(x).rjust(w) for i, (x, w) in enumerate(zip(xs, widths)))  # noqa: E731
-        out += [f"== {scenario}", line(header), line(["-" * w for w in widths]), *map(line, body), ""]
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+        rule = ["-" * w for w in widths]
+        out += [f"== {scenario}", *(_line(xs, widths) for xs in (header, rule, *body)), ""]
     for c in sorted(doc["cells"], key=lambda c: (c["scenario"], c["driver"])):
         for label, counts in c.get("outcomes", {}).items():
             seen = ", ".join(f"{name} x{n}" for name, n in counts.items())

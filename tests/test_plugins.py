@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from layerbench.drivers import NullDriver
 from layerbench.harness import Driver, LayerFormat, Style, hookimpl

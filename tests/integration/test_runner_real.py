@@ -45,7 +45,7 @@ class _InterruptedOverlay(Overlay2Driver):
     """Mounts for real, then the user presses Ctrl-C."""
 
     def mount(self, container_id: str) -> Path:
-        root = super().mount(container_id)
+        super().mount(container_id)
         raise KeyboardInterrupt
 
 
