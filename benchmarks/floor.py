@@ -1,9 +1,33 @@
-"""The bare-kernel floor under layerbench's `startup_ns`, measured side by side in one run.
+"""The bare-kernel floor under layerbench's timed regions, measured side by side in one run.
 
-overlay2/ext4: one overlay mount(2) or fsconfig(lowerdir+) sequence + first readdir; btrfs: one
-BTRFS_IOC_SNAP_CREATE_V2 + first readdir; each against what `harness/steps.py::_start` times.
-Ops are interleaved, order rotating every round, so they share noise; set-up and clean-up
-stay outside the clock. Usage: python benchmarks/floor.py [--samples N] [--layers 8] [--json FILE]
+Each section times what the harness times (`harness/steps.py::_start`: create_container +
+mount + first readdir) next to the bare mechanism, interleaved, order rotating every round,
+so both share the machine's noise; set-up and clean-up stay outside the clock.
+
+overlay2 (ext4 backing), two floors:
+  bare mount(2)          the kernel's mount of overlayfs + first readdir, on upper/work/merged
+                         directories made before the clock. The mechanism alone: what overlayfs
+                         costs, with nothing of any driver around it. The issue's 1.3x target.
+  bare layout+mount(2)   the same, plus every syscall Docker's overlay2 layout makes for a
+                         container layer (dir, diff, link file, l/ symlink, lower file, work,
+                         merged), all inside the clock: the floor of the whole operation
+                         `startup_ns` times, written as straight-line syscalls. The ratio to it
+                         is the harness's and driver's own (Python) overhead.
+  bare fsconfig          the new mount API (fsopen + fsconfig lowerdir+ per layer + fsmount +
+                         move_mount), which the driver uses only when mount(2)'s data does not
+                         fit a page; shown for information.
+btrfs: bare BTRFS_IOC_SNAP_CREATE_V2 + first readdir against startup (target 1.2x).
+vfs (ext4 backing): `treecopy.copy_tree` of a 1,000-file, 100 MiB synthetic tree, and a vfs
+  start through VfsDriver, against `cp -a --reflink=never SRC DST` of the same tree timed as
+  a whole command (perf_counter_ns around subprocess.run). `spawn true`, timed the same way,
+  is the cost of starting any process: the raw ratio is copy / cp, the spawn-corrected one
+  copy / (cp - spawn), which credits cp with nothing it does not do itself (target 1.2x).
+  Copies are synced and removed after the clock.
+null: a start through drivers.null.NullDriver exactly as `_start` times it, minus an empty
+  timed region: the harness's own overhead per sample (target < 20 us); also
+  `harness.overhead.measure`, the figure a run records.
+
+Usage: python benchmarks/floor.py [--samples N] [--layers 8] [--vfs-samples N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -15,6 +39,7 @@ import os
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -23,10 +48,14 @@ from time import perf_counter_ns
 
 from layerbench.drivers._common import unmount_below
 from layerbench.drivers.btrfs import BTRFS_IOC_SNAP_CREATE_V2, BtrfsDriver, _snap_args
+from layerbench.drivers.null import NullDriver
 from layerbench.drivers.overlay2 import Overlay2Driver
-from layerbench.harness import syscalls
+from layerbench.drivers.vfs import VfsDriver
+from layerbench.harness import overhead, syscalls
 from layerbench.harness.backing import BackingStore
-from layerbench.harness.driver import Driver
+from layerbench.harness.driver import Driver, LayerFormat
+from layerbench.harness.image import synthetic_image
+from layerbench.harness.treecopy import copy_tree
 
 Op = Callable[[int], int]  # round number -> nanoseconds of the timed region
 Samples = dict[str, list[int]]
@@ -35,6 +64,10 @@ STORE_BYTES = 512 << 20
 OVERLAY_OPTIONS = (("index", "off"),)  # what Overlay2Driver.mount passes
 MOUNT2, FSCONFIG, IOCTL, STARTUP = "bare mount(2)", "bare fsconfig", "bare snapshot ioctl", "layerbench startup"
 LAYOUT = "bare layout+mount(2)"
+COPY_TREE, VFS_START, CP, SPAWN = "treecopy.copy_tree", "layerbench startup", "cp -a --reflink=never", "spawn true"
+NULL_START, EMPTY = "null startup", "empty timed region"
+VFS_FILES, VFS_BYTES = 1000, 100 << 20
+VFS_STORE_BYTES = 1 << 30
 _DIR = os.O_RDONLY | os.O_DIRECTORY
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -180,7 +213,8 @@ def overlay_section(workdir: Path, samples: int, layers: int) -> Samples:
             if driver.new_api:
                 ops[FSCONFIG] = bare_overlay_op(bare, lowers, new_api=True)
             ops[STARTUP] = startup_op(driver, top)
-            print(f"overlay2: driver mounts via {'fsconfig lowerdir+' if driver.new_api else 'mount(2)'}")
+            how = "mount(2)" if len(data) < PAGE else "fsconfig lowerdir+" if driver.new_api else "mount(2), relative"
+            print(f"overlay2: {layers} layers; the driver mounts via {how}")
             return interleave(ops, samples)
         finally:
             try:
@@ -203,6 +237,106 @@ def btrfs_section(workdir: Path, samples: int, layers: int) -> Samples:
             driver.close()
 
 
+def copy_tree_op(src: str, copies: Path) -> Op:
+    """`copy_tree` of the whole tree; synced and removed after the clock."""
+
+    def op(r: int) -> int:
+        dst = str(copies / f"ct{r}")
+        t0 = perf_counter_ns()
+        copy_tree(src, dst)
+        t1 = perf_counter_ns()
+        os.sync()
+        shutil.rmtree(dst)
+        return t1 - t0
+
+    return op
+
+
+def command_op(argv: list[str], made: Path | None = None) -> Op:
+    """A whole command, spawned and waited for, `{r}` in its arguments replaced by the round."""
+
+    def op(r: int) -> int:
+        args = [a.replace("{r}", str(r)) for a in argv]
+        t0 = perf_counter_ns()
+        subprocess.run(args, check=True)
+        t1 = perf_counter_ns()
+        if made is not None:
+            os.sync()
+            shutil.rmtree(str(made).replace("{r}", str(r)))
+        return t1 - t0
+
+    return op
+
+
+def vfs_startup_op(driver: VfsDriver, image: str) -> Op:
+    """`startup_op` for vfs, with the sync between rounds outside the clock."""
+    start = startup_op(driver, image)
+
+    def op(r: int) -> int:
+        ns = start(r)
+        os.sync()
+        return ns
+
+    return op
+
+
+def vfs_section(workdir: Path, samples: int, layers: int) -> Samples:
+    """vfs on ext4: copy_tree and a vfs start against `cp -a --reflink=never`, and a bare spawn."""
+    cp, true = shutil.which("cp"), shutil.which("true")
+    assert cp is not None and true is not None
+    with BackingStore(workdir, "ext4", VFS_STORE_BYTES) as mnt:
+        home, copies = mnt / "vfs", mnt / "copies"
+        home.mkdir(mode=0o700)
+        copies.mkdir()
+        driver = VfsDriver(home)
+        try:
+            driver.setup()
+            image = synthetic_image(1, VFS_FILES, VFS_BYTES)
+            image.apply(0, driver.create_layer("l0", None), LayerFormat.FULL)
+            driver.seal_layer("l0")
+            os.sync()
+            src = str(home / "dir" / "l0")
+            print(f"vfs: tree of {image.total_files} files, {image.total_bytes >> 20} MiB on ext4")
+            return interleave({
+                COPY_TREE: copy_tree_op(src, copies),
+                VFS_START: vfs_startup_op(driver, "l0"),
+                CP: command_op([cp, "-a", "--reflink=never", src, f"{copies}/cp{{r}}"], copies / "cp{r}"),
+                SPAWN: command_op([true]),
+            }, samples)
+        finally:
+            driver.close()
+
+
+def null_section(workdir: Path, samples: int, layers: int) -> Samples:
+    """A start through the null driver, as `_start` times it, and an empty timed region."""
+    rounds = max(samples, 2000)
+    driver = NullDriver(workdir)
+    driver.setup()
+    try:
+        driver.create_layer("l0", None)
+        driver.seal_layer("l0")
+
+        def null_op(r: int) -> int:
+            cid = f"c{r}"
+            t0 = perf_counter_ns()
+            driver.create_container(cid, "l0")
+            root = driver.mount(cid)
+            os.listdir(root)
+            t1 = perf_counter_ns()
+            driver.unmount(cid)
+            driver.remove(cid)
+            return t1 - t0
+
+        def empty_op(r: int) -> int:
+            t0 = perf_counter_ns()
+            t1 = perf_counter_ns()
+            return t1 - t0
+
+        return interleave({NULL_START: null_op, EMPTY: empty_op}, rounds)
+    finally:
+        driver.close()
+
+
 def quartiles(xs: list[int]) -> tuple[float, float, float]:
     """(median, p25, p75) in microseconds."""
     q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
@@ -210,17 +344,59 @@ def quartiles(xs: list[int]) -> tuple[float, float, float]:
 
 
 def print_table(results: dict[str, Samples]) -> None:
-    print(f"{'section':<9} {'operation':<22} {'n':>4} {'median µs':>10} {'p25 µs':>10} {'p75 µs':>10}")
+    print(f"{'section':<9} {'operation':<22} {'n':>5} {'median µs':>10} {'p25 µs':>10} {'p75 µs':>10}")
     for section, ops in results.items():
         for name, xs in ops.items():
             med, p25, p75 = quartiles(xs)
-            print(f"{section:<9} {name:<22} {len(xs):>4} {med:>10.1f} {p25:>10.1f} {p75:>10.1f}")
-    for section, bare, label in (("overlay2", MOUNT2, "bare-mount(2)"), ("overlay2", FSCONFIG, "bare-fsconfig"),
-                                 ("overlay2", LAYOUT, "bare-layout+mount(2)"), ("btrfs", IOCTL, "bare-ioctl")):
-        ops = results.get(section, {})
-        if bare in ops and STARTUP in ops:
-            ratio = statistics.median(ops[STARTUP]) / statistics.median(ops[bare])
-            print(f"{'layerbench/' + label:<33} {section:<9} {ratio:>6.2f}x  (medians)")
+            print(f"{section:<9} {name:<22} {len(xs):>5} {med:>10.1f} {p25:>10.1f} {p75:>10.1f}")
+
+
+def _median(results: dict[str, Samples], section: str, op: str) -> float | None:
+    xs = results.get(section, {}).get(op)
+    return statistics.median(xs) if xs else None
+
+
+#: (label, section, numerator op, denominator op, subtract from the denominator, target ratio or None)
+RATIOS: tuple[tuple[str, str, str, str, str | None, float | None], ...] = (
+    ("overlay2 startup / bare mount(2)", "overlay2", STARTUP, MOUNT2, None, 1.3),
+    ("overlay2 startup / bare layout+mount(2)", "overlay2", STARTUP, LAYOUT, None, 1.3),
+    ("overlay2 startup / bare fsconfig (info)", "overlay2", STARTUP, FSCONFIG, None, None),
+    ("btrfs startup / bare snapshot ioctl", "btrfs", STARTUP, IOCTL, None, 1.2),
+    ("vfs copy_tree / cp -a  (raw)", "vfs", COPY_TREE, CP, None, 1.2),
+    ("vfs copy_tree / (cp -a - spawn)  (spawn-corrected)", "vfs", COPY_TREE, CP, SPAWN, 1.2),
+    ("vfs startup / cp -a  (raw)", "vfs", VFS_START, CP, None, 1.2),
+    ("vfs startup / (cp -a - spawn)  (spawn-corrected)", "vfs", VFS_START, CP, SPAWN, 1.2),
+)
+NULL_TARGET_US = 20.0
+
+
+def summary(results: dict[str, Samples], recorded: dict[str, int] | None) -> list[str]:
+    """Each ratio of medians next to its target, met or not met."""
+    lines = [f"{'summary (ratios of medians, one run)':<52} {'value':>9} {'target':>9}  verdict"]
+    for label, section, num, den, minus, target in RATIOS:
+        a, b = _median(results, section, num), _median(results, section, den)
+        if a is None or b is None:
+            continue
+        if minus is not None:
+            m = _median(results, section, minus)
+            if m is None:
+                continue
+            b -= m
+        ratio = a / b
+        verdict = "-" if target is None else ("met" if ratio <= target else "NOT MET")
+        want = "" if target is None else f"<= {target:.1f}x"
+        lines.append(f"{label:<52} {ratio:>8.2f}x {want:>9}  {verdict}")
+    start, empty = _median(results, "null", NULL_START), _median(results, "null", EMPTY)
+    if start is not None and empty is not None:
+        us = (start - empty) / 1e3
+        verdict = "met" if us < NULL_TARGET_US else "NOT MET"
+        lines.append(f"{'null-driver overhead per sample (start - empty)':<52} {us:>6.2f} µs {'< 20 µs':>9}  {verdict}")
+    if recorded is not None and "null_start_ns" in recorded:
+        us = recorded["null_start_ns"] / 1e3
+        verdict = "met" if us < NULL_TARGET_US else "NOT MET"
+        lines.append(f"{'null_start_ns as a run records it (overhead.measure)':<52} {us:>6.2f} µs {'< 20 µs':>9}  "
+                     f"{verdict}")
+    return lines
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -231,35 +407,49 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=30, help="timed rounds (after 3 warm-up rounds)")
     ap.add_argument("--layers", type=int, default=8, help="image layers")
+    ap.add_argument("--vfs-samples", type=int, default=15, help="timed rounds of the vfs section (100 MiB copies)")
+    ap.add_argument("--only", action="append", choices=["overlay2", "btrfs", "vfs", "null"],
+                    help="run only this section (repeatable)")
     ap.add_argument("--json", type=Path, help="write the raw samples (ns) here")
     opts = ap.parse_args()
-    if opts.samples < 2 or opts.layers < 1:
-        ap.error("need --samples >= 2 and --layers >= 1")
+    if opts.samples < 2 or opts.vfs_samples < 2 or opts.layers < 1:
+        ap.error("need --samples >= 2, --vfs-samples >= 2 and --layers >= 1")
     signal.signal(signal.SIGTERM, _interrupt)
     sections: dict[str, tuple[Callable[[Path, int, int], Samples], type[Driver], str]] = {
         "overlay2": (overlay_section, Overlay2Driver, "mkfs.ext4"),
         "btrfs": (btrfs_section, BtrfsDriver, "mkfs.btrfs"),
+        "vfs": (vfs_section, VfsDriver, "mkfs.ext4"),
+        "null": (null_section, NullDriver, "true"),
     }
     results: dict[str, Samples] = {}
+    recorded: dict[str, int] | None = None
     workdir = Path(tempfile.mkdtemp(prefix="layerbench-floor-", dir="/var/tmp"))
     try:
         for section, (run, cls, mkfs) in sections.items():
-            reason = "not root" if os.geteuid() != 0 else cls.probe()
+            if opts.only and section not in opts.only:
+                continue
+            reason = "not root" if os.geteuid() != 0 and section != "null" else cls.probe()
             if reason is None and shutil.which(mkfs) is None:
                 reason = f"{mkfs} is not installed"
             if reason is not None:
                 print(f"{section}: skipped: {reason}")
                 continue
             (workdir / section).mkdir()
-            results[section] = run(workdir / section, opts.samples, opts.layers)
+            samples = opts.vfs_samples if section == "vfs" else opts.samples
+            results[section] = run(workdir / section, samples, opts.layers)
+            if section == "null":
+                recorded = overhead.measure(NullDriver)
     except KeyboardInterrupt:
         print("interrupted; mounts, loop devices and work directory released", file=sys.stderr)
         return 130
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_table(results)
+    print()
+    print("\n".join(summary(results, recorded)))
     if opts.json is not None:
-        meta = {"kernel": os.uname().release, "layers": opts.layers, "warmup": WARMUP, "unit": "ns"}
+        meta = {"kernel": os.uname().release, "layers": opts.layers, "warmup": WARMUP, "unit": "ns",
+                "vfs_tree": {"files": VFS_FILES, "bytes": VFS_BYTES}, "overhead_measure": recorded}
         opts.json.write_text(json.dumps({**meta, "samples": results}, indent=1) + "\n")
     return 0
 

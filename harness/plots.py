@@ -103,6 +103,8 @@ def _line_plot(report: Report, scenario: str, metric: str, param: str, title: st
     unit = next(iter(lines.values()))[0][1]["unit"]
     factor, unit_name = _scale(unit, max(r["median"] for pts in lines.values() for _, r in pts))
     colors = _colors(report)
+    slopes = {(f["driver"], f["rest"]): f["text"] for f in report.slopes
+              if (f["scenario"], f["metric"], f["param"]) == (scenario, metric, param)}
     fig = MplFigure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
     styles = ["-", "--", ":", "-."]
@@ -111,6 +113,9 @@ def _line_plot(report: Report, scenario: str, metric: str, param: str, title: st
         pts.sort(key=lambda p: p[0])
         xs = [x for x, _ in pts]
         label = driver + (f" ({rest})" if rest else "")
+        fitted = slopes.get((driver, rest))
+        if fitted:
+            label += f", {fitted}"
         color = colors[driver]
         ax.plot(xs, [r["median"] / factor for _, r in pts], marker="o", color=color,
                 linestyle=styles[rests.index(rest) % len(styles)], label=label)
@@ -131,7 +136,8 @@ def _line_plot(report: Report, scenario: str, metric: str, param: str, title: st
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(frameon=False)
     caption = (f"Median {metric} of scenario {scenario} against {param}; the band is the 95% bootstrap "
-               f"confidence interval of the median" + ("; both axes logarithmic." if logx and logy else "."))
+               f"confidence interval of the median" + ("; both axes logarithmic" if logx and logy else "")
+               + ("; the legend gives each line's fitted slope (numpy.polyfit of the medians)." if slopes else "."))
     return Plot(title=f"{title} ({scenario})", caption=caption, png_base64=_png(fig))
 
 

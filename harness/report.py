@@ -14,17 +14,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import results
 from .errors import UserError
 from .stats import STATS_FIELDS, advice, summarize
 
-__all__ = ["Report", "build", "render", "read_all", "params_key", "FORMATS", "DEFAULT_BASELINE"]
+__all__ = ["Report", "build", "render", "read_all", "params_key", "fit_slopes", "slope_text", "SLOPES", "FORMATS",
+           "DEFAULT_BASELINE"]
 
 FORMATS = ("md", "html", "csv", "json")
 DEFAULT_BASELINE = "overlay2"
 ROW_FIELDS = ("scenario", "driver", "params", "metric", "unit", *STATS_FIELDS, "ratio")
+#: (metric, swept parameter, one step of it): how a metric grows, fitted per driver
+SLOPES: tuple[tuple[str, str, str], ...] = (
+    ("startup_ns", "layers", "layer"),
+    ("startup_ns", "files", "file"),
+    ("startup_ns", "containers", "container"),
+    ("disk_bytes", "containers", "container"),
+)
 
 
 @dataclass
@@ -40,6 +49,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    slopes: list[dict[str, Any]] = field(default_factory=list)
 
     def samples(self, scenario: str, driver: str, params: str, metric: str) -> list[float]:
         """The raw samples of one cell's metric (empty when it was not measured)."""
@@ -76,6 +86,47 @@ def params_key(text: str) -> tuple[Any, ...]:
     """Sort key for `k=v;k=v` that orders numbers by value, then words."""
     return tuple((k, (0, float(v), "") if v.lstrip("-").replace(".", "", 1).isdigit() else (1, 0.0, v))
                  for k, _, v in (part.partition("=") for part in text.split(";")))
+
+
+def slope_text(slope: float, unit: str, step: str) -> str:
+    """`+12.3 µs per layer`, `+48 KiB per container`, `+0.41 ns per file`."""
+    scales = {"ns": ((1e9, "s"), (1e6, "ms"), (1e3, "µs"), (1.0, "ns")),
+              "bytes": ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B"))}.get(unit, ((1.0, unit),))
+    factor, name = next(((f, n) for f, n in scales if abs(slope) >= f), scales[-1])
+    return f"{slope / factor:+.3g} {name} per {step}".replace(" count per", " per")
+
+
+def fit_slopes(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A least-squares line (numpy.polyfit, degree 1) through the medians of every SLOPES
+    metric against its parameter, per scenario and driver (and per set of the other
+    parameters, when they do not just follow the swept one)."""
+    medians = {(r["scenario"], r["driver"], r["params"], r["metric"]): r["median"] for r in rows}
+    out = []
+    for metric, param, step in SLOPES:
+        groups: dict[tuple[str, str], list[tuple[float, str, float]]] = {}
+        for cell in cells:
+            if param not in cell["params"]:
+                continue
+            med = medians.get((cell["scenario"], cell["driver"], results.params_text(cell["params"]), metric))
+            if med is None or math.isnan(med):
+                continue
+            rest = results.params_text({k: v for k, v in cell["params"].items() if k != param})
+            groups.setdefault((cell["scenario"], cell["driver"]), []).append((float(cell["params"][param]), rest, med))
+        for (scenario, driver), points in groups.items():
+            unique = len({x for x, _, _ in points}) == len(points)
+            lines: dict[str, list[tuple[float, float]]] = {}
+            for x, rest, med in points:
+                lines.setdefault("" if unique else rest, []).append((x, med))
+            for rest, pts in lines.items():
+                if len({x for x, _ in pts}) < 2:
+                    continue
+                xs, ys = np.array([x for x, _ in pts]), np.array([y for _, y in pts])
+                slope, intercept = (float(v) for v in np.polyfit(xs, ys, 1))
+                unit = results.unit_of(metric)
+                out.append({"scenario": scenario, "driver": driver, "metric": metric, "param": param, "rest": rest,
+                            "unit": unit, "slope": slope, "intercept": intercept, "points": len(pts),
+                            "text": slope_text(slope, unit, step)})
+    return out
 
 
 def _claims(doc: dict[str, Any]) -> list[dict[str, str]] | None:
@@ -118,8 +169,11 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
     errors = [f"{_describe(c)}: {c['status']}: {c.get('error')}" for c in doc["cells"] if c["status"] != "ok"]
     runs = [{k: d.get(k) for k in ("label", "started_utc", "finished_utc", "status", "machine", "tool", "helpers")}
             for d in docs]
+    slopes = fit_slopes(doc["cells"], rows)
+    slopes.sort(key=lambda f: drivers.index(f["driver"]) if f["driver"] in drivers else len(drivers))
     return Report(runs=runs, doc=doc, baseline=baseline, drivers=drivers, rows=rows,
-                  claims=_claims(doc) if with_claims else None, warnings=warnings, notes=notes, errors=errors)
+                  claims=_claims(doc) if with_claims else None, warnings=warnings, notes=notes, errors=errors,
+                  slopes=slopes)
 
 
 def _jsonable(value: Any) -> Any:
@@ -145,7 +199,8 @@ def render(report: Report, fmt: str) -> str:
         pd.DataFrame(report.rows, columns=list(ROW_FIELDS)).to_csv(buf, index=False)
         return buf.getvalue()
     if fmt == "json":
-        out = {"baseline": report.baseline, "runs": report.runs, "rows": report.rows, "claims": report.claims,
+        out = {"baseline": report.baseline, "runs": report.runs, "rows": report.rows, "slopes": report.slopes,
+               "claims": report.claims,
                "warnings": report.warnings, "notes": report.notes, "errors": report.errors}
         return json.dumps(_jsonable(out), indent=1) + "\n"
     raise UserError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -6,7 +6,16 @@ from html import escape
 
 from .plots import figures
 from .report import Report
-from .report_md import MdTable, claims_table, intro, scenario_table, stats_table, versions_table
+from .report_md import (
+    SLOPES_NOTE,
+    MdTable,
+    claims_table,
+    intro,
+    scenario_table,
+    slopes_table,
+    stats_table,
+    versions_table,
+)
 
 __all__ = ["html_page"]
 
@@ -76,6 +85,9 @@ def html_page(report: Report) -> str:
         if description:
             out.append(f'<p class="desc">{escape(" ".join(description.split()))}</p>')
         out.append(_table(scenario_table(report, scenario)))
+        slopes = slopes_table(report, scenario)
+        if slopes[1]:
+            out += [f'<p class="desc">{escape(SLOPES_NOTE)}</p>', _table(slopes)]
         out += ["<details><summary>Statistics</summary>", _table(stats_table(report, scenario), 3), "</details>"]
     if report.warnings:
         out += ['<h2>Warnings</h2><ul class="warn">', *(f"<li>{escape(w)}</li>" for w in report.warnings), "</ul>"]

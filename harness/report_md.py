@@ -8,7 +8,8 @@ from typing import Any
 from .report import Report
 from .table import human
 
-__all__ = ["markdown", "ratio_text", "scenario_table", "stats_table", "versions_table", "claims_table", "intro", "MdTable"]
+__all__ = ["markdown", "ratio_text", "scenario_table", "stats_table", "slopes_table", "versions_table", "claims_table",
+           "intro", "MdTable", "SLOPES_NOTE"]
 
 MdTable = tuple[list[str], list[list[str]]]  # header, body
 
@@ -47,6 +48,16 @@ def stats_table(report: Report, scenario: str) -> MdTable:
                      f"{h('ci95_low')} – {h('ci95_high')}", h("iqr"), h("p90"), h("p99"), h("min"), h("max"),
                      f"{r['outliers_mad']}/{r['outliers_tukey']}"])
     return header, body
+
+
+SLOPES_NOTE = "Fitted slopes: a least-squares line through the medians (numpy.polyfit, degree 1)."
+
+
+def slopes_table(report: Report, scenario: str) -> MdTable:
+    """How startup and disk grow per layer, file or container: one row per fitted line."""
+    body = [[f"{f['metric']} vs {f['param']}" + (f" ({f['rest']})" if f["rest"] else ""), f["driver"], f["text"],
+             str(f["points"])] for f in report.slopes if f["scenario"] == scenario]
+    return ["growth", "driver", "slope", "points"], body
 
 
 def versions_table(report: Report) -> MdTable:
@@ -106,6 +117,9 @@ def markdown(report: Report) -> str:
         if description:
             out += [" ".join(description.split()), ""]
         out += _md(scenario_table(report, scenario)) + [""]
+        slopes = slopes_table(report, scenario)
+        if slopes[1]:
+            out += [SLOPES_NOTE, ""] + _md(slopes) + [""]
         out += ["<details><summary>Statistics</summary>", ""]
         out += _md(stats_table(report, scenario), numeric_from=3) + ["", "</details>", ""]
     if report.claims is not None:

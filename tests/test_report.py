@@ -140,3 +140,30 @@ def test_results_lists_saved_runs(tmp_path: Path) -> None:
     assert "unreadable: not a layerbench results file" in out
     code, _, err = invoke("results", "--results-dir", str(tmp_path / "nope"))
     assert code == 2 and "no such results directory" in err
+
+
+def test_slopes_are_fitted_per_driver_through_the_medians() -> None:
+    import numpy as np
+
+    r = build([DATA / "startup.json", DATA / "layer-sharing.json"])
+    fitted = {(f["scenario"], f["driver"], f["metric"], f["param"]): f for f in r.slopes}
+    med = {(row["driver"], row["params"]): row["median"] for row in r.rows
+           if row["scenario"] == "startup" and row["metric"] == "startup_ns"}
+    xs = [1, 8, 32]
+    want = np.polyfit(xs, [med[("overlay2", f"layers={x}")] for x in xs], 1)[0]
+    assert fitted[("startup", "overlay2", "startup_ns", "layers")]["slope"] == pytest.approx(want)
+    assert {d for (s, d, m, p) in fitted if (s, m, p) == ("layer-sharing", "disk_bytes", "containers")} == \
+        {"overlay2", "btrfs", "vfs"}
+    md = report.render(r, "md")
+    assert "| startup_ns vs layers | overlay2 | +10.9 µs per layer | 3 |" in md
+    assert "| disk_bytes vs containers | vfs | +98.6 MiB per container | 2 |" in md
+    assert "Fitted slopes" in report.render(r, "html")
+    assert json.loads(report.render(r, "json"))["slopes"][0]["text"].endswith("per layer")
+    assert "Fitted slopes" not in report.render(build(RUNS[:2]), "md")  # nothing swept: no slopes
+
+
+def test_slope_text_picks_a_readable_unit() -> None:
+    assert report.slope_text(48 * 1024, "bytes", "container") == "+48 KiB per container"
+    assert report.slope_text(12_300, "ns", "layer") == "+12.3 µs per layer"
+    assert report.slope_text(0.41, "ns", "file") == "+0.41 ns per file"
+    assert report.slope_text(-2e6, "ns", "container") == "-2 ms per container"

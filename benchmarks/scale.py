@@ -1,0 +1,174 @@
+"""How startup and disk grow with containers and layers, with fitted slopes.
+
+containers: overlay2 and btrfs start 1..1,000 containers from one image (1,000 files,
+  100 MiB, 3 layers), keeping them all running; at each count it prints the median
+  startup of the starts in that step and the store's used bytes over the image
+  (syncfs + statvfs), then numpy.polyfit slopes of startup and disk against the count.
+layers: overlay2 starts --per-step containers on images of 1, 8, 32, 128, 256 and 500
+  layers (one file each) and prints the median startup and its slope per layer; above a
+  page of mount data the driver adds lowers through fsconfig(lowerdir+).
+
+Timed regions are `harness/steps.py::_start`'s (create_container + mount + first readdir).
+Usage: python benchmarks/scale.py [--containers 1000] [--per-step 20] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from time import perf_counter_ns
+from typing import Any
+
+import numpy as np
+from layerbench.drivers.btrfs import BtrfsDriver
+from layerbench.drivers.overlay2 import Overlay2Driver
+from layerbench.harness import syscalls
+from layerbench.harness.backing import BackingStore
+from layerbench.harness.driver import Driver
+from layerbench.harness.image import FileSpec, apply_layer, synthetic_image
+
+COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+LAYERS = (1, 8, 32, 128, 256, 500)
+MiB = 1 << 20
+
+
+def used_bytes(path: Path) -> int:
+    syscalls.syncfs(str(path))
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def start(driver: Driver, cid: str, image: str) -> int:
+    """The timed region of `steps._start`."""
+    t0 = perf_counter_ns()
+    driver.create_container(cid, image)
+    root = driver.mount(cid)
+    os.listdir(root)
+    t1 = perf_counter_ns()
+    return t1 - t0
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    return float(np.polyfit(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), 1)[0])
+
+
+def containers_section(cls: type[Driver], workdir: Path, counts: list[int]) -> dict[str, Any]:
+    image = synthetic_image(3, 1000, 100 * MiB, seed=0)
+    with BackingStore(workdir, cls.backings[0], 2048 * MiB) as mnt:
+        home = mnt / cls.name
+        home.mkdir(mode=0o700)
+        driver = cls(home)
+        started: list[str] = []
+        try:
+            driver.setup()
+            parent = None
+            for i in range(image.layer_count):
+                image.apply(i, driver.create_layer(f"l{i}", parent), driver.layer_format)
+                driver.seal_layer(f"l{i}")
+                parent = f"l{i}"
+            assert parent is not None
+            base = used_bytes(mnt)
+            rows = []
+            for n in counts:
+                times = []
+                while len(started) < n:
+                    cid = f"c{len(started)}"
+                    times.append(start(driver, cid, parent))
+                    started.append(cid)
+                rows.append({"containers": n, "startup_ns": times, "disk_bytes": used_bytes(mnt) - base})
+                med = statistics.median(times) / 1e3
+                print(f"{cls.name:<9} {n:>6} containers  startup {med:>8.1f} µs (median of {len(times):>3})"
+                      f"  disk {(rows[-1]['disk_bytes']) / MiB:>8.2f} MiB", flush=True)
+            xs = [r["containers"] for r in rows]
+            s_start = slope(xs, [statistics.median(r["startup_ns"]) for r in rows])
+            s_disk = slope(xs, [r["disk_bytes"] for r in rows])
+            print(f"{cls.name:<9} slope: startup {s_start / 1e3:+.3f} µs per container, "
+                  f"disk {s_disk / 1024:+.1f} KiB per container")
+            return {"rows": rows, "startup_slope_ns": s_start, "disk_slope_bytes": s_disk}
+        finally:
+            for cid in reversed(started):
+                driver.unmount(cid)
+                driver.remove(cid)
+            driver.close()
+
+
+def layers_section(workdir: Path, layer_counts: list[int], per_step: int) -> dict[str, Any]:
+    with BackingStore(workdir, "ext4", 1024 * MiB) as mnt:
+        home = mnt / "overlay2"
+        home.mkdir(mode=0o700)
+        driver = Overlay2Driver(home)
+        try:
+            driver.setup()
+            rows, parent, made = [], None, 0
+            for count in layer_counts:
+                while made < count:
+                    files = (FileSpec(f"l{made}.txt", 64, seed=made),)
+                    apply_layer(driver.create_layer(f"l{made}", parent), files, driver.layer_format)
+                    driver.seal_layer(f"l{made}")
+                    parent, made = f"l{made}", made + 1
+                assert parent is not None
+                times = []
+                for k in range(per_step + 2):  # two warm-up starts
+                    cid = f"s{count}-{k}"
+                    ns = start(driver, cid, parent)
+                    driver.unmount(cid)
+                    driver.remove(cid)
+                    if k >= 2:
+                        times.append(ns)
+                rows.append({"layers": count, "startup_ns": times})
+                print(f"overlay2  {count:>4} layers  startup {statistics.median(times) / 1e3:>8.1f} µs "
+                      f"(median of {len(times)})", flush=True)
+            s = slope([r["layers"] for r in rows], [statistics.median(r["startup_ns"]) for r in rows])
+            print(f"overlay2  slope: startup {s / 1e3:+.2f} µs per layer")
+            return {"rows": rows, "startup_slope_ns": s}
+        finally:
+            driver.close()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--containers", type=int, default=1000, help="the largest container count")
+    ap.add_argument("--per-step", type=int, default=20, help="starts per layer count")
+    ap.add_argument("--json", type=Path, help="write the raw samples (ns, bytes) here")
+    opts = ap.parse_args()
+    if os.geteuid() != 0:
+        print("scale: needs root (loop devices and mounts)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    counts = sorted({c for c in COUNTS if c <= opts.containers} | {opts.containers})
+    out: dict[str, Any] = {"kernel": os.uname().release}
+    workdir = Path(tempfile.mkdtemp(prefix="layerbench-scale-", dir="/var/tmp"))
+    try:
+        for cls in (Overlay2Driver, BtrfsDriver):
+            reason = cls.probe()
+            if reason:
+                print(f"{cls.name}: skipped: {reason}")
+                continue
+            (workdir / cls.name).mkdir()
+            out[f"containers_{cls.name}"] = containers_section(cls, workdir / cls.name, counts)
+        if Overlay2Driver.probe() is None:
+            (workdir / "layers").mkdir()
+            out["layers_overlay2"] = layers_section(workdir / "layers", list(LAYERS), opts.per_step)
+    except KeyboardInterrupt:
+        print("interrupted; mounts, loop devices and work directory released", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if opts.json is not None:
+        opts.json.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
