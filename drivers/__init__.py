@@ -9,14 +9,15 @@ from .btrfs import BtrfsDriver
 from .fuse_overlayfs import FuseOverlayfsDriver
 from .null import NullDriver
 from .overlay2 import Overlay2Driver
+from .overlay2_rootless import Overlay2RootlessDriver
 from .reflink import ReflinkDriver
 from .vfs import VfsDriver
 from .zfs import ZfsDriver
 
-__all__ = ["BtrfsDriver", "FuseOverlayfsDriver", "NullDriver", "Overlay2Driver", "ReflinkDriver", "VfsDriver", "ZfsDriver"]
+__all__ = ["BtrfsDriver", "FuseOverlayfsDriver", "NullDriver", "Overlay2Driver", "Overlay2RootlessDriver", "ReflinkDriver", "VfsDriver", "ZfsDriver"]
 
 
 @hookimpl
 def layerbench_register_drivers(registry: DriverRegistry) -> None:
-    for cls in (NullDriver, VfsDriver, Overlay2Driver, BtrfsDriver, FuseOverlayfsDriver, ReflinkDriver, ZfsDriver):
+    for cls in (NullDriver, VfsDriver, Overlay2Driver, Overlay2RootlessDriver, BtrfsDriver, FuseOverlayfsDriver, ReflinkDriver, ZfsDriver):
         registry.add(cls)

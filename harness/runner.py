@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import backing, machine, overhead, results, safety, syscalls
+from . import backing, machine, overhead, results, safety, syscalls, userns
 from .driver import Driver, Style
 from .errors import UserError
 from .image import Image, SyntheticImage
@@ -188,6 +188,7 @@ def _time_limit(seconds: float) -> Iterator[None]:
 def _measure(
     cell: Cell,
     store: backing.BackingStore,
+    home: Path,
     sampling: _Sampling,
     overhead_ns: int,
     out: dict[str, Any],
@@ -195,11 +196,9 @@ def _measure(
     outcomes: dict[str, dict[str, int]],
     drivers: list[Driver],
 ) -> None:
-    """Open the store, build the image and take the samples; `run_cell` cleans up."""
+    """Set the driver up in `home` on the open store, build the image, take the samples; `run_cell` cleans up."""
     s = cell.scenario
-    mnt = store.open()
-    home = mnt / cell.driver.name
-    home.mkdir(mode=0o700)
+    mnt = store.mountpoint
     base, base_walk = store.usage(), backing.allocated_bytes(mnt)
     driver = cell.driver(home)
     drivers.append(driver)
@@ -244,6 +243,47 @@ def _measure(
     out["samples"] = measured
 
 
+def _measure_in_userns(
+    cell: Cell,
+    store: backing.BackingStore,
+    home: Path,
+    sampling: _Sampling,
+    overhead_ns: int,
+    out: dict[str, Any],
+    recorded: dict[str, list[int]],
+    outcomes: dict[str, dict[str, int]],
+    drivers: list[Driver],
+) -> None:
+    """`_measure` in an unprivileged user namespace (a rootless driver, docs/rootless.md).
+
+    The store (root's loop mount) is handed to the namespace's user; a forked child
+    builds the image and takes the samples, then closes its driver. What it recorded
+    comes back, after an error too; the parent's own handle cleans up what is left.
+    """
+    userns.hand_over(store.mountpoint)
+    drivers.append(cell.driver(home))
+
+    def body() -> tuple[dict[str, Any], dict[str, list[int]], dict[str, dict[str, int]], Exception | None]:
+        own: list[Driver] = []
+        error: Exception | None = None
+        try:
+            _measure(cell, store, home, sampling, overhead_ns, out, recorded, outcomes, own)
+        except Exception as exc:  # noqa: BLE001  raised again in the parent, after the partial results
+            error = exc
+        finally:
+            for driver in own:
+                driver.close()
+        return out, dict(recorded), {k: dict(v) for k, v in outcomes.items()}, error
+
+    got, got_recorded, got_outcomes, error = userns.run_in_userns(body, expose=[store.mountpoint])
+    out.update(got)
+    recorded.update(got_recorded)
+    for label, counts in got_outcomes.items():
+        outcomes[label].update(counts)
+    if error is not None:
+        raise error
+
+
 def run_cell(
     cell: Cell,
     workdir: Path,
@@ -276,7 +316,10 @@ def run_cell(
     drivers: list[Driver] = []  # the driver, once set up, for the cleanup below
     try:
         with _time_limit(sampling.timeout_s):
-            _measure(cell, store, sampling, overhead_ns, out, recorded, outcomes, drivers)
+            home = store.open() / cell.driver.name
+            home.mkdir(mode=0o700)
+            measure = _measure_in_userns if cell.driver.userns else _measure
+            measure(cell, store, home, sampling, overhead_ns, out, recorded, outcomes, drivers)
         out["status"] = "ok"
     except KeyboardInterrupt:
         out["status"] = "interrupted"

@@ -30,6 +30,7 @@ MS_BIND = 4096
 # The new mount API: the same numbers on every architecture (added after 4.20's unification).
 _SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 429, 430, 431, 432
 _FSOPEN_CLOEXEC = 1
+_FSCONFIG_SET_FLAG = 0
 _FSCONFIG_SET_STRING = 1
 _FSCONFIG_CMD_CREATE = 6
 _FSMOUNT_CLOEXEC = 1
@@ -82,10 +83,10 @@ def overlay_mount(
     lowers: Sequence[str],
     upper: str | None,
     work: str | None,
-    options: Sequence[tuple[str, str]] = (),
+    options: Sequence[tuple[str, str | None]] = (),
     new_api: bool = True,
 ) -> None:
-    """Mount overlayfs on `target`; `lowers` uppermost first.
+    """Mount overlayfs on `target`; `lowers` uppermost first; an option whose value is None is a flag.
 
     With `new_api`, each lower is added by `fsconfig(lowerdir+)`, which has no page
     limit (up to the kernel's 500 layers); otherwise one mount(2) whose data string
@@ -95,7 +96,7 @@ def overlay_mount(
         parts = ["lowerdir=" + ":".join(lowers)]
         if upper is not None:
             parts += [f"upperdir={upper}", f"workdir={work}"]
-        parts += [f"{k}={v}" for k, v in options]
+        parts += [k if v is None else f"{k}={v}" for k, v in options]
         mount("overlay", target, "overlay", 0, ",".join(parts))
         return
     fd = _check(_libc.syscall(_SYS_FSOPEN, b"overlay", ctypes.c_uint(_FSOPEN_CLOEXEC)), "fsopen")
@@ -106,7 +107,10 @@ def overlay_mount(
             _fsconfig(fd, b"upperdir", upper.encode())
             _fsconfig(fd, b"workdir", work.encode())
         for key, value in options:
-            _fsconfig(fd, key.encode(), value.encode())
+            if value is None:
+                _fsconfig(fd, key.encode(), None, _FSCONFIG_SET_FLAG)
+            else:
+                _fsconfig(fd, key.encode(), value.encode())
         _fsconfig(fd, None, None, _FSCONFIG_CMD_CREATE)
         mfd = _check(
             _libc.syscall(_SYS_FSMOUNT, ctypes.c_int(fd), ctypes.c_uint(_FSMOUNT_CLOEXEC), ctypes.c_uint(0)),

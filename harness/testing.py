@@ -36,6 +36,7 @@ from .backing import BackingStore
 from .driver import Driver, LayerFormat
 from .plugins import default_plugins
 from .treecopy import copy_tree
+from .userns import hand_over, in_initial_userns, run_in_userns
 
 __all__ = [
     "Entry", "Tree", "snapshot", "compare", "Op", "Mkdir", "File", "Append", "Symlink", "Link",
@@ -380,11 +381,11 @@ def _ensure_parents(diff: Path, ref: Path, rel: str) -> None:
             _attrs(diff / sub, 0o755, 0, 0)
 
 
-def apply_to_diff(op: Op, diff: Path, ref: Path) -> None:
+def apply_to_diff(op: Op, diff: Path, ref: Path, opaque_xattr: str = "trusted.overlay.opaque") -> None:
     """Write `op` into an empty-at-first DIFF layer: whiteouts and opaque dirs in overlay's format.
 
     `ref` is the reference tree with the whole change set already applied; parents
-    created here copy its attributes.
+    created here copy its attributes. `opaque_xattr` is the driver's (`Driver.opaque_xattr`).
     """
     kind = type(op).__name__
     if kind not in _LAYER_OPS:
@@ -396,7 +397,7 @@ def apply_to_diff(op: Op, diff: Path, ref: Path) -> None:
         os.mknod(p, stat.S_IFCHR | 0o000, os.makedev(0, 0))
     elif kind == "Opaque":
         op.apply(diff)
-        os.setxattr(p, "trusted.overlay.opaque", b"y")
+        os.setxattr(p, opaque_xattr, b"y")
     elif kind == "Link" and not os.path.lexists(diff / op.target):  # type: ignore[attr-defined]
         raise ValueError(f"hardlink {op.path} -> {op.target}: the target must be in the same layer")  # type: ignore[attr-defined]
     else:
@@ -423,7 +424,13 @@ def default_backing(cls: type[Driver]) -> str:
 
 @contextmanager
 def driver_session(cls: type[Driver], workdir: Path, size_bytes: int = 512 * _MiB) -> Iterator[Driver]:
-    """A driver set up on a fresh backing store under `workdir`; closed and released after."""
+    """A driver set up on a fresh backing store under `workdir`; closed and released after.
+
+    A driver that runs in a user namespace (`userns`) is skipped here: its calls must
+    come from inside one (use the `layerbench_driver` fixture, or `userns_session`).
+    """
+    if cls.userns and in_initial_userns():
+        pytest.skip(f"{cls.name} runs inside a user namespace; the layerbench_driver fixture runs tests there")
     store = BackingStore(workdir, default_backing(cls), size_bytes)
     with store as mnt:
         home = mnt / cls.name
@@ -431,6 +438,24 @@ def driver_session(cls: type[Driver], workdir: Path, size_bytes: int = 512 * _Mi
         driver = cls(home)
         try:
             driver.setup()
+            yield driver
+        finally:
+            driver.close()
+
+
+@contextmanager
+def userns_session(cls: type[Driver], workdir: Path, size_bytes: int = 512 * _MiB) -> Iterator[Driver]:
+    """A `userns` driver's fresh store, handed to the unprivileged user; not set up.
+
+    Call `setup` and everything else inside :func:`~layerbench.harness.userns.run_in_userns`
+    (exposing the store's mount point); `close` here, after it, removes what is left.
+    """
+    with BackingStore(workdir, default_backing(cls), size_bytes) as mnt:
+        home = mnt / cls.name
+        home.mkdir(mode=0o700)
+        hand_over(mnt)
+        driver = cls(home)
+        try:
             yield driver
         finally:
             driver.close()
@@ -469,7 +494,7 @@ class Stack:
                 op.apply(path)
         else:
             for op in ops:
-                apply_to_diff(op, path, self.ref)
+                apply_to_diff(op, path, self.ref, self.driver.opaque_xattr)
         self.driver.seal_layer(lid)
         self.expected[lid] = snapshot(self.ref)
         self.top = lid
@@ -570,8 +595,13 @@ def layerbench_driver_class(layerbench_driver_name: str | None) -> type[Driver]:
 
 @pytest.fixture
 def layerbench_driver(layerbench_driver_class: type[Driver], tmp_path: Path) -> Iterator[Driver]:
-    """The driver set up on a fresh backing store of its default kind; closed afterwards."""
-    with driver_session(layerbench_driver_class, tmp_path / "store") as driver:
+    """The driver set up on a fresh backing store of its default kind; closed afterwards.
+
+    A `userns` driver is set up, used and closed by the test inside an unprivileged
+    user namespace (see `pytest_pyfunc_call`); closed here again after it.
+    """
+    session = userns_session if layerbench_driver_class.userns else driver_session
+    with session(layerbench_driver_class, tmp_path / "store") as driver:
         yield driver
     left = mounts_below(tmp_path / "store" / "mnt" / layerbench_driver_class.name)
     assert not left, f"driver {layerbench_driver_class.name}: close() left mounts: {left}"
@@ -580,4 +610,33 @@ def layerbench_driver(layerbench_driver_class: type[Driver], tmp_path: Path) -> 
 @pytest.fixture
 def layerbench_stack(layerbench_driver: Driver, tmp_path: Path) -> Stack:
     """A :class:`Stack` on `layerbench_driver`, its reference tree under `tmp_path`."""
-    return Stack(layerbench_driver, tmp_path / "ref")
+    stack = Stack(layerbench_driver, tmp_path / "ref")
+    if layerbench_driver.userns:
+        hand_over(stack.ref)
+    return stack
+
+
+def _in_userns(test: object, args: dict[str, object], driver: Driver) -> None:
+    """The test body as the namespace runs it: set up, test, close, nothing left mounted."""
+    driver.setup()
+    try:
+        test(**args)  # type: ignore[operator]
+    finally:
+        driver.close()
+    left = mounts_below(driver.home)
+    assert not left, f"driver {driver.name}: close() left mounts in its namespace: {left}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run a test of a `userns` driver inside an unprivileged user namespace (a forked child)."""
+    driver = pyfuncitem.funcargs.get("layerbench_driver")
+    if not isinstance(driver, Driver) or not driver.userns:
+        return None
+    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    expose = [driver.home.parent]
+    stack = pyfuncitem.funcargs.get("layerbench_stack")
+    if isinstance(stack, Stack):
+        expose.append(stack.ref)
+    run_in_userns(_in_userns, pyfuncitem.obj, args, driver, expose=expose, timeout_s=600)
+    return True

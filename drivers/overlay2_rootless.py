@@ -1,0 +1,111 @@
+"""overlay2-rootless: kernel overlayfs mounted by an unprivileged user in its own user namespace.
+
+What rootless Docker and Podman do where the kernel allows it (Linux >= 5.11): the
+store belongs to an ordinary user (uid 100000 here), who unshares a user and a
+mount namespace, is root only inside them, and mounts overlay with `userxattr`.
+overlay2's layout (see :mod:`.overlay2`); the differences:
+
+- every cell runs in that namespace (`userns = True`): the runner hands the
+  store to the user and builds the image and takes the samples in a forked child
+  (:mod:`layerbench.harness.userns`); mounts are invisible to the host and go with
+  the child;
+- the mount adds `userxattr`: overlay keeps its metadata in `user.overlay.*`
+  (`trusted.*` cannot be set there), so an opaque directory in a DIFF layer is
+  `user.overlay.opaque=y`; a whiteout stays a 0/0 character device, which the
+  kernel lets an unprivileged user make (Linux >= 5.8 exempts it from CAP_MKNOD);
+- `userxattr` implies no `redirect_dir` and no `metacopy`: renaming a lower
+  directory gives EXDEV, a chmod copies the whole file up, as with overlay2 here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from layerbench.harness import syscalls, userns
+
+from ._common import fs_in_kernel
+from .overlay2 import _PAGE, Overlay2Driver
+
+__all__ = ["Overlay2RootlessDriver"]
+
+_OPTIONS: tuple[tuple[str, str | None], ...] = (("index", "off"), ("userxattr", None))
+
+
+class Overlay2RootlessDriver(Overlay2Driver):
+    """overlay2's layout, mounted with `userxattr` inside an unprivileged user namespace."""
+
+    name = "overlay2-rootless"
+    backings = ("ext4", "xfs", "btrfs", "dir")
+    userns = True
+    opaque_xattr = "user.overlay.opaque"
+    in_default_run = False  # overlay2 stands for kernel overlay in the default run
+
+    @classmethod
+    def probe(cls) -> str | None:
+        if not fs_in_kernel("overlay"):
+            return "the kernel has no overlay filesystem (modprobe overlay)"
+        if reason := userns.unavailable():
+            return reason
+        return _trial_mount()
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        return {**super().versions(), "userns_map": f"0 {userns.USERNS_ID} {userns.USERNS_COUNT}"}
+
+    def setup(self) -> None:
+        if userns.in_initial_userns():
+            raise RuntimeError(f"{self.name} runs only inside a user namespace: through the runner, the "
+                               f"layerbench_driver fixture or layerbench.harness.userns.run_in_userns")
+        super().setup()
+
+    def mount(self, container_id: str) -> Path:
+        home = str(self.home)
+        d = f"{home}/{container_id}"
+        lowers = [f"{home}/{lower}" for lower in (self._lower(container_id) or "").split(":")]
+        target, upper, work = f"{d}/merged", f"{d}/diff", f"{d}/work"
+        os.mkdir(target)
+        data = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},index=off,userxattr"
+        if len(data) < _PAGE:  # one mount(2), as rootless Docker does when the string fits a page
+            syscalls.mount("overlay", target, "overlay", 0, data)
+        elif self.new_api:  # one fsconfig(lowerdir+) per layer: no page limit
+            syscalls.overlay_mount(target, lowers, upper, work, _OPTIONS)
+        else:
+            os.rmdir(target)
+            raise OSError(f"max depth exceeded: {len(lowers)} lower layers do not fit one page of mount data")
+        return Path(target)
+
+
+def _trial(root: str) -> None:
+    """Mount overlay with userxattr on `root`, copy a file up, unmount (runs in the namespace)."""
+    for d in ("lower", "upper", "work", "merged"):
+        os.mkdir(f"{root}/{d}")
+    with open(f"{root}/lower/f", "w") as f:
+        f.write("lower")
+    merged = f"{root}/merged"
+    syscalls.mount("overlay", merged, "overlay", 0,
+                   f"lowerdir={root}/lower,upperdir={root}/upper,workdir={root}/work,index=off,userxattr")
+    try:
+        with open(f"{merged}/f", "a") as f:
+            f.write("+")
+    finally:
+        syscalls.umount(merged)
+    if not os.path.exists(f"{root}/upper/f"):
+        raise OSError("no copy-up in the upper directory")
+
+
+@functools.cache
+def _trial_mount() -> str | None:
+    """None when an overlay userxattr mount works in an unprivileged user namespace here (tried once)."""
+    root = tempfile.mkdtemp(prefix="layerbench-userns-probe-")
+    try:
+        userns.hand_over(Path(root))
+        userns.run_in_userns(_trial, root, expose=[Path(root)], timeout_s=30)
+        return None
+    except Exception as exc:  # noqa: BLE001  the reason is the answer
+        return f"an overlay mount with userxattr fails in an unprivileged user namespace ({exc})"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
