@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["USERNS_ID", "USERNS_COUNT", "UsernsError", "run_in_userns", "hand_over", "in_initial_userns", "unavailable"]
+__all__ = ["USERNS_COUNT", "USERNS_ID", "UsernsError", "hand_over", "in_initial_userns", "run_in_userns", "unavailable"]
 
 #: The unprivileged uid and gid (like the first /etc/subuid range) that owns a rootless store.
 USERNS_ID = 100000
@@ -62,9 +62,12 @@ def _check(ret: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
+def _enc(text: str | None) -> bytes | None:
+    return None if text is None else text.encode()
+
+
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = lambda s: None if s is None else s.encode()  # noqa: E731
-    _check(_libc.mount(enc(source), target.encode(), enc(fstype), flags, enc(data)), f"mount {target}")
+    _check(_libc.mount(_enc(source), target.encode(), _enc(fstype), flags, _enc(data)), f"mount {target}")
 
 
 def in_initial_userns() -> bool:

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from layerbench.harness import runner, userns
 from layerbench.drivers.overlay2_rootless import _trial
+from layerbench.harness import runner, userns
 from layerbench.harness.driver import Driver
 from layerbench.harness.plugins import default_plugins
 from layerbench.harness.scenario import builtin_scenarios, load_scenario
@@ -49,8 +49,7 @@ def _image(driver: Driver) -> str:
     root = driver.create_layer("base", None)
     (root / "small.bin").write_bytes(os.urandom(4096))
     with open(root / "big.bin", "wb") as f:
-        for _ in range(64):
-            f.write(os.urandom(MiB))
+        f.writelines(os.urandom(MiB) for _ in range(64))
     driver.seal_layer("base")
     return "base"
 
@@ -112,7 +111,7 @@ def _held(tmp_path: Path) -> Iterator[tuple[int, dict[str, Any], Path]]:
 
 def test_the_mount_lives_only_in_the_childs_namespace(tmp_path: Path) -> None:
     """During a run the container's overlay (with userxattr) is in the child's mountinfo, not in ours."""
-    with _held(tmp_path) as (pid, seen, upper):
+    with _held(tmp_path) as (pid, _, upper):
         merged = str(upper.parent / "merged")
         with open("/proc/self/mountinfo") as f:
             assert merged not in f.read(), "the container's mount leaked into the parent's namespace"
@@ -226,12 +225,45 @@ def test_a_user_without_root_maps_only_itself(tmp_path: Path) -> None:
 
 def test_a_rootless_cell_runs_in_the_runner(tmp_path: Path) -> None:
     """run_cell: the image is built and sampled in the namespace; the results come back."""
-    require(NAME)
-    scenario = load_scenario(builtin_scenarios()["copy-up"], {"file_size": [4096]})
-    params = scenario.param_sets()[0]
-    cell = runner.Cell(scenario, default_plugins().driver(NAME), params, "ext4")
-    out = runner.run_cell(cell, tmp_path / "cell", runner._Sampling(samples=2, warmup=0, min_time_s=0, cold=False))
+    out = runner.run_cell(_cell(tmp_path), tmp_path / "cell", runner._Sampling(samples=2, warmup=0, min_time_s=0, cold=False))
     assert out["status"] == "ok", out["error"]
     assert out["samples"] == 2 and len(out["metrics"]["copy_up_ns"]["samples"]) == 2
     assert out["inspect"]["container"]["UpperDir"].endswith("/diff")
     assert not (tmp_path / "cell").exists() and not _mounted_anywhere(tmp_path)
+
+
+def _cell(tmp_path: Path) -> runner.Cell:
+    require(NAME)
+    scenario = load_scenario(builtin_scenarios()["copy-up"], {"file_size": [4096]})
+    return runner.Cell(scenario, default_plugins().driver(NAME), scenario.param_sets()[0], "ext4")
+
+
+def test_a_rootless_cell_past_its_time_limit_is_killed_and_released(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cell's time limit fires in the parent; the child (mid-mount) is killed, the store released."""
+
+    def hang(cell: runner.Cell, store: Any, home: Path, *rest: Any) -> None:
+        driver = cell.driver(home)
+        driver.setup()
+        driver.create_layer("base", None)
+        driver.seal_layer("base")
+        driver.create_container("c", "base")
+        driver.mount("c")
+        time.sleep(600)
+
+    monkeypatch.setattr(runner, "_measure", hang)  # the forked child runs it
+    sampling = runner._Sampling(samples=1, warmup=0, min_time_s=0, cold=False, timeout_s=5)
+    out = runner.run_cell(_cell(tmp_path), tmp_path / "cell", sampling)
+    assert out["status"] == "error" and "time limit" in out["error"], out["error"]
+    assert not (tmp_path / "cell").exists() and not _mounted_anywhere(tmp_path)
+
+
+def test_a_failing_rootless_cell_keeps_its_partial_samples_and_error_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(cell: runner.Cell, store: Any, home: Path, sampling: Any, overhead_ns: int, out: dict[str, Any],
+             recorded: dict[str, list[int]], *rest: Any) -> None:
+        recorded["copy_up_ns"].append(123)
+        raise PermissionError(13, "injected in the namespace")
+
+    monkeypatch.setattr(runner, "_measure", fail)
+    out = runner.run_cell(_cell(tmp_path), tmp_path / "cell")
+    assert out["status"] == "error" and out["error"].startswith("PermissionError:"), out["error"]
+    assert out["metrics"]["copy_up_ns"]["samples"] == [123]
