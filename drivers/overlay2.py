@@ -15,7 +15,6 @@ names from inside <home>, which fit a page for 128 layers.
 
 from __future__ import annotations
 
-import base64
 import os
 import random
 from pathlib import Path
@@ -34,8 +33,8 @@ _random = random.Random()
 
 
 def _new_link() -> str:
-    """A 26-character short name, base32 of random bytes as moby's generateID makes it."""
-    return base64.b32encode(_random.randbytes(17)).decode()[:26]
+    """A 26-character short name from [0-9A-F] (moby uses base32 of random bytes: same length)."""
+    return format(_random.getrandbits(104), "026X")
 
 
 def _write(path: str, text: str) -> None:

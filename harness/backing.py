@@ -17,7 +17,9 @@ __all__ = ["BackingStore", "MKFS", "Usage", "usage", "allocated_bytes", "mkfs_ve
 
 #: mkfs command per backing filesystem; the path argument is appended.
 MKFS: dict[str, list[str]] = {
-    "ext4": ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-O", "^has_journal"],
+    # With its journal, as /var/lib/docker has it (without one, ext4 here slows tenfold on
+    # creating files after a large delete); inode tables written now, not by a background thread.
+    "ext4": ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"],
     "btrfs": ["mkfs.btrfs", "-q", "-f"],
     "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
 }

@@ -17,7 +17,7 @@ def driver_rows() -> list[dict[str, str | bool | None]]:
     for name, cls in sorted(plugins.registry.drivers.items()):
         reason = cls.probe()
         rows.append({"name": name, "style": cls.style.value, "available": reason is None,
-                     "reason": reason, "plugin": plugins.registry.origin[name]})
+                     "reason": reason, "default": cls.in_default_run, "plugin": plugins.registry.origin[name]})
     return rows
 
 
@@ -29,8 +29,10 @@ def drivers_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    width = max((len(str(row["name"])) for row in rows), default=0)
     for row in rows:
         status = "available" if row["available"] else f"unavailable: {row['reason']}"
-        click.echo(f"{row['name']:<12} {row['style']:<9} {status}")
+        default = "default" if row["default"] else ""
+        click.echo(f"{row['name']:<{width}}  {row['style']:<9} {default:<8} {status}")
     for label, why in default_plugins().broken.items():
         click.echo(f"broken plugin {label}: {why}", err=True)
