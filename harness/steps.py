@@ -220,11 +220,28 @@ def _file_op(state: SampleState, step: Step, record: Recorder) -> None:
     paths = _select(state, args)
     op = step.op
     if op == "read" and args.get("cold"):
-        syscalls.drop_caches()
+        _evict(paths)
     fn = _FILE_OPS[op](args, paths)
     _timed(record, step.measure, fn)
     if op in ("write", "append", "overwrite"):
         state.written += len(paths) * args.get("bytes", 4 if op == "overwrite" else 1)
+
+
+def _evict(paths: list[str]) -> None:
+    """Make the next read cold: drop every cache as real root; in a user namespace (no
+    such right) evict the files' own pages with POSIX_FADV_DONTNEED."""
+    try:
+        syscalls.drop_caches()
+        return
+    except PermissionError:
+        pass
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
