@@ -405,13 +405,18 @@ def _resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
 
 
 def _results_path(config: RunConfig, stamp: str) -> Path:
-    """A new results file name; a second run in the same second gets a suffix."""
+    """Claim a new results file name (created empty, exclusively): a second run in the
+    same second gets a suffix instead of the first run's file."""
     folder = config.results_dir / machine.machine_name()
-    path, n = folder / f"{stamp}_{config.label}.json", 1
-    while path.exists():
-        n += 1
-        path = folder / f"{stamp}_{config.label}-{n}.json"
-    return path
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        path = folder / (f"{stamp}_{config.label}.json" if n == 1 else f"{stamp}_{config.label}-{n}.json")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            return path
+        except FileExistsError:
+            n += 1
 
 
 def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = lambda s: None) -> tuple[dict[str, Any], Path]:
