@@ -18,7 +18,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 
 from . import results
-from .report import Report, params_key
+from .report import Report, other_params, params_key
 
 __all__ = ["Plot", "LINE_PLOTS", "figures", "line_plots", "box_plots"]
 
@@ -88,7 +88,7 @@ def _line_plot(report: Report, scenario: str, metric: str, param: str, title: st
         row = stats.get((scenario, cell["driver"], results.params_text(cell["params"]), metric))
         if row is None or row["n"] == 0:
             continue
-        rest = results.params_text({k: v for k, v in cell["params"].items() if k != param})
+        rest = other_params(cell["params"], param)
         points.setdefault(cell["driver"], []).append((float(cell["params"][param]), rest, row))
     # A driver is one line when each x has one cell (other parameters just follow x, like
     # `samples`); else one line per combination of the other parameters.

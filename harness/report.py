@@ -59,6 +59,16 @@ class Report:
         return []
 
 
+
+#: parameters that only set how many samples a set takes: they do not split a line
+REPEAT_PARAMS = frozenset({"samples", "warmup"})
+
+
+def other_params(params: dict[str, Any], swept: str) -> str:
+    """`k=v;...` of the parameters besides `swept` that shape the measurement."""
+    return results.params_text({k: v for k, v in params.items() if k != swept and k not in REPEAT_PARAMS})
+
+
 def _describe(cell: dict[str, Any]) -> str:
     p = results.params_text(cell["params"])
     return f"{cell['scenario']} {cell['driver']}" + (f" {p}" if p else "")
@@ -110,7 +120,7 @@ def fit_slopes(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[
             med = medians.get((cell["scenario"], cell["driver"], results.params_text(cell["params"]), metric))
             if med is None or math.isnan(med):
                 continue
-            rest = results.params_text({k: v for k, v in cell["params"].items() if k != param})
+            rest = other_params(cell["params"], param)
             groups.setdefault((cell["scenario"], cell["driver"]), []).append((float(cell["params"][param]), rest, med))
         for (scenario, driver), points in groups.items():
             unique = len({x for x, _, _ in points}) == len(points)
