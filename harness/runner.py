@@ -8,6 +8,7 @@ rewritten after every cell.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import shutil
@@ -185,23 +186,30 @@ def _time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _measure(
-    cell: Cell,
-    store: backing.BackingStore,
-    home: Path,
-    sampling: _Sampling,
-    overhead_ns: int,
-    out: dict[str, Any],
-    recorded: dict[str, list[int]],
-    outcomes: dict[str, dict[str, int]],
-    drivers: list[Driver],
-) -> None:
+@dataclass
+class _CellRun:
+    """What measuring one cell needs, and where it puts what it measures."""
+
+    cell: Cell
+    store: backing.BackingStore
+    home: Path
+    sampling: _Sampling
+    overhead_ns: int
+    out: dict[str, Any]
+    recorded: dict[str, list[int]]
+    outcomes: dict[str, dict[str, int]]
+    drivers: list[Driver]  # the driver once set up, so the caller can close it
+
+
+def _measure(run: _CellRun) -> None:
     """Set the driver up in `home` on the open store, build the image, take the samples; `run_cell` cleans up."""
+    cell, store, home, sampling, overhead_ns = run.cell, run.store, run.home, run.sampling, run.overhead_ns
+    out, recorded, outcomes = run.out, run.recorded, run.outcomes
     s = cell.scenario
     mnt = store.mountpoint
     base, base_walk = store.usage(), backing.allocated_bytes(mnt)
     driver = cell.driver(home)
-    drivers.append(driver)
+    run.drivers.append(driver)
     driver.setup()
     image = s.image(cell.params)
     top, per_layer = _build_image(image, driver, store, base.bytes)
@@ -243,31 +251,22 @@ def _measure(
     out["samples"] = measured
 
 
-def _measure_in_userns(
-    cell: Cell,
-    store: backing.BackingStore,
-    home: Path,
-    sampling: _Sampling,
-    overhead_ns: int,
-    out: dict[str, Any],
-    recorded: dict[str, list[int]],
-    outcomes: dict[str, dict[str, int]],
-    drivers: list[Driver],
-) -> None:
+def _measure_in_userns(run: _CellRun) -> None:
     """`_measure` in an unprivileged user namespace (a rootless driver, docs/rootless.md).
 
     The store (root's loop mount) is handed to the namespace's user; a forked child
     builds the image and takes the samples, then closes its driver. What it recorded
     comes back, after an error too; the parent's own handle cleans up what is left.
     """
-    userns.hand_over(store.mountpoint)
-    drivers.append(cell.driver(home))
+    userns.hand_over(run.store.mountpoint)
+    run.drivers.append(run.cell.driver(run.home))
+    out, recorded, outcomes = run.out, run.recorded, run.outcomes
 
     def body() -> tuple[dict[str, Any], dict[str, list[int]], dict[str, dict[str, int]], Exception | None]:
         own: list[Driver] = []
         error: Exception | None = None
         try:
-            _measure(cell, store, home, sampling, overhead_ns, out, recorded, outcomes, own)
+            _measure(dataclasses.replace(run, drivers=own))
         except Exception as exc:  # noqa: BLE001  raised again in the parent, after the partial results
             error = exc
         finally:
@@ -275,7 +274,7 @@ def _measure_in_userns(
                 driver.close()
         return out, dict(recorded), {k: dict(v) for k, v in outcomes.items()}, error
 
-    got, got_recorded, got_outcomes, error = userns.run_in_userns(body, expose=[store.mountpoint])
+    got, got_recorded, got_outcomes, error = userns.run_in_userns(body, expose=[run.store.mountpoint])
     out.update(got)
     recorded.update(got_recorded)
     for label, counts in got_outcomes.items():
@@ -319,7 +318,7 @@ def run_cell(
             home = store.open() / cell.driver.name
             home.mkdir(mode=0o700)
             measure = _measure_in_userns if cell.driver.userns else _measure
-            measure(cell, store, home, sampling, overhead_ns, out, recorded, outcomes, drivers)
+            measure(_CellRun(cell, store, home, sampling, overhead_ns, out, recorded, outcomes, drivers))
         out["status"] = "ok"
     except KeyboardInterrupt:
         out["status"] = "interrupted"

@@ -241,8 +241,8 @@ def _cell(tmp_path: Path) -> runner.Cell:
 def test_a_rootless_cell_past_its_time_limit_is_killed_and_released(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cell's time limit fires in the parent; the child (mid-mount) is killed, the store released."""
 
-    def hang(cell: runner.Cell, store: Any, home: Path, *rest: Any) -> None:
-        driver = cell.driver(home)
+    def hang(run: Any) -> None:
+        driver = run.cell.driver(run.home)
         driver.setup()
         driver.create_layer("base", None)
         driver.seal_layer("base")
@@ -258,9 +258,8 @@ def test_a_rootless_cell_past_its_time_limit_is_killed_and_released(tmp_path: Pa
 
 
 def test_a_failing_rootless_cell_keeps_its_partial_samples_and_error_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fail(cell: runner.Cell, store: Any, home: Path, sampling: Any, overhead_ns: int, out: dict[str, Any],
-             recorded: dict[str, list[int]], *rest: Any) -> None:
-        recorded["copy_up_ns"].append(123)
+    def fail(run: Any) -> None:
+        run.recorded["copy_up_ns"].append(123)
         raise PermissionError(13, "injected in the namespace")
 
     monkeypatch.setattr(runner, "_measure", fail)
