@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import ClassVar
 
 from layerbench.harness import syscalls
 from layerbench.harness.driver import Driver, LayerFormat, Style
@@ -59,6 +60,8 @@ class Overlay2Driver(Driver):
     layer_format = LayerFormat.DIFF
     backings = ("ext4", "xfs", "btrfs")
     in_default_run = True
+    #: overlay mount options beyond the dirs, as Docker passes them (a None value is a flag)
+    mount_options: ClassVar[tuple[tuple[str, str | None], ...]] = (("index", "off"),)
 
     @classmethod
     def probe(cls) -> str | None:
@@ -75,6 +78,7 @@ class Overlay2Driver(Driver):
     def setup(self) -> None:
         (self.home / "l").mkdir(exist_ok=True)
         self.new_api = syscalls.has_new_mount_api()
+        self._options_text = ",".join(k if v is None else f"{k}={v}" for k, v in self.mount_options)
         # What this process wrote to `link` and `lower`, so hot paths need not read it back.
         self._links: dict[str, str] = {}
         self._lowers: dict[str, str | None] = {}
@@ -128,12 +132,11 @@ class Overlay2Driver(Driver):
         lowers = [f"{home}/{lower}" for lower in (self._lower(container_id) or "").split(":")]
         target, upper, work = f"{d}/merged", f"{d}/diff", f"{d}/work"
         os.mkdir(target)
-        options = [("index", "off")]
-        data = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},index=off"
+        data = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},{self._options_text}"
         if len(data) < _PAGE:  # one mount(2), as Docker does when the string fits a page
             syscalls.mount("overlay", target, "overlay", 0, data)
         elif self.new_api:  # one fsconfig(lowerdir+) per layer: no page limit
-            syscalls.overlay_mount(target, lowers, upper, work, options)
+            syscalls.overlay_mount(target, lowers, upper, work, self.mount_options)
         else:
             self._mount_relative(container_id, Path(target))
         return Path(target)
@@ -151,7 +154,7 @@ class Overlay2Driver(Driver):
                 lowers,
                 f"{container_id}/diff",
                 f"{container_id}/work",
-                [("index", "off")],
+                self.mount_options,
                 new_api=False,
             )
         finally:

@@ -28,12 +28,9 @@ from pathlib import Path
 from layerbench.harness import syscalls, userns
 
 from ._common import fs_in_kernel
-from .overlay2 import _PAGE, Overlay2Driver
+from .overlay2 import Overlay2Driver
 
 __all__ = ["Overlay2RootlessDriver"]
-
-_OPTIONS: tuple[tuple[str, str | None], ...] = (("index", "off"), ("userxattr", None))
-
 
 class Overlay2RootlessDriver(Overlay2Driver):
     """overlay2's layout, mounted with `userxattr` inside an unprivileged user namespace."""
@@ -43,6 +40,7 @@ class Overlay2RootlessDriver(Overlay2Driver):
     userns = True
     opaque_xattr = "user.overlay.opaque"
     in_default_run = False  # overlay2 stands for kernel overlay in the default run
+    mount_options = (("index", "off"), ("userxattr", None))
 
     @classmethod
     def probe(cls) -> str | None:
@@ -62,21 +60,6 @@ class Overlay2RootlessDriver(Overlay2Driver):
                                f"layerbench_driver fixture or layerbench.harness.userns.run_in_userns")
         super().setup()
 
-    def mount(self, container_id: str) -> Path:
-        home = str(self.home)
-        d = f"{home}/{container_id}"
-        lowers = [f"{home}/{lower}" for lower in (self._lower(container_id) or "").split(":")]
-        target, upper, work = f"{d}/merged", f"{d}/diff", f"{d}/work"
-        os.mkdir(target)
-        data = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},index=off,userxattr"
-        if len(data) < _PAGE:  # one mount(2), as rootless Docker does when the string fits a page
-            syscalls.mount("overlay", target, "overlay", 0, data)
-        elif self.new_api:  # one fsconfig(lowerdir+) per layer: no page limit
-            syscalls.overlay_mount(target, lowers, upper, work, _OPTIONS)
-        else:
-            os.rmdir(target)
-            raise OSError(f"max depth exceeded: {len(lowers)} lower layers do not fit one page of mount data")
-        return Path(target)
 
 
 def _trial(root: str) -> None:
