@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from time import perf_counter_ns
 
 import pytest
 
 from layerbench.harness import results
+from layerbench.harness.backing import BackingStore
+from layerbench.harness.driver import Driver
 from layerbench.harness.plugins import default_plugins
 
 ROOT = os.geteuid() == 0
@@ -53,3 +57,31 @@ def every_saved_result_matches_the_schema(monkeypatch: pytest.MonkeyPatch) -> No
         save(doc, path)
 
     monkeypatch.setattr(results, "save", checked)
+
+
+@contextmanager
+def driver_on_store(
+    name: str, work: Path, size: int = 768 << 20, inodes: int = 0
+) -> Iterator[tuple[Driver, BackingStore]]:
+    """A fresh backing store of the driver's default kind, and the driver set up on it."""
+    require(name)
+    cls = default_plugins().driver(name)
+    store = BackingStore(work, cls.backings[0], size, inodes)
+    with store as mnt:
+        home = mnt / name
+        home.mkdir()
+        driver = cls(home)
+        driver.setup()
+        try:
+            yield driver, store
+        finally:
+            driver.close()
+
+
+def first_append_ns(path: Path) -> int:
+    """The time of opening `path` for append, writing one byte, closing: a first write."""
+    t0 = perf_counter_ns()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"x")
+    os.close(fd)
+    return perf_counter_ns() - t0

@@ -6,7 +6,6 @@ import os
 import statistics
 import subprocess
 from pathlib import Path
-from time import perf_counter_ns
 
 import pytest
 
@@ -14,7 +13,7 @@ from layerbench.harness.driver import Driver
 from layerbench.harness.plugins import default_plugins
 from layerbench.harness.testing import driver_session, mounts_below
 
-from ..conftest import require
+from ..conftest import first_append_ns, require
 
 pytestmark = pytest.mark.mounts
 MiB = 1 << 20
@@ -30,12 +29,6 @@ def _base(driver: Driver, big: int = 64 * MiB) -> str:
     return "base"
 
 
-def _first_append_ns(path: Path) -> int:
-    t0 = perf_counter_ns()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    os.write(fd, b"x")
-    os.close(fd)
-    return perf_counter_ns() - t0
 
 
 def _copy_up_ratio(name: str, work: Path) -> float:
@@ -46,8 +39,8 @@ def _copy_up_ratio(name: str, work: Path) -> float:
         for i in range(3):
             driver.create_container(f"c{i}", image)
             root = driver.mount(f"c{i}")
-            small.append(_first_append_ns(root / "small.bin"))
-            big.append(_first_append_ns(root / "big.bin"))
+            small.append(first_append_ns(root / "small.bin"))
+            big.append(first_append_ns(root / "big.bin"))
             driver.unmount(f"c{i}")
             driver.remove(f"c{i}")
     return statistics.median(big) / statistics.median(small)

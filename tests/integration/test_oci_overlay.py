@@ -12,18 +12,14 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from layerbench.harness.backing import BackingStore
-from layerbench.harness.driver import Driver, LayerFormat
+from layerbench.harness.driver import LayerFormat
 from layerbench.harness.oci import apply_blob, read_image
-from layerbench.harness.plugins import default_plugins
 
-from ..conftest import require
+from ..conftest import driver_on_store
 from ..test_layer_tar import DEV, D, F, H, S, WH, tar_bytes
 from ..test_oci import Layout
 
@@ -73,20 +69,6 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
     return out
 
 
-@contextmanager
-def driver_on_store(name: str, work: Path) -> Iterator[Driver]:
-    require(name)
-    cls = default_plugins().driver(name)
-    work.mkdir()
-    with BackingStore(work, cls.backings[0], 384 * MiB) as mnt:
-        home = mnt / name
-        home.mkdir()
-        driver = cls(home)
-        driver.setup()
-        try:
-            yield driver
-        finally:
-            driver.close()
 
 
 @pytest.mark.parametrize("name", ["overlay2", "vfs", "btrfs"])
@@ -96,7 +78,7 @@ def test_image_layers_through_the_driver_equal_a_plain_directory(name: str, work
     blobs = read_image(lay.write_dir(work / "image"))
     plain = work / "plain"
     plain.mkdir()
-    with driver_on_store(name, work / "store") as driver:
+    with driver_on_store(name, work / "store") as (driver, _):
         parent = None
         for i, blob in enumerate(blobs):
             apply_blob(plain, blob, LayerFormat.FULL)

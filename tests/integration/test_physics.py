@@ -5,40 +5,20 @@ from __future__ import annotations
 import hashlib
 import os
 import statistics
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from time import perf_counter_ns
 
 import pytest
 
-from layerbench.harness.backing import BackingStore
 from layerbench.harness.driver import Driver
 from layerbench.harness.image import FileSpec, apply_layer
-from layerbench.harness.plugins import default_plugins
 
-from ..conftest import require
+from ..conftest import driver_on_store, first_append_ns
 
 pytestmark = pytest.mark.mounts
 REAL = ["overlay2", "btrfs", "vfs"]
 MiB = 1 << 20
 
 
-@contextmanager
-def driver_on_store(name: str, work: Path, size: int = 768 * MiB) -> Iterator[tuple[Driver, BackingStore]]:
-    """A fresh backing store of the driver's default kind, and the driver set up on it."""
-    require(name)
-    cls = default_plugins().driver(name)
-    store = BackingStore(work, cls.backings[0], size)
-    with store as mnt:
-        home = mnt / name
-        home.mkdir()
-        driver = cls(home)
-        driver.setup()
-        try:
-            yield driver, store
-        finally:
-            driver.close()
 
 
 def build(driver: Driver, layers: list[list[FileSpec]]) -> str:
@@ -51,12 +31,6 @@ def build(driver: Driver, layers: list[list[FileSpec]]) -> str:
     return parent
 
 
-def first_append_ns(path: Path) -> int:
-    t0 = perf_counter_ns()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    os.write(fd, b"x")
-    os.close(fd)
-    return perf_counter_ns() - t0
 
 
 @pytest.mark.parametrize("name", REAL)

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from time import perf_counter_ns
 from typing import Any
 
 import pytest
@@ -23,7 +22,7 @@ from layerbench.harness.plugins import default_plugins
 from layerbench.harness.scenario import builtin_scenarios, load_scenario
 from layerbench.harness.testing import userns_session
 
-from ..conftest import require
+from ..conftest import first_append_ns, require
 
 pytestmark = pytest.mark.mounts
 MiB = 1 << 20
@@ -142,8 +141,8 @@ def test_first_append_to_a_big_lower_file_copies_it_up(tmp_path: Path) -> None:
         for i in range(5):
             driver.create_container(f"c{i}", image)
             root = driver.mount(f"c{i}")
-            small.append(_first_append_ns(root / "small.bin"))
-            big.append(_first_append_ns(root / "big.bin"))
+            small.append(first_append_ns(root / "small.bin"))
+            big.append(first_append_ns(root / "big.bin"))
             assert os.path.getsize(driver.home / f"c{i}" / "diff" / "big.bin") == 64 * MiB + 1
             driver.unmount(f"c{i}")
             driver.remove(f"c{i}")
@@ -153,12 +152,6 @@ def test_first_append_to_a_big_lower_file_copies_it_up(tmp_path: Path) -> None:
     assert ratio > 10, f"{NAME}: first append to 64 MiB / 4 KiB = {ratio:.1f}"
 
 
-def _first_append_ns(path: Path) -> int:
-    t0 = perf_counter_ns()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-    os.write(fd, b"x")
-    os.close(fd)
-    return perf_counter_ns() - t0
 
 
 def test_a_killed_child_leaves_nothing_mounted(tmp_path: Path) -> None:

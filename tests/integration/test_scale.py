@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from layerbench.harness import syscalls
-from layerbench.harness.backing import BackingStore, Usage
+from layerbench.harness.backing import Usage
 from layerbench.harness.driver import Driver
 from layerbench.harness.image import FileSpec, apply_layer, synthetic_image
-from layerbench.harness.plugins import default_plugins
 
-from ..conftest import require
+from ..conftest import driver_on_store
 
 pytestmark = pytest.mark.mounts
 KiB, MiB = 1 << 10, 1 << 20
@@ -27,20 +24,6 @@ CONTAINERS = 1000  # the issue's figure; a few seconds per driver
 MANY_FILES = 100_000
 
 
-@contextmanager
-def driver_on_store(name: str, work: Path, size: int, inodes: int = 0) -> Iterator[Driver]:
-    """A fresh backing store of the driver's default kind, and the driver set up on it."""
-    require(name)
-    cls = default_plugins().driver(name)
-    with BackingStore(work, cls.backings[0], size, inodes) as mnt:
-        home = mnt / name
-        home.mkdir()
-        driver = cls(home)
-        driver.setup()
-        try:
-            yield driver
-        finally:
-            driver.close()
 
 
 def _usage(path: Path) -> Usage:
@@ -62,7 +45,7 @@ def _stack(driver: Driver, layers: int) -> str:
 
 
 def test_overlay2_mounts_500_layers_and_reads_the_bottom_file_and_refuses_a_501st(work: Path) -> None:
-    with driver_on_store("overlay2", work, 512 * MiB) as driver:
+    with driver_on_store("overlay2", work, 512 * MiB) as (driver, _):
         if not driver.new_api:  # type: ignore[attr-defined]
             pytest.skip("the kernel has no fsconfig lowerdir+: the page-limited mount(2) stops at 128 layers")
         top = _stack(driver, KERNEL_MAX_LOWERS)
@@ -94,7 +77,7 @@ def test_overlay2_mounts_500_layers_and_reads_the_bottom_file_and_refuses_a_501s
 def test_a_thousand_containers_share_one_image(work: Path, name: str, per_container_bound: int) -> None:
     """Each container costs a few KiB of metadata, not a copy of the 4 MiB image."""
     image = synthetic_image(2, 200, 4 * MiB, seed=3)
-    with driver_on_store(name, work, 1024 * MiB) as driver:
+    with driver_on_store(name, work, 1024 * MiB) as (driver, _):
         parent = None
         for i in range(image.layer_count):
             image.apply(i, driver.create_layer(f"l{i}", parent), driver.layer_format)
@@ -128,7 +111,7 @@ def test_a_thousand_containers_share_one_image(work: Path, name: str, per_contai
 @pytest.mark.parametrize("name", ["overlay2", "btrfs", "vfs"])
 def test_an_image_of_100k_files_starts_and_every_file_is_there(work: Path, name: str) -> None:
     image = synthetic_image(1, MANY_FILES, 8 * MiB, seed=5)
-    with driver_on_store(name, work, 2048 * MiB, inodes=4 * MANY_FILES) as driver:
+    with driver_on_store(name, work, 2048 * MiB, inodes=4 * MANY_FILES) as (driver, _):
         image.apply(0, driver.create_layer("l0", None), driver.layer_format)
         driver.seal_layer("l0")
         before = _usage(driver.home)
