@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import errno
+import io
 import json
 from pathlib import Path
 
@@ -28,10 +30,21 @@ def test_tidy_csv_has_the_documented_columns() -> None:
     assert lines[1].startswith("s,d,a=1;b=2,x_ns,ns,3,2.0,")
 
 
-def test_save_is_atomic_and_load_gives_a_frame(tmp_path: Path) -> None:
+def test_save_is_atomic_and_load_gives_a_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "r.json"
     results.save(_doc(), path)
-    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    before = path.read_bytes()
+
+    def half_then_full_disk(doc: object, f: io.TextIOBase, **kw: object) -> None:
+        f.write('{"schema_version": ')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results.json, "dump", half_then_full_disk)
+    with pytest.raises(OSError):
+        results.save(_doc(), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before  # a plain write would have truncated the file
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # and no temporary file is left
     frame = results.load([path])
     assert list(frame["metric"]) == ["x_ns"] and frame["median"][0] == 2.0
 
