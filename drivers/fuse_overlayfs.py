@@ -6,8 +6,8 @@ whiteouts are 0/0 character devices and opaque dirs carry
 ``trusted.overlay.opaque`` as with kernel overlay, so committed layers are
 interchangeable. The mount itself needs a process: ``mount`` runs the
 ``fuse-overlayfs`` binary, which returns once the FUSE daemon serves the merged
-directory, so its startup cost includes starting that daemon. ``unmount`` is
-umount2(2); the daemon exits when its mount goes.
+directory (``nodev,nosuid``), so its startup cost includes starting that daemon.
+``unmount`` is umount2(2); the daemon exits when its mount goes.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from ._common import remove_tree, unmount_below
 from .overlay2 import Overlay2Driver
 
 __all__ = ["FuseOverlayfsDriver"]
+
+#: as every mount layerbench makes (harness/syscalls.py): an image's device nodes and setuid bits are inert
+_SAFE_OPTIONS = "nodev,nosuid"
 
 
 class FuseOverlayfsDriver(Overlay2Driver):
@@ -61,7 +64,7 @@ class FuseOverlayfsDriver(Overlay2Driver):
         lowers = ":".join(f"{home}/{lower}" for lower in (self._lower(container_id) or "").split(":"))
         target = f"{d}/merged"
         os.mkdir(target)
-        options = f"lowerdir={lowers},upperdir={d}/diff,workdir={d}/work"
+        options = f"lowerdir={lowers},upperdir={d}/diff,workdir={d}/work,{_SAFE_OPTIONS}"
         proc = subprocess.run([self._exe, "-o", options, target], capture_output=True, text=True)
         if proc.returncode != 0:
             os.rmdir(target)
@@ -100,7 +103,7 @@ def _daemons_under(home: Path) -> list[int]:
                 cmd = f.read()
         except OSError:
             continue
-        if cmd.startswith(b"fuse-overlayfs") or b"/fuse-overlayfs\0" in cmd.split(b"\0", 1)[0] + b"\0":
-            if prefix in cmd:
-                pids.append(int(entry))
+        daemon = cmd.startswith(b"fuse-overlayfs") or b"/fuse-overlayfs\0" in cmd.split(b"\0", 1)[0] + b"\0"
+        if daemon and prefix in cmd:
+            pids.append(int(entry))
     return pids

@@ -133,12 +133,13 @@ class ZfsDriver(Driver):
         with open(self.vdev, "wb") as f:
             f.truncate(self.pool_bytes)
         self.mountpoint.mkdir()
-        proc = subprocess.run(["zpool", "create", "-o", "cachefile=none", "-m", str(self.mountpoint),
-                               self.pool, str(self.vdev)], capture_output=True, text=True)
+        proc = subprocess.run(["zpool", "create", "-o", "cachefile=none", "-O", "devices=off", "-O", "setuid=off",
+                               "-m", str(self.mountpoint), self.pool, str(self.vdev)], capture_output=True, text=True)
         if proc.returncode != 0:
             self.close()
             raise OSError(f"zpool create failed: {proc.stderr.strip()}")
         self._pool_made = True
+        syscalls.harden(str(self.mountpoint))
 
     def _ds(self, item_id: str) -> str:
         return f"{self.pool}/{item_id}"
@@ -148,14 +149,21 @@ class ZfsDriver(Driver):
         self._zfs("snapshot", snap)
         self._zfs("clone", snap, self._ds(item_id))
         self._zfs("destroy", "-d", snap)  # deferred: goes with its last clone, as Docker does
-        return self.mountpoint / item_id
+        return self._hardened(item_id)
+
+    def _hardened(self, item_id: str) -> Path:
+        """The dataset's mount point, its mount made nodev,nosuid: zfs-fuse ignores the
+        pool's devices=off and setuid=off (set anyway, for what reads them)."""
+        path = self.mountpoint / item_id
+        syscalls.harden(str(path))
+        return path
 
     # --- the interface ----------------------------------------------------------------
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
         if parent is None:
             self._zfs("create", self._ds(layer_id))
-            path = self.mountpoint / layer_id
+            path = self._hardened(layer_id)
             os.chmod(path, 0o755)
         else:
             path = self._clone(parent, layer_id)
@@ -180,6 +188,7 @@ class ZfsDriver(Driver):
         # container can be removed first.
         self._zfs("promote", self._ds(layer_id))
         self._zfs("destroy", "-d", f"{self._ds(layer_id)}@{layer_id}")
+        self._hardened(layer_id)
         self.lineage.add_commit(layer_id, container_id)
 
     def remove(self, item_id: str) -> None:

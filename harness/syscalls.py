@@ -1,4 +1,8 @@
-"""Thin ctypes wrappers over the mount syscalls, so timed regions spawn no process."""
+"""Thin ctypes wrappers over the mount syscalls, so timed regions spawn no process.
+
+Every mount made here is `nodev,nosuid` (docs/images.md, threat model): an image's
+device nodes cannot be opened through it and its setuid files give no privilege.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ __all__ = [
     "unmount_below",
     "drop_caches",
     "MS_BIND",
+    "MS_NODEV",
+    "MS_NOSUID",
+    "harden",
     "mount",
     "umount",
     "overlay_mount",
@@ -25,7 +32,15 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.syscall.restype = ctypes.c_long
 
 MNT_DETACH = 2
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
 MS_BIND = 4096
+#: forced on every mount: device nodes inert, setuid and file capabilities ignored
+_SAFE_FLAGS = MS_NODEV | MS_NOSUID
+_MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 0x2, 0x4
 
 # The new mount API: the same numbers on every architecture (added after 4.20's unification).
 _SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 429, 430, 431, 432
@@ -45,13 +60,32 @@ def _check(ret: int, what: str, path: str | bytes = "") -> int:
     return ret
 
 
-def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
-    """mount(2)."""
+def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
     _check(
         _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None),
         "mount",
         target,
     )
+
+
+def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
+    """mount(2), always with MS_NODEV | MS_NOSUID.
+
+    A bind mount ignores those flags (it copies its source's), so it is hardened right after.
+    """
+    _mount(source, target, fstype, flags | _SAFE_FLAGS, data)
+    if flags & MS_BIND and not flags & MS_REMOUNT:
+        harden(target, readonly=bool(flags & MS_RDONLY))
+
+
+def harden(target: str, readonly: bool = False) -> None:
+    """Make the mount on `target` nodev,nosuid (and read-only if asked), keeping its read-only and noexec.
+
+    For mounts whose flags layerbench does not choose: a bind mount's, or a mount a
+    helper made (zfs-fuse's datasets).
+    """
+    kept = os.statvfs(target).f_flag & (MS_RDONLY | MS_NOEXEC)  # ST_* bits equal MS_* bits
+    _mount("", target, "", MS_REMOUNT | MS_BIND | _SAFE_FLAGS | kept | (MS_RDONLY if readonly else 0), "")
 
 
 def umount(target: str, flags: int = 0) -> None:
@@ -86,7 +120,7 @@ def overlay_mount(
     options: Sequence[tuple[str, str | None]] = (),
     new_api: bool = True,
 ) -> None:
-    """Mount overlayfs on `target`; `lowers` uppermost first; an option whose value is None is a flag.
+    """Mount overlayfs on `target` (nodev, nosuid); `lowers` uppermost first; an option whose value is None is a flag.
 
     With `new_api`, each lower is added by `fsconfig(lowerdir+)`, which has no page
     limit (up to the kernel's 500 layers); otherwise one mount(2) whose data string
@@ -113,7 +147,12 @@ def overlay_mount(
                 _fsconfig(fd, key.encode(), value.encode())
         _fsconfig(fd, None, None, _FSCONFIG_CMD_CREATE)
         mfd = _check(
-            _libc.syscall(_SYS_FSMOUNT, ctypes.c_int(fd), ctypes.c_uint(_FSMOUNT_CLOEXEC), ctypes.c_uint(0)),
+            _libc.syscall(
+                _SYS_FSMOUNT,
+                ctypes.c_int(fd),
+                ctypes.c_uint(_FSMOUNT_CLOEXEC),
+                ctypes.c_uint(_MOUNT_ATTR_NODEV | _MOUNT_ATTR_NOSUID),
+            ),
             "fsmount",
             target,
         )
