@@ -150,6 +150,10 @@ class BackingStore:
         self._note("dir", self.mountpoint)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         if self.fstype == "dir":
+            if os.geteuid() == 0:  # bound onto itself, so it is nodev,nosuid like every other store
+                self._note("mount", self.mountpoint)
+                syscalls.mount(str(self.mountpoint), str(self.mountpoint), "", syscalls.MS_BIND)
+                self.mounted = True
             return self.mountpoint
         self._note("file", self.image)
         with open(self.image, "wb") as f:
