@@ -3,14 +3,22 @@
 Every op gets the sample's state, the resolved step and a recorder. Paths, buffers,
 offsets and ids are prepared before the first clock read; a step over several
 files times the whole batch as one sample.
+
+File steps touch regular files only (docs/images.md, threat model): the selection
+drops every other entry (symlinks, devices, fifos, sockets, directories) and says
+so, globs never follow a symlink, and every open is O_NOFOLLOW | O_NONBLOCK with
+a type check after it.
 """
 
 from __future__ import annotations
 
 import errno
-import glob
+import fnmatch
 import os
 import random
+import re
+import stat
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +31,7 @@ from .image import Image
 from .scenario import Step
 from .treecopy import copy_tree
 
-__all__ = ["SampleState", "Recorder", "run_step", "OPS"]
+__all__ = ["SampleState", "Recorder", "run_step", "OPS", "glob_paths"]
 
 Recorder = Callable[[str, int], None]
 Outcome = Callable[[str, str], None]
@@ -49,6 +57,7 @@ class SampleState:
     layers: list[str] = field(default_factory=list)
     committed: str | None = None
     written: int = 0  # bytes the sample's write steps wrote into the container or its volumes
+    skipped: dict[str, Counter[str]] = field(default_factory=dict)  # step label -> entries its selection skipped
 
     @property
     def root(self) -> Path:
@@ -80,22 +89,146 @@ def _timed(record: Recorder, metric: str | None, fn: Callable[[], object]) -> No
         record(metric, t1 - t0)
 
 
-def _select(state: SampleState, args: dict[str, Any]) -> list[str]:
-    """The files a step works on, as absolute paths, chosen before the clock."""
+_KINDS = {
+    stat.S_IFDIR: "directory",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFBLK: "block device",
+    stat.S_IFCHR: "char device",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+}
+#: every open a file step makes: no symlink followed, no wait on a fifo, not inherited
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _kind(mode: int) -> str:
+    return _KINDS.get(stat.S_IFMT(mode), "special file")
+
+
+def glob_paths(root: str, pattern: str) -> list[str]:
+    """The entries under `root` whose relative path matches `pattern`, sorted, without following symlinks.
+
+    Components are `/`-separated fnmatch patterns; `**` stands for any number of
+    directories, none included. As with Python's glob, a name starting with `.`
+    matches only a component starting with `.`. Only real directories are entered
+    (`os.scandir`, no symlink followed), each once per pattern position, so a tree
+    of symlink loops ends at once.
+    """
+    parts = [p for p in pattern.split("/") if p]
+    rules = [None if p == "**" else re.compile(fnmatch.translate(p)) for p in parts]
+    found: set[str] = set()
+    seen: set[tuple[str, int]] = set()
+    stack = [("", 0)]
+    while stack:
+        rel, i = stack.pop()
+        if (rel, i) in seen:
+            continue
+        seen.add((rel, i))
+        if i == len(parts):
+            if rel:
+                found.add(rel)
+            continue
+        rule = rules[i]
+        if rule is None:
+            stack.append((rel, i + 1))  # `**` as no directory at all
+        try:
+            entries = list(os.scandir(os.path.join(root, rel) if rel else root))
+        except (NotADirectoryError, FileNotFoundError, PermissionError):
+            continue
+        for entry in entries:
+            name = entry.name
+            child = f"{rel}/{name}" if rel else name
+            if rule is None:
+                if name.startswith("."):
+                    continue
+                if i + 1 == len(parts):
+                    found.add(child)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((child, i))
+            elif (
+                rule.match(name)
+                and (not name.startswith(".") or parts[i].startswith("."))
+                and (i + 1 == len(parts) or entry.is_dir(follow_symlinks=False))
+            ):
+                stack.append((child, i + 1))
+    return sorted(found)
+
+
+def _skip_reason(root: Path, rel: str) -> str | None:
+    """Why the file step must not open `root/rel`, or None: a regular file, or nothing
+    there yet (a write creates it; any other op fails with ENOENT, as it should)."""
+    parts = rel.split("/")
+    at = str(root)
+    for i, name in enumerate(parts):
+        at = os.path.join(at, name)
+        try:
+            mode = os.lstat(at).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        last = i == len(parts) - 1
+        if last and stat.S_ISREG(mode):
+            return None
+        if last:
+            return _kind(mode)
+        if not stat.S_ISDIR(mode):
+            return f"path through a {_kind(mode)}"
+    return None
+
+
+def _select(state: SampleState, args: dict[str, Any]) -> tuple[list[str], Counter[str]]:
+    """The regular files a step works on, as absolute paths, chosen before the clock,
+    and how many entries of each other kind the selection skipped."""
     root = state.root
     if "path" in args and "count" in args:
-        return [str(root / args["path"].replace("{i}", str(i))) for i in range(args["count"])]
-    if "path" in args:
-        return [str(root / args["path"])]
-    if "glob" in args:
-        found = sorted(glob.glob(args["glob"], root_dir=root, recursive=True))
-        if not found:
+        rels = [args["path"].replace("{i}", str(i)) for i in range(args["count"])]
+    elif "path" in args:
+        rels = [args["path"]]
+    elif "glob" in args:
+        rels = glob_paths(str(root), args["glob"])
+        if not rels:
             raise FileNotFoundError(errno.ENOENT, f"glob {args['glob']!r} matched nothing")
-        return [str(root / p) for p in found]
-    files = state.image.file_paths()
-    random.Random(0).shuffle(files)
-    count = max(1, round(args["fraction"] * len(files)))
-    return [str(root / p) for p in sorted(files[:count])]
+    else:
+        files = state.image.file_paths()
+        random.Random(0).shuffle(files)
+        rels = sorted(files[: max(1, round(args["fraction"] * len(files)))])
+    paths: list[str] = []
+    skipped: Counter[str] = Counter()
+    for rel in rels:
+        if (why := _skip_reason(root, rel)) is None:
+            paths.append(str(root / rel))
+        else:
+            skipped[why] += 1
+    return paths, skipped
+
+
+def _counted(kind: str, n: int) -> str:
+    """`1 fifo`, `2 directories`, `3 paths through a symlink`."""
+    if n == 1:
+        return f"1 {kind}"
+    head, _, tail = kind.partition(" ")
+    if head == "path":
+        return f"{n} paths {tail}"
+    return f"{n} {kind[:-1]}ies" if kind.endswith("y") else f"{n} {kind}s"
+
+
+def _skipped_text(skipped: Counter[str]) -> str:
+    return ", ".join(_counted(kind, n) for kind, n in sorted(skipped.items()))
+
+
+def _report_skipped(state: SampleState, step: Step, outcome: Outcome) -> None:
+    """What the step's selection skipped, as one outcome per kind of entry per sample."""
+    for kind, n in sorted(state.skipped.pop(step.label, Counter()).items()):
+        outcome(step.label, f"skipped {_counted(kind, n)}")
+
+
+def _open(path: str, flags: int, mode: int = 0o644) -> int:
+    """open(2) of a regular file: no symlink followed, no blocking, and the type checked on the fd."""
+    fd = os.open(path, flags | _OPEN_FLAGS, mode)
+    st_mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"a {_kind(st_mode)}, not a regular file: file steps open regular files only", path)
+    return fd
 
 
 def _batch(paths: list[str], one: Callable[[str], object]) -> Callable[[], None]:
@@ -217,7 +350,16 @@ def _volume(state: SampleState, step: Step, record: Recorder) -> None:
 
 def _file_op(state: SampleState, step: Step, record: Recorder) -> None:
     args = step.args
-    paths = _select(state, args)
+    paths, skipped = _select(state, args)
+    if skipped:
+        state.skipped[step.label] = skipped
+    if not paths:
+        key = next(k for k in ("path", "glob", "fraction") if k in args)
+        what = f"{key} {args[key]!r}"
+        raise FileNotFoundError(
+            errno.ENOENT, f"{step.label}: {what} selects no regular file (skipped {_skipped_text(skipped)}); "
+            f"file steps open regular files only"
+        )
     op = step.op
     if op == "read" and args.get("cold"):
         _evict(paths)
@@ -236,7 +378,7 @@ def _evict(paths: list[str]) -> None:
     except PermissionError:
         pass
     for p in paths:
-        fd = os.open(p, os.O_RDONLY)
+        fd = _open(p, os.O_RDONLY)
         try:
             os.fdatasync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -256,7 +398,7 @@ def _write_fn(flags: int) -> Callable[[dict[str, Any], list[str]], Callable[[], 
         data = b"x" * args.get("bytes", 1)
 
         def one(p: str) -> None:
-            fd = os.open(p, flags, 0o644)
+            fd = _open(p, flags)
             try:
                 _write_all(fd, data)
             finally:
@@ -272,10 +414,10 @@ def _write_fn(flags: int) -> Callable[[dict[str, Any], list[str]], Callable[[], 
 
 def _overwrite(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
     data = b"x" * args.get("bytes", 4)
-    offsets = {p: args["offset"] if "offset" in args else os.stat(p).st_size // 2 for p in paths}
+    offsets = {p: args["offset"] if "offset" in args else os.lstat(p).st_size // 2 for p in paths}
 
     def one(p: str) -> None:
-        fd = os.open(p, os.O_WRONLY)
+        fd = _open(p, os.O_WRONLY)
         os.pwrite(fd, data, offsets[p])
         os.close(fd)
 
@@ -286,7 +428,7 @@ def _read(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
     buf = bytearray(1 << 20)
 
     def one(p: str) -> None:
-        fd = os.open(p, os.O_RDONLY)
+        fd = _open(p, os.O_RDONLY)
         while os.readv(fd, [buf]):
             pass
         os.close(fd)
@@ -295,12 +437,12 @@ def _read(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
 
 
 def _open_rdwr(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
-    return _batch(paths, lambda p: os.close(os.open(p, os.O_RDWR)))
+    return _batch(paths, lambda p: os.close(_open(p, os.O_RDWR)))
 
 
 def _fsync(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
     def one(p: str) -> None:
-        fd = os.open(p, os.O_RDONLY)
+        fd = _open(p, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
 
@@ -357,3 +499,5 @@ def run_step(state: SampleState, step: Step, record: Recorder, outcome: Outcome)
         if name not in step.allow_errors:
             raise
         outcome(step.label, name)
+    finally:
+        _report_skipped(state, step, outcome)
