@@ -7,10 +7,11 @@
     <home>/<id>/merged   the mount point, made on mount and removed on unmount
     <home>/l/<link>      symlink to ../<id>/diff
 
-The mount is one mount(2) when its data string fits a page; deeper images add
-their lowers one by one through the new mount API (`lowerdir+`, no page limit, up
-to the kernel's 500); kernels without it get Docker's fallback: relative `l/`
-names from inside <home>, which fit a page for 128 layers.
+The mount (drivers/_overlay.py, shared with every overlay driver) is one mount(2)
+when its data string fits a page; deeper images add their lowers one by one through
+the new mount API (`lowerdir+`, no page limit, up to the kernel's 500); kernels
+without it get Docker's fallback: relative `l/` names from inside <home>, which fit
+a page for 128 layers.
 """
 
 from __future__ import annotations
@@ -21,14 +22,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from layerbench.harness import syscalls
-from layerbench.harness.driver import Driver, LayerFormat, Style
 from layerbench.harness.treecopy import copy_tree
 
-from ._common import Lineage, fs_in_kernel, needs_root, remove_tree, unmount_below
-
-MAX_LOWERS_CLASSIC = 128
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
+from ._common import fs_in_kernel, needs_root, remove_tree
+from ._overlay import OverlayLayout, OverlayMount
 
 _random = random.Random()
 
@@ -54,10 +51,8 @@ def _read(path: str) -> str:
         os.close(fd)
 
 
-class Overlay2Driver(Driver):
+class Overlay2Driver(OverlayLayout):
     name = "overlay2"
-    style = Style.UNION
-    layer_format = LayerFormat.DIFF
     backings = ("ext4", "xfs", "btrfs")
     in_default_run = True
     #: overlay mount options beyond the dirs, as Docker passes them (a None value is a flag)
@@ -76,13 +71,11 @@ class Overlay2Driver(Driver):
         return {"overlay_mount_api": "fsconfig lowerdir+" if syscalls.has_new_mount_api() else "mount(2)"}
 
     def setup(self) -> None:
+        super().setup()
         (self.home / "l").mkdir(exist_ok=True)
-        self.new_api = syscalls.has_new_mount_api()
-        self._options_text = ",".join(k if v is None else f"{k}={v}" for k, v in self.mount_options)
         # What this process wrote to `link` and `lower`, so hot paths need not read it back.
         self._links: dict[str, str] = {}
         self._lowers: dict[str, str | None] = {}
-        self.lineage = Lineage()
 
     def _link(self, item_id: str) -> str:
         if item_id not in self._links:
@@ -126,45 +119,20 @@ class Overlay2Driver(Driver):
         self._make(container_id, self._lower_of_child(image))
         self.lineage.add(container_id, image)
 
-    def mount(self, container_id: str) -> Path:
+    def merged_dir(self, container_id: str) -> str:
+        return f"{self.home}/{container_id}/merged"
+
+    def overlay_of(self, container_id: str) -> OverlayMount:
         home = str(self.home)
         d = f"{home}/{container_id}"
-        lowers = [f"{home}/{lower}" for lower in (self._lower(container_id) or "").split(":")]
-        target, upper, work = f"{d}/merged", f"{d}/diff", f"{d}/work"
-        os.mkdir(target)
-        data = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work},{self._options_text}"
-        if len(data) < _PAGE:  # one mount(2), as Docker does when the string fits a page
-            syscalls.mount("overlay", target, "overlay", 0, data)
-        elif self.new_api:  # one fsconfig(lowerdir+) per layer: no page limit
-            syscalls.overlay_mount(target, lowers, upper, work, self.mount_options)
-        else:
-            self._mount_relative(container_id, Path(target))
-        return Path(target)
-
-    def _mount_relative(self, container_id: str, merged: Path) -> None:
-        # Short relative names from inside <home>, as Docker does, so 128 lowers fit a page.
-        lowers = (self._lower(container_id) or "").split(":")
-        if len(lowers) > MAX_LOWERS_CLASSIC:
-            raise OSError(f"max depth exceeded: {len(lowers)} lower layers > {MAX_LOWERS_CLASSIC}")
-        cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.chdir(self.home)
-            syscalls.overlay_mount(
-                str(merged),
-                lowers,
-                f"{container_id}/diff",
-                f"{container_id}/work",
-                self.mount_options,
-                new_api=False,
-            )
-        finally:
-            os.fchdir(cwd)
-            os.close(cwd)
-
-    def unmount(self, container_id: str) -> None:
-        merged = self.home / container_id / "merged"
-        syscalls.umount(str(merged))
-        merged.rmdir()
+        return OverlayMount(
+            merged=f"{d}/merged",
+            lowers=[f"{home}/{lower}" for lower in (self._lower(container_id) or "").split(":")],
+            upper=f"{d}/diff",
+            work=f"{d}/work",
+            # Docker's relative `l/` names only where there is no fsconfig lowerdir+ (which comes first)
+            relative_to=None if self.new_api else home,
+        )
 
     def commit(self, container_id: str, layer_id: str) -> None:
         d = self.home / container_id
@@ -189,9 +157,3 @@ class Overlay2Driver(Driver):
                 os.path.realpath(self.home / lower) for lower in lower_file.read_text().split(":")
             )
         return data
-
-    def close(self) -> None:
-        unmount_below(self.home)
-        if self.home.exists():
-            for child in self.home.iterdir():
-                remove_tree(child)

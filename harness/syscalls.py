@@ -119,15 +119,16 @@ def overlay_mount(
     work: str | None,
     options: Sequence[tuple[str, str | None]] = (),
     new_api: bool = True,
+    data_lowers: Sequence[str] = (),
 ) -> None:
     """Mount overlayfs on `target` (nodev, nosuid); `lowers` uppermost first; an option whose value is None is a flag.
 
     With `new_api`, each lower is added by `fsconfig(lowerdir+)`, which has no page
     limit (up to the kernel's 500 layers); otherwise one mount(2) whose data string
-    must fit one page.
+    must fit one page. `data_lowers` are data-only lowers below them (`datadir+`, or `::`).
     """
     if not new_api:
-        parts = ["lowerdir=" + ":".join(lowers)]
+        parts = ["lowerdir=" + ":".join(lowers) + "".join("::" + d for d in data_lowers)]
         if upper is not None:
             parts += [f"upperdir={upper}", f"workdir={work}"]
         parts += [k if v is None else f"{k}={v}" for k, v in options]
@@ -137,6 +138,8 @@ def overlay_mount(
     try:
         for lower in lowers:
             _fsconfig(fd, b"lowerdir+", lower.encode())
+        for data in data_lowers:
+            _fsconfig(fd, b"datadir+", data.encode())
         if upper is not None and work is not None:
             _fsconfig(fd, b"upperdir", upper.encode())
             _fsconfig(fd, b"workdir", work.encode())
