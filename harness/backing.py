@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import stat
+import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +16,9 @@ from .errors import UserError
 from .ledger import Ledger
 from .safety import remove_tree
 
-__all__ = ["BackingStore", "MKFS", "Usage", "usage", "allocated_bytes", "mkfs_versions", "unavailable"]
+__all__ = [
+    "BackingStore", "MKFS", "Usage", "usage", "allocated_bytes", "loop_direct_io", "mkfs_versions", "unavailable",
+]
 
 #: mkfs command per backing filesystem; the path argument is appended.
 MKFS: dict[str, list[str]] = {
@@ -62,17 +67,19 @@ def mkfs_versions(fstypes: list[str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Usage:
-    """Used bytes and inodes of a filesystem, read after syncfs."""
+    """Used bytes and inodes of a filesystem, read after syncfs; `inodes` is None where the
+    filesystem has no inode count (btrfs allocates inodes on demand and reports 0 of 0)."""
 
     bytes: int
-    inodes: int
+    inodes: int | None
 
 
 def usage(path: Path) -> Usage:
     """The filesystem's own accounting (statvfs) after syncfs(2)."""
     syscalls.syncfs(str(path))
     st = os.statvfs(path)
-    return Usage(bytes=(st.f_blocks - st.f_bfree) * st.f_frsize, inodes=st.f_files - st.f_ffree)
+    inodes = st.f_files - st.f_ffree if st.f_files else None
+    return Usage(bytes=(st.f_blocks - st.f_bfree) * st.f_frsize, inodes=inodes)
 
 
 def _mount_points() -> set[str]:
@@ -83,34 +90,112 @@ def _mount_points() -> set[str]:
     return points
 
 
-def allocated_bytes(root: Path) -> int:
-    """Allocated blocks under `root`, each inode once, not descending into other mounts.
+# FS_IOC_FIEMAP (linux/fiemap.h): a 32-byte header, then 56-byte extents.
+_FS_IOC_FIEMAP = 0xC020660B
+_FIEMAP_FLAG_SYNC = 0x1
+_FIEMAP_EXTENT_LAST, _FIEMAP_EXTENT_DATA_INLINE, _FIEMAP_EXTENT_SHARED = 0x1, 0x200, 0x2000
+_HEADER, _EXTENT = struct.Struct("=QQIIII"), struct.Struct("=QQQ16xI12x")
+_BATCH = 256
 
-    Shared extents (reflinks, snapshots) are counted once per inode that has them,
-    so on btrfs this is an upper bound; the statvfs delta is the truth there.
+
+def _extents(fd: int) -> list[tuple[int, int, int]]:
+    """Every (physical, length, flags) extent of the open file, after writing it back (FIEMAP_FLAG_SYNC)."""
+    out: list[tuple[int, int, int]] = []
+    start = 0
+    while True:
+        buf = bytearray(_HEADER.pack(start, (1 << 64) - 1 - start, _FIEMAP_FLAG_SYNC, 0, _BATCH, 0))
+        buf += bytes(_EXTENT.size * _BATCH)
+        fcntl.ioctl(fd, _FS_IOC_FIEMAP, buf)
+        mapped = _HEADER.unpack_from(buf)[3]
+        if mapped == 0:
+            return out
+        last = False
+        for i in range(mapped):
+            logical, physical, length, flags = _EXTENT.unpack_from(buf, _HEADER.size + i * _EXTENT.size)
+            out.append((physical, length, flags))
+            start = logical + length
+            last = bool(flags & _FIEMAP_EXTENT_LAST)
+        if last or mapped < _BATCH:
+            return out
+
+
+def _file_bytes(path: str, st: os.stat_result, shared: list[tuple[int, int]]) -> int:
+    """A regular file's bytes of its own extents; its shared extents go to `shared` to be counted once.
+
+    Data stored inline in the filesystem's metadata (small files on btrfs) is metadata
+    here, as for `btrfs filesystem du`. Where FIEMAP is not supported (tmpfs, FUSE), the
+    file's allocated blocks (st_blocks).
+    """
+    if st.st_blocks == 0:
+        return 0
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return st.st_blocks * 512
+    try:
+        extents = _extents(fd)
+    except OSError:
+        return st.st_blocks * 512
+    finally:
+        os.close(fd)
+    own = 0
+    for physical, length, flags in extents:
+        if flags & _FIEMAP_EXTENT_DATA_INLINE:
+            continue
+        if flags & _FIEMAP_EXTENT_SHARED:
+            shared.append((physical, physical + length))
+        else:
+            own += length
+    return own
+
+
+def _union(ranges: list[tuple[int, int]]) -> int:
+    """Bytes covered by the union of [start, end) ranges."""
+    total, reach = 0, -1
+    for start, end in sorted(ranges):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def allocated_bytes(root: Path) -> int:
+    """Bytes of disk the files under `root` take, each physical extent once, not descending into other mounts.
+
+    Regular files are mapped with FIEMAP: an extent marked FIEMAP_EXTENT_SHARED (a reflink,
+    a snapshot's) joins a union of physical ranges, so it counts once however many files
+    share it; other inodes (directories, symlinks) count their allocated blocks. The walk
+    stays on one filesystem, so physical addresses are comparable. Filesystem metadata
+    (b-trees, inline data, journals, inode tables) is not in it: the statvfs delta includes it.
     """
     skip = _mount_points() - {str(root)}
     seen: set[tuple[int, int]] = set()
+    shared: list[tuple[int, int]] = []
     total = 0
     stack = [str(root)]
+
+    def count(path: str, st: os.stat_result) -> int:
+        if (st.st_dev, st.st_ino) in seen:
+            return 0
+        seen.add((st.st_dev, st.st_ino))
+        return _file_bytes(path, st, shared) if stat.S_ISREG(st.st_mode) else st.st_blocks * 512
+
     while stack:
         top = stack.pop()
-        st = os.lstat(top)
-        if (st.st_dev, st.st_ino) not in seen:
-            seen.add((st.st_dev, st.st_ino))
-            total += st.st_blocks * 512
+        total += count(top, os.lstat(top))
         with os.scandir(top) as it:
             for entry in it:
-                st = entry.stat(follow_symlinks=False)
                 if entry.is_dir(follow_symlinks=False):
                     if entry.path not in skip:
                         stack.append(entry.path)
                     continue
-                key = (st.st_dev, st.st_ino)
-                if key not in seen:
-                    seen.add(key)
-                    total += st.st_blocks * 512
-    return total
+                total += count(entry.path, entry.stat(follow_symlinks=False))
+    return total + _union(shared)
+
+
+def loop_direct_io(device: str) -> bool:
+    """Whether the kernel runs loop `device` with direct I/O (/sys/block/loopN/loop/dio)."""
+    return Path(f"/sys/block/{Path(device).name}/loop/dio").read_text().strip() == "1"
 
 
 def _count_inodes(root: Path) -> int:
@@ -139,6 +224,7 @@ class BackingStore:
         self.image = workdir / f"backing.{fstype}.img"
         self.mountpoint = workdir / "mnt"
         self.loop: str | None = None
+        self.direct_io: bool | None = None  # the loop's direct-I/O state; None without a loop ("dir")
         self.mounted = False
         self.ledger = ledger
 
@@ -162,6 +248,11 @@ class BackingStore:
         _run([*MKFS[self.fstype], *extra, str(self.image)])
         self._note("loop", self.image)
         self.loop = _run(["losetup", "--find", "--show", str(self.image)])
+        # Direct I/O: reads and writes go to the image file without the host's page cache, so
+        # it holds no second copy of the store's pages and a cold read is cold, as on a disk.
+        # Where the host filesystem refuses O_DIRECT, the loop stays buffered (direct_io False).
+        subprocess.run(["losetup", "--direct-io=on", self.loop], capture_output=True)
+        self.direct_io = loop_direct_io(self.loop)
         self._note("mount", self.mountpoint)
         syscalls.mount(self.loop, str(self.mountpoint), self.fstype, 0, "")
         self.mounted = True

@@ -4,7 +4,7 @@ Each claim is decided from the cells of the built-in scenario that measures it:
 held, did not hold, or not measured, with the figures that decide it. The seed
 tutorial's claims (layers shared between containers, copy-on-write into the
 container layer, deletes that do not shrink an image, commit as a new layer) and
-the ones users ask about (vfs's cost, volumes bypassing the driver).
+the ones users ask about (vfs's cost, volumes bypassing the driver, memory).
 """
 
 from __future__ import annotations
@@ -151,6 +151,28 @@ def _volumes(doc: dict[str, Any]) -> Verdict:
     return (HELD if ok else NOT_HELD), "; ".join(figures)
 
 
+def _page_cache(doc: dict[str, Any]) -> Verdict:
+    """Each driver's page cache per further container, in images, at its most containers."""
+    cells = [c for c in _cells(doc, "page-cache-sharing") if _median(c, "page_cache_per_container_bytes") is not None]
+    figures, decided, ok = [], False, True
+    for driver in sorted({c["driver"] for c in cells}):
+        cell = max((c for c in cells if c["driver"] == driver), key=lambda c: c["params"].get("containers", 0))
+        image, first = cell.get("image_bytes"), _median(cell, "page_cache_first_bytes")
+        each = _median(cell, "page_cache_per_container_bytes")
+        if not image or first is None or each is None:
+            continue
+        figures.append(f"{driver}: first container {human(first, 'bytes')}, each further one {human(each, 'bytes')} "
+                       f"({each / image:.2f} image) at {cell['params'].get('containers')} containers")
+        style = _style(doc, driver)
+        if style == "union":
+            decided, ok = True, ok and each < 0.05 * image
+        elif style in ("snapshot", "copy"):
+            decided, ok = True, ok and 0.8 * image <= each <= 1.25 * image
+    if not decided:
+        return NOT_MEASURED, "; ".join(figures) or "no page-cache-sharing cells with two or more containers"
+    return (HELD if ok else NOT_HELD), "; ".join(figures)
+
+
 CLAIMS: list[tuple[str, Callable[[dict[str, Any]], Verdict]]] = [
     ("Containers from one image share its layers: union and snapshot drivers cost the image once "
      "plus a little per container; vfs about one image per container", _sharing),
@@ -160,6 +182,9 @@ CLAIMS: list[tuple[str, Callable[[dict[str, Any]], Verdict]]] = [
     ("A commit adds one layer holding only the container's changes", _commit),
     ("vfs is the slowest to start and the largest on disk", _vfs_worst),
     ("Writes to a volume or a tmpfs avoid copy-up", _volumes),
+    (("Containers from one image share one copy of it in memory: on union drivers each further container "
+      "adds under 5% of an image to the page cache; on snapshot (btrfs, reflink, zfs) and copy drivers "
+      "about one image each"), _page_cache),
 ]
 
 

@@ -316,6 +316,7 @@ def run_cell(
     try:
         with _time_limit(sampling.timeout_s):
             home = store.open() / cell.driver.name
+            out["loop_direct_io"] = store.direct_io
             home.mkdir(mode=0o700)
             measure = _measure_in_userns if cell.driver.userns else _measure
             measure(_CellRun(cell, store, home, sampling, overhead_ns, out, recorded, outcomes, drivers))

@@ -60,6 +60,7 @@ STEPS: dict[str, tuple[dict[str, tuple[Any, bool]], bool, str | None]] = {
     "truncate": ({"size": (SIZE, True)}, True, None),
     "open_rdwr": ({}, True, None),
     "read": ({"cold": (BOOL, False)}, True, None),
+    "page_cache": ({}, True, None),
     "stat": ({}, True, None),
     "fsync": ({}, True, None),
     "chmod": ({"mode": (MODE, True)}, True, None),
@@ -369,7 +370,7 @@ def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> No
     if "measure" in step:
         if not isinstance(step["measure"], str) or not _METRIC.match(step["measure"]):
             raise c.fail(f"{where}measure", "a metric name in snake_case ending in _ns")
-        if op in ("usage", "volume"):
+        if op in ("usage", "volume", "page_cache"):
             raise c.fail(f"{where}measure", f"op {op!r} records fixed metrics and times nothing")
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
 
-from . import backing, safety, syscalls
+from . import backing, pagecache, safety, syscalls
 from .driver import Driver
 from .image import Image
 from .scenario import Step
@@ -315,8 +315,28 @@ def _build(state: SampleState, step: Step, record: Recorder) -> None:
 def _usage(state: SampleState, step: Step, record: Recorder) -> None:
     used = state.store.usage()
     record("disk_bytes", used.bytes - state.baseline.bytes)
-    record("inodes", used.inodes - state.baseline.inodes)
+    if used.inodes is not None and state.baseline.inodes is not None:  # btrfs has no inode count
+        record("inodes", used.inodes - state.baseline.inodes)
     record("disk_walk_bytes", backing.allocated_bytes(state.store.mountpoint) - state.baseline_walk)
+
+
+def _page_cache(state: SampleState, step: Step, record: Recorder) -> None:
+    """Read the selected files in each mounted container in turn, from a dropped cache; record the
+    page cache the first container's reads added and what each further one added (docs/memory.md)."""
+    paths, _ = _select(state, step.args)
+    rel = [os.path.relpath(p, state.root) for p in paths]
+    store = state.store.mountpoint
+    try:
+        syscalls.drop_caches()
+    except PermissionError:  # a user namespace: evict the store's own pages instead
+        pagecache.evict(store)
+    start = before = pagecache.page_cache_bytes(store)
+    for i, cid in enumerate(state.mounted):
+        _read(step.args, [str(state.roots[cid] / p) for p in rel])()
+        after = pagecache.page_cache_bytes(store)
+        record("page_cache_first_bytes" if i == 0 else "page_cache_per_container_bytes", after - before)
+        before = after
+    record("page_cache_bytes", before - start)
 
 
 def _volume(state: SampleState, step: Step, record: Recorder) -> None:
@@ -483,6 +503,7 @@ OPS: dict[str, Callable[[SampleState, Step, Recorder], None]] = {
     "build": _build,
     "usage": _usage,
     "volume": _volume,
+    "page_cache": _page_cache,
     **{op: _file_op for op in _FILE_OPS},
     "rename": _path_op,
     "mkdir": _path_op,

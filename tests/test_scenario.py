@@ -37,7 +37,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 BUILTINS = {"layer-sharing", "copy-up", "startup", "commit", "delete-in-later-layer", "deep-read",
-            "write-heavy", "metadata-storm", "image-build"}
+            "write-heavy", "metadata-storm", "image-build", "page-cache-sharing"}
 
 
 def test_builtins_load_and_name_the_issue_parameters() -> None:
