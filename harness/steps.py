@@ -376,9 +376,9 @@ def _file_op(state: SampleState, step: Step, record: Recorder) -> None:
     if not paths:
         key = next(k for k in ("path", "glob", "fraction") if k in args)
         what = f"{key} {args[key]!r}"
+        detail = f" (skipped {_skipped_text(skipped)})" if skipped else ""
         raise FileNotFoundError(
-            errno.ENOENT, f"{step.label}: {what} selects no regular file (skipped {_skipped_text(skipped)}); "
-            f"file steps open regular files only"
+            errno.ENOENT, f"{what} selects no regular file{detail}; file steps open regular files only"
         )
     op = step.op
     if op == "read" and args.get("cold"):
