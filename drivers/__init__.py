@@ -7,19 +7,44 @@ from layerbench.harness.plugins import DriverRegistry
 
 from .btrfs import BtrfsDriver
 from .containerd_overlayfs import ContainerdOverlayfsDriver
+from .erofs import ErofsDriver
 from .fuse_overlayfs import FuseOverlayfsDriver
 from .null import NullDriver
 from .overlay2 import Overlay2Driver
 from .overlay2_rootless import Overlay2RootlessDriver
 from .reflink import ReflinkDriver
+from .squashfs import SquashfsDriver
 from .vfs import VfsDriver
 from .zfs import ZfsDriver
 
-__all__ = ["BtrfsDriver", "ContainerdOverlayfsDriver", "FuseOverlayfsDriver", "NullDriver", "Overlay2Driver", "Overlay2RootlessDriver", "ReflinkDriver", "VfsDriver", "ZfsDriver"]
+__all__ = [
+    "BtrfsDriver",
+    "ContainerdOverlayfsDriver",
+    "ErofsDriver",
+    "FuseOverlayfsDriver",
+    "NullDriver",
+    "Overlay2Driver",
+    "Overlay2RootlessDriver",
+    "ReflinkDriver",
+    "SquashfsDriver",
+    "VfsDriver",
+    "ZfsDriver",
+]
 
 
 @hookimpl
 def layerbench_register_drivers(registry: DriverRegistry) -> None:
-    for cls in (NullDriver, VfsDriver, Overlay2Driver, Overlay2RootlessDriver, BtrfsDriver, FuseOverlayfsDriver, ReflinkDriver, ZfsDriver,
-                ContainerdOverlayfsDriver):
+    for cls in (
+        NullDriver,
+        VfsDriver,
+        Overlay2Driver,
+        Overlay2RootlessDriver,
+        BtrfsDriver,
+        FuseOverlayfsDriver,
+        ReflinkDriver,
+        ZfsDriver,
+        ContainerdOverlayfsDriver,
+        ErofsDriver,
+        SquashfsDriver,
+    ):
         registry.add(cls)

@@ -1,0 +1,104 @@
+"""squashfs: each sealed layer a compressed squashfs image on a loop device, under an overlay upper.
+
+How read-only image formats are run with a writable layer (Apptainer's images, a
+squashfs per layer): containerd's snapshot layout (see drivers/_image_layers.py),
+with
+
+- a layer filled as a diff directory (`snapshots/<n>/fs`), sealed by
+  `mksquashfs snapshots/<n>/fs snapshots/<n>/layer.squashfs -noappend -comp <c>`
+  (xattrs kept: `trusted.overlay.opaque`; whiteouts are 0/0 devices), the directory
+  then emptied, and the image attached to a loop device (read-only, autoclear; squashfs
+  mounts only a block device) and mounted `ro` on `snapshots/<n>/lower` for as long
+  as the layer lives: one loop device per layer, shared by every container on it;
+- `commit`: `mksquashfs` of the container's upper directory into the new layer;
+- a container: the overlay
+  `lowerdir=<the layers' lower mounts>,upperdir=snapshots/<cid>/fs,workdir=...,index=off`.
+
+Compression: zstd where mksquashfs has it, else gzip; `LAYERBENCH_SQUASHFS_COMPRESSION`
+picks another of mksquashfs's compressors (gzip, xz, lz4, lzo, zstd). squashfs keeps
+whole-second mtimes only.
+
+Timed: mksquashfs, the loop attach and the mount in the layer build and in
+`commit_ns`; the overlay mount in `startup_ns`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+
+from ._common import fs_in_kernel, needs_root
+from ._image_layers import ImageLayersDriver, mount_via_loop, run_tool
+
+__all__ = ["SquashfsDriver"]
+
+COMPRESSION_ENV = "LAYERBENCH_SQUASHFS_COMPRESSION"
+
+
+@functools.cache
+def _mksquashfs_help() -> str:
+    proc = subprocess.run(["mksquashfs", "-help"], capture_output=True, text=True)
+    return proc.stdout + proc.stderr
+
+
+def compressors() -> list[str]:
+    """The compressors this mksquashfs was built with."""
+    lines = _mksquashfs_help().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == "Compressors available:"), len(lines))
+    names = []
+    for line in lines[start + 1:]:
+        if not (m := re.fullmatch(r"\t+(\w+)( \(default\))?", line)):
+            break
+        names.append(m.group(1))
+    return names
+
+
+def compression() -> str:
+    """The compressor to use: the environment's choice, else zstd where available, else gzip."""
+    if chosen := os.environ.get(COMPRESSION_ENV):
+        return chosen
+    return "zstd" if "zstd" in compressors() else "gzip"
+
+
+class SquashfsDriver(ImageLayersDriver):
+    """Layers as squashfs images on loop devices, below an overlay upper."""
+
+    name = "squashfs"
+    image_name = "layer.squashfs"
+    mount_per_container = False
+
+    @classmethod
+    def probe(cls) -> str | None:
+        if reason := needs_root():
+            return reason
+        if not fs_in_kernel("overlay"):
+            return "the kernel has no overlay filesystem (modprobe overlay)"
+        if not fs_in_kernel("squashfs"):
+            return "the kernel has no squashfs filesystem in /proc/filesystems (modprobe squashfs)"
+        if shutil.which("mksquashfs") is None:
+            return "mksquashfs is not installed (apt-get install squashfs-tools)"
+        if not os.path.exists("/dev/loop-control"):
+            return "there is no /dev/loop-control (modprobe loop): squashfs mounts only a block device"
+        if (comp := compression()) not in (have := compressors()):
+            return f"{COMPRESSION_ENV}={comp}: this mksquashfs has no such compressor (it has {', '.join(have)})"
+        return None
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        first = _mksquashfs_help().strip().splitlines()
+        proc = subprocess.run(["mksquashfs", "-version"], capture_output=True, text=True)
+        version = (proc.stdout.strip().splitlines() or first or ["?"])[0]
+        return {"mksquashfs": version, "compression": compression()}
+
+    def setup(self) -> None:
+        super().setup()
+        self.compression = compression()
+
+    def build_image(self, src: str, image: str) -> None:
+        run_tool(["mksquashfs", src, image, "-noappend", "-quiet", "-no-progress", "-comp", self.compression])
+
+    def mount_image(self, image: str, target: str) -> None:
+        mount_via_loop(image, target, "squashfs")
