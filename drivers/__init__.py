@@ -6,6 +6,7 @@ from layerbench.harness import hookimpl
 from layerbench.harness.plugins import DriverRegistry
 
 from .btrfs import BtrfsDriver
+from .composefs import ComposefsDriver
 from .containerd_overlayfs import ContainerdOverlayfsDriver
 from .erofs import ErofsDriver
 from .fuse_overlayfs import FuseOverlayfsDriver
@@ -19,6 +20,7 @@ from .zfs import ZfsDriver
 
 __all__ = [
     "BtrfsDriver",
+    "ComposefsDriver",
     "ContainerdOverlayfsDriver",
     "ErofsDriver",
     "FuseOverlayfsDriver",
@@ -46,5 +48,6 @@ def layerbench_register_drivers(registry: DriverRegistry) -> None:
         ContainerdOverlayfsDriver,
         ErofsDriver,
         SquashfsDriver,
+        ComposefsDriver,
     ):
         registry.add(cls)
