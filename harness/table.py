@@ -50,7 +50,9 @@ def comparison_table(doc: dict[str, Any]) -> str:
         for r in mine:
             cells.setdefault((r["params"], r["metric"]), {})[r["driver"]] = human(r["median"], r["unit"])
         header = ["params", "metric (median)", *drivers]
-        body = [[p or "-", m, *(v.get(d, "") for d in drivers)] for (p, m), v in cells.items()]
+        ran = {(r["params"], r["driver"]) for r in mine}  # a metric such a cell lacks does not apply: n/a
+        body = [[p or "-", m, *(v.get(d, "n/a" if (p, d) in ran else "") for d in drivers)]
+                for (p, m), v in cells.items()]
         widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
         rule = ["-" * w for w in widths]
         out += [f"== {scenario}", *(_line(xs, widths) for xs in (header, rule, *body)), ""]

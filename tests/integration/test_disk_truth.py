@@ -18,8 +18,12 @@ import pytest
 from layerbench.harness import backing
 from layerbench.harness.driver import Driver
 from layerbench.harness.image import synthetic_image
+from layerbench.harness.plugins import default_plugins
+from layerbench.harness.runner import Cell, run_cell
+from layerbench.harness.scenario import load_scenario
+from layerbench.harness.table import comparison_table
 
-from ..conftest import driver_on_store
+from ..conftest import driver_on_store, require
 
 pytestmark = pytest.mark.mounts
 MiB = 1 << 20
@@ -100,3 +104,35 @@ def test_walk_delta_equals_df_on_xfs_with_reflinks(work: Path) -> None:
         df = used() - df0
     assert close(walk, df), f"walk delta {walk} vs df delta {df}"
     assert 34 * MiB <= walk < 35 * MiB  # one 32 MiB extent set and the 2 MiB rewritten, not 9 x 32 MiB
+
+
+USAGE = """
+name = "usage-test"
+description = "one container, then the store's usage"
+[image]
+files = 20
+bytes = 1_000_000
+[repeat]
+samples = 1
+warmup = 0
+[[step]]
+op = "start"
+[[step]]
+op = "usage"
+"""
+
+
+def test_btrfs_has_no_inode_count_and_the_table_says_n_a(tmp_path: Path) -> None:
+    """statvfs on btrfs reports 0 of 0 inodes (they are allocated on demand): not a measured 0."""
+    require("btrfs")
+    require("overlay2")
+    path = tmp_path / "usage-test.toml"
+    path.write_text(USAGE)
+    s = load_scenario(path)
+    plugins = default_plugins()
+    cells = [run_cell(Cell(s, plugins.driver(name), {}, fs), tmp_path / name)
+             for name, fs in (("btrfs", "btrfs"), ("overlay2", "ext4"))]
+    assert [c["status"] for c in cells] == ["ok", "ok"], [c["error"] for c in cells]
+    assert "inodes" not in cells[0]["metrics"] and cells[1]["metrics"]["inodes"]["samples"][0] > 0
+    row = next(line.split() for line in comparison_table({"cells": cells}).splitlines() if " inodes " in line)
+    assert row[2] == "n/a"  # columns: params, metric, btrfs, overlay2
