@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
 from layerbench.harness import syscalls
 from layerbench.harness.driver import Driver
 from layerbench.harness.image import FileSpec, LayerSpec, SyntheticImage, synthetic_image
