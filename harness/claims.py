@@ -15,7 +15,7 @@ from typing import Any
 
 from .table import human
 
-__all__ = ["evaluate", "CLAIMS", "HELD", "NOT_HELD", "NOT_MEASURED"]
+__all__ = ["evaluate", "by_backing", "claims_text", "CLAIMS", "HELD", "NOT_HELD", "NOT_MEASURED"]
 
 HELD, NOT_HELD, NOT_MEASURED = "held", "did not hold", "not measured"
 Verdict = tuple[str, str]
@@ -188,12 +188,33 @@ CLAIMS: list[tuple[str, Callable[[dict[str, Any]], Verdict]]] = [
 ]
 
 
+def by_backing(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The document once per backing filesystem of a backing sweep, else once whole (backing "").
+
+    In a sweep (a driver ran on several backings), each part holds that backing's cells
+    and the cells of drivers that ran on one backing only, so nothing is compared across
+    filesystems and nothing measured is left out.
+    """
+    seen: dict[str, set[str]] = {}
+    for cell in doc["cells"]:
+        seen.setdefault(cell["driver"], set()).add(cell.get("backing") or "")
+    swept = sorted({b for backings in seen.values() if len(backings) > 1 for b in backings})
+    if not swept:
+        return [("", doc)]
+    return [(b, {**doc, "cells": [c for c in doc["cells"]
+                                  if (c.get("backing") or "") == b or len(seen[c["driver"]]) == 1]})
+            for b in swept]
+
+
 def evaluate(doc: dict[str, Any]) -> list[dict[str, str]]:
-    """Every claim with its verdict and the figures that decide it."""
+    """Every claim with its verdict and the figures that decide it, per backing in a backing sweep."""
     out = []
+    parts = by_backing(doc)
     for claim, check in CLAIMS:
-        verdict, figures = check(doc)
-        out.append({"claim": claim, "verdict": verdict, "figures": figures})
+        found = [(backing, *check(part)) for backing, part in parts]
+        if len({(v, f) for _, v, f in found}) == 1:  # the same everywhere (e.g. not measured): said once
+            found = [("", *found[0][1:])]
+        out += [{"claim": claim, "backing": b, "verdict": v, "figures": f} for b, v, f in found]
     return out
 
 
@@ -201,7 +222,8 @@ def claims_text(doc: dict[str, Any]) -> str:
     """The claims as lines a person reads after a run."""
     lines = ["== claims"]
     for row in evaluate(doc):
-        lines.append(f"[{row['verdict']}] {row['claim']}")
+        on = f" (on {row['backing']})" if row.get("backing") else ""
+        lines.append(f"[{row['verdict']}]{on} {row['claim']}")
         if row["figures"]:
             lines.append(f"    {row['figures']}")
     return "\n".join(lines) + "\n"

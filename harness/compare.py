@@ -39,6 +39,7 @@ class Change:
 
     scenario: str
     driver: str
+    backing: str
     params: str
     metric: str
     unit: str
@@ -77,12 +78,9 @@ def _verdict(metric: str, ratio: float, is_significant: bool, threshold: float) 
     return "worse" if ratio > factor else "better"
 
 
-def _cells(doc: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
-    out = {}
-    for cell in doc["cells"]:
-        if cell["status"] == "ok":
-            out[(cell["scenario"], cell["driver"], results.params_text(cell["params"]))] = cell
-    return out
+def _cells(doc: dict[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
+    """The ok cells by scenario, driver, backing, parameters and host (results.cell_key)."""
+    return {results.cell_key(cell): cell for cell in doc["cells"] if cell["status"] == "ok"}
 
 
 def compare(old: dict[str, Any], new: dict[str, Any], threshold: float = 0.10) -> tuple[list[Change], list[str]]:
@@ -108,7 +106,7 @@ def compare(old: dict[str, Any], new: dict[str, Any], threshold: float = 0.10) -
             m_old, m_new = float(np.median(xs)), float(np.median(ys))
             ratio = _ratio(m_old, m_new)
             is_sig, test = significant(xs, ys)
-            changes.append(Change(*key, metric=metric, unit=b_metrics[metric]["unit"], old=m_old, new=m_new,
+            changes.append(Change(*key[:4], metric=metric, unit=b_metrics[metric]["unit"], old=m_old, new=m_new,
                                   ratio=ratio, significant=is_sig, test=test,
                                   verdict=_verdict(metric, ratio, is_sig, threshold)))
     if not changes:

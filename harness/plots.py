@@ -19,17 +19,21 @@ from matplotlib.ticker import NullLocator
 
 from . import results
 from .report import Report, other_params, params_key
+from .table import metric_title
 
 __all__ = ["Plot", "LINE_PLOTS", "figures", "line_plots", "box_plots"]
 
 #: (metric, swept parameter, title, log x, log y)
 LINE_PLOTS: tuple[tuple[str, str, str, bool, bool], ...] = (
-    ("copy_up_ns", "file_size", "Copy-up latency vs file size", True, True),
-    ("copy_up_ns", "depth", "Copy-up latency vs layer depth", True, True),
-    ("disk_bytes", "containers", "Disk usage vs container count", False, False),
-    ("startup_ns", "layers", "Startup vs layer count", True, True),
-    ("startup_ns", "files", "Startup vs file count", True, True),
+    ("copy_up_ns", "file_size", "Copy-up: time of the first write to an image file, by file size", True, True),
+    ("copy_up_ns", "depth", "Copy-up: time of the first write, by the depth of the file's layer", True, True),
+    ("disk_bytes", "containers", "Disk used by N containers of one image", False, False),
+    ("startup_ns", "layers", "Container startup, by the image's layer count", True, True),
+    ("startup_ns", "files", "Container startup, by the image's file count", True, True),
 )
+#: how an axis names a swept parameter
+PARAM_NAMES = {"file_size": "file size", "depth": "layer depth of the file", "containers": "containers",
+               "layers": "layers in the image", "files": "files in the image"}
 MIN_BOX_SAMPLES = 3
 _SCALES = {"ns": ((1e9, "s"), (1e6, "ms"), (1e3, "µs"), (1, "ns")),
            "bytes": ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B"))}
@@ -43,6 +47,7 @@ class Plot:
     caption: str
     png_base64: str
     wide: bool = False  # many parameter sets: spans the page
+    scenario: str = ""
 
     @property
     def data_uri(self) -> str:
@@ -54,6 +59,12 @@ def _scale(unit: str, largest: float) -> tuple[float, str]:
         if largest >= factor:
             return factor, name
     return 1.0, unit
+
+
+def _family_scale(report: Report, metric: str) -> tuple[float, str]:
+    """One unit for every plot of a metric, from its largest median in the report."""
+    medians = [r["median"] for r in report.rows if r["metric"] == metric and r["n"]]
+    return _scale(results.unit_of(metric), max(medians, default=1.0))
 
 
 def _tick(value: float, param: str) -> str:
@@ -74,53 +85,61 @@ def _png(fig: MplFigure) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _stats(report: Report) -> dict[tuple[str, str, str, str], dict[str, Any]]:
-    return {(r["scenario"], r["driver"], r["params"], r["metric"]): r for r in report.rows}
+def _stats(report: Report) -> dict[tuple[str, str, str, str, str], dict[str, Any]]:
+    return {(r["scenario"], r["driver"], r["backing"], r["params"], r["metric"]): r for r in report.rows}
+
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
 def _line_plot(report: Report, scenario: str, metric: str, param: str, title: str,
                logx: bool, logy: bool) -> Plot | None:
     stats = _stats(report)
-    points: dict[str, list[tuple[float, str, dict[str, Any]]]] = {}
+    points: dict[tuple[str, str], list[tuple[float, str, dict[str, Any]]]] = {}
     for cell in report.doc["cells"]:
         if cell["scenario"] != scenario or param not in cell["params"]:
             continue
-        row = stats.get((scenario, cell["driver"], results.params_text(cell["params"]), metric))
+        _, driver, backing, params, _ = results.cell_key(cell)
+        row = stats.get((scenario, driver, backing, params, metric))
         if row is None or row["n"] == 0:
             continue
         rest = other_params(cell["params"], param)
-        points.setdefault(cell["driver"], []).append((float(cell["params"][param]), rest, row))
+        points.setdefault((driver, backing), []).append((float(cell["params"][param]), rest, row))
     # A driver is one line when each x has one cell (other parameters just follow x, like
     # `samples`); else one line per combination of the other parameters.
-    lines: dict[tuple[str, str], list[tuple[float, dict[str, Any]]]] = {}
-    for driver in sorted(points, key=report.drivers.index):
-        unique = len({x for x, _, _ in points[driver]}) == len(points[driver])
-        for x, rest, row in sorted(points[driver], key=lambda p: (p[1], p[0])):
-            lines.setdefault((driver, "" if unique else rest), []).append((x, row))
+    series = report.series()
+    lines: dict[tuple[str, str, str], list[tuple[float, dict[str, Any]]]] = {}
+    for key in sorted(points, key=series.index):
+        unique = len({x for x, _, _ in points[key]}) == len(points[key])
+        for x, rest, row in sorted(points[key], key=lambda p: (p[1], p[0])):
+            lines.setdefault((*key, "" if unique else rest), []).append((x, row))
     lines = {k: pts for k, pts in lines.items() if len({x for x, _ in pts}) >= 2}
     if not lines:
         return None
-    unit = next(iter(lines.values()))[0][1]["unit"]
-    factor, unit_name = _scale(unit, max(r["median"] for pts in lines.values() for _, r in pts))
+    factor, unit_name = _family_scale(report, metric)
     colors = _colors(report)
-    slopes = {(f["driver"], f["rest"]): f["text"] for f in report.slopes
-              if (f["scenario"], f["metric"], f["param"]) == (scenario, metric, param)}
+    slopes = {(f["driver"], f["backing"], f["rest"]): f["text"] for f in report.slopes
+              if (f["scenario"], f["metric"], f["param"]) == (scenario, metric, param) and f["fits"]}
     fig = MplFigure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
     styles = ["-", "--", ":", "-."]
-    rests = list(dict.fromkeys(rest for _, rest in lines))
-    for (driver, rest), pts in lines.items():
+    rests = list(dict.fromkeys(rest for *_, rest in lines))
+    backings = list(dict.fromkeys(b for _, b, _ in lines))
+    for i, ((driver, backing, rest), pts) in enumerate(lines.items()):
         pts.sort(key=lambda p: p[0])
         xs = [x for x, _ in pts]
-        label = driver + (f" ({rest})" if rest else "")
-        fitted = slopes.get((driver, rest))
+        label = report.label(driver, backing) + (f" ({_rest_text(rest)})" if rest else "")
+        fitted = slopes.get((driver, backing, rest))
         if fitted:
             label += f", {fitted}"
         color = colors[driver]
-        ax.plot(xs, [r["median"] / factor for _, r in pts], marker="o", color=color,
-                linestyle=styles[rests.index(rest) % len(styles)], label=label)
+        # markers differ per line and shrink as lines are drawn, so lines that coincide stay visible
+        ax.plot(xs, [r["median"] / factor for _, r in pts], marker=MARKERS[i % len(MARKERS)],
+                markersize=max(9 - 1.5 * i, 4), markerfacecolor="none" if i % 2 else color, color=color,
+                linestyle=styles[(rests.index(rest) + backings.index(backing)) % len(styles)],
+                linewidth=2.2 if i == 0 else 1.4, label=label, zorder=3 + i)
         ax.fill_between(xs, [r["ci95_low"] / factor for _, r in pts], [r["ci95_high"] / factor for _, r in pts],
-                        color=color, alpha=0.2, linewidth=0)
+                        color=color, alpha=0.15, linewidth=0)
     if logx:
         ax.set_xscale("log")
     ticks = sorted({x for pts in lines.values() for x, _ in pts})
@@ -128,17 +147,24 @@ def _line_plot(report: Report, scenario: str, metric: str, param: str, title: st
     ax.xaxis.set_minor_locator(NullLocator())
     if logy:
         ax.set_yscale("log")
-    elif unit != "count":
+    elif unit_name != "count":
         ax.set_ylim(bottom=0)
-    ax.set_xlabel(param)
-    ax.set_ylabel(f"{metric}, median ({unit_name})")
-    ax.set_title(f"{title} — {scenario}")
+    ax.set_xlabel(PARAM_NAMES.get(param, param.replace("_", " ")))
+    ax.set_ylabel(f"{metric_title(metric)}, median ({unit_name})")
+    ax.set_title(title, fontsize=11)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(frameon=False)
-    caption = (f"Median {metric} of scenario {scenario} against {param}; the band is the 95% bootstrap "
+    ax.legend(frameon=False, fontsize=8)
+    caption = (f"Median of {len(lines)} line(s) from scenario {scenario}; the band is the 95% bootstrap "
                f"confidence interval of the median" + ("; both axes logarithmic" if logx and logy else "")
-               + ("; the legend gives each line's fitted slope (numpy.polyfit of the medians)." if slopes else "."))
-    return Plot(title=f"{title} ({scenario})", caption=caption, png_base64=_png(fig))
+               + ("; the legend gives a slope where a straight line fits the medians (R² ≥ 0.9)." if slopes else "."))
+    return Plot(title=f"{title} ({scenario})", caption=caption, png_base64=_png(fig), scenario=scenario)
+
+
+def _rest_text(rest: str) -> str:
+    """`file_size=67108864;mode=append` as people write it: `64 MiB, append`."""
+    parts = [part.partition("=") for part in rest.split(";") if part]
+    return ", ".join(_tick(float(v), k) if k.endswith("size") and v.isdigit() else f"{k} {v}" if v.isdigit() else v
+                     for k, _, v in parts)
 
 
 def line_plots(report: Report) -> list[Plot]:
@@ -163,23 +189,23 @@ def _group_labels(groups: list[str]) -> list[str]:
 def _box_plot(report: Report, scenario: str, metric: str) -> Plot | None:
     groups = sorted(dict.fromkeys(r["params"] for r in report.rows
                                   if r["scenario"] == scenario and r["metric"] == metric), key=params_key)
-    drivers = [d for d in report.drivers
-               if any(len(report.samples(scenario, d, p, metric)) >= MIN_BOX_SAMPLES for p in groups)]
-    if not drivers:
+    series = [s for s in report.series()
+              if any(len(report.samples(scenario, s[0], p, metric, s[1])) >= MIN_BOX_SAMPLES for p in groups)]
+    # a box of identical samples says nothing a table does not: draw only where samples vary
+    if not any(min(x) != max(x) for d, b in series for p in groups
+               if (x := report.samples(scenario, d, p, metric, b))):
         return None
-    unit = results.unit_of(metric)
     data, positions, colors_used = [], [], []
     colors = _colors(report)
-    width = 0.8 / len(drivers)
+    width = 0.8 / len(series)
     for g, params in enumerate(groups):
-        for d, driver in enumerate(drivers):
-            samples = report.samples(scenario, driver, params, metric)
+        for i, (driver, backing) in enumerate(series):
+            samples = report.samples(scenario, driver, params, metric, backing)
             if samples:
                 data.append(samples)
-                positions.append(g + (d - (len(drivers) - 1) / 2) * width)
+                positions.append(g + (i - (len(series) - 1) / 2) * width)
                 colors_used.append(colors[driver])
-    largest = max(max(s) for s in data)
-    factor, unit_name = _scale(unit, largest)
+    factor, unit_name = _family_scale(report, metric)
     scaled = [[v / factor for v in s] for s in data]
     wide = len(groups) > 4
     fig = MplFigure(figsize=(15 if wide else 7.5, 4.6))
@@ -194,17 +220,19 @@ def _box_plot(report: Report, scenario: str, metric: str) -> Plot | None:
         ax.set_yscale("log")
     ax.set_xticks(range(len(groups)), _group_labels(groups), fontsize=9)
     ax.set_xlim(-0.6, len(groups) - 0.4)
-    ax.set_ylabel(f"{metric} ({unit_name})")
-    ax.set_title(f"{metric} — {scenario}")
+    ax.set_ylabel(f"{metric_title(metric)} ({unit_name})")
+    title = f"{metric_title(metric).capitalize()}: every sample ({scenario})"
+    ax.set_title(title, fontsize=11)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(handles=[Patch(facecolor=colors[d], alpha=0.6, label=d) for d in drivers], frameon=False)
+    ax.legend(handles=[Patch(facecolor=colors[d], alpha=0.6, label=report.label(d, b)) for d, b in series],
+              frameon=False)
     caption = (f"Every sample of {metric} in scenario {scenario}, by parameter set and driver: the box spans "
                "the quartiles, the whiskers 1.5 IQR, dots are outliers (kept, not dropped).")
-    return Plot(title=f"{metric} ({scenario})", caption=caption, png_base64=_png(fig), wide=wide)
+    return Plot(title=f"{metric} ({scenario})", caption=caption, png_base64=_png(fig), wide=wide, scenario=scenario)
 
 
 def box_plots(report: Report) -> list[Plot]:
-    """One box plot per scenario and metric that has at least 3 samples somewhere."""
+    """One box plot per scenario and metric that has at least 3 samples somewhere and samples that vary."""
     out = []
     for scenario, metric in dict.fromkeys((r["scenario"], r["metric"]) for r in report.rows):
         plot = _box_plot(report, scenario, metric)

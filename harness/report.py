@@ -21,12 +21,12 @@ from . import results
 from .errors import UserError
 from .stats import STATS_FIELDS, advice, summarize
 
-__all__ = ["Report", "build", "render", "read_all", "params_key", "fit_slopes", "slope_text", "SLOPES", "FORMATS",
+__all__ = ["Report", "build", "render", "render_csv", "render_json", "read_all", "params_key", "fit_slopes", "slope_text", "SLOPES", "FORMATS",
            "DEFAULT_BASELINE"]
 
 FORMATS = ("md", "html", "csv", "json")
 DEFAULT_BASELINE = "overlay2"
-ROW_FIELDS = ("scenario", "driver", "params", "metric", "unit", *STATS_FIELDS, "ratio")
+ROW_FIELDS = ("scenario", "driver", "backing", "params", "metric", "unit", *STATS_FIELDS, "ratio")
 #: (metric, swept parameter, one step of it): how a metric grows, fitted per driver
 SLOPES: tuple[tuple[str, str, str], ...] = (
     ("startup_ns", "layers", "layer"),
@@ -50,13 +50,32 @@ class Report:
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     slopes: list[dict[str, Any]] = field(default_factory=list)
+    verdict: Any = None  # harness.verdict.Verdict: drivers against the measures people choose by
 
-    def samples(self, scenario: str, driver: str, params: str, metric: str) -> list[float]:
-        """The raw samples of one cell's metric (empty when it was not measured)."""
+    def samples(self, scenario: str, driver: str, params: str, metric: str, backing: str | None = None) -> list[float]:
+        """The raw samples of one cell's metric (empty when it was not measured); any backing unless given."""
         for cell in self.doc["cells"]:
-            if (cell["scenario"], cell["driver"], results.params_text(cell["params"])) == (scenario, driver, params):
+            if ((cell["scenario"], cell["driver"], results.params_text(cell["params"])) == (scenario, driver, params)
+                    and backing in (None, cell.get("backing") or "")):
                 return list(cell.get("metrics", {}).get(metric, {}).get("samples", []))
         return []
+
+    @property
+    def swept_backings(self) -> bool:
+        """Does some driver run on more than one backing filesystem (a backing sweep)?"""
+        seen: dict[str, set[str]] = {}
+        for cell in self.doc["cells"]:
+            seen.setdefault(cell["driver"], set()).add(cell.get("backing") or "")
+        return any(len(b) > 1 for b in seen.values())
+
+    def series(self) -> list[tuple[str, str]]:
+        """Every (driver, backing) with cells: drivers in report order, backings in run order."""
+        pairs = dict.fromkeys((c["driver"], c.get("backing") or "") for c in self.doc["cells"])
+        return sorted(pairs, key=lambda p: self.drivers.index(p[0]) if p[0] in self.drivers else len(self.drivers))
+
+    def label(self, driver: str, backing: str) -> str:
+        """How a column or a line is named: the driver, and `on <backing>` in a backing sweep."""
+        return f"{driver} on {backing}" if self.swept_backings and backing else driver
 
 
 
@@ -71,18 +90,19 @@ def other_params(params: dict[str, Any], swept: str) -> str:
 
 def _describe(cell: dict[str, Any]) -> str:
     p = results.params_text(cell["params"])
-    return f"{cell['scenario']} {cell['driver']}" + (f" {p}" if p else "")
+    backing = f" on {cell['backing']}" if cell.get("backing") else ""
+    return f"{cell['scenario']} {cell['driver']}{backing}" + (f" {p}" if p else "")
 
 
 def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
     """One document of every run's cells; a cell in a later run replaces the same cell before."""
     merged: dict[str, Any] = {**docs[0], "scenarios": {}, "drivers": {}, "cells": []}
-    by_key: dict[tuple[str, str, str], int] = {}
+    by_key: dict[tuple[str, ...], int] = {}
     for doc in docs:
         merged["scenarios"].update(doc["scenarios"])
         merged["drivers"].update(doc["drivers"])
         for cell in doc["cells"]:
-            key = (cell["scenario"], cell["driver"], results.params_text(cell["params"]))
+            key = results.cell_key(cell)
             if key in by_key:
                 notes.append(f"{_describe(cell)} is in several runs; showing the one from {doc['label']}")
                 merged["cells"][by_key[key]] = cell
@@ -106,23 +126,31 @@ def slope_text(slope: float, unit: str, step: str) -> str:
     return f"{slope / factor:+.3g} {name} per {step}".replace(" count per", " per")
 
 
+#: a fitted slope is shown only when the line explains this much of the medians' variance
+MIN_R2 = 0.9
+MIN_FIT_POINTS = 3
+
+
 def fit_slopes(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A least-squares line (numpy.polyfit, degree 1) through the medians of every SLOPES
-    metric against its parameter, per scenario and driver (and per set of the other
-    parameters, when they do not just follow the swept one)."""
-    medians = {(r["scenario"], r["driver"], r["params"], r["metric"]): r["median"] for r in rows}
+    metric against its parameter, per scenario, driver and backing (and per set of the
+    other parameters, when they do not just follow the swept one). A line through at
+    least MIN_FIT_POINTS values with R² of at least MIN_R2 `fits`; the others are kept
+    with `fits` false, so a report can say that no straight line describes them."""
+    medians = {(r["scenario"], r["driver"], r["backing"], r["params"], r["metric"]): r["median"] for r in rows}
     out = []
     for metric, param, step in SLOPES:
-        groups: dict[tuple[str, str], list[tuple[float, str, float]]] = {}
+        groups: dict[tuple[str, str, str], list[tuple[float, str, float]]] = {}
         for cell in cells:
             if param not in cell["params"]:
                 continue
-            med = medians.get((cell["scenario"], cell["driver"], results.params_text(cell["params"]), metric))
+            scenario, driver, backing, params, _ = results.cell_key(cell)
+            med = medians.get((scenario, driver, backing, params, metric))
             if med is None or math.isnan(med):
                 continue
             rest = other_params(cell["params"], param)
-            groups.setdefault((cell["scenario"], cell["driver"]), []).append((float(cell["params"][param]), rest, med))
-        for (scenario, driver), points in groups.items():
+            groups.setdefault((scenario, driver, backing), []).append((float(cell["params"][param]), rest, med))
+        for (scenario, driver, backing), points in groups.items():
             unique = len({x for x, _, _ in points}) == len(points)
             lines: dict[str, list[tuple[float, float]]] = {}
             for x, rest, med in points:
@@ -132,10 +160,15 @@ def fit_slopes(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[
                     continue
                 xs, ys = np.array([x for x, _ in pts]), np.array([y for _, y in pts])
                 slope, intercept = (float(v) for v in np.polyfit(xs, ys, 1))
+                spread = float(np.sum((ys - ys.mean()) ** 2))
+                r2 = 1 - float(np.sum((ys - (slope * xs + intercept)) ** 2)) / spread if spread else 1.0
                 unit = results.unit_of(metric)
-                out.append({"scenario": scenario, "driver": driver, "metric": metric, "param": param, "rest": rest,
-                            "unit": unit, "slope": slope, "intercept": intercept, "points": len(pts),
-                            "text": slope_text(slope, unit, step)})
+                fits = len(pts) >= MIN_FIT_POINTS and r2 >= MIN_R2
+                out.append({"scenario": scenario, "driver": driver, "backing": backing, "metric": metric,
+                            "param": param, "rest": rest, "unit": unit, "slope": slope, "intercept": intercept,
+                            "r2": r2, "points": len(pts), "fits": fits,
+                            "text": slope_text(slope, unit, step) if fits else
+                            "too few values to fit" if len(pts) < MIN_FIT_POINTS else "no straight line"})
     return out
 
 
@@ -168,22 +201,31 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
     warnings: list[str] = []
     for cell in doc["cells"]:
         for metric, data in cell.get("metrics", {}).items():
-            rows.append({"scenario": cell["scenario"], "driver": cell["driver"],
+            rows.append({"scenario": cell["scenario"], "driver": cell["driver"], "backing": cell.get("backing") or "",
                          "params": results.params_text(cell["params"]), "metric": metric,
                          "unit": data["unit"], **summarize(data["samples"])})
             warnings += [f"{_describe(cell)} {metric}: {w}" for w in advice(data["samples"], data["unit"])]
-    base = {(r["scenario"], r["params"], r["metric"]): r["median"] for r in rows if r["driver"] == baseline}
+    # the baseline's cell on the same backing, else its only cell with these parameters
+    base: dict[tuple[str, ...], list[float]] = {}
     for r in rows:
-        b = base.get((r["scenario"], r["params"], r["metric"]))
+        if r["driver"] == baseline:
+            base.setdefault((r["scenario"], r["params"], r["metric"], r["backing"]), []).append(r["median"])
+            base.setdefault((r["scenario"], r["params"], r["metric"]), []).append(r["median"])
+    for r in rows:
+        found = base.get((r["scenario"], r["params"], r["metric"], r["backing"])) or \
+            base.get((r["scenario"], r["params"], r["metric"])) or []
+        b = found[0] if len(found) == 1 else None
         r["ratio"] = r["median"] / b if b and not math.isnan(b) else float("nan")
     errors = [f"{_describe(c)}: {c['status']}: {c.get('error')}" for c in doc["cells"] if c["status"] != "ok"]
     runs = [{k: d.get(k) for k in ("label", "started_utc", "finished_utc", "status", "machine", "tool", "helpers")}
             for d in docs]
     slopes = fit_slopes(doc["cells"], rows)
     slopes.sort(key=lambda f: drivers.index(f["driver"]) if f["driver"] in drivers else len(drivers))
+    from .verdict import verdict  # it reads REPEAT_PARAMS from here
+
     return Report(runs=runs, doc=doc, baseline=baseline, drivers=drivers, rows=rows,
                   claims=_claims(doc) if with_claims else None, warnings=warnings, notes=notes, errors=errors,
-                  slopes=slopes)
+                  slopes=slopes, verdict=verdict(doc, drivers))
 
 
 def _jsonable(value: Any) -> Any:
@@ -196,23 +238,35 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def render(report: Report, fmt: str) -> str:
-    """The report as Markdown, a self-contained HTML page, CSV rows or JSON."""
+def render_csv(report: Report) -> str:
+    """One row per cell and metric (ROW_FIELDS): every statistic and the ratio to the baseline."""
+    buf = io.StringIO()
+    pd.DataFrame(report.rows, columns=list(ROW_FIELDS)).to_csv(buf, index=False)
+    return buf.getvalue()
+
+
+def render_json(report: Report) -> str:
+    """The report's data: runs, verdict, rows, slopes, claims, warnings, notes, errors."""
+    from .verdict import verdict_dict
+
+    out = {"baseline": report.baseline, "runs": report.runs, "verdict": verdict_dict(report.verdict),
+           "rows": report.rows, "slopes": report.slopes, "claims": report.claims,
+           "warnings": report.warnings, "notes": report.notes, "errors": report.errors}
+    return json.dumps(_jsonable(out), indent=1) + "\n"
+
+
+def render(report: Report, fmt: str, long: bool = False) -> str:
+    """The report as Markdown (short for a pull request, or `long`), a self-contained HTML page, CSV or JSON."""
     if fmt == "md":
-        from .report_md import markdown
-        return markdown(report)
+        from .report_md import render_md, render_md_long
+        return render_md_long(report) if long else render_md(report)
     if fmt == "html":
-        from .report_html import html_page
-        return html_page(report)
+        from .report_html import render_html
+        return render_html(report)
     if fmt == "csv":
-        buf = io.StringIO()
-        pd.DataFrame(report.rows, columns=list(ROW_FIELDS)).to_csv(buf, index=False)
-        return buf.getvalue()
+        return render_csv(report)
     if fmt == "json":
-        out = {"baseline": report.baseline, "runs": report.runs, "rows": report.rows, "slopes": report.slopes,
-               "claims": report.claims,
-               "warnings": report.warnings, "notes": report.notes, "errors": report.errors}
-        return json.dumps(_jsonable(out), indent=1) + "\n"
+        return render_json(report)
     raise UserError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 

@@ -17,7 +17,7 @@ from .report_md import (
     versions_table,
 )
 
-__all__ = ["html_page"]
+__all__ = ["render_html"]
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d1d1f;
@@ -41,6 +41,12 @@ figure img { width: 100%; height: auto; border: 1px solid #eee; }
 td.held { color: #1b7f3b; font-weight: 600; }
 td.did-not-hold { color: #b00020; font-weight: 600; }
 td.not-measured { color: #777; }
+table.verdict td.best { background: #e3f5e8; color: #1b7f3b; font-weight: 600; }
+table.verdict th:first-child { text-align: left; }
+nav.toc { margin: 8px 0 16px; }
+nav.toc a { color: #0a58ca; text-decoration: none; }
+details > summary h3 { display: inline; font-size: 18px; }
+ul.advice li { margin: 3px 0; }
 """
 
 
@@ -60,38 +66,80 @@ def _table(table: MdTable, numeric_from: int = 2, verdict_col: int | None = None
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def html_page(report: Report) -> str:
-    """The whole report as one HTML document that needs nothing but itself."""
+def _anchor(name: str) -> str:
+    return "s-" + "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in name)
+
+
+def _verdict(report: Report) -> list[str]:
+    from .verdict import verdict_table
+
+    v = report.verdict
+    if v is None or not v.rows:
+        return []
+    header, body = verdict_table(v)
+    best = {(i, j) for i, (_, _, cells) in enumerate(v.rows) for j, c in enumerate(cells) if c and c.best}
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    rows = []
+    for i, row in enumerate(body):
+        cells = [f"<th>{escape(row[0])}</th>"]
+        cells += [f'<td{" class=best" if (i, j) in best else ""}>{escape(x)}</td>' for j, x in enumerate(row[1:])]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    out = ['<h2 id="verdict">Verdict</h2>',
+           f'<table class="verdict"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>']
+    if v.advice:
+        out += ["<ul class=advice>", *(f"<li>{escape(a)}</li>" for a in v.advice), "</ul>"]
+    out.append('<p class="desc">Medians; in brackets the ratio to the best driver (green). docs/reports.md, '
+               '"The verdict", says which cell each row takes and the rules of the advice.</p>')
+    return out
+
+
+def render_html(report: Report) -> str:
+    """The whole report as one HTML document that needs nothing but itself: the verdict first, then the
+    claims, then each scenario folded (its plots, tables and statistics), warnings, errors, machine."""
     runs = ", ".join(f"<code>{escape(r['label'])}</code> ({escape(str(r['started_utc']))}, "
                      f"{escape(str(r['machine'].get('name')))})" for r in report.runs)
+    scenarios = list(dict.fromkeys(r["scenario"] for r in report.rows))
+    toc = ['<a href="#verdict">Verdict</a>'] if report.verdict is not None and report.verdict.rows else []
+    toc += ['<a href="#claims">Claims</a>'] if report.claims is not None else []
+    toc += [f'<a href="#{_anchor(s)}">{escape(s)}</a>' for s in scenarios]
+    toc += ['<a href="#warnings">Warnings</a>'] if report.warnings else []
+    toc += ['<a href="#machine">Machine</a>']
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            "<title>layerbench report</title>", f"<style>{CSS}</style></head><body>",
-           "<h1>layerbench report</h1>", f'<p class="meta">Runs: {runs}. {intro(report)}</p>']
+           "<h1>layerbench report</h1>", f'<p class="meta">Runs: {runs}.</p>',
+           f'<nav class="toc">{" · ".join(toc)}</nav>']
     out += [f'<div class="note">{escape(n)}</div>' for n in report.notes]
-    plots = figures(report)
-    if plots:
-        out.append("<h2>Plots</h2><div class=\"plots\">")
-        for p in plots:
-            wide = ' class="wide"' if p.wide else ""
-            out.append(f'<figure{wide}><img alt="{escape(p.title)}" src="{p.data_uri}">'
-                       f"<figcaption><b>{escape(p.title)}.</b> {escape(p.caption)}</figcaption></figure>")
-        out.append("</div>")
+    out += _verdict(report)
     if report.claims is not None:
-        out += ["<h2>Claims</h2>", _table(claims_table(report), numeric_from=3, verdict_col=1)]
-    for scenario in dict.fromkeys(r["scenario"] for r in report.rows):
-        out.append(f"<h2>{escape(scenario)}</h2>")
+        table = claims_table(report)
+        out += ['<h2 id="claims">Claims</h2>', _table(table, numeric_from=99, verdict_col=table[0].index("verdict"))]
+    plots = figures(report)
+    out += ['<h2>Details</h2>', f'<p class="desc">{intro(report)}</p>']
+    for scenario in scenarios:
+        out.append(f'<details id="{_anchor(scenario)}"><summary><h3>{escape(scenario)}</h3></summary>')
         description = report.doc["scenarios"].get(scenario, {}).get("description")
         if description:
             out.append(f'<p class="desc">{escape(" ".join(description.split()))}</p>')
+        mine = [p for p in plots if p.scenario == scenario]
+        if mine:
+            out.append('<div class="plots">')
+            for p in mine:
+                wide = ' class="wide"' if p.wide else ""
+                out.append(f'<figure{wide}><img alt="{escape(p.title)}" src="{p.data_uri}">'
+                           f"<figcaption><b>{escape(p.title)}.</b> {escape(p.caption)}</figcaption></figure>")
+            out.append("</div>")
         out.append(_table(scenario_table(report, scenario)))
         slopes = slopes_table(report, scenario)
         if slopes[1]:
             out += [f'<p class="desc">{escape(SLOPES_NOTE)}</p>', _table(slopes)]
-        out += ["<details><summary>Statistics</summary>", _table(stats_table(report, scenario), 3), "</details>"]
+        out += ["<details><summary>Statistics</summary>", _table(stats_table(report, scenario), 3), "</details>",
+                "</details>"]
     if report.warnings:
-        out += ['<h2>Warnings</h2><ul class="warn">', *(f"<li>{escape(w)}</li>" for w in report.warnings), "</ul>"]
+        out += ['<h2 id="warnings">Warnings</h2><ul class="warn">',
+                *(f"<li>{escape(w)}</li>" for w in report.warnings), "</ul>"]
     if report.errors:
         out += ['<h2>Errors</h2><ul class="err">', *(f"<li>{escape(e)}</li>" for e in report.errors), "</ul>"]
-    out += ["<h2>Machine and versions</h2>", _table(versions_table(report), numeric_from=99), "</body></html>"]
+    out += ['<h2 id="machine">Machine and versions</h2>', _table(versions_table(report), numeric_from=99),
+            "</body></html>"]
     return "\n".join(out) + "\n"

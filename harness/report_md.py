@@ -6,32 +6,42 @@ import math
 from typing import Any
 
 from .report import Report
-from .table import human
+from .table import human, params_human
 
-__all__ = ["markdown", "ratio_text", "scenario_table", "stats_table", "slopes_table", "versions_table", "claims_table",
-           "intro", "MdTable", "SLOPES_NOTE"]
+__all__ = ["ratio_text", "scenario_table", "stats_table", "slopes_table", "versions_table", "claims_table",
+           "intro", "MdTable", "SLOPES_NOTE", "NA",
+           "render_md", "render_md_long", "verdict_section", "key_metrics"]
 
 MdTable = tuple[list[str], list[list[str]]]  # header, body
 
 
 def ratio_text(ratio: float) -> str:
-    """`×0.52`: a driver's median over the baseline's; empty when there is none."""
-    return "" if math.isnan(ratio) else f"×{ratio:.3g}"
+    """`×0.52`, `×1/1,200`: a driver's median over the baseline's; empty when there is none."""
+    if math.isnan(ratio) or math.isinf(ratio):
+        return ""
+    if ratio >= 1000:
+        return f"×{ratio:,.0f}"
+    return f"×{ratio:.3g}" if ratio >= 0.1 or ratio == 0 else f"×1/{float(f'{1 / ratio:.2g}'):,.0f}"
 
 
-def scenario_table(report: Report, scenario: str) -> MdTable:
-    """One row per parameter set and metric, one column per driver: median (×ratio)."""
+NA = "n/a"  # a metric the cell does not measure: never 0
+
+
+def scenario_table(report: Report, scenario: str, metrics: list[str] | None = None) -> MdTable:
+    """One row per parameter set and metric, one column per driver (per driver and backing in a
+    backing sweep): median (×ratio); n/a where a driver does not measure the metric."""
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for r in report.rows:
-        if r["scenario"] != scenario:
+        if r["scenario"] != scenario or (metrics is not None and r["metric"] not in metrics):
             continue
-        text = human(r["median"], r["unit"])
+        text = human(r["median"], r["unit"]) if r["n"] else NA
         if r["driver"] != report.baseline and ratio_text(r["ratio"]):
             text += f" ({ratio_text(r['ratio'])})"
-        cells.setdefault((r["params"], r["metric"]), {})[r["driver"]] = text
-    drivers = [d for d in report.drivers if any(d in v for v in cells.values())]
-    header = ["params", "metric (median)", *drivers]
-    return header, [[p or "-", m, *(v.get(d, "") for d in drivers)] for (p, m), v in cells.items()]
+        cells.setdefault((r["params"], r["metric"]), {})[report.label(r["driver"], r["backing"])] = text
+    columns = [c for c in dict.fromkeys(report.label(d, b) for d, b in report.series())
+               if any(c in v for v in cells.values())]
+    header = ["params", "metric (median)", *columns]
+    return header, [[params_human(p), m, *(v.get(c, NA) for c in columns)] for (p, m), v in cells.items()]
 
 
 def stats_table(report: Report, scenario: str) -> MdTable:
@@ -40,24 +50,27 @@ def stats_table(report: Report, scenario: str) -> MdTable:
               "outliers MAD/Tukey"]
     mine = [r for r in report.rows if r["scenario"] == scenario]
     keys = list(dict.fromkeys((r["params"], r["metric"]) for r in mine))
-    mine.sort(key=lambda r: (keys.index((r["params"], r["metric"])), report.drivers.index(r["driver"])))
+    series = report.series()
+    mine.sort(key=lambda r: (keys.index((r["params"], r["metric"])), series.index((r["driver"], r["backing"]))))
     body = []
     for r in mine:
         h = lambda k: human(r[k], r["unit"])  # noqa: E731
-        body.append([r["params"] or "-", r["metric"], r["driver"], str(r["n"]), h("median"),
-                     f"{h('ci95_low')} – {h('ci95_high')}", h("iqr"), h("p90"), h("p99"), h("min"), h("max"),
-                     f"{r['outliers_mad']}/{r['outliers_tukey']}"])
+        body.append([params_human(r["params"]), r["metric"], report.label(r["driver"], r["backing"]), str(r["n"]),
+                     h("median"), f"{h('ci95_low')} – {h('ci95_high')}", h("iqr"), h("p90"), h("p99"), h("min"),
+                     h("max"), f"{r['outliers_mad']}/{r['outliers_tukey']}"])
     return header, body
 
 
-SLOPES_NOTE = "Fitted slopes: a least-squares line through the medians (numpy.polyfit, degree 1)."
+SLOPES_NOTE = ("Fitted slopes: a least-squares line through the medians (numpy.polyfit, degree 1), shown where "
+               "it fits (at least 3 values and R² ≥ 0.9); elsewhere the growth is not a straight line.")
 
 
 def slopes_table(report: Report, scenario: str) -> MdTable:
-    """How startup and disk grow per layer, file or container: one row per fitted line."""
-    body = [[f"{f['metric']} vs {f['param']}" + (f" ({f['rest']})" if f["rest"] else ""), f["driver"], f["text"],
-             str(f["points"])] for f in report.slopes if f["scenario"] == scenario]
-    return ["growth", "driver", "slope", "points"], body
+    """How startup and disk grow per layer, file or container: one row per fitted line, with R²."""
+    body = [[f"{f['metric']} vs {f['param']}" + (f" ({f['rest']})" if f["rest"] else ""),
+             report.label(f["driver"], f["backing"]), f["text"], f"{f['r2']:.2f}", str(f["points"])]
+            for f in report.slopes if f["scenario"] == scenario]
+    return ["growth", "driver", "slope", "R²", "points"], body
 
 
 def versions_table(report: Report) -> MdTable:
@@ -85,7 +98,11 @@ def versions_table(report: Report) -> MdTable:
 
 
 def claims_table(report: Report) -> MdTable:
+    """Claim, verdict, figures; and the backing, in a backing sweep (each is decided per backing)."""
     assert report.claims is not None
+    if any(c.get("backing") for c in report.claims):
+        return ["claim", "backing", "verdict", "figures"], [[c["claim"], c.get("backing", ""), c["verdict"],
+                                                            c["figures"]] for c in report.claims]
     return ["claim", "verdict", "figures"], [[c["claim"], c["verdict"], c["figures"]] for c in report.claims]
 
 
@@ -104,15 +121,81 @@ def _md(table: MdTable, numeric_from: int = 2) -> list[str]:
     return ["| " + " | ".join(map(esc, row)) + " |" for row in (header, align, *body)]
 
 
-def markdown(report: Report) -> str:
-    """The whole report: per scenario a driver-by-driver table, claims, warnings, versions."""
+#: metrics a short report leaves out of its tables: context for the headline ones, in the long form
+SECONDARY_METRICS = frozenset({"image_disk_bytes", "disk_walk_bytes", "inodes", "written_bytes", "build_disk_bytes"})
+
+
+def key_metrics(report: Report, scenario: str) -> list[str]:
+    """A scenario's headline metrics: all but SECONDARY_METRICS, and startup only where it is the point
+    (no other time is measured, or layers, files or containers are swept)."""
+    mine = list(dict.fromkeys(r["metric"] for r in report.rows if r["scenario"] == scenario))
+    keep = [m for m in mine if m not in SECONDARY_METRICS]
+    swept = set(report.doc["scenarios"].get(scenario, {}).get("params", {}))
+    if "startup_ns" in keep and len([m for m in keep if m.endswith("_ns")]) > 1 and \
+            not swept & {"layers", "files", "containers"}:
+        keep.remove("startup_ns")
+    return keep or mine
+
+
+def verdict_section(report: Report) -> list[str]:
+    """The verdict matrix (best in bold) and the advice, as Markdown lines; empty without a verdict."""
+    from .verdict import verdict_table
+
+    v = report.verdict
+    if v is None or not v.rows:
+        return []
+    out = ["## Verdict", "", *_md(verdict_table(v, ("**", "**")), numeric_from=99), ""]
+    out += [f"- {line}" for line in v.advice] + ([""] if v.advice else [])
+    out += ["Each value is the median; in brackets its ratio to the best driver's (see docs/reports.md, "
+            "\"The verdict\", for which cell each row takes and the rules of the advice).", ""]
+    return out
+
+
+def _head(report: Report) -> list[str]:
     out = ["# layerbench report", ""]
     out.append("Runs: " + ", ".join(f"`{r['label']}` ({r['started_utc']}, {r['machine'].get('name')})"
                                     for r in report.runs) + ".")
-    out += ["", intro(report).replace("<b>", "**").replace("</b>", "**"), ""]
-    out += [f"> {n}" for n in report.notes] + ([""] if report.notes else [])
+    out += [""] + [f"> {n}" for n in report.notes] + ([""] if report.notes else [])
+    out += verdict_section(report)
+    if report.claims is not None:
+        out += ["## Claims", ""] + _md(claims_table(report), numeric_from=99) + [""]
+    return out
+
+
+def _tail(report: Report, warnings: bool) -> list[str]:
+    out = []
+    if report.warnings:
+        if warnings:
+            out += ["## Warnings", ""] + [f"- {w}" for w in report.warnings] + [""]
+        else:
+            out += [f"{len(report.warnings)} warnings: see the long form (`--long`) or the HTML report.", ""]
+    if report.errors:
+        out += ["## Errors", ""] + [f"- {e}" for e in report.errors] + [""]
+    out += ["## Machine and versions", ""] + _md(versions_table(report), numeric_from=99) + [""]
+    return out
+
+
+def render_md(report: Report) -> str:
+    """The short report for a pull request (under 60,000 characters for a default run): the verdict,
+    the claims, each scenario's headline metrics side by side, errors and the machine."""
+    out = _head(report)
+    out += ["## Details", "", intro(report).replace("<b>", "**").replace("</b>", "**"), ""]
     for scenario in dict.fromkeys(r["scenario"] for r in report.rows):
-        out += [f"## {scenario}", ""]
+        out += [f"### {scenario}", ""]
+        out += _md(scenario_table(report, scenario, key_metrics(report, scenario))) + [""]
+        slopes = slopes_table(report, scenario)
+        fitted = [row for row in slopes[1] if row[2].endswith(("per layer", "per file", "per container"))]
+        if fitted:
+            out += _md((slopes[0], fitted)) + [""]
+    return "\n".join(out + _tail(report, warnings=False))
+
+
+def render_md_long(report: Report) -> str:
+    """The whole report: verdict, claims, then per scenario (folded) every metric, slopes and statistics."""
+    out = _head(report)
+    out += ["## Details", "", intro(report).replace("<b>", "**").replace("</b>", "**"), ""]
+    for scenario in dict.fromkeys(r["scenario"] for r in report.rows):
+        out += [f"<details><summary><b>{scenario}</b></summary>", ""]
         description = report.doc["scenarios"].get(scenario, {}).get("description")
         if description:
             out += [" ".join(description.split()), ""]
@@ -120,13 +203,6 @@ def markdown(report: Report) -> str:
         slopes = slopes_table(report, scenario)
         if slopes[1]:
             out += [SLOPES_NOTE, ""] + _md(slopes) + [""]
-        out += ["<details><summary>Statistics</summary>", ""]
+        out += ["Statistics:", ""]
         out += _md(stats_table(report, scenario), numeric_from=3) + ["", "</details>", ""]
-    if report.claims is not None:
-        out += ["## Claims", ""] + _md(claims_table(report), numeric_from=3) + [""]
-    if report.warnings:
-        out += ["## Warnings", ""] + [f"- {w}" for w in report.warnings] + [""]
-    if report.errors:
-        out += ["## Errors", ""] + [f"- {e}" for e in report.errors] + [""]
-    out += ["## Machine and versions", ""] + _md(versions_table(report), numeric_from=99) + [""]
-    return "\n".join(out)
+    return "\n".join(out + _tail(report, warnings=True))

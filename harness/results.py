@@ -22,10 +22,9 @@ from .errors import UserError
 from .stats import SUMMARY_FIELDS, summarize
 
 __all__ = ["SCHEMA_VERSION", "new_document", "save", "read", "tidy", "load", "params_text", "unit_of",
-           "MIGRATIONS", "migrate", "migrate_0_to_1", "schema", "validate"]
+           "MIGRATIONS", "migrate", "migrate_0_to_1", "schema", "validate", "cell_key", "result_paths", "to_csv"]
 
 SCHEMA_VERSION = 1
-TIDY_COLUMNS = ["scenario", "driver", "params", "metric", "unit", *SUMMARY_FIELDS]
 
 
 def utc_now() -> str:
@@ -154,8 +153,17 @@ def validate(doc: dict[str, Any]) -> None:
         raise UserError(f"results document does not match the schema at {where}: {error.message}")
 
 
+def cell_key(cell: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """What tells one cell from another: scenario, driver, backing, parameters (`k=v;k=v`) and host.
+
+    `host` is the cell's own `host` key when a document has one, else empty.
+    """
+    return (cell["scenario"], cell["driver"], cell.get("backing") or "", params_text(cell["params"]),
+            cell.get("host") or "")
+
+
 def tidy(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per scenario x driver x parameter set x metric, summarised."""
+    """One row per scenario x driver x backing x parameter set x metric, summarised."""
     rows = []
     for doc in docs:
         for cell in doc["cells"]:
@@ -163,6 +171,7 @@ def tidy(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 rows.append({
                     "scenario": cell["scenario"],
                     "driver": cell["driver"],
+                    "backing": cell.get("backing") or "",
                     "params": params_text(cell["params"]),
                     "metric": metric,
                     "unit": data["unit"],
@@ -171,20 +180,80 @@ def tidy(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def load(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """Every cell's summarised metrics of the given results files as one DataFrame."""
+#: the columns of `load` before the parameters (one column each) and the metric
+RUN_COLUMNS = ["run", "run_id", "started_utc", "kernel", "host"]
+KEY_COLUMNS = ["scenario", "driver", "backing", "params"]
+
+
+def param_column(name: str) -> str:
+    """A parameter's column: its name, or `param_<name>` when that is already a column's name."""
+    taken = {*RUN_COLUMNS, *KEY_COLUMNS, "metric", "unit", "sample", "value", *SUMMARY_FIELDS}
+    return f"param_{name}" if name in taken else name
+
+
+def _frame(doc: dict[str, Any], raw: bool) -> pd.DataFrame:
+    """One run as rows: its cells' keys, one column per parameter, then the summary (or each sample)."""
+    host = (doc.get("machine") or {}).get("name") or ""
+    rows: list[dict[str, Any]] = []
+    names: dict[str, None] = {}
+    for cell in doc["cells"]:
+        key = {"host": cell.get("host") or host, "scenario": cell["scenario"], "driver": cell["driver"],
+               "backing": cell.get("backing") or "", "params": params_text(cell["params"]),
+               **{param_column(k): v for k, v in sorted(cell["params"].items())}}
+        names.update(dict.fromkeys(param_column(k) for k in sorted(cell["params"])))
+        for metric, data in cell.get("metrics", {}).items():
+            if raw:
+                rows += [{**key, "metric": metric, "unit": data["unit"], "sample": i, "value": float(v)}
+                         for i, v in enumerate(data["samples"])]
+            else:
+                stats = summarize(data["samples"])
+                rows.append({**key, "metric": metric, "unit": data["unit"], **{k: stats[k] for k in SUMMARY_FIELDS}})
+    tail = ["sample", "value"] if raw else list(SUMMARY_FIELDS)
+    frame = pd.DataFrame(rows, columns=["host", *KEY_COLUMNS, *names, "metric", "unit", *tail])
+    for name in names:  # whole numbers stay whole where a cell lacks the parameter (pandas' nullable Int64)
+        if frame[name].map(lambda v: isinstance(v, int) and not isinstance(v, bool) or pd.isna(v)).all():
+            frame[name] = frame[name].astype("Int64")
+    return frame
+
+
+def result_paths(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Files as given; a directory stands for every results file (`*.json`, not hidden) under it."""
+    given = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    out: list[Path] = []
+    for path in map(Path, given):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*.json") if not p.name.startswith("."))
+            if not found:
+                raise UserError(f"{path}: no results files (*.json) in this directory")
+            out += found
+        else:
+            out.append(path)
+    return out
+
+
+def load(paths: str | Path | Iterable[str | Path], raw: bool = False) -> pd.DataFrame:
+    """Every cell's metrics of the given results files (or directories of them) as one tidy DataFrame.
+
+    One row per run x cell x metric with the run (`run` label, `run_id` file name,
+    `started_utc` as a UTC timestamp, `kernel`, `host`), the cell's keys (`scenario`,
+    `driver`, `backing`, `params` and one typed column per parameter), `metric`, `unit`
+    and the summary; with `raw=True`, one row per sample (`sample` index, `value`) instead.
+    """
     frames = []
-    for path in paths:
-        doc = read(Path(path))
-        frame = pd.DataFrame(tidy([doc]), columns=TIDY_COLUMNS)
+    for path in result_paths(paths):
+        doc = read(path)
+        frame = _frame(doc, raw)
         frame.insert(0, "run", doc["label"])
-        frame.insert(1, "started_utc", doc["started_utc"])
+        frame.insert(1, "run_id", path.stem)
+        frame.insert(2, "started_utc", pd.to_datetime(doc["started_utc"], utc=True))
+        frame.insert(3, "kernel", (doc.get("machine") or {}).get("kernel") or "")
         frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=["run", "started_utc", *TIDY_COLUMNS])
+        tail = ["sample", "value"] if raw else list(SUMMARY_FIELDS)
+        return pd.DataFrame(columns=[*RUN_COLUMNS, *KEY_COLUMNS, "metric", "unit", *tail])
     return pd.concat(frames, ignore_index=True)
 
 
 def to_csv(doc: dict[str, Any]) -> str:
-    """The tidy table of one run as CSV text."""
-    return pd.DataFrame(tidy([doc]), columns=TIDY_COLUMNS).to_csv(index=False)
+    """One run as CSV: a row per cell and metric, with `backing`, `params` and a column per parameter."""
+    return _frame(doc, raw=False).to_csv(index=False)

@@ -9,7 +9,16 @@ from typing import Any
 from .results import tidy
 from .stats import advice
 
-__all__ = ["comparison_table", "human", "run_warnings"]
+__all__ = ["comparison_table", "human", "run_warnings", "metric_title", "times_text", "params_human"]
+
+#: what people call a metric, for titles and axes (others: the name without its unit suffix)
+METRIC_TITLES = {
+    "startup_ns": "startup time", "copy_up_ns": "copy-up time", "disk_bytes": "disk used",
+    "image_disk_bytes": "image disk used", "commit_ns": "commit time", "build_ns": "build time",
+    "read_cold_ns": "cold read time", "read_warm_ns": "warm read time", "second_write_ns": "second write time",
+    "written_bytes": "bytes written", "inodes": "inodes", "commit_layer_bytes": "committed layer size",
+    "build_disk_bytes": "disk used by the build", "disk_walk_bytes": "disk by walking the tree",
+}
 
 
 def human(value: float, unit: str) -> str:
@@ -27,6 +36,33 @@ def human(value: float, unit: str) -> str:
                 return f"{value / scale:.3g} {name}"
         return f"{value:.0f} B"
     return f"{value:.0f}"
+
+
+def metric_title(metric: str) -> str:
+    """`copy_up_ns` -> `copy-up time`; an unknown `foo_bar_ns` -> `foo bar time`."""
+    if metric in METRIC_TITLES:
+        return METRIC_TITLES[metric]
+    base = metric.removesuffix("_ns").removesuffix("_bytes").replace("_", " ")
+    return f"{base} time" if metric.endswith("_ns") else f"{base} size" if metric.endswith("_bytes") else base
+
+
+def times_text(ratio: float, worse: str = "slower") -> str:
+    """A ratio to the best in words: `best`, `1.9x`, `21x slower`, `2,100x slower`."""
+    if math.isnan(ratio) or math.isinf(ratio):
+        return "n/a"
+    if ratio <= 1.005:
+        return "best"
+    if ratio < 10:
+        return f"{ratio:.2g}x" if ratio < 9.95 else f"{ratio:.0f}x {worse}"
+    digits = max(len(str(int(ratio))) - 2, 0)  # two significant figures, thousands separated
+    return f"{round(ratio, -digits):,.0f}x {worse}"
+
+
+def params_human(text: str) -> str:
+    """`depth=1;file_size=4096` as people write it: `depth=1, file_size=4 KiB` ("-" for none)."""
+    parts = [part.partition("=") for part in text.split(";") if part]
+    return ", ".join(f"{k}={human(float(v), 'bytes') if k.endswith('size') and v.isdigit() else v}"
+                     for k, _, v in parts).replace(".0 ", " ") or "-"
 
 
 def _natural(text: str) -> tuple[tuple[int, int | str], ...]:

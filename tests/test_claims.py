@@ -65,3 +65,22 @@ def test_delete_and_commit_and_volumes() -> None:
     d["image_layers_disk_bytes"] = [2 * MiB, 66 * MiB, 3 * MiB]  # the image shrank: the claim fails
     c["metrics"]["commit_layer_bytes"]["samples"] = [150 * MiB]  # a full copy
     assert verdicts(doc(d, c, v))[2:4] == [NOT_HELD, NOT_HELD]
+
+
+def test_a_backing_sweep_decides_each_claim_per_backing() -> None:
+    # The bug: ext4's and XFS's cells merged into one, and the copy-up claim was decided on XFS's
+    # figures alone ("did not hold"), hiding ext4's 111 ms copy of a 64 MiB file.
+    from pathlib import Path
+
+    from layerbench.harness import results
+
+    doc = results.read(Path(__file__).parent.parent / "results" / "reference" / "20261130T081209Z_backing.json")
+    rows = [r for r in evaluate(doc) if r["claim"].startswith("A change copies the file up")]
+    by_backing = {r["backing"]: r for r in rows}
+    assert set(by_backing) == {"ext4", "xfs"}
+    assert by_backing["ext4"]["verdict"] == HELD
+    assert "overlay2: first append 111 ms at 64 MiB" in by_backing["ext4"]["figures"]
+    # overlayfs on XFS copies up by sharing extents (reflink): the copy does not grow with the size
+    assert by_backing["xfs"]["verdict"] == NOT_HELD and "container layer +12 KiB" in by_backing["xfs"]["figures"]
+    # a claim measured nowhere is said once, not once per backing
+    assert [r["backing"] for r in evaluate(doc) if r["claim"].startswith("Deleting")] == [""]

@@ -40,7 +40,7 @@ def test_markdown_is_golden() -> None:
 def test_markdown_tables_put_drivers_side_by_side_with_ratios() -> None:
     md = report.render(build(RUNS[:2]), "md")
     assert "| params | metric (median) | overlay2 | btrfs | null |" in md
-    assert "| file_size=1048576 | copy_up_ns | 1.73 ms | 33.6 µs (×0.0194) | 4.69 µs (×0.00271) |" in md
+    assert "| file_size=1 MiB | copy_up_ns | 1.73 ms | 33.6 µs (×1/51) | 4.69 µs (×1/370) |" in md
     assert "## Machine and versions" in md and "mke2fs 1.47.0" in md
     other = report.render(build(RUNS[:2], baseline="btrfs"), "md")
     assert "| params | metric (median) | btrfs | overlay2 | null |" in other
@@ -61,16 +61,20 @@ def test_html_is_self_contained_and_has_every_plot() -> None:
     for s in sources:
         assert base64.b64decode(s.split(",", 1)[1]).startswith(b"\x89PNG")
     titles = [p.title for p in figures(r)]
-    assert titles[:3] == ["Copy-up latency vs file size (copy-up)", "Disk usage vs container count (layer-sharing)",
-                          "Startup vs layer count (startup)"]
-    assert "copy_up_ns (copy-up)" in titles and "disk_bytes (layer-sharing)" in titles
+    assert titles[:3] == ["Copy-up: time of the first write to an image file, by file size (copy-up)",
+                          "Disk used by N containers of one image (layer-sharing)",
+                          "Container startup, by the image's layer count (startup)"]
+    assert "copy_up_ns (copy-up)" in titles
+    # a box of samples that never vary says nothing the table does not: none for layer-sharing's disk
+    disk = [r.samples("layer-sharing", d, p, "disk_bytes") for d in r.drivers for p in ("containers=1", "containers=4")]
+    assert all(min(x) == max(x) for x in disk if x) and "disk_bytes (layer-sharing)" not in titles
     assert "startup_ns (startup)" in titles and "image_disk_bytes (copy-up)" not in titles  # one sample only
     assert len(sources) == len(titles) == page.count("<figure")
 
 
 def test_a_missing_scenario_just_omits_its_plot() -> None:
     titles = [p.title for p in figures(build([DATA / "startup.json"]))]
-    assert titles == ["Startup vs layer count (startup)", "startup_ns (startup)"]
+    assert titles == ["Container startup, by the image's layer count (startup)", "startup_ns (startup)"]
 
 
 def test_csv_and_json_have_every_statistic_and_the_ratio() -> None:
@@ -154,9 +158,11 @@ def test_slopes_are_fitted_per_driver_through_the_medians() -> None:
     assert fitted[("startup", "overlay2", "startup_ns", "layers")]["slope"] == pytest.approx(want)
     assert {d for (s, d, m, p) in fitted if (s, m, p) == ("layer-sharing", "disk_bytes", "containers")} == \
         {"overlay2", "btrfs", "vfs"}
-    md = report.render(r, "md")
-    assert "| startup_ns vs layers | overlay2 | +10.9 µs per layer | 3 |" in md
-    assert "| disk_bytes vs containers | vfs | +98.6 MiB per container | 2 |" in md
+    md = report.render(r, "md", long=True)
+    assert "| startup_ns vs layers | overlay2 | +10.9 µs per layer | 1.00 | 3 |" in md
+    # vfs startup does not grow in a straight line with layers: no slope is claimed for it
+    assert "| startup_ns vs layers | vfs | no straight line | 0.60 | 3 |" in md
+    assert "| disk_bytes vs containers | vfs | too few values to fit | 1.00 | 2 |" in md
     assert "Fitted slopes" in report.render(r, "html")
     assert json.loads(report.render(r, "json"))["slopes"][0]["text"].endswith("per layer")
     assert "Fitted slopes" not in report.render(build(RUNS[:2]), "md")  # nothing swept: no slopes
@@ -167,3 +173,14 @@ def test_slope_text_picks_a_readable_unit() -> None:
     assert report.slope_text(12_300, "ns", "layer") == "+12.3 µs per layer"
     assert report.slope_text(0.41, "ns", "file") == "+0.41 ns per file"
     assert report.slope_text(-2e6, "ns", "container") == "-2 ms per container"
+
+
+def test_a_backing_sweep_shows_both_backings_in_every_table() -> None:
+    r = build([Path(__file__).parent.parent / "results" / "reference" / "20261130T081209Z_backing.json"],
+              with_claims=True)
+    assert r.notes == []  # no "is in several runs": the two backings are different cells
+    md = report.render(r, "md")
+    assert "| params | metric (median) | overlay2 on ext4 | overlay2 on xfs | vfs on ext4 | vfs on xfs |" in md
+    assert "| claim | backing | verdict | figures |" in md
+    rows = list(csv.DictReader(io.StringIO(report.render(r, "csv"))))
+    assert len(rows) == 64 and {x["backing"] for x in rows} == {"ext4", "xfs"}

@@ -26,8 +26,8 @@ def _doc() -> dict:  # type: ignore[type-arg]
 
 def test_tidy_csv_has_the_documented_columns() -> None:
     lines = results.to_csv(_doc()).splitlines()
-    assert lines[0] == "scenario,driver,params,metric,unit,n,median,p25,p75,min,max"
-    assert lines[1].startswith("s,d,a=1;b=2,x_ns,ns,3,2.0,")
+    assert lines[0] == "host,scenario,driver,backing,params,a,b,metric,unit,n,median,p25,p75,min,max"
+    assert lines[1].startswith(f"{_doc()['machine']['name']},s,d,dir,a=1;b=2,1,2,x_ns,ns,3,2.0,")
 
 
 def test_save_is_atomic_and_load_gives_a_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

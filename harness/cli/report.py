@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .. import results
 from ..errors import UserError
 from ..report import DEFAULT_BASELINE, FORMATS, build, read_all, render
 
@@ -14,16 +15,7 @@ __all__ = ["report_cmd", "expand_paths"]
 
 def expand_paths(paths: tuple[Path, ...]) -> list[Path]:
     """Files as given; a directory stands for every results file under it."""
-    out: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*.json") if not p.name.startswith("."))
-            if not found:
-                raise UserError(f"{path}: no results files (*.json) in this directory")
-            out += found
-        else:
-            out.append(path)
-    return out
+    return results.result_paths(paths)
 
 
 @click.command("report")
@@ -33,14 +25,17 @@ def expand_paths(paths: tuple[Path, ...]) -> list[Path]:
 @click.option("-o", "--output", default="-", metavar="FILE", help="Write here instead of stdout.")
 @click.option("--baseline", default=DEFAULT_BASELINE, show_default=True,
               help="Driver the others' ratios are relative to.")
-def report_cmd(results_files: tuple[Path, ...], fmt: str | None, output: str, baseline: str) -> None:
+@click.option("--short/--long", "short", default=True, show_default=True,
+              help="Markdown: the short form for a pull request (verdict, claims, headline tables; "
+                   "under 60,000 characters for a default run) or everything.")
+def report_cmd(results_files: tuple[Path, ...], fmt: str | None, output: str, baseline: str, short: bool) -> None:
     """Turn RESULTS (files or directories) into tables, plots and the claims check."""
     if fmt is None:
         suffix = Path(output).suffix.lstrip(".").lower()
         fmt = {"htm": "html", "markdown": "md"}.get(suffix, suffix) if output != "-" else "md"
         if fmt not in FORMATS:
             raise UserError(f"-o {output}: cannot tell the format from the suffix; pass --format")
-    text = render(build(read_all(expand_paths(results_files)), baseline), fmt)
+    text = render(build(read_all(expand_paths(results_files)), baseline), fmt, long=not short)
     if output == "-":
         click.echo(text, nl=False)
     else:
