@@ -187,15 +187,21 @@ def test_container_writes_stay_in_the_container(layerbench_driver: Driver) -> No
     try:
         Append("f", b"+x").apply(x)
         File("only-x", b"1").apply(x)
-        assert (y / "f").read_bytes() == b"image" and not (y / "only-x").exists()
-        assert (x / "f").read_bytes() == b"image+x"
+        got = (y / "f").read_bytes()
+        assert got == b"image", f"container y reads f as {got!r}, not the image's b'image': x's append reached it"
+        assert not (y / "only-x").exists(), "container y sees only-x, a file written in container x"
+        got = (x / "f").read_bytes()
+        assert got == b"image+x", f"container x reads f as {got!r} after appending b'+x' to b'image'"
     finally:
         d.unmount("x")
         d.unmount("y")
     d.create_container("z", "base")
     z = d.mount("z")
     try:
-        assert (z / "f").read_bytes() == b"image" and sorted(os.listdir(z)) == ["f"]
+        got = (z / "f").read_bytes()
+        assert got == b"image", f"a new container of the image reads f as {got!r}, not b'image': x's write reached it"
+        names = sorted(os.listdir(z))
+        assert names == ["f"], f"a new container of the image holds {names}, not ['f']: x's writes reached the image"
     finally:
         d.unmount("z")
 

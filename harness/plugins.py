@@ -164,14 +164,21 @@ def _module_of(plugin: object) -> str:
     return getattr(type(plugin), "__module__", "?") + "." + type(plugin).__qualname__
 
 
+def _reason(label: str, why: str) -> str:
+    """Why a plugin broke, naming it once: PluginError messages already start with `plugin LABEL: `."""
+    prefix = f"plugin {label}: "
+    return why if why.startswith(prefix) else prefix + why
+
+
 _HOOKS = ("layerbench_register_drivers", "layerbench_register_exporters", "layerbench_register_image_sources")
 
 
 def load_plugins(extra: tuple[object, ...] = ()) -> Plugins:
     """Load every `layerbench.drivers` and `layerbench.plugins` entry point (plus `extra` objects).
 
-    A plugin that fails to import or to register anything is recorded in `broken`,
-    what it registered is taken back, and the others still load.
+    A plugin that fails to import or to register anything is recorded in `broken`
+    (label -> one line starting `plugin LABEL: `), what it registered is taken back,
+    and the others still load.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -187,7 +194,7 @@ def load_plugins(extra: tuple[object, ...] = ()) -> Plugins:
             try:
                 candidates.append((label, ep.load(), _plugin_version(ep)))
             except Exception as exc:  # a broken plugin must not take the others down
-                broken[label] = f"import failed: {exc}"
+                broken[label] = _reason(label, f"import failed: {exc}")
     candidates.extend((getattr(p, "__name__", repr(p)), p, "?") for p in extra)
 
     registry = DriverRegistry()
@@ -197,7 +204,7 @@ def load_plugins(extra: tuple[object, ...] = ()) -> Plugins:
         try:
             pm.register(plugin, name=label)
         except Exception as exc:
-            broken[label] = f"registration failed: {exc}"
+            broken[label] = _reason(label, f"registration failed: {exc}")
             continue
         saved = (dict(registry.drivers), dict(registry.origin), exporters._snapshot(), sources._snapshot())
         hooks: list[str] = []
@@ -215,7 +222,7 @@ def load_plugins(extra: tuple[object, ...] = ()) -> Plugins:
             registry.drivers, registry.origin = saved[0], saved[1]
             exporters._restore(saved[2])
             sources._restore(saved[3])
-            broken[label] = str(exc)
+            broken[label] = _reason(label, str(exc))
             pm.unregister(plugin)
             continue
         info[label] = PluginInfo(

@@ -6,23 +6,26 @@ pandas DataFrame.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Callable
+import socket
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pandas as pd
 
 from .errors import UserError
 from .stats import SUMMARY_FIELDS, summarize
 
 __all__ = ["SCHEMA_VERSION", "new_document", "save", "read", "tidy", "load", "params_text", "unit_of",
-           "MIGRATIONS", "migrate", "migrate_0_to_1", "schema", "validate", "cell_key", "result_paths", "to_csv"]
+           "MIGRATIONS", "migrate", "migrate_0_to_1", "schema", "validate", "cell_key", "result_paths", "to_csv",
+           "run_record", "run_state"]
 
 SCHEMA_VERSION = 1
 
@@ -54,11 +57,46 @@ def new_document(label: str, machine: dict[str, Any], tool: dict[str, Any]) -> d
         "status": "running",
         "machine": machine,
         "tool": tool,
+        "run": run_record(),
         "helpers": {},
         "drivers": {},
         "scenarios": {},
         "cells": [],
     }
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks after boot (/proc/PID/stat field 22); None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def run_record() -> dict[str, Any]:
+    """This process as the `run` record of the document it writes: a pid alone is reused, a pid
+    with the boot id and its start time is not."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "boot_id": _boot_id(), "start_ticks": _start_ticks(pid) or 0}
+
+
+def run_state(doc: dict[str, Any]) -> str:
+    """The run's status, with a `running` run whose process is gone shown as `died`."""
+    record = doc.get("run")
+    if doc["status"] != "running" or record is None:
+        return str(doc["status"])
+    if record["boot_id"] == _boot_id():
+        alive = _start_ticks(record["pid"]) == record["start_ticks"]
+    elif record["host"] == socket.gethostname():
+        alive = False  # the machine rebooted since
+    else:
+        return f"running (on {record['host']})"
+    return "running" if alive else "died (run layerbench cleanup)"
 
 
 def save(doc: dict[str, Any], path: Path) -> None:
@@ -77,11 +115,16 @@ def save(doc: dict[str, Any], path: Path) -> None:
         raise
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def read(path: Path) -> dict[str, Any]:
-    """Read one results file; refuse one that is not ours or newer than this code."""
+    """Read one results file, migrated and validated; refuse one that is not ours, newer than this
+    code or malformed, in one line naming the file and the field."""
     try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        doc = json.loads(Path(path).read_text(), parse_constant=_no_constant)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"{path}: not a readable results file: {exc}") from None
     version = doc.get("schema_version") if isinstance(doc, dict) else None
     if not isinstance(version, int):
@@ -91,7 +134,13 @@ def read(path: Path) -> dict[str, Any]:
             f"{path}: schema_version {version} is newer than this layerbench understands "
             f"({SCHEMA_VERSION}); upgrade layerbench"
         )
-    return migrate(doc, path)
+    try:
+        doc = migrate(doc, path)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise UserError(f"{path}: a schema_version {version} file that cannot be migrated: "
+                        f"{type(exc).__name__}: {exc}") from None
+    validate(doc, path)
+    return doc
 
 
 def migrate_0_to_1(doc: dict[str, Any]) -> dict[str, Any]:
@@ -142,15 +191,56 @@ def schema() -> dict[str, Any]:
     return result
 
 
-def validate(doc: dict[str, Any]) -> None:
-    """Raise UserError naming the first place `doc` breaks the schema (needs `jsonschema`)."""
-    import jsonschema  # a test dependency: only the tests and tools that check files need it
+def validate(doc: dict[str, Any], source: Path | str = "results document") -> None:
+    """Raise UserError naming `source` and the first field where `doc` breaks the schema:
+    `results/x.json: cells[3].metrics: missing`."""
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(doc))
+    if error is None:
+        _check_param_kinds(doc, source)
+        return
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    if error.validator == "required":
+        missing = next(k for k in error.validator_value if k not in error.instance)
+        where, what = f"{where}.{missing}".lstrip("."), "missing"
+    else:
+        what = f"{_expected(error.validator, error.validator_value)}, got {_short(error.instance)}"
+    raise UserError(f"{source}: {where or '(top level)'}: {what}")
 
-    validator = jsonschema.Draft202012Validator(schema())
-    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise UserError(f"results document does not match the schema at {where}: {error.message}")
+
+def _check_param_kinds(doc: dict[str, Any], source: Path | str) -> None:
+    """A parameter is a number in every cell of its scenario or a string in every one (reports plot numbers)."""
+    first: dict[tuple[str, str], tuple[int, str]] = {}
+    for i, cell in enumerate(doc["cells"]):
+        for name, value in cell["params"].items():
+            kind = "a string" if isinstance(value, str) else "a number"
+            j, other = first.setdefault((cell["scenario"], name), (i, kind))
+            if other != kind:
+                raise UserError(f"{source}: cells[{i}].params.{name}: {kind} ({_short(value)}) where cells[{j}] "
+                                f"of scenario {cell['scenario']} has {other}")
+
+
+@functools.cache
+def _validator() -> jsonschema.protocols.Validator:
+    return jsonschema.Draft202012Validator(schema())
+
+
+def _expected(rule: Any, value: Any) -> str:
+    if rule == "type":
+        return "expected " + (value if isinstance(value, str) else " or ".join(value))
+    if rule == "enum":
+        return "expected one of " + ", ".join(json.dumps(v) for v in value)
+    if rule == "const":
+        return f"expected {json.dumps(value)}"
+    if rule == "pattern":
+        return f"expected a string matching {value}"
+    if rule == "minimum":
+        return f"expected a number >= {value}"
+    return f"expected what the schema's {rule!r} allows"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def cell_key(cell: dict[str, Any]) -> tuple[str, str, str, str, str]:

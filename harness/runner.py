@@ -9,6 +9,7 @@ rewritten after every cell.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import random
 import shutil
@@ -28,10 +29,11 @@ from .errors import UserError
 from .image import Image, SyntheticImage
 from .ledger import LEDGER_NAME, Ledger
 from .plugins import Plugins, default_plugins
-from .scenario import Scenario, resolve_scenarios
+from .scenario import Scenario, Step, resolve_scenarios
 from .steps import SampleState, run_step
 
-__all__ = ["Cell", "RunConfig", "plan_cells", "estimate_bytes", "run_cell", "run", "select_drivers"]
+__all__ = ["Cell", "RunConfig", "plan_cells", "estimate_bytes", "estimate_inodes", "run_cell", "run", "select_drivers",
+           "sigterm_as_interrupt"]
 
 _MiB = 1 << 20
 MAX_SAMPLES = 10_000
@@ -98,8 +100,9 @@ def estimate_bytes(cell: Cell) -> int:
     steps = cell.scenario.steps(cell.params)
     containers = sum(int(s.args.get("count", 1)) for s in steps if s.op == "start")
     copies = sum(1 for s in steps if s.op in ("commit", "volume"))
+    commits = sum(1 for s in steps if s.op == "commit")
     builds = sum(1 for s in steps if s.op == "build")
-    written = sum(int(s.args.get("bytes", 0)) for s in steps)
+    written = sum(_step_bytes(s, image) for s in steps) * (1 + commits)  # a commit copies what was written
     if cell.driver.style is Style.COPY:
         need = total * (layers * (1 + builds) + containers + copies)
     else:
@@ -107,12 +110,40 @@ def estimate_bytes(cell: Cell) -> int:
     return int((need + written) * 1.2) + estimate_inodes(cell) * 4096 + 128 * _MiB
 
 
+def _step_files(step: Step, image: Image) -> int:
+    """How many files a step works on, at most (a glob: every file of the image)."""
+    args = step.args
+    if "count" in args and step.op == "write":
+        return int(args["count"])
+    if "path" in args:
+        return 1
+    if "fraction" in args:
+        return max(1, round(args["fraction"] * image.total_files))
+    return image.total_files
+
+
+#: op -> the bytes it can add to each file it works on, from its arguments (beyond copy-up)
+_WRITES: dict[str, Callable[[dict[str, Any]], int]] = {
+    "write": lambda a: int(a["bytes"]),
+    "append": lambda a: int(a.get("bytes", 1)),
+    "overwrite": lambda a: int(a.get("bytes", 4)),
+    "truncate": lambda a: int(a["size"]),  # growing a file; sparse, but a copy may fill it
+}
+
+
+def _step_bytes(step: Step, image: Image) -> int:
+    """The bytes a step can add to the store: what it writes times the files it writes to."""
+    grow = _WRITES.get(step.op)
+    return grow(step.args) * _step_files(step, image) if grow is not None else 0
+
+
 def estimate_inodes(cell: Cell) -> int:
     """An upper bound of the inodes the cell's store holds at its fullest (ext4 fixes them at mkfs)."""
     image = cell.scenario.image(cell.params)
     steps = cell.scenario.steps(cell.params)
     containers = sum(int(s.args.get("count", 1)) for s in steps if s.op == "start")
-    created = sum(int(s.args.get("count", 1)) for s in steps if s.op in ("write", "mkdir", "commit"))
+    created = sum(_step_files(s, image) for s in steps if s.op == "write") + sum(
+        1 for s in steps if s.op in ("mkdir", "commit"))
     copies = image.layer_count + containers if cell.driver.style is Style.COPY else 2 + containers // 8
     builds = sum(1 for s in steps if s.op == "build")
     dirs = image.total_files // 4 + 64  # generated paths share directories
@@ -327,7 +358,7 @@ def run_cell(
         raise
     except Exception as exc:
         out["status"] = "error"
-        out["error"] = f"{type(exc).__name__}: {exc}"
+        out["error"] = _error_text(cell, exc, store)
     finally:
         try:
             syscalls.unmount_below(str(store.mountpoint / cell.driver.name))
@@ -344,8 +375,21 @@ def run_cell(
     return out
 
 
+def _error_text(cell: Cell, exc: Exception, store: backing.BackingStore) -> str:
+    """A cell's error in one line: the step that failed (if one did), and for a full store the estimate."""
+    where = "".join(f"{note}: " for note in getattr(exc, "__notes__", ()))
+    raw = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if cell.backing == "dir":
+            return f"{cell.describe()}: {where}no space left on the disk under the work root ({raw})"
+        return (f"{cell.describe()}: {where}no space left on the store (estimate {human_bytes(store.size_bytes)}); "
+                f"the disk estimate missed what this cell writes, please report it ({raw})")
+    return where + raw
+
+
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, so a terminated run ends as an interrupted one: cleaned up, cells kept."""
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -386,8 +430,12 @@ def _resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
     path = config.resume
     doc = results.read(path)
     settings = doc.get("settings", {})
-    if "scenarios" not in settings:
+    if any(key not in settings for key in ("scenarios", "drivers", "backings", "samples", "warmup", "min_time_s",
+                                           "cold", "order", "seed", "overrides")):
         raise UserError(f"{path}: has no run settings to resume from")
+    if doc.get("run") is not None and results.run_state(doc) == "running":
+        raise UserError(f"--resume {path}: the run is still going (pid {doc['run']['pid']}); let it finish")
+    _refuse_changed_settings(config, doc, path)
     resumed = RunConfig(
         scenarios=tuple(settings["scenarios"]), drivers=tuple(settings["drivers"]),
         backings=tuple(settings["backings"]), results_dir=config.results_dir, label=doc["label"],
@@ -402,6 +450,55 @@ def _resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
                             f"start a new run instead")
     doc["cells"] = [c for c in doc["cells"] if c["status"] in ("ok", "error")]
     return resumed, doc, path
+
+
+#: RunConfig field (and key in a results file's settings) -> the option that sets it, and what it is
+_KEPT = {"drivers": ("-d", "drivers"), "backings": ("-b", "backings"), "overrides": ("-p", "parameters"),
+         "samples": ("--samples", "samples"), "warmup": ("--warmup", "warm-up samples"),
+         "min_time_s": ("--min-time", "min time"), "quick": ("--quick", "quick"), "cold": ("--cold", "cold"),
+         "order": ("--order", "order"), "seed": ("--seed", "seed"),
+         "cell_timeout_s": ("--cell-timeout", "cell timeout")}
+
+
+def _plain(value: Any) -> Any:
+    """A setting as comparable data: lists in any order, numbers as floats."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return sorted(str(v) for v in value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        return ";".join(f"{k}={_text(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) or "none"
+    return "unset" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _refuse_changed_settings(config: RunConfig, doc: dict[str, Any], path: Path) -> None:
+    """`--resume` finishes a run with its own settings: refuse any other one given, naming what the run had."""
+    defaults, settings = RunConfig(), doc["settings"]
+    changed: list[tuple[str, str]] = []  # (option, "what the run was made with")
+    if config.scenarios:
+        asked = sorted(os.path.realpath(s.path) for s in resolve_scenarios(config.scenarios))
+        if asked != sorted(os.path.realpath(p) for p in settings["scenarios"]):
+            changed.append(("the scenario arguments", f"scenarios {_text(list(doc['scenarios']))}"))
+    for name, (option, what) in _KEPT.items():
+        given, default = getattr(config, name), getattr(defaults, name)
+        had = settings.get(name, default)  # older files lack the newer settings
+        if _plain(given) != _plain(default) and _plain(given) != _plain(had):
+            changed.append((option, f"{what} {_text(had)}"))
+    if config.label != defaults.label and config.label != doc["label"]:
+        changed.append(("--label", f"label {doc['label']}"))
+    if config.results_dir != defaults.results_dir and config.results_dir.resolve() not in path.resolve().parents:
+        changed.append(("--results-dir", f"its results in {path.parent}"))
+    if changed:
+        raise UserError(f"--resume: the run was made with {' and '.join(w for _, w in changed)}; "
+                        f"drop {' and '.join(o for o, _ in changed)} or start a new run")
 
 
 def _results_path(config: RunConfig, stamp: str) -> Path:
@@ -424,7 +521,13 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
     plugins = plugins or default_plugins()
     previous: dict[str, Any] | None = None
     if config.resume is not None:
+        safety.check_output_dir(config.resume.parent, "--resume")
         config, previous, resume_path = _resume(config)
+        if previous["status"] == "finished":
+            progress(f"{resume_path}: the run finished at {previous['finished_utc']}; nothing to do")
+            return previous, resume_path
+    else:
+        safety.check_output_dir(config.results_dir, "--results-dir")
     scenarios = resolve_scenarios(config.scenarios, config.overrides, config.quick)
     drivers, skipped = select_drivers(plugins, config.drivers)
     for name, reason in skipped.items():
@@ -453,6 +556,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
     if previous is not None:
         doc, path = previous, resume_path
         doc["status"] = "running"
+        doc["run"] = results.run_record()
     else:
         doc = results.new_document(config.label, machine.machine_info(), machine.tool_info())
         doc["helpers"] = backing.mkfs_versions(sorted({c.backing for c in cells} - {"dir"}))
@@ -480,7 +584,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work_root))
     ledger = Ledger(run_dir / LEDGER_NAME).open()
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             for i, cell in enumerate(cells, 1):
                 progress(f"[{i}/{len(cells)}] {cell.describe()}")
                 s = cell.scenario

@@ -448,4 +448,9 @@ def resolve_scenarios(
             out.append(load_scenario(Path(name), overrides, quick))
         else:
             raise UserError(f"unknown scenario {name!r}; built-in scenarios: {', '.join(sorted(builtins))}")
+    known = {k for s in out for k in s.params}
+    for name in overrides or {}:
+        if name not in known:
+            raise UserError(f"--param {name}: no chosen scenario has this parameter; "
+                            f"their parameters: {', '.join(sorted(known)) or 'none'}")
     return out

@@ -512,12 +512,14 @@ OPS: dict[str, Callable[[SampleState, Step, Recorder], None]] = {
 
 
 def run_step(state: SampleState, step: Step, record: Recorder, outcome: Outcome) -> None:
-    """Run one step; an error the step allows (EXDEV, EROFS ...) is an outcome, not a crash."""
+    """Run one step; an error the step allows (EXDEV, EROFS ...) is an outcome, not a crash.
+    Any other error carries the step's label as a note (`step[2] write`), for the cell's error."""
     try:
         OPS[step.op](state, step, record)
-    except OSError as exc:
-        name = errno.errorcode.get(exc.errno or 0, "")
+    except Exception as exc:
+        name = errno.errorcode.get(exc.errno or 0, "") if isinstance(exc, OSError) else ""
         if name not in step.allow_errors:
+            exc.add_note(step.label)
             raise
         outcome(step.label, name)
     finally:

@@ -3,10 +3,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
-
 from layerbench.harness import results
 from layerbench.harness.cli import main
 from layerbench.harness.plugins import default_plugins
@@ -44,7 +48,7 @@ def invoke(*args: str) -> tuple[int, str, str]:
 
 
 def test_unknown_driver_is_one_line_exit_2() -> None:
-    code, out, err = invoke("run", "--driver", "nope")
+    code, _, err = invoke("run", "--driver", "nope")
     assert code == 2
     known = ", ".join(sorted(default_plugins().registry.drivers))
     assert err.strip() == f"layerbench: error: unknown driver 'nope'; known drivers: {known}"
@@ -97,17 +101,96 @@ def test_run_null_end_to_end_writes_results_and_csv(tmp_path: Path) -> None:
     assert doc["scenarios"]["tiny"]["sha256"] and doc["machine"]["kernel"]
     assert [c["status"] for c in doc["cells"]] == ["ok", "ok"]
     assert len(doc["cells"][0]["metrics"]["copy_up_ns"]["samples"]) == 3
-    assert [p.name for p in (tmp_path / "work").iterdir()] == [".layerbench-work-root"]  # runs left nothing  # the cell's store is gone
+    assert [p.name for p in (tmp_path / "work").iterdir()] == [".layerbench-work-root"]  # the cells left nothing
 
 
 def test_failing_cell_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     scenario = tmp_path / "bad.toml"
     scenario.write_text(TINY.replace('path = "t.bin"\nmeasure', 'path = "missing.bin"\nmeasure'))
     code, out, err = invoke("run", str(scenario), "--driver", "null", "--results-dir", str(tmp_path / "res"),
-                            "--work-root", str(tmp_path / "work"))
-    assert code == 0
+                            "--work-root", str(tmp_path / "work"), "--order", "planned")
+    assert code == 1  # a CI job can gate on it
+    assert err.splitlines()[-1] == ("layerbench: 2 of 2 cells failed: tiny null containers=1 on dir; "
+                                    "tiny null containers=2 on dir")
     (path,) = (tmp_path / "res").rglob("*.json")
     cells = results.read(path)["cells"]
     assert [c["status"] for c in cells] == ["error", "error"]
-    assert "FileNotFoundError" in cells[0]["error"]
+    assert cells[0]["error"].startswith("step[1] append: FileNotFoundError: ")  # names the step
     assert "error: tiny null" in out
+
+
+def test_a_run_with_some_cells_failing_exits_1_naming_only_those(tmp_path: Path) -> None:
+    scenario = tmp_path / "half.toml"
+    scenario.write_text(TINY.replace('path = "t.bin"\nmeasure', 'path = "${f}"\nmeasure')
+                        .replace("containers = [1, 2]", 'containers = [1]\nf = ["t.bin", "missing.bin"]'))
+    code, _, err = invoke("run", str(scenario), "--driver", "null", "--results-dir", str(tmp_path / "res"),
+                          "--work-root", str(tmp_path / "work"))
+    assert code == 1
+    assert err.splitlines()[-1] == "layerbench: 1 of 2 cells failed: tiny null containers=1;f=missing.bin on dir"
+
+
+SLOW = """
+name = "slow"
+description = "A cell of a second, then one that samples for ten minutes."
+[[sets]]
+t = 1
+[[sets]]
+t = 600
+[image]
+layers = 1
+files = 3
+bytes = 100
+[repeat]
+samples = 1
+warmup = 0
+min_time_s = "${t}"
+[[step]]
+op = "start"
+"""
+LAYERBENCH = [sys.executable, "-c", "from layerbench.harness.cli import main; main()"]
+
+
+def _slow_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """`layerbench run` in a process of its own, once its first cell is saved and its second runs."""
+    scenario = tmp_path / "slow.toml"
+    scenario.write_text(SLOW)
+    proc = subprocess.Popen([*LAYERBENCH, "run", str(scenario), "-d", "null", "--order", "planned",
+                             "--results-dir", str(tmp_path / "res"), "--work-root", str(tmp_path / "work")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        for path in (tmp_path / "res").rglob("*.json"):
+            try:
+                if len(json.loads(path.read_text())["cells"]) == 1:
+                    return proc, path
+            except ValueError:  # claimed, not written yet
+                pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"the run did not get to its second cell: {proc.communicate()}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_exits_130_and_keeps_its_finished_cells(tmp_path: Path, sig: signal.Signals) -> None:
+    proc, path = _slow_run(tmp_path)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == "layerbench: interrupted; finished cells are kept in the results file"
+    doc = results.read(path)
+    assert doc["status"] == "interrupted" and [c["status"] for c in doc["cells"]] == ["ok", "interrupted"]
+    assert [p.name for p in (tmp_path / "work").iterdir()] == [".layerbench-work-root"]
+
+
+def test_a_killed_run_is_listed_as_died_even_after_cleanup(tmp_path: Path) -> None:
+    proc, path = _slow_run(tmp_path)
+    code, out, _ = invoke("results", "--results-dir", str(tmp_path / "res"), "--json")
+    assert code == 0 and json.loads(out)[0]["status"] == "running"  # alive: the pid, boot and start time match
+    proc.kill()
+    proc.communicate(timeout=30)
+    code, out, _ = invoke("results", "--results-dir", str(tmp_path / "res"), "--json")
+    assert code == 0 and json.loads(out)[0]["status"] == "died (run layerbench cleanup)"
+    code, out, _ = invoke("cleanup", "--work-root", str(tmp_path / "work"))
+    assert code == 0 and "removed" in out
+    code, out, _ = invoke("results", "--results-dir", str(tmp_path / "res"))
+    assert code == 0 and "died (run layerbench cleanup)" in out and str(path) in out

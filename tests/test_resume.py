@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-
+from click.testing import CliRunner
 from layerbench.drivers import NullDriver
 from layerbench.harness import hookimpl, results
+from layerbench.harness.cli import main
 from layerbench.harness.errors import UserError
 from layerbench.harness.plugins import load_plugins
 from layerbench.harness.runner import RunConfig, run
@@ -78,3 +80,52 @@ def test_resume_refuses_a_changed_scenario(tmp_path: Path) -> None:
     scenario.write_text(SCENARIO + "\n# edited\n")
     with pytest.raises(UserError, match="scenario 'two' changed since the run started"):
         run(RunConfig(resume=path, results_dir=tmp_path / "res", work_root=tmp_path / "work"))
+
+
+def _finished_run(tmp_path: Path) -> Path:
+    scenario = tmp_path / "two.toml"
+    scenario.write_text(SCENARIO)
+    _, path = run(RunConfig(scenarios=(str(scenario),), drivers=("null",), results_dir=tmp_path / "res",
+                            work_root=tmp_path / "work", seed=3))
+    return path
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path: Path) -> None:
+    path = _finished_run(tmp_path)
+    before = path.read_bytes()
+    r = CliRunner().invoke(main, ["run", "--resume", str(path), "--work-root", str(tmp_path / "work")])
+    assert r.exit_code == 0, r.stderr
+    assert f"{path}: the run finished at {results.read(path)['finished_utc']}; nothing to do" in r.stderr
+    assert path.read_bytes() == before and list((tmp_path / "res").rglob("*.json")) == [path]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["-d", "btrfs"], "--resume: the run was made with drivers null; drop -d or start a new run"),
+    (["--seed", "4", "-p", "n=1"], ("--resume: the run was made with parameters none and seed 3; "
+                                    "drop -p and --seed or start a new run")),
+    (["--label", "other"], "--resume: the run was made with label run; drop --label or start a new run"),
+    (["copy-up"], "--resume: the run was made with scenarios two; drop the scenario arguments or start a new run"),
+])
+def test_resume_refuses_other_settings_naming_the_stored_ones(tmp_path: Path, args: list[str],
+                                                              message: str) -> None:
+    path = _finished_run(tmp_path)
+    before = path.read_bytes()
+    r = CliRunner().invoke(main, ["run", "--resume", str(path), *args])
+    assert r.exit_code == 2 and r.stderr == f"layerbench: error: {message}\n"
+    assert path.read_bytes() == before
+
+
+def test_resume_accepts_the_settings_the_run_had(tmp_path: Path) -> None:
+    path = _finished_run(tmp_path)
+    r = CliRunner().invoke(main, ["run", "--resume", str(path), "-d", "null", "--seed", "3",
+                                  "--work-root", str(tmp_path / "work")])
+    assert r.exit_code == 0 and "nothing to do" in r.stderr
+
+
+def test_resume_refuses_a_run_that_is_still_going(tmp_path: Path) -> None:
+    path = _finished_run(tmp_path)
+    doc = results.read(path)
+    doc["status"], doc["run"] = "running", results.run_record()  # this very process: alive
+    results.save(doc, path)
+    with pytest.raises(UserError, match=rf"^--resume {path}: the run is still going \(pid {os.getpid()}\)"):
+        run(RunConfig(resume=path, work_root=tmp_path / "work"))

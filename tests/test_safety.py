@@ -5,16 +5,38 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from layerbench.harness.errors import UserError
 from layerbench.harness.ledger import Ledger, release, release_abandoned
 from layerbench.harness.safety import MARKER, prepare_work_root, remove_tree
 
 
-@pytest.mark.parametrize("bad", ["/", "/etc", "/usr", "/var/tmp", "~"])
+@pytest.mark.parametrize("bad", ["/", "/var/tmp", "/tmp", "~"])
 def test_system_and_home_work_roots_are_refused(bad: str) -> None:
     with pytest.raises(UserError, match="refusing a system directory or the home directory"):
         prepare_work_root(Path(os.path.expanduser(bad)))
+
+
+@pytest.mark.parametrize("bad", ["/etc", "/etc/lb-x", "/usr/lib/lb-x", "/boot/lb-x", "/bin/lb-x", "/sbin/lb-x",
+                                 "/lib/lb-x", "/lib64/lb-x", "/proc/lb-x", "/sys/lb-x", "/dev/shm/lb-x",
+                                 "/run/lb-x", "/var/lib/lb-x"])
+def test_anything_under_a_system_directory_is_refused_and_nothing_is_made(bad: str) -> None:
+    path = Path(bad) / f"w{os.getpid()}"
+    with pytest.raises(UserError, match=r"^--work-root .*: refusing a directory under the system directory /"):
+        prepare_work_root(path)
+    assert [p for p in (path, path.parent) if p != Path("/etc") and os.path.lexists(p)] == []  # nothing made
+
+
+def test_a_symlink_into_a_system_directory_is_resolved_first(tmp_path: Path) -> None:
+    os.symlink("/etc", tmp_path / "innocent")
+    with pytest.raises(UserError, match=r"\(/etc/lb-x\): refusing a directory under the system directory /etc"):
+        prepare_work_root(tmp_path / "innocent" / "lb-x")
+    assert not os.path.lexists("/etc/lb-x")
+
+
+def test_a_work_root_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="cannot make it ours: Not a directory"):
+        prepare_work_root(tmp_path / "file" / "w")
 
 
 def test_a_foreign_non_empty_directory_is_refused(tmp_path: Path) -> None:
@@ -57,5 +79,5 @@ def test_ledger_releases_in_reverse_and_only_what_it_names(tmp_path: Path) -> No
     actions = release(run_dir / "ledger.jsonl")
     assert actions == [f"removed {run_dir / 'cell' / 'img'}", f"removed {run_dir / 'cell'}"]
     assert release(run_dir / "ledger.jsonl") == []  # idempotent
-    done, live = release_abandoned(tmp_path)
+    _, live = release_abandoned(tmp_path)
     assert live == [] and neighbour.read_text() == "y" and not run_dir.exists()

@@ -85,8 +85,22 @@ def test_the_schema_is_shipped_and_is_draft_2020_12() -> None:
 def test_a_broken_document_is_one_line_naming_the_place() -> None:
     doc = json.loads((DATA / "null.json").read_text())
     doc["cells"][0]["metrics"]["copy_up_ns"]["unit"] = "seconds"
-    with pytest.raises(UserError, match=r"^results document does not match the schema at cells/0/metrics/copy_up_ns/unit: "):
+    with pytest.raises(UserError, match=r'^results document: cells\[0\]\.metrics\.copy_up_ns\.unit: expected one of '
+                                        r'"ns", "bytes", "count", got "seconds"$'):
         results.validate(doc)
+
+
+def test_a_file_a_run_writes_records_its_process_and_older_files_without_it_stay_readable(tmp_path: Path) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    doc, path = run(RunConfig(scenarios=(str(scenario),), drivers=("null",), results_dir=tmp_path / "res",
+                              work_root=tmp_path / "work"))
+    assert doc["run"] == results.run_record()  # this process: host, pid, boot id, start time
+    assert results.run_state(doc) == "finished"
+    old = json.loads(path.read_text())
+    del old["run"]
+    path.write_text(json.dumps(old))
+    assert "run" not in check_results(path)
 
 
 def test_migrate_0_to_1_gives_units_scenario_records_and_status() -> None:

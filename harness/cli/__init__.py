@@ -15,14 +15,14 @@ from .drivers import drivers_cmd
 from .listing import results_cmd
 from .plugins import plugins_cmd
 from .report import report_cmd
-from .run import run_cmd
+from .run import EXIT_INTERRUPTED, run_cmd
 from .scenarios import scenarios_cmd
 
 __all__ = ["main"]
 
 
 class _Group(click.Group):
-    """Shows a UserError as one line and exits with its code, never a traceback."""
+    """Shows a UserError as one line and exits with its code (2), an interrupt with 130; never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -30,6 +30,9 @@ class _Group(click.Group):
         except UserError as exc:
             click.echo(f"layerbench: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("layerbench: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -34,5 +34,5 @@ def drivers_cmd(as_json: bool) -> None:
         status = "available" if row["available"] else f"unavailable: {row['reason']}"
         default = "default" if row["default"] else ""
         click.echo(f"{row['name']:<{width}}  {row['style']:<9} {default:<8} {status}")
-    for label, why in default_plugins().broken.items():
-        click.echo(f"broken plugin {label}: {why}", err=True)
+    for why in default_plugins().broken.values():
+        click.echo(f"broken {why}", err=True)

@@ -15,7 +15,8 @@ __all__ = ["results_cmd", "list_runs"]
 
 
 def list_runs(results_dir: Path) -> list[dict[str, Any]]:
-    """One row per results file under `results_dir`; a file that cannot be read says why."""
+    """One row per results file under `results_dir`; a file that cannot be read says why, a run
+    whose process is gone is `died`."""
     if not results_dir.is_dir():
         raise UserError(f"{results_dir}: no such results directory (pass --results-dir)")
     rows = []
@@ -26,10 +27,10 @@ def list_runs(results_dir: Path) -> list[dict[str, Any]]:
             rows.append({"date": "", "label": "", "machine": "", "scenarios": "", "drivers": "",
                          "status": f"unreadable: {exc}".replace(f"{path}: ", ""), "path": str(path)})
             continue
-        drivers = dict.fromkeys(c["driver"] for c in doc["cells"]) or doc.get("drivers", {})
-        rows.append({"date": doc.get("started_utc", ""), "label": doc.get("label", ""),
-                     "machine": doc.get("machine", {}).get("name", ""), "scenarios": ",".join(doc["scenarios"]),
-                     "drivers": ",".join(drivers), "status": doc.get("status", ""), "path": str(path)})
+        drivers = dict.fromkeys(c["driver"] for c in doc["cells"]) or doc["drivers"]
+        rows.append({"date": doc["started_utc"], "label": doc["label"], "machine": doc["machine"]["name"],
+                     "scenarios": ",".join(doc["scenarios"]), "drivers": ",".join(drivers),
+                     "status": results.run_state(doc), "path": str(path)})
     return sorted(rows, key=lambda r: (not r["date"], r["date"], r["path"]))
 
 

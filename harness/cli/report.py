@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .. import results
+from .. import results, safety
 from ..errors import UserError
 from ..report import DEFAULT_BASELINE, FORMATS, build, read_all, render
 
@@ -35,9 +35,14 @@ def report_cmd(results_files: tuple[Path, ...], fmt: str | None, output: str, ba
         fmt = {"htm": "html", "markdown": "md"}.get(suffix, suffix) if output != "-" else "md"
         if fmt not in FORMATS:
             raise UserError(f"-o {output}: cannot tell the format from the suffix; pass --format")
+    if output != "-":
+        safety.check_output_file(Path(output), "-o")
     text = render(build(read_all(expand_paths(results_files)), baseline), fmt, long=not short)
     if output == "-":
         click.echo(text, nl=False)
     else:
-        Path(output).write_text(text)
+        try:
+            Path(output).write_text(text)
+        except OSError as exc:
+            raise UserError(f"-o {output}: {exc.strerror}") from None
         click.echo(f"report: {output}", err=True)

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from .. import results
-from ..errors import UserError
-from ..runner import RunConfig, run
+from .. import results, safety
 from ..claims import claims_text
+from ..errors import UserError
+from ..runner import RunConfig, run, sigterm_as_interrupt
 from ..table import comparison_table, run_warnings
 
-__all__ = ["run_cmd", "parse_param"]
+__all__ = ["run_cmd", "parse_param", "failure_summary", "EXIT_FAILED", "EXIT_INTERRUPTED"]
+
+#: `layerbench run` exits 0 when every cell ran, EXIT_FAILED when one failed, 2 on bad input (UserError),
+#: EXIT_INTERRUPTED on Ctrl-C or SIGTERM (README.md, "Exit codes")
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
 
 def parse_param(text: str) -> tuple[str, list[int | str]]:
@@ -59,14 +65,18 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
     """Run SCENARIOS (built-in names or .toml paths; default: every built-in one)."""
     if not re.match(r"^[A-Za-z0-9._-]+$", label):
         raise UserError(f"--label {label!r}: use letters, digits, '.', '_' and '-' only")
+    if export_csv and export_csv != "-":
+        safety.check_output_file(Path(export_csv), "--export-csv")
     config = RunConfig(scenarios=scenarios, drivers=drivers, backings=backings, results_dir=results_dir,
                        label=label, work_root=work_root, samples=samples, warmup=warmup, min_time_s=min_time_s,
                        quick=quick, cold=cold, order=order, seed=seed, cell_timeout_s=cell_timeout_s, resume=resume,
                        overrides=dict(parse_param(p) for p in params))
     try:
-        doc, path = run(config, progress=lambda line: click.echo(line, err=True))
+        with sigterm_as_interrupt():
+            doc, path = run(config, progress=lambda line: click.echo(line, err=True))
     except KeyboardInterrupt:
-        raise UserError("interrupted; finished cells are kept in the results file") from None
+        click.echo("layerbench: interrupted; finished cells are kept in the results file", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     click.echo(comparison_table(doc))
     click.echo(claims_text(doc))
     warnings = run_warnings(doc)
@@ -80,4 +90,19 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
         if export_csv == "-":
             click.echo(text, nl=False)
         else:
-            Path(export_csv).write_text(text)
+            try:
+                Path(export_csv).write_text(text)
+            except OSError as exc:
+                raise UserError(f"--export-csv {export_csv}: {exc.strerror}") from None
+    failed = [c for c in doc["cells"] if c["status"] == "error"]
+    if failed:
+        click.echo(failure_summary(failed, len(doc["cells"])), err=True)
+        sys.exit(EXIT_FAILED)
+
+
+def failure_summary(failed: list[dict[str, Any]], total: int) -> str:
+    """`2 of 6 cells failed: copy-up overlay2 file_size=4096 on ext4; ...`, the first ten named."""
+    named = [f"{c['scenario']} {c['driver']}" + (f" {results.params_text(c['params'])}" if c["params"] else "")
+             + f" on {c['backing']}" for c in failed[:10]]
+    more = f"; and {len(failed) - 10} more (layerbench report lists them)" if len(failed) > 10 else ""
+    return f"layerbench: {len(failed)} of {total} cells failed: " + "; ".join(named) + more
