@@ -1,0 +1,190 @@
+"""containerd-overlayfs, erofs and squashfs on their real mechanisms: what only those produce."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from layerbench.harness.driver import Driver
+from layerbench.harness.testing import (
+    Append,
+    File,
+    Link,
+    Mkdir,
+    Opaque,
+    Remove,
+    SetXattr,
+    Stack,
+    Symlink,
+    Tree,
+    compare,
+)
+
+from ..conftest import driver_on_store, first_append_ns
+
+pytestmark = pytest.mark.mounts
+MODERN = ["containerd-overlayfs", "erofs", "squashfs"]
+MiB = 1 << 20
+
+
+def _mountinfo(point: Path) -> tuple[str, str, str, str]:
+    """(fstype, source, mount options, super options) of the mount on `point`."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, post = line.split(" - ")
+            fields = pre.split()
+            if fields[4] == str(point):
+                fstype, source, sopts = post.split()
+                return fstype, source, fields[5], sopts
+    raise AssertionError(f"{point} is not a mount point")
+
+
+def _one_layer(driver: Driver, files: dict[str, bytes]) -> str:
+    root = driver.create_layer("base", None)
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    driver.seal_layer("base")
+    return "base"
+
+
+def test_an_erofs_layer_is_a_read_only_erofs_mount_and_the_first_append_copies_up(work: Path) -> None:
+    with driver_on_store("erofs", work) as (driver, _):
+        image = _one_layer(driver, {"f.txt": b"from the layer\n"})
+        layer_image = Path(driver.inspect(image)["Image"])
+        assert layer_image.name == "layer.erofs" and layer_image.read_bytes()[1024:1028] == b"\xe2\xe1\xf5\xe0"
+        driver.create_container("c", image)
+        root = driver.mount("c")
+        lower = Path(driver.inspect("c")["LowerDir"])
+        fstype, source, opts, _ = _mountinfo(lower)
+        assert (fstype, source) == ("erofs", str(layer_image)), "a file-backed EROFS mount of the layer's image"
+        assert opts.split(",")[0] == "ro"
+        with pytest.raises(OSError) as refused:
+            (lower / "f.txt").write_bytes(b"x")
+        assert refused.value.errno == errno.EROFS
+        upper = Path(driver.inspect("c")["UpperDir"])
+        assert not (upper / "f.txt").exists()
+        with open(root / "f.txt", "ab") as f:
+            f.write(b"appended\n")
+        assert (upper / "f.txt").read_bytes() == b"from the layer\nappended\n"  # copied up whole, then appended
+        assert (lower / "f.txt").read_bytes() == b"from the layer\n"
+        driver.unmount("c")
+        assert not lower.exists(), "the container's EROFS mounts go with it"
+
+
+def test_squashfs_layers_are_compressed_images_on_loop_devices(work: Path) -> None:
+    text = b"".join(b"line %d of a compressible configuration file\n" % (i % 100) for i in range(100_000))
+    with driver_on_store("squashfs", work) as (driver, _):
+        image = _one_layer(driver, {"big.txt": text})
+        layer_image = Path(driver.inspect(image)["Image"])
+        assert layer_image.read_bytes()[:4] == b"hsqs"
+        assert layer_image.stat().st_size < len(text) / 4, f"{layer_image.stat().st_size} bytes for {len(text)}"
+        driver.create_container("c", image)
+        root = driver.mount("c")
+        assert (root / "big.txt").read_bytes() == text
+        fstype, source, _, _ = _mountinfo(Path(driver.inspect("c")["LowerDir"]))
+        assert fstype == "squashfs" and source.startswith("/dev/loop")
+        with open(f"/sys/block/{Path(source).name}/loop/backing_file") as f:
+            assert f.read().strip() == str(layer_image)
+        driver.unmount("c")
+        home = driver.home
+    with open("/proc/self/mountinfo") as f:
+        assert str(home) not in f.read()
+    for name in os.listdir("/sys/block"):
+        try:
+            with open(f"/sys/block/{name}/loop/backing_file") as f:
+                assert not f.read().startswith(str(home)), f"{name} still attached after close"
+        except FileNotFoundError:
+            pass
+
+
+def test_containerd_overlayfs_mounts_numeric_snapshots_by_full_path(work: Path) -> None:
+    with driver_on_store("containerd-overlayfs", work) as (driver, _):
+        parent = None
+        for i in range(3):
+            (driver.create_layer(f"l{i}", parent) / f"f{i}").write_bytes(b"%d" % i)
+            parent = f"l{i}"
+        driver.create_container("c", "l2")
+        root = driver.mount("c")
+        snapshots = driver.home / "snapshots"
+        assert sorted(os.listdir(snapshots)) == ["1", "2", "3", "4"] and not (driver.home / "l").exists()
+        fstype, _, _, sopts = _mountinfo(root)
+        assert fstype == "overlay"
+        options = dict(o.split("=", 1) if "=" in o else (o, "") for o in sopts.split(","))
+        assert options["lowerdir"] == f"{snapshots}/3/fs:{snapshots}/2/fs:{snapshots}/1/fs"
+        assert options["upperdir"] == f"{snapshots}/4/fs" and options["workdir"] == f"{snapshots}/4/work"
+        assert sorted(os.listdir(root)) == ["f0", "f1", "f2"]
+        driver.unmount("c")
+
+        driver.create_view("v", "l0")  # one layer, no upper: a read-only bind mount, as containerd makes it
+        view = driver.mount("v")
+        fstype, _, opts, _ = _mountinfo(view)
+        assert fstype == "ext4" and "ro" in opts.split(","), "a bind mount of the layer's fs on the ext4 store"
+        with pytest.raises(OSError) as refused:
+            (view / "new").write_bytes(b"x")
+        assert refused.value.errno == errno.EROFS
+        assert (view / "f0").read_bytes() == b"0"
+        driver.unmount("v")
+
+
+def test_containerd_overlayfs_mounts_a_deep_image_from_the_snapshots_dir(work: Path) -> None:
+    with driver_on_store("containerd-overlayfs", work) as (driver, _):
+        parent = None
+        for i in range(100):  # 100 full paths are well over a page; 100 "<n>/fs" are not
+            (driver.create_layer(f"l{i}", parent) / f"f{i}").write_bytes(b"x")
+            parent = f"l{i}"
+        assert len(driver.inspect("l99")["LowerDir"]) > os.sysconf("SC_PAGE_SIZE")
+        driver.create_container("c", "l99")
+        root = driver.mount("c")
+        assert driver.mounted_via["c"] == "mount(2) relative"  # type: ignore[attr-defined]
+        assert len(os.listdir(root)) == 100 and (root / "f0").read_bytes() == b"x"
+        driver.unmount("c")
+
+
+#: an image exercising every kind of entry, whiteouts and opaque dirs
+_LAYERS = [
+    [Mkdir("etc"), File("etc/conf", b"a=1\n", 0o640, 1, 2), Mkdir("d", 0o1777), File("d/x", b"x" * 9000),
+     File("d/y", b"y"), SetXattr("d/y", "user.origin", b"layer0"), Symlink("etc/link", "../d/x"),
+     Mkdir("opq"), File("opq/old", b"old"), File("suid", b"#!", 0o4755), File("gone", b"g"),
+     Link("etc/hard", "etc/conf")],
+    [Remove("gone"), Opaque("opq", 0o750), File("opq/new", b"new")],
+]
+_COMMIT = [Append("d/x", b"+appended"), Remove("d/y"), File("etc/conf2", b"b=2\n")]
+
+
+def _container_tree(name: str, work: Path) -> Tree:
+    with driver_on_store(name, work) as (driver, _):
+        stack = Stack(driver, work / "ref")
+        for ops in _LAYERS:
+            stack.layer(*ops)
+        stack.commit(*_COMMIT)
+        stack.check_all()
+        return stack.view()
+
+
+@pytest.mark.parametrize("name", MODERN)
+def test_the_container_tree_equals_overlay2s_for_the_same_image(name: str, work: Path) -> None:
+    expected = _container_tree("overlay2", work / "overlay2")
+    assert compare(expected, _container_tree(name, work / name)) == []
+
+
+@pytest.mark.parametrize("name", MODERN)
+def test_a_64mib_copy_up_costs_far_more_than_a_4kib_one(name: str, work: Path) -> None:
+    with driver_on_store(name, work, size=1024 * MiB) as (driver, _):
+        root = driver.create_layer("base", None)
+        (root / "small.bin").write_bytes(os.urandom(4096))
+        with open(root / "big.bin", "wb") as f:
+            for _ in range(64):
+                f.write(os.urandom(MiB))
+        driver.seal_layer("base")
+        small, big = [], []
+        for i in range(5):
+            driver.create_container(f"c{i}", "base")
+            merged = driver.mount(f"c{i}")
+            small.append(first_append_ns(merged / "small.bin"))
+            big.append(first_append_ns(merged / "big.bin"))
+            driver.unmount(f"c{i}")
+            driver.remove(f"c{i}")
+    ratio = min(big) / min(small)  # the fastest of five: the least disturbed on a shared machine
+    assert ratio > 10, f"{name}: copy-up 64 MiB / 4 KiB = {ratio:.1f} ({small} ns, {big} ns)"
