@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from layerbench.harness import userns
+from layerbench.harness import syscalls, userns
 from layerbench.harness.driver import Driver
 from layerbench.harness.image_sources import open_image
 from layerbench.harness.plugins import default_plugins
@@ -248,3 +248,30 @@ def test_the_rootless_overlay_mount_is_nodev_nosuid(tmp_path: Path) -> None:
         mounts = userns.run_in_userns(body, driver, expose=[driver.home.parent], timeout_s=60)
     assert len(mounts) == 1, mounts
     assert {"nodev", "nosuid"} <= set(next(iter(mounts.values())))
+
+
+def test_bind_and_tmpfs_volumes_are_nodev_nosuid_even_from_a_suid_dev_directory(tmp_path: Path) -> None:
+    """A bind mount takes its source's flags, not mount(2)'s: syscalls.mount remounts it nodev,nosuid
+    (read-only kept when asked). The source here is a plain directory on a mount without them."""
+    if os.geteuid() != 0:
+        pytest.skip("mounts need root")
+    host, bind, ro, tmpfs = (tmp_path / n for n in ("host", "bind", "ro", "tmpfs"))
+    for d in (host, bind, ro, tmpfs):
+        d.mkdir()
+    if os.statvfs(host).f_flag & (os.ST_NODEV | os.ST_NOSUID):
+        pytest.skip("the temp directory's own mount is nodev or nosuid: a bind would inherit it")
+    made = []
+    try:
+        syscalls.mount(str(host), str(bind), "", syscalls.MS_BIND)
+        made.append(bind)
+        syscalls.mount(str(host), str(ro), "", syscalls.MS_BIND | syscalls.MS_RDONLY)
+        made.append(ro)
+        syscalls.mount("tmpfs", str(tmpfs), "tmpfs", 0, "mode=0755")
+        made.append(tmpfs)
+        mounts = _mount_options(tmp_path)
+        for point in made:
+            assert {"nodev", "nosuid"} <= mounts[str(point)], (point, mounts[str(point)])
+        assert "ro" in mounts[str(ro)] and "rw" in mounts[str(bind)]
+    finally:
+        for point in reversed(made):
+            syscalls.umount(str(point))
