@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from .results import tidy
-from .stats import advice
+from .results import params_text, tidy
+from .stats import summarize
 
-__all__ = ["comparison_table", "human", "run_warnings", "metric_title", "times_text", "params_human"]
+__all__ = ["comparison_table", "human", "run_warnings", "run_summary", "metric_title", "times_text", "params_human"]
 
 #: what people call a metric, for titles and axes (others: the name without its unit suffix)
 METRIC_TITLES = {
@@ -102,11 +104,44 @@ def comparison_table(doc: dict[str, Any]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+#: a timing whose 95% CI of the median reaches further than this share of the median either side is not settled
+WIDE_CI = 0.25
+
+
 def run_warnings(doc: dict[str, Any]) -> list[str]:
-    """Advice on cells whose samples look unreliable (outliers, a slow first sample)."""
+    """Timings whose 95% bootstrap CI of the median is wide (hyperfine-style: a real problem, not one
+    outlier), grouped per cell, with parameters as people write them and what to do."""
     out = []
     for c in doc["cells"]:
+        wide = []
         for metric, data in c.get("metrics", {}).items():
-            for text in advice(data["samples"], data["unit"]):
-                out.append(f"{c['scenario']} {c['driver']} {c['params']} {metric}: {text}")
+            if data["unit"] != "ns" or len(data["samples"]) < 3:
+                continue
+            s = summarize(data["samples"])
+            if s["median"] > 0 and (s["ci95_high"] - s["ci95_low"]) / 2 / s["median"] > WIDE_CI:
+                wide.append(f"{metric} ±{(s['ci95_high'] - s['ci95_low']) / 2 / s['median']:.0%}")
+        if wide:
+            on = f" on {c['backing']}" if c.get("backing") else ""
+            params = f" ({params_human(params_text(c['params']))})" if c["params"] else ""
+            out.append(f"{c['scenario']} {c['driver']}{on}{params}: "
+                       f"{', '.join(wide)} of the median (95% CI); more --samples or a quieter machine")
     return out
+
+
+def run_summary(doc: dict[str, Any], path: Path, elapsed_s: float | None = None) -> str:
+    """The end of a run: the verdict, the claims, the time taken, how many warnings, the next command."""
+    from .claims import claims_text
+    from .verdict import verdict, verdict_text
+
+    lines = [verdict_text(verdict(doc)), claims_text(doc)]
+    if elapsed_s is None and doc.get("finished_utc") and doc.get("started_utc"):
+        stamp = "%Y-%m-%dT%H:%M:%SZ"
+        elapsed_s = (datetime.strptime(doc["finished_utc"], stamp) - datetime.strptime(doc["started_utc"], stamp)
+                     ).total_seconds()
+    took = f"{elapsed_s // 60:.0f} min {elapsed_s % 60:.0f} s" if elapsed_s and elapsed_s >= 60 else \
+        f"{elapsed_s:.0f} s" if elapsed_s is not None else "unknown"
+    n = len(run_warnings(doc))
+    lines.append(f"{len(doc['cells'])} cells in {took}; {n} warning{'s' * (n != 1)}"
+                 + (" (see the report)" if n else ""))
+    lines.append(f"next: layerbench report {path} -o report.html")
+    return "\n".join(lines) + "\n"

@@ -10,10 +10,9 @@ from typing import Any
 import click
 
 from .. import results, safety
-from ..claims import claims_text
 from ..errors import UserError
 from ..runner import RunConfig, run, sigterm_as_interrupt
-from ..table import comparison_table, run_warnings
+from ..table import comparison_table, run_summary, run_warnings
 
 __all__ = ["run_cmd", "parse_param", "failure_summary", "EXIT_FAILED", "EXIT_INTERRUPTED"]
 
@@ -78,12 +77,9 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
         click.echo("layerbench: interrupted; finished cells are kept in the results file", err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo(comparison_table(doc))
-    click.echo(claims_text(doc))
-    warnings = run_warnings(doc)
-    for line in warnings[:10]:
+    for line in run_warnings(doc):
         click.echo(f"warning: {line}", err=True)
-    if len(warnings) > 10:
-        click.echo(f"warning: ... and {len(warnings) - 10} more; `layerbench report` lists them all", err=True)
+    click.echo(run_summary(doc, path))
     click.echo(f"results: {path}", err=True)
     if export_csv:
         text = results.to_csv(doc)
