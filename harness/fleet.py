@@ -43,6 +43,7 @@ __all__ = ["HOST_RESOURCE", "require_dask", "run_fleet", "FleetExecutor", "serve
 
 HOST_RESOURCE = "host"  # every layerbench worker has 1; every cell takes it: one cell per host at a time
 HOST_ENV, WORK_ROOT_ENV = "LAYERBENCH_HOST", "LAYERBENCH_WORK_ROOT"
+STARTED = "layerbench-cell-started"  # the Dask event topic of cells that began on their host
 HOST_GRACE_S = 120.0  # a host gone this long (rebooted, unplugged) has its waiting cells recorded as errors
 
 
@@ -101,7 +102,11 @@ def _error_cell(plain: dict[str, Any], host: str | None, error: str) -> dict[str
 
 def run_on_host(plain: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
     """A Dask task: run the cell `Cell.to_plain` described on this host, in a child process; its result with `host`."""
+    from distributed import get_worker
+
     host, work_root = _this_host()
+    worker = get_worker()
+    worker.log_event(STARTED, {"key": worker.get_current_task(), "host": host})
     request = {"cell": plain, "sampling": sampling, "work_root": str(work_root), "parent": os.getpid()}
     proc = subprocess.run([sys.executable, "-c", "from layerbench.harness.fleet import _cell_main; _cell_main()"],
                           input=json.dumps(request), capture_output=True, text=True)
@@ -178,9 +183,11 @@ def serve_worker(scheduler: str, host: str, work_root: Path, listen_host: str | 
 
 
 @dataclasses.dataclass
-class _Submitted:
+class _Job:
     cell: Cell
     plain: dict[str, Any]
+    sampling: dict[str, Any]
+    turn: int  # its place in the run's order: earlier cells go first on a host
 
 
 class FleetExecutor:
@@ -251,7 +258,19 @@ class FleetExecutor:
             return {HOST_RESOURCE: 1}
         return {HOST_RESOURCE: 1, host_resource(able[turn % len(able)]): 1} if able else {HOST_RESOURCE: 1}
 
-    def _failed(self, job: _Submitted, future: Future) -> dict[str, Any]:
+    def _submit(self, job: _Job) -> Future:
+        return self.client.submit(run_on_host, job.plain, job.sampling, pure=False, priority=-job.turn,
+                                  resources=self._resources(job.cell, job.turn),
+                                  key=f"layerbench-cell-{job.turn}-{job.cell.host or 'any'}-{os.urandom(4).hex()}")
+
+    def _never_started(self, future: Future) -> bool:
+        """The task's worker died before the task began (it was waiting there for the host's slot)."""
+        from distributed import KilledWorker
+
+        started = {event.get("key") for _, event in self.client.get_events(STARTED)}
+        return isinstance(future.exception(), KilledWorker) and future.key not in started
+
+    def _failed(self, job: _Job, future: Future) -> dict[str, Any]:
         from distributed import KilledWorker
 
         exc = future.exception()
@@ -270,13 +289,10 @@ class FleetExecutor:
             hosts[name] = {"machine": d["machine"], "work_root": d["work_root"], "helpers": d["helpers"],
                            "overhead": d["overhead"], "backings": d["backings"],
                            "drivers": {n: {"available": r is None, "reason": r} for n, r in d["drivers"].items()}}
-        jobs: dict[Future, _Submitted] = {}
+        jobs: dict[Future, _Job] = {}
         for i, (cell, sampling) in enumerate(cells):
-            plain = cell.to_plain()
-            future = self.client.submit(run_on_host, plain, dataclasses.asdict(sampling), pure=False,
-                                        resources=self._resources(cell, i), priority=-i,
-                                        key=f"layerbench-cell-{i}-{cell.host or 'any'}-{os.urandom(4).hex()}")
-            jobs[future] = _Submitted(cell, plain)
+            job = _Job(cell, cell.to_plain(), dataclasses.asdict(sampling), i)
+            jobs[self._submit(job)] = job
         gone: dict[str, float] = {}  # host -> when it was first seen missing
         n = 0
         try:
@@ -284,20 +300,29 @@ class FleetExecutor:
             while pending:
                 time.sleep(0.2)
                 done = [f for f in pending if f.done()]
-                finished = [(f, f.result() if f.status == "finished" else self._failed(jobs[f], f)) for f in done]
                 pending.difference_update(done)
+                finished = []
+                for f in done:
+                    if f.status == "finished":
+                        finished.append((f, f.result()))
+                    elif self._never_started(f):
+                        again = self._submit(jobs[f])
+                        jobs[again] = jobs[f]
+                        pending.add(again)
+                    else:
+                        finished.append((f, self._failed(jobs[f], f)))
                 finished += self._abandon_gone_hosts(pending, jobs, gone)
                 for future, result in finished:
                     pending.discard(future)
                     n += 1
-                    progress(f"[{n}/{len(jobs)}] {jobs[future].cell.describe()}"
+                    progress(f"[{n}/{len(cells)}] {jobs[future].cell.describe()}"
                              + ("" if jobs[future].cell.host else f" @{result.get('host')}")
                              + f": {result['status']}" + (f": {result['error']}" if result.get("error") else ""))
                     yield result
         finally:
             self.client.cancel(list(jobs))
 
-    def _abandon_gone_hosts(self, pending: set[Future], jobs: dict[Future, _Submitted],
+    def _abandon_gone_hosts(self, pending: set[Future], jobs: dict[Future, _Job],
                             gone: dict[str, float]) -> list[tuple[Future, dict[str, Any]]]:
         """Errors for the waiting cells of a host whose worker has been gone longer than the grace."""
         here = {w.get("name") for w in self.client.scheduler_info(n_workers=-1)["workers"].values()}
