@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from .driver import LayerFormat
+from .layer_tar import OPAQUE_XATTR, make_whiteout
 
 __all__ = ["FileSpec", "LayerSpec", "Image", "SyntheticImage", "synthetic_image", "apply_layer", "write_whiteout"]
 
@@ -57,8 +57,11 @@ class Image(Protocol):
         """Regular files of the flattened image, sorted."""
         ...
 
-    def apply(self, index: int, root: Path, layer_format: LayerFormat) -> None:
-        """Write layer `index` (0 = bottom) into `root`, the directory create_layer handed out."""
+    def apply(self, index: int, root: Path, layer_format: LayerFormat, *, opaque_xattr: str = OPAQUE_XATTR) -> None:
+        """Write layer `index` (0 = bottom) into `root`, the directory create_layer handed out.
+
+        Layers go in order, bottom first; `opaque_xattr` is the driver's (`Driver.opaque_xattr`).
+        """
         ...
 
 
@@ -92,8 +95,11 @@ class SyntheticImage:
         """Every file's bytes by seed, generated ahead (keeps generation out of timed builds)."""
         return {str(f.seed): _content(f) for layer in self.layers for f in layer.files}
 
-    def apply(self, index: int, root: Path, layer_format: LayerFormat, contents: dict[str, bytes] | None = None) -> None:
-        layer = self.layers[index]
+    def apply(
+        self, index: int, root: Path, layer_format: LayerFormat, contents: dict[str, bytes] | None = None, *,
+        opaque_xattr: str = OPAQUE_XATTR,
+    ) -> None:
+        layer = self.layers[index]  # removals only: no opaque directory, whatever the xattr
         for gone in layer.removals:
             write_whiteout(root, gone, layer_format)
         apply_layer(root, layer.files, layer_format, contents)
@@ -134,7 +140,7 @@ def synthetic_image(
     gone: list[list[str]] = [[] for _ in range(layers)]
     for layer, path in removals:
         gone[layer].append(path)
-    return SyntheticImage(tuple(LayerSpec(tuple(f), tuple(g)) for f, g in zip(out, gone)))
+    return SyntheticImage(tuple(LayerSpec(tuple(f), tuple(g)) for f, g in zip(out, gone, strict=True)))
 
 
 def _content(spec: FileSpec) -> bytes:
@@ -156,7 +162,7 @@ def write_whiteout(root: Path, path: str, layer_format: LayerFormat) -> None:
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove(target)
-    os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+    make_whiteout(target)
 
 
 def apply_layer(

@@ -9,47 +9,144 @@ into the equivalent relative links inside the root.
 from __future__ import annotations
 
 import os
-import tarfile
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .driver import LayerFormat
 from .errors import UserError
-from .layer_tar import open_layer_stream
+from .layer_tar import (
+    OPAQUE_MARKER,
+    OPAQUE_XATTR,
+    WHITEOUT_PREFIX,
+    LayerTar,
+    LowerTree,
+    SizeLimit,
+    free_disk_limit,
+    read_layer,
+)
 from .oci import LayerBlob, apply_blob, apply_host_dir, read_image
 
-__all__ = ["ArchiveImage", "HostDirImage", "open_image"]
+__all__ = ["ArchiveImage", "HostDirImage", "open_image", "set_image_limit", "parse_size", "MAX_ENTRIES"]
 
-_WH = ".wh."
-_OPAQUE = ".wh..wh..opq"
+#: entries an imported image may hold (its file list is kept in memory)
+MAX_ENTRIES = 4_000_000
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)$", re.IGNORECASE)
+_limit: dict[str, Any] = {"max_bytes": None, "work_root": None}
+
+
+def parse_size(text: str, what: str = "--max-image-bytes") -> int:
+    """`10G`, `500M`, `1.5GiB`, `4096` -> bytes (binary multiples)."""
+    m = _SIZE.match(text.strip())
+    if m is None or float(m.group(1)) <= 0:
+        raise UserError(f"{what} {text!r}: expected a size such as 500M, 10G or 1073741824 (bytes)")
+    return int(float(m.group(1)) * (1 << (10 * " KMGT".index(m.group(2).upper() or " "))))
+
+
+def set_image_limit(max_bytes: int | None, work_root: Path | None) -> None:
+    """Bound the images opened after this: `max_bytes` uncompressed, or else the free disk under `work_root`."""
+    _limit.update(max_bytes=max_bytes, work_root=work_root)
+
+
+def _image_limit() -> SizeLimit | None:
+    if _limit["max_bytes"] is not None:
+        return SizeLimit(_limit["max_bytes"], "--max-image-bytes")
+    if _limit["work_root"] is not None:
+        return free_disk_limit(_limit["work_root"], f"the work root {_limit['work_root']}")
+    return None
+
+
+_Tree = dict[str, Any]  # name -> a subtree (directory), a size (regular file) or -1 (anything else)
+
+
+def _scan_layer(tree: _Tree, layer: LayerTar, seen: int, name: str) -> int:
+    """Fold one layer's headers into `tree` (whiteouts hide lower layers only); return the entries seen."""
+    hide: list[tuple[tuple[str, ...], str | None]] = []  # (directory, name or None for an opaque marker)
+    put: list[tuple[tuple[str, ...], int | None]] = []  # (path, size, -1 or None for a directory)
+    for member in layer:
+        seen += 1
+        if seen > MAX_ENTRIES:
+            raise UserError(f"{name}: the image has more than {MAX_ENTRIES} entries")
+        parts = tuple(p for p in member.name.split("/") if p not in ("", "."))
+        if not parts:
+            continue
+        base = parts[-1]
+        if base.startswith(WHITEOUT_PREFIX):
+            hide.append((parts[:-1], None if base == OPAQUE_MARKER else base[len(WHITEOUT_PREFIX):]))
+        else:
+            put.append((parts, None if member.isdir() else member.size if member.isfile() else -1))
+    for dparts, gone in hide:
+        node = _node(tree, dparts)
+        if node is None:
+            continue
+        if gone is None:
+            node.clear()
+        else:
+            node.pop(gone, None)
+    for parts, value in put:
+        node = tree
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        if value is None:
+            if not isinstance(node.get(parts[-1]), dict):
+                node[parts[-1]] = {}
+        else:
+            node[parts[-1]] = value
+    return seen
+
+
+def _node(tree: _Tree, parts: tuple[str, ...]) -> _Tree | None:
+    node: Any = tree
+    for p in parts:
+        node = node.get(p) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
+
+
+def _files(tree: _Tree) -> dict[str, int]:
+    out: dict[str, int] = {}
+    todo: list[tuple[str, _Tree]] = [("", tree)]
+    while todo:
+        prefix, node = todo.pop()
+        for name, value in node.items():
+            if isinstance(value, dict):
+                todo.append((f"{prefix}{name}/", value))
+            elif value >= 0:
+                out[f"{prefix}{name}"] = value
+    return out
 
 
 @dataclass
 class ArchiveImage:
-    """The layers of an OCI layout or a `docker save` archive, applied as they are."""
+    """The layers of an OCI layout or a `docker save` archive, applied as they are.
+
+    `limit` bounds the uncompressed size of the whole image (every pass over the
+    layers stops as soon as it is passed); DIFF layers are checked against a
+    `LowerTree` of the layers below, so they are refused as FULL ones are.
+    """
 
     blobs: list[LayerBlob]
+    limit: SizeLimit | None = None
     _files: dict[str, int] = field(default_factory=dict)
+    _sizes: list[int] = field(default_factory=list)  # uncompressed bytes of each layer
     _scanned: bool = False
+    _lower: LowerTree | None = None
+    _next: int = 0
 
     def _scan(self) -> None:
-        """Flatten the layers' tar headers once: sizes and paths of the final image."""
+        """Read the layers' tar headers once: the final image's files and sizes, each layer's size."""
         if self._scanned:
             return
-        files: dict[str, int] = {}
+        tree: _Tree = {}
+        seen = 0
         for blob in self.blobs:
-            with blob.open() as raw, tarfile.open(fileobj=open_layer_stream(raw), mode="r|") as tar:
-                for member in tar:
-                    name = os.path.normpath(member.name).lstrip("/")
-                    head, base = os.path.split(name)
-                    if base == _OPAQUE:
-                        files = {p: s for p, s in files.items() if not p.startswith(head + "/")}
-                    elif base.startswith(_WH):
-                        gone = os.path.join(head, base[len(_WH):])
-                        files = {p: s for p, s in files.items() if p != gone and not p.startswith(gone + "/")}
-                    elif member.isfile():
-                        files[name] = member.size
-        self._files, self._scanned = files, True
+            limit = None if self.limit is None else replace(self.limit, below=sum(self._sizes))
+            with blob.open() as raw, read_layer(raw, blob.name, limit) as layer:
+                seen = _scan_layer(tree, layer, seen, blob.name)
+                self._sizes.append(layer.size())
+        self._files, self._scanned = _files(tree), True
 
     @property
     def layer_count(self) -> int:
@@ -69,8 +166,19 @@ class ArchiveImage:
         self._scan()
         return sorted(self._files)
 
-    def apply(self, index: int, root: Path, layer_format: LayerFormat) -> None:
-        apply_blob(root, self.blobs[index], layer_format, symlinks="relative")
+    def apply(self, index: int, root: Path, layer_format: LayerFormat, *, opaque_xattr: str = OPAQUE_XATTR) -> None:
+        self._scan()
+        lower = None
+        if layer_format is LayerFormat.DIFF:  # the layers below, as FULL would see them in its root
+            if index == 0:
+                self._lower = LowerTree()
+            elif index != self._next or self._lower is None:
+                raise ValueError(f"DIFF layer {index} applied after layer {self._next - 1}: apply them bottom first")
+            lower = self._lower
+        limit = None if self.limit is None else replace(self.limit, below=sum(self._sizes[:index]))
+        apply_blob(root, self.blobs[index], layer_format, symlinks="relative", limit=limit, lower=lower,
+                   opaque_xattr=opaque_xattr)
+        self._next = index + 1
 
 
 @dataclass
@@ -104,8 +212,8 @@ class HostDirImage:
     def file_paths(self) -> list[str]:
         return sorted(p for p, _ in self._walk())
 
-    def apply(self, index: int, root: Path, layer_format: LayerFormat) -> None:
-        apply_host_dir(root, self.path, layer_format, symlinks="relative")
+    def apply(self, index: int, root: Path, layer_format: LayerFormat, *, opaque_xattr: str = OPAQUE_XATTR) -> None:
+        apply_host_dir(root, self.path, layer_format, symlinks="relative", limit=_image_limit())
 
 
 def open_image(source: str, path: Path) -> ArchiveImage | HostDirImage:
@@ -114,4 +222,5 @@ def open_image(source: str, path: Path) -> ArchiveImage | HostDirImage:
         if not path.is_dir():
             raise UserError(f"{path}: image source 'dir' needs a directory")
         return HostDirImage(path)
-    return ArchiveImage(read_image(path))
+    limit = _image_limit()
+    return ArchiveImage(read_image(path, limit=limit), limit)

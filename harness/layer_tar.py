@@ -9,7 +9,13 @@ outside the root. Unsafe entries stop the layer with one `UserError` naming them
 `LayerFormat.FULL` (vfs, btrfs): the root holds the parent's tree; a whiteout
 deletes, an opaque marker empties the directory's lower children.
 `LayerFormat.DIFF` (overlay2): the root holds this layer only; a whiteout becomes
-a 0/0 character device and an opaque directory gets `trusted.overlay.opaque=y`.
+a 0/0 character device and an opaque directory gets the driver's opaque xattr
+(`trusted.overlay.opaque=y` by default). A `LowerTree` passed along stands in for the
+lower layers the root does not hold, so DIFF refuses exactly what FULL refuses.
+
+Work is bounded: the uncompressed stream and the bytes written stop at a `SizeLimit`
+(by default the free disk of the root's filesystem), new inodes at its free inodes,
+header blocks at 16 MiB, names at NAME_MAX and PATH_MAX.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import stat
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal, NoReturn
+from typing import IO, BinaryIO, Literal, NoReturn
 
 from .driver import LayerFormat
 from .errors import UserError
@@ -38,6 +45,17 @@ __all__ = [
     "WHITEOUT_PREFIX",
     "OPAQUE_MARKER",
     "SymlinkPolicy",
+    "SizeLimit",
+    "LowerTree",
+    "read_layer",
+    "LayerTar",
+    "make_whiteout",
+    "set_opaque",
+    "is_whiteout",
+    "free_disk_limit",
+    "OPAQUE_XATTR",
+    "NAME_MAX",
+    "PATH_MAX",
 ]
 
 WHITEOUT_PREFIX = ".wh."
@@ -50,6 +68,81 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _XATTR_SKIP = (errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.EINVAL, errno.ERANGE, errno.E2BIG, errno.ENOSPC)
 _GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 _CHUNK = 1 << 20
+NAME_MAX, PATH_MAX = 255, 4096  # bytes of one name, of a path with its NUL (Linux)
+_MAX_HEADER = 16 << 20  # a PAX or GNU long-name header block held in memory
+_HEADER_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                 tarfile.GNUTYPE_LONGLINK)
+
+
+def _human(n: int) -> str:
+    for scale, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class SizeLimit:
+    """At most `total` uncompressed bytes for a whole image; the layers below this one took `below`.
+
+    `why` says where the figure comes from, for the message (e.g. "--max-image-bytes").
+    """
+
+    total: int
+    why: str
+    below: int = 0
+
+    @property
+    def left(self) -> int:
+        return max(0, self.total - self.below)
+
+    def error(self, source: str, what: str = "uncompressed") -> UserError:
+        after = f" after {_human(self.below)} in the layers below" if self.below else ""
+        return UserError(f"{source}: over the image size limit of {_human(self.total)} ({self.why}): "
+                         f"more than {_human(self.left)} {what} in this layer{after}")
+
+
+def free_disk_limit(path: Path | str | int, where: str = "") -> SizeLimit:
+    """What the free disk of `path`'s filesystem allows, less a margin (a tenth, at most 1 GiB)."""
+    sv = os.statvfs(path)
+    free = sv.f_bavail * sv.f_frsize
+    return SizeLimit(free - min(free // 10, 1 << 30), f"the free disk of {where or path} less a margin")
+
+
+def _tighter(a: SizeLimit | None, b: SizeLimit) -> SizeLimit:
+    return b if a is None or b.left < a.left else a
+
+
+class _HeaderTooLarge(Exception):
+    pass
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses a PAX or GNU long-name header block larger than 16 MiB (tarfile reads it whole)."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _HEADER_TYPES and self.size > _MAX_HEADER:
+            raise _HeaderTooLarge(f"a tar header block of {_human(self.size)} (at most {_human(_MAX_HEADER)})")
+        return super()._proc_member(tar)  # type: ignore[misc]
+
+
+class _Bounded(io.RawIOBase):
+    """A decompressed stream that counts its bytes and raises the limit's error past `limit.left`."""
+
+    def __init__(self, stream: BinaryIO, limit: SizeLimit | None, source: str) -> None:
+        self.stream, self.limit, self.source, self.count = stream, limit, source, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        want = len(buf) if self.limit is None else min(len(buf), self.limit.left - self.count + 1)
+        data = self.stream.read(want)
+        self.count += len(data)
+        if self.limit is not None and self.count > self.limit.left:
+            raise self.limit.error(self.source)
+        buf[: len(data)] = data
+        return len(data)
 
 
 @dataclass
@@ -105,8 +198,16 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def open_layer_stream(fileobj: BinaryIO) -> BinaryIO:
-    """Return `fileobj` decompressed as its magic says: gzip, zstd, or as it is."""
+def open_layer_stream(fileobj: BinaryIO, limit: SizeLimit | None = None, name: str = "layer") -> BinaryIO:
+    """Return `fileobj` decompressed as its magic says: gzip, zstd, or as it is.
+
+    With `limit`, reading more than `limit.left` decompressed bytes raises its `UserError`
+    (naming `name`) at once, before more is decompressed.
+    """
+    return io.BufferedReader(_Bounded(_decompressed(fileobj), limit, name), _CHUNK)
+
+
+def _decompressed(fileobj: BinaryIO) -> BinaryIO:
     head = b""
     while len(head) < 4:
         more = fileobj.read(4 - len(head))
@@ -119,7 +220,7 @@ def open_layer_stream(fileobj: BinaryIO) -> BinaryIO:
     if head == _ZSTD:
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)  # type: ignore[return-value]
+        return zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
     return stream
 
 
@@ -131,20 +232,105 @@ def _split(applier: _Applier, e: _Entry, name: str, what: str = "path") -> tuple
         applier.fail(e, f"{what} {name!r} has a '..' component: path escapes the layer root")
     if any("\x00" in p for p in parts):
         applier.fail(e, f"{what} has a NUL byte")
+    sizes = [len(p.encode("utf-8", "surrogateescape")) for p in parts]
+    if sizes and max(sizes) > NAME_MAX:
+        applier.fail(e, f"{what} has a name of {max(sizes)} bytes; at most {NAME_MAX} (NAME_MAX)")
+    if sum(sizes) + len(sizes) > PATH_MAX - 1:
+        applier.fail(e, f"{what} is {sum(sizes) + len(sizes)} bytes long; at most {PATH_MAX - 1} (PATH_MAX)")
     return parts
+
+
+def is_whiteout(st: os.stat_result) -> bool:
+    """Whether `st` is an overlay whiteout: a 0/0 character device."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def make_whiteout(path: Path | str, dir_fd: int | None = None) -> None:
+    """Hide `path` of the layers below in a DIFF layer: a 0/0 character device (overlayfs)."""
+    os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=dir_fd)
+
+
+def set_opaque(target: int | str | Path, opaque_xattr: str = OPAQUE_XATTR) -> None:
+    """Mark a DIFF layer's directory opaque (the lower ones' children hidden): `<opaque_xattr>=y`."""
+    os.setxattr(target, opaque_xattr, b"y")
+
+
+@dataclass
+class _Node:
+    kind: str  # dir symlink other
+    children: dict[str, _Node] = field(default_factory=dict)
+
+
+class LowerTree:
+    """What the layers below hold, path by path, for a DIFF import (its root holds one layer only).
+
+    A FULL root holds the lower layers, so a symlink or a file there stops an entry
+    below it; a DIFF import asks this model instead and refuses the same entries.
+    Pass one `LowerTree` to every layer of an image, bottom first: after each DIFF
+    layer it takes in what the layer holds, by overlayfs's rules.
+    """
+
+    def __init__(self) -> None:
+        self.top = _Node("dir")
+
+    def kind(self, parts: tuple[str, ...]) -> str | None:
+        """"dir", "symlink", "other", or None when the layers below do not hold `parts`."""
+        node: _Node | None = self.top
+        for name in parts:
+            node = node.children.get(name) if node is not None and node.kind == "dir" else None
+        return None if node is None else node.kind
+
+    def fold(self, root_fd: int, opaque_xattr: str) -> None:
+        """Take in the DIFF layer at `root_fd`: whiteouts remove, opaque directories hide, the rest wins."""
+        todo: list[tuple[int, _Node]] = [(os.dup(root_fd), self.top)]
+        try:
+            while todo:
+                fd, node = todo.pop()
+                try:
+                    try:
+                        if os.getxattr(fd, opaque_xattr) == b"y":
+                            node.children.clear()
+                    except OSError:
+                        pass
+                    for name in os.listdir(fd):
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                        if is_whiteout(st):
+                            node.children.pop(name, None)
+                        elif stat.S_ISDIR(st.st_mode):
+                            child = node.children.get(name)
+                            if child is None or child.kind != "dir":
+                                child = node.children[name] = _Node("dir")
+                            todo.append((os.open(name, _DIR_FLAGS, dir_fd=fd), child))
+                        else:
+                            node.children[name] = _Node("symlink" if stat.S_ISLNK(st.st_mode) else "other")
+                finally:
+                    os.close(fd)
+        finally:
+            for fd, _ in todo:
+                os.close(fd)
 
 
 class _Applier:
     """Applies entries one by one below `root`, through directory file descriptors."""
 
-    def __init__(self, root: Path, layer_format: LayerFormat, source: str, symlinks: SymlinkPolicy) -> None:
+    def __init__(
+        self, root: Path, layer_format: LayerFormat, source: str, symlinks: SymlinkPolicy, *,
+        limit: SizeLimit | None = None, lower: LowerTree | None = None, opaque_xattr: str = OPAQUE_XATTR,
+    ) -> None:
         self.diff = layer_format is LayerFormat.DIFF
         self.source, self.symlinks = source, symlinks
+        self.lower = lower if self.diff else None
+        self.opaque_xattr = opaque_xattr
         self.root_fd = os.open(root, _DIR_FLAGS)
+        self.limit = _tighter(limit, free_disk_limit(self.root_fd, "the layer's filesystem"))
+        sv = os.statvfs(self.root_fd)
+        self.inodes_left = sv.f_favail - min(sv.f_favail // 10, 100_000) if sv.f_files else None
         self.is_root = os.geteuid() == 0
         self.stats = LayerStats()
         self.written: set[tuple[str, ...]] = {()}  # paths this layer wrote, and their ancestors
+        self.opaque: set[tuple[str, ...]] = set()  # directories this layer made opaque
         self.dir_times: dict[tuple[str, ...], int] = {}
+        self.current = ""  # the entry being applied, for messages
         self._parent: tuple[tuple[str, ...], int] | None = None  # cached fd of the last parent
 
     def close(self) -> None:
@@ -154,30 +340,47 @@ class _Applier:
         os.close(self.root_fd)
 
     def fail(self, e: _Entry, what: str) -> NoReturn:
-        raise UserError(f"{self.source}: entry {e.name!r}: {what}")
+        name = e.name if len(e.name) <= 100 else e.name[:100] + "..."
+        raise UserError(f"{self.source}: entry {name!r}: {what}")
 
     # -- walking ---------------------------------------------------------------------------
 
-    def _walk(self, e: _Entry, parts: tuple[str, ...], create: bool) -> int | None:
-        """A new fd of directory `parts` (no symlink followed); None if missing and not `create`."""
+    def _walk(self, e: _Entry, parts: tuple[str, ...], create: bool, revive: bool = False) -> int | None:
+        """A new fd of directory `parts` (no symlink followed); None if missing and not `create`.
+
+        On DIFF, a directory missing here is looked up in the lower tree (refused through a
+        lower symlink or non-directory, as FULL would), and a whiteout this layer left on
+        the way counts as missing: `revive` makes it an opaque directory, else None.
+        """
         fd = os.dup(self.root_fd)
         try:
             for i, comp in enumerate(parts):
+                here = parts[: i + 1]
                 try:
                     nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
+                    self._below(e, here)
                     if not create:
                         os.close(fd)
                         return None
+                    self._new_inode(e)
                     os.mkdir(comp, 0o755, dir_fd=fd)
                     nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
                     if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
-                    where = "/".join(parts[: i + 1])
-                    if stat.S_ISLNK(os.stat(comp, dir_fd=fd, follow_symlinks=False).st_mode):
-                        self.fail(e, f"parent {where!r} is a symlink; refusing to go through it")
-                    self.fail(e, f"parent {where!r} is not a directory")
+                    st = os.stat(comp, dir_fd=fd, follow_symlinks=False)
+                    if self.diff and is_whiteout(st):  # removed by this layer: FULL would find nothing
+                        if not revive:
+                            os.close(fd)
+                            return None
+                        os.unlink(comp, dir_fd=fd)
+                        os.mkdir(comp, 0o755, dir_fd=fd)
+                        nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                        self._mark(here)
+                        self._set_opaque(e, nfd, here)
+                    else:
+                        self._not_a_dir(e, here, stat.S_ISLNK(st.st_mode))
                 os.close(fd)
                 fd = nfd
             return fd
@@ -185,12 +388,36 @@ class _Applier:
             os.close(fd)
             raise
 
-    def parent(self, e: _Entry, parts: tuple[str, ...], create: bool = True) -> int | None:
+    def _not_a_dir(self, e: _Entry, parts: tuple[str, ...], symlink: bool) -> NoReturn:
+        where = "/".join(parts)
+        if symlink:
+            self.fail(e, f"parent {where!r} is a symlink; refusing to go through it")
+        self.fail(e, f"parent {where!r} is not a directory")
+
+    def _lower_kind(self, parts: tuple[str, ...]) -> str | None:
+        """What the layers below hold at `parts` where this DIFF layer does not hide it."""
+        if self.lower is None or any(parts[:i] in self.opaque for i in range(len(parts))):
+            return None
+        return self.lower.kind(parts)
+
+    def _below(self, e: _Entry, parts: tuple[str, ...]) -> None:
+        """Refuse a DIFF path through a lower symlink or non-directory, as FULL does."""
+        kind = self._lower_kind(parts)
+        if kind in ("symlink", "other"):
+            self._not_a_dir(e, parts, kind == "symlink")
+
+    def _new_inode(self, e: _Entry) -> None:
+        if self.inodes_left is not None:
+            self.inodes_left -= 1
+            if self.inodes_left < 0:
+                self.fail(e, "more new files than the free inodes of the layer's filesystem (less a margin)")
+
+    def parent(self, e: _Entry, parts: tuple[str, ...], create: bool = True, revive: bool = True) -> int | None:
         """The (cached) fd of the directory holding `parts`."""
         key = parts[:-1]
         if self._parent is not None and self._parent[0] == key:
             return self._parent[1]
-        fd = self._walk(e, key, create)
+        fd = self._walk(e, key, create, revive)
         if fd is None:
             return None
         if self._parent is not None:
@@ -209,8 +436,10 @@ class _Applier:
         except FileNotFoundError:
             return None
 
-    @staticmethod
-    def _remove(pfd: int, base: str, st: os.stat_result) -> None:
+    def _remove(self, pfd: int, base: str, st: os.stat_result) -> None:
+        if self._parent is not None and self._parent[1] != pfd:  # it may hold the cached parent
+            os.close(self._parent[1])
+            self._parent = None
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(base, dir_fd=pfd)
         else:
@@ -234,7 +463,7 @@ class _Applier:
 
     def _xattrs(self, e: _Entry, target: int | str) -> None:
         for key, value in e.xattrs.items():
-            if key.startswith("trusted.overlay."):  # never let a layer steer overlayfs
+            if key.startswith(("trusted.overlay.", "user.overlay.")):  # never let a layer steer overlayfs
                 self.stats.skipped.append(f"{e.name}: xattr {key}")
                 continue
             try:
@@ -243,7 +472,7 @@ class _Applier:
             except OSError as exc:
                 if exc.errno not in _XATTR_SKIP:
                     raise
-                self.stats.skipped.append(f"{e.name}: xattr {key}: {os.strerror(exc.errno)}")
+                self.stats.skipped.append(f"{e.name}: xattr {key}: {os.strerror(exc.errno or 0)}")
 
     def _owner_mode(self, e: _Entry, fd: int) -> None:
         if self.is_root:
@@ -251,11 +480,13 @@ class _Applier:
         os.fchmod(fd, e.mode & 0o7777)
         self._xattrs(e, fd)
 
-    def _set_opaque(self, e: _Entry, fd: int) -> None:
+    def _set_opaque(self, e: _Entry, fd: int, parts: tuple[str, ...]) -> None:
         try:
-            os.setxattr(fd, OPAQUE_XATTR, b"y")
+            set_opaque(fd, self.opaque_xattr)
         except OSError as exc:
-            self.fail(e, f"cannot mark an overlay opaque directory ({os.strerror(exc.errno)}; needs root)")
+            why = os.strerror(exc.errno or 0)
+            self.fail(e, f"cannot mark an overlay opaque directory with {self.opaque_xattr} ({why})")
+        self.opaque.add(parts)
         self.stats.opaques += 1
 
     # -- entries ---------------------------------------------------------------------------
@@ -263,6 +494,7 @@ class _Applier:
     def apply(self, e: _Entry, data: Callable[[int], int] | None = None, whiteouts: bool = True) -> None:
         """Apply one entry; `data(fd)` writes a regular file's content and returns its size."""
         self.stats.entries += 1
+        self.current = e.name
         parts = _split(self, e, e.name)
         if whiteouts and any(p.startswith(WHITEOUT_PREFIX) for p in parts[:-1]):
             self.fail(e, "a whiteout name used as a directory")
@@ -288,13 +520,15 @@ class _Applier:
         st = self._lstat(pfd, base)
         if e.kind == "dir" and st is not None and stat.S_ISDIR(st.st_mode):
             return self._dir(e, parts, pfd, base, merge=True)
-        if e.kind == "dir" and st is not None and stat.S_ISLNK(st.st_mode):
+        symlink_below = st is None and self._lower_kind(parts) == "symlink"
+        if e.kind == "dir" and ((st is not None and stat.S_ISLNK(st.st_mode)) or symlink_below):
             self.fail(e, "a directory entry over a symlink")
         if e.kind == "hardlink":
             return self._hardlink(e, parts, pfd, base, st, link_parts)
-        was_whiteout = self.diff and st is not None and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+        was_whiteout = self.diff and st is not None and is_whiteout(st)
         if st is not None:
             self._remove(pfd, base, st)
+        self._new_inode(e)
         self._mark(parts)
         if e.kind == "file":
             self._file(e, pfd, base, data)
@@ -332,6 +566,8 @@ class _Applier:
         self.stats.hardlinks += 1
 
     def _file(self, e: _Entry, pfd: int, base: str, data: Callable[[int], int] | None) -> None:
+        if self.stats.bytes + e.size > self.limit.left:  # a sparse tar member writes more than it reads
+            raise self.limit.error(self.source, "written")
         fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
         try:
             if data is not None:
@@ -350,7 +586,7 @@ class _Applier:
         try:
             self._owner_mode(e, fd)
             if opaque:  # DIFF: a lower dir removed and recreated in this layer
-                self._set_opaque(e, fd)
+                self._set_opaque(e, fd, parts)
         finally:
             os.close(fd)
         self.dir_times[parts] = e.mtime_ns
@@ -369,6 +605,8 @@ class _Applier:
         target, depth = e.linkname, len(parts) - 1
         if not target or "\x00" in target:
             self.fail(e, "empty symlink target")
+        if len(target.encode("utf-8", "surrogateescape")) > PATH_MAX - 1:
+            self.fail(e, f"symlink target is longer than {PATH_MAX - 1} bytes (PATH_MAX)")
         if target.startswith("/"):
             if self.symlinks == "refuse":
                 self.fail(e, f"symlink target {target!r} is absolute: it points outside the layer root")
@@ -388,6 +626,8 @@ class _Applier:
     def _check_link_target(self, e: _Entry, link_parts: tuple[str, ...]) -> tuple[int, str]:
         tfd = self._walk(e, link_parts[:-1], create=False)
         st = None if tfd is None else self._lstat(tfd, link_parts[-1])
+        if st is not None and self.diff and is_whiteout(st):  # removed by this layer, as on FULL
+            st = None
         if tfd is None or st is None:
             if tfd is not None:
                 os.close(tfd)
@@ -409,26 +649,27 @@ class _Applier:
             self.fail(e, "a whiteout must name a file in its directory" if name != ".."
                       else "whiteout name climbs out of its directory")
         victim = (*parts[:-1], name)
-        pfd = self.parent(e, victim, create=self.diff)
+        pfd = self.parent(e, victim, create=self.diff, revive=False)
         self.stats.whiteouts += 1
-        if pfd is None:  # FULL: nothing below to hide
+        if pfd is None:  # nothing below to hide
             return None
         st = self._lstat(pfd, name)
         if victim in self.written and st is not None:  # whiteouts hide lower layers only
             if stat.S_ISDIR(st.st_mode):
                 fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
                 try:
-                    self._set_opaque(e, fd) if self.diff else self._prune(fd, victim)
+                    self._set_opaque(e, fd, victim) if self.diff else self._prune(fd, victim)
                 finally:
                     os.close(fd)
             return None
         if st is not None:
             self._remove(pfd, name, st)
         if self.diff:
+            self._new_inode(e)
             try:
-                os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=pfd)
+                make_whiteout(name, pfd)
             except OSError as exc:
-                self.fail(e, f"cannot make an overlay whiteout ({os.strerror(exc.errno)}; needs root)")
+                self.fail(e, f"cannot make an overlay whiteout ({os.strerror(exc.errno or 0)}; needs root)")
         return None
 
     def _opaque(self, e: _Entry, dparts: tuple[str, ...]) -> None:
@@ -438,7 +679,7 @@ class _Applier:
         try:
             if self.diff:
                 self._mark(dparts)
-                self._set_opaque(e, fd)
+                self._set_opaque(e, fd, dparts)
             else:
                 self._prune(fd, dparts)
                 self.stats.opaques += 1
@@ -491,7 +732,7 @@ def _entry(info: tarfile.TarInfo) -> _Entry | str:
     )
 
 
-def _copier(src: BinaryIO, size: int, applier: _Applier, e: _Entry) -> Callable[[int], int]:
+def _copier(src: IO[bytes], size: int, applier: _Applier, e: _Entry) -> Callable[[int], int]:
     def write(fd: int) -> int:
         done = 0
         while True:
@@ -514,6 +755,45 @@ def _name_of(fileobj: object) -> str:
     return os.path.basename(name) if isinstance(name, str) else "layer"
 
 
+@dataclass
+class LayerTar:
+    """A layer tar stream open for one pass in order; see `read_layer`."""
+
+    tar: tarfile.TarFile
+    stream: BinaryIO
+    counter: _Bounded
+
+    def __iter__(self) -> Iterator[tarfile.TarInfo]:
+        while (info := self.tar.next()) is not None:
+            self.tar.members.clear()  # type: ignore[attr-defined]  # a stream is read once: keep no list of every entry
+            yield info
+
+    def size(self) -> int:
+        """Read to the end; the uncompressed bytes of the whole stream."""
+        while self.stream.read(_CHUNK):
+            pass
+        return self.counter.count
+
+
+@contextmanager
+def read_layer(fileobj: BinaryIO, source: str, limit: SizeLimit | None = None) -> Iterator[LayerTar]:
+    """The layer tar stream in `fileobj` (plain, gzip or zstd), for one pass in order.
+
+    Reading past `limit`, a header block over 16 MiB, a corrupt stream: one `UserError`
+    naming `source`, raised as soon as it shows.
+    """
+    try:
+        stream = open_layer_stream(fileobj, limit, source)
+        with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape", tarinfo=_BoundedTarInfo) as tar:
+            yield LayerTar(tar, stream, stream.raw)  # type: ignore[attr-defined]
+    except _HeaderTooLarge as exc:
+        raise UserError(f"{source}: {exc}") from None
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise UserError(f"{source}: not a readable layer tar: {exc}") from None
+    except _zstd_errors() as exc:
+        raise UserError(f"{source}: not a readable zstd stream: {exc}") from None
+
+
 def apply_tar_layer(
     root: Path,
     fileobj: BinaryIO,
@@ -521,40 +801,40 @@ def apply_tar_layer(
     *,
     name: str | None = None,
     symlinks: SymlinkPolicy = "refuse",
+    limit: SizeLimit | None = None,
+    lower: LowerTree | None = None,
+    opaque_xattr: str = OPAQUE_XATTR,
 ) -> LayerStats:
     """Apply one layer tar stream (plain, gzip or zstd) onto `root` with OCI semantics.
 
     `name` labels errors (default: the file object's name). Raises `UserError` for an
     unsafe or malformed entry; nothing outside `root` is touched. `symlinks="relative"`
     rewrites absolute symlink targets to relative ones inside the root instead of
-    refusing them.
+    refusing them. The uncompressed stream and the bytes written stop at `limit` and at
+    the free disk of the root's filesystem. On DIFF, `lower` (one `LowerTree` for all
+    the layers of an image, bottom first) makes the refusals those of FULL and takes in
+    this layer; `opaque_xattr` is the driver's (`Driver.opaque_xattr`).
     """
     source = name or _name_of(fileobj)
-    applier = _Applier(root, layer_format, source, symlinks)
+    applier = _Applier(root, layer_format, source, symlinks, limit=limit, lower=lower, opaque_xattr=opaque_xattr)
     try:
-        stream = open_layer_stream(fileobj)
-        with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tar:
-            for info in _members(tar, source):
+        with read_layer(fileobj, source, applier.limit) as layer:
+            for info in layer:
                 e = _entry(info)
                 if isinstance(e, str):
                     raise UserError(f"{source}: entry {info.name!r}: {e}")
-                reader = tar.extractfile(info) if e.kind == "file" else None
+                reader = layer.tar.extractfile(info) if e.kind == "file" else None
                 applier.apply(e, None if reader is None else _copier(reader, info.size, applier, e))
         applier.finish()
+        if applier.lower is not None:
+            applier.lower.fold(applier.root_fd, opaque_xattr)
         return applier.stats
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise UserError(f"{source}: not a readable layer tar: {exc}") from None
-    except _zstd_errors() as exc:
-        raise UserError(f"{source}: not a readable zstd stream: {exc}") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"{source}: entry {applier.current!r}: no space left on the layer's filesystem") from None
     finally:
         applier.close()
-
-
-def _members(tar: tarfile.TarFile, source: str) -> Iterator[tarfile.TarInfo]:
-    try:
-        yield from tar
-    except tarfile.ReadError as exc:
-        raise UserError(f"{source}: not a readable layer tar: {exc}") from None
 
 
 def _zstd_errors() -> tuple[type[BaseException], ...]:
@@ -584,17 +864,18 @@ def _host_xattrs(path: str) -> dict[str, bytes]:
 
 
 def apply_host_dir(
-    root: Path, src: Path, layer_format: LayerFormat, *, symlinks: SymlinkPolicy = "refuse"
+    root: Path, src: Path, layer_format: LayerFormat, *, symlinks: SymlinkPolicy = "refuse",
+    limit: SizeLimit | None = None,
 ) -> LayerStats:
     """Apply the tree at host directory `src` onto `root` as one layer.
 
     Copy semantics as in `treecopy` (every byte copied, modes, owners, times, xattrs,
     symlinks, devices, hardlinks inside the tree; sockets skipped); `.wh.` names are
-    plain files here. The same safety rules as for tar layers hold.
+    plain files here. The same safety rules (and size limits) as for tar layers hold.
     """
     if not src.is_dir():
         raise UserError(f"{src}: not a directory")
-    applier = _Applier(root, layer_format, str(src), symlinks)
+    applier = _Applier(root, layer_format, str(src), symlinks, limit=limit)
     links: dict[tuple[int, int], str] = {}
     try:
         st = os.stat(src)

@@ -16,13 +16,23 @@ import platform
 import posixpath
 import re
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from .driver import LayerFormat
 from .errors import UserError
-from .layer_tar import LayerStats, SymlinkPolicy, apply_host_dir, apply_tar_layer, open_layer_stream
+from .layer_tar import (
+    OPAQUE_XATTR,
+    LayerStats,
+    LowerTree,
+    SizeLimit,
+    SymlinkPolicy,
+    apply_host_dir,
+    apply_tar_layer,
+    open_layer_stream,
+)
 
 __all__ = [
     "LayerBlob", "LayerStats", "read_image", "apply_blob", "apply_tar_layer", "apply_host_dir", "source_kind",
@@ -68,7 +78,7 @@ class LayerBlob:
 
     def open(self) -> BinaryIO:
         """The stored bytes (compressed as stored); `apply_tar_layer` decompresses."""
-        f = open(self.path, "rb")
+        f = open(self.path, "rb")  # noqa: SIM115  closed with the returned reader
         return io.BufferedReader(_Region(f, self.offset, self.size), 1 << 20)
 
 
@@ -106,20 +116,25 @@ def source_kind(path: Path) -> Literal["oci-layout", "docker-archive", "director
 
 
 def apply_blob(
-    root: Path, blob: LayerBlob, layer_format: LayerFormat, *, symlinks: SymlinkPolicy = "refuse"
+    root: Path, blob: LayerBlob, layer_format: LayerFormat, *, symlinks: SymlinkPolicy = "refuse",
+    limit: SizeLimit | None = None, lower: LowerTree | None = None, opaque_xattr: str = OPAQUE_XATTR,
 ) -> LayerStats:
     """Apply one layer of `read_image` onto `root` (see `apply_tar_layer`)."""
     with blob.open() as f:
-        return apply_tar_layer(root, f, layer_format, name=blob.name, symlinks=symlinks)
+        return apply_tar_layer(root, f, layer_format, name=blob.name, symlinks=symlinks, limit=limit, lower=lower,
+                               opaque_xattr=opaque_xattr)
 
 
-def read_image(path: Path, *, ref: str | None = None, verify: bool = True) -> list[LayerBlob]:
+def read_image(
+    path: Path, *, ref: str | None = None, verify: bool = True, limit: SizeLimit | None = None
+) -> list[LayerBlob]:
     """The layers of the image at `path`, bottom first, digests verified.
 
     `path` is an OCI image layout directory, a `docker save` / `podman save` archive
     (legacy `manifest.json` form, or an OCI layout inside the tar), or either one
     unpacked into a directory. `ref` picks one image when there are several (a
-    RepoTag or an `org.opencontainers.image.ref.name`). Raises `UserError`.
+    RepoTag or an `org.opencontainers.image.ref.name`). A layer checked by its
+    uncompressed digest stops decompressing at `limit`. Raises `UserError`.
     """
     src: _Dir | _Archive = _Dir(path) if path.is_dir() else _Archive(path)
     if src.has("manifest.json"):
@@ -131,7 +146,7 @@ def read_image(path: Path, *, ref: str | None = None, verify: bool = True) -> li
                         " (no manifest.json)")
     if verify:
         for blob, expect, uncompressed in layers:
-            _verify(blob, expect, uncompressed)
+            _verify(blob, expect, uncompressed, limit)
     return [blob for blob, _, _ in layers]
 
 
@@ -265,7 +280,8 @@ def _pick(label: str, descs: list[Any], ref: str | None) -> dict[str, Any]:
             raise UserError(f"{label}: no image named {ref!r}")
     if len(cands) > 1:
         want = _host_platform()
-        here = [d for d in cands if ((d.get("platform") or {}).get("os"), (d.get("platform") or {}).get("architecture")) == want]
+        here = [d for d in cands
+                if ((d.get("platform") or {}).get("os"), (d.get("platform") or {}).get("architecture")) == want]
         cands = here or cands
     if len(cands) != 1:
         raise UserError(f"{label}: {len(cands)} images to choose from; name one (ref)")
@@ -289,7 +305,7 @@ def _oci(src: _Dir | _Archive, ref: str | None) -> list[tuple[LayerBlob, str | N
             continue
         if media not in _MANIFEST_TYPES and not (isinstance(doc, dict) and "layers" in doc):
             raise UserError(f"{label}: not an image manifest (mediaType {media!r})")
-        out = []
+        out: list[tuple[LayerBlob, str | None, str | None]] = []
         for layer in _field(label, doc, "layers", list):
             ltype = _field(label, layer, "mediaType", str)
             if ltype not in LAYER_MEDIA_TYPES:
@@ -355,7 +371,7 @@ def _sniff(path: Path, offset: int) -> str:
     return "application/vnd.oci.image.layer.v1.tar"
 
 
-def _verify(blob: LayerBlob, digest: str | None, diff_id: str | None) -> None:
+def _verify(blob: LayerBlob, digest: str | None, diff_id: str | None, limit: SizeLimit | None) -> None:
     """Refuse a blob whose bytes (or, for a diff_id, uncompressed bytes) do not match."""
     checks = [(digest, False)] if digest is not None else [(diff_id, True)]
     for expect, uncompressed in checks:
@@ -364,11 +380,11 @@ def _verify(blob: LayerBlob, digest: str | None, diff_id: str | None) -> None:
         alg, hexd = _parse_digest(blob.name, expect)
         h = hashlib.new(alg)
         with blob.open() as f:
-            stream = open_layer_stream(f) if uncompressed else f
+            stream = open_layer_stream(f, limit, blob.name) if uncompressed else f
             try:
                 while chunk := stream.read(1 << 20):
                     h.update(chunk)
-            except (OSError, EOFError) as exc:
+            except (OSError, EOFError, zlib.error) as exc:
                 raise UserError(f"{blob.name}: cannot read the layer ({exc})") from None
         if h.hexdigest() != hexd:
             what = "uncompressed content does not match its diff_id" if uncompressed else "does not match its digest"

@@ -34,6 +34,7 @@ import pytest
 
 from .backing import BackingStore
 from .driver import Driver, LayerFormat
+from .layer_tar import OPAQUE_XATTR, make_whiteout, set_opaque
 from .plugins import default_plugins
 from .treecopy import copy_tree
 from .userns import hand_over, in_initial_userns, run_in_userns
@@ -381,7 +382,7 @@ def _ensure_parents(diff: Path, ref: Path, rel: str) -> None:
             _attrs(diff / sub, 0o755, 0, 0)
 
 
-def apply_to_diff(op: Op, diff: Path, ref: Path, opaque_xattr: str = "trusted.overlay.opaque") -> None:
+def apply_to_diff(op: Op, diff: Path, ref: Path, opaque_xattr: str = OPAQUE_XATTR) -> None:
     """Write `op` into an empty-at-first DIFF layer: whiteouts and opaque dirs in overlay's format.
 
     `ref` is the reference tree with the whole change set already applied; parents
@@ -394,10 +395,10 @@ def apply_to_diff(op: Op, diff: Path, ref: Path, opaque_xattr: str = "trusted.ov
     p = diff / op.path
     if kind == "Remove":
         _rm(p)
-        os.mknod(p, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        make_whiteout(p)
     elif kind == "Opaque":
         op.apply(diff)
-        os.setxattr(p, opaque_xattr, b"y")
+        set_opaque(p, opaque_xattr)
     elif kind == "Link" and not os.path.lexists(diff / op.target):  # type: ignore[attr-defined]
         raise ValueError(f"hardlink {op.path} -> {op.target}: the target must be in the same layer")  # type: ignore[attr-defined]
     else:

@@ -13,7 +13,7 @@ import pytest
 
 from layerbench.harness.driver import LayerFormat
 from layerbench.harness.errors import UserError
-from layerbench.harness.layer_tar import apply_host_dir, apply_tar_layer
+from layerbench.harness.layer_tar import LowerTree, SizeLimit, apply_host_dir, apply_tar_layer, free_disk_limit
 from layerbench.harness.treecopy import copy_tree
 
 ROOT = os.geteuid() == 0
@@ -447,3 +447,167 @@ def test_unknown_entry_type_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="layer.tar: entry 'weird': unsupported tar entry type"):
         apply(tmp_path, FULL, F("ok", b"1"), (info, None))
     assert (tmp_path / "ok").read_bytes() == b"1"
+
+
+# -- bounded work: size limits, header blocks, long names -----------------------------------
+
+
+class _Counting(io.BytesIO):
+    """A compressed stream that remembers how far it was read."""
+
+    def read(self, n: int | None = -1) -> bytes:  # type: ignore[override]
+        data = super().read(n)
+        self.furthest = max(getattr(self, "furthest", 0), self.tell())
+        return data
+
+
+def _bomb(tmp_path: Path, fmt: LayerFormat, raw: bytes, limit: int) -> tuple[str, _Counting]:
+    root = tmp_path / "root"
+    root.mkdir()
+    src = _Counting(gzip.compress(raw, compresslevel=1))
+    with pytest.raises(UserError) as exc:
+        apply_tar_layer(root, src, fmt, name="bomb.tar.gz", limit=SizeLimit(limit, "--max-image-bytes"))
+    return str(exc.value), src
+
+
+def test_decompression_bomb_stops_at_the_limit(tmp_path: Path, fmt: LayerFormat) -> None:
+    raw = tar_bytes(F("zeros", bytes(64 << 20)))  # 64 MiB of zeros: about 64 KiB of gzip
+    msg, src = _bomb(tmp_path, fmt, raw, 1 << 20)
+    assert msg == ("bomb.tar.gz: over the image size limit of 1.0 MiB (--max-image-bytes): "
+                   "more than 1.0 MiB written in this layer")
+    assert os.listdir(tmp_path / "root") == []  # refused before the file was made
+
+
+def test_a_stream_past_the_limit_is_not_decompressed_further(tmp_path: Path, fmt: LayerFormat) -> None:
+    small = [F(f"f{i}", os.urandom(256 << 10)) for i in range(64)]  # 16 MiB in 64 files, incompressible
+    msg, src = _bomb(tmp_path, fmt, tar_bytes(*small), 1 << 20)
+    assert msg == ("bomb.tar.gz: over the image size limit of 1.0 MiB (--max-image-bytes): "
+                   "more than 1.0 MiB uncompressed in this layer")
+    assert src.furthest < len(src.getvalue()) // 4  # the gzip stream was left mostly unread
+    written = sum((tmp_path / "root" / n).stat().st_size for n in os.listdir(tmp_path / "root"))
+    assert written <= 1 << 20
+
+
+def test_the_layers_below_count_toward_the_limit(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    limit = SizeLimit(1 << 20, "--max-image-bytes", below=(1 << 20) - (64 << 10))
+    with pytest.raises(UserError, match=r"more than 64\.0 KiB uncompressed in this layer after 960\.0 KiB in the "
+                                        r"layers below"):
+        apply_tar_layer(root, io.BytesIO(tar_bytes(*[F(f"f{i}", bytes(16 << 10)) for i in range(8)])), FULL,
+                        name="l1", limit=limit)
+
+
+def test_a_huge_tar_header_block_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, 64 << 20
+    src = _Counting(info.tobuf(tarfile.USTAR_FORMAT) + bytes(64 << 20))
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(UserError) as exc:
+        apply_tar_layer(root, src, FULL, name="hdr.tar")
+    assert str(exc.value) == "hdr.tar: a tar header block of 64.0 MiB (at most 16.0 MiB)"
+    assert src.furthest < len(src.getvalue()) // 8
+
+
+def test_the_default_limit_is_the_free_disk_of_the_layer(tmp_path: Path) -> None:
+    limit = free_disk_limit(tmp_path)
+    sv = os.statvfs(tmp_path)
+    assert 0 < limit.total <= sv.f_bavail * sv.f_frsize and limit.why == f"the free disk of {tmp_path} less a margin"
+
+
+@pytest.mark.parametrize("name, what", [
+    ("d/" + "n" * 300, "entry 'd/" + "n" * 98 + "...': path has a name of 300 bytes; at most 255 (NAME_MAX)"),
+    ("/".join(["d" * 200] * 25), "entry '" + "d" * 100 + "...': path is 5025 bytes long; at most 4095 (PATH_MAX)"),
+])
+def test_names_too_long_are_refused_naming_archive_and_entry(tmp_path: Path, fmt: LayerFormat, name: str,
+                                                            what: str) -> None:
+    with pytest.raises(UserError) as exc:
+        apply(tmp_path, fmt, F(name, b"x"))
+    assert str(exc.value) == f"layer.tar: {what}"
+    assert os.listdir(tmp_path) == []
+
+
+def test_long_symlink_targets_and_hardlink_names_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="layer.tar: entry 'l': symlink target is longer than 4095 bytes"):
+        apply(tmp_path, FULL, S("l", "/".join(["x" * 100] * 50)))
+    with pytest.raises(UserError, match="layer.tar: entry 'h': hardlink target has a name of 300 bytes"):
+        apply(tmp_path, FULL, H("h", "y" * 300))
+
+
+def test_overlay_xattrs_of_a_layer_are_never_set(tmp_path: Path) -> None:
+    stats = apply(tmp_path, FULL, F("f", b"", xattrs={"user.overlay.opaque": "y", "user.ok": "1"}))
+    assert "f: xattr user.overlay.opaque" in stats.skipped
+    assert "user.overlay.opaque" not in os.listxattr(tmp_path / "f")
+
+
+# -- DIFF refuses what FULL refuses, with the lower layers it does not hold -------------------
+
+LOWER = [S("lnk", "target"), D("target/"), F("target/old", b"old"), F("file", b"f"), D("d/"), S("d/lnk", "../target")]
+
+
+@pytest.mark.parametrize("upper, what", [
+    ([F("lnk/x", b"through")], "entry 'lnk/x': parent 'lnk' is a symlink; refusing to go through it"),
+    ([D("lnk/sub/")], "entry 'lnk/sub': parent 'lnk' is a symlink; refusing to go through it"),
+    ([WH("lnk/.wh.old")], "entry 'lnk/.wh.old': parent 'lnk' is a symlink; refusing to go through it"),
+    ([WH("lnk/.wh..wh..opq")], "entry 'lnk/.wh..wh..opq': parent 'lnk' is a symlink; refusing to go through it"),
+    ([D("lnk/")], "entry 'lnk': a directory entry over a symlink"),
+    ([D("d/"), F("d/lnk/x", b"deeper")], "entry 'd/lnk/x': parent 'd/lnk' is a symlink; refusing to go through it"),
+    ([H("h", "lnk/old")], "entry 'h': parent 'lnk' is a symlink; refusing to go through it"),
+    ([F("file/x", b"under a file")], "entry 'file/x': parent 'file' is not a directory"),
+    ([WH(".wh.file"), H("h", "file")], "entry 'h': hardlink target 'file' does not exist in the layer"),
+])
+def test_diff_refuses_what_full_refuses_through_lower_layers(tmp_path: Path, upper: list[Member], what: str) -> None:
+    if not ROOT:
+        pytest.skip("DIFF whiteouts need root")
+    verdicts = []
+    for fmt in (FULL, DIFF):
+        lower, top = LowerTree(), tmp_path / f"{fmt.value}-l0"
+        top.mkdir()
+        apply(top, fmt, *LOWER, lower=lower)
+        with pytest.raises(UserError) as exc:
+            apply(child(tmp_path, top, fmt, f"{fmt.value}-l1"), fmt, *upper, lower=lower)
+        verdicts.append(str(exc.value))
+        assert os.listdir(top / "target") == ["old"]  # the lower layer is untouched
+    assert verdicts == [f"layer.tar: {what}"] * 2
+
+
+@pytest.mark.parametrize("upper", [
+    [WH(".wh.lnk"), F("lnk/x", b"a directory now")],  # the symlink removed first
+    [D("d/"), WH("d/.wh..wh..opq"), F("d/lnk/x", b"hidden by the opaque marker")],
+    [D("d/"), WH("d/.wh.lnk"), D("d/lnk/"), F("d/lnk/x", b"recreated")],
+    [WH(".wh.file"), F("file/x", b"file removed first")],
+])
+def test_diff_accepts_what_full_accepts_over_lower_layers(tmp_path: Path, upper: list[Member]) -> None:
+    if not ROOT:
+        pytest.skip("DIFF whiteouts need root")
+    lower, l0, full = LowerTree(), tmp_path / "l0", tmp_path / "full"
+    l0.mkdir()
+    apply(l0, DIFF, *LOWER, lower=lower)
+    apply(child(tmp_path, l0, DIFF, "l1"), DIFF, *upper, lower=lower)
+    full.mkdir()
+    apply(full, FULL, *LOWER)
+    apply(full, FULL, *upper)
+    # what FULL made a directory, the DIFF layer holds as one (opaque where the lower one is hidden)
+    path = next(info.name for info, _ in upper if info.name.endswith("/x"))
+    assert (full / path).read_bytes() == (tmp_path / "l1" / path).read_bytes()
+
+
+def test_diff_lower_tree_folds_in_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
+    if not ROOT:
+        pytest.skip("DIFF whiteouts need root")
+    lower = LowerTree()
+    for i, members in enumerate([LOWER, [WH(".wh.lnk"), D("d/"), WH("d/.wh..wh..opq"), F("d/new", b"n")]]):
+        (tmp_path / f"l{i}").mkdir()
+        apply(tmp_path / f"l{i}", DIFF, *members, lower=lower)
+    assert lower.kind(("lnk",)) is None and lower.kind(("d", "lnk")) is None
+    assert lower.kind(("d", "new")) == "other" and lower.kind(("target",)) == "dir"
+    assert lower.kind(("file", "x")) is None
+
+
+def test_opaque_marks_use_the_drivers_xattr(tmp_path: Path) -> None:
+    if not ROOT:
+        pytest.skip("DIFF whiteouts need root")
+    apply(tmp_path, DIFF, D("d/"), WH("d/.wh..wh..opq"), opaque_xattr="user.overlay.opaque")
+    assert os.getxattr(tmp_path / "d", "user.overlay.opaque") == b"y"
+    assert "trusted.overlay.opaque" not in os.listxattr(tmp_path / "d")
