@@ -131,19 +131,18 @@ def test_a_run_with_some_cells_failing_exits_1_naming_only_those(tmp_path: Path)
 
 SLOW = """
 name = "slow"
-description = "A cell of a second, then one that samples for ten minutes."
+description = "A cell of one sample, then one of a million (minutes)."
 [[sets]]
-t = 1
+n = 1
 [[sets]]
-t = 600
+n = 1000000
 [image]
 layers = 1
 files = 3
 bytes = 100
 [repeat]
-samples = 1
+samples = "${n}"
 warmup = 0
-min_time_s = "${t}"
 [[step]]
 op = "start"
 """
