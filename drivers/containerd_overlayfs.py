@@ -18,8 +18,8 @@ Mounts, as plugins/snapshots/overlay/overlay.go makes them:
   with lowerdirs only (read-only by construction).
 
 The one-page limit of mount(2): containerd (core/mount/mount_linux.go) shortens a
-long lowerdir list by mounting from the snapshots' common parent
-(`<home>/snapshots`) with relative `<n>/fs` names (about 7 bytes a layer: some 500
+long lowerdir list by mounting from the lowers' common parent (`<home>/snapshots`)
+with relative `<n>/fs` names (about 7 bytes a layer: some 500
 layers fit). Where even that does not fit, this driver goes on where containerd
 stops ("mount options is too long"): `lowerdir+` through fsconfig (Linux >= 6.8).
 The mounting path is drivers/_overlay.py, shared with overlay2. Two small
@@ -122,12 +122,14 @@ class ContainerdOverlayfsDriver(OverlayLayout):
     def overlay_of(self, container_id: str) -> OverlayMount:
         d = self.snapshot_dir(container_id)
         view = container_id in self._views
+        lowers = self.lower_dirs(container_id)
         return OverlayMount(
             merged=self.merged_dir(container_id),
-            lowers=self.lower_dirs(container_id),
+            lowers=lowers,
             upper=None if view else f"{d}/fs",
             work=None if view else f"{d}/work",
-            relative_to=f"{self.home}/snapshots",
+            # containerd's compactLowerdirOption: mount from the lowers' common parent (<home>/snapshots)
+            relative_to=os.path.commonpath(lowers) if len(lowers) > 1 else None,
         )
 
     def mount(self, container_id: str) -> Path:

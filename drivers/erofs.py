@@ -15,7 +15,8 @@ see drivers/_image_layers.py for the directories:
   `mounts/<cid>/<n>` — file-backed, no loop device (Linux >= 6.12); only where the
   kernel refuses a file (ENOTBLK, EINVAL) through a loop device (autoclear), noted
   in `mounted_images` — then the overlay
-  `lowerdir=<those mounts>,upperdir=snapshots/<cid>/fs,workdir=snapshots/<cid>/work,index=off`.
+  `lowerdir=<those mounts>,upperdir=snapshots/<cid>/fs,workdir=snapshots/<cid>/work,index=off`
+  (past a page, from `mounts/<cid>` with relative `<n>` names, then fsconfig).
 
 Timed: the conversion in the layer build and in `commit_ns`; the EROFS mounts of
 every layer and the overlay mount in `startup_ns`.

@@ -128,11 +128,13 @@ def test_containerd_overlayfs_mounts_numeric_snapshots_by_full_path(work: Path) 
         driver.unmount("v")
 
 
-def test_containerd_overlayfs_mounts_a_deep_image_from_the_snapshots_dir(work: Path) -> None:
-    with driver_on_store("containerd-overlayfs", work) as (driver, _):
+@pytest.mark.parametrize("name", ["containerd-overlayfs", "erofs"])
+def test_a_deep_image_is_mounted_from_the_lowers_common_parent(name: str, work: Path) -> None:
+    with driver_on_store(name, work) as (driver, _):
         parent = None
-        for i in range(100):  # 100 full paths are well over a page; 100 "<n>/fs" are not
+        for i in range(100):  # 100 full paths are well over a page; 100 "<n>/fs" (or "<n>") are not
             (driver.create_layer(f"l{i}", parent) / f"f{i}").write_bytes(b"x")
+            driver.seal_layer(f"l{i}")
             parent = f"l{i}"
         assert len(driver.inspect("l99")["LowerDir"]) > os.sysconf("SC_PAGE_SIZE")
         driver.create_container("c", "l99")
