@@ -91,7 +91,8 @@ def test_run_null_end_to_end_writes_results_and_csv(tmp_path: Path) -> None:
     )
     assert code == 0, err
     assert "== tiny" in out  # the comparison table
-    rows = list(csv.DictReader(io.StringIO(out[out.index("scenario,driver"):])))
+    header = out.rindex("\n", 0, out.index("scenario,driver")) + 1  # the CSV's header line, whatever comes first
+    rows = list(csv.DictReader(io.StringIO(out[header:])))
     metrics = {(r["params"], r["metric"]): r for r in rows}
     assert metrics[("containers=2", "startup_ns")]["n"] == "6"  # 3 samples x 2 containers
     assert metrics[("containers=1", "copy_up_ns")]["unit"] == "ns"
