@@ -21,8 +21,8 @@ from . import results
 from .errors import UserError
 from .stats import STATS_FIELDS, advice, summarize
 
-__all__ = ["Report", "build", "render", "render_csv", "render_json", "read_all", "params_key", "fit_slopes", "slope_text", "SLOPES", "FORMATS",
-           "DEFAULT_BASELINE"]
+__all__ = ["Report", "build", "render", "render_csv", "render_json", "read_all", "params_key", "fit_slopes",
+           "slope_text", "SLOPES", "FORMATS", "DEFAULT_BASELINE", "MIN_R2"]
 
 FORMATS = ("md", "html", "csv", "json")
 DEFAULT_BASELINE = "overlay2"
@@ -174,7 +174,7 @@ def fit_slopes(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[
 
 def _claims(doc: dict[str, Any]) -> list[dict[str, str]] | None:
     try:
-        from . import claims  # type: ignore[attr-defined]  # optional: written alongside this module
+        from . import claims  # optional: written alongside this module
     except ImportError:
         return None
     found: list[dict[str, str]] = claims.evaluate(doc)

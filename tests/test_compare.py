@@ -10,11 +10,17 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
 from layerbench.drivers.null import NullDriver
 from layerbench.harness import hookimpl, results
 from layerbench.harness.cli import main
-from layerbench.harness.compare import compare, format_changes, significant
+from layerbench.harness.compare import (
+    benjamini_hochberg,
+    compare,
+    compare_runs,
+    format_changes,
+    format_text,
+    significant,
+)
 from layerbench.harness.errors import UserError
 from layerbench.harness.plugins import DriverRegistry, load_plugins
 from layerbench.harness.runner import RunConfig, run
@@ -97,18 +103,20 @@ def invoke(*args: str) -> tuple[int, str, str]:
 def test_a_run_against_itself_has_no_change() -> None:
     code, out, err = invoke("compare", str(DATA / "copy-up.json"), str(DATA / "copy-up.json"), "--fail-on", "worse")
     assert code == 0, err
-    assert out.startswith("no change: 16 unchanged (of 16 metrics;")
+    assert out.splitlines()[-1].startswith("no change: 16 unchanged (of 16 metrics;")
     golden("compare-self.txt", out)
 
 
 def test_committed_slowed_run_flags_the_slow_driver_and_fails_the_gate() -> None:
     # Made by slow_run(tmp, 0.0, "before") and slow_run(tmp, 0.002, "after"). The sleep in mount also
-    # leaves the slow driver's next write colder: that is its copy_up_ns getting slower too.
+    # leaves the slow driver's next write colder (copy_up_ns p=0.026), but among 12 comparisons that
+    # does not survive the Benjamini-Hochberg correction (0.16); startup (p=0.00058, BH 0.0029) does.
     code, out, _ = invoke("compare", str(DATA / "slow-before.json"), str(DATA / "slow-after.json"),
                           "--fail-on", "worse")
     assert code == 1
     flagged = [line.split() for line in out.splitlines() if line.startswith("+")]
-    assert [(f[-5], f[-4], f[-3]) for f in flagged] == [("slow", "-", "copy_up_ns"), ("slow", "-", "startup_ns")]
+    assert [(f[8], f[9], f[11]) for f in flagged] == [("slow", "dir", "startup_ns")]
+    assert "the whole machine moved" not in out  # null did not move: only one driver did
     golden("compare-slow.txt", out)
 
 
@@ -171,3 +179,51 @@ def test_a_significant_change_within_the_threshold_is_unchanged() -> None:
     assert text.splitlines()[-1].startswith("changed: 1 changed, 1 unchanged (of 2 metrics;")
     with pytest.raises(UserError, match="must be 0 or more"):
         compare(old, new, threshold=-1)
+
+
+REFERENCE = Path(__file__).parent.parent / "results" / "reference"
+
+
+def shifted(doc: dict[str, Any], factor: float, kernel: str, only: tuple[str, str] | None = None) -> dict[str, Any]:
+    """`doc` as if measured on a machine `factor` times slower (or one driver's metric `only`), another kernel."""
+    out = json.loads(json.dumps(doc))
+    out["machine"]["kernel"] = kernel
+    for cell in out["cells"]:
+        for metric, data in cell["metrics"].items():
+            if metric.endswith("_ns") and (only is None or (cell["driver"], metric) == only):
+                data["samples"] = [v * factor for v in data["samples"]]
+    return out
+
+
+def test_a_whole_machine_shift_is_named_and_not_a_regression() -> None:
+    old = results.read(REFERENCE / "20261130T074758Z_default.json")
+    new = shifted(old, 1.3, "6.18.99-other")
+    comp = compare_runs(old, new)
+    assert comp.machine_moved and comp.overall == pytest.approx(1.3)
+    assert set(comp.shifts) == {"overlay2", "btrfs", "vfs"}
+    assert all(s == pytest.approx(1.3) for s in comp.shifts.values())
+    assert not [c for c in comp.changes if c.verdict == "worse"]
+    assert comp.differences == ["kernel: 6.18.44-fc-v857 -> 6.18.99-other"]
+    text = format_text(comp)
+    assert "warning: the runs differ in kernel: 6.18.44-fc-v857 -> 6.18.99-other" in text
+    assert "the whole machine moved" in text and "btrfs ×1.30" in text
+    # a real regression on top of the machine's shift still shows: overlay2's copy-up 3x slower
+    worse = shifted(new, 3.0, "6.18.99-other", only=("overlay2", "copy_up_ns"))
+    flagged = {(c.driver, c.metric) for c in compare_runs(old, worse).changes if c.verdict == "worse"}
+    assert flagged == {("overlay2", "copy_up_ns")}
+
+
+def test_compare_of_two_reference_runs_in_markdown_and_json(tmp_path: Path) -> None:
+    old, new = REFERENCE / "20261130T074758Z_default.json", REFERENCE / "20261130T075321Z_quick.json"
+    code, md, _ = invoke("compare", str(old), str(new), "--format", "md")
+    assert code == 0 and md.startswith("## layerbench compare") and "| settings | order=random | quick=True" in md
+    code, text, _ = invoke("compare", str(old), str(new), "--format", "json")
+    doc = json.loads(text)
+    assert doc["machine_moved"] is False and set(doc["shifts"]) == {"overlay2", "btrfs", "vfs"}
+    assert doc["differences"] == ["settings: order=random -> quick=True, order=random"]
+    assert {c["backing"] for c in doc["changes"]} == {"ext4", "btrfs"}
+
+
+def test_benjamini_hochberg_matches_the_textbook() -> None:
+    # p-values and their BH adjustment, computed by hand: p(k) * m / k, made monotone from the top
+    assert benjamini_hochberg([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.0533333, 0.0533333, 0.2])

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .. import results
-from ..compare import compare, format_changes
+from ..compare import FORMATS, compare_runs, format_json, format_md, format_text
 
 __all__ = ["compare_cmd"]
 
@@ -19,11 +19,16 @@ __all__ = ["compare_cmd"]
 @click.option("--threshold", type=click.FloatRange(min=0), default=0.10, show_default=True,
               help="Smallest ratio that counts: 0.10 flags a new median 10% above or below the old one.")
 @click.option("--fail-on", "fail_on", type=click.Choice(["worse"]),
-              help="Exit 1 when any metric got worse (for CI gates).")
+              help="Exit 1 when any metric got worse after the correction for many comparisons and for a "
+                   "whole-machine shift (for CI gates).")
 @click.option("--all", "show_all", is_flag=True, help="List unchanged metrics too.")
-def compare_cmd(old: Path, new: Path, threshold: float, fail_on: str | None, show_all: bool) -> None:
-    """Compare the results file NEW against OLD, cell by cell and metric by metric."""
-    changes, notes = compare(results.read(old), results.read(new), threshold)
-    click.echo(format_changes(changes, notes, threshold, show_all), nl=False)
-    if fail_on == "worse" and any(c.verdict == "worse" for c in changes):
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="text for a terminal, md for a CI comment, json for tools.")
+def compare_cmd(old: Path, new: Path, threshold: float, fail_on: str | None, show_all: bool, fmt: str) -> None:
+    """Compare the results file NEW against OLD, cell by cell and metric by metric, and say how their
+    machines differ."""
+    comp = compare_runs(results.read(old), results.read(new), threshold)
+    render = {"text": format_text, "md": format_md, "json": format_json}[fmt]
+    click.echo(render(comp, show_all), nl=False)
+    if fail_on == "worse" and any(c.verdict == "worse" for c in comp.changes):
         sys.exit(1)
