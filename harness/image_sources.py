@@ -52,9 +52,12 @@ def set_image_limit(max_bytes: int | None, work_root: Path | None) -> None:
 def _image_limit() -> SizeLimit | None:
     if _limit["max_bytes"] is not None:
         return SizeLimit(_limit["max_bytes"], "--max-image-bytes")
-    if _limit["work_root"] is not None:
-        return free_disk_limit(_limit["work_root"], f"the work root {_limit['work_root']}")
-    return None
+    if _limit["work_root"] is None:
+        return None
+    where = Path(_limit["work_root"])
+    while not where.exists():  # a run's work root, removed since
+        where = where.parent
+    return free_disk_limit(where, f"the work root {where}")
 
 
 _Tree = dict[str, Any]  # name -> a subtree (directory), a size (regular file) or -1 (anything else)

@@ -10,7 +10,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from layerbench.harness.driver import LayerFormat
 from layerbench.harness.errors import UserError
 from layerbench.harness.layer_tar import LowerTree, SizeLimit, apply_host_dir, apply_tar_layer, free_disk_limit
@@ -83,8 +82,8 @@ def tar_bytes(*members: Member, compress: str | None = None) -> bytes:
     return raw
 
 
-def apply(root: Path, fmt: LayerFormat, *members: Member, **kw: object):  # type: ignore[no-untyped-def]
-    return apply_tar_layer(root, io.BytesIO(tar_bytes(*members)), fmt, name="layer.tar", **kw)  # type: ignore[arg-type]
+def apply(root: Path, fmt: LayerFormat, *members: Member, **kw: object):
+    return apply_tar_layer(root, io.BytesIO(tar_bytes(*members)), fmt, name="layer.tar", **kw)
 
 
 def child(tmp_path: Path, parent: Path, fmt: LayerFormat, name: str = "child") -> Path:
@@ -99,7 +98,7 @@ def child(tmp_path: Path, parent: Path, fmt: LayerFormat, name: str = "child") -
 
 @pytest.fixture(params=[FULL, DIFF], ids=["full", "diff"])
 def fmt(request: pytest.FixtureRequest) -> LayerFormat:
-    return request.param  # type: ignore[no-any-return]
+    return request.param
 
 
 # -- semantics ------------------------------------------------------------------------------
@@ -444,7 +443,7 @@ def test_file_over_a_symlink_replaces_the_link_not_its_target(jail: tuple[Path, 
 
 def test_unknown_entry_type_is_refused(tmp_path: Path) -> None:
     info = _info("weird", b"Z", 0o644)
-    with pytest.raises(UserError, match="layer.tar: entry 'weird': unsupported tar entry type"):
+    with pytest.raises(UserError, match=r"layer\.tar: entry 'weird': unsupported tar entry type"):
         apply(tmp_path, FULL, F("ok", b"1"), (info, None))
     assert (tmp_path / "ok").read_bytes() == b"1"
 
@@ -455,7 +454,7 @@ def test_unknown_entry_type_is_refused(tmp_path: Path) -> None:
 class _Counting(io.BytesIO):
     """A compressed stream that remembers how far it was read."""
 
-    def read(self, n: int | None = -1) -> bytes:  # type: ignore[override]
+    def read(self, n: int | None = -1) -> bytes:
         data = super().read(n)
         self.furthest = max(getattr(self, "furthest", 0), self.tell())
         return data
@@ -472,7 +471,7 @@ def _bomb(tmp_path: Path, fmt: LayerFormat, raw: bytes, limit: int) -> tuple[str
 
 def test_decompression_bomb_stops_at_the_limit(tmp_path: Path, fmt: LayerFormat) -> None:
     raw = tar_bytes(F("zeros", bytes(64 << 20)))  # 64 MiB of zeros: about 64 KiB of gzip
-    msg, src = _bomb(tmp_path, fmt, raw, 1 << 20)
+    msg, _ = _bomb(tmp_path, fmt, raw, 1 << 20)
     assert msg == ("bomb.tar.gz: over the image size limit of 1.0 MiB (--max-image-bytes): "
                    "more than 1.0 MiB written in this layer")
     assert os.listdir(tmp_path / "root") == []  # refused before the file was made
@@ -529,9 +528,9 @@ def test_names_too_long_are_refused_naming_archive_and_entry(tmp_path: Path, fmt
 
 
 def test_long_symlink_targets_and_hardlink_names_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="layer.tar: entry 'l': symlink target is longer than 4095 bytes"):
+    with pytest.raises(UserError, match=r"layer\.tar: entry 'l': symlink target is longer than 4095 bytes"):
         apply(tmp_path, FULL, S("l", "/".join(["x" * 100] * 50)))
-    with pytest.raises(UserError, match="layer.tar: entry 'h': hardlink target has a name of 300 bytes"):
+    with pytest.raises(UserError, match=r"layer\.tar: entry 'h': hardlink target has a name of 300 bytes"):
         apply(tmp_path, FULL, H("h", "y" * 300))
 
 

@@ -8,18 +8,22 @@ import io
 import json
 import os
 import platform
+import re
 import stat
 import tarfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
+from click.testing import CliRunner
+from layerbench.harness.cli import main
 from layerbench.harness.driver import LayerFormat
 from layerbench.harness.errors import UserError
+from layerbench.harness.image_sources import ArchiveImage, open_image, parse_size, set_image_limit
 from layerbench.harness.oci import apply_blob, read_image, source_kind
 
-from .test_layer_tar import DIFF, FULL, D, F, H, S, WH, needs_root, tar_bytes
+from .test_layer_tar import DIFF, FULL, WH, D, F, H, S, needs_root, tar_bytes
 
 OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
@@ -107,7 +111,7 @@ def docker_archive(path: Path, images: dict[str, list[bytes]], dup_symlink: bool
     entries: list[tuple[tarfile.TarInfo, bytes | None]] = []
     manifest = []
     for tag, tars in images.items():
-        names = []
+        names: list[str] = []
         for i, t in enumerate(tars):
             lid = hashlib.sha256(tag.encode() + bytes([i])).hexdigest()
             info = tarfile.TarInfo(f"{lid}/layer.tar")
@@ -361,3 +365,93 @@ def test_compressed_or_bogus_archive(tmp_path: Path) -> None:
         read_image(junk)
     with pytest.raises(UserError, match="no such file"):
         source_kind(tmp_path / "missing")
+
+
+# -- the image size limit ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def image_limit() -> Iterator[Callable[[int | None], None]]:
+    """Set the limit of images opened in this test; the default again after it."""
+    yield lambda n: set_image_limit(n, None)
+    set_image_limit(None, None)
+
+
+def _bomb_layout(path: Path) -> tuple[Path, str]:
+    """An OCI layout whose second layer is 8 MiB of zeros in 8 KiB of gzip."""
+    lay = Layout()
+    tars = [tar_bytes(D("etc/"), F("etc/conf", bytes(512 << 10))), tar_bytes(F("zeros", bytes(8 << 20)))]
+    lay.index([lay.manifest(tars, how=("gzip",))])
+    lay.write_dir(path)
+    return path, sha(gzip.compress(tars[1]))[7:]
+
+
+def test_a_decompression_bomb_is_refused_naming_layer_and_limit(tmp_path: Path,
+                                                                image_limit: Callable[[int | None], None]) -> None:
+    path, layer = _bomb_layout(tmp_path / "img")
+    image_limit(1 << 20)
+    image = open_image("oci", path)
+    with pytest.raises(UserError) as exc:
+        _ = image.total_bytes
+    assert re.fullmatch(rf"{re.escape(str(path))}:blobs/sha256/{layer}: over the image size limit of 1\.0 MiB "
+                        r"\(--max-image-bytes\): more than 504\.0 KiB uncompressed in this layer after 520\.0 KiB "
+                        r"in the layers below", str(exc.value))
+
+
+def test_a_legacy_archive_bomb_stops_in_the_diff_id_check(tmp_path: Path,
+                                                          image_limit: Callable[[int | None], None]) -> None:
+    bomb = gzip.compress(tar_bytes(F("zeros", bytes(8 << 20))))
+    archive = docker_archive(tmp_path / "save.tar", {"bomb:1": [bomb]})
+    image_limit(1 << 20)
+    with pytest.raises(UserError, match=r"save\.tar:[0-9a-f]{64}/layer\.tar: over the image size limit of 1\.0 MiB"):
+        open_image("docker-archive", archive)
+
+
+def test_the_default_limit_is_the_free_disk_of_the_work_root(tmp_path: Path) -> None:
+    set_image_limit(None, tmp_path / "gone" / "work")  # a work root removed since: its parent's disk
+    try:
+        image = open_image("oci", oci_layout(tmp_path / "img"))
+        assert isinstance(image, ArchiveImage) and image.limit is not None
+        assert image.limit.why == f"the free disk of the work root {tmp_path} less a margin"
+        assert image.file_paths() == ["bin/sh", "d/fresh", "etc/new"]
+    finally:
+        set_image_limit(None, None)
+
+
+@pytest.mark.parametrize("text, size", [("10G", 10 << 30), ("500M", 500 << 20), ("1.5GiB", 3 << 29),
+                                        ("4096", 4096), ("64k", 64 << 10)])
+def test_sizes_parse(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_a_bad_size_is_one_line() -> None:
+    with pytest.raises(UserError, match=r"^--max-image-bytes '10X': expected a size such as 500M, 10G"):
+        parse_size("10X")
+
+
+def test_run_refuses_a_bomb_image_before_any_cell(tmp_path: Path) -> None:
+    _, layer = _bomb_layout(tmp_path / "img")
+    (tmp_path / "bomb.toml").write_text(BOMB_SCENARIO)
+    try:
+        r = CliRunner().invoke(main, ["run", str(tmp_path / "bomb.toml"), "--driver", "null", "--max-image-bytes",
+                                      "1M", "--work-root", str(tmp_path / "work"), "--results-dir",
+                                      str(tmp_path / "res")])
+    finally:
+        set_image_limit(None, None)
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.strip() == (f"layerbench: error: {tmp_path / 'img'}:blobs/sha256/{layer}: over the image size "
+                                "limit of 1.0 MiB (--max-image-bytes): more than 504.0 KiB uncompressed in this "
+                                "layer after 520.0 KiB in the layers below")
+    assert [p.name for p in (tmp_path / "work").iterdir()] == [".layerbench-work-root"]  # no store was made
+    assert not (tmp_path / "res").exists() or not any((tmp_path / "res").rglob("*.json"))
+
+
+BOMB_SCENARIO = """
+name = "bomb"
+description = "An image from outside that unpacks to far more than it weighs."
+[image]
+source = "oci"
+path = "img"
+[[step]]
+op = "usage"
+"""
