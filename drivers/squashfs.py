@@ -14,9 +14,11 @@ with
 - a container: the overlay
   `lowerdir=<the layers' lower mounts>,upperdir=snapshots/<cid>/fs,workdir=...,index=off`.
 
-Compression: zstd where mksquashfs has it, else gzip; `LAYERBENCH_SQUASHFS_COMPRESSION`
-picks another of mksquashfs's compressors (gzip, xz, lz4, lzo, zstd). squashfs keeps
-whole-second mtimes only.
+Compression: zstd where mksquashfs has it, else gzip, at mksquashfs's default level
+(zstd: 15, slow to build); `LAYERBENCH_SQUASHFS_COMPRESSION=NAME[:LEVEL]` picks
+another of mksquashfs's compressors (gzip, xz, lz4, lzo, zstd), and a level for gzip
+(1-9) or zstd (1-22). squashfs keeps whole-second mtimes only, and stores a file
+identical to one already in the image once.
 
 Timed: mksquashfs, the loop attach and the mount in the layer build and in
 `commit_ns`; the overlay mount in `startup_ns`.
@@ -56,11 +58,31 @@ def compressors() -> list[str]:
     return names
 
 
+_LEVELS = {"gzip": range(1, 10), "zstd": range(1, 23)}
+
+
 def compression() -> str:
-    """The compressor to use: the environment's choice, else zstd where available, else gzip."""
+    """The compressor to use, `NAME[:LEVEL]`: the environment's choice, else zstd where available, else gzip."""
     if chosen := os.environ.get(COMPRESSION_ENV):
         return chosen
     return "zstd" if "zstd" in compressors() else "gzip"
+
+
+def compression_problem(choice: str) -> str | None:
+    """None when mksquashfs can compress with `choice` (`NAME[:LEVEL]`), else why not."""
+    name, _, level = choice.partition(":")
+    if name not in (have := compressors()):
+        return f"{COMPRESSION_ENV}={choice}: this mksquashfs has no compressor {name!r} (it has {', '.join(have)})"
+    if level and not (level.isdigit() and int(level) in _LEVELS.get(name, ())):
+        allowed = ", ".join(f"{k} {r.start}-{r.stop - 1}" for k, r in _LEVELS.items())
+        return f"{COMPRESSION_ENV}={choice}: {level!r} is not a level for {name} (levels: {allowed})"
+    return None
+
+
+def compression_args(choice: str) -> list[str]:
+    """mksquashfs's arguments for `NAME[:LEVEL]`."""
+    name, _, level = choice.partition(":")
+    return ["-comp", name] + (["-Xcompression-level", level] if level else [])
 
 
 class SquashfsDriver(ImageLayersDriver):
@@ -82,9 +104,7 @@ class SquashfsDriver(ImageLayersDriver):
             return "mksquashfs is not installed (apt-get install squashfs-tools)"
         if not os.path.exists("/dev/loop-control"):
             return "there is no /dev/loop-control (modprobe loop): squashfs mounts only a block device"
-        if (comp := compression()) not in (have := compressors()):
-            return f"{COMPRESSION_ENV}={comp}: this mksquashfs has no such compressor (it has {', '.join(have)})"
-        return None
+        return compression_problem(compression())
 
     @classmethod
     def versions(cls) -> dict[str, str]:
@@ -98,7 +118,7 @@ class SquashfsDriver(ImageLayersDriver):
         self.compression = compression()
 
     def build_image(self, src: str, image: str) -> None:
-        run_tool(["mksquashfs", src, image, "-noappend", "-quiet", "-no-progress", "-comp", self.compression])
+        run_tool(["mksquashfs", src, image, "-noappend", "-quiet", "-no-progress", *compression_args(self.compression)])
 
     def mount_image(self, image: str, target: str) -> None:
         mount_via_loop(image, target, "squashfs")
