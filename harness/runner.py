@@ -21,22 +21,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import backing, machine, overhead, results, safety, syscalls, userns
 from .driver import Driver, Style
 from .errors import UserError
 from .image import Image, SyntheticImage
+from .image_sources import set_image_limit
 from .ledger import LEDGER_NAME, Ledger
 from .plugins import Plugins, default_plugins
-from .scenario import Scenario, Step, resolve_scenarios
+from .sampling import Sampling, headline_widths, stop_reason
+from .scenario import Scenario, Step, builtin_scenarios, load_scenario, resolve_scenarios
 from .steps import SampleState, run_step
 
 __all__ = ["Cell", "RunConfig", "plan_cells", "estimate_bytes", "estimate_inodes", "run_cell", "run", "select_drivers",
            "sigterm_as_interrupt"]
 
 _MiB = 1 << 20
-MAX_SAMPLES = 10_000
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,29 @@ class Cell:
     driver: type[Driver]
     params: dict[str, Any]
     backing: str
+    host: str | None = None  # a fleet's host it runs on (harness/fleet.py); None: here, or any host
 
     def describe(self) -> str:
         p = results.params_text(self.params)
-        return f"{self.scenario.name} {self.driver.name}" + (f" {p}" if p else "") + f" on {self.backing}"
+        where = f" on {self.backing}" + (f" @{self.host}" if self.host else "")
+        return f"{self.scenario.name} {self.driver.name}" + (f" {p}" if p else "") + where
+
+    def to_plain(self) -> dict[str, Any]:
+        """The cell as plain data, to run it in another process or on another host."""
+        s = self.scenario
+        return {"scenario": s.path, "name": s.name, "sha256": s.sha256, "overrides": s.overrides,
+                "driver": self.driver.name, "params": self.params, "backing": self.backing, "host": self.host}
+
+    @classmethod
+    def from_plain(cls, data: dict[str, Any], plugins: Plugins) -> Cell:
+        """The cell `to_plain` described, with this host's copy of its scenario file (refused if it differs)."""
+        path = Path(data["scenario"])
+        if not path.exists() and data["name"] in builtin_scenarios():
+            path = builtin_scenarios()[data["name"]]  # a built-in installed elsewhere on this host
+        scenario = load_scenario(path, data["overrides"])
+        if scenario.sha256 != data["sha256"]:
+            raise UserError(f"{path}: scenario {data['name']!r} differs from the one the run planned (sha256)")
+        return cls(scenario, plugins.driver(data["driver"]), data["params"], data["backing"], data["host"])
 
 
 @dataclass
@@ -69,27 +89,40 @@ class RunConfig:
     quick: bool = False
     resume: Path | None = None
     overrides: dict[str, list[Any]] = field(default_factory=dict)
+    spread: bool = False  # a fleet run: each cell once on any host, not on every host
+    max_image_bytes: int | None = None  # an imported image's uncompressed size limit (None: the free disk)
+    target_ci: float = 0.05  # sample until each headline CI is within +-this of the median (0: pinned counts)
+    min_samples: int = 5
+    max_samples: int = 20
+    cell_budget_s: float = 20.0  # a cell's sampling loop stops after this many seconds (0: no limit)
 
 
-def _backings_for(driver: type[Driver], scenario: Scenario, asked: tuple[str, ...]) -> list[str]:
+Unavailable = Callable[[str], "str | None"]
+
+
+def _backings_for(
+    driver: type[Driver], scenario: Scenario, asked: tuple[str, ...], unavailable: Unavailable
+) -> list[str]:
     """The backings a cell runs on: those asked (or the scenario's), else the driver's first usable."""
     wanted = asked or scenario.backings
     if wanted:
-        return [b for b in wanted if b in driver.backings and backing.unavailable(b) is None]
+        return [b for b in wanted if b in driver.backings and unavailable(b) is None]
     for fstype in driver.backings:
-        if backing.unavailable(fstype) is None:
+        if unavailable(fstype) is None:
             return [fstype]
     return [driver.backings[0]]
 
 
-def plan_cells(scenarios: list[Scenario], drivers: list[type[Driver]], backings: tuple[str, ...] = ()) -> list[Cell]:
-    """Every scenario x driver x parameter set x backing the driver can sit on."""
+def plan_cells(scenarios: list[Scenario], drivers: list[type[Driver]], backings: tuple[str, ...] = (),
+               unavailable: Unavailable = backing.unavailable, host: str | None = None) -> list[Cell]:
+    """Every scenario x driver x parameter set x backing the driver can sit on (here, or on `host`,
+    where `unavailable` says why a backing cannot be made)."""
     return [
-        Cell(scenario=s, driver=d, params=p, backing=b)
+        Cell(scenario=s, driver=d, params=p, backing=b, host=host)
         for s in scenarios
         for d in drivers
         for p in s.param_sets()
-        for b in _backings_for(d, s, backings)
+        for b in _backings_for(d, s, backings, unavailable)
     ]
 
 
@@ -107,7 +140,19 @@ def estimate_bytes(cell: Cell) -> int:
         need = total * (layers * (1 + builds) + containers + copies)
     else:
         need = total * (1 + builds + containers + copies)
+    need += _images_need(cell, total, "bytes")
     return int((need + written) * 1.2) + estimate_inodes(cell) * 4096 + 128 * _MiB
+
+
+def _images_need(cell: Cell, base: int, what: str) -> int:
+    """The bytes (or files) the scenario's further images add: their own, and on a copy driver
+    every layer's whole copy of the image below it (`base`: the [image]'s bytes or files)."""
+    chain, need = {"base": base}, 0
+    for name, base_name, image in cell.scenario.images(cell.params):
+        own = image.total_bytes if what == "bytes" else image.total_files
+        chain[name] = (chain[base_name] if base_name else 0) + own
+        need += chain[name] * image.layer_count if cell.driver.style is Style.COPY else own
+    return need
 
 
 def _step_files(step: Step, image: Image) -> int:
@@ -147,7 +192,9 @@ def estimate_inodes(cell: Cell) -> int:
     copies = image.layer_count + containers if cell.driver.style is Style.COPY else 2 + containers // 8
     builds = sum(1 for s in steps if s.op == "build")
     dirs = image.total_files // 4 + 64  # generated paths share directories
-    return int(((image.total_files + dirs) * (copies * (1 + builds)) + created * 2 + containers * 16) * 1.3) + 4096
+    further = _images_need(cell, image.total_files, "files") * 5 // 4  # with their directories
+    return int(((image.total_files + dirs) * (copies * (1 + builds)) + further + created * 2 + containers * 16)
+               * 1.3) + 4096
 
 
 def select_drivers(plugins: Plugins, names: tuple[str, ...]) -> tuple[list[type[Driver]], dict[str, str]]:
@@ -171,13 +218,14 @@ def select_drivers(plugins: Plugins, names: tuple[str, ...]) -> tuple[list[type[
     return runnable, skipped
 
 
-def _build_image(image: Image, driver: Driver, store: backing.BackingStore, base: int) -> tuple[str, list[int]]:
-    """Build the image layer by layer; return its top layer and the disk used after each layer."""
-    parent: str | None = None
+def _build_image(image: Image, driver: Driver, store: backing.BackingStore, base: int, name: str = "",
+                 parent: str | None = None) -> tuple[str, list[int]]:
+    """Build the image layer by layer on `parent` (its base image's top layer, or None); return its
+    top layer and the disk used after each layer. Layer ids are `layer<i>`, `<name>-layer<i>` for a named image."""
     after: list[int] = []
     for i in range(image.layer_count):
-        layer_id = f"layer{i}"
-        image.apply(i, driver.create_layer(layer_id, parent), driver.layer_format)
+        layer_id = f"{name}-layer{i}" if name else f"layer{i}"
+        image.apply(i, driver.create_layer(layer_id, parent), driver.layer_format, opaque_xattr=driver.opaque_xattr)
         driver.seal_layer(layer_id)
         parent = layer_id
         after.append(store.usage().bytes - base)
@@ -185,13 +233,28 @@ def _build_image(image: Image, driver: Driver, store: backing.BackingStore, base
     return parent, after
 
 
-@dataclass
-class _Sampling:
-    samples: int
-    warmup: int
-    min_time_s: float
-    cold: bool
-    timeout_s: float = 0.0
+def _build_images(scenario: Scenario, params: dict[str, Any], driver: Driver, store: backing.BackingStore, base: int,
+                  tops: dict[str, str], image_bytes: int, disk: int) -> list[dict[str, Any]]:
+    """Build the scenario's further images in order, each on its base's top layer (as `FROM`), on the one store.
+
+    `tops` starts as {"base": the [image]'s top layer} and gains each image's; `disk` is the store's
+    use once the [image] is built. Returns, per image, its own bytes, its base's bytes (the whole
+    chain below it), and the store's use after it and what it added (docs/results.md).
+    """
+    chain = {"base": image_bytes}
+    out = []
+    for name, base_name, image in scenario.images(params):
+        top, after = _build_image(image, driver, store, base, name, tops[base_name] if base_name else None)
+        tops[name] = top
+        below = chain[base_name] if base_name else 0
+        chain[name] = below + image.total_bytes
+        out.append({"name": name, "base": base_name, "layers": image.layer_count, "bytes": image.total_bytes,
+                    "base_bytes": below, "disk_bytes": after[-1], "added_bytes": after[-1] - disk})
+        disk = after[-1]
+    return out
+
+
+_Sampling = Sampling  # the name harness/fleet.py knows
 
 
 class CellTimeout(Exception):
@@ -230,6 +293,7 @@ class _CellRun:
     recorded: dict[str, list[int]]
     outcomes: dict[str, dict[str, int]]
     drivers: list[Driver]  # the driver once set up, so the caller can close it
+    started: float  # time.monotonic() when the cell began: its set-up runs from here to the first sample
 
 
 def _measure(run: _CellRun) -> None:
@@ -248,10 +312,18 @@ def _measure(run: _CellRun) -> None:
     out["image_layers_disk_bytes"] = per_layer
     out["image_bytes"] = image.total_bytes
     out["inspect"]["image"] = driver.inspect(top)
+    tops = {"base": top}
+    if s.raw_images:
+        out["images"] = _build_images(s, cell.params, driver, store, base.bytes, tops, image.total_bytes, per_layer[-1])
     steps = s.steps(cell.params)
     contents = image.contents() if isinstance(image, SyntheticImage) and any(x.op == "build" for x in steps) else None
 
+    timed_ns = 0  # the measured samples' timed regions, as taken (before the timer overhead comes off)
+
     def keep(metric: str, value: int) -> None:
+        nonlocal timed_ns
+        if metric.endswith("_ns"):
+            timed_ns += value
         recorded[metric].append(max(0, value - overhead_ns) if metric.endswith("_ns") else value)
 
     def drop(metric: str, value: int) -> None:
@@ -261,11 +333,25 @@ def _measure(run: _CellRun) -> None:
         outcomes[label][name] += 1
 
     rep, measured, spent = 0, 0, 0.0
-    while measured < sampling.samples or (spent < sampling.min_time_s and measured < MAX_SAMPLES):
+    loop_start = time.monotonic()
+    split = out["time_split_s"]
+    split["setup"] = round(loop_start - run.started, 3)
+
+    def note_split() -> None:
+        split["timed"] = round(timed_ns / 1e9, 3)
+        split["sampling"] = round(max(0.0, time.monotonic() - loop_start - timed_ns / 1e9), 3)
+
+    while True:
         warm = rep < sampling.warmup
+        if not warm:
+            reason = stop_reason(sampling, measured, spent, time.monotonic() - loop_start, recorded)
+            if reason is not None:
+                out["stop_reason"] = reason
+                break
         if sampling.cold:
             syscalls.drop_caches()
-        state = SampleState(driver, image, top, store, base, base_walk, prefix=f"s{rep}", contents=contents)
+        state = SampleState(driver, image, top, store, base, base_walk, prefix=f"s{rep}", contents=contents,
+                            images=tops)
         t0 = time.monotonic()
         for step in steps:
             run_step(state, step, drop if warm else keep, outcome)
@@ -279,7 +365,11 @@ def _measure(run: _CellRun) -> None:
         # After a failure, the cleanup below releases what the sample left.
         state.release()
         rep += 1
-    out["samples"] = measured
+        note_split()
+        out["samples"] = measured
+    note_split()
+    if sampling.adaptive:
+        out["ci_half_width"] = {m: round(w, 4) for m, w in headline_widths(recorded).items() if w != float("inf")}
 
 
 def _measure_in_userns(run: _CellRun) -> None:
@@ -335,6 +425,7 @@ def run_cell(
         "metrics": {},
         "outcomes": {},
         "inspect": {},
+        "time_split_s": {"setup": 0.0, "timed": 0.0, "sampling": 0.0, "teardown": 0.0},
     }
     recorded: dict[str, list[int]] = defaultdict(list)
     outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -350,7 +441,7 @@ def run_cell(
             out["loop_direct_io"] = store.direct_io
             home.mkdir(mode=0o700)
             measure = _measure_in_userns if cell.driver.userns else _measure
-            measure(_CellRun(cell, store, home, sampling, overhead_ns, out, recorded, outcomes, drivers))
+            measure(_CellRun(cell, store, home, sampling, overhead_ns, out, recorded, outcomes, drivers, started))
         out["status"] = "ok"
     except KeyboardInterrupt:
         out["status"] = "interrupted"
@@ -360,6 +451,7 @@ def run_cell(
         out["status"] = "error"
         out["error"] = _error_text(cell, exc, store)
     finally:
+        measured_until = time.monotonic()
         try:
             syscalls.unmount_below(str(store.mountpoint / cell.driver.name))
             for driver in drivers:
@@ -371,7 +463,12 @@ def run_cell(
                 ledger.released("dir", workdir)
         out["metrics"] = {m: {"unit": results.unit_of(m), "samples": v} for m, v in recorded.items()}
         out["outcomes"] = {k: dict(v) for k, v in outcomes.items()}
-        out["duration_s"] = round(time.monotonic() - started, 3)
+        ended = time.monotonic()
+        split = out["time_split_s"]
+        if not split["setup"]:  # the cell failed before its first sample: all of it was set-up
+            split["setup"] = round(measured_until - started, 3)
+        split["teardown"] = round(ended - measured_until, 3)
+        out["duration_s"] = round(ended - started, 3)
     return out
 
 
@@ -420,8 +517,9 @@ def _check_disk(cells: list[Cell], work_parent: Path, progress: Progress) -> Non
     progress(f"{len(cells)} cells; the largest needs {human_bytes(need[id(biggest)])} of disk ({human_bytes(free)} free)")
 
 
-def _cell_key(scenario: str, driver: str, params: dict[str, Any], backing_fs: str) -> tuple[str, str, str, str]:
-    return scenario, driver, results.params_text(params), backing_fs
+def _cell_key(scenario: str, driver: str, params: dict[str, Any], backing_fs: str,
+              host: str | None = None) -> tuple[str, str, str, str, str | None]:
+    return scenario, driver, results.params_text(params), backing_fs, host
 
 
 def _resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
@@ -442,7 +540,11 @@ def _resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
         work_root=config.work_root, samples=settings["samples"], warmup=settings["warmup"],
         min_time_s=settings["min_time_s"], cold=settings["cold"], order=settings["order"], seed=settings["seed"],
         cell_timeout_s=settings.get("cell_timeout_s", config.cell_timeout_s), overrides=settings["overrides"],
-        quick=settings.get("quick", False),
+        quick=settings.get("quick", False), spread=settings.get("spread", False),
+        # a run from before adaptive sampling took pinned counts
+        target_ci=settings.get("target_ci", 0.0), min_samples=settings.get("min_samples", config.min_samples),
+        max_samples=settings.get("max_samples", config.max_samples),
+        cell_budget_s=settings.get("cell_budget_s", config.cell_budget_s),
     )
     for s in resolve_scenarios(resumed.scenarios, resumed.overrides, resumed.quick):
         if doc["scenarios"].get(s.name, {}).get("sha256") != s.sha256:
@@ -457,7 +559,9 @@ _KEPT = {"drivers": ("-d", "drivers"), "backings": ("-b", "backings"), "override
          "samples": ("--samples", "samples"), "warmup": ("--warmup", "warm-up samples"),
          "min_time_s": ("--min-time", "min time"), "quick": ("--quick", "quick"), "cold": ("--cold", "cold"),
          "order": ("--order", "order"), "seed": ("--seed", "seed"),
-         "cell_timeout_s": ("--cell-timeout", "cell timeout")}
+         "cell_timeout_s": ("--cell-timeout", "cell timeout"), "target_ci": ("--target-ci", "target CI"),
+         "min_samples": ("--min-samples", "min samples"), "max_samples": ("--max-samples", "max samples"),
+         "cell_budget_s": ("--cell-budget", "cell budget")}
 
 
 def _plain(value: Any) -> Any:
@@ -516,8 +620,40 @@ def _results_path(config: RunConfig, stamp: str) -> Path:
             n += 1
 
 
-def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = lambda s: None) -> tuple[dict[str, Any], Path]:
-    """Run the configured suite (or finish an interrupted one); return the document and its path."""
+class Executor(Protocol):
+    """Runs the planned cells somewhere other than here: on a fleet's hosts (harness/fleet.py)."""
+
+    def select(self, plugins: Plugins, names: tuple[str, ...]) -> tuple[list[type[Driver]], dict[str, str]]:
+        """As `select_drivers`: the drivers some host can run and, by name, why no host can run the others."""
+
+    def plan(self, scenarios: list[Scenario], drivers: list[type[Driver]], config: RunConfig) -> list[Cell]:
+        """The cells, each with the host it runs on (None: any host)."""
+
+    def execute(self, doc: dict[str, Any], cells: list[tuple[Cell, _Sampling]],
+                progress: Progress) -> Iterator[dict[str, Any]]:
+        """Each cell's result as it finishes; adds to `doc` what it learns about the hosts."""
+
+
+def _sampling_for(config: RunConfig, cell: Cell) -> _Sampling:
+    samples, warmup, min_time_s = cell.scenario.repeat(cell.params)
+    pinned = config.samples is not None or not cell.scenario.adaptive()
+    return _Sampling(
+        samples=config.samples or samples,
+        warmup=warmup if config.warmup is None else config.warmup,
+        min_time_s=min_time_s if config.min_time_s is None else config.min_time_s,
+        cold=config.cold,
+        timeout_s=config.cell_timeout_s,
+        target_ci=0.0 if pinned else config.target_ci,
+        min_samples=config.min_samples,
+        max_samples=config.max_samples,
+        budget_s=config.cell_budget_s,
+    )
+
+
+def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = lambda s: None,
+        executor: Executor | None = None) -> tuple[dict[str, Any], Path]:
+    """Run the configured suite (or finish an interrupted one) here, or through `executor` on a
+    fleet's hosts; return the document and its path."""
     plugins = plugins or default_plugins()
     previous: dict[str, Any] | None = None
     if config.resume is not None:
@@ -529,29 +665,33 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
     else:
         safety.check_output_dir(config.results_dir, "--results-dir")
     scenarios = resolve_scenarios(config.scenarios, config.overrides, config.quick)
-    drivers, skipped = select_drivers(plugins, config.drivers)
+    drivers, skipped = (executor.select if executor else select_drivers)(plugins, config.drivers)
     for name, reason in skipped.items():
         progress(f"skipping driver {name}: {reason}")
     if not drivers:
         raise UserError("no driver can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    for b in config.backings:
+    for b in config.backings if executor is None else ():  # a fleet's hosts tell their own
         if (why := backing.unavailable(b)) is not None:
             raise UserError(f"--backing {b}: {why}")
-    cells = plan_cells(scenarios, drivers, config.backings)
+    cells = executor.plan(scenarios, drivers, config) if executor else plan_cells(scenarios, drivers, config.backings)
     if not cells:
         raise UserError(f"no driver can sit on --backing {', '.join(config.backings)}")
-    if config.cold and os.geteuid() != 0:
+    if config.cold and executor is None and os.geteuid() != 0:
         raise UserError("--cold drops the page cache, which needs root")
     if config.order == "random":
         random.Random(config.seed).shuffle(cells)
     if previous is not None:
-        done = {_cell_key(c["scenario"], c["driver"], c["params"], c["backing"]) for c in previous["cells"]}
-        cells = [c for c in cells if _cell_key(c.scenario.name, c.driver.name, c.params, c.backing) not in done]
-        progress(f"resuming {resume_path}: {len(done)} cells done, {len(cells)} to go")
+        # A cell planned for any host (host None) is done once it is done on one.
+        done = {_cell_key(c["scenario"], c["driver"], c["params"], c["backing"], host)
+                for c in previous["cells"] for host in {c.get("host"), None}}
+        cells = [c for c in cells if _cell_key(c.scenario.name, c.driver.name, c.params, c.backing, c.host) not in done]
+        progress(f"resuming {resume_path}: {len(previous['cells'])} cells done, {len(cells)} to go")
 
-    work_root = safety.prepare_work_root(config.work_root or safety.DEFAULT_WORK_ROOT)
-    if cells:
-        _check_disk(cells, work_root, progress)
+    if executor is None:  # a fleet's hosts use and check their own
+        work_root = safety.prepare_work_root(config.work_root or safety.DEFAULT_WORK_ROOT)
+        set_image_limit(config.max_image_bytes, work_root)
+        if cells:
+            _check_disk(cells, work_root, progress)
 
     if previous is not None:
         doc, path = previous, resume_path
@@ -576,10 +716,26 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
             "order": config.order, "seed": config.seed, "cold": config.cold, "quick": config.quick,
             "samples": config.samples,
             "warmup": config.warmup, "min_time_s": config.min_time_s, "cell_timeout_s": config.cell_timeout_s,
-            "backings": list(config.backings), "overrides": config.overrides,
+            "backings": list(config.backings), "overrides": config.overrides, "spread": config.spread,
+            "target_ci": config.target_ci, "min_samples": config.min_samples, "max_samples": config.max_samples,
+            "cell_budget_s": config.cell_budget_s,
         }
         path = _results_path(config, doc["started_utc"].replace("-", "").replace(":", ""))
     results.save(doc, path)
+    if executor is not None:
+        try:
+            for result in executor.execute(doc, [(c, _sampling_for(config, c)) for c in cells], progress):
+                doc["cells"].append(result)
+                results.save(doc, path)
+        except KeyboardInterrupt:
+            doc["status"] = "interrupted"
+            doc["finished_utc"] = results.utc_now()
+            results.save(doc, path)
+            raise
+        doc["status"] = "finished"
+        doc["finished_utc"] = results.utc_now()
+        results.save(doc, path)
+        return doc, path
 
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work_root))
     ledger = Ledger(run_dir / LEDGER_NAME).open()
@@ -588,14 +744,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
             for i, cell in enumerate(cells, 1):
                 progress(f"[{i}/{len(cells)}] {cell.describe()}")
                 s = cell.scenario
-                samples, warmup, min_time_s = s.repeat(cell.params)
-                sampling = _Sampling(
-                    samples=config.samples or samples,
-                    warmup=warmup if config.warmup is None else config.warmup,
-                    min_time_s=min_time_s if config.min_time_s is None else config.min_time_s,
-                    cold=config.cold,
-                    timeout_s=config.cell_timeout_s,
-                )
+                sampling = _sampling_for(config, cell)
                 try:
                     result = run_cell(cell, run_dir / f"cell{i}", sampling, doc["overhead"]["timer_ns"], ledger)
                 except KeyboardInterrupt:

@@ -1,8 +1,9 @@
 """Scenario files: declarative TOML, validated before anything runs.
 
-A scenario names an image, parameters to sweep, how many samples to take, and the
-steps of one sample. `"${name}"` as a whole value stands for a parameter. Every
-error names the file, the field and what is allowed. docs/scenarios.md documents
+A scenario names an image (and, in `[[images]]`, further images built on it in the
+same store), parameters to sweep, how many samples to take, and the steps of one
+sample. `"${name}"` as a whole value stands for a parameter. Every error names the
+file, the field and what is allowed. docs/scenarios.md documents
 every field and step.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .image import FileSpec, Image, synthetic_image
+from .image import FileSpec, Image, SyntheticImage, synthetic_image
 
 __all__ = ["Scenario", "Step", "load_scenario", "builtin_scenarios", "resolve_scenarios", "STEPS", "SELECT"]
 
@@ -48,11 +49,11 @@ SELECT = {"path": STR, "glob": STR, "fraction": FRACTION}
 
 #: op -> (fields: name -> (kind or enum tuple, required), takes a file selection, default metric)
 STEPS: dict[str, tuple[dict[str, tuple[Any, bool]], bool, str | None]] = {
-    "start": ({"count": (INT, False), "image": (("base", "committed"), False)}, False, "startup_ns"),
+    "start": ({"count": (INT, False), "image": (STR, False)}, False, "startup_ns"),
     "remove": ({}, False, None),
     "commit": ({}, False, "commit_ns"),
     "build": ({}, False, "build_ns"),
-    "usage": ({}, False, None),
+    "usage": ({"prefix": (STR, False)}, False, None),
     "volume": ({"path": (STR, True), "kind": (("bind", "tmpfs"), False), "populate": (BOOL, False)}, False, None),
     "write": ({"bytes": (SIZE, True), "count": (INT, False)}, True, None),
     "append": ({"bytes": (SIZE, False)}, True, None),
@@ -69,9 +70,10 @@ STEPS: dict[str, tuple[dict[str, tuple[Any, bool]], bool, str | None]] = {
     "rename": ({"path": (STR, True), "to": (STR, True)}, False, None),
     "mkdir": ({"path": (STR, True)}, False, None),
     "readdir": ({"path": (STR, True)}, False, None),
+    "expect": ({"path": (STR, True), "sha256": (STR, False), "layer": (INT, False)}, False, None),
 }
 _COMMON = {"op", "measure", "allow_errors"}
-_TOP = {"name", "description", "params", "sets", "image", "repeat", "step", "backing", "quick"}
+_TOP = {"name", "description", "params", "sets", "image", "images", "repeat", "step", "backing", "quick"}
 _QUICK = {"params", "samples", "warmup"}
 _SOURCES = {
     "synthetic": {"layers", "files", "bytes", "seed", "depth", "sigma", "file", "remove"},
@@ -81,7 +83,12 @@ _SOURCES = {
 }
 _IMAGE_FILE = {"path": (STR, True), "size": (SIZE, True), "layer": (INT, False), "mode": (MODE, False)}
 _IMAGE_REMOVE = {"path": (STR, True), "layer": (INT, True)}
-_REPEAT = {"samples": (INT, False), "warmup": (INT, False), "min_time_s": (NUMBER, False)}
+#: names `start` takes besides those of [[images]]: the [image] table, and the last commit's layer
+RESERVED_IMAGES = ("base", "committed")
+_IMAGES = {"name", "base"} | _SOURCES["synthetic"]
+_PREFIX = re.compile(r"^[a-z][a-z0-9_]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_REPEAT = {"samples": (INT, False), "warmup": (INT, False), "min_time_s": (NUMBER, False), "adaptive": (BOOL, False)}
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,7 @@ class Scenario:
     sha256: str
     sets: tuple[dict[str, Any], ...]
     raw_image: dict[str, Any]
+    raw_images: tuple[dict[str, Any], ...]  # [[images]], in build order (each after its base)
     raw_steps: tuple[dict[str, Any], ...]
     raw_repeat: dict[str, Any]
     backings: tuple[str, ...] = ()
@@ -126,6 +134,11 @@ class Scenario:
         r = _subst(self.raw_repeat, params)
         return r.get("samples", 5), r.get("warmup", 1), float(r.get("min_time_s", 0.0))
 
+    def adaptive(self) -> bool:
+        """Whether the runner may sample until the answer is sure (`[repeat] adaptive`, default true);
+        false keeps `samples` exact (docs/scenarios.md)."""
+        return bool(self.raw_repeat.get("adaptive", True))
+
     def image(self, params: dict[str, Any]) -> Image:
         img = _subst(self.raw_image, params)
         source = img.get("source", "synthetic")
@@ -133,22 +146,15 @@ class Scenario:
             from .image_sources import open_image  # imported lazily: archive readers
 
             return open_image(source, Path(self.path).parent / img["path"])
-        seed = img.get("seed", 0)
-        extra = tuple(
-            (f.get("layer", 0), FileSpec(f["path"], f["size"], seed * 7919 + 17 + i, f.get("mode", 0o644)))
-            for i, f in enumerate(img.get("file", []))
-        )
-        removals = tuple((r["layer"], r["path"]) for r in img.get("remove", []))
-        return synthetic_image(
-            layers=img.get("layers", 1),
-            files=img.get("files", 100),
-            total_bytes=img.get("bytes", 1 << 20),
-            seed=seed,
-            depth=img.get("depth", 3),
-            sigma=float(img.get("sigma", 2.0)),
-            extra=extra,
-            removals=removals,
-        )
+        return _synthetic(img)
+
+    def images(self, params: dict[str, Any]) -> list[tuple[str, str | None, SyntheticImage]]:
+        """The further images, in build order: name, base image name (None: from scratch) and own layers."""
+        out = []
+        for raw in self.raw_images:
+            img = _subst(raw, params)
+            out.append((img["name"], img.get("base"), _synthetic(img)))
+        return out
 
     def steps(self, params: dict[str, Any]) -> list[Step]:
         out = []
@@ -158,6 +164,26 @@ class Scenario:
             label = f"step[{i}] {op}"
             out.append(Step(op, args, raw.get("measure", STEPS[op][2]), tuple(raw.get("allow_errors", ())), label))
         return out
+
+
+def _synthetic(img: dict[str, Any]) -> SyntheticImage:
+    """A synthetic image from its table, parameters substituted."""
+    seed = img.get("seed", 0)
+    extra = tuple(
+        (f.get("layer", 0), FileSpec(f["path"], f["size"], seed * 7919 + 17 + i, f.get("mode", 0o644)))
+        for i, f in enumerate(img.get("file", []))
+    )
+    removals = tuple((r["layer"], r["path"]) for r in img.get("remove", []))
+    return synthetic_image(
+        layers=img.get("layers", 1),
+        files=img.get("files", 100),
+        total_bytes=img.get("bytes", 1 << 20),
+        seed=seed,
+        depth=img.get("depth", 3),
+        sigma=float(img.get("sigma", 2.0)),
+        extra=extra,
+        removals=removals,
+    )
 
 
 def _subst(value: Any, params: dict[str, Any]) -> Any:
@@ -176,6 +202,7 @@ class _Checker:
     def __init__(self, path: str, params: dict[str, list[Any]]) -> None:
         self.path = path
         self.params = params
+        self.images: tuple[str, ...] = RESERVED_IMAGES  # what `start` may name
 
     def fail(self, where: str, message: str) -> UserError:
         return UserError(f"{self.path}: {where}: {message}")
@@ -279,7 +306,8 @@ def _param_sets(data: dict[str, Any], path: str, overrides: dict[str, list[Any]]
     return [dict(zip(names, combo)) for combo in itertools.product(*(params[n] for n in names))]
 
 
-def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> None:
+def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> list[str]:
+    """Check the whole file; return the names of its [[images]] in build order."""
     values: dict[str, list[Any]] = {}
     for s in sets:
         for k, v in s.items():
@@ -303,27 +331,16 @@ def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> No
         raise c.fail("image.source", f"unknown source {source!r}; allowed: {', '.join(_SOURCES)}")
     c.keys(image, _SOURCES[source] | {"source"}, "image.")
     if source == "synthetic":
-        c.fields(image, {k: (INT, False) for k in ("layers", "files", "bytes", "seed", "depth")}, "image.")
-        c.fields(image, {"sigma": (NUMBER, False)}, "image.")
-        layers = image.get("layers", 1)
-        for n in values.get(_REF.match(layers).group(1), []) if isinstance(layers, str) and _REF.match(layers) else [layers]:
-            if isinstance(n, int) and not 1 <= n <= 500:
-                raise c.fail("image.layers", f"must be between 1 and 500, got {n}")
-        for table, spec in (("file", _IMAGE_FILE), ("remove", _IMAGE_REMOVE)):
-            entries = image.get(table, [])
-            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-                raise c.fail(f"image.{table}", f"expected an array of tables [[image.{table}]]")
-            for i, entry in enumerate(entries):
-                where = f"image.{table}[{i}]."
-                c.keys(entry, spec, where)
-                c.fields(entry, spec, where)
-                _relative(c, entry["path"], f"{where}path")
+        _check_synthetic(c, image, "image")
     else:
         if not isinstance(image.get("path"), str):
             raise c.fail("image.path", f"required for source {source!r}: a path, relative to the scenario file")
         target = Path(path).parent / image["path"]
         if not target.exists():
             raise c.fail("image.path", f"{target} does not exist")
+
+    order = _image_order(c, data)
+    c.images = RESERVED_IMAGES + tuple(order)
 
     repeat = c.table(data.get("repeat", {}), "repeat")
     c.keys(repeat, _REPEAT, "repeat.")
@@ -344,6 +361,61 @@ def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> No
             ops = list(dict.fromkeys(values[m.group(1)]))
         for one in ops:
             _validate_step(c, step, one, where)
+    return order
+
+
+def _check_synthetic(c: _Checker, image: dict[str, Any], at: str) -> None:
+    """The fields of a synthetic image's table (`image` or `images[i]`)."""
+    c.fields(image, {k: (INT, False) for k in ("layers", "files", "bytes", "seed", "depth")}, f"{at}.")
+    c.fields(image, {"sigma": (NUMBER, False)}, f"{at}.")
+    layers = image.get("layers", 1)
+    ref = _REF.match(layers) if isinstance(layers, str) else None
+    for n in c.params.get(ref.group(1), []) if ref else [layers]:
+        if isinstance(n, int) and not 1 <= n <= 500:
+            raise c.fail(f"{at}.layers", f"must be between 1 and 500, got {n}")
+    for table, spec in (("file", _IMAGE_FILE), ("remove", _IMAGE_REMOVE)):
+        entries = image.get(table, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise c.fail(f"{at}.{table}", f"expected an array of tables [[{at.split('[')[0]}.{table}]]")
+        for i, entry in enumerate(entries):
+            where = f"{at}.{table}[{i}]."
+            c.keys(entry, spec, where)
+            c.fields(entry, spec, where)
+            _relative(c, entry["path"], f"{where}path")
+
+
+def _image_order(c: _Checker, data: dict[str, Any]) -> list[str]:
+    """Check `[[images]]` (synthetic, each named, its base known, no cycle); their names in build order."""
+    entries = data.get("images", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise c.fail("images", "expected an array of tables [[images]], each with a name and its own layers")
+    names: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        where = f"images[{i}]"
+        c.keys(entry, _IMAGES, f"{where}.")
+        name = entry.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise c.fail(f"{where}.name", "required: lower-case letters, digits and '-' only")
+        if name in RESERVED_IMAGES:
+            raise c.fail(f"{where}.name", f"{name!r} is reserved ('base' is the [image] table, 'committed' a commit)")
+        if name in names:
+            raise c.fail(f"{where}.name", f"{name!r} is already images[{names[name]}]")
+        names[name] = i
+        _check_synthetic(c, entry, where)
+    bases = {e["name"]: e.get("base") for e in entries}
+    for i, entry in enumerate(entries):
+        base = entry.get("base")
+        if base is not None and (not isinstance(base, str) or base not in ("base", *names)):
+            raise c.fail(f"images[{i}].base", f"unknown image {base!r}; images: {', '.join(('base', *names))}")
+    depth: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        chain = [entry["name"]]
+        while (up := bases.get(chain[-1])) not in (None, "base"):
+            if up in chain:
+                raise c.fail(f"images[{i}].base", f"a cycle of bases: {' -> '.join([*chain, up])}")
+            chain.append(up)
+        depth[entry["name"]] = len(chain)
+    return sorted(names, key=lambda n: (depth[n], names[n]))
 
 
 def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> None:
@@ -355,6 +427,15 @@ def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> No
         if key not in allowed:
             raise c.fail(f"{where}{key}", f"unknown field for op {op!r}; allowed: {', '.join(sorted(allowed))}")
     c.fields(step, spec, where)
+    if op == "start" and "image" in step:
+        c.value(step["image"], c.images, f"{where}image")
+    if op == "usage" and isinstance(step.get("prefix"), str) and not _PREFIX.match(step["prefix"]):
+        raise c.fail(f"{where}prefix", "a metric name prefix: lower_snake_case, such as 'after_remove'")
+    if op == "expect":
+        if ("sha256" in step) == ("layer" in step):
+            raise c.fail(where.rstrip("."), "op 'expect' needs exactly one of sha256 (the content's digest) or layer")
+        if isinstance(step.get("sha256"), str) and not _SHA256.match(step["sha256"]):
+            raise c.fail(f"{where}sha256", "64 lower-case hex digits")
     if selects:
         given = [k for k in SELECT if k in step]
         if len(given) != 1:
@@ -370,7 +451,7 @@ def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> No
     if "measure" in step:
         if not isinstance(step["measure"], str) or not _METRIC.match(step["measure"]):
             raise c.fail(f"{where}measure", "a metric name in snake_case ending in _ns")
-        if op in ("usage", "volume", "page_cache"):
+        if op in ("usage", "volume", "page_cache", "expect"):
             raise c.fail(f"{where}measure", f"op {op!r} records fixed metrics and times nothing")
 
 
@@ -408,12 +489,13 @@ def load_scenario(path: Path | str, overrides: dict[str, list[Any]] | None = Non
     if quick:
         overrides = {**quick_params, **(overrides or {})}
     sets = _param_sets(data, str(path), overrides or {})
-    _validate(data, str(path), sets)
+    order = _validate(data, str(path), sets)
     known = set().union(*(s.keys() for s in sets)) if sets else set()
     for name in quick_params:
         if name not in known:
             raise UserError(f"{path}: quick.params.{name}: not a parameter of this scenario")
     repeat = {**data.get("repeat", {}), **(quick_repeat if quick else {})}
+    by_name = {e["name"]: e for e in data.get("images", [])}
     return Scenario(
         name=data["name"],
         description=" ".join(data["description"].split()),
@@ -421,6 +503,7 @@ def load_scenario(path: Path | str, overrides: dict[str, list[Any]] | None = Non
         sha256=hashlib.sha256(raw).hexdigest(),
         sets=tuple(sets),
         raw_image=data["image"],
+        raw_images=tuple(by_name[n] for n in order),
         raw_steps=tuple(data["step"]),
         raw_repeat=dict(repeat),
         backings=tuple(data.get("backing", ())),

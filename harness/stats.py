@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["summarize", "bootstrap_ci", "outliers_mad", "outliers_tukey", "advice",
+__all__ = ["summarize", "bootstrap_ci", "ci_half_width", "outliers_mad", "outliers_tukey", "advice",
            "SUMMARY_FIELDS", "STATS_FIELDS"]
 
 #: the fields of the CSV export and of `results.load` (kept stable)
@@ -43,6 +43,20 @@ def bootstrap_ci(samples: Sequence[float], level: float = 0.95,
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(medians, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def ci_half_width(samples: Sequence[float]) -> float:
+    """Half the width of `bootstrap_ci`, as a fraction of the median (0.05: +-5%).
+
+    Infinite for fewer than two samples, or a zero median with any spread."""
+    a = np.asarray(samples, dtype=float)
+    if a.size < 2:
+        return float("inf")
+    low, high = bootstrap_ci(samples)
+    median = abs(float(np.median(a)))
+    if median == 0:
+        return 0.0 if high == low else float("inf")
+    return (high - low) / 2 / median
 
 
 def outliers_mad(samples: Sequence[float]) -> int:

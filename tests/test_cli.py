@@ -87,7 +87,7 @@ def test_run_null_end_to_end_writes_results_and_csv(tmp_path: Path) -> None:
     scenario.write_text(TINY)
     code, out, err = invoke(
         "run", str(scenario), "--driver", "null", "--results-dir", str(tmp_path / "res"),
-        "--work-root", str(tmp_path / "work"), "--label", "t", "--export-csv", "-",
+        "--work-root", str(tmp_path / "work"), "--label", "t", "--export-csv", "-", "--target-ci", "0",
     )
     assert code == 0, err
     assert "== tiny" in out  # the comparison table

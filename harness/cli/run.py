@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,9 @@ import click
 
 from .. import results, safety
 from ..errors import UserError
+from ..image_sources import parse_size
 from ..runner import RunConfig, run, sigterm_as_interrupt
+from ..sampling import time_split_lines
 from ..table import comparison_table, run_summary, run_warnings
 
 __all__ = ["run_cmd", "parse_param", "failure_summary", "EXIT_FAILED", "EXIT_INTERRUPTED"]
@@ -38,10 +41,20 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
               help="Override a swept parameter of every scenario that has it.")
 @click.option("-b", "--backing", "backings", multiple=True, type=click.Choice(["ext4", "xfs", "btrfs", "dir"]),
               help="Backing filesystem (repeatable: a sweep). Default: each driver's first usable one.")
-@click.option("--samples", type=click.IntRange(min=1), help="Samples per cell (default: the scenario's).")
+@click.option("--samples", type=click.IntRange(min=1),
+              help="Exactly this many samples per cell (default: until sure, --target-ci).")
 @click.option("--warmup", type=click.IntRange(min=0), help="Warm-up samples per cell (default: the scenario's).")
 @click.option("--min-time", "min_time_s", type=click.FloatRange(min=0), metavar="SECONDS",
               help="Keep sampling each cell until its samples took this long (default: the scenario's).")
+@click.option("--target-ci", "target_ci", type=click.FloatRange(min=0, max=1), default=0.05, show_default=True,
+              metavar="FRACTION", help="Sample each cell until every timing metric's 95% CI is within +-FRACTION "
+                                       "of its median (0: the scenario's exact counts; docs/performance.md).")
+@click.option("--min-samples", "min_samples", type=click.IntRange(min=1), default=5, show_default=True,
+              help="With --target-ci: samples a cell takes at least (at most the scenario's own count).")
+@click.option("--max-samples", "max_samples", type=click.IntRange(min=1), default=20, show_default=True,
+              help="With --target-ci: samples a cell takes at most.")
+@click.option("--cell-budget", "cell_budget_s", type=click.FloatRange(min=0), default=20, show_default=True,
+              metavar="SECONDS", help="With --target-ci: stop sampling a cell after this long (0: no limit).")
 @click.option("--quick", is_flag=True, help="The quick suite: each scenario's [quick] values and samples.")
 @click.option("--cold", is_flag=True, help="Sync and drop the page cache before every sample (root).")
 @click.option("--order", type=click.Choice(["random", "planned"]), default="random", show_default=True,
@@ -53,14 +66,21 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
               help="Where backing stores are made: a directory of layerbench's own (default: /var/tmp/layerbench).")
 @click.option("--cell-timeout", "cell_timeout_s", type=click.FloatRange(min=0), default=1800, show_default=True,
               metavar="SECONDS", help="Fail a cell that runs longer, release it, and go on (0: no limit).")
+@click.option("--max-image-bytes", "max_image_bytes", metavar="SIZE",
+              help="Refuse an imported image larger than SIZE uncompressed (500M, 10G; default: the free disk).")
 @click.option("--resume", type=click.Path(path_type=Path, exists=True, dir_okay=False), metavar="RESULT",
               help="Finish an interrupted run: same settings, finished cells kept, the rest run.")
+@click.option("--cluster", metavar="ADDRESS",
+              help="Run the cells on the hosts of the Dask cluster whose scheduler is at ADDRESS (docs/fleet.md).")
+@click.option("--spread", is_flag=True, help="With --cluster: each cell once on any host, not on every host.")
 @click.option("--export-csv", "export_csv", metavar="FILE",
               help="Also write the tidy summary table as CSV ('-' for stdout).")
 def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[str, ...],
             backings: tuple[str, ...], samples: int | None, warmup: int | None, min_time_s: float | None,
             quick: bool, cold: bool, order: str, seed: int, label: str, results_dir: Path,
-            work_root: Path | None, cell_timeout_s: float, resume: Path | None, export_csv: str | None) -> None:
+            work_root: Path | None, cell_timeout_s: float, resume: Path | None, cluster: str | None, spread: bool,
+            export_csv: str | None, max_image_bytes: str | None = None, target_ci: float = 0.05,
+            min_samples: int = 5, max_samples: int = 20, cell_budget_s: float = 20.0) -> None:
     """Run SCENARIOS (built-in names or .toml paths; default: every built-in one)."""
     if not re.match(r"^[A-Za-z0-9._-]+$", label):
         raise UserError(f"--label {label!r}: use letters, digits, '.', '_' and '-' only")
@@ -69,10 +89,19 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
     config = RunConfig(scenarios=scenarios, drivers=drivers, backings=backings, results_dir=results_dir,
                        label=label, work_root=work_root, samples=samples, warmup=warmup, min_time_s=min_time_s,
                        quick=quick, cold=cold, order=order, seed=seed, cell_timeout_s=cell_timeout_s, resume=resume,
-                       overrides=dict(parse_param(p) for p in params))
+                       overrides=dict(parse_param(p) for p in params), spread=spread,
+                       max_image_bytes=None if max_image_bytes is None else parse_size(max_image_bytes),
+                       target_ci=target_ci, min_samples=min_samples, max_samples=max_samples,
+                       cell_budget_s=cell_budget_s)
+    if spread and not cluster:
+        raise UserError("--spread spreads cells over a fleet's hosts: pass --cluster ADDRESS too")
+    if cluster:
+        from ..fleet import require_dask
+
+        require_dask()
     try:
         with sigterm_as_interrupt():
-            doc, path = run(config, progress=lambda line: click.echo(line, err=True))
+            doc, path = _run(config, cluster, progress=lambda line: click.echo(line, err=True))
     except KeyboardInterrupt:
         click.echo("layerbench: interrupted; finished cells are kept in the results file", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -80,6 +109,8 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
     for line in run_warnings(doc):
         click.echo(f"warning: {line}", err=True)
     click.echo(run_summary(doc, path))
+    for line in time_split_lines(doc):
+        click.echo(line, err=True)
     click.echo(f"results: {path}", err=True)
     if export_csv:
         text = results.to_csv(doc)
@@ -94,6 +125,15 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
     if failed:
         click.echo(failure_summary(failed, len(doc["cells"])), err=True)
         sys.exit(EXIT_FAILED)
+
+
+def _run(config: RunConfig, cluster: str | None, progress: Callable[[str], None]) -> tuple[dict[str, Any], Path]:
+    """Here, or on the hosts of the Dask cluster at `cluster` (harness/fleet.py)."""
+    if cluster is None:
+        return run(config, progress=progress)
+    from ..fleet import run_fleet
+
+    return run_fleet(config, cluster, progress=progress)
 
 
 def failure_summary(failed: list[dict[str, Any]], total: int) -> str:
