@@ -260,6 +260,8 @@ def verdict_table(v: Verdict, bold: tuple[str, str] = ("", "")) -> tuple[list[st
 def verdict_text(v: Verdict) -> str:
     """The matrix and the advice as plain text for a terminal."""
     header, body = verdict_table(v)
+    if not body:
+        return "== verdict\nnone of the verdict's measures is in these results (docs/reports.md, \"The verdict\")\n"
     widths = [max(len(r[i]) for r in (header, *body)) for i in range(len(header))]
     lines = ["== verdict", *("  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)).rstrip()
                              for r in (header, *body))]
