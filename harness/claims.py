@@ -173,6 +173,104 @@ def _page_cache(doc: dict[str, Any]) -> Verdict:
     return (HELD if ok else NOT_HELD), "; ".join(figures)
 
 
+_SLACK = 256 << 10  # a store's metadata moves by a few blocks: 256 KiB, or 1%, counts as unchanged
+
+
+def _images(doc: dict[str, Any]) -> Verdict:
+    """What each further image of image-sharing added to the store, against its own bytes and its base's."""
+    cells = [c for c in _cells(doc, "image-sharing") if c.get("images")]
+    figures, decided, ok = [], False, True
+    for driver in sorted({c["driver"] for c in cells}):
+        cell = max((c for c in cells if c["driver"] == driver), key=lambda c: c.get("image_bytes", 0))
+        built = [i for i in cell["images"] if i.get("base_bytes")]
+        if not built:
+            continue
+        added = ", ".join(f"{i['name']} +{human(i['added_bytes'], 'bytes')}" for i in built)
+        figures.append(f"{driver}: {added} (own layers {human(built[0]['bytes'], 'bytes')}, "
+                       f"base {human(built[0]['base_bytes'], 'bytes')})")
+        style = _style(doc, driver)
+        if style in ("union", "snapshot"):
+            decided, ok = True, ok and all(i["added_bytes"] - i["bytes"] < 0.25 * i["base_bytes"] for i in built)
+        elif style == "copy":
+            decided, ok = True, ok and all(i["added_bytes"] >= 0.8 * i["base_bytes"] for i in built)
+    if not decided:
+        return NOT_MEASURED, "; ".join(figures) or "no image-sharing cells"
+    return (HELD if ok else NOT_HELD), "; ".join(figures)
+
+
+def _remove(doc: dict[str, Any]) -> Verdict:
+    """container-remove: the store's use after `remove` against the image alone."""
+    figures, ok = [], True
+    for c in sorted(_cells(doc, "container-remove"), key=lambda c: c["driver"]):
+        image, during, after = (_median(c, m) for m in ("image_disk_bytes", "with_container_disk_bytes",
+                                                        "after_remove_disk_bytes"))
+        if image is None or during is None or after is None:
+            continue
+        figures.append(f"{c['driver']}: {human(during, 'bytes')} with the container, {human(after, 'bytes')} "
+                       f"after remove, image alone {human(image, 'bytes')}")
+        ok &= abs(after - image) <= max(0.01 * image, _SLACK)
+    if not figures:
+        return NOT_MEASURED, "no container-remove cells"
+    return (HELD if ok else NOT_HELD), "; ".join(figures)
+
+
+def _tmpfs(doc: dict[str, Any]) -> Verdict:
+    """volume-writes: what the write added to the store's use, on a tmpfs and on a bind volume."""
+    figures, ok = [], True
+    cells = _cells(doc, "volume-writes")
+    for driver in sorted({c["driver"] for c in cells}):
+        grew, written = {}, {}
+        for c in (c for c in cells if c["driver"] == driver):
+            before, after = _median(c, "before_write_disk_bytes"), _median(c, "after_write_disk_bytes")
+            if before is not None and after is not None:
+                grew[c["params"].get("kind")], written[c["params"].get("kind")] = after - before, _median(
+                    c, "written_bytes") or 0
+        if "tmpfs" not in grew or "bind" not in grew:
+            continue
+        figures.append(f"{driver}: {human(written['tmpfs'], 'bytes')} written to tmpfs added "
+                       f"{human(grew['tmpfs'], 'bytes')}, to a bind volume {human(grew['bind'], 'bytes')}")
+        ok &= abs(grew["tmpfs"]) <= _SLACK and grew["bind"] >= 0.95 * written["bind"] > 0
+    if not figures:
+        return NOT_MEASURED, "needs volume-writes with kind tmpfs and bind on one driver"
+    return (HELD if ok else NOT_HELD), "; ".join(figures)
+
+
+def _nearest(doc: dict[str, Any]) -> Verdict:
+    """nearest-layer: each driver's cell read every checked file as its uppermost copy, or failed naming it."""
+    cells = [c for c in doc["cells"] if c["scenario"] == "nearest-layer" and c["status"] in ("ok", "error")]
+    figures, ok = [], True
+    for c in sorted(cells, key=lambda c: c["driver"]):
+        if c["status"] == "error":
+            figures.append(f"{c['driver']}: {c['error']}")
+            ok = False
+            continue
+        checked = len(c.get("metrics", {}).get("expect_files", {}).get("samples", []))
+        if checked:
+            figures.append(f"{c['driver']}: {checked} reads, each the uppermost layer's copy")
+    if not figures:
+        return NOT_MEASURED, "no nearest-layer cells"
+    return (HELD if ok else NOT_HELD), "; ".join(figures)
+
+
+def _rootless(doc: dict[str, Any]) -> Verdict:
+    """overlay2-rootless against fuse-overlayfs: startup at each common set, first append at the largest file."""
+    kernel, fuse = "overlay2-rootless", "fuse-overlayfs"
+    pairs = []  # (what, kernel's median, fuse's median)
+    for scenario, metric, params in (("startup", "startup_ns", {}), ("copy-up", "copy_up_ns", {"mode": "append"})):
+        at: dict[tuple[tuple[str, Any], ...], dict[str, float]] = {}
+        for c in _cells(doc, scenario, **params):
+            if c["driver"] in (kernel, fuse) and (m := _median(c, metric)) is not None:
+                at.setdefault(tuple(sorted(c["params"].items())), {})[c["driver"]] = m
+        common = sorted((k, v) for k, v in at.items() if len(v) == 2)
+        if scenario == "copy-up" and common:  # the largest file, shallowest image
+            common = [max(common, key=lambda kv: (dict(kv[0]).get("file_size", 0), -dict(kv[0]).get("depth", 1)))]
+        pairs += [(f"{scenario} ({', '.join(f'{k}={v}' for k, v in key)})", v[kernel], v[fuse]) for key, v in common]
+    if not any(w.startswith("startup") for w, _, _ in pairs) or not any(w.startswith("copy-up") for w, _, _ in pairs):
+        return NOT_MEASURED, "needs startup and copy-up cells on both overlay2-rootless and fuse-overlayfs"
+    figures = [f"{what}: {kernel} {human(a, 'ns')}, {fuse} {human(b, 'ns')}" for what, a, b in pairs]
+    return (HELD if all(a < b for _, a, b in pairs) else NOT_HELD), "; ".join(figures)
+
+
 CLAIMS: list[tuple[str, Callable[[dict[str, Any]], Verdict]]] = [
     ("Containers from one image share its layers: union and snapshot drivers cost the image once "
      "plus a little per container; vfs about one image per container", _sharing),
@@ -185,6 +283,14 @@ CLAIMS: list[tuple[str, Callable[[dict[str, Any]], Verdict]]] = [
     (("Containers from one image share one copy of it in memory: on union drivers each further container "
       "adds under 5% of an image to the page cache; on snapshot (btrfs, reflink, zfs) and copy drivers "
       "about one image each"), _page_cache),
+    (("Images built on one base store it once: union and snapshot drivers add about each image's new layers; "
+      "vfs copies the base into every image"), _images),
+    ("Removing a container removes its layer: the store returns to the image's size", _remove),
+    (("tmpfs writes never reach the host file system: they leave the store's used bytes unchanged, while the "
+      "same on a bind volume adds them"), _tmpfs),
+    ("The nearest layer wins in the merged view: a file in several layers reads as the uppermost copy", _nearest),
+    (("fuse-overlayfs is for hosts where rootless kernel overlay cannot run: where it can, overlay2-rootless "
+      "starts containers and copies up faster"), _rootless),
 ]
 
 

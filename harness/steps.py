@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import hashlib
 import os
 import random
 import re
@@ -27,7 +28,7 @@ from typing import Any
 
 from . import backing, pagecache, safety, syscalls
 from .driver import Driver
-from .image import Image
+from .image import Image, LayerSpec, SyntheticImage
 from .scenario import Step
 from .treecopy import copy_tree
 
@@ -49,6 +50,7 @@ class SampleState:
     baseline_walk: int
     prefix: str
     contents: dict[str, bytes] | None = None
+    images: dict[str, str] = field(default_factory=dict)  # image name -> its top layer ("base": `top`)
     containers: list[str] = field(default_factory=list)
     mounted: list[str] = field(default_factory=list)
     roots: dict[str, Path] = field(default_factory=dict)
@@ -245,10 +247,13 @@ def _batch(paths: list[str], one: Callable[[str], object]) -> Callable[[], None]
 def _start(state: SampleState, step: Step, record: Recorder) -> None:
     driver = state.driver
     image = state.top
-    if step.args.get("image") == "committed":
+    name = step.args.get("image", "base")
+    if name == "committed":
         if state.committed is None:
             raise RuntimeError("start image = 'committed' needs a 'commit' step before it")
         image = state.committed
+    elif name != "base":
+        image = state.images[name]
     for _ in range(step.args.get("count", 1)):
         cid = f"{state.prefix}c{len(state.containers)}"
         state.containers.append(cid)
@@ -313,11 +318,46 @@ def _build(state: SampleState, step: Step, record: Recorder) -> None:
 
 
 def _usage(state: SampleState, step: Step, record: Recorder) -> None:
+    """The store's use now, over the empty store's; `prefix` names a second reading (`after_remove_disk_bytes`)."""
+    pre = f"{step.args['prefix']}_" if "prefix" in step.args else ""
+    state.driver.settle()  # space a removal gave back (btrfs frees a deleted subvolume later)
     used = state.store.usage()
-    record("disk_bytes", used.bytes - state.baseline.bytes)
+    record(f"{pre}disk_bytes", used.bytes - state.baseline.bytes)
     if used.inodes is not None and state.baseline.inodes is not None:  # btrfs has no inode count
-        record("inodes", used.inodes - state.baseline.inodes)
-    record("disk_walk_bytes", backing.allocated_bytes(state.store.mountpoint) - state.baseline_walk)
+        record(f"{pre}inodes", used.inodes - state.baseline.inodes)
+    record(f"{pre}disk_walk_bytes", backing.allocated_bytes(state.store.mountpoint) - state.baseline_walk)
+
+
+class ContentMismatch(Exception):
+    """A file of the merged view does not hold the content a scenario's `expect` step names."""
+
+
+def _expect(state: SampleState, step: Step, record: Recorder) -> None:
+    """Check a file's content in the last container: its sha256 is the given one, or that of the copy
+    of the path in image layer `layer` (a synthetic image); a mismatch is the cell's error."""
+    rel = step.args["path"]
+    if "sha256" in step.args:
+        want, what = step.args["sha256"], f"sha256 {step.args['sha256'][:12]}"
+    else:
+        layer = step.args["layer"]
+        specs = state.image.layers[layer].files if isinstance(state.image, SyntheticImage) and \
+            layer < state.image.layer_count else ()
+        spec = next((f for f in specs if f.path == rel), None)
+        if spec is None:
+            raise ValueError(f"expect layer = {layer}: image layer {layer} has no file {rel!r} "
+                             "(layer needs a synthetic [image]; give sha256 otherwise)")
+        data = SyntheticImage((LayerSpec((spec,)),)).contents()[str(spec.seed)]
+        want, what = hashlib.sha256(data).hexdigest(), f"layer {layer}'s copy"
+    fd = _open(str(state.root / rel), os.O_RDONLY)
+    digest = hashlib.sha256()
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+    if digest.hexdigest() != want:
+        raise ContentMismatch(f"{rel}: the merged view reads sha256 {digest.hexdigest()[:12]}, not {what}")
+    record("expect_files", 1)
 
 
 def _page_cache(state: SampleState, step: Step, record: Recorder) -> None:
@@ -504,6 +544,7 @@ OPS: dict[str, Callable[[SampleState, Step, Recorder], None]] = {
     "usage": _usage,
     "volume": _volume,
     "page_cache": _page_cache,
+    "expect": _expect,
     **{op: _file_op for op in _FILE_OPS},
     "rename": _path_op,
     "mkdir": _path_op,
