@@ -5,7 +5,8 @@ from typing import Any
 from layerbench.harness.claims import HELD, NOT_HELD, NOT_MEASURED, evaluate
 
 MiB = 1 << 20
-STYLES = {"overlay2": "union", "btrfs": "snapshot", "vfs": "copy"}
+STYLES = {"overlay2": "union", "btrfs": "snapshot", "vfs": "copy", "overlay2-rootless": "union",
+          "fuse-overlayfs": "union"}
 
 
 def cell(scenario: str, driver: str, params: dict[str, Any], **metrics: list[float]) -> dict[str, Any]:
@@ -22,7 +23,7 @@ def verdicts(d: dict[str, Any]) -> list[str]:
 
 
 def test_nothing_measured() -> None:
-    assert verdicts(doc()) == [NOT_MEASURED] * 7
+    assert verdicts(doc()) == [NOT_MEASURED] * 12
 
 
 def sharing(vfs_each: float, overlay_each: float) -> list[dict[str, Any]]:
@@ -84,3 +85,76 @@ def test_a_backing_sweep_decides_each_claim_per_backing() -> None:
     assert by_backing["xfs"]["verdict"] == NOT_HELD and "container layer +12 KiB" in by_backing["xfs"]["figures"]
     # a claim measured nowhere is said once, not once per backing
     assert [r["backing"] for r in evaluate(doc) if r["claim"].startswith("Deleting")] == [""]
+
+
+def claim(d: dict[str, Any], start: str) -> dict[str, str]:
+    return next(r for r in evaluate(d) if r["claim"].startswith(start))
+
+
+def image_cell(driver: str, added: float) -> dict[str, Any]:
+    c = cell("image-sharing", driver, {})
+    c["images"] = [{"name": n, "base": "base", "layers": 2, "bytes": 8 * MiB, "base_bytes": 64 * MiB,
+                    "disk_bytes": 0, "added_bytes": int(added * MiB)} for n in ("app-a", "app-b")]
+    return c
+
+
+def test_images_share_their_base_unless_copied() -> None:
+    row = claim(doc(image_cell("overlay2", 8.2), image_cell("vfs", 150)), "Images built on one base")
+    assert row["verdict"] == HELD
+    assert "overlay2: app-a +8.2 MiB, app-b +8.2 MiB (own layers 8 MiB, base 64 MiB)" in row["figures"]
+    assert claim(doc(image_cell("overlay2", 72), image_cell("vfs", 150)), "Images built")["verdict"] == NOT_HELD
+    assert claim(doc(image_cell("overlay2", 8), image_cell("vfs", 9)), "Images built")["verdict"] == NOT_HELD
+    assert claim(doc(cell("image-sharing", "overlay2", {})), "Images built")["verdict"] == NOT_MEASURED
+
+
+def test_remove_returns_the_store_to_the_image() -> None:
+    def one(after: float) -> dict[str, Any]:
+        return doc(cell("container-remove", "btrfs", {}, image_disk_bytes=[8 * MiB],
+                        with_container_disk_bytes=[13 * MiB], after_remove_disk_bytes=[after * MiB]))
+
+    assert claim(one(8.1), "Removing a container")["verdict"] == HELD  # 100 KiB of metadata
+    row = claim(one(12), "Removing a container")
+    assert row["verdict"] == NOT_HELD and "12 MiB after remove, image alone 8 MiB" in row["figures"]
+
+
+def test_tmpfs_stays_off_the_store_and_bind_lands_on_it() -> None:
+    def kinds(tmpfs_grew: float, bind_grew: float) -> dict[str, Any]:
+        return doc(*(cell("volume-writes", "overlay2", {"kind": k}, before_write_disk_bytes=[2 * MiB],
+                          after_write_disk_bytes=[(2 + g) * MiB], written_bytes=[48 * MiB])
+                     for k, g in (("tmpfs", tmpfs_grew), ("bind", bind_grew))))
+
+    assert claim(kinds(0, 48.1), "tmpfs writes")["verdict"] == HELD
+    assert claim(kinds(48, 48), "tmpfs writes")["verdict"] == NOT_HELD  # the tmpfs wrote to the disk
+    assert claim(kinds(0, 0), "tmpfs writes")["verdict"] == NOT_HELD  # the bind volume was not on the store
+    only_tmpfs = doc(cell("volume-writes", "overlay2", {"kind": "tmpfs"}, before_write_disk_bytes=[0],
+                          after_write_disk_bytes=[0], written_bytes=[48 * MiB]))
+    assert claim(only_tmpfs, "tmpfs writes")["verdict"] == NOT_MEASURED
+
+
+def test_nearest_layer_fails_on_a_cell_error_naming_the_file() -> None:
+    good = cell("nearest-layer", "overlay2", {}, expect_files=[1, 1, 1, 1])
+    assert claim(doc(good), "The nearest layer wins")["verdict"] == HELD
+    bad = {**cell("nearest-layer", "vfs", {}), "status": "error",
+           "error": "step[1] expect: ContentMismatch: etc/app.conf: the merged view reads sha256 0a1b, "
+                    "not layer 2's copy"}
+    row = claim(doc(good, bad), "The nearest layer wins")
+    assert row["verdict"] == NOT_HELD and "etc/app.conf" in row["figures"]
+
+
+def test_rootless_kernel_overlay_against_fuse_needs_both_drivers() -> None:
+    def pair(kernel_start: float, fuse_start: float) -> list[dict[str, Any]]:
+        out = []
+        for driver, start, copy in (("overlay2-rootless", kernel_start, 5e7), ("fuse-overlayfs", fuse_start, 2e8)):
+            out.append(cell("startup", driver, {"layers": 1, "files": 1000}, startup_ns=[start]))
+            for size, t in ((4096, copy / 1000), (64 * MiB, copy)):
+                out.append(cell("copy-up", driver, {"file_size": size, "mode": "append", "depth": 1},
+                                copy_up_ns=[t]))
+        return out
+
+    row = claim(doc(*pair(2e6, 9e6)), "fuse-overlayfs is for hosts")
+    assert row["verdict"] == HELD
+    assert "copy-up (depth=1, file_size=67108864, mode=append): overlay2-rootless 50 ms, fuse-overlayfs 200 ms" \
+        in row["figures"]
+    assert claim(doc(*pair(2e7, 9e6)), "fuse-overlayfs is for hosts")["verdict"] == NOT_HELD
+    one_driver = [c for c in pair(2e6, 9e6) if c["driver"] == "overlay2-rootless"]
+    assert claim(doc(*one_driver), "fuse-overlayfs is for hosts")["verdict"] == NOT_MEASURED

@@ -37,7 +37,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 BUILTINS = {"layer-sharing", "copy-up", "startup", "commit", "delete-in-later-layer", "deep-read",
-            "write-heavy", "metadata-storm", "image-build", "page-cache-sharing"}
+            "write-heavy", "metadata-storm", "image-build", "page-cache-sharing", "image-sharing",
+            "container-remove", "volume-writes", "nearest-layer"}
 
 
 def test_builtins_load_and_name_the_issue_parameters() -> None:
@@ -111,7 +112,7 @@ def test_bad_files_get_one_precise_message(tmp_path: Path, edit, message: str) -
 
 
 def test_unknown_scenario_names_the_builtins() -> None:
-    with pytest.raises(UserError, match="built-in scenarios: commit, copy-up, deep-read"):
+    with pytest.raises(UserError, match="built-in scenarios: commit, container-remove, copy-up, deep-read"):
         resolve_scenarios(("nope",))
 
 
@@ -168,3 +169,45 @@ def test_more_bad_files(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(UserError) as err:
         load_scenario(write(tmp_path, text))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+IMAGES = GOOD.replace("[[step]]", """[[images]]
+name = "app"
+base = "base"
+layers = 2
+bytes = "${size}"
+[[images]]
+name = "tool"
+base = "app"
+seed = 3
+[[step]]""", 1)
+
+
+def test_images_are_built_after_their_base_and_started_by_name(tmp_path: Path) -> None:
+    text = IMAGES.replace('[[images]]\nname = "app"', '[[images]]\nname = "later"\nbase = "tool"\n[[images]]\n'
+                          'name = "app"').replace('op = "start"', 'op = "start"\nimage = "tool"')
+    s = load_scenario(write(tmp_path, text))
+    built = s.images({"n": 1, "size": 10})
+    assert [(n, b) for n, b, _ in built] == [("app", "base"), ("tool", "app"), ("later", "tool")]
+    assert built[0][2].layer_count == 2 and built[0][2].total_bytes == 10
+    assert s.steps({"n": 1, "size": 10})[0].args["image"] == "tool"
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ('base = "app"', 'base = "nope"', "images[1].base: unknown image 'nope'; images: base, app, tool"),
+    ('base = "base"', 'base = "tool"', "images[0].base: a cycle of bases: app -> tool -> app"),
+    ('name = "tool"', 'name = "app"', "images[1].name: 'app' is already images[0]"),
+    ('name = "tool"', 'name = "committed"', "images[1].name: 'committed' is reserved"),
+    ('seed = 3', 'seed = 3\npath = "x"', "images[1].path: unknown field"),
+    ('seed = 3', 'layers = 0', "images[1].layers: must be between 1 and 500, got 0"),
+    ('op = "start"', 'op = "start"\nimage = "missing"', "step[0].image: expected one of 'base', 'committed', 'app'"),
+    ('op = "append"\npath = "a/b.bin"', 'op = "usage"\nprefix = "Bad-Name"', "step[1].prefix: a metric name prefix"),
+    ('op = "append"\npath = "a/b.bin"', 'op = "expect"\npath = "a/b.bin"', "op 'expect' needs exactly one of sha256"),
+    ('op = "append"\npath = "a/b.bin"', 'op = "expect"\npath = "a/b.bin"\nsha256 = "abc"', "step[1].sha256: 64"),
+])
+def test_bad_images_get_one_line_naming_the_field(tmp_path: Path, old: str, new: str, message: str) -> None:
+    assert old in IMAGES
+    with pytest.raises(UserError) as err:
+        load_scenario(write(tmp_path, IMAGES.replace(old, new, 1)))
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"{tmp_path / 's.toml'}: ") and message in text
