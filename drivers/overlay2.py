@@ -53,7 +53,7 @@ def _read(path: str) -> str:
 
 class Overlay2Driver(OverlayLayout):
     name = "overlay2"
-    backings = ("ext4", "xfs", "btrfs")
+    backings: ClassVar[tuple[str, ...]] = ("ext4", "xfs", "btrfs")
     in_default_run = True
     #: overlay mount options beyond the dirs, as Docker passes them (a None value is a flag)
     mount_options: ClassVar[tuple[tuple[str, str | None], ...]] = (("index", "off"),)
