@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from layerbench.harness.claims import HELD, evaluate
 from layerbench.harness.image import LayerSpec, SyntheticImage
 from layerbench.harness.plugins import default_plugins
