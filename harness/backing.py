@@ -18,6 +18,7 @@ from .safety import remove_tree
 
 __all__ = [
     "BackingStore", "MKFS", "Usage", "usage", "allocated_bytes", "loop_direct_io", "mkfs_versions", "unavailable",
+    "copy_backing_file", "forget_pages",
 ]
 
 #: mkfs command per backing filesystem; the path argument is appended.
@@ -207,14 +208,47 @@ def _count_inodes(root: Path) -> int:
     return len(seen)
 
 
+_FICLONE = 0x40049409
+
+
+def forget_pages(path: Path) -> None:
+    """Write the file back and drop its pages from the host's page cache (POSIX_FADV_DONTNEED)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def copy_backing_file(source: Path, target: Path) -> str:
+    """Copy a backing file: a reflink (FICLONE) where the host filesystem shares extents, else
+    `cp --sparse=always` (holes stay holes); neither copy leaves its pages in the host's page
+    cache. Return how it was copied ("reflink" or "sparse")."""
+    how = "reflink"
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+        except OSError:
+            how = "sparse"
+    if how == "sparse":
+        _run(["cp", "--sparse=always", str(source), str(target)])
+    for path in (source, target):
+        forget_pages(path)
+    return how
+
+
 class BackingStore:
     """A sparse file, formatted and loop-mounted under `workdir`; released by `close`.
 
-    Use as a context manager; `close` is idempotent and runs after errors too.
+    With `template` (a backing file a store of the same type and size left, harness/runner.py
+    templates), the file is a copy of it instead of a new mkfs. Use as a context manager;
+    `close` is idempotent and runs after errors too.
     """
 
     def __init__(
-        self, workdir: Path, fstype: str, size_bytes: int, inodes: int = 0, ledger: Ledger | None = None
+        self, workdir: Path, fstype: str, size_bytes: int, inodes: int = 0, ledger: Ledger | None = None,
+        template: Path | None = None,
     ) -> None:
         if fstype not in BACKINGS:
             raise UserError(f"unknown backing filesystem {fstype!r}; allowed: {', '.join(BACKINGS)}")
@@ -227,6 +261,7 @@ class BackingStore:
         self.direct_io: bool | None = None  # the loop's direct-I/O state; None without a loop ("dir")
         self.mounted = False
         self.ledger = ledger
+        self.template = template
 
     def _note(self, kind: str, path: Path | str, made: bool = True) -> None:
         if self.ledger is not None:
@@ -242,10 +277,13 @@ class BackingStore:
                 self.mounted = True
             return self.mountpoint
         self._note("file", self.image)
-        with open(self.image, "wb") as f:
-            f.truncate(self.size_bytes)
-        extra = ["-N", str(self.inodes)] if self.fstype == "ext4" and self.inodes else []
-        _run([*MKFS[self.fstype], *extra, str(self.image)])
+        if self.template is not None:
+            copy_backing_file(self.template, self.image)
+        else:
+            with open(self.image, "wb") as f:
+                f.truncate(self.size_bytes)
+            extra = ["-N", str(self.inodes)] if self.fstype == "ext4" and self.inodes else []
+            _run([*MKFS[self.fstype], *extra, str(self.image)])
         self._note("loop", self.image)
         self.loop = _run(["losetup", "--find", "--show", str(self.image)])
         # Direct I/O: reads and writes go to the image file without the host's page cache, so
@@ -258,8 +296,9 @@ class BackingStore:
         self.mounted = True
         return self.mountpoint
 
-    def close(self) -> None:
-        """Unmount (everything below first, lazily as the last resort), detach, remove."""
+    def close(self, keep_file: bool = False) -> None:
+        """Unmount (everything below first, lazily as the last resort), detach, remove (the
+        backing file too, unless `keep_file`: a template's, which its owner removes)."""
         if self.mounted:
             syscalls.unmount_below(str(self.mountpoint), include_root=True)
             self.mounted = False
@@ -268,7 +307,7 @@ class BackingStore:
             subprocess.run(["losetup", "-d", self.loop], capture_output=True)
             self.loop = None
             self._note("loop", self.image, made=False)
-        if os.path.lexists(self.image):
+        if os.path.lexists(self.image) and not keep_file:
             self.image.unlink()
             self._note("file", self.image, made=False)
         if self.mountpoint.is_dir() and not os.path.ismount(self.mountpoint):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import os
 import random
 import shutil
@@ -33,6 +34,8 @@ from .plugins import Plugins, default_plugins
 from .sampling import Sampling, headline_widths, stop_reason
 from .scenario import Scenario, Step, builtin_scenarios, load_scenario, resolve_scenarios
 from .steps import SampleState, run_step
+from .templates import Template, Templates, adopt, let_go
+from .templates import warm as warm_page_cache
 
 __all__ = ["Cell", "RunConfig", "plan_cells", "estimate_bytes", "estimate_inodes", "run_cell", "run", "select_drivers",
            "sigterm_as_interrupt"]
@@ -95,6 +98,7 @@ class RunConfig:
     min_samples: int = 5
     max_samples: int = 20
     cell_budget_s: float = 20.0  # a cell's sampling loop stops after this many seconds (0: no limit)
+    templates: bool = True  # build each family's image once (harness/templates.py)
 
 
 Unavailable = Callable[[str], "str | None"]
@@ -294,6 +298,7 @@ class _CellRun:
     outcomes: dict[str, dict[str, int]]
     drivers: list[Driver]  # the driver once set up, so the caller can close it
     started: float  # time.monotonic() when the cell began: its set-up runs from here to the first sample
+    template: Template | None = None  # the store is a copy of this built one (harness/templates.py)
 
 
 def _measure(run: _CellRun) -> None:
@@ -302,12 +307,18 @@ def _measure(run: _CellRun) -> None:
     out, recorded, outcomes = run.out, run.recorded, run.outcomes
     s = cell.scenario
     mnt = store.mountpoint
-    base, base_walk = store.usage(), backing.allocated_bytes(mnt)
+    t = run.template
+    base, base_walk = (t.base, t.base_walk) if t else (store.usage(), backing.allocated_bytes(mnt))
     driver = cell.driver(home)
     run.drivers.append(driver)
     driver.setup()
     image = s.image(cell.params)
-    top, per_layer = _build_image(image, driver, store, base.bytes)
+    if t is not None:  # the image is on the copied store: the driver learns its layers, the page cache gets them
+        adopt(driver, t)
+        top, per_layer = t.top, list(t.per_layer)
+        warm_page_cache(mnt)
+    else:
+        top, per_layer = _build_image(image, driver, store, base.bytes)
     recorded["image_disk_bytes"].append(per_layer[-1])
     out["image_layers_disk_bytes"] = per_layer
     out["image_bytes"] = image.total_bytes
@@ -410,8 +421,10 @@ def run_cell(
     sampling: _Sampling | None = None,
     overhead_ns: int = 0,
     ledger: Ledger | None = None,
+    template: Template | None = None,
 ) -> dict[str, Any]:
-    """Run one cell in `workdir` (created and removed here) and return its result."""
+    """Run one cell in `workdir` (created and removed here) and return its result; with `template`,
+    on a copy of that built store instead of a new one."""
     s = cell.scenario
     sampling = sampling or _Sampling(*s.repeat(cell.params), cold=False)
     out: dict[str, Any] = {
@@ -433,15 +446,22 @@ def run_cell(
     if ledger is not None:
         ledger.made("dir", workdir)
     workdir.mkdir(mode=0o700)
-    store = backing.BackingStore(workdir, cell.backing, estimate_bytes(cell), estimate_inodes(cell), ledger)
+    if template is not None:
+        store = backing.BackingStore(workdir, cell.backing, template.size_bytes, template.inodes, ledger,
+                                     template.image)
+    else:
+        store = backing.BackingStore(workdir, cell.backing, estimate_bytes(cell), estimate_inodes(cell), ledger)
+    out["template"] = template is not None
     drivers: list[Driver] = []  # the driver, once set up, for the cleanup below
     try:
         with _time_limit(sampling.timeout_s):
             home = store.open() / cell.driver.name
             out["loop_direct_io"] = store.direct_io
-            home.mkdir(mode=0o700)
+            if template is None:
+                home.mkdir(mode=0o700)
             measure = _measure_in_userns if cell.driver.userns else _measure
-            measure(_CellRun(cell, store, home, sampling, overhead_ns, out, recorded, outcomes, drivers, started))
+            measure(_CellRun(cell, store, home, sampling, overhead_ns, out, recorded, outcomes, drivers, started,
+                             template))
         out["status"] = "ok"
     except KeyboardInterrupt:
         out["status"] = "interrupted"
@@ -470,6 +490,41 @@ def run_cell(
         split["teardown"] = round(ended - measured_until, 3)
         out["duration_s"] = round(ended - started, 3)
     return out
+
+
+def build_template(cell: Cell, workdir: Path, size_bytes: int, inodes: int, ledger: Ledger | None = None) -> Template:
+    """Build the cell's image on a fresh store in `workdir` as `_measure` does, and keep its
+    backing file, cleanly unmounted, as its family's template (harness/templates.py)."""
+    if ledger is not None:
+        ledger.made("dir", workdir)
+    workdir.mkdir(mode=0o700)
+    store = backing.BackingStore(workdir, cell.backing, size_bytes, inodes, ledger)
+    driver: Driver | None = None
+    try:
+        home = store.open() / cell.driver.name
+        home.mkdir(mode=0o700)
+        base, base_walk = store.usage(), backing.allocated_bytes(store.mountpoint)
+        driver = cell.driver(home)
+        driver.setup()
+        image = cell.scenario.image(cell.params)
+        top, per_layer = _build_image(image, driver, store, base.bytes)
+        template = Template(store.image, store.size_bytes, inodes, base, base_walk, top, per_layer,
+                            [(f"layer{i}", f"layer{i - 1}" if i else None) for i in range(image.layer_count)],
+                            image.total_bytes, driver.inspect(top))
+        let_go(driver)
+        driver = None
+        store.close(keep_file=True)
+        return template
+    except BaseException:
+        try:
+            if driver is not None:
+                driver.close()
+        finally:
+            store.close()
+            safety.remove_tree(workdir)
+            if ledger is not None:
+                ledger.released("dir", workdir)
+        raise
 
 
 def _error_text(cell: Cell, exc: Exception, store: backing.BackingStore) -> str:
@@ -718,7 +773,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
             "warmup": config.warmup, "min_time_s": config.min_time_s, "cell_timeout_s": config.cell_timeout_s,
             "backings": list(config.backings), "overrides": config.overrides, "spread": config.spread,
             "target_ci": config.target_ci, "min_samples": config.min_samples, "max_samples": config.max_samples,
-            "cell_budget_s": config.cell_budget_s,
+            "cell_budget_s": config.cell_budget_s, "templates": config.templates,
         }
         path = _results_path(config, doc["started_utc"].replace("-", "").replace(":", ""))
     results.save(doc, path)
@@ -739,6 +794,8 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
 
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work_root))
     ledger = Ledger(run_dir / LEDGER_NAME).open()
+    templates = Templates.plan(run_dir, cells, lambda c: (estimate_bytes(c), estimate_inodes(c)), ledger) \
+        if config.templates else None
     try:
         with sigterm_as_interrupt():
             for i, cell in enumerate(cells, 1):
@@ -746,7 +803,15 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
                 s = cell.scenario
                 sampling = _sampling_for(config, cell)
                 try:
-                    result = run_cell(cell, run_dir / f"cell{i}", sampling, doc["overhead"]["timer_ns"], ledger)
+                    template, build_s = templates.get(cell, functools.partial(build_template, cell, ledger=ledger)) \
+                        if templates else (None, 0.0)
+                    result = run_cell(cell, run_dir / f"cell{i}", sampling, doc["overhead"]["timer_ns"], ledger,
+                                      template)
+                    if templates:
+                        templates.done(cell)
+                    if build_s:  # the family's build is this cell's set-up
+                        result["time_split_s"]["setup"] = round(result["time_split_s"]["setup"] + build_s, 3)
+                        result["duration_s"] = round(result["duration_s"] + build_s, 3)
                 except KeyboardInterrupt:
                     doc["cells"].append({"scenario": s.name, "driver": cell.driver.name, "params": cell.params,
                                          "backing": cell.backing, "status": "interrupted", "error": "interrupted",
@@ -760,6 +825,8 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
                     progress(f"    error: {result['error']}")
                 results.save(doc, path)
     finally:
+        if templates:
+            templates.close()
         ledger.close()
         (run_dir / LEDGER_NAME).unlink(missing_ok=True)
         safety.remove_tree(run_dir)

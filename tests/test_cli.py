@@ -154,7 +154,7 @@ def _slow_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
     """`layerbench run` in a process of its own, once its first cell is saved and its second runs."""
     scenario = tmp_path / "slow.toml"
     scenario.write_text(SLOW)
-    proc = subprocess.Popen([*LAYERBENCH, "run", str(scenario), "-d", "null", "--order", "planned",
+    proc = subprocess.Popen([*LAYERBENCH, "run", str(scenario), "-d", "null", "--order", "planned", "--target-ci", "0",
                              "--results-dir", str(tmp_path / "res"), "--work-root", str(tmp_path / "work")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -55,6 +55,8 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
               help="With --target-ci: samples a cell takes at most.")
 @click.option("--cell-budget", "cell_budget_s", type=click.FloatRange(min=0), default=20, show_default=True,
               metavar="SECONDS", help="With --target-ci: stop sampling a cell after this long (0: no limit).")
+@click.option("--templates/--no-templates", default=True, show_default=True,
+              help="Build each image once per driver and backing, and start its cells from copies of that store.")
 @click.option("--quick", is_flag=True, help="The quick suite: each scenario's [quick] values and samples.")
 @click.option("--cold", is_flag=True, help="Sync and drop the page cache before every sample (root).")
 @click.option("--order", type=click.Choice(["random", "planned"]), default="random", show_default=True,
@@ -80,7 +82,7 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
             quick: bool, cold: bool, order: str, seed: int, label: str, results_dir: Path,
             work_root: Path | None, cell_timeout_s: float, resume: Path | None, cluster: str | None, spread: bool,
             export_csv: str | None, max_image_bytes: str | None = None, target_ci: float = 0.05,
-            min_samples: int = 5, max_samples: int = 20, cell_budget_s: float = 20.0) -> None:
+            min_samples: int = 5, max_samples: int = 20, cell_budget_s: float = 20.0, templates: bool = True) -> None:
     """Run SCENARIOS (built-in names or .toml paths; default: every built-in one)."""
     if not re.match(r"^[A-Za-z0-9._-]+$", label):
         raise UserError(f"--label {label!r}: use letters, digits, '.', '_' and '-' only")
@@ -92,7 +94,7 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
                        overrides=dict(parse_param(p) for p in params), spread=spread,
                        max_image_bytes=None if max_image_bytes is None else parse_size(max_image_bytes),
                        target_ci=target_ci, min_samples=min_samples, max_samples=max_samples,
-                       cell_budget_s=cell_budget_s)
+                       cell_budget_s=cell_budget_s, templates=templates)
     if spread and not cluster:
         raise UserError("--spread spreads cells over a fleet's hosts: pass --cluster ADDRESS too")
     if cluster:
