@@ -1,0 +1,116 @@
+"""The suite before and after, in one sitting: wall time, timed fraction, how cells stopped, CI widths.
+
+Runs `layerbench run ARGS` twice, "before" with every cell pinned and built on its own store
+(`--target-ci 0 --no-templates`), "after" with the defaults (sampling until sure, templates),
+and prints for each: wall time, the timed fraction (timed regions over the cells' time),
+the stop reasons, the five slowest cells' splits; then, per headline (`_ns`) metric of every
+cell both ran, the bootstrap CI half-width over the median before and after.
+
+Usage:
+    python benchmarks/suite_time.py [--work-root DIR] [--results-dir DIR] -- [layerbench run args]
+    python benchmarks/suite_time.py --compare BEFORE.json AFTER.json     (two finished runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from layerbench.harness import results
+from layerbench.harness.sampling import PHASES, STOP_REASONS, time_split_lines
+from layerbench.harness.stats import ci_half_width
+
+BEFORE = ["--target-ci", "0", "--no-templates"]
+Key = tuple[str, str, str, str, str]
+
+
+def _run(label: str, extra: list[str], args: list[str], work_root: Path, results_dir: Path) -> tuple[Path, float]:
+    """Run the suite; return its results file and wall seconds."""
+    cmd = [sys.executable, "-c", "from layerbench.harness.cli import main; main()", "run", *args, *extra,
+           "--label", label, "--work-root", str(work_root), "--results-dir", str(results_dir)]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    if proc.returncode not in (0, 1):  # 1: a cell failed; the others still count
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+    path = next(line.split(": ", 1)[1] for line in proc.stderr.splitlines() if line.startswith("results: "))
+    return Path(path), wall
+
+
+def _wall(doc: dict[str, Any]) -> float:
+    def at(text: str) -> datetime:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+
+    return (at(doc["finished_utc"]) - at(doc["started_utc"])).total_seconds()
+
+
+def _widths(doc: dict[str, Any]) -> dict[Key, float]:
+    out: dict[Key, float] = {}
+    for c in doc["cells"]:
+        if c["status"] != "ok":
+            continue
+        for metric, m in c["metrics"].items():
+            if metric.endswith("_ns") and len(m["samples"]) > 1:
+                key = (c["scenario"], c["driver"], results.params_text(c["params"]), c["backing"], metric)
+                out[key] = ci_half_width(m["samples"])
+    return out
+
+
+def summary(name: str, doc: dict[str, Any], wall: float) -> list[str]:
+    cells = [c for c in doc["cells"] if c.get("time_split_s")]
+    total = {p: sum(c["time_split_s"][p] for c in cells) for p in PHASES}
+    stops = [c.get("stop_reason") for c in cells]
+    return [f"== {name}: {len(doc['cells'])} cells, wall {wall:.1f} s, timed fraction "
+            f"{total['timed'] / (sum(total.values()) or 1):.1%} of the cells' {sum(total.values()):.1f} s; "
+            f"stopped: " + ", ".join(f"{r} {stops.count(r)}" for r in STOP_REASONS),
+            *time_split_lines(doc)]
+
+
+def compare(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    a, b = _widths(before), _widths(after)
+    both = sorted(set(a) & set(b))
+    if not both:
+        return ["no headline metric in both runs"]
+    wider = [k for k in both if b[k] > a[k] * 1.001]
+    finite = [k for k in both if a[k] != float("inf") and b[k] != float("inf")]
+    lines = [(f"== headline CI half-widths (of the median), {len(both)} metrics in both runs: "
+              f"median before {statistics.median(a[k] for k in finite):.1%}, after "
+              f"{statistics.median(b[k] for k in finite):.1%}; wider after: {len(wider)}")]
+    for k in both:
+        mark = "  WIDER" if k in wider else ""
+        lines.append(f"  {' '.join(x for x in k[:4] if x)} {k[4]}: {a[k]:.1%} -> {b[k]:.1%}{mark}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
+    parser.add_argument("--work-root", type=Path, default=Path("/var/tmp/lb-suite-time"))
+    parser.add_argument("--results-dir", type=Path, default=Path("/tmp/lb-suite-time-results"))
+    parser.add_argument("args", nargs="*", help="layerbench run arguments (after --)")
+    opts = parser.parse_args()
+    if opts.compare:
+        docs = [results.read(p) for p in opts.compare]
+        walls = [_wall(d) for d in docs]
+    else:
+        print(f"load average before: {os.getloadavg()}", flush=True)
+        runs = [_run(label, extra, opts.args, opts.work_root, opts.results_dir)
+                for label, extra in (("before", BEFORE), ("after", []))]
+        print(f"load average after: {os.getloadavg()}")
+        docs = [results.read(p) for p, _ in runs]
+        walls = [w for _, w in runs]
+    for name, doc, wall in zip(("before", "after"), docs, walls, strict=True):
+        print("\n".join(summary(name, doc, wall)))
+    print(f"== wall time after / before: {walls[1] / walls[0]:.2f}")
+    print("\n".join(compare(*docs)))
+
+
+if __name__ == "__main__":
+    main()
