@@ -4,10 +4,12 @@
 a file: a blob in a layout directory or a member of an uncompressed archive) and
 verifies every digest before anything is applied. `apply_blob` applies one with
 `layer_tar.apply_tar_layer`. A host directory is one layer: `apply_host_dir`.
+`write_layout` packs a synthetic image as an OCI layout with gzip or zstd layers.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -15,7 +17,9 @@ import os
 import platform
 import posixpath
 import re
+import shutil
 import tarfile
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,7 @@ from typing import Any, BinaryIO, Literal
 
 from .driver import LayerFormat
 from .errors import UserError
+from .image import SyntheticImage
 from .layer_tar import (
     OPAQUE_XATTR,
     LayerStats,
@@ -33,10 +38,11 @@ from .layer_tar import (
     apply_tar_layer,
     open_layer_stream,
 )
+from .safety import DEFAULT_WORK_ROOT, prepare_work_root
 
 __all__ = [
     "LayerBlob", "LayerStats", "read_image", "apply_blob", "apply_tar_layer", "apply_host_dir", "source_kind",
-    "LAYER_MEDIA_TYPES",
+    "LAYER_MEDIA_TYPES", "write_layout", "synthetic_layout", "set_layout_cache", "COMPRESSIONS",
 ]
 
 LAYER_MEDIA_TYPES = frozenset({
@@ -389,3 +395,114 @@ def _verify(blob: LayerBlob, digest: str | None, diff_id: str | None, limit: Siz
         if h.hexdigest() != hexd:
             what = "uncompressed content does not match its diff_id" if uncompressed else "does not match its digest"
             raise UserError(f"{blob.name}: {what} {expect}")
+
+
+# -- writing an OCI layout -------------------------------------------------------------------
+
+#: layer compression `write_layout` knows -> the layer media type it writes
+COMPRESSIONS = {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
+
+
+def _layer_tar(image: SyntheticImage, index: int, contents: dict[str, bytes]) -> bytes:
+    """Layer `index` as a deterministic tar: parent directories, whiteouts, files, sorted; owner 0, mtime 0."""
+    layer = image.layers[index]
+    entries: dict[str, tarfile.TarInfo] = {}
+    data: dict[str, bytes] = {}
+
+    def parents(path: str) -> None:
+        parts = path.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            entries.setdefault(d + "/", tarfile.TarInfo(d + "/"))
+            entries[d + "/"].type, entries[d + "/"].mode = tarfile.DIRTYPE, 0o755
+
+    for gone in layer.removals:
+        parents(gone)
+        head, _, tail = gone.rpartition("/")
+        wh = f"{head}/.wh.{tail}" if head else f".wh.{tail}"
+        entries[wh] = tarfile.TarInfo(wh)
+        data[wh] = b""
+    for spec in layer.files:
+        parents(spec.path)
+        info = tarfile.TarInfo(spec.path)
+        info.mode, info.size = spec.mode, spec.size
+        entries[spec.path], data[spec.path] = info, contents[str(spec.seed)]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(entries):
+            info = entries[name]
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            tar.addfile(info, io.BytesIO(data[name]) if name in data else None)
+    return out.getvalue()
+
+
+def _compress(raw: bytes, compression: str) -> bytes:
+    if compression == "gzip":
+        out = io.BytesIO()
+        with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz:
+            gz.write(raw)
+        return out.getvalue()
+    import zstandard  # imported here: only layouts with zstd layers need it
+
+    return zstandard.ZstdCompressor(level=3).compress(raw)
+
+
+def write_layout(image: SyntheticImage, dest: Path, compression: str) -> None:
+    """Write `image` as an OCI image layout at `dest` (a new directory), each layer compressed with
+    `compression` ("gzip" or "zstd"). The same image gives the same bytes and digests every time."""
+    blobs = dest / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}"
+
+    contents = image.contents()
+    layers, diff_ids = [], []
+    for i in range(image.layer_count):
+        raw = _layer_tar(image, i, contents)
+        diff_ids.append(f"sha256:{hashlib.sha256(raw).hexdigest()}")
+        packed = _compress(raw, compression)
+        layers.append({"mediaType": COMPRESSIONS[compression], "digest": put(packed), "size": len(packed)})
+    os_name, arch = _host_platform()
+    config = json.dumps({"architecture": arch, "os": os_name, "rootfs": {"type": "layers", "diff_ids": diff_ids},
+                         "config": {}}, sort_keys=True).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": put(config), "size": len(config)},
+                           "layers": layers}, sort_keys=True).encode()
+    index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                                "digest": put(manifest), "size": len(manifest)}]}
+    (dest / "index.json").write_text(json.dumps(index, sort_keys=True))
+    (dest / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+
+
+_cache: dict[str, Path | None] = {"root": None}
+
+
+def set_layout_cache(work_root: Path | None) -> None:
+    """Keep the layouts `synthetic_layout` writes under `work_root`/oci-cache (None: the default work root)."""
+    _cache["root"] = work_root
+
+
+def synthetic_layout(image: SyntheticImage, compression: str) -> Path:
+    """The OCI layout of `image` with `compression` layers: written once under the work root's
+    `oci-cache/` (named by the image's specification), then reused by every cell that asks."""
+    root = prepare_work_root(_cache["root"] or DEFAULT_WORK_ROOT) / "oci-cache"
+    key = hashlib.sha256(repr((image.layers, compression)).encode()).hexdigest()[:32]
+    dest = root / f"{key}-{compression}"
+    if (dest / "index.json").is_file():
+        return dest
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+    try:
+        write_layout(image, partial / "layout", compression)
+        os.rename(partial / "layout", dest)  # whole or not at all
+    except OSError:
+        if not (dest / "index.json").is_file():  # not another process writing the same layout first
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return dest

@@ -30,6 +30,7 @@ from .errors import UserError
 from .image import Image, SyntheticImage
 from .image_sources import set_image_limit
 from .ledger import LEDGER_NAME, Ledger
+from .oci import set_layout_cache
 from .plugins import Plugins, default_plugins
 from .sampling import Sampling, headline_widths, stop_reason
 from .scenario import Scenario, Step, builtin_scenarios, load_scenario, resolve_scenarios
@@ -745,6 +746,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
     if executor is None:  # a fleet's hosts use and check their own
         work_root = safety.prepare_work_root(config.work_root or safety.DEFAULT_WORK_ROOT)
         set_image_limit(config.max_image_bytes, work_root)
+        set_layout_cache(work_root)  # synthetic-oci images are packed once under it
         if cells:
             _check_disk(cells, work_root, progress)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import UserError
 from .image import FileSpec, Image, SyntheticImage, synthetic_image
+from .oci import COMPRESSIONS
 
 __all__ = ["Scenario", "Step", "load_scenario", "builtin_scenarios", "resolve_scenarios", "STEPS", "SELECT"]
 
@@ -81,6 +82,8 @@ _SOURCES = {
     "oci": {"path"},
     "docker-archive": {"path"},
 }
+# a synthetic image packed as an OCI layout with compressed layers (harness/oci.py), imported as one
+_SOURCES["synthetic-oci"] = _SOURCES["synthetic"] | {"compression"}
 _IMAGE_FILE = {"path": (STR, True), "size": (SIZE, True), "layer": (INT, False), "mode": (MODE, False)}
 _IMAGE_REMOVE = {"path": (STR, True), "layer": (INT, True)}
 #: names `start` takes besides those of [[images]]: the [image] table, and the last commit's layer
@@ -142,6 +145,11 @@ class Scenario:
     def image(self, params: dict[str, Any]) -> Image:
         img = _subst(self.raw_image, params)
         source = img.get("source", "synthetic")
+        if source == "synthetic-oci":
+            from .image_sources import open_image  # imported lazily: archive readers
+            from .oci import synthetic_layout
+
+            return open_image("oci", synthetic_layout(_synthetic(img), img.get("compression", "gzip")))
         if source != "synthetic":
             from .image_sources import open_image  # imported lazily: archive readers
 
@@ -330,8 +338,9 @@ def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> li
     if source not in _SOURCES:
         raise c.fail("image.source", f"unknown source {source!r}; allowed: {', '.join(_SOURCES)}")
     c.keys(image, _SOURCES[source] | {"source"}, "image.")
-    if source == "synthetic":
+    if source in ("synthetic", "synthetic-oci"):
         _check_synthetic(c, image, "image")
+        c.fields(image, {"compression": (tuple(COMPRESSIONS), False)}, "image.")
     else:
         if not isinstance(image.get("path"), str):
             raise c.fail("image.path", f"required for source {source!r}: a path, relative to the scenario file")
