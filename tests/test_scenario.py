@@ -38,7 +38,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 BUILTINS = {"layer-sharing", "copy-up", "startup", "commit", "delete-in-later-layer", "deep-read",
             "write-heavy", "metadata-storm", "image-build", "page-cache-sharing", "image-sharing",
-            "container-remove", "volume-writes", "nearest-layer"}
+            "container-remove", "volume-writes", "nearest-layer", "unpack"}
 
 
 def test_builtins_load_and_name_the_issue_parameters() -> None:

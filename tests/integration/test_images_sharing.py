@@ -1,5 +1,6 @@
 """Several images in one store, on real drivers: a base stored once (or copied, on vfs), files shared
-across images on composefs, containers started from a named image, and the tutorial's claims on a small run."""
+across images on composefs, containers started from a named image, the tutorial's claims on a small run,
+and compressed OCI images packed by the harness and unpacked through the drivers."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from layerbench.harness import oci
 from layerbench.harness.claims import HELD, evaluate
-from layerbench.harness.image import LayerSpec, SyntheticImage
+from layerbench.harness.driver import LayerFormat
+from layerbench.harness.image import LayerSpec, SyntheticImage, synthetic_image
+from layerbench.harness.image_sources import open_image
+from layerbench.harness.oci import COMPRESSIONS, read_image, write_layout
 from layerbench.harness.plugins import default_plugins
 from layerbench.harness.runner import Cell, RunConfig, run, run_cell
 from layerbench.harness.sampling import Sampling
@@ -122,3 +127,38 @@ def test_the_tutorial_claims_hold_on_a_small_run(tmp_path: Path) -> None:
                   "The nearest layer wins in the merged view"):
         assert rows[claim]["verdict"] == HELD, rows[claim]["figures"]
         assert all(d in rows[claim]["figures"] for d in drivers)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_a_packed_layout_imports_as_the_synthetic_image(compression: str, tmp_path: Path) -> None:
+    image = synthetic_image(layers=3, files=30, total_bytes=300_000, seed=5, removals=((2, "usr"),))
+    first, again = tmp_path / "a", tmp_path / "b"
+    write_layout(image, first, compression)
+    write_layout(image, again, compression)
+    assert (first / "index.json").read_bytes() == (again / "index.json").read_bytes()  # deterministic digests
+    blobs = read_image(first)  # digests verified
+    assert [b.media_type for b in blobs] == [COMPRESSIONS[compression]] * 3
+    contents = image.contents()
+    imported = open_image("oci", first)
+    for i in range(2):
+        root = tmp_path / f"layer{i}"
+        root.mkdir()
+        imported.apply(i, root, LayerFormat.FULL)
+        for spec in image.layers[i].files:
+            assert (root / spec.path).read_bytes() == contents[str(spec.seed)]
+    assert imported.file_paths() == image.file_paths()  # layer 2's whiteout of usr hides the lower files
+
+
+@pytest.mark.parametrize("name", ["overlay2", "erofs", "vfs"])
+def test_unpack_imports_the_compressed_image_through_the_driver(name: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    require(name)
+    monkeypatch.setitem(oci._cache, "root", tmp_path / "work")
+    scenario = load_scenario(builtin_scenarios()["unpack"], {"bytes": [2_000_000], "compression": ["zstd"]})
+    cls = default_plugins().driver(name)
+    out = run_cell(Cell(scenario, cls, scenario.param_sets()[0], cls.backings[0]), tmp_path / "cell", ONCE)
+    assert out["status"] == "ok", out["error"]
+    assert len(out["metrics"]["unpack_ns"]["samples"]) == 1 and len(out["metrics"]["startup_ns"]["samples"]) == 1
+    assert out["image_bytes"] == 2_000_000  # the imported image holds the synthetic one's bytes
+    assert out["metrics"]["build_disk_bytes"]["samples"][0] >= 0.9 * out["image_bytes"]  # unpacked, not linked
+    assert list((tmp_path / "work" / "oci-cache").glob("*-zstd/index.json"))
