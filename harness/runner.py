@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from . import backing, machine, overhead, results, safety, syscalls, userns
 from .driver import Driver, Style
@@ -32,6 +33,7 @@ from .image_sources import set_image_limit
 from .ledger import LEDGER_NAME, Ledger
 from .oci import set_layout_cache
 from .plugins import Plugins, default_plugins
+from .progress import CellEvent, CellEvents
 from .sampling import Sampling, headline_widths, stop_reason
 from .scenario import Scenario, Step, builtin_scenarios, load_scenario, resolve_scenarios
 from .steps import SampleState, run_step
@@ -39,7 +41,7 @@ from .templates import Template, Templates, adopt, let_go
 from .templates import warm as warm_page_cache
 
 __all__ = ["Cell", "RunConfig", "plan_cells", "estimate_bytes", "estimate_inodes", "run_cell", "run", "select_drivers",
-           "sigterm_as_interrupt"]
+           "sigterm_as_interrupt", "Plan", "PlannedCell", "plan"]
 
 _MiB = 1 << 20
 
@@ -97,8 +99,8 @@ class RunConfig:
     max_image_bytes: int | None = None  # an imported image's uncompressed size limit (None: the free disk)
     target_ci: float = 0.05  # sample until each headline CI is within +-this of the median (0: pinned counts)
     min_samples: int = 5
-    max_samples: int = 20
-    cell_budget_s: float = 20.0  # a cell's sampling loop stops after this many seconds (0: no limit)
+    max_samples: int | None = None  # None: each scenario's samples
+    cell_budget_s: float = 0.0  # a cell's sampling loop stops after this many seconds (0: no limit)
     templates: bool = True  # build each family's image once (harness/templates.py)
 
 
@@ -706,10 +708,69 @@ def _sampling_for(config: RunConfig, cell: Cell) -> _Sampling:
     )
 
 
+@dataclass(frozen=True)
+class PlannedCell:
+    """A cell of `plan`: what its store needs, and how long it took on this machine before."""
+
+    cell: Cell
+    disk_bytes: int  # estimate_bytes
+    seconds: float | None  # median duration_s of this cell in past runs here; None: never ran here
+
+
+@dataclass(frozen=True)
+class Plan:
+    cells: list[PlannedCell]
+    skipped: dict[str, str]  # driver -> why it cannot run here
+    history: int  # results files of this machine the times came from
+
+
+def plan(config: RunConfig, plugins: Plugins | None = None) -> Plan:
+    """What `run(config)` would run here, making nothing: each cell with its disk estimate and its
+    median time in this machine's past results (`config.results_dir`/<machine>/, finished cells only)."""
+    plugins = plugins or default_plugins()
+    scenarios = resolve_scenarios(config.scenarios, config.overrides, config.quick)
+    drivers, skipped = select_drivers(plugins, config.drivers)
+    if not drivers:
+        raise UserError("no driver can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    for b in config.backings:
+        if (why := backing.unavailable(b)) is not None:
+            raise UserError(f"--backing {b}: {why}")
+    cells = plan_cells(scenarios, drivers, config.backings)
+    if not cells:
+        raise UserError(f"no driver can sit on --backing {', '.join(config.backings)}")
+    folder = config.results_dir / machine.machine_name()
+    past: dict[tuple[str, ...], list[float]] = defaultdict(list)
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    for path in files:
+        try:
+            doc = results.read(path)
+        except UserError:
+            continue  # not a results file of ours: no history from it
+        for c in doc["cells"]:
+            if c["status"] == "ok" and c.get("duration_s") is not None:
+                past[results.cell_key(c)[:4]].append(c["duration_s"])
+    planned = []
+    for c in cells:
+        key = results.cell_key({"scenario": c.scenario.name, "driver": c.driver.name, "backing": c.backing,
+                                "params": c.params})[:4]
+        planned.append(PlannedCell(c, estimate_bytes(c), float(statistics.median(past[key])) if past[key] else None))
+    return Plan(planned, skipped, len(files))
+
+
+def _tell(events: CellEvents, total: int, kind: Literal["planned", "started", "finished"], index: int, cell: Cell,
+          result: dict[str, Any] | None = None) -> None:
+    """Tell `events` of the run's `index`th cell (of `total`); once finished, its duration and status."""
+    events(CellEvent(kind, index, total, cell.scenario.name, cell.driver.name, cell.params, cell.backing,
+                     None if result is None else result.get("duration_s"),
+                     None if result is None else result["status"]))
+
+
 def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = lambda s: None,
-        executor: Executor | None = None) -> tuple[dict[str, Any], Path]:
+        executor: Executor | None = None, events: CellEvents | None = None) -> tuple[dict[str, Any], Path]:
     """Run the configured suite (or finish an interrupted one) here, or through `executor` on a
-    fleet's hosts; return the document and its path."""
+    fleet's hosts; return the document and its path. `progress` gets lines of text; `events`, if
+    given, each cell planned, started and finished here (harness/progress.py), instead of the
+    `[i/n]` lines."""
     plugins = plugins or default_plugins()
     previous: dict[str, Any] | None = None
     if config.resume is not None:
@@ -798,10 +859,15 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
     ledger = Ledger(run_dir / LEDGER_NAME).open()
     templates = Templates.plan(run_dir, cells, lambda c: (estimate_bytes(c), estimate_inodes(c)), ledger) \
         if config.templates else None
+    event = functools.partial(_tell, events or (lambda e: None), len(cells))
+    for i, cell in enumerate(cells, 1):
+        event("planned", i, cell)
     try:
         with sigterm_as_interrupt():
             for i, cell in enumerate(cells, 1):
-                progress(f"[{i}/{len(cells)}] {cell.describe()}")
+                if events is None:
+                    progress(f"[{i}/{len(cells)}] {cell.describe()}")
+                event("started", i, cell)
                 s = cell.scenario
                 sampling = _sampling_for(config, cell)
                 try:
@@ -823,6 +889,7 @@ def run(config: RunConfig, plugins: Plugins | None = None, progress: Progress = 
                     results.save(doc, path)
                     raise
                 doc["cells"].append(result)
+                event("finished", i, cell, result)
                 if result["status"] == "error":
                     progress(f"    error: {result['error']}")
                 results.save(doc, path)

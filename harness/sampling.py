@@ -3,7 +3,8 @@
 A cell samples until its answer is sure: once it has `min_samples` (and its samples
 took the scenario's `min_time_s`), it stops as soon
 as every headline metric (each `_ns` metric its steps record) has a bootstrap 95% CI
-of the median within +-`target_ci` of the median; else at `max_samples`, or when its
+of the median within +-`target_ci` of the median; else at `max_samples` (by default the
+scenario's own count: a cell ends early once sure, never later than before), or when its
 sampling loop has run `budget_s` seconds. A pinned cell (`--samples`, `--target-ci 0`,
 or a scenario's `[repeat] adaptive = false`) takes exactly its samples, as before.
 docs/performance.md describes the rule and the time split.
@@ -39,7 +40,7 @@ class Sampling:
     timeout_s: float = 0.0
     target_ci: float = 0.0
     min_samples: int = 5
-    max_samples: int = 20
+    max_samples: int | None = None  # None: the scenario's samples (sampling until sure only ends cells early)
     budget_s: float = 0.0  # the sampling loop's seconds after which a cell stops (0: no limit)
 
     @property
@@ -49,7 +50,7 @@ class Sampling:
     def bounds(self) -> tuple[int, int]:
         """(least, most) measured samples: the least is never more than the scenario's own count."""
         low = min(self.min_samples, self.samples)
-        return low, max(self.max_samples, low)
+        return low, max(self.samples if self.max_samples is None else self.max_samples, low)
 
 
 def headline_widths(recorded: dict[str, list[int]]) -> dict[str, float]:

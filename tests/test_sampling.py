@@ -74,6 +74,7 @@ def test_only_timing_metrics_are_headlines() -> None:
 
 def test_the_minimum_is_never_above_the_scenarios_own_count_and_min_time_still_holds() -> None:
     assert adaptive(samples=2).bounds() == (2, 20)
+    assert adaptive(samples=10, max_samples=None).bounds() == (5, 10)  # by default a cell only ends early
     assert adaptive(samples=10, max_samples=3).bounds() == (5, 5)
     quiet = {"x_ns": [1000, 1000]}
     assert stop_reason(adaptive(samples=2), 2, 0.1, 0.1, quiet) == "target"

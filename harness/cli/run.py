@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +13,12 @@ import click
 from .. import results, safety
 from ..errors import UserError
 from ..image_sources import parse_size
-from ..runner import RunConfig, run, sigterm_as_interrupt
+from ..progress import duration_text, live_progress
+from ..runner import Plan, RunConfig, plan, run, sigterm_as_interrupt
 from ..sampling import time_split_lines
-from ..table import comparison_table, run_summary, run_warnings
+from ..table import comparison_table, human, params_human, run_summary, run_warnings
 
-__all__ = ["run_cmd", "parse_param", "failure_summary", "EXIT_FAILED", "EXIT_INTERRUPTED"]
+__all__ = ["run_cmd", "parse_param", "plan_text", "failure_summary", "EXIT_FAILED", "EXIT_INTERRUPTED"]
 
 #: `layerbench run` exits 0 when every cell ran, EXIT_FAILED when one failed, 2 on bad input (UserError),
 #: EXIT_INTERRUPTED on Ctrl-C or SIGTERM (README.md, "Exit codes")
@@ -51,9 +52,10 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
                                        "of its median (0: the scenario's exact counts; docs/performance.md).")
 @click.option("--min-samples", "min_samples", type=click.IntRange(min=1), default=5, show_default=True,
               help="With --target-ci: samples a cell takes at least (at most the scenario's own count).")
-@click.option("--max-samples", "max_samples", type=click.IntRange(min=1), default=20, show_default=True,
-              help="With --target-ci: samples a cell takes at most.")
-@click.option("--cell-budget", "cell_budget_s", type=click.FloatRange(min=0), default=20, show_default=True,
+@click.option("--max-samples", "max_samples", type=click.IntRange(min=1),
+              help="With --target-ci: samples a cell takes at most (default: the scenario's count, so a cell "
+                   "only ends early, once sure).")
+@click.option("--cell-budget", "cell_budget_s", type=click.FloatRange(min=0), default=0, show_default=True,
               metavar="SECONDS", help="With --target-ci: stop sampling a cell after this long (0: no limit).")
 @click.option("--templates/--no-templates", default=True, show_default=True,
               help="Build each image once per driver and backing, and start its cells from copies of that store.")
@@ -77,12 +79,15 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
 @click.option("--spread", is_flag=True, help="With --cluster: each cell once on any host, not on every host.")
 @click.option("--export-csv", "export_csv", metavar="FILE",
               help="Also write the tidy summary table as CSV ('-' for stdout).")
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="Print the plan (cells, estimated disk and time) and exit; nothing is made or run.")
 def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[str, ...],
             backings: tuple[str, ...], samples: int | None, warmup: int | None, min_time_s: float | None,
             quick: bool, cold: bool, order: str, seed: int, label: str, results_dir: Path,
             work_root: Path | None, cell_timeout_s: float, resume: Path | None, cluster: str | None, spread: bool,
             export_csv: str | None, max_image_bytes: str | None = None, target_ci: float = 0.05,
-            min_samples: int = 5, max_samples: int = 20, cell_budget_s: float = 20.0, templates: bool = True) -> None:
+            min_samples: int = 5, max_samples: int | None = None, cell_budget_s: float = 0.0,
+            templates: bool = True, dry_run: bool = False) -> None:
     """Run SCENARIOS (built-in names or .toml paths; default: every built-in one)."""
     if not re.match(r"^[A-Za-z0-9._-]+$", label):
         raise UserError(f"--label {label!r}: use letters, digits, '.', '_' and '-' only")
@@ -97,20 +102,25 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
                        cell_budget_s=cell_budget_s, templates=templates)
     if spread and not cluster:
         raise UserError("--spread spreads cells over a fleet's hosts: pass --cluster ADDRESS too")
+    if dry_run:
+        if resume or cluster:
+            raise UserError(f"--dry-run plans a new run here; it does not take {'--resume' if resume else '--cluster'}")
+        click.echo(plan_text(plan(config), work_root or safety.DEFAULT_WORK_ROOT), nl=False)
+        return
     if cluster:
         from ..fleet import require_dask
 
         require_dask()
     try:
         with sigterm_as_interrupt():
-            doc, path = _run(config, cluster, progress=lambda line: click.echo(line, err=True))
+            doc, path, elapsed_s = _run(config, cluster)
     except KeyboardInterrupt:
         click.echo("layerbench: interrupted; finished cells are kept in the results file", err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo(comparison_table(doc))
     for line in run_warnings(doc):
         click.echo(f"warning: {line}", err=True)
-    click.echo(run_summary(doc, path))
+    click.echo(run_summary(doc, path, elapsed_s))
     for line in time_split_lines(doc):
         click.echo(line, err=True)
     click.echo(f"results: {path}", err=True)
@@ -129,13 +139,41 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
         sys.exit(EXIT_FAILED)
 
 
-def _run(config: RunConfig, cluster: str | None, progress: Callable[[str], None]) -> tuple[dict[str, Any], Path]:
-    """Here, or on the hosts of the Dask cluster at `cluster` (harness/fleet.py)."""
-    if cluster is None:
-        return run(config, progress=progress)
-    from ..fleet import run_fleet
+def _run(config: RunConfig, cluster: str | None) -> tuple[dict[str, Any], Path, float | None]:
+    """Here, with a live bar on a terminal and plain lines elsewhere (harness/progress.py), or on the
+    hosts of the Dask cluster at `cluster` (harness/fleet.py); the document, its path, and the time taken."""
+    if cluster is not None:
+        from ..fleet import run_fleet
 
-    return run_fleet(config, cluster, progress=progress)
+        return *run_fleet(config, cluster, progress=lambda line: click.echo(line, err=True)), None
+    live = live_progress()
+    try:
+        return *run(config, progress=live.line, events=live.event), live.clock.elapsed_s()
+    finally:
+        live.close()
+
+
+def plan_text(p: Plan, work_root: Path) -> str:
+    """The plan as a table, cell by cell, then the totals: the largest store against the free disk, the time."""
+    header = ("scenario", "driver", "params", "backing", "disk (est.)", "time (past runs here)")
+    rows = [(pc.cell.scenario.name, pc.cell.driver.name, params_human(results.params_text(pc.cell.params)),
+             pc.cell.backing, human(pc.disk_bytes, "bytes"),
+             "unknown" if pc.seconds is None else duration_text(pc.seconds)) for pc in p.cells]
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(x.rjust(w) if i >= 4 else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths, strict=True)))
+             .rstrip() for r in (header, tuple("-" * w for w in widths), *rows)]
+    where = next(d for d in (work_root, *work_root.parents) if d.exists())
+    known = [pc.seconds for pc in p.cells if pc.seconds is not None]
+    unknown = len(p.cells) - len(known)
+    took = f"about {duration_text(sum(known))}" if known else "unknown"
+    if known and unknown:
+        took += f" for the {len(known)} cells that ran here before; {unknown} unknown (never ran here)"
+    largest, free = human(max(pc.disk_bytes for pc in p.cells), "bytes"), human(shutil.disk_usage(where).free, "bytes")
+    lines += ["", f"{len(p.cells)} cells; the largest store needs {largest} of disk ({free} free under {where})",
+              f"time: {took}; from {p.history} results file{'s' * (p.history != 1)} of this machine"]
+    lines += [f"skipping driver {name}: {reason}" for name, reason in p.skipped.items()]
+    lines.append("nothing was made or run (--dry-run)")
+    return "\n".join(lines) + "\n"
 
 
 def failure_summary(failed: list[dict[str, Any]], total: int) -> str:
