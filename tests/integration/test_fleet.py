@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
 from layerbench.harness import results
 from layerbench.harness.cli import main
 from layerbench.harness.fleet import run_fleet
@@ -193,6 +192,14 @@ def test_resume_of_a_fleet_run_runs_only_the_missing_cells(fleet: Fleet, tmp_pat
     assert resumed["status"] == "finished"
 
 
+def test_spread_runs_each_cell_once_on_some_host(fleet: Fleet, tmp_path: Path) -> None:
+    config = RunConfig(scenarios=(_write(tmp_path, TINY, "tiny.toml"),), drivers=("null",), samples=1, warmup=0,
+                       overrides={"containers": [1, 2, 3, 4]}, results_dir=tmp_path / "res", spread=True)
+    doc, _ = run_fleet(config, fleet.address)
+    assert sorted(c["params"]["containers"] for c in doc["cells"]) == [1, 2, 3, 4]
+    assert {c["host"] for c in doc["cells"]} <= set(HOSTS) and doc["settings"]["spread"] is True
+
+
 def _worker_of(client: Any, host: str) -> int:
     (addr,) = [a for a, w in client.scheduler_info(n_workers=-1)["workers"].items() if w["name"] == host]
     pid: int = client.run(os.getpid, workers=[addr])[addr]
@@ -249,3 +256,11 @@ def test_a_worker_killed_mid_cell_leaves_that_cell_an_error_and_cleanup_releases
     assert r.exit_code == 0 and "unmounted" in r.stdout, r.stdout
     assert _leftovers_under(str(root)) == []
     assert not list(root.glob("run-*"))
+
+
+def test_cluster_without_dask_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if it were not installed: import fails
+    r = CliRunner().invoke(main, ["run", "-d", "null", "--cluster", "tcp://127.0.0.1:1",
+                                  "--results-dir", str(tmp_path / "res")])
+    assert r.exit_code == 2
+    assert r.stderr == "layerbench: error: a fleet run needs dask and distributed: pip install 'layerbench[fleet]'\n"
