@@ -17,6 +17,7 @@ from .plugins import plugins_cmd
 from .report import report_cmd
 from .run import EXIT_INTERRUPTED, run_cmd
 from .scenarios import scenarios_cmd
+from .worker import worker_cmd
 
 __all__ = ["main"]
 
@@ -50,3 +51,4 @@ main.add_command(report_cmd)
 main.add_command(compare_cmd)
 main.add_command(results_cmd)
 main.add_command(plugins_cmd)
+main.add_command(worker_cmd)
