@@ -19,7 +19,8 @@ import pandas as pd
 
 from . import results
 from .errors import UserError
-from .stats import STATS_FIELDS, advice, summarize
+from .stats import STATS_FIELDS, summarize
+from .table import run_warnings
 
 __all__ = ["Report", "build", "render", "render_csv", "render_json", "read_all", "params_key", "fit_slopes",
            "slope_text", "SLOPES", "FORMATS", "DEFAULT_BASELINE", "MIN_R2"]
@@ -198,13 +199,11 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
     doc["cells"].sort(key=lambda c: (scenarios.index(c["scenario"]), params_key(results.params_text(c["params"])),
                                      drivers.index(c["driver"])))
     rows: list[dict[str, Any]] = []
-    warnings: list[str] = []
     for cell in doc["cells"]:
         for metric, data in cell.get("metrics", {}).items():
             rows.append({"scenario": cell["scenario"], "driver": cell["driver"], "backing": cell.get("backing") or "",
                          "params": results.params_text(cell["params"]), "metric": metric,
                          "unit": data["unit"], **summarize(data["samples"])})
-            warnings += [f"{_describe(cell)} {metric}: {w}" for w in advice(data["samples"], data["unit"])]
     # the baseline's cell on the same backing, else its only cell with these parameters
     base: dict[tuple[str, ...], list[float]] = {}
     for r in rows:
@@ -224,7 +223,8 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
     from .verdict import verdict  # it reads REPEAT_PARAMS from here
 
     return Report(runs=runs, doc=doc, baseline=baseline, drivers=drivers, rows=rows,
-                  claims=_claims(doc) if with_claims else None, warnings=warnings, notes=notes, errors=errors,
+                  claims=_claims(doc) if with_claims else None, warnings=run_warnings(doc), notes=notes,
+                  errors=errors,
                   slopes=slopes, verdict=verdict(doc, drivers))
 
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["summarize", "bootstrap_ci", "ci_half_width", "outliers_mad", "outliers_tukey", "advice",
-           "SUMMARY_FIELDS", "STATS_FIELDS"]
+__all__ = ["summarize", "bootstrap_ci", "ci_half_width", "outliers_mad", "outliers_tukey", "wide_ci",
+           "SUMMARY_FIELDS", "STATS_FIELDS", "WIDE_CI"]
 
 #: the fields of the CSV export and of `results.load` (kept stable)
 SUMMARY_FIELDS = ("n", "median", "p25", "p75", "min", "max")
@@ -24,10 +24,8 @@ BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20261130
 MAD_Z = 3.5  # Iglewicz and Hoaglin's cut-off for the modified z-score
 TUKEY_K = 1.5
-#: advice when more than this share of the samples are outliers
-MANY_OUTLIERS = 0.10
-#: advice when the first sample is more than this many times the median
-SLOW_FIRST = 2.0
+#: a timing whose 95% CI of the median reaches further than this share of the median either side is not settled
+WIDE_CI = 0.25
 
 
 def bootstrap_ci(samples: Sequence[float], level: float = 0.95,
@@ -95,23 +93,14 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
             "outliers_mad": outliers_mad(a), "outliers_tukey": outliers_tukey(a)}
 
 
-def advice(samples: Sequence[float], unit: str) -> list[str]:
-    """Warnings about timing samples that say what to do; empty when they look sound.
+def wide_ci(samples: Sequence[float], unit: str) -> float | None:
+    """A timing's 95% CI half-width as a fraction of its median when it is wider than WIDE_CI (hyperfine-style:
+    the answer is not settled; one outlier in five samples is not enough); else None.
 
-    Many outliers (at least 2 and more than 10%, by MAD or Tukey) and a first
-    sample more than twice the median. Sizes and counts get no advice: their
-    spread is not noise from the machine.
+    Sizes and counts get none: their spread is not noise from the machine. Fewer than 3 samples, or a
+    median of 0, say nothing.
     """
-    out: list[str] = []
-    n = len(samples)
-    if n < 3 or unit != "ns":
-        return out
-    worst = max(outliers_mad(samples), outliers_tukey(samples))
-    if worst >= 2 and worst > MANY_OUTLIERS * n:
-        out.append(f"{worst} of {n} samples are outliers; try more warm-up (--warmup), "
-                   "--cold, or a quieter machine")
-    median = float(np.median(np.asarray(samples, dtype=float)))
-    if median > 0 and samples[0] > SLOW_FIRST * median:
-        out.append(f"the first sample took {samples[0] / median:.1f}x the median; "
-                   "caches were probably cold: pass --warmup N (e.g. --warmup 3)")
-    return out
+    if unit != "ns" or len(samples) < 3:
+        return None
+    half = ci_half_width(samples)
+    return half if WIDE_CI < half < float("inf") else None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .results import params_text, tidy
-from .stats import summarize
+from .stats import wide_ci
 
 __all__ = ["comparison_table", "human", "run_warnings", "run_summary", "metric_title", "times_text", "params_human"]
 
@@ -104,10 +104,6 @@ def comparison_table(doc: dict[str, Any]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-#: a timing whose 95% CI of the median reaches further than this share of the median either side is not settled
-WIDE_CI = 0.25
-
-
 def run_warnings(doc: dict[str, Any]) -> list[str]:
     """Timings whose 95% bootstrap CI of the median is wide (hyperfine-style: a real problem, not one
     outlier), grouped per cell, with parameters as people write them and what to do."""
@@ -115,11 +111,8 @@ def run_warnings(doc: dict[str, Any]) -> list[str]:
     for c in doc["cells"]:
         wide = []
         for metric, data in c.get("metrics", {}).items():
-            if data["unit"] != "ns" or len(data["samples"]) < 3:
-                continue
-            s = summarize(data["samples"])
-            if s["median"] > 0 and (s["ci95_high"] - s["ci95_low"]) / 2 / s["median"] > WIDE_CI:
-                wide.append(f"{metric} ±{(s['ci95_high'] - s['ci95_low']) / 2 / s['median']:.0%}")
+            if (half := wide_ci(data["samples"], data["unit"])) is not None:
+                wide.append(f"{metric} ±{half:.0%}")
         if wide:
             on = f" on {c['backing']}" if c.get("backing") else ""
             params = f" ({params_human(params_text(c['params']))})" if c["params"] else ""

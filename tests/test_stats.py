@@ -2,7 +2,16 @@ from __future__ import annotations
 
 import math
 
-from layerbench.harness.stats import STATS_FIELDS, advice, bootstrap_ci, outliers_mad, outliers_tukey, summarize
+from layerbench.harness.stats import (
+    STATS_FIELDS,
+    WIDE_CI,
+    bootstrap_ci,
+    ci_half_width,
+    outliers_mad,
+    outliers_tukey,
+    summarize,
+    wide_ci,
+)
 
 
 def test_summary_has_every_field_and_keeps_the_old_ones() -> None:
@@ -36,12 +45,11 @@ def test_outliers_are_counted_not_dropped() -> None:
     assert outliers_mad([5, 5, 5, 5]) == 0 and outliers_mad([5, 5, 5, 6]) == 1
 
 
-def test_advice_for_many_outliers_and_a_slow_first_sample() -> None:
-    assert advice([100, 101, 99, 100, 102], "ns") == []
-    (slow,) = advice([900, 101, 99, 100, 102, 100, 98, 101, 100, 99, 100], "ns")
-    assert "--warmup" in slow and "9.0x the median" in slow
-    noisy = advice([100, 100, 100, 100, 100, 500, 600, 100, 100, 100], "ns")
-    assert any("outliers" in w and "--cold" in w and "quieter machine" in w for w in noisy)
-    assert advice([900, 100, 100, 100, 700], "bytes") == []  # sizes and counts get no advice
-    assert not any("outliers" in w for w in advice([100, 100, 100, 100, 100, 100, 100, 100, 100, 500], "ns"))
-    assert advice([1, 2], "ns") == []  # too few samples to say anything
+def test_wide_ci_warns_on_an_unsettled_timing_not_on_one_outlier() -> None:
+    assert wide_ci([100, 101, 99, 100, 102], "ns") is None
+    assert wide_ci([100, 101, 99, 100, 102, 100, 98, 101, 100, 500], "ns") is None  # one outlier: the median holds
+    half = wide_ci([100, 300, 50, 400, 120, 90, 250], "ns")
+    assert half is not None and half == ci_half_width([100, 300, 50, 400, 120, 90, 250]) > WIDE_CI
+    assert wide_ci([100, 300, 50, 400, 120], "bytes") is None  # sizes and counts get no warning
+    assert wide_ci([1, 200], "ns") is None  # too few samples to say anything
+    assert wide_ci([0, 0, 0, 5], "ns") is None  # a median of 0: no relative width
