@@ -1,4 +1,9 @@
-"""Plugin loading: every driver, built-in or not, comes in through entry points."""
+"""Plugin loading: every driver, exporter and image source, built-in or not, comes in through the same hooks.
+
+The built-in drivers are the `layerbench.drivers` entry point of layerbench itself;
+the built-in exporters and image sources are harness/builtin_plugins.py, registered
+first (as pluggy and tox load their own built-ins), so a third party's name can never
+shadow one of them."""
 
 from __future__ import annotations
 
@@ -12,12 +17,13 @@ from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 import pluggy
 
-from . import hookspecs
+from . import builtin_plugins, hookspecs
 from .driver import Driver, LayerFormat, Style
 from .errors import UserError
 
 if TYPE_CHECKING:
     from .image import Image
+    from .report import Report
 
 __all__ = [
     "DriverRegistry", "ExporterRegistry", "ImageSourceRegistry", "Exporter", "ImageSource",
@@ -28,8 +34,8 @@ ENTRY_POINT_GROUP = "layerbench.drivers"
 #: Plugins are found in both groups: drivers, and plugins that add anything else.
 ENTRY_POINT_GROUPS = (ENTRY_POINT_GROUP, "layerbench.plugins")
 
-#: Writes one results document to a text stream.
-Exporter = Callable[[dict[str, Any], TextIO], None]
+#: Writes a report (harness/report.py `Report`: the merged results document and its summary) to a text stream.
+Exporter = Callable[["Report", TextIO], None]
 #: Turns a scenario's [image] table (and the scenario file's directory) into layers.
 ImageSource = Callable[[Mapping[str, Any], Path], "Image"]
 
@@ -152,10 +158,30 @@ class Plugins:
             known = ", ".join(sorted(self.registry.drivers)) or "none"
             raise UserError(f"unknown driver {name!r}; known drivers: {known}") from None
 
+    def exporter(self, name: str) -> Exporter:
+        """The registered exporter `name` (a report format), or one line naming the known ones."""
+        if name not in self.exporters.items:
+            raise UserError(f"unknown report format {name!r}; known formats: {', '.join(self.exporters.items)}")
+        return self.exporters.items[name]
+
+    def image_source(self, name: str) -> ImageSource:
+        """The registered image source `name`, or one line naming the known ones."""
+        if name not in self.image_sources.items:
+            known = ", ".join(self.image_sources.items)
+            raise UserError(f"unknown image source {name!r}; known sources: {known}")
+        return self.image_sources.items[name]
+
 
 def _plugin_version(ep: metadata.EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
     return dist.version if dist is not None else "?"
+
+
+def _own_version() -> str:
+    try:
+        return metadata.version("layerbench")
+    except metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "?"
 
 
 def _module_of(plugin: object) -> str:
@@ -170,11 +196,14 @@ def _reason(label: str, why: str) -> str:
     return why if why.startswith(prefix) else prefix + why
 
 
+#: registered before the entry points, as layerbench's own plugin
+BUILTIN = (f"builtin ({builtin_plugins.__name__})", builtin_plugins)
 _HOOKS = ("layerbench_register_drivers", "layerbench_register_exporters", "layerbench_register_image_sources")
 
 
 def load_plugins(extra: tuple[object, ...] = ()) -> Plugins:
-    """Load every `layerbench.drivers` and `layerbench.plugins` entry point (plus `extra` objects).
+    """Load the built-in plugin, then every `layerbench.drivers` and `layerbench.plugins` entry point
+    (plus `extra` objects).
 
     A plugin that fails to import or to register anything is recorded in `broken`
     (label -> one line starting `plugin LABEL: `), what it registered is taken back,
@@ -183,7 +212,7 @@ def load_plugins(extra: tuple[object, ...] = ()) -> Plugins:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     broken: dict[str, str] = {}
-    candidates: list[tuple[str, object, str]] = []
+    candidates: list[tuple[str, object, str]] = [(*BUILTIN, _own_version())]
     seen: set[tuple[str, str]] = set()
     for group in ENTRY_POINT_GROUPS:
         for ep in metadata.entry_points(group=group):

@@ -15,19 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from . import results
+from . import claims, results
 from .errors import UserError
-from .stats import STATS_FIELDS, summarize
+from .stats import summarize
 from .table import run_warnings
 
 __all__ = ["Report", "build", "render", "render_csv", "render_json", "read_all", "params_key", "fit_slopes",
-           "slope_text", "SLOPES", "FORMATS", "DEFAULT_BASELINE", "MIN_R2"]
+           "slope_text", "SLOPES", "DEFAULT_BASELINE", "MIN_R2"]
 
-FORMATS = ("md", "html", "csv", "json")
 DEFAULT_BASELINE = "overlay2"
-ROW_FIELDS = ("scenario", "driver", "backing", "params", "metric", "unit", *STATS_FIELDS, "ratio")
 #: (metric, swept parameter, one step of it): how a metric grows, fitted per driver
 SLOPES: tuple[tuple[str, str, str], ...] = (
     ("startup_ns", "layers", "layer"),
@@ -173,15 +170,6 @@ def fit_slopes(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[
     return out
 
 
-def _claims(doc: dict[str, Any]) -> list[dict[str, str]] | None:
-    try:
-        from . import claims  # optional: written alongside this module
-    except ImportError:
-        return None
-    found: list[dict[str, str]] = claims.evaluate(doc)
-    return found
-
-
 def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_claims: bool = True) -> Report:
     """The report of one or more results documents (read with `results.read`)."""
     if not docs:
@@ -223,9 +211,8 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
     from .verdict import verdict  # it reads REPEAT_PARAMS from here
 
     return Report(runs=runs, doc=doc, baseline=baseline, drivers=drivers, rows=rows,
-                  claims=_claims(doc) if with_claims else None, warnings=run_warnings(doc), notes=notes,
-                  errors=errors,
-                  slopes=slopes, verdict=verdict(doc, drivers))
+                  claims=claims.evaluate(doc) if with_claims else None, warnings=run_warnings(doc), notes=notes,
+                  errors=errors, slopes=slopes, verdict=verdict(doc, drivers))
 
 
 def _jsonable(value: Any) -> Any:
@@ -239,10 +226,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def render_csv(report: Report) -> str:
-    """One row per cell and metric (ROW_FIELDS): every statistic and the ratio to the baseline."""
-    buf = io.StringIO()
-    pd.DataFrame(report.rows, columns=list(ROW_FIELDS)).to_csv(buf, index=False)
-    return buf.getvalue()
+    """The tidy CSV of the merged runs (`results.to_csv`, as `run --export-csv` writes): a row per cell and metric."""
+    return results.to_csv(report.doc)
 
 
 def render_json(report: Report) -> str:
@@ -256,18 +241,12 @@ def render_json(report: Report) -> str:
 
 
 def render(report: Report, fmt: str, long: bool = False) -> str:
-    """The report as Markdown (short for a pull request, or `long`), a self-contained HTML page, CSV or JSON."""
-    if fmt == "md":
-        from .report_md import render_md, render_md_long
-        return render_md_long(report) if long else render_md(report)
-    if fmt == "html":
-        from .report_html import render_html
-        return render_html(report)
-    if fmt == "csv":
-        return render_csv(report)
-    if fmt == "json":
-        return render_json(report)
-    raise UserError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    """The report in the registered format `fmt` (`layerbench plugins` lists them; `long`: md-long for md)."""
+    from .plugins import default_plugins
+
+    out = io.StringIO()
+    default_plugins().exporter("md-long" if long and fmt == "md" else fmt)(report, out)
+    return out.getvalue()
 
 
 def read_all(paths: list[Path]) -> list[dict[str, Any]]:

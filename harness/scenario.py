@@ -23,7 +23,8 @@ from .errors import UserError
 from .image import FileSpec, Image, SyntheticImage, synthetic_image
 from .oci import COMPRESSIONS
 
-__all__ = ["Scenario", "Step", "load_scenario", "builtin_scenarios", "resolve_scenarios", "STEPS", "SELECT"]
+__all__ = ["Scenario", "Step", "load_scenario", "builtin_scenarios", "resolve_scenarios", "synthetic_from_table",
+           "STEPS", "SELECT"]
 
 _REF = re.compile(r"^\$\{([a-z_][a-z0-9_]*)\}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -143,25 +144,18 @@ class Scenario:
         return bool(self.raw_repeat.get("adaptive", True))
 
     def image(self, params: dict[str, Any]) -> Image:
+        """The [image], opened by the registered image source it names (harness/builtin_plugins.py or a plugin's)."""
+        from .plugins import default_plugins
+
         img = _subst(self.raw_image, params)
-        source = img.get("source", "synthetic")
-        if source == "synthetic-oci":
-            from .image_sources import open_image  # imported lazily: archive readers
-            from .oci import synthetic_layout
-
-            return open_image("oci", synthetic_layout(_synthetic(img), img.get("compression", "gzip")))
-        if source != "synthetic":
-            from .image_sources import open_image  # imported lazily: archive readers
-
-            return open_image(source, Path(self.path).parent / img["path"])
-        return _synthetic(img)
+        return default_plugins().image_source(img.get("source", "synthetic"))(img, Path(self.path).parent)
 
     def images(self, params: dict[str, Any]) -> list[tuple[str, str | None, SyntheticImage]]:
         """The further images, in build order: name, base image name (None: from scratch) and own layers."""
         out = []
         for raw in self.raw_images:
             img = _subst(raw, params)
-            out.append((img["name"], img.get("base"), _synthetic(img)))
+            out.append((img["name"], img.get("base"), synthetic_from_table(img)))
         return out
 
     def steps(self, params: dict[str, Any]) -> list[Step]:
@@ -174,7 +168,7 @@ class Scenario:
         return out
 
 
-def _synthetic(img: dict[str, Any]) -> SyntheticImage:
+def synthetic_from_table(img: dict[str, Any]) -> SyntheticImage:
     """A synthetic image from its table, parameters substituted."""
     seed = img.get("seed", 0)
     extra = tuple(
@@ -335,13 +329,16 @@ def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> li
     if image is None:
         raise c.fail("image", "required table")
     source = image.get("source", "synthetic")
-    if source not in _SOURCES:
-        raise c.fail("image.source", f"unknown source {source!r}; allowed: {', '.join(_SOURCES)}")
-    c.keys(image, _SOURCES[source] | {"source"}, "image.")
+    from .plugins import default_plugins  # the image-source registry: built-in sources and plugins'
+
+    known = default_plugins().image_sources.items
+    if source not in known:
+        raise c.fail("image.source", f"unknown source {source!r}; allowed: {', '.join(known)}")
+    c.keys(image, _SOURCES.get(source, set(image)) | {"source"}, "image.")  # a plugin's source checks its own
     if source in ("synthetic", "synthetic-oci"):
         _check_synthetic(c, image, "image")
         c.fields(image, {"compression": (tuple(COMPRESSIONS), False)}, "image.")
-    else:
+    elif source in _SOURCES:
         if not isinstance(image.get("path"), str):
             raise c.fail("image.path", f"required for source {source!r}: a path, relative to the scenario file")
         target = Path(path).parent / image["path"]

@@ -1,0 +1,121 @@
+"""layerbench's own exporters and image sources, registered through the hooks a third-party plugin implements.
+
+`load_plugins` registers this module first, so `report -f`, `layerbench plugins`,
+the scenario validator and the runner see the built-ins and a plugin's additions
+the same way, and a plugin cannot take a built-in name. The readers and writers
+themselves live in their own modules and are imported when used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from .image import Image
+    from .plugins import ExporterRegistry, ImageSourceRegistry
+    from .report import Report
+
+__all__ = ["layerbench_register_exporters", "layerbench_register_image_sources"]
+
+
+def _table(report: Report) -> str:
+    from .table import comparison_table
+
+    return comparison_table(report.doc)
+
+
+def _md(report: Report) -> str:
+    from .report_md import render_md
+
+    return render_md(report)
+
+
+def _md_long(report: Report) -> str:
+    from .report_md import render_md_long
+
+    return render_md_long(report)
+
+
+def _html(report: Report) -> str:
+    from .report_html import render_html
+
+    return render_html(report)
+
+
+def _csv(report: Report) -> str:
+    from .report import render_csv
+
+    return render_csv(report)
+
+
+def _json(report: Report) -> str:
+    from .report import render_json
+
+    return render_json(report)
+
+
+def _writer(render: Callable[[Report], str]) -> Callable[[Report, TextIO], None]:
+    """The exporter (report, out) of a function that returns the text."""
+
+    def export(report: Report, out: TextIO) -> None:
+        out.write(render(report))
+
+    export.__name__ = export.__qualname__ = render.__name__.lstrip("_")
+    return export
+
+
+@hookimpl
+def layerbench_register_exporters(registry: ExporterRegistry) -> None:
+    """The report formats: Markdown (short and long), HTML, the tidy CSV, JSON and the console table."""
+    registry.add("md", _writer(_md), suffix=".md",
+                 description="Markdown for a pull request: verdict, claims, headline tables")
+    registry.add("md-long", _writer(_md_long), suffix=".md",
+                 description="Markdown, everything: every metric, slopes and statistics (`-f md --long`)")
+    registry.add("html", _writer(_html), suffix=".html", description="a self-contained page with every plot")
+    registry.add("csv", _writer(_csv), suffix=".csv",
+                 description="the tidy CSV, a row per cell and metric (the same as `run --export-csv`)")
+    registry.add("json", _writer(_json), suffix=".json",
+                 description="the report's data: runs, verdict, rows with ratios, slopes, claims")
+    registry.add("table", _writer(_table), suffix=".txt",
+                 description="the comparison table `layerbench run` prints")
+
+
+def _synthetic(table: Mapping[str, Any], base_dir: Path) -> Image:
+    from .scenario import synthetic_from_table
+
+    return synthetic_from_table(dict(table))
+
+
+def _synthetic_oci(table: Mapping[str, Any], base_dir: Path) -> Image:
+    from .image_sources import open_image
+    from .oci import synthetic_layout
+    from .scenario import synthetic_from_table
+
+    return open_image("oci", synthetic_layout(synthetic_from_table(dict(table)), table.get("compression", "gzip")))
+
+
+def _from_path(source: str) -> Callable[[Mapping[str, Any], Path], Image]:
+    """The image source reading `path` (relative to the scenario file) as a `source` image."""
+
+    def open_path(table: Mapping[str, Any], base_dir: Path) -> Image:
+        from .image_sources import open_image
+
+        return open_image(source, base_dir / table["path"])
+
+    open_path.__name__ = open_path.__qualname__ = f"open_{source.replace('-', '_')}"
+    return open_path
+
+
+@hookimpl
+def layerbench_register_image_sources(registry: ImageSourceRegistry) -> None:
+    """Generated images, an OCI image layout, a `docker save` archive and a host directory."""
+    registry.add("synthetic", _synthetic, description="generated layers of files ([image] layers, files, bytes...)")
+    registry.add("synthetic-oci", _synthetic_oci,
+                 description="a synthetic image packed as an OCI layout with compressed layers, then imported")
+    registry.add("oci", _from_path("oci"), description="an OCI image layout directory or tar (path)")
+    registry.add("docker-archive", _from_path("docker-archive"), description="a `docker save` archive (path)")
+    registry.add("dir", _from_path("dir"), description="a host directory as a one-layer image (path)")
