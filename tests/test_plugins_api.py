@@ -16,10 +16,11 @@ from layerbench.harness.cli import main
 from layerbench.harness.cli.plugins import plugin_rows
 from layerbench.harness.image import FileSpec, Image, LayerSpec, SyntheticImage
 from layerbench.harness.plugins import load_plugins
+from layerbench.harness.report import Report, build, read_all
 
 
-def _tsv(document: dict[str, Any], out: TextIO) -> None:
-    for cell in document["cells"]:
+def _tsv(report: Report, out: TextIO) -> None:
+    for cell in report.doc["cells"]:
         out.write(f"{cell['scenario']}\t{cell['driver']}\t{cell['status']}\n")
 
 
@@ -52,8 +53,8 @@ def test_a_plugin_adds_an_exporter_and_an_image_source() -> None:
     plugins = load_plugins(extra=(_ExportsAndSources(),))
     assert plugins.broken == {}
     out = io.StringIO()
-    plugins.exporters.items["tsv"]({"cells": [{"scenario": "copy-up", "driver": "vfs", "status": "ok"}]}, out)
-    assert out.getvalue() == "copy-up\tvfs\tok\n" and plugins.exporters.suffix["tsv"] == ".tsv"
+    plugins.exporter("tsv")(build(read_all([Path(__file__).parent / "data" / "null.json"])), out)
+    assert out.getvalue() == "copy-up\tnull\tok\n" * 2 and plugins.exporters.suffix["tsv"] == ".tsv"
     image = plugins.image_sources.items["one-file"]({"source": "one-file", "path": "a/b", "size": 3}, Path("."))
     assert image.total_files == 1 and image.total_bytes == 3 and image.file_paths() == ["a/b"]
     info = plugins.info["tsv-and-one-file"]

@@ -24,5 +24,6 @@ def plugin_rows(plugins: Plugins | None = None) -> list[dict[str, Any]]:
 
 @click.command("plugins")
 def plugins_cmd() -> None:
-    """Print the loaded plugins as JSON: name, version, module, hooks, drivers (and why a plugin broke)."""
+    """Print the loaded plugins as JSON: name, version, module, hooks, the drivers, exporters (report formats)
+    and image sources each added (and why a plugin broke)."""
     click.echo(json.dumps(plugin_rows(), indent=2))
