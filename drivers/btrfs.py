@@ -24,7 +24,6 @@ BTRFS_IOC_SNAP_CREATE_V2 = 0x50009417
 BTRFS_IOC_SYNC = 0x9408
 _VOL_ARGS_SIZE = 4096          # struct btrfs_ioctl_vol_args: int64 fd; char name[4088]
 _V2_NAME_OFFSET = 56           # struct btrfs_ioctl_vol_args_v2: fd, transid, flags, union[32], name
-BTRFS_SUPER_MAGIC = 0x9123683E
 
 
 def _vol_args(name: str) -> bytearray:

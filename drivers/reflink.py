@@ -18,12 +18,11 @@ import os
 import shutil
 
 from layerbench.harness.driver import Style
-from layerbench.harness.treecopy import copy_tree
 
 from ._common import fs_in_kernel, needs_root
 from .vfs import VfsDriver
 
-__all__ = ["ReflinkDriver", "clone_tree", "FICLONE"]
+__all__ = ["ReflinkDriver", "clone_file", "FICLONE"]
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int): on the destination fd, the argument is the source fd
 
@@ -39,11 +38,6 @@ def clone_file(src: str, dst: str, mode: int, size: int) -> None:
             os.close(fout)
     finally:
         os.close(fin)
-
-
-def clone_tree(src: str, dst: str) -> None:
-    """Copy the tree at `src` to `dst` (which must not exist), regular files by FICLONE."""
-    copy_tree(src, dst, copy_file=clone_file)
 
 
 class ReflinkDriver(VfsDriver):

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError", "DriverUnavailable"]
+__all__ = ["UserError"]
 
 
 class UserError(Exception):
     """Bad input or an unmet precondition: the CLI prints it as one line and exits 2."""
 
     exit_code = 2
-
-
-class DriverUnavailable(Exception):
-    """A driver cannot run on this machine; the message is one sentence saying why."""

@@ -7,7 +7,6 @@ device nodes cannot be opened through it and its setuid files give no privilege.
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 from collections.abc import Sequence
 
@@ -188,10 +187,6 @@ def syncfs(path: str) -> None:
         _check(_libc.syncfs(fd), "syncfs", path)
     finally:
         os.close(fd)
-
-
-def is_eperm(exc: OSError) -> bool:
-    return exc.errno in (errno.EPERM, errno.EACCES)
 
 
 def _mount_points() -> list[str]:
