@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,14 +16,14 @@ MARKER = ".layerbench-work-root"
 DEFAULT_WORK_ROOT = Path("/var/tmp/layerbench")
 #: refused as work roots themselves
 _SYSTEM = {"/", "/home", "/media", "/mnt", "/opt", "/root", "/srv", "/tmp", "/var", "/var/tmp"}
-#: refused as work roots and anywhere below them (and /lib*)
+#: refused as work roots and anywhere below them (and /lib, /lib32, /lib64, /libx32 ...)
 _SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/proc", "/run", "/sbin", "/sys", "/usr", "/var/lib")
 
 
 def _system_tree(path: str) -> str | None:
     """The system directory `path` is or lies under, if any."""
     top = "/" + path.split("/")[1]
-    if top.startswith("/lib"):
+    if re.fullmatch(r"/lib(32|64|x32)?", top):
         return top
     return next((t for t in _SYSTEM_TREES if path == t or path.startswith(t + "/")), None)
 

@@ -81,3 +81,9 @@ def test_ledger_releases_in_reverse_and_only_what_it_names(tmp_path: Path) -> No
     assert release(run_dir / "ledger.jsonl") == []  # idempotent
     _, live = release_abandoned(tmp_path)
     assert live == [] and neighbour.read_text() == "y" and not run_dir.exists()
+
+
+def test_a_top_directory_that_only_starts_with_lib_is_not_a_system_directory() -> None:
+    from layerbench.harness.safety import _system_tree
+
+    assert _system_tree("/library/lb-x") is None and _system_tree("/libx32/lb-x") == "/libx32"
