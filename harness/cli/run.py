@@ -14,6 +14,7 @@ from .. import results, safety
 from ..errors import UserError
 from ..image_sources import parse_size
 from ..progress import duration_text, live_progress
+from ..report import build, render
 from ..runner import Plan, RunConfig, plan, run, sigterm_as_interrupt
 from ..sampling import time_split_lines
 from ..table import comparison_table, human, params_human, run_summary, run_warnings
@@ -78,7 +79,7 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
               help="Run the cells on the hosts of the Dask cluster whose scheduler is at ADDRESS (docs/fleet.md).")
 @click.option("--spread", is_flag=True, help="With --cluster: each cell once on any host, not on every host.")
 @click.option("--export-csv", "export_csv", metavar="FILE",
-              help="Also write the tidy summary table as CSV ('-' for stdout).")
+              help="Also write the tidy summary table as CSV, as `report -f csv` does ('-' for stdout).")
 @click.option("--dry-run", "dry_run", is_flag=True,
               help="Print the plan (cells, estimated disk and time) and exit; nothing is made or run.")
 def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[str, ...],
@@ -125,7 +126,7 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
         click.echo(line, err=True)
     click.echo(f"results: {path}", err=True)
     if export_csv:
-        text = results.to_csv(doc)
+        text = render(build([doc], with_claims=False), "csv")  # the CSV exporter, as `report -f csv`
         if export_csv == "-":
             click.echo(text, nl=False)
         else:
