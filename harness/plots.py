@@ -1,27 +1,24 @@
-"""The report's plots (matplotlib, no display needed), as base64 PNG for a self-contained page.
+"""The report's plots as interactive Plotly figures: hover for the figures, click a legend entry to hide a line.
 
 Line plots follow a metric across a swept parameter, one line per driver with the
 bootstrap CI of the median as a band; which ones is the table LINE_PLOTS, matched
 by metric and parameter name, so a scenario that is missing just has no plot. Box
-plots show every metric's raw samples per parameter set and driver.
+plots show every metric's raw samples per parameter set and driver. The page that
+shows them inlines plotly.js once (`plotly_js`), so it stays self-contained and offline.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 from dataclasses import dataclass
 from typing import Any
 
-from matplotlib.figure import Figure as MplFigure
-from matplotlib.patches import Patch
-from matplotlib.ticker import NullLocator
+import plotly.graph_objects as go
 
 from . import results
 from .report import Report, other_params, params_key
 from .table import metric_title
 
-__all__ = ["Plot", "LINE_PLOTS", "figures", "line_plots", "box_plots"]
+__all__ = ["Plot", "LINE_PLOTS", "figures", "line_plots", "box_plots", "plotly_js"]
 
 #: (metric, swept parameter, title, log x, log y)
 LINE_PLOTS: tuple[tuple[str, str, str, bool, bool], ...] = (
@@ -39,19 +36,31 @@ _SCALES = {"ns": ((1e9, "s"), (1e6, "ms"), (1e3, "µs"), (1, "ns")),
            "bytes": ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B"))}
 
 
+#: the plot's toolbar: no logo, no link to the Plotly cloud; PNG export kept
+CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+
+
 @dataclass(frozen=True)
 class Plot:
-    """One figure: a title, a caption and the image as base64 PNG."""
+    """One figure: a title, a caption and the Plotly figure."""
 
     title: str
     caption: str
-    png_base64: str
+    figure: go.Figure
     wide: bool = False  # many parameter sets: spans the page
     scenario: str = ""
 
-    @property
-    def data_uri(self) -> str:
-        return "data:image/png;base64," + self.png_base64
+    def html(self, div_id: str) -> str:
+        """The figure as a <div> and the script that draws it with the page's plotly.js (`plotly_js`)."""
+        return str(self.figure.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=CONFIG,
+                                       default_width="100%", default_height=f"{self.figure.layout.height}px"))
+
+
+def plotly_js() -> str:
+    """plotly.js itself, to inline once per page."""
+    from plotly.offline import get_plotlyjs
+
+    return str(get_plotlyjs())
 
 
 def _scale(unit: str, largest: float) -> tuple[float, str]:
@@ -79,17 +88,35 @@ def _colors(report: Report) -> dict[str, str]:
     return {d: palette[i % len(palette)] for i, d in enumerate(report.drivers)}
 
 
-def _png(fig: MplFigure) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _stats(report: Report) -> dict[tuple[str, str, str, str, str], dict[str, Any]]:
     return {(r["scenario"], r["driver"], r["backing"], r["params"], r["metric"]): r for r in report.rows}
 
 
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+MARKERS = ["circle", "square", "triangle-up", "diamond", "triangle-down", "cross", "x", "star"]
+
+
+def _alpha(color: str, alpha: float) -> str:
+    """`#1f77b4` -> `rgba(31,119,180,0.15)`."""
+    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _ci_text(row: dict[str, Any], factor: float, unit: str) -> str:
+    return f"{row['ci95_low'] / factor:.3g} to {row['ci95_high'] / factor:.3g} {unit}"
+
+
+def _decades(fig: go.Figure, values: list[float]) -> None:
+    """On a logarithmic y axis spanning over a decade and a half, label the powers of ten only."""
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) > 30:
+        fig.update_yaxes(dtick=1)
+
+
+def _layout(fig: go.Figure, title: str, height: int) -> None:
+    """Title, size, a legend under the plot, light grids, hover on the nearest point."""
+    fig.update_layout(title={"text": title, "font": {"size": 14}}, height=height, template="plotly_white",
+                      margin={"l": 60, "r": 20, "t": 50, "b": 40}, hovermode="closest",
+                      legend={"orientation": "h", "y": -0.22, "font": {"size": 11}})
 
 
 def _line_plot(report: Report, scenario: str, metric: str, param: str, title: str,
@@ -120,11 +147,11 @@ def _line_plot(report: Report, scenario: str, metric: str, param: str, title: st
     colors = _colors(report)
     slopes = {(f["driver"], f["backing"], f["rest"]): f["text"] for f in report.slopes
               if (f["scenario"], f["metric"], f["param"]) == (scenario, metric, param) and f["fits"]}
-    fig = MplFigure(figsize=(7.5, 4.5))
-    ax = fig.add_subplot()
-    styles = ["-", "--", ":", "-."]
+    fig = go.Figure()
+    dashes = ["solid", "dash", "dot", "dashdot"]
     rests = list(dict.fromkeys(rest for *_, rest in lines))
     backings = list(dict.fromkeys(b for _, b, _ in lines))
+    x_name = PARAM_NAMES.get(param, param.replace("_", " "))
     for i, ((driver, backing, rest), pts) in enumerate(lines.items()):
         pts.sort(key=lambda p: p[0])
         xs = [x for x, _ in pts]
@@ -132,32 +159,34 @@ def _line_plot(report: Report, scenario: str, metric: str, param: str, title: st
         fitted = slopes.get((driver, backing, rest))
         if fitted:
             label += f", {fitted}"
-        color = colors[driver]
+        color, group = colors[driver], f"line{i}"
+        # the CI band first (hidden with its line from the legend), then the medians
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=[r["ci95_high"] / factor for _, r in pts]
+                                 + [r["ci95_low"] / factor for _, r in pts][::-1],
+                                 fill="toself", fillcolor=_alpha(color, 0.15), line={"width": 0}, hoverinfo="skip",
+                                 legendgroup=group, showlegend=False))
         # markers differ per line and shrink as lines are drawn, so lines that coincide stay visible
-        ax.plot(xs, [r["median"] / factor for _, r in pts], marker=MARKERS[i % len(MARKERS)],
-                markersize=max(9 - 1.5 * i, 4), markerfacecolor="none" if i % 2 else color, color=color,
-                linestyle=styles[(rests.index(rest) + backings.index(backing)) % len(styles)],
-                linewidth=2.2 if i == 0 else 1.4, label=label, zorder=3 + i)
-        ax.fill_between(xs, [r["ci95_low"] / factor for _, r in pts], [r["ci95_high"] / factor for _, r in pts],
-                        color=color, alpha=0.15, linewidth=0)
-    if logx:
-        ax.set_xscale("log")
+        fig.add_trace(go.Scatter(
+            x=xs, y=[r["median"] / factor for _, r in pts], name=label, legendgroup=group, mode="lines+markers",
+            line={"color": color, "width": 3 if i == 0 else 2,
+                  "dash": dashes[(rests.index(rest) + backings.index(backing)) % len(dashes)]},
+            marker={"symbol": MARKERS[i % len(MARKERS)] + ("-open" if i % 2 else ""), "size": max(12 - 2 * i, 6),
+                    "line": {"width": 2, "color": color}},
+            customdata=[[_tick(x, param), _ci_text(r, factor, unit_name), int(r["n"])] for x, r in pts],
+            hovertemplate=f"<b>{label}</b><br>{x_name}: %{{customdata[0]}}<br>median: %{{y:.3g}} {unit_name}"
+                          "<br>95% CI: %{customdata[1]}<br>%{customdata[2]} samples<extra></extra>"))
     ticks = sorted({x for pts in lines.values() for x, _ in pts})
-    ax.set_xticks(ticks, [_tick(x, param) for x in ticks])
-    ax.xaxis.set_minor_locator(NullLocator())
+    fig.update_xaxes(type="log" if logx else "linear", tickvals=ticks, ticktext=[_tick(x, param) for x in ticks],
+                     title=x_name)
+    fig.update_yaxes(type="log" if logy else "linear", title=f"{metric_title(metric)}, median ({unit_name})",
+                     rangemode="normal" if logy else "tozero")
     if logy:
-        ax.set_yscale("log")
-    elif unit_name != "count":
-        ax.set_ylim(bottom=0)
-    ax.set_xlabel(PARAM_NAMES.get(param, param.replace("_", " ")))
-    ax.set_ylabel(f"{metric_title(metric)}, median ({unit_name})")
-    ax.set_title(title, fontsize=11)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(frameon=False, fontsize=8)
+        _decades(fig, [r[k] / factor for pts in lines.values() for _, r in pts for k in ("ci95_low", "ci95_high")])
+    _layout(fig, title, 440)
     caption = (f"Median of {len(lines)} line(s) from scenario {scenario}; the band is the 95% bootstrap "
                f"confidence interval of the median" + ("; both axes logarithmic" if logx and logy else "")
                + ("; the legend gives a slope where a straight line fits the medians (R² ≥ 0.9)." if slopes else "."))
-    return Plot(title=f"{title} ({scenario})", caption=caption, png_base64=_png(fig), scenario=scenario)
+    return Plot(title=f"{title} ({scenario})", caption=caption, figure=fig, scenario=scenario)
 
 
 def _rest_text(rest: str) -> str:
@@ -182,8 +211,8 @@ def _group_labels(groups: list[str]) -> list[str]:
     """Each parameter set as the parameters that vary between them, one per line."""
     split = [dict(part.partition("=")[::2] for part in g.split(";") if part) for g in groups]
     varying = [k for k in dict.fromkeys(k for d in split for k in d) if len({d.get(k) for d in split}) > 1]
-    return ["\n".join(f"{k}={_tick(float(d[k]), k) if k.endswith('size') else d[k]}" for k in varying if k in d)
-            or (g or "-") for g, d in zip(groups, split)]
+    return ["<br>".join(f"{k}={_tick(float(d[k]), k) if k.endswith('size') else d[k]}" for k in varying if k in d)
+            or (g or "-") for g, d in zip(groups, split, strict=True)]
 
 
 def _box_plot(report: Report, scenario: str, metric: str) -> Plot | None:
@@ -195,40 +224,34 @@ def _box_plot(report: Report, scenario: str, metric: str) -> Plot | None:
     if not any(min(x) != max(x) for d, b in series for p in groups
                if (x := report.samples(scenario, d, p, metric, b))):
         return None
-    data, positions, colors_used = [], [], []
     colors = _colors(report)
-    width = 0.8 / len(series)
-    for g, params in enumerate(groups):
-        for i, (driver, backing) in enumerate(series):
-            samples = report.samples(scenario, driver, params, metric, backing)
-            if samples:
-                data.append(samples)
-                positions.append(g + (i - (len(series) - 1) / 2) * width)
-                colors_used.append(colors[driver])
     factor, unit_name = _family_scale(report, metric)
-    scaled = [[v / factor for v in s] for s in data]
+    labels = dict(zip(groups, _group_labels(groups), strict=True))
+    fig = go.Figure()
+    everything: list[float] = []
+    for driver, backing in series:
+        xs: list[str] = []
+        ys: list[float] = []
+        for params in groups:
+            samples = [v / factor for v in report.samples(scenario, driver, params, metric, backing)]
+            xs += [labels[params]] * len(samples)
+            ys += samples
+        everything += ys
+        fig.add_trace(go.Box(x=xs, y=ys, name=report.label(driver, backing), marker={"color": colors[driver]},
+                             boxpoints="outliers"))  # hover: the quartiles, fences and median in unit_name
     wide = len(groups) > 4
-    fig = MplFigure(figsize=(15 if wide else 7.5, 4.6))
-    ax = fig.add_subplot()
-    boxes = ax.boxplot(scaled, positions=positions, widths=width * 0.85, patch_artist=True,
-                       flierprops={"marker": ".", "markersize": 4}, medianprops={"color": "black"})
-    for patch, color in zip(boxes["boxes"], colors_used):
-        patch.set_facecolor(color)
-        patch.set_alpha(0.6)
-    smallest = min(min(s) for s in scaled)
-    if smallest > 0 and max(max(s) for s in scaled) / smallest > 30:
-        ax.set_yscale("log")
-    ax.set_xticks(range(len(groups)), _group_labels(groups), fontsize=9)
-    ax.set_xlim(-0.6, len(groups) - 0.4)
-    ax.set_ylabel(f"{metric_title(metric)} ({unit_name})")
+    smallest = min(everything)
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=[labels[g] for g in groups])
+    fig.update_yaxes(type="log" if smallest > 0 and max(everything) / smallest > 30 else "linear",
+                     title=f"{metric_title(metric)} ({unit_name})")
+    if fig.layout.yaxis.type == "log":
+        _decades(fig, everything)
+    fig.update_layout(boxmode="group")
     title = f"{metric_title(metric).capitalize()}: every sample ({scenario})"
-    ax.set_title(title, fontsize=11)
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(handles=[Patch(facecolor=colors[d], alpha=0.6, label=report.label(d, b)) for d, b in series],
-              frameon=False)
+    _layout(fig, title, 460)
     caption = (f"Every sample of {metric} in scenario {scenario}, by parameter set and driver: the box spans "
                "the quartiles, the whiskers 1.5 IQR, dots are outliers (kept, not dropped).")
-    return Plot(title=f"{metric} ({scenario})", caption=caption, png_base64=_png(fig), wide=wide, scenario=scenario)
+    return Plot(title=f"{metric} ({scenario})", caption=caption, figure=fig, wide=wide, scenario=scenario)
 
 
 def box_plots(report: Report) -> list[Plot]:

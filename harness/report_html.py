@@ -1,10 +1,11 @@
-"""The report as one self-contained HTML page: inline CSS, plots as base64 PNG, no network."""
+"""The report as one self-contained HTML page: inline CSS, interactive Plotly plots with plotly.js inlined once, no
+network."""
 
 from __future__ import annotations
 
 from html import escape
 
-from .plots import figures
+from .plots import figures, plotly_js
 from .report import Report
 from .report_md import (
     SLOPES_NOTE,
@@ -31,10 +32,11 @@ th { background: #f5f5f7; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr:nth-child(even) td { background: #fafafa; }
 details summary { cursor: pointer; color: #0a58ca; margin: 6px 0; }
-.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); grid-auto-flow: dense; gap: 24px; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); grid-auto-flow: dense;
+         gap: 24px; }
 figure { margin: 0; }
 figure.wide { grid-column: 1 / -1; }
-figure img { width: 100%; height: auto; border: 1px solid #eee; }
+figure .plotly-graph-div { border: 1px solid #eee; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 6px 12px; margin: 8px 0; }
 .warn li { color: #8a4b00; }
 .err li { color: #b00020; }
@@ -47,6 +49,25 @@ nav.toc { margin: 8px 0 16px; }
 nav.toc a { color: #0a58ca; text-decoration: none; }
 details > summary h3 { display: inline; font-size: 18px; }
 ul.advice li { margin: 3px 0; }
+"""
+
+
+#: a scenario opens when its anchor is followed (the table of contents, a link; `#open-all` opens
+#: every one), and its plots, drawn while it was folded, take the width they now have
+OPEN_SCRIPT = """
+function openTarget() {
+  if (location.hash === "#open-all") {
+    document.querySelectorAll("details.scenario").forEach(d => { d.open = true; });
+    return;
+  }
+  const d = location.hash && document.getElementById(location.hash.slice(1));
+  if (d && d.tagName === "DETAILS") { d.open = true; d.scrollIntoView(); }
+}
+document.querySelectorAll("details").forEach(d => d.addEventListener("toggle", () => {
+  if (d.open) d.querySelectorAll(".js-plotly-plot").forEach(p => Plotly.Plots.resize(p));
+}));
+window.addEventListener("hashchange", openTarget);
+openTarget();
 """
 
 
@@ -106,7 +127,8 @@ def render_html(report: Report) -> str:
     toc += ['<a href="#machine">Machine</a>']
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           "<title>layerbench report</title>", f"<style>{CSS}</style></head><body>",
+           "<title>layerbench report</title>", f"<style>{CSS}</style>",
+           f'<script type="text/javascript">{plotly_js()}</script></head><body>',
            "<h1>layerbench report</h1>", f'<p class="meta">Runs: {runs}.</p>',
            f'<nav class="toc">{" · ".join(toc)}</nav>']
     out += [f'<div class="note">{escape(n)}</div>' for n in report.notes]
@@ -117,7 +139,7 @@ def render_html(report: Report) -> str:
     plots = figures(report)
     out += ['<h2>Details</h2>', f'<p class="desc">{intro(report)}</p>']
     for scenario in scenarios:
-        out.append(f'<details id="{_anchor(scenario)}"><summary><h3>{escape(scenario)}</h3></summary>')
+        out.append(f'<details id="{_anchor(scenario)}" class="scenario"><summary><h3>{escape(scenario)}</h3></summary>')
         description = report.doc["scenarios"].get(scenario, {}).get("description")
         if description:
             out.append(f'<p class="desc">{escape(" ".join(description.split()))}</p>')
@@ -126,7 +148,7 @@ def render_html(report: Report) -> str:
             out.append('<div class="plots">')
             for p in mine:
                 wide = ' class="wide"' if p.wide else ""
-                out.append(f'<figure{wide}><img alt="{escape(p.title)}" src="{p.data_uri}">'
+                out.append(f"<figure{wide}>{p.html(f'plot{plots.index(p) + 1}')}"
                            f"<figcaption><b>{escape(p.title)}.</b> {escape(p.caption)}</figcaption></figure>")
             out.append("</div>")
         out.append(_table(scenario_table(report, scenario)))
@@ -141,5 +163,5 @@ def render_html(report: Report) -> str:
     if report.errors:
         out += ['<h2>Errors</h2><ul class="err">', *(f"<li>{escape(e)}</li>" for e in report.errors), "</ul>"]
     out += ['<h2 id="machine">Machine and versions</h2>', _table(versions_table(report), numeric_from=99),
-            "</body></html>"]
+            f"<script>{OPEN_SCRIPT}</script>", "</body></html>"]
     return "\n".join(out) + "\n"
