@@ -150,7 +150,8 @@ class PlainLines:
 class LiveBar:
     """A bar on the terminal: cells done of planned, the running cell, elapsed time and ETA (rich)."""
 
-    def __init__(self, clock: RunClock | None = None) -> None:
+    def __init__(self, clock: RunClock | None = None, console: Any = None) -> None:
+        """`console`: a rich Console (default: standard error's)."""
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
         from rich.table import Column
@@ -167,7 +168,7 @@ class LiveBar:
         current = TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1))
         self._progress = Progress(BarColumn(bar_width=24), MofNCompleteColumn(),
                                   _Times(table_column=Column(no_wrap=True)), current,
-                                  console=Console(stderr=True), refresh_per_second=2, expand=True)
+                                  console=console or Console(stderr=True), refresh_per_second=2, expand=True)
         self._task = self._progress.add_task("starting", total=None)
         self._progress.start()
 

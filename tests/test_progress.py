@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from layerbench.harness.cli import main
-from layerbench.harness.progress import CellEvent, PlainLines, RunClock, duration_text
+from layerbench.harness.progress import CellEvent, LiveBar, PlainLines, RunClock, duration_text
 from layerbench.harness.runner import RunConfig, run
 
 from .test_cli import TINY
@@ -75,6 +75,25 @@ def test_plain_lines_name_the_cell_and_give_elapsed_and_eta() -> None:
     first, second = out.getvalue().splitlines()
     assert first == "[1/6] copy-up overlay2 (file_size=4 KiB) on ext4"
     assert re.fullmatch(r"\[1/6\] ok in 2\.0 s; elapsed [0-9.]+ s, ETA 10 s", second), second  # 5 more x 2 s
+
+
+def test_live_bar_shows_cells_done_the_running_cell_elapsed_and_eta() -> None:
+    from rich.console import Console
+
+    out = io.StringIO()
+    clock = _plan()
+    clock.started = time.monotonic()
+    bar = LiveBar(clock, Console(file=out, force_terminal=True, width=120))
+    try:
+        bar.event(CellEvent("started", 1, 6, "a", "x", {}, "ext4"))
+        bar.event(CellEvent("finished", 1, 6, "a", "x", {}, "ext4", 2.0, "ok"))
+        bar.event(CellEvent("started", 2, 6, "a", "x", {"file_size": 65536}, "ext4"))
+        bar.event(CellEvent("finished", 2, 6, "a", "x", {"file_size": 65536}, "ext4", 4.0, "error"))
+    finally:
+        bar.close()
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    assert "2/6 elapsed" in screen and "ETA 12 s" in screen  # a/x took 2 s and 4 s: 4 cells left at 3 s
+    assert "[2/6] a x (file_size=64 KiB) on ext4: error" in screen  # a failed cell stays on the screen
 
 
 def test_run_reports_each_cell_planned_started_finished(tmp_path: Path) -> None:
