@@ -57,7 +57,7 @@ ul.advice li { margin: 3px 0; }
 OPEN_SCRIPT = """
 function openTarget() {
   if (location.hash === "#open-all") {
-    document.querySelectorAll("details.scenario").forEach(d => { d.open = true; });
+    document.querySelectorAll('details[id^="s-"]').forEach(d => { d.open = true; });
     return;
   }
   const d = location.hash && document.getElementById(location.hash.slice(1));
@@ -139,7 +139,7 @@ def render_html(report: Report) -> str:
     plots = figures(report)
     out += ['<h2>Details</h2>', f'<p class="desc">{intro(report)}</p>']
     for scenario in scenarios:
-        out.append(f'<details id="{_anchor(scenario)}" class="scenario"><summary><h3>{escape(scenario)}</h3></summary>')
+        out.append(f'<details id="{_anchor(scenario)}"><summary><h3>{escape(scenario)}</h3></summary>')
         description = report.doc["scenarios"].get(scenario, {}).get("description")
         if description:
             out.append(f'<p class="desc">{escape(" ".join(description.split()))}</p>')
