@@ -222,7 +222,7 @@ def load_plugins(extra: tuple[object, ...] = ()) -> Plugins:
             label = f"{ep.name} ({ep.value})"
             try:
                 candidates.append((label, ep.load(), _plugin_version(ep)))
-            except Exception as exc:  # a broken plugin must not take the others down
+            except Exception as exc:  # noqa: BLE001  a broken plugin must not take the others down
                 broken[label] = _reason(label, f"import failed: {exc}")
     candidates.extend((getattr(p, "__name__", repr(p)), p, "?") for p in extra)
 
@@ -232,7 +232,7 @@ def load_plugins(extra: tuple[object, ...] = ()) -> Plugins:
     for label, plugin, version in candidates:
         try:
             pm.register(plugin, name=label)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (as above)
             broken[label] = _reason(label, f"registration failed: {exc}")
             continue
         saved = (dict(registry.drivers), dict(registry.origin), exporters._snapshot(), sources._snapshot())
@@ -247,7 +247,7 @@ def load_plugins(extra: tuple[object, ...] = ()) -> Plugins:
                               "layerbench_register_exporters": exporters,
                               "layerbench_register_image_sources": sources}[hook]
                     impl.function(registry=target)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (as above)
             registry.drivers, registry.origin = saved[0], saved[1]
             exporters._restore(saved[2])
             sources._restore(saved[3])
