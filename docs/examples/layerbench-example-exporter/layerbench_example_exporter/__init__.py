@@ -34,7 +34,7 @@ def write_junit(report: Report, out: TextIO) -> None:
         for metric, data in cell.get("metrics", {}).items():
             if data["samples"]:
                 ElementTree.SubElement(props, "property", name=f"{metric} ({data['unit']})",
-                                       value=f"{statistics.median(data['samples']):g}")
+                                       value=str(statistics.median(data["samples"])))
         suite.set("tests", str(int(suite.get("tests", "0")) + 1))
         if cell["status"] != "ok":
             ElementTree.SubElement(case, "failure", message=f"{cell['status']}: {cell.get('error')}")
