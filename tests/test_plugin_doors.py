@@ -12,7 +12,6 @@ from xml.etree import ElementTree
 
 import pytest
 from click.testing import CliRunner
-
 from layerbench import hookimpl
 from layerbench.harness.cli import main
 from layerbench.harness.plugins import BUILTIN, ExporterRegistry, default_plugins, load_plugins

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from click.testing import CliRunner
-
 from layerbench.harness import hookimpl, hookspecs
 from layerbench.harness.cli import main
 from layerbench.harness.cli.plugins import plugin_rows
