@@ -307,9 +307,9 @@ def _build(state: SampleState, step: Step, record: Recorder) -> None:
             root = driver.create_layer(layer, parent)
             state.layers.append(layer)
             if contents is not None:
-                image.apply(i, root, fmt, contents)  # type: ignore[call-arg]
+                image.apply(i, root, fmt, contents)  # type: ignore[call-arg,arg-type]
             else:
-                image.apply(i, root, fmt)
+                image.apply(i, root, fmt, opaque_xattr=driver.opaque_xattr)
             driver.seal_layer(layer)
             parent = layer
 
