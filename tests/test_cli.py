@@ -56,7 +56,7 @@ def test_unknown_driver_is_one_line_exit_2() -> None:
 
 def test_unknown_scenario_is_one_line_exit_2() -> None:
     code, _, err = invoke("run", "nosuch")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "built-in scenarios: commit, copy-up," in err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "built-in scenarios: commit, container-remove, copy-up," in err
 
 
 def test_bad_param_is_one_line() -> None:
