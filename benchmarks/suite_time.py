@@ -1,7 +1,7 @@
 """The suite before and after, in one sitting: wall time, timed fraction, how cells stopped, CI widths.
 
 Runs `layerbench run ARGS` twice, "before" with every cell pinned and built on its own store
-(`--target-ci 0 --no-templates`), "after" with the defaults (sampling until sure, templates),
+(`--target-ci 0 --no-templates`), "after" sampling until sure (the default) with `--templates`,
 and prints for each: wall time, the timed fraction (timed regions over the cells' time),
 the stop reasons, the five slowest cells' splits; then, per headline (`_ns`) metric of every
 cell both ran, the bootstrap CI half-width over the median before and after.
@@ -28,6 +28,7 @@ from layerbench.harness.sampling import PHASES, STOP_REASONS, time_split_lines
 from layerbench.harness.stats import ci_half_width
 
 BEFORE = ["--target-ci", "0", "--no-templates"]
+AFTER = ["--templates"]
 Key = tuple[str, str, str, str, str]
 
 
@@ -102,7 +103,7 @@ def main() -> None:
     else:
         print(f"load average before: {os.getloadavg()}", flush=True)
         runs = [_run(label, extra, opts.args, opts.work_root, opts.results_dir)
-                for label, extra in (("before", BEFORE), ("after", []))]
+                for label, extra in (("before", BEFORE), ("after", AFTER))]
         print(f"load average after: {os.getloadavg()}")
         docs = [results.read(p) for p, _ in runs]
         walls = [w for _, w in runs]

@@ -101,7 +101,7 @@ class RunConfig:
     min_samples: int = 5
     max_samples: int | None = None  # None: each scenario's samples
     cell_budget_s: float = 0.0  # a cell's sampling loop stops after this many seconds (0: no limit)
-    templates: bool = True  # build each family's image once (harness/templates.py)
+    templates: bool = False  # build each family's image once (harness/templates.py; docs/performance.md: off, why)
 
 
 Unavailable = Callable[[str], "str | None"]

@@ -58,8 +58,9 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
                    "only ends early, once sure).")
 @click.option("--cell-budget", "cell_budget_s", type=click.FloatRange(min=0), default=0, show_default=True,
               metavar="SECONDS", help="With --target-ci: stop sampling a cell after this long (0: no limit).")
-@click.option("--templates/--no-templates", default=True, show_default=True,
-              help="Build each image once per driver and backing, and start its cells from copies of that store.")
+@click.option("--templates/--no-templates", default=False, show_default=True,
+              help="Build each image once per driver and backing, and start its cells from copies of that store "
+                   "(pays where a build costs more than a copy: many files; docs/performance.md).")
 @click.option("--quick", is_flag=True, help="The quick suite: each scenario's [quick] values and samples.")
 @click.option("--cold", is_flag=True, help="Sync and drop the page cache before every sample (root).")
 @click.option("--order", type=click.Choice(["random", "planned"]), default="random", show_default=True,
@@ -88,7 +89,7 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
             work_root: Path | None, cell_timeout_s: float, resume: Path | None, cluster: str | None, spread: bool,
             export_csv: str | None, max_image_bytes: str | None = None, target_ci: float = 0.05,
             min_samples: int = 5, max_samples: int | None = None, cell_budget_s: float = 0.0,
-            templates: bool = True, dry_run: bool = False) -> None:
+            templates: bool = False, dry_run: bool = False) -> None:
     """Run SCENARIOS (built-in names or .toml paths; default: every built-in one)."""
     if not re.match(r"^[A-Za-z0-9._-]+$", label):
         raise UserError(f"--label {label!r}: use letters, digits, '.', '_' and '-' only")
