@@ -46,7 +46,9 @@ def test_copy_up_of_64mib_costs_10x_4kib_only_on_overlay(name: str, work: Path) 
             big.append(first_append_ns(root / "big.bin"))
             driver.unmount(f"c{i}")
             driver.remove(f"c{i}")
-    ratio = statistics.median(big) / statistics.median(small)
+    # The fastest of five: a loaded machine only ever adds time, and a 4 KiB copy-up on a
+    # direct-I/O store is mostly one fsync, the part a busy disk stretches most.
+    ratio = min(big) / min(small)
     if name == "overlay2":
         assert ratio > 10, f"overlay2 copy-up 64 MiB / 4 KiB = {ratio:.1f}"
     else:
