@@ -135,3 +135,18 @@ def test_a_cell_from_a_template_equals_a_fresh_build(tmp_path: Path, name: str, 
         template.image.unlink()
         assert template.image.parent.exists()
         runner.safety.remove_tree(template.image.parent)
+
+
+def test_a_run_with_templates_builds_each_family_once_and_leaves_nothing(tmp_path: Path) -> None:
+    require("overlay2")
+    path = tmp_path / "tmpl.toml"
+    path.write_text(SCENARIO.replace('[image]\n', '[params]\nn = [1, 2]\n[image]\n', 1)
+                    .replace('op = "start"\n', 'op = "start"\ncount = "${n}"\n', 1))
+    config = runner.RunConfig(scenarios=(str(path),), drivers=("overlay2",), results_dir=tmp_path / "res",
+                              work_root=tmp_path / "work", samples=1, warmup=0, templates=True)
+    doc, _ = runner.run(config)
+    cells = doc["cells"]
+    assert [c["status"] for c in cells] == ["ok", "ok"] and all(c["template"] for c in cells)
+    assert cells[0]["image_layers_disk_bytes"] == cells[1]["image_layers_disk_bytes"]
+    assert sorted(c["time_split_s"]["setup"] for c in cells)[1] > 0  # the first carries the template's build
+    assert [p.name for p in (tmp_path / "work").iterdir()] == [".layerbench-work-root"]
