@@ -31,6 +31,7 @@ bytes = 100000
 [repeat]
 samples = 100000
 warmup = 0
+adaptive = false  # killed in the middle: it must not end early once its figures are sure
 [[step]]
 op = "start"
 [[step]]
