@@ -7,15 +7,14 @@ NAME` (from the layerbench pytest plugin) restricts them to NAME.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from layerbench.harness.driver import Driver
-from layerbench.harness.plugins import default_plugins
-from layerbench.harness.testing import driver_session
+from layerbench.driver import Driver
+from layerbench.plugins import default_plugins
+from layerbench.testing import driver_session
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -1,6 +1,6 @@
 """The bare-kernel floor under layerbench's timed regions, measured side by side in one run.
 
-Each section times what the harness times (`harness/steps.py::_start`: create_container +
+Each section times what the harness times (`harness/run/steps.py::_start`: create_container +
 mount + first readdir) next to the bare mechanism, interleaved, order rotating every round,
 so both share the machine's noise; set-up and clean-up stay outside the clock.
 
@@ -46,16 +46,17 @@ from collections.abc import Callable
 from pathlib import Path
 from time import perf_counter_ns
 
+from layerbench.driver import Driver, LayerFormat
 from layerbench.drivers._common import unmount_below
 from layerbench.drivers.btrfs import BTRFS_IOC_SNAP_CREATE_V2, BtrfsDriver, _snap_args
 from layerbench.drivers.null import NullDriver
 from layerbench.drivers.overlay2 import Overlay2Driver
 from layerbench.drivers.vfs import VfsDriver
-from layerbench.harness import overhead, syscalls
-from layerbench.harness.backing import BackingStore
-from layerbench.harness.driver import Driver, LayerFormat
-from layerbench.harness.image import synthetic_image
-from layerbench.harness.treecopy import copy_tree
+from layerbench.images.image import synthetic_image
+from layerbench.kernel import syscalls
+from layerbench.kernel.treecopy import copy_tree
+from layerbench.run import overhead
+from layerbench.run.backing import BackingStore
 
 Op = Callable[[int], int]  # round number -> nanoseconds of the timed region
 Samples = dict[str, list[int]]
@@ -297,12 +298,15 @@ def vfs_section(workdir: Path, samples: int, layers: int) -> Samples:
             os.sync()
             src = str(home / "dir" / "l0")
             print(f"vfs: tree of {image.total_files} files, {image.total_bytes >> 20} MiB on ext4")
-            return interleave({
-                COPY_TREE: copy_tree_op(src, copies),
-                VFS_START: vfs_startup_op(driver, "l0"),
-                CP: command_op([cp, "-a", "--reflink=never", src, f"{copies}/cp{{r}}"], copies / "cp{r}"),
-                SPAWN: command_op([true]),
-            }, samples)
+            return interleave(
+                {
+                    COPY_TREE: copy_tree_op(src, copies),
+                    VFS_START: vfs_startup_op(driver, "l0"),
+                    CP: command_op([cp, "-a", "--reflink=never", src, f"{copies}/cp{{r}}"], copies / "cp{r}"),
+                    SPAWN: command_op([true]),
+                },
+                samples,
+            )
         finally:
             driver.close()
 
@@ -394,8 +398,9 @@ def summary(results: dict[str, Samples], recorded: dict[str, int] | None) -> lis
     if recorded is not None and "null_start_ns" in recorded:
         us = recorded["null_start_ns"] / 1e3
         verdict = "met" if us < NULL_TARGET_US else "NOT MET"
-        lines.append(f"{'null_start_ns as a run records it (overhead.measure)':<52} {us:>6.2f} µs {'< 20 µs':>9}  "
-                     f"{verdict}")
+        lines.append(
+            f"{'null_start_ns as a run records it (overhead.measure)':<52} {us:>6.2f} µs {'< 20 µs':>9}  {verdict}"
+        )
     return lines
 
 
@@ -408,8 +413,12 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=30, help="timed rounds (after 3 warm-up rounds)")
     ap.add_argument("--layers", type=int, default=8, help="image layers")
     ap.add_argument("--vfs-samples", type=int, default=15, help="timed rounds of the vfs section (100 MiB copies)")
-    ap.add_argument("--only", action="append", choices=["overlay2", "btrfs", "vfs", "null"],
-                    help="run only this section (repeatable)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=["overlay2", "btrfs", "vfs", "null"],
+        help="run only this section (repeatable)",
+    )
     ap.add_argument("--json", type=Path, help="write the raw samples (ns) here")
     opts = ap.parse_args()
     if opts.samples < 2 or opts.vfs_samples < 2 or opts.layers < 1:
@@ -448,8 +457,14 @@ def main() -> int:
     print()
     print("\n".join(summary(results, recorded)))
     if opts.json is not None:
-        meta = {"kernel": os.uname().release, "layers": opts.layers, "warmup": WARMUP, "unit": "ns",
-                "vfs_tree": {"files": VFS_FILES, "bytes": VFS_BYTES}, "overhead_measure": recorded}
+        meta = {
+            "kernel": os.uname().release,
+            "layers": opts.layers,
+            "warmup": WARMUP,
+            "unit": "ns",
+            "vfs_tree": {"files": VFS_FILES, "bytes": VFS_BYTES},
+            "overhead_measure": recorded,
+        }
         opts.json.write_text(json.dumps({**meta, "samples": results}, indent=1) + "\n")
     return 0
 

@@ -8,7 +8,7 @@ layers: overlay2 starts --per-step containers on images of 1, 8, 32, 128, 256 an
   layers (one file each) and prints the median startup and its slope per layer; above a
   page of mount data the driver adds lowers through fsconfig(lowerdir+).
 
-Timed regions are `harness/steps.py::_start`'s (create_container + mount + first readdir).
+Timed regions are `harness/run/steps.py::_start`'s (create_container + mount + first readdir).
 Usage: python benchmarks/scale.py [--containers 1000] [--per-step 20] [--json FILE]
 """
 
@@ -27,12 +27,13 @@ from time import perf_counter_ns
 from typing import Any
 
 import numpy as np
+
+from layerbench.driver import Driver
 from layerbench.drivers.btrfs import BtrfsDriver
 from layerbench.drivers.overlay2 import Overlay2Driver
-from layerbench.harness import syscalls
-from layerbench.harness.backing import BackingStore
-from layerbench.harness.driver import Driver
-from layerbench.harness.image import FileSpec, apply_layer, synthetic_image
+from layerbench.images.image import FileSpec, apply_layer, synthetic_image
+from layerbench.kernel import syscalls
+from layerbench.run.backing import BackingStore
 
 COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 LAYERS = (1, 8, 32, 128, 256, 500)
@@ -84,13 +85,18 @@ def containers_section(cls: type[Driver], workdir: Path, counts: list[int]) -> d
                     started.append(cid)
                 rows.append({"containers": n, "startup_ns": times, "disk_bytes": used_bytes(mnt) - base})
                 med = statistics.median(times) / 1e3
-                print(f"{cls.name:<9} {n:>6} containers  startup {med:>8.1f} µs (median of {len(times):>3})"
-                      f"  disk {(rows[-1]['disk_bytes']) / MiB:>8.2f} MiB", flush=True)
+                print(
+                    f"{cls.name:<9} {n:>6} containers  startup {med:>8.1f} µs (median of {len(times):>3})"
+                    f"  disk {(rows[-1]['disk_bytes']) / MiB:>8.2f} MiB",
+                    flush=True,
+                )
             xs = [r["containers"] for r in rows]
             s_start = slope(xs, [statistics.median(r["startup_ns"]) for r in rows])
             s_disk = slope(xs, [r["disk_bytes"] for r in rows])
-            print(f"{cls.name:<9} slope: startup {s_start / 1e3:+.3f} µs per container, "
-                  f"disk {s_disk / 1024:+.1f} KiB per container")
+            print(
+                f"{cls.name:<9} slope: startup {s_start / 1e3:+.3f} µs per container, "
+                f"disk {s_disk / 1024:+.1f} KiB per container"
+            )
             return {"rows": rows, "startup_slope_ns": s_start, "disk_slope_bytes": s_disk}
         finally:
             for cid in reversed(started):
@@ -123,8 +129,11 @@ def layers_section(workdir: Path, layer_counts: list[int], per_step: int) -> dic
                     if k >= 2:
                         times.append(ns)
                 rows.append({"layers": count, "startup_ns": times})
-                print(f"overlay2  {count:>4} layers  startup {statistics.median(times) / 1e3:>8.1f} µs "
-                      f"(median of {len(times)})", flush=True)
+                print(
+                    f"overlay2  {count:>4} layers  startup {statistics.median(times) / 1e3:>8.1f} µs "
+                    f"(median of {len(times)})",
+                    flush=True,
+                )
             s = slope([r["layers"] for r in rows], [statistics.median(r["startup_ns"]) for r in rows])
             print(f"overlay2  slope: startup {s / 1e3:+.2f} µs per layer")
             return {"rows": rows, "startup_slope_ns": s}

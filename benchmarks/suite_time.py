@@ -23,9 +23,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from layerbench.harness import results
-from layerbench.harness.sampling import PHASES, STOP_REASONS, time_split_lines
-from layerbench.harness.stats import ci_half_width
+from layerbench.analysis import results
+from layerbench.analysis.stats import ci_half_width
+from layerbench.run.sampling import PHASES, STOP_REASONS, time_split_lines
 
 BEFORE = ["--target-ci", "0", "--no-templates"]
 AFTER = ["--templates"]
@@ -34,8 +34,20 @@ Key = tuple[str, str, str, str, str]
 
 def _run(label: str, extra: list[str], args: list[str], work_root: Path, results_dir: Path) -> tuple[Path, float]:
     """Run the suite; return its results file and wall seconds."""
-    cmd = [sys.executable, "-c", "from layerbench.harness.cli import main; main()", "run", *args, *extra,
-           "--label", label, "--work-root", str(work_root), "--results-dir", str(results_dir)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from layerbench.cli import main; main()",
+        "run",
+        *args,
+        *extra,
+        "--label",
+        label,
+        "--work-root",
+        str(work_root),
+        "--results-dir",
+        str(results_dir),
+    ]
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.monotonic() - started
@@ -68,10 +80,12 @@ def summary(name: str, doc: dict[str, Any], wall: float) -> list[str]:
     cells = [c for c in doc["cells"] if c.get("time_split_s")]
     total = {p: sum(c["time_split_s"][p] for c in cells) for p in PHASES}
     stops = [c.get("stop_reason") for c in cells]
-    return [f"== {name}: {len(doc['cells'])} cells, wall {wall:.1f} s, timed fraction "
-            f"{total['timed'] / (sum(total.values()) or 1):.1%} of the cells' {sum(total.values()):.1f} s; "
-            f"stopped: " + ", ".join(f"{r} {stops.count(r)}" for r in STOP_REASONS),
-            *time_split_lines(doc)]
+    return [
+        f"== {name}: {len(doc['cells'])} cells, wall {wall:.1f} s, timed fraction "
+        f"{total['timed'] / (sum(total.values()) or 1):.1%} of the cells' {sum(total.values()):.1f} s; "
+        f"stopped: " + ", ".join(f"{r} {stops.count(r)}" for r in STOP_REASONS),
+        *time_split_lines(doc),
+    ]
 
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -81,9 +95,13 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         return ["no headline metric in both runs"]
     wider = [k for k in both if b[k] > a[k] * 1.001]
     finite = [k for k in both if a[k] != float("inf") and b[k] != float("inf")]
-    lines = [(f"== headline CI half-widths (of the median), {len(both)} metrics in both runs: "
-              f"median before {statistics.median(a[k] for k in finite):.1%}, after "
-              f"{statistics.median(b[k] for k in finite):.1%}; wider after: {len(wider)}")]
+    lines = [
+        (
+            f"== headline CI half-widths (of the median), {len(both)} metrics in both runs: "
+            f"median before {statistics.median(a[k] for k in finite):.1%}, after "
+            f"{statistics.median(b[k] for k in finite):.1%}; wider after: {len(wider)}"
+        )
+    ]
     for k in both:
         mark = "  WIDER" if k in wider else ""
         lines.append(f"  {' '.join(x for x in k[:4] if x)} {k[4]}: {a[k]:.1%} -> {b[k]:.1%}{mark}")
@@ -102,8 +120,10 @@ def main() -> None:
         walls = [_wall(d) for d in docs]
     else:
         print(f"load average before: {os.getloadavg()}", flush=True)
-        runs = [_run(label, extra, opts.args, opts.work_root, opts.results_dir)
-                for label, extra in (("before", BEFORE), ("after", AFTER))]
+        runs = [
+            _run(label, extra, opts.args, opts.work_root, opts.results_dir)
+            for label, extra in (("before", BEFORE), ("after", AFTER))
+        ]
         print(f"load average after: {os.getloadavg()}")
         docs = [results.read(p) for p, _ in runs]
         walls = [w for _, w in runs]

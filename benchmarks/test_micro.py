@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from layerbench.harness.driver import Driver, Style
+from layerbench.driver import Driver, Style
 
 ROUNDS = 15
 
@@ -66,7 +66,11 @@ def changes(upper: Path | None, container_root: Path, image_root: Path) -> list[
                 out.append("A " + rel)
                 continue
             if (a.st_mode, a.st_size, a.st_mtime_ns, a.st_uid, a.st_gid) != (
-                b.st_mode, b.st_size, b.st_mtime_ns, b.st_uid, b.st_gid
+                b.st_mode,
+                b.st_size,
+                b.st_mtime_ns,
+                b.st_uid,
+                b.st_gid,
             ) and not (os.path.isdir(os.path.join(top, name)) and a.st_mode == b.st_mode):
                 out.append("C " + rel)
     for top, dirs, files in os.walk(image_root):
@@ -149,8 +153,9 @@ def test_diff(benchmark: Any, bench_driver: Driver, files: int) -> None:
     upper = Path(info["UpperDir"]) if "UpperDir" in info else None
     image_root = dirs[top]
     try:
-        found = benchmark.pedantic(changes, args=(upper, root, image_root), rounds=5 if files > 100 else ROUNDS,
-                                   warmup_rounds=1)
+        found = benchmark.pedantic(
+            changes, args=(upper, root, image_root), rounds=5 if files > 100 else ROUNDS, warmup_rounds=1
+        )
     finally:
         bench_driver.unmount("c")
     assert sum(1 for c in found if "new" in c) >= files

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from layerbench.harness import hookimpl
-from layerbench.harness.plugins import DriverRegistry
+from layerbench import hookimpl
+from layerbench.plugins import DriverRegistry
 
 from .btrfs import BtrfsDriver
 from .composefs import ComposefsDriver

@@ -6,7 +6,7 @@ import errno
 import os
 from pathlib import Path
 
-from layerbench.harness import safety, syscalls
+from layerbench.kernel import safety, syscalls
 
 __all__ = ["needs_root", "fs_in_kernel", "unmount_below", "remove_tree", "Lineage"]
 

@@ -31,7 +31,7 @@ import subprocess
 from pathlib import Path
 from typing import ClassVar
 
-from layerbench.harness import syscalls
+from layerbench.kernel import syscalls
 
 from ._common import remove_tree
 from .containerd_overlayfs import ContainerdOverlayfsDriver
@@ -49,7 +49,7 @@ def _loop_config(backing_fd: int, name: str) -> bytes:
     info = bytearray(232)
     struct.pack_into("=I", info, 52, _LO_FLAGS_READ_ONLY | _LO_FLAGS_AUTOCLEAR)
     raw = os.fsencode(name)[:63]
-    info[56:56 + len(raw)] = raw
+    info[56 : 56 + len(raw)] = raw
     return struct.pack("=II", backing_fd, 0) + bytes(info) + bytes(64)
 
 

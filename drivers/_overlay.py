@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from layerbench.harness import syscalls
-from layerbench.harness.driver import Driver, LayerFormat, Style
+from layerbench.driver import Driver, LayerFormat, Style
+from layerbench.kernel import syscalls
 
 from ._common import Lineage, remove_tree, unmount_below
 
@@ -63,7 +63,7 @@ def overlay_data(
 
 def _relative(path: str, root: str) -> str:
     prefix = root.rstrip("/") + "/"
-    return path[len(prefix):] if path.startswith(prefix) else path
+    return path[len(prefix) :] if path.startswith(prefix) else path
 
 
 def mount_overlay(
@@ -103,8 +103,12 @@ def mount_overlay(
     if fsconfig:
         syscalls.overlay_mount(target, lowers, upper, work, pairs, data_lowers=data_lowers)
         return "fsconfig"
-    raise OSError(errno.E2BIG, f"overlay mount of {len(lowers)} lower layers: the data string does not fit "
-                               f"a {PAGE}-byte page and the kernel has no fsconfig lowerdir+", target)
+    raise OSError(
+        errno.E2BIG,
+        f"overlay mount of {len(lowers)} lower layers: the data string does not fit "
+        f"a {PAGE}-byte page and the kernel has no fsconfig lowerdir+",
+        target,
+    )
 
 
 @dataclass
@@ -147,8 +151,14 @@ class OverlayLayout(Driver):
         os.mkdir(spec.merged)
         try:
             self.mounted_via[container_id] = mount_overlay(
-                spec.merged, spec.lowers, spec.upper, spec.work, self.mount_options,
-                data_lowers=spec.data_lowers, relative_to=spec.relative_to, fsconfig=self.new_api,
+                spec.merged,
+                spec.lowers,
+                spec.upper,
+                spec.work,
+                self.mount_options,
+                data_lowers=spec.data_lowers,
+                relative_to=spec.relative_to,
+                fsconfig=self.new_api,
             )
         except BaseException:
             os.rmdir(spec.merged)

@@ -14,7 +14,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from layerbench.harness.driver import Driver, LayerFormat, Style
+from layerbench.driver import Driver, LayerFormat, Style
 
 from ._common import Lineage, fs_in_kernel, needs_root, remove_tree
 
@@ -22,8 +22,8 @@ BTRFS_IOC_SUBVOL_CREATE = 0x5000940E
 BTRFS_IOC_SNAP_DESTROY = 0x5000940F
 BTRFS_IOC_SNAP_CREATE_V2 = 0x50009417
 BTRFS_IOC_SYNC = 0x9408
-_VOL_ARGS_SIZE = 4096          # struct btrfs_ioctl_vol_args: int64 fd; char name[4088]
-_V2_NAME_OFFSET = 56           # struct btrfs_ioctl_vol_args_v2: fd, transid, flags, union[32], name
+_VOL_ARGS_SIZE = 4096  # struct btrfs_ioctl_vol_args: int64 fd; char name[4088]
+_V2_NAME_OFFSET = 56  # struct btrfs_ioctl_vol_args_v2: fd, transid, flags, union[32], name
 
 
 def _vol_args(name: str) -> bytearray:

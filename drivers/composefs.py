@@ -47,8 +47,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from layerbench.harness import syscalls
-from layerbench.harness.treecopy import copy_tree
+from layerbench.kernel import syscalls
+from layerbench.kernel.treecopy import copy_tree
 
 from ._common import fs_in_kernel, needs_root, remove_tree
 from ._overlay import OverlayLayout, OverlayMount, mount_overlay
@@ -148,8 +148,11 @@ def _xattr(path: str, name: str) -> bytes | None:
 
 def _own_xattrs(src: str, dst: str, clear: bool) -> None:
     """Give `dst` the xattrs of `src` that are not overlay's (and, with `clear`, only those)."""
-    keep = {n: os.getxattr(src, n, follow_symlinks=False) for n in os.listxattr(src, follow_symlinks=False)
-            if not n.startswith(_OVERLAY_PREFIX)}
+    keep = {
+        n: os.getxattr(src, n, follow_symlinks=False)
+        for n in os.listxattr(src, follow_symlinks=False)
+        if not n.startswith(_OVERLAY_PREFIX)
+    }
     if clear:
         for name in os.listxattr(dst, follow_symlinks=False):
             if name not in keep and not name.startswith(_OVERLAY_PREFIX):
@@ -306,11 +309,13 @@ def _self_test() -> tuple[str | None, str]:
             return f"the kernel cannot mount an EROFS image from a file (Linux 6.12+): {exc.strerror}", version
         try:
             try:
-                mount_overlay(merged, [meta], None, None, ComposefsDriver.mount_options, data_lowers=[objects],
-                              fsconfig=False)
+                mount_overlay(
+                    merged, [meta], None, None, ComposefsDriver.mount_options, data_lowers=[objects], fsconfig=False
+                )
             except OSError as exc:
-                return (f"overlayfs refuses a data-only lower with metacopy=on,redirect_dir=on (Linux 6.5+): "
-                        f"{exc.strerror}"), version
+                return (
+                    f"overlayfs refuses a data-only lower with metacopy=on,redirect_dir=on (Linux 6.5+): {exc.strerror}"
+                ), version
             try:
                 with open(f"{merged}/f", "rb") as f:
                     data = f.read()
@@ -374,8 +379,13 @@ class ComposefsDriver(OverlayLayout):
 
     def overlay_of(self, container_id: str) -> OverlayMount:
         d = self._container(container_id)
-        return OverlayMount(merged=str(d / "merged"), lowers=[str(d / "meta")], upper=str(d / "upper"),
-                            work=str(d / "work"), data_lowers=[str(self.store.root)])
+        return OverlayMount(
+            merged=str(d / "merged"),
+            lowers=[str(d / "meta")],
+            upper=str(d / "upper"),
+            work=str(d / "work"),
+            data_lowers=[str(self.store.root)],
+        )
 
     # --- layers ------------------------------------------------------------------------
 
@@ -441,8 +451,9 @@ class ComposefsDriver(OverlayLayout):
         os.mkdir(self._layer(layer_id), 0o700)
         self.lineage.add_commit(layer_id, container_id)
         try:
-            self._flatten(layer_id, self.lineage.parent[layer_id],
-                          str(self._container(container_id) / "upper"), move=False)
+            self._flatten(
+                layer_id, self.lineage.parent[layer_id], str(self._container(container_id) / "upper"), move=False
+            )
         except BaseException:
             self.lineage.forget(layer_id)
             remove_tree(self._layer(layer_id))

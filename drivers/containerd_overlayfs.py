@@ -36,8 +36,8 @@ import errno
 import os
 from pathlib import Path
 
-from layerbench.harness import syscalls
-from layerbench.harness.treecopy import copy_tree
+from layerbench.kernel import syscalls
+from layerbench.kernel.treecopy import copy_tree
 
 from ._common import fs_in_kernel, needs_root, remove_tree
 from ._overlay import OverlayLayout, OverlayMount
@@ -150,8 +150,12 @@ class ContainerdOverlayfsDriver(OverlayLayout):
         return Path(target)
 
     def commit(self, container_id: str, layer_id: str) -> None:
-        self._new_snapshot(layer_id, self.lineage.parent.get(container_id), active=False,
-                           fs_from=f"{self.snapshot_dir(container_id)}/fs")
+        self._new_snapshot(
+            layer_id,
+            self.lineage.parent.get(container_id),
+            active=False,
+            fs_from=f"{self.snapshot_dir(container_id)}/fs",
+        )
 
     def remove(self, item_id: str) -> None:
         self.lineage.check_removable(item_id)

@@ -29,7 +29,7 @@ import functools
 import shutil
 import subprocess
 
-from layerbench.harness import syscalls
+from layerbench.kernel import syscalls
 
 from ._common import fs_in_kernel, needs_root
 from ._image_layers import ImageLayersDriver, mount_via_loop, run_tool

@@ -18,14 +18,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from layerbench.harness import syscalls
+from layerbench.kernel import syscalls
 
 from ._common import remove_tree, unmount_below
 from .overlay2 import Overlay2Driver
 
 __all__ = ["FuseOverlayfsDriver"]
 
-#: as every mount layerbench makes (harness/syscalls.py): an image's device nodes and setuid bits are inert
+#: as every mount layerbench makes (harness/kernel/syscalls.py): an image's device nodes and setuid bits are inert
 _SAFE_OPTIONS = "nodev,nosuid"
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerbench.harness.driver import Driver, LayerFormat, Style
+from layerbench.driver import Driver, LayerFormat, Style
 
 from ._common import Lineage, remove_tree
 

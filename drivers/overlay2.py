@@ -21,8 +21,8 @@ import random
 from pathlib import Path
 from typing import ClassVar
 
-from layerbench.harness import syscalls
-from layerbench.harness.treecopy import copy_tree
+from layerbench.kernel import syscalls
+from layerbench.kernel.treecopy import copy_tree
 
 from ._common import fs_in_kernel, needs_root, remove_tree
 from ._overlay import OverlayLayout, OverlayMount

@@ -7,7 +7,7 @@ overlay2's layout (see :mod:`.overlay2`); the differences:
 
 - every cell runs in that namespace (`userns = True`): the runner hands the
   store to the user and builds the image and takes the samples in a forked child
-  (:mod:`layerbench.harness.userns`); mounts are invisible to the host and go with
+  (:mod:`layerbench.run.userns`); mounts are invisible to the host and go with
   the child;
 - the mount adds `userxattr`: overlay keeps its metadata in `user.overlay.*`
   (`trusted.*` cannot be set there), so an opaque directory in a DIFF layer is
@@ -25,12 +25,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from layerbench.harness import syscalls, userns
+from layerbench.kernel import syscalls
+from layerbench.run import userns
 
 from ._common import fs_in_kernel
 from .overlay2 import Overlay2Driver
 
 __all__ = ["Overlay2RootlessDriver"]
+
 
 class Overlay2RootlessDriver(Overlay2Driver):
     """overlay2's layout, mounted with `userxattr` inside an unprivileged user namespace."""
@@ -56,10 +58,11 @@ class Overlay2RootlessDriver(Overlay2Driver):
 
     def setup(self) -> None:
         if userns.in_initial_userns():
-            raise RuntimeError(f"{self.name} runs only inside a user namespace: through the runner, the "
-                               f"layerbench_driver fixture or layerbench.harness.userns.run_in_userns")
+            raise RuntimeError(
+                f"{self.name} runs only inside a user namespace: through the runner, the "
+                f"layerbench_driver fixture or layerbench.run.userns.run_in_userns"
+            )
         super().setup()
-
 
 
 def _trial(root: str) -> None:
@@ -69,8 +72,13 @@ def _trial(root: str) -> None:
     with open(f"{root}/lower/f", "w") as f:
         f.write("lower")
     merged = f"{root}/merged"
-    syscalls.mount("overlay", merged, "overlay", 0,
-                   f"lowerdir={root}/lower,upperdir={root}/upper,workdir={root}/work,index=off,userxattr")
+    syscalls.mount(
+        "overlay",
+        merged,
+        "overlay",
+        0,
+        f"lowerdir={root}/lower,upperdir={root}/upper,workdir={root}/work,index=off,userxattr",
+    )
     try:
         with open(f"{merged}/f", "a") as f:
             f.write("+")

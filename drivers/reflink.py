@@ -17,7 +17,7 @@ import fcntl
 import os
 import shutil
 
-from layerbench.harness.driver import Style
+from layerbench.driver import Style
 
 from ._common import fs_in_kernel, needs_root
 from .vfs import VfsDriver

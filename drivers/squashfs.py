@@ -51,7 +51,7 @@ def compressors() -> list[str]:
     lines = _mksquashfs_help().splitlines()
     start = next((i for i, line in enumerate(lines) if line.strip() == "Compressors available:"), len(lines))
     names = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not (m := re.fullmatch(r"\t+(\w+)( \(default\))?", line)):
             break
         names.append(m.group(1))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from layerbench.harness.driver import Driver, LayerFormat, Style
-from layerbench.harness.treecopy import FileCopier, copy_data, copy_tree
+from layerbench.driver import Driver, LayerFormat, Style
+from layerbench.kernel.treecopy import FileCopier, copy_data, copy_tree
 
 from ._common import Lineage, remove_tree
 

@@ -27,8 +27,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from layerbench.harness import syscalls
-from layerbench.harness.driver import Driver, LayerFormat, Style
+from layerbench.driver import Driver, LayerFormat, Style
+from layerbench.kernel import syscalls
 
 from ._common import Lineage, needs_root, unmount_below
 
@@ -133,8 +133,24 @@ class ZfsDriver(Driver):
         with open(self.vdev, "wb") as f:
             f.truncate(self.pool_bytes)
         self.mountpoint.mkdir()
-        proc = subprocess.run(["zpool", "create", "-o", "cachefile=none", "-O", "devices=off", "-O", "setuid=off",
-                               "-m", str(self.mountpoint), self.pool, str(self.vdev)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                "zpool",
+                "create",
+                "-o",
+                "cachefile=none",
+                "-O",
+                "devices=off",
+                "-O",
+                "setuid=off",
+                "-m",
+                str(self.mountpoint),
+                self.pool,
+                str(self.vdev),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             self.close()
             raise OSError(f"zpool create failed: {proc.stderr.strip()}")
@@ -206,8 +222,12 @@ class ZfsDriver(Driver):
 
     def inspect(self, item_id: str) -> dict[str, str]:
         origin = self._zfs("get", "-H", "-o", "value", "origin", self._ds(item_id)).strip()
-        return {"Dataset": self._ds(item_id), "Mountpoint": str(self.mountpoint / item_id),
-                "Origin": origin, "Implementation": "ZFS on FUSE (zfs-fuse)"}
+        return {
+            "Dataset": self._ds(item_id),
+            "Mountpoint": str(self.mountpoint / item_id),
+            "Origin": origin,
+            "Implementation": "ZFS on FUSE (zfs-fuse)",
+        }
 
     def close(self) -> None:
         grace = 0.5  # with no pool left the daemon holds nothing, so it need not be waited out

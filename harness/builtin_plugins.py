@@ -12,48 +12,48 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .hookspecs import hookimpl
+from layerbench.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from .image import Image
-    from .plugins import ExporterRegistry, ImageSourceRegistry
-    from .report import Report
+    from layerbench.images.image import Image
+    from layerbench.plugins import ExporterRegistry, ImageSourceRegistry
+    from layerbench.report import Report
 
 __all__ = ["layerbench_register_exporters", "layerbench_register_image_sources"]
 
 
 def _table(report: Report) -> str:
-    from .table import comparison_table
+    from layerbench.report.table import comparison_table
 
     return comparison_table(report.doc)
 
 
 def _md(report: Report) -> str:
-    from .report_md import render_md
+    from layerbench.report.report_md import render_md
 
     return render_md(report)
 
 
 def _md_long(report: Report) -> str:
-    from .report_md import render_md_long
+    from layerbench.report.report_md import render_md_long
 
     return render_md_long(report)
 
 
 def _html(report: Report) -> str:
-    from .report_html import render_html
+    from layerbench.report.report_html import render_html
 
     return render_html(report)
 
 
 def _csv(report: Report) -> str:
-    from .report import render_csv
+    from layerbench.report import render_csv
 
     return render_csv(report)
 
 
 def _json(report: Report) -> str:
-    from .report import render_json
+    from layerbench.report import render_json
 
     return render_json(report)
 
@@ -71,29 +71,41 @@ def _writer(render: Callable[[Report], str]) -> Callable[[Report, TextIO], None]
 @hookimpl
 def layerbench_register_exporters(registry: ExporterRegistry) -> None:
     """The report formats: Markdown (short and long), HTML, the tidy CSV, JSON and the console table."""
-    registry.add("md", _writer(_md), suffix=".md",
-                 description="Markdown for a pull request: verdict, claims, headline tables")
-    registry.add("md-long", _writer(_md_long), suffix=".md",
-                 description="Markdown, everything: every metric, slopes and statistics (`-f md --long`)")
+    registry.add(
+        "md", _writer(_md), suffix=".md", description="Markdown for a pull request: verdict, claims, headline tables"
+    )
+    registry.add(
+        "md-long",
+        _writer(_md_long),
+        suffix=".md",
+        description="Markdown, everything: every metric, slopes and statistics (`-f md --long`)",
+    )
     registry.add("html", _writer(_html), suffix=".html", description="a self-contained page with every plot")
-    registry.add("csv", _writer(_csv), suffix=".csv",
-                 description="the tidy CSV, a row per cell and metric (the same as `run --export-csv`)")
-    registry.add("json", _writer(_json), suffix=".json",
-                 description="the report's data: runs, verdict, rows with ratios, slopes, claims")
-    registry.add("table", _writer(_table), suffix=".txt",
-                 description="the comparison table `layerbench run` prints")
+    registry.add(
+        "csv",
+        _writer(_csv),
+        suffix=".csv",
+        description="the tidy CSV, a row per cell and metric (the same as `run --export-csv`)",
+    )
+    registry.add(
+        "json",
+        _writer(_json),
+        suffix=".json",
+        description="the report's data: runs, verdict, rows with ratios, slopes, claims",
+    )
+    registry.add("table", _writer(_table), suffix=".txt", description="the comparison table `layerbench run` prints")
 
 
 def _synthetic(table: Mapping[str, Any], base_dir: Path) -> Image:
-    from .scenario import synthetic_from_table
+    from layerbench.scenario import synthetic_from_table
 
     return synthetic_from_table(dict(table))
 
 
 def _synthetic_oci(table: Mapping[str, Any], base_dir: Path) -> Image:
-    from .image_sources import open_image
-    from .oci import synthetic_layout
-    from .scenario import synthetic_from_table
+    from layerbench.images.image_sources import open_image
+    from layerbench.images.oci import synthetic_layout
+    from layerbench.scenario import synthetic_from_table
 
     return open_image("oci", synthetic_layout(synthetic_from_table(dict(table)), table.get("compression", "gzip")))
 
@@ -102,7 +114,7 @@ def _from_path(source: str) -> Callable[[Mapping[str, Any], Path], Image]:
     """The image source reading `path` (relative to the scenario file) as a `source` image."""
 
     def open_path(table: Mapping[str, Any], base_dir: Path) -> Image:
-        from .image_sources import open_image
+        from layerbench.images.image_sources import open_image
 
         return open_image(source, base_dir / table["path"])
 
@@ -114,8 +126,11 @@ def _from_path(source: str) -> Callable[[Mapping[str, Any], Path], Image]:
 def layerbench_register_image_sources(registry: ImageSourceRegistry) -> None:
     """Generated images, an OCI image layout, a `docker save` archive and a host directory."""
     registry.add("synthetic", _synthetic, description="generated layers of files ([image] layers, files, bytes...)")
-    registry.add("synthetic-oci", _synthetic_oci,
-                 description="a synthetic image packed as an OCI layout with compressed layers, then imported")
+    registry.add(
+        "synthetic-oci",
+        _synthetic_oci,
+        description="a synthetic image packed as an OCI layout with compressed layers, then imported",
+    )
     registry.add("oci", _from_path("oci"), description="an OCI image layout directory or tar (path)")
     registry.add("docker-archive", _from_path("docker-archive"), description="a `docker save` archive (path)")
     registry.add("dir", _from_path("dir"), description="a host directory as a one-layer image (path)")

@@ -30,10 +30,10 @@ __all__ = ["Driver", "Style", "LayerFormat"]
 class Style(str, Enum):
     """How a driver stores a layer stack."""
 
-    UNION = "union"        # layers are directories merged at mount time (overlayfs)
-    COPY = "copy"          # every layer and container is a full copy (vfs)
+    UNION = "union"  # layers are directories merged at mount time (overlayfs)
+    COPY = "copy"  # every layer and container is a full copy (vfs)
     SNAPSHOT = "snapshot"  # block- or file-level copy-on-write snapshots (btrfs)
-    NONE = "none"          # stores nothing measurable (null)
+    NONE = "none"  # stores nothing measurable (null)
 
 
 class LayerFormat(str, Enum):

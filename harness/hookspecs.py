@@ -17,11 +17,15 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from .plugins import DriverRegistry, ExporterRegistry, ImageSourceRegistry
+    from layerbench.plugins import DriverRegistry, ExporterRegistry, ImageSourceRegistry
 
 __all__ = [
-    "hookspec", "hookimpl", "PROJECT",
-    "layerbench_register_drivers", "layerbench_register_exporters", "layerbench_register_image_sources",
+    "hookspec",
+    "hookimpl",
+    "PROJECT",
+    "layerbench_register_drivers",
+    "layerbench_register_exporters",
+    "layerbench_register_image_sources",
 ]
 
 PROJECT = "layerbench"
@@ -34,7 +38,7 @@ def layerbench_register_drivers(registry: DriverRegistry) -> None:
     """Add driver classes with ``registry.add(MyDriver)``.
 
     :param registry: the registry; a duplicate name or a class missing a method of
-        :class:`layerbench.harness.driver.Driver` is refused, naming the plugin.
+        :class:`layerbench.driver.Driver` is refused, naming the plugin.
     """
 
 
@@ -43,7 +47,7 @@ def layerbench_register_exporters(registry: ExporterRegistry) -> None:
     """Add report formats with ``registry.add(name, exporter, suffix=..., description=...)``.
 
     :param registry: the registry. ``exporter`` is a callable
-        ``exporter(report: layerbench.harness.report.Report, out: typing.TextIO) -> None``
+        ``exporter(report: layerbench.report.Report, out: typing.TextIO) -> None``
         that writes a report to ``out``: ``report.doc`` is the merged results document
         (the JSON the runner saves, see docs/results.md), ``report.rows`` one summary
         row per cell and metric with its ``ratio`` to ``report.baseline``. ``name`` is
@@ -62,7 +66,7 @@ def layerbench_register_image_sources(registry: ImageSourceRegistry) -> None:
         a scenario's ``[image]`` table (whose ``source`` key is ``name``; parameters
         substituted; its other keys are the source's to check, raising ``UserError``)
         and the directory of the scenario file, and returns an object with the
-        :class:`layerbench.harness.image.Image` protocol (layer_count, total_bytes,
+        :class:`layerbench.images.image.Image` protocol (layer_count, total_bytes,
         total_files, file_paths(), apply(index, root, layer_format, *, opaque_xattr)).
         ``source = "<name>"`` is then valid in a scenario and the runner opens the
         image through it. A duplicate name or a source that is not callable is

@@ -17,24 +17,33 @@ from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 import pluggy
 
-from . import builtin_plugins, hookspecs
-from .driver import Driver, LayerFormat, Style
-from .errors import UserError
+from layerbench import builtin_plugins, hookspecs
+from layerbench.driver import Driver, LayerFormat, Style
+from layerbench.errors import UserError
 
 if TYPE_CHECKING:
-    from .image import Image
-    from .report import Report
+    from layerbench.images.image import Image
+    from layerbench.report import Report
 
 __all__ = [
-    "DriverRegistry", "ExporterRegistry", "ImageSourceRegistry", "Exporter", "ImageSource",
-    "PluginError", "PluginInfo", "Plugins", "load_plugins", "ENTRY_POINT_GROUP", "ENTRY_POINT_GROUPS",
+    "DriverRegistry",
+    "ExporterRegistry",
+    "ImageSourceRegistry",
+    "Exporter",
+    "ImageSource",
+    "PluginError",
+    "PluginInfo",
+    "Plugins",
+    "load_plugins",
+    "ENTRY_POINT_GROUP",
+    "ENTRY_POINT_GROUPS",
 ]
 
 ENTRY_POINT_GROUP = "layerbench.drivers"
 #: Plugins are found in both groups: drivers, and plugins that add anything else.
 ENTRY_POINT_GROUPS = (ENTRY_POINT_GROUP, "layerbench.plugins")
 
-#: Writes a report (harness/report.py `Report`: the merged results document and its summary) to a text stream.
+#: Writes a report (harness/report/__init__.py `Report`: the merged results document and its summary) to a text stream.
 Exporter = Callable[["Report", TextIO], None]
 #: Turns a scenario's [image] table (and the scenario file's directory) into layers.
 ImageSource = Callable[[Mapping[str, Any], Path], "Image"]
@@ -61,13 +70,10 @@ class DriverRegistry:
                 raise PluginError(f"plugin {plugin}: driver {cls.__name__} has no valid `{attr}`")
         missing = sorted(getattr(cls, "__abstractmethods__", ()))
         if missing:
-            raise PluginError(
-                f"plugin {plugin}: driver {cls.name!r} does not implement {', '.join(missing)}"
-            )
+            raise PluginError(f"plugin {plugin}: driver {cls.name!r} does not implement {', '.join(missing)}")
         if cls.name in self.drivers:
             raise PluginError(
-                f"plugin {plugin}: driver name {cls.name!r} is already registered "
-                f"by plugin {self.origin[cls.name]}"
+                f"plugin {plugin}: driver name {cls.name!r} is already registered by plugin {self.origin[cls.name]}"
             )
         self.drivers[cls.name] = cls
         self.origin[cls.name] = plugin
@@ -136,8 +142,15 @@ class PluginInfo:
     image_sources: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "module": self.module, "hooks": self.hooks,
-                "drivers": self.drivers, "exporters": self.exporters, "image_sources": self.image_sources}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "module": self.module,
+            "hooks": self.hooks,
+            "drivers": self.drivers,
+            "exporters": self.exporters,
+            "image_sources": self.image_sources,
+        }
 
 
 @dataclass
@@ -243,9 +256,11 @@ def load_plugins(extra: tuple[object, ...] = ()) -> Plugins:
                 for impl in impls:
                     hooks.append(hook)
                     registry.current_plugin = exporters.current_plugin = sources.current_plugin = label
-                    target = {"layerbench_register_drivers": registry,
-                              "layerbench_register_exporters": exporters,
-                              "layerbench_register_image_sources": sources}[hook]
+                    target = {
+                        "layerbench_register_drivers": registry,
+                        "layerbench_register_exporters": exporters,
+                        "layerbench_register_image_sources": sources,
+                    }[hook]
                     impl.function(registry=target)
         except Exception as exc:  # noqa: BLE001  (as above)
             registry.drivers, registry.origin = saved[0], saved[1]
@@ -255,14 +270,16 @@ def load_plugins(extra: tuple[object, ...] = ()) -> Plugins:
             pm.unregister(plugin)
             continue
         info[label] = PluginInfo(
-            name=label, version=version, module=_module_of(plugin), hooks=sorted(set(hooks)),
+            name=label,
+            version=version,
+            module=_module_of(plugin),
+            hooks=sorted(set(hooks)),
             drivers=sorted(n for n, o in registry.origin.items() if o == label),
             exporters=sorted(n for n, o in exporters.origin.items() if o == label),
             image_sources=sorted(n for n, o in sources.origin.items() if o == label),
         )
     pm.check_pending()
-    return Plugins(manager=pm, registry=registry, broken=broken, exporters=exporters,
-                   image_sources=sources, info=info)
+    return Plugins(manager=pm, registry=registry, broken=broken, exporters=exporters, image_sources=sources, info=info)
 
 
 @functools.cache

@@ -19,12 +19,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .image import FileSpec, Image, SyntheticImage, synthetic_image
-from .oci import COMPRESSIONS
+from layerbench.errors import UserError
+from layerbench.images.image import FileSpec, Image, SyntheticImage, synthetic_image
+from layerbench.images.oci import COMPRESSIONS
 
-__all__ = ["Scenario", "Step", "load_scenario", "builtin_scenarios", "resolve_scenarios", "synthetic_from_table",
-           "STEPS", "SELECT"]
+__all__ = [
+    "Scenario",
+    "Step",
+    "load_scenario",
+    "builtin_scenarios",
+    "resolve_scenarios",
+    "synthetic_from_table",
+    "STEPS",
+    "SELECT",
+]
 
 _REF = re.compile(r"^\$\{([a-z_][a-z0-9_]*)\}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -42,7 +50,7 @@ _KIND_TEXT = {
     BOOL: "true or false",
     FRACTION: "a number in (0, 1]",
     NUMBER: "a number > 0",
-    ERRNOS: "a list of errno names such as [\"EXDEV\", \"EROFS\"]",
+    ERRNOS: 'a list of errno names such as ["EXDEV", "EROFS"]',
     MODE: "a file mode such as 0o644",
 }
 
@@ -83,7 +91,7 @@ _SOURCES = {
     "oci": {"path"},
     "docker-archive": {"path"},
 }
-# a synthetic image packed as an OCI layout with compressed layers (harness/oci.py), imported as one
+# a synthetic image packed as an OCI layout with compressed layers (harness/images/oci.py), imported as one
 _SOURCES["synthetic-oci"] = _SOURCES["synthetic"] | {"compression"}
 _IMAGE_FILE = {"path": (STR, True), "size": (SIZE, True), "layer": (INT, False), "mode": (MODE, False)}
 _IMAGE_REMOVE = {"path": (STR, True), "layer": (INT, True)}
@@ -145,7 +153,7 @@ class Scenario:
 
     def image(self, params: dict[str, Any]) -> Image:
         """The [image], opened by the registered image source it names (harness/builtin_plugins.py or a plugin's)."""
-        from .plugins import default_plugins
+        from layerbench.plugins import default_plugins
 
         img = _subst(self.raw_image, params)
         return default_plugins().image_source(img.get("source", "synthetic"))(img, Path(self.path).parent)
@@ -231,7 +239,7 @@ class _Checker:
                     raise self.fail(where, f"parameter {name} = {v!r} is not {_describe(kind)}")
             return
         if not _ok(value, kind):
-            raise self.fail(where, f"expected {_describe(kind)} or \"${{param}}\", got {value!r}")
+            raise self.fail(where, f'expected {_describe(kind)} or "${{param}}", got {value!r}')
 
     def fields(self, table: dict[str, Any], spec: dict[str, tuple[Any, bool]], where: str) -> None:
         for key, (kind, required) in spec.items():
@@ -305,7 +313,7 @@ def _param_sets(data: dict[str, Any], path: str, overrides: dict[str, list[Any]]
             raise c.fail(f"params.{name}", f"values are whole numbers or strings, got {values!r}")
     params = {k: overrides.get(k, v) for k, v in params.items()}
     names = sorted(params)
-    return [dict(zip(names, combo)) for combo in itertools.product(*(params[n] for n in names))]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(params[n] for n in names))]
 
 
 def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> list[str]:
@@ -329,7 +337,7 @@ def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> li
     if image is None:
         raise c.fail("image", "required table")
     source = image.get("source", "synthetic")
-    from .plugins import default_plugins  # the image-source registry: built-in sources and plugins'
+    from layerbench.plugins import default_plugins  # the image-source registry: built-in sources and plugins'
 
     known = default_plugins().image_sources.items
     if source not in known:
@@ -540,6 +548,8 @@ def resolve_scenarios(
     known = {k for s in out for k in s.params}
     for name in overrides or {}:
         if name not in known:
-            raise UserError(f"--param {name}: no chosen scenario has this parameter; "
-                            f"their parameters: {', '.join(sorted(known)) or 'none'}")
+            raise UserError(
+                f"--param {name}: no chosen scenario has this parameter; "
+                f"their parameters: {', '.join(sorted(known)) or 'none'}"
+            )
     return out

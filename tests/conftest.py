@@ -11,10 +11,10 @@ from time import perf_counter_ns
 
 import pytest
 
-from layerbench.harness import results
-from layerbench.harness.backing import BackingStore
-from layerbench.harness.driver import Driver
-from layerbench.harness.plugins import default_plugins
+from layerbench.analysis import results
+from layerbench.driver import Driver
+from layerbench.plugins import default_plugins
+from layerbench.run.backing import BackingStore
 
 ROOT = os.geteuid() == 0
 
@@ -49,7 +49,7 @@ def work(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def every_saved_result_matches_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every results file a test writes is validated against harness/results.schema.json."""
+    """Every results file a test writes is validated against harness/analysis/results.schema.json."""
     save = results.save
 
     def checked(doc: dict, path: Path) -> None:  # type: ignore[type-arg]

@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+
+from layerbench import hookimpl
+from layerbench.analysis import results
+from layerbench.cli import drivers as drivers_cli
+from layerbench.cli import main
 from layerbench.drivers import NullDriver
-from layerbench.harness import hookimpl, results
-from layerbench.harness.cli import drivers as drivers_cli
-from layerbench.harness.cli import main
-from layerbench.harness.plugins import load_plugins
+from layerbench.plugins import load_plugins
 
 DATA = Path(__file__).parent / "data"
 GOOD = DATA / "copy-up.json"
@@ -40,8 +42,10 @@ def _set(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
 #: name -> (change to a good file, the field the one-line error must name)
 MALFORMED: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "cells-a-number": (_set(["cells"], 5), "cells: expected array, got 5"),
-    "sample-a-string": (_set(["cells", 0, "metrics", "image_disk_bytes", "samples", 0], "x"),
-                        "cells[0].metrics.image_disk_bytes.samples[0]: expected number"),
+    "sample-a-string": (
+        _set(["cells", 0, "metrics", "image_disk_bytes", "samples", 0], "x"),
+        "cells[0].metrics.image_disk_bytes.samples[0]: expected number",
+    ),
     "null-driver": (_set(["cells", 0, "driver"], None), "cells[0].driver: expected string, got null"),
     "cell-without-metrics": (_set(["cells", 3, "metrics"], KeyError), "cells[3].metrics: missing"),
     "metrics-a-list": (_set(["cells", 0, "metrics"], []), "cells[0].metrics: expected object"),
@@ -51,8 +55,10 @@ MALFORMED: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "bad-cell-status": (_set(["cells", 0, "status"], "bogus"), "cells[0].status: expected one of"),
     "no-machine": (_set(["machine"], KeyError), "machine: missing"),
     "driver-record-a-number": (_set(["drivers", "overlay2"], 5), "drivers.overlay2: expected object"),
-    "param-of-two-kinds": (_set(["cells", 1, "params", "file_size"], "big"),
-                           "cells[1].params.file_size: a string (\"big\") where cells[0] of scenario copy-up"),
+    "param-of-two-kinds": (
+        _set(["cells", 1, "params", "file_size"], "big"),
+        'cells[1].params.file_size: a string ("big") where cells[0] of scenario copy-up',
+    ),
 }
 
 
@@ -75,19 +81,24 @@ def invoke(*args: str) -> tuple[int, str, str, BaseException | None]:
 
 
 @pytest.mark.parametrize("name", MALFORMED)
-def test_a_malformed_file_is_one_line_naming_file_and_field_in_every_verb(name: str,
-                                                                          bad_files: dict[str, Path]) -> None:
+def test_a_malformed_file_is_one_line_naming_file_and_field_in_every_verb(
+    name: str, bad_files: dict[str, Path]
+) -> None:
     path, field = bad_files[name], MALFORMED[name][1]
-    for args in (("report", str(path)), ("compare", str(GOOD), str(path)), ("compare", str(path), str(GOOD)),
-                 ("claims", str(path)), ("report", str(path), "-f", "html")):
+    for args in (
+        ("report", str(path)),
+        ("compare", str(GOOD), str(path)),
+        ("compare", str(path), str(GOOD)),
+        ("claims", str(path)),
+        ("report", str(path), "-f", "html"),
+    ):
         code, _, err, crashed = invoke(*args)
         assert crashed is None, f"{args}: {crashed!r}"
         assert code == 2 and err.startswith(f"layerbench: error: {path}: {field}"), (args, err)
         assert len(err.strip().splitlines()) == 1
 
 
-def test_results_lists_bad_files_as_unreadable_and_shows_the_others(bad_files: dict[str, Path],
-                                                                     tmp_path: Path) -> None:
+def test_results_lists_bad_files_as_unreadable_and_shows_the_others(bad_files: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "good.json").write_text(GOOD.read_text())
     code, out, err, crashed = invoke("results", "--results-dir", str(tmp_path), "--json")
     assert crashed is None and code == 0, err
@@ -95,12 +106,13 @@ def test_results_lists_bad_files_as_unreadable_and_shows_the_others(bad_files: d
     assert rows["good"]["status"] == "finished" and rows["good"]["scenarios"] == "copy-up"
     for name, (_, field) in MALFORMED.items():
         assert rows[name]["status"] == f"unreadable: {field}" or rows[name]["status"].startswith(
-            f"unreadable: {field}"), rows[name]
+            f"unreadable: {field}"
+        ), rows[name]
     code, out, _, crashed = invoke("results", "--results-dir", str(tmp_path))
     assert crashed is None and code == 0 and len(out.splitlines()) == len(MALFORMED) + 2
 
 
-@pytest.mark.parametrize("text", ["[]", "{\"schema_version\": 1, \"x\": NaN}", "\xff", "{"])
+@pytest.mark.parametrize("text", ["[]", '{"schema_version": 1, "x": NaN}', "\xff", "{"])
 def test_not_json_or_not_a_number_is_one_line(tmp_path: Path, text: str) -> None:
     path = tmp_path / "r.json"
     path.write_bytes(text.encode("latin-1"))
@@ -150,9 +162,16 @@ count = "${n}"
 def _run(tmp_path: Path, *extra: str) -> tuple[int, str, BaseException | None]:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)
-    code, _, err, crashed = invoke("run", str(scenario), "-d", "null", "--work-root", str(tmp_path / "work"),
-                                   *(("--results-dir", str(tmp_path / "res")) if "--results-dir" not in extra
-                                     else ()), *extra)
+    code, _, err, crashed = invoke(
+        "run",
+        str(scenario),
+        "-d",
+        "null",
+        "--work-root",
+        str(tmp_path / "work"),
+        *(("--results-dir", str(tmp_path / "res")) if "--results-dir" not in extra else ()),
+        *extra,
+    )
     return code, err, crashed
 
 
@@ -182,8 +201,10 @@ def test_read_only_outputs_are_refused_before_any_cell_runs(tmp_path: Path) -> N
 def test_an_unknown_parameter_is_refused_with_the_known_ones() -> None:
     code, _, err, crashed = invoke("run", "copy-up", "commit", "-p", "nosuch=1", "-d", "null")
     assert crashed is None and code == 2 and len(err.strip().splitlines()) == 1
-    assert err.startswith("layerbench: error: --param nosuch: no chosen scenario has this parameter; "
-                          "their parameters: ") and "file_size" in err
+    assert (
+        err.startswith("layerbench: error: --param nosuch: no chosen scenario has this parameter; their parameters: ")
+        and "file_size" in err
+    )
 
 
 # -- plugins ------------------------------------------------------------------------------------

@@ -2,16 +2,28 @@ from __future__ import annotations
 
 from typing import Any
 
-from layerbench.harness.claims import HELD, NOT_HELD, NOT_MEASURED, evaluate
+from layerbench.analysis.claims import HELD, NOT_HELD, NOT_MEASURED, evaluate
 
 MiB = 1 << 20
-STYLES = {"overlay2": "union", "btrfs": "snapshot", "vfs": "copy", "overlay2-rootless": "union",
-          "fuse-overlayfs": "union"}
+STYLES = {
+    "overlay2": "union",
+    "btrfs": "snapshot",
+    "vfs": "copy",
+    "overlay2-rootless": "union",
+    "fuse-overlayfs": "union",
+}
 
 
 def cell(scenario: str, driver: str, params: dict[str, Any], **metrics: list[float]) -> dict[str, Any]:
-    return {"scenario": scenario, "driver": driver, "params": params, "status": "ok", "image_bytes": 100 * MiB,
-            "metrics": {m: {"unit": "x", "samples": v} for m, v in metrics.items()}, "outcomes": {}}
+    return {
+        "scenario": scenario,
+        "driver": driver,
+        "params": params,
+        "status": "ok",
+        "image_bytes": 100 * MiB,
+        "metrics": {m: {"unit": "x", "samples": v} for m, v in metrics.items()},
+        "outcomes": {},
+    }
 
 
 def doc(*cells: dict[str, Any]) -> dict[str, Any]:
@@ -28,10 +40,22 @@ def test_nothing_measured() -> None:
 
 def sharing(vfs_each: float, overlay_each: float) -> list[dict[str, Any]]:
     return [
-        cell("layer-sharing", "vfs", {"containers": 20}, disk_bytes=[(300 + 20 * 100 * vfs_each) * MiB],
-             image_disk_bytes=[300 * MiB], startup_ns=[9e7]),
-        cell("layer-sharing", "overlay2", {"containers": 20}, disk_bytes=[(100 + 20 * 100 * overlay_each) * MiB],
-             image_disk_bytes=[100 * MiB], startup_ns=[3e5]),
+        cell(
+            "layer-sharing",
+            "vfs",
+            {"containers": 20},
+            disk_bytes=[(300 + 20 * 100 * vfs_each) * MiB],
+            image_disk_bytes=[300 * MiB],
+            startup_ns=[9e7],
+        ),
+        cell(
+            "layer-sharing",
+            "overlay2",
+            {"containers": 20},
+            disk_bytes=[(100 + 20 * 100 * overlay_each) * MiB],
+            image_disk_bytes=[100 * MiB],
+            startup_ns=[3e5],
+        ),
     ]
 
 
@@ -47,8 +71,16 @@ def test_copy_up_needs_growth_on_union_and_none_on_snapshot() -> None:
         for driver, small, big in (("overlay2", 3e4, 2e8), ("btrfs", 3e4, btrfs_big)):
             for size, t in ((4096, small), (256 * MiB, big)):
                 grew = size if driver == "overlay2" else 4096
-                out.append(cell("copy-up", driver, {"file_size": size, "mode": "append", "depth": 1},
-                                copy_up_ns=[t], disk_bytes=[MiB + grew], image_disk_bytes=[MiB]))
+                out.append(
+                    cell(
+                        "copy-up",
+                        driver,
+                        {"file_size": size, "mode": "append", "depth": 1},
+                        copy_up_ns=[t],
+                        disk_bytes=[MiB + grew],
+                        image_disk_bytes=[MiB],
+                    )
+                )
         return out
 
     assert verdicts(doc(*cells(btrfs_big=4e4)))[1] == HELD
@@ -60,8 +92,14 @@ def test_delete_and_commit_and_volumes() -> None:
     d["image_layers_disk_bytes"] = [2 * MiB, 66 * MiB, 66 * MiB]
     d["outcomes"] = {"step[1] stat": {"ENOENT": 5}}
     c = cell("commit", "overlay2", {}, commit_layer_bytes=[48 * MiB], written_bytes=[47 * MiB])
-    v = cell("write-heavy", "overlay2", {}, overwrite_container_ns=[7e7], overwrite_volume_ns=[1.5e4],
-             overwrite_tmpfs_ns=[9e3])
+    v = cell(
+        "write-heavy",
+        "overlay2",
+        {},
+        overwrite_container_ns=[7e7],
+        overwrite_volume_ns=[1.5e4],
+        overwrite_tmpfs_ns=[9e3],
+    )
     assert verdicts(doc(d, c, v))[2:4] + verdicts(doc(d, c, v))[5:6] == [HELD, HELD, HELD]
     d["image_layers_disk_bytes"] = [2 * MiB, 66 * MiB, 3 * MiB]  # the image shrank: the claim fails
     c["metrics"]["commit_layer_bytes"]["samples"] = [150 * MiB]  # a full copy
@@ -73,7 +111,7 @@ def test_a_backing_sweep_decides_each_claim_per_backing() -> None:
     # figures alone ("did not hold"), hiding ext4's 111 ms copy of a 64 MiB file.
     from pathlib import Path
 
-    from layerbench.harness import results
+    from layerbench.analysis import results
 
     doc = results.read(Path(__file__).parent.parent / "results" / "reference" / "20261130T081209Z_backing.json")
     rows = [r for r in evaluate(doc) if r["claim"].startswith("A change copies the file up")]
@@ -93,8 +131,18 @@ def claim(d: dict[str, Any], start: str) -> dict[str, str]:
 
 def image_cell(driver: str, added: float) -> dict[str, Any]:
     c = cell("image-sharing", driver, {})
-    c["images"] = [{"name": n, "base": "base", "layers": 2, "bytes": 8 * MiB, "base_bytes": 64 * MiB,
-                    "disk_bytes": 0, "added_bytes": int(added * MiB)} for n in ("app-a", "app-b")]
+    c["images"] = [
+        {
+            "name": n,
+            "base": "base",
+            "layers": 2,
+            "bytes": 8 * MiB,
+            "base_bytes": 64 * MiB,
+            "disk_bytes": 0,
+            "added_bytes": int(added * MiB),
+        }
+        for n in ("app-a", "app-b")
+    ]
     return c
 
 
@@ -109,8 +157,16 @@ def test_images_share_their_base_unless_copied() -> None:
 
 def test_remove_returns_the_store_to_the_image() -> None:
     def one(after: float) -> dict[str, Any]:
-        return doc(cell("container-remove", "btrfs", {}, image_disk_bytes=[8 * MiB],
-                        with_container_disk_bytes=[13 * MiB], after_remove_disk_bytes=[after * MiB]))
+        return doc(
+            cell(
+                "container-remove",
+                "btrfs",
+                {},
+                image_disk_bytes=[8 * MiB],
+                with_container_disk_bytes=[13 * MiB],
+                after_remove_disk_bytes=[after * MiB],
+            )
+        )
 
     assert claim(one(8.1), "Removing a container")["verdict"] == HELD  # 100 KiB of metadata
     row = claim(one(12), "Removing a container")
@@ -119,24 +175,44 @@ def test_remove_returns_the_store_to_the_image() -> None:
 
 def test_tmpfs_stays_off_the_store_and_bind_lands_on_it() -> None:
     def kinds(tmpfs_grew: float, bind_grew: float) -> dict[str, Any]:
-        return doc(*(cell("volume-writes", "overlay2", {"kind": k}, before_write_disk_bytes=[2 * MiB],
-                          after_write_disk_bytes=[(2 + g) * MiB], written_bytes=[48 * MiB])
-                     for k, g in (("tmpfs", tmpfs_grew), ("bind", bind_grew))))
+        return doc(
+            *(
+                cell(
+                    "volume-writes",
+                    "overlay2",
+                    {"kind": k},
+                    before_write_disk_bytes=[2 * MiB],
+                    after_write_disk_bytes=[(2 + g) * MiB],
+                    written_bytes=[48 * MiB],
+                )
+                for k, g in (("tmpfs", tmpfs_grew), ("bind", bind_grew))
+            )
+        )
 
     assert claim(kinds(0, 48.1), "tmpfs writes")["verdict"] == HELD
     assert claim(kinds(48, 48), "tmpfs writes")["verdict"] == NOT_HELD  # the tmpfs wrote to the disk
     assert claim(kinds(0, 0), "tmpfs writes")["verdict"] == NOT_HELD  # the bind volume was not on the store
-    only_tmpfs = doc(cell("volume-writes", "overlay2", {"kind": "tmpfs"}, before_write_disk_bytes=[0],
-                          after_write_disk_bytes=[0], written_bytes=[48 * MiB]))
+    only_tmpfs = doc(
+        cell(
+            "volume-writes",
+            "overlay2",
+            {"kind": "tmpfs"},
+            before_write_disk_bytes=[0],
+            after_write_disk_bytes=[0],
+            written_bytes=[48 * MiB],
+        )
+    )
     assert claim(only_tmpfs, "tmpfs writes")["verdict"] == NOT_MEASURED
 
 
 def test_nearest_layer_fails_on_a_cell_error_naming_the_file() -> None:
     good = cell("nearest-layer", "overlay2", {}, expect_files=[1, 1, 1, 1])
     assert claim(doc(good), "The nearest layer wins")["verdict"] == HELD
-    bad = {**cell("nearest-layer", "vfs", {}), "status": "error",
-           "error": "step[1] expect: ContentMismatch: etc/app.conf: the merged view reads sha256 0a1b, "
-                    "not layer 2's copy"}
+    bad = {
+        **cell("nearest-layer", "vfs", {}),
+        "status": "error",
+        "error": "step[1] expect: ContentMismatch: etc/app.conf: the merged view reads sha256 0a1b, not layer 2's copy",
+    }
     row = claim(doc(good, bad), "The nearest layer wins")
     assert row["verdict"] == NOT_HELD and "etc/app.conf" in row["figures"]
 
@@ -147,14 +223,15 @@ def test_rootless_kernel_overlay_against_fuse_needs_both_drivers() -> None:
         for driver, start, copy in (("overlay2-rootless", kernel_start, 5e7), ("fuse-overlayfs", fuse_start, 2e8)):
             out.append(cell("startup", driver, {"layers": 1, "files": 1000}, startup_ns=[start]))
             for size, t in ((4096, copy / 1000), (64 * MiB, copy)):
-                out.append(cell("copy-up", driver, {"file_size": size, "mode": "append", "depth": 1},
-                                copy_up_ns=[t]))
+                out.append(cell("copy-up", driver, {"file_size": size, "mode": "append", "depth": 1}, copy_up_ns=[t]))
         return out
 
     row = claim(doc(*pair(2e6, 9e6)), "fuse-overlayfs is for hosts")
     assert row["verdict"] == HELD
-    assert "copy-up (depth=1, file_size=67108864, mode=append): overlay2-rootless 50 ms, fuse-overlayfs 200 ms" \
+    assert (
+        "copy-up (depth=1, file_size=67108864, mode=append): overlay2-rootless 50 ms, fuse-overlayfs 200 ms"
         in row["figures"]
+    )
     assert claim(doc(*pair(2e7, 9e6)), "fuse-overlayfs is for hosts")["verdict"] == NOT_HELD
     one_driver = [c for c in pair(2e6, 9e6) if c["driver"] == "overlay2-rootless"]
     assert claim(doc(*one_driver), "fuse-overlayfs is for hosts")["verdict"] == NOT_MEASURED

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from layerbench.harness import results
-from layerbench.harness.cli import main
-from layerbench.harness.plugins import default_plugins
+
+from layerbench.analysis import results
+from layerbench.cli import main
+from layerbench.plugins import default_plugins
 
 TINY = """
 name = "tiny"
@@ -56,7 +57,11 @@ def test_unknown_driver_is_one_line_exit_2() -> None:
 
 def test_unknown_scenario_is_one_line_exit_2() -> None:
     code, _, err = invoke("run", "nosuch")
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "built-in scenarios: commit, container-remove, copy-up," in err
+    assert (
+        code == 2
+        and len(err.strip().splitlines()) == 1
+        and "built-in scenarios: commit, container-remove, copy-up," in err
+    )
 
 
 def test_bad_param_is_one_line() -> None:
@@ -86,8 +91,20 @@ def test_run_null_end_to_end_writes_results_and_csv(tmp_path: Path) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)
     code, out, err = invoke(
-        "run", str(scenario), "--driver", "null", "--results-dir", str(tmp_path / "res"),
-        "--work-root", str(tmp_path / "work"), "--label", "t", "--export-csv", "-", "--target-ci", "0",
+        "run",
+        str(scenario),
+        "--driver",
+        "null",
+        "--results-dir",
+        str(tmp_path / "res"),
+        "--work-root",
+        str(tmp_path / "work"),
+        "--label",
+        "t",
+        "--export-csv",
+        "-",
+        "--target-ci",
+        "0",
     )
     assert code == 0, err
     assert "== tiny" in out  # the comparison table
@@ -108,11 +125,22 @@ def test_run_null_end_to_end_writes_results_and_csv(tmp_path: Path) -> None:
 def test_failing_cell_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     scenario = tmp_path / "bad.toml"
     scenario.write_text(TINY.replace('path = "t.bin"\nmeasure', 'path = "missing.bin"\nmeasure'))
-    code, out, err = invoke("run", str(scenario), "--driver", "null", "--results-dir", str(tmp_path / "res"),
-                            "--work-root", str(tmp_path / "work"), "--order", "planned")
+    code, out, err = invoke(
+        "run",
+        str(scenario),
+        "--driver",
+        "null",
+        "--results-dir",
+        str(tmp_path / "res"),
+        "--work-root",
+        str(tmp_path / "work"),
+        "--order",
+        "planned",
+    )
     assert code == 1  # a CI job can gate on it
-    assert err.splitlines()[-1] == ("layerbench: 2 of 2 cells failed: tiny null containers=1 on dir; "
-                                    "tiny null containers=2 on dir")
+    assert err.splitlines()[-1] == (
+        "layerbench: 2 of 2 cells failed: tiny null containers=1 on dir; tiny null containers=2 on dir"
+    )
     (path,) = (tmp_path / "res").rglob("*.json")
     cells = results.read(path)["cells"]
     assert [c["status"] for c in cells] == ["error", "error"]
@@ -122,10 +150,21 @@ def test_failing_cell_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
 
 def test_a_run_with_some_cells_failing_exits_1_naming_only_those(tmp_path: Path) -> None:
     scenario = tmp_path / "half.toml"
-    scenario.write_text(TINY.replace('path = "t.bin"\nmeasure', 'path = "${f}"\nmeasure')
-                        .replace("containers = [1, 2]", 'containers = [1]\nf = ["t.bin", "missing.bin"]'))
-    code, _, err = invoke("run", str(scenario), "--driver", "null", "--results-dir", str(tmp_path / "res"),
-                          "--work-root", str(tmp_path / "work"))
+    scenario.write_text(
+        TINY.replace('path = "t.bin"\nmeasure', 'path = "${f}"\nmeasure').replace(
+            "containers = [1, 2]", 'containers = [1]\nf = ["t.bin", "missing.bin"]'
+        )
+    )
+    code, _, err = invoke(
+        "run",
+        str(scenario),
+        "--driver",
+        "null",
+        "--results-dir",
+        str(tmp_path / "res"),
+        "--work-root",
+        str(tmp_path / "work"),
+    )
     assert code == 1
     assert err.splitlines()[-1] == "layerbench: 1 of 2 cells failed: tiny null containers=1;f=missing.bin on dir"
 
@@ -147,16 +186,33 @@ warmup = 0
 [[step]]
 op = "start"
 """
-LAYERBENCH = [sys.executable, "-c", "from layerbench.harness.cli import main; main()"]
+LAYERBENCH = [sys.executable, "-c", "from layerbench.cli import main; main()"]
 
 
 def _slow_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
     """`layerbench run` in a process of its own, once its first cell is saved and its second runs."""
     scenario = tmp_path / "slow.toml"
     scenario.write_text(SLOW)
-    proc = subprocess.Popen([*LAYERBENCH, "run", str(scenario), "-d", "null", "--order", "planned", "--target-ci", "0",
-                             "--results-dir", str(tmp_path / "res"), "--work-root", str(tmp_path / "work")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *LAYERBENCH,
+            "run",
+            str(scenario),
+            "-d",
+            "null",
+            "--order",
+            "planned",
+            "--target-ci",
+            "0",
+            "--results-dir",
+            str(tmp_path / "res"),
+            "--work-root",
+            str(tmp_path / "work"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         for path in (tmp_path / "res").rglob("*.json"):

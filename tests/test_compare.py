@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from layerbench.drivers.null import NullDriver
-from layerbench.harness import hookimpl, results
-from layerbench.harness.cli import main
-from layerbench.harness.compare import (
+
+from layerbench import hookimpl
+from layerbench.analysis import results
+from layerbench.analysis.compare import (
     benjamini_hochberg,
     compare,
     compare_runs,
@@ -21,9 +21,11 @@ from layerbench.harness.compare import (
     format_text,
     significant,
 )
-from layerbench.harness.errors import UserError
-from layerbench.harness.plugins import DriverRegistry, load_plugins
-from layerbench.harness.runner import RunConfig, run
+from layerbench.cli import main
+from layerbench.drivers.null import NullDriver
+from layerbench.errors import UserError
+from layerbench.plugins import DriverRegistry, load_plugins
+from layerbench.run.runner import RunConfig, run
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"
@@ -81,8 +83,13 @@ def slow_run(tmp: Path, delay_s: float, label: str) -> dict[str, Any]:
     """A small scenario on null and on `slow`, 7 samples each."""
     scenario = tmp / "slowcheck.toml"
     scenario.write_text(SCENARIO)
-    config = RunConfig(scenarios=(str(scenario),), drivers=("null", "slow"), results_dir=tmp / "res", label=label,
-                       work_root=tmp / "work")
+    config = RunConfig(
+        scenarios=(str(scenario),),
+        drivers=("null", "slow"),
+        results_dir=tmp / "res",
+        label=label,
+        work_root=tmp / "work",
+    )
     doc, _ = run(config, plugins=load_plugins(extra=(SlowPlugin(delay_s),)))
     return doc
 
@@ -111,8 +118,9 @@ def test_committed_slowed_run_flags_the_slow_driver_and_fails_the_gate() -> None
     # Made by slow_run(tmp, 0.0, "before") and slow_run(tmp, 0.002, "after"). The sleep in mount also
     # leaves the slow driver's next write colder (copy_up_ns p=0.026), but among 12 comparisons that
     # does not survive the Benjamini-Hochberg correction (0.16); startup (p=0.00058, BH 0.0029) does.
-    code, out, _ = invoke("compare", str(DATA / "slow-before.json"), str(DATA / "slow-after.json"),
-                          "--fail-on", "worse")
+    code, out, _ = invoke(
+        "compare", str(DATA / "slow-before.json"), str(DATA / "slow-after.json"), "--fail-on", "worse"
+    )
     assert code == 1
     flagged = [line.split() for line in out.splitlines() if line.startswith("+")]
     assert [(f[8], f[9], f[11]) for f in flagged] == [("slow", "dir", "startup_ns")]
@@ -145,8 +153,10 @@ def test_a_changed_scenario_is_refused_in_one_line(tmp_path: Path) -> None:
     changed.write_text(json.dumps(doc))
     code, _, err = invoke("compare", str(DATA / "copy-up.json"), str(changed))
     assert code == 2
-    assert err == ("layerbench: error: scenario 'copy-up' changed between the runs (sha256 3187f758b432 -> "
-                   "000000000000); its results measure different things and are not compared\n")
+    assert err == (
+        "layerbench: error: scenario 'copy-up' changed between the runs (sha256 3187f758b432 -> "
+        "000000000000); its results measure different things and are not compared\n"
+    )
 
 
 def test_unpairable_runs_and_bad_files_are_one_line(tmp_path: Path) -> None:
@@ -166,9 +176,18 @@ def test_significance_uses_mann_whitney_with_five_samples_else_ci_overlap() -> N
 def test_a_significant_change_within_the_threshold_is_unchanged() -> None:
     old = results.new_document("a", {"name": "m"}, {"version": "0"})
     old["scenarios"] = {"s": {"sha256": "1" * 64, "params": {}}}
-    old["cells"] = [{"scenario": "s", "driver": "d", "params": {}, "status": "ok",
-                     "metrics": {"x_ns": {"unit": "ns", "samples": [100, 101, 102, 100, 101]},
-                                 "n_count": {"unit": "count", "samples": [1, 1, 1, 1, 1]}}}]
+    old["cells"] = [
+        {
+            "scenario": "s",
+            "driver": "d",
+            "params": {},
+            "status": "ok",
+            "metrics": {
+                "x_ns": {"unit": "ns", "samples": [100, 101, 102, 100, 101]},
+                "n_count": {"unit": "count", "samples": [1, 1, 1, 1, 1]},
+            },
+        }
+    ]
     new = json.loads(json.dumps(old))
     new["cells"][0]["metrics"]["x_ns"]["samples"] = [105, 106, 107, 105, 106]
     new["cells"][0]["metrics"]["n_count"]["samples"] = [3, 3, 3, 3, 3]

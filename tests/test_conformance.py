@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from layerbench.harness.conformance import *  # noqa: F401,F403  the cases
-from layerbench.harness.plugins import default_plugins
+from layerbench.plugins import default_plugins
+from layerbench.testing.conformance import *  # noqa: F403  the cases
 
 pytestmark = pytest.mark.mounts
 

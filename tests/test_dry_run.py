@@ -6,9 +6,10 @@ import statistics
 from pathlib import Path
 
 from click.testing import CliRunner
-from layerbench.harness import machine
-from layerbench.harness.cli import main
-from layerbench.harness.runner import RunConfig, estimate_bytes, plan, run
+
+from layerbench.cli import main
+from layerbench.run import machine
+from layerbench.run.runner import RunConfig, estimate_bytes, plan, run
 
 from .test_cli import TINY
 
@@ -21,13 +22,22 @@ def _scenario(tmp_path: Path) -> Path:
 
 def test_plan_times_cells_by_their_past_runs_here(tmp_path: Path) -> None:
     scenario = _scenario(tmp_path)
-    config = RunConfig(scenarios=(str(scenario),), drivers=("null",), results_dir=tmp_path / "res",
-                       work_root=tmp_path / "work", order="planned", target_ci=0.0)
+    config = RunConfig(
+        scenarios=(str(scenario),),
+        drivers=("null",),
+        results_dir=tmp_path / "res",
+        work_root=tmp_path / "work",
+        order="planned",
+        target_ci=0.0,
+    )
     before = plan(config)
     assert [(pc.cell.params, pc.cell.backing, pc.seconds) for pc in before.cells] == [
-        ({"containers": 1}, "dir", None), ({"containers": 2}, "dir", None)]  # no history: unknown
-    assert before.history == 0 and [pc.disk_bytes for pc in before.cells] == [estimate_bytes(pc.cell)
-                                                                               for pc in before.cells]
+        ({"containers": 1}, "dir", None),
+        ({"containers": 2}, "dir", None),
+    ]  # no history: unknown
+    assert before.history == 0 and [pc.disk_bytes for pc in before.cells] == [
+        estimate_bytes(pc.cell) for pc in before.cells
+    ]
     first, _ = run(config)
     second, _ = run(config)
     after = plan(config)
@@ -36,15 +46,26 @@ def test_plan_times_cells_by_their_past_runs_here(tmp_path: Path) -> None:
         took = [c["duration_s"] for doc in (first, second) for c in doc["cells"] if c["params"] == pc.cell.params]
         assert pc.seconds == statistics.median(took) and len(took) == 2
     # other parameters are other cells: no history
-    wider = plan(RunConfig(scenarios=(str(scenario),), drivers=("null",), results_dir=tmp_path / "res",
-                           overrides={"containers": [2, 3]}))
+    wider = plan(
+        RunConfig(
+            scenarios=(str(scenario),),
+            drivers=("null",),
+            results_dir=tmp_path / "res",
+            overrides={"containers": [2, 3]},
+        )
+    )
     assert [(pc.cell.params["containers"], pc.seconds is None) for pc in wider.cells] == [(2, False), (3, True)]
 
 
 def test_plan_ignores_another_machines_results_and_unreadable_files(tmp_path: Path) -> None:
     scenario = _scenario(tmp_path)
-    config = RunConfig(scenarios=(str(scenario),), drivers=("null",), results_dir=tmp_path / "res",
-                       work_root=tmp_path / "work", target_ci=0.0)
+    config = RunConfig(
+        scenarios=(str(scenario),),
+        drivers=("null",),
+        results_dir=tmp_path / "res",
+        work_root=tmp_path / "work",
+        target_ci=0.0,
+    )
     _, path = run(config)
     (tmp_path / "res" / "elsewhere").mkdir()
     path.rename(tmp_path / "res" / "elsewhere" / path.name)
@@ -55,12 +76,34 @@ def test_plan_ignores_another_machines_results_and_unreadable_files(tmp_path: Pa
 
 def test_dry_run_prints_the_plan_and_makes_nothing(tmp_path: Path) -> None:
     scenario = _scenario(tmp_path)
-    r = CliRunner().invoke(main, ["run", str(scenario), "-d", "null", "--results-dir", str(tmp_path / "res"),
-                                  "--work-root", str(tmp_path / "work"), "--dry-run"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(scenario),
+            "-d",
+            "null",
+            "--results-dir",
+            str(tmp_path / "res"),
+            "--work-root",
+            str(tmp_path / "work"),
+            "--dry-run",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["scenario", "driver", "params", "backing", "disk", "(est.)", "time", "(past", "runs",
-                                "here)"]
+    assert lines[0].split() == [
+        "scenario",
+        "driver",
+        "params",
+        "backing",
+        "disk",
+        "(est.)",
+        "time",
+        "(past",
+        "runs",
+        "here)",
+    ]
     assert lines[2].split()[:4] == ["tiny", "null", "containers=1", "dir"] and lines[2].endswith("unknown")
     assert lines[3].split()[:4] == ["tiny", "null", "containers=2", "dir"]
     assert any(line.startswith("2 cells; the largest store needs ") for line in lines)
@@ -70,8 +113,15 @@ def test_dry_run_prints_the_plan_and_makes_nothing(tmp_path: Path) -> None:
 
 def test_dry_run_refuses_resume_in_one_line(tmp_path: Path) -> None:
     scenario = _scenario(tmp_path)
-    _, path = run(RunConfig(scenarios=(str(scenario),), drivers=("null",), results_dir=tmp_path / "res",
-                            work_root=tmp_path / "work", target_ci=0.0))
+    _, path = run(
+        RunConfig(
+            scenarios=(str(scenario),),
+            drivers=("null",),
+            results_dir=tmp_path / "res",
+            work_root=tmp_path / "work",
+            target_ci=0.0,
+        )
+    )
     r = CliRunner().invoke(main, ["run", "--resume", str(path), "--dry-run"])
     assert r.exit_code == 2
     assert r.stderr.strip().splitlines()[-1].endswith("--dry-run plans a new run here; it does not take --resume")

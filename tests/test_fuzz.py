@@ -10,21 +10,54 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from layerbench.harness.driver import LayerFormat
-from layerbench.harness.errors import UserError
-from layerbench.harness.layer_tar import apply_tar_layer
-from layerbench.harness.scenario import STEPS, load_scenario
+from layerbench.driver import LayerFormat
+from layerbench.errors import UserError
+from layerbench.images.layer_tar import apply_tar_layer
+from layerbench.scenario import STEPS, load_scenario
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 TRIED: dict[str, int] = {"scenario": 0, "archive": 0}  # names each example's own folder
 
-names = st.sampled_from(["name", "description", "params", "sets", "image", "repeat", "step", "backing", "op",
-                         "path", "layers", "files", "bytes", "count", "samples", "x", "source", "measure",
-                         "allow_errors", "fraction", "glob", "file", "remove", "layer", "size", "mode"])
-scalars = st.one_of(st.integers(-3, 1 << 40), st.text(max_size=12), st.booleans(), st.floats(allow_nan=True),
-                    st.sampled_from(["${x}", "${layers}", "../x", "/abs", "start", "append", "EXDEV", "synthetic"]))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(names, inner, max_size=4),
-                      max_leaves=12)
+names = st.sampled_from(
+    [
+        "name",
+        "description",
+        "params",
+        "sets",
+        "image",
+        "repeat",
+        "step",
+        "backing",
+        "op",
+        "path",
+        "layers",
+        "files",
+        "bytes",
+        "count",
+        "samples",
+        "x",
+        "source",
+        "measure",
+        "allow_errors",
+        "fraction",
+        "glob",
+        "file",
+        "remove",
+        "layer",
+        "size",
+        "mode",
+    ]
+)
+scalars = st.one_of(
+    st.integers(-3, 1 << 40),
+    st.text(max_size=12),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.sampled_from(["${x}", "${layers}", "../x", "/abs", "start", "append", "EXDEV", "synthetic"]),
+)
+values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(names, inner, max_size=4), max_leaves=12
+)
 
 
 def _toml(value: object) -> str:
@@ -41,8 +74,10 @@ def _toml(value: object) -> str:
 
 
 @FUZZ
-@given(doc=st.dictionaries(names, values, max_size=8),
-       step=st.fixed_dictionaries({"op": st.sampled_from([*STEPS, "boom"])}, optional={"path": scalars, "count": scalars}))
+@given(
+    doc=st.dictionaries(names, values, max_size=8),
+    step=st.fixed_dictionaries({"op": st.sampled_from([*STEPS, "boom"])}, optional={"path": scalars, "count": scalars}),
+)
 def test_scenario_parser_never_crashes(tmp_path: Path, doc: dict, step: dict) -> None:  # type: ignore[type-arg]
     TRIED["scenario"] += 1
     text = "\n".join(f"{k} = {_toml(v)}" for k, v in doc.items() if k != "step")
@@ -60,8 +95,9 @@ def test_scenario_parser_never_crashes(tmp_path: Path, doc: dict, step: dict) ->
 
 
 entry = st.tuples(
-    st.lists(st.sampled_from(["a", "b", "..", ".", "", ".wh.a", ".wh..wh..opq", ".wh..", "/", "c"]), min_size=1,
-             max_size=4).map("/".join),
+    st.lists(
+        st.sampled_from(["a", "b", "..", ".", "", ".wh.a", ".wh..wh..opq", ".wh..", "/", "c"]), min_size=1, max_size=4
+    ).map("/".join),
     st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE]),
     st.sampled_from(["a", "../..", "/etc", "b/../../x", "a/b", ".."]),
 )

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerbench.harness.driver import LayerFormat
-from layerbench.harness.image import FileSpec, apply_layer, synthetic_image
+from layerbench.driver import LayerFormat
+from layerbench.images.image import FileSpec, apply_layer, synthetic_image
 
 
 def test_synthetic_image_is_seeded_and_exact() -> None:

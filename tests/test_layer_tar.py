@@ -10,10 +10,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from layerbench.harness.driver import LayerFormat
-from layerbench.harness.errors import UserError
-from layerbench.harness.layer_tar import LowerTree, SizeLimit, apply_host_dir, apply_tar_layer, free_disk_limit
-from layerbench.harness.treecopy import copy_tree
+
+from layerbench.driver import LayerFormat
+from layerbench.errors import UserError
+from layerbench.images.layer_tar import LowerTree, SizeLimit, apply_host_dir, apply_tar_layer, free_disk_limit
+from layerbench.kernel.treecopy import copy_tree
 
 ROOT = os.geteuid() == 0
 FULL, DIFF = LayerFormat.FULL, LayerFormat.DIFF
@@ -26,8 +27,15 @@ MTIME = 1_600_000_000
 Member = tuple[tarfile.TarInfo, bytes | None]
 
 
-def _info(name: str, kind: bytes, mode: int, uid: int = 0, gid: int = 0, xattrs: dict[str, str] | None = None,
-          mtime: int = MTIME) -> tarfile.TarInfo:
+def _info(
+    name: str,
+    kind: bytes,
+    mode: int,
+    uid: int = 0,
+    gid: int = 0,
+    xattrs: dict[str, str] | None = None,
+    mtime: int = MTIME,
+) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.uid, info.gid, info.mtime = kind, mode, uid, gid, mtime
     if xattrs:
@@ -108,10 +116,17 @@ def test_files_dirs_links_modes_and_times(tmp_path: Path, fmt: LayerFormat) -> N
     root = tmp_path / "root"
     root.mkdir()
     stats = apply(
-        root, fmt,
-        D("./"), D("usr/", 0o755), D("usr/bin/"), D("tmp/", 0o1777),
-        F("usr/bin/su", b"su!", 0o4755), F("usr/bin/g", b"g", 0o2711),
-        S("usr/bin/sh", "su"), H("usr/bin/su2", "usr/bin/su"), DEV("run/fifo", tarfile.FIFOTYPE, mode=0o640),
+        root,
+        fmt,
+        D("./"),
+        D("usr/", 0o755),
+        D("usr/bin/"),
+        D("tmp/", 0o1777),
+        F("usr/bin/su", b"su!", 0o4755),
+        F("usr/bin/g", b"g", 0o2711),
+        S("usr/bin/sh", "su"),
+        H("usr/bin/su2", "usr/bin/su"),
+        DEV("run/fifo", tarfile.FIFOTYPE, mode=0o640),
         F("deep/er/file", b"implicit parents"),
     )
     su = (root / "usr/bin/su").lstat()
@@ -133,9 +148,12 @@ def test_ownership_devices_and_xattrs(tmp_path: Path, fmt: LayerFormat) -> None:
     root = tmp_path / "root"
     root.mkdir()
     stats = apply(
-        root, fmt,
-        D("d/", 0o705, uid=1, gid=2), F("d/f", b"x", 0o4755, uid=3, gid=4, xattrs={"user.k": "v"}),
-        DEV("dev/null", tarfile.CHRTYPE, 1, 3, 0o666), DEV("dev/loop9", tarfile.BLKTYPE, 7, 9),
+        root,
+        fmt,
+        D("d/", 0o705, uid=1, gid=2),
+        F("d/f", b"x", 0o4755, uid=3, gid=4, xattrs={"user.k": "v"}),
+        DEV("dev/null", tarfile.CHRTYPE, 1, 3, 0o666),
+        DEV("dev/loop9", tarfile.BLKTYPE, 7, 9),
         F("evil", b"", xattrs={"trusted.overlay.redirect": "/etc"}),
     )
     d, f = (root / "d").stat(), (root / "d/f").stat()
@@ -159,8 +177,17 @@ def test_compression_is_detected_by_magic(tmp_path: Path, compress: str | None) 
 def _lower(tmp_path: Path) -> Path:
     lower = tmp_path / "lower"
     lower.mkdir()
-    apply(lower, FULL, D("d/", 0o700), F("d/a", b"a"), D("d/sub/"), F("d/sub/b", b"b"), F("keep", b"k"),
-          F("f", b"f"), S("ln", "keep"))
+    apply(
+        lower,
+        FULL,
+        D("d/", 0o700),
+        F("d/a", b"a"),
+        D("d/sub/"),
+        F("d/sub/b", b"b"),
+        F("keep", b"k"),
+        F("f", b"f"),
+        S("ln", "keep"),
+    )
     return lower
 
 
@@ -175,8 +202,16 @@ def test_full_whiteouts_delete_files_dirs_and_links(tmp_path: Path) -> None:
 
 def test_full_opaque_empties_lower_children_before_this_layers_entries(tmp_path: Path) -> None:
     root = child(tmp_path, _lower(tmp_path), FULL)
-    apply(root, FULL, D("d/", 0o755), F("d/new", b"n"), D("d/sub/"), F("d/sub/c", b"c"), WH("d/.wh..wh..opq"),
-          F("d/after", b"z"))
+    apply(
+        root,
+        FULL,
+        D("d/", 0o755),
+        F("d/new", b"n"),
+        D("d/sub/"),
+        F("d/sub/c", b"c"),
+        WH("d/.wh..wh..opq"),
+        F("d/after", b"z"),
+    )
     assert sorted(os.listdir(root / "d")) == ["after", "new", "sub"]
     assert os.listdir(root / "d/sub") == ["c"]  # the lower d/sub/b is hidden, this layer's c stays
     assert stat.S_IMODE((root / "d").stat().st_mode) == 0o755
@@ -221,8 +256,16 @@ def test_full_lower_dir_removed_and_recreated(tmp_path: Path) -> None:
 
 def test_entry_over_existing_path(tmp_path: Path) -> None:
     root = child(tmp_path, _lower(tmp_path), FULL)
-    apply(root, FULL, D("d/", 0o751, mtime=5), F("keep", b"replaced", 0o600),
-          D("f/"), F("f/inner", b"i"), F("d/sub", b"file over dir"), F("ln", b"file over symlink"))
+    apply(
+        root,
+        FULL,
+        D("d/", 0o751, mtime=5),
+        F("keep", b"replaced", 0o600),
+        D("f/"),
+        F("f/inner", b"i"),
+        F("d/sub", b"file over dir"),
+        F("ln", b"file over symlink"),
+    )
     assert stat.S_IMODE((root / "d").stat().st_mode) == 0o751 and (root / "d").stat().st_mtime == 5
     assert (root / "d/a").read_bytes() == b"a"  # two dirs merge: children kept
     assert (root / "d/sub").read_bytes() == b"file over dir"
@@ -246,8 +289,14 @@ def test_aufs_metadata_is_skipped(tmp_path: Path) -> None:
 
 
 def test_absolute_symlinks_can_be_rewritten_inside_the_root(tmp_path: Path) -> None:
-    apply(tmp_path, FULL, S("etc/localtime", "/usr/share/zoneinfo/UTC"), S("top", "/"), S("a/b/c", "/"),
-          symlinks="relative")
+    apply(
+        tmp_path,
+        FULL,
+        S("etc/localtime", "/usr/share/zoneinfo/UTC"),
+        S("top", "/"),
+        S("a/b/c", "/"),
+        symlinks="relative",
+    )
     assert os.readlink(tmp_path / "etc/localtime") == "../usr/share/zoneinfo/UTC"
     assert os.readlink(tmp_path / "top") == "." and os.readlink(tmp_path / "a/b/c") == "../.."
 
@@ -258,11 +307,14 @@ def test_relative_symlinks_inside_the_root_are_kept(tmp_path: Path) -> None:
     assert os.readlink(tmp_path / "a/b/up") == "../.."
 
 
-@pytest.mark.parametrize("data, what", [
-    (b"not a tar at all" * 100, "not a readable layer tar"),
-    (gzip.compress(b"x" * 1000)[:30], "not a readable layer tar"),
-    (tar_bytes(F("big", b"y" * 5000))[:2048], "not a readable layer tar|truncated"),
-])
+@pytest.mark.parametrize(
+    "data, what",
+    [
+        (b"not a tar at all" * 100, "not a readable layer tar"),
+        (gzip.compress(b"x" * 1000)[:30], "not a readable layer tar"),
+        (tar_bytes(F("big", b"y" * 5000))[:2048], "not a readable layer tar|truncated"),
+    ],
+)
 def test_malformed_streams_are_one_line_errors(tmp_path: Path, data: bytes, what: str) -> None:
     with pytest.raises(UserError, match=what) as exc:
         apply_tar_layer(tmp_path, io.BytesIO(data), FULL, name="bad.tar")
@@ -343,8 +395,9 @@ def test_unsafe_absolute_path(jail: tuple[Path, Path, LayerFormat]) -> None:
 @pytest.mark.parametrize("name", ["../sentinel/x", "inside/../../sentinel/x", "./../sentinel/secret"])
 def test_unsafe_dotdot_path(jail: tuple[Path, Path, LayerFormat], name: str) -> None:
     root, sentinel, fmt = jail
-    _refused(root, sentinel, fmt, rf"entry '{name}': path .*'\.\.' component: path escapes the layer root",
-             F(name, b"pwned"))
+    _refused(
+        root, sentinel, fmt, rf"entry '{name}': path .*'\.\.' component: path escapes the layer root", F(name, b"pwned")
+    )
 
 
 def test_unsafe_dotdot_directory_and_symlink_names(jail: tuple[Path, Path, LayerFormat]) -> None:
@@ -355,13 +408,15 @@ def test_unsafe_dotdot_directory_and_symlink_names(jail: tuple[Path, Path, Layer
 
 def test_unsafe_symlink_absolute_target(jail: tuple[Path, Path, LayerFormat]) -> None:
     root, sentinel, fmt = jail
-    _refused(root, sentinel, fmt, "'evil': symlink target .* is absolute", S("evil", str(sentinel)),
-             F("evil/x", b"pwned"))
+    _refused(
+        root, sentinel, fmt, "'evil': symlink target .* is absolute", S("evil", str(sentinel)), F("evil/x", b"pwned")
+    )
     assert not (root / "evil").exists()
 
 
-@pytest.mark.parametrize("name, target", [("evil", "../sentinel"), ("a/b/evil", "../../../sentinel/secret"),
-                                          ("evil", "..")])
+@pytest.mark.parametrize(
+    "name, target", [("evil", "../sentinel"), ("a/b/evil", "../../../sentinel/secret"), ("evil", "..")]
+)
 def test_unsafe_symlink_relative_climbing_out(jail: tuple[Path, Path, LayerFormat], name: str, target: str) -> None:
     root, sentinel, fmt = jail
     _refused(root, sentinel, fmt, "climbs out of the layer root", S(name, target), F(f"{name}/x", b"pwned"))
@@ -370,8 +425,15 @@ def test_unsafe_symlink_relative_climbing_out(jail: tuple[Path, Path, LayerForma
 def test_unsafe_symlink_dotdot_after_a_name(jail: tuple[Path, Path, LayerFormat]) -> None:
     # 'self -> .' is inside; 'self/../sentinel' looks inside lexically but resolves outside
     root, sentinel, fmt = jail
-    _refused(root, sentinel, fmt, "'\\.\\.' after a name", S("self", "."), S("evil", "self/../sentinel"),
-             F("evil/x", b"pwned"))
+    _refused(
+        root,
+        sentinel,
+        fmt,
+        "'\\.\\.' after a name",
+        S("self", "."),
+        S("evil", "self/../sentinel"),
+        F("evil/x", b"pwned"),
+    )
 
 
 def test_unsafe_symlinked_parent_from_this_layer(jail: tuple[Path, Path, LayerFormat]) -> None:
@@ -407,12 +469,18 @@ def test_unsafe_hardlink_missing_or_a_directory(jail: tuple[Path, Path, LayerFor
     _refused(root, sentinel, fmt, "is a directory", D("dd/"), H("h", "dd"))
 
 
-@pytest.mark.parametrize("name, what", [(".wh...", "climbs out of its directory"),
-                                        ("inside/.wh...", "climbs out of its directory"),
-                                        (".wh.", "must name a file"), ("inside/.wh..", "must name a file"),
-                                        ("../.wh.sentinel", "escapes the layer root"),
-                                        ("../sentinel/.wh.secret", "escapes the layer root"),
-                                        (".wh.x/y", "whiteout name used as a directory")])
+@pytest.mark.parametrize(
+    "name, what",
+    [
+        (".wh...", "climbs out of its directory"),
+        ("inside/.wh...", "climbs out of its directory"),
+        (".wh.", "must name a file"),
+        ("inside/.wh..", "must name a file"),
+        ("../.wh.sentinel", "escapes the layer root"),
+        ("../sentinel/.wh.secret", "escapes the layer root"),
+        (".wh.x/y", "whiteout name used as a directory"),
+    ],
+)
 def test_unsafe_whiteout_names(jail: tuple[Path, Path, LayerFormat], name: str, what: str) -> None:
     root, sentinel, fmt = jail
     _refused(root, sentinel, fmt, what, WH(name))
@@ -472,16 +540,19 @@ def _bomb(tmp_path: Path, fmt: LayerFormat, raw: bytes, limit: int) -> tuple[str
 def test_decompression_bomb_stops_at_the_limit(tmp_path: Path, fmt: LayerFormat) -> None:
     raw = tar_bytes(F("zeros", bytes(64 << 20)))  # 64 MiB of zeros: about 64 KiB of gzip
     msg, _ = _bomb(tmp_path, fmt, raw, 1 << 20)
-    assert msg == ("bomb.tar.gz: over the image size limit of 1.0 MiB (--max-image-bytes): "
-                   "more than 1.0 MiB written in this layer")
+    assert msg == (
+        "bomb.tar.gz: over the image size limit of 1.0 MiB (--max-image-bytes): more than 1.0 MiB written in this layer"
+    )
     assert os.listdir(tmp_path / "root") == []  # refused before the file was made
 
 
 def test_a_stream_past_the_limit_is_not_decompressed_further(tmp_path: Path, fmt: LayerFormat) -> None:
     small = [F(f"f{i}", os.urandom(256 << 10)) for i in range(64)]  # 16 MiB in 64 files, incompressible
     msg, src = _bomb(tmp_path, fmt, tar_bytes(*small), 1 << 20)
-    assert msg == ("bomb.tar.gz: over the image size limit of 1.0 MiB (--max-image-bytes): "
-                   "more than 1.0 MiB uncompressed in this layer")
+    assert msg == (
+        "bomb.tar.gz: over the image size limit of 1.0 MiB (--max-image-bytes): "
+        "more than 1.0 MiB uncompressed in this layer"
+    )
     assert src.furthest < len(src.getvalue()) // 4  # the gzip stream was left mostly unread
     written = sum((tmp_path / "root" / n).stat().st_size for n in os.listdir(tmp_path / "root"))
     assert written <= 1 << 20
@@ -491,10 +562,14 @@ def test_the_layers_below_count_toward_the_limit(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     limit = SizeLimit(1 << 20, "--max-image-bytes", below=(1 << 20) - (64 << 10))
-    with pytest.raises(UserError, match=r"more than 64\.0 KiB uncompressed in this layer after 960\.0 KiB in the "
-                                        r"layers below"):
-        apply_tar_layer(root, io.BytesIO(tar_bytes(*[F(f"f{i}", bytes(16 << 10)) for i in range(8)])), FULL,
-                        name="l1", limit=limit)
+    with pytest.raises(
+        UserError,
+        match=r"more than 64\.0 KiB uncompressed in this layer after 960\.0 KiB in the "
+        r"layers below",
+    ):
+        apply_tar_layer(
+            root, io.BytesIO(tar_bytes(*[F(f"f{i}", bytes(16 << 10)) for i in range(8)])), FULL, name="l1", limit=limit
+        )
 
 
 def test_a_huge_tar_header_block_is_refused_before_it_is_read(tmp_path: Path) -> None:
@@ -515,12 +590,16 @@ def test_the_default_limit_is_the_free_disk_of_the_layer(tmp_path: Path) -> None
     assert 0 < limit.total <= sv.f_bavail * sv.f_frsize and limit.why == f"the free disk of {tmp_path} less a margin"
 
 
-@pytest.mark.parametrize("name, what", [
-    ("d/" + "n" * 300, "entry 'd/" + "n" * 98 + "...': path has a name of 300 bytes; at most 255 (NAME_MAX)"),
-    ("/".join(["d" * 200] * 25), "entry '" + "d" * 100 + "...': path is 5025 bytes long; at most 4095 (PATH_MAX)"),
-])
-def test_names_too_long_are_refused_naming_archive_and_entry(tmp_path: Path, fmt: LayerFormat, name: str,
-                                                            what: str) -> None:
+@pytest.mark.parametrize(
+    "name, what",
+    [
+        ("d/" + "n" * 300, "entry 'd/" + "n" * 98 + "...': path has a name of 300 bytes; at most 255 (NAME_MAX)"),
+        ("/".join(["d" * 200] * 25), "entry '" + "d" * 100 + "...': path is 5025 bytes long; at most 4095 (PATH_MAX)"),
+    ],
+)
+def test_names_too_long_are_refused_naming_archive_and_entry(
+    tmp_path: Path, fmt: LayerFormat, name: str, what: str
+) -> None:
     with pytest.raises(UserError) as exc:
         apply(tmp_path, fmt, F(name, b"x"))
     assert str(exc.value) == f"layer.tar: {what}"
@@ -545,17 +624,20 @@ def test_overlay_xattrs_of_a_layer_are_never_set(tmp_path: Path) -> None:
 LOWER = [S("lnk", "target"), D("target/"), F("target/old", b"old"), F("file", b"f"), D("d/"), S("d/lnk", "../target")]
 
 
-@pytest.mark.parametrize("upper, what", [
-    ([F("lnk/x", b"through")], "entry 'lnk/x': parent 'lnk' is a symlink; refusing to go through it"),
-    ([D("lnk/sub/")], "entry 'lnk/sub': parent 'lnk' is a symlink; refusing to go through it"),
-    ([WH("lnk/.wh.old")], "entry 'lnk/.wh.old': parent 'lnk' is a symlink; refusing to go through it"),
-    ([WH("lnk/.wh..wh..opq")], "entry 'lnk/.wh..wh..opq': parent 'lnk' is a symlink; refusing to go through it"),
-    ([D("lnk/")], "entry 'lnk': a directory entry over a symlink"),
-    ([D("d/"), F("d/lnk/x", b"deeper")], "entry 'd/lnk/x': parent 'd/lnk' is a symlink; refusing to go through it"),
-    ([H("h", "lnk/old")], "entry 'h': parent 'lnk' is a symlink; refusing to go through it"),
-    ([F("file/x", b"under a file")], "entry 'file/x': parent 'file' is not a directory"),
-    ([WH(".wh.file"), H("h", "file")], "entry 'h': hardlink target 'file' does not exist in the layer"),
-])
+@pytest.mark.parametrize(
+    "upper, what",
+    [
+        ([F("lnk/x", b"through")], "entry 'lnk/x': parent 'lnk' is a symlink; refusing to go through it"),
+        ([D("lnk/sub/")], "entry 'lnk/sub': parent 'lnk' is a symlink; refusing to go through it"),
+        ([WH("lnk/.wh.old")], "entry 'lnk/.wh.old': parent 'lnk' is a symlink; refusing to go through it"),
+        ([WH("lnk/.wh..wh..opq")], "entry 'lnk/.wh..wh..opq': parent 'lnk' is a symlink; refusing to go through it"),
+        ([D("lnk/")], "entry 'lnk': a directory entry over a symlink"),
+        ([D("d/"), F("d/lnk/x", b"deeper")], "entry 'd/lnk/x': parent 'd/lnk' is a symlink; refusing to go through it"),
+        ([H("h", "lnk/old")], "entry 'h': parent 'lnk' is a symlink; refusing to go through it"),
+        ([F("file/x", b"under a file")], "entry 'file/x': parent 'file' is not a directory"),
+        ([WH(".wh.file"), H("h", "file")], "entry 'h': hardlink target 'file' does not exist in the layer"),
+    ],
+)
 def test_diff_refuses_what_full_refuses_through_lower_layers(tmp_path: Path, upper: list[Member], what: str) -> None:
     if not ROOT:
         pytest.skip("DIFF whiteouts need root")
@@ -571,12 +653,15 @@ def test_diff_refuses_what_full_refuses_through_lower_layers(tmp_path: Path, upp
     assert verdicts == [f"layer.tar: {what}"] * 2
 
 
-@pytest.mark.parametrize("upper", [
-    [WH(".wh.lnk"), F("lnk/x", b"a directory now")],  # the symlink removed first
-    [D("d/"), WH("d/.wh..wh..opq"), F("d/lnk/x", b"hidden by the opaque marker")],
-    [D("d/"), WH("d/.wh.lnk"), D("d/lnk/"), F("d/lnk/x", b"recreated")],
-    [WH(".wh.file"), F("file/x", b"file removed first")],
-])
+@pytest.mark.parametrize(
+    "upper",
+    [
+        [WH(".wh.lnk"), F("lnk/x", b"a directory now")],  # the symlink removed first
+        [D("d/"), WH("d/.wh..wh..opq"), F("d/lnk/x", b"hidden by the opaque marker")],
+        [D("d/"), WH("d/.wh.lnk"), D("d/lnk/"), F("d/lnk/x", b"recreated")],
+        [WH(".wh.file"), F("file/x", b"file removed first")],
+    ],
+)
 def test_diff_accepts_what_full_accepts_over_lower_layers(tmp_path: Path, upper: list[Member]) -> None:
     if not ROOT:
         pytest.skip("DIFF whiteouts need root")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from layerbench.harness import results
-from layerbench.harness.errors import UserError
+
+from layerbench.analysis import results
+from layerbench.errors import UserError
 
 REFERENCE = Path(__file__).parent.parent / "results" / "reference"
 BACKING = REFERENCE / "20261130T081209Z_backing.json"  # copy-up on overlay2 and vfs, on ext4 and on XFS
@@ -39,8 +40,12 @@ def test_load_raw_gives_every_sample() -> None:
     doc = results.read(BACKING)
     assert len(raw) == sum(len(m["samples"]) for c in doc["cells"] for m in c["metrics"].values())
     cell = next(c for c in doc["cells"] if c["backing"] == "xfs" and c["driver"] == "vfs")
-    mine = raw[(raw.backing == "xfs") & (raw.driver == "vfs") & (raw.params == results.params_text(cell["params"]))
-               & (raw.metric == "copy_up_ns")]
+    mine = raw[
+        (raw.backing == "xfs")
+        & (raw.driver == "vfs")
+        & (raw.params == results.params_text(cell["params"]))
+        & (raw.metric == "copy_up_ns")
+    ]
     assert list(mine.value) == [float(v) for v in cell["metrics"]["copy_up_ns"]["samples"]]
 
 

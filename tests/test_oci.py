@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from layerbench.harness.cli import main
-from layerbench.harness.driver import LayerFormat
-from layerbench.harness.errors import UserError
-from layerbench.harness.image_sources import ArchiveImage, open_image, parse_size, set_image_limit
-from layerbench.harness.oci import apply_blob, read_image, source_kind
+
+from layerbench.cli import main
+from layerbench.driver import LayerFormat
+from layerbench.errors import UserError
+from layerbench.images.image_sources import ArchiveImage, open_image, parse_size, set_image_limit
+from layerbench.images.oci import apply_blob, read_image, source_kind
 
 from .test_layer_tar import DIFF, FULL, WH, D, F, H, S, needs_root, tar_bytes
 
@@ -32,8 +33,17 @@ ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.
 def layers() -> list[bytes]:
     """Three uncompressed layer tars: a base, a change set with whiteouts, an opaque dir."""
     return [
-        tar_bytes(D("etc/"), F("etc/conf", b"v1"), D("bin/"), F("bin/sh", b"#!", 0o755), H("bin/sh2", "bin/sh"),
-                  D("d/"), F("d/old", b"o"), D("gone/"), F("gone/x", b"x")),
+        tar_bytes(
+            D("etc/"),
+            F("etc/conf", b"v1"),
+            D("bin/"),
+            F("bin/sh", b"#!", 0o755),
+            H("bin/sh2", "bin/sh"),
+            D("d/"),
+            F("d/old", b"o"),
+            D("gone/"),
+            F("gone/x", b"x"),
+        ),
         tar_bytes(D("etc/"), WH("etc/.wh.conf"), F("etc/new", b"n"), WH(".wh.gone"), S("etc/sh", "../bin/sh")),
         tar_bytes(D("d/"), WH("d/.wh..wh..opq"), F("d/fresh", b"f")),
     ]
@@ -77,8 +87,12 @@ class Layout:
         for i, t in enumerate(tars):
             kind = how[i % len(how)]
             descs.append({"mediaType": OCI_TAR + (f"+{kind}" if kind else ""), **self.blob(_compress(t, kind))})
-        doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-               "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config}, "layers": descs}
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+            "layers": descs,
+        }
         return {"mediaType": doc["mediaType"], **self.blob(json.dumps(doc).encode())}
 
     def index(self, manifests: list[dict[str, Any]]) -> None:
@@ -159,9 +173,18 @@ def test_oci_layout_dir_of_three_layers_tar_gzip_zstd(tmp_path: Path) -> None:
 def test_oci_layout_inside_a_tar_and_ref_selection(tmp_path: Path) -> None:
     lay = Layout()
     a, b = lay.manifest(layers()), lay.manifest(layers()[:1])
-    lay.index([{**a, "annotations": {"io.containerd.image.name": "docker.io/library/demo:1",
-                                     "org.opencontainers.image.ref.name": "1"}},
-               {**b, "annotations": {"org.opencontainers.image.ref.name": "base"}}])
+    lay.index(
+        [
+            {
+                **a,
+                "annotations": {
+                    "io.containerd.image.name": "docker.io/library/demo:1",
+                    "org.opencontainers.image.ref.name": "1",
+                },
+            },
+            {**b, "annotations": {"org.opencontainers.image.ref.name": "base"}},
+        ]
+    )
     archive = lay.write_tar(tmp_path / "img.tar")
     assert source_kind(archive) == "oci-layout"
     assert len(read_image(archive, ref="demo:1")) == 3 and len(read_image(archive, ref="base")) == 1
@@ -175,12 +198,19 @@ def test_nested_index_picks_this_machines_platform(tmp_path: Path) -> None:
     lay = Layout()
     here, other = lay.manifest(layers()), lay.manifest(layers()[:1])
     att = lay.manifest(layers()[:1])
-    inner = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
-        {**other, "platform": {"os": "linux", "architecture": "mips64" if ARCH != "mips64" else "s390x"}},
-        {**here, "platform": {"os": "linux", "architecture": ARCH}},
-        {**att, "platform": {"os": "unknown", "architecture": "unknown"},
-         "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
-    ]}
+    inner = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {**other, "platform": {"os": "linux", "architecture": "mips64" if ARCH != "mips64" else "s390x"}},
+            {**here, "platform": {"os": "linux", "architecture": ARCH}},
+            {
+                **att,
+                "platform": {"os": "unknown", "architecture": "unknown"},
+                "annotations": {"vnd.docker.reference.type": "attestation-manifest"},
+            },
+        ],
+    }
     lay.index([{"mediaType": inner["mediaType"], **lay.blob(json.dumps(inner).encode())}])
     assert len(read_image(lay.write_dir(tmp_path / "img"))) == 3
 
@@ -212,9 +242,15 @@ def test_docker_25_archive_has_both_forms(tmp_path: Path) -> None:
     m = lay.manifest(tars, how=("",))
     lay.index([{**m, "annotations": {"io.containerd.image.name": "docker.io/library/demo:1"}}])
     doc = json.loads(lay.files[f"blobs/sha256/{m['digest'][7:]}"])
-    lay.files["manifest.json"] = json.dumps([{
-        "Config": f"blobs/sha256/{doc['config']['digest'][7:]}", "RepoTags": ["demo:1"],
-        "Layers": [f"blobs/sha256/{d['digest'][7:]}" for d in doc["layers"]]}]).encode()
+    lay.files["manifest.json"] = json.dumps(
+        [
+            {
+                "Config": f"blobs/sha256/{doc['config']['digest'][7:]}",
+                "RepoTags": ["demo:1"],
+                "Layers": [f"blobs/sha256/{d['digest'][7:]}" for d in doc["layers"]],
+            }
+        ]
+    ).encode()
     archive = lay.write_tar(tmp_path / "img.tar")
     blobs = read_image(archive, ref="demo:1")
     assert [b.digest for b in blobs] == [sha(t) for t in tars]
@@ -261,7 +297,7 @@ def test_docker_diff_id_mismatch_is_refused(tmp_path: Path) -> None:
     archive = docker_archive(tmp_path / "save.tar", {"demo:1": tars})
     data = archive.read_bytes()
     i = data.index(b"v1")  # etc/conf's content in the first layer
-    archive.write_bytes(data[:i] + b"v2" + data[i + 2:])
+    archive.write_bytes(data[:i] + b"v2" + data[i + 2 :])
     with pytest.raises(UserError, match="layer.tar: uncompressed content does not match its diff_id"):
         read_image(archive)
 
@@ -321,18 +357,33 @@ def test_symlink_member_leaving_the_archive_is_refused(tmp_path: Path) -> None:
         read_image(archive)
 
 
-@pytest.mark.parametrize("files, what", [
-    ({"index.json": b"{}"}, "oci-layout has no imageLayoutVersion"),
-    ({"oci-layout": b'{"imageLayoutVersion": "1.0.0"}', "index.json": b"{nope"}, "index.json: not valid JSON"),
-    ({"oci-layout": b'{"imageLayoutVersion": "1.0.0"}', "index.json": b'{"manifests": 3}'},
-     "field 'manifests' is missing or not a list"),
-    ({"oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
-      "index.json": b'{"manifests": [{"digest": "sha256:../../x"}]}'}, "malformed digest"),
-    ({"oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
-      "index.json": json.dumps({"manifests": [{"digest": "sha256:" + "0" * 64}]}).encode()}, "is missing"),
-    ({"manifest.json": b'{"not": "a list"}'}, "manifest.json: not a list of images"),
-    ({"manifest.json": b'[{"RepoTags": ["x:1"]}]'}, "field 'Layers' is missing"),
-])
+@pytest.mark.parametrize(
+    "files, what",
+    [
+        ({"index.json": b"{}"}, "oci-layout has no imageLayoutVersion"),
+        ({"oci-layout": b'{"imageLayoutVersion": "1.0.0"}', "index.json": b"{nope"}, "index.json: not valid JSON"),
+        (
+            {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}', "index.json": b'{"manifests": 3}'},
+            "field 'manifests' is missing or not a list",
+        ),
+        (
+            {
+                "oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+                "index.json": b'{"manifests": [{"digest": "sha256:../../x"}]}',
+            },
+            "malformed digest",
+        ),
+        (
+            {
+                "oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+                "index.json": json.dumps({"manifests": [{"digest": "sha256:" + "0" * 64}]}).encode(),
+            },
+            "is missing",
+        ),
+        ({"manifest.json": b'{"not": "a list"}'}, "manifest.json: not a list of images"),
+        ({"manifest.json": b'[{"RepoTags": ["x:1"]}]'}, "field 'Layers' is missing"),
+    ],
+)
 def test_malformed_metadata_is_one_line(tmp_path: Path, files: dict[str, bytes], what: str) -> None:
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
@@ -386,20 +437,25 @@ def _bomb_layout(path: Path) -> tuple[Path, str]:
     return path, sha(gzip.compress(tars[1]))[7:]
 
 
-def test_a_decompression_bomb_is_refused_naming_layer_and_limit(tmp_path: Path,
-                                                                image_limit: Callable[[int | None], None]) -> None:
+def test_a_decompression_bomb_is_refused_naming_layer_and_limit(
+    tmp_path: Path, image_limit: Callable[[int | None], None]
+) -> None:
     path, layer = _bomb_layout(tmp_path / "img")
     image_limit(1 << 20)
     image = open_image("oci", path)
     with pytest.raises(UserError) as exc:
         _ = image.total_bytes
-    assert re.fullmatch(rf"{re.escape(str(path))}:blobs/sha256/{layer}: over the image size limit of 1\.0 MiB "
-                        r"\(--max-image-bytes\): more than 504\.0 KiB uncompressed in this layer after 520\.0 KiB "
-                        r"in the layers below", str(exc.value))
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}:blobs/sha256/{layer}: over the image size limit of 1\.0 MiB "
+        r"\(--max-image-bytes\): more than 504\.0 KiB uncompressed in this layer after 520\.0 KiB "
+        r"in the layers below",
+        str(exc.value),
+    )
 
 
-def test_a_legacy_archive_bomb_stops_in_the_diff_id_check(tmp_path: Path,
-                                                          image_limit: Callable[[int | None], None]) -> None:
+def test_a_legacy_archive_bomb_stops_in_the_diff_id_check(
+    tmp_path: Path, image_limit: Callable[[int | None], None]
+) -> None:
     bomb = gzip.compress(tar_bytes(F("zeros", bytes(8 << 20))))
     archive = docker_archive(tmp_path / "save.tar", {"bomb:1": [bomb]})
     image_limit(1 << 20)
@@ -418,8 +474,9 @@ def test_the_default_limit_is_the_free_disk_of_the_work_root(tmp_path: Path) -> 
         set_image_limit(None, None)
 
 
-@pytest.mark.parametrize("text, size", [("10G", 10 << 30), ("500M", 500 << 20), ("1.5GiB", 3 << 29),
-                                        ("4096", 4096), ("64k", 64 << 10)])
+@pytest.mark.parametrize(
+    "text, size", [("10G", 10 << 30), ("500M", 500 << 20), ("1.5GiB", 3 << 29), ("4096", 4096), ("64k", 64 << 10)]
+)
 def test_sizes_parse(text: str, size: int) -> None:
     assert parse_size(text) == size
 
@@ -433,15 +490,29 @@ def test_run_refuses_a_bomb_image_before_any_cell(tmp_path: Path) -> None:
     _, layer = _bomb_layout(tmp_path / "img")
     (tmp_path / "bomb.toml").write_text(BOMB_SCENARIO)
     try:
-        r = CliRunner().invoke(main, ["run", str(tmp_path / "bomb.toml"), "--driver", "null", "--max-image-bytes",
-                                      "1M", "--work-root", str(tmp_path / "work"), "--results-dir",
-                                      str(tmp_path / "res")])
+        r = CliRunner().invoke(
+            main,
+            [
+                "run",
+                str(tmp_path / "bomb.toml"),
+                "--driver",
+                "null",
+                "--max-image-bytes",
+                "1M",
+                "--work-root",
+                str(tmp_path / "work"),
+                "--results-dir",
+                str(tmp_path / "res"),
+            ],
+        )
     finally:
         set_image_limit(None, None)
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert r.stderr.strip() == (f"layerbench: error: {tmp_path / 'img'}:blobs/sha256/{layer}: over the image size "
-                                "limit of 1.0 MiB (--max-image-bytes): more than 504.0 KiB uncompressed in this "
-                                "layer after 520.0 KiB in the layers below")
+    assert r.stderr.strip() == (
+        f"layerbench: error: {tmp_path / 'img'}:blobs/sha256/{layer}: over the image size "
+        "limit of 1.0 MiB (--max-image-bytes): more than 504.0 KiB uncompressed in this "
+        "layer after 520.0 KiB in the layers below"
+    )
     assert [p.name for p in (tmp_path / "work").iterdir()] == [".layerbench-work-root"]  # no store was made
     assert not (tmp_path / "res").exists() or not any((tmp_path / "res").rglob("*.json"))
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from layerbench.harness import pagecache
-from layerbench.harness.claims import HELD, NOT_HELD, NOT_MEASURED, evaluate
-from layerbench.harness.errors import UserError
-from layerbench.harness.scenario import load_scenario
+from layerbench.analysis.claims import HELD, NOT_HELD, NOT_MEASURED, evaluate
+from layerbench.errors import UserError
+from layerbench.kernel import pagecache
+from layerbench.scenario import load_scenario
 
 MiB = 1 << 20
 CLAIM = 6  # index of the page-cache claim in CLAIMS
@@ -53,8 +53,15 @@ def _cell(driver: str, containers: int, first: float, each: float | None) -> dic
     metrics = {"page_cache_first_bytes": {"unit": "bytes", "samples": [first]}}
     if each is not None:
         metrics["page_cache_per_container_bytes"] = {"unit": "bytes", "samples": [each, each]}
-    return {"scenario": "page-cache-sharing", "driver": driver, "params": {"containers": containers},
-            "status": "ok", "image_bytes": 100 * MiB, "metrics": metrics, "outcomes": {}}
+    return {
+        "scenario": "page-cache-sharing",
+        "driver": driver,
+        "params": {"containers": containers},
+        "status": "ok",
+        "image_bytes": 100 * MiB,
+        "metrics": metrics,
+        "outcomes": {},
+    }
 
 
 def _verdict(*cells: dict[str, Any]) -> dict[str, str]:
@@ -63,8 +70,12 @@ def _verdict(*cells: dict[str, Any]) -> dict[str, str]:
 
 
 def test_page_cache_claim_decided_with_figures() -> None:
-    row = _verdict(_cell("overlay2", 20, 102 * MiB, 0.0), _cell("overlay2", 1, 102 * MiB, None),
-                   _cell("btrfs", 20, 102 * MiB, 102 * MiB), _cell("vfs", 5, 102 * MiB, 101 * MiB))
+    row = _verdict(
+        _cell("overlay2", 20, 102 * MiB, 0.0),
+        _cell("overlay2", 1, 102 * MiB, None),
+        _cell("btrfs", 20, 102 * MiB, 102 * MiB),
+        _cell("vfs", 5, 102 * MiB, 101 * MiB),
+    )
     assert row["verdict"] == HELD
     assert "overlay2: first container 102 MiB, each further one 0 B (0.00 image) at 20 containers" in row["figures"]
     assert "btrfs: first container 102 MiB, each further one 102 MiB (1.02 image)" in row["figures"]
@@ -78,8 +89,10 @@ def test_page_cache_claim_decided_with_figures() -> None:
 
 def _scenario(tmp_path: Path, step: str) -> Path:
     p = tmp_path / "s.toml"
-    p.write_text(f'name = "s"\ndescription = "d"\n[image]\nfiles = 10\n[[step]]\nop = "start"\n'
-                 f'[[step]]\nop = "page_cache"\n{step}\n')
+    p.write_text(
+        f'name = "s"\ndescription = "d"\n[image]\nfiles = 10\n[[step]]\nop = "start"\n'
+        f'[[step]]\nop = "page_cache"\n{step}\n'
+    )
     return p
 
 

@@ -12,9 +12,10 @@ from xml.etree import ElementTree
 
 import pytest
 from click.testing import CliRunner
+
 from layerbench import hookimpl
-from layerbench.harness.cli import main
-from layerbench.harness.plugins import BUILTIN, ExporterRegistry, default_plugins, load_plugins
+from layerbench.cli import main
+from layerbench.plugins import BUILTIN, ExporterRegistry, default_plugins, load_plugins
 
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).parent.parent / "docs" / "examples"
@@ -62,8 +63,9 @@ def test_an_unknown_format_and_source_are_one_line(tmp_path: Path) -> None:
     assert code == 2 and err.startswith("layerbench: error: -o ") and "one of md" in err
     toml = tmp_path / "s.toml"
     toml.write_text('name = "s"\ndescription = "d"\n[image]\nsource = "my-registry"\n[[step]]\nop = "start"\n')
-    code, _, err = _invoke("run", str(toml), "-d", "null", "--work-root", str(tmp_path / "w"),
-                           "--results-dir", str(tmp_path / "r"))
+    code, _, err = _invoke(
+        "run", str(toml), "-d", "null", "--work-root", str(tmp_path / "w"), "--results-dir", str(tmp_path / "r")
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "unknown source 'my-registry'; allowed: synthetic" in err and "docker-archive" in err
 
@@ -74,8 +76,9 @@ def test_report_writes_a_third_party_format(tmp_path: Path) -> None:
     assert code == 0, err
     suites = ElementTree.fromstring(out)
     cases = suites.findall("./testsuite/testcase")
-    cells = json.loads((DATA / "copy-up.json").read_text())["cells"] + json.loads((DATA / "null.json").read_text())[
-        "cells"]
+    cells = (
+        json.loads((DATA / "copy-up.json").read_text())["cells"] + json.loads((DATA / "null.json").read_text())["cells"]
+    )
     assert len(cases) == len(cells) > 0
     assert {c.get("classname") for c in cases} == {f"{c['scenario']}.{c['driver']}" for c in cells}
     code, _, err = _invoke("report", str(DATA / "null.json"), "-o", str(tmp_path / "cells.xml"))  # by suffix
@@ -95,16 +98,23 @@ def _layers(root: Path) -> dict[str, bytes]:
     (root / "01-app" / "etc" / "os-release").write_bytes(b"NAME=app on base\n")
     (root / "01-app" / "app").mkdir()
     (root / "01-app" / "app" / "run.sh").write_bytes(b"#!/bin/sh\necho hello\n")
-    return {"etc/os-release": b"NAME=app on base\n", "etc/hostname": b"example\n",
-            "app/run.sh": b"#!/bin/sh\necho hello\n"}
+    return {
+        "etc/os-release": b"NAME=app on base\n",
+        "etc/hostname": b"example\n",
+        "app/run.sh": b"#!/bin/sh\necho hello\n",
+    }
 
 
 def _scenario(path: Path, files: dict[str, bytes]) -> None:
-    steps = "".join(f'[[step]]\nop = "expect"\npath = "{rel}"\nsha256 = "{hashlib.sha256(data).hexdigest()}"\n\n'
-                    for rel, data in files.items())
-    path.write_text('name = "example-source"\ndescription = "an image from the layer-dirs plugin"\n\n'
-                    '[image]\nsource = "layer-dirs"\npath = "layers"\n\n'
-                    f'[[step]]\nop = "start"\nmeasure = "startup_ns"\n\n{steps}')
+    steps = "".join(
+        f'[[step]]\nop = "expect"\npath = "{rel}"\nsha256 = "{hashlib.sha256(data).hexdigest()}"\n\n'
+        for rel, data in files.items()
+    )
+    path.write_text(
+        'name = "example-source"\ndescription = "an image from the layer-dirs plugin"\n\n'
+        '[image]\nsource = "layer-dirs"\npath = "layers"\n\n'
+        f'[[step]]\nop = "start"\nmeasure = "startup_ns"\n\n{steps}'
+    )
 
 
 def test_a_scenario_runs_on_a_third_party_image_source(tmp_path: Path) -> None:
@@ -114,10 +124,26 @@ def test_a_scenario_runs_on_a_third_party_image_source(tmp_path: Path) -> None:
     assert image.layer_count == 2 and image.file_paths() == sorted(files)
     assert image.total_bytes == sum(map(len, files.values()))
     _scenario(tmp_path / "s.toml", files)
-    code, out, err = _invoke("run", str(tmp_path / "s.toml"), "-d", "vfs", "-d", "null", "--samples", "2",
-                             "--warmup", "0", "--work-root", str(tmp_path / "work"),
-                             "--results-dir", str(tmp_path / "results"), "--label", "doors",
-                             "--export-csv", str(tmp_path / "run.csv"))
+    code, out, err = _invoke(
+        "run",
+        str(tmp_path / "s.toml"),
+        "-d",
+        "vfs",
+        "-d",
+        "null",
+        "--samples",
+        "2",
+        "--warmup",
+        "0",
+        "--work-root",
+        str(tmp_path / "work"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--label",
+        "doors",
+        "--export-csv",
+        str(tmp_path / "run.csv"),
+    )
     assert code == 0, out + err
     (path,) = (tmp_path / "results").rglob("*_doors.json")
     cells = json.loads(path.read_text())["cells"]
@@ -134,9 +160,22 @@ def test_a_wrong_byte_from_the_source_fails_the_cell_naming_the_file(tmp_path: P
     _installed("layerbench-example-source")
     files = _layers(tmp_path / "layers")
     _scenario(tmp_path / "s.toml", {**files, "etc/os-release": b"NAME=base\n"})  # the lower layer's copy
-    code, out, err = _invoke("run", str(tmp_path / "s.toml"), "-d", "vfs", "--samples", "1", "--warmup", "0",
-                             "--work-root", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results"),
-                             "--label", "doors")
+    code, out, err = _invoke(
+        "run",
+        str(tmp_path / "s.toml"),
+        "-d",
+        "vfs",
+        "--samples",
+        "1",
+        "--warmup",
+        "0",
+        "--work-root",
+        str(tmp_path / "work"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--label",
+        "doors",
+    )
     assert code == 1, out + err
     (path,) = (tmp_path / "results").rglob("*_doors.json")
     (cell,) = json.loads(path.read_text())["cells"]

@@ -2,10 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
+from layerbench import Driver, LayerFormat, Style, hookimpl
 from layerbench.drivers import NullDriver
-from layerbench.harness import Driver, LayerFormat, Style, hookimpl
-from layerbench.harness.plugins import load_plugins
+from layerbench.plugins import load_plugins
 
 
 class _Incomplete(Driver):

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from click.testing import CliRunner
-from layerbench.harness import hookimpl, hookspecs
-from layerbench.harness.cli import main
-from layerbench.harness.cli.plugins import plugin_rows
-from layerbench.harness.image import FileSpec, Image, LayerSpec, SyntheticImage
-from layerbench.harness.plugins import load_plugins
-from layerbench.harness.report import Report, build, read_all
+
+from layerbench import hookimpl, hookspecs
+from layerbench.cli import main
+from layerbench.cli.plugins import plugin_rows
+from layerbench.images.image import FileSpec, Image, LayerSpec, SyntheticImage
+from layerbench.plugins import load_plugins
+from layerbench.report import Report, build, read_all
 
 
 def _tsv(report: Report, out: TextIO) -> None:
@@ -80,7 +81,10 @@ def test_duplicate_exporter_names_the_first_plugin() -> None:
 def test_every_hook_is_typed_and_documented_with_its_parameters() -> None:
     specs = [f for n, f in vars(hookspecs).items() if n.startswith("layerbench_") and callable(f)]
     assert {f.__name__ for f in specs} >= {
-        "layerbench_register_drivers", "layerbench_register_exporters", "layerbench_register_image_sources"}
+        "layerbench_register_drivers",
+        "layerbench_register_exporters",
+        "layerbench_register_image_sources",
+    }
     for spec in specs:
         sig = inspect.signature(spec)
         assert sig.return_annotation in (None, "None"), spec.__name__

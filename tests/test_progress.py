@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from layerbench.harness.cli import main
-from layerbench.harness.progress import CellEvent, LiveBar, PlainLines, RunClock, duration_text
-from layerbench.harness.runner import RunConfig, run
+
+from layerbench.cli import main
+from layerbench.run.progress import CellEvent, LiveBar, PlainLines, RunClock, duration_text
+from layerbench.run.runner import RunConfig, run
 
 from .test_cli import TINY
 
 
 def _event(kind: str, i: int, scenario: str, driver: str, duration_s: float | None = None) -> CellEvent:
-    return CellEvent(kind, i, 6, scenario, driver, {}, "ext4", duration_s,
-                     "ok" if kind == "finished" else None)
+    return CellEvent(kind, i, 6, scenario, driver, {}, "ext4", duration_s, "ok" if kind == "finished" else None)
 
 
 def _plan() -> RunClock:
@@ -61,8 +61,13 @@ def test_a_finished_event_without_duration_takes_the_time_since_it_started() -> 
 
 
 def test_duration_text() -> None:
-    assert [duration_text(s) for s in (0.04, 4.25, 42, 185, 3725)] == ["0.0 s", "4.2 s", "42 s", "3 min 05 s",
-                                                                      "1 h 02 min"]
+    assert [duration_text(s) for s in (0.04, 4.25, 42, 185, 3725)] == [
+        "0.0 s",
+        "4.2 s",
+        "42 s",
+        "3 min 05 s",
+        "1 h 02 min",
+    ]
 
 
 def test_plain_lines_name_the_cell_and_give_elapsed_and_eta() -> None:
@@ -101,12 +106,26 @@ def test_run_reports_each_cell_planned_started_finished(tmp_path: Path) -> None:
     scenario.write_text(TINY)
     seen: list[CellEvent] = []
     lines: list[str] = []
-    doc, _ = run(RunConfig(scenarios=(str(scenario),), drivers=("null",), results_dir=tmp_path / "res",
-                           work_root=tmp_path / "work", order="planned", target_ci=0.0),
-                 progress=lines.append, events=seen.append)
+    doc, _ = run(
+        RunConfig(
+            scenarios=(str(scenario),),
+            drivers=("null",),
+            results_dir=tmp_path / "res",
+            work_root=tmp_path / "work",
+            order="planned",
+            target_ci=0.0,
+        ),
+        progress=lines.append,
+        events=seen.append,
+    )
     assert [(e.kind, e.index, e.total) for e in seen] == [
-        ("planned", 1, 2), ("planned", 2, 2), ("started", 1, 2), ("finished", 1, 2), ("started", 2, 2),
-        ("finished", 2, 2)]
+        ("planned", 1, 2),
+        ("planned", 2, 2),
+        ("started", 1, 2),
+        ("finished", 1, 2),
+        ("started", 2, 2),
+        ("finished", 2, 2),
+    ]
     done = [e for e in seen if e.kind == "finished"]
     assert [e.duration_s for e in done] == [c["duration_s"] for c in doc["cells"]]
     assert [e.status for e in done] == ["ok", "ok"] and done[1].params == {"containers": 2}
@@ -116,8 +135,23 @@ def test_run_reports_each_cell_planned_started_finished(tmp_path: Path) -> None:
 def test_run_off_a_terminal_prints_plain_progress_lines(tmp_path: Path) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)
-    r = CliRunner().invoke(main, ["run", str(scenario), "-d", "null", "--results-dir", str(tmp_path / "res"),
-                                  "--work-root", str(tmp_path / "work"), "--order", "planned", "--target-ci", "0"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(scenario),
+            "-d",
+            "null",
+            "--results-dir",
+            str(tmp_path / "res"),
+            "--work-root",
+            str(tmp_path / "work"),
+            "--order",
+            "planned",
+            "--target-ci",
+            "0",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     progress = [line for line in r.stderr.splitlines() if line.startswith("[")]
     assert progress[0] == "[1/2] tiny null (containers=1) on dir"

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from layerbench.harness import report, results
-from layerbench.harness.cli import main
+
+from layerbench import report
+from layerbench.analysis import results
+from layerbench.cli import main
 
 DATA = Path(__file__).parent / "data"
 RUNS = [DATA / f"{name}.json" for name in ("copy-up", "null", "layer-sharing", "startup")]
@@ -51,22 +53,30 @@ def test_csv_is_the_tidy_one_and_json_has_every_statistic_and_the_ratio() -> Non
     assert text == results.to_csv(r.doc)  # one CSV: the one `run --export-csv` writes
     rows = list(csv.DictReader(io.StringIO(text)))
     assert list(rows[0])[:5] == ["host", "scenario", "driver", "backing", "params"]
-    row = next(x for x in rows if x["driver"] == "btrfs" and x["metric"] == "copy_up_ns"
-               and x["params"] == "file_size=4096")
+    row = next(
+        x for x in rows if x["driver"] == "btrfs" and x["metric"] == "copy_up_ns" and x["params"] == "file_size=4096"
+    )
     assert float(row["median"]) == pytest.approx(38110, rel=0.01)
     doc = json.loads(report.render(r, "json"))
     assert doc["baseline"] == "overlay2" and [run["label"] for run in doc["runs"]] == ["copy-up", "null"]
     assert doc["rows"][0]["ratio"] == 1.0 and doc["claims"] is None
-    row = next(x for x in doc["rows"] if x["driver"] == "btrfs" and x["metric"] == "copy_up_ns"
-               and x["params"] == "file_size=4096")
+    row = next(
+        x
+        for x in doc["rows"]
+        if x["driver"] == "btrfs" and x["metric"] == "copy_up_ns" and x["params"] == "file_size=4096"
+    )
     assert row["ratio"] == pytest.approx(38110 / 590235, rel=0.01)
 
 
 def test_claims_are_rendered(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report.claims, "evaluate", lambda doc: [
-        {"claim": "btrfs copy-up does not grow with file size", "verdict": "held", "figures": "38 µs vs 34 µs"},
-        {"claim": "vfs startup is the slowest", "verdict": "not measured", "figures": "no vfs cells"},
-    ])
+    monkeypatch.setattr(
+        report.claims,
+        "evaluate",
+        lambda doc: [
+            {"claim": "btrfs copy-up does not grow with file size", "verdict": "held", "figures": "38 µs vs 34 µs"},
+            {"claim": "vfs startup is the slowest", "verdict": "not measured", "figures": "no vfs cells"},
+        ],
+    )
     r = build(RUNS[:2], with_claims=True)
     md = report.render(r, "md")
     assert "## Claims" in md and "| btrfs copy-up does not grow with file size | held | 38 µs vs 34 µs |" in md
@@ -82,11 +92,14 @@ def test_report_verb_writes_the_format_of_the_suffix(tmp_path: Path) -> None:
     assert code == 0 and text.startswith("# layerbench report")
 
 
-@pytest.mark.parametrize("args, message", [
-    (("missing.json",), "missing.json: not a readable results file"),
-    (("--format", "md", str(DATA / "golden")), "golden: no results files (*.json) in this directory"),
-    ((str(DATA / "copy-up.json"), "-o", "r.pdf"), "cannot tell the format from the suffix"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("missing.json",), "missing.json: not a readable results file"),
+        (("--format", "md", str(DATA / "golden")), "golden: no results files (*.json) in this directory"),
+        ((str(DATA / "copy-up.json"), "-o", "r.pdf"), "cannot tell the format from the suffix"),
+    ],
+)
 def test_report_errors_are_one_line(args: tuple[str, ...], message: str) -> None:
     code, _, err = invoke("report", *args)
     assert code == 2 and message in err and err.count("\n") == 1
@@ -119,13 +132,19 @@ def test_slopes_are_fitted_per_driver_through_the_medians() -> None:
 
     r = build([DATA / "startup.json", DATA / "layer-sharing.json"])
     fitted = {(f["scenario"], f["driver"], f["metric"], f["param"]): f for f in r.slopes}
-    med = {(row["driver"], row["params"]): row["median"] for row in r.rows
-           if row["scenario"] == "startup" and row["metric"] == "startup_ns"}
+    med = {
+        (row["driver"], row["params"]): row["median"]
+        for row in r.rows
+        if row["scenario"] == "startup" and row["metric"] == "startup_ns"
+    }
     xs = [1, 8, 32]
     want = np.polyfit(xs, [med[("overlay2", f"layers={x}")] for x in xs], 1)[0]
     assert fitted[("startup", "overlay2", "startup_ns", "layers")]["slope"] == pytest.approx(want)
-    assert {d for (s, d, m, p) in fitted if (s, m, p) == ("layer-sharing", "disk_bytes", "containers")} == \
-        {"overlay2", "btrfs", "vfs"}
+    assert {d for (s, d, m, p) in fitted if (s, m, p) == ("layer-sharing", "disk_bytes", "containers")} == {
+        "overlay2",
+        "btrfs",
+        "vfs",
+    }
     md = report.render(r, "md", long=True)
     assert "| startup_ns vs layers | overlay2 | +10.9 µs per layer | 1.00 | 3 |" in md
     # vfs startup does not grow in a straight line with layers: no slope is claimed for it
@@ -144,8 +163,9 @@ def test_slope_text_picks_a_readable_unit() -> None:
 
 
 def test_a_backing_sweep_shows_both_backings_in_every_table() -> None:
-    r = build([Path(__file__).parent.parent / "results" / "reference" / "20261130T081209Z_backing.json"],
-              with_claims=True)
+    r = build(
+        [Path(__file__).parent.parent / "results" / "reference" / "20261130T081209Z_backing.json"], with_claims=True
+    )
     assert r.notes == []  # no "is in several runs": the two backings are different cells
     md = report.render(r, "md")
     assert "| params | metric (median) | overlay2 on ext4 | overlay2 on xfs | vfs on ext4 | vfs on xfs |" in md

@@ -8,8 +8,9 @@ import json
 import re
 from pathlib import Path
 
-from layerbench.harness import report, table
-from layerbench.harness.plots import figures
+from layerbench import report
+from layerbench.report import table
+from layerbench.report.plots import figures
 
 DATA = Path(__file__).parent / "data"
 RUNS = [DATA / f"{name}.json" for name in ("copy-up", "null", "layer-sharing", "startup")]
@@ -47,8 +48,11 @@ def test_plots_are_the_reports_medians_with_hover_and_legend() -> None:
     (plot,) = [p for p in figures(r) if p.title.startswith("Copy-up: time of the first write to an image file")]
     lines = [t for t in plot.figure.data if t.mode == "lines+markers"]
     assert [t.name for t in lines] == ["overlay2", "btrfs", "null"]  # the baseline first, one toggleable entry each
-    overlay2 = {row["params"]: row["median"] for row in r.rows
-                if (row["scenario"], row["driver"], row["metric"]) == ("copy-up", "overlay2", "copy_up_ns")}
+    overlay2 = {
+        row["params"]: row["median"]
+        for row in r.rows
+        if (row["scenario"], row["driver"], row["metric"]) == ("copy-up", "overlay2", "copy_up_ns")
+    }
     assert plot.figure.layout.yaxis.title.text == "copy-up time, median (ms)"  # one unit: the largest median's
     assert list(lines[0].y) == [overlay2[f"file_size={x:.0f}"] / 1e6 for x in lines[0].x]
     assert "median: %{y:.3g} ms" in lines[0].hovertemplate and "95% CI" in lines[0].hovertemplate
@@ -61,15 +65,19 @@ def test_plots_are_the_reports_medians_with_hover_and_legend() -> None:
 def test_titles_of_every_plot_and_box_plots_only_where_samples_vary() -> None:
     r = build(RUNS)
     titles = [p.title for p in figures(r)]
-    assert titles[:3] == ["Copy-up: time of the first write to an image file, by file size (copy-up)",
-                          "Disk used by N containers of one image (layer-sharing)",
-                          "Container startup, by the image's layer count (startup)"]
+    assert titles[:3] == [
+        "Copy-up: time of the first write to an image file, by file size (copy-up)",
+        "Disk used by N containers of one image (layer-sharing)",
+        "Container startup, by the image's layer count (startup)",
+    ]
     assert "copy_up_ns (copy-up)" in titles
     disk = [r.samples("layer-sharing", d, p, "disk_bytes") for d in r.drivers for p in ("containers=1", "containers=4")]
     assert all(min(x) == max(x) for x in disk if x) and "disk_bytes (layer-sharing)" not in titles
     assert "startup_ns (startup)" in titles and "image_disk_bytes (copy-up)" not in titles  # one sample only
     assert [p.title for p in figures(build([DATA / "startup.json"]))] == [
-        "Container startup, by the image's layer count (startup)", "startup_ns (startup)"]  # the rest just omitted
+        "Container startup, by the image's layer count (startup)",
+        "startup_ns (startup)",
+    ]  # the rest just omitted
 
 
 def test_table_of_contents_links_an_anchor_per_scenario() -> None:

@@ -5,12 +5,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
+from layerbench import hookimpl
+from layerbench.analysis import results
+from layerbench.cli import main
 from layerbench.drivers import NullDriver
-from layerbench.harness import hookimpl, results
-from layerbench.harness.cli import main
-from layerbench.harness.errors import UserError
-from layerbench.harness.plugins import load_plugins
-from layerbench.harness.runner import RunConfig, run
+from layerbench.errors import UserError
+from layerbench.plugins import load_plugins
+from layerbench.run.runner import RunConfig, run
 
 SCENARIO = """
 name = "two"
@@ -50,8 +52,13 @@ def test_resume_finishes_an_interrupted_run_without_redoing_cells(tmp_path: Path
     scenario = tmp_path / "two.toml"
     scenario.write_text(SCENARIO)
     plugins = load_plugins(extra=(FlakyPlugin(),))
-    config = RunConfig(scenarios=(str(scenario),), drivers=("flaky",), order="planned",
-                       results_dir=tmp_path / "res", work_root=tmp_path / "work")
+    config = RunConfig(
+        scenarios=(str(scenario),),
+        drivers=("flaky",),
+        order="planned",
+        results_dir=tmp_path / "res",
+        work_root=tmp_path / "work",
+    )
     with pytest.raises(KeyboardInterrupt):
         run(config, plugins=plugins)
     (path,) = (tmp_path / "res").rglob("*.json")
@@ -62,8 +69,9 @@ def test_resume_finishes_an_interrupted_run_without_redoing_cells(tmp_path: Path
 
     Flaky.interrupt_at = 0
     try:
-        done, again = run(RunConfig(resume=path, results_dir=tmp_path / "res", work_root=tmp_path / "work"),
-                          plugins=plugins)
+        done, again = run(
+            RunConfig(resume=path, results_dir=tmp_path / "res", work_root=tmp_path / "work"), plugins=plugins
+        )
     finally:
         Flaky.interrupt_at = 2
     assert again == path and done["status"] == "finished"
@@ -74,8 +82,9 @@ def test_resume_finishes_an_interrupted_run_without_redoing_cells(tmp_path: Path
 def test_resume_refuses_a_changed_scenario(tmp_path: Path) -> None:
     scenario = tmp_path / "two.toml"
     scenario.write_text(SCENARIO)
-    config = RunConfig(scenarios=(str(scenario),), drivers=("null",), results_dir=tmp_path / "res",
-                       work_root=tmp_path / "work")
+    config = RunConfig(
+        scenarios=(str(scenario),), drivers=("null",), results_dir=tmp_path / "res", work_root=tmp_path / "work"
+    )
     _, path = run(config)
     scenario.write_text(SCENARIO + "\n# edited\n")
     with pytest.raises(UserError, match="scenario 'two' changed since the run started"):
@@ -85,8 +94,15 @@ def test_resume_refuses_a_changed_scenario(tmp_path: Path) -> None:
 def _finished_run(tmp_path: Path) -> Path:
     scenario = tmp_path / "two.toml"
     scenario.write_text(SCENARIO)
-    _, path = run(RunConfig(scenarios=(str(scenario),), drivers=("null",), results_dir=tmp_path / "res",
-                            work_root=tmp_path / "work", seed=3))
+    _, path = run(
+        RunConfig(
+            scenarios=(str(scenario),),
+            drivers=("null",),
+            results_dir=tmp_path / "res",
+            work_root=tmp_path / "work",
+            seed=3,
+        )
+    )
     return path
 
 
@@ -99,15 +115,19 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path: Path) -> 
     assert path.read_bytes() == before and list((tmp_path / "res").rglob("*.json")) == [path]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["-d", "btrfs"], "--resume: the run was made with drivers null; drop -d or start a new run"),
-    (["--seed", "4", "-p", "n=1"], ("--resume: the run was made with parameters none and seed 3; "
-                                    "drop -p and --seed or start a new run")),
-    (["--label", "other"], "--resume: the run was made with label run; drop --label or start a new run"),
-    (["copy-up"], "--resume: the run was made with scenarios two; drop the scenario arguments or start a new run"),
-])
-def test_resume_refuses_other_settings_naming_the_stored_ones(tmp_path: Path, args: list[str],
-                                                              message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-d", "btrfs"], "--resume: the run was made with drivers null; drop -d or start a new run"),
+        (
+            ["--seed", "4", "-p", "n=1"],
+            ("--resume: the run was made with parameters none and seed 3; drop -p and --seed or start a new run"),
+        ),
+        (["--label", "other"], "--resume: the run was made with label run; drop --label or start a new run"),
+        (["copy-up"], "--resume: the run was made with scenarios two; drop the scenario arguments or start a new run"),
+    ],
+)
+def test_resume_refuses_other_settings_naming_the_stored_ones(tmp_path: Path, args: list[str], message: str) -> None:
     path = _finished_run(tmp_path)
     before = path.read_bytes()
     r = CliRunner().invoke(main, ["run", "--resume", str(path), *args])
@@ -117,8 +137,9 @@ def test_resume_refuses_other_settings_naming_the_stored_ones(tmp_path: Path, ar
 
 def test_resume_accepts_the_settings_the_run_had(tmp_path: Path) -> None:
     path = _finished_run(tmp_path)
-    r = CliRunner().invoke(main, ["run", "--resume", str(path), "-d", "null", "--seed", "3",
-                                  "--work-root", str(tmp_path / "work")])
+    r = CliRunner().invoke(
+        main, ["run", "--resume", str(path), "-d", "null", "--seed", "3", "--work-root", str(tmp_path / "work")]
+    )
     assert r.exit_code == 0 and "nothing to do" in r.stderr
 
 

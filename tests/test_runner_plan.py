@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from layerbench.harness.plugins import default_plugins
-from layerbench.harness.runner import Cell, estimate_bytes, estimate_inodes
-from layerbench.harness.scenario import load_scenario
+
+from layerbench.plugins import default_plugins
+from layerbench.run.runner import Cell, estimate_bytes, estimate_inodes
+from layerbench.scenario import load_scenario
 
 BASE = """
 name = "plan"
@@ -38,12 +39,15 @@ def test_a_write_with_count_raises_the_estimate_by_count_times_bytes(tmp_path: P
     assert estimate_inodes(with_writes) - estimate_inodes(without) >= n
 
 
-@pytest.mark.parametrize(("step", "at_least"), [
-    ('op = "append"\nfraction = 0.5\nbytes = 1000000', 20 * 1_000_000),  # half of 40 files
-    ('op = "overwrite"\nglob = "**"\nbytes = 100000', 40 * 100_000),  # a glob: every file, at most
-    ('op = "truncate"\npath = "x"\nsize = 50000000', 50_000_000),
-    ('op = "write"\npath = "one"\nbytes = 30000000', 30_000_000),
-])
+@pytest.mark.parametrize(
+    ("step", "at_least"),
+    [
+        ('op = "append"\nfraction = 0.5\nbytes = 1000000', 20 * 1_000_000),  # half of 40 files
+        ('op = "overwrite"\nglob = "**"\nbytes = 100000', 40 * 100_000),  # a glob: every file, at most
+        ('op = "truncate"\npath = "x"\nsize = 50000000', 50_000_000),
+        ('op = "write"\npath = "one"\nbytes = 30000000', 30_000_000),
+    ],
+)
 def test_every_op_that_writes_counts(tmp_path: Path, step: str, at_least: int) -> None:
     assert estimate_bytes(_cell(tmp_path, f"[[step]]\n{step}\n")) - estimate_bytes(_cell(tmp_path, "")) >= at_least
 

@@ -5,9 +5,10 @@ import stat
 from pathlib import Path
 
 import pytest
-from layerbench.harness.errors import UserError
-from layerbench.harness.ledger import Ledger, release, release_abandoned
-from layerbench.harness.safety import MARKER, prepare_work_root, remove_tree
+
+from layerbench.errors import UserError
+from layerbench.kernel.safety import MARKER, prepare_work_root, remove_tree
+from layerbench.run.ledger import Ledger, release, release_abandoned
 
 
 @pytest.mark.parametrize("bad", ["/", "/var/tmp", "/tmp", "~"])
@@ -16,9 +17,24 @@ def test_system_and_home_work_roots_are_refused(bad: str) -> None:
         prepare_work_root(Path(os.path.expanduser(bad)))
 
 
-@pytest.mark.parametrize("bad", ["/etc", "/etc/lb-x", "/usr/lib/lb-x", "/boot/lb-x", "/bin/lb-x", "/sbin/lb-x",
-                                 "/lib/lb-x", "/lib64/lb-x", "/proc/lb-x", "/sys/lb-x", "/dev/shm/lb-x",
-                                 "/run/lb-x", "/var/lib/lb-x"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "/etc",
+        "/etc/lb-x",
+        "/usr/lib/lb-x",
+        "/boot/lb-x",
+        "/bin/lb-x",
+        "/sbin/lb-x",
+        "/lib/lb-x",
+        "/lib64/lb-x",
+        "/proc/lb-x",
+        "/sys/lb-x",
+        "/dev/shm/lb-x",
+        "/run/lb-x",
+        "/var/lib/lb-x",
+    ],
+)
 def test_anything_under_a_system_directory_is_refused_and_nothing_is_made(bad: str) -> None:
     path = Path(bad) / f"w{os.getpid()}"
     with pytest.raises(UserError, match=r"^--work-root .*: refusing a directory under the system directory /"):
@@ -84,6 +100,6 @@ def test_ledger_releases_in_reverse_and_only_what_it_names(tmp_path: Path) -> No
 
 
 def test_a_top_directory_that_only_starts_with_lib_is_not_a_system_directory() -> None:
-    from layerbench.harness.safety import _system_tree
+    from layerbench.kernel.safety import _system_tree
 
     assert _system_tree("/library/lb-x") is None and _system_tree("/libx32/lb-x") == "/libx32"

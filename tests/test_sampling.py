@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from layerbench.harness import results, runner
-from layerbench.harness.cli import main
-from layerbench.harness.plugins import default_plugins
-from layerbench.harness.sampling import PHASES, Sampling, headline_widths, stop_reason, time_split_lines
-from layerbench.harness.scenario import load_scenario
-from layerbench.harness.stats import ci_half_width
+
+from layerbench.analysis import results
+from layerbench.analysis.stats import ci_half_width
+from layerbench.cli import main
+from layerbench.plugins import default_plugins
+from layerbench.run import runner
+from layerbench.run.sampling import PHASES, Sampling, headline_widths, stop_reason, time_split_lines
+from layerbench.scenario import load_scenario
 
 TINY = """
 name = "tiny"
@@ -40,8 +42,17 @@ op = "usage"
 
 
 def adaptive(**kw: float) -> Sampling:
-    args = {"samples": 10, "warmup": 0, "min_time_s": 0.0, "cold": False, "target_ci": 0.05, "min_samples": 5,
-            "max_samples": 20, "budget_s": 0.0, **kw}
+    args = {
+        "samples": 10,
+        "warmup": 0,
+        "min_time_s": 0.0,
+        "cold": False,
+        "target_ci": 0.05,
+        "min_samples": 5,
+        "max_samples": 20,
+        "budget_s": 0.0,
+        **kw,
+    }
     return Sampling(**args)  # type: ignore[arg-type]
 
 
@@ -125,8 +136,21 @@ def test_a_real_cell_records_why_it_stopped_and_where_its_time_went(tmp_path: Pa
 def test_run_prints_the_split_and_pins_with_samples(tmp_path: Path) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY.format(extra=""))
-    r = CliRunner().invoke(main, ["run", str(scenario), "-d", "null", "--results-dir", str(tmp_path / "res"),
-                                  "--work-root", str(tmp_path / "work"), "--samples", "2"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(scenario),
+            "-d",
+            "null",
+            "--results-dir",
+            str(tmp_path / "res"),
+            "--work-root",
+            str(tmp_path / "work"),
+            "--samples",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     assert "time: 1 cells took" in r.stderr and "stopped on: 1 pinned" in r.stderr and "slowest 1 cells:" in r.stderr
     (path,) = (tmp_path / "res").rglob("*.json")

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from layerbench.harness.errors import UserError
-from layerbench.harness.scenario import builtin_scenarios, load_scenario, resolve_scenarios
+from layerbench.errors import UserError
+from layerbench.scenario import builtin_scenarios, load_scenario, resolve_scenarios
 
 GOOD = """
 name = "tiny"
@@ -36,9 +36,23 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-BUILTINS = {"layer-sharing", "copy-up", "startup", "commit", "delete-in-later-layer", "deep-read",
-            "write-heavy", "metadata-storm", "image-build", "page-cache-sharing", "image-sharing",
-            "container-remove", "volume-writes", "nearest-layer", "unpack"}
+BUILTINS = {
+    "layer-sharing",
+    "copy-up",
+    "startup",
+    "commit",
+    "delete-in-later-layer",
+    "deep-read",
+    "write-heavy",
+    "metadata-storm",
+    "image-build",
+    "page-cache-sharing",
+    "image-sharing",
+    "container-remove",
+    "volume-writes",
+    "nearest-layer",
+    "unpack",
+}
 
 
 def test_builtins_load_and_name_the_issue_parameters() -> None:
@@ -54,7 +68,9 @@ def test_builtins_load_and_name_the_issue_parameters() -> None:
         for p in s.param_sets():
             samples, warmup, _ = s.repeat(p)
             # at least 5 samples after a warm-up, or many containers per sample, or a 100k-file image
-            assert (warmup >= 1 and samples >= 5) or p.get("containers", 1) * samples >= 20 or p.get("files", 0) >= 100000
+            assert (
+                (warmup >= 1 and samples >= 5) or p.get("containers", 1) * samples >= 20 or p.get("files", 0) >= 100000
+            )
 
 
 def test_layer_sharing_image_is_about_100mb_in_1000_files() -> None:
@@ -93,7 +109,10 @@ def test_content_hash_changes_with_the_file(tmp_path: Path) -> None:
         (lambda t: t.replace('"${n}"', '"${nope}"'), "step[0].count: unknown parameter ${nope}; parameters: n, size"),
         (lambda t: t.replace("layers = 2", "layers = -1"), "image.layers: expected a whole number >= 0"),
         (lambda t: t.replace("layers = 2", "layers = 900"), "image.layers: must be between 1 and 500"),
-        (lambda t: t.replace('path = "a/b.bin"\nmeasure', 'measure'), "step[1]: op 'append' needs exactly one of path, glob, fraction"),
+        (
+            lambda t: t.replace('path = "a/b.bin"\nmeasure', "measure"),
+            "step[1]: op 'append' needs exactly one of path, glob, fraction",
+        ),
         (lambda t: t.replace('"copy_up_ns"', '"copy up"'), "step[1].measure: a metric name"),
         (lambda t: t.replace('name = "tiny"', ""), "name: required, a non-empty string"),
         (lambda t: t.replace("n = [1, 2]", "n = []"), "params.n: expected a non-empty list"),
@@ -143,24 +162,33 @@ def test_listed_sets_string_params_and_op_from_a_parameter(tmp_path: Path) -> No
     assert s.repeat({"n": 2, "how": "open_rdwr"})[0] == 2
     assert [st.op for st in s.steps({"n": 2, "how": "open_rdwr"})] == ["start", "open_rdwr"]
     assert load_scenario(write(tmp_path, SETS), {"n": [2, 9]}).param_sets() == [
-        {"n": 2, "how": "open_rdwr"}, {"n": 9, "how": "open_rdwr"}]
+        {"n": 2, "how": "open_rdwr"},
+        {"n": 9, "how": "open_rdwr"},
+    ]
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         (SETS.replace('how = "open_rdwr"', 'how = "explode"'), "step[1].op: parameter how = 'explode' is not one of"),
-        (SETS.replace('path = "f"', 'path = "f"\nbytes = 3').replace('"append"', '"open_rdwr"'),
-         "step[1].bytes: unknown field for op 'open_rdwr'"),
+        (
+            SETS.replace('path = "f"', 'path = "f"\nbytes = 3').replace('"append"', '"open_rdwr"'),
+            "step[1].bytes: unknown field for op 'open_rdwr'",
+        ),
         (SETS.replace("[[sets]]\nn = 2", "[[sets]]\nm = 2"), "sets[1]: every set must name the same parameters"),
         (SETS + "\n[params]\nx = [1]\n", "sets: give either [params] (every combination) or [[sets]]"),
         (SETS.replace("[image]\n", '[image]\nsource = "ftp"\n'), "image.source: unknown source 'ftp'"),
         (SETS.replace("[image]\nlayers = 1", '[image]\nsource = "oci"\npath = "nope"'), "image.path: "),
         (SETS.replace('path = "f"', 'glob = "*"\npath = "f"'), "needs exactly one of path, glob, fraction"),
         (SETS.replace('path = "f"', "fraction = 1.5"), "step[1].fraction: expected a number in (0, 1]"),
-        (SETS.replace('op = "start"', 'op = "write"\npath = "x"\nbytes = 1\ncount = 3'),
-         "step[0].path: with count, the path must hold {i}"),
-        (SETS.replace('path = "f"', 'path = "f"\nallow_errors = ["EWHAT"]'), "step[1].allow_errors: expected a list of errno"),
+        (
+            SETS.replace('op = "start"', 'op = "write"\npath = "x"\nbytes = 1\ncount = 3'),
+            "step[0].path: with count, the path must hold {i}",
+        ),
+        (
+            SETS.replace('path = "f"', 'path = "f"\nallow_errors = ["EWHAT"]'),
+            "step[1].allow_errors: expected a list of errno",
+        ),
         (SETS.replace('samples = "${n}"', "samples = 0"), "repeat.samples: must be at least 1"),
         (SETS.replace('op = "start"', 'op = "usage"\nmeasure = "x_ns"'), "step[0].measure: op 'usage' records fixed"),
     ],
@@ -171,7 +199,9 @@ def test_more_bad_files(tmp_path: Path, text: str, message: str) -> None:
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-IMAGES = GOOD.replace("[[step]]", """[[images]]
+IMAGES = GOOD.replace(
+    "[[step]]",
+    """[[images]]
 name = "app"
 base = "base"
 layers = 2
@@ -180,12 +210,15 @@ bytes = "${size}"
 name = "tool"
 base = "app"
 seed = 3
-[[step]]""", 1)
+[[step]]""",
+    1,
+)
 
 
 def test_images_are_built_after_their_base_and_started_by_name(tmp_path: Path) -> None:
-    text = IMAGES.replace('[[images]]\nname = "app"', '[[images]]\nname = "later"\nbase = "tool"\n[[images]]\n'
-                          'name = "app"').replace('op = "start"', 'op = "start"\nimage = "tool"')
+    text = IMAGES.replace(
+        '[[images]]\nname = "app"', '[[images]]\nname = "later"\nbase = "tool"\n[[images]]\nname = "app"'
+    ).replace('op = "start"', 'op = "start"\nimage = "tool"')
     s = load_scenario(write(tmp_path, text))
     built = s.images({"n": 1, "size": 10})
     assert [(n, b) for n, b, _ in built] == [("app", "base"), ("tool", "app"), ("later", "tool")]
@@ -193,18 +226,33 @@ def test_images_are_built_after_their_base_and_started_by_name(tmp_path: Path) -
     assert s.steps({"n": 1, "size": 10})[0].args["image"] == "tool"
 
 
-@pytest.mark.parametrize("old,new,message", [
-    ('base = "app"', 'base = "nope"', "images[1].base: unknown image 'nope'; images: base, app, tool"),
-    ('base = "base"', 'base = "tool"', "images[0].base: a cycle of bases: app -> tool -> app"),
-    ('name = "tool"', 'name = "app"', "images[1].name: 'app' is already images[0]"),
-    ('name = "tool"', 'name = "committed"', "images[1].name: 'committed' is reserved"),
-    ('seed = 3', 'seed = 3\npath = "x"', "images[1].path: unknown field"),
-    ('seed = 3', 'layers = 0', "images[1].layers: must be between 1 and 500, got 0"),
-    ('op = "start"', 'op = "start"\nimage = "missing"', "step[0].image: expected one of 'base', 'committed', 'app'"),
-    ('op = "append"\npath = "a/b.bin"', 'op = "usage"\nprefix = "Bad-Name"', "step[1].prefix: a metric name prefix"),
-    ('op = "append"\npath = "a/b.bin"', 'op = "expect"\npath = "a/b.bin"', "op 'expect' needs exactly one of sha256"),
-    ('op = "append"\npath = "a/b.bin"', 'op = "expect"\npath = "a/b.bin"\nsha256 = "abc"', "step[1].sha256: 64"),
-])
+@pytest.mark.parametrize(
+    "old,new,message",
+    [
+        ('base = "app"', 'base = "nope"', "images[1].base: unknown image 'nope'; images: base, app, tool"),
+        ('base = "base"', 'base = "tool"', "images[0].base: a cycle of bases: app -> tool -> app"),
+        ('name = "tool"', 'name = "app"', "images[1].name: 'app' is already images[0]"),
+        ('name = "tool"', 'name = "committed"', "images[1].name: 'committed' is reserved"),
+        ("seed = 3", 'seed = 3\npath = "x"', "images[1].path: unknown field"),
+        ("seed = 3", "layers = 0", "images[1].layers: must be between 1 and 500, got 0"),
+        (
+            'op = "start"',
+            'op = "start"\nimage = "missing"',
+            "step[0].image: expected one of 'base', 'committed', 'app'",
+        ),
+        (
+            'op = "append"\npath = "a/b.bin"',
+            'op = "usage"\nprefix = "Bad-Name"',
+            "step[1].prefix: a metric name prefix",
+        ),
+        (
+            'op = "append"\npath = "a/b.bin"',
+            'op = "expect"\npath = "a/b.bin"',
+            "op 'expect' needs exactly one of sha256",
+        ),
+        ('op = "append"\npath = "a/b.bin"', 'op = "expect"\npath = "a/b.bin"\nsha256 = "abc"', "step[1].sha256: 64"),
+    ],
+)
 def test_bad_images_get_one_line_naming_the_field(tmp_path: Path, old: str, new: str, message: str) -> None:
     assert old in IMAGES
     with pytest.raises(UserError) as err:

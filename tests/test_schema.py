@@ -1,4 +1,4 @@
-"""The results schema (harness/results.schema.json) and the migrations applied in `read`.
+"""The results schema (harness/analysis/results.schema.json) and the migrations applied in `read`.
 
 `check_results(path)` is the helper other tests call on every results file they write.
 """
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from layerbench.harness import results
-from layerbench.harness.errors import UserError
-from layerbench.harness.runner import RunConfig, run
+from layerbench.analysis import results
+from layerbench.errors import UserError
+from layerbench.run.runner import RunConfig, run
 
 DATA = Path(__file__).parent / "data"
 
@@ -63,9 +63,16 @@ def test_every_file_a_run_writes_matches_the_schema(tmp_path: Path) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)
     bad = tmp_path / "bad.toml"
-    bad.write_text(TINY.replace('name = "tiny"', 'name = "bad"').replace('path = "t.bin"\nmeasure', 'path = "no.bin"\nmeasure'))
-    config = RunConfig(scenarios=(str(scenario), str(bad)), drivers=("null",), results_dir=tmp_path / "res",
-                       label="schema", work_root=tmp_path / "work")
+    bad.write_text(
+        TINY.replace('name = "tiny"', 'name = "bad"').replace('path = "t.bin"\nmeasure', 'path = "no.bin"\nmeasure')
+    )
+    config = RunConfig(
+        scenarios=(str(scenario), str(bad)),
+        drivers=("null",),
+        results_dir=tmp_path / "res",
+        label="schema",
+        work_root=tmp_path / "work",
+    )
     doc, path = run(config)
     assert {c["status"] for c in doc["cells"]} == {"ok", "error"}
     written = list((tmp_path / "res").rglob("*.json"))
@@ -85,16 +92,22 @@ def test_the_schema_is_shipped_and_is_draft_2020_12() -> None:
 def test_a_broken_document_is_one_line_naming_the_place() -> None:
     doc = json.loads((DATA / "null.json").read_text())
     doc["cells"][0]["metrics"]["copy_up_ns"]["unit"] = "seconds"
-    with pytest.raises(UserError, match=r'^results document: cells\[0\]\.metrics\.copy_up_ns\.unit: expected one of '
-                                        r'"ns", "bytes", "count", got "seconds"$'):
+    with pytest.raises(
+        UserError,
+        match=r"^results document: cells\[0\]\.metrics\.copy_up_ns\.unit: expected one of "
+        r'"ns", "bytes", "count", got "seconds"$',
+    ):
         results.validate(doc)
 
 
 def test_a_file_a_run_writes_records_its_process_and_older_files_without_it_stay_readable(tmp_path: Path) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)
-    doc, path = run(RunConfig(scenarios=(str(scenario),), drivers=("null",), results_dir=tmp_path / "res",
-                              work_root=tmp_path / "work"))
+    doc, path = run(
+        RunConfig(
+            scenarios=(str(scenario),), drivers=("null",), results_dir=tmp_path / "res", work_root=tmp_path / "work"
+        )
+    )
     assert doc["run"] == results.run_record()  # this process: host, pid, boot id, start time
     assert results.run_state(doc) == "finished"
     old = json.loads(path.read_text())
@@ -109,8 +122,11 @@ def test_migrate_0_to_1_gives_units_scenario_records_and_status() -> None:
     results.validate(new)
     assert new["schema_version"] == 1 and new["status"] == "finished" and new["helpers"] == {}
     assert new["finished_utc"] == old["started_utc"]
-    assert new["scenarios"]["copy-up"] == {"path": None, "sha256": old["scenarios"]["copy-up"],
-                                           "params": {"file_size": [4096, 1048576]}}
+    assert new["scenarios"]["copy-up"] == {
+        "path": None,
+        "sha256": old["scenarios"]["copy-up"],
+        "params": {"file_size": [4096, 1048576]},
+    }
     cell = new["cells"][0]
     assert cell["metrics"]["copy_up_ns"] == {"unit": "ns", "samples": [5100, 4900, 5000]}
     assert cell["metrics"]["image_disk_bytes"]["unit"] == "bytes"

@@ -15,13 +15,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from layerbench.harness.cli import main
+from layerbench.cli import main
 
 try:
     metadata.distribution("layerbench-skeleton")
 except metadata.PackageNotFoundError:
-    pytest.skip("layerbench-skeleton is not installed: pip install ./docs/examples/layerbench-skeleton "
-                "(.ci/setup does)", allow_module_level=True)
+    pytest.skip(
+        "layerbench-skeleton is not installed: pip install ./docs/examples/layerbench-skeleton (.ci/setup does)",
+        allow_module_level=True,
+    )
 
 
 def test_skeleton_is_listed_by_drivers_and_plugins() -> None:
@@ -35,20 +37,55 @@ def test_skeleton_is_listed_by_drivers_and_plugins() -> None:
 
 def test_conformance_suite_passes_as_a_driver_author_runs_it(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "t"),
-         "--pyargs", "layerbench.harness.conformance", "--layerbench-driver", "skeleton"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--basetemp",
+            str(tmp_path / "t"),
+            "--pyargs",
+            "layerbench.testing.conformance",
+            "--layerbench-driver",
+            "skeleton",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-500:]
 
 
 def test_a_scenario_runs_on_the_skeleton(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, [
-        "run", "copy-up", "-d", "skeleton", "-p", "file_size=4096", "-p", "depth=1", "-p", "mode=append",
-        "--samples", "2", "--warmup", "0", "--results-dir", str(tmp_path / "results"),
-        "--work-root", str(tmp_path / "work"), "--label", "skeleton",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "copy-up",
+            "-d",
+            "skeleton",
+            "-p",
+            "file_size=4096",
+            "-p",
+            "depth=1",
+            "-p",
+            "mode=append",
+            "--samples",
+            "2",
+            "--warmup",
+            "0",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--work-root",
+            str(tmp_path / "work"),
+            "--label",
+            "skeleton",
+        ],
+    )
     assert result.exit_code == 0, result.output
     (path,) = (tmp_path / "results").rglob("*_skeleton.json")
     doc = json.loads(path.read_text())

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 
-from layerbench.harness.stats import (
+from layerbench.analysis.stats import (
     STATS_FIELDS,
     WIDE_CI,
     bootstrap_ci,

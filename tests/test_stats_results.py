@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from layerbench.harness import machine, results
-from layerbench.harness.errors import UserError
-from layerbench.harness.stats import SUMMARY_FIELDS, summarize
+from layerbench.analysis import results
+from layerbench.analysis.stats import SUMMARY_FIELDS, summarize
+from layerbench.errors import UserError
+from layerbench.run import machine
 
 
 def test_summary_is_median_quartiles_min_max() -> None:
@@ -19,8 +20,17 @@ def test_summary_is_median_quartiles_min_max() -> None:
 
 def _doc() -> dict:  # type: ignore[type-arg]
     doc = results.new_document("t", machine.machine_info(), machine.tool_info())
-    doc["cells"].append({"scenario": "s", "driver": "d", "params": {"b": 2, "a": 1}, "status": "ok", "backing": "dir", "error": None,
-                         "metrics": {"x_ns": {"unit": "ns", "samples": [1, 2, 3]}}})
+    doc["cells"].append(
+        {
+            "scenario": "s",
+            "driver": "d",
+            "params": {"b": 2, "a": 1},
+            "status": "ok",
+            "backing": "dir",
+            "error": None,
+            "metrics": {"x_ns": {"unit": "ns", "samples": [1, 2, 3]}},
+        }
+    )
     return doc
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from layerbench.harness.scenario import Step
-from layerbench.harness.steps import SampleState, glob_paths, run_step
+
+from layerbench.run.steps import SampleState, glob_paths, run_step
+from layerbench.scenario import Step
 
 ROOT = os.geteuid() == 0
 
@@ -20,14 +21,35 @@ def tree(root: Path) -> Path:
     """A small ordinary tree: nested dirs, files, a hidden file and a hidden dir."""
     for d in ("etc", "usr/lib/x", "usr/share", ".hidden"):
         (root / d).mkdir(parents=True)
-    for f in ("etc/hosts", "etc/app.conf", "usr/lib/x/a.so", "usr/lib/b.so", "usr/share/doc", ".hidden/f", ".env",
-              "top.bin"):
+    for f in (
+        "etc/hosts",
+        "etc/app.conf",
+        "usr/lib/x/a.so",
+        "usr/lib/b.so",
+        "usr/share/doc",
+        ".hidden/f",
+        ".env",
+        "top.bin",
+    ):
         (root / f).write_bytes(b"x" * 10)
     return root
 
 
-PATTERNS = ["**", "*", "etc/*", "**/*.so", "usr/**", "usr/**/a.so", "usr/*/x/*", ".*", ".hidden/*", "nothing/*",
-            "etc/hosts", "**/x/**", "*/lib/*.so"]
+PATTERNS = [
+    "**",
+    "*",
+    "etc/*",
+    "**/*.so",
+    "usr/**",
+    "usr/**/a.so",
+    "usr/*/x/*",
+    ".*",
+    ".hidden/*",
+    "nothing/*",
+    "etc/hosts",
+    "**/x/**",
+    "*/lib/*.so",
+]
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
@@ -75,8 +97,9 @@ class _Image:
 
 
 def _state(root: Path, files: list[str] | None = None) -> SampleState:
-    state = SampleState(driver=None, image=_Image(files or []), top="", store=None, baseline=None,
-                        baseline_walk=0, prefix="s0")
+    state = SampleState(
+        driver=None, image=_Image(files or []), top="", store=None, baseline=None, baseline_walk=0, prefix="s0"
+    )
     state.containers, state.roots = ["c0"], {"c0": root}
     return state
 
@@ -90,8 +113,12 @@ def _run(
     def outcome(label: str, name: str) -> None:
         outcomes[name] = outcomes.get(name, 0) + 1
 
-    run_step(state, Step(op=op, args=args, measure="t_ns", allow_errors=allow, label=f"step[0] {op}"),
-             recorded.__setitem__, outcome)
+    run_step(
+        state,
+        Step(op=op, args=args, measure="t_ns", allow_errors=allow, label=f"step[0] {op}"),
+        recorded.__setitem__,
+        outcome,
+    )
     return recorded, outcomes
 
 
@@ -115,8 +142,7 @@ def test_a_glob_opens_only_the_regular_file_and_says_what_it_skipped(op: str, tm
     root = hostile(tmp_path)
     recorded, outcomes = _run(_state(root), op, glob="dev/*")
     assert "t_ns" in recorded
-    assert outcomes == {"skipped 1 directory": 1, "skipped 1 fifo": 1, "skipped 1 socket": 1,
-                        "skipped 2 symlinks": 1}
+    assert outcomes == {"skipped 1 directory": 1, "skipped 1 fifo": 1, "skipped 1 socket": 1, "skipped 2 symlinks": 1}
     assert os.path.islink(root / "dev" / "link") and os.readlink(root / "dev" / "link") == "regular"
     if op in ("overwrite", "append", "write"):
         assert (root / "dev" / "regular").read_bytes() != b"0123456789"
@@ -165,7 +191,7 @@ def test_a_char_device_is_skipped_and_never_opened(tmp_path: Path) -> None:
 def test_an_entry_swapped_after_selection_is_refused_on_open(tmp_path: Path) -> None:
     """O_NOFOLLOW and the type check on the fd: a fifo put where a file was selected fails
     at once (no wait for a writer), a symlink with ELOOP."""
-    from layerbench.harness import steps
+    from layerbench.run import steps
 
     os.mkfifo(tmp_path / "fifo")
     os.symlink("fifo", tmp_path / "link")

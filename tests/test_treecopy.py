@@ -4,7 +4,7 @@ import os
 import stat
 from pathlib import Path
 
-from layerbench.harness.treecopy import copy_tree
+from layerbench.kernel.treecopy import copy_tree
 
 
 def test_full_copy_keeps_metadata_and_shares_nothing(tmp_path: Path) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerbench.harness import report, results
-from layerbench.harness.table import run_summary, times_text
-from layerbench.harness.verdict import verdict, verdict_text
+from layerbench import report
+from layerbench.analysis import results
+from layerbench.report.table import run_summary
+from layerbench.report.verdict import verdict, verdict_text
+from layerbench.units import times_text
 
 REFERENCE = Path(__file__).parent.parent / "results" / "reference"
 DEFAULT = REFERENCE / "20261130T074758Z_default.json"
@@ -20,8 +22,15 @@ def cells(v, key: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
 def test_the_default_run_verdict_marks_the_best_and_says_by_how_much() -> None:
     v = verdict(results.read(DEFAULT), ["overlay2", "btrfs", "vfs"])
     assert v.labels == ["overlay2", "btrfs", "vfs"]
-    assert [k for k, _, _ in v.rows] == ["startup", "disk", "copy_up_small", "copy_up_big", "commit", "build",
-                                         "deep_read"]
+    assert [k for k, _, _ in v.rows] == [
+        "startup",
+        "disk",
+        "copy_up_small",
+        "copy_up_big",
+        "commit",
+        "build",
+        "deep_read",
+    ]
     disk = cells(v, "disk")
     # per extra container, by the claims' definition: (disk - image) / containers at 50 containers
     assert disk["overlay2"].best and disk["overlay2"].text == "28 KiB (best)"  # type: ignore[attr-defined]
@@ -47,7 +56,7 @@ def test_reports_open_with_the_verdict_then_the_claims() -> None:
     assert md.index("## Verdict") < md.index("## Claims") < md.index("## Details")
     page = report.render(report.build(report.read_all([REFERENCE / "20261130T075321Z_quick.json"])), "html")
     assert page.index('id="verdict"') < page.index('id="claims"') < page.index("<figure")
-    assert '<td class=best>28 KiB (best)</td>' in page and '<details id="s-copy-up">' in page
+    assert "<td class=best>28 KiB (best)</td>" in page and '<details id="s-copy-up">' in page
 
 
 def test_the_short_markdown_of_the_default_run_fits_a_pull_request_comment() -> None:

@@ -7,17 +7,17 @@ from typing import Any
 
 import click
 
-from ..errors import UserError
-from .claims import claims_cmd
-from .cleanup import cleanup_cmd
-from .compare import compare_cmd
-from .drivers import drivers_cmd
-from .listing import results_cmd
-from .plugins import plugins_cmd
-from .report import report_cmd
-from .run import EXIT_INTERRUPTED, run_cmd
-from .scenarios import scenarios_cmd
-from .worker import worker_cmd
+from layerbench.cli.claims import claims_cmd
+from layerbench.cli.cleanup import cleanup_cmd
+from layerbench.cli.compare import compare_cmd
+from layerbench.cli.drivers import drivers_cmd
+from layerbench.cli.listing import results_cmd
+from layerbench.cli.plugins import plugins_cmd
+from layerbench.cli.report import report_cmd
+from layerbench.cli.run import EXIT_INTERRUPTED, run_cmd
+from layerbench.cli.scenarios import scenarios_cmd
+from layerbench.cli.worker import worker_cmd
+from layerbench.errors import UserError
 
 __all__ = ["main"]
 

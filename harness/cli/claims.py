@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from .. import results
-from ..claims import claims_text, evaluate
+from layerbench.analysis import results
+from layerbench.analysis.claims import claims_text, evaluate
 
 __all__ = ["claims_cmd"]
 

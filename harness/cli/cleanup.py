@@ -6,15 +6,20 @@ from pathlib import Path
 
 import click
 
-from ..ledger import release_abandoned
-from ..safety import DEFAULT_WORK_ROOT
+from layerbench.kernel.safety import DEFAULT_WORK_ROOT
+from layerbench.run.ledger import release_abandoned
 
 __all__ = ["cleanup_cmd"]
 
 
 @click.command("cleanup")
-@click.option("--work-root", type=click.Path(path_type=Path), default=DEFAULT_WORK_ROOT, show_default=True,
-              help="The work root the runs used.")
+@click.option(
+    "--work-root",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_WORK_ROOT,
+    show_default=True,
+    help="The work root the runs used.",
+)
 def cleanup_cmd(work_root: Path) -> None:
     """Release everything runs that died (SIGKILL, power loss) recorded and left: unmount
     top-down, detach loop devices, remove files. Idempotent; touches nothing unrecorded;

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ..plugins import default_plugins
+from layerbench.plugins import default_plugins
 
 __all__ = ["drivers_cmd", "driver_rows"]
 
@@ -21,9 +21,18 @@ def driver_rows() -> list[dict[str, str | bool | None]]:
     for name, cls in sorted(plugins.registry.drivers.items()):
         reason = cls.probe()
         origin = plugins.registry.origin[name]
-        rows.append({"name": name, "style": cls.style.value, "available": reason is None,
-                     "reason": reason, "default": cls.in_default_run, "plugin": origin,
-                     "mechanism": _mechanism(cls), "test_only": name in TEST_ONLY or "test" in str(origin).lower()})
+        rows.append(
+            {
+                "name": name,
+                "style": cls.style.value,
+                "available": reason is None,
+                "reason": reason,
+                "default": cls.in_default_run,
+                "plugin": origin,
+                "mechanism": _mechanism(cls),
+                "test_only": name in TEST_ONLY or "test" in str(origin).lower(),
+            }
+        )
     return rows
 
 

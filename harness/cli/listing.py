@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from .. import results
-from ..errors import UserError
+from layerbench.analysis import results
+from layerbench.errors import UserError
 
 __all__ = ["results_cmd", "list_runs"]
 
@@ -24,13 +24,30 @@ def list_runs(results_dir: Path) -> list[dict[str, Any]]:
         try:
             doc = results.read(path)
         except UserError as exc:
-            rows.append({"date": "", "label": "", "machine": "", "scenarios": "", "drivers": "",
-                         "status": f"unreadable: {exc}".replace(f"{path}: ", ""), "path": str(path)})
+            rows.append(
+                {
+                    "date": "",
+                    "label": "",
+                    "machine": "",
+                    "scenarios": "",
+                    "drivers": "",
+                    "status": f"unreadable: {exc}".replace(f"{path}: ", ""),
+                    "path": str(path),
+                }
+            )
             continue
         drivers = dict.fromkeys(c["driver"] for c in doc["cells"]) or doc["drivers"]
-        rows.append({"date": doc["started_utc"], "label": doc["label"], "machine": doc["machine"]["name"],
-                     "scenarios": ",".join(doc["scenarios"]), "drivers": ",".join(drivers),
-                     "status": results.run_state(doc), "path": str(path)})
+        rows.append(
+            {
+                "date": doc["started_utc"],
+                "label": doc["label"],
+                "machine": doc["machine"]["name"],
+                "scenarios": ",".join(doc["scenarios"]),
+                "drivers": ",".join(drivers),
+                "status": results.run_state(doc),
+                "path": str(path),
+            }
+        )
     return sorted(rows, key=lambda r: (not r["date"], r["date"], r["path"]))
 
 

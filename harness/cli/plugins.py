@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..plugins import Plugins, default_plugins
+from layerbench.plugins import Plugins, default_plugins
 
 __all__ = ["plugins_cmd", "plugin_rows"]
 
@@ -17,8 +17,18 @@ def plugin_rows(plugins: Plugins | None = None) -> list[dict[str, Any]]:
     plugins = plugins or default_plugins()
     rows = [info.as_dict() for info in plugins.info.values()]
     for label, why in plugins.broken.items():
-        rows.append({"name": label, "version": None, "module": None, "hooks": [], "drivers": [],
-                     "exporters": [], "image_sources": [], "broken": why})
+        rows.append(
+            {
+                "name": label,
+                "version": None,
+                "module": None,
+                "hooks": [],
+                "drivers": [],
+                "exporters": [],
+                "image_sources": [],
+                "broken": why,
+            }
+        )
     return rows
 
 

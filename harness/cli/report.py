@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
-from .. import results, safety
-from ..errors import UserError
-from ..plugins import default_plugins
-from ..report import DEFAULT_BASELINE, build, read_all, render
+from layerbench.analysis import results
+from layerbench.errors import UserError
+from layerbench.kernel import safety
+from layerbench.plugins import default_plugins
+from layerbench.report import DEFAULT_BASELINE, build, read_all, render
 
 __all__ = ["report_cmd", "expand_paths", "format_of_suffix"]
 
@@ -45,21 +46,33 @@ def format_of_suffix(output: str) -> str:
     exporters = default_plugins().exporters
     found = _SUFFIX_ALIASES.get(suffix) or next((n for n, s in exporters.suffix.items() if s and s == suffix), None)
     if found is None:
-        raise UserError(f"-o {output}: cannot tell the format from the suffix; pass --format "
-                        f"(one of {', '.join(exporters.items)})")
+        raise UserError(
+            f"-o {output}: cannot tell the format from the suffix; pass --format (one of {', '.join(exporters.items)})"
+        )
     return found
 
 
 @click.command("report")
 @click.argument("results_files", nargs=-1, required=True, metavar="RESULTS...", type=click.Path(path_type=Path))
-@click.option("-f", "--format", "fmt", type=_Formats(),
-              help="Output format, built in or a plugin's (default: from the -o suffix, else md).")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    type=_Formats(),
+    help="Output format, built in or a plugin's (default: from the -o suffix, else md).",
+)
 @click.option("-o", "--output", default="-", metavar="FILE", help="Write here instead of stdout.")
-@click.option("--baseline", default=DEFAULT_BASELINE, show_default=True,
-              help="Driver the others' ratios are relative to.")
-@click.option("--short/--long", "short", default=True, show_default=True,
-              help="Markdown: the short form for a pull request (verdict, claims, headline tables; "
-                   "under 60,000 characters for a default run) or everything (md-long).")
+@click.option(
+    "--baseline", default=DEFAULT_BASELINE, show_default=True, help="Driver the others' ratios are relative to."
+)
+@click.option(
+    "--short/--long",
+    "short",
+    default=True,
+    show_default=True,
+    help="Markdown: the short form for a pull request (verdict, claims, headline tables; "
+    "under 60,000 characters for a default run) or everything (md-long).",
+)
 def report_cmd(results_files: tuple[Path, ...], fmt: str | None, output: str, baseline: str, short: bool) -> None:
     """Turn RESULTS (files or directories) into tables, plots and the claims check."""
     if fmt is None:

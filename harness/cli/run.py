@@ -10,14 +10,16 @@ from typing import Any
 
 import click
 
-from .. import results, safety
-from ..errors import UserError
-from ..image_sources import parse_size
-from ..progress import duration_text, live_progress
-from ..report import build, render
-from ..runner import Plan, RunConfig, plan, run, sigterm_as_interrupt
-from ..sampling import time_split_lines
-from ..table import comparison_table, human, params_human, run_summary, run_warnings
+from layerbench.analysis import results
+from layerbench.errors import UserError
+from layerbench.images.image_sources import parse_size
+from layerbench.kernel import safety
+from layerbench.report import build, render
+from layerbench.report.table import comparison_table, run_summary, run_warnings
+from layerbench.run.progress import duration_text, live_progress
+from layerbench.run.runner import Plan, RunConfig, plan, run, sigterm_as_interrupt
+from layerbench.run.sampling import time_split_lines
+from layerbench.units import human, params_human
 
 __all__ = ["run_cmd", "parse_param", "plan_text", "failure_summary", "EXIT_FAILED", "EXIT_INTERRUPTED"]
 
@@ -36,72 +38,199 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
 
 @click.command("run")
 @click.argument("scenarios", nargs=-1)
-@click.option("-d", "--driver", "drivers", multiple=True, metavar="NAME",
-              help="Driver to run (repeatable; 'all' for every driver but null). "
-                   "Default: overlay2, btrfs and vfs, where they can run.")
-@click.option("-p", "--param", "params", multiple=True, metavar="NAME=V[,V...]",
-              help="Override a swept parameter of every scenario that has it.")
-@click.option("-b", "--backing", "backings", multiple=True, type=click.Choice(["ext4", "xfs", "btrfs", "dir"]),
-              help="Backing filesystem (repeatable: a sweep). Default: each driver's first usable one.")
-@click.option("--samples", type=click.IntRange(min=1),
-              help="Exactly this many samples per cell (default: until sure, --target-ci).")
+@click.option(
+    "-d",
+    "--driver",
+    "drivers",
+    multiple=True,
+    metavar="NAME",
+    help="Driver to run (repeatable; 'all' for every driver but null). "
+    "Default: overlay2, btrfs and vfs, where they can run.",
+)
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=V[,V...]",
+    help="Override a swept parameter of every scenario that has it.",
+)
+@click.option(
+    "-b",
+    "--backing",
+    "backings",
+    multiple=True,
+    type=click.Choice(["ext4", "xfs", "btrfs", "dir"]),
+    help="Backing filesystem (repeatable: a sweep). Default: each driver's first usable one.",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    help="Exactly this many samples per cell (default: until sure, --target-ci).",
+)
 @click.option("--warmup", type=click.IntRange(min=0), help="Warm-up samples per cell (default: the scenario's).")
-@click.option("--min-time", "min_time_s", type=click.FloatRange(min=0), metavar="SECONDS",
-              help="Keep sampling each cell until its samples took this long (default: the scenario's).")
-@click.option("--target-ci", "target_ci", type=click.FloatRange(min=0, max=1), default=0.05, show_default=True,
-              metavar="FRACTION", help="Sample each cell until every timing metric's 95% CI is within +-FRACTION "
-                                       "of its median (0: the scenario's exact counts; docs/performance.md).")
-@click.option("--min-samples", "min_samples", type=click.IntRange(min=1), default=5, show_default=True,
-              help="With --target-ci: samples a cell takes at least (at most the scenario's own count).")
-@click.option("--max-samples", "max_samples", type=click.IntRange(min=1),
-              help="With --target-ci: samples a cell takes at most (default: the scenario's count, so a cell "
-                   "only ends early, once sure).")
-@click.option("--cell-budget", "cell_budget_s", type=click.FloatRange(min=0), default=0, show_default=True,
-              metavar="SECONDS", help="With --target-ci: stop sampling a cell after this long (0: no limit).")
-@click.option("--templates/--no-templates", default=False, show_default=True,
-              help="Build each image once per driver and backing, and start its cells from copies of that store "
-                   "(pays where a build costs more than a copy: many files; docs/performance.md).")
+@click.option(
+    "--min-time",
+    "min_time_s",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Keep sampling each cell until its samples took this long (default: the scenario's).",
+)
+@click.option(
+    "--target-ci",
+    "target_ci",
+    type=click.FloatRange(min=0, max=1),
+    default=0.05,
+    show_default=True,
+    metavar="FRACTION",
+    help="Sample each cell until every timing metric's 95% CI is within +-FRACTION "
+    "of its median (0: the scenario's exact counts; docs/performance.md).",
+)
+@click.option(
+    "--min-samples",
+    "min_samples",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="With --target-ci: samples a cell takes at least (at most the scenario's own count).",
+)
+@click.option(
+    "--max-samples",
+    "max_samples",
+    type=click.IntRange(min=1),
+    help="With --target-ci: samples a cell takes at most (default: the scenario's count, so a cell "
+    "only ends early, once sure).",
+)
+@click.option(
+    "--cell-budget",
+    "cell_budget_s",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --target-ci: stop sampling a cell after this long (0: no limit).",
+)
+@click.option(
+    "--templates/--no-templates",
+    default=False,
+    show_default=True,
+    help="Build each image once per driver and backing, and start its cells from copies of that store "
+    "(pays where a build costs more than a copy: many files; docs/performance.md).",
+)
 @click.option("--quick", is_flag=True, help="The quick suite: each scenario's [quick] values and samples.")
 @click.option("--cold", is_flag=True, help="Sync and drop the page cache before every sample (root).")
-@click.option("--order", type=click.Choice(["random", "planned"]), default="random", show_default=True,
-              help="Cell order: seeded random, or scenario x driver x parameters as planned.")
+@click.option(
+    "--order",
+    type=click.Choice(["random", "planned"]),
+    default="random",
+    show_default=True,
+    help="Cell order: seeded random, or scenario x driver x parameters as planned.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random cell order.")
 @click.option("--label", default="run", show_default=True, help="Label in the results file name.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-@click.option("--work-root", type=click.Path(path_type=Path),
-              help="Where backing stores are made: a directory of layerbench's own (default: /var/tmp/layerbench).")
-@click.option("--cell-timeout", "cell_timeout_s", type=click.FloatRange(min=0), default=1800, show_default=True,
-              metavar="SECONDS", help="Fail a cell that runs longer, release it, and go on (0: no limit).")
-@click.option("--max-image-bytes", "max_image_bytes", metavar="SIZE",
-              help="Refuse an imported image larger than SIZE uncompressed (500M, 10G; default: the free disk).")
-@click.option("--resume", type=click.Path(path_type=Path, exists=True, dir_okay=False), metavar="RESULT",
-              help="Finish an interrupted run: same settings, finished cells kept, the rest run.")
-@click.option("--cluster", metavar="ADDRESS",
-              help="Run the cells on the hosts of the Dask cluster whose scheduler is at ADDRESS (docs/fleet.md).")
+@click.option(
+    "--work-root",
+    type=click.Path(path_type=Path),
+    help="Where backing stores are made: a directory of layerbench's own (default: /var/tmp/layerbench).",
+)
+@click.option(
+    "--cell-timeout",
+    "cell_timeout_s",
+    type=click.FloatRange(min=0),
+    default=1800,
+    show_default=True,
+    metavar="SECONDS",
+    help="Fail a cell that runs longer, release it, and go on (0: no limit).",
+)
+@click.option(
+    "--max-image-bytes",
+    "max_image_bytes",
+    metavar="SIZE",
+    help="Refuse an imported image larger than SIZE uncompressed (500M, 10G; default: the free disk).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    metavar="RESULT",
+    help="Finish an interrupted run: same settings, finished cells kept, the rest run.",
+)
+@click.option(
+    "--cluster",
+    metavar="ADDRESS",
+    help="Run the cells on the hosts of the Dask cluster whose scheduler is at ADDRESS (docs/fleet.md).",
+)
 @click.option("--spread", is_flag=True, help="With --cluster: each cell once on any host, not on every host.")
-@click.option("--export-csv", "export_csv", metavar="FILE",
-              help="Also write the tidy summary table as CSV, as `report -f csv` does ('-' for stdout).")
-@click.option("--dry-run", "dry_run", is_flag=True,
-              help="Print the plan (cells, estimated disk and time) and exit; nothing is made or run.")
-def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[str, ...],
-            backings: tuple[str, ...], samples: int | None, warmup: int | None, min_time_s: float | None,
-            quick: bool, cold: bool, order: str, seed: int, label: str, results_dir: Path,
-            work_root: Path | None, cell_timeout_s: float, resume: Path | None, cluster: str | None, spread: bool,
-            export_csv: str | None, max_image_bytes: str | None = None, target_ci: float = 0.05,
-            min_samples: int = 5, max_samples: int | None = None, cell_budget_s: float = 0.0,
-            templates: bool = False, dry_run: bool = False) -> None:
+@click.option(
+    "--export-csv",
+    "export_csv",
+    metavar="FILE",
+    help="Also write the tidy summary table as CSV, as `report -f csv` does ('-' for stdout).",
+)
+@click.option(
+    "--dry-run",
+    "dry_run",
+    is_flag=True,
+    help="Print the plan (cells, estimated disk and time) and exit; nothing is made or run.",
+)
+def run_cmd(
+    scenarios: tuple[str, ...],
+    drivers: tuple[str, ...],
+    params: tuple[str, ...],
+    backings: tuple[str, ...],
+    samples: int | None,
+    warmup: int | None,
+    min_time_s: float | None,
+    quick: bool,
+    cold: bool,
+    order: str,
+    seed: int,
+    label: str,
+    results_dir: Path,
+    work_root: Path | None,
+    cell_timeout_s: float,
+    resume: Path | None,
+    cluster: str | None,
+    spread: bool,
+    export_csv: str | None,
+    max_image_bytes: str | None = None,
+    target_ci: float = 0.05,
+    min_samples: int = 5,
+    max_samples: int | None = None,
+    cell_budget_s: float = 0.0,
+    templates: bool = False,
+    dry_run: bool = False,
+) -> None:
     """Run SCENARIOS (built-in names or .toml paths; default: every built-in one)."""
     if not re.match(r"^[A-Za-z0-9._-]+$", label):
         raise UserError(f"--label {label!r}: use letters, digits, '.', '_' and '-' only")
     if export_csv and export_csv != "-":
         safety.check_output_file(Path(export_csv), "--export-csv")
-    config = RunConfig(scenarios=scenarios, drivers=drivers, backings=backings, results_dir=results_dir,
-                       label=label, work_root=work_root, samples=samples, warmup=warmup, min_time_s=min_time_s,
-                       quick=quick, cold=cold, order=order, seed=seed, cell_timeout_s=cell_timeout_s, resume=resume,
-                       overrides=dict(parse_param(p) for p in params), spread=spread,
-                       max_image_bytes=None if max_image_bytes is None else parse_size(max_image_bytes),
-                       target_ci=target_ci, min_samples=min_samples, max_samples=max_samples,
-                       cell_budget_s=cell_budget_s, templates=templates)
+    config = RunConfig(
+        scenarios=scenarios,
+        drivers=drivers,
+        backings=backings,
+        results_dir=results_dir,
+        label=label,
+        work_root=work_root,
+        samples=samples,
+        warmup=warmup,
+        min_time_s=min_time_s,
+        quick=quick,
+        cold=cold,
+        order=order,
+        seed=seed,
+        cell_timeout_s=cell_timeout_s,
+        resume=resume,
+        overrides=dict(parse_param(p) for p in params),
+        spread=spread,
+        max_image_bytes=None if max_image_bytes is None else parse_size(max_image_bytes),
+        target_ci=target_ci,
+        min_samples=min_samples,
+        max_samples=max_samples,
+        cell_budget_s=cell_budget_s,
+        templates=templates,
+    )
     if spread and not cluster:
         raise UserError("--spread spreads cells over a fleet's hosts: pass --cluster ADDRESS too")
     if dry_run:
@@ -110,7 +239,7 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
         click.echo(plan_text(plan(config), work_root or safety.DEFAULT_WORK_ROOT), nl=False)
         return
     if cluster:
-        from ..fleet import require_dask
+        from layerbench.run.fleet import require_dask
 
         require_dask()
     try:
@@ -142,10 +271,10 @@ def run_cmd(scenarios: tuple[str, ...], drivers: tuple[str, ...], params: tuple[
 
 
 def _run(config: RunConfig, cluster: str | None) -> tuple[dict[str, Any], Path, float | None]:
-    """Here, with a live bar on a terminal and plain lines elsewhere (harness/progress.py), or on the
-    hosts of the Dask cluster at `cluster` (harness/fleet.py); the document, its path, and the time taken."""
+    """Here, with a live bar on a terminal and plain lines elsewhere (harness/run/progress.py), or on the
+    hosts of the Dask cluster at `cluster` (harness/run/fleet.py); the document, its path, and the time taken."""
     if cluster is not None:
-        from ..fleet import run_fleet
+        from layerbench.run.fleet import run_fleet
 
         return *run_fleet(config, cluster, progress=lambda line: click.echo(line, err=True)), None
     live = live_progress()
@@ -158,12 +287,22 @@ def _run(config: RunConfig, cluster: str | None) -> tuple[dict[str, Any], Path, 
 def plan_text(p: Plan, work_root: Path) -> str:
     """The plan as a table, cell by cell, then the totals: the largest store against the free disk, the time."""
     header = ("scenario", "driver", "params", "backing", "disk (est.)", "time (past runs here)")
-    rows = [(pc.cell.scenario.name, pc.cell.driver.name, params_human(results.params_text(pc.cell.params)),
-             pc.cell.backing, human(pc.disk_bytes, "bytes"),
-             "unknown" if pc.seconds is None else duration_text(pc.seconds)) for pc in p.cells]
+    rows = [
+        (
+            pc.cell.scenario.name,
+            pc.cell.driver.name,
+            params_human(results.params_text(pc.cell.params)),
+            pc.cell.backing,
+            human(pc.disk_bytes, "bytes"),
+            "unknown" if pc.seconds is None else duration_text(pc.seconds),
+        )
+        for pc in p.cells
+    ]
     widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
-    lines = ["  ".join(x.rjust(w) if i >= 4 else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths, strict=True)))
-             .rstrip() for r in (header, tuple("-" * w for w in widths), *rows)]
+    lines = [
+        "  ".join(x.rjust(w) if i >= 4 else x.ljust(w) for i, (x, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+        for r in (header, tuple("-" * w for w in widths), *rows)
+    ]
     where = next(d for d in (work_root, *work_root.parents) if d.exists())
     known = [pc.seconds for pc in p.cells if pc.seconds is not None]
     unknown = len(p.cells) - len(known)
@@ -171,8 +310,11 @@ def plan_text(p: Plan, work_root: Path) -> str:
     if known and unknown:
         took += f" for the {len(known)} cells that ran here before; {unknown} unknown (never ran here)"
     largest, free = human(max(pc.disk_bytes for pc in p.cells), "bytes"), human(shutil.disk_usage(where).free, "bytes")
-    lines += ["", f"{len(p.cells)} cells; the largest store needs {largest} of disk ({free} free under {where})",
-              f"time: {took}; from {p.history} results file{'s' * (p.history != 1)} of this machine"]
+    lines += [
+        "",
+        f"{len(p.cells)} cells; the largest store needs {largest} of disk ({free} free under {where})",
+        f"time: {took}; from {p.history} results file{'s' * (p.history != 1)} of this machine",
+    ]
     lines += [f"skipping driver {name}: {reason}" for name, reason in p.skipped.items()]
     lines.append("nothing was made or run (--dry-run)")
     return "\n".join(lines) + "\n"
@@ -180,7 +322,11 @@ def plan_text(p: Plan, work_root: Path) -> str:
 
 def failure_summary(failed: list[dict[str, Any]], total: int) -> str:
     """`2 of 6 cells failed: copy-up overlay2 file_size=4096 on ext4; ...`, the first ten named."""
-    named = [f"{c['scenario']} {c['driver']}" + (f" {results.params_text(c['params'])}" if c["params"] else "")
-             + f" on {c['backing']}" for c in failed[:10]]
+    named = [
+        f"{c['scenario']} {c['driver']}"
+        + (f" {results.params_text(c['params'])}" if c["params"] else "")
+        + f" on {c['backing']}"
+        for c in failed[:10]
+    ]
     more = f"; and {len(failed) - 10} more (layerbench report lists them)" if len(failed) > 10 else ""
     return f"layerbench: {len(failed)} of {total} cells failed: " + "; ".join(named) + more

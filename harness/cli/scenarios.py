@@ -6,7 +6,7 @@ import textwrap
 
 import click
 
-from ..scenario import builtin_scenarios, load_scenario
+from layerbench.scenario import builtin_scenarios, load_scenario
 
 __all__ = ["scenarios_cmd"]
 

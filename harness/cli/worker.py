@@ -9,19 +9,28 @@ from pathlib import Path
 
 import click
 
-from .. import safety
-from ..errors import UserError
-from ..machine import machine_name
+from layerbench.errors import UserError
+from layerbench.kernel import safety
+from layerbench.run.machine import machine_name
 
 __all__ = ["worker_cmd"]
 
 
 @click.command("worker")
 @click.argument("scheduler")
-@click.option("--work-root", type=click.Path(path_type=Path), required=True,
-              help="Where this host's cells make their stores: a directory of layerbench's own.")
-@click.option("--name", "host", default=machine_name, show_default="the host name",
-              help="The host's name in results, and its Dask worker's name.")
+@click.option(
+    "--work-root",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where this host's cells make their stores: a directory of layerbench's own.",
+)
+@click.option(
+    "--name",
+    "host",
+    default=machine_name,
+    show_default="the host name",
+    help="The host's name in results, and its Dask worker's name.",
+)
 @click.option("--listen-host", metavar="ADDRESS", help="The address the worker listens on (default: Dask's).")
 def worker_cmd(scheduler: str, work_root: Path, host: str, listen_host: str | None) -> None:
     """Serve this host to the Dask scheduler at SCHEDULER: one worker, one thread, one cell at a time.
@@ -32,7 +41,7 @@ def worker_cmd(scheduler: str, work_root: Path, host: str, listen_host: str | No
         raise UserError("layerbench worker runs cells that mount file systems and make loop devices: run it as root")
     if not re.match(r"^[A-Za-z0-9._-]+$", host):
         raise UserError(f"--name {host!r}: use letters, digits, '.', '_' and '-' only")
-    from ..fleet import HOST_ENV, WORK_ROOT_ENV, describe_host, require_dask, serve_worker
+    from layerbench.run.fleet import HOST_ENV, WORK_ROOT_ENV, describe_host, require_dask, serve_worker
 
     require_dask()
     root = safety.prepare_work_root(work_root)

@@ -8,10 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from layerbench.harness import syscalls
-from layerbench.harness.driver import Driver
-from layerbench.harness.image import FileSpec, LayerSpec, SyntheticImage, synthetic_image
-from layerbench.harness.testing import Tree, compare, snapshot
+
+from layerbench.driver import Driver
+from layerbench.images.image import FileSpec, LayerSpec, SyntheticImage, synthetic_image
+from layerbench.kernel import syscalls
+from layerbench.testing import Tree, compare, snapshot
 
 from ..conftest import driver_on_store
 
@@ -50,8 +51,9 @@ def _twin_images(total: int = 32 * MiB) -> tuple[SyntheticImage, SyntheticImage,
     """
     a = synthetic_image(layers=3, files=200, total_bytes=total, seed=7, sigma=0.5)
     files = [f for layer in a.layers for f in layer.files]
-    twins = tuple(FileSpec(f"srv/{f.path}", f.size, f.seed + (10**9 if i % 10 == 0 else 0))
-                  for i, f in enumerate(files))
+    twins = tuple(
+        FileSpec(f"srv/{f.path}", f.size, f.seed + (10**9 if i % 10 == 0 else 0)) for i, f in enumerate(files)
+    )
     b = SyntheticImage((LayerSpec(twins[:120]), LayerSpec(twins[120:])))
     shared = sum(f.size for i, f in enumerate(files) if i % 10) / b.total_bytes
     return a, b, shared
@@ -73,8 +75,10 @@ def test_two_images_sharing_90_percent_cost_under_1_2x_on_composefs_and_about_2x
     assert 0.85 < shared < 0.95, f"the twin images share {shared:.0%} of their bytes"
     cfs_one, cfs_two = _two_images_bytes("composefs", tmp_path / "composefs")
     ovl_one, ovl_two = _two_images_bytes("overlay2", tmp_path / "overlay2")
-    print(f"\ncomposefs: one image {cfs_one} B, two {cfs_two} B ({cfs_two / cfs_one:.2f}x); "
-          f"overlay2: one {ovl_one} B, two {ovl_two} B ({ovl_two / ovl_one:.2f}x); shared {shared:.1%}")
+    print(
+        f"\ncomposefs: one image {cfs_one} B, two {cfs_two} B ({cfs_two / cfs_one:.2f}x); "
+        f"overlay2: one {ovl_one} B, two {ovl_two} B ({ovl_two / ovl_one:.2f}x); shared {shared:.1%}"
+    )
     assert cfs_two / cfs_one < 1.2
     assert ovl_two / ovl_one > 1.8
 
@@ -121,8 +125,7 @@ def _mounted_image(image: Path, at: Path) -> Path:
 
 
 def test_the_metadata_image_holds_no_file_data_and_reads_come_from_the_objects(tmp_path: Path) -> None:
-    image = synthetic_image(layers=2, files=100, total_bytes=48 * MiB, seed=3,
-                            removals=((1, "usr/l0-f0.bin"),))
+    image = synthetic_image(layers=2, files=100, total_bytes=48 * MiB, seed=3, removals=((1, "usr/l0-f0.bin"),))
     with driver_on_store("composefs", tmp_path / "store") as (driver, _):
         top = _build(driver, image, "l")
         meta_image = Path(driver.inspect(top)["MetadataImage"])
@@ -152,9 +155,14 @@ def test_the_metadata_image_holds_no_file_data_and_reads_come_from_the_objects(t
 
 
 def test_the_container_tree_equals_overlay2s_for_the_same_image(tmp_path: Path) -> None:
-    image = synthetic_image(layers=4, files=120, total_bytes=8 * MiB, seed=11,
-                            extra=((2, FileSpec("usr/bin/tool", 5000, 99, 0o4755)),),
-                            removals=((1, "usr/l0-f1.bin"), (3, "usr/bin")))
+    image = synthetic_image(
+        layers=4,
+        files=120,
+        total_bytes=8 * MiB,
+        seed=11,
+        extra=((2, FileSpec("usr/bin/tool", 5000, 99, 0o4755)),),
+        removals=((1, "usr/l0-f1.bin"), (3, "usr/bin")),
+    )
     trees = {}
     for name in ("composefs", "overlay2"):
         with driver_on_store(name, tmp_path / name) as (driver, _):
@@ -165,8 +173,10 @@ def test_the_container_tree_equals_overlay2s_for_the_same_image(tmp_path: Path) 
                 driver.unmount("c")
     assert len(trees["overlay2"].entries) > 100
     # The image source sets no mtimes: each build's files carry the time they were written.
-    ovl, cfs = (Tree({p: replace(e, mtime_ns=None) for p, e in trees[n].entries.items()}, trees[n].links)
-                for n in ("overlay2", "composefs"))
+    ovl, cfs = (
+        Tree({p: replace(e, mtime_ns=None) for p, e in trees[n].entries.items()}, trees[n].links)
+        for n in ("overlay2", "composefs")
+    )
     assert compare(ovl, cfs) == []
 
 
@@ -192,4 +202,3 @@ def test_chown_copies_up_metadata_only_and_an_append_copies_the_file_up(tmp_path
             driver.unmount("c")
         digest = hashlib.sha256(data).hexdigest()
         assert _sha(driver.home / "objects" / digest[:2] / digest[2:]) == digest  # the object is untouched
-

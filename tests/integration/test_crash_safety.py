@@ -8,13 +8,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from layerbench.drivers import Overlay2Driver
-from layerbench.harness import runner
-from layerbench.harness.runner import Cell, RunConfig, _Sampling, run, run_cell
-from layerbench.harness.scenario import load_scenario
+from layerbench.run import runner
+from layerbench.run.runner import Cell, RunConfig, _Sampling, run, run_cell
+from layerbench.scenario import load_scenario
 
 from ..conftest import require
 
@@ -73,8 +74,21 @@ def test_sigkill_mid_cell_then_cleanup_leaves_nothing(tmp_path: Path) -> None:
     require("overlay2")
     scenario, work = tmp_path / "slow.toml", tmp_path / "work"
     scenario.write_text(SLOW)
-    proc = subprocess.Popen([*LAYERBENCH, "run", str(scenario), "-d", "overlay2", "--work-root", str(work),
-                             "--results-dir", str(tmp_path / "res")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            *LAYERBENCH,
+            "run",
+            str(scenario),
+            "-d",
+            "overlay2",
+            "--work-root",
+            str(work),
+            "--results-dir",
+            str(tmp_path / "res"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # wait until the cell's store and a container are mounted
@@ -101,8 +115,21 @@ def test_cleanup_skips_a_live_run(tmp_path: Path) -> None:
     require("overlay2")
     scenario, work = tmp_path / "slow.toml", tmp_path / "work"
     scenario.write_text(SLOW)
-    proc = subprocess.Popen([*LAYERBENCH, "run", str(scenario), "-d", "overlay2", "--work-root", str(work),
-                             "--results-dir", str(tmp_path / "res")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            *LAYERBENCH,
+            "run",
+            str(scenario),
+            "-d",
+            "overlay2",
+            "--work-root",
+            str(work),
+            "--results-dir",
+            str(tmp_path / "res"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while not _mounts_under(work) and time.monotonic() < deadline:
@@ -125,8 +152,13 @@ def test_enospc_fails_the_cell_and_the_run_goes_on(tmp_path: Path, monkeypatch: 
     small = tmp_path / "small.toml"
     small.write_text(SMALL)
     monkeypatch.setattr(runner, "estimate_bytes", lambda cell: 64 << 20)  # a store too small for the write
-    config = RunConfig(scenarios=(str(full), str(small)), drivers=("overlay2",), order="planned",
-                       results_dir=tmp_path / "res", work_root=tmp_path / "work")
+    config = RunConfig(
+        scenarios=(str(full), str(small)),
+        drivers=("overlay2",),
+        order="planned",
+        results_dir=tmp_path / "res",
+        work_root=tmp_path / "work",
+    )
     doc, _ = run(config)
     statuses = {c["scenario"]: (c["status"], c["error"]) for c in doc["cells"]}
     assert statuses["slow"][0] == "error" and "No space left on device" in statuses["slow"][1]
@@ -137,7 +169,7 @@ def test_enospc_fails_the_cell_and_the_run_goes_on(tmp_path: Path, monkeypatch: 
 class _Busy(Overlay2Driver):
     """Leaves a file open in the container's mount, so unmount finds it busy."""
 
-    held: list[int] = []
+    held: ClassVar[list[int]] = []
 
     def mount(self, container_id: str) -> Path:
         root = super().mount(container_id)
@@ -187,8 +219,19 @@ def test_two_runs_at_once_do_not_collide(tmp_path: Path) -> None:
     require("overlay2")
     path = tmp_path / "small.toml"
     path.write_text(SMALL)
-    args = [*LAYERBENCH, "run", str(path), "-d", "overlay2", "--work-root", str(tmp_path / "work"),
-            "--results-dir", str(tmp_path / "res"), "--label", "same"]
+    args = [
+        *LAYERBENCH,
+        "run",
+        str(path),
+        "-d",
+        "overlay2",
+        "--work-root",
+        str(tmp_path / "work"),
+        "--results-dir",
+        str(tmp_path / "res"),
+        "--label",
+        "same",
+    ]
     procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read() if p.stderr else ""

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from layerbench.harness import backing
-from layerbench.harness.driver import Driver
-from layerbench.harness.image import synthetic_image
-from layerbench.harness.plugins import default_plugins
-from layerbench.harness.runner import Cell, run_cell
-from layerbench.harness.scenario import load_scenario
-from layerbench.harness.table import comparison_table
+from layerbench.driver import Driver
+from layerbench.images.image import synthetic_image
+from layerbench.plugins import default_plugins
+from layerbench.report.table import comparison_table
+from layerbench.run import backing
+from layerbench.run.runner import Cell, run_cell
+from layerbench.scenario import load_scenario
 
 from ..conftest import driver_on_store, require
 
@@ -89,6 +89,7 @@ def test_walk_delta_equals_df_on_xfs_with_reflinks(work: Path) -> None:
     if (why := backing.unavailable("xfs")) is not None:
         pytest.skip(why)
     with backing.BackingStore(work, "xfs", 512 * MiB) as mnt:
+
         def used() -> int:
             os.sync()
             return int(tool(["df", "-B1", "--output=used", str(mnt)]).split()[-1])
@@ -130,8 +131,10 @@ def test_btrfs_has_no_inode_count_and_the_table_says_n_a(tmp_path: Path) -> None
     path.write_text(USAGE)
     s = load_scenario(path)
     plugins = default_plugins()
-    cells = [run_cell(Cell(s, plugins.driver(name), {}, fs), tmp_path / name)
-             for name, fs in (("btrfs", "btrfs"), ("overlay2", "ext4"))]
+    cells = [
+        run_cell(Cell(s, plugins.driver(name), {}, fs), tmp_path / name)
+        for name, fs in (("btrfs", "btrfs"), ("overlay2", "ext4"))
+    ]
     assert [c["status"] for c in cells] == ["ok", "ok"], [c["error"] for c in cells]
     assert "inodes" not in cells[0]["metrics"] and cells[1]["metrics"]["inodes"]["samples"][0] > 0
     row = next(line.split() for line in comparison_table({"cells": cells}).splitlines() if " inodes " in line)

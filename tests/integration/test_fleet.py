@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from layerbench.harness import results
-from layerbench.harness.cli import main
-from layerbench.harness.fleet import run_fleet
-from layerbench.harness.ledger import release_abandoned
-from layerbench.harness.runner import RunConfig, run
+
+from layerbench.analysis import results
+from layerbench.cli import main
+from layerbench.run.fleet import run_fleet
+from layerbench.run.ledger import release_abandoned
+from layerbench.run.runner import RunConfig, run
 
 from ..conftest import ROOT, _leftovers_under, require
 from ..test_cli import TINY
@@ -103,19 +104,50 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     try:
         sched_file = tmp / "scheduler.json"
         with open(tmp / "scheduler.log", "wb") as log:
-            procs.append(subprocess.Popen(
-                [BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                 "--dashboard-address", "127.0.0.1:0", "--scheduler-file", sched_file],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        BIN / "dask",
+                        "scheduler",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        "0",
+                        "--no-dashboard",
+                        "--dashboard-address",
+                        "127.0.0.1:0",
+                        "--scheduler-file",
+                        sched_file,
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         deadline = time.monotonic() + 30
         while not sched_file.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         address = json.loads(sched_file.read_text())["address"]
         for h in HOSTS:
             with open(tmp / f"{h}.log", "wb") as log:
-                procs.append(subprocess.Popen(
-                    [BIN / "layerbench", "worker", address, "--work-root", roots[h], "--name", h,
-                     "--listen-host", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            BIN / "layerbench",
+                            "worker",
+                            address,
+                            "--work-root",
+                            roots[h],
+                            "--name",
+                            h,
+                            "--listen-host",
+                            "127.0.0.1",
+                        ],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
         with distributed.Client(address, timeout=30) as client:
             client.wait_for_workers(len(HOSTS), timeout=60)
         yield Fleet(address, roots)
@@ -142,9 +174,25 @@ def _disk_per_image(cell: dict[str, Any]) -> float:
 def test_a_fleet_run_has_every_cell_from_both_hosts_with_a_local_runs_physics(fleet: Fleet, tmp_path: Path) -> None:
     drivers = ["null", "vfs"] + (["overlay2"] if _can("overlay2") else [])
     disk, tiny = _write(tmp_path, DISK, "disk.toml"), _write(tmp_path, TINY, "tiny.toml")
-    r = CliRunner().invoke(main, ["run", disk, tiny, *[a for d in drivers for a in ("-d", d)], "-p", "containers=1",
-                                  "--samples", "1", "--warmup", "0",
-                                  "--cluster", fleet.address, "--results-dir", str(tmp_path / "res")])
+    r = CliRunner().invoke(
+        main,
+        [
+            "run",
+            disk,
+            tiny,
+            *[a for d in drivers for a in ("-d", d)],
+            "-p",
+            "containers=1",
+            "--samples",
+            "1",
+            "--warmup",
+            "0",
+            "--cluster",
+            fleet.address,
+            "--results-dir",
+            str(tmp_path / "res"),
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     (path,) = (tmp_path / "res").rglob("*.json")
     doc = results.read(path)
@@ -155,8 +203,9 @@ def test_a_fleet_run_has_every_cell_from_both_hosts_with_a_local_runs_physics(fl
     assert got == want, [c["error"] for c in doc["cells"] if c["error"]]
     assert len(doc["cells"]) == len(want)  # each cell once per host
 
-    local, _ = run(RunConfig(scenarios=(disk,), drivers=("vfs",),
-                             results_dir=tmp_path / "local", work_root=tmp_path / "work"))
+    local, _ = run(
+        RunConfig(scenarios=(disk,), drivers=("vfs",), results_dir=tmp_path / "local", work_root=tmp_path / "work")
+    )
     here = _disk_per_image(local["cells"][0])
     for c in doc["cells"]:
         if c["scenario"] == "fleet-disk" and c["driver"] == "vfs":
@@ -168,14 +217,19 @@ def test_a_fleet_run_has_every_cell_from_both_hosts_with_a_local_runs_physics(fl
 
 
 def _can(driver: str) -> bool:
-    from layerbench.harness.plugins import default_plugins
+    from layerbench.plugins import default_plugins
 
     return default_plugins().driver(driver).probe() is None
 
 
 def test_resume_of_a_fleet_run_runs_only_the_missing_cells(fleet: Fleet, tmp_path: Path) -> None:
-    config = RunConfig(scenarios=(_write(tmp_path, TINY, "tiny.toml"),), drivers=("null",), samples=1, warmup=0,
-                       results_dir=tmp_path / "res")
+    config = RunConfig(
+        scenarios=(_write(tmp_path, TINY, "tiny.toml"),),
+        drivers=("null",),
+        samples=1,
+        warmup=0,
+        results_dir=tmp_path / "res",
+    )
     doc, path = run_fleet(config, fleet.address)
     assert len(doc["cells"]) == 4  # two parameter sets on two hosts
     kept = [doc["cells"][0], doc["cells"][3]]
@@ -188,13 +242,21 @@ def test_resume_of_a_fleet_run_runs_only_the_missing_cells(fleet: Fleet, tmp_pat
     assert any("2 cells done, 2 to go" in line for line in lines), lines
     assert resumed["cells"][:2] == kept  # the finished cells are kept as they were
     assert sorted((c["params"]["containers"], c["host"]) for c in resumed["cells"]) == [
-        (n, h) for n in (1, 2) for h in HOSTS]
+        (n, h) for n in (1, 2) for h in HOSTS
+    ]
     assert resumed["status"] == "finished"
 
 
 def test_spread_runs_each_cell_once_on_some_host(fleet: Fleet, tmp_path: Path) -> None:
-    config = RunConfig(scenarios=(_write(tmp_path, TINY, "tiny.toml"),), drivers=("null",), samples=1, warmup=0,
-                       overrides={"containers": [1, 2, 3, 4]}, results_dir=tmp_path / "res", spread=True)
+    config = RunConfig(
+        scenarios=(_write(tmp_path, TINY, "tiny.toml"),),
+        drivers=("null",),
+        samples=1,
+        warmup=0,
+        overrides={"containers": [1, 2, 3, 4]},
+        results_dir=tmp_path / "res",
+        spread=True,
+    )
     doc, _ = run_fleet(config, fleet.address)
     assert sorted(c["params"]["containers"] for c in doc["cells"]) == [1, 2, 3, 4]
     assert {c["host"] for c in doc["cells"]} <= set(HOSTS) and doc["settings"]["spread"] is True
@@ -222,9 +284,14 @@ def _mounts_under(root: str) -> list[str]:
 def test_a_worker_killed_mid_cell_leaves_that_cell_an_error_and_cleanup_releases_it(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    config = RunConfig(scenarios=(_write(tmp_path, LONG, "long.toml"), _write(tmp_path, TINY, "tiny.toml")),
-                       drivers=("vfs",), overrides={"containers": [1]}, samples=None, order="planned",
-                       results_dir=tmp_path / "res")
+    config = RunConfig(
+        scenarios=(_write(tmp_path, LONG, "long.toml"), _write(tmp_path, TINY, "tiny.toml")),
+        drivers=("vfs",),
+        overrides={"containers": [1]},
+        samples=None,
+        order="planned",
+        results_dir=tmp_path / "res",
+    )
     root = fleet.roots["host-a"]
     outcome: dict[str, Any] = {}
 
@@ -266,7 +333,8 @@ def test_a_worker_killed_mid_cell_leaves_that_cell_an_error_and_cleanup_releases
 
 def test_cluster_without_dask_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if it were not installed: import fails
-    r = CliRunner().invoke(main, ["run", "-d", "null", "--cluster", "tcp://127.0.0.1:1",
-                                  "--results-dir", str(tmp_path / "res")])
+    r = CliRunner().invoke(
+        main, ["run", "-d", "null", "--cluster", "tcp://127.0.0.1:1", "--results-dir", str(tmp_path / "res")]
+    )
     assert r.exit_code == 2
     assert r.stderr == "layerbench: error: a fleet run needs dask and distributed: pip install 'layerbench[fleet]'\n"

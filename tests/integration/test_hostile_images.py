@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from layerbench.harness import syscalls, userns
-from layerbench.harness.driver import Driver
-from layerbench.harness.image_sources import open_image
-from layerbench.harness.plugins import default_plugins
-from layerbench.harness.runner import RunConfig, run
-from layerbench.harness.testing import userns_session
+
+from layerbench.driver import Driver
+from layerbench.images.image_sources import open_image
+from layerbench.kernel import syscalls
+from layerbench.plugins import default_plugins
+from layerbench.run import userns
+from layerbench.run.runner import RunConfig, run
+from layerbench.testing import userns_session
 
 from ..conftest import driver_on_store, require
 from ..test_layer_tar import DEV, D, F, S, tar_bytes
@@ -147,10 +149,16 @@ def test_device_nodes_fifos_and_symlink_loops_in_an_image_leave_the_host_alone(t
         hostile_archive(tmp_path / "hostile.tar", device)
         (tmp_path / "hostile.toml").write_text(SCENARIO)
         (tmp_path / "hostile-strict.toml").write_text(STRICT)
-        doc, _ = run(RunConfig(
-            scenarios=(str(tmp_path / "hostile.toml"), str(tmp_path / "hostile-strict.toml")), drivers=DRIVERS,
-            results_dir=tmp_path / "results", work_root=tmp_path / "work", cell_timeout_s=60, order="planned",
-        ))
+        doc, _ = run(
+            RunConfig(
+                scenarios=(str(tmp_path / "hostile.toml"), str(tmp_path / "hostile-strict.toml")),
+                drivers=DRIVERS,
+                results_dir=tmp_path / "results",
+                work_root=tmp_path / "work",
+                cell_timeout_s=60,
+                order="planned",
+            )
+        )
         after = sha256(target)
     assert after == before, "a step wrote through the image's device node to the host's loop device"
     cells = {(c["scenario"], c["driver"], c["params"].get("sel")): c for c in doc["cells"]}

@@ -14,12 +14,13 @@ import os
 from pathlib import Path
 
 import pytest
-from layerbench.harness import userns
-from layerbench.harness.driver import Driver
-from layerbench.harness.errors import UserError
-from layerbench.harness.image_sources import ArchiveImage, open_image
-from layerbench.harness.plugins import default_plugins
-from layerbench.harness.testing import userns_session
+
+from layerbench.driver import Driver
+from layerbench.errors import UserError
+from layerbench.images.image_sources import ArchiveImage, open_image
+from layerbench.plugins import default_plugins
+from layerbench.run import userns
+from layerbench.testing import userns_session
 
 from ..conftest import driver_on_store, require
 from ..test_layer_tar import WH, D, F, H, Member, S, tar_bytes
@@ -30,17 +31,23 @@ pytestmark = pytest.mark.mounts
 SYMLINK = "parent '{}' is a symlink; refusing to go through it"
 CASES: dict[str, tuple[list[Member], str]] = {
     "file under a lower symlink": ([F("lnk/x", b"through")], "entry 'lnk/x': " + SYMLINK.format("lnk")),
-    "file under a lower symlink to the host": ([F("host/secret", b"pwned")],
-                                               "entry 'host/secret': " + SYMLINK.format("host")),
+    "file under a lower symlink to the host": (
+        [F("host/secret", b"pwned")],
+        "entry 'host/secret': " + SYMLINK.format("host"),
+    ),
     "directory under a lower symlink": ([D("lnk/sub/")], "entry 'lnk/sub': " + SYMLINK.format("lnk")),
     "whiteout under a lower symlink": ([WH("host/.wh.secret")], "entry 'host/.wh.secret': " + SYMLINK.format("host")),
-    "opaque marker under a lower symlink": ([WH("host/.wh..wh..opq")],
-                                            "entry 'host/.wh..wh..opq': " + SYMLINK.format("host")),
+    "opaque marker under a lower symlink": (
+        [WH("host/.wh..wh..opq")],
+        "entry 'host/.wh..wh..opq': " + SYMLINK.format("host"),
+    ),
     "directory over a lower symlink": ([D("host/", 0o777)], "entry 'host': a directory entry over a symlink"),
     "hardlink through a lower symlink": ([H("h", "host/secret")], "entry 'h': " + SYMLINK.format("host")),
     "file under a lower file": ([F("file/x", b"x")], "entry 'file/x': parent 'file' is not a directory"),
-    "hardlink to a path whited out just before": ([WH(".wh.file"), H("h", "file")],
-                                                  "entry 'h': hardlink target 'file' does not exist in the layer"),
+    "hardlink to a path whited out just before": (
+        [WH(".wh.file"), H("h", "file")],
+        "entry 'h': hardlink target 'file' does not exist in the layer",
+    ),
 }
 
 
@@ -76,8 +83,7 @@ def test_every_driver_gives_the_same_refusal(case: str, driver_name: str, tmp_pa
     host = tmp_path / "host"
     host.mkdir()
     (host / "secret").write_bytes(b"secret")
-    lower = tar_bytes(D("target/"), F("target/old", b"old"), S("lnk", "target"), S("host", str(host)),
-                      F("file", b"f"))
+    lower = tar_bytes(D("target/"), F("target/old", b"old"), S("lnk", "target"), S("host", str(host)), F("file", b"f"))
     image = _image(tmp_path, [lower, tar_bytes(*upper)])
     with driver_on_store(driver_name, tmp_path / "store") as (driver, _):
         image.apply(0, driver.create_layer("l0", None), driver.layer_format)
@@ -101,8 +107,9 @@ def test_an_opaque_directory_on_overlay2_rootless_uses_its_user_xattr(tmp_path: 
         try:
             parent = None
             for i in range(image.layer_count):
-                image.apply(i, driver.create_layer(f"l{i}", parent), driver.layer_format,
-                            opaque_xattr=driver.opaque_xattr)
+                image.apply(
+                    i, driver.create_layer(f"l{i}", parent), driver.layer_format, opaque_xattr=driver.opaque_xattr
+                )
                 driver.seal_layer(f"l{i}")
                 parent = f"l{i}"
             driver.create_container("c", parent)

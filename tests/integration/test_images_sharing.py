@@ -9,16 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from layerbench.harness import oci
-from layerbench.harness.claims import HELD, evaluate
-from layerbench.harness.driver import LayerFormat
-from layerbench.harness.image import LayerSpec, SyntheticImage, synthetic_image
-from layerbench.harness.image_sources import open_image
-from layerbench.harness.oci import COMPRESSIONS, read_image, write_layout
-from layerbench.harness.plugins import default_plugins
-from layerbench.harness.runner import Cell, RunConfig, run, run_cell
-from layerbench.harness.sampling import Sampling
-from layerbench.harness.scenario import builtin_scenarios, load_scenario
+
+from layerbench.analysis.claims import HELD, evaluate
+from layerbench.driver import LayerFormat
+from layerbench.images import oci
+from layerbench.images.image import LayerSpec, SyntheticImage, synthetic_image
+from layerbench.images.image_sources import open_image
+from layerbench.images.oci import COMPRESSIONS, read_image, write_layout
+from layerbench.plugins import default_plugins
+from layerbench.run.runner import Cell, RunConfig, run, run_cell
+from layerbench.run.sampling import Sampling
+from layerbench.scenario import builtin_scenarios, load_scenario
 
 from ..conftest import require
 
@@ -117,14 +118,23 @@ def test_the_tutorial_claims_hold_on_a_small_run(tmp_path: Path) -> None:
     drivers = ("overlay2", "vfs", "btrfs")
     for name in drivers:
         require(name)
-    config = RunConfig(scenarios=("container-remove", "volume-writes", "nearest-layer"), drivers=drivers,
-                       samples=1, warmup=0, target_ci=0.0, work_root=tmp_path / "work",
-                       results_dir=tmp_path / "results")
+    config = RunConfig(
+        scenarios=("container-remove", "volume-writes", "nearest-layer"),
+        drivers=drivers,
+        samples=1,
+        warmup=0,
+        target_ci=0.0,
+        work_root=tmp_path / "work",
+        results_dir=tmp_path / "results",
+    )
     doc, _ = run(config)
     assert all(c["status"] == "ok" for c in doc["cells"]), [c["error"] for c in doc["cells"]]
     rows = {r["claim"].split(":")[0]: r for r in evaluate(doc)}
-    for claim in ("Removing a container removes its layer", "tmpfs writes never reach the host file system",
-                  "The nearest layer wins in the merged view"):
+    for claim in (
+        "Removing a container removes its layer",
+        "tmpfs writes never reach the host file system",
+        "The nearest layer wins in the merged view",
+    ):
         assert rows[claim]["verdict"] == HELD, rows[claim]["figures"]
         assert all(d in rows[claim]["figures"] for d in drivers)
 
@@ -150,8 +160,9 @@ def test_a_packed_layout_imports_as_the_synthetic_image(compression: str, tmp_pa
 
 
 @pytest.mark.parametrize("name", ["overlay2", "erofs", "vfs"])
-def test_unpack_imports_the_compressed_image_through_the_driver(name: str, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unpack_imports_the_compressed_image_through_the_driver(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     require(name)
     monkeypatch.setitem(oci._cache, "root", tmp_path / "work")
     scenario = load_scenario(builtin_scenarios()["unpack"], {"bytes": [2_000_000], "compression": ["zstd"]})

@@ -7,20 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from layerbench.harness.driver import Driver
-from layerbench.harness.testing import (
-    Append,
-    File,
-    Link,
-    Mkdir,
-    Opaque,
-    Remove,
-    SetXattr,
-    Stack,
-    Symlink,
-    Tree,
-    compare,
-)
+
+from layerbench.driver import Driver
+from layerbench.testing import Append, File, Link, Mkdir, Opaque, Remove, SetXattr, Stack, Symlink, Tree, compare
 
 from ..conftest import driver_on_store, first_append_ns
 
@@ -146,10 +135,20 @@ def test_a_deep_image_is_mounted_from_the_lowers_common_parent(name: str, work: 
 
 #: an image exercising every kind of entry, whiteouts and opaque dirs
 _LAYERS = [
-    [Mkdir("etc"), File("etc/conf", b"a=1\n", 0o640, 1, 2), Mkdir("d", 0o1777), File("d/x", b"x" * 9000),
-     File("d/y", b"y"), SetXattr("d/y", "user.origin", b"layer0"), Symlink("etc/link", "../d/x"),
-     Mkdir("opq"), File("opq/old", b"old"), File("suid", b"#!", 0o4755), File("gone", b"g"),
-     Link("etc/hard", "etc/conf")],
+    [
+        Mkdir("etc"),
+        File("etc/conf", b"a=1\n", 0o640, 1, 2),
+        Mkdir("d", 0o1777),
+        File("d/x", b"x" * 9000),
+        File("d/y", b"y"),
+        SetXattr("d/y", "user.origin", b"layer0"),
+        Symlink("etc/link", "../d/x"),
+        Mkdir("opq"),
+        File("opq/old", b"old"),
+        File("suid", b"#!", 0o4755),
+        File("gone", b"g"),
+        Link("etc/hard", "etc/conf"),
+    ],
     [Remove("gone"), Opaque("opq", 0o750), File("opq/new", b"new")],
 ]
 _COMMIT = [Append("d/x", b"+appended"), Remove("d/y"), File("etc/conf2", b"b=2\n")]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from layerbench.harness.driver import Driver
-from layerbench.harness.plugins import default_plugins
-from layerbench.harness.testing import driver_session, mounts_below
+from layerbench.driver import Driver
+from layerbench.plugins import default_plugins
+from layerbench.testing import driver_session, mounts_below
 
 from ..conftest import first_append_ns, require
 
@@ -27,8 +27,6 @@ def _base(driver: Driver, big: int = 64 * MiB) -> str:
             f.write(os.urandom(MiB))
     driver.seal_layer("base")
     return "base"
-
-
 
 
 def _copy_up_ratio(name: str, work: Path) -> float:
@@ -98,6 +96,7 @@ def test_zfs_child_is_a_clone_and_the_daemon_is_gone_after_close(tmp_path: Path)
         pid = int((driver.home / "zfs-fuse.pid").read_text())
         pool = driver.pool  # type: ignore[attr-defined]
     assert not os.path.exists(f"/proc/{pid}/task") or all(
-        open(f"/proc/{pid}/task/{t}/stat").read().rsplit(")", 1)[1].split()[0] in "ZX"
-        for t in os.listdir(f"/proc/{pid}/task"))
+        Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+        for t in os.listdir(f"/proc/{pid}/task")
+    )
     assert pool not in subprocess.run(["findmnt", "-rn", "-o", "SOURCE"], capture_output=True, text=True).stdout

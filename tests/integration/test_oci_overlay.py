@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from layerbench.harness.driver import LayerFormat
-from layerbench.harness.oci import apply_blob, read_image
+from layerbench.driver import LayerFormat
+from layerbench.images.oci import apply_blob, read_image
 
 from ..conftest import driver_on_store
-from ..test_layer_tar import DEV, D, F, H, S, WH, tar_bytes
+from ..test_layer_tar import DEV, WH, D, F, H, S, tar_bytes
 from ..test_oci import Layout
 
 pytestmark = pytest.mark.mounts
@@ -33,19 +33,55 @@ def sequence() -> list[bytes]:
     import tarfile
 
     return [
-        tar_bytes(D("etc/"), F("etc/hosts", b"127.0.0.1", mtime=1000), F("etc/conf", b"c"),
-                  D("d/", 0o1705, uid=1, gid=2), F("d/a", b"setuid", 0o4755), D("d/sub/"), F("d/sub/b", b"b"),
-                  D("lowerdir/", 0o750), F("lowerdir/x", b"x"),
-                  D("deep/"), D("deep/a/"), D("deep/a/b/"), F("deep/a/b/file", b"deep"),
-                  S("link", "etc/hosts"), H("hard", "etc/hosts"), DEV("fifo", tarfile.FIFOTYPE)),
-        tar_bytes(D("etc/"), WH("etc/.wh.conf"), F("etc/hosts", b"::1 localhost", mtime=1001),
-                  D("d/", 0o755, uid=1, gid=2), F("d/a", b"setuid", 0o4755, uid=5, gid=6),
-                  D("deep/"), D("deep/a/"), WH("deep/a/.wh.b"),
-                  WH(".wh.lowerdir"), D("lowerdir/", 0o700), F("lowerdir/y", b"y")),
-        tar_bytes(D("etc/"), F("etc/other", b"o"), D("deep/"), F("deep/sibling", b"s"),
-                  D("d/", 0o711, uid=3, gid=3), WH("d/.wh..wh..opq"), F("d/fresh", b"f"), S("newlink", "d/fresh")),
-        tar_bytes(D("lowerdir/", 0o700), F("lowerdir/z", b"z"), WH(".wh.link"), D("d/", 0o700, uid=3, gid=3),
-                  D("d/sub/"), F("d/sub/again", b"a")),
+        tar_bytes(
+            D("etc/"),
+            F("etc/hosts", b"127.0.0.1", mtime=1000),
+            F("etc/conf", b"c"),
+            D("d/", 0o1705, uid=1, gid=2),
+            F("d/a", b"setuid", 0o4755),
+            D("d/sub/"),
+            F("d/sub/b", b"b"),
+            D("lowerdir/", 0o750),
+            F("lowerdir/x", b"x"),
+            D("deep/"),
+            D("deep/a/"),
+            D("deep/a/b/"),
+            F("deep/a/b/file", b"deep"),
+            S("link", "etc/hosts"),
+            H("hard", "etc/hosts"),
+            DEV("fifo", tarfile.FIFOTYPE),
+        ),
+        tar_bytes(
+            D("etc/"),
+            WH("etc/.wh.conf"),
+            F("etc/hosts", b"::1 localhost", mtime=1001),
+            D("d/", 0o755, uid=1, gid=2),
+            F("d/a", b"setuid", 0o4755, uid=5, gid=6),
+            D("deep/"),
+            D("deep/a/"),
+            WH("deep/a/.wh.b"),
+            WH(".wh.lowerdir"),
+            D("lowerdir/", 0o700),
+            F("lowerdir/y", b"y"),
+        ),
+        tar_bytes(
+            D("etc/"),
+            F("etc/other", b"o"),
+            D("deep/"),
+            F("deep/sibling", b"s"),
+            D("d/", 0o711, uid=3, gid=3),
+            WH("d/.wh..wh..opq"),
+            F("d/fresh", b"f"),
+            S("newlink", "d/fresh"),
+        ),
+        tar_bytes(
+            D("lowerdir/", 0o700),
+            F("lowerdir/z", b"z"),
+            WH(".wh.link"),
+            D("d/", 0o700, uid=3, gid=3),
+            D("d/sub/"),
+            F("d/sub/again", b"a"),
+        ),
     ]
 
 
@@ -67,8 +103,6 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
                 item += (st.st_rdev, st.st_mtime_ns)
             out[os.path.relpath(path, root)] = item
     return out
-
-
 
 
 @pytest.mark.parametrize("name", ["overlay2", "vfs", "btrfs"])

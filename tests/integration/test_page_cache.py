@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from layerbench.harness import backing, pagecache
-from layerbench.harness.plugins import default_plugins
-from layerbench.harness.runner import Cell, run_cell
-from layerbench.harness.scenario import load_scenario
+from layerbench.kernel import pagecache
+from layerbench.plugins import default_plugins
+from layerbench.run import backing
+from layerbench.run.runner import Cell, run_cell
+from layerbench.scenario import load_scenario
 
 from ..conftest import require
 

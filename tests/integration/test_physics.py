@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import statistics
 from pathlib import Path
 
 import pytest
 
-from layerbench.harness.driver import Driver
-from layerbench.harness.image import FileSpec, apply_layer
+from layerbench.driver import Driver
+from layerbench.images.image import FileSpec, apply_layer
 
 from ..conftest import driver_on_store, first_append_ns
 
 pytestmark = pytest.mark.mounts
 REAL = ["overlay2", "btrfs", "vfs"]
 MiB = 1 << 20
-
-
 
 
 def build(driver: Driver, layers: list[list[FileSpec]]) -> str:
@@ -31,13 +28,12 @@ def build(driver: Driver, layers: list[list[FileSpec]]) -> str:
     return parent
 
 
-
-
 @pytest.mark.parametrize("name", REAL)
 def test_copy_up_of_64mib_costs_10x_4kib_only_on_overlay(name: str, work: Path) -> None:
     with driver_on_store(name, work) as (driver, _):
-        top = build(driver, [[FileSpec("small.bin", 4096, 1), FileSpec("big.bin", 64 * MiB, 2)],
-                             [FileSpec("etc/conf", 100, 3)]])
+        top = build(
+            driver, [[FileSpec("small.bin", 4096, 1), FileSpec("big.bin", 64 * MiB, 2)], [FileSpec("etc/conf", 100, 3)]]
+        )
         small, big = [], []
         for i in range(5):
             driver.create_container(f"c{i}", top)

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from layerbench.driver import Driver
 from layerbench.drivers.overlay2_rootless import _trial
-from layerbench.harness import runner, userns
-from layerbench.harness.driver import Driver
-from layerbench.harness.plugins import default_plugins
-from layerbench.harness.scenario import builtin_scenarios, load_scenario
-from layerbench.harness.testing import userns_session
+from layerbench.plugins import default_plugins
+from layerbench.run import runner, userns
+from layerbench.scenario import builtin_scenarios, load_scenario
+from layerbench.testing import userns_session
 
 from ..conftest import first_append_ns, require
 
@@ -88,8 +88,13 @@ def _held(tmp_path: Path) -> Iterator[tuple[int, dict[str, Any], Path]]:
         (root / "new").write_bytes(b"x")
         os.chown(root / "new", 7, 8)
         with open("/proc/self/uid_map") as f:
-            seen = {"pid": os.getpid(), "uid": os.getuid(), "euid": os.geteuid(),
-                    "owner": os.stat(root / "mine").st_uid, "map": f.read().split()}
+            seen = {
+                "pid": os.getpid(),
+                "uid": os.getuid(),
+                "euid": os.geteuid(),
+                "owner": os.stat(root / "mine").st_uid,
+                "map": f.read().split(),
+            }
         (driver.home / "seen.json").write_text(json.dumps(seen))
         _wait_for(driver.home / "release")
         driver.unmount("c")
@@ -150,8 +155,6 @@ def test_first_append_to_a_big_lower_file_copies_it_up(tmp_path: Path) -> None:
 
     ratio = _in_session(tmp_path, measure)
     assert ratio > 10, f"{NAME}: first append to 64 MiB / 4 KiB = {ratio:.1f}"
-
-
 
 
 def test_a_killed_child_leaves_nothing_mounted(tmp_path: Path) -> None:
@@ -218,7 +221,9 @@ def test_a_user_without_root_maps_only_itself(tmp_path: Path) -> None:
 
 def test_a_rootless_cell_runs_in_the_runner(tmp_path: Path) -> None:
     """run_cell: the image is built and sampled in the namespace; the results come back."""
-    out = runner.run_cell(_cell(tmp_path), tmp_path / "cell", runner._Sampling(samples=2, warmup=0, min_time_s=0, cold=False))
+    out = runner.run_cell(
+        _cell(tmp_path), tmp_path / "cell", runner._Sampling(samples=2, warmup=0, min_time_s=0, cold=False)
+    )
     assert out["status"] == "ok", out["error"]
     assert out["samples"] == 2 and len(out["metrics"]["copy_up_ns"]["samples"]) == 2
     assert out["inspect"]["container"]["UpperDir"].endswith("/diff")
@@ -231,7 +236,9 @@ def _cell(tmp_path: Path) -> runner.Cell:
     return runner.Cell(scenario, default_plugins().driver(NAME), scenario.param_sets()[0], "ext4")
 
 
-def test_a_rootless_cell_past_its_time_limit_is_killed_and_released(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rootless_cell_past_its_time_limit_is_killed_and_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The cell's time limit fires in the parent; the child (mid-mount) is killed, the store released."""
 
     def hang(run: Any) -> None:
@@ -250,7 +257,9 @@ def test_a_rootless_cell_past_its_time_limit_is_killed_and_released(tmp_path: Pa
     assert not (tmp_path / "cell").exists() and not _mounted_anywhere(tmp_path)
 
 
-def test_a_failing_rootless_cell_keeps_its_partial_samples_and_error_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_rootless_cell_keeps_its_partial_samples_and_error_type(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def fail(run: Any) -> None:
         run.recorded["copy_up_ns"].append(123)
         raise PermissionError(13, "injected in the namespace")

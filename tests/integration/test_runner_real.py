@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from layerbench.drivers import Overlay2Driver
-from layerbench.harness.runner import Cell, RunConfig, run, run_cell
-from layerbench.harness.scenario import load_scenario
+from layerbench.run.runner import Cell, RunConfig, run, run_cell
+from layerbench.scenario import load_scenario
 
 from ..conftest import require
 from ..test_cli import TINY
@@ -26,12 +26,15 @@ def test_run_on_every_real_driver(tmp_path: Path) -> None:
         require(name)
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)
-    config = RunConfig(scenarios=(str(scenario),), drivers=("overlay2", "btrfs", "vfs"),
-                       results_dir=tmp_path / "res", work_root=tmp_path / "work")
+    config = RunConfig(
+        scenarios=(str(scenario),),
+        drivers=("overlay2", "btrfs", "vfs"),
+        results_dir=tmp_path / "res",
+        work_root=tmp_path / "work",
+    )
     doc, path = run(config)
     assert path.exists()
-    assert {(c["driver"], c["status"]) for c in doc["cells"]} == {
-        ("overlay2", "ok"), ("btrfs", "ok"), ("vfs", "ok")}
+    assert {(c["driver"], c["status"]) for c in doc["cells"]} == {("overlay2", "ok"), ("btrfs", "ok"), ("vfs", "ok")}
     backings = {c["driver"]: c["backing"] for c in doc["cells"]}
     assert backings == {"overlay2": "ext4", "btrfs": "btrfs", "vfs": "ext4"}
     overlay = next(c for c in doc["cells"] if c["driver"] == "overlay2")

@@ -10,10 +10,11 @@ import os
 from pathlib import Path
 
 import pytest
-from layerbench.harness import syscalls
-from layerbench.harness.backing import Usage
-from layerbench.harness.driver import Driver
-from layerbench.harness.image import FileSpec, apply_layer, synthetic_image
+
+from layerbench.driver import Driver
+from layerbench.images.image import FileSpec, apply_layer, synthetic_image
+from layerbench.kernel import syscalls
+from layerbench.run.backing import Usage
 
 from ..conftest import driver_on_store
 
@@ -22,8 +23,6 @@ KiB, MiB = 1 << 10, 1 << 20
 KERNEL_MAX_LOWERS = 500  # OVL_MAX_STACK
 CONTAINERS = 1000  # the figure; a few seconds per driver
 MANY_FILES = 100_000
-
-
 
 
 def _usage(path: Path) -> Usage:

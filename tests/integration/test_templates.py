@@ -9,14 +9,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from layerbench.harness import runner
-from layerbench.harness.backing import BackingStore
-from layerbench.harness.driver import Driver
-from layerbench.harness.plugins import default_plugins
-from layerbench.harness.sampling import Sampling
-from layerbench.harness.scenario import load_scenario
-from layerbench.harness.templates import Template, adopt
-from layerbench.harness.testing import Tree, compare, snapshot
+
+from layerbench.driver import Driver
+from layerbench.plugins import default_plugins
+from layerbench.run import runner
+from layerbench.run.backing import BackingStore
+from layerbench.run.sampling import Sampling
+from layerbench.run.templates import Template, adopt
+from layerbench.scenario import load_scenario
+from layerbench.testing import Tree, compare, snapshot
 
 from ..conftest import require
 
@@ -74,8 +75,9 @@ def _timeless(tree: Tree) -> Tree:
 
 
 @contextmanager
-def _container_root(cell: runner.Cell, work: Path, template: Template | None, size: int,
-                    inodes: int) -> Iterator[tuple[Path, Driver]]:
+def _container_root(
+    cell: runner.Cell, work: Path, template: Template | None, size: int, inodes: int
+) -> Iterator[tuple[Path, Driver]]:
     """A container of the cell's image, on a fresh build or on a copy of `template`."""
     store = BackingStore(work, cell.backing, size, inodes, template=template.image if template else None)
     with store as mnt:
@@ -111,10 +113,13 @@ def test_a_cell_from_a_template_equals_a_fresh_build(tmp_path: Path, name: str, 
         copied = runner.run_cell(cell, tmp_path / "copied", pinned, template=template)
         assert fresh["status"] == copied["status"] == "ok", (fresh["error"], copied["error"])
         assert not fresh["template"] and copied["template"]
-        figures = {m: (fresh["metrics"][m]["samples"], copied["metrics"][m]["samples"])
-                   for m in DISK if m in fresh["metrics"]}
-        print(f"{name} on {fs}: fresh vs template {figures}; layers {fresh['image_layers_disk_bytes']} "
-              f"vs {copied['image_layers_disk_bytes']}")
+        figures = {
+            m: (fresh["metrics"][m]["samples"], copied["metrics"][m]["samples"]) for m in DISK if m in fresh["metrics"]
+        }
+        print(
+            f"{name} on {fs}: fresh vs template {figures}; layers {fresh['image_layers_disk_bytes']} "
+            f"vs {copied['image_layers_disk_bytes']}"
+        )
         assert {"image_disk_bytes", "disk_bytes", "disk_walk_bytes"} <= set(figures)
         for metric, (a, b) in figures.items():
             assert a == b, f"{metric}: fresh build {a}, from the template {b}"
@@ -140,10 +145,20 @@ def test_a_cell_from_a_template_equals_a_fresh_build(tmp_path: Path, name: str, 
 def test_a_run_with_templates_builds_each_family_once_and_leaves_nothing(tmp_path: Path) -> None:
     require("overlay2")
     path = tmp_path / "tmpl.toml"
-    path.write_text(SCENARIO.replace('[image]\n', '[params]\nn = [1, 2]\n[image]\n', 1)
-                    .replace('op = "start"\n', 'op = "start"\ncount = "${n}"\n', 1))
-    config = runner.RunConfig(scenarios=(str(path),), drivers=("overlay2",), results_dir=tmp_path / "res",
-                              work_root=tmp_path / "work", samples=1, warmup=0, templates=True)
+    path.write_text(
+        SCENARIO.replace("[image]\n", "[params]\nn = [1, 2]\n[image]\n", 1).replace(
+            'op = "start"\n', 'op = "start"\ncount = "${n}"\n', 1
+        )
+    )
+    config = runner.RunConfig(
+        scenarios=(str(path),),
+        drivers=("overlay2",),
+        results_dir=tmp_path / "res",
+        work_root=tmp_path / "work",
+        samples=1,
+        warmup=0,
+        templates=True,
+    )
     doc, _ = runner.run(config)
     cells = doc["cells"]
     assert [c["status"] for c in cells] == ["ok", "ok"] and all(c["template"] for c in cells)

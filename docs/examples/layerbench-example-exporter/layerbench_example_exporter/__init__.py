@@ -9,8 +9,8 @@ from xml.etree import ElementTree
 from layerbench import hookimpl
 
 if TYPE_CHECKING:
-    from layerbench.harness.plugins import ExporterRegistry
-    from layerbench.harness.report import Report
+    from layerbench.plugins import ExporterRegistry
+    from layerbench.report import Report
 
 __all__ = ["write_junit", "layerbench_register_exporters"]
 __version__ = "0.1.0"
@@ -25,16 +25,22 @@ def write_junit(report: Report, out: TextIO) -> None:
         suite = by_scenario.get(cell["scenario"])
         if suite is None:
             suite = by_scenario[cell["scenario"]] = ElementTree.SubElement(
-                suites, "testsuite", name=cell["scenario"], tests="0", failures="0")
+                suites, "testsuite", name=cell["scenario"], tests="0", failures="0"
+            )
         params = ";".join(f"{k}={v}" for k, v in sorted(cell["params"].items()))
         on = f" on {cell['backing']}" if cell.get("backing") else ""
-        case = ElementTree.SubElement(suite, "testcase", classname=f"{cell['scenario']}.{cell['driver']}",
-                                      name=f"{cell['driver']}{on} {params}".strip())
+        case = ElementTree.SubElement(
+            suite,
+            "testcase",
+            classname=f"{cell['scenario']}.{cell['driver']}",
+            name=f"{cell['driver']}{on} {params}".strip(),
+        )
         props = ElementTree.SubElement(case, "properties")
         for metric, data in cell.get("metrics", {}).items():
             if data["samples"]:
-                ElementTree.SubElement(props, "property", name=f"{metric} ({data['unit']})",
-                                       value=str(statistics.median(data["samples"])))
+                ElementTree.SubElement(
+                    props, "property", name=f"{metric} ({data['unit']})", value=str(statistics.median(data["samples"]))
+                )
         suite.set("tests", str(int(suite.get("tests", "0")) + 1))
         if cell["status"] != "ok":
             ElementTree.SubElement(case, "failure", message=f"{cell['status']}: {cell.get('error')}")

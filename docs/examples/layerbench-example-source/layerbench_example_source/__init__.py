@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from layerbench import LayerFormat, UserError, hookimpl
 
 if TYPE_CHECKING:
-    from layerbench.harness.plugins import ImageSourceRegistry
+    from layerbench.plugins import ImageSourceRegistry
 
 __all__ = ["LayerDirsImage", "open_layer_dirs", "layerbench_register_image_sources"]
 __version__ = "0.1.0"

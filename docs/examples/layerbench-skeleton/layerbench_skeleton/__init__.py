@@ -18,8 +18,8 @@ import shutil
 from pathlib import Path
 
 from layerbench import Driver, LayerFormat, Style, hookimpl
-from layerbench.harness.plugins import DriverRegistry
-from layerbench.harness.treecopy import copy_tree
+from layerbench.kernel.treecopy import copy_tree
+from layerbench.plugins import DriverRegistry
 
 __all__ = ["SkeletonDriver", "layerbench_register_drivers"]
 __version__ = "0.1.0"

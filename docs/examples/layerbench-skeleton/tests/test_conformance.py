@@ -1,8 +1,8 @@
 """Run layerbench's conformance suite on the skeleton driver: `pytest tests/` in this package.
 
-The same as `pytest --pyargs layerbench.harness.conformance --layerbench-driver skeleton`.
+The same as `pytest --pyargs layerbench.testing.conformance --layerbench-driver skeleton`.
 """
 
-from layerbench.harness.conformance import *  # noqa: F401,F403
+from layerbench.testing.conformance import *  # noqa: F403
 
 LAYERBENCH_DRIVERS = ["skeleton"]

@@ -1,0 +1,5 @@
+"""`python -m layerbench`: the same as the `layerbench` command."""
+
+from layerbench.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Results files, statistics, claims and compare."""

@@ -1,5 +1,0 @@
-"""`python -m layerbench`: the same as the `layerbench` command."""
-
-from layerbench.harness.cli import main
-
-main()

@@ -1,0 +1,1 @@
+"""Images: synthetic images, image sources, OCI and docker-archive reading, layer import."""

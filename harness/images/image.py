@@ -1,0 +1,196 @@
+"""Images the harness builds: seeded synthetic ones, and the interface every source meets.
+
+Synthetic images are shaped by the Docker Hub studies (Zhao et al.): a median image
+of about 94 MB in about 1,090 files, most layers small, a few large files holding
+most of the bytes. The generator draws file sizes from a log-normal distribution
+scaled to the asked total, puts about half the files in the bottom (base OS) layer
+and spreads the rest over the layers above, at least one file each.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from layerbench.driver import LayerFormat
+from layerbench.images.layer_tar import OPAQUE_XATTR, make_whiteout
+
+__all__ = ["FileSpec", "LayerSpec", "Image", "SyntheticImage", "synthetic_image", "apply_layer", "write_whiteout"]
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One regular file of a layer: its path in the image, size and content seed."""
+
+    path: str
+    size: int
+    seed: int
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A layer's new files and the paths it removes from the layers below."""
+
+    files: tuple[FileSpec, ...]
+    removals: tuple[str, ...] = ()
+
+
+class Image(Protocol):
+    """What the runner needs of an image, whatever its source."""
+
+    @property
+    def layer_count(self) -> int: ...
+
+    @property
+    def total_bytes(self) -> int: ...
+
+    @property
+    def total_files(self) -> int: ...
+
+    def file_paths(self) -> list[str]:
+        """Regular files of the flattened image, sorted."""
+        ...
+
+    def apply(self, index: int, root: Path, layer_format: LayerFormat, *, opaque_xattr: str = OPAQUE_XATTR) -> None:
+        """Write layer `index` (0 = bottom) into `root`, the directory create_layer handed out.
+
+        Layers go in order, bottom first; `opaque_xattr` is the driver's (`Driver.opaque_xattr`).
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class SyntheticImage:
+    """A generated image; the same seed gives the same bytes on every driver."""
+
+    layers: tuple[LayerSpec, ...]
+
+    @property
+    def layer_count(self) -> int:
+        return len(self.layers)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for layer in self.layers for f in layer.files)
+
+    @property
+    def total_files(self) -> int:
+        return sum(len(layer.files) for layer in self.layers)
+
+    def file_paths(self) -> list[str]:
+        present: set[str] = set()
+        for layer in self.layers:
+            for gone in layer.removals:
+                present = {p for p in present if p != gone and not p.startswith(gone + "/")}
+            present.update(f.path for f in layer.files)
+        return sorted(present)
+
+    def contents(self) -> dict[str, bytes]:
+        """Every file's bytes by seed, generated ahead (keeps generation out of timed builds)."""
+        return {str(f.seed): _content(f) for layer in self.layers for f in layer.files}
+
+    def apply(
+        self,
+        index: int,
+        root: Path,
+        layer_format: LayerFormat,
+        contents: dict[str, bytes] | None = None,
+        *,
+        opaque_xattr: str = OPAQUE_XATTR,
+    ) -> None:
+        layer = self.layers[index]  # removals only: no opaque directory, whatever the xattr
+        for gone in layer.removals:
+            write_whiteout(root, gone, layer_format)
+        apply_layer(root, layer.files, layer_format, contents)
+
+
+def synthetic_image(
+    layers: int,
+    files: int,
+    total_bytes: int,
+    seed: int = 0,
+    depth: int = 3,
+    sigma: float = 2.0,
+    extra: tuple[tuple[int, FileSpec], ...] = (),
+    removals: tuple[tuple[int, str], ...] = (),
+) -> SyntheticImage:
+    """Generate an image; `extra` adds (layer, file) at fixed paths, `removals` (layer, path)."""
+    rng = np.random.default_rng(seed)
+    files = max(files, layers)
+    per_layer = np.zeros(layers, dtype=int)
+    per_layer[0] = files if layers == 1 else max(1, min(files // 2, files - (layers - 1)))
+    rest = files - per_layer[0]
+    if layers > 1:
+        per_layer[1:] = rest // (layers - 1)
+        per_layer[1 : 1 + rest % (layers - 1)] += 1
+    weights = rng.lognormal(mean=0.0, sigma=sigma, size=files)
+    sizes = np.floor(weights / weights.sum() * total_bytes).astype(int)
+    sizes[0] += total_bytes - int(sizes.sum())  # exact total
+    out: list[list[FileSpec]] = [[] for _ in range(layers)]
+    index = 0
+    for layer, count in enumerate(per_layer):
+        for i in range(int(count)):
+            dirs = [f"d{int(rng.integers(0, 8))}" for _ in range(int(rng.integers(0, depth + 1)))]
+            path = "/".join(["usr", *dirs, f"l{layer}-f{i}.bin"])
+            out[layer].append(FileSpec(path=path, size=int(sizes[index]), seed=seed * 1_000_003 + index))
+            index += 1
+    for layer, spec in extra:
+        out[layer].append(spec)
+    gone: list[list[str]] = [[] for _ in range(layers)]
+    for layer, path in removals:
+        gone[layer].append(path)
+    return SyntheticImage(tuple(LayerSpec(tuple(f), tuple(g)) for f, g in zip(out, gone, strict=True)))
+
+
+def _content(spec: FileSpec) -> bytes:
+    return np.random.default_rng(spec.seed).bytes(spec.size)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
+def write_whiteout(root: Path, path: str, layer_format: LayerFormat) -> None:
+    """Remove `path` the driver's way: delete it (FULL) or an overlay 0/0 char device (DIFF)."""
+    target = root / path
+    if layer_format is LayerFormat.FULL:
+        _remove(target)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove(target)
+    make_whiteout(target)
+
+
+def apply_layer(
+    root: Path, files: tuple[FileSpec, ...], layer_format: LayerFormat, contents: dict[str, bytes] | None = None
+) -> None:
+    """Write a layer's files under `root`, the directory `create_layer` handed out.
+
+    An existing path is replaced (unlinked, then created), as the OCI spec says for
+    a layer entry over a non-directory; with `LayerFormat.DIFF` the directory is
+    empty to begin with and only the layer's own files land in it.
+    """
+    for spec in files:
+        path = root / spec.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(path):
+            path.unlink()
+        data = contents[str(spec.seed)] if contents is not None else _content(spec)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, spec.mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        if spec.mode & 0o7000:
+            os.chmod(path, spec.mode)

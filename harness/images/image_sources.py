@@ -1,0 +1,236 @@
+"""Images from outside: an OCI image layout, a `docker save` archive, or a host directory.
+
+Each is read through harness/images/oci.py and harness/images/layer_tar.py, which apply layers
+with OCI semantics and refuse anything that would write outside the layer root.
+Absolute symlinks, common in distribution images (/etc/localtime), are rewritten
+into the equivalent relative links inside the root.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from layerbench.driver import LayerFormat
+from layerbench.errors import UserError
+from layerbench.images.layer_tar import (
+    OPAQUE_MARKER,
+    OPAQUE_XATTR,
+    WHITEOUT_PREFIX,
+    LayerTar,
+    LowerTree,
+    SizeLimit,
+    free_disk_limit,
+    read_layer,
+)
+from layerbench.images.oci import LayerBlob, apply_blob, apply_host_dir, read_image
+
+__all__ = ["ArchiveImage", "HostDirImage", "open_image", "set_image_limit", "parse_size", "MAX_ENTRIES"]
+
+#: entries an imported image may hold (its file list is kept in memory)
+MAX_ENTRIES = 4_000_000
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)$", re.IGNORECASE)
+_limit: dict[str, Any] = {"max_bytes": None, "work_root": None}
+
+
+def parse_size(text: str, what: str = "--max-image-bytes") -> int:
+    """`10G`, `500M`, `1.5GiB`, `4096` -> bytes (binary multiples)."""
+    m = _SIZE.match(text.strip())
+    if m is None or float(m.group(1)) <= 0:
+        raise UserError(f"{what} {text!r}: expected a size such as 500M, 10G or 1073741824 (bytes)")
+    return int(float(m.group(1)) * (1 << (10 * " KMGT".index(m.group(2).upper() or " "))))
+
+
+def set_image_limit(max_bytes: int | None, work_root: Path | None) -> None:
+    """Bound the images opened after this: `max_bytes` uncompressed, or else the free disk under `work_root`."""
+    _limit.update(max_bytes=max_bytes, work_root=work_root)
+
+
+def _image_limit() -> SizeLimit | None:
+    if _limit["max_bytes"] is not None:
+        return SizeLimit(_limit["max_bytes"], "--max-image-bytes")
+    if _limit["work_root"] is None:
+        return None
+    where = Path(_limit["work_root"])
+    while not where.exists():  # a run's work root, removed since
+        where = where.parent
+    return free_disk_limit(where, f"the work root {where}")
+
+
+_Tree = dict[str, Any]  # name -> a subtree (directory), a size (regular file) or -1 (anything else)
+
+
+def _scan_layer(tree: _Tree, layer: LayerTar, seen: int, name: str) -> int:
+    """Fold one layer's headers into `tree` (whiteouts hide lower layers only); return the entries seen."""
+    hide: list[tuple[tuple[str, ...], str | None]] = []  # (directory, name or None for an opaque marker)
+    put: list[tuple[tuple[str, ...], int | None]] = []  # (path, size, -1 or None for a directory)
+    for member in layer:
+        seen += 1
+        if seen > MAX_ENTRIES:
+            raise UserError(f"{name}: the image has more than {MAX_ENTRIES} entries")
+        parts = tuple(p for p in member.name.split("/") if p not in ("", "."))
+        if not parts:
+            continue
+        base = parts[-1]
+        if base.startswith(WHITEOUT_PREFIX):
+            hide.append((parts[:-1], None if base == OPAQUE_MARKER else base[len(WHITEOUT_PREFIX) :]))
+        else:
+            put.append((parts, None if member.isdir() else member.size if member.isfile() else -1))
+    for dparts, gone in hide:
+        node = _node(tree, dparts)
+        if node is None:
+            continue
+        if gone is None:
+            node.clear()
+        else:
+            node.pop(gone, None)
+    for parts, value in put:
+        node = tree
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        if value is None:
+            if not isinstance(node.get(parts[-1]), dict):
+                node[parts[-1]] = {}
+        else:
+            node[parts[-1]] = value
+    return seen
+
+
+def _node(tree: _Tree, parts: tuple[str, ...]) -> _Tree | None:
+    node: Any = tree
+    for p in parts:
+        node = node.get(p) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
+
+
+def _files(tree: _Tree) -> dict[str, int]:
+    out: dict[str, int] = {}
+    todo: list[tuple[str, _Tree]] = [("", tree)]
+    while todo:
+        prefix, node = todo.pop()
+        for name, value in node.items():
+            if isinstance(value, dict):
+                todo.append((f"{prefix}{name}/", value))
+            elif value >= 0:
+                out[f"{prefix}{name}"] = value
+    return out
+
+
+@dataclass
+class ArchiveImage:
+    """The layers of an OCI layout or a `docker save` archive, applied as they are.
+
+    `limit` bounds the uncompressed size of the whole image (every pass over the
+    layers stops as soon as it is passed); DIFF layers are checked against a
+    `LowerTree` of the layers below, so they are refused as FULL ones are.
+    """
+
+    blobs: list[LayerBlob]
+    limit: SizeLimit | None = None
+    _files: dict[str, int] = field(default_factory=dict)
+    _sizes: list[int] = field(default_factory=list)  # uncompressed bytes of each layer
+    _scanned: bool = False
+    _lower: LowerTree | None = None
+    _next: int = 0
+
+    def _scan(self) -> None:
+        """Read the layers' tar headers once: the final image's files and sizes, each layer's size."""
+        if self._scanned:
+            return
+        tree: _Tree = {}
+        seen = 0
+        for blob in self.blobs:
+            limit = None if self.limit is None else replace(self.limit, below=sum(self._sizes))
+            with blob.open() as raw, read_layer(raw, blob.name, limit) as layer:
+                seen = _scan_layer(tree, layer, seen, blob.name)
+                self._sizes.append(layer.size())
+        self._files, self._scanned = _files(tree), True
+
+    @property
+    def layer_count(self) -> int:
+        return len(self.blobs)
+
+    @property
+    def total_bytes(self) -> int:
+        self._scan()
+        return sum(self._files.values())
+
+    @property
+    def total_files(self) -> int:
+        self._scan()
+        return len(self._files)
+
+    def file_paths(self) -> list[str]:
+        self._scan()
+        return sorted(self._files)
+
+    def apply(self, index: int, root: Path, layer_format: LayerFormat, *, opaque_xattr: str = OPAQUE_XATTR) -> None:
+        self._scan()
+        lower = None
+        if layer_format is LayerFormat.DIFF:  # the layers below, as FULL would see them in its root
+            if index == 0:
+                self._lower = LowerTree()
+            elif index != self._next or self._lower is None:
+                raise ValueError(f"DIFF layer {index} applied after layer {self._next - 1}: apply them bottom first")
+            lower = self._lower
+        limit = None if self.limit is None else replace(self.limit, below=sum(self._sizes[:index]))
+        apply_blob(
+            root,
+            self.blobs[index],
+            layer_format,
+            symlinks="relative",
+            limit=limit,
+            lower=lower,
+            opaque_xattr=opaque_xattr,
+        )
+        self._next = index + 1
+
+
+@dataclass
+class HostDirImage:
+    """A directory on the host as a one-layer image."""
+
+    path: Path
+
+    @property
+    def layer_count(self) -> int:
+        return 1
+
+    def _walk(self) -> list[tuple[str, int]]:
+        out = []
+        for top, _, names in os.walk(self.path):
+            for name in names:
+                full = os.path.join(top, name)
+                st = os.lstat(full)
+                if os.path.isfile(full) and not os.path.islink(full):
+                    out.append((os.path.relpath(full, self.path), st.st_size))
+        return out
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self._walk())
+
+    @property
+    def total_files(self) -> int:
+        return len(self._walk())
+
+    def file_paths(self) -> list[str]:
+        return sorted(p for p, _ in self._walk())
+
+    def apply(self, index: int, root: Path, layer_format: LayerFormat, *, opaque_xattr: str = OPAQUE_XATTR) -> None:
+        apply_host_dir(root, self.path, layer_format, symlinks="relative", limit=_image_limit())
+
+
+def open_image(source: str, path: Path) -> ArchiveImage | HostDirImage:
+    """The image of a scenario's `[image]` with `source` = dir, oci or docker-archive."""
+    if source == "dir":
+        if not path.is_dir():
+            raise UserError(f"{path}: image source 'dir' needs a directory")
+        return HostDirImage(path)
+    limit = _image_limit()
+    return ArchiveImage(read_image(path, limit=limit), limit)

@@ -1,0 +1,968 @@
+"""Apply one image layer onto a driver's layer directory, safely, with OCI semantics.
+
+A layer is a tar stream (uncompressed, gzip or zstd, told apart by magic) or a host
+directory. Entries are applied in order through file descriptors: every parent
+directory is opened with O_NOFOLLOW relative to the one above it, starting at the
+layer root, so no entry (and no symlink an earlier entry made) can send a write
+outside the root. Unsafe entries stop the layer with one `UserError` naming them.
+
+`LayerFormat.FULL` (vfs, btrfs): the root holds the parent's tree; a whiteout
+deletes, an opaque marker empties the directory's lower children.
+`LayerFormat.DIFF` (overlay2): the root holds this layer only; a whiteout becomes
+a 0/0 character device and an opaque directory gets the driver's opaque xattr
+(`trusted.overlay.opaque=y` by default). A `LowerTree` passed along stands in for the
+lower layers the root does not hold, so DIFF refuses exactly what FULL refuses.
+
+Work is bounded: the uncompressed stream and the bytes written stop at a `SizeLimit`
+(by default the free disk of the root's filesystem), new inodes at its free inodes,
+header blocks at 16 MiB, names at NAME_MAX and PATH_MAX.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import io
+import os
+import shutil
+import stat
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, BinaryIO, Literal, NoReturn
+
+from layerbench.driver import LayerFormat
+from layerbench.errors import UserError
+from layerbench.units import bytes_text
+
+__all__ = [
+    "LayerStats",
+    "apply_tar_layer",
+    "apply_host_dir",
+    "open_layer_stream",
+    "WHITEOUT_PREFIX",
+    "OPAQUE_MARKER",
+    "SymlinkPolicy",
+    "SizeLimit",
+    "LowerTree",
+    "read_layer",
+    "LayerTar",
+    "make_whiteout",
+    "set_opaque",
+    "is_whiteout",
+    "free_disk_limit",
+    "OPAQUE_XATTR",
+    "NAME_MAX",
+    "PATH_MAX",
+]
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+#: "refuse" an absolute symlink target, or rewrite it as a relative one inside the root
+SymlinkPolicy = Literal["refuse", "relative"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_XATTR_SKIP = (errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.EINVAL, errno.ERANGE, errno.E2BIG, errno.ENOSPC)
+_GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
+_CHUNK = 1 << 20
+NAME_MAX, PATH_MAX = 255, 4096  # bytes of one name, of a path with its NUL (Linux)
+_MAX_HEADER = 16 << 20  # a PAX or GNU long-name header block held in memory
+_HEADER_TYPES = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
+
+
+@dataclass(frozen=True)
+class SizeLimit:
+    """At most `total` uncompressed bytes for a whole image; the layers below this one took `below`.
+
+    `why` says where the figure comes from, for the message (e.g. "--max-image-bytes").
+    """
+
+    total: int
+    why: str
+    below: int = 0
+
+    @property
+    def left(self) -> int:
+        return max(0, self.total - self.below)
+
+    def error(self, source: str, what: str = "uncompressed") -> UserError:
+        after = f" after {bytes_text(self.below)} in the layers below" if self.below else ""
+        return UserError(
+            f"{source}: over the image size limit of {bytes_text(self.total)} ({self.why}): "
+            f"more than {bytes_text(self.left)} {what} in this layer{after}"
+        )
+
+
+def free_disk_limit(path: Path | str | int, where: str = "") -> SizeLimit:
+    """What the free disk of `path`'s filesystem allows, less a margin (a tenth, at most 1 GiB)."""
+    sv = os.statvfs(path)
+    free = sv.f_bavail * sv.f_frsize
+    return SizeLimit(free - min(free // 10, 1 << 30), f"the free disk of {where or path} less a margin")
+
+
+def _tighter(a: SizeLimit | None, b: SizeLimit) -> SizeLimit:
+    return b if a is None or b.left < a.left else a
+
+
+class _HeaderTooLarge(Exception):
+    pass
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses a PAX or GNU long-name header block larger than 16 MiB (tarfile reads it whole)."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _HEADER_TYPES and self.size > _MAX_HEADER:
+            raise _HeaderTooLarge(f"a tar header block of {bytes_text(self.size)} (at most {bytes_text(_MAX_HEADER)})")
+        return super()._proc_member(tar)  # type: ignore[misc]
+
+
+class _Bounded(io.RawIOBase):
+    """A decompressed stream that counts its bytes and raises the limit's error past `limit.left`."""
+
+    def __init__(self, stream: BinaryIO, limit: SizeLimit | None, source: str) -> None:
+        self.stream, self.limit, self.source, self.count = stream, limit, source, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        want = len(buf) if self.limit is None else min(len(buf), self.limit.left - self.count + 1)
+        data = self.stream.read(want)
+        self.count += len(data)
+        if self.limit is not None and self.count > self.limit.left:
+            raise self.limit.error(self.source)
+        buf[: len(data)] = data
+        return len(data)
+
+
+@dataclass
+class LayerStats:
+    """What one layer application did (counts of entries by kind, bytes written)."""
+
+    entries: int = 0
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    devices: int = 0  # char/block devices and fifos
+    whiteouts: int = 0
+    opaques: int = 0
+    bytes: int = 0
+    xattrs: int = 0
+    #: what was not applied and why, e.g. "dev/null: device nodes need root"
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Entry:
+    name: str  # as written in the source, for messages
+    kind: str  # file dir symlink hardlink char block fifo
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    linkname: str = ""
+    major: int = 0
+    minor: int = 0
+    size: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream with bytes already read from it put back in front."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self.head:
+            n = min(len(buf), len(self.head))
+            buf[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        data = self.rest.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+def open_layer_stream(fileobj: BinaryIO, limit: SizeLimit | None = None, name: str = "layer") -> BinaryIO:
+    """Return `fileobj` decompressed as its magic says: gzip, zstd, or as it is.
+
+    With `limit`, reading more than `limit.left` decompressed bytes raises its `UserError`
+    (naming `name`) at once, before more is decompressed.
+    """
+    return io.BufferedReader(_Bounded(_decompressed(fileobj), limit, name), _CHUNK)
+
+
+def _decompressed(fileobj: BinaryIO) -> BinaryIO:
+    head = b""
+    while len(head) < 4:
+        more = fileobj.read(4 - len(head))
+        if not more:
+            break
+        head += more
+    stream = io.BufferedReader(_Prefixed(head, fileobj), _CHUNK)
+    if head.startswith(_GZIP):
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    if head == _ZSTD:
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
+    return stream
+
+
+def _split(applier: _Applier, e: _Entry, name: str, what: str = "path") -> tuple[str, ...]:
+    if name.startswith("/"):
+        applier.fail(e, f"absolute {what} {name!r}: path escapes the layer root")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        applier.fail(e, f"{what} {name!r} has a '..' component: path escapes the layer root")
+    if any("\x00" in p for p in parts):
+        applier.fail(e, f"{what} has a NUL byte")
+    sizes = [len(p.encode("utf-8", "surrogateescape")) for p in parts]
+    if sizes and max(sizes) > NAME_MAX:
+        applier.fail(e, f"{what} has a name of {max(sizes)} bytes; at most {NAME_MAX} (NAME_MAX)")
+    if sum(sizes) + len(sizes) > PATH_MAX - 1:
+        applier.fail(e, f"{what} is {sum(sizes) + len(sizes)} bytes long; at most {PATH_MAX - 1} (PATH_MAX)")
+    return parts
+
+
+def is_whiteout(st: os.stat_result) -> bool:
+    """Whether `st` is an overlay whiteout: a 0/0 character device."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def make_whiteout(path: Path | str, dir_fd: int | None = None) -> None:
+    """Hide `path` of the layers below in a DIFF layer: a 0/0 character device (overlayfs)."""
+    os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=dir_fd)
+
+
+def set_opaque(target: int | str | Path, opaque_xattr: str = OPAQUE_XATTR) -> None:
+    """Mark a DIFF layer's directory opaque (the lower ones' children hidden): `<opaque_xattr>=y`."""
+    os.setxattr(target, opaque_xattr, b"y")
+
+
+@dataclass
+class _Node:
+    kind: str  # dir symlink other
+    children: dict[str, _Node] = field(default_factory=dict)
+
+
+class LowerTree:
+    """What the layers below hold, path by path, for a DIFF import (its root holds one layer only).
+
+    A FULL root holds the lower layers, so a symlink or a file there stops an entry
+    below it; a DIFF import asks this model instead and refuses the same entries.
+    Pass one `LowerTree` to every layer of an image, bottom first: after each DIFF
+    layer it takes in what the layer holds, by overlayfs's rules.
+    """
+
+    def __init__(self) -> None:
+        self.top = _Node("dir")
+
+    def kind(self, parts: tuple[str, ...]) -> str | None:
+        """ "dir", "symlink", "other", or None when the layers below do not hold `parts`."""
+        node: _Node | None = self.top
+        for name in parts:
+            node = node.children.get(name) if node is not None and node.kind == "dir" else None
+        return None if node is None else node.kind
+
+    def fold(self, root_fd: int, opaque_xattr: str) -> None:
+        """Take in the DIFF layer at `root_fd`: whiteouts remove, opaque directories hide, the rest wins."""
+        todo: list[tuple[int, _Node]] = [(os.dup(root_fd), self.top)]
+        try:
+            while todo:
+                fd, node = todo.pop()
+                try:
+                    try:
+                        if os.getxattr(fd, opaque_xattr) == b"y":
+                            node.children.clear()
+                    except OSError:
+                        pass
+                    for name in os.listdir(fd):
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                        if is_whiteout(st):
+                            node.children.pop(name, None)
+                        elif stat.S_ISDIR(st.st_mode):
+                            child = node.children.get(name)
+                            if child is None or child.kind != "dir":
+                                child = node.children[name] = _Node("dir")
+                            todo.append((os.open(name, _DIR_FLAGS, dir_fd=fd), child))
+                        else:
+                            node.children[name] = _Node("symlink" if stat.S_ISLNK(st.st_mode) else "other")
+                finally:
+                    os.close(fd)
+        finally:
+            for fd, _ in todo:
+                os.close(fd)
+
+
+class _Applier:
+    """Applies entries one by one below `root`, through directory file descriptors."""
+
+    def __init__(
+        self,
+        root: Path,
+        layer_format: LayerFormat,
+        source: str,
+        symlinks: SymlinkPolicy,
+        *,
+        limit: SizeLimit | None = None,
+        lower: LowerTree | None = None,
+        opaque_xattr: str = OPAQUE_XATTR,
+    ) -> None:
+        self.diff = layer_format is LayerFormat.DIFF
+        self.source, self.symlinks = source, symlinks
+        self.lower = lower if self.diff else None
+        self.opaque_xattr = opaque_xattr
+        self.root_fd = os.open(root, _DIR_FLAGS)
+        self.limit = _tighter(limit, free_disk_limit(self.root_fd, "the layer's filesystem"))
+        sv = os.statvfs(self.root_fd)
+        self.inodes_left = sv.f_favail - min(sv.f_favail // 10, 100_000) if sv.f_files else None
+        self.is_root = os.geteuid() == 0
+        self.stats = LayerStats()
+        self.written: set[tuple[str, ...]] = {()}  # paths this layer wrote, and their ancestors
+        self.opaque: set[tuple[str, ...]] = set()  # directories this layer made opaque
+        self.dir_times: dict[tuple[str, ...], int] = {}
+        self.current = ""  # the entry being applied, for messages
+        self._parent: tuple[tuple[str, ...], int] | None = None  # cached fd of the last parent
+
+    def close(self) -> None:
+        if self._parent is not None:
+            os.close(self._parent[1])
+            self._parent = None
+        os.close(self.root_fd)
+
+    def fail(self, e: _Entry, what: str) -> NoReturn:
+        name = e.name if len(e.name) <= 100 else e.name[:100] + "..."
+        raise UserError(f"{self.source}: entry {name!r}: {what}")
+
+    # -- walking ---------------------------------------------------------------------------
+
+    def _walk(self, e: _Entry, parts: tuple[str, ...], create: bool, revive: bool = False) -> int | None:
+        """A new fd of directory `parts` (no symlink followed); None if missing and not `create`.
+
+        On DIFF, a directory missing here is looked up in the lower tree (refused through a
+        lower symlink or non-directory, as FULL would), and a whiteout this layer left on
+        the way counts as missing: `revive` makes it an opaque directory, else None.
+        """
+        fd = os.dup(self.root_fd)
+        try:
+            for i, comp in enumerate(parts):
+                here = parts[: i + 1]
+                try:
+                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    self._below(e, here)
+                    if not create:
+                        os.close(fd)
+                        return None
+                    self._new_inode(e)
+                    os.mkdir(comp, 0o755, dir_fd=fd)
+                    nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    st = os.stat(comp, dir_fd=fd, follow_symlinks=False)
+                    if self.diff and is_whiteout(st):  # removed by this layer: FULL would find nothing
+                        if not revive:
+                            os.close(fd)
+                            return None
+                        os.unlink(comp, dir_fd=fd)
+                        os.mkdir(comp, 0o755, dir_fd=fd)
+                        nfd = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                        self._mark(here)
+                        self._set_opaque(e, nfd, here)
+                    else:
+                        self._not_a_dir(e, here, stat.S_ISLNK(st.st_mode))
+                os.close(fd)
+                fd = nfd
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _not_a_dir(self, e: _Entry, parts: tuple[str, ...], symlink: bool) -> NoReturn:
+        where = "/".join(parts)
+        if symlink:
+            self.fail(e, f"parent {where!r} is a symlink; refusing to go through it")
+        self.fail(e, f"parent {where!r} is not a directory")
+
+    def _lower_kind(self, parts: tuple[str, ...]) -> str | None:
+        """What the layers below hold at `parts` where this DIFF layer does not hide it."""
+        if self.lower is None or any(parts[:i] in self.opaque for i in range(len(parts))):
+            return None
+        return self.lower.kind(parts)
+
+    def _below(self, e: _Entry, parts: tuple[str, ...]) -> None:
+        """Refuse a DIFF path through a lower symlink or non-directory, as FULL does."""
+        kind = self._lower_kind(parts)
+        if kind in ("symlink", "other"):
+            self._not_a_dir(e, parts, kind == "symlink")
+
+    def _new_inode(self, e: _Entry) -> None:
+        if self.inodes_left is not None:
+            self.inodes_left -= 1
+            if self.inodes_left < 0:
+                self.fail(e, "more new files than the free inodes of the layer's filesystem (less a margin)")
+
+    def parent(self, e: _Entry, parts: tuple[str, ...], create: bool = True, revive: bool = True) -> int | None:
+        """The (cached) fd of the directory holding `parts`."""
+        key = parts[:-1]
+        if self._parent is not None and self._parent[0] == key:
+            return self._parent[1]
+        fd = self._walk(e, key, create, revive)
+        if fd is None:
+            return None
+        if self._parent is not None:
+            os.close(self._parent[1])
+        self._parent = (key, fd)
+        return fd
+
+    def _mark(self, parts: tuple[str, ...]) -> None:
+        for i in range(len(parts) + 1):
+            self.written.add(parts[:i])
+
+    @staticmethod
+    def _lstat(pfd: int, base: str) -> os.stat_result | None:
+        try:
+            return os.stat(base, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def _remove(self, pfd: int, base: str, st: os.stat_result) -> None:
+        if self._parent is not None and self._parent[1] != pfd:  # it may hold the cached parent
+            os.close(self._parent[1])
+            self._parent = None
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(base, dir_fd=pfd)
+        else:
+            os.unlink(base, dir_fd=pfd)
+
+    def _prune(self, fd: int, parts: tuple[str, ...]) -> None:
+        """Remove everything below directory `fd` that this layer did not write."""
+        for name in os.listdir(fd):
+            child = (*parts, name)
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if child not in self.written:
+                self._remove(fd, name, st)
+            elif stat.S_ISDIR(st.st_mode):
+                cfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                try:
+                    self._prune(cfd, child)
+                finally:
+                    os.close(cfd)
+
+    # -- metadata --------------------------------------------------------------------------
+
+    def _xattrs(self, e: _Entry, target: int | str) -> None:
+        for key, value in e.xattrs.items():
+            if key.startswith(("trusted.overlay.", "user.overlay.")):  # never let a layer steer overlayfs
+                self.stats.skipped.append(f"{e.name}: xattr {key}")
+                continue
+            try:
+                os.setxattr(target, key, value, follow_symlinks=isinstance(target, int))
+                self.stats.xattrs += 1
+            except OSError as exc:
+                if exc.errno not in _XATTR_SKIP:
+                    raise
+                self.stats.skipped.append(f"{e.name}: xattr {key}: {os.strerror(exc.errno or 0)}")
+
+    def _owner_mode(self, e: _Entry, fd: int) -> None:
+        if self.is_root:
+            os.fchown(fd, e.uid, e.gid)  # before chmod: chown clears setuid
+        os.fchmod(fd, e.mode & 0o7777)
+        self._xattrs(e, fd)
+
+    def _set_opaque(self, e: _Entry, fd: int, parts: tuple[str, ...]) -> None:
+        try:
+            set_opaque(fd, self.opaque_xattr)
+        except OSError as exc:
+            why = os.strerror(exc.errno or 0)
+            self.fail(e, f"cannot mark an overlay opaque directory with {self.opaque_xattr} ({why})")
+        self.opaque.add(parts)
+        self.stats.opaques += 1
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def apply(self, e: _Entry, data: Callable[[int], int] | None = None, whiteouts: bool = True) -> None:
+        """Apply one entry; `data(fd)` writes a regular file's content and returns its size."""
+        self.stats.entries += 1
+        self.current = e.name
+        parts = _split(self, e, e.name)
+        if whiteouts and any(p.startswith(WHITEOUT_PREFIX) for p in parts[:-1]):
+            self.fail(e, "a whiteout name used as a directory")
+        if whiteouts and parts and parts[-1].startswith(WHITEOUT_PREFIX):
+            return self._whiteout(e, parts)
+        if not parts:
+            if e.kind != "dir":
+                self.fail(e, "names the layer root but is not a directory")
+            self._owner_mode(e, self.root_fd)
+            self.dir_times[()] = e.mtime_ns
+            return None
+        # Validate what does not depend on the tree before anything is written.
+        target = self._symlink_target(e, parts) if e.kind == "symlink" else ""
+        link_parts = _split(self, e, e.linkname, "hardlink target") if e.kind == "hardlink" else ()
+        if e.kind == "hardlink" and (not link_parts or link_parts == parts):
+            self.fail(e, f"hardlink target {e.linkname!r} is not another file of the layer")
+        if e.kind in ("char", "block") and not self.is_root:
+            self.stats.skipped.append(f"{e.name}: device nodes need root")
+            return None
+        pfd = self.parent(e, parts)
+        assert pfd is not None
+        base = parts[-1]
+        st = self._lstat(pfd, base)
+        if e.kind == "dir" and st is not None and stat.S_ISDIR(st.st_mode):
+            return self._dir(e, parts, pfd, base, merge=True)
+        symlink_below = st is None and self._lower_kind(parts) == "symlink"
+        if e.kind == "dir" and ((st is not None and stat.S_ISLNK(st.st_mode)) or symlink_below):
+            self.fail(e, "a directory entry over a symlink")
+        if e.kind == "hardlink":
+            return self._hardlink(e, parts, pfd, base, st, link_parts)
+        was_whiteout = self.diff and st is not None and is_whiteout(st)
+        if st is not None:
+            self._remove(pfd, base, st)
+        self._new_inode(e)
+        self._mark(parts)
+        if e.kind == "file":
+            self._file(e, pfd, base, data)
+        elif e.kind == "dir":
+            self._dir(e, parts, pfd, base, merge=False, opaque=was_whiteout)
+        elif e.kind == "symlink":
+            os.symlink(target, base, dir_fd=pfd)
+            self._finish_path(e, pfd, base, chmod=False)
+            self.stats.symlinks += 1
+        else:
+            if e.kind == "fifo":
+                os.mkfifo(base, 0o600, dir_fd=pfd)
+            else:
+                kind = stat.S_IFCHR if e.kind == "char" else stat.S_IFBLK
+                os.mknod(base, kind | 0o600, os.makedev(e.major, e.minor), dir_fd=pfd)
+            self._finish_path(e, pfd, base, chmod=True)
+            self.stats.devices += 1
+        return None
+
+    def _hardlink(
+        self,
+        e: _Entry,
+        parts: tuple[str, ...],
+        pfd: int,
+        base: str,
+        st: os.stat_result | None,
+        link_parts: tuple[str, ...],
+    ) -> None:
+        tfd, tbase = self._check_link_target(e, link_parts)
+        try:
+            if st is not None:
+                self._remove(pfd, base, st)
+            self._mark(parts)
+            try:
+                os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                self.fail(e, f"hardlink target {e.linkname!r} went away with the path it replaces")
+        finally:
+            os.close(tfd)
+        self.stats.hardlinks += 1
+
+    def _file(self, e: _Entry, pfd: int, base: str, data: Callable[[int], int] | None) -> None:
+        if self.stats.bytes + e.size > self.limit.left:  # a sparse tar member writes more than it reads
+            raise self.limit.error(self.source, "written")
+        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+        try:
+            if data is not None:
+                self.stats.bytes += data(fd)
+            self._owner_mode(e, fd)
+            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        finally:
+            os.close(fd)
+        self.stats.files += 1
+
+    def _dir(self, e: _Entry, parts: tuple[str, ...], pfd: int, base: str, merge: bool, opaque: bool = False) -> None:
+        if not merge:
+            os.mkdir(base, 0o700, dir_fd=pfd)
+        self._mark(parts)
+        fd = os.open(base, _DIR_FLAGS, dir_fd=pfd)
+        try:
+            self._owner_mode(e, fd)
+            if opaque:  # DIFF: a lower dir removed and recreated in this layer
+                self._set_opaque(e, fd, parts)
+        finally:
+            os.close(fd)
+        self.dir_times[parts] = e.mtime_ns
+        self.stats.dirs += 1
+
+    def _finish_path(self, e: _Entry, pfd: int, base: str, chmod: bool) -> None:
+        if self.is_root:
+            os.chown(base, e.uid, e.gid, dir_fd=pfd, follow_symlinks=False)
+        if chmod:
+            os.chmod(base, e.mode & 0o7777, dir_fd=pfd)
+        if e.xattrs:
+            self._xattrs(e, f"/proc/self/fd/{pfd}/{base}")
+        os.utime(base, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
+
+    def _symlink_target(self, e: _Entry, parts: tuple[str, ...]) -> str:
+        target, depth = e.linkname, len(parts) - 1
+        if not target or "\x00" in target:
+            self.fail(e, "empty symlink target")
+        if len(target.encode("utf-8", "surrogateescape")) > PATH_MAX - 1:
+            self.fail(e, f"symlink target is longer than {PATH_MAX - 1} bytes (PATH_MAX)")
+        if target.startswith("/"):
+            if self.symlinks == "refuse":
+                self.fail(e, f"symlink target {target!r} is absolute: it points outside the layer root")
+            rest = "/".join(p for p in target.split("/") if p not in ("", "."))
+            target = "/".join([".."] * depth + [rest]) if depth else (rest or ".")
+            target = target.rstrip("/") or "."
+        comps = [p for p in target.split("/") if p not in ("", ".")]
+        ups = 0
+        while ups < len(comps) and comps[ups] == "..":
+            ups += 1
+        if ".." in comps[ups:]:
+            self.fail(e, f"symlink target {e.linkname!r} has '..' after a name; refusing to resolve it")
+        if ups > depth:
+            self.fail(e, f"symlink target {e.linkname!r} climbs out of the layer root")
+        return target
+
+    def _check_link_target(self, e: _Entry, link_parts: tuple[str, ...]) -> tuple[int, str]:
+        tfd = self._walk(e, link_parts[:-1], create=False)
+        st = None if tfd is None else self._lstat(tfd, link_parts[-1])
+        if st is not None and self.diff and is_whiteout(st):  # removed by this layer, as on FULL
+            st = None
+        if tfd is None or st is None:
+            if tfd is not None:
+                os.close(tfd)
+            self.fail(e, f"hardlink target {e.linkname!r} does not exist in the layer")
+        if stat.S_ISDIR(st.st_mode):
+            os.close(tfd)
+            self.fail(e, f"hardlink target {e.linkname!r} is a directory")
+        return tfd, link_parts[-1]
+
+    def _whiteout(self, e: _Entry, parts: tuple[str, ...]) -> None:
+        base = parts[-1]
+        if base == OPAQUE_MARKER:
+            return self._opaque(e, parts[:-1])
+        if base.startswith(WHITEOUT_PREFIX * 2):  # other AUFS metadata (.wh..wh.plnk ...)
+            self.stats.skipped.append(f"{e.name}: AUFS metadata")
+            return None
+        name = base[len(WHITEOUT_PREFIX) :]
+        if name in ("", ".", ".."):
+            self.fail(
+                e,
+                "a whiteout must name a file in its directory"
+                if name != ".."
+                else "whiteout name climbs out of its directory",
+            )
+        victim = (*parts[:-1], name)
+        pfd = self.parent(e, victim, create=self.diff, revive=False)
+        self.stats.whiteouts += 1
+        if pfd is None:  # nothing below to hide
+            return None
+        st = self._lstat(pfd, name)
+        if victim in self.written and st is not None:  # whiteouts hide lower layers only
+            if stat.S_ISDIR(st.st_mode):
+                fd = os.open(name, _DIR_FLAGS, dir_fd=pfd)
+                try:
+                    self._set_opaque(e, fd, victim) if self.diff else self._prune(fd, victim)
+                finally:
+                    os.close(fd)
+            return None
+        if st is not None:
+            self._remove(pfd, name, st)
+        if self.diff:
+            self._new_inode(e)
+            try:
+                make_whiteout(name, pfd)
+            except OSError as exc:
+                self.fail(e, f"cannot make an overlay whiteout ({os.strerror(exc.errno or 0)}; needs root)")
+        return None
+
+    def _opaque(self, e: _Entry, dparts: tuple[str, ...]) -> None:
+        fd = self._walk(e, dparts, create=self.diff)
+        if fd is None:
+            return None
+        try:
+            if self.diff:
+                self._mark(dparts)
+                self._set_opaque(e, fd, dparts)
+            else:
+                self._prune(fd, dparts)
+                self.stats.opaques += 1
+        finally:
+            os.close(fd)
+        return None
+
+    def finish(self) -> None:
+        """Set directory mtimes last, once their contents stopped changing."""
+        for parts, mtime in self.dir_times.items():
+            if not parts:
+                os.utime(self.root_fd, ns=(mtime, mtime))
+                continue
+            fd = self._walk(_Entry(name="/".join(parts), kind="dir"), parts[:-1], create=False)
+            if fd is None:
+                continue
+            try:
+                st = self._lstat(fd, parts[-1])
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    os.utime(parts[-1], ns=(mtime, mtime), dir_fd=fd, follow_symlinks=False)
+            finally:
+                os.close(fd)
+
+
+# -- tar streams ---------------------------------------------------------------------------
+
+_KINDS = {
+    tarfile.DIRTYPE: "dir",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.CHRTYPE: "char",
+    tarfile.BLKTYPE: "block",
+    tarfile.FIFOTYPE: "fifo",
+}
+
+
+def _entry(info: tarfile.TarInfo) -> _Entry | str:
+    kind = "file" if info.isreg() else _KINDS.get(info.type)
+    if kind is None:
+        return f"unsupported tar entry type {info.type!r}"
+    xattrs = {
+        key[len("SCHILY.xattr.") :]: value.encode("utf-8", "surrogateescape")
+        for key, value in info.pax_headers.items()
+        if key.startswith("SCHILY.xattr.")
+    }
+    return _Entry(
+        name=info.name,
+        kind=kind,
+        mode=info.mode,
+        uid=info.uid,
+        gid=info.gid,
+        mtime_ns=int(info.mtime * 1_000_000_000),
+        linkname=info.linkname,
+        major=info.devmajor,
+        minor=info.devminor,
+        size=info.size,
+        xattrs=xattrs,
+    )
+
+
+def _copier(src: IO[bytes], size: int, applier: _Applier, e: _Entry) -> Callable[[int], int]:
+    def write(fd: int) -> int:
+        done = 0
+        while True:
+            chunk = src.read(_CHUNK)
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+            done += len(chunk)
+        if done != size:
+            applier.fail(e, f"truncated: {done} of {size} bytes")
+        return done
+
+    return write
+
+
+def _name_of(fileobj: object) -> str:
+    name = getattr(fileobj, "name", None)
+    return os.path.basename(name) if isinstance(name, str) else "layer"
+
+
+@dataclass
+class LayerTar:
+    """A layer tar stream open for one pass in order; see `read_layer`."""
+
+    tar: tarfile.TarFile
+    stream: BinaryIO
+    counter: _Bounded
+
+    def __iter__(self) -> Iterator[tarfile.TarInfo]:
+        while (info := self.tar.next()) is not None:
+            self.tar.members.clear()  # type: ignore[attr-defined]  # a stream is read once: keep no list of every entry
+            yield info
+
+    def size(self) -> int:
+        """Read to the end; the uncompressed bytes of the whole stream."""
+        while self.stream.read(_CHUNK):
+            pass
+        return self.counter.count
+
+
+@contextmanager
+def read_layer(fileobj: BinaryIO, source: str, limit: SizeLimit | None = None) -> Iterator[LayerTar]:
+    """The layer tar stream in `fileobj` (plain, gzip or zstd), for one pass in order.
+
+    Reading past `limit`, a header block over 16 MiB, a corrupt stream: one `UserError`
+    naming `source`, raised as soon as it shows.
+    """
+    try:
+        stream = open_layer_stream(fileobj, limit, source)
+        with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape", tarinfo=_BoundedTarInfo) as tar:
+            yield LayerTar(tar, stream, stream.raw)  # type: ignore[attr-defined]
+    except _HeaderTooLarge as exc:
+        raise UserError(f"{source}: {exc}") from None
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise UserError(f"{source}: not a readable layer tar: {exc}") from None
+    except _zstd_errors() as exc:
+        raise UserError(f"{source}: not a readable zstd stream: {exc}") from None
+
+
+def apply_tar_layer(
+    root: Path,
+    fileobj: BinaryIO,
+    layer_format: LayerFormat,
+    *,
+    name: str | None = None,
+    symlinks: SymlinkPolicy = "refuse",
+    limit: SizeLimit | None = None,
+    lower: LowerTree | None = None,
+    opaque_xattr: str = OPAQUE_XATTR,
+) -> LayerStats:
+    """Apply one layer tar stream (plain, gzip or zstd) onto `root` with OCI semantics.
+
+    `name` labels errors (default: the file object's name). Raises `UserError` for an
+    unsafe or malformed entry; nothing outside `root` is touched. `symlinks="relative"`
+    rewrites absolute symlink targets to relative ones inside the root instead of
+    refusing them. The uncompressed stream and the bytes written stop at `limit` and at
+    the free disk of the root's filesystem. On DIFF, `lower` (one `LowerTree` for all
+    the layers of an image, bottom first) makes the refusals those of FULL and takes in
+    this layer; `opaque_xattr` is the driver's (`Driver.opaque_xattr`).
+    """
+    source = name or _name_of(fileobj)
+    applier = _Applier(root, layer_format, source, symlinks, limit=limit, lower=lower, opaque_xattr=opaque_xattr)
+    try:
+        with read_layer(fileobj, source, applier.limit) as layer:
+            for info in layer:
+                e = _entry(info)
+                if isinstance(e, str):
+                    raise UserError(f"{source}: entry {info.name!r}: {e}")
+                reader = layer.tar.extractfile(info) if e.kind == "file" else None
+                applier.apply(e, None if reader is None else _copier(reader, info.size, applier, e))
+        applier.finish()
+        if applier.lower is not None:
+            applier.lower.fold(applier.root_fd, opaque_xattr)
+        return applier.stats
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"{source}: entry {applier.current!r}: no space left on the layer's filesystem") from None
+    finally:
+        applier.close()
+
+
+def _zstd_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import zstandard
+    except ImportError:
+        return ()
+    return (zstandard.ZstdError,)
+
+
+# -- host directories ----------------------------------------------------------------------
+
+
+def _host_entry(name: str, st: os.stat_result, kind: str, xattrs: dict[str, bytes], linkname: str = "") -> _Entry:
+    return _Entry(
+        name=name,
+        kind=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime_ns=st.st_mtime_ns,
+        linkname=linkname,
+        major=os.major(st.st_rdev),
+        minor=os.minor(st.st_rdev),
+        size=st.st_size,
+        xattrs=xattrs,
+    )
+
+
+def _host_xattrs(path: str) -> dict[str, bytes]:
+    try:
+        return {k: os.getxattr(path, k, follow_symlinks=False) for k in os.listxattr(path, follow_symlinks=False)}
+    except OSError:
+        return {}
+
+
+def apply_host_dir(
+    root: Path,
+    src: Path,
+    layer_format: LayerFormat,
+    *,
+    symlinks: SymlinkPolicy = "refuse",
+    limit: SizeLimit | None = None,
+) -> LayerStats:
+    """Apply the tree at host directory `src` onto `root` as one layer.
+
+    Copy semantics as in `treecopy` (every byte copied, modes, owners, times, xattrs,
+    symlinks, devices, hardlinks inside the tree; sockets skipped); `.wh.` names are
+    plain files here. The same safety rules (and size limits) as for tar layers hold.
+    """
+    if not src.is_dir():
+        raise UserError(f"{src}: not a directory")
+    applier = _Applier(root, layer_format, str(src), symlinks, limit=limit)
+    links: dict[tuple[int, int], str] = {}
+    try:
+        st = os.stat(src)
+        applier.apply(_host_entry(".", st, "dir", _host_xattrs(str(src))), whiteouts=False)
+        for dirpath, dirnames, filenames, dfd in os.fwalk(src, follow_symlinks=False):
+            rel = os.path.relpath(dirpath, src)
+            for name in sorted(dirnames) + sorted(filenames):
+                path = name if rel == "." else f"{rel}/{name}"
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                full = os.path.join(dirpath, name)
+                mode = st.st_mode
+                if not stat.S_ISDIR(mode) and st.st_nlink > 1:
+                    key = (st.st_dev, st.st_ino)
+                    if key in links:
+                        applier.apply(_host_entry(path, st, "hardlink", {}, links[key]), whiteouts=False)
+                        continue
+                    links[key] = path
+                xattrs = _host_xattrs(full)
+                data = None
+                if stat.S_ISDIR(mode):
+                    kind = "dir"
+                elif stat.S_ISREG(mode):
+                    kind, data = "file", _sender(name, dfd, st.st_size)
+                elif stat.S_ISLNK(mode):
+                    kind = "symlink"
+                elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
+                    kind = "char" if stat.S_ISCHR(mode) else "block" if stat.S_ISBLK(mode) else "fifo"
+                else:
+                    applier.stats.skipped.append(f"{path}: sockets are not image content")
+                    continue
+                linkname = os.readlink(name, dir_fd=dfd) if kind == "symlink" else ""
+                applier.apply(_host_entry(path, st, kind, xattrs, linkname), data, whiteouts=False)
+        applier.finish()
+        return applier.stats
+    finally:
+        applier.close()
+
+
+def _sender(name: str, dfd: int, size: int) -> Callable[[int], int]:
+    def write(fd: int) -> int:
+        fin = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            offset = 0
+            while offset < size:  # sendfile: a real copy, never a reflink
+                sent = os.sendfile(fd, fin, offset, min(1 << 30, size - offset))
+                if sent == 0:
+                    break
+                offset += sent
+            return offset
+        finally:
+            os.close(fin)
+
+    return write

@@ -1,0 +1,572 @@
+"""Image sources: OCI image layouts, `docker save` / `podman save` archives, host directories.
+
+`read_image` finds an image's layers, bottom first, as `LayerBlob`s (a byte range of
+a file: a blob in a layout directory or a member of an uncompressed archive) and
+verifies every digest before anything is applied. `apply_blob` applies one with
+`layer_tar.apply_tar_layer`. A host directory is one layer: `apply_host_dir`.
+`write_layout` packs a synthetic image as an OCI layout with gzip or zstd layers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import platform
+import posixpath
+import re
+import shutil
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from layerbench.driver import LayerFormat
+from layerbench.errors import UserError
+from layerbench.images.image import SyntheticImage
+from layerbench.images.layer_tar import (
+    OPAQUE_XATTR,
+    LayerStats,
+    LowerTree,
+    SizeLimit,
+    SymlinkPolicy,
+    apply_host_dir,
+    apply_tar_layer,
+    open_layer_stream,
+)
+from layerbench.kernel.safety import DEFAULT_WORK_ROOT, prepare_work_root
+
+__all__ = [
+    "LayerBlob",
+    "LayerStats",
+    "read_image",
+    "apply_blob",
+    "apply_tar_layer",
+    "apply_host_dir",
+    "source_kind",
+    "LAYER_MEDIA_TYPES",
+    "write_layout",
+    "synthetic_layout",
+    "set_layout_cache",
+    "COMPRESSIONS",
+]
+
+LAYER_MEDIA_TYPES = frozenset(
+    {
+        "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        "application/vnd.docker.image.rootfs.diff.tar",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    }
+)
+_INDEX_TYPES = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+}
+_MANIFEST_TYPES = {
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+}
+_DIGEST = re.compile(r"^(sha256|sha512):([0-9a-f]+)$")
+_HEX_LEN = {"sha256": 64, "sha512": 128}
+_MAX_JSON = 16 << 20
+_ARCH = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "armv7l": "arm",
+    "i686": "386",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+@dataclass(frozen=True)
+class LayerBlob:
+    """One layer of an image: `size` bytes at `offset` of `path`, as stored (maybe compressed)."""
+
+    name: str  # "<image>:<path in the image>", for messages
+    path: Path
+    offset: int
+    size: int
+    media_type: str
+    digest: str | None  # "sha256:<hex>" of the stored bytes, when the format records it
+
+    def open(self) -> BinaryIO:
+        """The stored bytes (compressed as stored); `apply_tar_layer` decompresses."""
+        f = open(self.path, "rb")  # noqa: SIM115  closed with the returned reader
+        return io.BufferedReader(_Region(f, self.offset, self.size), 1 << 20)
+
+
+class _Region(io.RawIOBase):
+    def __init__(self, f: BinaryIO, offset: int, size: int) -> None:
+        self.f, self.pos, self.end = f, offset, offset + size
+        self.name = f.name
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = min(len(buf), self.end - self.pos)
+        if n <= 0:
+            return 0
+        data = os.pread(self.f.fileno(), n, self.pos)
+        buf[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+def source_kind(path: Path) -> Literal["oci-layout", "docker-archive", "directory"]:
+    """What `path` holds: an OCI layout / docker archive (`read_image`) or a plain directory."""
+    if path.is_dir():
+        if (path / "oci-layout").is_file() or (path / "manifest.json").is_file():
+            return "oci-layout" if (path / "oci-layout").is_file() else "docker-archive"
+        return "directory"
+    if path.is_file():
+        return "docker-archive" if _Archive(path).has("manifest.json") else "oci-layout"
+    raise UserError(f"{path}: no such file or directory")
+
+
+def apply_blob(
+    root: Path,
+    blob: LayerBlob,
+    layer_format: LayerFormat,
+    *,
+    symlinks: SymlinkPolicy = "refuse",
+    limit: SizeLimit | None = None,
+    lower: LowerTree | None = None,
+    opaque_xattr: str = OPAQUE_XATTR,
+) -> LayerStats:
+    """Apply one layer of `read_image` onto `root` (see `apply_tar_layer`)."""
+    with blob.open() as f:
+        return apply_tar_layer(
+            root,
+            f,
+            layer_format,
+            name=blob.name,
+            symlinks=symlinks,
+            limit=limit,
+            lower=lower,
+            opaque_xattr=opaque_xattr,
+        )
+
+
+def read_image(
+    path: Path, *, ref: str | None = None, verify: bool = True, limit: SizeLimit | None = None
+) -> list[LayerBlob]:
+    """The layers of the image at `path`, bottom first, digests verified.
+
+    `path` is an OCI image layout directory, a `docker save` / `podman save` archive
+    (legacy `manifest.json` form, or an OCI layout inside the tar), or either one
+    unpacked into a directory. `ref` picks one image when there are several (a
+    RepoTag or an `org.opencontainers.image.ref.name`). A layer checked by its
+    uncompressed digest stops decompressing at `limit`. Raises `UserError`.
+    """
+    src: _Dir | _Archive = _Dir(path) if path.is_dir() else _Archive(path)
+    if src.has("manifest.json"):
+        layers = _docker(src, ref)
+    elif src.has("oci-layout"):
+        layers = _oci(src, ref)
+    else:
+        raise UserError(
+            f"{path}: neither an OCI image layout (no oci-layout) nor a docker save archive (no manifest.json)"
+        )
+    if verify:
+        for blob, expect, uncompressed in layers:
+            _verify(blob, expect, uncompressed, limit)
+    return [blob for blob, _, _ in layers]
+
+
+# -- where the files are ---------------------------------------------------------------------
+
+
+def _clean(label: str, name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{label}: a file name in the image is not a string: {name!r}")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or ".." in parts:
+        raise UserError(f"{label}: file name {name!r} leaves the image")
+    return "/".join(parts)
+
+
+class _Dir:
+    def __init__(self, path: Path) -> None:
+        self.path, self.label = path, str(path)
+        self.real = os.path.realpath(path)
+
+    def has(self, name: str) -> bool:
+        return os.path.isfile(os.path.join(self.path, name))
+
+    def locate(self, name: str) -> tuple[Path, int, int]:
+        name = _clean(self.label, name)
+        real = os.path.realpath(os.path.join(self.path, name))
+        if not real.startswith(self.real + os.sep):
+            raise UserError(f"{self.label}: {name!r} leads outside the image directory")
+        if not os.path.isfile(real):
+            raise UserError(f"{self.label}: {name!r} is missing")
+        return Path(real), 0, os.path.getsize(real)
+
+
+class _Archive:
+    def __init__(self, path: Path) -> None:
+        self.path, self.label = path, str(path)
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(4)
+            with tarfile.open(path, "r:") as tar:
+                members = tar.getmembers()
+        except OSError as exc:
+            raise UserError(f"{path}: {exc.strerror or exc}") from None
+        except tarfile.TarError as exc:
+            if magic[:2] == b"\x1f\x8b" or magic == b"\x28\xb5\x2f\xfd":
+                raise UserError(f"{path}: a compressed archive; decompress it first (gunzip / zstd -d)") from None
+            raise UserError(f"{path}: not a tar archive ({exc})") from None
+        self.members = {"/".join(p for p in m.name.split("/") if p not in ("", ".")): m for m in members}
+
+    def has(self, name: str) -> bool:
+        return name in self.members
+
+    def locate(self, name: str) -> tuple[Path, int, int]:
+        name = _clean(self.label, name)
+        for _ in range(16):  # follow symlink and hardlink members inside the archive
+            m = self.members.get(name)
+            if m is None:
+                raise UserError(f"{self.label}: {name!r} is missing from the archive")
+            if m.issym():
+                base = name.rsplit("/", 1)[0] if "/" in name else "."
+                joined = posixpath.normpath(f"{base}/{m.linkname}")
+                if m.linkname.startswith("/") or joined == ".." or joined.startswith("../"):
+                    raise UserError(f"{self.label}: {m.name!r} links outside the archive")
+                name = _clean(self.label, joined)
+                continue
+            if m.islnk():
+                name = _clean(self.label, m.linkname)
+                continue
+            if not m.isreg() or m.sparse is not None:
+                raise UserError(f"{self.label}: {name!r} is not a plain file in the archive")
+            return self.path, m.offset_data, m.size
+        raise UserError(f"{self.label}: {name!r}: too many links")
+
+
+def _read_json(src: _Dir | _Archive, name: str, digest: str | None = None) -> Any:
+    path, offset, size = src.locate(name)
+    if size > _MAX_JSON:
+        raise UserError(f"{src.label}: {name}: {size} bytes is too large for image metadata")
+    with open(path, "rb") as f:
+        data = os.pread(f.fileno(), size, offset)
+    if digest is not None:
+        alg, hexd = _parse_digest(src.label, digest)
+        if hashlib.new(alg, data).hexdigest() != hexd:
+            raise UserError(f"{src.label}: {name}: content does not match its digest {digest}")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{src.label}: {name}: not valid JSON ({exc})") from None
+
+
+def _parse_digest(label: str, digest: Any) -> tuple[str, str]:
+    m = _DIGEST.match(digest) if isinstance(digest, str) else None
+    if m is None or len(m.group(2)) != _HEX_LEN[m.group(1)]:
+        raise UserError(f"{label}: unsupported or malformed digest {digest!r}")
+    return m.group(1), m.group(2)
+
+
+def _blob_name(label: str, digest: Any) -> str:
+    alg, hexd = _parse_digest(label, digest)
+    return f"blobs/{alg}/{hexd}"
+
+
+def _field(label: str, obj: Any, key: str, kind: type) -> Any:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(value, kind):
+        raise UserError(f"{label}: field {key!r} is missing or not a {kind.__name__}")
+    return value
+
+
+# -- OCI image layout ------------------------------------------------------------------------
+
+
+def _host_platform() -> tuple[str, str]:
+    machine = platform.machine()
+    return "linux", _ARCH.get(machine, machine)
+
+
+def _pick(label: str, descs: list[Any], ref: str | None) -> dict[str, Any]:
+    cands = [d for d in descs if isinstance(d, dict)]
+    cands = [
+        d
+        for d in cands
+        if (d.get("annotations") or {}).get("vnd.docker.reference.type") != "attestation-manifest"
+        and (d.get("platform") or {}).get("os") != "unknown"
+    ]
+    if ref is not None:
+
+        def names(d: dict[str, Any]) -> set[str]:
+            ann = d.get("annotations") or {}
+            out = {ann.get("org.opencontainers.image.ref.name"), ann.get("io.containerd.image.name")}
+            full = ann.get("io.containerd.image.name") or ""
+            out |= {full.rsplit("/", 1)[-1], full.removeprefix("docker.io/library/")}
+            return {n for n in out if n}
+
+        cands = [d for d in cands if ref in names(d) or f"{ref}:latest" in names(d)]
+        if not cands:
+            raise UserError(f"{label}: no image named {ref!r}")
+    if len(cands) > 1:
+        want = _host_platform()
+        here = [
+            d
+            for d in cands
+            if ((d.get("platform") or {}).get("os"), (d.get("platform") or {}).get("architecture")) == want
+        ]
+        cands = here or cands
+    if len(cands) != 1:
+        raise UserError(f"{label}: {len(cands)} images to choose from; name one (ref)")
+    return cands[0]
+
+
+def _oci(src: _Dir | _Archive, ref: str | None) -> list[tuple[LayerBlob, str | None, str | None]]:
+    layout = _read_json(src, "oci-layout")
+    if not isinstance(layout, dict) or "imageLayoutVersion" not in layout:
+        raise UserError(f"{src.label}: oci-layout has no imageLayoutVersion")
+    doc = _read_json(src, "index.json")
+    label = f"{src.label}:index.json"
+    for depth in range(4):
+        desc = _pick(label, _field(label, doc, "manifests", list), ref if depth == 0 else None)
+        media = desc.get("mediaType")
+        name = _blob_name(label, desc.get("digest"))
+        doc = _read_json(src, name, desc["digest"])
+        label = f"{src.label}:{name}"
+        media = doc.get("mediaType", media) if isinstance(doc, dict) else media
+        if media in _INDEX_TYPES or (isinstance(doc, dict) and "manifests" in doc):
+            continue
+        if media not in _MANIFEST_TYPES and not (isinstance(doc, dict) and "layers" in doc):
+            raise UserError(f"{label}: not an image manifest (mediaType {media!r})")
+        out: list[tuple[LayerBlob, str | None, str | None]] = []
+        for layer in _field(label, doc, "layers", list):
+            ltype = _field(label, layer, "mediaType", str)
+            if ltype not in LAYER_MEDIA_TYPES:
+                raise UserError(f"{label}: layer media type {ltype!r} is not a tar layer")
+            lname = _blob_name(label, layer.get("digest"))
+            path, offset, size = src.locate(lname)
+            if isinstance(layer.get("size"), int) and layer["size"] != size:
+                raise UserError(f"{src.label}:{lname}: {size} bytes, the manifest says {layer['size']}")
+            out.append(
+                (LayerBlob(f"{src.label}:{lname}", path, offset, size, ltype, layer["digest"]), layer["digest"], None)
+            )
+        return out
+    raise UserError(f"{src.label}: image indexes nested too deep")
+
+
+# -- docker save / podman save ---------------------------------------------------------------
+
+
+def _docker(src: _Dir | _Archive, ref: str | None) -> list[tuple[LayerBlob, str | None, str | None]]:
+    label = f"{src.label}:manifest.json"
+    entries = _read_json(src, "manifest.json")
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{label}: not a list of images")
+    if ref is not None:
+        entries = [
+            m
+            for m in entries
+            if isinstance(m, dict)
+            and (ref in (m.get("RepoTags") or []) or f"{ref}:latest" in (m.get("RepoTags") or []))
+        ]
+        if not entries:
+            raise UserError(f"{label}: no image tagged {ref!r}")
+    if len(entries) != 1:
+        tags = [t for m in entries if isinstance(m, dict) for t in (m.get("RepoTags") or [])]
+        raise UserError(f"{label}: {len(entries)} images ({', '.join(tags) or 'untagged'}); name one (ref)")
+    image = entries[0]
+    layers = _field(label, image, "Layers", list)
+    diff_ids: list[Any] = []
+    config_name = image.get("Config") if isinstance(image, dict) else None
+    if isinstance(config_name, str):
+        digest = _digest_from_name(config_name)
+        config = _read_json(src, config_name, digest)
+        diff_ids = ((config.get("rootfs") or {}).get("diff_ids") or []) if isinstance(config, dict) else []
+        if diff_ids and len(diff_ids) != len(layers):
+            raise UserError(f"{src.label}:{config_name}: {len(diff_ids)} diff_ids for {len(layers)} layers")
+    out = []
+    for i, lname in enumerate(layers):
+        lname = _clean(label, lname)
+        path, offset, size = src.locate(lname)
+        blob = LayerBlob(f"{src.label}:{lname}", path, offset, size, _sniff(path, offset), _digest_from_name(lname))
+        out.append((blob, blob.digest, diff_ids[i] if diff_ids else None))
+    return out
+
+
+def _digest_from_name(name: str) -> str | None:
+    m = re.fullmatch(r"(?:.*/)?blobs/(sha256|sha512)/([0-9a-f]+)", name)
+    return f"{m.group(1)}:{m.group(2)}" if m else None
+
+
+def _sniff(path: Path, offset: int) -> str:
+    with open(path, "rb") as f:
+        head = os.pread(f.fileno(), 4, offset)
+    if head.startswith(b"\x1f\x8b"):
+        return "application/vnd.oci.image.layer.v1.tar+gzip"
+    if head == b"\x28\xb5\x2f\xfd":
+        return "application/vnd.oci.image.layer.v1.tar+zstd"
+    return "application/vnd.oci.image.layer.v1.tar"
+
+
+def _verify(blob: LayerBlob, digest: str | None, diff_id: str | None, limit: SizeLimit | None) -> None:
+    """Refuse a blob whose bytes (or, for a diff_id, uncompressed bytes) do not match."""
+    checks = [(digest, False)] if digest is not None else [(diff_id, True)]
+    for expect, uncompressed in checks:
+        if expect is None:
+            continue
+        alg, hexd = _parse_digest(blob.name, expect)
+        h = hashlib.new(alg)
+        with blob.open() as f:
+            stream = open_layer_stream(f, limit, blob.name) if uncompressed else f
+            try:
+                while chunk := stream.read(1 << 20):
+                    h.update(chunk)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise UserError(f"{blob.name}: cannot read the layer ({exc})") from None
+        if h.hexdigest() != hexd:
+            what = "uncompressed content does not match its diff_id" if uncompressed else "does not match its digest"
+            raise UserError(f"{blob.name}: {what} {expect}")
+
+
+# -- writing an OCI layout -------------------------------------------------------------------
+
+#: layer compression `write_layout` knows -> the layer media type it writes
+COMPRESSIONS = {
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+}
+
+
+def _layer_tar(image: SyntheticImage, index: int, contents: dict[str, bytes]) -> bytes:
+    """Layer `index` as a deterministic tar: parent directories, whiteouts, files, sorted; owner 0, mtime 0."""
+    layer = image.layers[index]
+    entries: dict[str, tarfile.TarInfo] = {}
+    data: dict[str, bytes] = {}
+
+    def parents(path: str) -> None:
+        parts = path.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            entries.setdefault(d + "/", tarfile.TarInfo(d + "/"))
+            entries[d + "/"].type, entries[d + "/"].mode = tarfile.DIRTYPE, 0o755
+
+    for gone in layer.removals:
+        parents(gone)
+        head, _, tail = gone.rpartition("/")
+        wh = f"{head}/.wh.{tail}" if head else f".wh.{tail}"
+        entries[wh] = tarfile.TarInfo(wh)
+        data[wh] = b""
+    for spec in layer.files:
+        parents(spec.path)
+        info = tarfile.TarInfo(spec.path)
+        info.mode, info.size = spec.mode, spec.size
+        entries[spec.path], data[spec.path] = info, contents[str(spec.seed)]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(entries):
+            info = entries[name]
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            tar.addfile(info, io.BytesIO(data[name]) if name in data else None)
+    return out.getvalue()
+
+
+def _compress(raw: bytes, compression: str) -> bytes:
+    if compression == "gzip":
+        out = io.BytesIO()
+        with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as gz:
+            gz.write(raw)
+        return out.getvalue()
+    import zstandard  # imported here: only layouts with zstd layers need it
+
+    return zstandard.ZstdCompressor(level=3).compress(raw)
+
+
+def write_layout(image: SyntheticImage, dest: Path, compression: str) -> None:
+    """Write `image` as an OCI image layout at `dest` (a new directory), each layer compressed with
+    `compression` ("gzip" or "zstd"). The same image gives the same bytes and digests every time."""
+    blobs = dest / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}"
+
+    contents = image.contents()
+    layers, diff_ids = [], []
+    for i in range(image.layer_count):
+        raw = _layer_tar(image, i, contents)
+        diff_ids.append(f"sha256:{hashlib.sha256(raw).hexdigest()}")
+        packed = _compress(raw, compression)
+        layers.append({"mediaType": COMPRESSIONS[compression], "digest": put(packed), "size": len(packed)})
+    os_name, arch = _host_platform()
+    config = json.dumps(
+        {"architecture": arch, "os": os_name, "rootfs": {"type": "layers", "diff_ids": diff_ids}, "config": {}},
+        sort_keys=True,
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": put(config),
+                "size": len(config),
+            },
+            "layers": layers,
+        },
+        sort_keys=True,
+    ).encode()
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": put(manifest), "size": len(manifest)}
+        ],
+    }
+    (dest / "index.json").write_text(json.dumps(index, sort_keys=True))
+    (dest / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+
+
+_cache: dict[str, Path | None] = {"root": None}
+
+
+def set_layout_cache(work_root: Path | None) -> None:
+    """Keep the layouts `synthetic_layout` writes under `work_root`/oci-cache (None: the default work root)."""
+    _cache["root"] = work_root
+
+
+def synthetic_layout(image: SyntheticImage, compression: str) -> Path:
+    """The OCI layout of `image` with `compression` layers: written once under the work root's
+    `oci-cache/` (named by the image's specification), then reused by every cell that asks."""
+    root = prepare_work_root(_cache["root"] or DEFAULT_WORK_ROOT) / "oci-cache"
+    key = hashlib.sha256(repr((image.layers, compression)).encode()).hexdigest()[:32]
+    dest = root / f"{key}-{compression}"
+    if (dest / "index.json").is_file():
+        return dest
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
+    try:
+        write_layout(image, partial / "layout", compression)
+        os.rename(partial / "layout", dest)  # whole or not at all
+    except OSError:
+        if not (dest / "index.json").is_file():  # not another process writing the same layout first
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return dest

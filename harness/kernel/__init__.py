@@ -1,0 +1,1 @@
+"""The kernel, wrapped: mount syscalls and ioctls, tree copies, page-cache accounting."""

@@ -1,0 +1,140 @@
+"""Page cache held by a backing store's files, counted exactly with cachestat(2).
+
+`page_cache_bytes(root)` opens every regular file under `root` (each inode once) and
+asks the kernel how many of its pages are in the page cache. It walks the store's
+own filesystem and the mounts below it that cache pages of their own (FUSE mounts:
+fuse-overlayfs, zfs-fuse datasets); it does not enter overlay mounts, whose files
+have no pages of their own (a read through overlayfs caches the layer's file, so a
+page shared by N containers counts once). Other processes' files are not in it, so
+the figure does not move with the rest of the machine. docs/memory.md says what it
+cannot see.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+from pathlib import Path
+
+__all__ = ["page_cache_bytes", "evict", "unavailable"]
+
+#: cachestat(2), Linux 6.5; new syscalls have one number on every architecture but alpha
+_SYS_CACHESTAT = 451
+#: mounts whose files keep no page cache of their own: the pages are the underlying files'
+_PASS_THROUGH = {"overlay"}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _Range(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _Stat(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in ("nr_cache", "nr_dirty", "nr_writeback", "nr_evicted", "nr_recently_evicted")
+    ]
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _cached_pages(fd: int) -> int:
+    """Pages of the open file in the page cache, over its whole length."""
+    whole, out = _Range(0, 0), _Stat()  # len 0: to the end of the file
+    if _libc.syscall(_SYS_CACHESTAT, ctypes.c_uint(fd), ctypes.byref(whole), ctypes.byref(out), ctypes.c_uint(0)) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cachestat: {os.strerror(err)}")
+    return int(out.nr_cache)
+
+
+def unavailable() -> str | None:
+    """None when cachestat(2) works here, else why not."""
+    fd = os.open("/proc/self/exe", os.O_RDONLY)
+    try:
+        _cached_pages(fd)
+    except OSError as exc:
+        if exc.errno == errno.ENOSYS:
+            return f"cachestat(2) needs Linux 6.5 or later (this kernel: {os.uname().release})"
+        return str(exc)
+    finally:
+        os.close(fd)
+    return None
+
+
+def _mounts_below(root: str) -> dict[str, str]:
+    """Mount points strictly below `root`, with their filesystem type."""
+    out = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4].encode().decode("unicode_escape")
+            fstype = fields[fields.index("-", 6) + 1]
+            if point.startswith(root.rstrip("/") + "/"):
+                out[point] = fstype
+    return out
+
+
+def _regular_files(root: Path) -> list[str]:
+    """Every regular file under `root`, each inode once, not entering pass-through (overlay) mounts."""
+    mounts = _mounts_below(str(root))
+    skip = {p for p, fstype in mounts.items() if fstype in _PASS_THROUGH}
+    seen: set[tuple[int, int]] = set()
+    out: list[str] = []
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.path not in skip:
+                        stack.append(entry.path)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    out.append(entry.path)
+    return out
+
+
+def _open(path: str) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOATIME)
+    except PermissionError:  # O_NOATIME needs the file's owner
+        pass
+    except FileNotFoundError:  # removed while walking
+        return None
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except (FileNotFoundError, PermissionError):
+        return None
+
+
+def page_cache_bytes(root: Path) -> int:
+    """Bytes of page cache held by the regular files under `root` (each inode once)."""
+    pages = 0
+    for path in _regular_files(root):
+        fd = _open(path)
+        if fd is None:
+            continue
+        try:
+            pages += _cached_pages(fd)
+        finally:
+            os.close(fd)
+    return pages * _PAGE
+
+
+def evict(root: Path) -> None:
+    """Drop the clean pages of the files under `root` (POSIX_FADV_DONTNEED), where drop_caches is not allowed."""
+    for path in _regular_files(root):
+        fd = _open(path)
+        if fd is None:
+            continue
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)

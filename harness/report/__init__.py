@@ -1,0 +1,326 @@
+"""What a report says, independent of its format: one `Report` built from result files.
+
+`build` merges the runs, summarises every cell's metrics (harness/analysis/stats.py), works
+out each driver's ratio to the baseline driver, and collects the claims check,
+warnings and errors. report_md.py, report_html.py and `render` turn it into text.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layerbench.analysis import claims, results
+from layerbench.analysis.stats import summarize
+from layerbench.errors import UserError
+from layerbench.report.table import run_warnings
+
+__all__ = [
+    "Report",
+    "build",
+    "render",
+    "render_csv",
+    "render_json",
+    "read_all",
+    "params_key",
+    "fit_slopes",
+    "slope_text",
+    "SLOPES",
+    "DEFAULT_BASELINE",
+    "MIN_R2",
+]
+
+DEFAULT_BASELINE = "overlay2"
+#: (metric, swept parameter, one step of it): how a metric grows, fitted per driver
+SLOPES: tuple[tuple[str, str, str], ...] = (
+    ("startup_ns", "layers", "layer"),
+    ("startup_ns", "files", "file"),
+    ("startup_ns", "containers", "container"),
+    ("disk_bytes", "containers", "container"),
+)
+
+
+@dataclass
+class Report:
+    """Everything a report shows. `rows`: one per cell and metric, with `ratio` to the baseline."""
+
+    runs: list[dict[str, Any]]
+    doc: dict[str, Any]
+    baseline: str
+    drivers: list[str]
+    rows: list[dict[str, Any]]
+    claims: list[dict[str, str]] | None = None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    slopes: list[dict[str, Any]] = field(default_factory=list)
+    verdict: Any = None  # harness.verdict.Verdict: drivers against the measures people choose by
+
+    def samples(self, scenario: str, driver: str, params: str, metric: str, backing: str | None = None) -> list[float]:
+        """The raw samples of one cell's metric (empty when it was not measured); any backing unless given."""
+        for cell in self.doc["cells"]:
+            if (cell["scenario"], cell["driver"], results.params_text(cell["params"])) == (
+                scenario,
+                driver,
+                params,
+            ) and backing in (None, cell.get("backing") or ""):
+                return list(cell.get("metrics", {}).get(metric, {}).get("samples", []))
+        return []
+
+    @property
+    def swept_backings(self) -> bool:
+        """Does some driver run on more than one backing filesystem (a backing sweep)?"""
+        seen: dict[str, set[str]] = {}
+        for cell in self.doc["cells"]:
+            seen.setdefault(cell["driver"], set()).add(cell.get("backing") or "")
+        return any(len(b) > 1 for b in seen.values())
+
+    def series(self) -> list[tuple[str, str]]:
+        """Every (driver, backing) with cells: drivers in report order, backings in run order."""
+        pairs = dict.fromkeys((c["driver"], c.get("backing") or "") for c in self.doc["cells"])
+        return sorted(pairs, key=lambda p: self.drivers.index(p[0]) if p[0] in self.drivers else len(self.drivers))
+
+    def label(self, driver: str, backing: str) -> str:
+        """How a column or a line is named: the driver, and `on <backing>` in a backing sweep."""
+        return f"{driver} on {backing}" if self.swept_backings and backing else driver
+
+
+#: parameters that only set how many samples a set takes: they do not split a line
+REPEAT_PARAMS = frozenset({"samples", "warmup"})
+
+
+def other_params(params: dict[str, Any], swept: str) -> str:
+    """`k=v;...` of the parameters besides `swept` that shape the measurement."""
+    return results.params_text({k: v for k, v in params.items() if k != swept and k not in REPEAT_PARAMS})
+
+
+def _describe(cell: dict[str, Any]) -> str:
+    p = results.params_text(cell["params"])
+    backing = f" on {cell['backing']}" if cell.get("backing") else ""
+    return f"{cell['scenario']} {cell['driver']}{backing}" + (f" {p}" if p else "")
+
+
+def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
+    """One document of every run's cells; a cell in a later run replaces the same cell before."""
+    merged: dict[str, Any] = {**docs[0], "scenarios": {}, "drivers": {}, "cells": []}
+    by_key: dict[tuple[str, ...], int] = {}
+    for doc in docs:
+        merged["scenarios"].update(doc["scenarios"])
+        merged["drivers"].update(doc["drivers"])
+        for cell in doc["cells"]:
+            key = results.cell_key(cell)
+            if key in by_key:
+                notes.append(f"{_describe(cell)} is in several runs; showing the one from {doc['label']}")
+                merged["cells"][by_key[key]] = cell
+            else:
+                by_key[key] = len(merged["cells"])
+                merged["cells"].append(cell)
+    return merged
+
+
+def params_key(text: str) -> tuple[Any, ...]:
+    """Sort key for `k=v;k=v` that orders numbers by value, then words."""
+    return tuple(
+        (k, (0, float(v), "") if v.lstrip("-").replace(".", "", 1).isdigit() else (1, 0.0, v))
+        for k, _, v in (part.partition("=") for part in text.split(";"))
+    )
+
+
+def slope_text(slope: float, unit: str, step: str) -> str:
+    """`+12.3 µs per layer`, `+48 KiB per container`, `+0.41 ns per file`."""
+    scales = {
+        "ns": ((1e9, "s"), (1e6, "ms"), (1e3, "µs"), (1.0, "ns")),
+        "bytes": ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B")),
+    }.get(unit, ((1.0, unit),))
+    factor, name = next(((f, n) for f, n in scales if abs(slope) >= f), scales[-1])
+    return f"{slope / factor:+.3g} {name} per {step}".replace(" count per", " per")
+
+
+#: a fitted slope is shown only when the line explains this much of the medians' variance
+MIN_R2 = 0.9
+MIN_FIT_POINTS = 3
+
+
+def fit_slopes(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A least-squares line (numpy.polyfit, degree 1) through the medians of every SLOPES
+    metric against its parameter, per scenario, driver and backing (and per set of the
+    other parameters, when they do not just follow the swept one). A line through at
+    least MIN_FIT_POINTS values with R² of at least MIN_R2 `fits`; the others are kept
+    with `fits` false, so a report can say that no straight line describes them."""
+    medians = {(r["scenario"], r["driver"], r["backing"], r["params"], r["metric"]): r["median"] for r in rows}
+    out = []
+    for metric, param, step in SLOPES:
+        groups: dict[tuple[str, str, str], list[tuple[float, str, float]]] = {}
+        for cell in cells:
+            if param not in cell["params"]:
+                continue
+            scenario, driver, backing, params, _ = results.cell_key(cell)
+            med = medians.get((scenario, driver, backing, params, metric))
+            if med is None or math.isnan(med):
+                continue
+            rest = other_params(cell["params"], param)
+            groups.setdefault((scenario, driver, backing), []).append((float(cell["params"][param]), rest, med))
+        for (scenario, driver, backing), points in groups.items():
+            unique = len({x for x, _, _ in points}) == len(points)
+            lines: dict[str, list[tuple[float, float]]] = {}
+            for x, rest, med in points:
+                lines.setdefault("" if unique else rest, []).append((x, med))
+            for rest, pts in lines.items():
+                if len({x for x, _ in pts}) < 2:
+                    continue
+                xs, ys = np.array([x for x, _ in pts]), np.array([y for _, y in pts])
+                slope, intercept = (float(v) for v in np.polyfit(xs, ys, 1))
+                spread = float(np.sum((ys - ys.mean()) ** 2))
+                r2 = 1 - float(np.sum((ys - (slope * xs + intercept)) ** 2)) / spread if spread else 1.0
+                unit = results.unit_of(metric)
+                fits = len(pts) >= MIN_FIT_POINTS and r2 >= MIN_R2
+                out.append(
+                    {
+                        "scenario": scenario,
+                        "driver": driver,
+                        "backing": backing,
+                        "metric": metric,
+                        "param": param,
+                        "rest": rest,
+                        "unit": unit,
+                        "slope": slope,
+                        "intercept": intercept,
+                        "r2": r2,
+                        "points": len(pts),
+                        "fits": fits,
+                        "text": slope_text(slope, unit, step)
+                        if fits
+                        else "too few values to fit"
+                        if len(pts) < MIN_FIT_POINTS
+                        else "no straight line",
+                    }
+                )
+    return out
+
+
+def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_claims: bool = True) -> Report:
+    """The report of one or more results documents (read with `results.read`)."""
+    if not docs:
+        raise UserError("no results files given")
+    notes: list[str] = []
+    doc = _merge(docs, notes)
+    drivers = list(dict.fromkeys(c["driver"] for c in doc["cells"]))
+    if baseline in drivers:
+        drivers.remove(baseline)
+        drivers.insert(0, baseline)
+    else:
+        notes.append(
+            f"baseline driver {baseline} is not in these results, so there are no ratios "
+            f"(choose one of {', '.join(drivers) or 'none'} with --baseline)"
+        )
+    scenarios = list(dict.fromkeys([*doc["scenarios"], *(c["scenario"] for c in doc["cells"])]))
+    doc["cells"].sort(
+        key=lambda c: (
+            scenarios.index(c["scenario"]),
+            params_key(results.params_text(c["params"])),
+            drivers.index(c["driver"]),
+        )
+    )
+    rows: list[dict[str, Any]] = []
+    for cell in doc["cells"]:
+        for metric, data in cell.get("metrics", {}).items():
+            rows.append(
+                {
+                    "scenario": cell["scenario"],
+                    "driver": cell["driver"],
+                    "backing": cell.get("backing") or "",
+                    "params": results.params_text(cell["params"]),
+                    "metric": metric,
+                    "unit": data["unit"],
+                    **summarize(data["samples"]),
+                }
+            )
+    # the baseline's cell on the same backing, else its only cell with these parameters
+    base: dict[tuple[str, ...], list[float]] = {}
+    for r in rows:
+        if r["driver"] == baseline:
+            base.setdefault((r["scenario"], r["params"], r["metric"], r["backing"]), []).append(r["median"])
+            base.setdefault((r["scenario"], r["params"], r["metric"]), []).append(r["median"])
+    for r in rows:
+        found = (
+            base.get((r["scenario"], r["params"], r["metric"], r["backing"]))
+            or base.get((r["scenario"], r["params"], r["metric"]))
+            or []
+        )
+        b = found[0] if len(found) == 1 else None
+        r["ratio"] = r["median"] / b if b and not math.isnan(b) else float("nan")
+    errors = [f"{_describe(c)}: {c['status']}: {c.get('error')}" for c in doc["cells"] if c["status"] != "ok"]
+    runs = [
+        {k: d.get(k) for k in ("label", "started_utc", "finished_utc", "status", "machine", "tool", "helpers")}
+        for d in docs
+    ]
+    slopes = fit_slopes(doc["cells"], rows)
+    slopes.sort(key=lambda f: drivers.index(f["driver"]) if f["driver"] in drivers else len(drivers))
+    from layerbench.report.verdict import verdict  # it reads REPEAT_PARAMS from here
+
+    return Report(
+        runs=runs,
+        doc=doc,
+        baseline=baseline,
+        drivers=drivers,
+        rows=rows,
+        claims=claims.evaluate(doc) if with_claims else None,
+        warnings=run_warnings(doc),
+        notes=notes,
+        errors=errors,
+        slopes=slopes,
+        verdict=verdict(doc, drivers),
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def render_csv(report: Report) -> str:
+    """The tidy CSV of the merged runs (`results.to_csv`, as `run --export-csv` writes): a row per cell and metric."""
+    return results.to_csv(report.doc)
+
+
+def render_json(report: Report) -> str:
+    """The report's data: runs, verdict, rows, slopes, claims, warnings, notes, errors."""
+    from layerbench.report.verdict import verdict_dict
+
+    out = {
+        "baseline": report.baseline,
+        "runs": report.runs,
+        "verdict": verdict_dict(report.verdict),
+        "rows": report.rows,
+        "slopes": report.slopes,
+        "claims": report.claims,
+        "warnings": report.warnings,
+        "notes": report.notes,
+        "errors": report.errors,
+    }
+    return json.dumps(_jsonable(out), indent=1) + "\n"
+
+
+def render(report: Report, fmt: str, long: bool = False) -> str:
+    """The report in the registered format `fmt` (`layerbench plugins` lists them; `long`: md-long for md)."""
+    from layerbench.plugins import default_plugins
+
+    out = io.StringIO()
+    default_plugins().exporter("md-long" if long and fmt == "md" else fmt)(report, out)
+    return out.getvalue()
+
+
+def read_all(paths: list[Path]) -> list[dict[str, Any]]:
+    """Every results file, read (and migrated) in the order given."""
+    return [results.read(p) for p in paths]

@@ -1,0 +1,123 @@
+"""The comparison table printed at the end of a run: drivers side by side, medians."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from layerbench.analysis.results import params_text, tidy
+from layerbench.analysis.stats import wide_ci
+from layerbench.units import human, params_human, times_text
+
+__all__ = ["comparison_table", "human", "run_warnings", "run_summary", "metric_title", "times_text", "params_human"]
+
+#: what people call a metric, for titles and axes (others: the name without its unit suffix)
+METRIC_TITLES = {
+    "startup_ns": "startup time",
+    "copy_up_ns": "copy-up time",
+    "disk_bytes": "disk used",
+    "image_disk_bytes": "image disk used",
+    "commit_ns": "commit time",
+    "build_ns": "build time",
+    "read_cold_ns": "cold read time",
+    "read_warm_ns": "warm read time",
+    "second_write_ns": "second write time",
+    "written_bytes": "bytes written",
+    "inodes": "inodes",
+    "commit_layer_bytes": "committed layer size",
+    "build_disk_bytes": "disk used by the build",
+    "disk_walk_bytes": "disk by walking the tree",
+}
+
+
+def metric_title(metric: str) -> str:
+    """`copy_up_ns` -> `copy-up time`; an unknown `foo_bar_ns` -> `foo bar time`."""
+    if metric in METRIC_TITLES:
+        return METRIC_TITLES[metric]
+    base = metric.removesuffix("_ns").removesuffix("_bytes").replace("_", " ")
+    return f"{base} time" if metric.endswith("_ns") else f"{base} size" if metric.endswith("_bytes") else base
+
+
+def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders `file_size=4096` before `file_size=1048576`."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", text))
+
+
+def _line(cells: list[str], widths: list[int]) -> str:
+    """Labels left-aligned, figures right-aligned."""
+    return "  ".join(x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(cells, widths, strict=True)))
+
+
+def comparison_table(doc: dict[str, Any]) -> str:
+    """Per scenario: one row per parameter set and metric, one column per driver."""
+    rows = sorted(tidy([doc]), key=lambda r: (r["scenario"], _natural(r["params"])))
+    drivers = sorted({r["driver"] for r in rows})
+    out: list[str] = []
+    for scenario in dict.fromkeys(r["scenario"] for r in rows):
+        mine = [r for r in rows if r["scenario"] == scenario]
+        cells: dict[tuple[str, str], dict[str, str]] = {}
+        for r in mine:
+            cells.setdefault((r["params"], r["metric"]), {})[r["driver"]] = human(r["median"], r["unit"])
+        header = ["params", "metric (median)", *drivers]
+        ran = {(r["params"], r["driver"]) for r in mine}  # a metric such a cell lacks does not apply: n/a
+        body = [
+            [p or "-", m, *(v.get(d, "n/a" if (p, d) in ran else "") for d in drivers)] for (p, m), v in cells.items()
+        ]
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+        rule = ["-" * w for w in widths]
+        out += [f"== {scenario}", *(_line(xs, widths) for xs in (header, rule, *body)), ""]
+    for c in sorted(doc["cells"], key=lambda c: (c["scenario"], c["driver"])):
+        for label, counts in c.get("outcomes", {}).items():
+            seen = ", ".join(f"{name} x{n}" for name, n in counts.items())
+            out.append(f"outcome: {c['scenario']} {c['driver']} {c['backing']} {label}: {seen}")
+    for c in doc["cells"]:
+        if c["status"] != "ok":
+            out.append(f"{c['status']}: {c['scenario']} {c['driver']} {c['params']}: {c.get('error')}")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def run_warnings(doc: dict[str, Any]) -> list[str]:
+    """Timings whose 95% bootstrap CI of the median is wide (hyperfine-style: a real problem, not one
+    outlier), grouped per cell, with parameters as people write them and what to do."""
+    out = []
+    for c in doc["cells"]:
+        wide = []
+        for metric, data in c.get("metrics", {}).items():
+            if (half := wide_ci(data["samples"], data["unit"])) is not None:
+                wide.append(f"{metric} ±{half:.0%}")
+        if wide:
+            on = f" on {c['backing']}" if c.get("backing") else ""
+            params = f" ({params_human(params_text(c['params']))})" if c["params"] else ""
+            out.append(
+                f"{c['scenario']} {c['driver']}{on}{params}: "
+                f"{', '.join(wide)} of the median (95% CI); more --samples or a quieter machine"
+            )
+    return out
+
+
+def run_summary(doc: dict[str, Any], path: Path, elapsed_s: float | None = None) -> str:
+    """The end of a run: the verdict, the claims, the time taken, how many warnings, the next command."""
+    from layerbench.analysis.claims import claims_text
+    from layerbench.report.verdict import verdict, verdict_text
+
+    lines = [verdict_text(verdict(doc)), claims_text(doc)]
+    if elapsed_s is None and doc.get("finished_utc") and doc.get("started_utc"):
+        stamp = "%Y-%m-%dT%H:%M:%SZ"
+        elapsed_s = (
+            datetime.strptime(doc["finished_utc"], stamp) - datetime.strptime(doc["started_utc"], stamp)
+        ).total_seconds()
+    took = (
+        f"{elapsed_s // 60:.0f} min {elapsed_s % 60:.0f} s"
+        if elapsed_s and elapsed_s >= 60
+        else f"{elapsed_s:.0f} s"
+        if elapsed_s is not None
+        else "unknown"
+    )
+    n = len(run_warnings(doc))
+    lines.append(
+        f"{len(doc['cells'])} cells in {took}; {n} warning{'s' * (n != 1)}" + (" (see the report)" if n else "")
+    )
+    lines.append(f"next: layerbench report {path} -o report.html")
+    return "\n".join(lines) + "\n"

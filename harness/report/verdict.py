@@ -1,0 +1,363 @@
+"""The verdict: drivers against the measures people choose a driver by, and which driver for what.
+
+`verdict(doc)` picks one cell per measure and driver (and backing, in a backing sweep)
+from a results document: the same parameters for every driver, the extreme value of a
+swept parameter where the measure says so (`"max"`: the largest value every driver
+ran). Each value gets its ratio to the best in words ("best", "1.9x", "2,100x
+slower"); lower is better for every measure. The advice sentences follow the rules
+in docs/reports.md, "The verdict", from those numbers only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from layerbench.report import REPEAT_PARAMS
+from layerbench.units import human, times_text
+
+__all__ = [
+    "Measure",
+    "MEASURES",
+    "Verdict",
+    "VerdictCell",
+    "verdict",
+    "verdict_table",
+    "verdict_text",
+    "verdict_dict",
+    "per_container_bytes",
+    "series",
+    "AVOID_FACTOR",
+]
+
+#: a driver this many times the best on startup and on disk per container is one to avoid
+AVOID_FACTOR = 10.0
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One row of the matrix: a metric of a scenario at chosen parameters (value, "min" or "max")."""
+
+    key: str
+    title: str  # with {param} placeholders filled from the chosen parameters
+    scenario: str
+    metric: str
+    select: tuple[tuple[str, Any], ...] = ()
+    worse: str = "slower"
+
+
+MEASURES: tuple[Measure, ...] = (
+    Measure(
+        "startup",
+        "startup ({layers} layers, {files} files)",
+        "startup",
+        "startup_ns",
+        (("layers", "max"), ("files", "min")),
+    ),
+    Measure(
+        "disk",
+        "disk per extra container ({containers} containers)",
+        "layer-sharing",
+        "disk_bytes",
+        (("containers", "max"),),
+        "larger",
+    ),
+    Measure(
+        "copy_up_small",
+        "copy-up of a {file_size} file",
+        "copy-up",
+        "copy_up_ns",
+        (("file_size", "min"), ("mode", "append"), ("depth", 1)),
+    ),
+    Measure(
+        "copy_up_big",
+        "copy-up of a {file_size} file",
+        "copy-up",
+        "copy_up_ns",
+        (("file_size", "max"), ("mode", "append"), ("depth", 1)),
+    ),
+    Measure("commit", "commit of a container", "commit", "commit_ns"),
+    Measure("build", "build of a {layers}-layer image", "image-build", "build_ns", (("layers", "max"),)),
+    Measure("deep_read", "cold read through {depth} layers", "deep-read", "read_cold_ns", (("depth", "max"),)),
+    Measure(
+        "page_cache",
+        "page cache per container ({containers} containers)",
+        "layer-sharing",
+        "page_cache_bytes",
+        (("containers", "max"),),
+        "larger",
+    ),
+)
+
+
+@dataclass
+class VerdictCell:
+    """One driver's value of one measure: `text` is the value and its ratio to the best in words."""
+
+    value: float
+    ratio: float
+    best: bool
+    text: str
+
+
+@dataclass
+class Verdict:
+    """Rows of measures (key, title, one cell per column) by columns of drivers (`columns`:
+    (driver, backing), `labels`: their names); `rename`: whether renaming an image directory works."""
+
+    columns: list[tuple[str, str]]
+    labels: list[str]
+    rows: list[tuple[str, str, list[VerdictCell | None]]] = field(default_factory=list)
+    rename: dict[tuple[str, str], str] = field(default_factory=dict)
+    advice: list[str] = field(default_factory=list)
+
+
+class _Default(dict[str, str]):
+    """Marks a title's placeholder of a parameter the cells do not have with `?`, to be cut out."""
+
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def _median(cell: dict[str, Any], metric: str) -> float | None:
+    samples = cell.get("metrics", {}).get(metric, {}).get("samples", [])
+    return float(statistics.median(samples)) if samples else None
+
+
+def per_container_bytes(cell: dict[str, Any], metric: str = "disk_bytes") -> float | None:
+    """What each container adds: (metric - image_disk_bytes) / containers, the claims' definition
+    (harness/analysis/claims.py, layer sharing). For page cache, the metric over the containers."""
+    value, n = _median(cell, metric), cell["params"].get("containers") or 1
+    if value is None:
+        return None
+    if metric != "disk_bytes":
+        return value / n
+    image = _median(cell, "image_disk_bytes")
+    return None if image is None else max(value - image, 0.0) / n
+
+
+def _param_text(name: str, value: Any) -> str:
+    if name.endswith("size") and isinstance(value, int):
+        return human(float(value), "bytes").replace(".0 ", " ")
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _choose(cells: list[dict[str, Any]], measure: Measure) -> dict[str, Any] | None:
+    """The parameter values of the measure: fixed ones, or the extreme every driver ran."""
+    chosen: dict[str, Any] = {}
+    for name, want in measure.select:
+        if want in ("min", "max"):
+            per_series: dict[tuple[str, str], set[Any]] = {}
+            for c in cells:
+                if name in c["params"]:
+                    per_series.setdefault((c["driver"], c.get("backing") or ""), set()).add(c["params"][name])
+            if not per_series:  # no cell sweeps it: nothing to choose
+                continue
+            common = set.intersection(*per_series.values())
+            if not common:
+                return None
+            chosen[name] = max(common) if want == "max" else min(common)
+        else:
+            chosen[name] = want
+    return chosen
+
+
+def series(doc: dict[str, Any], order: list[str] | None = None) -> list[tuple[str, str]]:
+    """Every (driver, backing) with ok cells, drivers in `order` (else as they come)."""
+    pairs = list(dict.fromkeys((c["driver"], c.get("backing") or "") for c in doc["cells"] if c["status"] == "ok"))
+    rank = order or list(dict.fromkeys(d for d, _ in pairs))
+    return sorted(pairs, key=lambda p: rank.index(p[0]) if p[0] in rank else len(rank))
+
+
+def _rename(doc: dict[str, Any], key: tuple[str, str]) -> str | None:
+    """`yes (253 µs)`, `no: EXDEV`, or None when metadata-storm did not run."""
+    for c in doc["cells"]:
+        if c["scenario"] != "metadata-storm" or (c["driver"], c.get("backing") or "") != key or c["status"] != "ok":
+            continue
+        failed = sorted({e for label, o in c.get("outcomes", {}).items() if "rename" in label for e in o})
+        if failed:
+            return "no: " + ", ".join(failed)
+        t = _median(c, "rename_dir_ns")
+        return f"yes ({human(t, 'ns')})" if t is not None else None
+    return None
+
+
+def verdict(doc: dict[str, Any], order: list[str] | None = None) -> Verdict:
+    """The matrix of drivers against MEASURES (rows with no value anywhere are left out) and the advice."""
+    columns = series(doc, order)
+    swept = len({d for d, _ in columns}) < len(columns)
+    out = Verdict(columns=columns, labels=[f"{d} on {b}" if swept and b else d for d, b in columns])
+    for measure in MEASURES:
+        cells = [
+            c
+            for c in doc["cells"]
+            if c["scenario"] == measure.scenario and c["status"] == "ok" and measure.metric in c.get("metrics", {})
+        ]
+        chosen = _choose(cells, measure)
+        if chosen is None:
+            continue
+        values: list[float | None] = []
+        for key in columns:
+            mine = [
+                c
+                for c in cells
+                if (c["driver"], c.get("backing") or "") == key
+                and all(c["params"].get(k, v) == v for k, v in chosen.items())
+            ]  # absent: the default
+            value = None
+            if mine:
+                one = mine[0]
+                value = (
+                    per_container_bytes(one, measure.metric) if "containers" in chosen else _median(one, measure.metric)
+                )
+            values.append(value)
+        present = [v for v in values if v is not None]
+        if not present:
+            continue
+        best = min(present)
+        unit = "bytes" if measure.metric.endswith("_bytes") else "ns"
+        row: list[VerdictCell | None] = []
+        for v in values:
+            if v is None:
+                row.append(None)
+                continue
+            ratio = v / best if best > 0 else (1.0 if v == best else math.inf)
+            is_best = ratio <= 1.005
+            row.append(
+                VerdictCell(
+                    v, ratio, is_best, f"{human(v, unit)} ({'best' if is_best else times_text(ratio, measure.worse)})"
+                )
+            )
+        shown = {k: _param_text(k, v) for k, v in chosen.items() if k not in REPEAT_PARAMS}
+        title = re.sub(r" \(\)", "", re.sub(r",? ?\?[^,)]*", "", measure.title.format_map(_Default(shown))))
+        out.rows.append((measure.key, title, row))
+    out.rename = {k: text for k in columns if (text := _rename(doc, k)) is not None}
+    out.advice = _advice(out)
+    return out
+
+
+def _row(v: Verdict, key: str) -> list[VerdictCell | None] | None:
+    return next((cells for k, _, cells in v.rows if k == key), None)
+
+
+def _avoided(v: Verdict) -> list[str]:
+    """Drivers at least AVOID_FACTOR times the best on both startup and disk per container."""
+    start, disk = _row(v, "startup"), _row(v, "disk")
+    if not start or not disk:
+        return []
+    return [
+        label
+        for s, d, label in zip(start, disk, v.labels, strict=True)
+        if s and d and s.ratio >= AVOID_FACTOR and d.ratio >= AVOID_FACTOR
+    ]
+
+
+def _winner(v: Verdict, key: str, what: str, worse: str = "slower") -> str | None:
+    """`To X: overlay2, 487 µs; btrfs 3.6x, vfs 81x slower.` from one row of the matrix; a driver
+    to avoid is not recommended, only named when it is faster."""
+    row = _row(v, key)
+    if row is None:
+        return None
+    avoid = _avoided(v)
+    ranked = sorted(
+        ((c, label) for c, label in zip(row, v.labels, strict=True) if c is not None), key=lambda p: p[0].ratio
+    )
+    kept = [(c, label) for c, label in ranked if label not in avoid] or ranked
+    if len(ranked) < 2:
+        return None
+    (best, name) = kept[0]
+    others = ", ".join(
+        f"{label} {times_text(c.ratio / best.ratio, worse)}"
+        for c, label in ranked
+        if label != name and c.ratio >= best.ratio
+    )
+    faster = [f"{label} ({c.text.rsplit(' (', 1)[0]})" for c, label in ranked if c.ratio < best.ratio]
+    value = best.text.rsplit(" (", 1)[0]
+    tail = f" Faster, but to avoid: {', '.join(faster)}." if faster else ""
+    return f"{what}: {name}, {value}" + (f"; {others}." if others else ".") + tail
+
+
+def _advice(v: Verdict) -> list[str]:
+    """Which driver for what, by the rules of docs/reports.md ("The verdict")."""
+    out = [
+        s
+        for s in (
+            _winner(v, "startup", "To start containers fast"),
+            _winner(v, "disk", "To run many containers of one image on one disk", "larger"),
+            _winner(v, "copy_up_big", "To write into big files that came with the image"),
+            _winner(v, "commit", "To commit containers into images"),
+            _winner(v, "build", "To build images layer by layer"),
+        )
+        if s
+    ]
+    start, disk = _row(v, "startup"), _row(v, "disk")
+    for label in _avoided(v):
+        i = v.labels.index(label)
+        s, d = (start or [None])[i], (disk or [None])[i]
+        assert s is not None and d is not None
+        out.append(
+            f"Avoid {label} unless nothing else runs here: {times_text(s.ratio)} to start "
+            f"and {times_text(d.ratio, 'larger')} per container than the best."
+        )
+    failed = {
+        label: v.rename[k].removeprefix("no: ")
+        for k, label in zip(v.columns, v.labels, strict=True)
+        if v.rename.get(k, "").startswith("no")
+    }
+    if failed:
+        out.append(
+            "Renaming a directory of the image fails on "
+            + ", ".join(f"{k} ({e})" for k, e in failed.items())
+            + ": programs that do it must fall back to copying (overlayfs without redirect_dir)."
+        )
+    return out
+
+
+def verdict_table(v: Verdict, bold: tuple[str, str] = ("", "")) -> tuple[list[str], list[list[str]]]:
+    """The matrix as a header and rows of text; the best value wrapped in `bold` (e.g. ("**", "**"))."""
+    body = [
+        [title, *("n/a" if c is None else f"{bold[0]}{c.text}{bold[1]}" if c.best else c.text for c in row)]
+        for _, title, row in v.rows
+    ]
+    if v.rename:
+        body.append(["renaming an image directory", *(v.rename.get(k, "n/a") for k in v.columns)])
+    return ["measure (lower is better)", *v.labels], body
+
+
+def verdict_text(v: Verdict) -> str:
+    """The matrix and the advice as plain text for a terminal."""
+    header, body = verdict_table(v)
+    if not body:
+        return '== verdict\nnone of the verdict\'s measures is in these results (docs/reports.md, "The verdict")\n'
+    widths = [max(len(r[i]) for r in (header, *body)) for i in range(len(header))]
+    lines = [
+        "== verdict",
+        *("  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)).rstrip() for r in (header, *body)),
+    ]
+    if v.advice:
+        lines += ["", *v.advice]
+    return "\n".join(lines) + "\n"
+
+
+def verdict_dict(v: Verdict) -> dict[str, Any]:
+    """The verdict as JSON-ready data: columns, one record per measure, rename support, advice."""
+    columns = zip(v.columns, v.labels, strict=True)
+    return {
+        "columns": [{"driver": d, "backing": b, "label": label} for (d, b), label in columns],
+        "rows": [
+            {
+                "measure": key,
+                "title": title,
+                "cells": [
+                    None if c is None else {"value": c.value, "ratio": c.ratio, "best": c.best, "text": c.text}
+                    for c in cells
+                ],
+            }
+            for key, title, cells in v.rows
+        ],
+        "rename": [v.rename.get(k) for k in v.columns],
+        "advice": v.advice,
+    }

@@ -1,0 +1,573 @@
+"""What each scenario step does. Timed regions hold only the operation itself.
+
+Every op gets the sample's state, the resolved step and a recorder. Paths, buffers,
+offsets and ids are prepared before the first clock read; a step over several
+files times the whole batch as one sample.
+
+File steps touch regular files only (docs/images.md, threat model): the selection
+drops every other entry (symlinks, devices, fifos, sockets, directories) and says
+so, globs never follow a symlink, and every open is O_NOFOLLOW | O_NONBLOCK with
+a type check after it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import os
+import random
+import re
+import stat
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter_ns
+from typing import Any
+
+from layerbench.driver import Driver
+from layerbench.images.image import Image, LayerSpec, SyntheticImage
+from layerbench.kernel import pagecache, safety, syscalls
+from layerbench.kernel.treecopy import copy_tree
+from layerbench.run import backing
+from layerbench.scenario import Step
+
+__all__ = ["SampleState", "Recorder", "run_step", "OPS", "glob_paths"]
+
+Recorder = Callable[[str, int], None]
+Outcome = Callable[[str, str], None]
+
+
+@dataclass
+class SampleState:
+    """What one sample has made so far; `release` undoes it, untimed."""
+
+    driver: Driver
+    image: Image
+    top: str
+    store: backing.BackingStore
+    baseline: backing.Usage
+    baseline_walk: int
+    prefix: str
+    contents: dict[str, bytes] | None = None
+    images: dict[str, str] = field(default_factory=dict)  # image name -> its top layer ("base": `top`)
+    containers: list[str] = field(default_factory=list)
+    mounted: list[str] = field(default_factory=list)
+    roots: dict[str, Path] = field(default_factory=dict)
+    volumes: list[str] = field(default_factory=list)
+    volume_dirs: list[Path] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+    committed: str | None = None
+    written: int = 0  # bytes the sample's write steps wrote into the container or its volumes
+    skipped: dict[str, Counter[str]] = field(default_factory=dict)  # step label -> entries its selection skipped
+
+    @property
+    def root(self) -> Path:
+        if not self.containers:
+            raise RuntimeError("this step needs a container: add a 'start' step before it")
+        return self.roots[self.containers[-1]]
+
+    def release(self) -> None:
+        """Unmount volumes and containers, remove containers and layers the sample made."""
+        for point in reversed(self.volumes):
+            syscalls.umount(point)
+        for cid in reversed(self.mounted):
+            self.driver.unmount(cid)
+        for cid in reversed(self.containers):
+            self.driver.remove(cid)
+        for layer in reversed(self.layers):
+            self.driver.remove(layer)
+        for host in self.volume_dirs:  # `docker rm -v`: the sample's volumes go with it
+            safety.remove_tree(host)
+        self.volumes, self.mounted, self.containers, self.layers, self.volume_dirs = [], [], [], [], []
+        self.driver.settle()
+
+
+def _timed(record: Recorder, metric: str | None, fn: Callable[[], object]) -> None:
+    t0 = perf_counter_ns()
+    fn()
+    t1 = perf_counter_ns()
+    if metric:
+        record(metric, t1 - t0)
+
+
+_KINDS = {
+    stat.S_IFDIR: "directory",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFBLK: "block device",
+    stat.S_IFCHR: "char device",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+}
+#: every open a file step makes: no symlink followed, no wait on a fifo, not inherited
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _kind(mode: int) -> str:
+    return _KINDS.get(stat.S_IFMT(mode), "special file")
+
+
+def glob_paths(root: str, pattern: str) -> list[str]:
+    """The entries under `root` whose relative path matches `pattern`, sorted, without following symlinks.
+
+    Components are `/`-separated fnmatch patterns; `**` stands for any number of
+    directories, none included. As with Python's glob, a name starting with `.`
+    matches only a component starting with `.`. Only real directories are entered
+    (`os.scandir`, no symlink followed), each once per pattern position, so a tree
+    of symlink loops ends at once.
+    """
+    parts = [p for p in pattern.split("/") if p]
+    rules = [None if p == "**" else re.compile(fnmatch.translate(p)) for p in parts]
+    found: set[str] = set()
+    seen: set[tuple[str, int]] = set()
+    stack = [("", 0)]
+    while stack:
+        rel, i = stack.pop()
+        if (rel, i) in seen:
+            continue
+        seen.add((rel, i))
+        if i == len(parts):
+            if rel:
+                found.add(rel)
+            continue
+        rule = rules[i]
+        if rule is None:
+            stack.append((rel, i + 1))  # `**` as no directory at all
+        try:
+            entries = list(os.scandir(os.path.join(root, rel) if rel else root))
+        except (NotADirectoryError, FileNotFoundError, PermissionError):
+            continue
+        for entry in entries:
+            name = entry.name
+            child = f"{rel}/{name}" if rel else name
+            if rule is None:
+                if name.startswith("."):
+                    continue
+                if i + 1 == len(parts):
+                    found.add(child)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((child, i))
+            elif (
+                rule.match(name)
+                and (not name.startswith(".") or parts[i].startswith("."))
+                and (i + 1 == len(parts) or entry.is_dir(follow_symlinks=False))
+            ):
+                stack.append((child, i + 1))
+    return sorted(found)
+
+
+def _skip_reason(root: Path, rel: str) -> str | None:
+    """Why the file step must not open `root/rel`, or None: a regular file, or nothing
+    there yet (a write creates it; any other op fails with ENOENT, as it should)."""
+    parts = rel.split("/")
+    at = str(root)
+    for i, name in enumerate(parts):
+        at = os.path.join(at, name)
+        try:
+            mode = os.lstat(at).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        last = i == len(parts) - 1
+        if last and stat.S_ISREG(mode):
+            return None
+        if last:
+            return _kind(mode)
+        if not stat.S_ISDIR(mode):
+            return f"path through a {_kind(mode)}"
+    return None
+
+
+def _select(state: SampleState, args: dict[str, Any]) -> tuple[list[str], Counter[str]]:
+    """The regular files a step works on, as absolute paths, chosen before the clock,
+    and how many entries of each other kind the selection skipped."""
+    root = state.root
+    if "path" in args and "count" in args:
+        rels = [args["path"].replace("{i}", str(i)) for i in range(args["count"])]
+    elif "path" in args:
+        rels = [args["path"]]
+    elif "glob" in args:
+        rels = glob_paths(str(root), args["glob"])
+        if not rels:
+            raise FileNotFoundError(errno.ENOENT, f"glob {args['glob']!r} matched nothing")
+    else:
+        files = state.image.file_paths()
+        random.Random(0).shuffle(files)
+        rels = sorted(files[: max(1, round(args["fraction"] * len(files)))])
+    paths: list[str] = []
+    skipped: Counter[str] = Counter()
+    for rel in rels:
+        if (why := _skip_reason(root, rel)) is None:
+            paths.append(str(root / rel))
+        else:
+            skipped[why] += 1
+    return paths, skipped
+
+
+def _counted(kind: str, n: int) -> str:
+    """`1 fifo`, `2 directories`, `3 paths through a symlink`."""
+    if n == 1:
+        return f"1 {kind}"
+    head, _, tail = kind.partition(" ")
+    if head == "path":
+        return f"{n} paths {tail}"
+    return f"{n} {kind[:-1]}ies" if kind.endswith("y") else f"{n} {kind}s"
+
+
+def _skipped_text(skipped: Counter[str]) -> str:
+    return ", ".join(_counted(kind, n) for kind, n in sorted(skipped.items()))
+
+
+def _report_skipped(state: SampleState, step: Step, outcome: Outcome) -> None:
+    """What the step's selection skipped, as one outcome per kind of entry per sample."""
+    for kind, n in sorted(state.skipped.pop(step.label, Counter()).items()):
+        outcome(step.label, f"skipped {_counted(kind, n)}")
+
+
+def _open(path: str, flags: int, mode: int = 0o644) -> int:
+    """open(2) of a regular file: no symlink followed, no blocking, and the type checked on the fd."""
+    fd = os.open(path, flags | _OPEN_FLAGS, mode)
+    st_mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"a {_kind(st_mode)}, not a regular file: file steps open regular files only", path)
+    return fd
+
+
+def _batch(paths: list[str], one: Callable[[str], object]) -> Callable[[], None]:
+    def run() -> None:
+        for p in paths:
+            one(p)
+
+    return run
+
+
+# -- container-level ops --------------------------------------------------------------
+
+
+def _start(state: SampleState, step: Step, record: Recorder) -> None:
+    driver = state.driver
+    image = state.top
+    name = step.args.get("image", "base")
+    if name == "committed":
+        if state.committed is None:
+            raise RuntimeError("start image = 'committed' needs a 'commit' step before it")
+        image = state.committed
+    elif name != "base":
+        image = state.images[name]
+    for _ in range(step.args.get("count", 1)):
+        cid = f"{state.prefix}c{len(state.containers)}"
+        state.containers.append(cid)
+        t0 = perf_counter_ns()
+        driver.create_container(cid, image)
+        root = driver.mount(cid)
+        os.listdir(root)
+        t1 = perf_counter_ns()
+        state.mounted.append(cid)
+        state.roots[cid] = root
+        if step.measure:
+            record(step.measure, t1 - t0)
+
+
+def _remove(state: SampleState, step: Step, record: Recorder) -> None:
+    for point in reversed(state.volumes):
+        syscalls.umount(point)
+    state.volumes = []
+    for cid in reversed(state.containers):
+        mounted = cid in state.mounted
+        t0 = perf_counter_ns()
+        if mounted:
+            state.driver.unmount(cid)
+        state.driver.remove(cid)
+        t1 = perf_counter_ns()
+        if step.measure:
+            record(step.measure, t1 - t0)
+    state.containers, state.mounted = [], []
+
+
+def _commit(state: SampleState, step: Step, record: Recorder) -> None:
+    cid, layer = state.containers[-1] if state.containers else None, f"{state.prefix}commit{len(state.layers)}"
+    if cid is None:
+        raise RuntimeError("'commit' needs a container: add a 'start' step before it")
+    before = state.store.usage().bytes
+    _timed(record, step.measure, lambda: state.driver.commit(cid, layer))
+    state.layers.append(layer)
+    state.committed = layer
+    record("commit_layer_bytes", state.store.usage().bytes - before)
+
+
+def _build(state: SampleState, step: Step, record: Recorder) -> None:
+    driver, image, fmt = state.driver, state.image, state.driver.layer_format
+    ids = [f"{state.prefix}b{i}" for i in range(image.layer_count)]
+    contents = state.contents
+    before = state.store.usage().bytes
+
+    def build() -> None:
+        parent = None
+        for i, layer in enumerate(ids):
+            root = driver.create_layer(layer, parent)
+            state.layers.append(layer)
+            if contents is not None:
+                image.apply(i, root, fmt, contents)  # type: ignore[call-arg,arg-type]
+            else:
+                image.apply(i, root, fmt, opaque_xattr=driver.opaque_xattr)
+            driver.seal_layer(layer)
+            parent = layer
+
+    _timed(record, step.measure, build)
+    record("build_disk_bytes", state.store.usage().bytes - before)
+
+
+def _usage(state: SampleState, step: Step, record: Recorder) -> None:
+    """The store's use now, over the empty store's; `prefix` names a second reading (`after_remove_disk_bytes`)."""
+    pre = f"{step.args['prefix']}_" if "prefix" in step.args else ""
+    state.driver.settle()  # space a removal gave back (btrfs frees a deleted subvolume later)
+    used = state.store.usage()
+    record(f"{pre}disk_bytes", used.bytes - state.baseline.bytes)
+    if used.inodes is not None and state.baseline.inodes is not None:  # btrfs has no inode count
+        record(f"{pre}inodes", used.inodes - state.baseline.inodes)
+    record(f"{pre}disk_walk_bytes", backing.allocated_bytes(state.store.mountpoint) - state.baseline_walk)
+
+
+class ContentMismatch(Exception):
+    """A file of the merged view does not hold the content a scenario's `expect` step names."""
+
+
+def _expect(state: SampleState, step: Step, record: Recorder) -> None:
+    """Check a file's content in the last container: its sha256 is the given one, or that of the copy
+    of the path in image layer `layer` (a synthetic image); a mismatch is the cell's error."""
+    rel = step.args["path"]
+    if "sha256" in step.args:
+        want, what = step.args["sha256"], f"sha256 {step.args['sha256'][:12]}"
+    else:
+        layer = step.args["layer"]
+        specs = (
+            state.image.layers[layer].files
+            if isinstance(state.image, SyntheticImage) and layer < state.image.layer_count
+            else ()
+        )
+        spec = next((f for f in specs if f.path == rel), None)
+        if spec is None:
+            raise ValueError(
+                f"expect layer = {layer}: image layer {layer} has no file {rel!r} "
+                "(layer needs a synthetic [image]; give sha256 otherwise)"
+            )
+        data = SyntheticImage((LayerSpec((spec,)),)).contents()[str(spec.seed)]
+        want, what = hashlib.sha256(data).hexdigest(), f"layer {layer}'s copy"
+    fd = _open(str(state.root / rel), os.O_RDONLY)
+    digest = hashlib.sha256()
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+    if digest.hexdigest() != want:
+        raise ContentMismatch(f"{rel}: the merged view reads sha256 {digest.hexdigest()[:12]}, not {what}")
+    record("expect_files", 1)
+
+
+def _page_cache(state: SampleState, step: Step, record: Recorder) -> None:
+    """Read the selected files in each mounted container in turn, from a dropped cache; record the
+    page cache the first container's reads added and what each further one added (docs/memory.md)."""
+    paths, _ = _select(state, step.args)
+    rel = [os.path.relpath(p, state.root) for p in paths]
+    store = state.store.mountpoint
+    try:
+        syscalls.drop_caches()
+    except PermissionError:  # a user namespace: evict the store's own pages instead
+        pagecache.evict(store)
+    start = before = pagecache.page_cache_bytes(store)
+    for i, cid in enumerate(state.mounted):
+        _read(step.args, [str(state.roots[cid] / p) for p in rel])()
+        after = pagecache.page_cache_bytes(store)
+        record("page_cache_first_bytes" if i == 0 else "page_cache_per_container_bytes", after - before)
+        before = after
+    record("page_cache_bytes", before - start)
+
+
+def _volume(state: SampleState, step: Step, record: Recorder) -> None:
+    """A volume at `path` in the last container: a bind-mounted host directory or a tmpfs.
+
+    With `populate`, the image's content at that path is copied in first, as Docker
+    does for a new named volume. Volume writes bypass the storage driver.
+    """
+    target = state.root / step.args["path"]
+    host = state.store.mountpoint / "volumes" / f"{state.containers[-1]}-{len(state.volumes)}"
+    host.parent.mkdir(exist_ok=True)
+    populate = step.args.get("populate", False) and target.is_dir()
+    state.volume_dirs.append(host)
+    if populate:
+        copy_tree(str(target), str(host))
+    else:
+        host.mkdir()
+    target.mkdir(parents=True, exist_ok=True)
+    if step.args.get("kind", "bind") == "bind":
+        syscalls.mount(str(host), str(target), "", syscalls.MS_BIND)
+        state.volumes.append(str(target))
+    else:
+        syscalls.mount("tmpfs", str(target), "tmpfs", 0, "mode=0755")
+        state.volumes.append(str(target))
+        if populate:  # the tmpfs hides what was there; give it the image's content
+            copy_tree(str(host), str(target), into=True)
+
+
+# -- file ops: one sample per step, over the selected files --------------------------------
+
+
+def _file_op(state: SampleState, step: Step, record: Recorder) -> None:
+    args = step.args
+    paths, skipped = _select(state, args)
+    if skipped:
+        state.skipped[step.label] = skipped
+    if not paths:
+        key = next(k for k in ("path", "glob", "fraction") if k in args)
+        what = f"{key} {args[key]!r}"
+        detail = f" (skipped {_skipped_text(skipped)})" if skipped else ""
+        raise FileNotFoundError(
+            errno.ENOENT, f"{what} selects no regular file{detail}; file steps open regular files only"
+        )
+    op = step.op
+    if op == "read" and args.get("cold"):
+        _evict(paths)
+    fn = _FILE_OPS[op](args, paths)
+    _timed(record, step.measure, fn)
+    if op in ("write", "append", "overwrite"):
+        state.written += len(paths) * args.get("bytes", 4 if op == "overwrite" else 1)
+
+
+def _evict(paths: list[str]) -> None:
+    """Make the next read cold: drop every cache as real root; in a user namespace (no
+    such right) evict the files' own pages with POSIX_FADV_DONTNEED."""
+    try:
+        syscalls.drop_caches()
+        return
+    except PermissionError:
+        pass
+    for p in paths:
+        fd = _open(p, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`: a short write (a full disk) goes on until it raises ENOSPC."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write_fn(flags: int) -> Callable[[dict[str, Any], list[str]], Callable[[], None]]:
+    def make(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
+        data = b"x" * args.get("bytes", 1)
+
+        def one(p: str) -> None:
+            fd = _open(p, flags)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+
+        if flags & os.O_CREAT:  # new files may need their directories, made before the clock
+            for parent in {os.path.dirname(p) for p in paths}:
+                os.makedirs(parent, exist_ok=True)
+        return _batch(paths, one)
+
+    return make
+
+
+def _overwrite(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
+    data = b"x" * args.get("bytes", 4)
+    offsets = {p: args["offset"] if "offset" in args else os.lstat(p).st_size // 2 for p in paths}
+
+    def one(p: str) -> None:
+        fd = _open(p, os.O_WRONLY)
+        os.pwrite(fd, data, offsets[p])
+        os.close(fd)
+
+    return _batch(paths, one)
+
+
+def _read(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
+    buf = bytearray(1 << 20)
+
+    def one(p: str) -> None:
+        fd = _open(p, os.O_RDONLY)
+        while os.readv(fd, [buf]):
+            pass
+        os.close(fd)
+
+    return _batch(paths, one)
+
+
+def _open_rdwr(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
+    return _batch(paths, lambda p: os.close(_open(p, os.O_RDWR)))
+
+
+def _fsync(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
+    def one(p: str) -> None:
+        fd = _open(p, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+    return _batch(paths, one)
+
+
+_FILE_OPS: dict[str, Callable[[dict[str, Any], list[str]], Callable[[], None]]] = {
+    "write": _write_fn(os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+    "append": _write_fn(os.O_WRONLY | os.O_APPEND),
+    "overwrite": _overwrite,
+    "truncate": lambda a, ps: _batch(ps, lambda p: os.truncate(p, a["size"])),
+    "open_rdwr": _open_rdwr,
+    "read": _read,
+    "stat": lambda a, ps: _batch(ps, os.lstat),
+    "fsync": _fsync,
+    "chmod": lambda a, ps: _batch(ps, lambda p: os.chmod(p, a["mode"])),
+    "chown": lambda a, ps: _batch(ps, lambda p: os.lchown(p, a["uid"], a["gid"])),
+    "unlink": lambda a, ps: _batch(ps, os.unlink),
+}
+
+
+def _path_op(state: SampleState, step: Step, record: Recorder) -> None:
+    root = state.root
+    src = str(root / step.args["path"])
+    if step.op == "rename":
+        dst = str(root / step.args["to"])
+        _timed(record, step.measure, lambda: os.rename(src, dst))
+    elif step.op == "mkdir":
+        _timed(record, step.measure, lambda: os.mkdir(src))
+    else:
+        _timed(record, step.measure, lambda: os.listdir(src))
+
+
+OPS: dict[str, Callable[[SampleState, Step, Recorder], None]] = {
+    "start": _start,
+    "remove": _remove,
+    "commit": _commit,
+    "build": _build,
+    "usage": _usage,
+    "volume": _volume,
+    "page_cache": _page_cache,
+    "expect": _expect,
+    **{op: _file_op for op in _FILE_OPS},
+    "rename": _path_op,
+    "mkdir": _path_op,
+    "readdir": _path_op,
+}
+
+
+def run_step(state: SampleState, step: Step, record: Recorder, outcome: Outcome) -> None:
+    """Run one step; an error the step allows (EXDEV, EROFS ...) is an outcome, not a crash.
+    Any other error carries the step's label as a note (`step[2] write`), for the cell's error."""
+    try:
+        OPS[step.op](state, step, record)
+    except Exception as exc:
+        name = errno.errorcode.get(exc.errno or 0, "") if isinstance(exc, OSError) else ""
+        if name not in step.allow_errors:
+            exc.add_note(step.label)
+            raise
+        outcome(step.label, name)
+    finally:
+        _report_skipped(state, step, outcome)
