@@ -16,8 +16,10 @@ import errno
 import fcntl
 import os
 import shutil
+from typing import ClassVar
 
 from layerbench.driver import Style
+from layerbench.kernel.treecopy import FileCopier
 
 from ._common import fs_in_kernel, needs_root
 from .vfs import VfsDriver
@@ -47,7 +49,7 @@ class ReflinkDriver(VfsDriver):
     style = Style.SNAPSHOT
     backings = ("xfs", "btrfs")
     in_default_run = False
-    copy_file = staticmethod(clone_file)
+    copy_file: ClassVar[FileCopier] = staticmethod(clone_file)
 
     @classmethod
     def probe(cls) -> str | None:

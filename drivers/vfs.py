@@ -15,7 +15,7 @@ class VfsDriver(Driver):
     name = "vfs"
     style = Style.COPY
     layer_format = LayerFormat.FULL
-    backings = ("ext4", "xfs", "btrfs", "dir")
+    backings: ClassVar[tuple[str, ...]] = ("ext4", "xfs", "btrfs", "dir")
     in_default_run = True
     #: how a regular file is copied into a child tree: every byte, here
     copy_file: ClassVar[FileCopier] = staticmethod(copy_data)

@@ -66,10 +66,10 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return None
         if fullname == OLD:
             return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        target = importlib.util.find_spec(new_name(fullname))
-        if target is None:
+        found = importlib.util.find_spec(new_name(fullname))
+        if found is None:
             return None
-        return importlib.machinery.ModuleSpec(fullname, self, is_package=target.submodule_search_locations is not None)
+        return importlib.machinery.ModuleSpec(fullname, self, is_package=found.submodule_search_locations is not None)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
         new = new_name(spec.name)

@@ -312,8 +312,8 @@ def _param_sets(data: dict[str, Any], path: str, overrides: dict[str, list[Any]]
         if not all(ok_value(v) for v in values):
             raise c.fail(f"params.{name}", f"values are whole numbers or strings, got {values!r}")
     params = {k: overrides.get(k, v) for k, v in params.items()}
-    names = sorted(params)
-    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(params[n] for n in names))]
+    ordered = sorted(params)
+    return [dict(zip(ordered, combo, strict=True)) for combo in itertools.product(*(params[n] for n in ordered))]
 
 
 def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> list[str]:

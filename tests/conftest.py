@@ -52,7 +52,7 @@ def every_saved_result_matches_the_schema(monkeypatch: pytest.MonkeyPatch) -> No
     """Every results file a test writes is validated against harness/analysis/results.schema.json."""
     save = results.save
 
-    def checked(doc: dict, path: Path) -> None:  # type: ignore[type-arg]
+    def checked(doc: dict, path: Path) -> None:
         results.validate(doc)
         save(doc, path)
 

@@ -214,7 +214,7 @@ class _Duplicate:
     __name__ = "dup (lb_dup)"
 
     @hookimpl
-    def layerbench_register_drivers(self, registry):  # type: ignore[no-untyped-def]
+    def layerbench_register_drivers(self, registry):
         registry.add(NullDriver)
 
 
@@ -222,7 +222,7 @@ class _Raises:
     __name__ = "bug (lb_bug)"
 
     @hookimpl
-    def layerbench_register_drivers(self, registry):  # type: ignore[no-untyped-def]
+    def layerbench_register_drivers(self, registry):
         raise ValueError("a bug in the plugin")
 
 

@@ -78,7 +78,7 @@ def _toml(value: object) -> str:
     doc=st.dictionaries(names, values, max_size=8),
     step=st.fixed_dictionaries({"op": st.sampled_from([*STEPS, "boom"])}, optional={"path": scalars, "count": scalars}),
 )
-def test_scenario_parser_never_crashes(tmp_path: Path, doc: dict, step: dict) -> None:  # type: ignore[type-arg]
+def test_scenario_parser_never_crashes(tmp_path: Path, doc: dict, step: dict) -> None:
     TRIED["scenario"] += 1
     text = "\n".join(f"{k} = {_toml(v)}" for k, v in doc.items() if k != "step")
     text += "\n[[step]]\n" + "\n".join(f"{k} = {_toml(v)}" for k, v in step.items())
@@ -105,7 +105,7 @@ entry = st.tuples(
 
 @FUZZ
 @given(entries=st.lists(entry, min_size=1, max_size=8), fmt=st.sampled_from(list(LayerFormat)))
-def test_archive_importer_never_writes_outside_the_root(tmp_path: Path, entries: list, fmt: LayerFormat) -> None:  # type: ignore[type-arg]
+def test_archive_importer_never_writes_outside_the_root(tmp_path: Path, entries: list, fmt: LayerFormat) -> None:
     TRIED["archive"] += 1
     base = tmp_path / f"t{TRIED['archive']}"
     root, sentinel = base / "root", base / "sentinel"

@@ -8,6 +8,7 @@ import os
 import stat
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,7 +91,7 @@ def tar_bytes(*members: Member, compress: str | None = None) -> bytes:
     return raw
 
 
-def apply(root: Path, fmt: LayerFormat, *members: Member, **kw: object):
+def apply(root: Path, fmt: LayerFormat, *members: Member, **kw: Any):
     return apply_tar_layer(root, io.BytesIO(tar_bytes(*members)), fmt, name="layer.tar", **kw)
 
 

@@ -115,11 +115,11 @@ def test_one_identity_per_class_and_the_old_names_warn() -> None:
         warnings.simplefilter("always")
         old_driver = importlib.import_module("layerbench.harness.driver")
         old_runner = importlib.import_module("layerbench.harness.runner")
-        from layerbench.harness import results as old_results  # type: ignore[attr-defined]
+        from layerbench.harness import results as old_results
     assert old_driver.Driver is Driver is layerbench.Driver
     assert old_runner is importlib.import_module("layerbench.run.runner")
     assert old_results is importlib.import_module("layerbench.analysis.results")
-    assert old_runner.__spec__.name == "layerbench.run.runner"
+    assert old_runner.__spec__ is not None and old_runner.__spec__.name == "layerbench.run.runner"
     assert any(
         "layerbench.harness.runner is deprecated; import layerbench.run.runner" in str(w.message) for w in caught
     )

@@ -49,7 +49,7 @@ def test_a_plugin_cannot_take_a_builtin_name() -> None:
 
         @hookimpl
         def layerbench_register_exporters(self, registry: ExporterRegistry) -> None:
-            registry.add("csv", lambda report, out: out.write("not the tidy CSV"))
+            registry.add("csv", lambda report, out: print("not the tidy CSV", file=out))
 
     plugins = load_plugins(extra=(Shadow(),))
     assert f"already registered by plugin {BUILTIN[0]}" in plugins.broken["shadow"]

@@ -20,7 +20,7 @@ class _MissingMethodPlugin:
     __name__ = "missing-method-plugin"
 
     @hookimpl
-    def layerbench_register_drivers(self, registry):  # type: ignore[no-untyped-def]
+    def layerbench_register_drivers(self, registry):
         registry.add(_Incomplete)
 
 
@@ -28,7 +28,7 @@ class _DuplicatePlugin:
     __name__ = "duplicate-plugin"
 
     @hookimpl
-    def layerbench_register_drivers(self, registry):  # type: ignore[no-untyped-def]
+    def layerbench_register_drivers(self, registry):
         class Again(NullDriver):
             pass
 

@@ -32,11 +32,11 @@ class _ExportsAndSources:
     __name__ = "tsv-and-one-file"
 
     @hookimpl
-    def layerbench_register_exporters(self, registry):  # type: ignore[no-untyped-def]
+    def layerbench_register_exporters(self, registry):
         registry.add("tsv", _tsv, suffix=".tsv", description="scenario, driver, status per cell")
 
     @hookimpl
-    def layerbench_register_image_sources(self, registry):  # type: ignore[no-untyped-def]
+    def layerbench_register_image_sources(self, registry):
         registry.add("one-file", _one_file, description="an image of one file")
 
 
@@ -44,7 +44,7 @@ class _BrokenExporter:
     __name__ = "broken-exporter"
 
     @hookimpl
-    def layerbench_register_exporters(self, registry):  # type: ignore[no-untyped-def]
+    def layerbench_register_exporters(self, registry):
         registry.add("fine", _tsv)
         registry.add("not-callable", 42)
 

@@ -6,6 +6,7 @@ import io
 import re
 import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from click.testing import CliRunner
@@ -17,7 +18,9 @@ from layerbench.run.runner import RunConfig, run
 from .test_cli import TINY
 
 
-def _event(kind: str, i: int, scenario: str, driver: str, duration_s: float | None = None) -> CellEvent:
+def _event(
+    kind: Literal["planned", "started", "finished"], i: int, scenario: str, driver: str, duration_s: float | None = None
+) -> CellEvent:
     return CellEvent(kind, i, 6, scenario, driver, {}, "ext4", duration_s, "ok" if kind == "finished" else None)
 
 

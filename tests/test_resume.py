@@ -44,7 +44,7 @@ class FlakyPlugin:
     __name__ = "flaky-plugin"
 
     @hookimpl
-    def layerbench_register_drivers(self, registry):  # type: ignore[no-untyped-def]
+    def layerbench_register_drivers(self, registry):
         registry.add(Flaky)
 
 

@@ -41,7 +41,7 @@ op = "usage"
 """
 
 
-def adaptive(**kw: float) -> Sampling:
+def adaptive(**kw: float | None) -> Sampling:
     args = {
         "samples": 10,
         "warmup": 0,

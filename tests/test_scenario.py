@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from layerbench.errors import UserError
+from layerbench.images.image import SyntheticImage
 from layerbench.scenario import builtin_scenarios, load_scenario, resolve_scenarios
 
 GOOD = """
@@ -78,7 +79,7 @@ def test_layer_sharing_image_is_about_100mb_in_1000_files() -> None:
     image = s.image(s.param_sets()[0])
     assert image.total_files == 1000
     assert image.total_bytes == 100_000_000
-    assert len(image.layers) > 1
+    assert isinstance(image, SyntheticImage) and len(image.layers) > 1
 
 
 def test_params_expand_and_substitute(tmp_path: Path) -> None:
@@ -87,6 +88,7 @@ def test_params_expand_and_substitute(tmp_path: Path) -> None:
     steps = s.steps({"n": 2, "size": 10})
     assert steps[0].args == {"count": 2} and steps[0].measure == "startup_ns"
     image = s.image({"n": 2, "size": 10})
+    assert isinstance(image, SyntheticImage)
     assert [f.size for f in image.layers[0].files if f.path == "a/b.bin"] == [10]
 
 
@@ -121,7 +123,7 @@ def test_content_hash_changes_with_the_file(tmp_path: Path) -> None:
         (lambda t: t + "\n[oops\n", "not valid TOML"),
     ],
 )
-def test_bad_files_get_one_precise_message(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_files_get_one_precise_message(tmp_path: Path, edit, message: str) -> None:
     path = write(tmp_path, edit(GOOD))
     with pytest.raises(UserError) as err:
         load_scenario(path)

@@ -44,7 +44,7 @@ op = "usage"
 """
 
 
-def check_results(path: Path) -> dict:  # type: ignore[type-arg]
+def check_results(path: Path) -> dict:
     """Read a results file as the tools do and validate it, raw and migrated, against the schema."""
     raw = json.loads(path.read_text())
     if raw.get("schema_version") == results.SCHEMA_VERSION:

@@ -18,7 +18,7 @@ def test_summary_is_median_quartiles_min_max() -> None:
     assert {k: s[k] for k in SUMMARY_FIELDS} == {"n": 5, "median": 3.0, "p25": 2.0, "p75": 4.0, "min": 1.0, "max": 5.0}
 
 
-def _doc() -> dict:  # type: ignore[type-arg]
+def _doc() -> dict:
     doc = results.new_document("t", machine.machine_info(), machine.tool_info())
     doc["cells"].append(
         {

@@ -7,10 +7,13 @@ import glob
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from layerbench.driver import Driver
+from layerbench.images.image import Image
+from layerbench.run.backing import BackingStore, Usage
 from layerbench.run.steps import SampleState, glob_paths, run_step
 from layerbench.scenario import Step
 
@@ -97,8 +100,15 @@ class _Image:
 
 
 def _state(root: Path, files: list[str] | None = None) -> SampleState:
+    # selection reads only the container roots and the image's file list: no driver or store
     state = SampleState(
-        driver=None, image=_Image(files or []), top="", store=None, baseline=None, baseline_walk=0, prefix="s0"
+        driver=cast(Driver, None),
+        image=cast(Image, _Image(files or [])),
+        top="",
+        store=cast(BackingStore, None),
+        baseline=cast(Usage, None),
+        baseline_walk=0,
+        prefix="s0",
     )
     state.containers, state.roots = ["c0"], {"c0": root}
     return state

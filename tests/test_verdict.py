@@ -14,7 +14,7 @@ REFERENCE = Path(__file__).parent.parent / "results" / "reference"
 DEFAULT = REFERENCE / "20261130T074758Z_default.json"
 
 
-def cells(v, key: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def cells(v, key: str) -> dict[str, object]:
     row = next(r for k, _, r in v.rows if k == key)
     return dict(zip(v.labels, row, strict=True))
 

@@ -96,7 +96,7 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
         return {**empty, "n": 0, "outliers_mad": 0, "outliers_tukey": 0}
     a = np.asarray(samples, dtype=float)
     p25, median, p75, p90, p99 = np.percentile(a, [25, 50, 75, 90, 99])
-    low, high = bootstrap_ci(a)
+    low, high = bootstrap_ci(samples)
     return {
         "n": int(a.size),
         "median": float(median),
@@ -109,8 +109,8 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
         "p99": float(p99),
         "ci95_low": low,
         "ci95_high": high,
-        "outliers_mad": outliers_mad(a),
-        "outliers_tukey": outliers_tukey(a),
+        "outliers_mad": outliers_mad(samples),
+        "outliers_tukey": outliers_tukey(samples),
     }
 
 

@@ -182,8 +182,8 @@ def _child(
         try:
             data = pickle.dumps(payload)
         except Exception:  # noqa: BLE001
-            exc = payload[1]
-            text = "".join(traceback.format_exception(exc)) if isinstance(exc, BaseException) else repr(exc)
+            what = payload[1]
+            text = "".join(traceback.format_exception(what)) if isinstance(what, BaseException) else repr(what)
             data = pickle.dumps(("raise", UsernsError(f"unpicklable result from the user namespace:\n{text}")))
         os.write(to_parent, b"r" + len(data).to_bytes(8, "big"))
         view = memoryview(data)
@@ -264,7 +264,7 @@ def run_in_userns(
         os.close(down_w)
     if status == "raise":
         raise value
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _kill(pid: int) -> None:

@@ -112,6 +112,7 @@ def test_an_opaque_directory_on_overlay2_rootless_uses_its_user_xattr(tmp_path: 
                 )
                 driver.seal_layer(f"l{i}")
                 parent = f"l{i}"
+            assert parent is not None
             driver.create_container("c", parent)
             root = driver.mount("c")
             try:

@@ -107,7 +107,9 @@ def test_start_runs_the_named_image_and_expect_fails_naming_the_file(name: str, 
     assert "step[1] expect" in out["error"] and "etc/app.conf: the merged view reads sha256" in out["error"]
 
     path.write_text(NAMED.replace("SHA", hashlib.sha256(data).hexdigest()))
-    base_file = load_scenario(path).image({}).layers[0].files[0].path
+    base = load_scenario(path).image({})
+    assert isinstance(base, SyntheticImage)
+    base_file = base.layers[0].files[0].path
     path.write_text(path.read_text().replace("usr/l0-f0.bin", base_file))
     out = run_cell(Cell(load_scenario(path), cls, {}, cls.backings[0]), tmp_path / "good", ONCE)
     assert out["status"] == "ok", out["error"]  # the app's own file and the base's, through one container

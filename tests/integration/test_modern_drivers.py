@@ -9,7 +9,22 @@ from pathlib import Path
 import pytest
 
 from layerbench.driver import Driver
-from layerbench.testing import Append, File, Link, Mkdir, Opaque, Remove, SetXattr, Stack, Symlink, Tree, compare
+from layerbench.drivers._overlay import OverlayLayout
+from layerbench.drivers.containerd_overlayfs import ContainerdOverlayfsDriver
+from layerbench.testing import (
+    Append,
+    File,
+    Link,
+    Mkdir,
+    Op,
+    Opaque,
+    Remove,
+    SetXattr,
+    Stack,
+    Symlink,
+    Tree,
+    compare,
+)
 
 from ..conftest import driver_on_store, first_append_ns
 
@@ -106,6 +121,7 @@ def test_containerd_overlayfs_mounts_numeric_snapshots_by_full_path(work: Path) 
         assert sorted(os.listdir(root)) == ["f0", "f1", "f2"]
         driver.unmount("c")
 
+        assert isinstance(driver, ContainerdOverlayfsDriver)
         driver.create_view("v", "l0")  # one layer, no upper: a read-only bind mount, as containerd makes it
         view = driver.mount("v")
         fstype, _, opts, _ = _mountinfo(view)
@@ -128,13 +144,13 @@ def test_a_deep_image_is_mounted_from_the_lowers_common_parent(name: str, work: 
         assert len(driver.inspect("l99")["LowerDir"]) > os.sysconf("SC_PAGE_SIZE")
         driver.create_container("c", "l99")
         root = driver.mount("c")
-        assert driver.mounted_via["c"] == "mount(2) relative"
+        assert isinstance(driver, OverlayLayout) and driver.mounted_via["c"] == "mount(2) relative"
         assert len(os.listdir(root)) == 100 and (root / "f0").read_bytes() == b"x"
         driver.unmount("c")
 
 
 #: an image exercising every kind of entry, whiteouts and opaque dirs
-_LAYERS = [
+_LAYERS: list[list[Op]] = [
     [
         Mkdir("etc"),
         File("etc/conf", b"a=1\n", 0o640, 1, 2),
@@ -151,7 +167,7 @@ _LAYERS = [
     ],
     [Remove("gone"), Opaque("opq", 0o750), File("opq/new", b"new")],
 ]
-_COMMIT = [Append("d/x", b"+appended"), Remove("d/y"), File("etc/conf2", b"b=2\n")]
+_COMMIT: list[Op] = [Append("d/x", b"+appended"), Remove("d/y"), File("etc/conf2", b"b=2\n")]
 
 
 def _container_tree(name: str, work: Path) -> Tree:
