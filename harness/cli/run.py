@@ -150,6 +150,14 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
     help="Refuse an imported image larger than SIZE uncompressed (500M, 10G; default: the free disk).",
 )
 @click.option(
+    "--loop-io",
+    type=click.Choice(["direct", "buffered"]),
+    default="direct",
+    show_default=True,
+    help="Loop devices of the stores: direct I/O (a store behaves like a disk), or buffered through the "
+    "host page cache (a second copy of every page; only to measure what direct I/O changes).",
+)
+@click.option(
     "--resume",
     type=click.Path(path_type=Path, exists=True, dir_okay=False),
     metavar="RESULT",
@@ -200,6 +208,7 @@ def run_cmd(
     cell_budget_s: float = 0.0,
     templates: bool = False,
     dry_run: bool = False,
+    loop_io: str = "direct",
 ) -> None:
     """Run SCENARIOS (built-in names or .toml paths; default: every built-in one)."""
     if not re.match(r"^[A-Za-z0-9._-]+$", label):
@@ -230,6 +239,7 @@ def run_cmd(
         max_samples=max_samples,
         cell_budget_s=cell_budget_s,
         templates=templates,
+        loop_io=loop_io,
     )
     if spread and not cluster:
         raise UserError("--spread spreads cells over a fleet's hosts: pass --cluster ADDRESS too")

@@ -23,6 +23,7 @@ __all__ = [
     "usage",
     "allocated_bytes",
     "loop_direct_io",
+    "set_loop_io",
     "mkfs_versions",
     "unavailable",
     "copy_backing_file",
@@ -202,6 +203,18 @@ def allocated_bytes(root: Path) -> int:
     return total + _union(shared)
 
 
+#: whether new loop stores ask for direct I/O (`run --loop-io`); buffered is for A/B runs only
+_LOOP_IO = {"direct": True}
+
+
+def set_loop_io(mode: str) -> None:
+    """`direct` (the default: the store behaves like a disk) or `buffered` (the host page cache
+    also holds the store's pages, as layerbench 0.1 ran; for measuring what direct I/O changes)."""
+    if mode not in ("direct", "buffered"):
+        raise UserError(f"--loop-io {mode!r}: allowed: direct, buffered")
+    _LOOP_IO["direct"] = mode == "direct"
+
+
 def loop_direct_io(device: str) -> bool:
     """Whether the kernel runs loop `device` with direct I/O (/sys/block/loopN/loop/dio)."""
     return Path(f"/sys/block/{Path(device).name}/loop/dio").read_text().strip() == "1"
@@ -302,7 +315,8 @@ class BackingStore:
         # Direct I/O: reads and writes go to the image file without the host's page cache, so
         # it holds no second copy of the store's pages and a cold read is cold, as on a disk.
         # Where the host filesystem refuses O_DIRECT, the loop stays buffered (direct_io False).
-        subprocess.run(["losetup", "--direct-io=on", self.loop], capture_output=True)
+        if _LOOP_IO["direct"]:
+            subprocess.run(["losetup", "--direct-io=on", self.loop], capture_output=True)
         self.direct_io = loop_direct_io(self.loop)
         self._note("mount", self.mountpoint)
         syscalls.mount(self.loop, str(self.mountpoint), self.fstype, 0, "")

@@ -124,6 +124,7 @@ class RunConfig:
     min_samples: int = 5
     max_samples: int | None = None  # None: each scenario's samples
     cell_budget_s: float = 0.0  # a cell's sampling loop stops after this many seconds (0: no limit)
+    loop_io: str = "direct"  # "buffered" only to measure what direct I/O changes (backing.set_loop_io)
     templates: bool = False  # build each family's image once (harness/run/templates.py; docs/performance.md: off, why)
 
 
@@ -688,6 +689,8 @@ def _resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
         min_samples=settings.get("min_samples", config.min_samples),
         max_samples=settings.get("max_samples", config.max_samples),
         cell_budget_s=settings.get("cell_budget_s", config.cell_budget_s),
+        templates=settings.get("templates", False),
+        loop_io=settings.get("loop_io", "direct"),
     )
     for s in resolve_scenarios(resumed.scenarios, resumed.overrides, resumed.quick):
         if doc["scenarios"].get(s.name, {}).get("sha256") != s.sha256:
@@ -715,6 +718,8 @@ _KEPT = {
     "min_samples": ("--min-samples", "min samples"),
     "max_samples": ("--max-samples", "max samples"),
     "cell_budget_s": ("--cell-budget", "cell budget"),
+    "templates": ("--templates", "templates"),
+    "loop_io": ("--loop-io", "loop I/O"),
 }
 
 
@@ -931,6 +936,7 @@ def run(
     if executor is None:  # a fleet's hosts use and check their own
         work_root = safety.prepare_work_root(config.work_root or safety.DEFAULT_WORK_ROOT)
         set_image_limit(config.max_image_bytes, work_root)
+        backing.set_loop_io(config.loop_io)
         set_layout_cache(work_root)  # synthetic-oci images are packed once under it
         if cells:
             _check_disk(cells, work_root, progress)
@@ -974,6 +980,7 @@ def run(
             "max_samples": config.max_samples,
             "cell_budget_s": config.cell_budget_s,
             "templates": config.templates,
+            "loop_io": config.loop_io,
         }
         path = _results_path(config, doc["started_utc"].replace("-", "").replace(":", ""))
     results.save(doc, path)

@@ -107,3 +107,20 @@ def test_further_containers_share_the_page_cache_on_overlay_and_not_on_vfs(name:
         assert max(further) < 0.05 * image, f"overlay2 further containers added {further}"
     else:
         assert all(0.95 * image <= f < 1.1 * image for f in further), f"vfs further containers added {further}"
+
+
+def test_buffered_loop_io_is_there_for_a_b_runs_and_recorded(tmp_path: Path) -> None:
+    """`--loop-io buffered` leaves the loop without direct I/O (and the store says so); direct is the default."""
+    require("vfs")
+    backing.set_loop_io("buffered")
+    try:
+        store = backing.BackingStore(tmp_path / "a", "ext4", 64 << 20)
+        (tmp_path / "a").mkdir()
+        with store:
+            assert store.direct_io is False and store.loop is not None and not backing.loop_direct_io(store.loop)
+    finally:
+        backing.set_loop_io("direct")
+    store = backing.BackingStore(tmp_path / "b", "ext4", 64 << 20)
+    (tmp_path / "b").mkdir()
+    with store:
+        assert store.direct_io is True
