@@ -26,6 +26,7 @@ import abc
 import errno
 import fcntl
 import os
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import ClassVar
 
 from layerbench.kernel import syscalls
 
-from ._common import remove_tree
+from ._common import fs_in_kernel, needs_root, remove_tree
 from .containerd_overlayfs import ContainerdOverlayfsDriver
 
 __all__ = ["ImageLayersDriver", "mount_via_loop", "detach_loops_under", "run_tool"]
@@ -120,6 +121,22 @@ class ImageLayersDriver(ContainerdOverlayfsDriver):
     image_name: ClassVar[str]
     #: mount a container's layer images when it is mounted (containerd's EROFS), else once per layer
     mount_per_container: ClassVar[bool]
+    #: the kernel filesystem of the images, and the tool that builds them with its Debian package
+    image_fs: ClassVar[str]
+    image_tool: ClassVar[tuple[str, str]]
+
+    @classmethod
+    def probe(cls) -> str | None:
+        if reason := needs_root():
+            return reason
+        if not fs_in_kernel("overlay"):
+            return "the kernel has no overlay filesystem (modprobe overlay)"
+        if not fs_in_kernel(cls.image_fs):
+            return f"the kernel has no {cls.image_fs} filesystem in /proc/filesystems (modprobe {cls.image_fs})"
+        tool, package = cls.image_tool
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install {package})"
+        return None
 
     @abc.abstractmethod
     def build_image(self, src: str, image: str) -> None:

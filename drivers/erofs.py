@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import errno
 import functools
-import shutil
 import subprocess
 
 from layerbench.kernel import syscalls
 
-from ._common import fs_in_kernel, needs_root
 from ._image_layers import ImageLayersDriver, mount_via_loop, run_tool
 
 __all__ = ["ErofsDriver"]
@@ -43,18 +41,8 @@ class ErofsDriver(ImageLayersDriver):
     name = "erofs"
     image_name = "layer.erofs"
     mount_per_container = True
-
-    @classmethod
-    def probe(cls) -> str | None:
-        if reason := needs_root():
-            return reason
-        if not fs_in_kernel("overlay"):
-            return "the kernel has no overlay filesystem (modprobe overlay)"
-        if not fs_in_kernel("erofs"):
-            return "the kernel has no erofs filesystem in /proc/filesystems (modprobe erofs)"
-        if shutil.which("mkfs.erofs") is None:
-            return "mkfs.erofs is not installed (apt-get install erofs-utils)"
-        return None
+    image_fs = "erofs"
+    image_tool = ("mkfs.erofs", "erofs-utils")
 
     @classmethod
     def versions(cls) -> dict[str, str]:

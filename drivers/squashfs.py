@@ -29,10 +29,8 @@ from __future__ import annotations
 import functools
 import os
 import re
-import shutil
 import subprocess
 
-from ._common import fs_in_kernel, needs_root
 from ._image_layers import ImageLayersDriver, mount_via_loop, run_tool
 
 __all__ = ["SquashfsDriver"]
@@ -91,17 +89,13 @@ class SquashfsDriver(ImageLayersDriver):
     name = "squashfs"
     image_name = "layer.squashfs"
     mount_per_container = False
+    image_fs = "squashfs"
+    image_tool = ("mksquashfs", "squashfs-tools")
 
     @classmethod
     def probe(cls) -> str | None:
-        if reason := needs_root():
+        if reason := super().probe():
             return reason
-        if not fs_in_kernel("overlay"):
-            return "the kernel has no overlay filesystem (modprobe overlay)"
-        if not fs_in_kernel("squashfs"):
-            return "the kernel has no squashfs filesystem in /proc/filesystems (modprobe squashfs)"
-        if shutil.which("mksquashfs") is None:
-            return "mksquashfs is not installed (apt-get install squashfs-tools)"
         if not os.path.exists("/dev/loop-control"):
             return "there is no /dev/loop-control (modprobe loop): squashfs mounts only a block device"
         return compression_problem(compression())
