@@ -1,10 +1,10 @@
 """Scenario files: declarative TOML, validated before anything runs.
 
 A scenario names an image (and, in `[[images]]`, further images built on it in the
-same store), parameters to sweep, how many samples to take, and the steps of one
-sample. `"${name}"` as a whole value stands for a parameter. Every error names the
-file, the field and what is allowed. docs/scenarios.md documents
-every field and step.
+same store, or left for a `build` step to import: `prebuilt = false`), parameters to
+sweep, how many samples to take, and the steps of one sample. `"${name}"` as a whole
+value stands for a parameter. Every error names the file, the field and what is
+allowed. docs/scenarios.md documents every field and step.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ STEPS: dict[str, tuple[dict[str, tuple[Any, bool]], bool, str | None]] = {
     "start": ({"count": (INT, False), "image": (STR, False)}, False, "startup_ns"),
     "remove": ({}, False, None),
     "commit": ({}, False, "commit_ns"),
-    "build": ({}, False, "build_ns"),
+    "build": ({"image": (STR, False)}, False, "build_ns"),
     "usage": ({"prefix": (STR, False)}, False, None),
     "volume": ({"path": (STR, True), "kind": (("bind", "tmpfs"), False), "populate": (BOOL, False)}, False, None),
     "write": ({"bytes": (SIZE, True), "count": (INT, False)}, True, None),
@@ -97,7 +97,9 @@ _IMAGE_FILE = {"path": (STR, True), "size": (SIZE, True), "layer": (INT, False),
 _IMAGE_REMOVE = {"path": (STR, True), "layer": (INT, True)}
 #: names `start` takes besides those of [[images]]: the [image] table, and the last commit's layer
 RESERVED_IMAGES = ("base", "committed")
-_IMAGES = {"name", "base"} | _SOURCES["synthetic"]
+_IMAGES = {"name", "base", "source", "prebuilt"} | _SOURCES["synthetic-oci"]
+#: the sources an [[images]] entry takes: generated layers, or the same packed as a compressed OCI layout
+_IMAGES_SOURCES = ("synthetic", "synthetic-oci")
 _PREFIX = re.compile(r"^[a-z][a-z0-9_]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REPEAT = {"samples": (INT, False), "warmup": (INT, False), "min_time_s": (NUMBER, False), "adaptive": (BOOL, False)}
@@ -158,12 +160,20 @@ class Scenario:
         img = _subst(self.raw_image, params)
         return default_plugins().image_source(img.get("source", "synthetic"))(img, Path(self.path).parent)
 
-    def images(self, params: dict[str, Any]) -> list[tuple[str, str | None, SyntheticImage]]:
-        """The further images, in build order: name, base image name (None: from scratch) and own layers."""
+    def images(self, params: dict[str, Any], prebuilt: bool = True) -> list[tuple[str, str | None, Image]]:
+        """The further images the runner builds before the samples (`prebuilt=False`: those a `build`
+        step imports in each sample instead), in build order: name, base image name (None: from
+        scratch) and own layers."""
+        from layerbench.plugins import default_plugins
+
         out = []
         for raw in self.raw_images:
+            if raw.get("prebuilt", True) != prebuilt:
+                continue
             img = _subst(raw, params)
-            out.append((img["name"], img.get("base"), synthetic_from_table(img)))
+            table = {k: v for k, v in img.items() if k not in ("name", "base", "prebuilt")}
+            opened = default_plugins().image_source(img.get("source", "synthetic"))(table, Path(self.path).parent)
+            out.append((img["name"], img.get("base"), opened))
         return out
 
     def steps(self, params: dict[str, Any]) -> list[Step]:
@@ -213,6 +223,8 @@ class _Checker:
         self.path = path
         self.params = params
         self.images: tuple[str, ...] = RESERVED_IMAGES  # what `start` may name
+        self.unbuilt: dict[str, int] = {}  # [[images]] with prebuilt = false, by name -> index
+        self.imported: set[str] = set()  # those a build step so far imports
 
     def fail(self, where: str, message: str) -> UserError:
         return UserError(f"{self.path}: {where}: {message}")
@@ -355,6 +367,7 @@ def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> li
 
     order = _image_order(c, data)
     c.images = RESERVED_IMAGES + tuple(order)
+    c.unbuilt = {e["name"]: i for i, e in enumerate(data.get("images", [])) if e.get("prebuilt", True) is False}
 
     repeat = c.table(data.get("repeat", {}), "repeat")
     c.keys(repeat, _REPEAT, "repeat.")
@@ -375,6 +388,11 @@ def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> li
             ops = list(dict.fromkeys(values[m.group(1)]))
         for one in ops:
             _validate_step(c, step, one, where)
+        if ops == ["build"] and isinstance(step.get("image"), str):
+            c.imported.add(step["image"])
+    for name, i in c.unbuilt.items():
+        if name not in c.imported:
+            raise c.fail(f"images[{i}].prebuilt", f"false, but no build step imports {name!r} (image = {name!r})")
     return order
 
 
@@ -407,6 +425,11 @@ def _image_order(c: _Checker, data: dict[str, Any]) -> list[str]:
     for i, entry in enumerate(entries):
         where = f"images[{i}]"
         c.keys(entry, _IMAGES, f"{where}.")
+        c.fields(entry, {"source": (_IMAGES_SOURCES, False), "prebuilt": (BOOL, False)}, f"{where}.")
+        if entry.get("source", "synthetic") == "synthetic-oci":
+            c.fields(entry, {"compression": (tuple(COMPRESSIONS), False)}, f"{where}.")
+        elif "compression" in entry:
+            raise c.fail(f"{where}.compression", 'only with source = "synthetic-oci" (a packed, compressed image)')
         name = entry.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             raise c.fail(f"{where}.name", "required: lower-case letters, digits and '-' only")
@@ -421,6 +444,8 @@ def _image_order(c: _Checker, data: dict[str, Any]) -> list[str]:
         base = entry.get("base")
         if base is not None and (not isinstance(base, str) or base not in ("base", *names)):
             raise c.fail(f"images[{i}].base", f"unknown image {base!r}; images: {', '.join(('base', *names))}")
+        if base not in (None, "base") and entries[names[base]].get("prebuilt", True) is False:
+            raise c.fail(f"images[{i}].base", f"{base!r} is not pre-built (prebuilt = false): no image builds on it")
     depth: dict[str, int] = {}
     for i, entry in enumerate(entries):
         chain = [entry["name"]]
@@ -443,6 +468,12 @@ def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> No
     c.fields(step, spec, where)
     if op == "start" and "image" in step:
         c.value(step["image"], c.images, f"{where}image")
+        if step["image"] in c.unbuilt and step["image"] not in c.imported:
+            raise c.fail(f"{where}image", f"{step['image']!r} is not pre-built: a build step must import it first")
+    if op == "build" and "image" in step and step["image"] not in c.unbuilt:
+        importable = ", ".join(c.unbuilt) or "none (mark an [[images]] entry prebuilt = false)"
+        what = "pre-built (the runner builds it before the samples)" if step["image"] in c.images else "unknown"
+        raise c.fail(f"{where}image", f"{step['image']!r} is {what}; images to import: {importable}")
     if op == "usage" and isinstance(step.get("prefix"), str) and not _PREFIX.match(step["prefix"]):
         raise c.fail(f"{where}prefix", "a metric name prefix: lower_snake_case, such as 'after_remove'")
     if op == "expect":

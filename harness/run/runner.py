@@ -170,7 +170,7 @@ def estimate_bytes(cell: Cell) -> int:
     containers = sum(int(s.args.get("count", 1)) for s in steps if s.op == "start")
     copies = sum(1 for s in steps if s.op in ("commit", "volume"))
     commits = sum(1 for s in steps if s.op == "commit")
-    builds = sum(1 for s in steps if s.op == "build")
+    builds = sum(1 for s in steps if s.op == "build" and "image" not in s.args)  # the [image] again
     written = sum(_step_bytes(s, image) for s in steps) * (1 + commits)  # a commit copies what was written
     if cell.driver.style is Style.COPY:
         need = total * (layers * (1 + builds) + containers + copies)
@@ -182,12 +182,17 @@ def estimate_bytes(cell: Cell) -> int:
 
 def _images_need(cell: Cell, base: int, what: str) -> int:
     """The bytes (or files) the scenario's further images add: their own, and on a copy driver
-    every layer's whole copy of the image below it (`base`: the [image]'s bytes or files)."""
+    every layer's whole copy of the image below it (`base`: the [image]'s bytes or files). An image
+    `build` steps import (prebuilt = false) counts once per such step of a sample."""
+    s = cell.scenario
+    steps = s.steps(cell.params)
     chain, need = {"base": base}, 0
-    for name, base_name, image in cell.scenario.images(cell.params):
-        own = image.total_bytes if what == "bytes" else image.total_files
-        chain[name] = (chain[base_name] if base_name else 0) + own
-        need += chain[name] * image.layer_count if cell.driver.style is Style.COPY else own
+    for prebuilt in (True, False):  # a not pre-built image's base is pre-built
+        for name, base_name, image in s.images(cell.params, prebuilt):
+            own = image.total_bytes if what == "bytes" else image.total_files
+            chain[name] = (chain[base_name] if base_name else 0) + own
+            times = 1 if prebuilt else sum(1 for x in steps if x.op == "build" and x.args.get("image") == name)
+            need += times * (chain[name] * image.layer_count if cell.driver.style is Style.COPY else own)
     return need
 
 
@@ -227,7 +232,7 @@ def estimate_inodes(cell: Cell) -> int:
         1 for s in steps if s.op in ("mkdir", "commit")
     )
     copies = image.layer_count + containers if cell.driver.style is Style.COPY else 2 + containers // 8
-    builds = sum(1 for s in steps if s.op == "build")
+    builds = sum(1 for s in steps if s.op == "build" and "image" not in s.args)  # the [image] again
     dirs = image.total_files // 4 + 64  # generated paths share directories
     further = _images_need(cell, image.total_files, "files") * 5 // 4  # with their directories
     return (
@@ -274,8 +279,7 @@ def _build_image(
 
 
 def _build_images(
-    scenario: Scenario,
-    params: dict[str, Any],
+    images: list[tuple[str, str | None, Image]],
     driver: Driver,
     store: backing.BackingStore,
     base: int,
@@ -283,7 +287,7 @@ def _build_images(
     image_bytes: int,
     disk: int,
 ) -> list[dict[str, Any]]:
-    """Build the scenario's further images in order, each on its base's top layer (as `FROM`), on the one store.
+    """Build the scenario's pre-built further images in order, each on its base's top layer (as `FROM`), on one store.
 
     `tops` starts as {"base": the [image]'s top layer} and gains each image's; `disk` is the store's
     use once the [image] is built. Returns, per image, its own bytes, its base's bytes (the whole
@@ -291,7 +295,7 @@ def _build_images(
     """
     chain = {"base": image_bytes}
     out = []
-    for name, base_name, image in scenario.images(params):
+    for name, base_name, image in images:
         top, after = _build_image(image, driver, store, base, name, tops[base_name] if base_name else None)
         tops[name] = top
         below = chain[base_name] if base_name else 0
@@ -377,10 +381,15 @@ def _measure(run: _CellRun) -> None:
     out["image_bytes"] = image.total_bytes
     out["inspect"]["image"] = driver.inspect(top)
     tops = {"base": top}
-    if s.raw_images:
-        out["images"] = _build_images(s, cell.params, driver, store, base.bytes, tops, image.total_bytes, per_layer[-1])
+    if further := s.images(cell.params):
+        out["images"] = _build_images(further, driver, store, base.bytes, tops, image.total_bytes, per_layer[-1])
     steps = s.steps(cell.params)
-    contents = image.contents() if isinstance(image, SyntheticImage) and any(x.op == "build" for x in steps) else None
+    rebuilt = any(x.op == "build" and "image" not in x.args for x in steps)
+    contents = image.contents() if isinstance(image, SyntheticImage) and rebuilt else None
+    unbuilt = {  # imported by build steps, each sample anew; generated contents made here, untimed
+        name: (base_name, img, img.contents() if isinstance(img, SyntheticImage) else None)
+        for name, base_name, img in s.images(cell.params, prebuilt=False)
+    }
 
     timed_ns = 0  # the measured samples' timed regions, as taken (before the timer overhead comes off)
 
@@ -415,7 +424,16 @@ def _measure(run: _CellRun) -> None:
         if sampling.cold:
             syscalls.drop_caches()
         state = SampleState(
-            driver, image, top, store, base, base_walk, prefix=f"s{rep}", contents=contents, images=tops
+            driver,
+            image,
+            top,
+            store,
+            base,
+            base_walk,
+            prefix=f"s{rep}",
+            contents=contents,
+            images=tops,
+            unbuilt=unbuilt,
         )
         t0 = time.monotonic()
         for step in steps:

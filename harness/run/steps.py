@@ -52,6 +52,8 @@ class SampleState:
     prefix: str
     contents: dict[str, bytes] | None = None
     images: dict[str, str] = field(default_factory=dict)  # image name -> its top layer ("base": `top`)
+    #: [[images]] a build step imports (prebuilt = false): name -> (base image name or None, image, its contents)
+    unbuilt: dict[str, tuple[str | None, Image, dict[str, bytes] | None]] = field(default_factory=dict)
     containers: list[str] = field(default_factory=list)
     mounted: list[str] = field(default_factory=list)
     roots: dict[str, Path] = field(default_factory=dict)
@@ -254,6 +256,8 @@ def _start(state: SampleState, step: Step, record: Recorder) -> None:
             raise RuntimeError("start image = 'committed' needs a 'commit' step before it")
         image = state.committed
     elif name != "base":
+        if name not in state.images:
+            raise RuntimeError(f"start image = {name!r} needs a 'build' step importing it before it")
         image = state.images[name]
     for _ in range(step.args.get("count", 1)):
         cid = f"{state.prefix}c{len(state.containers)}"
@@ -297,13 +301,19 @@ def _commit(state: SampleState, step: Step, record: Recorder) -> None:
 
 
 def _build(state: SampleState, step: Step, record: Recorder) -> None:
-    driver, image, fmt = state.driver, state.image, state.driver.layer_format
-    ids = [f"{state.prefix}b{i}" for i in range(image.layer_count)]
-    contents = state.contents
+    """Build the [image] again as new layers or, with `image`, import that not pre-built image onto
+    its base (a first import: the sample's `release` removes its layers). `start` may name it then."""
+    driver, image, fmt, contents = state.driver, state.image, state.driver.layer_format, state.contents
+    name, parent = step.args.get("image"), None
+    if name is not None:
+        base, image, contents = state.unbuilt[name]
+        parent = state.images[base] if base else None
+    first = len(state.layers)  # ids unique in the sample, however many builds it makes
+    ids = [f"{state.prefix}{name + '-' if name else ''}b{first + i}" for i in range(image.layer_count)]
     before = state.store.usage().bytes
 
     def build() -> None:
-        parent = None
+        nonlocal parent
         for i, layer in enumerate(ids):
             root = driver.create_layer(layer, parent)
             state.layers.append(layer)
@@ -316,6 +326,8 @@ def _build(state: SampleState, step: Step, record: Recorder) -> None:
 
     _timed(record, step.measure, build)
     record("build_disk_bytes", state.store.usage().bytes - before)
+    if name is not None:
+        state.images = {**state.images, name: ids[-1]}  # a copy: the runner's map of pre-built images stays
 
 
 def _usage(state: SampleState, step: Step, record: Recorder) -> None:

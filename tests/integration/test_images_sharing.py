@@ -1,6 +1,6 @@
 """Several images in one store, on real drivers: a base stored once (or copied, on vfs), files shared
 across images on composefs, containers started from a named image, the tutorial's claims on a small run,
-and compressed OCI images packed by the harness and unpacked through the drivers."""
+and compressed OCI images packed by the harness (their unpack through the drivers: test_unpack.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import pytest
 
 from layerbench.analysis.claims import HELD, evaluate
 from layerbench.driver import LayerFormat
-from layerbench.images import oci
 from layerbench.images.image import LayerSpec, SyntheticImage, synthetic_image
 from layerbench.images.image_sources import open_image
 from layerbench.images.oci import COMPRESSIONS, read_image, write_layout
@@ -98,6 +97,7 @@ def test_start_runs_the_named_image_and_expect_fails_naming_the_file(name: str, 
     path = tmp_path / "named.toml"
     path.write_text(NAMED.replace("SHA", "0" * 64))
     app = load_scenario(path).images({})[0][2]
+    assert isinstance(app, SyntheticImage)
     spec = next(f for f in app.layers[0].files if f.path == "etc/app.conf")
     data = SyntheticImage((LayerSpec((spec,)),)).contents()[str(spec.seed)]
     cls = default_plugins().driver(name)
@@ -159,19 +159,3 @@ def test_a_packed_layout_imports_as_the_synthetic_image(compression: str, tmp_pa
         for spec in image.layers[i].files:
             assert (root / spec.path).read_bytes() == contents[str(spec.seed)]
     assert imported.file_paths() == image.file_paths()  # layer 2's whiteout of usr hides the lower files
-
-
-@pytest.mark.parametrize("name", ["overlay2", "erofs", "vfs"])
-def test_unpack_imports_the_compressed_image_through_the_driver(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    require(name)
-    monkeypatch.setitem(oci._cache, "root", tmp_path / "work")
-    scenario = load_scenario(builtin_scenarios()["unpack"], {"bytes": [2_000_000], "compression": ["zstd"]})
-    cls = default_plugins().driver(name)
-    out = run_cell(Cell(scenario, cls, scenario.param_sets()[0], cls.backings[0]), tmp_path / "cell", ONCE)
-    assert out["status"] == "ok", out["error"]
-    assert len(out["metrics"]["unpack_ns"]["samples"]) == 1 and len(out["metrics"]["startup_ns"]["samples"]) == 1
-    assert out["image_bytes"] == 2_000_000  # the imported image holds the synthetic one's bytes
-    assert out["metrics"]["build_disk_bytes"]["samples"][0] >= 0.9 * out["image_bytes"]  # unpacked, not linked
-    assert list((tmp_path / "work" / "oci-cache").glob("*-zstd/index.json"))
