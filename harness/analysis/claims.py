@@ -15,7 +15,7 @@ from typing import Any
 
 from layerbench.units import human
 
-__all__ = ["evaluate", "by_backing", "claims_text", "CLAIMS", "HELD", "NOT_HELD", "NOT_MEASURED"]
+__all__ = ["evaluate", "by_backing", "by_host", "where", "claims_text", "CLAIMS", "HELD", "NOT_HELD", "NOT_MEASURED"]
 
 HELD, NOT_HELD, NOT_MEASURED = "held", "did not hold", "not measured"
 Verdict = tuple[str, str]
@@ -372,15 +372,30 @@ def by_backing(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
+def by_host(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The document once per host of a fleet run with several hosts (by name), else once whole (host "")."""
+    hosts = sorted({cell.get("host") or "" for cell in doc["cells"]})
+    if len(hosts) < 2:
+        return [("", doc)]
+    return [(h, {**doc, "cells": [c for c in doc["cells"] if (c.get("host") or "") == h]}) for h in hosts]
+
+
+def where(row: dict[str, str]) -> str:
+    """` (on xfs, host-a)`: the backing and host a claim's row was decided on, if any."""
+    on = ", ".join(x for x in (row.get("backing"), row.get("host")) if x)
+    return f" (on {on})" if on else ""
+
+
 def evaluate(doc: dict[str, Any]) -> list[dict[str, str]]:
-    """Every claim with its verdict and the figures that decide it, per backing in a backing sweep."""
+    """Every claim with its verdict and the figures that decide it, per host of a fleet and per backing
+    in a backing sweep; a claim that comes out the same everywhere is said once."""
     out = []
-    parts = by_backing(doc)
+    parts = [(h, b, part) for h, whole in by_host(doc) for b, part in by_backing(whole)]
     for claim, check in CLAIMS:
-        found = [(backing, *check(part)) for backing, part in parts]
-        if len({(v, f) for _, v, f in found}) == 1:  # the same everywhere (e.g. not measured): said once
-            found = [("", *found[0][1:])]
-        out += [{"claim": claim, "backing": b, "verdict": v, "figures": f} for b, v, f in found]
+        found = [(host, backing, *check(part)) for host, backing, part in parts]
+        if len({(v, f) for _, _, v, f in found}) == 1:  # the same everywhere (e.g. not measured): said once
+            found = [("", "", *found[0][2:])]
+        out += [{"claim": claim, "host": h, "backing": b, "verdict": v, "figures": f} for h, b, v, f in found]
     return out
 
 
@@ -388,8 +403,7 @@ def claims_text(doc: dict[str, Any]) -> str:
     """The claims as lines a person reads after a run."""
     lines = ["== claims"]
     for row in evaluate(doc):
-        on = f" (on {row['backing']})" if row.get("backing") else ""
-        lines.append(f"[{row['verdict']}]{on} {row['claim']}")
+        lines.append(f"[{row['verdict']}]{where(row)} {row['claim']}")
         if row["figures"]:
             lines.append(f"    {row['figures']}")
     return "\n".join(lines) + "\n"

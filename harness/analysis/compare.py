@@ -84,6 +84,7 @@ class Change:
     judged: float = 1.0
     p: float | None = None
     p_adjusted: float | None = None
+    host: str = ""  # the fleet host both cells ran on ("" outside a fleet run)
 
 
 @dataclass
@@ -231,7 +232,7 @@ def compare_runs(old: dict[str, Any], new: dict[str, Any], threshold: float = 0.
             is_sig, test = adjusted[i] < ALPHA, f"mann-whitney p={p:.2g} (BH {adjusted[i]:.2g})"
         else:
             is_sig, test = significant(xs, ys)
-        scenario, driver, backing, params = key[:4]
+        scenario, driver, backing, params, host = key
         changes.append(
             Change(
                 scenario,
@@ -249,6 +250,7 @@ def compare_runs(old: dict[str, Any], new: dict[str, Any], threshold: float = 0.
                 judged=judged,
                 p=p,
                 p_adjusted=adjusted.get(i),
+                host=host,
             )
         )
     envs = environment(old), environment(new)
@@ -304,7 +306,9 @@ def _context(comp: Comparison) -> list[str]:
 
 def _shown(comp: Comparison, show_all: bool) -> list[Change]:
     shown = [c for c in comp.changes if show_all or c.verdict != "unchanged"]
-    return sorted(shown, key=lambda c: (VERDICTS.index(c.verdict), c.scenario, c.driver, c.backing, c.params, c.metric))
+    return sorted(
+        shown, key=lambda c: (VERDICTS.index(c.verdict), c.scenario, c.driver, c.host, c.backing, c.params, c.metric)
+    )
 
 
 MARKS = {"worse": "+", "better": "-", "changed": "~", "unchanged": " "}
@@ -318,7 +322,7 @@ def _row(c: Change) -> list[str]:
         human(c.old, c.unit),
         human(c.new, c.unit),
         c.scenario,
-        c.driver,
+        c.driver + (f" @ {c.host}" if c.host else ""),
         c.backing or "-",
         params_human(c.params),
         c.metric,

@@ -15,7 +15,7 @@ from layerbench.errors import UserError
 from layerbench.images.image_sources import parse_size
 from layerbench.kernel import safety
 from layerbench.report import build, render
-from layerbench.report.table import comparison_table, run_summary, run_warnings
+from layerbench.report.table import comparison_table, host_suffix, run_summary, run_warnings, several_hosts
 from layerbench.run.progress import duration_text, live_progress
 from layerbench.run.runner import Plan, RunConfig, plan, run, sigterm_as_interrupt
 from layerbench.run.sampling import time_split_lines
@@ -276,7 +276,7 @@ def run_cmd(
                 raise UserError(f"--export-csv {export_csv}: {exc.strerror}") from None
     failed = [c for c in doc["cells"] if c["status"] == "error"]
     if failed:
-        click.echo(failure_summary(failed, len(doc["cells"])), err=True)
+        click.echo(failure_summary(failed, len(doc["cells"]), several_hosts(doc)), err=True)
         sys.exit(EXIT_FAILED)
 
 
@@ -330,12 +330,14 @@ def plan_text(p: Plan, work_root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def failure_summary(failed: list[dict[str, Any]], total: int) -> str:
-    """`2 of 6 cells failed: copy-up overlay2 file_size=4096 on ext4; ...`, the first ten named."""
+def failure_summary(failed: list[dict[str, Any]], total: int, several_hosts: bool = False) -> str:
+    """`2 of 6 cells failed: copy-up overlay2 file_size=4096 on ext4; ...`, the first ten named (with
+    ` @ host` when the run had several hosts)."""
     named = [
         f"{c['scenario']} {c['driver']}"
         + (f" {results.params_text(c['params'])}" if c["params"] else "")
         + f" on {c['backing']}"
+        + host_suffix(c, several_hosts)
         for c in failed[:10]
     ]
     more = f"; and {len(failed) - 10} more (layerbench report lists them)" if len(failed) > 10 else ""

@@ -29,6 +29,7 @@ __all__ = [
     "render_json",
     "read_all",
     "params_key",
+    "row_key",
     "fit_slopes",
     "slope_text",
     "SLOPES",
@@ -60,16 +61,20 @@ class Report:
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     slopes: list[dict[str, Any]] = field(default_factory=list)
-    verdict: Any = None  # harness.verdict.Verdict: drivers against the measures people choose by
+    verdict: Any = None  # report.verdict.Verdict: drivers against the measures people choose by (the first host's)
+    #: (host, Verdict) per host of a fleet run with several hosts, else one ("", verdict)
+    verdicts: list[tuple[str, Any]] = field(default_factory=list)
 
-    def samples(self, scenario: str, driver: str, params: str, metric: str, backing: str | None = None) -> list[float]:
-        """The raw samples of one cell's metric (empty when it was not measured); any backing unless given."""
+    def samples(
+        self, scenario: str, driver: str, params: str, metric: str, backing: str | None = None, host: str | None = None
+    ) -> list[float]:
+        """The raw samples of one cell's metric (empty when it was not measured); any backing or host unless given."""
         for cell in self.doc["cells"]:
-            if (cell["scenario"], cell["driver"], results.params_text(cell["params"])) == (
-                scenario,
-                driver,
-                params,
-            ) and backing in (None, cell.get("backing") or ""):
+            if (
+                (cell["scenario"], cell["driver"], results.params_text(cell["params"])) == (scenario, driver, params)
+                and backing in (None, cell.get("backing") or "")
+                and host in (None, cell.get("host") or "")
+            ):
                 return list(cell.get("metrics", {}).get(metric, {}).get("samples", []))
         return []
 
@@ -81,14 +86,24 @@ class Report:
             seen.setdefault(cell["driver"], set()).add(cell.get("backing") or "")
         return any(len(b) > 1 for b in seen.values())
 
-    def series(self) -> list[tuple[str, str]]:
-        """Every (driver, backing) with cells: drivers in report order, backings in run order."""
-        pairs = dict.fromkeys((c["driver"], c.get("backing") or "") for c in self.doc["cells"])
-        return sorted(pairs, key=lambda p: self.drivers.index(p[0]) if p[0] in self.drivers else len(self.drivers))
+    @property
+    def hosts(self) -> list[str]:
+        """The hosts of a fleet run with several hosts, by name; empty otherwise."""
+        names = sorted({c.get("host") or "" for c in self.doc["cells"]})
+        return names if len(names) > 1 else []
 
-    def label(self, driver: str, backing: str) -> str:
-        """How a column or a line is named: the driver, and `on <backing>` in a backing sweep."""
-        return f"{driver} on {backing}" if self.swept_backings and backing else driver
+    def series(self) -> list[tuple[str, str, str]]:
+        """Every (driver, backing, host) with cells: drivers in report order, then hosts by name, backings in
+        run order."""
+        keys = dict.fromkeys((c["driver"], c.get("backing") or "", c.get("host") or "") for c in self.doc["cells"])
+        rank = self.drivers
+        return sorted(keys, key=lambda k: (rank.index(k[0]) if k[0] in rank else len(rank), k[2]))
+
+    def label(self, driver: str, backing: str, host: str = "") -> str:
+        """How a column or a line is named: the driver, `on <backing>` in a backing sweep, `@ <host>` in a fleet
+        run with several hosts."""
+        name = f"{driver} on {backing}" if self.swept_backings and backing else driver
+        return f"{name} @ {host}" if host and self.hosts else name
 
 
 #: parameters that only set how many samples a set takes: they do not split a line
@@ -103,7 +118,8 @@ def other_params(params: dict[str, Any], swept: str) -> str:
 def _describe(cell: dict[str, Any]) -> str:
     p = results.params_text(cell["params"])
     backing = f" on {cell['backing']}" if cell.get("backing") else ""
-    return f"{cell['scenario']} {cell['driver']}{backing}" + (f" {p}" if p else "")
+    host = f" @ {cell['host']}" if cell.get("host") else ""
+    return f"{cell['scenario']} {cell['driver']}{backing}{host}" + (f" {p}" if p else "")
 
 
 def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
@@ -147,26 +163,31 @@ MIN_R2 = 0.9
 MIN_FIT_POINTS = 3
 
 
+def row_key(row: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """A report row's cell: scenario, driver, backing, parameters and host, as `results.cell_key`."""
+    return row["scenario"], row["driver"], row["backing"], row["params"], row["host"]
+
+
 def fit_slopes(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A least-squares line (numpy.polyfit, degree 1) through the medians of every SLOPES
     metric against its parameter, per scenario, driver and backing (and per set of the
     other parameters, when they do not just follow the swept one). A line through at
     least MIN_FIT_POINTS values with R² of at least MIN_R2 `fits`; the others are kept
     with `fits` false, so a report can say that no straight line describes them."""
-    medians = {(r["scenario"], r["driver"], r["backing"], r["params"], r["metric"]): r["median"] for r in rows}
+    medians = {(*row_key(r), r["metric"]): r["median"] for r in rows}
     out = []
     for metric, param, step in SLOPES:
-        groups: dict[tuple[str, str, str], list[tuple[float, str, float]]] = {}
+        groups: dict[tuple[str, str, str, str], list[tuple[float, str, float]]] = {}
         for cell in cells:
             if param not in cell["params"]:
                 continue
-            scenario, driver, backing, params, _ = results.cell_key(cell)
-            med = medians.get((scenario, driver, backing, params, metric))
+            scenario, driver, backing, params, host = results.cell_key(cell)
+            med = medians.get((scenario, driver, backing, params, host, metric))
             if med is None or math.isnan(med):
                 continue
             rest = other_params(cell["params"], param)
-            groups.setdefault((scenario, driver, backing), []).append((float(cell["params"][param]), rest, med))
-        for (scenario, driver, backing), points in groups.items():
+            groups.setdefault((scenario, driver, backing, host), []).append((float(cell["params"][param]), rest, med))
+        for (scenario, driver, backing, host), points in groups.items():
             unique = len({x for x, _, _ in points}) == len(points)
             lines: dict[str, list[tuple[float, float]]] = {}
             for x, rest, med in points:
@@ -185,6 +206,7 @@ def fit_slopes(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[
                         "scenario": scenario,
                         "driver": driver,
                         "backing": backing,
+                        "host": host,
                         "metric": metric,
                         "param": param,
                         "rest": rest,
@@ -225,6 +247,7 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
             scenarios.index(c["scenario"]),
             params_key(results.params_text(c["params"])),
             drivers.index(c["driver"]),
+            c.get("host") or "",
         )
     )
     rows: list[dict[str, Any]] = []
@@ -235,22 +258,23 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
                     "scenario": cell["scenario"],
                     "driver": cell["driver"],
                     "backing": cell.get("backing") or "",
+                    "host": cell.get("host") or "",
                     "params": results.params_text(cell["params"]),
                     "metric": metric,
                     "unit": data["unit"],
                     **summarize(data["samples"]),
                 }
             )
-    # the baseline's cell on the same backing, else its only cell with these parameters
+    # the baseline's cell on the same host and backing, else its only cell on the host with these parameters
     base: dict[tuple[str, ...], list[float]] = {}
     for r in rows:
         if r["driver"] == baseline:
-            base.setdefault((r["scenario"], r["params"], r["metric"], r["backing"]), []).append(r["median"])
-            base.setdefault((r["scenario"], r["params"], r["metric"]), []).append(r["median"])
+            base.setdefault((r["scenario"], r["params"], r["metric"], r["host"], r["backing"]), []).append(r["median"])
+            base.setdefault((r["scenario"], r["params"], r["metric"], r["host"]), []).append(r["median"])
     for r in rows:
         found = (
-            base.get((r["scenario"], r["params"], r["metric"], r["backing"]))
-            or base.get((r["scenario"], r["params"], r["metric"]))
+            base.get((r["scenario"], r["params"], r["metric"], r["host"], r["backing"]))
+            or base.get((r["scenario"], r["params"], r["metric"], r["host"]))
             or []
         )
         b = found[0] if len(found) == 1 else None
@@ -261,8 +285,10 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
         for d in docs
     ]
     slopes = fit_slopes(doc["cells"], rows)
-    slopes.sort(key=lambda f: drivers.index(f["driver"]) if f["driver"] in drivers else len(drivers))
+    slopes.sort(key=lambda f: (drivers.index(f["driver"]) if f["driver"] in drivers else len(drivers), f["host"]))
     from layerbench.report.verdict import verdict  # it reads REPEAT_PARAMS from here
+
+    verdicts = [(host, verdict(part, drivers)) for host, part in claims.by_host(doc)]
 
     return Report(
         runs=runs,
@@ -275,7 +301,8 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
         notes=notes,
         errors=errors,
         slopes=slopes,
-        verdict=verdict(doc, drivers),
+        verdict=verdicts[0][1],
+        verdicts=verdicts,
     )
 
 
@@ -302,6 +329,7 @@ def render_json(report: Report) -> str:
         "baseline": report.baseline,
         "runs": report.runs,
         "verdict": verdict_dict(report.verdict),
+        "verdicts": [{"host": host, **verdict_dict(v)} for host, v in report.verdicts],
         "rows": report.rows,
         "slopes": report.slopes,
         "claims": report.claims,

@@ -15,7 +15,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from layerbench.analysis import results
-from layerbench.report import Report, other_params, params_key
+from layerbench.report import Report, other_params, params_key, row_key
 from layerbench.report.table import metric_title
 
 __all__ = ["Plot", "LINE_PLOTS", "figures", "line_plots", "box_plots", "plotly_js"]
@@ -103,8 +103,8 @@ def _colors(report: Report) -> dict[str, str]:
     return {d: palette[i % len(palette)] for i, d in enumerate(report.drivers)}
 
 
-def _stats(report: Report) -> dict[tuple[str, str, str, str, str], dict[str, Any]]:
-    return {(r["scenario"], r["driver"], r["backing"], r["params"], r["metric"]): r for r in report.rows}
+def _stats(report: Report) -> dict[tuple[str, str, str, str, str, str], dict[str, Any]]:
+    return {(*row_key(r), r["metric"]): r for r in report.rows}
 
 
 MARKERS = ["circle", "square", "triangle-up", "diamond", "triangle-down", "cross", "x", "star"]
@@ -143,20 +143,21 @@ def _line_plot(
     report: Report, scenario: str, metric: str, param: str, title: str, logx: bool, logy: bool
 ) -> Plot | None:
     stats = _stats(report)
-    points: dict[tuple[str, str], list[tuple[float, str, dict[str, Any]]]] = {}
+    points: dict[tuple[str, str, str], list[tuple[float, str, dict[str, Any]]]] = {}
     for cell in report.doc["cells"]:
         if cell["scenario"] != scenario or param not in cell["params"]:
             continue
-        _, driver, backing, params, _ = results.cell_key(cell)
-        row = stats.get((scenario, driver, backing, params, metric))
+        row = stats.get((*results.cell_key(cell), metric))
         if row is None or row["n"] == 0:
             continue
         rest = other_params(cell["params"], param)
-        points.setdefault((driver, backing), []).append((float(cell["params"][param]), rest, row))
+        points.setdefault((row["driver"], row["backing"], row["host"]), []).append(
+            (float(cell["params"][param]), rest, row)
+        )
     # A driver is one line when each x has one cell (other parameters just follow x, like
     # `samples`); else one line per combination of the other parameters.
     series = report.series()
-    lines: dict[tuple[str, str, str], list[tuple[float, dict[str, Any]]]] = {}
+    lines: dict[tuple[str, str, str, str], list[tuple[float, dict[str, Any]]]] = {}
     for key in sorted(points, key=series.index):
         unique = len({x for x, _, _ in points[key]}) == len(points[key])
         for x, rest, row in sorted(points[key], key=lambda p: (p[1], p[0])):
@@ -167,20 +168,20 @@ def _line_plot(
     factor, unit_name = _family_scale(report, metric)
     colors = _colors(report)
     slopes = {
-        (f["driver"], f["backing"], f["rest"]): f["text"]
+        (f["driver"], f["backing"], f["host"], f["rest"]): f["text"]
         for f in report.slopes
         if (f["scenario"], f["metric"], f["param"]) == (scenario, metric, param) and f["fits"]
     }
     fig = go.Figure()
     dashes = ["solid", "dash", "dot", "dashdot"]
     rests = list(dict.fromkeys(rest for *_, rest in lines))
-    backings = list(dict.fromkeys(b for _, b, _ in lines))
+    backings = list(dict.fromkeys(b for _, b, _, _ in lines))
     x_name = PARAM_NAMES.get(param, param.replace("_", " "))
-    for i, ((driver, backing, rest), pts) in enumerate(lines.items()):
+    for i, ((driver, backing, host, rest), pts) in enumerate(lines.items()):
         pts.sort(key=lambda p: p[0])
         xs = [x for x, _ in pts]
-        label = report.label(driver, backing) + (f" ({_rest_text(rest)})" if rest else "")
-        fitted = slopes.get((driver, backing, rest))
+        label = report.label(driver, backing, host) + (f" ({_rest_text(rest)})" if rest else "")
+        fitted = slopes.get((driver, backing, host, rest))
         if fitted:
             label += f", {fitted}"
         color, group = colors[driver], f"line{i}"
@@ -280,27 +281,33 @@ def _box_plot(report: Report, scenario: str, metric: str) -> Plot | None:
     series = [
         s
         for s in report.series()
-        if any(len(report.samples(scenario, s[0], p, metric, s[1])) >= MIN_BOX_SAMPLES for p in groups)
+        if any(len(report.samples(scenario, s[0], p, metric, *s[1:])) >= MIN_BOX_SAMPLES for p in groups)
     ]
     # a box of identical samples says nothing a table does not: draw only where samples vary
-    if not any(min(x) != max(x) for d, b in series for p in groups if (x := report.samples(scenario, d, p, metric, b))):
+    if not any(
+        min(x) != max(x) for s in series for p in groups if (x := report.samples(scenario, s[0], p, metric, *s[1:]))
+    ):
         return None
     colors = _colors(report)
     factor, unit_name = _family_scale(report, metric)
     labels = dict(zip(groups, _group_labels(groups), strict=True))
     fig = go.Figure()
     everything: list[float] = []
-    for driver, backing in series:
+    for driver, backing, host in series:
         xs: list[str] = []
         ys: list[float] = []
         for params in groups:
-            samples = [v / factor for v in report.samples(scenario, driver, params, metric, backing)]
+            samples = [v / factor for v in report.samples(scenario, driver, params, metric, backing, host)]
             xs += [labels[params]] * len(samples)
             ys += samples
         everything += ys
         fig.add_trace(
             go.Box(
-                x=xs, y=ys, name=report.label(driver, backing), marker={"color": colors[driver]}, boxpoints="outliers"
+                x=xs,
+                y=ys,
+                name=report.label(driver, backing, host),
+                marker={"color": colors[driver]},
+                boxpoints="outliers",
             )
         )  # hover: the quartiles, fences and median in unit_name
     wide = len(groups) > 4

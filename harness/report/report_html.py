@@ -8,9 +8,11 @@ from html import escape
 from layerbench.report import Report
 from layerbench.report.plots import figures, plotly_js
 from layerbench.report.report_md import (
+    HOSTS_NOTE,
     SLOPES_NOTE,
     MdTable,
     claims_table,
+    hosts_table,
     intro,
     scenario_table,
     slopes_table,
@@ -94,23 +96,23 @@ def _anchor(name: str) -> str:
 def _verdict(report: Report) -> list[str]:
     from layerbench.report.verdict import verdict_table
 
-    v = report.verdict
-    if v is None or not v.rows:
+    shown = [(host, v) for host, v in report.verdicts if v.rows]
+    if not shown:
         return []
-    header, body = verdict_table(v)
-    best = {(i, j) for i, (_, _, cells) in enumerate(v.rows) for j, c in enumerate(cells) if c and c.best}
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    rows = []
-    for i, row in enumerate(body):
-        cells = [f"<th>{escape(row[0])}</th>"]
-        cells += [f"<td{' class=best' if (i, j) in best else ''}>{escape(x)}</td>" for j, x in enumerate(row[1:])]
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    out = [
-        '<h2 id="verdict">Verdict</h2>',
-        f'<table class="verdict"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>',
-    ]
-    if v.advice:
-        out += ["<ul class=advice>", *(f"<li>{escape(a)}</li>" for a in v.advice), "</ul>"]
+    out = ['<h2 id="verdict">Verdict</h2>']
+    for host, v in shown:
+        header, body = verdict_table(v)
+        best = {(i, j) for i, (_, _, cells) in enumerate(v.rows) for j, c in enumerate(cells) if c and c.best}
+        head = "".join(f"<th>{escape(h)}</th>" for h in header)
+        rows = []
+        for i, row in enumerate(body):
+            cells = [f"<th>{escape(row[0])}</th>"]
+            cells += [f"<td{' class=best' if (i, j) in best else ''}>{escape(x)}</td>" for j, x in enumerate(row[1:])]
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+        out += [f"<h3>Verdict on {escape(host)}</h3>"] if host else []
+        out.append(f'<table class="verdict"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+        if v.advice:
+            out += ["<ul class=advice>", *(f"<li>{escape(a)}</li>" for a in v.advice), "</ul>"]
     out.append(
         '<p class="desc">Medians; in brackets the ratio to the best driver (green). docs/reports.md, '
         '"The verdict", says which cell each row takes and the rules of the advice.</p>'
@@ -126,7 +128,7 @@ def render_html(report: Report) -> str:
         for r in report.runs
     )
     scenarios = list(dict.fromkeys(r["scenario"] for r in report.rows))
-    toc = ['<a href="#verdict">Verdict</a>'] if report.verdict is not None and report.verdict.rows else []
+    toc = ['<a href="#verdict">Verdict</a>'] if any(v.rows for _, v in report.verdicts) else []
     toc += ['<a href="#claims">Claims</a>'] if report.claims is not None else []
     toc += [f'<a href="#{_anchor(s)}">{escape(s)}</a>' for s in scenarios]
     toc += ['<a href="#warnings">Warnings</a>'] if report.warnings else []
@@ -165,6 +167,9 @@ def render_html(report: Report) -> str:
                 )
             out.append("</div>")
         out.append(_table(scenario_table(report, scenario)))
+        spread = hosts_table(report, scenario)
+        if spread[1]:
+            out += [f'<p class="desc">{escape(HOSTS_NOTE)}</p>', _table(spread)]
         slopes = slopes_table(report, scenario)
         if slopes[1]:
             out += [f'<p class="desc">{escape(SLOPES_NOTE)}</p>', _table(slopes)]

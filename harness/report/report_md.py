@@ -15,6 +15,8 @@ __all__ = [
     "slopes_table",
     "versions_table",
     "claims_table",
+    "hosts_table",
+    "HOSTS_NOTE",
     "intro",
     "MdTable",
     "SLOPES_NOTE",
@@ -42,7 +44,7 @@ NA = "n/a"  # a metric the cell does not measure: never 0
 
 def scenario_table(report: Report, scenario: str, metrics: list[str] | None = None) -> MdTable:
     """One row per parameter set and metric, one column per driver (per driver and backing in a
-    backing sweep): median (×ratio); n/a where a driver does not measure the metric."""
+    backing sweep, and host in a fleet run): median (×ratio); n/a where a driver does not measure the metric."""
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for r in report.rows:
         if r["scenario"] != scenario or (metrics is not None and r["metric"] not in metrics):
@@ -50,9 +52,9 @@ def scenario_table(report: Report, scenario: str, metrics: list[str] | None = No
         text = human(r["median"], r["unit"]) if r["n"] else NA
         if r["driver"] != report.baseline and ratio_text(r["ratio"]):
             text += f" ({ratio_text(r['ratio'])})"
-        cells.setdefault((r["params"], r["metric"]), {})[report.label(r["driver"], r["backing"])] = text
+        cells.setdefault((r["params"], r["metric"]), {})[report.label(r["driver"], r["backing"], r["host"])] = text
     columns = [
-        c for c in dict.fromkeys(report.label(d, b) for d, b in report.series()) if any(c in v for v in cells.values())
+        c for c in dict.fromkeys(report.label(*s) for s in report.series()) if any(c in v for v in cells.values())
     ]
     header = ["params", "metric (median)", *columns]
     return header, [[params_human(p), m, *(v.get(c, NA) for c in columns)] for (p, m), v in cells.items()]
@@ -77,13 +79,15 @@ def stats_table(report: Report, scenario: str) -> MdTable:
     mine = [r for r in report.rows if r["scenario"] == scenario]
     keys = list(dict.fromkeys((r["params"], r["metric"]) for r in mine))
     series = report.series()
-    mine.sort(key=lambda r: (keys.index((r["params"], r["metric"])), series.index((r["driver"], r["backing"]))))
+    mine.sort(
+        key=lambda r: (keys.index((r["params"], r["metric"])), series.index((r["driver"], r["backing"], r["host"])))
+    )
     body = []
     for r in mine:
         low, median, high, iqr, p90, p99, least, most = (
             human(r[k], r["unit"]) for k in ("ci95_low", "median", "ci95_high", "iqr", "p90", "p99", "min", "max")
         )
-        label = report.label(r["driver"], r["backing"])
+        label = report.label(r["driver"], r["backing"], r["host"])
         outliers = f"{r['outliers_mad']}/{r['outliers_tukey']}"
         body.append(
             [
@@ -115,7 +119,7 @@ def slopes_table(report: Report, scenario: str) -> MdTable:
     body = [
         [
             f"{f['metric']} vs {f['param']}" + (f" ({f['rest']})" if f["rest"] else ""),
-            report.label(f["driver"], f["backing"]),
+            report.label(f["driver"], f["backing"], f["host"]),
             f["text"],
             f"{f['r2']:.2f}",
             str(f["points"]),
@@ -124,6 +128,43 @@ def slopes_table(report: Report, scenario: str) -> MdTable:
         if f["scenario"] == scenario
     ]
     return ["growth", "driver", "slope", "R²", "points"], body
+
+
+def hosts_table(report: Report, scenario: str, metrics: list[str] | None = None) -> MdTable:
+    """Across hosts: per parameter set and metric, one column per driver (and backing in a sweep): the
+    lowest – highest of the hosts' medians and their ratio; empty unless the run has several hosts."""
+    if not report.hosts:
+        return [], []
+    medians: dict[tuple[str, str], dict[str, list[float]]] = {}
+    units: dict[str, str] = {}
+    for r in report.rows:
+        if r["scenario"] != scenario or (metrics is not None and r["metric"] not in metrics) or not r["n"]:
+            continue
+        at = medians.setdefault((r["params"], r["metric"]), {})
+        at.setdefault(report.label(r["driver"], r["backing"]), []).append(r["median"])
+        units[r["metric"]] = r["unit"]
+    columns = [
+        c
+        for c in dict.fromkeys(report.label(d, b) for d, b, _ in report.series())
+        if any(c in v for v in medians.values())
+    ]
+
+    def spread(values: list[float] | None, unit: str) -> str:
+        if not values:
+            return NA
+        if len(values) < 2:
+            return "one host"
+        low, high = min(values), max(values)
+        ratio = f"×{high / low:.3g}" if low > 0 else "×∞" if high > 0 else "×1"
+        return f"{human(low, unit)} – {human(high, unit)} ({ratio})"
+
+    header = ["params", "metric (hosts' medians)", *columns]
+    return header, [
+        [params_human(p), m, *(spread(v.get(c), units[m]) for c in columns)] for (p, m), v in medians.items()
+    ]
+
+
+HOSTS_NOTE = "Across hosts: the lowest and highest of the hosts' medians, and highest over lowest."
 
 
 def versions_table(report: Report) -> MdTable:
@@ -153,13 +194,13 @@ def versions_table(report: Report) -> MdTable:
 
 
 def claims_table(report: Report) -> MdTable:
-    """Claim, verdict, figures; and the backing, in a backing sweep (each is decided per backing)."""
+    """Claim, verdict, figures; and the host and the backing where a claim was decided per host of a fleet
+    or per backing of a sweep."""
     assert report.claims is not None
-    if any(c.get("backing") for c in report.claims):
-        return ["claim", "backing", "verdict", "figures"], [
-            [c["claim"], c.get("backing", ""), c["verdict"], c["figures"]] for c in report.claims
-        ]
-    return ["claim", "verdict", "figures"], [[c["claim"], c["verdict"], c["figures"]] for c in report.claims]
+    where = [k for k in ("host", "backing") if any(c.get(k) for c in report.claims)]
+    return ["claim", *where, "verdict", "figures"], [
+        [c["claim"], *(c.get(k, "") for k in where), c["verdict"], c["figures"]] for c in report.claims
+    ]
 
 
 def intro(report: Report) -> str:
@@ -196,14 +237,18 @@ def key_metrics(report: Report, scenario: str) -> list[str]:
 
 
 def verdict_section(report: Report) -> list[str]:
-    """The verdict matrix (best in bold) and the advice, as Markdown lines; empty without a verdict."""
+    """The verdict matrix (best in bold) and the advice, one per host of a fleet run, as Markdown lines;
+    empty without a verdict."""
     from layerbench.report.verdict import verdict_table
 
-    v = report.verdict
-    if v is None or not v.rows:
+    shown = [(host, v) for host, v in report.verdicts if v.rows]
+    if not shown:
         return []
-    out = ["## Verdict", "", *_md(verdict_table(v, ("**", "**")), numeric_from=99), ""]
-    out += [f"- {line}" for line in v.advice] + ([""] if v.advice else [])
+    out = ["## Verdict", ""]
+    for host, v in shown:
+        out += [f"### Verdict on {host}", ""] if host else []
+        out += [*_md(verdict_table(v, ("**", "**")), numeric_from=99), ""]
+        out += [f"- {line}" for line in v.advice] + ([""] if v.advice else [])
     out += [
         (
             "Each value is the median; in brackets its ratio to the best driver's (see docs/reports.md, "
@@ -241,6 +286,11 @@ def _tail(report: Report, warnings: bool) -> list[str]:
     return out
 
 
+def _hosts(report: Report, scenario: str, metrics: list[str] | None = None) -> list[str]:
+    table = hosts_table(report, scenario, metrics)
+    return [f"{HOSTS_NOTE}", "", *_md(table), ""] if table[1] else []
+
+
 def render_md(report: Report) -> str:
     """The short report for a pull request (under 60,000 characters for a default run): the verdict,
     the claims, each scenario's headline metrics side by side, errors and the machine."""
@@ -249,6 +299,7 @@ def render_md(report: Report) -> str:
     for scenario in dict.fromkeys(r["scenario"] for r in report.rows):
         out += [f"### {scenario}", ""]
         out += [*_md(scenario_table(report, scenario, key_metrics(report, scenario))), ""]
+        out += _hosts(report, scenario, key_metrics(report, scenario))
         slopes = slopes_table(report, scenario)
         fitted = [row for row in slopes[1] if row[2].endswith(("per layer", "per file", "per container"))]
         if fitted:
@@ -266,6 +317,7 @@ def render_md_long(report: Report) -> str:
         if description:
             out += [" ".join(description.split()), ""]
         out += [*_md(scenario_table(report, scenario)), ""]
+        out += _hosts(report, scenario)
         slopes = slopes_table(report, scenario)
         if slopes[1]:
             out += [SLOPES_NOTE, "", *_md(slopes), ""]

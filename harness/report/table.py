@@ -11,7 +11,17 @@ from layerbench.analysis.results import params_text, tidy
 from layerbench.analysis.stats import wide_ci
 from layerbench.units import human, params_human, times_text
 
-__all__ = ["comparison_table", "human", "run_warnings", "run_summary", "metric_title", "times_text", "params_human"]
+__all__ = [
+    "comparison_table",
+    "several_hosts",
+    "host_suffix",
+    "human",
+    "run_warnings",
+    "run_summary",
+    "metric_title",
+    "times_text",
+    "params_human",
+]
 
 #: what people call a metric, for titles and axes (others: the name without its unit suffix)
 METRIC_TITLES = {
@@ -50,9 +60,25 @@ def _line(cells: list[str], widths: list[int]) -> str:
     return "  ".join(x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(cells, widths, strict=True)))
 
 
+def several_hosts(doc: dict[str, Any]) -> bool:
+    """Did the run's cells run on more than one host (a fleet run)?"""
+    return len({c.get("host") or "" for c in doc["cells"]}) > 1
+
+
+def host_suffix(cell: dict[str, Any], several: bool) -> str:
+    """` @ host-a` for a cell of a run with several hosts, else empty."""
+    return f" @ {cell['host']}" if several and cell.get("host") else ""
+
+
 def comparison_table(doc: dict[str, Any]) -> str:
-    """Per scenario: one row per parameter set and metric, one column per driver."""
-    rows = sorted(tidy([doc]), key=lambda r: (r["scenario"], _natural(r["params"])))
+    """Per scenario: one row per parameter set and metric, one column per driver (`driver @ host` when the
+    run has several hosts)."""
+    several = several_hosts(doc)
+    rows = []
+    for cell in doc["cells"]:  # tidy's rows, each with its cell's column
+        column = cell["driver"] + host_suffix(cell, several)
+        rows += [{**r, "driver": column} for r in tidy([{"cells": [cell]}])]
+    rows.sort(key=lambda r: (r["scenario"], _natural(r["params"])))
     drivers = sorted({r["driver"] for r in rows})
     out: list[str] = []
     for scenario in dict.fromkeys(r["scenario"] for r in rows):
@@ -68,20 +94,24 @@ def comparison_table(doc: dict[str, Any]) -> str:
         widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
         rule = ["-" * w for w in widths]
         out += [f"== {scenario}", *(_line(xs, widths) for xs in (header, rule, *body)), ""]
-    for c in sorted(doc["cells"], key=lambda c: (c["scenario"], c["driver"])):
+    for c in sorted(doc["cells"], key=lambda c: (c["scenario"], c["driver"], c.get("host") or "")):
         for label, counts in c.get("outcomes", {}).items():
             seen = ", ".join(f"{name} x{n}" for name, n in counts.items())
-            out.append(f"outcome: {c['scenario']} {c['driver']} {c['backing']} {label}: {seen}")
+            out.append(
+                f"outcome: {c['scenario']} {c['driver']} {c['backing']}{host_suffix(c, several)} {label}: {seen}"
+            )
     for c in doc["cells"]:
         if c["status"] != "ok":
-            out.append(f"{c['status']}: {c['scenario']} {c['driver']} {c['params']}: {c.get('error')}")
+            out.append(
+                f"{c['status']}: {c['scenario']} {c['driver']}{host_suffix(c, several)} {c['params']}: {c.get('error')}"
+            )
     return "\n".join(out).rstrip() + "\n"
 
 
 def run_warnings(doc: dict[str, Any]) -> list[str]:
     """Timings whose 95% bootstrap CI of the median is wide (hyperfine-style: a real problem, not one
     outlier), grouped per cell, with parameters as people write them and what to do."""
-    out = []
+    out, several = [], several_hosts(doc)
     for c in doc["cells"]:
         wide = []
         for metric, data in c.get("metrics", {}).items():
@@ -89,6 +119,7 @@ def run_warnings(doc: dict[str, Any]) -> list[str]:
                 wide.append(f"{metric} ±{half:.0%}")
         if wide:
             on = f" on {c['backing']}" if c.get("backing") else ""
+            on += host_suffix(c, several)
             params = f" ({params_human(params_text(c['params']))})" if c["params"] else ""
             out.append(
                 f"{c['scenario']} {c['driver']}{on}{params}: "
@@ -99,10 +130,10 @@ def run_warnings(doc: dict[str, Any]) -> list[str]:
 
 def run_summary(doc: dict[str, Any], path: Path, elapsed_s: float | None = None) -> str:
     """The end of a run: the verdict, the claims, the time taken, how many warnings, the next command."""
-    from layerbench.analysis.claims import claims_text
+    from layerbench.analysis.claims import by_host, claims_text
     from layerbench.report.verdict import verdict, verdict_text
 
-    lines = [verdict_text(verdict(doc)), claims_text(doc)]
+    lines = [verdict_text(verdict(part), host) for host, part in by_host(doc)] + [claims_text(doc)]
     if elapsed_s is None and doc.get("finished_utc") and doc.get("started_utc"):
         stamp = "%Y-%m-%dT%H:%M:%SZ"
         elapsed_s = (

@@ -327,14 +327,16 @@ def verdict_table(v: Verdict, bold: tuple[str, str] = ("", "")) -> tuple[list[st
     return ["measure (lower is better)", *v.labels], body
 
 
-def verdict_text(v: Verdict) -> str:
-    """The matrix and the advice as plain text for a terminal."""
+def verdict_text(v: Verdict, host: str = "") -> str:
+    """The matrix and the advice as plain text for a terminal (titled `== verdict on HOST` for one host of a
+    fleet run)."""
+    title = f"== verdict on {host}" if host else "== verdict"
     header, body = verdict_table(v)
     if not body:
-        return '== verdict\nnone of the verdict\'s measures is in these results (docs/reports.md, "The verdict")\n'
+        return f'{title}\nnone of the verdict\'s measures is in these results (docs/reports.md, "The verdict")\n'
     widths = [max(len(r[i]) for r in (header, *body)) for i in range(len(header))]
     lines = [
-        "== verdict",
+        title,
         *("  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)).rstrip() for r in (header, *body)),
     ]
     if v.advice:
