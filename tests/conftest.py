@@ -13,6 +13,7 @@ import pytest
 
 from layerbench.analysis import results
 from layerbench.driver import Driver
+from layerbench.kernel import mountinfo
 from layerbench.plugins import default_plugins
 from layerbench.run.backing import BackingStore
 
@@ -20,8 +21,7 @@ ROOT = os.geteuid() == 0
 
 
 def _leftovers_under(root: str) -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split()[4] for line in f if line.split()[4].startswith(root)]
+    mounts = mountinfo.points_below(root)
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.splitlines()
     return mounts + [line for line in loops if root in line]
 

@@ -18,6 +18,8 @@ import os
 import stat
 from pathlib import Path
 
+from layerbench.kernel import mountinfo
+
 __all__ = ["page_cache_bytes", "evict", "unavailable"]
 
 #: cachestat(2), Linux 6.5; new syscalls have one number on every architecture but alpha
@@ -68,15 +70,8 @@ def unavailable() -> str | None:
 
 def _mounts_below(root: str) -> dict[str, str]:
     """Mount points strictly below `root`, with their filesystem type."""
-    out = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = fields[4].encode().decode("unicode_escape")
-            fstype = fields[fields.index("-", 6) + 1]
-            if point.startswith(root.rstrip("/") + "/"):
-                out[point] = fstype
-    return out
+    below = set(mountinfo.points_below(root, include_root=False))
+    return {m.point: m.fstype for m in mountinfo.mounts() if m.point in below}
 
 
 def _regular_files(root: Path) -> list[str]:

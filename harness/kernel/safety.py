@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from layerbench.errors import UserError
+from layerbench.kernel import mountinfo
 
 __all__ = ["prepare_work_root", "remove_tree", "check_output_file", "check_output_dir", "MARKER", "DEFAULT_WORK_ROOT"]
 
@@ -90,13 +91,6 @@ def check_output_dir(path: Path, option: str) -> None:
     _writable(existing, f"{option} {path}")
 
 
-def _mounts_below(path: str) -> list[str]:
-    prefix = path.rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
-    return [p for p in points if p.startswith(prefix) or p == path]
-
-
 def remove_tree(path: Path) -> None:
     """Remove `path` without following symlinks and without crossing into anything mounted.
 
@@ -107,7 +101,7 @@ def remove_tree(path: Path) -> None:
         return
     if not path.exists():
         return
-    mounted = _mounts_below(os.path.realpath(path))
+    mounted = mountinfo.points_below(os.path.realpath(path))
     if mounted:
         raise RuntimeError(f"refusing to remove {path}: still mounted below it: {', '.join(mounted)}")
     shutil.rmtree(path)

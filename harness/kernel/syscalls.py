@@ -10,6 +10,8 @@ import ctypes
 import os
 from collections.abc import Sequence
 
+from layerbench.kernel import mountinfo
+
 __all__ = [
     "unmount_below",
     "drop_caches",
@@ -189,18 +191,12 @@ def syncfs(path: str) -> None:
         os.close(fd)
 
 
-def _mount_points() -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        return [line.split()[4].encode().decode("unicode_escape") for line in f]
-
-
 def unmount_below(root: str, include_root: bool = False) -> list[str]:
     """Unmount every mount below `root` (and `root` itself if asked), deepest first.
 
     A busy mount is detached lazily as the last resort. Returns what was unmounted.
     """
-    prefix = root.rstrip("/") + "/"
-    points = [p for p in _mount_points() if p.startswith(prefix) or (include_root and p == root)]
+    points = mountinfo.points_below(root, include_root)
     done = []
     for point in sorted(set(points), key=len, reverse=True):
         try:

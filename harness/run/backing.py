@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerbench.errors import UserError
-from layerbench.kernel import syscalls
+from layerbench.kernel import mountinfo, syscalls
 from layerbench.kernel.safety import remove_tree
 from layerbench.run.ledger import Ledger
 
@@ -90,14 +90,6 @@ def usage(path: Path) -> Usage:
     st = os.statvfs(path)
     inodes = st.f_files - st.f_ffree if st.f_files else None
     return Usage(bytes=(st.f_blocks - st.f_bfree) * st.f_frsize, inodes=inodes)
-
-
-def _mount_points() -> set[str]:
-    points = set()
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            points.add(line.split()[4].encode().decode("unicode_escape"))
-    return points
 
 
 # FS_IOC_FIEMAP (linux/fiemap.h): a 32-byte header, then 56-byte extents.
@@ -178,7 +170,7 @@ def allocated_bytes(root: Path) -> int:
     stays on one filesystem, so physical addresses are comparable. Filesystem metadata
     (b-trees, inline data, journals, inode tables) is not in it: the statvfs delta includes it.
     """
-    skip = _mount_points() - {str(root)}
+    skip = set(mountinfo.mount_points()) - {str(root)}
     seen: set[tuple[int, int]] = set()
     shared: list[tuple[int, int]] = []
     total = 0

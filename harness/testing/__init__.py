@@ -34,6 +34,7 @@ import pytest
 
 from layerbench.driver import Driver, LayerFormat
 from layerbench.images.layer_tar import OPAQUE_XATTR, make_whiteout, set_opaque
+from layerbench.kernel import mountinfo
 from layerbench.kernel.treecopy import copy_tree
 from layerbench.plugins import default_plugins
 from layerbench.run.backing import BackingStore
@@ -430,10 +431,7 @@ def apply_to_diff(op: Op, diff: Path, ref: Path, opaque_xattr: str = OPAQUE_XATT
 
 def mounts_below(root: Path) -> list[str]:
     """Mount points at or below `root`."""
-    prefix = str(root).rstrip("/")
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
-    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+    return mountinfo.points_below(str(root))
 
 
 def default_backing(cls: type[Driver]) -> str:
