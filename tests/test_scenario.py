@@ -261,3 +261,112 @@ def test_bad_images_get_one_line_naming_the_field(tmp_path: Path, old: str, new:
         load_scenario(write(tmp_path, IMAGES.replace(old, new, 1)))
     text = str(err.value)
     assert "\n" not in text and text.startswith(f"{tmp_path / 's.toml'}: ") and message in text
+
+
+PULLED = """
+name = "pull"
+description = "An image imported in each sample, then started."
+[params]
+mb = [3]
+[image]
+layers = 1
+files = 2
+bytes = 1000
+[[images]]
+name = "pulled"
+prebuilt = false
+layers = 3
+files = 30
+bytes = 3_000_000
+seed = 9
+[[step]]
+op = "build"
+image = "pulled"
+measure = "unpack_ns"
+[[step]]
+op = "start"
+image = "pulled"
+"""
+
+
+def test_an_image_not_prebuilt_is_left_for_its_build_step(tmp_path: Path) -> None:
+    s = load_scenario(write(tmp_path, PULLED))
+    params = s.param_sets()[0]
+    assert s.images(params) == []  # the runner builds nothing more before the samples
+    [(name, base, image)] = s.images(params, prebuilt=False)
+    assert (name, base, image.layer_count, image.total_bytes) == ("pulled", None, 3, 3_000_000)
+    build, start = s.steps(params)
+    assert (build.op, build.args, build.measure) == ("build", {"image": "pulled"}, "unpack_ns")
+    assert start.args == {"image": "pulled"}
+
+
+def test_the_estimate_counts_the_imported_image(tmp_path: Path) -> None:
+    from layerbench.plugins import default_plugins
+    from layerbench.run.runner import Cell, estimate_bytes, estimate_inodes
+
+    def cell(text: str, driver: str) -> Cell:
+        s = load_scenario(write(tmp_path, text))
+        return Cell(s, default_plugins().driver(driver), s.param_sets()[0], "ext4")
+
+    small = PULLED.replace("bytes = 3_000_000", "bytes = 3").replace("files = 30", "files = 1")
+    for driver, factor in (("overlay2", 1), ("vfs", 3)):  # vfs: each of the 3 layers a whole copy
+        assert estimate_bytes(cell(PULLED, driver)) - estimate_bytes(cell(small, driver)) >= factor * 3_000_000
+        assert estimate_inodes(cell(PULLED, driver)) > estimate_inodes(cell(small, driver))
+
+
+@pytest.mark.parametrize(
+    "old,new,message",
+    [
+        (
+            'image = "pulled"\nmeasure',
+            'image = "nope"\nmeasure',
+            "step[0].image: 'nope' is unknown; images to import: pulled",
+        ),
+        ('image = "pulled"\nmeasure', 'image = "base"\nmeasure', "step[0].image: 'base' is pre-built (the runner"),
+        ("prebuilt = false", "prebuilt = 0", "images[0].prebuilt: expected true or false"),
+        (
+            "prebuilt = false",
+            'prebuilt = false\ncompression = "zstd"',
+            'images[0].compression: only with source = "synthetic-oci"',
+        ),
+        (
+            "prebuilt = false",
+            'prebuilt = false\nsource = "dir"',
+            "images[0].source: expected one of 'synthetic', 'synthetic-oci'",
+        ),
+        (
+            "prebuilt = false",
+            'prebuilt = false\nsource = "synthetic-oci"\ncompression = "lz4"',
+            "images[0].compression: expected one of",
+        ),
+        (
+            'image = "pulled"\nmeasure = "unpack_ns"\n[[step]]\nop = "start"\nimage = "pulled"',
+            'measure = "unpack_ns"\n[[step]]\nop = "start"',
+            "images[0].prebuilt: false, but no build step imports 'pulled'",
+        ),
+        (
+            'op = "start"\nimage = "pulled"',
+            'op = "start"\nimage = "pulled"\n[[step]]\nop = "build"\nimage = "pulled"',
+            None,
+        ),
+        (
+            "[[step]]",
+            '[[images]]\nname = "app"\nbase = "pulled"\n[[step]]',
+            "images[1].base: 'pulled' is not pre-built",
+        ),
+    ],
+)
+def test_bad_imported_images_get_one_line_naming_the_field(
+    tmp_path: Path, old: str, new: str, message: str | None
+) -> None:
+    assert old in PULLED
+    text = PULLED.replace(old, new, 1)
+    if message is None:  # starting it before a build step imports it
+        text = PULLED.replace('op = "build"\nimage = "pulled"\nmeasure = "unpack_ns"\n', 'op = "usage"\n', 1) + (
+            '[[step]]\nop = "build"\nimage = "pulled"\n'
+        )
+        message = "step[1].image: 'pulled' is not pre-built: a build step must import it first"
+    with pytest.raises(UserError) as err:
+        load_scenario(write(tmp_path, text))
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"{tmp_path / 's.toml'}: ")
+    assert message in str(err.value)
