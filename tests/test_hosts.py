@@ -123,3 +123,15 @@ def test_compare_pairs_every_cell_on_its_own_host(doc: dict[str, Any]) -> None:
     changes, notes = compare.compare(doc, moved)
     assert {c.host for c in changes} == {"lb-h8-b"}
     assert any("only in the old run" in n and "lb-h8-a" in n for n in notes)
+
+
+def test_a_local_run_beside_a_fleet_run_is_one_more_host(doc: dict[str, Any]) -> None:
+    fleet = {**doc, "cells": [c for c in doc["cells"] if c["host"] == "lb-h8-b"]}
+    local = {**doc, "label": "local", "cells": []}
+    del local["hosts"]
+    for c in doc["cells"]:
+        if c["host"] == "lb-h8-a":
+            local["cells"].append({k: v for k, v in c.items() if k != "host"})
+    report = build([fleet, local])
+    assert report.hosts == ["lb-h8-b", doc["machine"]["name"]] and not report.notes  # nothing replaced
+    assert f"overlay2 @ {doc['machine']['name']}" in render(report, "md")

@@ -123,13 +123,17 @@ def _describe(cell: dict[str, Any]) -> str:
 
 
 def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
-    """One document of every run's cells; a cell in a later run replaces the same cell before."""
+    """One document of every run's cells; a cell in a later run replaces the same cell before. Beside a
+    fleet run's cells, a local run's cells take its machine's name as their host."""
     merged: dict[str, Any] = {**docs[0], "scenarios": {}, "drivers": {}, "cells": []}
     by_key: dict[tuple[str, ...], int] = {}
+    fleet = any(c.get("host") for doc in docs for c in doc["cells"])
     for doc in docs:
         merged["scenarios"].update(doc["scenarios"])
         merged["drivers"].update(doc["drivers"])
         for cell in doc["cells"]:
+            if fleet and not cell.get("host"):  # a local run beside a fleet's: its machine is its host
+                cell = {**cell, "host": (doc.get("machine") or {}).get("name") or doc["label"]}
             key = results.cell_key(cell)
             if key in by_key:
                 notes.append(f"{_describe(cell)} is in several runs; showing the one from {doc['label']}")

@@ -176,6 +176,7 @@ def _line_plot(
     dashes = ["solid", "dash", "dot", "dashdot"]
     rests = list(dict.fromkeys(rest for *_, rest in lines))
     backings = list(dict.fromkeys(b for _, b, _, _ in lines))
+    hosts = list(dict.fromkeys(h for _, _, h, _ in lines))
     x_name = PARAM_NAMES.get(param, param.replace("_", " "))
     for i, ((driver, backing, host, rest), pts) in enumerate(lines.items()):
         pts.sort(key=lambda p: p[0])
@@ -209,7 +210,7 @@ def _line_plot(
                 line={
                     "color": color,
                     "width": 3 if i == 0 else 2,
-                    "dash": dashes[(rests.index(rest) + backings.index(backing)) % len(dashes)],
+                    "dash": dashes[(rests.index(rest) + backings.index(backing) + hosts.index(host)) % len(dashes)],
                 },
                 marker={
                     "symbol": MARKERS[i % len(MARKERS)] + ("-open" if i % 2 else ""),

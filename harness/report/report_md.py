@@ -132,7 +132,7 @@ def slopes_table(report: Report, scenario: str) -> MdTable:
 
 def hosts_table(report: Report, scenario: str, metrics: list[str] | None = None) -> MdTable:
     """Across hosts: per parameter set and metric, one column per driver (and backing in a sweep): the
-    lowest – highest of the hosts' medians and their ratio; empty unless the run has several hosts."""
+    lowest – highest of the hosts' medians and their ratio; no rows unless some metric ran on several hosts."""
     if not report.hosts:
         return [], []
     medians: dict[tuple[str, str], dict[str, list[float]]] = {}
@@ -159,6 +159,8 @@ def hosts_table(report: Report, scenario: str, metrics: list[str] | None = None)
         return f"{human(low, unit)} – {human(high, unit)} ({ratio})"
 
     header = ["params", "metric (hosts' medians)", *columns]
+    if all(len(values) < 2 for at in medians.values() for values in at.values()):
+        return header, []  # no metric ran on two hosts: nothing to spread
     return header, [
         [params_human(p), m, *(spread(v.get(c), units[m]) for c in columns)] for (p, m), v in medians.items()
     ]
