@@ -51,7 +51,8 @@ def test_load_raw_gives_every_sample() -> None:
 
 def test_load_reads_a_directory_like_report() -> None:
     frame = results.load(REFERENCE)
-    assert set(frame.run) == {"default", "quick", "extras", "zfs", "backing"}
+    labels = {path.stem.split("_", 1)[1] for path in REFERENCE.glob("*.json")}  # <stamp>_<label>.json
+    assert {"default", "quick", "extras", "zfs", "backing"} <= labels and set(frame.run) == labels
     with pytest.raises(UserError, match="no results files"):
         results.load(Path(__file__).parent / "data" / "golden")
 
