@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,10 +124,14 @@ def _describe(cell: dict[str, Any]) -> str:
 
 
 def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
-    """One document of every run's cells; a cell in a later run replaces the same cell before. Beside a
-    fleet run's cells, a local run's cells take its machine's name as their host."""
+    """One document of every run's cells; a cell in a later run replaces the same cell before (one
+    note says how many, and from which runs). Beside a fleet run's cells, a local run's cells take
+    its machine's name as their host."""
     merged: dict[str, Any] = {**docs[0], "scenarios": {}, "drivers": {}, "cells": []}
     by_key: dict[tuple[str, ...], int] = {}
+    label_of: dict[tuple[str, ...], str] = {}
+    shown: Counter[str] = Counter()  # run label -> cells it shows in place of an earlier run's
+    involved: dict[str, None] = {}
     fleet = any(c.get("host") for doc in docs for c in doc["cells"])
     for doc in docs:
         merged["scenarios"].update(doc["scenarios"])
@@ -136,11 +141,21 @@ def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
                 cell = {**cell, "host": (doc.get("machine") or {}).get("name") or doc["label"]}
             key = results.cell_key(cell)
             if key in by_key:
-                notes.append(f"{_describe(cell)} is in several runs; showing the one from {doc['label']}")
+                involved.update(dict.fromkeys((label_of[key], doc["label"])))
+                shown[doc["label"]] += 1
                 merged["cells"][by_key[key]] = cell
             else:
                 by_key[key] = len(merged["cells"])
                 merged["cells"].append(cell)
+            label_of[key] = doc["label"]
+    if shown:
+        runs = ", ".join(involved)
+        winners = ", ".join(f"{n} from {label}" for label, n in shown.items())
+        notes.append(
+            f"{sum(shown.values())} cells are in several of these runs ({runs}); each shows the last run "
+            f"given ({winners}). Report one run's file to see that run alone, or compare two with "
+            f"`layerbench compare OLD NEW`"
+        )
     return merged
 
 
