@@ -34,7 +34,7 @@ from typing import ClassVar
 
 from layerbench.kernel import syscalls
 
-from ._common import fs_in_kernel, needs_root, remove_tree
+from ._common import fs_in_kernel, remove_tree
 from .containerd_overlayfs import ContainerdOverlayfsDriver
 
 __all__ = ["ImageLayersDriver", "mount_via_loop", "detach_loops_under", "run_tool"]
@@ -127,10 +127,8 @@ class ImageLayersDriver(ContainerdOverlayfsDriver):
 
     @classmethod
     def probe(cls) -> str | None:
-        if reason := needs_root():
+        if reason := super().probe():
             return reason
-        if not fs_in_kernel("overlay"):
-            return "the kernel has no overlay filesystem (modprobe overlay)"
         if not fs_in_kernel(cls.image_fs):
             return f"the kernel has no {cls.image_fs} filesystem in /proc/filesystems (modprobe {cls.image_fs})"
         tool, package = cls.image_tool

@@ -31,7 +31,7 @@ from typing import ClassVar
 from layerbench.driver import Driver, LayerFormat, Style
 from layerbench.kernel import syscalls
 
-from ._common import Lineage, remove_tree, unmount_below
+from ._common import Lineage, fs_in_kernel, needs_root, remove_tree, unmount_below
 
 __all__ = ["PAGE", "Options", "mount_overlay", "options_text", "overlay_data", "OverlayMount", "OverlayLayout"]
 
@@ -131,6 +131,15 @@ class OverlayLayout(Driver):
     layer_format = LayerFormat.DIFF
     #: overlay mount options beyond the dirs (a None value is a flag)
     mount_options: ClassVar[tuple[tuple[str, str | None], ...]] = (("index", "off"),)
+
+    @classmethod
+    def probe(cls) -> str | None:
+        """Root (for the mounts) and overlay in the kernel; subclasses add what they need beyond."""
+        if reason := needs_root():
+            return reason
+        if not fs_in_kernel("overlay"):
+            return "the kernel has no overlay filesystem (modprobe overlay)"
+        return None
 
     def setup(self) -> None:
         self.new_api = syscalls.has_new_mount_api()

@@ -50,7 +50,7 @@ from pathlib import Path
 from layerbench.kernel import syscalls
 from layerbench.kernel.treecopy import copy_tree
 
-from ._common import fs_in_kernel, needs_root, remove_tree
+from ._common import fs_in_kernel, remove_tree
 from ._overlay import OverlayLayout, OverlayMount, mount_overlay
 
 __all__ = ["ComposefsDriver", "MKFS_OPTIONS"]
@@ -338,12 +338,10 @@ class ComposefsDriver(OverlayLayout):
 
     @classmethod
     def probe(cls) -> str | None:
-        if reason := needs_root():
+        if reason := super().probe():
             return reason
         if not fs_in_kernel("erofs"):
             return "the kernel has no erofs filesystem (modprobe erofs; CONFIG_EROFS_FS)"
-        if not fs_in_kernel("overlay"):
-            return "the kernel has no overlay filesystem (modprobe overlay)"
         if shutil.which("mkfs.erofs") is None:
             return "mkfs.erofs is not installed (apt-get install erofs-utils)"
         return _self_test()[0]

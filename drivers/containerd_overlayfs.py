@@ -39,7 +39,7 @@ from pathlib import Path
 from layerbench.kernel import syscalls
 from layerbench.kernel.treecopy import copy_tree
 
-from ._common import fs_in_kernel, needs_root, remove_tree
+from ._common import remove_tree
 from ._overlay import OverlayLayout, OverlayMount
 
 __all__ = ["ContainerdOverlayfsDriver"]
@@ -54,14 +54,6 @@ class ContainerdOverlayfsDriver(OverlayLayout):
     backings = ("ext4", "xfs", "btrfs")
     in_default_run = False  # run it with -d containerd-overlayfs or -d all
     mount_options = (("index", "off"),)  # containerd adds index=off where the kernel knows it
-
-    @classmethod
-    def probe(cls) -> str | None:
-        if reason := needs_root():
-            return reason
-        if not fs_in_kernel("overlay"):
-            return "the kernel has no overlay filesystem (modprobe overlay)"
-        return None
 
     def setup(self) -> None:
         super().setup()

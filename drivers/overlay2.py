@@ -24,7 +24,7 @@ from typing import ClassVar
 from layerbench.kernel import syscalls
 from layerbench.kernel.treecopy import copy_tree
 
-from ._common import fs_in_kernel, needs_root, remove_tree
+from ._common import remove_tree
 from ._overlay import OverlayLayout, OverlayMount
 
 _random = random.Random()
@@ -57,14 +57,6 @@ class Overlay2Driver(OverlayLayout):
     in_default_run = True
     #: overlay mount options beyond the dirs, as Docker passes them (a None value is a flag)
     mount_options: ClassVar[tuple[tuple[str, str | None], ...]] = (("index", "off"),)
-
-    @classmethod
-    def probe(cls) -> str | None:
-        if reason := needs_root():
-            return reason
-        if not fs_in_kernel("overlay"):
-            return "the kernel has no overlay filesystem (modprobe overlay)"
-        return None
 
     @classmethod
     def versions(cls) -> dict[str, str]:

@@ -288,7 +288,7 @@ def cell_key(cell: dict[str, Any]) -> tuple[str, str, str, str, str]:
 
 
 def tidy(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per scenario x driver x backing x parameter set x metric, summarised."""
+    """One row per scenario x driver x backing x host x parameter set x metric, summarised."""
     rows = []
     for doc in docs:
         for cell in doc["cells"]:
@@ -298,6 +298,7 @@ def tidy(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                         "scenario": cell["scenario"],
                         "driver": cell["driver"],
                         "backing": cell.get("backing") or "",
+                        "host": cell.get("host") or "",
                         "params": params_text(cell["params"]),
                         "metric": metric,
                         "unit": data["unit"],

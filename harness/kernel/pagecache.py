@@ -20,7 +20,7 @@ from pathlib import Path
 
 from layerbench.kernel import mountinfo
 
-__all__ = ["page_cache_bytes", "evict", "unavailable"]
+__all__ = ["page_cache_bytes", "drop_pages", "evict", "unavailable"]
 
 #: cachestat(2), Linux 6.5; new syscalls have one number on every architecture but alpha
 _SYS_CACHESTAT = 451
@@ -122,14 +122,19 @@ def page_cache_bytes(root: Path) -> int:
     return pages * _PAGE
 
 
+def drop_pages(fd: int) -> None:
+    """Write the open file's dirty pages back, then drop all its pages from the page cache."""
+    os.fdatasync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def evict(root: Path) -> None:
-    """Drop the clean pages of the files under `root` (POSIX_FADV_DONTNEED), where drop_caches is not allowed."""
+    """Drop the pages of the files under `root` (POSIX_FADV_DONTNEED), where drop_caches is not allowed."""
     for path in _regular_files(root):
         fd = _open(path)
         if fd is None:
             continue
         try:
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            drop_pages(fd)
         finally:
             os.close(fd)

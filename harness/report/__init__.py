@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from layerbench.analysis import claims, results
-from layerbench.analysis.stats import summarize
 from layerbench.errors import UserError
 from layerbench.report.table import run_warnings
 
@@ -269,21 +268,7 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
             c.get("host") or "",
         )
     )
-    rows: list[dict[str, Any]] = []
-    for cell in doc["cells"]:
-        for metric, data in cell.get("metrics", {}).items():
-            rows.append(
-                {
-                    "scenario": cell["scenario"],
-                    "driver": cell["driver"],
-                    "backing": cell.get("backing") or "",
-                    "host": cell.get("host") or "",
-                    "params": results.params_text(cell["params"]),
-                    "metric": metric,
-                    "unit": data["unit"],
-                    **summarize(data["samples"]),
-                }
-            )
+    rows = results.tidy([doc])
     # the baseline's cell on the same host and backing, else its only cell on the host with these parameters
     base: dict[tuple[str, ...], list[float]] = {}
     for r in rows:

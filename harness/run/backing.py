@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerbench.errors import UserError
-from layerbench.kernel import mountinfo, syscalls
+from layerbench.kernel import mountinfo, pagecache, syscalls
 from layerbench.kernel.safety import remove_tree
 from layerbench.run.ledger import Ledger
 
@@ -228,8 +228,7 @@ def forget_pages(path: Path) -> None:
     """Write the file back and drop its pages from the host's page cache (POSIX_FADV_DONTNEED)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        pagecache.drop_pages(fd)
     finally:
         os.close(fd)
 

@@ -546,15 +546,7 @@ def run_cell(
         out["error"] = _error_text(cell, exc, store)
     finally:
         measured_until = time.monotonic()
-        try:
-            syscalls.unmount_below(str(store.mountpoint / cell.driver.name))
-            for driver in drivers:
-                driver.close()
-        finally:
-            store.close()
-            safety.remove_tree(workdir)
-            if ledger is not None:
-                ledger.released("dir", workdir)
+        _release(store, drivers, workdir, ledger, below=store.mountpoint / cell.driver.name)
         out["metrics"] = {m: {"unit": results.unit_of(m), "samples": v} for m, v in recorded.items()}
         out["outcomes"] = {k: dict(v) for k, v in outcomes.items()}
         ended = time.monotonic()
@@ -564,6 +556,22 @@ def run_cell(
         split["teardown"] = round(ended - measured_until, 3)
         out["duration_s"] = round(ended - started, 3)
     return out
+
+
+def _release(
+    store: backing.BackingStore, drivers: list[Driver], workdir: Path, ledger: Ledger | None, below: Path | None = None
+) -> None:
+    """Release a cell's resources, after errors too: mounts below `below`, the drivers, the store, `workdir`."""
+    try:
+        if below is not None:
+            syscalls.unmount_below(str(below))
+        for driver in drivers:
+            driver.close()
+    finally:
+        store.close()
+        safety.remove_tree(workdir)
+        if ledger is not None:
+            ledger.released("dir", workdir)
 
 
 def build_template(cell: Cell, workdir: Path, size_bytes: int, inodes: int, ledger: Ledger | None = None) -> Template:
@@ -599,14 +607,7 @@ def build_template(cell: Cell, workdir: Path, size_bytes: int, inodes: int, ledg
         store.close(keep_file=True)
         return template
     except BaseException:
-        try:
-            if driver is not None:
-                driver.close()
-        finally:
-            store.close()
-            safety.remove_tree(workdir)
-            if ledger is not None:
-                ledger.released("dir", workdir)
+        _release(store, [driver] if driver is not None else [], workdir, ledger)
         raise
 
 

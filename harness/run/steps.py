@@ -458,8 +458,7 @@ def _evict(paths: list[str]) -> None:
     for p in paths:
         fd = _open(p, os.O_RDONLY)
         try:
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            pagecache.drop_pages(fd)
         finally:
             os.close(fd)
 
