@@ -9,6 +9,7 @@ and spreads the rest over the layers above, at least one file each.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ class SyntheticImage:
         apply_layer(root, layer.files, layer_format, contents)
 
 
+@functools.lru_cache(maxsize=8)  # a cell asks for its image more than once; generation is the slow part
 def synthetic_image(
     layers: int,
     files: int,
