@@ -181,13 +181,20 @@ def apply_layer(
     a layer entry over a non-directory; with `LayerFormat.DIFF` the directory is
     empty to begin with and only the layer's own files land in it.
     """
+    base, made = os.fspath(root), set()  # the directories made so far: one makedirs per directory
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     for spec in files:
-        path = root / spec.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if os.path.lexists(path):
-            path.unlink()
+        path = f"{base}/{spec.path}"
+        parent = os.path.dirname(path)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
         data = contents[str(spec.seed)] if contents is not None else _content(spec)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, spec.mode)
+        try:
+            fd = os.open(path, flags, spec.mode)
+        except FileExistsError:  # a lower layer's file (FULL) or an earlier entry: replace it
+            os.unlink(path)
+            fd = os.open(path, flags, spec.mode)
         try:
             view = memoryview(data)
             while view:
