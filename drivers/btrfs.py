@@ -12,6 +12,7 @@ import os
 import shutil
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 from layerbench.driver import Driver, LayerFormat, Style
@@ -22,6 +23,13 @@ BTRFS_IOC_SUBVOL_CREATE = 0x5000940E
 BTRFS_IOC_SNAP_DESTROY = 0x5000940F
 BTRFS_IOC_SNAP_CREATE_V2 = 0x50009417
 BTRFS_IOC_SYNC = 0x9408
+BTRFS_IOC_TREE_SEARCH = 0xD0009411  # _IOWR(0x94, 17, struct btrfs_ioctl_search_args), 4096 bytes
+_ROOT_TREE = 1
+_ORPHAN_OBJECTID = 2**64 - 5  # BTRFS_ORPHAN_OBJECTID: a deleted subvolume not yet cleaned has one
+_ORPHAN_ITEM_KEY = 48
+_U64_MAX = 2**64 - 1
+_SETTLE_POLL_S = 0.005
+_SETTLE_LIMIT_S = 120.0
 _VOL_ARGS_SIZE = 4096  # struct btrfs_ioctl_vol_args: int64 fd; char name[4088]
 _V2_NAME_OFFSET = 56  # struct btrfs_ioctl_vol_args_v2: fd, transid, flags, union[32], name
 
@@ -31,6 +39,30 @@ def _vol_args(name: str) -> bytearray:
     encoded = name.encode()
     buf[8 : 8 + len(encoded)] = encoded
     return buf
+
+
+def _cleaner_pending(dirfd: int) -> bool:
+    """Whether a deleted subvolume still waits for btrfs's cleaner: an orphan item of the root
+    tree names it until the cleaner has dropped it (what `btrfs subvolume sync` looks for)."""
+    buf = bytearray(4096)  # struct btrfs_ioctl_search_key, then the result buffer
+    struct.pack_into(
+        "=7Q4I",
+        buf,
+        0,
+        _ROOT_TREE,
+        _ORPHAN_OBJECTID,
+        _ORPHAN_OBJECTID,
+        0,
+        _U64_MAX,
+        0,
+        _U64_MAX,
+        _ORPHAN_ITEM_KEY,
+        _ORPHAN_ITEM_KEY,
+        1,  # nr_items: one is enough to know
+        0,
+    )
+    fcntl.ioctl(dirfd, BTRFS_IOC_TREE_SEARCH, buf)
+    return struct.unpack_from("=I", buf, 7 * 8 + 2 * 4)[0] > 0
 
 
 def _snap_args(source_fd: int, name: str) -> bytearray:
@@ -117,10 +149,20 @@ class BtrfsDriver(Driver):
     def settle(self) -> None:
         # A destroyed subvolume is freed by btrfs's cleaner thread later; wait for it so
         # the next sample's disk usage does not carry the last one's garbage.
-        # BTRFS_IOC_SYNC commits and wakes the cleaner; syncfs alone leaves it asleep
-        # until the 30 s commit timer.
+        # BTRFS_IOC_SYNC commits and wakes the cleaner (syncfs alone leaves it asleep until
+        # the 30 s commit timer); then poll the root tree's orphan items every 5 ms, as
+        # `btrfs subvolume sync` does every second.
         fcntl.ioctl(self._dirfd, BTRFS_IOC_SYNC)
-        subprocess.run(["btrfs", "subvolume", "sync", str(self.subvolumes)], capture_output=True, check=True)
+        started = woken = time.monotonic()
+        while _cleaner_pending(self._dirfd):
+            now = time.monotonic()
+            if now - started > _SETTLE_LIMIT_S:
+                raise TimeoutError(f"btrfs's cleaner did not free the deleted subvolumes in {_SETTLE_LIMIT_S:g} s")
+            if now - woken > 1.0:  # the cleaner went back to sleep with work left: wake it again
+                fcntl.ioctl(self._dirfd, BTRFS_IOC_SYNC)
+                woken = now
+            time.sleep(_SETTLE_POLL_S)
+        fcntl.ioctl(self._dirfd, BTRFS_IOC_SYNC)  # the cleaner's own changes, committed
 
     def close(self) -> None:
         if getattr(self, "_dirfd", None) is not None:
