@@ -48,13 +48,13 @@ def mounts(pid: int | str = "self") -> list[Mount]:
     return out
 
 
-def mount_points() -> list[str]:
-    """Every mount point of this process's namespace, in mount order."""
-    return [m.point for m in mounts()]
+def mount_points(pid: int | str = "self") -> list[str]:
+    """Every mount point in the mount namespace of `pid` (default: this process's), in mount order."""
+    return [m.point for m in mounts(pid)]
 
 
-def points_below(root: str, include_root: bool = True) -> list[str]:
-    """Mount points below `root` (and `root` itself, if asked), in mount order."""
+def points_below(root: str, include_root: bool = True, *, pid: int | str = "self") -> list[str]:
+    """Mount points below `root` (and `root` itself, if asked) in the namespace of `pid`, in mount order."""
     root = root.rstrip("/") or "/"
     prefix = root if root == "/" else root + "/"
-    return [p for p in mount_points() if p.startswith(prefix) or (include_root and p == root)]
+    return [p for p in mount_points(pid) if p.startswith(prefix) or (include_root and p == root)]

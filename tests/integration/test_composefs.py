@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from layerbench.driver import Driver
+from layerbench.images.build import build_image, files_image
 from layerbench.images.image import FileSpec, LayerSpec, SyntheticImage, synthetic_image
 from layerbench.kernel import syscalls
 from layerbench.testing import Tree, compare, snapshot
@@ -32,15 +33,8 @@ def _objects(driver: Driver) -> list[Path]:
 
 def _build(driver: Driver, image: SyntheticImage, prefix: str) -> str:
     """Build `image` as a layer stack named `<prefix>0`, `<prefix>1`...; return the top layer."""
-    parent = None
-    contents = image.contents()
-    for i in range(image.layer_count):
-        layer = f"{prefix}{i}"
-        image.apply(i, driver.create_layer(layer, parent), driver.layer_format, contents)
-        driver.seal_layer(layer)
-        parent = layer
-    assert parent is not None
-    return parent
+    ids = [f"{prefix}{i}" for i in range(image.layer_count)]
+    return build_image(driver, image, ids=ids, contents=image.contents())
 
 
 def _twin_images(total: int = 32 * MiB) -> tuple[SyntheticImage, SyntheticImage, float]:
@@ -84,18 +78,12 @@ def test_two_images_sharing_90_percent_cost_under_1_2x_on_composefs_and_about_2x
 
 
 def test_an_object_is_stored_once_however_many_layers_and_images_hold_it(tmp_path: Path) -> None:
-    same, other = os.urandom(3 * MiB), os.urandom(MiB)
+    one = files_image([(FileSpec(f"copy{i}", 3 * MiB, seed=1),) for i in range(4)])  # the same bytes, four layers
+    two = files_image([(FileSpec("again", 3 * MiB, seed=1), FileSpec("new", MiB, seed=2))])  # again, and new ones
+    same, other = two.contents()["1"], two.contents()["2"]
     with driver_on_store("composefs", tmp_path) as (driver, _):
-        parent = None
-        for i in range(4):  # one image: the same bytes in four layers, at four paths
-            root = driver.create_layer(f"l{i}", parent)
-            (root / f"copy{i}").write_bytes(same)
-            driver.seal_layer(f"l{i}")
-            parent = f"l{i}"
-        root = driver.create_layer("x0", None)  # a second image: the same bytes again, and new ones
-        (root / "again").write_bytes(same)
-        (root / "new").write_bytes(other)
-        driver.seal_layer("x0")
+        build_image(driver, one, ids=[f"l{i}" for i in range(4)])
+        build_image(driver, two, ids=["x0"])
         driver.create_container("c", "l3")
         (driver.mount("c") / "written-in-a-container").write_bytes(same)
         driver.unmount("c")

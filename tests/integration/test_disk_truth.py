@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from layerbench.driver import Driver
+from layerbench.images.build import build_image
 from layerbench.images.image import synthetic_image
 from layerbench.plugins import default_plugins
 from layerbench.report.table import comparison_table
@@ -42,12 +43,7 @@ def tool(cmd: list[str]) -> str:
 def populate(driver: Driver, containers: int) -> None:
     """An image of 3 layers (300 files, 24 MB), `containers` containers, each writing 1 MiB and changing a file."""
     image = synthetic_image(layers=3, files=300, total_bytes=24_000_000, seed=3)
-    parent = None
-    for i in range(image.layer_count):
-        image.apply(i, driver.create_layer(f"l{i}", parent), driver.layer_format)
-        driver.seal_layer(f"l{i}")
-        parent = f"l{i}"
-    assert parent is not None
+    parent = build_image(driver, image, ids=[f"l{i}" for i in range(image.layer_count)])
     victim = image.file_paths()[0]
     for c in range(containers):
         driver.create_container(f"c{c}", parent)

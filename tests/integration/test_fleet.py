@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from layerbench.analysis import results
 from layerbench.cli import main
+from layerbench.kernel import mountinfo
 from layerbench.run.fleet import run_fleet
 from layerbench.run.ledger import release_abandoned
 from layerbench.run.runner import RunConfig, run
@@ -277,8 +278,7 @@ def _children(pid: int) -> list[int]:
 
 def _mounts_under(root: str) -> list[str]:
     """Mounts only: a loop device is attached before its store is mounted."""
-    with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f if line.split()[4].startswith(root)]
+    return mountinfo.points_below(root)
 
 
 def test_a_worker_killed_mid_cell_leaves_that_cell_an_error_and_cleanup_releases_it(

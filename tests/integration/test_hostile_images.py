@@ -24,7 +24,7 @@ import pytest
 
 from layerbench.driver import Driver
 from layerbench.images.image_sources import open_image
-from layerbench.kernel import syscalls
+from layerbench.kernel import mountinfo, syscalls
 from layerbench.plugins import default_plugins
 from layerbench.run import userns
 from layerbench.run.runner import RunConfig, run
@@ -190,14 +190,8 @@ def test_device_nodes_fifos_and_symlink_loops_in_an_image_leave_the_host_alone(t
 
 def _mount_options(below: Path) -> dict[str, set[str]]:
     """Per-mount options (mountinfo field 6) of every mount at or below `below`, by mount point."""
-    out = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = fields[4].encode().decode("unicode_escape")
-            if point == str(below) or point.startswith(f"{below}/"):
-                out[point] = set(fields[5].split(","))
-    return out
+    points = set(mountinfo.points_below(str(below)))
+    return {m.point: set(m.options) for m in mountinfo.mounts() if m.point in points}
 
 
 def _container_of(driver: Driver, archive: Path) -> Path:

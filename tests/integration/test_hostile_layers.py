@@ -17,6 +17,7 @@ import pytest
 
 from layerbench.driver import Driver
 from layerbench.errors import UserError
+from layerbench.images.build import build_image
 from layerbench.images.image_sources import ArchiveImage, open_image
 from layerbench.plugins import default_plugins
 from layerbench.run import userns
@@ -105,14 +106,7 @@ def test_an_opaque_directory_on_overlay2_rootless_uses_its_user_xattr(tmp_path: 
     def body(driver: Driver) -> tuple[list[str], bytes]:
         driver.setup()
         try:
-            parent = None
-            for i in range(image.layer_count):
-                image.apply(
-                    i, driver.create_layer(f"l{i}", parent), driver.layer_format, opaque_xattr=driver.opaque_xattr
-                )
-                driver.seal_layer(f"l{i}")
-                parent = f"l{i}"
-            assert parent is not None
+            parent = build_image(driver, image, ids=[f"l{i}" for i in range(image.layer_count)])
             driver.create_container("c", parent)
             root = driver.mount("c")
             try:

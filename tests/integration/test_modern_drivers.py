@@ -11,6 +11,9 @@ import pytest
 from layerbench.driver import Driver
 from layerbench.drivers._overlay import OverlayLayout
 from layerbench.drivers.containerd_overlayfs import ContainerdOverlayfsDriver
+from layerbench.images.build import build_image, files_image
+from layerbench.images.image import FileSpec
+from layerbench.kernel import mountinfo
 from layerbench.testing import (
     Append,
     File,
@@ -33,16 +36,11 @@ MODERN = ["containerd-overlayfs", "erofs", "squashfs"]
 MiB = 1 << 20
 
 
-def _mountinfo(point: Path) -> tuple[str, str, str, str]:
-    """(fstype, source, mount options, super options) of the mount on `point`."""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            pre, post = line.split(" - ")
-            fields = pre.split()
-            if fields[4] == str(point):
-                fstype, source, sopts = post.split()
-                return fstype, source, fields[5], sopts
-    raise AssertionError(f"{point} is not a mount point")
+def _mount_on(point: Path) -> mountinfo.Mount:
+    """The (first) mount on `point`."""
+    found = next((m for m in mountinfo.mounts() if m.point == str(point)), None)
+    assert found is not None, f"{point} is not a mount point"
+    return found
 
 
 def _one_layer(driver: Driver, files: dict[str, bytes]) -> str:
@@ -61,9 +59,9 @@ def test_an_erofs_layer_is_a_read_only_erofs_mount_and_the_first_append_copies_u
         driver.create_container("c", image)
         root = driver.mount("c")
         lower = Path(driver.inspect("c")["LowerDir"])
-        fstype, source, opts, _ = _mountinfo(lower)
-        assert (fstype, source) == ("erofs", str(layer_image)), "a file-backed EROFS mount of the layer's image"
-        assert opts.split(",")[0] == "ro"
+        mount = _mount_on(lower)
+        assert (mount.fstype, mount.source) == ("erofs", str(layer_image)), "a file-backed EROFS mount of its image"
+        assert mount.has("ro")
         with pytest.raises(OSError) as refused:
             (lower / "f.txt").write_bytes(b"x")
         assert refused.value.errno == errno.EROFS
@@ -87,14 +85,13 @@ def test_squashfs_layers_are_compressed_images_on_loop_devices(work: Path) -> No
         driver.create_container("c", image)
         root = driver.mount("c")
         assert (root / "big.txt").read_bytes() == text
-        fstype, source, _, _ = _mountinfo(Path(driver.inspect("c")["LowerDir"]))
-        assert fstype == "squashfs" and source.startswith("/dev/loop")
-        with open(f"/sys/block/{Path(source).name}/loop/backing_file") as f:
+        mount = _mount_on(Path(driver.inspect("c")["LowerDir"]))
+        assert mount.fstype == "squashfs" and mount.source.startswith("/dev/loop")
+        with open(f"/sys/block/{Path(mount.source).name}/loop/backing_file") as f:
             assert f.read().strip() == str(layer_image)
         driver.unmount("c")
         home = driver.home
-    with open("/proc/self/mountinfo") as f:
-        assert str(home) not in f.read()
+    assert not [m for m in mountinfo.mounts() if str(home) in f"{m.point} {m.source} {m.super_options}"]
     for name in os.listdir("/sys/block"):
         try:
             with open(f"/sys/block/{name}/loop/backing_file") as f:
@@ -105,17 +102,15 @@ def test_squashfs_layers_are_compressed_images_on_loop_devices(work: Path) -> No
 
 def test_containerd_overlayfs_mounts_numeric_snapshots_by_full_path(work: Path) -> None:
     with driver_on_store("containerd-overlayfs", work) as (driver, _):
-        parent = None
-        for i in range(3):
-            (driver.create_layer(f"l{i}", parent) / f"f{i}").write_bytes(b"%d" % i)
-            parent = f"l{i}"
+        image = files_image([(FileSpec(f"f{i}", 1, seed=i),) for i in range(3)])
+        build_image(driver, image, ids=["l0", "l1", "l2"])
         driver.create_container("c", "l2")
         root = driver.mount("c")
         snapshots = driver.home / "snapshots"
         assert sorted(os.listdir(snapshots)) == ["1", "2", "3", "4"] and not (driver.home / "l").exists()
-        fstype, _, _, sopts = _mountinfo(root)
-        assert fstype == "overlay"
-        options = dict(o.partition("=")[::2] for o in sopts.split(","))
+        mount = _mount_on(root)
+        assert mount.fstype == "overlay"
+        options = dict(o.partition("=")[::2] for o in mount.super_options.split(","))
         assert options["lowerdir"] == f"{snapshots}/3/fs:{snapshots}/2/fs:{snapshots}/1/fs"
         assert options["upperdir"] == f"{snapshots}/4/fs" and options["workdir"] == f"{snapshots}/4/work"
         assert sorted(os.listdir(root)) == ["f0", "f1", "f2"]
@@ -124,28 +119,26 @@ def test_containerd_overlayfs_mounts_numeric_snapshots_by_full_path(work: Path) 
         assert isinstance(driver, ContainerdOverlayfsDriver)
         driver.create_view("v", "l0")  # one layer, no upper: a read-only bind mount, as containerd makes it
         view = driver.mount("v")
-        fstype, _, opts, _ = _mountinfo(view)
-        assert fstype == "ext4" and "ro" in opts.split(","), "a bind mount of the layer's fs on the ext4 store"
+        mount = _mount_on(view)
+        assert mount.fstype == "ext4" and mount.has("ro"), "a bind mount of the layer's fs on the ext4 store"
         with pytest.raises(OSError) as refused:
             (view / "new").write_bytes(b"x")
         assert refused.value.errno == errno.EROFS
-        assert (view / "f0").read_bytes() == b"0"
+        assert (view / "f0").read_bytes() == image.contents()["0"]
         driver.unmount("v")
 
 
 @pytest.mark.parametrize("name", ["containerd-overlayfs", "erofs"])
 def test_a_deep_image_is_mounted_from_the_lowers_common_parent(name: str, work: Path) -> None:
     with driver_on_store(name, work) as (driver, _):
-        parent = None
-        for i in range(100):  # 100 full paths are well over a page; 100 "<n>/fs" (or "<n>") are not
-            (driver.create_layer(f"l{i}", parent) / f"f{i}").write_bytes(b"x")
-            driver.seal_layer(f"l{i}")
-            parent = f"l{i}"
+        # 100 full paths are well over a page; 100 "<n>/fs" (or "<n>") are not
+        image = files_image([(FileSpec(f"f{i}", 1, seed=i),) for i in range(100)])
+        build_image(driver, image, ids=[f"l{i}" for i in range(100)])
         assert len(driver.inspect("l99")["LowerDir"]) > os.sysconf("SC_PAGE_SIZE")
         driver.create_container("c", "l99")
         root = driver.mount("c")
         assert isinstance(driver, OverlayLayout) and driver.mounted_via["c"] == "mount(2) relative"
-        assert len(os.listdir(root)) == 100 and (root / "f0").read_bytes() == b"x"
+        assert len(os.listdir(root)) == 100 and (root / "f0").read_bytes() == image.contents()["0"]
         driver.unmount("c")
 
 

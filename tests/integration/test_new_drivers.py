@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from layerbench.driver import Driver
+from layerbench.kernel import mountinfo
 from layerbench.plugins import default_plugins
 from layerbench.testing import driver_session, mounts_below
 
@@ -78,8 +79,7 @@ def test_fuse_overlayfs_mount_is_a_fuse_daemon_and_goes_on_close(tmp_path: Path)
         _base(driver, big=MiB)
         driver.create_container("c", "base")
         root = driver.mount("c")
-        with open("/proc/self/mountinfo") as f:
-            fstype = next(line.split(" - ")[1].split()[0] for line in f if line.split()[4] == str(root))
+        fstype = next(m.fstype for m in mountinfo.mounts() if m.point == str(root))
         assert fstype == "fuse.fuse-overlayfs"
         home = driver.home
     assert not mounts_below(home)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from layerbench.driver import Driver
+from layerbench.images.build import build_image, files_image
 from layerbench.images.image import FileSpec, apply_layer
 
 from ..conftest import driver_on_store, first_append_ns
@@ -19,13 +20,8 @@ MiB = 1 << 20
 
 
 def build(driver: Driver, layers: list[list[FileSpec]]) -> str:
-    parent = None
-    for i, files in enumerate(layers):
-        apply_layer(driver.create_layer(f"l{i}", parent), tuple(files), driver.layer_format)
-        driver.seal_layer(f"l{i}")
-        parent = f"l{i}"
-    assert parent is not None
-    return parent
+    """An image of exactly these files per layer, as layers `l0`, `l1`...; return the top id."""
+    return build_image(driver, files_image(layers), ids=[f"l{i}" for i in range(len(layers))])
 
 
 @pytest.mark.parametrize("name", REAL)

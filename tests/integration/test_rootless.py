@@ -17,6 +17,7 @@ import pytest
 
 from layerbench.driver import Driver
 from layerbench.drivers.overlay2_rootless import _trial
+from layerbench.kernel import mountinfo
 from layerbench.plugins import default_plugins
 from layerbench.run import runner, userns
 from layerbench.scenario import builtin_scenarios, load_scenario
@@ -58,8 +59,7 @@ def _mounted_anywhere(path: Path) -> list[str]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{pid}/mountinfo") as f:
-                found += [f"{pid}:{line.split()[4]}" for line in f if line.split()[4].startswith(str(path))]
+            found += [f"{pid}:{point}" for point in mountinfo.points_below(str(path), pid=pid)]
         except OSError:
             continue
     return found
@@ -117,11 +117,9 @@ def test_the_mount_lives_only_in_the_childs_namespace(tmp_path: Path) -> None:
     """During a run the container's overlay (with userxattr) is in the child's mountinfo, not in ours."""
     with _held(tmp_path) as (pid, _, upper):
         merged = str(upper.parent / "merged")
-        with open("/proc/self/mountinfo") as f:
-            assert merged not in f.read(), "the container's mount leaked into the parent's namespace"
-        with open(f"/proc/{pid}/mountinfo") as f:
-            line = next(line for line in f if line.split()[4] == merged)
-        assert " overlay " in line and "userxattr" in line, line
+        assert merged not in mountinfo.mount_points(), "the container's mount leaked into the parent's namespace"
+        mount = next(m for m in mountinfo.mounts(pid) if m.point == merged)
+        assert mount.fstype == "overlay" and "userxattr" in mount.super_options.split(","), mount
 
 
 def test_io_runs_as_namespace_root_and_lands_as_the_unprivileged_uid(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from layerbench.drivers import Overlay2Driver
+from layerbench.kernel import mountinfo
 from layerbench.run.runner import Cell, RunConfig, run, run_cell
 from layerbench.scenario import load_scenario
 
@@ -17,8 +18,7 @@ pytestmark = pytest.mark.mounts
 
 
 def _mounts_under(path: Path) -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f if line.split()[4].startswith(str(path))]
+    return mountinfo.points_below(str(path))
 
 
 def test_run_on_every_real_driver(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from layerbench.driver import Driver
-from layerbench.images.image import FileSpec, apply_layer, synthetic_image
-from layerbench.kernel import syscalls
+from layerbench.images.build import build_image, files_image
+from layerbench.images.image import FileSpec, synthetic_image
+from layerbench.kernel import mountinfo, syscalls
 from layerbench.run.backing import Usage
 
 from ..conftest import driver_on_store
@@ -33,14 +34,8 @@ def _usage(path: Path) -> Usage:
 
 def _stack(driver: Driver, layers: int) -> str:
     """`layers` layers: the bottom holds `bottom.txt`, every other one a file of its own."""
-    parent = None
-    for i in range(layers):
-        files = (FileSpec("bottom.txt", 6, seed=1),) if i == 0 else (FileSpec(f"l{i}.txt", 1, seed=i + 1),)
-        apply_layer(driver.create_layer(f"l{i}", parent), files, driver.layer_format)
-        driver.seal_layer(f"l{i}")
-        parent = f"l{i}"
-    assert parent is not None
-    return parent
+    files = [(FileSpec("bottom.txt", 6, seed=1),)] + [(FileSpec(f"l{i}.txt", 1, seed=i + 1),) for i in range(1, layers)]
+    return build_image(driver, files_image(files), ids=[f"l{i}" for i in range(layers)])
 
 
 def test_overlay2_mounts_500_layers_and_reads_the_bottom_file_and_refuses_a_501st(work: Path) -> None:
@@ -60,8 +55,7 @@ def test_overlay2_mounts_500_layers_and_reads_the_bottom_file_and_refuses_a_501s
             driver.unmount("c500")
             driver.remove("c500")
 
-        apply_layer(driver.create_layer("l500", top), (FileSpec("l500.txt", 1, seed=501),), driver.layer_format)
-        driver.seal_layer("l500")
+        build_image(driver, files_image([(FileSpec("l500.txt", 1, seed=501),)]), ids=["l500"], parent=top)
         driver.create_container("c501", "l500")
         try:
             with pytest.raises(OSError) as failed:
@@ -77,12 +71,7 @@ def test_a_thousand_containers_share_one_image(work: Path, name: str, per_contai
     """Each container costs a few KiB of metadata, not a copy of the 4 MiB image."""
     image = synthetic_image(2, 200, 4 * MiB, seed=3)
     with driver_on_store(name, work, 1024 * MiB) as (driver, _):
-        parent = None
-        for i in range(image.layer_count):
-            image.apply(i, driver.create_layer(f"l{i}", parent), driver.layer_format)
-            driver.seal_layer(f"l{i}")
-            parent = f"l{i}"
-        assert parent is not None
+        parent = build_image(driver, image, ids=[f"l{i}" for i in range(image.layer_count)])
         probe = image.file_paths()[0]
         before = _usage(driver.home)
         roots = []
@@ -94,8 +83,9 @@ def test_a_thousand_containers_share_one_image(work: Path, name: str, per_contai
             assert len(set(roots)) == CONTAINERS
             assert all((r / probe).exists() for r in roots)
             if name == "overlay2":
-                with open("/proc/self/mountinfo") as f:
-                    mine = [line for line in f if f" {driver.home}/c" in line and " overlay " in line]
+                mine = [
+                    m for m in mountinfo.mounts() if m.fstype == "overlay" and m.point.startswith(f"{driver.home}/c")
+                ]
                 assert len(mine) == CONTAINERS
             (roots[0] / "only-in-c0").write_bytes(b"x")
             assert not (roots[-1] / "only-in-c0").exists()
@@ -111,8 +101,7 @@ def test_a_thousand_containers_share_one_image(work: Path, name: str, per_contai
 def test_an_image_of_100k_files_starts_and_every_file_is_there(work: Path, name: str) -> None:
     image = synthetic_image(1, MANY_FILES, 8 * MiB, seed=5)
     with driver_on_store(name, work, 2048 * MiB, inodes=4 * MANY_FILES) as (driver, _):
-        image.apply(0, driver.create_layer("l0", None), driver.layer_format)
-        driver.seal_layer("l0")
+        build_image(driver, image, ids=["l0"])
         before = _usage(driver.home)
         driver.create_container("c0", "l0")
         root = driver.mount("c0")
