@@ -1,13 +1,15 @@
 """The bare-kernel floor under layerbench's timed regions, measured side by side in one run.
 
-Each section times what the harness times (`harness/run/steps.py::_start`: create_container +
-mount + first readdir) next to the bare mechanism, interleaved, order rotating every round,
-so both share the machine's noise; set-up and clean-up stay outside the clock.
+Each section times a scenario's `start` step through the harness's own code (`run.timing.StartTimer`,
+which runs `steps.run_step`: create_container + mount + first readdir) next to the bare mechanism,
+interleaved, order rotating every round, so both share the machine's noise; set-up and clean-up
+stay outside the clock. Images are built with `images.build.build_image`, as a run builds them.
 
 overlay2 (ext4 backing), two floors:
-  bare mount(2)          the kernel's mount of overlayfs + first readdir, on upper/work/merged
-                         directories made before the clock. The mechanism alone: what overlayfs
-                         costs, with nothing of any driver around it. The issue's 1.3x target.
+  bare mount(2)          the kernel's mount of overlayfs (with the driver's own mount options)
+                         + first readdir, on upper/work/merged directories made before the
+                         clock. The mechanism alone: what overlayfs costs, with nothing of
+                         any driver around it. The issue's 1.3x target.
   bare layout+mount(2)   the same, plus every syscall Docker's overlay2 layout makes for a
                          container layer (dir, diff, link file, l/ symlink, lower file, work,
                          merged), all inside the clock: the floor of the whole operation
@@ -23,11 +25,11 @@ vfs (ext4 backing): `treecopy.copy_tree` of a 1,000-file, 100 MiB synthetic tree
   is the cost of starting any process: the raw ratio is copy / cp, the spawn-corrected one
   copy / (cp - spawn), which credits cp with nothing it does not do itself (target 1.2x).
   Copies are synced and removed after the clock.
-null: a start through drivers.null.NullDriver exactly as `_start` times it, minus an empty
+null: a start step through drivers.null.NullDriver on a "dir" store, minus an empty
   timed region: the harness's own overhead per sample (target < 20 us); also
   `harness.overhead.measure`, the figure a run records.
 
-Usage: python benchmarks/floor.py [--samples N] [--layers 8] [--vfs-samples N] [--json FILE]
+Usage: python benchmarks/floor.py [--samples N] [--layers 8] [--vfs-samples N] [--json FILE] [--work-root DIR]
 """
 
 from __future__ import annotations
@@ -42,27 +44,29 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from time import perf_counter_ns
 
-from layerbench.driver import Driver, LayerFormat
+from layerbench.driver import Driver
 from layerbench.drivers._common import unmount_below
+from layerbench.drivers._overlay import PAGE, options_text, overlay_data
 from layerbench.drivers.btrfs import BTRFS_IOC_SNAP_CREATE_V2, BtrfsDriver, _snap_args
 from layerbench.drivers.null import NullDriver
 from layerbench.drivers.overlay2 import Overlay2Driver
 from layerbench.drivers.vfs import VfsDriver
-from layerbench.images.image import synthetic_image
+from layerbench.images.build import build_image, files_image
+from layerbench.images.image import FileSpec, SyntheticImage, synthetic_image
 from layerbench.kernel import syscalls
 from layerbench.kernel.treecopy import copy_tree
 from layerbench.run import overhead
 from layerbench.run.backing import BackingStore
+from layerbench.run.timing import StartTimer
 
 Op = Callable[[int], int]  # round number -> nanoseconds of the timed region
 Samples = dict[str, list[int]]
 WARMUP = 3
 STORE_BYTES = 512 << 20
-OVERLAY_OPTIONS = (("index", "off"),)  # what Overlay2Driver.mount passes
 MOUNT2, FSCONFIG, IOCTL, STARTUP = "bare mount(2)", "bare fsconfig", "bare snapshot ioctl", "layerbench startup"
 LAYOUT = "bare layout+mount(2)"
 COPY_TREE, VFS_START, CP, SPAWN = "treecopy.copy_tree", "layerbench startup", "cp -a --reflink=never", "spawn true"
@@ -70,40 +74,32 @@ NULL_START, EMPTY = "null startup", "empty timed region"
 VFS_FILES, VFS_BYTES = 1000, 100 << 20
 VFS_STORE_BYTES = 1 << 30
 _DIR = os.O_RDONLY | os.O_DIRECTORY
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def build_image(driver: Driver, layers: int) -> str:
-    """Create and seal `layers` layers of a few small files each; return the top id."""
-    parent: str | None = None
-    for i in range(layers):
-        path = driver.create_layer(f"l{i}", parent)
-        (path / f"d{i}").mkdir()
-        for j in range(4):
-            (path / f"d{i}" / f"f{j}").write_bytes(b"x" * 128 * (j + 1))
-        driver.seal_layer(f"l{i}")
-        parent = f"l{i}"
-    return f"l{layers - 1}"
+def small_image(layers: int) -> SyntheticImage:
+    """`layers` layers of four small files each (`d<i>/f<j>`, 128 to 512 bytes)."""
+    return files_image(
+        [[FileSpec(f"d{i}/f{j}", 128 * (j + 1), seed=i * 4 + j) for j in range(4)] for i in range(layers)]
+    )
 
 
-def startup_op(driver: Driver, image: str) -> Op:
-    """The timed region of `steps._start`; unmount and remove after the clock."""
+def build(driver: Driver, image: SyntheticImage) -> str:
+    """`image` built on `driver` as layers `l0`, `l1`...; the top id."""
+    return build_image(driver, image, ids=[f"l{i}" for i in range(image.layer_count)])
+
+
+def startup_op(timer: StartTimer) -> Op:
+    """A scenario's timed `start` step; its container unmounted and removed after the clock."""
 
     def op(r: int) -> int:
-        cid = f"lb{r}"
-        t0 = perf_counter_ns()
-        driver.create_container(cid, image)
-        root = driver.mount(cid)
-        os.listdir(root)
-        t1 = perf_counter_ns()
-        driver.unmount(cid)
-        driver.remove(cid)
-        return t1 - t0
+        ns = timer.start()
+        timer.release()
+        return ns
 
     return op
 
 
-def bare_overlay_op(bare: Path, lowers: list[str], new_api: bool) -> Op:
+def bare_overlay_op(bare: Path, lowers: list[str], options: Sequence[tuple[str, str | None]], new_api: bool) -> Op:
     """overlay_mount + listdir on fresh upper/work/merged dirs made before the clock."""
 
     def op(r: int) -> int:
@@ -112,7 +108,7 @@ def bare_overlay_op(bare: Path, lowers: list[str], new_api: bool) -> Op:
         for path, mode in ((str(d), 0o700), (upper, 0o755), (work, 0o700), (merged, 0o755)):
             os.mkdir(path, mode)
         t0 = perf_counter_ns()
-        syscalls.overlay_mount(merged, lowers, upper, work, OVERLAY_OPTIONS, new_api=new_api)
+        syscalls.overlay_mount(merged, lowers, upper, work, options, new_api=new_api)
         os.listdir(merged)
         t1 = perf_counter_ns()
         syscalls.umount(merged)
@@ -122,7 +118,7 @@ def bare_overlay_op(bare: Path, lowers: list[str], new_api: bool) -> Op:
     return op
 
 
-def bare_layout_op(bare: Path, lowers: list[str]) -> Op:
+def bare_layout_op(bare: Path, lowers: list[str], options: Sequence[tuple[str, str | None]]) -> Op:
     """Docker's container-layer syscalls (dir, diff, link, l/ symlink, lower, work, merged)
     + mount(2) + listdir, all timed: the floor of the whole operation `startup_ns` times."""
     (bare / "l").mkdir(exist_ok=True)
@@ -144,7 +140,7 @@ def bare_layout_op(bare: Path, lowers: list[str]) -> Op:
         os.close(fd)
         os.mkdir(work, 0o700)
         os.mkdir(merged)
-        syscalls.overlay_mount(merged, lowers, diff, work, OVERLAY_OPTIONS, new_api=False)
+        syscalls.overlay_mount(merged, lowers, diff, work, options, new_api=False)
         os.listdir(merged)
         t1 = perf_counter_ns()
         syscalls.umount(merged)
@@ -193,29 +189,34 @@ def interleave(ops: dict[str, Op], samples: int) -> Samples:
 
 def overlay_section(workdir: Path, samples: int, layers: int) -> Samples:
     """overlay2 on ext4: bare mount(2) and fsconfig against layerbench startup."""
-    with BackingStore(workdir, "ext4", STORE_BYTES) as mnt:
+    store = BackingStore(workdir, "ext4", STORE_BYTES)
+    with store as mnt:
         home, bare = mnt / "overlay2", mnt / "bare"
         home.mkdir(mode=0o700)
         bare.mkdir()
         driver = Overlay2Driver(home)
         try:
             driver.setup()
-            top = build_image(driver, layers)
+            image = small_image(layers)
+            top = build(driver, image)
+            timer = StartTimer(driver, image, top, store)
             lowers = [str(home / f"l{i}" / "diff") for i in reversed(range(layers))]
+            options = driver.mount_options  # what the driver's own mount passes beyond the dirs
             d = bare / f"mount2{WARMUP + samples}"
-            extra = "".join(f",{k}={v}" for k, v in OVERLAY_OPTIONS)
-            data = f"lowerdir={':'.join(lowers)},upperdir={d}/diff,workdir={d}/work{extra}"
+            data = overlay_data(lowers, f"{d}/diff", f"{d}/work", options)
             ops: dict[str, Op] = {}
             if len(data) < PAGE:  # mount(2) silently cuts its data at a page
-                ops[MOUNT2] = bare_overlay_op(bare, lowers, new_api=False)
-                ops[LAYOUT] = bare_layout_op(bare, lowers)
+                ops[MOUNT2] = bare_overlay_op(bare, lowers, options, new_api=False)
+                ops[LAYOUT] = bare_layout_op(bare, lowers, options)
             else:
                 print(f"overlay2: {MOUNT2} skipped: {len(data)}-byte data string does not fit a page")
             if driver.new_api:
-                ops[FSCONFIG] = bare_overlay_op(bare, lowers, new_api=True)
-            ops[STARTUP] = startup_op(driver, top)
-            how = "mount(2)" if len(data) < PAGE else "fsconfig lowerdir+" if driver.new_api else "mount(2), relative"
-            print(f"overlay2: {layers} layers; the driver mounts via {how}")
+                ops[FSCONFIG] = bare_overlay_op(bare, lowers, options, new_api=True)
+            ops[STARTUP] = startup_op(timer)
+            timer.start()  # one start to ask the driver how it mounts; the warm-up rounds follow
+            how = driver.mounted_via[timer.containers[-1]]
+            timer.release()
+            print(f"overlay2: {layers} layers; the driver mounts via {how}, options {options_text(options)}")
             return interleave(ops, samples)
         finally:
             try:
@@ -226,14 +227,17 @@ def overlay_section(workdir: Path, samples: int, layers: int) -> Samples:
 
 def btrfs_section(workdir: Path, samples: int, layers: int) -> Samples:
     """btrfs: bare snapshot ioctl against layerbench startup."""
-    with BackingStore(workdir, "btrfs", STORE_BYTES) as mnt:
+    store = BackingStore(workdir, "btrfs", STORE_BYTES)
+    with store as mnt:
         home = mnt / "btrfs"
         home.mkdir(mode=0o700)
         driver = BtrfsDriver(home)
         try:
             driver.setup()
-            top = build_image(driver, layers)
-            return interleave({IOCTL: bare_snapshot_op(driver, top), STARTUP: startup_op(driver, top)}, samples)
+            image = small_image(layers)
+            top = build(driver, image)
+            timer = StartTimer(driver, image, top, store)
+            return interleave({IOCTL: bare_snapshot_op(driver, top), STARTUP: startup_op(timer)}, samples)
         finally:
             driver.close()
 
@@ -269,9 +273,9 @@ def command_op(argv: list[str], made: Path | None = None) -> Op:
     return op
 
 
-def vfs_startup_op(driver: VfsDriver, image: str) -> Op:
+def vfs_startup_op(timer: StartTimer) -> Op:
     """`startup_op` for vfs, with the sync between rounds outside the clock."""
-    start = startup_op(driver, image)
+    start = startup_op(timer)
 
     def op(r: int) -> int:
         ns = start(r)
@@ -285,7 +289,8 @@ def vfs_section(workdir: Path, samples: int, layers: int) -> Samples:
     """vfs on ext4: copy_tree and a vfs start against `cp -a --reflink=never`, and a bare spawn."""
     cp, true = shutil.which("cp"), shutil.which("true")
     assert cp is not None and true is not None
-    with BackingStore(workdir, "ext4", VFS_STORE_BYTES) as mnt:
+    store = BackingStore(workdir, "ext4", VFS_STORE_BYTES)
+    with store as mnt:
         home, copies = mnt / "vfs", mnt / "copies"
         home.mkdir(mode=0o700)
         copies.mkdir()
@@ -293,15 +298,15 @@ def vfs_section(workdir: Path, samples: int, layers: int) -> Samples:
         try:
             driver.setup()
             image = synthetic_image(1, VFS_FILES, VFS_BYTES)
-            image.apply(0, driver.create_layer("l0", None), LayerFormat.FULL)
-            driver.seal_layer("l0")
+            top = build(driver, image)
+            timer = StartTimer(driver, image, top, store)
             os.sync()
             src = str(home / "dir" / "l0")
             print(f"vfs: tree of {image.total_files} files, {image.total_bytes >> 20} MiB on ext4")
             return interleave(
                 {
                     COPY_TREE: copy_tree_op(src, copies),
-                    VFS_START: vfs_startup_op(driver, "l0"),
+                    VFS_START: vfs_startup_op(timer),
                     CP: command_op([cp, "-a", "--reflink=never", src, f"{copies}/cp{{r}}"], copies / "cp{r}"),
                     SPAWN: command_op([true]),
                 },
@@ -312,33 +317,25 @@ def vfs_section(workdir: Path, samples: int, layers: int) -> Samples:
 
 
 def null_section(workdir: Path, samples: int, layers: int) -> Samples:
-    """A start through the null driver, as `_start` times it, and an empty timed region."""
+    """A start step through the null driver on its first backing ("dir"), and an empty timed region."""
     rounds = max(samples, 2000)
-    driver = NullDriver(workdir)
-    driver.setup()
-    try:
-        driver.create_layer("l0", None)
-        driver.seal_layer("l0")
+    store = BackingStore(workdir, NullDriver.backings[0], 0)
+    with store as mnt:
+        driver = NullDriver(mnt / "null")
+        driver.home.mkdir(mode=0o700)
+        driver.setup()
+        try:
+            image = files_image([()])  # one empty layer
+            timer = StartTimer(driver, image, build(driver, image), store)
 
-        def null_op(r: int) -> int:
-            cid = f"c{r}"
-            t0 = perf_counter_ns()
-            driver.create_container(cid, "l0")
-            root = driver.mount(cid)
-            os.listdir(root)
-            t1 = perf_counter_ns()
-            driver.unmount(cid)
-            driver.remove(cid)
-            return t1 - t0
+            def empty_op(r: int) -> int:
+                t0 = perf_counter_ns()
+                t1 = perf_counter_ns()
+                return t1 - t0
 
-        def empty_op(r: int) -> int:
-            t0 = perf_counter_ns()
-            t1 = perf_counter_ns()
-            return t1 - t0
-
-        return interleave({NULL_START: null_op, EMPTY: empty_op}, rounds)
-    finally:
-        driver.close()
+            return interleave({NULL_START: startup_op(timer), EMPTY: empty_op}, rounds)
+        finally:
+            driver.close()
 
 
 def quartiles(xs: list[int]) -> tuple[float, float, float]:
@@ -420,6 +417,7 @@ def main() -> int:
         help="run only this section (repeatable)",
     )
     ap.add_argument("--json", type=Path, help="write the raw samples (ns) here")
+    ap.add_argument("--work-root", type=Path, default=Path("/var/tmp"), help="where the scratch directory goes")
     opts = ap.parse_args()
     if opts.samples < 2 or opts.vfs_samples < 2 or opts.layers < 1:
         ap.error("need --samples >= 2, --vfs-samples >= 2 and --layers >= 1")
@@ -432,7 +430,7 @@ def main() -> int:
     }
     results: dict[str, Samples] = {}
     recorded: dict[str, int] | None = None
-    workdir = Path(tempfile.mkdtemp(prefix="layerbench-floor-", dir="/var/tmp"))
+    workdir = Path(tempfile.mkdtemp(prefix="layerbench-floor-", dir=opts.work_root))
     try:
         for section, (run, cls, mkfs) in sections.items():
             if opts.only and section not in opts.only:

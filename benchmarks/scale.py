@@ -8,8 +8,9 @@ layers: overlay2 starts --per-step containers on images of 1, 8, 32, 128, 256 an
   layers (one file each) and prints the median startup and its slope per layer; above a
   page of mount data the driver adds lowers through fsconfig(lowerdir+).
 
-Timed regions are `harness/run/steps.py::_start`'s (create_container + mount + first readdir).
-Usage: python benchmarks/scale.py [--containers 1000] [--per-step 20] [--json FILE]
+Each start is a scenario's timed `start` step, run through the harness (`run.timing.StartTimer`:
+create_container + mount + first readdir); images are built with `images.build.build_image`.
+Usage: python benchmarks/scale.py [--containers 1000] [--per-step 20] [--json FILE] [--work-root DIR]
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from time import perf_counter_ns
 from typing import Any
 
 import numpy as np
@@ -31,9 +31,11 @@ import numpy as np
 from layerbench.driver import Driver
 from layerbench.drivers.btrfs import BtrfsDriver
 from layerbench.drivers.overlay2 import Overlay2Driver
-from layerbench.images.image import FileSpec, apply_layer, synthetic_image
+from layerbench.images.build import build_image, files_image
+from layerbench.images.image import FileSpec, synthetic_image
 from layerbench.kernel import syscalls
 from layerbench.run.backing import BackingStore
+from layerbench.run.timing import StartTimer
 
 COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 LAYERS = (1, 8, 32, 128, 256, 500)
@@ -46,43 +48,28 @@ def used_bytes(path: Path) -> int:
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-def start(driver: Driver, cid: str, image: str) -> int:
-    """The timed region of `steps._start`."""
-    t0 = perf_counter_ns()
-    driver.create_container(cid, image)
-    root = driver.mount(cid)
-    os.listdir(root)
-    t1 = perf_counter_ns()
-    return t1 - t0
-
-
 def slope(xs: list[float], ys: list[float]) -> float:
     return float(np.polyfit(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), 1)[0])
 
 
 def containers_section(cls: type[Driver], workdir: Path, counts: list[int]) -> dict[str, Any]:
     image = synthetic_image(3, 1000, 100 * MiB, seed=0)
-    with BackingStore(workdir, cls.backings[0], 2048 * MiB) as mnt:
+    store = BackingStore(workdir, cls.backings[0], 2048 * MiB)
+    with store as mnt:
         home = mnt / cls.name
         home.mkdir(mode=0o700)
         driver = cls(home)
-        started: list[str] = []
+        timer: StartTimer | None = None
         try:
             driver.setup()
-            parent = None
-            for i in range(image.layer_count):
-                image.apply(i, driver.create_layer(f"l{i}", parent), driver.layer_format)
-                driver.seal_layer(f"l{i}")
-                parent = f"l{i}"
-            assert parent is not None
+            top = build_image(driver, image, ids=[f"l{i}" for i in range(image.layer_count)])
+            timer = StartTimer(driver, image, top, store)
             base = used_bytes(mnt)
-            rows = []
+            rows: list[dict[str, Any]] = []
             for n in counts:
                 times = []
-                while len(started) < n:
-                    cid = f"c{len(started)}"
-                    times.append(start(driver, cid, parent))
-                    started.append(cid)
+                while len(timer.containers) < n:  # every container stays running
+                    times.append(timer.start())
                 rows.append({"containers": n, "startup_ns": times, "disk_bytes": used_bytes(mnt) - base})
                 med = statistics.median(times) / 1e3
                 print(
@@ -99,33 +86,31 @@ def containers_section(cls: type[Driver], workdir: Path, counts: list[int]) -> d
             )
             return {"rows": rows, "startup_slope_ns": s_start, "disk_slope_bytes": s_disk}
         finally:
-            for cid in reversed(started):
-                driver.unmount(cid)
-                driver.remove(cid)
+            if timer is not None:
+                timer.release()
             driver.close()
 
 
 def layers_section(workdir: Path, layer_counts: list[int], per_step: int) -> dict[str, Any]:
-    with BackingStore(workdir, "ext4", 1024 * MiB) as mnt:
+    store = BackingStore(workdir, "ext4", 1024 * MiB)
+    with store as mnt:
         home = mnt / "overlay2"
         home.mkdir(mode=0o700)
         driver = Overlay2Driver(home)
         try:
             driver.setup()
-            rows, parent, made = [], None, 0
-            for count in layer_counts:
-                while made < count:
-                    files = (FileSpec(f"l{made}.txt", 64, seed=made),)
-                    apply_layer(driver.create_layer(f"l{made}", parent), files, driver.layer_format)
-                    driver.seal_layer(f"l{made}")
-                    parent, made = f"l{made}", made + 1
-                assert parent is not None
+            rows: list[dict[str, Any]] = []
+            parent: str | None = None
+            made = 0
+            for count in layer_counts:  # each count's new layers on the last count's image
+                new = files_image([(FileSpec(f"l{i}.txt", 64, seed=i),) for i in range(made, count)])
+                parent = build_image(driver, new, ids=[f"l{i}" for i in range(made, count)], parent=parent)
+                made = count
+                timer = StartTimer(driver, new, parent, store, prefix=f"s{count}-")
                 times = []
                 for k in range(per_step + 2):  # two warm-up starts
-                    cid = f"s{count}-{k}"
-                    ns = start(driver, cid, parent)
-                    driver.unmount(cid)
-                    driver.remove(cid)
+                    ns = timer.start()
+                    timer.release()
                     if k >= 2:
                         times.append(ns)
                 rows.append({"layers": count, "startup_ns": times})
@@ -150,6 +135,7 @@ def main() -> int:
     ap.add_argument("--containers", type=int, default=1000, help="the largest container count")
     ap.add_argument("--per-step", type=int, default=20, help="starts per layer count")
     ap.add_argument("--json", type=Path, help="write the raw samples (ns, bytes) here")
+    ap.add_argument("--work-root", type=Path, default=Path("/var/tmp"), help="where the scratch directory goes")
     opts = ap.parse_args()
     if os.geteuid() != 0:
         print("scale: needs root (loop devices and mounts)", file=sys.stderr)
@@ -157,7 +143,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     counts = sorted({c for c in COUNTS if c <= opts.containers} | {opts.containers})
     out: dict[str, Any] = {"kernel": os.uname().release}
-    workdir = Path(tempfile.mkdtemp(prefix="layerbench-scale-", dir="/var/tmp"))
+    workdir = Path(tempfile.mkdtemp(prefix="layerbench-scale-", dir=opts.work_root))
     try:
         for cls in (Overlay2Driver, BtrfsDriver):
             reason = cls.probe()
