@@ -20,7 +20,7 @@ from pathlib import Path
 
 from layerbench.kernel import mountinfo
 
-__all__ = ["page_cache_bytes", "drop_pages", "evict", "unavailable"]
+__all__ = ["page_cache_bytes", "regular_files", "cached_bytes", "drop_pages", "evict", "unavailable"]
 
 #: cachestat(2), Linux 6.5; new syscalls have one number on every architecture but alpha
 _SYS_CACHESTAT = 451
@@ -74,7 +74,7 @@ def _mounts_below(root: str) -> dict[str, str]:
     return {m.point: m.fstype for m in mountinfo.mounts() if m.point in below}
 
 
-def _regular_files(root: Path) -> list[str]:
+def regular_files(root: Path) -> list[str]:
     """Every regular file under `root`, each inode once, not entering pass-through (overlay) mounts."""
     mounts = _mounts_below(str(root))
     skip = {p for p, fstype in mounts.items() if fstype in _PASS_THROUGH}
@@ -108,10 +108,10 @@ def _open(path: str) -> int | None:
         return None
 
 
-def page_cache_bytes(root: Path) -> int:
-    """Bytes of page cache held by the regular files under `root` (each inode once)."""
+def cached_bytes(paths: list[str]) -> int:
+    """Bytes of page cache held by these files (`regular_files`: walk once, count as often as needed)."""
     pages = 0
-    for path in _regular_files(root):
+    for path in paths:
         fd = _open(path)
         if fd is None:
             continue
@@ -122,6 +122,11 @@ def page_cache_bytes(root: Path) -> int:
     return pages * _PAGE
 
 
+def page_cache_bytes(root: Path) -> int:
+    """Bytes of page cache held by the regular files under `root` (each inode once)."""
+    return cached_bytes(regular_files(root))
+
+
 def drop_pages(fd: int) -> None:
     """Write the open file's dirty pages back, then drop all its pages from the page cache."""
     os.fdatasync(fd)
@@ -130,7 +135,7 @@ def drop_pages(fd: int) -> None:
 
 def evict(root: Path) -> None:
     """Drop the pages of the files under `root` (POSIX_FADV_DONTNEED), where drop_caches is not allowed."""
-    for path in _regular_files(root):
+    for path in regular_files(root):
         fd = _open(path)
         if fd is None:
             continue
