@@ -9,7 +9,9 @@ from click.testing import CliRunner
 
 from layerbench.cli import main
 from layerbench.run import machine
-from layerbench.run.runner import RunConfig, estimate_bytes, plan, run
+from layerbench.run.estimates import estimate_bytes
+from layerbench.run.plan import RunConfig, plan
+from layerbench.run.runner import run
 
 from .test_cli import TINY
 

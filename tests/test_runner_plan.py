@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from layerbench.plugins import default_plugins
-from layerbench.run.runner import Cell, estimate_bytes, estimate_inodes
+from layerbench.run.estimates import estimate_bytes, estimate_inodes
+from layerbench.run.plan import Cell
 from layerbench.scenario import load_scenario
 
 BASE = """

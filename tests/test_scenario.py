@@ -302,7 +302,8 @@ def test_an_image_not_prebuilt_is_left_for_its_build_step(tmp_path: Path) -> Non
 
 def test_the_estimate_counts_the_imported_image(tmp_path: Path) -> None:
     from layerbench.plugins import default_plugins
-    from layerbench.run.runner import Cell, estimate_bytes, estimate_inodes
+    from layerbench.run.estimates import estimate_bytes, estimate_inodes
+    from layerbench.run.plan import Cell
 
     def cell(text: str, driver: str) -> Cell:
         s = load_scenario(write(tmp_path, text))

@@ -16,8 +16,9 @@ from layerbench.images.image_sources import parse_size
 from layerbench.kernel import safety
 from layerbench.report import build, render
 from layerbench.report.table import comparison_table, host_suffix, run_summary, run_warnings, several_hosts
+from layerbench.run.plan import Plan, RunConfig, plan
 from layerbench.run.progress import duration_text, live_progress
-from layerbench.run.runner import Plan, RunConfig, plan, run, sigterm_as_interrupt
+from layerbench.run.runner import run, sigterm_as_interrupt
 from layerbench.run.sampling import time_split_lines
 from layerbench.units import human, params_human
 

@@ -32,8 +32,12 @@ from layerbench.errors import UserError
 from layerbench.kernel import safety
 from layerbench.plugins import Plugins, default_plugins
 from layerbench.run import backing, machine, overhead, runner
+from layerbench.run.cell import run_cell
+from layerbench.run.estimates import check_disk
 from layerbench.run.ledger import LEDGER_NAME, Ledger
-from layerbench.run.runner import Cell, Progress, RunConfig, select_drivers
+from layerbench.run.plan import Cell, RunConfig, plan_cells, select_drivers
+from layerbench.run.runner import Progress, sigterm_as_interrupt
+from layerbench.run.sampling import Sampling
 from layerbench.scenario import Scenario
 
 if TYPE_CHECKING:
@@ -167,15 +171,13 @@ def _cell_main() -> None:
         if (reason := cell.driver.probe()) is not None:
             raise UserError(f"driver {cell.driver.name} cannot run on this host: {reason}")
         work_root = safety.prepare_work_root(Path(request["work_root"]))
-        runner._check_disk([cell], work_root, lambda line: None)
+        check_disk([cell], work_root, lambda line: None)
         timer_ns = overhead.measure(plugins.registry.drivers.get("null"))["timer_ns"]
         run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work_root))
         ledger = Ledger(run_dir / LEDGER_NAME).open()
         try:
-            with runner.sigterm_as_interrupt():
-                result = runner.run_cell(
-                    cell, run_dir / "cell", runner._Sampling(**request["sampling"]), timer_ns, ledger
-                )
+            with sigterm_as_interrupt():
+                result = run_cell(cell, run_dir / "cell", Sampling(**request["sampling"]), timer_ns, ledger)
         finally:
             ledger.close()
             (run_dir / LEDGER_NAME).unlink(missing_ok=True)
@@ -283,11 +285,11 @@ class FleetExecutor:
                 reasons = [d["backings"].get(fstype, "unknown") for d in self.hosts.values()]
                 return None if None in reasons else "; ".join(map(str, reasons))
 
-            return runner.plan_cells(scenarios, drivers, config.backings, nowhere)
+            return plan_cells(scenarios, drivers, config.backings, nowhere)
         cells = []
         for h, d in sorted(self.hosts.items()):
             here = [cls for cls in drivers if d["drivers"].get(cls.name, "") is None]
-            cells += runner.plan_cells(scenarios, here, config.backings, d["backings"].get, host=h)
+            cells += plan_cells(scenarios, here, config.backings, d["backings"].get, host=h)
         return cells
 
     def _resources(self, cell: Cell, turn: int) -> dict[str, int]:

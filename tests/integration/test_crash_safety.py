@@ -13,8 +13,11 @@ from typing import ClassVar
 import pytest
 
 from layerbench.drivers import Overlay2Driver
-from layerbench.run import runner
-from layerbench.run.runner import Cell, RunConfig, _Sampling, run, run_cell
+from layerbench.run import cell as one_cell
+from layerbench.run.cell import run_cell
+from layerbench.run.plan import Cell, RunConfig
+from layerbench.run.runner import run
+from layerbench.run.sampling import Sampling
 from layerbench.scenario import load_scenario
 
 from ..conftest import require
@@ -151,7 +154,7 @@ def test_enospc_fails_the_cell_and_the_run_goes_on(tmp_path: Path, monkeypatch: 
     full.write_text(SLOW.replace("samples = 100000", "samples = 1").replace("33554432", "209715200"))
     small = tmp_path / "small.toml"
     small.write_text(SMALL)
-    monkeypatch.setattr(runner, "estimate_bytes", lambda cell: 64 << 20)  # a store too small for the write
+    monkeypatch.setattr(one_cell, "estimate_bytes", lambda c: 64 << 20)  # a store too small for the write
     config = RunConfig(
         scenarios=(str(full), str(small)),
         drivers=("overlay2",),
@@ -209,7 +212,7 @@ def test_a_hanging_driver_times_out_and_is_cleaned_up(tmp_path: Path) -> None:
     path.write_text(SMALL)
     s = load_scenario(path)
     t0 = time.monotonic()
-    out = run_cell(Cell(s, _Hangs, {}, "ext4"), tmp_path / "cell", _Sampling(2, 0, 0.0, False, timeout_s=1.0))
+    out = run_cell(Cell(s, _Hangs, {}, "ext4"), tmp_path / "cell", Sampling(2, 0, 0.0, False, timeout_s=1.0))
     assert time.monotonic() - t0 < 20
     assert out["status"] == "error" and "time limit of 1 s" in out["error"]
     assert _mounts_under(tmp_path) == [] and _loops_under(tmp_path) == [] and not (tmp_path / "cell").exists()

@@ -1,0 +1,197 @@
+"""What a run runs: its settings, its cells (scenario x driver x parameter set x backing), the
+drivers that can run here, and the dry run's plan with disk estimates and past times."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from layerbench.analysis import results
+from layerbench.driver import Driver
+from layerbench.errors import UserError
+from layerbench.plugins import Plugins, default_plugins
+from layerbench.run import backing, machine
+from layerbench.run.estimates import estimate_bytes
+from layerbench.scenario import Scenario, builtin_scenarios, load_scenario, resolve_scenarios
+
+__all__ = ["Cell", "RunConfig", "plan_cells", "select_drivers", "Plan", "PlannedCell", "plan"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One scenario x one driver x one parameter set x one backing filesystem: what a store is made for."""
+
+    scenario: Scenario
+    driver: type[Driver]
+    params: dict[str, Any]
+    backing: str
+    host: str | None = None  # a fleet's host it runs on (harness/run/fleet.py); None: here, or any host
+
+    def describe(self) -> str:
+        p = results.params_text(self.params)
+        where = f" on {self.backing}" + (f" @{self.host}" if self.host else "")
+        return f"{self.scenario.name} {self.driver.name}" + (f" {p}" if p else "") + where
+
+    def to_plain(self) -> dict[str, Any]:
+        """The cell as plain data, to run it in another process or on another host."""
+        s = self.scenario
+        return {
+            "scenario": s.path,
+            "name": s.name,
+            "sha256": s.sha256,
+            "overrides": s.overrides,
+            "driver": self.driver.name,
+            "params": self.params,
+            "backing": self.backing,
+            "host": self.host,
+        }
+
+    @classmethod
+    def from_plain(cls, data: dict[str, Any], plugins: Plugins) -> Cell:
+        """The cell `to_plain` described, with this host's copy of its scenario file (refused if it differs)."""
+        path = Path(data["scenario"])
+        if not path.exists() and data["name"] in builtin_scenarios():
+            path = builtin_scenarios()[data["name"]]  # a built-in installed elsewhere on this host
+        scenario = load_scenario(path, data["overrides"])
+        if scenario.sha256 != data["sha256"]:
+            raise UserError(f"{path}: scenario {data['name']!r} differs from the one the run planned (sha256)")
+        return cls(scenario, plugins.driver(data["driver"]), data["params"], data["backing"], data["host"])
+
+
+@dataclass
+class RunConfig:
+    """A run's settings, as `layerbench run` takes them; the results file keeps them for `--resume`."""
+
+    scenarios: tuple[str, ...] = ()
+    drivers: tuple[str, ...] = ()
+    backings: tuple[str, ...] = ()
+    results_dir: Path = Path("results")
+    label: str = "run"
+    work_root: Path | None = None
+    samples: int | None = None
+    warmup: int | None = None
+    min_time_s: float | None = None
+    cold: bool = False
+    order: str = "random"
+    seed: int = 0
+    cell_timeout_s: float = 1800.0
+    quick: bool = False
+    resume: Path | None = None
+    overrides: dict[str, list[Any]] = field(default_factory=dict)
+    spread: bool = False  # a fleet run: each cell once on any host, not on every host
+    max_image_bytes: int | None = None  # an imported image's uncompressed size limit (None: the free disk)
+    target_ci: float = 0.05  # sample until each headline CI is within +-this of the median (0: pinned counts)
+    min_samples: int = 5
+    max_samples: int | None = None  # None: each scenario's samples
+    cell_budget_s: float = 0.0  # a cell's sampling loop stops after this many seconds (0: no limit)
+    loop_io: str = "direct"  # "buffered" only to measure what direct I/O changes (backing.set_loop_io)
+    templates: bool = False  # build each family's image once (harness/run/templates.py; docs/performance.md: off, why)
+
+
+Unavailable = Callable[[str], "str | None"]
+
+
+def _backings_for(
+    driver: type[Driver], scenario: Scenario, asked: tuple[str, ...], unavailable: Unavailable
+) -> list[str]:
+    """The backings a cell runs on: those asked (or the scenario's), else the driver's first usable."""
+    wanted = asked or scenario.backings
+    if wanted:
+        return [b for b in wanted if b in driver.backings and unavailable(b) is None]
+    for fstype in driver.backings:
+        if unavailable(fstype) is None:
+            return [fstype]
+    return [driver.backings[0]]
+
+
+def plan_cells(
+    scenarios: list[Scenario],
+    drivers: list[type[Driver]],
+    backings: tuple[str, ...] = (),
+    unavailable: Unavailable = backing.unavailable,
+    host: str | None = None,
+) -> list[Cell]:
+    """Every scenario x driver x parameter set x backing the driver can sit on (here, or on `host`,
+    where `unavailable` says why a backing cannot be made)."""
+    return [
+        Cell(scenario=s, driver=d, params=p, backing=b, host=host)
+        for s in scenarios
+        for d in drivers
+        for p in s.param_sets()
+        for b in _backings_for(d, s, backings, unavailable)
+    ]
+
+
+def select_drivers(plugins: Plugins, names: tuple[str, ...]) -> tuple[list[type[Driver]], dict[str, str]]:
+    """The drivers to run and, by name, why the others asked for cannot run here.
+
+    `("all",)` asks for every registered driver but null.
+    """
+    if names == ("all",):
+        names = tuple(n for n in sorted(plugins.registry.drivers) if n != "null")
+    if names:
+        chosen = [plugins.driver(n) for n in dict.fromkeys(names)]
+    else:  # the drivers in the default run: one of each style, not null (it measures the harness)
+        chosen = [cls for _, cls in sorted(plugins.registry.drivers.items()) if cls.in_default_run]
+    runnable, skipped = [], {}
+    for cls in chosen:
+        reason = cls.probe()
+        if reason is None:
+            runnable.append(cls)
+        else:
+            skipped[cls.name] = reason
+    return runnable, skipped
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """A cell of `plan`: what its store needs, and how long it took on this machine before."""
+
+    cell: Cell
+    disk_bytes: int  # estimate_bytes
+    seconds: float | None  # median duration_s of this cell in past runs here; None: never ran here
+
+
+@dataclass(frozen=True)
+class Plan:
+    cells: list[PlannedCell]
+    skipped: dict[str, str]  # driver -> why it cannot run here
+    history: int  # results files of this machine the times came from
+
+
+def plan(config: RunConfig, plugins: Plugins | None = None) -> Plan:
+    """What `run(config)` would run here, making nothing: each cell with its disk estimate and its
+    median time in this machine's past results (`config.results_dir`/<machine>/, finished cells only)."""
+    plugins = plugins or default_plugins()
+    scenarios = resolve_scenarios(config.scenarios, config.overrides, config.quick)
+    drivers, skipped = select_drivers(plugins, config.drivers)
+    if not drivers:
+        raise UserError("no driver can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    for b in config.backings:
+        if (why := backing.unavailable(b)) is not None:
+            raise UserError(f"--backing {b}: {why}")
+    cells = plan_cells(scenarios, drivers, config.backings)
+    if not cells:
+        raise UserError(f"no driver can sit on --backing {', '.join(config.backings)}")
+    folder = config.results_dir / machine.machine_name()
+    past: dict[tuple[str, ...], list[float]] = defaultdict(list)
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    for path in files:
+        try:
+            doc = results.read(path)
+        except UserError:
+            continue  # not a results file of ours: no history from it
+        for c in doc["cells"]:
+            if c["status"] == "ok" and c.get("duration_s") is not None:
+                past[results.cell_key(c)[:4]].append(c["duration_s"])
+    planned = []
+    for c in cells:
+        key = results.cell_key(
+            {"scenario": c.scenario.name, "driver": c.driver.name, "backing": c.backing, "params": c.params}
+        )[:4]
+        planned.append(PlannedCell(c, estimate_bytes(c), float(statistics.median(past[key])) if past[key] else None))
+    return Plan(planned, skipped, len(files))
