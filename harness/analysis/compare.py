@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import mannwhitneyu
 
 from layerbench.analysis import results
 from layerbench.analysis.stats import bootstrap_ci
@@ -132,6 +131,8 @@ def _p_value(old: list[float], new: list[float]) -> float | None:
         return None
     if sorted(old) == sorted(new):
         return 1.0
+    from scipy.stats import mannwhitneyu  # here: importing scipy.stats costs every CLI command a second
+
     return float(mannwhitneyu(old, new, alternative="two-sided").pvalue)
 
 
