@@ -1,0 +1,118 @@
+"""Backing stores on the real kernel: the filesystem asked for, of the size asked, and nothing left after close."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from layerbench.kernel import mountinfo
+from layerbench.run import backing
+from layerbench.run.backing import MIN_SIZE, BackingStore
+
+from ..conftest import ROOT
+
+pytestmark = pytest.mark.mounts
+MiB = 1 << 20
+SIZE = {"ext4": 96 * MiB, "xfs": 320 * MiB, "btrfs": 256 * MiB}
+
+
+def _loops_of(image: Path) -> str:
+    return subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=True).stdout
+
+
+def _backing_file(loop: str) -> str | None:
+    """The file loop device `loop` is attached to, or None when it is attached to none."""
+    try:
+        return Path(f"/sys/block/{Path(loop).name}/loop/backing_file").read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _mount_on(point: Path) -> mountinfo.Mount:
+    (found,) = [m for m in mountinfo.mounts() if m.point == str(point)]
+    return found
+
+
+def _need(fstype: str) -> None:
+    if (reason := backing.unavailable(fstype)) is not None:
+        pytest.skip(f"{fstype}: {reason}")
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs", "btrfs"])
+def test_a_loop_store_is_the_filesystem_and_size_asked_and_close_leaves_nothing(fstype: str, tmp_path: Path) -> None:
+    _need(fstype)
+    store = BackingStore(tmp_path, fstype, SIZE[fstype])
+    with store as mnt:
+        assert store.loop is not None and store.loop in _loops_of(store.image)
+        mount = _mount_on(mnt)
+        assert (mount.fstype, mount.source) == (fstype, store.loop)
+        assert mount.has("nodev", "nosuid")
+        assert store.image.stat().st_size == SIZE[fstype]
+        st = os.statvfs(mnt)
+        assert 0.75 * SIZE[fstype] <= st.f_blocks * st.f_frsize <= SIZE[fstype]  # the filesystem fills the file
+        before = store.usage()
+        (mnt / "data").write_bytes(os.urandom(8 * MiB))
+        after = store.usage()
+        st = os.statvfs(mnt)  # read right after usage()'s syncfs: the same figure
+        assert after.bytes == (st.f_blocks - st.f_bfree) * st.f_frsize
+        assert after.bytes - before.bytes >= 8 * MiB
+        if fstype == "btrfs":
+            assert after.inodes is None  # btrfs has no inode count
+        else:
+            assert after.inodes is not None and before.inodes is not None and after.inodes == before.inodes + 1
+        loop = store.loop
+    assert mountinfo.points_below(str(tmp_path)) == []
+    assert _loops_of(store.image) == "" and str(store.image) not in (_backing_file(loop) or "")  # detached
+    assert not store.image.exists() and not store.mountpoint.exists()
+    store.close()  # idempotent
+
+
+def test_a_store_smaller_than_its_filesystem_allows_is_made_at_the_minimum(tmp_path: Path) -> None:
+    _need("ext4")
+    with BackingStore(tmp_path, "ext4", MiB) as mnt:
+        assert os.path.getsize(tmp_path / "backing.ext4.img") == MIN_SIZE["ext4"]
+        assert os.path.ismount(mnt)
+
+
+@pytest.mark.parametrize("mode", ["direct", "buffered"])
+def test_the_loop_direct_io_state_is_read_back_from_the_kernel(mode: str, tmp_path: Path) -> None:
+    _need("ext4")
+    backing.set_loop_io(mode)
+    try:
+        with BackingStore(tmp_path, "ext4", 64 * MiB) as _:
+            store_loop = _loops_of(tmp_path / "backing.ext4.img").split(":", 1)[0]
+            dio = Path(f"/sys/block/{Path(store_loop).name}/loop/dio").read_text().strip() == "1"
+            assert backing.loop_direct_io(store_loop) is dio
+            if mode == "buffered":
+                assert not dio  # never asked for
+    finally:
+        backing.set_loop_io("direct")
+
+
+def test_the_direct_io_attribute_is_the_stores_own(tmp_path: Path) -> None:
+    _need("ext4")
+    store = BackingStore(tmp_path, "ext4", 64 * MiB)
+    with store:
+        assert store.loop is not None
+        assert store.direct_io is (Path(f"/sys/block/{Path(store.loop).name}/loop/dio").read_text().strip() == "1")
+    assert store.loop is None
+
+
+def test_a_dir_store_counts_bytes_and_inodes_with_a_walk(tmp_path: Path) -> None:
+    store = BackingStore(tmp_path, "dir", 0)
+    with store as mnt:
+        assert store.loop is None and store.direct_io is None and not store.image.exists()
+        if ROOT:  # bound onto itself, so it is nodev,nosuid like every other store
+            assert _mount_on(mnt).has("nodev", "nosuid")
+        empty = store.usage()
+        (mnt / "sub").mkdir()
+        (mnt / "sub" / "a").write_bytes(os.urandom(MiB))
+        os.link(mnt / "sub" / "a", mnt / "hardlink")  # one inode, counted once
+        used = store.usage()
+        assert used.inodes == (empty.inodes or 0) + 2  # sub/ and a
+        assert used.bytes == backing.allocated_bytes(mnt)
+        assert MiB <= used.bytes - empty.bytes < 2 * MiB
+    assert mountinfo.points_below(str(tmp_path)) == [] and not store.mountpoint.exists()

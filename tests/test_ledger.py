@@ -1,0 +1,103 @@
+"""The ledger: what a run made is written down first, and a dead run's leftovers are released from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from layerbench.kernel import mountinfo
+from layerbench.run.ledger import LEDGER_NAME, Ledger, release, release_abandoned
+
+from .conftest import ROOT
+
+
+def _records(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_made_and_released_are_records_in_order_after_the_run_record(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / LEDGER_NAME).open()
+    ledger.made("dir", tmp_path / "d")
+    ledger.released("dir", tmp_path / "d")
+    ledger.close()
+    assert _records(tmp_path / LEDGER_NAME) == [
+        {"op": "run", "pid": os.getpid()},
+        {"op": "make", "kind": "dir", "path": str(tmp_path / "d")},
+        {"op": "release", "kind": "dir", "path": str(tmp_path / "d")},
+    ]
+
+
+def test_what_was_released_is_left_alone_and_a_torn_last_record_is_skipped(tmp_path: Path) -> None:
+    kept, left = tmp_path / "kept", tmp_path / "left"
+    kept.write_text("the run released it; someone else's now")
+    left.write_text("x")
+    ledger = Ledger(tmp_path / LEDGER_NAME).open()
+    ledger.made("file", kept)
+    ledger.released("file", kept)
+    ledger.made("file", left)
+    ledger.close()
+    with open(tmp_path / LEDGER_NAME, "a") as f:
+        f.write('{"op": "make", "kind": "file", "pa')  # the crash cut this record short
+    assert release(tmp_path / LEDGER_NAME) == [f"removed {left}"]
+    assert kept.exists() and not left.exists()
+
+
+def test_cleanup_skips_a_live_run_and_releases_a_dead_one(tmp_path: Path) -> None:
+    dead, live = tmp_path / "run-dead", tmp_path / "run-live"
+    for run in (dead, live):
+        run.mkdir()
+        ledger = Ledger(run / LEDGER_NAME).open()
+        ledger.made("dir", run / "cell")
+        (run / "cell").mkdir()
+        if run == dead:
+            ledger.close()
+    try:
+        actions, running = release_abandoned(tmp_path)
+        assert running == [str(live)]  # its lock is held: a run that still lives is not touched
+        assert actions == [f"removed {dead / 'cell'}", f"removed {dead}"] and not dead.exists()
+        assert (live / "cell").is_dir() and (live / LEDGER_NAME).exists()
+    finally:
+        ledger.close()
+    actions, running = release_abandoned(tmp_path)  # the lock went with the run
+    assert running == [] and not live.exists()
+
+
+_CRASH = """
+import os, signal, sys
+from pathlib import Path
+from layerbench.run.backing import BackingStore
+from layerbench.run.ledger import Ledger
+run = Path(sys.argv[1])
+store = BackingStore(run / "cell", "ext4", 64 << 20, ledger=Ledger(run / "ledger.jsonl").open())
+(store.open() / "data").write_bytes(b"x" * 4096)
+print(store.loop, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _loops_of(image: Path) -> str:
+    return subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.mounts
+@pytest.mark.skipif(not ROOT, reason="a loop-mounted store needs root")
+def test_a_killed_run_leaves_a_mount_and_a_loop_device_that_cleanup_releases(tmp_path: Path) -> None:
+    run = tmp_path / "run-1"
+    (run / "cell").mkdir(parents=True)
+    proc = subprocess.run([sys.executable, "-c", _CRASH, str(run)], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    loop, image, point = proc.stdout.strip(), run / "cell" / "backing.ext4.img", run / "cell" / "mnt"
+    assert loop.startswith("/dev/loop") and loop in _loops_of(image)
+    assert mountinfo.points_below(str(tmp_path)) == [str(point)]  # what the crash left behind
+    actions, live = release_abandoned(tmp_path)
+    assert live == []
+    assert actions[0] == f"unmounted {point}" and actions[1].startswith(f"detached {loop}")
+    assert f"removed {image}" in actions and f"removed {point}" in actions
+    assert mountinfo.points_below(str(tmp_path)) == [] and _loops_of(image) == "" and not image.exists()
+    assert os.listdir(run) == ["cell"] and os.listdir(run / "cell") == []  # the cell dir is the test's own
