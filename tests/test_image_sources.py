@@ -1,0 +1,100 @@
+"""Images from outside (image_sources): the final file list of an archive, the order DIFF layers
+need, the entry bound, and a host directory as a one-layer image."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from layerbench.driver import LayerFormat
+from layerbench.errors import UserError
+from layerbench.images import image_sources
+from layerbench.images.image_sources import ArchiveImage, HostDirImage, open_image, set_image_limit
+
+from .test_layer_tar import WH, D, F, S, tar_bytes
+from .test_oci import Layout
+
+
+def _archive(tmp_path: Path, *tars: bytes) -> ArchiveImage:
+    lay = Layout()
+    lay.index([lay.manifest(list(tars))])
+    image = open_image("oci", lay.write_dir(tmp_path / "image"))
+    assert isinstance(image, ArchiveImage)
+    return image
+
+
+def test_the_final_file_list_folds_whiteouts_opaque_dirs_and_replacements(tmp_path: Path) -> None:
+    lower = tar_bytes(
+        D("a/"),
+        F("a/x", b"0123456789"),
+        F("a/y", b"abcde"),
+        D("d/"),
+        F("d/old", b"old"),
+        F("f", b"a file, then a dir"),
+        S("link", "a/x"),  # not a regular file: not in the list
+    )
+    upper = tar_bytes(
+        WH("a/.wh.x"),
+        WH("d/.wh..wh..opq"),
+        F("d/new", b"1234567"),
+        D("f/"),
+        F("f/inside", b"12"),
+        F("z", b"zz"),
+        WH(".wh.z"),  # a whiteout hides the layers below only, not its own layer's z
+    )
+    image = _archive(tmp_path, lower, upper)
+    assert image.layer_count == 2
+    assert image.file_paths() == ["a/y", "d/new", "f/inside", "z"]
+    assert image.total_files == 4 and image.total_bytes == 5 + 7 + 2 + 2
+
+
+def test_diff_layers_must_be_applied_bottom_first(tmp_path: Path) -> None:
+    image = _archive(tmp_path, tar_bytes(F("a", b"a")), tar_bytes(F("b", b"b")))
+    (tmp_path / "l1").mkdir()
+    with pytest.raises(ValueError, match="apply them bottom first"):
+        image.apply(1, tmp_path / "l1", LayerFormat.DIFF)
+    (tmp_path / "l0").mkdir()
+    image.apply(0, tmp_path / "l0", LayerFormat.DIFF)
+    image.apply(1, tmp_path / "l1", LayerFormat.DIFF)
+    assert os.listdir(tmp_path / "l0") == ["a"] and os.listdir(tmp_path / "l1") == ["b"]
+
+
+def test_an_image_of_more_entries_than_allowed_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(image_sources, "MAX_ENTRIES", 3)
+    image = _archive(tmp_path, tar_bytes(F("a"), F("b")), tar_bytes(F("c"), F("d")))
+    with pytest.raises(UserError, match="more than 3 entries"):
+        _ = image.total_files
+
+
+def test_a_size_bound_given_is_the_images_limit(tmp_path: Path) -> None:
+    set_image_limit(1 << 20, tmp_path)  # an explicit bound wins over the work root's free disk
+    try:
+        image = _archive(tmp_path, tar_bytes(F("a", b"a")))
+        assert image.limit is not None and image.limit.total == 1 << 20 and image.limit.why == "--max-image-bytes"
+    finally:
+        set_image_limit(None, None)
+
+
+def test_a_host_directory_is_one_layer_of_its_regular_files(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "conf").write_bytes(b"12345")
+    (src / "bin").write_bytes(b"123")
+    os.symlink("etc/conf", src / "link")  # neither counted nor followed
+    image = open_image("dir", src)
+    assert isinstance(image, HostDirImage) and image.layer_count == 1
+    assert image.file_paths() == ["bin", "etc/conf"] and image.total_files == 2 and image.total_bytes == 8
+    root = tmp_path / "root"
+    root.mkdir()
+    image.apply(0, root, LayerFormat.FULL)
+    assert (root / "etc" / "conf").read_bytes() == b"12345" and os.readlink(root / "link") == "etc/conf"
+
+
+def test_a_dir_source_that_is_not_a_directory_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(UserError, match="needs a directory"):
+        open_image("dir", tmp_path / "file")
