@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,22 @@ def test_save_is_atomic_and_load_gives_a_frame(tmp_path: Path, monkeypatch: pyte
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # and no temporary file is left
     frame = results.load([path])
     assert list(frame["metric"]) == ["x_ns"] and frame["median"][0] == 2.0
+
+
+def test_save_replaces_the_file_by_a_rename_never_writing_into_it(tmp_path: Path) -> None:
+    """A reader that opened the old file keeps reading the old file whole: the new one is another
+    inode renamed over it. Any write into the file (truncate, then write) would change what it reads."""
+    path = tmp_path / "r.json"
+    results.save(_doc(), path)
+    before = path.read_bytes()
+    newer = _doc()
+    newer["cells"][0]["metrics"]["x_ns"]["samples"] = [7, 8, 9]
+    with open(path, "rb") as reader:
+        results.save(newer, path)
+        assert os.fstat(reader.fileno()).st_ino != path.stat().st_ino
+        assert reader.read() == before
+    assert results.read(path)["cells"][0]["metrics"]["x_ns"]["samples"] == [7, 8, 9]
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
