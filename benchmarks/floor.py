@@ -200,7 +200,8 @@ def overlay_section(workdir: Path, samples: int, layers: int) -> Samples:
             image = small_image(layers)
             top = build(driver, image)
             timer = StartTimer(driver, image, top, store)
-            lowers = [str(home / f"l{i}" / "diff") for i in reversed(range(layers))]
+            info = driver.inspect(top)  # the image's layer directories, uppermost first, as the driver has them
+            lowers = [info["UpperDir"], *filter(None, info.get("LowerDir", "").split(":"))]
             options = driver.mount_options  # what the driver's own mount passes beyond the dirs
             d = bare / f"mount2{WARMUP + samples}"
             data = overlay_data(lowers, f"{d}/diff", f"{d}/work", options)
