@@ -14,7 +14,8 @@ import pytest
 
 from layerbench.driver import LayerFormat
 from layerbench.errors import UserError
-from layerbench.images.layer_tar import LowerTree, SizeLimit, apply_host_dir, apply_tar_layer, free_disk_limit
+from layerbench.images.layer_stream import SizeLimit, free_disk_limit
+from layerbench.images.layer_tar import LowerTree, apply_host_dir, apply_tar_layer
 from layerbench.kernel.treecopy import copy_tree
 
 ROOT = os.geteuid() == 0

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from layerbench.driver import LayerFormat
-from layerbench.images.layer_tar import OPAQUE_XATTR, make_whiteout
+from layerbench.images.layer_encoding import OPAQUE_XATTR, make_whiteout
 
 __all__ = ["FileSpec", "LayerSpec", "Image", "SyntheticImage", "synthetic_image", "apply_layer", "write_whiteout"]
 

@@ -16,16 +16,9 @@ from typing import Any
 
 from layerbench.driver import LayerFormat
 from layerbench.errors import UserError
-from layerbench.images.layer_tar import (
-    OPAQUE_MARKER,
-    OPAQUE_XATTR,
-    WHITEOUT_PREFIX,
-    LayerTar,
-    LowerTree,
-    SizeLimit,
-    free_disk_limit,
-    read_layer,
-)
+from layerbench.images.layer_encoding import OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX
+from layerbench.images.layer_stream import LayerTar, SizeLimit, free_disk_limit, read_layer
+from layerbench.images.layer_tar import LowerTree
 from layerbench.images.oci import LayerBlob, apply_blob, apply_host_dir, read_image
 
 __all__ = ["ArchiveImage", "HostDirImage", "open_image", "set_image_limit", "parse_size", "MAX_ENTRIES"]

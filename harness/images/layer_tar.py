@@ -15,135 +15,42 @@ lower layers the root does not hold, so DIFF refuses exactly what FULL refuses.
 
 Work is bounded: the uncompressed stream and the bytes written stop at a `SizeLimit`
 (by default the free disk of the root's filesystem), new inodes at its free inodes,
-header blocks at 16 MiB, names at NAME_MAX and PATH_MAX.
+header blocks at 16 MiB, names at NAME_MAX and PATH_MAX. Reading the stream is
+harness/images/layer_stream.py; the whiteout and opaque encoding, layer_encoding.py.
 """
 
 from __future__ import annotations
 
 import errno
-import gzip
-import io
 import os
 import shutil
 import stat
 import tarfile
-import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, Literal, NoReturn
 
 from layerbench.driver import LayerFormat
 from layerbench.errors import UserError
-from layerbench.units import bytes_text
+from layerbench.images.layer_encoding import (
+    OPAQUE_MARKER,
+    OPAQUE_XATTR,
+    WHITEOUT_PREFIX,
+    is_whiteout,
+    make_whiteout,
+    set_opaque,
+)
+from layerbench.images.layer_stream import CHUNK, SizeLimit, free_disk_limit, name_of, read_layer, tighter
 
-__all__ = [
-    "LayerStats",
-    "apply_tar_layer",
-    "apply_host_dir",
-    "open_layer_stream",
-    "WHITEOUT_PREFIX",
-    "OPAQUE_MARKER",
-    "SymlinkPolicy",
-    "SizeLimit",
-    "LowerTree",
-    "read_layer",
-    "LayerTar",
-    "make_whiteout",
-    "set_opaque",
-    "is_whiteout",
-    "free_disk_limit",
-    "OPAQUE_XATTR",
-    "NAME_MAX",
-    "PATH_MAX",
-]
+__all__ = ["LayerStats", "LowerTree", "SymlinkPolicy", "apply_tar_layer", "apply_host_dir", "NAME_MAX", "PATH_MAX"]
 
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
-OPAQUE_XATTR = "trusted.overlay.opaque"
 #: "refuse" an absolute symlink target, or rewrite it as a relative one inside the root
 SymlinkPolicy = Literal["refuse", "relative"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _XATTR_SKIP = (errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.EINVAL, errno.ERANGE, errno.E2BIG, errno.ENOSPC)
-_GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
-_CHUNK = 1 << 20
 NAME_MAX, PATH_MAX = 255, 4096  # bytes of one name, of a path with its NUL (Linux)
-_MAX_HEADER = 16 << 20  # a PAX or GNU long-name header block held in memory
-_HEADER_TYPES = (
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-)
-
-
-@dataclass(frozen=True)
-class SizeLimit:
-    """At most `total` uncompressed bytes for a whole image; the layers below this one took `below`.
-
-    `why` says where the figure comes from, for the message (e.g. "--max-image-bytes").
-    """
-
-    total: int
-    why: str
-    below: int = 0
-
-    @property
-    def left(self) -> int:
-        return max(0, self.total - self.below)
-
-    def error(self, source: str, what: str = "uncompressed") -> UserError:
-        after = f" after {bytes_text(self.below)} in the layers below" if self.below else ""
-        return UserError(
-            f"{source}: over the image size limit of {bytes_text(self.total)} ({self.why}): "
-            f"more than {bytes_text(self.left)} {what} in this layer{after}"
-        )
-
-
-def free_disk_limit(path: Path | str | int, where: str = "") -> SizeLimit:
-    """What the free disk of `path`'s filesystem allows, less a margin (a tenth, at most 1 GiB)."""
-    sv = os.statvfs(path)
-    free = sv.f_bavail * sv.f_frsize
-    return SizeLimit(free - min(free // 10, 1 << 30), f"the free disk of {where or path} less a margin")
-
-
-def _tighter(a: SizeLimit | None, b: SizeLimit) -> SizeLimit:
-    return b if a is None or b.left < a.left else a
-
-
-class _HeaderTooLarge(Exception):
-    pass
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """Refuses a PAX or GNU long-name header block larger than 16 MiB (tarfile reads it whole)."""
-
-    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _HEADER_TYPES and self.size > _MAX_HEADER:
-            raise _HeaderTooLarge(f"a tar header block of {bytes_text(self.size)} (at most {bytes_text(_MAX_HEADER)})")
-        return super()._proc_member(tar)  # type: ignore[misc]
-
-
-class _Bounded(io.RawIOBase):
-    """A decompressed stream that counts its bytes and raises the limit's error past `limit.left`."""
-
-    def __init__(self, stream: BinaryIO, limit: SizeLimit | None, source: str) -> None:
-        self.stream, self.limit, self.source, self.count = stream, limit, source, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        want = len(buf) if self.limit is None else min(len(buf), self.limit.left - self.count + 1)
-        data = self.stream.read(want)
-        self.count += len(data)
-        if self.limit is not None and self.count > self.limit.left:
-            raise self.limit.error(self.source)
-        buf[: len(data)] = data
-        return len(data)
 
 
 @dataclass
@@ -179,52 +86,6 @@ class _Entry:
     xattrs: dict[str, bytes] = field(default_factory=dict)
 
 
-class _Prefixed(io.RawIOBase):
-    """A stream with bytes already read from it put back in front."""
-
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
-        self.head, self.rest = head, rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self.head:
-            n = min(len(buf), len(self.head))
-            buf[:n] = self.head[:n]
-            self.head = self.head[n:]
-            return n
-        data = self.rest.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-
-def open_layer_stream(fileobj: BinaryIO, limit: SizeLimit | None = None, name: str = "layer") -> BinaryIO:
-    """Return `fileobj` decompressed as its magic says: gzip, zstd, or as it is.
-
-    With `limit`, reading more than `limit.left` decompressed bytes raises its `UserError`
-    (naming `name`) at once, before more is decompressed.
-    """
-    return io.BufferedReader(_Bounded(_decompressed(fileobj), limit, name), _CHUNK)
-
-
-def _decompressed(fileobj: BinaryIO) -> BinaryIO:
-    head = b""
-    while len(head) < 4:
-        more = fileobj.read(4 - len(head))
-        if not more:
-            break
-        head += more
-    stream = io.BufferedReader(_Prefixed(head, fileobj), _CHUNK)
-    if head.startswith(_GZIP):
-        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
-    if head == _ZSTD:
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
-    return stream
-
-
 def _split(applier: _Applier, e: _Entry, name: str, what: str = "path") -> tuple[str, ...]:
     if name.startswith("/"):
         applier.fail(e, f"absolute {what} {name!r}: path escapes the layer root")
@@ -239,21 +100,6 @@ def _split(applier: _Applier, e: _Entry, name: str, what: str = "path") -> tuple
     if sum(sizes) + len(sizes) > PATH_MAX - 1:
         applier.fail(e, f"{what} is {sum(sizes) + len(sizes)} bytes long; at most {PATH_MAX - 1} (PATH_MAX)")
     return parts
-
-
-def is_whiteout(st: os.stat_result) -> bool:
-    """Whether `st` is an overlay whiteout: a 0/0 character device."""
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def make_whiteout(path: Path | str, dir_fd: int | None = None) -> None:
-    """Hide `path` of the layers below in a DIFF layer: a 0/0 character device (overlayfs)."""
-    os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=dir_fd)
-
-
-def set_opaque(target: int | str | Path, opaque_xattr: str = OPAQUE_XATTR) -> None:
-    """Mark a DIFF layer's directory opaque (the lower ones' children hidden): `<opaque_xattr>=y`."""
-    os.setxattr(target, opaque_xattr, b"y")
 
 
 @dataclass
@@ -330,7 +176,7 @@ class _Applier:
         self.lower = lower if self.diff else None
         self.opaque_xattr = opaque_xattr
         self.root_fd = os.open(root, _DIR_FLAGS)
-        self.limit = _tighter(limit, free_disk_limit(self.root_fd, "the layer's filesystem"))
+        self.limit = tighter(limit, free_disk_limit(self.root_fd, "the layer's filesystem"))
         sv = os.statvfs(self.root_fd)
         self.inodes_left = sv.f_favail - min(sv.f_favail // 10, 100_000) if sv.f_files else None
         self.is_root = os.geteuid() == 0
@@ -761,7 +607,7 @@ def _copier(src: IO[bytes], size: int, applier: _Applier, e: _Entry) -> Callable
     def write(fd: int) -> int:
         done = 0
         while True:
-            chunk = src.read(_CHUNK)
+            chunk = src.read(CHUNK)
             if not chunk:
                 break
             view = memoryview(chunk)
@@ -773,50 +619,6 @@ def _copier(src: IO[bytes], size: int, applier: _Applier, e: _Entry) -> Callable
         return done
 
     return write
-
-
-def _name_of(fileobj: object) -> str:
-    name = getattr(fileobj, "name", None)
-    return os.path.basename(name) if isinstance(name, str) else "layer"
-
-
-@dataclass
-class LayerTar:
-    """A layer tar stream open for one pass in order; see `read_layer`."""
-
-    tar: tarfile.TarFile
-    stream: BinaryIO
-    counter: _Bounded
-
-    def __iter__(self) -> Iterator[tarfile.TarInfo]:
-        while (info := self.tar.next()) is not None:
-            self.tar.members.clear()  # type: ignore[attr-defined]  # a stream is read once: keep no list of every entry
-            yield info
-
-    def size(self) -> int:
-        """Read to the end; the uncompressed bytes of the whole stream."""
-        while self.stream.read(_CHUNK):
-            pass
-        return self.counter.count
-
-
-@contextmanager
-def read_layer(fileobj: BinaryIO, source: str, limit: SizeLimit | None = None) -> Iterator[LayerTar]:
-    """The layer tar stream in `fileobj` (plain, gzip or zstd), for one pass in order.
-
-    Reading past `limit`, a header block over 16 MiB, a corrupt stream: one `UserError`
-    naming `source`, raised as soon as it shows.
-    """
-    try:
-        stream = open_layer_stream(fileobj, limit, source)
-        with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape", tarinfo=_BoundedTarInfo) as tar:
-            yield LayerTar(tar, stream, stream.raw)  # type: ignore[attr-defined]
-    except _HeaderTooLarge as exc:
-        raise UserError(f"{source}: {exc}") from None
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise UserError(f"{source}: not a readable layer tar: {exc}") from None
-    except _zstd_errors() as exc:
-        raise UserError(f"{source}: not a readable zstd stream: {exc}") from None
 
 
 def apply_tar_layer(
@@ -840,7 +642,7 @@ def apply_tar_layer(
     the layers of an image, bottom first) makes the refusals those of FULL and takes in
     this layer; `opaque_xattr` is the driver's (`Driver.opaque_xattr`).
     """
-    source = name or _name_of(fileobj)
+    source = name or name_of(fileobj)
     applier = _Applier(root, layer_format, source, symlinks, limit=limit, lower=lower, opaque_xattr=opaque_xattr)
     try:
         with read_layer(fileobj, source, applier.limit) as layer:
@@ -860,14 +662,6 @@ def apply_tar_layer(
         raise UserError(f"{source}: entry {applier.current!r}: no space left on the layer's filesystem") from None
     finally:
         applier.close()
-
-
-def _zstd_errors() -> tuple[type[BaseException], ...]:
-    try:
-        import zstandard
-    except ImportError:
-        return ()
-    return (zstandard.ZstdError,)
 
 
 # -- host directories ----------------------------------------------------------------------

@@ -28,16 +28,9 @@ from typing import Any, BinaryIO, Literal
 from layerbench.driver import LayerFormat
 from layerbench.errors import UserError
 from layerbench.images.image import SyntheticImage
-from layerbench.images.layer_tar import (
-    OPAQUE_XATTR,
-    LayerStats,
-    LowerTree,
-    SizeLimit,
-    SymlinkPolicy,
-    apply_host_dir,
-    apply_tar_layer,
-    open_layer_stream,
-)
+from layerbench.images.layer_encoding import OPAQUE_XATTR
+from layerbench.images.layer_stream import SizeLimit, open_layer_stream
+from layerbench.images.layer_tar import LayerStats, LowerTree, SymlinkPolicy, apply_host_dir, apply_tar_layer
 from layerbench.kernel.safety import DEFAULT_WORK_ROOT, prepare_work_root
 
 __all__ = [

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from layerbench.images.layer_tar import OPAQUE_XATTR, make_whiteout, set_opaque
+from layerbench.images.layer_encoding import OPAQUE_XATTR, make_whiteout, set_opaque
 from layerbench.kernel.treecopy import copy_tree
 
 __all__ = [
