@@ -22,6 +22,7 @@ from typing import Any
 from layerbench.errors import UserError
 from layerbench.images.image import FileSpec, Image, SyntheticImage, synthetic_image
 from layerbench.images.oci import COMPRESSIONS
+from layerbench.ops import BOOL, ERRNOS, FRACTION, INT, MODE, NUMBER, OPS, SELECT, SIZE, STR
 
 __all__ = [
     "Scenario",
@@ -40,9 +41,6 @@ _PARAM = re.compile(r"^[a-z_][a-z0-9_]*$")
 _METRIC = re.compile(r"^[a-z][a-z0-9_]*_ns$")
 BACKINGS = ("ext4", "xfs", "btrfs", "dir")
 
-# Field kinds: how a value is checked once parameters are substituted.
-INT, SIZE, STR, BOOL = "int", "size", "str", "bool"
-FRACTION, NUMBER, ERRNOS, MODE = "fraction", "number", "errnos", "mode"
 _KIND_TEXT = {
     INT: "a whole number >= 0",
     SIZE: "a size in bytes (a whole number >= 0)",
@@ -53,35 +51,7 @@ _KIND_TEXT = {
     ERRNOS: 'a list of errno names such as ["EXDEV", "EROFS"]',
     MODE: "a file mode such as 0o644",
 }
-
-#: the ways a file step picks its files; exactly one is given
-SELECT = {"path": STR, "glob": STR, "fraction": FRACTION}
-
-#: op -> (fields: name -> (kind or enum tuple, required), takes a file selection, default metric)
-STEPS: dict[str, tuple[dict[str, tuple[Any, bool]], bool, str | None]] = {
-    "start": ({"count": (INT, False), "image": (STR, False)}, False, "startup_ns"),
-    "remove": ({}, False, None),
-    "commit": ({}, False, "commit_ns"),
-    "build": ({"image": (STR, False)}, False, "build_ns"),
-    "usage": ({"prefix": (STR, False)}, False, None),
-    "volume": ({"path": (STR, True), "kind": (("bind", "tmpfs"), False), "populate": (BOOL, False)}, False, None),
-    "write": ({"bytes": (SIZE, True), "count": (INT, False)}, True, None),
-    "append": ({"bytes": (SIZE, False)}, True, None),
-    "overwrite": ({"bytes": (SIZE, False), "offset": (SIZE, False)}, True, None),
-    "truncate": ({"size": (SIZE, True)}, True, None),
-    "open_rdwr": ({}, True, None),
-    "read": ({"cold": (BOOL, False)}, True, None),
-    "page_cache": ({}, True, None),
-    "stat": ({}, True, None),
-    "fsync": ({}, True, None),
-    "chmod": ({"mode": (MODE, True)}, True, None),
-    "chown": ({"uid": (INT, True), "gid": (INT, True)}, True, None),
-    "unlink": ({}, True, None),
-    "rename": ({"path": (STR, True), "to": (STR, True)}, False, None),
-    "mkdir": ({"path": (STR, True)}, False, None),
-    "readdir": ({"path": (STR, True)}, False, None),
-    "expect": ({"path": (STR, True), "sha256": (STR, False), "layer": (INT, False)}, False, None),
-}
+STEPS = OPS  # the name tests/test_fuzz.py knows; each op's definition is harness/ops.py's
 _COMMON = {"op", "measure", "allow_errors"}
 _TOP = {"name", "description", "params", "sets", "image", "images", "repeat", "step", "backing", "quick"}
 _QUICK = {"params", "samples", "warmup"}
@@ -182,7 +152,7 @@ class Scenario:
             op = _subst(raw["op"], params)
             args = _subst({k: v for k, v in raw.items() if k not in _COMMON}, params)
             label = f"step[{i}] {op}"
-            out.append(Step(op, args, raw.get("measure", STEPS[op][2]), tuple(raw.get("allow_errors", ())), label))
+            out.append(Step(op, args, raw.get("measure", OPS[op].measure), tuple(raw.get("allow_errors", ())), label))
         return out
 
 
@@ -384,7 +354,7 @@ def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> li
         op = step.get("op")
         ops = [op]
         if isinstance(op, str) and (m := _REF.match(op)):  # one op per parameter value
-            c.value(op, tuple(STEPS), f"{where}op")
+            c.value(op, tuple(OPS), f"{where}op")
             ops = list(dict.fromkeys(values[m.group(1)]))
         for one in ops:
             _validate_step(c, step, one, where)
@@ -458,9 +428,9 @@ def _image_order(c: _Checker, data: dict[str, Any]) -> list[str]:
 
 
 def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> None:
-    if op not in STEPS:
-        raise c.fail(f"{where}op", f"unknown op {op!r}; allowed: {', '.join(STEPS)}")
-    spec, selects, _ = STEPS[op]
+    if op not in OPS:
+        raise c.fail(f"{where}op", f"unknown op {op!r}; allowed: {', '.join(OPS)}")
+    spec, selects = OPS[op].fields, OPS[op].selects
     allowed = {*_COMMON, *spec, *(SELECT if selects else ())}
     for key in step:
         if key not in allowed:
@@ -496,7 +466,7 @@ def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> No
     if "measure" in step:
         if not isinstance(step["measure"], str) or not _METRIC.match(step["measure"]):
             raise c.fail(f"{where}measure", "a metric name in snake_case ending in _ns")
-        if op in ("usage", "volume", "page_cache", "expect"):
+        if not OPS[op].timed:
             raise c.fail(f"{where}measure", f"op {op!r} records fixed metrics and times nothing")
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from layerbench.analysis import results
 from layerbench.driver import Driver
+from layerbench.images.build import build_image, layer_ids
 from layerbench.images.image import Image, SyntheticImage
 from layerbench.kernel import safety, syscalls
 from layerbench.run import backing, userns
@@ -37,17 +38,17 @@ __all__ = ["CellTimeout", "run_cell", "build_template"]
 def _build_image(
     image: Image, driver: Driver, store: backing.BackingStore, base: int, name: str = "", parent: str | None = None
 ) -> tuple[str, list[int]]:
-    """Build the image layer by layer on `parent` (its base image's top layer, or None); return its
-    top layer and the disk used after each layer. Layer ids are `layer<i>`, `<name>-layer<i>` for a named image."""
+    """Build the image on `parent` (its base image's top layer, or None); return its top layer and
+    the store's use over `base` after each layer. Layer ids are `layer<i>`, `<name>-layer<i>` for a named image."""
     after: list[int] = []
-    for i in range(image.layer_count):
-        layer_id = f"{name}-layer{i}" if name else f"layer{i}"
-        image.apply(i, driver.create_layer(layer_id, parent), driver.layer_format, opaque_xattr=driver.opaque_xattr)
-        driver.seal_layer(layer_id)
-        parent = layer_id
-        after.append(store.usage().bytes - base)
-    assert parent is not None
-    return parent, after
+    top = build_image(
+        driver,
+        image,
+        ids=layer_ids(image, name),
+        parent=parent,
+        sealed=lambda layer: after.append(store.usage().bytes - base),
+    )
+    return top, after
 
 
 def _build_images(
@@ -131,14 +132,13 @@ def _measure(run: _CellRun) -> None:
     """Set the driver up in `home` on the open store, build the image, take the samples; `run_cell` cleans up."""
     cell, store, home, sampling, overhead_ns = run.cell, run.store, run.home, run.sampling, run.overhead_ns
     out, recorded, outcomes = run.out, run.recorded, run.outcomes
-    s = cell.scenario
     mnt = store.mountpoint
     t = run.template
     base, base_walk = (t.base, t.base_walk) if t else (store.usage(), backing.allocated_bytes(mnt))
     driver = cell.driver(home)
     run.drivers.append(driver)
     driver.setup()
-    image = s.image(cell.params)
+    image = cell.image
     if t is not None:  # the image is on the copied store: the driver learns its layers, the page cache gets them
         adopt(driver, t)
         top, per_layer = t.top, list(t.per_layer)
@@ -150,14 +150,14 @@ def _measure(run: _CellRun) -> None:
     out["image_bytes"] = image.total_bytes
     out["inspect"]["image"] = driver.inspect(top)
     tops = {"base": top}
-    if further := s.images(cell.params):
+    if further := cell.images:
         out["images"] = _build_images(further, driver, store, base.bytes, tops, image.total_bytes, per_layer[-1])
-    steps = s.steps(cell.params)
+    steps = cell.steps
     rebuilt = any(x.op == "build" and "image" not in x.args for x in steps)
     contents = image.contents() if isinstance(image, SyntheticImage) and rebuilt else None
     unbuilt = {  # imported by build steps, each sample anew; generated contents made here, untimed
         name: (base_name, img, img.contents() if isinstance(img, SyntheticImage) else None)
-        for name, base_name, img in s.images(cell.params, prebuilt=False)
+        for name, base_name, img in cell.unbuilt
     }
 
     timed_ns = 0  # the measured samples' timed regions, as taken (before the timer overhead comes off)
@@ -357,7 +357,7 @@ def build_template(cell: Cell, workdir: Path, size_bytes: int, inodes: int, ledg
         base, base_walk = store.usage(), backing.allocated_bytes(store.mountpoint)
         driver = cell.driver(home)
         driver.setup()
-        image = cell.scenario.image(cell.params)
+        image, ids = cell.image, layer_ids(cell.image)
         top, per_layer = _build_image(image, driver, store, base.bytes)
         template = Template(
             store.image,
@@ -367,7 +367,7 @@ def build_template(cell: Cell, workdir: Path, size_bytes: int, inodes: int, ledg
             base_walk,
             top,
             per_layer,
-            [(f"layer{i}", f"layer{i - 1}" if i else None) for i in range(image.layer_count)],
+            [(layer, ids[i - 1] if i else None) for i, layer in enumerate(ids)],
             image.total_bytes,
             driver.inspect(top),
         )

@@ -3,6 +3,9 @@ drivers that can run here, and the dry run's plan with disk estimates and past t
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import random
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -13,17 +16,23 @@ from typing import Any
 from layerbench.analysis import results
 from layerbench.driver import Driver
 from layerbench.errors import UserError
+from layerbench.images.image import Image
+from layerbench.ops import OPS, Footprint
 from layerbench.plugins import Plugins, default_plugins
 from layerbench.run import backing, machine
 from layerbench.run.estimates import estimate_bytes
-from layerbench.scenario import Scenario, builtin_scenarios, load_scenario, resolve_scenarios
+from layerbench.scenario import Scenario, Step, builtin_scenarios, load_scenario, resolve_scenarios
 
-__all__ = ["Cell", "RunConfig", "plan_cells", "select_drivers", "Plan", "PlannedCell", "plan"]
+__all__ = ["Cell", "RunConfig", "plan_cells", "order_cells", "select_drivers", "Plan", "PlannedCell", "plan"]
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One scenario x one driver x one parameter set x one backing filesystem: what a store is made for."""
+    """One scenario x one driver x one parameter set x one backing filesystem: what a store is made for.
+
+    Its images and steps are resolved from the scenario once, when first asked for, and shared
+    by the estimates, the measuring and the templates (an imported image reads its tars once).
+    """
 
     scenario: Scenario
     driver: type[Driver]
@@ -35,6 +44,35 @@ class Cell:
         p = results.params_text(self.params)
         where = f" on {self.backing}" + (f" @{self.host}" if self.host else "")
         return f"{self.scenario.name} {self.driver.name}" + (f" {p}" if p else "") + where
+
+    @functools.cached_property
+    def image(self) -> Image:
+        """The scenario's [image], with this cell's parameters."""
+        return self.scenario.image(self.params)
+
+    @functools.cached_property
+    def images(self) -> list[tuple[str, str | None, Image]]:
+        """The further images built before the samples (`Scenario.images`)."""
+        return self.scenario.images(self.params)
+
+    @functools.cached_property
+    def unbuilt(self) -> list[tuple[str, str | None, Image]]:
+        """The further images `build` steps import in each sample (prebuilt = false)."""
+        return self.scenario.images(self.params, prebuilt=False)
+
+    @functools.cached_property
+    def steps(self) -> list[Step]:
+        """The steps of one sample, with this cell's parameters."""
+        return self.scenario.steps(self.params)
+
+    @functools.cached_property
+    def footprint(self) -> Footprint:
+        """What one sample's steps can add to the store, summed (harness/ops.py)."""
+        return sum((OPS[s.op].footprint(s.args, self.image) for s in self.steps), Footprint())
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without what it resolved: another process opens its images from its own files."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def to_plain(self) -> dict[str, Any]:
         """The cell as plain data, to run it in another process or on another host."""
@@ -124,6 +162,14 @@ def plan_cells(
         for p in s.param_sets()
         for b in _backings_for(d, s, backings, unavailable)
     ]
+
+
+def order_cells(cells: list[Cell], order: str, seed: int) -> list[Cell]:
+    """The cells in the order a run takes them: shuffled by `seed` ("random"), else as planned."""
+    ordered = list(cells)
+    if order == "random":
+        random.Random(seed).shuffle(ordered)
+    return ordered
 
 
 def select_drivers(plugins: Plugins, names: tuple[str, ...]) -> tuple[list[type[Driver]], dict[str, str]]:

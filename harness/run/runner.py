@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import random
 import signal
 import tempfile
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from layerbench.run.cell import _build_image as _build_image  # tests/integratio
 from layerbench.run.cell import build_template, run_cell
 from layerbench.run.estimates import check_disk, estimate_bytes, estimate_inodes
 from layerbench.run.ledger import LEDGER_NAME, Ledger
-from layerbench.run.plan import Cell, Plan, PlannedCell, RunConfig, plan, plan_cells, select_drivers
+from layerbench.run.plan import Cell, Plan, PlannedCell, RunConfig, order_cells, plan, plan_cells, select_drivers
 from layerbench.run.progress import CellEvent, CellEvents
 from layerbench.run.resume import cell_key, resume
 from layerbench.run.sampling import Sampling
@@ -178,8 +177,7 @@ def run(
         raise UserError(f"no driver can sit on --backing {', '.join(config.backings)}")
     if config.cold and executor is None and os.geteuid() != 0:
         raise UserError("--cold drops the page cache, which needs root")
-    if config.order == "random":
-        random.Random(config.seed).shuffle(cells)
+    cells = order_cells(cells, config.order, config.seed)
     if previous is not None:
         # A cell planned for any host (host None) is done once it is done on one.
         done = {

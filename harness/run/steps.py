@@ -27,13 +27,15 @@ from time import perf_counter_ns
 from typing import Any
 
 from layerbench.driver import Driver
+from layerbench.images.build import build_image
 from layerbench.images.image import Image, LayerSpec, SyntheticImage
 from layerbench.kernel import pagecache, safety, syscalls
 from layerbench.kernel.treecopy import copy_tree
+from layerbench.ops import OPS
 from layerbench.run import backing
 from layerbench.scenario import Step
 
-__all__ = ["SampleState", "Recorder", "run_step", "OPS", "glob_paths"]
+__all__ = ["SampleState", "Recorder", "run_step", "BEHAVIOUR", "glob_paths"]
 
 Recorder = Callable[[str, int], None]
 Outcome = Callable[[str, str], None]
@@ -303,7 +305,7 @@ def _commit(state: SampleState, step: Step, record: Recorder) -> None:
 def _build(state: SampleState, step: Step, record: Recorder) -> None:
     """Build the [image] again as new layers or, with `image`, import that not pre-built image onto
     its base (a first import: the sample's `release` removes its layers). `start` may name it then."""
-    driver, image, fmt, contents = state.driver, state.image, state.driver.layer_format, state.contents
+    image, contents = state.image, state.contents
     name, parent = step.args.get("image"), None
     if name is not None:
         base, image, contents = state.unbuilt[name]
@@ -311,20 +313,13 @@ def _build(state: SampleState, step: Step, record: Recorder) -> None:
     first = len(state.layers)  # ids unique in the sample, however many builds it makes
     ids = [f"{state.prefix}{name + '-' if name else ''}b{first + i}" for i in range(image.layer_count)]
     before = state.store.usage().bytes
-
-    def build() -> None:
-        nonlocal parent
-        for i, layer in enumerate(ids):
-            root = driver.create_layer(layer, parent)
-            state.layers.append(layer)
-            if contents is not None:
-                image.apply(i, root, fmt, contents)  # type: ignore[call-arg,arg-type]
-            else:
-                image.apply(i, root, fmt, opaque_xattr=driver.opaque_xattr)
-            driver.seal_layer(layer)
-            parent = layer
-
-    _timed(record, step.measure, build)
+    _timed(
+        record,
+        step.measure,
+        lambda: build_image(
+            state.driver, image, ids=ids, parent=parent, contents=contents, created=state.layers.append
+        ),
+    )
     record("build_disk_bytes", state.store.usage().bytes - before)
     if name is not None:
         state.images = {**state.images, name: ids[-1]}  # a copy: the runner's map of pre-built images stays
@@ -553,7 +548,8 @@ def _path_op(state: SampleState, step: Step, record: Recorder) -> None:
         _timed(record, step.measure, lambda: os.listdir(src))
 
 
-OPS: dict[str, Callable[[SampleState, Step, Recorder], None]] = {
+#: op -> what it does; its fields, default metric and footprint are harness/ops.py's
+BEHAVIOUR: dict[str, Callable[[SampleState, Step, Recorder], None]] = {
     "start": _start,
     "remove": _remove,
     "commit": _commit,
@@ -567,13 +563,15 @@ OPS: dict[str, Callable[[SampleState, Step, Recorder], None]] = {
     "mkdir": _path_op,
     "readdir": _path_op,
 }
+if BEHAVIOUR.keys() != OPS.keys():  # an op defined without a behaviour, or the other way round
+    raise ImportError(f"step ops without both a definition and a behaviour: {sorted(BEHAVIOUR.keys() ^ OPS.keys())}")
 
 
 def run_step(state: SampleState, step: Step, record: Recorder, outcome: Outcome) -> None:
     """Run one step; an error the step allows (EXDEV, EROFS ...) is an outcome, not a crash.
     Any other error carries the step's label as a note (`step[2] write`), for the cell's error."""
     try:
-        OPS[step.op](state, step, record)
+        BEHAVIOUR[step.op](state, step, record)
     except Exception as exc:
         name = errno.errorcode.get(exc.errno or 0, "") if isinstance(exc, OSError) else ""
         if name not in step.allow_errors:

@@ -1,0 +1,137 @@
+"""The step ops a scenario can use, each defined once: its fields, its default metric, its footprint.
+
+`scenario.py` checks a `[[step]]` against its op's fields; `run/estimates.py` sizes a
+cell's store by its steps' footprints; `run/steps.py` gives each op its behaviour, one
+function per op, and refuses on import an op without one. docs/scenarios.md documents
+every op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from layerbench.images.image import Image
+
+__all__ = ["Op", "Footprint", "OPS", "SELECT", "INT", "SIZE", "STR", "BOOL", "FRACTION", "NUMBER", "ERRNOS", "MODE"]
+
+# Field kinds: how a value is checked once parameters are substituted (scenario.py).
+INT, SIZE, STR, BOOL = "int", "size", "str", "bool"
+FRACTION, NUMBER, ERRNOS, MODE = "fraction", "number", "errnos", "mode"
+
+#: the ways a file step picks its files; exactly one is given
+SELECT = {"path": STR, "glob": STR, "fraction": FRACTION}
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The most one step adds to a cell's store; `run/estimates.py` turns the sum into bytes and inodes."""
+
+    containers: int = 0  # containers it starts
+    copies: int = 0  # whole copies of the image it may make (a commit, a volume populated from it)
+    commits: int = 0  # commits: each may copy again what the sample wrote
+    rebuilds: int = 0  # builds of the [image] again
+    imports: tuple[str, ...] = ()  # the not pre-built [[images]] it imports
+    written_bytes: int = 0  # bytes it writes into files
+    new_files: int = 0  # inodes it creates
+
+    def __add__(self, other: Footprint) -> Footprint:
+        return Footprint(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+
+#: an op's footprint from its arguments (parameters substituted) and the cell's [image]
+Sizer = Callable[[dict[str, Any], "Image"], Footprint]
+
+
+def _nothing(args: dict[str, Any], image: Image) -> Footprint:
+    return Footprint()
+
+
+@dataclass(frozen=True)
+class Op:
+    """One step op: what a scenario may write for it, the metric it times, what it can cost on disk."""
+
+    name: str
+    fields: dict[str, tuple[Any, bool]] = field(default_factory=dict)  # name -> (kind or enum tuple, required)
+    selects: bool = False  # works on files chosen by one of SELECT
+    measure: str | None = None  # the metric it times unless the step names one
+    timed: bool = True  # False: it records fixed metrics, and `measure` is refused
+    footprint: Sizer = _nothing
+
+
+def selected_files(args: dict[str, Any], image: Image) -> int:
+    """How many files a step works on, at most: `count` numbered paths, one path, a fraction of the
+    image's files, or (a glob) every file of the image."""
+    if "count" in args:
+        return int(args["count"])
+    if "path" in args:
+        return 1
+    if "fraction" in args:
+        return max(1, round(args["fraction"] * image.total_files))
+    return image.total_files
+
+
+def _writes(size: Callable[[dict[str, Any]], int], creates: bool = False) -> Sizer:
+    """The footprint of a file op adding `size(args)` bytes to each file it selects (beyond copy-up)."""
+
+    def footprint(args: dict[str, Any], image: Image) -> Footprint:
+        n = selected_files(args, image)
+        return Footprint(written_bytes=size(args) * n, new_files=n if creates else 0)
+
+    return footprint
+
+
+def _build(args: dict[str, Any], image: Image) -> Footprint:
+    return Footprint(imports=(args["image"],)) if "image" in args else Footprint(rebuilds=1)
+
+
+_OPS = (
+    Op(
+        "start",
+        {"count": (INT, False), "image": (STR, False)},
+        measure="startup_ns",
+        footprint=lambda a, i: Footprint(containers=int(a.get("count", 1))),
+    ),
+    Op("remove"),
+    Op("commit", measure="commit_ns", footprint=lambda a, i: Footprint(copies=1, commits=1, new_files=1)),
+    Op("build", {"image": (STR, False)}, measure="build_ns", footprint=_build),
+    Op("usage", {"prefix": (STR, False)}, timed=False),
+    Op(
+        "volume",
+        {"path": (STR, True), "kind": (("bind", "tmpfs"), False), "populate": (BOOL, False)},
+        timed=False,
+        footprint=lambda a, i: Footprint(copies=1),
+    ),
+    Op(
+        "write",
+        {"bytes": (SIZE, True), "count": (INT, False)},
+        selects=True,
+        footprint=_writes(lambda a: int(a["bytes"]), creates=True),
+    ),
+    Op("append", {"bytes": (SIZE, False)}, selects=True, footprint=_writes(lambda a: int(a.get("bytes", 1)))),
+    Op(
+        "overwrite",
+        {"bytes": (SIZE, False), "offset": (SIZE, False)},
+        selects=True,
+        footprint=_writes(lambda a: int(a.get("bytes", 4))),
+    ),
+    # growing a file: sparse, but a copy may fill it
+    Op("truncate", {"size": (SIZE, True)}, selects=True, footprint=_writes(lambda a: int(a["size"]))),
+    Op("open_rdwr", selects=True),
+    Op("read", {"cold": (BOOL, False)}, selects=True),
+    Op("page_cache", selects=True, timed=False),
+    Op("stat", selects=True),
+    Op("fsync", selects=True),
+    Op("chmod", {"mode": (MODE, True)}, selects=True),
+    Op("chown", {"uid": (INT, True), "gid": (INT, True)}, selects=True),
+    Op("unlink", selects=True),
+    Op("rename", {"path": (STR, True), "to": (STR, True)}),
+    Op("mkdir", {"path": (STR, True)}, footprint=lambda a, i: Footprint(new_files=1)),
+    Op("readdir", {"path": (STR, True)}),
+    Op("expect", {"path": (STR, True), "sha256": (STR, False), "layer": (INT, False)}, timed=False),
+)
+
+#: every op, by name, in the order docs/scenarios.md lists them
+OPS: dict[str, Op] = {op.name: op for op in _OPS}
