@@ -19,10 +19,11 @@ from typing import Any
 
 from layerbench.analysis import results
 from layerbench.driver import Driver
-from layerbench.images.build import build_image, layer_ids
-from layerbench.images.image import Image, SyntheticImage
+from layerbench.images.build import layer_ids
+from layerbench.images.image import SyntheticImage
 from layerbench.kernel import safety, syscalls
 from layerbench.run import backing, userns
+from layerbench.run.builds import build_further_images, build_measured
 from layerbench.run.estimates import estimate_bytes, estimate_inodes
 from layerbench.run.ledger import Ledger
 from layerbench.run.plan import Cell
@@ -33,59 +34,6 @@ from layerbench.run.templates import warm as warm_page_cache
 from layerbench.units import bytes_text
 
 __all__ = ["CellTimeout", "run_cell", "build_template"]
-
-
-def _build_image(
-    image: Image, driver: Driver, store: backing.BackingStore, base: int, name: str = "", parent: str | None = None
-) -> tuple[str, list[int]]:
-    """Build the image on `parent` (its base image's top layer, or None); return its top layer and
-    the store's use over `base` after each layer. Layer ids are `layer<i>`, `<name>-layer<i>` for a named image."""
-    after: list[int] = []
-    top = build_image(
-        driver,
-        image,
-        ids=layer_ids(image, name),
-        parent=parent,
-        sealed=lambda layer: after.append(store.usage().bytes - base),
-    )
-    return top, after
-
-
-def _build_images(
-    images: list[tuple[str, str | None, Image]],
-    driver: Driver,
-    store: backing.BackingStore,
-    base: int,
-    tops: dict[str, str],
-    image_bytes: int,
-    disk: int,
-) -> list[dict[str, Any]]:
-    """Build the scenario's pre-built further images in order, each on its base's top layer (as `FROM`), on one store.
-
-    `tops` starts as {"base": the [image]'s top layer} and gains each image's; `disk` is the store's
-    use once the [image] is built. Returns, per image, its own bytes, its base's bytes (the whole
-    chain below it), and the store's use after it and what it added (docs/results.md).
-    """
-    chain = {"base": image_bytes}
-    out = []
-    for name, base_name, image in images:
-        top, after = _build_image(image, driver, store, base, name, tops[base_name] if base_name else None)
-        tops[name] = top
-        below = chain[base_name] if base_name else 0
-        chain[name] = below + image.total_bytes
-        out.append(
-            {
-                "name": name,
-                "base": base_name,
-                "layers": image.layer_count,
-                "bytes": image.total_bytes,
-                "base_bytes": below,
-                "disk_bytes": after[-1],
-                "added_bytes": after[-1] - disk,
-            }
-        )
-        disk = after[-1]
-    return out
 
 
 class CellTimeout(Exception):
@@ -144,14 +92,14 @@ def _measure(run: _CellRun) -> None:
         top, per_layer = t.top, list(t.per_layer)
         warm_page_cache(mnt)
     else:
-        top, per_layer = _build_image(image, driver, store, base.bytes)
+        top, per_layer = build_measured(image, driver, store, base.bytes)
     recorded["image_disk_bytes"].append(per_layer[-1])
     out["image_layers_disk_bytes"] = per_layer
     out["image_bytes"] = image.total_bytes
     out["inspect"]["image"] = driver.inspect(top)
     tops = {"base": top}
     if further := cell.images:
-        out["images"] = _build_images(further, driver, store, base.bytes, tops, image.total_bytes, per_layer[-1])
+        out["images"] = build_further_images(further, driver, store, base.bytes, tops, image.total_bytes, per_layer[-1])
     steps = cell.steps
     rebuilt = any(x.op == "build" and "image" not in x.args for x in steps)
     contents = image.contents() if isinstance(image, SyntheticImage) and rebuilt else None
@@ -358,7 +306,7 @@ def build_template(cell: Cell, workdir: Path, size_bytes: int, inodes: int, ledg
         driver = cell.driver(home)
         driver.setup()
         image, ids = cell.image, layer_ids(cell.image)
-        top, per_layer = _build_image(image, driver, store, base.bytes)
+        top, per_layer = build_measured(image, driver, store, base.bytes)
         template = Template(
             store.image,
             store.size_bytes,

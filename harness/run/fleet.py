@@ -6,8 +6,8 @@ backings it can use, plans the cells per host (every cell on every host, or with
 the results file after every cell as a local run does. Each cell is a Dask task
 that holds its host's one `host` resource, so a host runs one cell at a time.
 
-On the worker, `run_on_host` runs the cell in a child process of its own with the
-runner's `run_cell`, this host's work root and a ledger, as a local run does: the
+On the worker, `run_on_host` runs the cell in a child process of its own with
+`run/cell.run_cell`, this host's work root and a ledger, as a local run does: the
 child's main thread keeps the cell's time limit (SIGALRM) and the rootless drivers'
 fork, and no Dask thread shares its interpreter while it measures.
 """
