@@ -19,7 +19,7 @@ from layerbench.driver import Driver
 from layerbench.drivers.overlay2_rootless import _trial
 from layerbench.kernel import mountinfo
 from layerbench.plugins import default_plugins
-from layerbench.run import runner, userns
+from layerbench.run import cell, runner, userns
 from layerbench.scenario import builtin_scenarios, load_scenario
 from layerbench.testing import userns_session
 
@@ -248,7 +248,7 @@ def test_a_rootless_cell_past_its_time_limit_is_killed_and_released(
         driver.mount("c")
         time.sleep(600)
 
-    monkeypatch.setattr(runner, "_measure", hang)  # the forked child runs it
+    monkeypatch.setattr(cell, "_measure", hang)  # the forked child runs it
     sampling = runner._Sampling(samples=1, warmup=0, min_time_s=0, cold=False, timeout_s=5)
     out = runner.run_cell(_cell(tmp_path), tmp_path / "cell", sampling)
     assert out["status"] == "error" and "time limit" in out["error"], out["error"]
@@ -262,7 +262,7 @@ def test_a_failing_rootless_cell_keeps_its_partial_samples_and_error_type(
         run.recorded["copy_up_ns"].append(123)
         raise PermissionError(13, "injected in the namespace")
 
-    monkeypatch.setattr(runner, "_measure", fail)
+    monkeypatch.setattr(cell, "_measure", fail)
     out = runner.run_cell(_cell(tmp_path), tmp_path / "cell")
     assert out["status"] == "error" and out["error"].startswith("PermissionError:"), out["error"]
     assert out["metrics"]["copy_up_ns"]["samples"] == [123]
