@@ -58,7 +58,12 @@ class Op:
     selects: bool = False  # works on files chosen by one of SELECT
     measure: str | None = None  # the metric it times unless the step names one
     timed: bool = True  # False: it records fixed metrics, and `measure` is refused
-    footprint: Sizer = _nothing
+    footprint: Sizer = _nothing  # called with `with_defaults` of the step's arguments
+    defaults: dict[str, Any] = field(default_factory=dict)  # the value of an optional field left out
+
+    def with_defaults(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A step's arguments with the op's defaults for those it leaves out."""
+        return {**self.defaults, **args}
 
 
 def selected_files(args: dict[str, Any], image: Image) -> int:
@@ -92,7 +97,8 @@ _OPS = (
         "start",
         {"count": (INT, False), "image": (STR, False)},
         measure="startup_ns",
-        footprint=lambda a, i: Footprint(containers=int(a.get("count", 1))),
+        footprint=lambda a, i: Footprint(containers=int(a["count"])),
+        defaults={"count": 1},
     ),
     Op("remove"),
     Op("commit", measure="commit_ns", footprint=lambda a, i: Footprint(copies=1, commits=1, new_files=1)),
@@ -109,13 +115,21 @@ _OPS = (
         {"bytes": (SIZE, True), "count": (INT, False)},
         selects=True,
         footprint=_writes(lambda a: int(a["bytes"]), creates=True),
+        defaults={"bytes": 1},  # required in a scenario; a Step made in code may leave it out
     ),
-    Op("append", {"bytes": (SIZE, False)}, selects=True, footprint=_writes(lambda a: int(a.get("bytes", 1)))),
+    Op(
+        "append",
+        {"bytes": (SIZE, False)},
+        selects=True,
+        footprint=_writes(lambda a: int(a["bytes"])),
+        defaults={"bytes": 1},
+    ),
     Op(
         "overwrite",
         {"bytes": (SIZE, False), "offset": (SIZE, False)},
         selects=True,
-        footprint=_writes(lambda a: int(a.get("bytes", 4))),
+        footprint=_writes(lambda a: int(a["bytes"])),
+        defaults={"bytes": 4},
     ),
     # growing a file: sparse, but a copy may fill it
     Op("truncate", {"size": (SIZE, True)}, selects=True, footprint=_writes(lambda a: int(a["size"]))),

@@ -85,3 +85,10 @@ def test_footprints_add_up() -> None:
 def test_every_op_has_one_definition_and_one_behaviour() -> None:
     assert list(OPS) == [op.name for op in ops._OPS]  # no name defined twice
     assert steps.BEHAVIOUR.keys() == OPS.keys()
+
+
+def test_an_ops_defaults_size_what_a_step_leaves_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    overwrite = '[[step]]\nop = "overwrite"\nglob = "**"\n'  # no bytes: the op's default
+    before = estimate_bytes(_cell(tmp_path, "overlay2", extra=overwrite))
+    monkeypatch.setitem(OPS, "overwrite", dataclasses.replace(OPS["overwrite"], defaults={"bytes": 10**6}))
+    assert estimate_bytes(_cell(tmp_path, "overlay2", extra=overwrite)) - before >= 50 * (10**6 - 4)

@@ -68,7 +68,8 @@ class Cell:
     @functools.cached_property
     def footprint(self) -> Footprint:
         """What one sample's steps can add to the store, summed (harness/ops.py)."""
-        return sum((OPS[s.op].footprint(s.args, self.image) for s in self.steps), Footprint())
+        ops = [(OPS[s.op], s.args) for s in self.steps]
+        return sum((op.footprint(op.with_defaults(args), self.image) for op, args in ops), Footprint())
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without what it resolved: another process opens its images from its own files."""

@@ -261,7 +261,7 @@ def _start(state: SampleState, step: Step, record: Recorder) -> None:
         if name not in state.images:
             raise RuntimeError(f"start image = {name!r} needs a 'build' step importing it before it")
         image = state.images[name]
-    for _ in range(step.args.get("count", 1)):
+    for _ in range(OPS["start"].with_defaults(step.args)["count"]):
         cid = f"{state.prefix}c{len(state.containers)}"
         state.containers.append(cid)
         t0 = perf_counter_ns()
@@ -422,7 +422,7 @@ def _volume(state: SampleState, step: Step, record: Recorder) -> None:
 
 
 def _file_op(state: SampleState, step: Step, record: Recorder) -> None:
-    args = step.args
+    args = OPS[step.op].with_defaults(step.args)
     paths, skipped = _select(state, args)
     if skipped:
         state.skipped[step.label] = skipped
@@ -439,7 +439,7 @@ def _file_op(state: SampleState, step: Step, record: Recorder) -> None:
     fn = _FILE_OPS[op](args, paths)
     _timed(record, step.measure, fn)
     if op in ("write", "append", "overwrite"):
-        state.written += len(paths) * args.get("bytes", 4 if op == "overwrite" else 1)
+        state.written += len(paths) * args["bytes"]
 
 
 def _evict(paths: list[str]) -> None:
@@ -467,7 +467,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _write_fn(flags: int) -> Callable[[dict[str, Any], list[str]], Callable[[], None]]:
     def make(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
-        data = b"x" * args.get("bytes", 1)
+        data = b"x" * args["bytes"]
 
         def one(p: str) -> None:
             fd = _open(p, flags)
@@ -485,7 +485,7 @@ def _write_fn(flags: int) -> Callable[[dict[str, Any], list[str]], Callable[[], 
 
 
 def _overwrite(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
-    data = b"x" * args.get("bytes", 4)
+    data = b"x" * args["bytes"]
     offsets = {p: args["offset"] if "offset" in args else os.lstat(p).st_size // 2 for p in paths}
 
     def one(p: str) -> None:
