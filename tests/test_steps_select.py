@@ -150,7 +150,7 @@ def hostile(root: Path) -> Path:
 @pytest.mark.parametrize("op", ["read", "overwrite", "append", "open_rdwr", "fsync", "write"])
 def test_a_glob_opens_only_the_regular_file_and_says_what_it_skipped(op: str, tmp_path: Path) -> None:
     root = hostile(tmp_path)
-    required = {"bytes": 1} if op == "write" else {}  # a scenario's write names its size (harness/ops.py)
+    required: dict[str, Any] = {"bytes": 1} if op == "write" else {}  # a scenario's write names its size
     recorded, outcomes = _run(_state(root), op, glob="dev/*", **required)
     assert "t_ns" in recorded
     assert outcomes == {"skipped 1 directory": 1, "skipped 1 fifo": 1, "skipped 1 socket": 1, "skipped 2 symlinks": 1}
