@@ -115,7 +115,6 @@ _OPS = (
         {"bytes": (SIZE, True), "count": (INT, False)},
         selects=True,
         footprint=_writes(lambda a: int(a["bytes"]), creates=True),
-        defaults={"bytes": 1},  # required in a scenario; a Step made in code may leave it out
     ),
     Op(
         "append",
