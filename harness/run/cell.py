@@ -29,6 +29,7 @@ from layerbench.run.ledger import Ledger
 from layerbench.run.plan import Cell
 from layerbench.run.sampling import Sampling, headline_widths, stop_reason
 from layerbench.run.steps import SampleState, run_step
+from layerbench.run.teardown import Overlap
 from layerbench.run.templates import Template, adopt, let_go
 from layerbench.run.templates import warm as warm_page_cache
 from layerbench.units import bytes_text
@@ -74,6 +75,7 @@ class _CellRun:
     drivers: list[Driver]  # the driver once set up, so the caller can close it
     started: float  # time.monotonic() when the cell began: its set-up runs from here to the first sample
     template: Template | None = None  # the store is a copy of this built one (harness/run/templates.py)
+    overlap: Overlap | None = None  # the last cell's teardown, maybe still running: joined before the first sample
 
 
 def _measure(run: _CellRun) -> None:
@@ -122,6 +124,8 @@ def _measure(run: _CellRun) -> None:
     def outcome(label: str, name: str) -> None:
         outcomes[label][name] += 1
 
+    if run.overlap is not None:
+        run.overlap.wait()  # no teardown beside a sample
     rep, measured, spent = 0, 0, 0.0
     loop_start = time.monotonic()
     split = out["time_split_s"]
@@ -179,6 +183,9 @@ def _measure_in_userns(run: _CellRun) -> None:
     builds the image and takes the samples, then closes its driver. What it recorded
     comes back, after an error too; the parent's own handle cleans up what is left.
     """
+    if run.overlap is not None:
+        run.overlap.wait()  # before the fork: the child has no teardown thread to wait for
+        run = dataclasses.replace(run, overlap=None)
     userns.hand_over(run.store.mountpoint)
     run.drivers.append(run.cell.driver(run.home))
     out, recorded, outcomes = run.out, run.recorded, run.outcomes
@@ -211,9 +218,14 @@ def run_cell(
     overhead_ns: int = 0,
     ledger: Ledger | None = None,
     template: Template | None = None,
+    overlap: Overlap | None = None,
+    spent_s: float = 0.0,
 ) -> dict[str, Any]:
     """Run one cell in `workdir` (created and removed here) and return its result; with `template`,
-    on a copy of that built store instead of a new one."""
+    on a copy of that built store instead of a new one. With `overlap`, the cell waits for the last
+    cell's teardown before its first sample and hands its own teardown to it: the result's
+    `teardown` and `duration_s` are filled in when that ends (harness/run/teardown.py). `spent_s`: set-up
+    done for this cell before the call (its family's template build), counted in its set-up."""
     s = cell.scenario
     sampling = sampling or Sampling(*s.repeat(cell.params), cold=False)
     out: dict[str, Any] = {
@@ -231,7 +243,7 @@ def run_cell(
     }
     recorded: dict[str, list[int]] = defaultdict(list)
     outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    started = time.monotonic()
+    started = time.monotonic() - spent_s
     if ledger is not None:
         ledger.made("dir", workdir)
     workdir.mkdir(mode=0o700)
@@ -250,9 +262,8 @@ def run_cell(
             if template is None:
                 home.mkdir(mode=0o700)
             measure = _measure_in_userns if cell.driver.userns else _measure
-            measure(
-                _CellRun(cell, store, home, sampling, overhead_ns, out, recorded, outcomes, drivers, started, template)
-            )
+            run = _CellRun(cell, store, home, sampling, overhead_ns, out, recorded, outcomes, drivers, started)
+            measure(dataclasses.replace(run, template=template, overlap=overlap))
         out["status"] = "ok"
     except KeyboardInterrupt:
         out["status"] = "interrupted"
@@ -263,15 +274,28 @@ def run_cell(
         out["error"] = _error_text(cell, exc, store)
     finally:
         measured_until = time.monotonic()
-        _release(store, drivers, workdir, ledger, below=store.mountpoint / cell.driver.name)
         out["metrics"] = {m: {"unit": results.unit_of(m), "samples": v} for m, v in recorded.items()}
         out["outcomes"] = {k: dict(v) for k, v in outcomes.items()}
-        ended = time.monotonic()
         split = out["time_split_s"]
         if not split["setup"]:  # the cell failed before its first sample: all of it was set-up
             split["setup"] = round(measured_until - started, 3)
-        split["teardown"] = round(ended - measured_until, 3)
-        out["duration_s"] = round(ended - started, 3)
+        out["duration_s"] = round(measured_until - started, 3)  # and the teardown, once it has ended
+
+        def teardown() -> None:
+            try:
+                _release(store, drivers, workdir, ledger, below=store.mountpoint / cell.driver.name)
+            except Exception as exc:  # noqa: BLE001  on the teardown thread: this cell's error, not the next one's
+                if out["status"] != "error":
+                    out["status"], out["error"] = "error", f"{cell.describe()}: teardown: {type(exc).__name__}: {exc}"
+            finally:
+                ended = time.monotonic()
+                split["teardown"] = round(ended - measured_until, 3)
+                out["duration_s"] = round(ended - started, 3)
+
+        if overlap is None or out["status"] == "interrupted":
+            teardown()
+        else:
+            overlap.submit(teardown)
     return out
 
 

@@ -69,6 +69,7 @@ def resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
         max_samples=settings.get("max_samples", config.max_samples),
         cell_budget_s=settings.get("cell_budget_s", config.cell_budget_s),
         templates=settings.get("templates", False),
+        overlap_teardown=settings.get("overlap_teardown", True),
         loop_io=settings.get("loop_io", "direct"),
     )
     for s in resolve_scenarios(resumed.scenarios, resumed.overrides, resumed.quick):
@@ -98,6 +99,7 @@ _KEPT = {
     "max_samples": ("--max-samples", "max samples"),
     "cell_budget_s": ("--cell-budget", "cell budget"),
     "templates": ("--templates", "templates"),
+    "overlap_teardown": ("--overlap-teardown", "overlapped teardown"),
     "loop_io": ("--loop-io", "loop I/O"),
 }
 

@@ -32,6 +32,7 @@ from layerbench.run.plan import Cell, Plan, PlannedCell, RunConfig, order_cells,
 from layerbench.run.progress import CellEvent, CellEvents
 from layerbench.run.resume import cell_key, resume
 from layerbench.run.sampling import Sampling
+from layerbench.run.teardown import Overlap
 from layerbench.run.templates import Templates
 from layerbench.scenario import Scenario, resolve_scenarios
 
@@ -238,6 +239,7 @@ def run(
             "cell_budget_s": config.cell_budget_s,
             "templates": config.templates,
             "loop_io": config.loop_io,
+            "overlap_teardown": config.overlap_teardown,
         }
         path = _results_path(config, doc["started_utc"].replace("-", "").replace(":", ""))
     results.save(doc, path)
@@ -263,6 +265,7 @@ def run(
         if config.templates
         else None
     )
+    overlap = Overlap(config.overlap_teardown)  # a cell's teardown beside the next one's set-up
     event = functools.partial(_tell, events or (lambda e: None), len(cells))
     for i, cell in enumerate(cells, 1):
         event("planned", i, cell)
@@ -281,13 +284,17 @@ def run(
                         else (None, 0.0)
                     )
                     result = run_cell(
-                        cell, run_dir / f"cell{i}", sampling, doc["overhead"]["timer_ns"], ledger, template
+                        cell,
+                        run_dir / f"cell{i}",
+                        sampling,
+                        doc["overhead"]["timer_ns"],
+                        ledger,
+                        template,
+                        overlap=overlap,
+                        spent_s=build_s,  # the family's build is this cell's set-up
                     )
                     if templates:
                         templates.done(cell)
-                    if build_s:  # the family's build is this cell's set-up
-                        result["time_split_s"]["setup"] = round(result["time_split_s"]["setup"] + build_s, 3)
-                        result["duration_s"] = round(result["duration_s"] + build_s, 3)
                 except KeyboardInterrupt:
                     doc["cells"].append(
                         {
@@ -310,6 +317,7 @@ def run(
                     progress(f"    error: {result['error']}")
                 results.save(doc, path)
     finally:
+        overlap.wait()  # the last cell's teardown: its figures and its resources
         if templates:
             templates.close()
         ledger.close()

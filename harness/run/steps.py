@@ -383,10 +383,11 @@ def _page_cache(state: SampleState, step: Step, record: Recorder) -> None:
         syscalls.drop_caches()
     except PermissionError:  # a user namespace: evict the store's own pages instead
         pagecache.evict(store)
-    start = before = pagecache.page_cache_bytes(store)
+    files = pagecache.regular_files(store)  # once: reading adds no file
+    start = before = pagecache.cached_bytes(files)
     for i, cid in enumerate(state.mounted):
         _read(step.args, [str(state.roots[cid] / p) for p in rel])()
-        after = pagecache.page_cache_bytes(store)
+        after = pagecache.cached_bytes(files)
         record("page_cache_first_bytes" if i == 0 else "page_cache_per_container_bytes", after - before)
         before = after
     record("page_cache_bytes", before - start)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from layerbench.drivers import Overlay2Driver
+from layerbench.drivers import Overlay2Driver, VfsDriver
 from layerbench.kernel import mountinfo
+from layerbench.run import runner as runner_module
 from layerbench.run.runner import Cell, RunConfig, run, run_cell
 from layerbench.scenario import load_scenario
 
@@ -72,3 +76,51 @@ def test_a_cell_stopped_mid_mount_releases_everything(driver: type[Overlay2Drive
         assert "injected failure" in run_cell(cell, tmp_path / "cell")["error"]
     assert _mounts_under(tmp_path) == []
     assert not (tmp_path / "cell").exists()
+
+
+class _SlowToCloseVfs(VfsDriver):
+    """Records when its teardown runs, and takes a while about it."""
+
+    log: ClassVar[list[tuple[str, float, str]]] = []
+
+    def close(self) -> None:
+        self.log.append(("close-start", time.monotonic(), threading.current_thread().name))
+        time.sleep(0.3)
+        super().close()
+        self.log.append(("close-end", time.monotonic(), threading.current_thread().name))
+
+    def create_container(self, container_id: str, layer_id: str) -> None:
+        self.log.append(("sample", time.monotonic(), threading.current_thread().name))
+        super().create_container(container_id, layer_id)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_a_cells_teardown_overlaps_the_next_set_up_never_a_sample(
+    overlap: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require("vfs")
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    _SlowToCloseVfs.log = []
+    monkeypatch.setattr(runner_module, "select_drivers", lambda plugins, names: ([_SlowToCloseVfs], {}))
+    config = RunConfig(
+        scenarios=(str(scenario),),
+        drivers=("vfs",),
+        results_dir=tmp_path / "res",
+        work_root=tmp_path / "work",
+        order="planned",
+        overlap_teardown=overlap,
+    )
+    doc, _ = run(config)
+    assert [c["status"] for c in doc["cells"]] == ["ok", "ok"]
+    log = _SlowToCloseVfs.log
+    closes = [(t, who) for what, t, who in log if what == "close-start"]
+    assert {who for _, who in closes} == ({"layerbench-teardown"} if overlap else {"MainThread"})
+    first_close_end = next(t for what, t, _ in log if what == "close-end")
+    second_cell_samples = [t for what, t, _ in log if what == "sample" and t > closes[0][0]]
+    assert second_cell_samples and min(second_cell_samples) > first_close_end  # no sample beside a teardown
+    for c in doc["cells"]:  # the teardown's seconds reach the results, the last cell's too
+        assert c["time_split_s"]["teardown"] >= 0.3
+        assert c["duration_s"] >= sum(c["time_split_s"].values()) - 0.01
+    assert [p.name for p in (tmp_path / "work").iterdir()] == [".layerbench-work-root"]
+    assert _mounts_under(tmp_path) == []
