@@ -31,7 +31,6 @@ __all__ = [
     "builtin_scenarios",
     "resolve_scenarios",
     "synthetic_from_table",
-    "STEPS",
     "SELECT",
 ]
 
@@ -51,7 +50,6 @@ _KIND_TEXT = {
     ERRNOS: 'a list of errno names such as ["EXDEV", "EROFS"]',
     MODE: "a file mode such as 0o644",
 }
-STEPS = OPS  # the name tests/test_fuzz.py knows; each op's definition is harness/ops.py's
 _COMMON = {"op", "measure", "allow_errors"}
 _TOP = {"name", "description", "params", "sets", "image", "images", "repeat", "step", "backing", "quick"}
 _QUICK = {"params", "samples", "warmup"}

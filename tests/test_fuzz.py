@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from layerbench.driver import LayerFormat
 from layerbench.errors import UserError
 from layerbench.images.layer_tar import apply_tar_layer
-from layerbench.scenario import STEPS, load_scenario
+from layerbench.ops import OPS
+from layerbench.scenario import load_scenario
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 TRIED: dict[str, int] = {"scenario": 0, "archive": 0}  # names each example's own folder
@@ -76,7 +77,7 @@ def _toml(value: object) -> str:
 @FUZZ
 @given(
     doc=st.dictionaries(names, values, max_size=8),
-    step=st.fixed_dictionaries({"op": st.sampled_from([*STEPS, "boom"])}, optional={"path": scalars, "count": scalars}),
+    step=st.fixed_dictionaries({"op": st.sampled_from([*OPS, "boom"])}, optional={"path": scalars, "count": scalars}),
 )
 def test_scenario_parser_never_crashes(tmp_path: Path, doc: dict, step: dict) -> None:
     TRIED["scenario"] += 1

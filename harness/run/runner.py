@@ -24,7 +24,6 @@ from layerbench.images.oci import set_layout_cache
 from layerbench.kernel import safety
 from layerbench.plugins import Plugins, default_plugins
 from layerbench.run import backing, machine, overhead
-from layerbench.run.builds import build_measured
 from layerbench.run.cell import build_template, run_cell
 from layerbench.run.estimates import check_disk, estimate_bytes, estimate_inodes
 from layerbench.run.ledger import LEDGER_NAME, Ledger
@@ -52,10 +51,6 @@ __all__ = [
     "Executor",
     "Progress",
 ]
-
-#: old names tests outside the run package reach here by (tests/integration/test_rootless.py,
-#: test_templates.py); their homes are run/sampling.py and run/builds.py
-_Sampling, _build_image = Sampling, build_measured
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from layerbench.drivers.overlay2_rootless import _trial
 from layerbench.kernel import mountinfo
 from layerbench.plugins import default_plugins
 from layerbench.run import cell, runner, userns
+from layerbench.run.sampling import Sampling
 from layerbench.scenario import builtin_scenarios, load_scenario
 from layerbench.testing import userns_session
 
@@ -219,9 +220,7 @@ def test_a_user_without_root_maps_only_itself(tmp_path: Path) -> None:
 
 def test_a_rootless_cell_runs_in_the_runner(tmp_path: Path) -> None:
     """run_cell: the image is built and sampled in the namespace; the results come back."""
-    out = runner.run_cell(
-        _cell(tmp_path), tmp_path / "cell", runner._Sampling(samples=2, warmup=0, min_time_s=0, cold=False)
-    )
+    out = runner.run_cell(_cell(tmp_path), tmp_path / "cell", Sampling(samples=2, warmup=0, min_time_s=0, cold=False))
     assert out["status"] == "ok", out["error"]
     assert out["samples"] == 2 and len(out["metrics"]["copy_up_ns"]["samples"]) == 2
     assert out["inspect"]["container"]["UpperDir"].endswith("/diff")
@@ -249,7 +248,7 @@ def test_a_rootless_cell_past_its_time_limit_is_killed_and_released(
         time.sleep(600)
 
     monkeypatch.setattr(cell, "_measure", hang)  # the forked child runs it
-    sampling = runner._Sampling(samples=1, warmup=0, min_time_s=0, cold=False, timeout_s=5)
+    sampling = Sampling(samples=1, warmup=0, min_time_s=0, cold=False, timeout_s=5)
     out = runner.run_cell(_cell(tmp_path), tmp_path / "cell", sampling)
     assert out["status"] == "error" and "time limit" in out["error"], out["error"]
     assert not (tmp_path / "cell").exists() and not _mounted_anywhere(tmp_path)

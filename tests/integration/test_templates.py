@@ -14,6 +14,7 @@ from layerbench.driver import Driver
 from layerbench.plugins import default_plugins
 from layerbench.run import runner
 from layerbench.run.backing import BackingStore
+from layerbench.run.builds import build_measured
 from layerbench.run.sampling import Sampling
 from layerbench.run.templates import Template, adopt
 from layerbench.scenario import load_scenario
@@ -88,7 +89,7 @@ def _container_root(
                 home.mkdir(mode=0o700)
                 driver.setup()
                 base = store.usage()
-                top, _ = runner._build_image(cell.scenario.image({}), driver, store, base.bytes)
+                top, _ = build_measured(cell.scenario.image({}), driver, store, base.bytes)
             else:
                 driver.setup()
                 adopt(driver, template)
