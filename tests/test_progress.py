@@ -82,7 +82,8 @@ def test_plain_lines_name_the_cell_and_give_elapsed_and_eta() -> None:
     lines.event(CellEvent("finished", 1, 6, "copy-up", "overlay2", {"file_size": 4096}, "ext4", 2.0, "ok"))
     first, second = out.getvalue().splitlines()
     assert first == "[1/6] copy-up overlay2 (file_size=4 KiB) on ext4"
-    assert re.fullmatch(r"\[1/6\] ok in 2\.0 s; elapsed [0-9.]+ s, ETA 10 s", second), second  # 5 more x 2 s
+    ended = r"\[1/6\] copy-up overlay2 \(file_size=4 KiB\) on ext4: ok in 2\.0 s; elapsed [0-9.]+ s, ETA 10 s"
+    assert re.fullmatch(ended, second), second  # 5 more x 2 s
 
 
 def test_live_bar_shows_cells_done_the_running_cell_elapsed_and_eta() -> None:
@@ -104,7 +105,14 @@ def test_live_bar_shows_cells_done_the_running_cell_elapsed_and_eta() -> None:
     assert "[2/6] a x (file_size=64 KiB) on ext4: error" in screen  # a failed cell stays on the screen
 
 
-def test_run_reports_each_cell_planned_started_finished(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("overlap", "order"),
+    [
+        (True, ["started 1", "started 2", "finished 1", "finished 2"]),  # cell 1's teardown beside cell 2's set-up
+        (False, ["started 1", "finished 1", "started 2", "finished 2"]),
+    ],
+)
+def test_run_reports_each_cell_planned_started_finished(tmp_path: Path, overlap: bool, order: list[str]) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)
     seen: list[CellEvent] = []
@@ -117,20 +125,16 @@ def test_run_reports_each_cell_planned_started_finished(tmp_path: Path) -> None:
             work_root=tmp_path / "work",
             order="planned",
             target_ci=0.0,
+            overlap_teardown=overlap,
         ),
         progress=lines.append,
         events=seen.append,
     )
-    assert [(e.kind, e.index, e.total) for e in seen] == [
-        ("planned", 1, 2),
-        ("planned", 2, 2),
-        ("started", 1, 2),
-        ("finished", 1, 2),
-        ("started", 2, 2),
-        ("finished", 2, 2),
-    ]
-    done = [e for e in seen if e.kind == "finished"]
+    assert all(e.total == 2 for e in seen)
+    assert [f"{e.kind} {e.index}" for e in seen] == ["planned 1", "planned 2", *order]
+    done = [e for e in seen if e.kind == "finished"]  # each once its teardown has ended: its whole time
     assert [e.duration_s for e in done] == [c["duration_s"] for c in doc["cells"]]
+    assert all(c["time_split_s"]["teardown"] > 0 for c in doc["cells"])
     assert [e.status for e in done] == ["ok", "ok"] and done[1].params == {"containers": 2}
     assert not any(line.startswith("[1/2]") for line in lines)  # the events replace the [i/n] lines
 
@@ -157,7 +161,8 @@ def test_run_off_a_terminal_prints_plain_progress_lines(tmp_path: Path) -> None:
     )
     assert r.exit_code == 0, r.stderr
     progress = [line for line in r.stderr.splitlines() if line.startswith("[")]
-    assert progress[0] == "[1/2] tiny null (containers=1) on dir"
-    assert re.fullmatch(r"\[1/2\] ok in [0-9.]+ \S+; elapsed [0-9.]+ \S+, ETA [0-9.]+ \S+", progress[1]), progress
-    assert progress[2] == "[2/2] tiny null (containers=2) on dir"
+    assert progress[:2] == ["[1/2] tiny null (containers=1) on dir", "[2/2] tiny null (containers=2) on dir"]
+    ended = r"ok in [0-9.]+ \S+; elapsed [0-9.]+ \S+, ETA [0-9.]+ \S+"  # once its teardown beside cell 2's set-up ended
+    assert re.fullmatch(r"\[1/2\] tiny null \(containers=1\) on dir: " + ended, progress[2]), progress
+    assert re.fullmatch(r"\[2/2\] tiny null \(containers=2\) on dir: " + ended, progress[3]), progress
     assert "\x1b[" not in r.stderr  # no bar, no colours

@@ -55,3 +55,29 @@ def test_disabled_runs_inline() -> None:
     overlap.submit(lambda: ran_on.append(threading.current_thread().name))
     assert ran_on == [threading.current_thread().name]
     assert not overlap.busy
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_then_runs_on_the_waiting_thread_after_the_teardown_ended(enabled: bool) -> None:
+    overlap, order = Overlap(enabled), []
+
+    def teardown() -> None:
+        time.sleep(0.02)
+        order.append("teardown")
+
+    overlap.submit(teardown, then=lambda: order.append(f"then on {threading.current_thread().name}"))
+    overlap.wait()
+    overlap.wait()  # once only
+    assert order == ["teardown", f"then on {threading.current_thread().name}"]
+
+
+def test_then_is_skipped_when_the_teardown_failed() -> None:
+    overlap, told = Overlap(), []
+
+    def broken() -> None:
+        raise OSError("umount: target is busy")
+
+    overlap.submit(broken, then=lambda: told.append("finished"))
+    with pytest.raises(OSError):
+        overlap.wait()
+    assert told == []

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,12 +221,14 @@ def run_cell(
     template: Template | None = None,
     overlap: Overlap | None = None,
     spent_s: float = 0.0,
+    released: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run one cell in `workdir` (created and removed here) and return its result; with `template`,
     on a copy of that built store instead of a new one. With `overlap`, the cell waits for the last
     cell's teardown before its first sample and hands its own teardown to it: the result's
     `teardown` and `duration_s` are filled in when that ends (harness/run/teardown.py). `spent_s`: set-up
-    done for this cell before the call (its family's template build), counted in its set-up."""
+    done for this cell before the call (its family's template build), counted in its set-up.
+    `released` gets the result once the teardown has ended, on the calling thread."""
     s = cell.scenario
     sampling = sampling or Sampling(*s.repeat(cell.params), cold=False)
     out: dict[str, Any] = {
@@ -292,10 +295,13 @@ def run_cell(
                 split["teardown"] = round(ended - measured_until, 3)
                 out["duration_s"] = round(ended - started, 3)
 
+        then = None if released is None else functools.partial(released, out)
         if overlap is None or out["status"] == "interrupted":
             teardown()
+            if then is not None and out["status"] != "interrupted":
+                then()
         else:
-            overlap.submit(teardown)
+            overlap.submit(teardown, then)
     return out
 
 

@@ -130,7 +130,8 @@ class RunClock:
 
 
 class PlainLines:
-    """One line per cell started and finished, with elapsed time and ETA: for CI logs and pipes."""
+    """One line per cell started and finished, with elapsed time and ETA: for CI logs and pipes.
+    A cell finishes once its teardown has ended, which may be after the next one started."""
 
     def __init__(self, out: TextIO | None = None, clock: RunClock | None = None) -> None:
         self.out = out or sys.stderr
@@ -146,7 +147,7 @@ class PlainLines:
         elif event.kind == "finished":
             took = "" if event.duration_s is None else f" in {duration_text(event.duration_s)}"
             self.line(
-                f"[{event.index}/{event.total}] {event.status}{took}; "
+                f"[{event.index}/{event.total}] {event.describe()}: {event.status}{took}; "
                 f"elapsed {duration_text(self.clock.elapsed_s())}, {self.clock.eta_text()}"
             )
 

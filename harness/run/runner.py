@@ -264,6 +264,14 @@ def run(
     event = functools.partial(_tell, events or (lambda e: None), len(cells))
     for i, cell in enumerate(cells, 1):
         event("planned", i, cell)
+
+    def finished(i: int, cell: Cell, result: dict[str, Any]) -> None:
+        """A cell's teardown has ended: its whole duration is known."""
+        event("finished", i, cell, result)
+        if result["status"] == "error":
+            progress(f"    error: {result['error']}")
+        results.save(doc, path)
+
     try:
         with sigterm_as_interrupt():
             for i, cell in enumerate(cells, 1):
@@ -287,6 +295,7 @@ def run(
                         template,
                         overlap=overlap,
                         spent_s=build_s,  # the family's build is this cell's set-up
+                        released=functools.partial(finished, i, cell),
                     )
                     if templates:
                         templates.done(cell)
@@ -306,10 +315,7 @@ def run(
                     doc["finished_utc"] = results.utc_now()
                     results.save(doc, path)
                     raise
-                doc["cells"].append(result)
-                event("finished", i, cell, result)
-                if result["status"] == "error":
-                    progress(f"    error: {result['error']}")
+                doc["cells"].append(result)  # saved now; again with its teardown once that has ended
                 results.save(doc, path)
     finally:
         overlap.wait()  # the last cell's teardown: its figures and its resources

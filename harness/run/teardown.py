@@ -23,12 +23,16 @@ class Overlap:
         self.enabled = enabled
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._then: Callable[[], None] | None = None
 
-    def submit(self, teardown: Callable[[], None]) -> None:
-        """Run `teardown` now on a thread (inline when disabled), after the one before has ended."""
+    def submit(self, teardown: Callable[[], None], then: Callable[[], None] | None = None) -> None:
+        """Run `teardown` now on a thread (inline when disabled), after the one before has ended;
+        `then` runs once it has ended, on the thread that waits for it (the run's own)."""
         self.wait()
         if not self.enabled:
             teardown()
+            if then is not None:
+                then()
             return
 
         def body() -> None:
@@ -37,11 +41,13 @@ class Overlap:
             except BaseException as exc:  # noqa: BLE001  handed to the main thread by wait()
                 self._error = exc
 
+        self._then = then
         self._thread = threading.Thread(target=body, name="layerbench-teardown", daemon=False)
         self._thread.start()
 
     def wait(self) -> None:
-        """Block until the teardown in flight has ended, through interrupts too; raise its error."""
+        """Block until the teardown in flight has ended, through interrupts too; run its `then`;
+        raise its error."""
         thread, interrupted = self._thread, False
         while thread is not None and thread.is_alive():
             try:
@@ -50,6 +56,9 @@ class Overlap:
                 interrupted = True
         self._thread = None
         error, self._error = self._error, None
+        then, self._then = self._then, None
+        if then is not None and error is None:
+            then()
         if interrupted:
             raise KeyboardInterrupt
         if error is not None:
