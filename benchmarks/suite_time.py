@@ -1,10 +1,12 @@
 """The suite before and after, in one sitting: wall time, timed fraction, how cells stopped, CI widths.
 
-Runs `layerbench run ARGS` twice, "before" with every cell pinned and built on its own store
-(`--target-ci 0 --no-templates`), "after" sampling until sure (the default) with `--templates`,
-and prints for each: wall time, the timed fraction (timed regions over the cells' time),
-the stop reasons, the five slowest cells' splits; then, per headline (`_ns`) metric of every
-cell both ran, the bootstrap CI half-width over the median before and after.
+Runs `layerbench run ARGS` twice, "before" with every cell pinned, built on its own store and
+torn down before the next one starts (`--target-ci 0 --no-templates --no-overlap-teardown`),
+"after" with the defaults and `--overlap-teardown`, and prints for each: wall time, the timed fraction (timed regions
+over the cells' time), the stop reasons, the five slowest cells' splits; then the time of the
+cells both ran, and per headline (`_ns`) metric of those cells the bootstrap CI half-width
+over the median before and after. `--compare` also takes a run of an older layerbench (no
+time split: its cells' durations still compare).
 
 Usage:
     python benchmarks/suite_time.py [--work-root DIR] [--results-dir DIR] -- [layerbench run args]
@@ -27,8 +29,8 @@ from layerbench.analysis import results
 from layerbench.analysis.stats import ci_half_width
 from layerbench.run.sampling import PHASES, STOP_REASONS, time_split_lines
 
-BEFORE = ["--target-ci", "0", "--no-templates"]
-AFTER = ["--templates"]
+BEFORE = ["--target-ci", "0", "--no-templates", "--no-overlap-teardown"]
+AFTER = ["--overlap-teardown"]
 Key = tuple[str, str, str, str, str]
 
 
@@ -88,6 +90,21 @@ def summary(name: str, doc: dict[str, Any], wall: float) -> list[str]:
     ]
 
 
+def _cell_key(c: dict[str, Any]) -> tuple[str, str, str, str]:
+    return c["scenario"], c["driver"], results.params_text(c["params"]), c["backing"]
+
+
+def same_cells(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The summed durations of the cells both runs ran (a suite that grew compares on what it shared)."""
+    a = {_cell_key(c): c.get("duration_s") or 0.0 for c in before["cells"]}
+    b = {_cell_key(c): c.get("duration_s") or 0.0 for c in after["cells"]}
+    both = set(a) & set(b)
+    if not both:
+        return ["no cell in both runs"]
+    ta, tb = sum(a[k] for k in both), sum(b[k] for k in both)
+    return [f"== the {len(both)} cells both ran: {ta:.1f} s before, {tb:.1f} s after (after / before {tb / ta:.2f})"]
+
+
 def compare(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     a, b = _widths(before), _widths(after)
     both = sorted(set(a) & set(b))
@@ -130,6 +147,7 @@ def main() -> None:
     for name, doc, wall in zip(("before", "after"), docs, walls, strict=True):
         print("\n".join(summary(name, doc, wall)))
     print(f"== wall time after / before: {walls[1] / walls[0]:.2f}")
+    print("\n".join(same_cells(*docs)))
     print("\n".join(compare(*docs)))
 
 

@@ -120,10 +120,10 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
 )
 @click.option(
     "--overlap-teardown/--no-overlap-teardown",
-    default=True,
+    default=False,
     show_default=True,
     help="Tear each cell down on a thread while the next one sets up; it ends before the next sample "
-    "(docs/performance.md).",
+    "(gains where set-up and teardown do not share the cores and disk; docs/performance.md).",
 )
 @click.option("--quick", is_flag=True, help="The quick suite: each scenario's [quick] values and samples.")
 @click.option("--cold", is_flag=True, help="Sync and drop the page cache before every sample (root).")
@@ -215,7 +215,7 @@ def run_cmd(
     max_samples: int | None = None,
     cell_budget_s: float = 0.0,
     templates: bool = False,
-    overlap_teardown: bool = True,
+    overlap_teardown: bool = False,
     dry_run: bool = False,
     loop_io: str = "direct",
 ) -> None:

@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,15 @@ class _CellRun:
     started: float  # time.monotonic() when the cell began: its set-up runs from here to the first sample
     template: Template | None = None  # the store is a copy of this built one (harness/run/templates.py)
     overlap: Overlap | None = None  # the last cell's teardown, maybe still running: joined before the first sample
+    waited_s: list[float] = field(default_factory=list)  # time spent joining it: that cell's, not this one's
+
+
+def _join_last_teardown(run: _CellRun) -> None:
+    """Wait for the last cell's teardown (no teardown beside a sample), noting how long."""
+    if run.overlap is not None:
+        t0 = time.monotonic()
+        run.overlap.wait()
+        run.waited_s.append(time.monotonic() - t0)
 
 
 def _measure(run: _CellRun) -> None:
@@ -125,12 +134,11 @@ def _measure(run: _CellRun) -> None:
     def outcome(label: str, name: str) -> None:
         outcomes[label][name] += 1
 
-    if run.overlap is not None:
-        run.overlap.wait()  # no teardown beside a sample
+    _join_last_teardown(run)
     rep, measured, spent = 0, 0, 0.0
     loop_start = time.monotonic()
     split = out["time_split_s"]
-    split["setup"] = round(loop_start - run.started, 3)
+    split["setup"] = round(loop_start - run.started - sum(run.waited_s), 3)
 
     def note_split() -> None:
         split["timed"] = round(timed_ns / 1e9, 3)
@@ -184,9 +192,8 @@ def _measure_in_userns(run: _CellRun) -> None:
     builds the image and takes the samples, then closes its driver. What it recorded
     comes back, after an error too; the parent's own handle cleans up what is left.
     """
-    if run.overlap is not None:
-        run.overlap.wait()  # before the fork: the child has no teardown thread to wait for
-        run = dataclasses.replace(run, overlap=None)
+    _join_last_teardown(run)  # before the fork: the child has no teardown thread to wait for
+    run = dataclasses.replace(run, overlap=None)
     userns.hand_over(run.store.mountpoint)
     run.drivers.append(run.cell.driver(run.home))
     out, recorded, outcomes = run.out, run.recorded, run.outcomes
@@ -258,6 +265,7 @@ def run_cell(
         store = backing.BackingStore(workdir, cell.backing, estimate_bytes(cell), estimate_inodes(cell), ledger)
     out["template"] = template is not None
     drivers: list[Driver] = []  # the driver, once set up, for the cleanup below
+    waited: list[float] = []  # joining the last cell's teardown: its time, not this cell's
     try:
         with _time_limit(sampling.timeout_s):
             home = store.open() / cell.driver.name
@@ -265,7 +273,9 @@ def run_cell(
             if template is None:
                 home.mkdir(mode=0o700)
             measure = _measure_in_userns if cell.driver.userns else _measure
-            run = _CellRun(cell, store, home, sampling, overhead_ns, out, recorded, outcomes, drivers, started)
+            run = _CellRun(
+                cell, store, home, sampling, overhead_ns, out, recorded, outcomes, drivers, started, waited_s=waited
+            )
             measure(dataclasses.replace(run, template=template, overlap=overlap))
         out["status"] = "ok"
     except KeyboardInterrupt:
@@ -277,6 +287,7 @@ def run_cell(
         out["error"] = _error_text(cell, exc, store)
     finally:
         measured_until = time.monotonic()
+        started += sum(waited)
         out["metrics"] = {m: {"unit": results.unit_of(m), "samples": v} for m, v in recorded.items()}
         out["outcomes"] = {k: dict(v) for k, v in outcomes.items()}
         split = out["time_split_s"]

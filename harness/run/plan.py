@@ -129,7 +129,7 @@ class RunConfig:
     cell_budget_s: float = 0.0  # a cell's sampling loop stops after this many seconds (0: no limit)
     loop_io: str = "direct"  # "buffered" only to measure what direct I/O changes (backing.set_loop_io)
     templates: bool = False  # build each family's image once (harness/run/templates.py; docs/performance.md: off, why)
-    overlap_teardown: bool = True  # a cell's teardown beside the next set-up, never beside a sample (run/teardown.py)
+    overlap_teardown: bool = False  # a cell's teardown beside the next set-up, never beside a sample (run/teardown.py)
 
 
 Unavailable = Callable[[str], "str | None"]

@@ -69,7 +69,7 @@ def resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
         max_samples=settings.get("max_samples", config.max_samples),
         cell_budget_s=settings.get("cell_budget_s", config.cell_budget_s),
         templates=settings.get("templates", False),
-        overlap_teardown=settings.get("overlap_teardown", True),
+        overlap_teardown=settings.get("overlap_teardown", False),
         loop_io=settings.get("loop_io", "direct"),
     )
     for s in resolve_scenarios(resumed.scenarios, resumed.overrides, resumed.quick):
