@@ -22,24 +22,19 @@ from typing import Any
 import pytest
 
 from layerbench.driver import Driver, Style
+from layerbench.images.build import build_image, files_image
+from layerbench.images.image import FileSpec
 
 ROUNDS = 15
 
 
 def build_layers(driver: Driver, count: int, files_per_layer: int = 1) -> tuple[str, dict[str, Path]]:
     """`count` layers, each adding `files_per_layer` small files; returns the top id and the layer dirs."""
-    parent: str | None = None
+    n = files_per_layer
+    image = files_image([[FileSpec(f"d{i}/f{j}", 128, seed=i * n + j) for j in range(n)] for i in range(count)])
     dirs: dict[str, Path] = {}
-    for i in range(count):
-        lid = f"layer{i}"
-        path = driver.create_layer(lid, parent)
-        (path / f"d{i}").mkdir()
-        for j in range(files_per_layer):
-            (path / f"d{i}" / f"f{j}").write_bytes(b"x" * 128)
-        driver.seal_layer(lid)
-        dirs[lid], parent = path, lid
-    assert parent is not None
-    return parent, dirs
+    top = build_image(driver, image, created=dirs.__setitem__)
+    return top, dirs
 
 
 def changes(upper: Path | None, container_root: Path, image_root: Path) -> list[str]:
@@ -123,6 +118,7 @@ def test_create_layer(benchmark: Any, bench_driver: Driver) -> None:
 @pytest.mark.parametrize("depth", [20, 128])
 def test_deep_read(benchmark: Any, bench_driver: Driver, depth: int) -> None:
     top, _ = build_layers(bench_driver, depth)
+    want = files_image([[FileSpec("d0/f0", 128, seed=0)]]).contents()["0"]  # as build_layers wrote it
     bench_driver.create_container("c", top)
     path = str(bench_driver.mount("c") / "d0" / "f0")  # in the bottom layer
 
@@ -134,7 +130,7 @@ def test_deep_read(benchmark: Any, bench_driver: Driver, depth: int) -> None:
             os.close(fd)
 
     try:
-        assert benchmark.pedantic(read, rounds=ROUNDS * 4, warmup_rounds=2) == b"x" * 128
+        assert benchmark.pedantic(read, rounds=ROUNDS * 4, warmup_rounds=2) == want
     finally:
         bench_driver.unmount("c")
 

@@ -317,7 +317,12 @@ def _build(state: SampleState, step: Step, record: Recorder) -> None:
         record,
         step.measure,
         lambda: build_image(
-            state.driver, image, ids=ids, parent=parent, contents=contents, created=state.layers.append
+            state.driver,
+            image,
+            ids=ids,
+            parent=parent,
+            contents=contents,
+            created=lambda layer, _root: state.layers.append(layer),
         ),
     )
     record("build_disk_bytes", state.store.usage().bytes - before)
