@@ -270,7 +270,8 @@ def run(
         event("finished", i, cell, result)
         if result["status"] == "error":
             progress(f"    error: {result['error']}")
-        results.save(doc, path)
+        if any(c is result for c in doc["cells"]):  # overlapped: saved before, now with its teardown
+            results.save(doc, path)
 
     try:
         with sigterm_as_interrupt():

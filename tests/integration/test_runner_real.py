@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -111,8 +112,9 @@ def test_a_cells_teardown_overlaps_the_next_set_up_never_a_sample(
         order="planned",
         overlap_teardown=overlap,
     )
-    doc, _ = run(config)
+    doc, path = run(config)
     assert [c["status"] for c in doc["cells"]] == ["ok", "ok"]
+    assert json.loads(path.read_text())["cells"] == doc["cells"]  # the file has every teardown's figures
     log = _SlowToCloseVfs.log
     closes = [(t, who) for what, t, who in log if what == "close-start"]
     assert {who for _, who in closes} == ({"layerbench-teardown"} if overlap else {"MainThread"})
