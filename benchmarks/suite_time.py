@@ -90,14 +90,10 @@ def summary(name: str, doc: dict[str, Any], wall: float) -> list[str]:
     ]
 
 
-def _cell_key(c: dict[str, Any]) -> tuple[str, str, str, str]:
-    return c["scenario"], c["driver"], results.params_text(c["params"]), c["backing"]
-
-
 def same_cells(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """The summed durations of the cells both runs ran (a suite that grew compares on what it shared)."""
-    a = {_cell_key(c): c.get("duration_s") or 0.0 for c in before["cells"]}
-    b = {_cell_key(c): c.get("duration_s") or 0.0 for c in after["cells"]}
+    a = {results.cell_key(c): c.get("duration_s") or 0.0 for c in before["cells"]}
+    b = {results.cell_key(c): c.get("duration_s") or 0.0 for c in after["cells"]}
     both = set(a) & set(b)
     if not both:
         return ["no cell in both runs"]

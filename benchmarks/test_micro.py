@@ -28,10 +28,15 @@ from layerbench.images.image import FileSpec
 ROUNDS = 15
 
 
+def _small_file(layer: int, j: int, per_layer: int) -> FileSpec:
+    """File `j` of a `build_layers` layer: `d<layer>/f<j>`, 128 bytes."""
+    return FileSpec(f"d{layer}/f{j}", 128, seed=layer * per_layer + j)
+
+
 def build_layers(driver: Driver, count: int, files_per_layer: int = 1) -> tuple[str, dict[str, Path]]:
     """`count` layers, each adding `files_per_layer` small files; returns the top id and the layer dirs."""
     n = files_per_layer
-    image = files_image([[FileSpec(f"d{i}/f{j}", 128, seed=i * n + j) for j in range(n)] for i in range(count)])
+    image = files_image([[_small_file(i, j, n) for j in range(n)] for i in range(count)])
     dirs: dict[str, Path] = {}
     top = build_image(driver, image, created=dirs.__setitem__)
     return top, dirs
@@ -118,7 +123,8 @@ def test_create_layer(benchmark: Any, bench_driver: Driver) -> None:
 @pytest.mark.parametrize("depth", [20, 128])
 def test_deep_read(benchmark: Any, bench_driver: Driver, depth: int) -> None:
     top, _ = build_layers(bench_driver, depth)
-    want = files_image([[FileSpec("d0/f0", 128, seed=0)]]).contents()["0"]  # as build_layers wrote it
+    spec = _small_file(0, 0, 1)
+    want = files_image([[spec]]).contents()[str(spec.seed)]  # as build_layers wrote it
     bench_driver.create_container("c", top)
     path = str(bench_driver.mount("c") / "d0" / "f0")  # in the bottom layer
 
