@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from layerbench.driver import LayerFormat
+from layerbench.environment import RunEnvironment, applied
 from layerbench.errors import UserError
 from layerbench.images import image_sources
-from layerbench.images.image_sources import ArchiveImage, HostDirImage, open_image, set_image_limit
+from layerbench.images.image_sources import ArchiveImage, HostDirImage, open_image
 
 from .test_layer_tar import WH, D, F, S, tar_bytes
 from .test_oci import Layout
@@ -71,12 +72,9 @@ def test_an_image_of_more_entries_than_allowed_is_refused_in_one_line(
 
 
 def test_a_size_bound_given_is_the_images_limit(tmp_path: Path) -> None:
-    set_image_limit(1 << 20, tmp_path)  # an explicit bound wins over the work root's free disk
-    try:
+    with applied(RunEnvironment(tmp_path, max_image_bytes=1 << 20)):  # an explicit bound wins over the free disk
         image = _archive(tmp_path, tar_bytes(F("a", b"a")))
-        assert image.limit is not None and image.limit.total == 1 << 20 and image.limit.why == "--max-image-bytes"
-    finally:
-        set_image_limit(None, None)
+    assert image.limit is not None and image.limit.total == 1 << 20 and image.limit.why == "--max-image-bytes"
 
 
 def test_a_host_directory_is_one_layer_of_its_regular_files(tmp_path: Path) -> None:

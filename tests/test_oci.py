@@ -12,16 +12,19 @@ import re
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from layerbench import environment
 from layerbench.cli import main
 from layerbench.driver import LayerFormat
+from layerbench.environment import RunEnvironment
 from layerbench.errors import UserError
-from layerbench.images.image_sources import ArchiveImage, open_image, parse_size, set_image_limit
+from layerbench.images.image_sources import ArchiveImage, open_image, parse_size
 from layerbench.images.oci import apply_blob, read_image, source_kind
 
 from .test_layer_tar import DIFF, FULL, WH, D, F, H, S, needs_root, tar_bytes
@@ -423,9 +426,13 @@ def test_compressed_or_bogus_archive(tmp_path: Path) -> None:
 
 @pytest.fixture
 def image_limit() -> Iterator[Callable[[int | None], None]]:
-    """Set the limit of images opened in this test; the default again after it."""
-    yield lambda n: set_image_limit(n, None)
-    set_image_limit(None, None)
+    """Set the limit of images opened in this test (the run environment's); the default again after it."""
+    with ExitStack() as scope:
+
+        def limit(n: int | None) -> None:
+            scope.enter_context(environment.applied(RunEnvironment(max_image_bytes=n)))
+
+        yield limit
 
 
 def _bomb_layout(path: Path) -> tuple[Path, str]:
@@ -464,14 +471,12 @@ def test_a_legacy_archive_bomb_stops_in_the_diff_id_check(
 
 
 def test_the_default_limit_is_the_free_disk_of_the_work_root(tmp_path: Path) -> None:
-    set_image_limit(None, tmp_path / "gone" / "work")  # a work root removed since: its parent's disk
-    try:
+    with environment.applied(RunEnvironment(tmp_path / "gone" / "work")):  # removed since: its parent's disk
         image = open_image("oci", oci_layout(tmp_path / "img"))
-        assert isinstance(image, ArchiveImage) and image.limit is not None
-        assert image.limit.why == f"the free disk of the work root {tmp_path} less a margin"
-        assert image.file_paths() == ["bin/sh", "d/fresh", "etc/new"]
-    finally:
-        set_image_limit(None, None)
+    assert isinstance(image, ArchiveImage) and image.limit is not None
+    assert image.limit.why == f"the free disk of the work root {tmp_path} less a margin"
+    assert image.file_paths() == ["bin/sh", "d/fresh", "etc/new"]
+    assert environment.current() == RunEnvironment()  # the run's environment ends with it
 
 
 @pytest.mark.parametrize(
@@ -489,24 +494,21 @@ def test_a_bad_size_is_one_line() -> None:
 def test_run_refuses_a_bomb_image_before_any_cell(tmp_path: Path) -> None:
     _, layer = _bomb_layout(tmp_path / "img")
     (tmp_path / "bomb.toml").write_text(BOMB_SCENARIO)
-    try:
-        r = CliRunner().invoke(
-            main,
-            [
-                "run",
-                str(tmp_path / "bomb.toml"),
-                "--driver",
-                "null",
-                "--max-image-bytes",
-                "1M",
-                "--work-root",
-                str(tmp_path / "work"),
-                "--results-dir",
-                str(tmp_path / "res"),
-            ],
-        )
-    finally:
-        set_image_limit(None, None)
+    r = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(tmp_path / "bomb.toml"),
+            "--driver",
+            "null",
+            "--max-image-bytes",
+            "1M",
+            "--work-root",
+            str(tmp_path / "work"),
+            "--results-dir",
+            str(tmp_path / "res"),
+        ],
+    )
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stderr.strip() == (
         f"layerbench: error: {tmp_path / 'img'}:blobs/sha256/{layer}: over the image size "

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from layerbench import environment
 from layerbench.driver import LayerFormat
 from layerbench.errors import UserError
 from layerbench.images.layer_encoding import OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX
@@ -21,12 +22,11 @@ from layerbench.images.layer_stream import LayerTar, SizeLimit, free_disk_limit,
 from layerbench.images.layer_tar import LowerTree
 from layerbench.images.oci import LayerBlob, apply_blob, apply_host_dir, read_image
 
-__all__ = ["ArchiveImage", "HostDirImage", "open_image", "set_image_limit", "parse_size", "MAX_ENTRIES"]
+__all__ = ["ArchiveImage", "HostDirImage", "open_image", "parse_size", "MAX_ENTRIES"]
 
 #: entries an imported image may hold (its file list is kept in memory)
 MAX_ENTRIES = 4_000_000
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)$", re.IGNORECASE)
-_limit: dict[str, Any] = {"max_bytes": None, "work_root": None}
 
 
 def parse_size(text: str, what: str = "--max-image-bytes") -> int:
@@ -37,17 +37,15 @@ def parse_size(text: str, what: str = "--max-image-bytes") -> int:
     return int(float(m.group(1)) * (1 << (10 * " KMGT".index(m.group(2).upper() or " "))))
 
 
-def set_image_limit(max_bytes: int | None, work_root: Path | None) -> None:
-    """Bound the images opened after this: `max_bytes` uncompressed, or else the free disk under `work_root`."""
-    _limit.update(max_bytes=max_bytes, work_root=work_root)
-
-
 def _image_limit() -> SizeLimit | None:
-    if _limit["max_bytes"] is not None:
-        return SizeLimit(_limit["max_bytes"], "--max-image-bytes")
-    if _limit["work_root"] is None:
+    """The bound of the run's environment (harness/environment.py): `--max-image-bytes`
+    uncompressed, or else the free disk under its work root; none outside a run."""
+    env = environment.current()
+    if env.max_image_bytes is not None:
+        return SizeLimit(env.max_image_bytes, "--max-image-bytes")
+    if env.work_root is None:
         return None
-    where = Path(_limit["work_root"])
+    where = Path(env.work_root)
     while not where.exists():  # a run's work root, removed since
         where = where.parent
     return free_disk_limit(where, f"the work root {where}")

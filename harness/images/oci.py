@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from layerbench import environment
 from layerbench.driver import LayerFormat
 from layerbench.errors import UserError
 from layerbench.images.image import SyntheticImage
@@ -44,7 +45,6 @@ __all__ = [
     "LAYER_MEDIA_TYPES",
     "write_layout",
     "synthetic_layout",
-    "set_layout_cache",
     "COMPRESSIONS",
 ]
 
@@ -536,18 +536,11 @@ def write_layout(image: SyntheticImage, dest: Path, compression: str) -> None:
     (dest / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
 
 
-_cache: dict[str, Path | None] = {"root": None}
-
-
-def set_layout_cache(work_root: Path | None) -> None:
-    """Keep the layouts `synthetic_layout` writes under `work_root`/oci-cache (None: the default work root)."""
-    _cache["root"] = work_root
-
-
 def synthetic_layout(image: SyntheticImage, compression: str) -> Path:
     """The OCI layout of `image` with `compression` layers: written once under the work root's
-    `oci-cache/` (named by the image's specification), then reused by every cell that asks."""
-    root = prepare_work_root(_cache["root"] or DEFAULT_WORK_ROOT) / "oci-cache"
+    `oci-cache/` (named by the image's specification), then reused by every cell that asks. The work
+    root is the run environment's (harness/environment.py; the default one outside a run)."""
+    root = prepare_work_root(environment.current().work_root or DEFAULT_WORK_ROOT) / "oci-cache"
     key = hashlib.sha256(repr((image.layers, compression)).encode()).hexdigest()[:32]
     dest = root / f"{key}-{compression}"
     if (dest / "index.json").is_file():

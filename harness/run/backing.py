@@ -11,6 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from layerbench.environment import LOOP_IO
 from layerbench.errors import UserError
 from layerbench.kernel import mountinfo, pagecache, syscalls
 from layerbench.kernel.safety import remove_tree
@@ -23,7 +24,6 @@ __all__ = [
     "usage",
     "allocated_bytes",
     "loop_direct_io",
-    "set_loop_io",
     "mkfs_versions",
     "unavailable",
     "copy_backing_file",
@@ -195,18 +195,6 @@ def allocated_bytes(root: Path) -> int:
     return total + _union(shared)
 
 
-#: whether new loop stores ask for direct I/O (`run --loop-io`); buffered is for A/B runs only
-_LOOP_IO = {"direct": True}
-
-
-def set_loop_io(mode: str) -> None:
-    """`direct` (the default: the store behaves like a disk) or `buffered` (the host page cache
-    also holds the store's pages, as layerbench 0.1 ran; for measuring what direct I/O changes)."""
-    if mode not in ("direct", "buffered"):
-        raise UserError(f"--loop-io {mode!r}: allowed: direct, buffered")
-    _LOOP_IO["direct"] = mode == "direct"
-
-
 def loop_direct_io(device: str) -> bool:
     """Whether the kernel runs loop `device` with direct I/O (/sys/block/loopN/loop/dio)."""
     return Path(f"/sys/block/{Path(device).name}/loop/dio").read_text().strip() == "1"
@@ -254,8 +242,10 @@ class BackingStore:
     """A sparse file, formatted and loop-mounted under `workdir`; released by `close`.
 
     With `template` (a backing file a store of the same type and size left, harness/run/runner.py
-    templates), the file is a copy of it instead of a new mkfs. Use as a context manager;
-    `close` is idempotent and runs after errors too.
+    templates), the file is a copy of it instead of a new mkfs. `loop_io` is the run's `--loop-io`
+    (harness/environment.py): "direct" (the store behaves like a disk) or "buffered" (the host page
+    cache also holds its pages, as layerbench 0.1 ran; only to measure what direct I/O changes).
+    Use as a context manager; `close` is idempotent and runs after errors too.
     """
 
     def __init__(
@@ -266,9 +256,14 @@ class BackingStore:
         inodes: int = 0,
         ledger: Ledger | None = None,
         template: Path | None = None,
+        *,
+        loop_io: str = "direct",
     ) -> None:
         if fstype not in BACKINGS:
             raise UserError(f"unknown backing filesystem {fstype!r}; allowed: {', '.join(BACKINGS)}")
+        if loop_io not in LOOP_IO:
+            raise UserError(f"--loop-io {loop_io!r}: allowed: {', '.join(LOOP_IO)}")
+        self.loop_io = loop_io
         self.fstype = fstype
         self.size_bytes = max(size_bytes, MIN_SIZE.get(fstype, 0))
         self.inodes = inodes  # ext4 fixes its inode count at mkfs; 0 keeps mkfs's default
@@ -306,7 +301,7 @@ class BackingStore:
         # Direct I/O: reads and writes go to the image file without the host's page cache, so
         # it holds no second copy of the store's pages and a cold read is cold, as on a disk.
         # Where the host filesystem refuses O_DIRECT, the loop stays buffered (direct_io False).
-        if _LOOP_IO["direct"]:
+        if self.loop_io == "direct":
             subprocess.run(["losetup", "--direct-io=on", self.loop], capture_output=True)
         self.direct_io = loop_direct_io(self.loop)
         self._note("mount", self.mountpoint)

@@ -20,6 +20,7 @@ from typing import Any
 
 from layerbench.analysis import results
 from layerbench.driver import Driver
+from layerbench.environment import RunEnvironment
 from layerbench.images.build import layer_ids
 from layerbench.images.image import SyntheticImage
 from layerbench.kernel import safety, syscalls
@@ -229,15 +230,18 @@ def run_cell(
     overlap: Overlap | None = None,
     spent_s: float = 0.0,
     released: Callable[[dict[str, Any]], None] | None = None,
+    env: RunEnvironment | None = None,
 ) -> dict[str, Any]:
     """Run one cell in `workdir` (created and removed here) and return its result; with `template`,
     on a copy of that built store instead of a new one. With `overlap`, the cell waits for the last
     cell's teardown before its first sample and hands its own teardown to it: the result's
     `teardown` and `duration_s` are filled in when that ends (harness/run/teardown.py). `spent_s`: set-up
     done for this cell before the call (its family's template build), counted in its set-up.
-    `released` gets the result once the teardown has ended, on the calling thread."""
+    `released` gets the result once the teardown has ended, on the calling thread. `env`: the run's
+    environment (harness/environment.py; the caller has it `applied` for the images it opens)."""
     s = cell.scenario
     sampling = sampling or Sampling(*s.repeat(cell.params), cold=False)
+    loop_io = (env or RunEnvironment()).loop_io
     out: dict[str, Any] = {
         "scenario": s.name,
         "driver": cell.driver.name,
@@ -259,10 +263,12 @@ def run_cell(
     workdir.mkdir(mode=0o700)
     if template is not None:
         store = backing.BackingStore(
-            workdir, cell.backing, template.size_bytes, template.inodes, ledger, template.image
+            workdir, cell.backing, template.size_bytes, template.inodes, ledger, template.image, loop_io=loop_io
         )
     else:
-        store = backing.BackingStore(workdir, cell.backing, estimate_bytes(cell), estimate_inodes(cell), ledger)
+        store = backing.BackingStore(
+            workdir, cell.backing, estimate_bytes(cell), estimate_inodes(cell), ledger, loop_io=loop_io
+        )
     out["template"] = template is not None
     drivers: list[Driver] = []  # the driver, once set up, for the cleanup below
     waited: list[float] = []  # joining the last cell's teardown: its time, not this cell's
@@ -332,13 +338,22 @@ def _release(
             ledger.released("dir", workdir)
 
 
-def build_template(cell: Cell, workdir: Path, size_bytes: int, inodes: int, ledger: Ledger | None = None) -> Template:
+def build_template(
+    cell: Cell,
+    workdir: Path,
+    size_bytes: int,
+    inodes: int,
+    ledger: Ledger | None = None,
+    env: RunEnvironment | None = None,
+) -> Template:
     """Build the cell's image on a fresh store in `workdir` as `_measure` does, and keep its
     backing file, cleanly unmounted, as its family's template (harness/run/templates.py)."""
     if ledger is not None:
         ledger.made("dir", workdir)
     workdir.mkdir(mode=0o700)
-    store = backing.BackingStore(workdir, cell.backing, size_bytes, inodes, ledger)
+    store = backing.BackingStore(
+        workdir, cell.backing, size_bytes, inodes, ledger, loop_io=(env or RunEnvironment()).loop_io
+    )
     driver: Driver | None = None
     try:
         home = store.open() / cell.driver.name

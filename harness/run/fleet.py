@@ -27,7 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from layerbench import environment
 from layerbench.driver import Driver
+from layerbench.environment import RunEnvironment
 from layerbench.errors import UserError
 from layerbench.kernel import safety
 from layerbench.plugins import Plugins, default_plugins
@@ -125,14 +127,21 @@ def _error_cell(plain: dict[str, Any], host: str | None, error: str) -> dict[str
     }
 
 
-def run_on_host(plain: dict[str, Any], sampling: dict[str, Any]) -> dict[str, Any]:
-    """A Dask task: run the cell `Cell.to_plain` described on this host, in a child process; its result with `host`."""
+def run_on_host(plain: dict[str, Any], sampling: dict[str, Any], env: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Dask task: run the cell `Cell.to_plain` described on this host, in a child process, in the run's
+    environment `env` (`RunEnvironment.to_plain`) on this host's work root; its result with `host`."""
     from distributed import get_worker
 
     host, work_root = _this_host()
     worker = get_worker()
     worker.log_event(STARTED, {"key": worker.get_current_task(), "host": host})
-    request = {"cell": plain, "sampling": sampling, "work_root": str(work_root), "parent": os.getpid()}
+    request = {
+        "cell": plain,
+        "sampling": sampling,
+        "env": env or {},
+        "work_root": str(work_root),
+        "parent": os.getpid(),
+    }
     proc = subprocess.run(
         [sys.executable, "-c", "from layerbench.run.fleet import _cell_main; _cell_main()"],
         input=json.dumps(request),
@@ -171,17 +180,20 @@ def _cell_main() -> None:
         if (reason := cell.driver.probe()) is not None:
             raise UserError(f"driver {cell.driver.name} cannot run on this host: {reason}")
         work_root = safety.prepare_work_root(Path(request["work_root"]))
-        check_disk([cell], work_root, lambda line: None)
-        timer_ns = overhead.measure(plugins.registry.drivers.get("null"))["timer_ns"]
-        run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work_root))
-        ledger = Ledger(run_dir / LEDGER_NAME).open()
-        try:
-            with sigterm_as_interrupt():
-                result = run_cell(cell, run_dir / "cell", Sampling(**request["sampling"]), timer_ns, ledger)
-        finally:
-            ledger.close()
-            (run_dir / LEDGER_NAME).unlink(missing_ok=True)
-            safety.remove_tree(run_dir)
+        env = RunEnvironment.from_plain(request["env"], work_root)
+        with environment.applied(env):
+            check_disk([cell], work_root, lambda line: None)
+            timer_ns = overhead.measure(plugins.registry.drivers.get("null"))["timer_ns"]
+            run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work_root))
+            ledger = Ledger(run_dir / LEDGER_NAME).open()
+            try:
+                with sigterm_as_interrupt():
+                    sampling = Sampling(**request["sampling"])
+                    result = run_cell(cell, run_dir / "cell", sampling, timer_ns, ledger, env=env)
+            finally:
+                ledger.close()
+                (run_dir / LEDGER_NAME).unlink(missing_ok=True)
+                safety.remove_tree(run_dir)
     except UserError as exc:
         result = _error_cell(request["cell"], None, f"UserError: {exc}")
     os.write(out, json.dumps(result).encode())
@@ -222,6 +234,7 @@ class _Job:
     plain: dict[str, Any]
     sampling: dict[str, Any]
     turn: int  # its place in the run's order: earlier cells go first on a host
+    env: dict[str, Any]  # the run's environment (RunEnvironment.to_plain), applied on the host
 
 
 class FleetExecutor:
@@ -306,6 +319,7 @@ class FleetExecutor:
             run_on_host,
             job.plain,
             job.sampling,
+            job.env,
             pure=False,
             priority=-job.turn,
             resources=self._resources(job.cell, job.turn),
@@ -336,7 +350,7 @@ class FleetExecutor:
         return _error_cell(job.plain, job.cell.host, f"{type(exc).__name__}: {exc}")
 
     def execute(
-        self, doc: dict[str, Any], cells: list[tuple[Cell, Any]], progress: Progress
+        self, doc: dict[str, Any], cells: list[tuple[Cell, Any]], progress: Progress, env: RunEnvironment
     ) -> Iterator[dict[str, Any]]:
         hosts = doc.setdefault("hosts", {})
         for name, d in self.hosts.items():
@@ -350,7 +364,7 @@ class FleetExecutor:
             }
         jobs: dict[Future, _Job] = {}
         for i, (cell, sampling) in enumerate(cells):
-            job = _Job(cell, cell.to_plain(), dataclasses.asdict(sampling), i)
+            job = _Job(cell, cell.to_plain(), dataclasses.asdict(sampling), i, env.to_plain())
             jobs[self._submit(job)] = job
         gone: dict[str, float] = {}  # host -> when it was first seen missing
         n = 0

@@ -15,6 +15,7 @@ from typing import Any
 
 from layerbench.analysis import results
 from layerbench.driver import Driver
+from layerbench.environment import RunEnvironment
 from layerbench.errors import UserError
 from layerbench.images.image import Image
 from layerbench.ops import OPS, Footprint
@@ -127,9 +128,13 @@ class RunConfig:
     min_samples: int = 5
     max_samples: int | None = None  # None: each scenario's samples
     cell_budget_s: float = 0.0  # a cell's sampling loop stops after this many seconds (0: no limit)
-    loop_io: str = "direct"  # "buffered" only to measure what direct I/O changes (backing.set_loop_io)
+    loop_io: str = "direct"  # "buffered" only to measure what direct I/O changes (harness/environment.py)
     templates: bool = False  # build each family's image once (harness/run/templates.py; docs/performance.md: off, why)
     overlap_teardown: bool = False  # a cell's teardown beside the next set-up, never beside a sample (run/teardown.py)
+
+    def environment(self, work_root: Path | None) -> RunEnvironment:
+        """What the cells act on, on `work_root` (this host's): passed to each cell, shipped to a fleet's."""
+        return RunEnvironment(work_root, self.loop_io, self.max_image_bytes)
 
 
 Unavailable = Callable[[str], "str | None"]

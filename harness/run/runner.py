@@ -12,15 +12,15 @@ import os
 import signal
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from layerbench import environment
 from layerbench.analysis import results
 from layerbench.driver import Driver
+from layerbench.environment import RunEnvironment
 from layerbench.errors import UserError
-from layerbench.images.image_sources import set_image_limit
-from layerbench.images.oci import set_layout_cache
 from layerbench.kernel import safety
 from layerbench.plugins import Plugins, default_plugins
 from layerbench.run import backing, machine, overhead
@@ -95,9 +95,10 @@ class Executor(Protocol):
         """The cells, each with the host it runs on (None: any host)."""
 
     def execute(
-        self, doc: dict[str, Any], cells: list[tuple[Cell, Sampling]], progress: Progress
+        self, doc: dict[str, Any], cells: list[tuple[Cell, Sampling]], progress: Progress, env: RunEnvironment
     ) -> Iterator[dict[str, Any]]:
-        """Each cell's result as it finishes; adds to `doc` what it learns about the hosts."""
+        """Each cell's result as it finishes, each run in `env` on its host's own work root; adds to
+        `doc` what it learns about the hosts."""
 
 
 def _sampling_for(config: RunConfig, cell: Cell) -> Sampling:
@@ -151,7 +152,18 @@ def run(
     fleet's hosts; return the document and its path. `progress` gets lines of text; `events`, if
     given, each cell planned, started and finished here (harness/run/progress.py), instead of the
     `[i/n]` lines."""
-    plugins = plugins or default_plugins()
+    with ExitStack() as scope:  # the run's environment, in effect while its cells open images here
+        return _run(config, plugins or default_plugins(), progress, executor, events, scope)
+
+
+def _run(
+    config: RunConfig,
+    plugins: Plugins,
+    progress: Progress,
+    executor: Executor | None,
+    events: CellEvents | None,
+    scope: ExitStack,
+) -> tuple[dict[str, Any], Path]:
     previous: dict[str, Any] | None = None
     if config.resume is not None:
         safety.check_output_dir(config.resume.parent, "--resume")
@@ -188,9 +200,7 @@ def run(
 
     if executor is None:  # a fleet's hosts use and check their own
         work_root = safety.prepare_work_root(config.work_root or safety.DEFAULT_WORK_ROOT)
-        set_image_limit(config.max_image_bytes, work_root)
-        backing.set_loop_io(config.loop_io)
-        set_layout_cache(work_root)  # synthetic-oci images are packed once under it
+        env = scope.enter_context(environment.applied(config.environment(work_root)))
         if cells:
             check_disk(cells, work_root, progress)
 
@@ -240,7 +250,8 @@ def run(
     results.save(doc, path)
     if executor is not None:
         try:
-            for result in executor.execute(doc, [(c, _sampling_for(config, c)) for c in cells], progress):
+            jobs = [(c, _sampling_for(config, c)) for c in cells]
+            for result in executor.execute(doc, jobs, progress, config.environment(None)):
                 doc["cells"].append(result)
                 results.save(doc, path)
         except KeyboardInterrupt:
@@ -283,7 +294,7 @@ def run(
                 sampling = _sampling_for(config, cell)
                 try:
                     template, build_s = (
-                        templates.get(cell, functools.partial(build_template, cell, ledger=ledger))
+                        templates.get(cell, functools.partial(build_template, cell, ledger=ledger, env=env))
                         if templates
                         else (None, 0.0)
                     )
@@ -297,6 +308,7 @@ def run(
                         overlap=overlap,
                         spent_s=build_s,  # the family's build is this cell's set-up
                         released=functools.partial(finished, i, cell),
+                        env=env,
                     )
                     if templates:
                         templates.done(cell)

@@ -80,16 +80,12 @@ def test_a_store_smaller_than_its_filesystem_allows_is_made_at_the_minimum(tmp_p
 @pytest.mark.parametrize("mode", ["direct", "buffered"])
 def test_the_loop_direct_io_state_is_read_back_from_the_kernel(mode: str, tmp_path: Path) -> None:
     _need("ext4")
-    backing.set_loop_io(mode)
-    try:
-        with BackingStore(tmp_path, "ext4", 64 * MiB) as _:
-            store_loop = _loops_of(tmp_path / "backing.ext4.img").split(":", 1)[0]
-            dio = Path(f"/sys/block/{Path(store_loop).name}/loop/dio").read_text().strip() == "1"
-            assert backing.loop_direct_io(store_loop) is dio
-            if mode == "buffered":
-                assert not dio  # never asked for
-    finally:
-        backing.set_loop_io("direct")
+    with BackingStore(tmp_path, "ext4", 64 * MiB, loop_io=mode) as _:
+        store_loop = _loops_of(tmp_path / "backing.ext4.img").split(":", 1)[0]
+        dio = Path(f"/sys/block/{Path(store_loop).name}/loop/dio").read_text().strip() == "1"
+        assert backing.loop_direct_io(store_loop) is dio
+        if mode == "buffered":
+            assert not dio  # never asked for
 
 
 def test_the_direct_io_attribute_is_the_stores_own(tmp_path: Path) -> None:

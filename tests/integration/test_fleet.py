@@ -331,6 +331,59 @@ def test_a_worker_killed_mid_cell_leaves_that_cell_an_error_and_cleanup_releases
     assert not list(root.glob("run-*"))
 
 
+PACKED = """
+name = "fleet-packed"
+description = "A 2 MB synthetic image packed as an OCI layout under the work root, then imported."
+[image]
+source = "synthetic-oci"
+layers = 1
+files = 4
+bytes = 2_000_000
+[repeat]
+samples = 1
+warmup = 0
+[[step]]
+op = "start"
+"""
+
+
+def test_a_fleet_cell_runs_with_the_runs_loop_io_and_image_limit(fleet: Fleet, tmp_path: Path) -> None:
+    """--loop-io and --max-image-bytes reach the cell's process on every host (they once stayed on the client)."""
+    disk, packed = _write(tmp_path, DISK, "disk.toml"), _write(tmp_path, PACKED, "packed.toml")
+    r = CliRunner().invoke(
+        main,
+        [
+            "run",
+            disk,
+            packed,
+            "-d",
+            "vfs",
+            "--loop-io",
+            "buffered",
+            "--max-image-bytes",
+            "1M",
+            "--cluster",
+            fleet.address,
+            "--results-dir",
+            str(tmp_path / "res"),
+        ],
+    )
+    assert r.exit_code == 1, r.stderr  # the packed image's cells fail, as the limit says
+    (path,) = (tmp_path / "res").rglob("*.json")
+    doc = results.read(path)
+    assert doc["settings"]["loop_io"] == "buffered"
+    cells = {(c["scenario"], c["host"]): c for c in doc["cells"]}
+    assert set(cells) == {(s, h) for s in ("fleet-disk", "fleet-packed") for h in HOSTS}
+    for h in HOSTS:
+        ran = cells[("fleet-disk", h)]
+        assert ran["status"] == "ok" and ran["loop_direct_io"] is False, (h, ran["error"])  # buffered, as asked
+        refused = cells[("fleet-packed", h)]
+        assert refused["status"] == "error" and "over the image size limit of 1.0 MiB (--max-image-bytes)" in str(
+            refused["error"]
+        ), (h, refused["error"])
+        assert list((fleet.roots[h] / "oci-cache").glob("*-gzip/index.json"))  # packed under the host's work root
+
+
 def test_cluster_without_dask_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if it were not installed: import fails
     r = CliRunner().invoke(

@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from layerbench import environment
+from layerbench.environment import RunEnvironment
 from layerbench.kernel import pagecache
 from layerbench.plugins import default_plugins
 from layerbench.run import backing
-from layerbench.run.runner import Cell, run_cell
+from layerbench.run.runner import Cell, RunConfig, run, run_cell
 from layerbench.scenario import load_scenario
 
 from ..conftest import require
+from ..test_cli import TINY
 
 pytestmark = pytest.mark.mounts
 MiB = 1 << 20
@@ -112,15 +115,31 @@ def test_further_containers_share_the_page_cache_on_overlay_and_not_on_vfs(name:
 def test_buffered_loop_io_is_there_for_a_b_runs_and_recorded(tmp_path: Path) -> None:
     """`--loop-io buffered` leaves the loop without direct I/O (and the store says so); direct is the default."""
     require("vfs")
-    backing.set_loop_io("buffered")
-    try:
-        store = backing.BackingStore(tmp_path / "a", "ext4", 64 << 20)
-        (tmp_path / "a").mkdir()
-        with store:
-            assert store.direct_io is False and store.loop is not None and not backing.loop_direct_io(store.loop)
-    finally:
-        backing.set_loop_io("direct")
+    store = backing.BackingStore(tmp_path / "a", "ext4", 64 << 20, loop_io="buffered")
+    (tmp_path / "a").mkdir()
+    with store:
+        assert store.direct_io is False and store.loop is not None and not backing.loop_direct_io(store.loop)
     store = backing.BackingStore(tmp_path / "b", "ext4", 64 << 20)
     (tmp_path / "b").mkdir()
     with store:
         assert store.direct_io is True
+
+
+def test_a_local_run_gives_its_cells_the_loop_io_asked_for(tmp_path: Path) -> None:
+    """`run --loop-io buffered` reaches each cell's store through the run's environment, and only that run's."""
+    require("vfs")
+    (tmp_path / "tiny.toml").write_text(TINY)
+    config = RunConfig(
+        scenarios=(str(tmp_path / "tiny.toml"),),
+        drivers=("vfs",),
+        overrides={"containers": [1]},
+        samples=1,
+        warmup=0,
+        results_dir=tmp_path / "res",
+        work_root=tmp_path / "work",
+        loop_io="buffered",
+    )
+    doc, _ = run(config)
+    assert [(c["status"], c["loop_direct_io"]) for c in doc["cells"]] == [("ok", False)]
+    assert doc["settings"]["loop_io"] == "buffered"
+    assert environment.current() == RunEnvironment()  # the run's environment ended with it

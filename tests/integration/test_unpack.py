@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from layerbench.images import oci
+from layerbench.environment import RunEnvironment, applied
 from layerbench.plugins import default_plugins
 from layerbench.run.runner import Cell, run_cell
 from layerbench.run.sampling import Sampling
@@ -21,16 +21,14 @@ TWICE = Sampling(samples=2, warmup=0, min_time_s=0.0, cold=False)
 
 
 @pytest.mark.parametrize("name", ["overlay2", "vfs", "btrfs", "composefs", "erofs"])
-def test_every_sample_unpacks_the_whole_image_first_hand(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_sample_unpacks_the_whole_image_first_hand(name: str, tmp_path: Path) -> None:
     require(name)
-    monkeypatch.setitem(oci._cache, "root", tmp_path / "work")
     scenario = load_scenario(builtin_scenarios()["unpack"], {"bytes": [2_000_000], "compression": ["zstd"]})
     params = scenario.param_sets()[0]
-    [(_, _, pulled)] = scenario.images(params, prebuilt=False)
-    cls = default_plugins().driver(name)
-    out = run_cell(Cell(scenario, cls, params, cls.backings[0]), tmp_path / "cell", TWICE)
+    with applied(RunEnvironment(tmp_path / "work")):  # the layout cache under this work root
+        [(_, _, pulled)] = scenario.images(params, prebuilt=False)
+        cls = default_plugins().driver(name)
+        out = run_cell(Cell(scenario, cls, params, cls.backings[0]), tmp_path / "cell", TWICE)
     assert out["status"] == "ok", out["error"]
     assert not (tmp_path / "cell").exists()
     metrics = out["metrics"]
