@@ -250,3 +250,19 @@ def test_a_killed_run_is_listed_as_died_even_after_cleanup(tmp_path: Path) -> No
     assert code == 0 and "removed" in out
     code, out, _ = invoke("results", "--results-dir", str(tmp_path / "res"))
     assert code == 0 and "died (run layerbench cleanup)" in out and str(path) in out
+
+
+def test_repeat_writes_one_results_file_per_run_and_compare_takes_them_as_one_side(tmp_path: Path) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    common = ["--driver", "null", "--results-dir", str(tmp_path / "res"), "--work-root", str(tmp_path / "work")]
+    code, _, err = invoke("run", str(scenario), *common, "--label", "aa", "--repeat", "3", "--target-ci", "0")
+    assert code == 0, err
+    paths = sorted((tmp_path / "res").rglob("*.json"))
+    assert [p.name.split("_", 1)[1] for p in paths] == ["aa-r1.json", "aa-r2.json", "aa-r3.json"]
+    assert "3 runs: " in err
+    code, out, err = invoke("compare", str(paths[0]), str(paths[2]), "--old", str(paths[1]), "--fail-on", "worse")
+    assert code in (0, 1), err  # null's microsecond timings may move; the test is that runs are counted
+    assert "t-test of the 2+1 runs' medians" in out and "and 1 more run" in out
+    code, _, err = invoke("run", str(scenario), *common, "--repeat", "2", "--dry-run")
+    assert code == 2 and err == "layerbench: error: --repeat runs the suite again here; it does not take --dry-run\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import sys
@@ -136,6 +137,15 @@ def parse_param(text: str) -> tuple[str, list[int | str]]:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random cell order.")
 @click.option("--label", default="run", show_default=True, help="Label in the results file name.")
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Run the suite N times, one results file each (LABEL-r1 ...): `compare` tests several runs a side "
+    "on their medians, the noise between runs included.",
+)
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option(
     "--work-root",
@@ -218,10 +228,14 @@ def run_cmd(
     overlap_teardown: bool = False,
     dry_run: bool = False,
     loop_io: str = "direct",
+    repeat: int = 1,
 ) -> None:
     """Run SCENARIOS (built-in names or .toml paths; default: every built-in one)."""
     if not re.match(r"^[A-Za-z0-9._-]+$", label):
         raise UserError(f"--label {label!r}: use letters, digits, '.', '_' and '-' only")
+    if repeat > 1 and (resume or dry_run or cluster):
+        flag = "--resume" if resume else "--dry-run" if dry_run else "--cluster"
+        raise UserError(f"--repeat runs the suite again here; it does not take {flag}")
     if export_csv and export_csv != "-":
         safety.check_output_file(Path(export_csv), "--export-csv")
     config = RunConfig(
@@ -262,12 +276,20 @@ def run_cmd(
         from layerbench.run.fleet import require_dask
 
         require_dask()
-    try:
-        with sigterm_as_interrupt():
-            doc, path, elapsed_s = _run(config, cluster)
-    except KeyboardInterrupt:
-        click.echo("layerbench: interrupted; finished cells are kept in the results file", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+    paths = []
+    for n in range(1, repeat + 1):
+        if repeat > 1:
+            config = dataclasses.replace(config, label=f"{label}-r{n}")
+            click.echo(f"run {n} of {repeat}", err=True)
+        try:
+            with sigterm_as_interrupt():
+                doc, path, elapsed_s = _run(config, cluster)
+        except KeyboardInterrupt:
+            click.echo("layerbench: interrupted; finished cells are kept in the results file", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        paths.append(path)
+    if repeat > 1:
+        click.echo(f"{repeat} runs: {' '.join(map(str, paths))}", err=True)
     click.echo(comparison_table(doc))
     for line in run_warnings(doc):
         click.echo(f"warning: {line}", err=True)
