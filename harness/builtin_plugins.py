@@ -122,9 +122,22 @@ def _from_path(source: str) -> Callable[[Mapping[str, Any], Path], Image]:
     return open_path
 
 
+def _debian(table: Mapping[str, Any], base_dir: Path) -> Image:
+    from layerbench.images.debian import open_debian
+
+    return open_debian(table["recipe"], table.get("compression", "gzip"))
+
+
+def _registry(table: Mapping[str, Any], base_dir: Path) -> Image:
+    from layerbench.images.registry_client import open_reference
+
+    return open_reference(table["reference"], token=table.get("token"), insecure=bool(table.get("insecure", False)))
+
+
 @hookimpl
 def layerbench_register_image_sources(registry: ImageSourceRegistry) -> None:
-    """Generated images, an OCI image layout, a `docker save` archive and a host directory."""
+    """Generated images, an OCI image layout, a `docker save` archive, a host directory, a Debian-built
+    image and a registry's image."""
     registry.add("synthetic", _synthetic, description="generated layers of files ([image] layers, files, bytes...)")
     registry.add(
         "synthetic-oci",
@@ -134,3 +147,14 @@ def layerbench_register_image_sources(registry: ImageSourceRegistry) -> None:
     registry.add("oci", _from_path("oci"), description="an OCI image layout directory or tar (path)")
     registry.add("docker-archive", _from_path("docker-archive"), description="a `docker save` archive (path)")
     registry.add("dir", _from_path("dir"), description="a host directory as a one-layer image (path)")
+    registry.add(
+        "debian",
+        _debian,
+        description="a real image built from Debian packages, cached per machine (recipe: busybox, busybox-httpd, "
+        "python, nginx; compression)",
+    )
+    registry.add(
+        "registry",
+        _registry,
+        description="your own image from a registry (reference host:port/name:tag; token, insecure for HTTP)",
+    )

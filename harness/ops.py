@@ -144,6 +144,14 @@ _OPS = (
     Op("mkdir", {"path": (STR, True)}, footprint=lambda a, i: Footprint(new_files=1)),
     Op("readdir", {"path": (STR, True)}),
     Op("expect", {"path": (STR, True), "sha256": (STR, False), "layer": (INT, False)}, timed=False),
+    # pull_ns, unpack_ns, apply_ns, pulled_bytes, image_pull_bytes (run/pull.py); the image once more in the store
+    Op(
+        "pull",
+        {"image": (STR, False), "link": (STR, False), "prefix": (STR, False)},
+        timed=False,
+        footprint=lambda a, i: Footprint(copies=1),
+        defaults={"image": "base", "link": "loopback"},
+    ),
 )
 
 #: every op, by name, in the order docs/scenarios.md lists them

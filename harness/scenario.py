@@ -22,6 +22,7 @@ from typing import Any
 from layerbench.errors import UserError
 from layerbench.images.image import FileSpec, Image, SyntheticImage, synthetic_image
 from layerbench.images.oci import COMPRESSIONS
+from layerbench.kernel.netshape import parse_link
 from layerbench.ops import BOOL, ERRNOS, FRACTION, INT, MODE, NUMBER, OPS, SELECT, SIZE, STR
 
 __all__ = [
@@ -61,13 +62,17 @@ _SOURCES = {
 }
 # a synthetic image packed as an OCI layout with compressed layers (harness/images/oci.py), imported as one
 _SOURCES["synthetic-oci"] = _SOURCES["synthetic"] | {"compression"}
+# a real image built from Debian packages (harness/images/debian.py), and a user's image in a registry
+_SOURCES["debian"] = {"recipe", "compression"}
+_SOURCES["registry"] = {"reference", "token", "insecure"}
 _IMAGE_FILE = {"path": (STR, True), "size": (SIZE, True), "layer": (INT, False), "mode": (MODE, False)}
 _IMAGE_REMOVE = {"path": (STR, True), "layer": (INT, True)}
 #: names `start` takes besides those of [[images]]: the [image] table, and the last commit's layer
 RESERVED_IMAGES = ("base", "committed")
-_IMAGES = {"name", "base", "source", "prebuilt"} | _SOURCES["synthetic-oci"]
-#: the sources an [[images]] entry takes: generated layers, or the same packed as a compressed OCI layout
-_IMAGES_SOURCES = ("synthetic", "synthetic-oci")
+_IMAGES = {"name", "base", "source", "prebuilt", "recipe"} | _SOURCES["synthetic-oci"]
+#: the sources an [[images]] entry takes: generated layers, the same packed as a compressed OCI layout,
+#: or a Debian recipe (a `pull` step pulls it whole; layers it shares with an image in the store are not fetched)
+_IMAGES_SOURCES = ("synthetic", "synthetic-oci", "debian")
 _PREFIX = re.compile(r"^[a-z][a-z0-9_]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REPEAT = {"samples": (INT, False), "warmup": (INT, False), "min_time_s": (NUMBER, False), "adaptive": (BOOL, False)}
@@ -326,6 +331,10 @@ def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> li
     if source in ("synthetic", "synthetic-oci"):
         _check_synthetic(c, image, "image")
         c.fields(image, {"compression": (tuple(COMPRESSIONS), False)}, "image.")
+    elif source == "debian":
+        _check_debian(c, image, "image")
+    elif source == "registry":
+        c.fields(image, {"reference": (STR, True), "token": (STR, False), "insecure": (BOOL, False)}, "image.")
     elif source in _SOURCES:
         if not isinstance(image.get("path"), str):
             raise c.fail("image.path", f"required for source {source!r}: a path, relative to the scenario file")
@@ -356,12 +365,21 @@ def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> li
             ops = list(dict.fromkeys(values[m.group(1)]))
         for one in ops:
             _validate_step(c, step, one, where)
-        if ops == ["build"] and isinstance(step.get("image"), str):
+        if ops in (["build"], ["pull"]) and isinstance(step.get("image"), str):
             c.imported.add(step["image"])
     for name, i in c.unbuilt.items():
         if name not in c.imported:
-            raise c.fail(f"images[{i}].prebuilt", f"false, but no build step imports {name!r} (image = {name!r})")
+            raise c.fail(
+                f"images[{i}].prebuilt", f"false, but no build or pull step imports {name!r} (image = {name!r})"
+            )
     return order
+
+
+def _check_debian(c: _Checker, image: dict[str, Any], at: str) -> None:
+    """The fields of a Debian-built image's table (harness/images/debian.py)."""
+    from layerbench.images.debian import recipe_names
+
+    c.fields(image, {"recipe": (recipe_names(), True), "compression": (tuple(COMPRESSIONS), False)}, f"{at}.")
 
 
 def _check_synthetic(c: _Checker, image: dict[str, Any], at: str) -> None:
@@ -394,7 +412,14 @@ def _image_order(c: _Checker, data: dict[str, Any]) -> list[str]:
         where = f"images[{i}]"
         c.keys(entry, _IMAGES, f"{where}.")
         c.fields(entry, {"source": (_IMAGES_SOURCES, False), "prebuilt": (BOOL, False)}, f"{where}.")
-        if entry.get("source", "synthetic") == "synthetic-oci":
+        if entry.get("source", "synthetic") == "debian":
+            _check_debian(c, entry, where)
+            if extra := sorted(set(entry) - {"name", "source", "prebuilt", "recipe", "compression"}):
+                allowed = "name, recipe, compression, prebuilt"
+                raise c.fail(f"{where}.{extra[0]}", f"not a field of a Debian image: {allowed}")
+        elif "recipe" in entry:
+            raise c.fail(f"{where}.recipe", 'only with source = "debian"')
+        elif entry.get("source", "synthetic") == "synthetic-oci":
             c.fields(entry, {"compression": (tuple(COMPRESSIONS), False)}, f"{where}.")
         elif "compression" in entry:
             raise c.fail(f"{where}.compression", 'only with source = "synthetic-oci" (a packed, compressed image)')
@@ -406,7 +431,8 @@ def _image_order(c: _Checker, data: dict[str, Any]) -> list[str]:
         if name in names:
             raise c.fail(f"{where}.name", f"{name!r} is already images[{names[name]}]")
         names[name] = i
-        _check_synthetic(c, entry, where)
+        if entry.get("source", "synthetic") != "debian":
+            _check_synthetic(c, entry, where)
     bases = {e["name"]: e.get("base") for e in entries}
     for i, entry in enumerate(entries):
         base = entry.get("base")
@@ -442,7 +468,15 @@ def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> No
         importable = ", ".join(c.unbuilt) or "none (mark an [[images]] entry prebuilt = false)"
         what = "pre-built (the runner builds it before the samples)" if step["image"] in c.images else "unknown"
         raise c.fail(f"{where}image", f"{step['image']!r} is {what}; images to import: {importable}")
-    if op == "usage" and isinstance(step.get("prefix"), str) and not _PREFIX.match(step["prefix"]):
+    if op == "pull" and "image" in step and step["image"] != "base" and step["image"] not in c.unbuilt:
+        pullable = ", ".join(("base", *c.unbuilt))
+        raise c.fail(f"{where}image", f"{step['image']!r} cannot be pulled; images to pull: {pullable}")
+    if op == "pull" and isinstance(step.get("link"), str) and not _REF.match(step["link"]):
+        try:
+            parse_link(step["link"])
+        except UserError as exc:
+            raise c.fail(f"{where}link", str(exc)) from None
+    if op in ("usage", "pull") and isinstance(step.get("prefix"), str) and not _PREFIX.match(step["prefix"]):
         raise c.fail(f"{where}prefix", "a metric name prefix: lower_snake_case, such as 'after_remove'")
     if op == "expect":
         if ("sha256" in step) == ("layer" in step):

@@ -343,7 +343,7 @@ def test_the_estimate_counts_the_imported_image(tmp_path: Path) -> None:
         (
             'image = "pulled"\nmeasure = "unpack_ns"\n[[step]]\nop = "start"\nimage = "pulled"',
             'measure = "unpack_ns"\n[[step]]\nop = "start"',
-            "images[0].prebuilt: false, but no build step imports 'pulled'",
+            "images[0].prebuilt: false, but no build or pull step imports 'pulled'",
         ),
         (
             'op = "start"\nimage = "pulled"',

@@ -17,10 +17,11 @@ from typing import Any
 from layerbench import environment
 from layerbench.driver import LayerFormat
 from layerbench.errors import UserError
+from layerbench.images.config import ImageConfig
 from layerbench.images.layer_encoding import OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX
 from layerbench.images.layer_stream import LayerTar, SizeLimit, free_disk_limit, read_layer
 from layerbench.images.layer_tar import LowerTree
-from layerbench.images.oci import LayerBlob, apply_blob, apply_host_dir, read_image
+from layerbench.images.oci import LayerBlob, apply_blob, apply_host_dir, read_config, read_image, source_kind
 
 __all__ = ["ArchiveImage", "HostDirImage", "open_image", "parse_size", "MAX_ENTRIES"]
 
@@ -123,6 +124,8 @@ class ArchiveImage:
 
     blobs: list[LayerBlob]
     limit: SizeLimit | None = None
+    config: ImageConfig | None = None  # what a runtime starts, and when it is ready (harness/images/config.py)
+    layout: Path | None = None  # the OCI layout the image was read from, when it was one (a registry pushes it)
     _files: dict[str, int] = field(default_factory=dict)
     _sizes: list[int] = field(default_factory=list)  # uncompressed bytes of each layer
     _scanned: bool = False
@@ -224,4 +227,5 @@ def open_image(source: str, path: Path) -> ArchiveImage | HostDirImage:
             raise UserError(f"{path}: image source 'dir' needs a directory")
         return HostDirImage(path)
     limit = _image_limit()
-    return ArchiveImage(read_image(path, limit=limit), limit)
+    layout = path if path.is_dir() and source_kind(path) == "oci-layout" else None
+    return ArchiveImage(read_image(path, limit=limit), limit, read_config(path), layout)

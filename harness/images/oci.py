@@ -23,11 +23,12 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import IO, Any, BinaryIO, Literal, cast
 
 from layerbench import environment
 from layerbench.driver import LayerFormat
 from layerbench.errors import UserError
+from layerbench.images.config import ImageConfig, parse_config
 from layerbench.images.image import SyntheticImage
 from layerbench.images.layer_encoding import OPAQUE_XATTR
 from layerbench.images.layer_stream import SizeLimit, open_layer_stream
@@ -38,13 +39,17 @@ __all__ = [
     "LayerBlob",
     "LayerStats",
     "read_image",
+    "read_config",
+    "pick_manifest",
     "apply_blob",
     "apply_tar_layer",
     "apply_host_dir",
     "source_kind",
     "LAYER_MEDIA_TYPES",
     "write_layout",
+    "write_layout_from_tars",
     "synthetic_layout",
+    "cache_root",
     "COMPRESSIONS",
 ]
 
@@ -330,7 +335,8 @@ def _pick(label: str, descs: list[Any], ref: str | None) -> dict[str, Any]:
     return cands[0]
 
 
-def _oci(src: _Dir | _Archive, ref: str | None) -> list[tuple[LayerBlob, str | None, str | None]]:
+def _oci_manifest(src: _Dir | _Archive, ref: str | None) -> tuple[str, dict[str, Any]]:
+    """The image manifest of an OCI layout (indexes resolved to `ref`, then this platform) and its label."""
     layout = _read_json(src, "oci-layout")
     if not isinstance(layout, dict) or "imageLayoutVersion" not in layout:
         raise UserError(f"{src.label}: oci-layout has no imageLayoutVersion")
@@ -347,20 +353,52 @@ def _oci(src: _Dir | _Archive, ref: str | None) -> list[tuple[LayerBlob, str | N
             continue
         if media not in _MANIFEST_TYPES and not (isinstance(doc, dict) and "layers" in doc):
             raise UserError(f"{label}: not an image manifest (mediaType {media!r})")
-        out: list[tuple[LayerBlob, str | None, str | None]] = []
-        for layer in _field(label, doc, "layers", list):
-            ltype = _field(label, layer, "mediaType", str)
-            if ltype not in LAYER_MEDIA_TYPES:
-                raise UserError(f"{label}: layer media type {ltype!r} is not a tar layer")
-            lname = _blob_name(label, layer.get("digest"))
-            path, offset, size = src.locate(lname)
-            if isinstance(layer.get("size"), int) and layer["size"] != size:
-                raise UserError(f"{src.label}:{lname}: {size} bytes, the manifest says {layer['size']}")
-            out.append(
-                (LayerBlob(f"{src.label}:{lname}", path, offset, size, ltype, layer["digest"]), layer["digest"], None)
-            )
-        return out
+        return label, doc
     raise UserError(f"{src.label}: image indexes nested too deep")
+
+
+def read_config(path: Path, *, ref: str | None = None) -> ImageConfig | None:
+    """The runtime config (Entrypoint, Cmd, Env, the ready label) of the image at `path`, read as
+    `read_image` reads its layers; None when the image has no config blob (an old docker archive)."""
+    src: _Dir | _Archive = _Dir(path) if path.is_dir() else _Archive(path)
+    if src.has("manifest.json"):
+        entries = _read_json(src, "manifest.json")
+        entry = entries[0] if isinstance(entries, list) and len(entries) == 1 else None
+        if ref is not None and isinstance(entries, list):
+            tagged = [m for m in entries if isinstance(m, dict) and ref in (m.get("RepoTags") or [])]
+            entry = tagged[0] if len(tagged) == 1 else entry
+        name = entry.get("Config") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            return None
+        return parse_config(f"{src.label}:{name}", _read_json(src, _clean(src.label, name), _digest_from_name(name)))
+    label, doc = _oci_manifest(src, ref)
+    desc = doc.get("config")
+    if not isinstance(desc, dict):
+        return None
+    name = _blob_name(label, desc.get("digest"))
+    return parse_config(f"{src.label}:{name}", _read_json(src, name, desc["digest"]))
+
+
+def pick_manifest(label: str, descs: list[Any]) -> dict[str, Any]:
+    """The descriptor of an image index's manifests for this platform (a registry's index, too)."""
+    return _pick(label, descs, None)
+
+
+def _oci(src: _Dir | _Archive, ref: str | None) -> list[tuple[LayerBlob, str | None, str | None]]:
+    label, doc = _oci_manifest(src, ref)
+    out: list[tuple[LayerBlob, str | None, str | None]] = []
+    for layer in _field(label, doc, "layers", list):
+        ltype = _field(label, layer, "mediaType", str)
+        if ltype not in LAYER_MEDIA_TYPES:
+            raise UserError(f"{label}: layer media type {ltype!r} is not a tar layer")
+        lname = _blob_name(label, layer.get("digest"))
+        path, offset, size = src.locate(lname)
+        if isinstance(layer.get("size"), int) and layer["size"] != size:
+            raise UserError(f"{src.label}:{lname}: {size} bytes, the manifest says {layer['size']}")
+        out.append(
+            (LayerBlob(f"{src.label}:{lname}", path, offset, size, ltype, layer["digest"]), layer["digest"], None)
+        )
+    return out
 
 
 # -- docker save / podman save ---------------------------------------------------------------
@@ -534,6 +572,102 @@ def write_layout(image: SyntheticImage, dest: Path, compression: str) -> None:
     }
     (dest / "index.json").write_text(json.dumps(index, sort_keys=True))
     (dest / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+
+
+def _compress_file(src: Path, blobs: Path, compression: str) -> tuple[str, str, int]:
+    """Compress the tar at `src` into `blobs`, streaming; (its diff_id, the blob's digest, the blob's size)."""
+    raw_hash, packed_hash = hashlib.sha256(), hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=".blob-", dir=blobs)
+    with os.fdopen(fd, "wb") as out:
+
+        class _Hashing(io.RawIOBase):
+            def writable(self) -> bool:
+                return True
+
+            def write(self, data: Any) -> int:
+                packed_hash.update(data)
+                out.write(data)
+                return len(data)
+
+        sink = _Hashing()
+        if compression == "gzip":
+            writer: Any = gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=6, mtime=0)
+        else:
+            import zstandard  # imported here: only layouts with zstd layers need it
+
+            writer = zstandard.ZstdCompressor(level=3).stream_writer(cast(IO[bytes], sink), closefd=False)
+        with open(src, "rb") as f, writer:
+            while chunk := f.read(1 << 20):
+                raw_hash.update(chunk)
+                writer.write(chunk)
+        size = out.tell()
+    digest = packed_hash.hexdigest()
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, blobs / digest)
+    return f"sha256:{raw_hash.hexdigest()}", f"sha256:{digest}", size
+
+
+def write_layout_from_tars(
+    dest: Path,
+    tars: list[Path],
+    compression: str,
+    config: ImageConfig,
+    *,
+    created: str = "2023-11-14T22:13:20Z",
+    annotations: dict[str, str] | None = None,
+) -> None:
+    """An OCI image layout at `dest` (a new directory) of the layer tars `tars` (bottom first), each
+    compressed with `compression`, its config carrying `config` (Entrypoint, Env, the ready label)."""
+    blobs = dest / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def put(data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}"
+
+    layers, diff_ids = [], []
+    for tar in tars:
+        diff_id, digest, size = _compress_file(tar, blobs, compression)
+        diff_ids.append(diff_id)
+        layers.append({"mediaType": COMPRESSIONS[compression], "digest": digest, "size": size})
+    os_name, arch = _host_platform()
+    blob = json.dumps(
+        {
+            "architecture": arch,
+            "os": os_name,
+            "created": created,
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            "config": config.to_oci(),
+            "history": [{"created": created, "created_by": "layerbench"} for _ in tars],
+        },
+        sort_keys=True,
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(blob), "size": len(blob)},
+            "layers": layers,
+        },
+        sort_keys=True,
+    ).encode()
+    desc: dict[str, Any] = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": put(manifest),
+        "size": len(manifest),
+    }
+    if annotations:
+        desc["annotations"] = annotations
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [desc]}
+    (dest / "index.json").write_text(json.dumps(index, sort_keys=True))
+    (dest / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+
+
+def cache_root() -> Path:
+    """The work root the image caches live under (the run environment's, harness/environment.py; the
+    default one outside a run), made if need be."""
+    return prepare_work_root(environment.current().work_root or DEFAULT_WORK_ROOT)
 
 
 def synthetic_layout(image: SyntheticImage, compression: str) -> Path:

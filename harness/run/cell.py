@@ -23,12 +23,14 @@ from layerbench.driver import Driver
 from layerbench.environment import RunEnvironment
 from layerbench.images.build import layer_ids
 from layerbench.images.image import SyntheticImage
+from layerbench.images.oci import cache_root
 from layerbench.kernel import safety, syscalls
 from layerbench.run import backing, userns
 from layerbench.run.builds import build_further_images, build_measured
 from layerbench.run.estimates import estimate_bytes, estimate_inodes
 from layerbench.run.ledger import Ledger
 from layerbench.run.plan import Cell
+from layerbench.run.registry import Registries
 from layerbench.run.sampling import Sampling, headline_widths, stop_reason
 from layerbench.run.steps import SampleState, run_step
 from layerbench.run.teardown import Overlap
@@ -135,55 +137,65 @@ def _measure(run: _CellRun) -> None:
     def outcome(label: str, name: str) -> None:
         outcomes[label][name] += 1
 
-    _join_last_teardown(run)
-    rep, measured, spent = 0, 0, 0.0
-    loop_start = time.monotonic()
-    split = out["time_split_s"]
-    split["setup"] = round(loop_start - run.started - sum(run.waited_s), 3)
+    registries = (  # the registries `pull` steps start, one per link, stopped with the cell (run/registry.py)
+        Registries(store.mountpoint.parent, cache_root() / "registry-storage", store.ledger)
+        if any(x.op == "pull" for x in steps)
+        else None
+    )
+    try:
+        _join_last_teardown(run)
+        rep, measured, spent = 0, 0, 0.0
+        loop_start = time.monotonic()
+        split = out["time_split_s"]
+        split["setup"] = round(loop_start - run.started - sum(run.waited_s), 3)
 
-    def note_split() -> None:
-        split["timed"] = round(timed_ns / 1e9, 3)
-        split["sampling"] = round(max(0.0, time.monotonic() - loop_start - timed_ns / 1e9), 3)
+        def note_split() -> None:
+            split["timed"] = round(timed_ns / 1e9, 3)
+            split["sampling"] = round(max(0.0, time.monotonic() - loop_start - timed_ns / 1e9), 3)
 
-    while True:
-        warm = rep < sampling.warmup
-        if not warm:
-            reason = stop_reason(sampling, measured, spent, time.monotonic() - loop_start, recorded)
-            if reason is not None:
-                out["stop_reason"] = reason
-                break
-        if sampling.cold:
-            syscalls.drop_caches()
-        state = SampleState(
-            driver,
-            image,
-            top,
-            store,
-            base,
-            base_walk,
-            prefix=f"s{rep}",
-            contents=contents,
-            images=tops,
-            unbuilt=unbuilt,
-        )
-        t0 = time.monotonic()
-        for step in steps:
-            run_step(state, step, drop if warm else keep, outcome)
-        if not warm:
-            spent += time.monotonic() - t0
-            measured += 1
-            if state.written:
-                recorded["written_bytes"].append(state.written)
-            if state.containers and "container" not in out["inspect"]:
-                out["inspect"]["container"] = driver.inspect(state.containers[-1])
-        # After a failure, the cleanup below releases what the sample left.
-        state.release()
-        rep += 1
+        while True:
+            warm = rep < sampling.warmup
+            if not warm:
+                reason = stop_reason(sampling, measured, spent, time.monotonic() - loop_start, recorded)
+                if reason is not None:
+                    out["stop_reason"] = reason
+                    break
+            if sampling.cold:
+                syscalls.drop_caches()
+            state = SampleState(
+                driver,
+                image,
+                top,
+                store,
+                base,
+                base_walk,
+                prefix=f"s{rep}",
+                contents=contents,
+                images=tops,
+                unbuilt=unbuilt,
+                registries=registries,
+            )
+            t0 = time.monotonic()
+            for step in steps:
+                run_step(state, step, drop if warm else keep, outcome)
+            if not warm:
+                spent += time.monotonic() - t0
+                measured += 1
+                if state.written:
+                    recorded["written_bytes"].append(state.written)
+                if state.containers and "container" not in out["inspect"]:
+                    out["inspect"]["container"] = driver.inspect(state.containers[-1])
+            # After a failure, the cleanup below releases what the sample left.
+            state.release()
+            rep += 1
+            note_split()
+            out["samples"] = measured
         note_split()
-        out["samples"] = measured
-    note_split()
-    if sampling.adaptive:
-        out["ci_half_width"] = {m: round(w, 4) for m, w in headline_widths(recorded).items() if w != float("inf")}
+        if sampling.adaptive:
+            out["ci_half_width"] = {m: round(w, 4) for m, w in headline_widths(recorded).items() if w != float("inf")}
+    finally:
+        if registries is not None:
+            registries.close()
 
 
 def _measure_in_userns(run: _CellRun) -> None:

@@ -13,14 +13,17 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from layerbench.kernel import syscalls
+from layerbench.kernel.netshape import release_net
 
-__all__ = ["Ledger", "release", "release_abandoned", "LEDGER_NAME"]
+__all__ = ["Ledger", "release", "release_abandoned", "daemon_id", "LEDGER_NAME"]
 
 LEDGER_NAME = "ledger.jsonl"
 
@@ -43,7 +46,8 @@ class Ledger:
         os.fsync(self._fd)
 
     def made(self, kind: str, path: Path | str) -> None:
-        """Record, before making it, a `dir`, `file`, `loop` (for a backing file) or `mount`."""
+        """Record, before making it, a `dir`, `file`, `loop` (for a backing file), `mount`, a `daemon`
+        (`daemon_id`: started stopped, recorded, then let go), a `netns` or a `veth` (run/link.py)."""
         self._write({"op": "make", "kind": kind, "path": str(path)})
 
     def released(self, kind: str, path: Path | str) -> None:
@@ -71,7 +75,44 @@ def _pending(path: Path) -> list[tuple[str, str]]:
     return list(live)
 
 
+def daemon_id(pid: int) -> str:
+    """`<pid>:<start time>`: a process as the ledger names it, so a recycled pid is never killed."""
+    return f"{pid}:{_start_time(pid)}"
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after the command in parentheses
+
+
+def _release_daemon(ident: str) -> str | None:
+    """Kill the process `ident` names if it is still that process (its start time matches), and wait for it."""
+    pid_text, _, start = ident.partition(":")
+    if not pid_text.isdigit() or not start.isdigit() or int(pid_text) <= 1:
+        return None
+    pid = int(pid_text)
+    if str(_start_time(pid)) != start:
+        return None
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return None
+    for _ in range(200):  # a killed process goes once its parent (or init) reaps it
+        if str(_start_time(pid)) != start:
+            break
+        time.sleep(0.01)
+    return f"killed process {pid}"
+
+
 def _release_one(kind: str, path: str) -> str | None:
+    if kind == "daemon":
+        return _release_daemon(path)
+    if kind in ("netns", "veth"):
+        return release_net(kind, path)
     if kind == "mount":
         done = syscalls.unmount_below(path, include_root=True)
         return f"unmounted {', '.join(done)}" if done else None

@@ -27,12 +27,18 @@ from time import perf_counter_ns
 from typing import Any
 
 from layerbench.driver import Driver
+from layerbench.errors import UserError
 from layerbench.images.build import build_image
+from layerbench.images.config import ImageConfig
 from layerbench.images.image import Image, LayerSpec, SyntheticImage
+from layerbench.images.registry_client import client_for
 from layerbench.kernel import pagecache, safety, syscalls
+from layerbench.kernel.netshape import parse_link
 from layerbench.kernel.treecopy import copy_tree
 from layerbench.ops import OPS
 from layerbench.run import backing
+from layerbench.run.pull import StoreLayers, pull_image
+from layerbench.run.registry import Registries
 from layerbench.scenario import Step
 
 __all__ = ["SampleState", "Recorder", "run_step", "BEHAVIOUR", "glob_paths"]
@@ -65,6 +71,9 @@ class SampleState:
     committed: str | None = None
     written: int = 0  # bytes the sample's write steps wrote into the container or its volumes
     skipped: dict[str, Counter[str]] = field(default_factory=dict)  # step label -> entries its selection skipped
+    registries: Registries | None = None  # the cell's registries, one per link (run/registry.py): `pull` starts them
+    pulled: StoreLayers = field(default_factory=StoreLayers)  # layers the sample's pulls put in the store, by chain
+    configs: dict[str, ImageConfig] = field(default_factory=dict)  # image name ("base" too) -> config, once pulled
 
     @property
     def root(self) -> Path:
@@ -84,6 +93,7 @@ class SampleState:
             self.driver.remove(layer)
         for host in self.volume_dirs:  # `docker rm -v`: the sample's volumes go with it
             safety.remove_tree(host)
+        self.pulled.forget(set(self.layers))
         self.volumes, self.mounted, self.containers, self.layers, self.volume_dirs = [], [], [], [], []
         self.driver.settle()
 
@@ -330,6 +340,48 @@ def _build(state: SampleState, step: Step, record: Recorder) -> None:
         state.images = {**state.images, name: ids[-1]}  # a copy: the runner's map of pre-built images stays
 
 
+def _pull(state: SampleState, step: Step, record: Recorder) -> None:
+    """Pull the [image] (or an [[images]] entry) from the cell's registry over the step's link, as an engine
+    does (run/pull.py); it becomes the image `start` uses. The push to the registry is untimed, once."""
+    args = OPS["pull"].with_defaults(step.args)
+    name, link = args["image"], parse_link(args["link"])
+    image = state.image if name == "base" else state.unbuilt[name][1]
+    layout = getattr(image, "layout", None)
+    if not isinstance(layout, Path):
+        raise UserError(
+            f"{step.label}: the image has no OCI layout to push to the registry "
+            "(sources debian, registry, synthetic-oci and oci with a layout directory have one)"
+        )
+    if state.registries is None:
+        raise UserError(f"{step.label}: this cell has no registry (a pull needs root and docker-registry)")
+    reference = state.registries.get(link).push(layout)
+    client, ref = client_for(reference, insecure=True)
+    try:
+        pulled = pull_image(
+            client,
+            ref,
+            state.driver,
+            state.pulled,
+            state.store.mountpoint.parent / f"spool-{state.prefix}",
+            id_prefix=f"{state.prefix}p{len(state.layers)}",
+            created=state.layers,
+        )
+    finally:
+        client.close()
+    pre = f"{args['prefix']}_" if "prefix" in args else ""
+    record(f"{pre}pull_ns", pulled.pull_ns)
+    record(f"{pre}unpack_ns", pulled.unpack_ns)
+    record(f"{pre}apply_ns", pulled.apply_ns)
+    record(f"{pre}pulled_bytes", pulled.transferred)
+    record(f"{pre}image_pull_bytes", pulled.image_bytes)
+    for i, layer in enumerate(pulled.layers):
+        record(f"{pre}pulled_layer{i}_bytes", layer.transferred)
+    if name == "base":
+        state.top = pulled.top
+    state.images = {**state.images, name: pulled.top}  # a copy: the runner's map of pre-built images stays
+    state.configs = {**state.configs, name: pulled.config}
+
+
 def _usage(state: SampleState, step: Step, record: Recorder) -> None:
     """The store's use now, over the empty store's; `prefix` names a second reading (`after_remove_disk_bytes`)."""
     pre = f"{step.args['prefix']}_" if "prefix" in step.args else ""
@@ -560,6 +612,7 @@ BEHAVIOUR: dict[str, Callable[[SampleState, Step, Recorder], None]] = {
     "remove": _remove,
     "commit": _commit,
     "build": _build,
+    "pull": _pull,
     "usage": _usage,
     "volume": _volume,
     "page_cache": _page_cache,

@@ -1,0 +1,231 @@
+"""A cell's image registry: Debian's docker-registry (the reference distribution registry), for real.
+
+`registry(...)` owns the registry's whole life: its config (ours) and log under the cell's
+directory, its storage under the work root (`registry-storage/`, shared by every cell and
+run, so an image is pushed once per machine: a push is skipped when the storage already
+holds the tag at the layout's digest), the process started in a new session, recorded in
+the run's ledger (a `daemon`, by pid and start time) before it runs a single instruction of
+the registry, killed with the runner (PR_SET_PDEATHSIG) and stopped on exit, after errors
+and signals too. With a shaped link it runs in a network namespace of its own behind a
+veth (run/link.py); else on 127.0.0.1. Images are pushed with skopeo from their OCI
+layout, digests kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from layerbench.errors import UserError
+from layerbench.kernel.netshape import Link, ShapedNet, shaped_net
+from layerbench.run.ledger import Ledger, daemon_id
+
+__all__ = ["Registry", "registry", "registry_unavailable", "REGISTRY_BIN"]
+
+REGISTRY_BIN = "/usr/bin/docker-registry"
+_PR_SET_PDEATHSIG = 1
+_CONFIG = """\
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {storage}
+  cache:
+    blobdescriptor: inmemory
+  delete:
+    enabled: false
+http:
+  addr: {addr}
+"""
+
+
+def registry_unavailable() -> str | None:
+    """Why a registry cannot run here, or None."""
+    if not os.access(REGISTRY_BIN, os.X_OK):
+        return f"the pull step needs Debian's docker-registry ({REGISTRY_BIN}: apt-get install docker-registry)"
+    if shutil.which("skopeo") is None:
+        return "the pull step pushes with skopeo (apt-get install skopeo)"
+    return None
+
+
+@dataclass
+class Registry:
+    """A running registry: where it listens, and the images pushed to it (layout -> repository name)."""
+
+    address: str  # host:port, as the puller reaches it
+    storage: Path
+    link: Link
+    net: ShapedNet | None
+    pushed: dict[Path, str] = field(default_factory=dict)
+
+    def reference(self, layout: Path) -> str:
+        """The reference of an image pushed from `layout`."""
+        return f"{self.address}/{self.pushed[layout]}"
+
+    def push(self, layout: Path) -> str:
+        """Push the OCI layout (once: a storage that has it already is not written again); its reference."""
+        if layout in self.pushed:
+            return self.reference(layout)
+        name = f"layerbench/{layout.name.lower()}"
+        digest = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+        tag_link = self.storage / "docker/registry/v2/repositories" / name / "_manifests/tags/latest/current/link"
+        with _locked(self.storage / ".push.lock"):
+            if not (tag_link.is_file() and tag_link.read_text().strip() == digest):
+                done = subprocess.run(
+                    [
+                        "skopeo",
+                        "copy",
+                        "--quiet",
+                        "--dest-tls-verify=false",
+                        "--retry-times",
+                        "2",
+                        f"oci:{layout}",
+                        f"docker://{self.address}/{name}:latest",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=1800,
+                )
+                if done.returncode != 0:
+                    tail = (done.stderr.strip().splitlines() or ["skopeo copy failed"])[-1]
+                    raise OSError(f"pushing {layout.name} to the registry: {tail[:300]}")
+        self.pushed[layout] = f"{name}:latest"
+        return self.reference(layout)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the runner dies (a SIGKILL'd run leaves no registry serving)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    os.setsid()
+
+
+def _wait_ready(address: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 20.0) -> None:
+    """Until `GET /v2/` answers; the registry's own last line if it exits first."""
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (log.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
+            raise OSError(f"docker-registry exited with {proc.returncode}: {tail[:300]}")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1) as s:
+                s.sendall(f"GET /v2/ HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+                if s.recv(64).startswith(b"HTTP/1."):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise OSError(f"docker-registry did not answer on {address} within {timeout_s:g} s")
+
+
+@contextmanager
+def registry(link: Link, home: Path, storage: Path, ledger: Ledger | None, tag: str) -> Iterator[Registry]:
+    """A docker-registry serving `storage`, reached over `link`; its config and log in `home` (made here).
+
+    Everything is released on exit: the process (SIGTERM, then SIGKILL), the namespace and veth,
+    `home`. `tag` (a few lower-case letters and digits) names the namespace and veth.
+    """
+    if (why := registry_unavailable()) is not None:
+        raise UserError(why)
+    storage.mkdir(mode=0o700, parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, home, True)
+        net: ShapedNet | None = None
+        if link.shaped:
+            net = stack.enter_context(shaped_net(link, ledger, tag))
+            address, listen = f"{net.ns_ip}:5000", f"{net.ns_ip}:5000"
+        else:
+            port = _free_port()
+            address = listen = f"127.0.0.1:{port}"
+        config = home / "config.yml"
+        config.write_text(_CONFIG.format(storage=storage, addr=listen))
+        log = home / "registry.log"
+        serve = [REGISTRY_BIN, "serve", str(config)]
+        if net is not None:
+            serve = ["ip", "netns", "exec", net.netns, *serve]
+        with open(log, "wb") as out:
+            # `read` holds the process until the ledger has its pid; then `exec` makes it the registry (same pid)
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", 'read -r _ && exec "$@"', "layerbench-registry", *serve],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509  prctl + setsid only
+                close_fds=True,
+            )
+        ident = daemon_id(proc.pid)
+        if ledger is not None:
+            ledger.made("daemon", ident)
+        stack.callback(_stop, proc, ledger, ident)
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
+        _wait_ready(address, proc, log)
+        yield Registry(address, storage, link, net)
+
+
+def _stop(proc: subprocess.Popen[bytes], ledger: Ledger | None, ident: str) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if ledger is not None:
+        ledger.released("daemon", ident)
+
+
+@dataclass
+class Registries:
+    """A cell's registries, one per link, started on first use and stopped when the cell ends (`close`)."""
+
+    home: Path  # the cell's directory: each registry's config and log go in a directory of it
+    storage: Path  # shared by every registry: images pushed once per machine
+    ledger: Ledger | None
+    _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    _running: dict[str, Registry] = field(default_factory=dict)
+
+    def get(self, link: Link) -> Registry:
+        if link.name not in self._running:
+            tag = f"{os.getpid() % 0xFFFFF:x}{len(self._running)}{int(time.monotonic() * 1000) % 1296:x}"
+            self._running[link.name] = self._stack.enter_context(
+                registry(link, self.home / f"registry-{tag}", self.storage, self.ledger, tag)
+            )
+        return self._running[link.name]
+
+    def close(self) -> None:
+        self._running.clear()
+        self._stack.close()

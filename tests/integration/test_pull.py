@@ -1,0 +1,329 @@
+"""Real images from Debian packages, a real registry (Debian's docker-registry), a shaped link, an engine-like pull.
+
+The busybox images build in seconds; the registry is started by the tests. Timing claims are
+ratios of the minimum of several pulls measured side by side, never a wall-clock threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from layerbench.environment import RunEnvironment, applied
+from layerbench.errors import UserError
+from layerbench.images.config import READY_LABEL, config_of
+from layerbench.images.debian import build_recipe, open_debian
+from layerbench.images.registry_client import Reference, RegistryClient, client_for
+from layerbench.kernel.netshape import link_unavailable, parse_link
+from layerbench.run.pull import StoreLayers, pull_image
+from layerbench.run.registry import registry, registry_unavailable
+
+from ..conftest import driver_on_store, require
+
+pytestmark = pytest.mark.mounts
+LAYERBENCH = [sys.executable, "-m", "layerbench"]
+
+
+def _need_registry() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the registry tests need root (network namespaces, mounts)")
+    if (why := registry_unavailable()) is not None:
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, Path]]:
+    """The busybox and busybox-httpd layouts, built once for the module; and the work root they are under."""
+    _need_registry()
+    root = tmp_path_factory.mktemp("pull-work")
+    try:
+        with applied(RunEnvironment(work_root=root)):
+            busybox, httpd = open_debian("busybox"), open_debian("busybox-httpd")
+    except UserError as exc:  # no Debian mirror in reach: the image sources that need none are the user's
+        pytest.skip(str(exc))
+    assert busybox.layout is not None and httpd.layout is not None
+    yield busybox.layout, httpd.layout, root
+
+
+def test_busybox_image_is_real_layered_and_carries_its_config(images: tuple[Path, Path, Path]) -> None:
+    busybox, httpd, root = images
+    with applied(RunEnvironment(work_root=root)):
+        image = open_debian("busybox")
+    config = config_of(image)
+    assert config is not None
+    assert config.ready == "log:ready" and config.labels[READY_LABEL] == "log:ready"
+    assert config.argv()[0] == "/bin/sh"
+    files = image.file_paths()
+    assert "usr/bin/busybox" in files and "etc/layerbench-recipe" in files
+    assert image.layer_count == 2
+    # busybox-httpd is the same base layer, byte for byte (the cache key is the recipe and the versions)
+    assert _layer_digests(busybox)[0] == _layer_digests(httpd)[0]
+    assert _layer_digests(busybox)[1] != _layer_digests(httpd)[1]
+
+
+def test_the_same_recipe_builds_the_same_bytes(images: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    busybox, _, _ = images
+    again = build_recipe("busybox", "gzip", tmp_path / "cache")
+    assert again.name == busybox.name
+    assert _layer_digests(again) == _layer_digests(busybox)
+
+
+def test_no_mirror_is_one_line_naming_the_other_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if subprocess.run(["which", "apt-get"], capture_output=True).returncode != 0:
+        pytest.skip("not a Debian host")
+    conf = tmp_path / "apt.conf"
+    conf.write_text('Acquire::http::Proxy "http://127.0.0.1:9";\nAcquire::https::Proxy "http://127.0.0.1:9";\n')
+    monkeypatch.setenv("APT_CONFIG", str(conf))
+    with pytest.raises(UserError) as err:
+        build_recipe("busybox", "gzip", tmp_path / "cache")
+    text = str(err.value)
+    assert "\n" not in text and "cannot reach the Debian mirror" in text
+    assert "docker-archive" in text and "oci" in text and "registry" in text
+
+
+def _layer_digests(layout: Path) -> list[str]:
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_text())
+    return [layer["digest"] for layer in manifest["layers"]]
+
+
+def _pull_min_ns(layout: Path, link: str, work: Path, storage: Path, runs: int = 3) -> int:
+    """The least pull_ns of `runs` cold pulls of `layout` over `link`, each into a store of its own layers."""
+    best = None
+    with (
+        driver_on_store("overlay2", work / f"store-{link}") as (driver, _),
+        registry(parse_link(link), work / f"reg-{link}", storage, None, f"t{link[:6]}") as reg,
+    ):
+        client, ref = client_for(reg.push(layout), insecure=True)
+        for n in range(runs):
+            made: list[str] = []
+            pulled = pull_image(client, ref, driver, StoreLayers(), work / "spool", id_prefix=f"r{n}", created=made)
+            best = pulled.pull_ns if best is None else min(best, pulled.pull_ns)
+            assert pulled.transferred == pulled.image_bytes
+            for layer in reversed(made):
+                driver.remove(layer)
+        client.close()
+    assert best is not None
+    return best
+
+
+def test_a_ten_times_slower_link_makes_the_pull_at_least_five_times_longer(
+    images: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    require("overlay2")
+    if (why := link_unavailable()) is not None:
+        pytest.skip(why)
+    busybox, _, root = images
+    fast = _pull_min_ns(busybox, "100mbit", tmp_path, root / "registry-storage")
+    slow = _pull_min_ns(busybox, "10mbit", tmp_path, root / "registry-storage")
+    assert slow >= 5 * fast, (fast, slow)
+
+
+def test_an_image_on_a_present_base_fetches_only_its_own_layers(
+    images: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    require("overlay2")
+    busybox, httpd, root = images
+    with (
+        driver_on_store("overlay2", tmp_path / "store") as (driver, _),
+        registry(parse_link("loopback"), tmp_path / "reg", root / "registry-storage", None, "tbase") as reg,
+    ):
+        present = StoreLayers()
+        client, ref = client_for(reg.push(busybox), insecure=True)
+        first = pull_image(client, ref, driver, present, tmp_path / "spool", id_prefix="a")
+        client2, ref2 = client_for(reg.push(httpd), insecure=True)
+        second = pull_image(client2, ref2, driver, present, tmp_path / "spool", id_prefix="b")
+        assert first.transferred == first.image_bytes > 1_000_000
+        assert second.layers[0].existed and second.layers[0].transferred == 0
+        assert second.layers[0].layer_id == first.layers[0].layer_id  # the base layer, shared in the store
+        assert second.transferred < 0.2 * second.image_bytes
+        assert second.config.ready == "http:8080/"
+        # the pulled image is whole: a container of it sees the base's busybox and its own files
+        driver.create_container("c", second.top)
+        merged = driver.mount("c")
+        try:
+            assert (merged / "usr/bin/busybox").is_file()
+            assert (merged / "etc/layerbench-recipe").read_text() == "busybox-httpd\n"
+        finally:
+            driver.unmount("c")
+            driver.remove("c")
+        client.close()
+        client2.close()
+
+
+# -- an untrusted registry ------------------------------------------------------------------------
+
+
+class _Lying(http.server.BaseHTTPRequestHandler):
+    """A registry whose layer blob is not what its manifest says."""
+
+    blobs: ClassVar[dict[str, bytes]] = {}
+    manifest: ClassVar[bytes] = b""
+
+    def do_GET(self) -> None:
+        if self.path.endswith("/manifests/latest"):
+            body, ctype = self.manifest, "application/vnd.oci.image.manifest.v1+json"
+        elif "/blobs/" in self.path:
+            body, ctype = self.blobs.get(self.path.rsplit("/", 1)[1], b""), "application/octet-stream"
+        else:
+            body, ctype = b"{}", "application/json"
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def lying_registry() -> Iterator[str]:
+    config = json.dumps({"config": {}, "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    claimed, sent = b"the bytes the manifest names" * 10, b"other bytes, same length!!!!" * 10
+    _Lying.blobs = {_digest(config): config, _digest(claimed): sent}
+    _Lying.manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": _digest(config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": _digest(claimed),
+                    "size": len(claimed),
+                }
+            ],
+        }
+    ).encode()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Lying)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_blob_that_does_not_match_its_digest_is_refused_in_one_line(lying_registry: str, tmp_path: Path) -> None:
+    client = RegistryClient(lying_registry, insecure=True)
+    ref = Reference.parse(f"{lying_registry}/app:latest")
+    manifest = client.manifest(ref)
+    assert json.loads(client.config(ref, manifest.config))["config"] == {}  # the config is what it says
+    with pytest.raises(UserError) as err:
+        client.fetch_blob(ref, manifest.layers[0], tmp_path / "blob")
+    assert "does not match its digest" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "blob").exists()  # nothing of it is kept
+    client.close()
+
+
+def test_bad_references_are_one_line() -> None:
+    for bad in ("no-slash", "host:5000/UPPER:tag", "host:5000/app@sha256:short", "ho st/app"):
+        with pytest.raises(UserError) as err:
+            Reference.parse(bad)
+        assert "\n" not in str(err.value)
+    ok = Reference.parse("127.0.0.1:5000/team/app:1.2@sha256:" + "a" * 64)
+    assert (ok.host, ok.name, ok.tag) == ("127.0.0.1:5000", "team/app", "1.2")
+
+
+# -- SIGKILL, then cleanup ------------------------------------------------------------------------
+
+PULLS = """
+name = "pulls"
+description = "Pull busybox over a shaped link, forever, to be killed in the middle."
+[image]
+source = "debian"
+recipe = "busybox"
+[repeat]
+samples = 100000
+warmup = 0
+adaptive = false
+[[step]]
+op = "pull"
+link = "10mbit"
+"""
+
+
+def _ledger_records(work: Path) -> list[dict[str, str]]:
+    out = []
+    for ledger in work.glob("run-*/ledger.jsonl"):
+        for line in ledger.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def _alive(ident: str) -> bool:
+    pid, _, start = ident.partition(":")
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19] == start
+    except OSError:
+        return False
+
+
+def test_sigkill_mid_pull_then_cleanup_leaves_no_registry_namespace_or_veth(
+    images: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    require("overlay2")
+    if (why := link_unavailable()) is not None:
+        pytest.skip(why)
+    _, _, work = images
+    scenario = tmp_path / "pulls.toml"
+    scenario.write_text(PULLS)
+    before = set(work.glob("run-*"))
+    proc = subprocess.Popen(
+        [*LAYERBENCH, "run", str(scenario), "-d", "overlay2", "--work-root", str(work), "--results-dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until the registry serves and a pull is on its way
+            kinds = {r.get("kind") for r in _ledger_records(work) if r.get("op") == "make"}
+            if {"daemon", "netns", "veth"} <= kinds and list(work.glob("run-*/*/spool-*")):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run never started its registry")
+    finally:
+        proc.kill()
+        proc.wait()
+    made = [r for r in _ledger_records(work) if r.get("op") == "make"]
+    netns = [r["path"] for r in made if r["kind"] == "netns"]
+    veths = [r["path"] for r in made if r["kind"] == "veth"]
+    daemons = [r["path"] for r in made if r["kind"] == "daemon"]
+    assert os.path.exists(f"/run/netns/{netns[0]}")  # SIGKILL left it: cleanup's work is real
+    out = subprocess.run([*LAYERBENCH, "cleanup", "--work-root", str(work)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"removed network namespace {netns[0]}" in out.stdout
+    for name in netns:
+        assert not os.path.exists(f"/run/netns/{name}")
+    for name in veths:
+        assert subprocess.run(["ip", "link", "show", name], capture_output=True).returncode != 0
+    for ident in daemons:
+        assert not _alive(ident)
+    assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(work) in line]
+    assert set(work.glob("run-*")) <= before
