@@ -9,18 +9,18 @@ import random
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from layerbench.analysis import results
 from layerbench.driver import Driver
-from layerbench.environment import RunEnvironment
 from layerbench.errors import UserError
 from layerbench.images.image import Image
 from layerbench.ops import OPS, Footprint
 from layerbench.plugins import Plugins, default_plugins
 from layerbench.run import backing, machine
+from layerbench.run.config import RunConfig
 from layerbench.run.estimates import estimate_bytes
 from layerbench.scenario import Scenario, Step, builtin_scenarios, load_scenario, resolve_scenarios
 
@@ -100,41 +100,6 @@ class Cell:
         if scenario.sha256 != data["sha256"]:
             raise UserError(f"{path}: scenario {data['name']!r} differs from the one the run planned (sha256)")
         return cls(scenario, plugins.driver(data["driver"]), data["params"], data["backing"], data["host"])
-
-
-@dataclass
-class RunConfig:
-    """A run's settings, as `layerbench run` takes them; the results file keeps them for `--resume`."""
-
-    scenarios: tuple[str, ...] = ()
-    drivers: tuple[str, ...] = ()
-    backings: tuple[str, ...] = ()
-    results_dir: Path = Path("results")
-    label: str = "run"
-    work_root: Path | None = None
-    samples: int | None = None
-    warmup: int | None = None
-    min_time_s: float | None = None
-    cold: bool = False
-    order: str = "random"
-    seed: int = 0
-    cell_timeout_s: float = 1800.0
-    quick: bool = False
-    resume: Path | None = None
-    overrides: dict[str, list[Any]] = field(default_factory=dict)
-    spread: bool = False  # a fleet run: each cell once on any host, not on every host
-    max_image_bytes: int | None = None  # an imported image's uncompressed size limit (None: the free disk)
-    target_ci: float = 0.05  # sample until each headline CI is within +-this of the median (0: pinned counts)
-    min_samples: int = 5
-    max_samples: int | None = None  # None: each scenario's samples
-    cell_budget_s: float = 0.0  # a cell's sampling loop stops after this many seconds (0: no limit)
-    loop_io: str = "direct"  # "buffered" only to measure what direct I/O changes (harness/environment.py)
-    templates: bool = False  # build each family's image once (harness/run/templates.py; docs/performance.md: off, why)
-    overlap_teardown: bool = False  # a cell's teardown beside the next set-up, never beside a sample (run/teardown.py)
-
-    def environment(self, work_root: Path | None) -> RunEnvironment:
-        """What the cells act on, on `work_root` (this host's): passed to each cell, shipped to a fleet's."""
-        return RunEnvironment(work_root, self.loop_io, self.max_image_bytes)
 
 
 Unavailable = Callable[[str], "str | None"]

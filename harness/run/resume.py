@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 from layerbench.analysis import results
 from layerbench.errors import UserError
-from layerbench.run.plan import RunConfig
+from layerbench.run.config import RunConfig
 from layerbench.scenario import resolve_scenarios
 
 __all__ = ["resume", "cell_key"]
@@ -26,52 +27,10 @@ def resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
     assert config.resume is not None
     path = config.resume
     doc = results.read(path)
-    settings = doc.get("settings", {})
-    if any(
-        key not in settings
-        for key in (
-            "scenarios",
-            "drivers",
-            "backings",
-            "samples",
-            "warmup",
-            "min_time_s",
-            "cold",
-            "order",
-            "seed",
-            "overrides",
-        )
-    ):
-        raise UserError(f"{path}: has no run settings to resume from")
+    resumed = config.resumed(doc.get("settings", {}), doc["label"], path)
     if doc.get("run") is not None and results.run_state(doc) == "running":
         raise UserError(f"--resume {path}: the run is still going (pid {doc['run']['pid']}); let it finish")
     _refuse_changed_settings(config, doc, path)
-    resumed = RunConfig(
-        scenarios=tuple(settings["scenarios"]),
-        drivers=tuple(settings["drivers"]),
-        backings=tuple(settings["backings"]),
-        results_dir=config.results_dir,
-        label=doc["label"],
-        work_root=config.work_root,
-        samples=settings["samples"],
-        warmup=settings["warmup"],
-        min_time_s=settings["min_time_s"],
-        cold=settings["cold"],
-        order=settings["order"],
-        seed=settings["seed"],
-        cell_timeout_s=settings.get("cell_timeout_s", config.cell_timeout_s),
-        overrides=settings["overrides"],
-        quick=settings.get("quick", False),
-        spread=settings.get("spread", False),
-        # a run from before adaptive sampling took pinned counts
-        target_ci=settings.get("target_ci", 0.0),
-        min_samples=settings.get("min_samples", config.min_samples),
-        max_samples=settings.get("max_samples", config.max_samples),
-        cell_budget_s=settings.get("cell_budget_s", config.cell_budget_s),
-        templates=settings.get("templates", False),
-        overlap_teardown=settings.get("overlap_teardown", False),
-        loop_io=settings.get("loop_io", "direct"),
-    )
     for s in resolve_scenarios(resumed.scenarios, resumed.overrides, resumed.quick):
         if doc["scenarios"].get(s.name, {}).get("sha256") != s.sha256:
             raise UserError(
@@ -79,29 +38,6 @@ def resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
             )
     doc["cells"] = [c for c in doc["cells"] if c["status"] in ("ok", "error")]
     return resumed, doc, path
-
-
-#: RunConfig field (and key in a results file's settings) -> the option that sets it, and what it is
-_KEPT = {
-    "drivers": ("-d", "drivers"),
-    "backings": ("-b", "backings"),
-    "overrides": ("-p", "parameters"),
-    "samples": ("--samples", "samples"),
-    "warmup": ("--warmup", "warm-up samples"),
-    "min_time_s": ("--min-time", "min time"),
-    "quick": ("--quick", "quick"),
-    "cold": ("--cold", "cold"),
-    "order": ("--order", "order"),
-    "seed": ("--seed", "seed"),
-    "cell_timeout_s": ("--cell-timeout", "cell timeout"),
-    "target_ci": ("--target-ci", "target CI"),
-    "min_samples": ("--min-samples", "min samples"),
-    "max_samples": ("--max-samples", "max samples"),
-    "cell_budget_s": ("--cell-budget", "cell budget"),
-    "templates": ("--templates", "templates"),
-    "overlap_teardown": ("--overlap-teardown", "overlapped teardown"),
-    "loop_io": ("--loop-io", "loop I/O"),
-}
 
 
 def _plain(value: Any) -> Any:
@@ -131,11 +67,14 @@ def _refuse_changed_settings(config: RunConfig, doc: dict[str, Any], path: Path)
         asked = sorted(os.path.realpath(s.path) for s in resolve_scenarios(config.scenarios))
         if asked != sorted(os.path.realpath(p) for p in settings["scenarios"]):
             changed.append(("the scenario arguments", f"scenarios {_text(list(doc['scenarios']))}"))
-    for name, (option, what) in _KEPT.items():
+    for f in dataclasses.fields(RunConfig):
+        kept, name = f.metadata["kept"], f.name
+        if kept is None or kept.what is None:
+            continue
         given, default = getattr(config, name), getattr(defaults, name)
         had = settings.get(name, default)  # older files lack the newer settings
         if _plain(given) != _plain(default) and _plain(given) != _plain(had):
-            changed.append((option, f"{what} {_text(had)}"))
+            changed.append((f.metadata["flag"].name, f"{kept.what} {_text(had)}"))
     if config.label != defaults.label and config.label != doc["label"]:
         changed.append(("--label", f"label {doc['label']}"))
     if config.results_dir != defaults.results_dir and config.results_dir.resolve() not in path.resolve().parents:

@@ -224,28 +224,7 @@ def _run(
             for s in scenarios
         }
         doc["overhead"] = overhead.measure(plugins.registry.drivers.get("null"))
-        doc["settings"] = {
-            "scenarios": [s.path for s in scenarios],
-            "drivers": [d.name for d in drivers],
-            "order": config.order,
-            "seed": config.seed,
-            "cold": config.cold,
-            "quick": config.quick,
-            "samples": config.samples,
-            "warmup": config.warmup,
-            "min_time_s": config.min_time_s,
-            "cell_timeout_s": config.cell_timeout_s,
-            "backings": list(config.backings),
-            "overrides": config.overrides,
-            "spread": config.spread,
-            "target_ci": config.target_ci,
-            "min_samples": config.min_samples,
-            "max_samples": config.max_samples,
-            "cell_budget_s": config.cell_budget_s,
-            "templates": config.templates,
-            "loop_io": config.loop_io,
-            "overlap_teardown": config.overlap_teardown,
-        }
+        doc["settings"] = config.settings([s.path for s in scenarios], [d.name for d in drivers])
         path = _results_path(config, doc["started_utc"].replace("-", "").replace(":", ""))
     results.save(doc, path)
     if executor is not None:
