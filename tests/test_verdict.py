@@ -68,5 +68,68 @@ def test_the_short_markdown_of_the_default_run_fits_a_pull_request_comment() -> 
 
 def test_the_end_of_a_run_says_the_time_the_warnings_and_what_next() -> None:
     text = run_summary(results.read(DEFAULT), DEFAULT)
-    assert text.startswith("== verdict") and "== claims" in text
+    # the verdict last (what a 45-line terminal still shows), the claims first
+    assert text.startswith("== claims") and text.index("== claims") < text.index("== verdict")
+    assert text.rstrip().splitlines()[-1].startswith("Renaming a directory of the image fails")
     assert "87 cells in 4 min 50 s;" in text and f"next: layerbench report {DEFAULT} -o report.html" in text
+
+
+AFTER = REFERENCE / "20261203T061729Z_after-off.json"
+
+
+def test_the_verdict_has_a_memory_row_and_weighs_disk_and_memory_per_node() -> None:
+    v = verdict(results.read(AFTER), ["overlay2", "btrfs", "vfs"])
+    memory = cells(v, "memory")  # page-cache-sharing at 20 containers: each further container's page cache
+    assert memory["overlay2"].text == "0 B (best)"  # type: ignore[attr-defined]
+    assert memory["btrfs"].text == memory["vfs"].text == "97.5 MiB (+97.5 MiB)"  # type: ignore[attr-defined]
+    title = next(t for k, t, _ in v.rows if k == "memory")
+    assert title == "page cache per further container (20 containers)"
+    text = verdict_text(v)
+    assert "To share the page cache between containers of one image: overlay2, 0 B; btrfs +97.5 MiB" in text
+    node = next(line for line in v.advice if "on one node" in line)
+    # disk alone says btrfs 2.4x; with its page cache each further btrfs container costs an image of memory
+    assert node.startswith(
+        "To run many containers of one image on one node (disk + page cache per further container): "
+        "overlay2, 28 KiB (28 KiB + 0 B); btrfs 97.6 MiB (67.2 KiB + 97.5 MiB, 3,600x larger)"
+    )
+
+
+def partial(doc: dict[str, object], scenarios: set[str], drivers: set[str]) -> dict[str, object]:
+    cells_ = [c for c in doc["cells"] if c["scenario"] in scenarios and c["driver"] in drivers]  # type: ignore[attr-defined]
+    return {**doc, "cells": cells_}
+
+
+def test_a_driver_a_measured_row_marks_is_never_advised_and_what_is_missing_is_said() -> None:
+    # `run --quick copy-up startup -d overlay2 -d vfs`: vfs is fastest to copy up and 90x slower to start;
+    # disk per container (layer-sharing) was not measured, so the avoid rule cannot be decided
+    quick = partial(
+        results.read(REFERENCE / "20261130T075321Z_quick.json"), {"copy-up", "startup"}, {"overlay2", "vfs"}
+    )
+    v = verdict(quick)
+    advised = [line.split(":")[1].split(",")[0].strip() for line in v.advice if line.startswith("To ")]
+    assert advised and "vfs" not in advised
+    assert "To write into big files that came with the image: overlay2, 90.7 ms. Faster, but not advised: vfs" in (
+        "\n".join(v.advice)
+    )
+    assert (
+        "Not advised: vfs, 90x slower to start than the best; whether to avoid it needs the disk per container "
+        "(scenario layer-sharing) too, not measured." in v.advice
+    )
+
+
+def test_the_end_of_a_run_says_how_it_measured_and_folds_the_claims_it_did_not() -> None:
+    quick = results.read(REFERENCE / "20261130T075321Z_quick.json")
+    text = run_summary(quick, DEFAULT)
+    assert "run: quick suite (--quick: each scenario's [quick] values and samples); 1 to 3 samples per cell" in text
+    assert "stores: a fresh btrfs/ext4 filesystem per cell on a loop device" in text
+    assert "[not measured] 6 of 12 claims: these cells do not measure them" in text
+    assert "[not measured] " not in text.replace("[not measured] 6 of 12", "")
+    after = run_summary(results.read(AFTER), AFTER)
+    assert "run: full suite; 1 to 10 samples per cell" in after and "on a loop device, direct I/O" in after
+
+
+def test_the_console_table_writes_sizes_as_people_do() -> None:
+    from layerbench.report.table import comparison_table
+
+    text = comparison_table(results.read(Path(__file__).parent / "data" / "copy-up.json"))
+    assert "file_size=64 MiB" in text and "file_size=67108864" not in text

@@ -140,10 +140,10 @@ def run_cmd(repeat: int, cluster: str | None, export_csv: str | None, dry_run: b
     click.echo(comparison_table(doc))
     for line in run_warnings(doc):
         click.echo(f"warning: {line}", err=True)
-    click.echo(run_summary(doc, path, elapsed_s))
     for line in time_split_lines(doc):
         click.echo(line, err=True)
     click.echo(f"results: {path}", err=True)
+    click.echo(run_summary(doc, path, elapsed_s))  # the verdict last: what the terminal still shows
     if export_csv:
         text = render(build([doc], with_claims=False), "csv")  # the CSV exporter, as `report -f csv`
         if export_csv == "-":

@@ -19,7 +19,7 @@ import numpy as np
 
 from layerbench.analysis import claims, results
 from layerbench.errors import UserError
-from layerbench.report.table import run_warnings
+from layerbench.report.table import run_facts, run_warnings
 
 __all__ = [
     "Report",
@@ -285,7 +285,10 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
         r["ratio"] = r["median"] / b if b and not math.isnan(b) else float("nan")
     errors = [f"{_describe(c)}: {c['status']}: {c.get('error')}" for c in doc["cells"] if c["status"] != "ok"]
     runs = [
-        {k: d.get(k) for k in ("label", "started_utc", "finished_utc", "status", "machine", "tool", "helpers")}
+        {
+            **{k: d.get(k) for k in ("label", "started_utc", "finished_utc", "status", "machine", "tool", "helpers")},
+            "facts": run_facts(d).removeprefix("run: "),  # quick or full, samples per cell, how stores were made
+        }
         for d in docs
     ]
     slopes = fit_slopes(doc["cells"], rows)

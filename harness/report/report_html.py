@@ -142,6 +142,11 @@ def render_html(report: Report) -> str:
         f'<script type="text/javascript">{plotly_js()}</script></head><body>',
         "<h1>layerbench report</h1>",
         f'<p class="meta">Runs: {runs}.</p>',
+        *(
+            f'<p class="meta"><code>{escape(r["label"])}</code>: {escape(r["facts"])}</p>'
+            for r in report.runs
+            if r.get("facts")
+        ),
         f'<nav class="toc">{" · ".join(toc)}</nav>',
     ]
     out += [f'<div class="note">{escape(n)}</div>' for n in report.notes]

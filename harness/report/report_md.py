@@ -268,6 +268,7 @@ def _head(report: Report) -> list[str]:
         + ", ".join(f"`{r['label']}` ({r['started_utc']}, {r['machine'].get('name')})" for r in report.runs)
         + "."
     )
+    out += [""] + [f"- `{r['label']}`: {r['facts']}" for r in report.runs if r.get("facts")]
     out += [""] + [f"> {n}" for n in report.notes] + ([""] if report.notes else [])
     out += verdict_section(report)
     if report.claims is not None:

@@ -7,8 +7,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from layerbench.analysis.results import params_text, tidy
-from layerbench.analysis.stats import wide_ci
+from layerbench.analysis.stats import bootstrap_ci, wide_ci
 from layerbench.units import human, params_human, times_text
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "human",
     "run_warnings",
     "run_summary",
+    "run_facts",
+    "claims_lines",
     "metric_title",
     "times_text",
     "params_human",
@@ -89,7 +93,8 @@ def comparison_table(doc: dict[str, Any]) -> str:
         header = ["params", "metric (median)", *drivers]
         ran = {(r["params"], r["driver"]) for r in mine}  # a metric such a cell lacks does not apply: n/a
         body = [
-            [p or "-", m, *(v.get(d, "n/a" if (p, d) in ran else "") for d in drivers)] for (p, m), v in cells.items()
+            [params_human(p), m, *(v.get(d, "n/a" if (p, d) in ran else "") for d in drivers)]
+            for (p, m), v in cells.items()
         ]
         widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
         rule = ["-" * w for w in widths]
@@ -110,30 +115,98 @@ def comparison_table(doc: dict[str, Any]) -> str:
 
 def run_warnings(doc: dict[str, Any]) -> list[str]:
     """Timings whose 95% bootstrap CI of the median is wide (hyperfine-style: a real problem, not one
-    outlier), grouped per cell, with parameters as people write them and what to do."""
+    outlier), grouped per cell, with the interval itself (it is rarely symmetric), parameters as people write
+    them and what to do."""
     out, several = [], several_hosts(doc)
     for c in doc["cells"]:
         wide = []
         for metric, data in c.get("metrics", {}).items():
-            if (half := wide_ci(data["samples"], data["unit"])) is not None:
-                wide.append(f"{metric} ±{half:.0%}")
+            if wide_ci(data["samples"], data["unit"]) is not None:
+                low, high = bootstrap_ci(data["samples"])
+                median = float(np.median(data["samples"]))
+                unit = data["unit"]
+                wide.append(f"{metric} {human(median, unit)}, 95% CI {human(low, unit)} to {human(high, unit)}")
         if wide:
             on = f" on {c['backing']}" if c.get("backing") else ""
             on += host_suffix(c, several)
             params = f" ({params_human(params_text(c['params']))})" if c["params"] else ""
             out.append(
-                f"{c['scenario']} {c['driver']}{on}{params}: "
-                f"{', '.join(wide)} of the median (95% CI); more --samples or a quieter machine"
+                f"{c['scenario']} {c['driver']}{on}{params}: {'; '.join(wide)}: more --samples or a quieter machine"
             )
     return out
 
 
+def run_facts(doc: dict[str, Any]) -> str:
+    """How the run measured: the suite (quick or full), the samples each cell took, how its stores were made."""
+    settings = doc.get("settings") or {}
+    ok = [c for c in doc["cells"] if c["status"] == "ok"]
+    suite = (
+        "quick suite (--quick: each scenario's [quick] values and samples)" if settings.get("quick") else "full suite"
+    )
+    if settings.get("long"):
+        suite += " with the long sweeps (--long)"
+    counts = sorted(
+        int(c.get("samples") or max((len(m["samples"]) for m in c.get("metrics", {}).values()), default=0)) for c in ok
+    )
+    if counts:
+        mid = counts[len(counts) // 2]
+        samples = (
+            f"{counts[0]} samples per cell"
+            if counts[0] == counts[-1]
+            else f"{counts[0]} to {counts[-1]} samples per cell (median {mid})"
+        )
+    else:
+        samples = "no cell finished"
+    backings = sorted({c.get("backing") or "dir" for c in ok})
+    loops = [c.get("loop_direct_io") for c in ok if (c.get("backing") or "dir") != "dir"]
+    direct, buffered = sum(x is True for x in loops), sum(x is False for x in loops)
+    how = (
+        "direct I/O"
+        if direct and not buffered
+        else "buffered I/O (--loop-io buffered)"
+        if buffered and not direct
+        else f"direct I/O on {direct} cells, buffered on {buffered}"
+        if direct and buffered
+        else "its I/O mode not recorded (an older results file)"
+    )
+    stores = f"a fresh {'/'.join(b for b in backings if b != 'dir')} filesystem per cell on a loop device, {how}"
+    if not loops:
+        stores = "plain directories (no loop devices here)"
+    elif "dir" in backings:
+        stores += "; some cells on plain directories"
+    templates = sum(bool(c.get("template")) for c in ok)
+    if templates:
+        stores += f"; {templates} cells started from a template store's copy (--templates)"
+    return f"run: {suite}; {samples}; stores: {stores}"
+
+
+def claims_lines(doc: dict[str, Any]) -> list[str]:
+    """The claims decided by the run, with their figures; those it did not measure folded into one line."""
+    from layerbench.analysis.claims import NOT_MEASURED, evaluate, where
+
+    rows = evaluate(doc)
+    lines = ["== claims"]
+    for row in rows:
+        if row["verdict"] != NOT_MEASURED:
+            lines.append(f"[{row['verdict']}]{where(row)} {row['claim']}")
+            if row["figures"]:
+                lines.append(f"    {row['figures']}")
+    unmeasured = sum(row["verdict"] == NOT_MEASURED for row in rows)
+    if unmeasured:
+        lines.append(
+            f"[not measured] {unmeasured} of {len(rows)} claims: these cells do not measure them "
+            "(`layerbench claims FILE` lists every claim)"
+        )
+    return lines
+
+
 def run_summary(doc: dict[str, Any], path: Path, elapsed_s: float | None = None) -> str:
-    """The end of a run: the verdict, the claims, the time taken, how many warnings, the next command."""
-    from layerbench.analysis.claims import by_host, claims_text
+    """The end of a run: the claims (those not measured in one line), how it measured, the time taken, how many
+    warnings, the next command, and the verdict last, so that it is what a terminal shows."""
+    from layerbench.analysis.claims import by_host
     from layerbench.report.verdict import verdict, verdict_text
 
-    lines = [verdict_text(verdict(part), host) for host, part in by_host(doc)] + [claims_text(doc)]
+    lines = [*claims_lines(doc), ""]
     if elapsed_s is None and doc.get("finished_utc") and doc.get("started_utc"):
         stamp = "%Y-%m-%dT%H:%M:%SZ"
         elapsed_s = (
@@ -147,8 +220,10 @@ def run_summary(doc: dict[str, Any], path: Path, elapsed_s: float | None = None)
         else "unknown"
     )
     n = len(run_warnings(doc))
+    lines.append(run_facts(doc))
     lines.append(
         f"{len(doc['cells'])} cells in {took}; {n} warning{'s' * (n != 1)}" + (" (see the report)" if n else "")
     )
     lines.append(f"next: layerbench report {path} -o report.html")
-    return "\n".join(lines) + "\n"
+    lines += ["", *(verdict_text(verdict(part), host) for host, part in by_host(doc))]
+    return "\n".join(lines).rstrip("\n") + "\n"

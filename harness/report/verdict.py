@@ -83,14 +83,20 @@ MEASURES: tuple[Measure, ...] = (
     Measure("build", "build of a {layers}-layer image", "image-build", "build_ns", (("layers", "max"),)),
     Measure("deep_read", "cold read through {depth} layers", "deep-read", "read_cold_ns", (("depth", "max"),)),
     Measure(
-        "page_cache",
-        "page cache per container ({containers} containers)",
-        "layer-sharing",
-        "page_cache_bytes",
+        "memory",
+        "page cache per further container ({containers} containers)",
+        "page-cache-sharing",
+        "page_cache_per_container_bytes",
         (("containers", "max"),),
         "larger",
     ),
 )
+
+#: where each row of the avoid rule is measured, to say what is missing
+AVOID_ROWS = {
+    "startup": ("to start", "the startup time (scenario startup)"),
+    "disk": ("per container", "the disk per container (scenario layer-sharing)"),
+}
 
 
 @dataclass
@@ -129,10 +135,11 @@ def _median(cell: dict[str, Any], metric: str) -> float | None:
 
 def per_container_bytes(cell: dict[str, Any], metric: str = "disk_bytes") -> float | None:
     """What each container adds: (metric - image_disk_bytes) / containers, the claims' definition
-    (harness/analysis/claims.py, layer sharing). For page cache, the metric over the containers."""
+    (harness/analysis/claims.py, layer sharing). A `*_per_container_bytes` metric is that already (its median);
+    any other metric is divided by the containers."""
     value, n = _median(cell, metric), cell["params"].get("containers") or 1
-    if value is None:
-        return None
+    if value is None or metric.endswith("_per_container_bytes"):
+        return value
     if metric != "disk_bytes":
         return value / n
     image = _median(cell, "image_disk_bytes")
@@ -226,11 +233,8 @@ def verdict(doc: dict[str, Any], order: list[str] | None = None) -> Verdict:
                 continue
             ratio = v / best if best > 0 else (1.0 if v == best else math.inf)
             is_best = ratio <= 1.005
-            row.append(
-                VerdictCell(
-                    v, ratio, is_best, f"{human(v, unit)} ({'best' if is_best else times_text(ratio, measure.worse)})"
-                )
-            )
+            than = "best" if is_best else times_text(ratio, measure.worse) if ratio < math.inf else f"+{human(v, unit)}"
+            row.append(VerdictCell(v, ratio, is_best, f"{human(v, unit)} ({than})"))
         shown = {k: _param_text(k, v) for k, v in chosen.items() if k not in REPEAT_PARAMS}
         title = re.sub(r" \(\)", "", re.sub(r",? ?\?[^,)]*", "", measure.title.format_map(_Default(shown))))
         out.rows.append((measure.key, title, row))
@@ -255,29 +259,96 @@ def _avoided(v: Verdict) -> list[str]:
     ]
 
 
+def _unsure(v: Verdict) -> dict[str, tuple[str, str]]:
+    """Drivers a measured row of the avoid rule marks (AVOID_FACTOR times the best or more) while the other row
+    was not measured for them: label -> (what was measured, in words; what is missing, in words). Not advised."""
+    out: dict[str, tuple[str, str]] = {}
+    avoided = _avoided(v)
+    rows = {key: _row(v, key) for key in AVOID_ROWS}
+    for i, label in enumerate(v.labels):
+        if label in avoided:
+            continue
+        got = {key: (row[i] if row else None) for key, row in rows.items()}
+        marked = [key for key, c in got.items() if c is not None and c.ratio >= AVOID_FACTOR]
+        missing = [key for key, c in got.items() if c is None]
+        if marked and missing:
+            worse = {"startup": "slower", "disk": "larger"}
+            seen = " and ".join(
+                f"{times_text(c.ratio, worse[k])} {AVOID_ROWS[k][0]}" for k in marked if (c := got[k]) is not None
+            )
+            gone = " and ".join(AVOID_ROWS[k][1] for k in missing)
+            out[label] = (seen, gone)
+    return out
+
+
+def _versus(c: VerdictCell, best: VerdictCell, worse: str, unit: str) -> str:
+    """`3.6x slower` against the recommended driver, or `+97.5 MiB` where that one is 0."""
+    if c.value <= best.value * 1.005:
+        return "alike"
+    if best.value > 0:
+        return times_text(c.value / best.value, worse)
+    return f"+{human(c.value - best.value, unit)}"
+
+
 def _winner(v: Verdict, key: str, what: str, worse: str = "slower") -> str | None:
     """`To X: overlay2, 487 µs; btrfs 3.6x, vfs 81x slower.` from one row of the matrix; a driver
-    to avoid is not recommended, only named when it is faster."""
+    to avoid, or one a measured row marks as one while the other was not measured, is never recommended,
+    only named when it is faster."""
     row = _row(v, key)
     if row is None:
         return None
-    avoid = _avoided(v)
+    avoid = [*_avoided(v), *_unsure(v)]
     ranked = sorted(
         ((c, label) for c, label in zip(row, v.labels, strict=True) if c is not None), key=lambda p: p[0].ratio
     )
-    kept = [(c, label) for c, label in ranked if label not in avoid] or ranked
+    kept = [(c, label) for c, label in ranked if label not in avoid]
     if len(ranked) < 2:
         return None
+    unit = "bytes" if worse == "larger" else "ns"
+    if not kept:
+        return f"{what}: none of {', '.join(label for _, label in ranked)} can be advised (see below)."
     (best, name) = kept[0]
     others = ", ".join(
-        f"{label} {times_text(c.ratio / best.ratio, worse)}"
-        for c, label in ranked
-        if label != name and c.ratio >= best.ratio
+        f"{label} {_versus(c, best, worse, unit)}" for c, label in ranked if label != name and c.ratio >= best.ratio
     )
     faster = [f"{label} ({c.text.rsplit(' (', 1)[0]})" for c, label in ranked if c.ratio < best.ratio]
     value = best.text.rsplit(" (", 1)[0]
-    tail = f" Faster, but to avoid: {', '.join(faster)}." if faster else ""
+    tail = f" Faster, but not advised: {', '.join(faster)}." if faster else ""
     return f"{what}: {name}, {value}" + (f"; {others}." if others else ".") + tail
+
+
+def _node(v: Verdict) -> str | None:
+    """Many containers of one image on one node: disk and page cache per further container, added up."""
+    disk, memory = _row(v, "disk"), _row(v, "memory")
+    what = "To run many containers of one image on one node (disk + page cache per further container)"
+    if disk is None or memory is None:
+        if disk is not None:
+            return f"{what}: page cache per further container not measured (scenario page-cache-sharing)."
+        return None
+    avoid = [*_avoided(v), *_unsure(v)]
+    both = sorted(
+        (
+            (d.value + m.value, d, m, label)
+            for d, m, label in zip(disk, memory, v.labels, strict=True)
+            if d is not None and m is not None
+        ),
+        key=lambda t: t[0],
+    )
+    kept = [t for t in both if t[3] not in avoid]
+    if len(both) < 2 or not kept:
+        return None
+    total, d, m, name = kept[0]
+
+    def parts(d: VerdictCell, m: VerdictCell) -> str:
+        return f"{human(d.value, 'bytes')} + {human(m.value, 'bytes')}"
+
+    others = ", ".join(
+        f"{label} {human(t, 'bytes')} ({parts(od, om)}"
+        + (f", {times_text(t / total, 'larger')})" if t > total * 1.005 else ", alike)")
+        for t, od, om, label in both
+        if label != name and t >= total
+    )
+    return f"{what}: {name}, {human(total, 'bytes')} ({parts(d, m)})" + (f"; {others}." if others else ".")
 
 
 def _advice(v: Verdict) -> list[str]:
@@ -287,6 +358,8 @@ def _advice(v: Verdict) -> list[str]:
         for s in (
             _winner(v, "startup", "To start containers fast"),
             _winner(v, "disk", "To run many containers of one image on one disk", "larger"),
+            _winner(v, "memory", "To share the page cache between containers of one image", "larger"),
+            _node(v),
             _winner(v, "copy_up_big", "To write into big files that came with the image"),
             _winner(v, "commit", "To commit containers into images"),
             _winner(v, "build", "To build images layer by layer"),
@@ -302,6 +375,8 @@ def _advice(v: Verdict) -> list[str]:
             f"Avoid {label} unless nothing else runs here: {times_text(s.ratio)} to start "
             f"and {times_text(d.ratio, 'larger')} per container than the best."
         )
+    for label, (seen, gone) in _unsure(v).items():
+        out.append(f"Not advised: {label}, {seen} than the best; whether to avoid it needs {gone} too, not measured.")
     failed = {
         label: v.rename[k].removeprefix("no: ")
         for k, label in zip(v.columns, v.labels, strict=True)
