@@ -35,7 +35,7 @@ def verdicts(d: dict[str, Any]) -> list[str]:
 
 
 def test_nothing_measured() -> None:
-    assert verdicts(doc()) == [NOT_MEASURED] * 12
+    assert verdicts(doc()) == [NOT_MEASURED] * 14
 
 
 def sharing(vfs_each: float, overlay_each: float) -> list[dict[str, Any]]:
@@ -235,3 +235,54 @@ def test_rootless_kernel_overlay_against_fuse_needs_both_drivers() -> None:
     assert claim(doc(*pair(2e7, 9e6)), "fuse-overlayfs is for hosts")["verdict"] == NOT_HELD
     one_driver = [c for c in pair(2e6, 9e6) if c["driver"] == "overlay2-rootless"]
     assert claim(doc(*one_driver), "fuse-overlayfs is for hosts")["verdict"] == NOT_MEASURED
+
+
+def _claim(d: dict[str, Any], start: str) -> dict[str, str]:
+    (row,) = [r for r in evaluate(d) if r["claim"].startswith(start)]
+    return row
+
+
+def test_pulling_dominates_is_decided_per_driver_and_link_sample_by_sample() -> None:
+    fast = cell(
+        "cold-start",
+        "overlay2",
+        {"link": "loopback"},
+        pull_ns=[1e8, 1e8],
+        unpack_ns=[1e8, 1e8],
+        cold_start_ns=[1e9, 1e9],
+    )
+    slow = cell(
+        "cold-start",
+        "overlay2",
+        {"link": "100mbit"},
+        pull_ns=[6e9, 6e9],
+        unpack_ns=[1e9, 1e9],
+        cold_start_ns=[8e9, 8e9],
+    )
+    row = _claim(doc(slow), "Pulling dominates")
+    assert row["verdict"] == HELD and "overlay2 at 100mbit: 88%" in row["figures"] and "download 75%" in row["figures"]
+    row = _claim(doc(fast, slow), "Pulling dominates")
+    assert row["verdict"] == NOT_HELD and "overlay2 at loopback: 20%" in row["figures"]
+    assert _claim(doc(cell("cold-start", "vfs", {}, pull_ns=[1.0])), "Pulling")["verdict"] == NOT_MEASURED
+
+
+def test_a_present_base_is_not_fetched_again() -> None:
+    shared = cell(
+        "pull-shared-base",
+        "overlay2",
+        {"link": "loopback"},
+        second_pulled_bytes=[254],
+        second_image_pull_bytes=[MiB],
+        second_pulled_layer0_bytes=[0],
+    )
+    row = _claim(doc(shared), "An image whose base")
+    assert row["verdict"] == HELD and "fetched 254 B of its 1 MiB (0.0%)" in row["figures"]
+    fetched = cell(
+        "pull-shared-base",
+        "vfs",
+        {"link": "loopback"},
+        second_pulled_bytes=[MiB],
+        second_image_pull_bytes=[MiB],
+        second_pulled_layer0_bytes=[MiB - 254],
+    )
+    assert _claim(doc(shared, fetched), "An image whose base")["verdict"] == NOT_HELD

@@ -300,6 +300,64 @@ def _rootless(doc: dict[str, Any]) -> Verdict:
     return (HELD if all(a < b for _, a, b in pairs) else NOT_HELD), "; ".join(figures)
 
 
+def _samples(cell: dict[str, Any], metric: str) -> list[float]:
+    return [float(x) for x in cell.get("metrics", {}).get(metric, {}).get("samples", [])]
+
+
+def _link(cell: dict[str, Any]) -> str:
+    return str(cell["params"].get("link", "loopback"))
+
+
+def _pull_dominates(doc: dict[str, Any]) -> Verdict:
+    """Per driver and link: the pull's share (download + the unpack not hidden behind it) of each cold start,
+    sample by sample, from any cell that pulled and started to ready (`cold_start_ns`)."""
+    cells = [
+        c
+        for c in doc["cells"]
+        if c["status"] == "ok" and all(_samples(c, m) for m in ("pull_ns", "unpack_ns", "cold_start_ns"))
+    ]
+    if not cells:
+        return NOT_MEASURED, "no cell with pull_ns and cold_start_ns (a pull step, then a run step)"
+    figures, ok = [], True
+    for c in sorted(cells, key=lambda c: (c["driver"], _link(c), c["scenario"])):
+        pulls, unpacks, whole = (_samples(c, m) for m in ("pull_ns", "unpack_ns", "cold_start_ns"))
+        n = min(len(pulls), len(unpacks), len(whole))
+        shares = [(pulls[i] + unpacks[i]) / whole[i] for i in range(n) if whole[i] > 0]
+        if not shares:
+            continue
+        share = statistics.median(shares)
+        download = statistics.median(pulls[i] / whole[i] for i in range(n) if whole[i] > 0)
+        figures.append(
+            f"{c['driver']} at {_link(c)}: {share:.0%} of a {human(statistics.median(whole), 'ns')} cold start "
+            f"(download {download:.0%})"
+        )
+        ok &= share >= 0.5
+    if not figures:
+        return NOT_MEASURED, "no cold start with a duration"
+    return (HELD if ok else NOT_HELD), "; ".join(figures)
+
+
+def _base_present(doc: dict[str, Any]) -> Verdict:
+    """An image pulled after one with the same base (`pull-shared-base`): its base layer is not fetched again."""
+    cells = [c for c in doc["cells"] if c["status"] == "ok" and _samples(c, "second_pulled_bytes")]
+    if not cells:
+        return NOT_MEASURED, "no second pull of an image on a present base (pull-shared-base)"
+    figures, ok = [], True
+    for c in sorted(cells, key=lambda c: (c["driver"], _link(c))):
+        got, whole = _median(c, "second_pulled_bytes"), _median(c, "second_image_pull_bytes")
+        base = _median(c, "second_pulled_layer0_bytes")
+        if got is None or not whole or base is None:
+            continue
+        figures.append(
+            f"{c['driver']}: the second image fetched {human(got, 'bytes')} of its {human(whole, 'bytes')} "
+            f"({got / whole:.1%}); its base layer {human(base, 'bytes')}"
+        )
+        ok &= base == 0 and got < whole
+    if not figures:
+        return NOT_MEASURED, "no second pull with its image's size"
+    return (HELD if ok else NOT_HELD), "; ".join(figures)
+
+
 CLAIMS: list[tuple[str, Callable[[dict[str, Any]], Verdict]]] = [
     (
         (
@@ -350,6 +408,11 @@ CLAIMS: list[tuple[str, Callable[[dict[str, Any]], Verdict]]] = [
         ),
         _rootless,
     ),
+    (
+        "Pulling dominates a cold start: the download and the unpack are most of the time to ready (Slacker: 76%)",
+        _pull_dominates,
+    ),
+    ("An image whose base is already present downloads only its own layers", _base_present),
 ]
 
 

@@ -327,3 +327,38 @@ def test_sigkill_mid_pull_then_cleanup_leaves_no_registry_namespace_or_veth(
         assert not _alive(ident)
     assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(work) in line]
     assert set(work.glob("run-*")) <= before
+
+
+def test_the_shared_base_scenario_decides_its_claim_from_real_pulls(
+    images: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    require("overlay2")
+    from layerbench.analysis.claims import HELD, evaluate
+
+    _, _, work = images
+    out = subprocess.run(
+        [
+            *LAYERBENCH,
+            "run",
+            "pull-shared-base",
+            "--quick",
+            "-d",
+            "overlay2",
+            "--work-root",
+            str(work),
+            "--results-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (path,) = tmp_path.rglob("*.json")
+    doc = json.loads(path.read_text())
+    (c,) = doc["cells"]
+    assert c["params"] == {"link": "loopback"}  # the link is a cell dimension
+    metrics = c["metrics"]
+    assert min(metrics["pulled_bytes"]["samples"]) > 1_000_000  # each sample pulls the whole first image again
+    assert max(metrics["second_pulled_layer0_bytes"]["samples"]) == 0
+    (row,) = [r for r in evaluate(doc) if r["claim"].startswith("An image whose base")]
+    assert row["verdict"] == HELD, row
