@@ -53,6 +53,7 @@ BUILTINS = {
     "volume-writes",
     "nearest-layer",
     "unpack",
+    "pull-shared-base",
 }
 
 
