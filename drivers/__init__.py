@@ -8,6 +8,11 @@ from layerbench.plugins import DriverRegistry
 from .btrfs import BtrfsDriver
 from .composefs import ComposefsDriver
 from .containerd_overlayfs import ContainerdOverlayfsDriver
+from .containerd_snapshotter import (
+    ContainerdBtrfsSnapshotter,
+    ContainerdNativeSnapshotter,
+    ContainerdOverlayfsSnapshotter,
+)
 from .erofs import ErofsDriver
 from .fuse_overlayfs import FuseOverlayfsDriver
 from .null import NullDriver
@@ -21,7 +26,10 @@ from .zfs import ZfsDriver
 __all__ = [
     "BtrfsDriver",
     "ComposefsDriver",
+    "ContainerdBtrfsSnapshotter",
+    "ContainerdNativeSnapshotter",
     "ContainerdOverlayfsDriver",
+    "ContainerdOverlayfsSnapshotter",
     "ErofsDriver",
     "FuseOverlayfsDriver",
     "NullDriver",
@@ -49,5 +57,8 @@ def layerbench_register_drivers(registry: DriverRegistry) -> None:
         ErofsDriver,
         SquashfsDriver,
         ComposefsDriver,
+        ContainerdOverlayfsSnapshotter,
+        ContainerdNativeSnapshotter,
+        ContainerdBtrfsSnapshotter,
     ):
         registry.add(cls)

@@ -22,9 +22,17 @@ from __future__ import annotations
 import abc
 from enum import Enum
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
-__all__ = ["Driver", "Style", "LayerFormat"]
+__all__ = ["Driver", "Style", "LayerFormat", "ResourceNotes"]
+
+
+class ResourceNotes(Protocol):
+    """The run's ledger as a driver sees it: a daemon it starts is written down before it starts."""
+
+    def made(self, kind: str, path: Path | str) -> None: ...
+
+    def released(self, kind: str, path: Path | str) -> None: ...
 
 
 class Style(str, Enum):
@@ -57,9 +65,29 @@ class Driver(abc.ABC):
     opaque_xattr: ClassVar[str] = "trusted.overlay.opaque"
     #: whether `layerbench run` without --driver runs it (the built-ins: overlay2, btrfs, vfs)
     in_default_run: ClassVar[bool] = False
+    #: the engine an engine driver drives ("containerd", "podman"): it starts a daemon or runs the
+    #: engine's commands, so its own tests run it with one engine per module (not tests/test_conformance.py)
+    engine: ClassVar[str | None] = None
+    #: an engine driver's mechanism: the built-in driver doing the same without the engine, shown
+    #: beside it in the report's engine-overhead column
+    mechanism: ClassVar[str | None] = None
+    #: the only xattrs `commit` writes into the new layer (None: all of them). containerd's differ keeps
+    #: security.capability alone; the conformance suite checks the others are lost, as declared
+    commit_xattrs: ClassVar[tuple[str, ...] | None] = None
+    #: an engine driver: a running engine's address to use instead of starting one (`--containerd-address`)
+    engine_address: ClassVar[str | None] = None
+    #: the run's ledger, set by the harness before `setup` (None outside a run)
+    ledger: ResourceNotes | None = None
 
     def __init__(self, home: Path) -> None:
         self.home = home
+
+    @classmethod
+    def at(cls, address: str | None) -> type[Driver]:
+        """This engine driver on the running engine at `address` (None: the engine it starts itself)."""
+        if address is None or cls.engine is None:
+            return cls
+        return type(cls.__name__, (cls,), {"engine_address": address, "__module__": cls.__module__})
 
     @classmethod
     def probe(cls) -> str | None:

@@ -23,7 +23,7 @@ BELOW: dict[str, set[str]] = {
     "run": {"kernel", "images", "analysis"},
     "testing": {"kernel", "images", "run", "analysis"},
     "report": {"analysis"},
-    "drivers": {"kernel", "run"},
+    "drivers": {"kernel", "images", "run"},  # an engine driver packs a layer for its engine (images/layer_pack)
 }
 
 

@@ -99,6 +99,7 @@ def _measure(run: _CellRun) -> None:
     t = run.template
     base, base_walk = (t.base, t.base_walk) if t else (store.usage(), backing.allocated_bytes(mnt))
     driver = cell.driver(home)
+    driver.ledger = store.ledger
     run.drivers.append(driver)
     driver.setup()
     image = cell.image
@@ -289,7 +290,7 @@ def run_cell(
             home = store.open() / cell.driver.name
             out["loop_direct_io"] = store.direct_io
             if template is None:
-                home.mkdir(mode=0o700)
+                home.mkdir(mode=0o700, parents=True)  # an engine driver's name has a slash: containerd/native
             measure = _measure_in_userns if cell.driver.userns else _measure
             run = _CellRun(
                 cell, store, home, sampling, overhead_ns, out, recorded, outcomes, drivers, started, waited_s=waited
@@ -369,9 +370,10 @@ def build_template(
     driver: Driver | None = None
     try:
         home = store.open() / cell.driver.name
-        home.mkdir(mode=0o700)
+        home.mkdir(mode=0o700, parents=True)
         base, base_walk = store.usage(), backing.allocated_bytes(store.mountpoint)
         driver = cell.driver(home)
+        driver.ledger = ledger
         driver.setup()
         image, ids = cell.image, layer_ids(cell.image)
         top, per_layer = build_measured(image, driver, store, base.bytes)

@@ -329,6 +329,18 @@ class RunConfig:
             Kept("loop I/O", old="direct"),
         ),
     )
+    containerd_address: str | None = field(
+        default=None,
+        metadata=meta(
+            Flag(
+                ("--containerd-address",),
+                "Run containerd's snapshotter drivers (containerd/overlayfs, ...) on the containerd serving this "
+                "unix socket instead of a daemon of ours per cell; all is made in a namespace of ours, removed after.",
+                metavar="SOCKET",
+            ),
+            Kept("containerd address", old=None),
+        ),
+    )
     resume: Path | None = field(
         default=None,
         metadata=meta(

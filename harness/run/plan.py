@@ -144,8 +144,11 @@ def order_cells(cells: list[Cell], order: str, seed: int) -> list[Cell]:
     return ordered
 
 
-def select_drivers(plugins: Plugins, names: tuple[str, ...]) -> tuple[list[type[Driver]], dict[str, str]]:
-    """The drivers to run and, by name, why the others asked for cannot run here.
+def select_drivers(
+    plugins: Plugins, names: tuple[str, ...], containerd_address: str | None = None
+) -> tuple[list[type[Driver]], dict[str, str]]:
+    """The drivers to run and, by name, why the others asked for cannot run here. With
+    `containerd_address`, containerd's drivers run on that daemon (their probe checks it).
 
     `("all",)` asks for every registered driver but null.
     """
@@ -155,6 +158,7 @@ def select_drivers(plugins: Plugins, names: tuple[str, ...]) -> tuple[list[type[
         chosen = [plugins.driver(n) for n in dict.fromkeys(names)]
     else:  # the drivers in the default run: one of each style, not null (it measures the harness)
         chosen = [cls for _, cls in sorted(plugins.registry.drivers.items()) if cls.in_default_run]
+    chosen = [cls.at(containerd_address) if cls.engine == "containerd" else cls for cls in chosen]
     runnable, skipped = [], {}
     for cls in chosen:
         reason = cls.probe()
@@ -186,7 +190,7 @@ def plan(config: RunConfig, plugins: Plugins | None = None) -> Plan:
     median time in this machine's past results (`config.results_dir`/<machine>/, finished cells only)."""
     plugins = plugins or default_plugins()
     scenarios = resolve_scenarios(config.scenarios, config.overrides, config.quick)
-    drivers, skipped = select_drivers(plugins, config.drivers)
+    drivers, skipped = select_drivers(plugins, config.drivers, config.containerd_address)
     if not drivers:
         raise UserError("no driver can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     for b in config.backings:

@@ -174,7 +174,10 @@ def _run(
     else:
         safety.check_output_dir(config.results_dir, "--results-dir")
     scenarios = resolve_scenarios(config.scenarios, config.overrides, config.quick)
-    drivers, skipped = (executor.select if executor else select_drivers)(plugins, config.drivers)
+    if executor is not None:
+        drivers, skipped = executor.select(plugins, config.drivers)
+    else:
+        drivers, skipped = select_drivers(plugins, config.drivers, config.containerd_address)
     for name, reason in skipped.items():
         progress(f"skipping driver {name}: {reason}")
     if not drivers:

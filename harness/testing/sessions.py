@@ -42,7 +42,7 @@ def driver_session(cls: type[Driver], workdir: Path, size_bytes: int = 512 * _Mi
     store = BackingStore(workdir, default_backing(cls), size_bytes)
     with store as mnt:
         home = mnt / cls.name
-        home.mkdir(mode=0o700)
+        home.mkdir(mode=0o700, parents=True)
         driver = cls(home)
         try:
             driver.setup()
@@ -60,7 +60,7 @@ def userns_session(cls: type[Driver], workdir: Path, size_bytes: int = 512 * _Mi
     """
     with BackingStore(workdir, default_backing(cls), size_bytes) as mnt:
         home = mnt / cls.name
-        home.mkdir(mode=0o700)
+        home.mkdir(mode=0o700, parents=True)
         hand_over(mnt)
         driver = cls(home)
         try:

@@ -1,0 +1,184 @@
+"""containerd's own snapshotters through its API: the conformance suite on all three, on one daemon for the module.
+
+The module's daemon (Debian's containerd, root on a btrfs store so the btrfs snapshotter
+loads) is the user's running containerd of `--containerd-address`: each driver works in a
+namespace of its own and leaves nothing in it. Two tests start daemons of their own: a
+run's cell (its daemon in the ledger, stopped after) and `cleanup` stopping a dead run's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from layerbench.analysis import results
+from layerbench.driver import Driver
+from layerbench.drivers.containerd_api import Containerd
+from layerbench.drivers.containerd_daemon import ContainerdDaemon
+from layerbench.images.build import files_image
+from layerbench.images.image import FileSpec
+from layerbench.plugins import default_plugins
+from layerbench.run.backing import BackingStore
+from layerbench.run.ledger import LEDGER_NAME, Ledger, release_abandoned
+from layerbench.run.plan import RunConfig
+from layerbench.run.runner import run
+from layerbench.testing.conformance import *  # noqa: F403  the cases, on each of the three
+from layerbench.testing.sessions import driver_session
+from tests.conftest import require
+
+pytestmark = pytest.mark.mounts
+
+LAYERBENCH_DRIVERS = ["containerd/overlayfs", "containerd/native", "containerd/btrfs"]
+
+
+@pytest.fixture(scope="module")
+def containerd_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One containerd for the module, its root on a btrfs store; stopped and released after."""
+    require("containerd/btrfs")
+    workdir = tmp_path_factory.mktemp("containerd")
+    with BackingStore(workdir / "store", "btrfs", 2 << 30) as mnt:
+        (mnt / "containerd").mkdir(mode=0o700)
+        with ContainerdDaemon(mnt / "containerd") as address:
+            yield address
+
+
+@pytest.fixture
+def layerbench_driver_class(layerbench_driver_name: str, containerd_address: str) -> type[Driver]:
+    """The conformance suite's driver, on the module's daemon (as `--containerd-address` does)."""
+    cls = default_plugins().driver(layerbench_driver_name).at(containerd_address)
+    if (reason := cls.probe()) is not None:
+        pytest.skip(f"{cls.name}: {reason}")
+    return cls
+
+
+def _two_layers(driver: Driver) -> str:
+    layers = files_image([[FileSpec("etc/a", 4096, 1)], [FileSpec("etc/b", 8192, 2)]])
+    from layerbench.images.build import build_image
+
+    return build_image(driver, layers)
+
+
+def test_layers_live_in_containerds_root_and_its_content_store_keeps_no_blob(
+    containerd_address: str, tmp_path: Path
+) -> None:
+    """A layer goes through the content store and the applier into the snapshotter's own root;
+    the container's mount is what Mounts returned (containerd's overlay: index=off, full lowerdir paths)."""
+    cls = default_plugins().driver("containerd/overlayfs").at(containerd_address)
+    with driver_session(cls, tmp_path / "s") as d:
+        top = _two_layers(d)
+        d.create_container("c0", top)
+        root = d.mount("c0")
+        assert sorted(os.listdir(root / "etc")) == ["a", "b"]
+        info = d.inspect("c0")
+        assert info["MountType"] == "overlay"
+        options = info["MountOptions"].split(",")
+        assert "index=off" in options
+        lowers = next(o for o in options if o.startswith("lowerdir=")).removeprefix("lowerdir=").split(":")
+        assert len(lowers) == 2 and all("io.containerd.snapshotter.v1.overlayfs/snapshots/" in p for p in lowers)
+        assert not str(lowers[0]).startswith(str(d.home)), "the snapshots are containerd's, not in the driver's home"
+        assert int(d.inspect(top)["UsageBytes"]) >= 8192  # the snapshotter's own Usage of the top layer
+        d.unmount("c0")
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_a_users_daemon_keeps_nothing_of_ours(containerd_address: str, tmp_path: Path) -> None:
+    """With --containerd-address everything is made in a namespace of our own, and it goes with `close`."""
+    cls = default_plugins().driver("containerd/native").at(containerd_address)
+    with driver_session(cls, tmp_path / "s") as d:
+        top = _two_layers(d)
+        d.create_container("c0", top)
+        d.mount("c0")
+        namespace = d.inspect("c0")["Namespace"]
+        client = Containerd(containerd_address, "default")
+        assert namespace in client.namespaces()
+    try:
+        assert namespace not in client.namespaces()
+    finally:
+        client.close()
+
+
+def test_a_missing_or_wrong_address_is_one_sentence() -> None:
+    cls = default_plugins().driver("containerd/overlayfs")
+    assert "No such file" in (cls.at("/nonexistent/c.sock").probe() or "")
+    assert (cls.at("/etc/hostname").probe() or "").endswith("not a unix socket")
+
+
+def test_a_cell_starts_its_own_daemon_and_stops_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's containerd cell: its daemon on the cell's store, in the ledger, stopped after the cell."""
+    require("containerd/overlayfs")
+    noted: list[tuple[str, str]] = []
+    made, released = Ledger.made, Ledger.released
+
+    def note_made(self: Ledger, kind: str, path: Path | str) -> None:
+        noted.append(("make", kind))
+        made(self, kind, path)
+
+    def note_released(self: Ledger, kind: str, path: Path | str) -> None:
+        noted.append(("release", kind))
+        released(self, kind, path)
+
+    monkeypatch.setattr(Ledger, "made", note_made)
+    monkeypatch.setattr(Ledger, "released", note_released)
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'name = "s"\ndescription = "a containerd cell"\n'
+        '[image]\nsource = "synthetic"\nlayers = 2\nfiles = 8\nbytes = 65536\nseed = 1\n'
+        '[[image.file]]\npath = "etc/app.conf"\nsize = 4096\nlayer = 0\n'
+        "[repeat]\nsamples = 2\nwarmup = 0\n"
+        '[[step]]\nop = "start"\nmeasure = "startup_ns"\n'
+        '[[step]]\nop = "append"\npath = "etc/app.conf"\nmeasure = "copy_up_ns"\n'
+        '[[step]]\nop = "commit"\nmeasure = "commit_ns"\n'
+        '[[step]]\nop = "usage"\n'
+    )
+    config = RunConfig(
+        scenarios=(str(scenario),),
+        drivers=("containerd/overlayfs",),
+        results_dir=tmp_path / "results",
+        work_root=tmp_path / "work",
+        target_ci=0.0,
+    )
+    doc, _path = run(config, progress=lambda _line: None)
+    (cell,) = doc["cells"]
+    assert cell["status"] == "ok", cell["error"]
+    assert {"startup_ns", "copy_up_ns", "commit_ns", "disk_bytes"} <= set(cell["metrics"])
+    assert [op for op, kind in noted if kind == "daemon"] == ["make", "release"]
+    assert not _containerd_of(tmp_path)
+    results.validate(doc)
+
+
+def _containerd_of(root: Path) -> list[int]:
+    """Pids of containerd daemons whose command line names a path under `root`."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"containerd") and str(root).encode() in b" ".join(cmd):
+            pids.append(int(pid))
+    return pids
+
+
+def test_cleanup_stops_the_daemon_of_a_run_that_died(tmp_path: Path) -> None:
+    """A run killed with its daemon up: `cleanup` stops that daemon (by pid and start time) from the ledger."""
+    require("containerd/overlayfs")
+    run_dir = tmp_path / "work" / "run-dead"
+    run_dir.mkdir(parents=True)
+    ledger = Ledger(run_dir / LEDGER_NAME).open()
+    (run_dir / "d").mkdir()
+    daemon = ContainerdDaemon(run_dir / "d", ledger)
+    daemon.start()
+    try:
+        ledger.close()  # the run dies: its lock goes, the daemon stays
+        daemon.ledger = None
+        assert _containerd_of(tmp_path)
+        actions, live = release_abandoned(tmp_path / "work")
+        assert not live and any(a == f"killed process {daemon.ident.split(':')[0]}" for a in actions), actions
+        assert not _containerd_of(tmp_path)
+    finally:
+        daemon.stop()
