@@ -286,3 +286,18 @@ def test_a_present_base_is_not_fetched_again() -> None:
         second_pulled_layer0_bytes=[MiB - 254],
     )
     assert _claim(doc(shared, fetched), "An image whose base")["verdict"] == NOT_HELD
+
+
+def test_the_commit_claim_on_btrfs_is_decided_on_what_the_layer_holds_alone() -> None:
+    def commit(**metrics: list[float]) -> list[dict[str, str]]:
+        rows = evaluate(doc(cell("commit", "btrfs", {}, written_bytes=[47.7 * MiB], **metrics)))
+        return [r for r in rows if r["claim"].startswith("A commit adds one layer")]
+
+    # beside the live container the snapshot shares every extent: 32 KiB decided nothing; alone it holds the changes
+    (row,) = commit(commit_layer_bytes=[32 * 1024], layer_alone_disk_bytes=[47.9 * MiB])
+    assert row["verdict"] == HELD
+    assert row["figures"] == "btrfs: new layer 47.9 MiB alone for 47.7 MiB of changes on a 100 MiB image"
+    (row,) = commit(commit_layer_bytes=[32 * 1024], layer_alone_disk_bytes=[32 * 1024])  # the changes went missing
+    assert row["verdict"] == NOT_HELD
+    (row,) = commit(commit_layer_bytes=[32 * 1024], layer_alone_disk_bytes=[148 * MiB])  # the image copied too
+    assert row["verdict"] == NOT_HELD

@@ -116,15 +116,19 @@ def _commit(doc: dict[str, Any]) -> Verdict:
     cells = _cells(doc, "commit")
     figures, decided, ok = [], False, True
     for c in sorted(cells, key=lambda c: c["driver"]):
-        layer, written = _median(c, "commit_layer_bytes"), _median(c, "written_bytes")
+        # what the layer holds alone, once the container is removed (a btrfs snapshot shares every extent with
+        # the live container, so what the commit added beside it is next to nothing and decides nothing)
+        alone, written = _median(c, "layer_alone_disk_bytes"), _median(c, "written_bytes")
+        layer = alone if alone is not None else _median(c, "commit_layer_bytes")
         if layer is None or not written:
             continue
         figures.append(
-            f"{c['driver']}: new layer {human(layer, 'bytes')} for {human(written, 'bytes')} of changes "
-            f"on a {human(c.get('image_bytes', 0), 'bytes')} image"
+            f"{c['driver']}: new layer {human(layer, 'bytes')}{' alone' if alone is not None else ''} for "
+            f"{human(written, 'bytes')} of changes on a {human(c.get('image_bytes', 0), 'bytes')} image"
         )
         if _style(doc, c["driver"]) in ("union", "snapshot"):
-            decided, ok = True, ok and layer <= 1.5 * written
+            holds = layer <= 1.5 * written and (alone is None or alone >= 0.5 * written)
+            decided, ok = True, ok and holds
     if not decided:
         return NOT_MEASURED, "; ".join(figures) or "no commit cells on a union or snapshot driver"
     return (HELD if ok else NOT_HELD), "; ".join(figures)
