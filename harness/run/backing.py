@@ -20,6 +20,8 @@ from layerbench.run.ledger import Ledger
 __all__ = [
     "BackingStore",
     "MKFS",
+    "MKFS_OPTIONS",
+    "mkfs_options",
     "Usage",
     "usage",
     "allocated_bytes",
@@ -30,7 +32,8 @@ __all__ = [
     "forget_pages",
 ]
 
-#: mkfs command per backing filesystem; the path argument is appended.
+#: mkfs command per backing filesystem; the path argument is appended. `MKFS_OPTIONS` are the options that
+#: make every store of a backing alike whatever its size (mkfs tools pick some by size), recorded per cell.
 MKFS: dict[str, list[str]] = {
     # With its journal, as /var/lib/docker has it (without one, ext4 here slows tenfold on
     # creating files after a large delete); inode tables written now, not by a background thread.
@@ -38,9 +41,23 @@ MKFS: dict[str, list[str]] = {
     "btrfs": ["mkfs.btrfs", "-q", "-f"],
     "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
 }
+MKFS_OPTIONS: dict[str, list[str]] = {
+    # mke2fs takes the "small" type under 512 MiB: 1 KiB blocks, 128-byte inodes, an inode per 4 KiB, so a
+    # 512-byte file took 1 KiB there and 4 KiB on a larger store; these are its "default" type's values
+    "ext4": ["-b", "4096", "-I", "256", "-i", "16384"],
+    # btrfs-progs' defaults since 5.15 (mixed block groups are never chosen for us; DUP metadata on one device)
+    "btrfs": ["--nodesize", "16384", "--sectorsize", "4096", "-m", "dup", "-d", "single"],
+    # xfs: 4 KiB blocks, 512-byte inodes, four allocation groups whatever the size
+    "xfs": ["-b", "size=4096", "-i", "size=512", "-d", "agcount=4"],
+}
 MIN_SIZE = {"ext4": 64 << 20, "btrfs": 256 << 20, "xfs": 320 << 20}
 #: "dir" is a plain directory: the fallback where loop devices are not allowed.
 BACKINGS = (*MKFS, "dir")
+
+
+def mkfs_options(fstype: str) -> str:
+    """The mkfs options that fix a store's layout, as a cell records them ("" for a plain directory)."""
+    return " ".join(MKFS_OPTIONS.get(fstype, []))
 
 
 def unavailable(fstype: str) -> str | None:
@@ -295,7 +312,7 @@ class BackingStore:
             with open(self.image, "wb") as f:
                 f.truncate(self.size_bytes)
             extra = ["-N", str(self.inodes)] if self.fstype == "ext4" and self.inodes else []
-            _run([*MKFS[self.fstype], *extra, str(self.image)])
+            _run([*MKFS[self.fstype], *MKFS_OPTIONS[self.fstype], *extra, str(self.image)])
         self._note("loop", self.image)
         self.loop = _run(["losetup", "--find", "--show", str(self.image)])
         # Direct I/O: reads and writes go to the image file without the host's page cache, so

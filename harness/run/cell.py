@@ -289,6 +289,7 @@ def run_cell(
         with _time_limit(sampling.timeout_s):
             home = store.open() / cell.driver.name
             out["loop_direct_io"] = store.direct_io
+            out["mkfs_options"] = backing.mkfs_options(cell.backing)  # alike on every store of this backing
             if template is None:
                 home.mkdir(mode=0o700, parents=True)  # an engine driver's name has a slash: containerd/native
             measure = _measure_in_userns if cell.driver.userns else _measure
