@@ -12,7 +12,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import itertools
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,6 +24,7 @@ from typing import Any
 from layerbench.errors import UserError
 from layerbench.images.image import FileSpec, Image, SyntheticImage, synthetic_image
 from layerbench.images.oci import COMPRESSIONS
+from layerbench.kernel.confined import path_error
 from layerbench.kernel.netshape import parse_link
 from layerbench.ops import BOOL, ERRNOS, FRACTION, INT, MODE, NUMBER, OPS, SELECT, SIZE, STR
 
@@ -257,9 +260,39 @@ def _describe(kind: Any) -> str:
     return _KIND_TEXT[kind]
 
 
-def _relative(c: _Checker, path: Any, where: str) -> None:
-    if isinstance(path, str) and not _REF.match(path) and (path.startswith("/") or ".." in path.split("/")):
-        raise c.fail(where, "must be relative to the container root, without '..'")
+def _relative(c: _Checker, path: Any, where: str, param: str | None = None) -> None:
+    """A path inside the container (or image) root: relative, no `..`, no NUL, not empty.
+
+    Checked on the literal and again on every value a `${param}` takes (from the file's
+    sets and from --param), once substituted; `param` names the parameter then.
+    """
+    if not isinstance(path, str) or (param is None and _REF.match(path)):
+        return
+    why = path_error(path)
+    if why is not None:
+        raise c.fail(where, f"{why}, got {path!r}" + (f" (parameter {param})" if param else ""))
+
+
+#: the fields of a step that name a path inside the container
+_PATH_FIELDS = ("path", "to", "glob")
+
+
+def _substituted_paths(c: _Checker, data: dict[str, Any], sets: list[dict[str, Any]]) -> None:
+    """Every path-like field again, once each set's parameters are substituted (the literal
+    check above sees only `${p}`)."""
+    tables: list[tuple[str, dict[str, Any]]] = [(f"step[{i}].", s) for i, s in enumerate(data.get("step", []))]
+    images = [("image", data.get("image", {})), *((f"images[{i}]", e) for i, e in enumerate(data.get("images", [])))]
+    for at, image in images:
+        for kind in ("file", "remove"):
+            tables += [(f"{at}.{kind}[{i}].", e) for i, e in enumerate(image.get(kind, []))]
+    for where, entry in tables:
+        for key in _PATH_FIELDS:
+            raw = entry.get(key)
+            m = _REF.match(raw) if isinstance(raw, str) else None
+            if m is None:
+                continue
+            for s in sets:
+                _relative(c, s[m.group(1)], f"{where}{key}", m.group(1))
 
 
 def _param_sets(data: dict[str, Any], path: str, overrides: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -336,11 +369,12 @@ def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> li
     elif source == "registry":
         c.fields(image, {"reference": (STR, True), "token": (STR, False), "insecure": (BOOL, False)}, "image.")
     elif source in _SOURCES:
-        if not isinstance(image.get("path"), str):
-            raise c.fail("image.path", f"required for source {source!r}: a path, relative to the scenario file")
-        target = Path(path).parent / image["path"]
-        if not target.exists():
-            raise c.fail("image.path", f"{target} does not exist")
+        raw = image.get("path")
+        ref = _REF.match(raw) if isinstance(raw, str) else None
+        for value in [s[ref.group(1)] for s in sets if ref.group(1) in s] if ref else [raw]:
+            if not isinstance(value, str):
+                raise c.fail("image.path", f"required for source {source!r}: a path, relative to the scenario file")
+            _image_path(c, Path(path).parent, value, source)
 
     order = _image_order(c, data)
     c.images = RESERVED_IMAGES + tuple(order)
@@ -372,6 +406,7 @@ def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> li
             raise c.fail(
                 f"images[{i}].prebuilt", f"false, but no build or pull step imports {name!r} (image = {name!r})"
             )
+    _substituted_paths(c, data, sets)
     return order
 
 
@@ -380,6 +415,24 @@ def _check_debian(c: _Checker, image: dict[str, Any], at: str) -> None:
     from layerbench.images.debian import recipe_names
 
     c.fields(image, {"recipe": (recipe_names(), True), "compression": (tuple(COMPRESSIONS), False)}, f"{at}.")
+
+
+def _image_path(c: _Checker, here: Path, value: str, source: str) -> None:
+    """`[image] path` of a host source: there, and a directory or regular file (a fifo would
+    block the first open before any cell, where no --cell-timeout applies)."""
+    if "\0" in value:
+        raise c.fail("image.path", f"{value!r} holds a NUL byte")
+    target = here / value
+    try:
+        mode = os.stat(target).st_mode  # stat opens nothing: a fifo or a device cannot block it
+    except FileNotFoundError:
+        raise c.fail("image.path", f"{target} does not exist") from None
+    except OSError as exc:
+        raise c.fail("image.path", f"{target}: {exc.strerror}") from None
+    want = stat.S_ISDIR(mode) if source == "dir" else stat.S_ISDIR(mode) or stat.S_ISREG(mode)
+    if not want:
+        kind = "a directory" if source == "dir" else "a directory or a regular file"
+        raise c.fail("image.path", f"{target} is not {kind} (image source {source!r})")
 
 
 def _check_synthetic(c: _Checker, image: dict[str, Any], at: str) -> None:
