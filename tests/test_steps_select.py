@@ -206,9 +206,13 @@ def test_an_entry_swapped_after_selection_is_refused_on_open(tmp_path: Path) -> 
 
     os.mkfifo(tmp_path / "fifo")
     os.symlink("fifo", tmp_path / "link")
-    with pytest.raises(OSError) as exc:
-        steps._open(str(tmp_path / "fifo"), os.O_RDONLY)
-    assert exc.value.errno == errno.EINVAL and "a fifo, not a regular file" in str(exc.value)
-    with pytest.raises(OSError) as exc:
-        steps._open(str(tmp_path / "link"), os.O_RDONLY)
-    assert exc.value.errno == errno.ELOOP
+    dfd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError) as exc:
+            steps._open((dfd, "fifo"), os.O_RDONLY)
+        assert exc.value.errno == errno.EINVAL and "a fifo, not a regular file" in str(exc.value)
+        with pytest.raises(OSError) as exc:
+            steps._open((dfd, "link"), os.O_RDONLY)
+        assert exc.value.errno == errno.ELOOP
+    finally:
+        os.close(dfd)

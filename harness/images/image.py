@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +21,7 @@ import numpy as np
 
 from layerbench.driver import LayerFormat
 from layerbench.images.layer_encoding import OPAQUE_XATTR, make_whiteout
+from layerbench.kernel.confined import Parents, Root
 
 __all__ = ["FileSpec", "LayerSpec", "Image", "SyntheticImage", "synthetic_image", "apply_layer", "write_whiteout"]
 
@@ -154,22 +156,33 @@ def _content(spec: FileSpec) -> bytes:
     return np.random.default_rng(spec.seed).bytes(spec.size)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        path.unlink()
+def _remove(parents: Parents, path: str) -> None:
+    """Delete `path` below the root, whatever it is (nothing there: nothing to do)."""
+    try:
+        pfd, name = parents.at(path)
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=pfd)
+    else:
+        os.unlink(name, dir_fd=pfd)
 
 
 def write_whiteout(root: Path, path: str, layer_format: LayerFormat) -> None:
-    """Remove `path` the driver's way: delete it (FULL) or an overlay 0/0 char device (DIFF)."""
-    target = root / path
-    if layer_format is LayerFormat.FULL:
-        _remove(target)
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove(target)
-    make_whiteout(target)
+    """Remove `path` the driver's way: delete it (FULL) or an overlay 0/0 char device (DIFF).
+
+    `path` comes from a scenario (`[[image.remove]]`): it is resolved beneath `root`
+    by openat2 (harness/kernel/confined.py), so it cannot reach above it.
+    """
+    with Root(root) as box, Parents(box) as parents:
+        if layer_format is LayerFormat.FULL:
+            _remove(parents, path)
+            return
+        box.makedirs(os.path.dirname(path))
+        _remove(parents, path)
+        pfd, name = parents.at(path)
+        make_whiteout(name, pfd)
 
 
 def apply_layer(
@@ -179,27 +192,31 @@ def apply_layer(
 
     An existing path is replaced (unlinked, then created), as the OCI spec says for
     a layer entry over a non-directory; with `LayerFormat.DIFF` the directory is
-    empty to begin with and only the layer's own files land in it.
+    empty to begin with and only the layer's own files land in it. Every path is
+    resolved beneath `root` (openat2: no `..` above it, no symlink followed), so a
+    scenario's `[[image.file]]` cannot write outside the layer.
     """
-    base, made = os.fspath(root), set()  # the directories made so far: one makedirs per directory
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    for spec in files:
-        path = f"{base}/{spec.path}"
-        parent = os.path.dirname(path)
-        if parent not in made:
-            os.makedirs(parent, exist_ok=True)
-            made.add(parent)
-        data = contents[str(spec.seed)] if contents is not None else _content(spec)
-        try:
-            fd = os.open(path, flags, spec.mode)
-        except FileExistsError:  # a lower layer's file (FULL) or an earlier entry: replace it
-            os.unlink(path)
-            fd = os.open(path, flags, spec.mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        if spec.mode & 0o7000:
-            os.chmod(path, spec.mode)
+    made: set[str] = set()  # the directories made so far: one makedirs per directory
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    os.makedirs(root, exist_ok=True)  # the layer's own directory (the harness's path)
+    with Root(root) as box, Parents(box) as parents:
+        for spec in files:
+            parent = os.path.dirname(spec.path)
+            if parent not in made:
+                box.makedirs(parent)
+                made.add(parent)
+            pfd, name = parents.at(spec.path)
+            data = contents[str(spec.seed)] if contents is not None else _content(spec)
+            try:
+                fd = os.open(name, flags, spec.mode, dir_fd=pfd)
+            except FileExistsError:  # a lower layer's file (FULL) or an earlier entry: replace it
+                os.unlink(name, dir_fd=pfd)
+                fd = os.open(name, flags, spec.mode, dir_fd=pfd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if spec.mode & 0o7000:  # setuid, setgid, sticky: open(2) drops them under a umask
+                    os.fchmod(fd, spec.mode)
+            finally:
+                os.close(fd)

@@ -83,7 +83,8 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = BEN
     """openat2(2): open `path` relative to `dirfd` under the `resolve` restrictions; returns the fd."""
     if "\0" in path:
         raise Escape(f"{path!r}: holds a NUL byte")
-    how = _OpenHow(flags | os.O_CLOEXEC, mode if flags & (os.O_CREAT | os.O_TMPFILE) else 0, resolve)
+    creates = flags & os.O_CREAT or flags & os.O_TMPFILE == os.O_TMPFILE  # O_TMPFILE holds O_DIRECTORY's bit
+    how = _OpenHow(flags | os.O_CLOEXEC, mode if creates else 0, resolve)
     fd = _libc.syscall(
         _SYS_OPENAT2, ctypes.c_int(dirfd), os.fsencode(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))
     )
@@ -145,7 +146,7 @@ class Root:
         """An `O_PATH` fd of the directory `rel` below the root."""
         return self.open(rel, _DIR)
 
-    def makedirs(self, rel: str, mode: int = 0o755) -> None:
+    def makedirs(self, rel: str, mode: int = 0o777) -> None:
         """mkdir -p of `rel` below the root, one component at a time (no symlink followed)."""
         fd = os.dup(self.fd)
         try:
@@ -212,10 +213,10 @@ class Parents:
         """`at` of each path, in order."""
         return [self.at(rel) for rel in rels]
 
-    def kind(self, rel: str) -> tuple[int, int] | None:
-        """What stands at `rel` and on the way: None if nothing (or a regular file at the end), else
-        (index of the component, its st_mode) of the first entry that is not a directory on the
-        way or not a regular file at the end. Nothing is followed or opened but directories."""
+    def kind(self, rel: str) -> tuple[bool, int] | None:
+        """The first entry on the way to `rel` that is not a directory, or at `rel` not a regular
+        file: (whether it is `rel` itself, its st_mode); None if there is none (or nothing there).
+        Nothing is followed, and only directories are opened."""
         parts = _parts(rel)
         for i, name in enumerate(parts):
             pfd = self.dir("/".join(parts[:i]))
@@ -225,5 +226,5 @@ class Parents:
                 return None
             last = i == len(parts) - 1
             if (last and not stat.S_ISREG(mode)) or (not last and not stat.S_ISDIR(mode)):
-                return i, mode
+                return last, mode
         return None

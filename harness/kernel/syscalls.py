@@ -25,6 +25,9 @@ __all__ = [
     "has_new_mount_api",
     "syncfs",
     "MNT_DETACH",
+    "UMOUNT_NOFOLLOW",
+    "bind_mount_at",
+    "tmpfs_mount_at",
 ]
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -33,6 +36,7 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.syscall.restype = ctypes.c_long
 
 MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -44,7 +48,11 @@ _SAFE_FLAGS = MS_NODEV | MS_NOSUID
 _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 0x2, 0x4
 
 # The new mount API: the same numbers on every architecture (added after 4.20's unification).
-_SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 429, 430, 431, 432
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 428, 429, 430, 431, 432
+_SYS_MOUNT_SETATTR = 442
+_OPEN_TREE_CLONE = 1
+_AT_EMPTY_PATH = 0x1000
+_MOVE_MOUNT_T_EMPTY_PATH = 0x40
 _FSOPEN_CLOEXEC = 1
 _FSCONFIG_SET_FLAG = 0
 _FSCONFIG_SET_STRING = 1
@@ -177,6 +185,88 @@ def overlay_mount(
             os.close(mfd)
     finally:
         os.close(fd)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _move_onto(mfd: int, target_fd: int, what: str) -> None:
+    """move_mount(2) of the detached mount `mfd` onto the directory fd `target_fd` (no path looked up)."""
+    _check(
+        _libc.syscall(
+            _SYS_MOVE_MOUNT,
+            ctypes.c_int(mfd),
+            b"",
+            ctypes.c_int(target_fd),
+            b"",
+            ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH | _MOVE_MOUNT_T_EMPTY_PATH),
+        ),
+        f"move_mount ({what})",
+    )
+
+
+def tmpfs_mount_at(target_fd: int, options: str = "") -> None:
+    """Mount a new tmpfs (nodev, nosuid) on the directory open as `target_fd` (an `O_PATH` fd
+    resolved beneath a container's root: the mount lands exactly there, whatever its path)."""
+    fd = _check(_libc.syscall(_SYS_FSOPEN, b"tmpfs", ctypes.c_uint(_FSOPEN_CLOEXEC)), "fsopen tmpfs")
+    try:
+        for item in filter(None, options.split(",")):
+            key, _, value = item.partition("=")
+            _fsconfig(fd, key.encode(), value.encode())
+        _fsconfig(fd, None, None, _FSCONFIG_CMD_CREATE)
+        mfd = _check(
+            _libc.syscall(
+                _SYS_FSMOUNT,
+                ctypes.c_int(fd),
+                ctypes.c_uint(_FSMOUNT_CLOEXEC),
+                ctypes.c_uint(_MOUNT_ATTR_NODEV | _MOUNT_ATTR_NOSUID),
+            ),
+            "fsmount tmpfs",
+        )
+        try:
+            _move_onto(mfd, target_fd, "tmpfs")
+        finally:
+            os.close(mfd)
+    finally:
+        os.close(fd)
+
+
+def bind_mount_at(source: str, target_fd: int) -> None:
+    """Bind-mount the directory `source` (nodev, nosuid) on the directory open as `target_fd`:
+    open_tree(OPEN_TREE_CLONE), mount_setattr, move_mount onto the fd."""
+    mfd = _check(
+        _libc.syscall(
+            _SYS_OPEN_TREE,
+            ctypes.c_int(_AT_FDCWD),
+            source.encode(),
+            ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC),
+        ),
+        "open_tree",
+        source,
+    )
+    try:
+        attr = _MountAttr(_MOUNT_ATTR_NODEV | _MOUNT_ATTR_NOSUID, 0, 0, 0)
+        _check(
+            _libc.syscall(
+                _SYS_MOUNT_SETATTR,
+                ctypes.c_int(mfd),
+                b"",
+                ctypes.c_uint(_AT_EMPTY_PATH),
+                ctypes.byref(attr),
+                ctypes.c_size_t(ctypes.sizeof(attr)),
+            ),
+            "mount_setattr",
+            source,
+        )
+        _move_onto(mfd, target_fd, "bind")
+    finally:
+        os.close(mfd)
 
 
 _libc.syncfs.argtypes = [ctypes.c_int]

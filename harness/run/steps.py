@@ -8,10 +8,19 @@ File steps touch regular files only (docs/images.md, threat model): the selectio
 drops every other entry (symlinks, devices, fifos, sockets, directories) and says
 so, globs never follow a symlink, and every open is O_NOFOLLOW | O_NONBLOCK with
 a type check after it.
+
+Every file operation is confined to the container's root by construction
+(harness/kernel/confined.py, docs/scenarios.md): the parent directory of each path
+is opened by openat2(2) beneath the root's fd before the clock (no `..` above it, no
+symlink, no absolute path), and the timed op is one syscall on a single name in it
+(openat, unlinkat, renameat, fchmodat2, fchownat, fstatat, mkdirat). A path that
+would leave the root fails with `Escape` before anything is touched, whatever the
+scenario check let through.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import hashlib
@@ -20,7 +29,7 @@ import random
 import re
 import stat
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter_ns
@@ -32,7 +41,8 @@ from layerbench.images.build import build_image
 from layerbench.images.config import ImageConfig
 from layerbench.images.image import Image, LayerSpec, SyntheticImage
 from layerbench.images.registry_client import client_for
-from layerbench.kernel import pagecache, safety, syscalls
+from layerbench.kernel import confined, pagecache, safety, syscalls
+from layerbench.kernel.confined import Parents, Root
 from layerbench.kernel.netshape import parse_link
 from layerbench.kernel.treecopy import copy_tree
 from layerbench.ops import OPS
@@ -45,6 +55,8 @@ __all__ = ["SampleState", "Recorder", "run_step", "BEHAVIOUR", "glob_paths"]
 
 Recorder = Callable[[str, int], None]
 Outcome = Callable[[str, str], None]
+#: a path of a step, resolved before the clock: its parent directory's fd and its last name
+Target = tuple[int, str]
 
 
 @dataclass
@@ -74,6 +86,7 @@ class SampleState:
     registries: Registries | None = None  # the cell's registries, one per link (run/registry.py): `pull` starts them
     pulled: StoreLayers = field(default_factory=StoreLayers)  # layers the sample's pulls put in the store, by chain
     configs: dict[str, ImageConfig] = field(default_factory=dict)  # image name ("base" too) -> config, once pulled
+    boxes: dict[str, Root] = field(default_factory=dict)  # container -> its root's fd, every path resolved beneath
 
     @property
     def root(self) -> Path:
@@ -81,10 +94,34 @@ class SampleState:
             raise RuntimeError("this step needs a container: add a 'start' step before it")
         return self.roots[self.containers[-1]]
 
+    @property
+    def box(self) -> Root:
+        """The last container's root, as the fd every path of a step is resolved beneath."""
+        return self.confined(self.containers[-1] if self.containers else "")
+
+    def confined(self, cid: str) -> Root:
+        """Container `cid`'s root as a `Root` (opened once, closed with the container)."""
+        if cid not in self.boxes:
+            if cid not in self.roots:
+                raise RuntimeError("this step needs a container: add a 'start' step before it")
+            self.boxes[cid] = Root(self.roots[cid])
+        return self.boxes[cid]
+
+    def close_roots(self) -> None:
+        for box in self.boxes.values():
+            box.close()
+        self.boxes = {}
+
+    def release_volumes(self) -> None:
+        """Unmount the sample's volumes (each mounted below a container's root), last first."""
+        self.close_roots()
+        for point in reversed(self.volumes):
+            syscalls.umount(point, syscalls.UMOUNT_NOFOLLOW)
+        self.volumes = []
+
     def release(self) -> None:
         """Unmount volumes and containers, remove containers and layers the sample made."""
-        for point in reversed(self.volumes):
-            syscalls.umount(point)
+        self.release_volumes()
         for cid in reversed(self.mounted):
             self.driver.unmount(cid)
         for cid in reversed(self.containers):
@@ -122,15 +159,18 @@ def _kind(mode: int) -> str:
     return _KINDS.get(stat.S_IFMT(mode), "special file")
 
 
-def glob_paths(root: str, pattern: str) -> list[str]:
+def glob_paths(root: str | Root, pattern: str) -> list[str]:
     """The entries under `root` whose relative path matches `pattern`, sorted, without following symlinks.
 
     Components are `/`-separated fnmatch patterns; `**` stands for any number of
     directories, none included. As with Python's glob, a name starting with `.`
     matches only a component starting with `.`. Only real directories are entered
-    (`os.scandir`, no symlink followed), each once per pattern position, so a tree
-    of symlink loops ends at once.
+    (`os.scandir` of a directory opened beneath the root, no symlink followed),
+    each once per pattern position, so a tree of symlink loops ends at once.
     """
+    if not isinstance(root, Root):
+        with Root(root) as box:
+            return glob_paths(box, pattern)
     parts = [p for p in pattern.split("/") if p]
     rules = [None if p == "**" else re.compile(fnmatch.translate(p)) for p in parts]
     found: set[str] = set()
@@ -149,9 +189,13 @@ def glob_paths(root: str, pattern: str) -> list[str]:
         if rule is None:
             stack.append((rel, i + 1))  # `**` as no directory at all
         try:
-            entries = list(os.scandir(os.path.join(root, rel) if rel else root))
-        except (NotADirectoryError, FileNotFoundError, PermissionError):
+            fd = root.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+        except (NotADirectoryError, FileNotFoundError, PermissionError, OSError):
             continue
+        try:
+            entries = list(os.scandir(fd))
+        finally:
+            os.close(fd)
         for entry in entries:
             name = entry.name
             child = f"{rel}/{name}" if rel else name
@@ -171,37 +215,25 @@ def glob_paths(root: str, pattern: str) -> list[str]:
     return sorted(found)
 
 
-def _skip_reason(root: Path, rel: str) -> str | None:
-    """Why the file step must not open `root/rel`, or None: a regular file, or nothing
+def _skip_reason(parents: Parents, rel: str) -> str | None:
+    """Why the file step must not open `rel`, or None: a regular file, or nothing
     there yet (a write creates it; any other op fails with ENOENT, as it should)."""
-    parts = rel.split("/")
-    at = str(root)
-    for i, name in enumerate(parts):
-        at = os.path.join(at, name)
-        try:
-            mode = os.lstat(at).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        last = i == len(parts) - 1
-        if last and stat.S_ISREG(mode):
-            return None
-        if last:
-            return _kind(mode)
-        if not stat.S_ISDIR(mode):
-            return f"path through a {_kind(mode)}"
-    return None
+    found = parents.kind(rel)
+    if found is None:
+        return None
+    last, mode = found
+    return _kind(mode) if last else f"path through a {_kind(mode)}"
 
 
-def _select(state: SampleState, args: dict[str, Any]) -> tuple[list[str], Counter[str]]:
-    """The regular files a step works on, as absolute paths, chosen before the clock,
-    and how many entries of each other kind the selection skipped."""
-    root = state.root
+def _select(state: SampleState, args: dict[str, Any], parents: Parents) -> tuple[list[str], Counter[str]]:
+    """The regular files a step works on, as paths relative to the root, chosen before the
+    clock, and how many entries of each other kind the selection skipped."""
     if "path" in args and "count" in args:
         rels = [args["path"].replace("{i}", str(i)) for i in range(args["count"])]
     elif "path" in args:
         rels = [args["path"]]
     elif "glob" in args:
-        rels = glob_paths(str(root), args["glob"])
+        rels = glob_paths(parents.root, args["glob"])
         if not rels:
             raise FileNotFoundError(errno.ENOENT, f"glob {args['glob']!r} matched nothing")
     else:
@@ -211,8 +243,8 @@ def _select(state: SampleState, args: dict[str, Any]) -> tuple[list[str], Counte
     paths: list[str] = []
     skipped: Counter[str] = Counter()
     for rel in rels:
-        if (why := _skip_reason(root, rel)) is None:
-            paths.append(str(root / rel))
+        if (why := _skip_reason(parents, rel)) is None:
+            paths.append(rel)
         else:
             skipped[why] += 1
     return paths, skipped
@@ -238,20 +270,28 @@ def _report_skipped(state: SampleState, step: Step, outcome: Outcome) -> None:
         outcome(step.label, f"skipped {_counted(kind, n)}")
 
 
-def _open(path: str, flags: int, mode: int = 0o644) -> int:
-    """open(2) of a regular file: no symlink followed, no blocking, and the type checked on the fd."""
-    fd = os.open(path, flags | _OPEN_FLAGS, mode)
+def _open(target: Target, flags: int, mode: int = 0o644) -> int:
+    """openat(2) of a regular file, one name in its parent's fd: no symlink followed, no blocking,
+    and the type checked on the fd."""
+    pfd, name = target
+    fd = os.open(name, flags | _OPEN_FLAGS, mode, dir_fd=pfd)
     st_mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(st_mode):
         os.close(fd)
-        raise OSError(errno.EINVAL, f"a {_kind(st_mode)}, not a regular file: file steps open regular files only", path)
+        raise OSError(errno.EINVAL, f"a {_kind(st_mode)}, not a regular file: file steps open regular files only", name)
     return fd
 
 
-def _batch(paths: list[str], one: Callable[[str], object]) -> Callable[[], None]:
+def _check_type(fd: int, rel: str) -> None:
+    st_mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(st_mode):
+        raise OSError(errno.EINVAL, f"a {_kind(st_mode)}, not a regular file: file steps open regular files only", rel)
+
+
+def _batch(targets: list[Target], one: Callable[[Target], object]) -> Callable[[], None]:
     def run() -> None:
-        for p in paths:
-            one(p)
+        for t in targets:
+            one(t)
 
     return run
 
@@ -286,9 +326,7 @@ def _start(state: SampleState, step: Step, record: Recorder) -> None:
 
 
 def _remove(state: SampleState, step: Step, record: Recorder) -> None:
-    for point in reversed(state.volumes):
-        syscalls.umount(point)
-    state.volumes = []
+    state.release_volumes()
     for cid in reversed(state.containers):
         mounted = cid in state.mounted
         t0 = perf_counter_ns()
@@ -418,9 +456,10 @@ def _expect(state: SampleState, step: Step, record: Recorder) -> None:
             )
         data = SyntheticImage((LayerSpec((spec,)),)).contents()[str(spec.seed)]
         want, what = hashlib.sha256(data).hexdigest(), f"layer {layer}'s copy"
-    fd = _open(str(state.root / rel), os.O_RDONLY)
+    fd = state.box.open(rel, os.O_RDONLY | _OPEN_FLAGS)  # openat2 beneath the root: no symlink, no '..'
     digest = hashlib.sha256()
     try:
+        _check_type(fd, rel)
         while chunk := os.read(fd, 1 << 20):
             digest.update(chunk)
     finally:
@@ -433,8 +472,8 @@ def _expect(state: SampleState, step: Step, record: Recorder) -> None:
 def _page_cache(state: SampleState, step: Step, record: Recorder) -> None:
     """Read the selected files in each mounted container in turn, from a dropped cache; record the
     page cache the first container's reads added and what each further one added (docs/memory.md)."""
-    paths, _ = _select(state, step.args)
-    rel = [os.path.relpath(p, state.root) for p in paths]
+    with Parents(state.box) as parents:
+        rel, _ = _select(state, step.args, parents)
     store = state.store.mountpoint
     try:
         syscalls.drop_caches()
@@ -443,7 +482,8 @@ def _page_cache(state: SampleState, step: Step, record: Recorder) -> None:
     files = pagecache.regular_files(store)  # once: reading adds no file
     start = before = pagecache.cached_bytes(files)
     for i, cid in enumerate(state.mounted):
-        _read(step.args, [str(state.roots[cid] / p) for p in rel])()
+        with Parents(state.confined(cid)) as parents:
+            _read(step.args, parents.prepare(rel))()
         after = pagecache.cached_bytes(files)
         record("page_cache_first_bytes" if i == 0 else "page_cache_per_container_bytes", after - before)
         before = after
@@ -454,26 +494,44 @@ def _volume(state: SampleState, step: Step, record: Recorder) -> None:
     """A volume at `path` in the last container: a bind-mounted host directory or a tmpfs.
 
     With `populate`, the image's content at that path is copied in first, as Docker
-    does for a new named volume. Volume writes bypass the storage driver.
+    does for a new named volume. Volume writes bypass the storage driver. The target
+    is resolved beneath the container's root (openat2) and the volume mounted onto
+    that fd (move_mount), so it can only land inside the container.
     """
-    target = state.root / step.args["path"]
+    box, rel = state.box, step.args["path"]
     host = state.store.mountpoint / "volumes" / f"{state.containers[-1]}-{len(state.volumes)}"
     host.parent.mkdir(exist_ok=True)
-    populate = step.args.get("populate", False) and target.is_dir()
+    try:
+        populate = step.args.get("populate", False) and stat.S_ISDIR(box.lstat(rel).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        populate = False
     state.volume_dirs.append(host)
     if populate:
-        copy_tree(str(target), str(host))
+        with _fd(box.dir(rel)) as src:
+            copy_tree(src, str(host))
     else:
         host.mkdir()
-    target.mkdir(parents=True, exist_ok=True)
-    if step.args.get("kind", "bind") == "bind":
-        syscalls.mount(str(host), str(target), "", syscalls.MS_BIND)
-        state.volumes.append(str(target))
-    else:
-        syscalls.mount("tmpfs", str(target), "tmpfs", 0, "mode=0755")
-        state.volumes.append(str(target))
-        if populate:  # the tmpfs hides what was there; give it the image's content
-            copy_tree(str(host), str(target), into=True)
+    box.makedirs(rel)
+    with _fd(box.dir(rel)) as target:
+        fd = int(target.rsplit("/", 1)[1])
+        point = os.readlink(target)  # where the mount lands: below the root, for its umount
+        if step.args.get("kind", "bind") == "bind":
+            syscalls.bind_mount_at(str(host), fd)
+        else:
+            syscalls.tmpfs_mount_at(fd, "mode=0755")
+        state.volumes.append(point)
+    if populate and step.args.get("kind") == "tmpfs":  # the tmpfs hides what was there; give it the image's content
+        with _fd(box.dir(rel)) as dst:
+            copy_tree(str(host), dst, into=True)
+
+
+@contextlib.contextmanager
+def _fd(fd: int) -> Iterator[str]:
+    """`/proc/self/fd/N` of an fd opened beneath a root, for a tool that takes a path; closed after."""
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 # -- file ops: one sample per step, over the selected files --------------------------------
@@ -481,26 +539,31 @@ def _volume(state: SampleState, step: Step, record: Recorder) -> None:
 
 def _file_op(state: SampleState, step: Step, record: Recorder) -> None:
     args = OPS[step.op].with_defaults(step.args)
-    paths, skipped = _select(state, args)
-    if skipped:
-        state.skipped[step.label] = skipped
-    if not paths:
-        key = next(k for k in ("path", "glob", "fraction") if k in args)
-        what = f"{key} {args[key]!r}"
-        detail = f" (skipped {_skipped_text(skipped)})" if skipped else ""
-        raise FileNotFoundError(
-            errno.ENOENT, f"{what} selects no regular file{detail}; file steps open regular files only"
-        )
-    op = step.op
-    if op == "read" and args.get("cold"):
-        _evict(paths)
-    fn = _FILE_OPS[op](args, paths)
-    _timed(record, step.measure, fn)
+    with Parents(state.box) as parents:
+        paths, skipped = _select(state, args, parents)
+        if skipped:
+            state.skipped[step.label] = skipped
+        if not paths:
+            key = next(k for k in ("path", "glob", "fraction") if k in args)
+            what = f"{key} {args[key]!r}"
+            detail = f" (skipped {_skipped_text(skipped)})" if skipped else ""
+            raise FileNotFoundError(
+                errno.ENOENT, f"{what} selects no regular file{detail}; file steps open regular files only"
+            )
+        op = step.op
+        if op == "write":  # new files may need their directories, made before the clock
+            for parent in sorted({os.path.dirname(p) for p in paths}):
+                parents.root.makedirs(parent)
+        targets = parents.prepare(paths)  # each parent opened beneath the root, before the clock
+        if op == "read" and args.get("cold"):
+            _evict(targets)
+        fn = _FILE_OPS[op](args, targets)
+        _timed(record, step.measure, fn)
     if op in ("write", "append", "overwrite"):
         state.written += len(paths) * args["bytes"]
 
 
-def _evict(paths: list[str]) -> None:
+def _evict(targets: list[Target]) -> None:
     """Make the next read cold: drop every cache as real root; in a user namespace (no
     such right) evict the files' own pages with POSIX_FADV_DONTNEED."""
     try:
@@ -508,102 +571,141 @@ def _evict(paths: list[str]) -> None:
         return
     except PermissionError:
         pass
-    for p in paths:
-        fd = _open(p, os.O_RDONLY)
+    for t in targets:
+        fd = _open(t, os.O_RDONLY)
         try:
             pagecache.drop_pages(fd)
         finally:
             os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """Write all of `data`: a short write (a full disk) goes on until it raises ENOSPC."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+#: the most a write step holds in memory: `bytes = N` writes N from a buffer of at most this, again and again
+WRITE_CHUNK = 8 << 20
 
 
-def _write_fn(flags: int) -> Callable[[dict[str, Any], list[str]], Callable[[], None]]:
-    def make(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
-        data = b"x" * args["bytes"]
+def _buffer(size: int) -> memoryview:
+    """The bytes a write step writes from, made before the clock."""
+    return memoryview(b"x" * min(size, WRITE_CHUNK))
 
-        def one(p: str) -> None:
-            fd = _open(p, flags)
+
+def _write_all(fd: int, view: memoryview, size: int, offset: int | None = None) -> None:
+    """Write `size` bytes from `view` again and again (at `offset`, or at the file offset);
+    a short write (a full disk) goes on until it raises ENOSPC."""
+    while size > 0:
+        chunk = view[: min(size, len(view))]
+        n = os.write(fd, chunk) if offset is None else os.pwrite(fd, chunk, offset)
+        size -= n
+        if offset is not None:
+            offset += n
+
+
+def _write_fn(flags: int) -> Callable[[dict[str, Any], list[Target]], Callable[[], None]]:
+    def make(args: dict[str, Any], targets: list[Target]) -> Callable[[], None]:
+        size = args["bytes"]
+        view = _buffer(size)
+
+        def one(t: Target) -> None:
+            fd = _open(t, flags)
             try:
-                _write_all(fd, data)
+                _write_all(fd, view, size)
             finally:
                 os.close(fd)
 
-        if flags & os.O_CREAT:  # new files may need their directories, made before the clock
-            for parent in {os.path.dirname(p) for p in paths}:
-                os.makedirs(parent, exist_ok=True)
-        return _batch(paths, one)
+        return _batch(targets, one)
 
     return make
 
 
-def _overwrite(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
-    data = b"x" * args["bytes"]
-    offsets = {p: args["offset"] if "offset" in args else os.lstat(p).st_size // 2 for p in paths}
+def _overwrite(args: dict[str, Any], targets: list[Target]) -> Callable[[], None]:
+    size = args["bytes"]
+    view = _buffer(size)
+    offsets = {
+        t: args["offset"] if "offset" in args else os.stat(t[1], dir_fd=t[0], follow_symlinks=False).st_size // 2
+        for t in targets
+    }
 
-    def one(p: str) -> None:
-        fd = _open(p, os.O_WRONLY)
-        os.pwrite(fd, data, offsets[p])
-        os.close(fd)
+    def one(t: Target) -> None:
+        fd = _open(t, os.O_WRONLY)
+        try:
+            _write_all(fd, view, size, offsets[t])
+        finally:
+            os.close(fd)
 
-    return _batch(paths, one)
+    return _batch(targets, one)
 
 
-def _read(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
+def _read(args: dict[str, Any], targets: list[Target]) -> Callable[[], None]:
     buf = bytearray(1 << 20)
 
-    def one(p: str) -> None:
-        fd = _open(p, os.O_RDONLY)
+    def one(t: Target) -> None:
+        fd = _open(t, os.O_RDONLY)
         while os.readv(fd, [buf]):
             pass
         os.close(fd)
 
-    return _batch(paths, one)
+    return _batch(targets, one)
 
 
-def _open_rdwr(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
-    return _batch(paths, lambda p: os.close(_open(p, os.O_RDWR)))
+def _open_rdwr(args: dict[str, Any], targets: list[Target]) -> Callable[[], None]:
+    return _batch(targets, lambda t: os.close(_open(t, os.O_RDWR)))
 
 
-def _fsync(args: dict[str, Any], paths: list[str]) -> Callable[[], None]:
-    def one(p: str) -> None:
-        fd = _open(p, os.O_RDONLY)
+def _fsync(args: dict[str, Any], targets: list[Target]) -> Callable[[], None]:
+    def one(t: Target) -> None:
+        fd = _open(t, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
 
-    return _batch(paths, one)
+    return _batch(targets, one)
 
 
-_FILE_OPS: dict[str, Callable[[dict[str, Any], list[str]], Callable[[], None]]] = {
+def _truncate(args: dict[str, Any], targets: list[Target]) -> Callable[[], None]:
+    """open + ftruncate: truncate(2) takes a path and would resolve it again, outside the root's fd."""
+    size = args["size"]
+
+    def one(t: Target) -> None:
+        fd = _open(t, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+
+    return _batch(targets, one)
+
+
+_FILE_OPS: dict[str, Callable[[dict[str, Any], list[Target]], Callable[[], None]]] = {
     "write": _write_fn(os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
     "append": _write_fn(os.O_WRONLY | os.O_APPEND),
     "overwrite": _overwrite,
-    "truncate": lambda a, ps: _batch(ps, lambda p: os.truncate(p, a["size"])),
+    "truncate": _truncate,
     "open_rdwr": _open_rdwr,
     "read": _read,
-    "stat": lambda a, ps: _batch(ps, os.lstat),
+    "stat": lambda a, ts: _batch(ts, lambda t: os.stat(t[1], dir_fd=t[0], follow_symlinks=False)),
     "fsync": _fsync,
-    "chmod": lambda a, ps: _batch(ps, lambda p: os.chmod(p, a["mode"])),
-    "chown": lambda a, ps: _batch(ps, lambda p: os.lchown(p, a["uid"], a["gid"])),
-    "unlink": lambda a, ps: _batch(ps, os.unlink),
+    "chmod": lambda a, ts: _batch(ts, lambda t: confined.chmod(t[0], t[1], a["mode"])),
+    "chown": lambda a, ts: _batch(ts, lambda t: os.chown(t[1], a["uid"], a["gid"], dir_fd=t[0], follow_symlinks=False)),
+    "unlink": lambda a, ts: _batch(ts, lambda t: os.unlink(t[1], dir_fd=t[0])),
 }
 
 
 def _path_op(state: SampleState, step: Step, record: Recorder) -> None:
-    root = state.root
-    src = str(root / step.args["path"])
-    if step.op == "rename":
-        dst = str(root / step.args["to"])
-        _timed(record, step.measure, lambda: os.rename(src, dst))
-    elif step.op == "mkdir":
-        _timed(record, step.measure, lambda: os.mkdir(src))
-    else:
-        _timed(record, step.measure, lambda: os.listdir(src))
+    with Parents(state.box) as parents:  # resolved beneath the root before the clock: one name each in the timed op
+        pfd, name = parents.at(step.args["path"])
+        if step.op == "rename":
+            dfd, dname = parents.at(step.args["to"])
+            _timed(record, step.measure, lambda: os.rename(name, dname, src_dir_fd=pfd, dst_dir_fd=dfd))
+        elif step.op == "mkdir":
+            _timed(record, step.measure, lambda: os.mkdir(name, dir_fd=pfd))
+        else:
+            _timed(record, step.measure, lambda: _listdir(pfd, name))
+
+
+def _listdir(pfd: int, name: str) -> list[str]:
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | _OPEN_FLAGS, dir_fd=pfd)
+    try:
+        return os.listdir(fd)
+    finally:
+        os.close(fd)
 
 
 #: op -> what it does; its fields, default metric and footprint are harness/ops.py's
