@@ -199,7 +199,12 @@ def test_a_large_write_is_written_from_a_bounded_buffer(
     made: list[int] = []
     real = steps._buffer
     monkeypatch.setattr(steps, "WRITE_CHUNK", 4096)
-    monkeypatch.setattr(steps, "_buffer", lambda size: made.append(len(real(size))) or real(size))
+
+    def buffer(size: int) -> memoryview:
+        made.append(len(view := real(size)))
+        return view
+
+    monkeypatch.setattr(steps, "_buffer", buffer)
     _run(_state(root), "write", path="big", bytes=10 * 4096 + 7)
     _run(_state(root), "overwrite", path="big", bytes=3 * 4096, offset=5)
     assert (root / "big").stat().st_size == 10 * 4096 + 7 and set((root / "big").read_bytes()) == {ord("x")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -126,3 +127,93 @@ def test_archive_importer_never_writes_outside_the_root(tmp_path: Path, entries:
     except UserError as exc:
         assert "\n" not in str(exc)
     assert os.listdir(sentinel) == [] and sorted(os.listdir(base)) == ["root", "sentinel"]
+
+
+# -- hostile path parameters: past the check or not, nothing outside the container is touched ----------
+
+#: an op that names a path, and what else it needs (page_cache and cold reads drop the machine's caches: left out)
+PATH_OPS: dict[str, str] = {
+    "write": "bytes = 3",
+    "append": "",
+    "overwrite": "",
+    "truncate": "size = 0",
+    "open_rdwr": "",
+    "read": "",
+    "stat": "",
+    "fsync": "",
+    "chmod": "mode = 0o4777",
+    "chown": "uid = 4321\ngid = 4321",
+    "unlink": "",
+    "mkdir": "",
+    "readdir": "",
+    "expect": 'sha256 = "' + "0" * 64 + '"',
+    "rename": 'to = "${q}"',
+    "volume": 'kind = "tmpfs"\npopulate = true',
+}
+#: the null driver's container root is <cell>/mnt/null/root: up to four `..` reach the example's folder, never above
+hostile_paths = st.one_of(
+    st.builds(
+        lambda k, name: "../" * k + "sentinel/" + name,
+        st.integers(1, 4),
+        st.sampled_from(["file", "new", "sub", "sub/x"]),
+    ),
+    st.builds(lambda k: "usr/" + "../" * k + "sentinel/file", st.integers(2, 5)),
+    st.sampled_from(["ABS/file", "ABS/new", "ABS/sub", "ABS", "usr", "data/x", "a/\0b"]),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(sorted(PATH_OPS)), st.sampled_from(["path", "glob"])), min_size=1, max_size=4
+    ),
+    p=hostile_paths,
+    q=hostile_paths,
+    image=st.sampled_from(["", "", "file", "remove"]),  # the image's own paths, or (mostly) only the steps'
+)
+def test_hostile_path_parameters_never_touch_anything_outside_the_container(
+    tmp_path: Path, ops: list[tuple[str, str]], p: str, q: str, image: str
+) -> None:
+    """Scenario files whose path fields take hostile parameters: refused by the check with one line,
+    and, run with the check bypassed (the null driver), confined anyway: a sentinel directory beside
+    the container root stays byte-identical and nothing new appears beside it."""
+    from unittest import mock
+
+    from layerbench.plugins import default_plugins
+    from layerbench.run.runner import Cell, run_cell
+
+    from .test_confinement import snapshot
+
+    TRIED["hostile"] = TRIED.get("hostile", 0) + 1
+    base = tmp_path / f"h{TRIED['hostile']}"
+    sentinel = base / "sentinel"
+    (sentinel / "sub").mkdir(parents=True)
+    (sentinel / "file").write_bytes(b"host data")
+    p, q = (v.replace("ABS", str(sentinel.parent)) for v in (p, q))
+    text = f'name = "hostile"\ndescription = "hostile paths"\n[params]\np = [{json.dumps(p)}]\nq = [{json.dumps(q)}]\n'
+    text += "[image]\nlayers = 2\nfiles = 4\nbytes = 400\n"
+    if image == "file":
+        text += '[[image.file]]\npath = "${p}"\nsize = 3\n'
+    if image == "remove":
+        text += '[[image.remove]]\npath = "${q}"\nlayer = 1\n'
+    text += '[repeat]\nsamples = 1\nwarmup = 0\n[[step]]\nop = "start"\n'
+    for op, key in ops:
+        key = key if OPS[op].selects else "path"
+        text += f'[[step]]\nop = "{op}"\n{key} = "${{p}}"\nallow_errors = ["ENOENT", "ELOOP", "EXDEV", "EINVAL"]\n'
+        text += PATH_OPS[op] + "\n"
+    scenario = base / "s.toml"
+    scenario.write_text(text)
+    before, beside = snapshot(sentinel), sorted(os.listdir(base))
+    try:
+        load_scenario(scenario)
+    except UserError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith(f"{scenario}: ")
+    with mock.patch("layerbench.scenario._relative"):  # past the check: confinement alone must hold
+        s = load_scenario(scenario)
+    cls = default_plugins().driver("null")
+    out = run_cell(Cell(s, cls, s.param_sets()[0], "dir"), base / "cell")
+    assert out["status"] in ("ok", "error")
+    assert snapshot(sentinel) == before
+    assert sorted(os.listdir(base)) == beside
+    with open("/proc/self/mountinfo") as f:
+        assert str(base) not in f.read()
