@@ -108,10 +108,7 @@ def _state(root: Path, files: list[str] | None = None, store: Path | None = None
 
 
 def _run(state: SampleState, op: str, **args: Any) -> None:
-    try:
-        run_step(state, Step(op, args, "t_ns", (), f"step[0] {op}"), lambda m, v: None, lambda label, o: None)
-    finally:
-        state.close_roots()
+    run_step(state, Step(op, args, "t_ns", (), f"step[0] {op}"), lambda m, v: None, lambda label, o: None)
 
 
 def _path(value: str, sentinel: Path) -> str:

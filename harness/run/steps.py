@@ -86,7 +86,6 @@ class SampleState:
     registries: Registries | None = None  # the cell's registries, one per link (run/registry.py): `pull` starts them
     pulled: StoreLayers = field(default_factory=StoreLayers)  # layers the sample's pulls put in the store, by chain
     configs: dict[str, ImageConfig] = field(default_factory=dict)  # image name ("base" too) -> config, once pulled
-    boxes: dict[str, Root] = field(default_factory=dict)  # container -> its root's fd, every path resolved beneath
 
     @property
     def root(self) -> Path:
@@ -94,27 +93,14 @@ class SampleState:
             raise RuntimeError("this step needs a container: add a 'start' step before it")
         return self.roots[self.containers[-1]]
 
-    @property
-    def box(self) -> Root:
-        """The last container's root, as the fd every path of a step is resolved beneath."""
-        return self.confined(self.containers[-1] if self.containers else "")
-
-    def confined(self, cid: str) -> Root:
-        """Container `cid`'s root as a `Root` (opened once, closed with the container)."""
-        if cid not in self.boxes:
-            if cid not in self.roots:
-                raise RuntimeError("this step needs a container: add a 'start' step before it")
-            self.boxes[cid] = Root(self.roots[cid])
-        return self.boxes[cid]
-
-    def close_roots(self) -> None:
-        for box in self.boxes.values():
-            box.close()
-        self.boxes = {}
+    def confined(self, cid: str | None = None) -> Root:
+        """Container `cid`'s root (default: the last container's), opened as the fd every path of a
+        step is resolved beneath. The step closes it (`with`): no descriptor outlives a step, so none
+        holds a mount busy when a cell is released after an error."""
+        return Root(self.root if cid is None else self.roots[cid])
 
     def release_volumes(self) -> None:
         """Unmount the sample's volumes (each mounted below a container's root), last first."""
-        self.close_roots()
         for point in reversed(self.volumes):
             syscalls.umount(point, syscalls.UMOUNT_NOFOLLOW)
         self.volumes = []
@@ -456,7 +442,8 @@ def _expect(state: SampleState, step: Step, record: Recorder) -> None:
             )
         data = SyntheticImage((LayerSpec((spec,)),)).contents()[str(spec.seed)]
         want, what = hashlib.sha256(data).hexdigest(), f"layer {layer}'s copy"
-    fd = state.box.open(rel, os.O_RDONLY | _OPEN_FLAGS)  # openat2 beneath the root: no symlink, no '..'
+    with state.confined() as box:
+        fd = box.open(rel, os.O_RDONLY | _OPEN_FLAGS)  # openat2 beneath the root: no symlink, no '..'
     digest = hashlib.sha256()
     try:
         _check_type(fd, rel)
@@ -472,7 +459,7 @@ def _expect(state: SampleState, step: Step, record: Recorder) -> None:
 def _page_cache(state: SampleState, step: Step, record: Recorder) -> None:
     """Read the selected files in each mounted container in turn, from a dropped cache; record the
     page cache the first container's reads added and what each further one added (docs/memory.md)."""
-    with Parents(state.box) as parents:
+    with state.confined() as box, Parents(box) as parents:
         rel, _ = _select(state, step.args, parents)
     store = state.store.mountpoint
     try:
@@ -482,7 +469,7 @@ def _page_cache(state: SampleState, step: Step, record: Recorder) -> None:
     files = pagecache.regular_files(store)  # once: reading adds no file
     start = before = pagecache.cached_bytes(files)
     for i, cid in enumerate(state.mounted):
-        with Parents(state.confined(cid)) as parents:
+        with state.confined(cid) as box, Parents(box) as parents:
             _read(step.args, parents.prepare(rel))()
         after = pagecache.cached_bytes(files)
         record("page_cache_first_bytes" if i == 0 else "page_cache_per_container_bytes", after - before)
@@ -498,11 +485,16 @@ def _volume(state: SampleState, step: Step, record: Recorder) -> None:
     is resolved beneath the container's root (openat2) and the volume mounted onto
     that fd (move_mount), so it can only land inside the container.
     """
-    box, rel = state.box, step.args["path"]
+    with state.confined() as box:
+        _mount_volume(state, box, step.args)
+
+
+def _mount_volume(state: SampleState, box: Root, args: dict[str, Any]) -> None:
+    rel = args["path"]
     host = state.store.mountpoint / "volumes" / f"{state.containers[-1]}-{len(state.volumes)}"
     host.parent.mkdir(exist_ok=True)
     try:
-        populate = step.args.get("populate", False) and stat.S_ISDIR(box.lstat(rel).st_mode)
+        populate = args.get("populate", False) and stat.S_ISDIR(box.lstat(rel).st_mode)
     except (FileNotFoundError, NotADirectoryError):
         populate = False
     state.volume_dirs.append(host)
@@ -515,12 +507,12 @@ def _volume(state: SampleState, step: Step, record: Recorder) -> None:
     with _fd(box.dir(rel)) as target:
         fd = int(target.rsplit("/", 1)[1])
         point = os.readlink(target)  # where the mount lands: below the root, for its umount
-        if step.args.get("kind", "bind") == "bind":
+        if args.get("kind", "bind") == "bind":
             syscalls.bind_mount_at(str(host), fd)
         else:
             syscalls.tmpfs_mount_at(fd, "mode=0755")
         state.volumes.append(point)
-    if populate and step.args.get("kind") == "tmpfs":  # the tmpfs hides what was there; give it the image's content
+    if populate and args.get("kind") == "tmpfs":  # the tmpfs hides what was there; give it the image's content
         with _fd(box.dir(rel)) as dst:
             copy_tree(str(host), dst, into=True)
 
@@ -539,7 +531,7 @@ def _fd(fd: int) -> Iterator[str]:
 
 def _file_op(state: SampleState, step: Step, record: Recorder) -> None:
     args = OPS[step.op].with_defaults(step.args)
-    with Parents(state.box) as parents:
+    with state.confined() as box, Parents(box) as parents:
         paths, skipped = _select(state, args, parents)
         if skipped:
             state.skipped[step.label] = skipped
@@ -689,7 +681,7 @@ _FILE_OPS: dict[str, Callable[[dict[str, Any], list[Target]], Callable[[], None]
 
 
 def _path_op(state: SampleState, step: Step, record: Recorder) -> None:
-    with Parents(state.box) as parents:  # resolved beneath the root before the clock: one name each in the timed op
+    with state.confined() as box, Parents(box) as parents:  # beneath the root, before the clock
         pfd, name = parents.at(step.args["path"])
         if step.op == "rename":
             dfd, dname = parents.at(step.args["to"])
