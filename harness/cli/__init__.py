@@ -11,11 +11,13 @@ from layerbench.cli.claims import claims_cmd
 from layerbench.cli.cleanup import cleanup_cmd
 from layerbench.cli.compare import compare_cmd
 from layerbench.cli.drivers import drivers_cmd
+from layerbench.cli.fleet_certs import fleet_certs_cmd
 from layerbench.cli.listing import results_cmd
 from layerbench.cli.plugins import plugins_cmd
 from layerbench.cli.report import report_cmd
 from layerbench.cli.run import EXIT_INTERRUPTED, run_cmd
 from layerbench.cli.scenarios import scenarios_cmd
+from layerbench.cli.scheduler import scheduler_cmd
 from layerbench.cli.worker import worker_cmd
 from layerbench.errors import UserError
 
@@ -52,3 +54,5 @@ main.add_command(compare_cmd)
 main.add_command(results_cmd)
 main.add_command(plugins_cmd)
 main.add_command(worker_cmd)
+main.add_command(scheduler_cmd)
+main.add_command(fleet_certs_cmd)

@@ -7,12 +7,13 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from layerbench.analysis import results
-from layerbench.errors import UserError
+from layerbench.cli.fleet_options import tls_options
+from layerbench.errors import RunStopped, UserError
 from layerbench.kernel import safety
 from layerbench.report import build, render
 from layerbench.report.table import comparison_table, host_suffix, run_summary, run_warnings, several_hosts
@@ -22,6 +23,9 @@ from layerbench.run.progress import duration_text, live_progress
 from layerbench.run.runner import run, sigterm_as_interrupt
 from layerbench.run.sampling import time_split_lines
 from layerbench.units import human, params_human
+
+if TYPE_CHECKING:
+    from layerbench.run.fleet_tls import FleetTLS
 
 __all__ = [
     "run_cmd",
@@ -89,8 +93,9 @@ def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--cluster",
     metavar="ADDRESS",
-    help="Run the cells on the hosts of the Dask cluster whose scheduler is at ADDRESS (docs/fleet.md).",
+    help="Run the cells on the hosts of the fleet whose scheduler is at ADDRESS, tls://HOST:PORT (docs/fleet.md).",
 )
+@tls_options
 @click.option(
     "--export-csv",
     "export_csv",
@@ -103,7 +108,16 @@ def setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
     is_flag=True,
     help="Print the plan (cells, estimated disk and time) and exit; nothing is made or run.",
 )
-def run_cmd(repeat: int, cluster: str | None, export_csv: str | None, dry_run: bool, **settings: Any) -> None:
+def run_cmd(
+    repeat: int,
+    cluster: str | None,
+    export_csv: str | None,
+    dry_run: bool,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    **settings: Any,
+) -> None:
     """Run SCENARIOS (built-in names or .toml paths; default: every built-in one)."""
     config = RunConfig.from_options(settings)
     if repeat > 1 and (config.resume or dry_run or cluster):
@@ -119,10 +133,16 @@ def run_cmd(repeat: int, cluster: str | None, export_csv: str | None, dry_run: b
             raise UserError(f"--dry-run plans a new run here; it does not take {'--resume' if resume else '--cluster'}")
         click.echo(plan_text(plan(config), work_root or safety.DEFAULT_WORK_ROOT), nl=False)
         return
+    tls = None
     if cluster:
         from layerbench.run.fleet import require_dask
+        from layerbench.run.fleet_tls import FleetTLS, tls_address
 
         require_dask()
+        cluster = tls_address(cluster, "--cluster")
+        tls = FleetTLS.from_options(tls_ca, tls_cert, tls_key, "--cluster")
+    elif tls_ca or tls_cert or tls_key:
+        raise UserError("--tls-ca, --tls-cert and --tls-key are the fleet's: pass --cluster ADDRESS too")
     paths, label = [], config.label
     for n in range(1, repeat + 1):
         if repeat > 1:
@@ -130,10 +150,15 @@ def run_cmd(repeat: int, cluster: str | None, export_csv: str | None, dry_run: b
             click.echo(f"run {n} of {repeat}", err=True)
         try:
             with sigterm_as_interrupt():
-                doc, path, elapsed_s = _run(config, cluster)
+                doc, path, elapsed_s = _run(config, cluster, tls)
         except KeyboardInterrupt:
             click.echo("layerbench: interrupted; finished cells are kept in the results file", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except RunStopped as exc:
+            where = exc.results_path
+            kept = f"; the run is kept, interrupted: finish it with --resume {where}" if where else ""
+            click.echo(f"layerbench: {exc}{kept}", err=True)
+            sys.exit(EXIT_FAILED)
         paths.append(path)
     if repeat > 1:
         click.echo(f"{repeat} runs: {' '.join(map(str, paths))}", err=True)
@@ -159,13 +184,15 @@ def run_cmd(repeat: int, cluster: str | None, export_csv: str | None, dry_run: b
         sys.exit(EXIT_FAILED)
 
 
-def _run(config: RunConfig, cluster: str | None) -> tuple[dict[str, Any], Path, float | None]:
+def _run(
+    config: RunConfig, cluster: str | None, tls: FleetTLS | None = None
+) -> tuple[dict[str, Any], Path, float | None]:
     """Here, with a live bar on a terminal and plain lines elsewhere (harness/run/progress.py), or on the
     hosts of the Dask cluster at `cluster` (harness/run/fleet.py); the document, its path, and the time taken."""
-    if cluster is not None:
+    if cluster is not None and tls is not None:
         from layerbench.run.fleet import run_fleet
 
-        return *run_fleet(config, cluster, progress=lambda line: click.echo(line, err=True)), None
+        return *run_fleet(config, cluster, tls, progress=lambda line: click.echo(line, err=True)), None
     live = live_progress()
     try:
         return *run(config, progress=live.line, events=live.event), live.clock.elapsed_s()

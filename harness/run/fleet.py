@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -24,18 +25,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from layerbench import environment
 from layerbench.driver import Driver
 from layerbench.environment import RunEnvironment
-from layerbench.errors import UserError
+from layerbench.errors import RunStopped, UserError
 from layerbench.kernel import safety
 from layerbench.plugins import Plugins, default_plugins
 from layerbench.run import backing, machine, overhead, runner
 from layerbench.run.cell import run_cell
 from layerbench.run.estimates import check_disk
+from layerbench.run.fleet_services import HOST_ENV, HOST_RESOURCE, WORK_ROOT_ENV, host_resource
+from layerbench.run.fleet_tls import FleetTLS
 from layerbench.run.ledger import LEDGER_NAME, Ledger
 from layerbench.run.plan import Cell, RunConfig, plan_cells, select_drivers
 from layerbench.run.runner import Progress, sigterm_as_interrupt
@@ -49,21 +54,14 @@ __all__ = [
     "HOST_RESOURCE",
     "require_dask",
     "run_fleet",
+    "SchedulerLost",
     "FleetExecutor",
-    "serve_worker",
     "describe_host",
     "run_on_host",
 ]
 
-HOST_RESOURCE = "host"  # every layerbench worker has 1; every cell takes it: one cell per host at a time
-HOST_ENV, WORK_ROOT_ENV = "LAYERBENCH_HOST", "LAYERBENCH_WORK_ROOT"
 STARTED = "layerbench-cell-started"  # the Dask event topic of cells that began on their host
 HOST_GRACE_S = 120.0  # a host gone this long (rebooted, unplugged) has its waiting cells recorded as errors
-
-
-def host_resource(name: str) -> str:
-    """The resource only host `name`'s worker has: a cell that takes it runs there."""
-    return f"host/{name}"
 
 
 def require_dask() -> None:
@@ -72,6 +70,10 @@ def require_dask() -> None:
         import distributed  # noqa: F401
     except ImportError:
         raise UserError("a fleet run needs dask and distributed: pip install 'layerbench[fleet]'") from None
+
+
+class SchedulerLost(RunStopped):
+    """The fleet's scheduler went away mid-run: the run stops, marked interrupted, for `--resume`."""
 
 
 # --- the worker side ---------------------------------------------------------------------------------------
@@ -199,32 +201,6 @@ def _cell_main() -> None:
     os.write(out, json.dumps(result).encode())
 
 
-def serve_worker(scheduler: str, host: str, work_root: Path, listen_host: str | None = None) -> None:
-    """Serve as host `host`'s one worker until SIGTERM or Ctrl-C: one thread, the `host` resources."""
-    import asyncio
-
-    from distributed import Nanny
-
-    async def serve() -> None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        async with Nanny(
-            scheduler,
-            name=host,
-            nthreads=1,
-            memory_limit=0,
-            host=listen_host,
-            resources={HOST_RESOURCE: 1, host_resource(host): 1},
-            env={HOST_ENV: host, WORK_ROOT_ENV: str(work_root)},
-            local_directory=str(work_root / "dask"),
-        ) as nanny:
-            finished = asyncio.ensure_future(nanny.finished())
-            await asyncio.wait([finished, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-
-    asyncio.run(serve())
-
-
 # --- the client side ---------------------------------------------------------------------------------------
 
 
@@ -249,6 +225,7 @@ class FleetExecutor:
     ) -> None:
         self.client, self.spread, self.host_grace_s, self.progress = client, spread, host_grace_s, progress
         self.hosts: dict[str, dict[str, Any]] = {}  # name -> describe_host()
+        self.address = str(client.scheduler.address if client.scheduler else "?")
 
     def select(self, plugins: Plugins, names: tuple[str, ...]) -> tuple[list[type[Driver]], dict[str, str]]:
         workers = self.client.scheduler_info(n_workers=-1)["workers"]
@@ -373,18 +350,23 @@ class FleetExecutor:
             while pending:
                 time.sleep(0.2)
                 done = [f for f in pending if f.done()]
+                self._check_scheduler()  # after `done`: a lost scheduler's futures are cancelled, not failed
                 pending.difference_update(done)
                 finished = []
-                for f in done:
-                    if f.status == "finished":
-                        finished.append((f, f.result()))
-                    elif self._never_started(f):
-                        again = self._submit(jobs[f])
-                        jobs[again] = jobs[f]
-                        pending.add(again)
-                    else:
-                        finished.append((f, self._failed(jobs[f], f)))
-                finished += self._abandon_gone_hosts(pending, jobs, gone)
+                try:
+                    for f in done:
+                        if f.status == "finished":
+                            finished.append((f, f.result()))
+                        elif self._never_started(f):
+                            again = self._submit(jobs[f])
+                            jobs[again] = jobs[f]
+                            pending.add(again)
+                        else:
+                            finished.append((f, self._failed(jobs[f], f)))
+                    finished += self._abandon_gone_hosts(pending, jobs, gone)
+                except (OSError, CancelledError) as exc:  # distributed's CommClosedError is an OSError
+                    self._check_scheduler()
+                    raise SchedulerLost(f"lost the scheduler at {self.address}: {exc}") from None
                 for future, result in finished:
                     pending.discard(future)
                     n += 1
@@ -396,7 +378,13 @@ class FleetExecutor:
                     )
                     yield result
         finally:
-            self.client.cancel(list(jobs))
+            if self.client.status == "running":
+                self.client.cancel(list(jobs))
+
+    def _check_scheduler(self) -> None:
+        """Raise SchedulerLost once the client has lost its scheduler (its futures are gone with it)."""
+        if self.client.status != "running":
+            raise SchedulerLost(f"the scheduler at {self.address} went away mid-run")
 
     def _abandon_gone_hosts(
         self, pending: set[Future], jobs: dict[Future, _Job], gone: dict[str, float]
@@ -436,18 +424,50 @@ def _fail_fast(dask_scheduler: Any) -> int:
 
 
 def run_fleet(
-    config: RunConfig, address: str, progress: Progress = lambda line: None, host_grace_s: float = HOST_GRACE_S
+    config: RunConfig,
+    address: str,
+    tls: FleetTLS,
+    progress: Progress = lambda line: None,
+    host_grace_s: float = HOST_GRACE_S,
 ) -> tuple[dict[str, Any], Path]:
     """Run the configured suite on the hosts of the Dask cluster at `address`; the document and its path."""
     require_dask()
     from distributed import Client
 
     try:
-        client = Client(address, timeout=15, set_as_default=False)
-    except OSError as exc:
-        raise UserError(f"--cluster {address}: cannot reach the scheduler: {exc}") from None
-    with client:
-        if (was := client.run_on_scheduler(_fail_fast)) != 0:
+        with _quiet_dask():
+            client = Client(address, timeout=15, set_as_default=False, security=tls.security())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--cluster {address}: cannot reach the scheduler: {_first_line(exc)}") from None
+    with _quiet_dask(), client:
+        try:
+            was = client.run_on_scheduler(_fail_fast)
+        except ModuleNotFoundError as exc:
+            missing = (exc.name or "layerbench").split(".")[0]
+            raise UserError(
+                f"--cluster {address}: the scheduler cannot import {missing}: start it with "
+                f"`layerbench scheduler` from the workers' install (docs/fleet.md)"
+            ) from None
+        if was != 0:
             progress(f"scheduler: a cell whose worker dies is now an error at once (allowed_failures {was} -> 0)")
         executor = FleetExecutor(client, config.spread, host_grace_s, progress)
         return runner.run(config, progress=progress, executor=executor)
+
+
+@contextmanager
+def _quiet_dask() -> Iterator[None]:
+    """Dask's own log lines on the client (reconnect attempts, chained tracebacks of a lost scheduler)
+    are not the user's: what happened is said in one line (SchedulerLost, UserError)."""
+    handlers = logging.getLogger("distributed").handlers  # Dask's own; its loggers below set their own levels
+    levels = [h.level for h in handlers]
+    for h in handlers:
+        h.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for h, level in zip(handlers, levels, strict=True):
+            h.setLevel(level)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -20,7 +20,7 @@ from layerbench import environment
 from layerbench.analysis import results
 from layerbench.driver import Driver
 from layerbench.environment import RunEnvironment
-from layerbench.errors import UserError
+from layerbench.errors import RunStopped, UserError
 from layerbench.kernel import safety
 from layerbench.plugins import Plugins, default_plugins
 from layerbench.run import backing, machine, overhead
@@ -236,10 +236,12 @@ def _run(
             for result in executor.execute(doc, jobs, progress, config.environment(None)):
                 doc["cells"].append(result)
                 results.save(doc, path)
-        except KeyboardInterrupt:
+        except BaseException as exc:  # Ctrl-C, or the fleet's scheduler lost: what finished is kept, for --resume
             doc["status"] = "interrupted"
             doc["finished_utc"] = results.utc_now()
             results.save(doc, path)
+            if isinstance(exc, RunStopped):
+                exc.results_path = path
             raise
         doc["status"] = "finished"
         doc["finished_utc"] = results.utc_now()

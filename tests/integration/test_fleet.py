@@ -23,16 +23,27 @@ from layerbench.analysis import results
 from layerbench.cli import main
 from layerbench.kernel import mountinfo
 from layerbench.run.fleet import run_fleet
+from layerbench.run.fleet_tls import FleetTLS
 from layerbench.run.ledger import release_abandoned
 from layerbench.run.runner import RunConfig, run
 
 from ..conftest import ROOT, _leftovers_under, require
 from ..test_cli import TINY
+from .fleet_procs import (
+    BIN,
+    Certs,
+    free_port,
+    listening,
+    make_certs,
+    start_scheduler,
+    start_worker,
+    stop,
+    wait_for_workers,
+)
 
 pytestmark = pytest.mark.mounts
 distributed = pytest.importorskip("distributed", reason="the fleet needs dask and distributed (the test extra)")
 
-BIN = Path(sys.executable).parent
 HOSTS = ("host-a", "host-b")
 DISK = """
 name = "fleet-disk"
@@ -73,25 +84,12 @@ op = "usage"
 class Fleet:
     address: str
     roots: dict[str, Path]
+    certs: Certs
+    workers: dict[str, subprocess.Popen[bytes]]
 
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM each process group we started, then SIGKILL what is left of it."""
-    for proc in reversed(procs):
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # a worker process the nanny left
-        except ProcessLookupError:
-            pass
+    @property
+    def tls(self) -> FleetTLS:
+        return self.certs.tls("client")
 
 
 @pytest.fixture(scope="module")
@@ -100,60 +98,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         pytest.skip("layerbench worker runs as root")
     require("vfs")
     tmp = tmp_path_factory.mktemp("fleet")
+    certs = make_certs(tmp / "certs")
     procs: list[subprocess.Popen[bytes]] = []
     roots = {h: tmp / f"root-{h}" for h in HOSTS}
     try:
-        sched_file = tmp / "scheduler.json"
-        with open(tmp / "scheduler.log", "wb") as log:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        BIN / "dask",
-                        "scheduler",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        "0",
-                        "--no-dashboard",
-                        "--dashboard-address",
-                        "127.0.0.1:0",
-                        "--scheduler-file",
-                        sched_file,
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-        deadline = time.monotonic() + 30
-        while not sched_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        address = json.loads(sched_file.read_text())["address"]
-        for h in HOSTS:
-            with open(tmp / f"{h}.log", "wb") as log:
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            BIN / "layerbench",
-                            "worker",
-                            address,
-                            "--work-root",
-                            roots[h],
-                            "--name",
-                            h,
-                            "--listen-host",
-                            "127.0.0.1",
-                        ],
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
-        with distributed.Client(address, timeout=30) as client:
-            client.wait_for_workers(len(HOSTS), timeout=60)
-        yield Fleet(address, roots)
+        scheduler, address = start_scheduler(tmp, certs)
+        procs.append(scheduler)
+        workers = {h: start_worker(tmp, certs, address, h, roots[h]) for h in HOSTS}
+        procs += workers.values()
+        wait_for_workers(address, certs.tls("client"), set(HOSTS))
+        yield Fleet(address, roots, certs, workers)
     finally:
-        _stop(procs)
+        stop(procs)
         for root in roots.values():
             if root.is_dir():
                 release_abandoned(root)
@@ -190,6 +146,7 @@ def test_a_fleet_run_has_every_cell_from_both_hosts_with_a_local_runs_physics(fl
             "0",
             "--cluster",
             fleet.address,
+            *fleet.certs.options("client"),
             "--results-dir",
             str(tmp_path / "res"),
         ],
@@ -231,14 +188,16 @@ def test_resume_of_a_fleet_run_runs_only_the_missing_cells(fleet: Fleet, tmp_pat
         warmup=0,
         results_dir=tmp_path / "res",
     )
-    doc, path = run_fleet(config, fleet.address)
+    doc, path = run_fleet(config, fleet.address, fleet.tls)
     assert len(doc["cells"]) == 4  # two parameter sets on two hosts
     kept = [doc["cells"][0], doc["cells"][3]]
     doc["cells"], doc["status"] = kept, "interrupted"
     results.save(doc, path)
 
     lines: list[str] = []
-    resumed, same = run_fleet(RunConfig(resume=path, results_dir=tmp_path / "res"), fleet.address, lines.append)
+    resumed, same = run_fleet(
+        RunConfig(resume=path, results_dir=tmp_path / "res"), fleet.address, fleet.tls, lines.append
+    )
     assert same == path
     assert any("2 cells done, 2 to go" in line for line in lines), lines
     assert resumed["cells"][:2] == kept  # the finished cells are kept as they were
@@ -258,7 +217,7 @@ def test_spread_runs_each_cell_once_on_some_host(fleet: Fleet, tmp_path: Path) -
         results_dir=tmp_path / "res",
         spread=True,
     )
-    doc, _ = run_fleet(config, fleet.address)
+    doc, _ = run_fleet(config, fleet.address, fleet.tls)
     assert sorted(c["params"]["containers"] for c in doc["cells"]) == [1, 2, 3, 4]
     assert {c["host"] for c in doc["cells"]} <= set(HOSTS) and doc["settings"]["spread"] is True
 
@@ -297,14 +256,14 @@ def test_a_worker_killed_mid_cell_leaves_that_cell_an_error_and_cleanup_releases
 
     def go() -> None:
         try:
-            outcome["doc"] = run_fleet(config, fleet.address)[0]
+            outcome["doc"] = run_fleet(config, fleet.address, fleet.tls)[0]
         except BaseException as exc:  # noqa: BLE001  shown by the assertion below
             outcome["error"] = exc
 
     thread = threading.Thread(target=go)
     thread.start()
     try:
-        with distributed.Client(fleet.address, timeout=30) as client:
+        with distributed.Client(fleet.address, timeout=30, security=fleet.tls.security()) as client:
             deadline = time.monotonic() + 60
             while not _mounts_under(str(root)) and time.monotonic() < deadline:
                 time.sleep(0.05)  # the long cell, planned first, has its store mounted on host-a
@@ -391,3 +350,141 @@ def test_cluster_without_dask_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_p
     )
     assert r.exit_code == 2
     assert r.stderr == "layerbench: error: a fleet run needs dask and distributed: pip install 'layerbench[fleet]'\n"
+
+
+def test_workers_listen_on_this_machine_only_by_default(fleet: Fleet) -> None:
+    for host, proc in fleet.workers.items():
+        addresses = listening(proc.pid)  # the nanny's, the worker's and its HTTP endpoints
+        assert len(addresses) >= 3, (host, addresses)
+        assert all(a.startswith("127.0.0.1:") for a in addresses), (host, addresses)
+
+
+def test_a_tls_fleet_refuses_a_plain_tcp_address_in_one_line(fleet: Fleet, tmp_path: Path) -> None:
+    plain = fleet.address.replace("tls://", "tcp://")
+    r = CliRunner().invoke(main, ["run", "-d", "null", "--cluster", plain, *fleet.certs.options("client")])
+    assert r.exit_code == 2
+    assert r.stderr == (
+        f"layerbench: error: --cluster {plain}: a fleet speaks only mutual TLS; use "
+        f"{fleet.address} with the fleet's certificates\n"
+    )
+
+
+def test_killing_the_scheduler_mid_run_interrupts_the_run_and_resume_finishes_it(tmp_path: Path) -> None:
+    """The scheduler dies (SIGKILL) mid-run: the client stops in one line with exit 1, the run is kept as
+    interrupted, the worker waits for the scheduler to come back, and --resume finishes the run."""
+    if not ROOT:
+        pytest.skip("layerbench worker runs as root")
+    require("vfs")
+    certs = make_certs(tmp_path / "certs")
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    root = tmp_path / "root-a"
+    long = _write(tmp_path, LONG.replace("[image]", "[params]\nn = [1, 2, 3, 4]\n[image]"), "long.toml")
+    run = [
+        *("run", long, "-d", "vfs", "--order", "planned", "--results-dir", str(tmp_path / "res")),
+        *certs.options("client"),
+    ]
+    try:
+        scheduler, address = start_scheduler(tmp_path, certs, port)
+        procs.append(scheduler)
+        procs.append(start_worker(tmp_path, certs, address, "host-a", root, "--reconnect-timeout", "120"))
+        wait_for_workers(address, certs.tls("client"), {"host-a"})
+        client = subprocess.Popen([BIN / "layerbench", *run, "--cluster", address], stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (files := list((tmp_path / "res").rglob("*.json"))) or not results.read(files[0])["cells"]:
+            assert client.poll() is None and time.monotonic() < deadline, "no cell finished"
+            time.sleep(0.2)
+        os.kill(scheduler.pid, signal.SIGKILL)
+        _, err = client.communicate(timeout=60)
+        assert client.returncode == 1, err
+        assert "Traceback" not in err, err
+        (path,) = files
+        assert err.splitlines()[-1] == (
+            f"layerbench: the scheduler at {address} went away mid-run; the run is kept, interrupted: "
+            f"finish it with --resume {path}"
+        )
+        doc = results.read(path)
+        assert doc["status"] == "interrupted" and 1 <= len(doc["cells"]) < 4
+        kept = doc["cells"]
+
+        scheduler, again = start_scheduler(tmp_path, certs, port, name="scheduler-again")
+        procs.append(scheduler)
+        assert again == address
+        wait_for_workers(address, certs.tls("client"), {"host-a"})  # the same worker, reconnected
+        assert procs[1].poll() is None
+        r = subprocess.run(
+            [BIN / "layerbench", "run", "--resume", path, *certs.options("client"), "--cluster", address],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+        done = results.read(path)
+        assert done["status"] == "finished"
+        assert done["cells"][: len(kept)] == kept  # what finished before is kept as it was
+        assert sorted(c["params"]["n"] for c in done["cells"]) == [1, 2, 3, 4]
+        assert all(c["status"] == "ok" for c in done["cells"]), [c["error"] for c in done["cells"]]
+        assert "lost the scheduler" in (tmp_path / "host-a.log").read_text()
+    finally:
+        stop(procs)
+        if root.is_dir():
+            release_abandoned(root)
+    assert _leftovers_under(str(root)) == []
+
+
+def test_a_worker_gives_up_on_a_scheduler_gone_longer_than_its_reconnect_timeout(tmp_path: Path) -> None:
+    if not ROOT:
+        pytest.skip("layerbench worker runs as root")
+    certs = make_certs(tmp_path / "certs")
+    address = f"tls://127.0.0.1:{free_port()}"  # nobody listens there
+    r = subprocess.run(
+        [
+            *(BIN / "layerbench", "worker", address, "--work-root", tmp_path / "root", "--name", "host-a"),
+            *("--reconnect-timeout", "2", *certs.options("localhost")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        f"layerbench: error: host host-a: no scheduler at {address} for 2 s (--reconnect-timeout); giving up"
+    )
+
+
+def test_a_scheduler_without_layerbench_is_one_line(tmp_path: Path) -> None:
+    """A plain `dask scheduler` from an install without layerbench (made so by hiding the package)."""
+    certs = make_certs(tmp_path / "certs")
+    tls = certs.tls("localhost")
+    address_file = tmp_path / "scheduler.json"
+    no_layerbench = (
+        "import sys; sys.modules['layerbench'] = None; sys.argv[0] = 'dask-scheduler'; "
+        "from distributed.cli.dask_scheduler import main; main()"
+    )
+    with open(tmp_path / "scheduler.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-c", no_layerbench, "--host", "127.0.0.1", "--port", "0", "--protocol", "tls"),
+                *("--tls-ca-file", tls.ca, "--tls-cert", tls.cert, "--tls-key", tls.key, "--no-dashboard"),
+                *("--scheduler-file", address_file),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not address_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "scheduler.log").read_text()
+            time.sleep(0.1)
+        address = json.loads(address_file.read_text())["address"]
+        r = CliRunner().invoke(
+            main,
+            ["run", "-d", "null", "--cluster", address, *certs.options("client"), "--results-dir", str(tmp_path)],
+        )
+        assert r.exit_code == 2
+        assert r.stderr == (
+            f"layerbench: error: --cluster {address}: the scheduler cannot import layerbench: start it with "
+            f"`layerbench scheduler` from the workers' install (docs/fleet.md)\n"
+        )
+    finally:
+        stop([proc])
