@@ -323,6 +323,7 @@ def test_a_fleet_cell_runs_with_the_runs_loop_io_and_image_limit(fleet: Fleet, t
             "1M",
             "--cluster",
             fleet.address,
+            *fleet.certs.options("client"),
             "--results-dir",
             str(tmp_path / "res"),
         ],
