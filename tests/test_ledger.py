@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from layerbench.kernel import mountinfo
-from layerbench.run.ledger import LEDGER_NAME, Ledger, release, release_abandoned
+from layerbench.kernel.process import ProcessId
+from layerbench.run.ledger import LEDGER_NAME, TAG, Ledger, release, release_abandoned
 
 from .conftest import ROOT
 
@@ -101,3 +102,76 @@ def test_a_killed_run_leaves_a_mount_and_a_loop_device_that_cleanup_releases(tmp
     assert f"removed {image}" in actions and f"removed {point}" in actions
     assert mountinfo.points_below(str(tmp_path)) == [] and _loops_of(image) == "" and not image.exists()
     assert os.listdir(run) == ["cell"] and os.listdir(run / "cell") == []  # the cell dir is the test's own
+
+
+_RUN_WITH_A_DAEMON = """
+import os, signal, subprocess, sys
+from pathlib import Path
+from layerbench.run.ledger import Ledger, daemon_id
+run = Path(sys.argv[1])
+led = Ledger(run / "ledger.jsonl").open()
+proc = subprocess.Popen(  # held until the ledger has it, then `exec`ed under the same pid
+    ["/bin/sh", "-c", 'read -r _ && exec "$@"', "sleeper", "sleep", "1000"],
+    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+)
+led.made("daemon", daemon_id(proc.pid))
+proc.stdin.write(b"go\\n")
+proc.stdin.close()
+while os.readlink(f"/proc/{proc.pid}/exe") != "/usr/bin/sleep":
+    pass
+print(proc.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_daemon_of_a_killed_run_is_stopped_by_cleanup(tmp_path: Path) -> None:
+    run = tmp_path / "run-1"
+    run.mkdir()
+    proc = subprocess.run([sys.executable, "-c", _RUN_WITH_A_DAEMON, str(run)], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    pid = int(proc.stdout)
+    daemon = ProcessId.of(pid)
+    assert daemon is not None and daemon.alive() and daemon.exe == "/usr/bin/sleep"  # the killed run left it
+    actions, live = release_abandoned(tmp_path)
+    assert live == [] and actions[0] == f"stopped process {pid} (/usr/bin/sleep)"
+    assert not daemon.alive()
+    assert release_abandoned(tmp_path) == ([], [])  # idempotent: the run directory went with its ledger
+
+
+def test_a_daemon_record_stops_only_that_very_process_of_that_run(tmp_path: Path) -> None:
+    run = tmp_path / "run-1"
+    run.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != TAG}
+    untagged = subprocess.Popen(["sleep", "1000"], env=env)  # someone else's: right pid and start, no tag
+    tagged = subprocess.Popen(["sleep", "1000"], env={**env, TAG: str(run / LEDGER_NAME)})
+    try:
+        a, b = ProcessId.of(untagged.pid), ProcessId.of(tagged.pid)
+        assert a is not None and b is not None
+        records = [
+            {"op": "make", "kind": "daemon", "path": f"{a.pid}:{a.start}"},
+            {"op": "make", "kind": "daemon", "path": f"{b.pid}:{b.start + 1}"},  # a recycled pid: another start
+            {"op": "make", "kind": "daemon", "path": "1:1"},  # init
+            {"op": "make", "kind": "netns", "path": "not-ours"},  # not a name netshape gives
+        ]
+        (run / LEDGER_NAME).write_text("".join(json.dumps(r) + "\n" for r in records))
+        actions = release(run / LEDGER_NAME)
+        assert actions == [
+            "skipped daemon 1:1: not a daemon as the ledger names one (<pid>:<start time>)",
+            f"skipped daemon {a.pid}:{a.start}: pid {a.pid} (/usr/bin/sleep) does not carry this run's {TAG}",
+        ]
+        assert a.alive() and b.alive()
+    finally:
+        for p in (untagged, tagged):
+            p.kill()
+            p.wait()
+
+
+def test_a_run_tags_the_processes_it_starts_with_its_ledger(tmp_path: Path) -> None:
+    assert TAG not in os.environ
+    ledger = Ledger(tmp_path / LEDGER_NAME).open()
+    try:
+        child = subprocess.run(["sh", "-c", f"echo ${TAG}"], capture_output=True, text=True, check=True)
+        assert child.stdout.strip() == str(tmp_path / LEDGER_NAME)
+    finally:
+        ledger.close()
+    assert TAG not in os.environ

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from layerbench.environment import LOOP_IO
 from layerbench.errors import UserError
-from layerbench.kernel import mountinfo, pagecache, syscalls
+from layerbench.kernel import mountinfo, pagecache, safety, syscalls
 from layerbench.kernel.safety import remove_tree
 from layerbench.run.ledger import Ledger
 
@@ -71,8 +71,9 @@ def unavailable(fstype: str) -> str | None:
     return None
 
 
-def _run(cmd: list[str]) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+def _run(cmd: list[str], fd: int | None = None) -> str:
+    """Run `cmd`; `fd` stays open in it (as /proc/self/fd/FD: a file opened without following a symlink)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, pass_fds=() if fd is None else (fd,))
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip()
@@ -238,20 +239,20 @@ def forget_pages(path: Path) -> None:
         os.close(fd)
 
 
-def copy_backing_file(source: Path, target: Path) -> str:
-    """Copy a backing file: a reflink (FICLONE) where the host filesystem shares extents, else
-    `cp --sparse=always` (holes stay holes); neither copy leaves its pages in the host's page
-    cache. Return how it was copied ("reflink" or "sparse")."""
+def copy_backing_file(source: Path, target: int) -> str:
+    """Copy a backing file into the open, empty file `target`: a reflink (FICLONE) where the host
+    filesystem shares extents, else `cp --sparse=always` (holes stay holes); neither copy leaves
+    its pages in the host's page cache. Return how it was copied ("reflink" or "sparse")."""
     how = "reflink"
-    with open(source, "rb") as src, open(target, "wb") as dst:
+    with open(source, "rb") as src:
         try:
-            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+            fcntl.ioctl(target, _FICLONE, src.fileno())
         except OSError:
             how = "sparse"
-    if how == "sparse":
-        _run(["cp", "--sparse=always", str(source), str(target)])
-    for path in (source, target):
-        forget_pages(path)
+        if how == "sparse":
+            _run(["cp", "--sparse=always", str(source), f"/proc/self/fd/{target}"], target)
+        pagecache.drop_pages(src.fileno())
+    pagecache.drop_pages(target)
     return how
 
 
@@ -291,30 +292,70 @@ class BackingStore:
         self.mounted = False
         self.ledger = ledger
         self.template = template
+        self.workdir = workdir
+        self._made_image = self._made_mountpoint = False  # what `close` may remove: only what `open` made
 
     def _note(self, kind: str, path: Path | str, made: bool = True) -> None:
         if self.ledger is not None:
             (self.ledger.made if made else self.ledger.released)(kind, path)
 
     def open(self) -> Path:
-        self._note("dir", self.mountpoint)
-        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        """Make the store. `workdir` must be the running user's alone and reached without a symlink
+        (kernel/safety.open_dir); everything in it is made through its fd: the mount point
+        without following a symlink, the backing file new (`O_EXCL|O_NOFOLLOW`), and mkfs,
+        losetup given that very file (/proc/self/fd/N), never its path; the mount point is checked
+        to be the real directory `workdir/mnt` before mounting on it."""
+        if not os.path.lexists(self.workdir):
+            safety.make_dir(self.workdir)
+        wfd = safety.open_dir(self.workdir)
+        try:
+            self._note("dir", self.mountpoint)
+            try:
+                os.mkdir(self.mountpoint.name, 0o700, dir_fd=wfd)
+            except FileExistsError:
+                pass
+            mfd = os.open(self.mountpoint.name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=wfd)
+            self._made_mountpoint = True
+            try:
+                if (got := os.readlink(f"/proc/self/fd/{mfd}")) != str(self.mountpoint):
+                    raise UserError(
+                        f"{self.mountpoint}: reached through a symlink (it is {got}); refusing to mount on it"
+                    )
+                # mount(2) by the path just checked: a bind mount onto a /proc/self/fd/N target would
+                # be hardened (remounted) on the mount below it; no one else may write in `workdir`
+                self._open_in(wfd, str(self.mountpoint))
+            finally:
+                os.close(mfd)
+        finally:
+            os.close(wfd)
+        return self.mountpoint
+
+    def _open_in(self, wfd: int, target: str) -> None:
+        """Make the store in the directory `wfd`, mounted on `target` (its checked mount point)."""
         if self.fstype == "dir":
             if os.geteuid() == 0:  # bound onto itself, so it is nodev,nosuid like every other store
                 self._note("mount", self.mountpoint)
-                syscalls.mount(str(self.mountpoint), str(self.mountpoint), "", syscalls.MS_BIND)
+                syscalls.mount(target, target, "", syscalls.MS_BIND)
                 self.mounted = True
-            return self.mountpoint
+            return
         self._note("file", self.image)
-        if self.template is not None:
-            copy_backing_file(self.template, self.image)
-        else:
-            with open(self.image, "wb") as f:
-                f.truncate(self.size_bytes)
-            extra = ["-N", str(self.inodes)] if self.fstype == "ext4" and self.inodes else []
-            _run([*MKFS[self.fstype], *MKFS_OPTIONS[self.fstype], *extra, str(self.image)])
-        self._note("loop", self.image)
-        self.loop = _run(["losetup", "--find", "--show", str(self.image)])
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            ifd = os.open(self.image.name, flags, 0o600, dir_fd=wfd)
+        except FileExistsError:
+            raise UserError(f"{self.image}: already there; a store's backing file is always new") from None
+        self._made_image = True
+        try:
+            if self.template is not None:
+                copy_backing_file(self.template, ifd)
+            else:
+                os.ftruncate(ifd, self.size_bytes)
+                extra = ["-N", str(self.inodes)] if self.fstype == "ext4" and self.inodes else []
+                _run([*MKFS[self.fstype], *MKFS_OPTIONS[self.fstype], *extra, f"/proc/self/fd/{ifd}"], ifd)
+            self._note("loop", self.image)
+            self.loop = _run(["losetup", "--find", "--show", f"/proc/self/fd/{ifd}"], ifd)
+        finally:
+            os.close(ifd)
         # Direct I/O: reads and writes go to the image file without the host's page cache, so
         # it holds no second copy of the store's pages and a cold read is cold, as on a disk.
         # Where the host filesystem refuses O_DIRECT, the loop stays buffered (direct_io False).
@@ -322,9 +363,8 @@ class BackingStore:
             subprocess.run(["losetup", "--direct-io=on", self.loop], capture_output=True)
         self.direct_io = loop_direct_io(self.loop)
         self._note("mount", self.mountpoint)
-        syscalls.mount(self.loop, str(self.mountpoint), self.fstype, 0, "")
+        syscalls.mount(self.loop, target, self.fstype, 0, "")
         self.mounted = True
-        return self.mountpoint
 
     def close(self, keep_file: bool = False) -> None:
         """Unmount (everything below first, lazily as the last resort), detach, remove (the
@@ -337,10 +377,11 @@ class BackingStore:
             subprocess.run(["losetup", "-d", self.loop], capture_output=True)
             self.loop = None
             self._note("loop", self.image, made=False)
-        if os.path.lexists(self.image) and not keep_file:
-            self.image.unlink()
+        if self._made_image and not keep_file:  # only the file this store made, never one found there
+            self.image.unlink(missing_ok=True)
+            self._made_image = False
             self._note("file", self.image, made=False)
-        if self.mountpoint.is_dir() and not os.path.ismount(self.mountpoint):
+        if self._made_mountpoint and self.mountpoint.is_dir() and not os.path.ismount(self.mountpoint):
             remove_tree(self.mountpoint)
             self._note("dir", self.mountpoint, made=False)
 

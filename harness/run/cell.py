@@ -273,7 +273,7 @@ def run_cell(
     started = time.monotonic() - spent_s
     if ledger is not None:
         ledger.made("dir", workdir)
-    workdir.mkdir(mode=0o700)
+    safety.make_dir(workdir)  # in its run directory, never through a symlink
     if template is not None:
         store = backing.BackingStore(
             workdir, cell.backing, template.size_bytes, template.inodes, ledger, template.image, loop_io=loop_io
@@ -364,7 +364,7 @@ def build_template(
     backing file, cleanly unmounted, as its family's template (harness/run/templates.py)."""
     if ledger is not None:
         ledger.made("dir", workdir)
-    workdir.mkdir(mode=0o700)
+    safety.make_dir(workdir)  # in its run directory, never through a symlink
     store = backing.BackingStore(
         workdir, cell.backing, size_bytes, inodes, ledger, loop_io=(env or RunEnvironment()).loop_io
     )
