@@ -435,15 +435,38 @@ def _image_path(c: _Checker, here: Path, value: str, source: str) -> None:
         raise c.fail("image.path", f"{target} is not {kind} (image source {source!r})")
 
 
+#: what a synthetic image may ask for (docs/images.md, Limits): its layers, files and paths are
+#: generated in memory before any cell, so each is bounded; `bytes` is bounded by the disk check
+SYNTHETIC_BOUNDS: dict[str, tuple[float, float]] = {
+    "layers": (1, 500),  # the kernel's overlay limit
+    "files": (0, 1_000_000),
+    "depth": (0, 1000),  # `usr/d0/d1/...`: 3 bytes a level, within PATH_MAX (4095)
+    "sigma": (0, 20),  # the log-normal spread: a larger one overflows the sizes to inf
+}
+#: the most files a `write` step's `count` numbers
+MAX_WRITE_COUNT = 1_000_000
+
+
+def _bounded(c: _Checker, value: Any, low: float, high: float, where: str) -> None:
+    """A number between `low` and `high`, literal or every value of its `${param}`."""
+    ref = _REF.match(value) if isinstance(value, str) else None
+    for n in c.params.get(ref.group(1), []) if ref else [value]:
+        if isinstance(n, (int, float)) and not isinstance(n, bool) and not low <= n <= high:
+            shown = f"{n} (parameter {ref.group(1)})" if ref else f"{n}"
+            raise c.fail(where, f"must be between {_number(low)} and {_number(high)}, got {shown}")
+
+
+def _number(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+
 def _check_synthetic(c: _Checker, image: dict[str, Any], at: str) -> None:
     """The fields of a synthetic image's table (`image` or `images[i]`)."""
     c.fields(image, {k: (INT, False) for k in ("layers", "files", "bytes", "seed", "depth")}, f"{at}.")
     c.fields(image, {"sigma": (NUMBER, False)}, f"{at}.")
-    layers = image.get("layers", 1)
-    ref = _REF.match(layers) if isinstance(layers, str) else None
-    for n in c.params.get(ref.group(1), []) if ref else [layers]:
-        if isinstance(n, int) and not 1 <= n <= 500:
-            raise c.fail(f"{at}.layers", f"must be between 1 and 500, got {n}")
+    for key, (low, high) in SYNTHETIC_BOUNDS.items():
+        if key in image:
+            _bounded(c, image[key], low, high, f"{at}.{key}")
     for table, spec in (("file", _IMAGE_FILE), ("remove", _IMAGE_REMOVE)):
         entries = image.get(table, [])
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -544,6 +567,8 @@ def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> No
     for key in ("path", "to", "glob"):
         if key in step:
             _relative(c, step[key], f"{where}{key}")
+    if "count" in step and op == "write":
+        _bounded(c, step["count"], 0, MAX_WRITE_COUNT, f"{where}count")
     if "count" in step and op == "write" and "{i}" not in str(step.get("path", "")):
         raise c.fail(f"{where}path", "with count, the path must hold {i}, numbering the files")
     if "allow_errors" in step:

@@ -106,3 +106,21 @@ def test_warnings_are_the_end_of_run_ones_grouped_with_human_parameters() -> Non
     assert "; second_write_ns 10 µs, 95% CI" in line and "--warmup" not in line and "±" not in line
     page = report.render(r, "html")
     assert 'id="warnings"' in page and "file_size=1 MiB" in page.split('id="warnings"')[1]
+
+
+def test_a_baseline_driver_name_carrying_html_is_escaped(tmp_path: Path) -> None:
+    """Issue 20: a driver name is untrusted (a results file's, given again as --baseline); the intro
+    inserted the baseline unescaped, so `<script>` in a driver name ran in the browser."""
+    from layerbench.analysis import results
+
+    evil = "<script>alert(1)</script>"
+    doc = results.read(DATA / "copy-up.json")
+    for cell in doc["cells"]:
+        if cell["driver"] == "btrfs":
+            cell["driver"] = evil
+    path = tmp_path / "evil.json"
+    path.write_text(json.dumps(doc))
+    r = report.build(report.read_all([path]), evil, with_claims=False)
+    page = report.render(r, "html")
+    assert evil not in page
+    assert "median over <b>&lt;script&gt;alert(1)&lt;/script&gt;</b>" in page

@@ -138,3 +138,52 @@ def test_an_image_path_that_is_no_file_or_directory_is_refused_without_opening_i
         load_scenario(path)
     want = "does not exist" if kind == "missing" else "is not a directory or a regular file"
     assert str(err.value).startswith(f"{path}: image.path: {target}") and want in str(err.value)
+
+
+# -- memory bounds of a synthetic image and a write step (issue 20) ----------------------------------------
+
+BOUNDS = [
+    ("image.files", '[image]\nfiles = "${n}"\n', 1_000_001, "must be between 0 and 1,000,000"),
+    ("image.sigma", '[image]\nsigma = "${n}"\n', 1000, "must be between 0 and 20"),
+    ("image.depth", '[image]\ndepth = "${n}"\n', 10**9, "must be between 0 and 1,000"),
+    ("image.layers", '[image]\nlayers = "${n}"\n', 501, "must be between 1 and 500"),
+    ("images[0].files", '[image]\n[[images]]\nname = "app"\nfiles = "${n}"\n', 10**12, "must be between 0 and"),
+    (
+        "step[1].count",
+        '[image]\n[[step]]\nop = "start"\n[[step]]\nop = "write"\npath = "f{i}"\nbytes = 1\ncount = "${n}"\n',
+        10**10,
+        "must be between 0 and 1,000,000",
+    ),
+]
+
+
+@pytest.mark.parametrize(("where", "body", "value", "message"), BOUNDS, ids=[b[0] for b in BOUNDS])
+@pytest.mark.parametrize("how", ["literal", "param", "--param"])
+def test_huge_synthetic_sizes_are_one_line_before_anything_is_generated(
+    tmp_path: Path, where: str, body: str, value: int, message: str, how: str
+) -> None:
+    """`files = 10**12` allocated an array of that many; a huge `sigma` overflowed the sizes; a huge
+    `depth` or write `count` built paths or lists without end. Each is bounded, literal or parameter."""
+    text = body if how != "literal" else body.replace('"${n}"', str(value))
+    steps = START if "[[step]]" not in body else ""
+    path = tmp_path / "s.toml"
+    path.write_text(HEAD + ("[params]\nn = [1]\n" if how == "--param" else f"[params]\nn = [{value}]\n") + text + steps)
+    with pytest.raises(UserError) as err:
+        if how == "--param":
+            resolve_scenarios((str(path),), {"n": [value]})
+        else:
+            load_scenario(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: {where}: {message}") and f"got {value}" in text and "\n" not in text
+
+
+def test_open_image_refuses_a_fifo_without_opening_it(tmp_path: Path) -> None:
+    """The Python API (and a plugin) reach `open_image` without the scenario check: it checks the type too."""
+    import os
+
+    from layerbench.images.image_sources import open_image
+
+    os.mkfifo(tmp_path / "img")
+    for source in ("dir", "oci", "docker-archive"):
+        with pytest.raises(UserError, match="needs a directory or a regular file"):
+            open_image(source, tmp_path / "img")

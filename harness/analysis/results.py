@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import socket
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -136,12 +137,38 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+#: the largest results file read (a run of thousands of cells with their samples is a few MiB)
+MAX_RESULTS_BYTES = 256 << 20
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_RESULTS_BYTES: opened without blocking (a fifo
+    named `*.json` returns at once) and its type checked on the descriptor (a symlink to /dev/zero
+    is a character device), so no read hangs or grows without bound."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{path}: not a results file: not a regular file")
+        if st.st_size > MAX_RESULTS_BYTES:
+            raise UserError(f"{path}: not a results file: {st.st_size} bytes, over the limit of {MAX_RESULTS_BYTES}")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            size += len(chunk)
+            if size > MAX_RESULTS_BYTES:  # grew while read
+                raise UserError(f"{path}: not a results file: over the limit of {MAX_RESULTS_BYTES} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def read(path: Path) -> dict[str, Any]:
     """Read one results file, migrated and validated; refuse one that is not ours, newer than this
     code or malformed, in one line naming the file and the field."""
     try:
-        doc = json.loads(Path(path).read_text(), parse_constant=_no_constant)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        doc = json.loads(_read_bounded(Path(path)).decode(), parse_constant=_no_constant)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise UserError(f"{path}: not a readable results file: {exc}") from None
     version = doc.get("schema_version") if isinstance(doc, dict) else None
     if not isinstance(version, int):

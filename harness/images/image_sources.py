@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,16 @@ class HostDirImage:
 
 
 def open_image(source: str, path: Path) -> ArchiveImage | HostDirImage:
-    """The image of a scenario's `[image]` with `source` = dir, oci or docker-archive."""
+    """The image of a scenario's `[image]` with `source` = dir, oci or docker-archive.
+
+    `path` must be a directory or a regular file, checked with stat(2) before anything
+    opens it: a fifo would block the first open forever, before any cell's time limit."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise UserError(f"{path}: cannot open the image: {exc.strerror}") from None
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise UserError(f"{path}: image source {source!r} needs a directory or a regular file")
     if source == "dir":
         if not path.is_dir():
             raise UserError(f"{path}: image source 'dir' needs a directory")

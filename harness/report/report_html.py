@@ -155,7 +155,7 @@ def render_html(report: Report) -> str:
         table = claims_table(report)
         out += ['<h2 id="claims">Claims</h2>', _table(table, numeric_from=99, verdict_col=table[0].index("verdict"))]
     plots = figures(report)
-    out += ["<h2>Details</h2>", f'<p class="desc">{intro(report)}</p>']
+    out += ["<h2>Details</h2>", f'<p class="desc">{intro(report, lambda name: f"<b>{escape(name)}</b>")}</p>']
     for scenario in scenarios:
         out.append(f'<details id="{_anchor(scenario)}"><summary><h3>{escape(scenario)}</h3></summary>')
         description = report.doc["scenarios"].get(scenario, {}).get("description")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from layerbench.report import Report
@@ -205,11 +206,12 @@ def claims_table(report: Report) -> MdTable:
     ]
 
 
-def intro(report: Report) -> str:
-    """What the numbers in the tables are (with <b> around the baseline's name)."""
+def intro(report: Report, bold: Callable[[str], str] = lambda name: f"**{name}**") -> str:
+    """What the numbers in the tables are, the baseline's name set off by `bold` (Markdown's `**`;
+    the HTML report's escapes it: a driver name is untrusted, from a results file or --baseline)."""
     if report.baseline not in report.drivers:
         return "Medians."
-    return f"Medians; in brackets each driver's median over <b>{report.baseline}</b>'s (below ×1 is faster or smaller)."
+    return f"Medians; in brackets each driver's median over {bold(report.baseline)}'s (below ×1 is faster or smaller)."
 
 
 def _md(table: MdTable, numeric_from: int = 2) -> list[str]:
@@ -298,7 +300,7 @@ def render_md(report: Report) -> str:
     """The short report for a pull request (under 60,000 characters for a default run): the verdict,
     the claims, each scenario's headline metrics side by side, errors and the machine."""
     out = _head(report)
-    out += ["## Details", "", intro(report).replace("<b>", "**").replace("</b>", "**"), ""]
+    out += ["## Details", "", intro(report), ""]
     for scenario in dict.fromkeys(r["scenario"] for r in report.rows):
         out += [f"### {scenario}", ""]
         out += [*_md(scenario_table(report, scenario, key_metrics(report, scenario))), ""]
@@ -313,7 +315,7 @@ def render_md(report: Report) -> str:
 def render_md_long(report: Report) -> str:
     """The whole report: verdict, claims, then per scenario (folded) every metric, slopes and statistics."""
     out = _head(report)
-    out += ["## Details", "", intro(report).replace("<b>", "**").replace("</b>", "**"), ""]
+    out += ["## Details", "", intro(report), ""]
     for scenario in dict.fromkeys(r["scenario"] for r in report.rows):
         out += [f"<details><summary><b>{scenario}</b></summary>", ""]
         description = report.doc["scenarios"].get(scenario, {}).get("description")

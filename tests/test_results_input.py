@@ -1,0 +1,67 @@
+"""Results files are untrusted input too (issue 20): `report DIR`, `compare` and `claims` read only
+regular files of bounded size, never blocking on a fifo or reading a device without end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from layerbench.analysis import results
+from layerbench.cli import main
+from layerbench.errors import UserError
+
+DATA = Path(__file__).parent / "data"
+
+
+def _hostile(where: Path, kind: str) -> Path:
+    """A `*.json` in `where` that is a fifo (an open for reading would wait for a writer forever), a
+    symlink to /dev/zero (a read never ends), or a sparse file over the size limit."""
+    path = where / "evil.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        with open(path, "wb") as f:
+            f.truncate(results.MAX_RESULTS_BYTES + 1)
+    return path
+
+
+KINDS = ["fifo", "zero", "directory", "huge"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("verb", ["report", "claims", "compare-old", "compare-new"])
+def test_a_hostile_results_file_is_one_line_and_exit_2(tmp_path: Path, kind: str, verb: str) -> None:
+    shutil.copy(DATA / "null.json", tmp_path / "good.json")
+    evil = _hostile(tmp_path, kind)
+    args = {
+        "report": ["report", str(tmp_path)],  # the directory: every *.json under it
+        "claims": ["claims", str(evil)],
+        "compare-old": ["compare", str(evil), str(tmp_path / "good.json")],
+        "compare-new": ["compare", str(tmp_path / "good.json"), str(evil)],
+    }[verb]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"layerbench: error: {evil}: "), lines
+    want = "over the limit" if kind == "huge" else "not a regular file"
+    assert want in lines[0]
+
+
+def test_a_symlink_to_a_good_results_file_still_reads(tmp_path: Path) -> None:
+    (tmp_path / "link.json").symlink_to(DATA / "null.json")
+    assert results.read(tmp_path / "link.json")["schema_version"] == results.read(DATA / "null.json")["schema_version"]
+
+
+def test_deeply_nested_json_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match=rf"^{path}: not a readable results file"):
+        results.read(path)
