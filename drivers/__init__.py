@@ -18,6 +18,7 @@ from .fuse_overlayfs import FuseOverlayfsDriver
 from .null import NullDriver
 from .overlay2 import Overlay2Driver
 from .overlay2_rootless import Overlay2RootlessDriver
+from .podman import PodmanBtrfs, PodmanOverlay, PodmanVfs
 from .reflink import ReflinkDriver
 from .squashfs import SquashfsDriver
 from .vfs import VfsDriver
@@ -35,6 +36,9 @@ __all__ = [
     "NullDriver",
     "Overlay2Driver",
     "Overlay2RootlessDriver",
+    "PodmanBtrfs",
+    "PodmanOverlay",
+    "PodmanVfs",
     "ReflinkDriver",
     "SquashfsDriver",
     "VfsDriver",
@@ -60,5 +64,8 @@ def layerbench_register_drivers(registry: DriverRegistry) -> None:
         ContainerdOverlayfsSnapshotter,
         ContainerdNativeSnapshotter,
         ContainerdBtrfsSnapshotter,
+        PodmanOverlay,
+        PodmanVfs,
+        PodmanBtrfs,
     ):
         registry.add(cls)

@@ -74,6 +74,9 @@ class Driver(abc.ABC):
     #: the only xattrs `commit` writes into the new layer (None: all of them). containerd's differ keeps
     #: security.capability alone; the conformance suite checks the others are lost, as declared
     commit_xattrs: ClassVar[tuple[str, ...] | None] = None
+    #: the mode an engine gives every image's root directory whatever the layer says (None: the layer's).
+    #: containers-storage's overlay driver makes a base layer's root 0555 and children inherit it
+    root_mode: ClassVar[int | None] = None
     #: an engine driver: a running engine's address to use instead of starting one (`--containerd-address`)
     engine_address: ClassVar[str | None] = None
     #: the run's ledger, set by the harness before `setup` (None outside a run)

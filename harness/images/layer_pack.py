@@ -5,7 +5,7 @@ written as `.wh.<name>`, a directory carrying the opaque xattr as the directory 
 `.wh..wh..opq`. Other extended attributes go in PAX `SCHILY.xattr.*` records (the
 overlay's own `trusted.overlay.*` never). Hard links inside the layer stay links;
 symlinks are written as links, never followed. Entries are in sorted order, so the
-same tree gives the same bytes and digest.
+same tree gives the same bytes and digest. The root comes first, as `./`.
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ def pack_layer(src: Path, out: IO[bytes], opaque_xattr: str = "trusted.overlay.o
     """Write DIFF directory `src` as an uncompressed OCI layer tar to `out`; return (`sha256:` digest, size)."""
     sink = _Hashing(out)
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, errors="surrogateescape") as tar:  # type: ignore[call-overload]
+        root = tar.gettarinfo(str(src), "./")  # the root's own mode and owner (an engine's default may differ)
+        root.uname = root.gname = ""
+        tar.addfile(root)
         for top, dirs, files in os.walk(src):
             dirs.sort()
             rel_top = os.path.relpath(top, src)

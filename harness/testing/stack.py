@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,7 +91,12 @@ class Stack:
         """Assert a container on `layer` shows what the plain directory held at that layer."""
         image = layer or self.top
         assert image is not None
-        problems = compare(self.expected[image], self.view(image))
+        expected = self.expected[image]
+        if (mode := self.driver.root_mode) is not None and "." in expected.entries:  # declared: see Driver.root_mode
+            root = expected.entries["."]
+            entries = {**expected.entries, ".": dataclasses.replace(root, mode=(root.mode & ~0o7777) | mode)}
+            expected = dataclasses.replace(expected, entries=entries)
+        problems = compare(expected, self.view(image))
         if problems:
             shown = "\n  ".join(problems[:40])
             raise AssertionError(

@@ -1,0 +1,98 @@
+"""Podman as an engine driver: conformance cases on its overlay storage driver, and a run's cell.
+
+Every Podman operation is a `podman` command in a private mount namespace of ours
+(drivers/podman.py), so these tests are few: five conformance cases on `podman/overlay`
+(the whole suite but the 128-layer case passes too: `pytest --pyargs
+layerbench.testing.conformance --layerbench-driver podman/overlay`), and a cell of a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from layerbench.run.ledger import Ledger
+from layerbench.run.plan import RunConfig
+from layerbench.run.runner import run
+from layerbench.testing.conformance import (
+    test_committed_container_image_starts_again,
+    test_container_writes_stay_in_the_container,
+    test_empty_layer_root_is_0755_root,
+    test_removing_a_layer_with_children_is_refused,
+    test_whiteouts_and_opaque_dirs_stay_hidden_in_grandchildren,
+)
+from tests.conftest import require
+
+pytestmark = pytest.mark.mounts
+
+LAYERBENCH_DRIVERS = ["podman/overlay"]
+
+__all__ = [
+    "test_committed_container_image_starts_again",
+    "test_container_writes_stay_in_the_container",
+    "test_empty_layer_root_is_0755_root",
+    "test_removing_a_layer_with_children_is_refused",
+    "test_whiteouts_and_opaque_dirs_stay_hidden_in_grandchildren",
+]
+
+
+def _holders() -> list[int]:
+    """Pids of Podman namespace holders (`sleep infinity` under our unshare) still alive."""
+    pids = []
+    for pid in filter(str.isdigit, (p.name for p in Path("/proc").iterdir())):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            ns = Path(f"/proc/{pid}/ns/mnt").readlink()
+        except OSError:
+            continue
+        if cmd[:2] == [b"sleep", b"infinity"] and ns != Path("/proc/self/ns/mnt").readlink():
+            pids.append(int(pid))
+    return pids
+
+
+def test_a_podman_cell_runs_in_its_own_namespace_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's cell on podman/overlay: start (podman create + mount), copy-up through the mount,
+    commit, disk; the namespace holder in the ledger and gone after; no mount in ours at any time."""
+    require("podman/overlay")
+    before = set(_holders())
+    noted: list[tuple[str, str]] = []
+    made, released = Ledger.made, Ledger.released
+
+    def note_made(self: Ledger, kind: str, path: Path | str) -> None:
+        noted.append(("make", kind))
+        made(self, kind, path)
+
+    def note_released(self: Ledger, kind: str, path: Path | str) -> None:
+        noted.append(("release", kind))
+        released(self, kind, path)
+
+    monkeypatch.setattr(Ledger, "made", note_made)
+    monkeypatch.setattr(Ledger, "released", note_released)
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'name = "s"\ndescription = "a podman cell"\n'
+        '[image]\nsource = "synthetic"\nlayers = 2\nfiles = 8\nbytes = 65536\nseed = 1\n'
+        '[[image.file]]\npath = "etc/app.conf"\nsize = 4096\nlayer = 0\n'
+        "[repeat]\nsamples = 2\nwarmup = 0\n"
+        '[[step]]\nop = "start"\nmeasure = "startup_ns"\n'
+        '[[step]]\nop = "append"\npath = "etc/app.conf"\nmeasure = "copy_up_ns"\n'
+        '[[step]]\nop = "commit"\nmeasure = "commit_ns"\n'
+        '[[step]]\nop = "usage"\n'
+    )
+    config = RunConfig(
+        scenarios=(str(scenario),),
+        drivers=("podman/overlay",),
+        results_dir=tmp_path / "results",
+        work_root=tmp_path / "work",
+        target_ci=0.0,
+    )
+    doc, _path = run(config, progress=lambda _line: None)
+    (cell,) = doc["cells"]
+    assert cell["status"] == "ok", cell["error"]
+    assert {"startup_ns", "copy_up_ns", "commit_ns", "disk_bytes"} <= set(cell["metrics"])
+    assert cell["inspect"]["image"]["GraphDriver"] == "overlay"
+    assert [op for op, kind in noted if kind == "daemon"] == ["make", "release"]
+    assert set(_holders()) <= before
