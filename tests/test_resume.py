@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -150,3 +151,60 @@ def test_resume_refuses_a_run_that_is_still_going(tmp_path: Path) -> None:
     results.save(doc, path)
     with pytest.raises(UserError, match=rf"^--resume {path}: the run is still going \(pid {os.getpid()}\)"):
         run(RunConfig(resume=path, work_root=tmp_path / "work"))
+
+
+class Failing(NullDriver):
+    name = "failing"
+    broken = True  # a sample of two containers fails while set
+
+    def create_container(self, container_id: str, image: str) -> None:
+        if Failing.broken and container_id.endswith("c1"):
+            raise RuntimeError("the second container cannot be made")
+
+
+class FailingPlugin:
+    __name__ = "failing-plugin"
+
+    @hookimpl
+    def layerbench_register_drivers(self, registry):
+        registry.add(Failing)
+
+
+def test_retry_failed_runs_the_failed_cells_of_a_finished_run_again(tmp_path: Path) -> None:
+    scenario = tmp_path / "two.toml"
+    scenario.write_text(SCENARIO)
+    plugins = load_plugins(extra=(FailingPlugin(),))
+    config = RunConfig(
+        scenarios=(str(scenario),), drivers=("failing",), results_dir=tmp_path / "res", work_root=tmp_path / "work"
+    )
+    doc, path = run(config, plugins=plugins)
+    assert doc["status"] == "finished"
+    by_n = {c["params"]["n"]: c for c in doc["cells"]}
+    assert by_n[1]["status"] == "ok" and by_n[2]["status"] == "error"
+    assert "the second container cannot be made" in by_n[2]["error"]
+
+    lines: list[str] = []
+    again = RunConfig(resume=path, results_dir=tmp_path / "res", work_root=tmp_path / "work")
+    same, _ = run(again, plugins=plugins, progress=lines.append)  # without --retry-failed: nothing to do
+    assert same["cells"] == doc["cells"]
+    assert any(line.endswith("nothing to do (--retry-failed runs its 1 failed cells again)") for line in lines)
+
+    Failing.broken = False
+    try:
+        lines.clear()
+        retried, same_path = run(dataclasses.replace(again, retry_failed=True), plugins=plugins, progress=lines.append)
+    finally:
+        Failing.broken = True
+    assert same_path == path and retried["status"] == "finished"
+    assert any("1 cells done, 1 to go" in line for line in lines), lines
+    assert retried["cells"][0] == by_n[1]  # the cell that was fine is kept as it was
+    assert [(c["params"]["n"], c["status"]) for c in retried["cells"]] == [(1, "ok"), (2, "ok")]
+    assert results.read(path)["cells"] == retried["cells"]
+
+
+def test_retry_failed_without_resume_is_one_line(tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["run", "-d", "null", "--retry-failed", "--results-dir", str(tmp_path)])
+    assert (r.exit_code, r.stderr) == (
+        2,
+        "layerbench: error: --retry-failed runs a run's failed cells again: pass --resume FILE too\n",
+    )

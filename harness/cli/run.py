@@ -126,6 +126,8 @@ def run_cmd(
     if export_csv and export_csv != "-":
         safety.check_output_file(Path(export_csv), "--export-csv")
     spread, resume, work_root = config.spread, config.resume, config.work_root
+    if config.retry_failed and not resume:
+        raise UserError("--retry-failed runs a run's failed cells again: pass --resume FILE too")
     if spread and not cluster:
         raise UserError("--spread spreads cells over a fleet's hosts: pass --cluster ADDRESS too")
     if dry_run:

@@ -353,6 +353,16 @@ class RunConfig:
             )
         ),
     )
+    retry_failed: bool = field(
+        default=False,
+        metadata=meta(
+            Flag(
+                ("--retry-failed",),
+                "With --resume: run the cells that failed again too (their errors are replaced).",
+                kind="flag",
+            )
+        ),
+    )
     spread: bool = field(
         default=False,
         metadata=meta(

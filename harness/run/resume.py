@@ -23,7 +23,8 @@ def cell_key(
 
 
 def resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
-    """The config, document and path of an interrupted run, to finish it."""
+    """The config, document and path of an interrupted run, to finish it; with `retry_failed`,
+    the failed cells are left out of the document, so they run again."""
     assert config.resume is not None
     path = config.resume
     doc = results.read(path)
@@ -36,7 +37,11 @@ def resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
             raise UserError(
                 f"{path}: scenario {s.name!r} changed since the run started ({s.path}); start a new run instead"
             )
-    doc["cells"] = [c for c in doc["cells"] if c["status"] in ("ok", "error")]
+    kept = ("ok",) if config.retry_failed else ("ok", "error")
+    failed = sum(c["status"] == "error" for c in doc["cells"])
+    doc["cells"] = [c for c in doc["cells"] if c["status"] in kept]
+    if config.retry_failed and failed and doc["status"] == "finished":
+        doc["status"] = "interrupted"  # its failed cells are to run again: not finished any more
     return resumed, doc, path
 
 

@@ -169,7 +169,9 @@ def _run(
         safety.check_output_dir(config.resume.parent, "--resume")
         config, previous, resume_path = resume(config)
         if previous["status"] == "finished":
-            progress(f"{resume_path}: the run finished at {previous['finished_utc']}; nothing to do")
+            failed = sum(c["status"] == "error" for c in previous["cells"])
+            again = f" (--retry-failed runs its {failed} failed cells again)" if failed else ""
+            progress(f"{resume_path}: the run finished at {previous['finished_utc']}; nothing to do{again}")
             return previous, resume_path
     else:
         safety.check_output_dir(config.results_dir, "--results-dir")

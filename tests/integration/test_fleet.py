@@ -240,7 +240,7 @@ def _mounts_under(root: str) -> list[str]:
     return mountinfo.points_below(root)
 
 
-def test_a_worker_killed_mid_cell_leaves_that_cell_an_error_and_cleanup_releases_it(
+def test_a_worker_killed_mid_cell_leaves_that_cell_an_error_cleanup_releases_it_and_retry_failed_reruns_it(
     fleet: Fleet, tmp_path: Path
 ) -> None:
     config = RunConfig(
@@ -256,7 +256,7 @@ def test_a_worker_killed_mid_cell_leaves_that_cell_an_error_and_cleanup_releases
 
     def go() -> None:
         try:
-            outcome["doc"] = run_fleet(config, fleet.address, fleet.tls)[0]
+            outcome["doc"], outcome["path"] = run_fleet(config, fleet.address, fleet.tls)
         except BaseException as exc:  # noqa: BLE001  shown by the assertion below
             outcome["error"] = exc
 
@@ -288,6 +288,15 @@ def test_a_worker_killed_mid_cell_leaves_that_cell_an_error_and_cleanup_releases
     assert r.exit_code == 0 and "unmounted" in r.stdout, r.stdout
     assert _leftovers_under(str(root)) == []
     assert not list(root.glob("run-*"))
+
+    # --resume --retry-failed runs the killed cell again, on the same host, and keeps the others
+    again = RunConfig(resume=outcome["path"], retry_failed=True, results_dir=tmp_path / "res")
+    retried, _ = run_fleet(again, fleet.address, fleet.tls)
+    assert retried["status"] == "finished"
+    after = {(c["scenario"], c["host"]): c for c in retried["cells"]}
+    assert after[("fleet-long", "host-a")]["status"] == "ok", after[("fleet-long", "host-a")]["error"]
+    assert all(after[k] == c for k, c in cells.items() if k != ("fleet-long", "host-a"))
+    assert len(after) == 4 and len(retried["cells"]) == 4
 
 
 PACKED = """
