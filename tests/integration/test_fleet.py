@@ -498,3 +498,25 @@ def test_a_scheduler_without_layerbench_is_one_line(tmp_path: Path) -> None:
         )
     finally:
         stop([proc])
+
+
+def test_ctrl_c_on_a_fleet_client_marks_the_run_interrupted_and_exits_130(fleet: Fleet, tmp_path: Path) -> None:
+    long = _write(tmp_path, LONG.replace("[image]", "[params]\nn = [1, 2, 3]\n[image]"), "long.toml")
+    client = subprocess.Popen(
+        [
+            *(BIN / "layerbench", "run", long, "-d", "vfs", "--results-dir", tmp_path / "res"),
+            *("--cluster", fleet.address, *fleet.certs.options("client")),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (files := list((tmp_path / "res").rglob("*.json"))) or not results.read(files[0])["cells"]:
+        assert client.poll() is None and time.monotonic() < deadline, "no cell finished"
+        time.sleep(0.2)
+    client.send_signal(signal.SIGINT)
+    _, err = client.communicate(timeout=60)
+    assert client.returncode == 130, err
+    assert "Traceback" not in err and err.splitlines()[-1].startswith("layerbench: interrupted"), err
+    doc = results.read(files[0])
+    assert doc["status"] == "interrupted" and 1 <= len(doc["cells"]) < 6
