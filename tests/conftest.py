@@ -13,11 +13,47 @@ import pytest
 
 from layerbench.analysis import results
 from layerbench.driver import Driver
-from layerbench.kernel import mountinfo
+from layerbench.kernel import mountinfo, syscalls
 from layerbench.plugins import default_plugins
+from layerbench.run import backing
 from layerbench.run.backing import BackingStore
 
 ROOT = os.geteuid() == 0
+
+#: the small scenario most run tests take: two container counts (two cells), a copy-up, the disk used
+TINY = """
+name = "tiny"
+description = "Two containers and a write, on a small image."
+[params]
+containers = [1, 2]
+[image]
+layers = 3
+files = 20
+bytes = 100000
+[[image.file]]
+path = "t.bin"
+size = 8192
+[repeat]
+samples = 3
+warmup = 1
+[[step]]
+op = "start"
+count = "${containers}"
+[[step]]
+op = "append"
+path = "t.bin"
+measure = "copy_up_ns"
+[[step]]
+op = "usage"
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """TINY, written to this test's own `tiny.toml`."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
 
 
 def _leftovers_under(root: str) -> list[str]:
@@ -40,6 +76,21 @@ def require(driver: str) -> None:
     reason = default_plugins().driver(driver).probe()
     if reason is not None:
         pytest.skip(f"{driver}: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def the_fast_lane_mounts_nothing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not marked `mounts` (the `-m "not mounts"` lane, CONTRIBUTING.md) fails as soon as it
+    mounts, makes a loop device or formats a store in this process."""
+    if request.node.get_closest_marker("mounts") is not None:
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        pytest.fail(f"{request.node.nodeid} mounts or makes a store: mark it @pytest.mark.mounts", pytrace=False)
+
+    monkeypatch.setattr(syscalls, "_mount", refuse)
+    monkeypatch.setattr(syscalls, "overlay_mount", refuse)
+    monkeypatch.setattr(backing, "_run", refuse)  # mkfs, losetup
 
 
 @pytest.fixture

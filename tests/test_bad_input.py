@@ -121,8 +121,11 @@ def test_not_json_or_not_a_number_is_one_line(tmp_path: Path, text: str) -> None
 
 
 def test_every_shipped_example_still_reads() -> None:
-    for path in DATA.glob("*.json"):
-        results.read(path)
+    paths = sorted(DATA.glob("*.json"))
+    assert paths, f"no example results under {DATA}"
+    for path in paths:
+        doc = results.read(path)  # a file that no longer reads raises, naming it
+        assert doc["schema_version"] == results.SCHEMA_VERSION and isinstance(doc["cells"], list), path
 
 
 # -- output paths, checked before anything runs --------------------------------------------
@@ -182,6 +185,7 @@ def test_report_into_a_missing_directory_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.mounts
+@pytest.mark.mounts
 def test_read_only_outputs_are_refused_before_any_cell_runs(tmp_path: Path) -> None:
     with read_only_dir(tmp_path) as ro:
         code, _, err, crashed = invoke("report", str(GOOD), "-o", str(ro / "r.md"))
@@ -226,6 +230,7 @@ class _Raises:
         raise ValueError("a bug in the plugin")
 
 
+@pytest.mark.mounts
 def test_a_broken_plugin_is_named_once(monkeypatch: pytest.MonkeyPatch) -> None:
     plugins = load_plugins(extra=(_Duplicate(), _Raises()))
     monkeypatch.setattr(drivers_cli, "default_plugins", lambda: plugins)

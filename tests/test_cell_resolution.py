@@ -75,6 +75,7 @@ def _cell(tmp_path: Path) -> Cell:
     return Cell(s, default_plugins().driver("null"), s.param_sets()[0], "dir")
 
 
+@pytest.mark.mounts
 def test_estimates_and_a_run_resolve_the_cell_once(tmp_path: Path, calls: Counter[str]) -> None:
     cell = _cell(tmp_path)
     estimate_bytes(cell)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from layerbench.analysis.claims import HELD, NOT_HELD, NOT_MEASURED, evaluate
+from layerbench.analysis.claims import CLAIMS, HELD, NOT_HELD, NOT_MEASURED, claim_id, evaluate
 
 MiB = 1 << 20
 STYLES = {
@@ -30,12 +30,20 @@ def doc(*cells: dict[str, Any]) -> dict[str, Any]:
     return {"drivers": {d: {"style": s} for d, s in STYLES.items()}, "cells": list(cells)}
 
 
-def verdicts(d: dict[str, Any]) -> list[str]:
-    return [row["verdict"] for row in evaluate(d)]
+def verdicts(d: dict[str, Any]) -> dict[str, str]:
+    """Each claim's verdict by its id (a claim decided per host or backing is not one row here)."""
+    rows = evaluate(d)
+    assert len({r["id"] for r in rows}) == len(rows)
+    return {row["id"]: row["verdict"] for row in rows}
 
 
 def test_nothing_measured() -> None:
-    assert verdicts(doc()) == [NOT_MEASURED] * 14
+    assert verdicts(doc()) == {claim_id(check): NOT_MEASURED for _, check in CLAIMS}
+
+
+def test_every_claim_has_its_own_id() -> None:
+    ids = [claim_id(check) for _, check in CLAIMS]
+    assert len(set(ids)) == len(ids) and "copy-up" in ids and "page-cache" in ids
 
 
 def sharing(vfs_each: float, overlay_each: float) -> list[dict[str, Any]]:
@@ -61,8 +69,8 @@ def sharing(vfs_each: float, overlay_each: float) -> list[dict[str, Any]]:
 
 def test_sharing_and_vfs_worst_decided_from_layer_sharing() -> None:
     held = verdicts(doc(*sharing(vfs_each=0.96, overlay_each=0.001)))
-    assert held[0] == HELD and held[4] == HELD
-    assert verdicts(doc(*sharing(vfs_each=0.96, overlay_each=0.2)))[0] == NOT_HELD
+    assert held["sharing"] == HELD and held["vfs-worst"] == HELD
+    assert verdicts(doc(*sharing(vfs_each=0.96, overlay_each=0.2)))["sharing"] == NOT_HELD
 
 
 def test_copy_up_needs_growth_on_union_and_none_on_snapshot() -> None:
@@ -83,8 +91,8 @@ def test_copy_up_needs_growth_on_union_and_none_on_snapshot() -> None:
                 )
         return out
 
-    assert verdicts(doc(*cells(btrfs_big=4e4)))[1] == HELD
-    assert verdicts(doc(*cells(btrfs_big=4e6)))[1] == NOT_HELD
+    assert verdicts(doc(*cells(btrfs_big=4e4)))["copy-up"] == HELD
+    assert verdicts(doc(*cells(btrfs_big=4e6)))["copy-up"] == NOT_HELD
 
 
 def test_delete_and_commit_and_volumes() -> None:
@@ -100,10 +108,12 @@ def test_delete_and_commit_and_volumes() -> None:
         overwrite_volume_ns=[1.5e4],
         overwrite_tmpfs_ns=[9e3],
     )
-    assert verdicts(doc(d, c, v))[2:4] + verdicts(doc(d, c, v))[5:6] == [HELD, HELD, HELD]
+    got = verdicts(doc(d, c, v))
+    assert (got["delete"], got["commit"], got["volumes"]) == (HELD, HELD, HELD)
     d["image_layers_disk_bytes"] = [2 * MiB, 66 * MiB, 3 * MiB]  # the image shrank: the claim fails
     c["metrics"]["commit_layer_bytes"]["samples"] = [150 * MiB]  # a full copy
-    assert verdicts(doc(d, c, v))[2:4] == [NOT_HELD, NOT_HELD]
+    got = verdicts(doc(d, c, v))
+    assert (got["delete"], got["commit"]) == (NOT_HELD, NOT_HELD)
 
 
 def test_a_backing_sweep_decides_each_claim_per_backing() -> None:
@@ -114,7 +124,7 @@ def test_a_backing_sweep_decides_each_claim_per_backing() -> None:
     from layerbench.analysis import results
 
     doc = results.read(Path(__file__).parent.parent / "results" / "reference" / "20261130T081209Z_backing.json")
-    rows = [r for r in evaluate(doc) if r["claim"].startswith("A change copies the file up")]
+    rows = [r for r in evaluate(doc) if r["id"] == "copy-up"]
     by_backing = {r["backing"]: r for r in rows}
     assert set(by_backing) == {"ext4", "xfs"}
     assert by_backing["ext4"]["verdict"] == HELD
@@ -122,11 +132,12 @@ def test_a_backing_sweep_decides_each_claim_per_backing() -> None:
     # overlayfs on XFS copies up by sharing extents (reflink): the copy does not grow with the size
     assert by_backing["xfs"]["verdict"] == NOT_HELD and "container layer +12 KiB" in by_backing["xfs"]["figures"]
     # a claim measured nowhere is said once, not once per backing
-    assert [r["backing"] for r in evaluate(doc) if r["claim"].startswith("Deleting")] == [""]
+    assert [r["backing"] for r in evaluate(doc) if r["id"] == "delete"] == [""]
 
 
-def claim(d: dict[str, Any], start: str) -> dict[str, str]:
-    return next(r for r in evaluate(d) if r["claim"].startswith(start))
+def claim(d: dict[str, Any], cid: str) -> dict[str, str]:
+    """The row of the claim whose id is `cid`."""
+    return next(r for r in evaluate(d) if r["id"] == cid)
 
 
 def image_cell(driver: str, added: float) -> dict[str, Any]:
@@ -147,12 +158,12 @@ def image_cell(driver: str, added: float) -> dict[str, Any]:
 
 
 def test_images_share_their_base_unless_copied() -> None:
-    row = claim(doc(image_cell("overlay2", 8.2), image_cell("vfs", 150)), "Images built on one base")
+    row = claim(doc(image_cell("overlay2", 8.2), image_cell("vfs", 150)), "images")
     assert row["verdict"] == HELD
     assert "overlay2: app-a +8.2 MiB, app-b +8.2 MiB (own layers 8 MiB, base 64 MiB)" in row["figures"]
-    assert claim(doc(image_cell("overlay2", 72), image_cell("vfs", 150)), "Images built")["verdict"] == NOT_HELD
-    assert claim(doc(image_cell("overlay2", 8), image_cell("vfs", 9)), "Images built")["verdict"] == NOT_HELD
-    assert claim(doc(cell("image-sharing", "overlay2", {})), "Images built")["verdict"] == NOT_MEASURED
+    assert claim(doc(image_cell("overlay2", 72), image_cell("vfs", 150)), "images")["verdict"] == NOT_HELD
+    assert claim(doc(image_cell("overlay2", 8), image_cell("vfs", 9)), "images")["verdict"] == NOT_HELD
+    assert claim(doc(cell("image-sharing", "overlay2", {})), "images")["verdict"] == NOT_MEASURED
 
 
 def test_remove_returns_the_store_to_the_image() -> None:
@@ -168,8 +179,8 @@ def test_remove_returns_the_store_to_the_image() -> None:
             )
         )
 
-    assert claim(one(8.1), "Removing a container")["verdict"] == HELD  # 100 KiB of metadata
-    row = claim(one(12), "Removing a container")
+    assert claim(one(8.1), "remove")["verdict"] == HELD  # 100 KiB of metadata
+    row = claim(one(12), "remove")
     assert row["verdict"] == NOT_HELD and "12 MiB after remove, image alone 8 MiB" in row["figures"]
 
 
@@ -189,9 +200,9 @@ def test_tmpfs_stays_off_the_store_and_bind_lands_on_it() -> None:
             )
         )
 
-    assert claim(kinds(0, 48.1), "tmpfs writes")["verdict"] == HELD
-    assert claim(kinds(48, 48), "tmpfs writes")["verdict"] == NOT_HELD  # the tmpfs wrote to the disk
-    assert claim(kinds(0, 0), "tmpfs writes")["verdict"] == NOT_HELD  # the bind volume was not on the store
+    assert claim(kinds(0, 48.1), "tmpfs")["verdict"] == HELD
+    assert claim(kinds(48, 48), "tmpfs")["verdict"] == NOT_HELD  # the tmpfs wrote to the disk
+    assert claim(kinds(0, 0), "tmpfs")["verdict"] == NOT_HELD  # the bind volume was not on the store
     only_tmpfs = doc(
         cell(
             "volume-writes",
@@ -202,18 +213,18 @@ def test_tmpfs_stays_off_the_store_and_bind_lands_on_it() -> None:
             written_bytes=[48 * MiB],
         )
     )
-    assert claim(only_tmpfs, "tmpfs writes")["verdict"] == NOT_MEASURED
+    assert claim(only_tmpfs, "tmpfs")["verdict"] == NOT_MEASURED
 
 
 def test_nearest_layer_fails_on_a_cell_error_naming_the_file() -> None:
     good = cell("nearest-layer", "overlay2", {}, expect_files=[1, 1, 1, 1])
-    assert claim(doc(good), "The nearest layer wins")["verdict"] == HELD
+    assert claim(doc(good), "nearest")["verdict"] == HELD
     bad = {
         **cell("nearest-layer", "vfs", {}),
         "status": "error",
         "error": "step[1] expect: ContentMismatch: etc/app.conf: the merged view reads sha256 0a1b, not layer 2's copy",
     }
-    row = claim(doc(good, bad), "The nearest layer wins")
+    row = claim(doc(good, bad), "nearest")
     assert row["verdict"] == NOT_HELD and "etc/app.conf" in row["figures"]
 
 
@@ -226,20 +237,15 @@ def test_rootless_kernel_overlay_against_fuse_needs_both_drivers() -> None:
                 out.append(cell("copy-up", driver, {"file_size": size, "mode": "append", "depth": 1}, copy_up_ns=[t]))
         return out
 
-    row = claim(doc(*pair(2e6, 9e6)), "fuse-overlayfs is for hosts")
+    row = claim(doc(*pair(2e6, 9e6)), "rootless")
     assert row["verdict"] == HELD
     assert (
         "copy-up (depth=1, file_size=67108864, mode=append): overlay2-rootless 50 ms, fuse-overlayfs 200 ms"
         in row["figures"]
     )
-    assert claim(doc(*pair(2e7, 9e6)), "fuse-overlayfs is for hosts")["verdict"] == NOT_HELD
+    assert claim(doc(*pair(2e7, 9e6)), "rootless")["verdict"] == NOT_HELD
     one_driver = [c for c in pair(2e6, 9e6) if c["driver"] == "overlay2-rootless"]
-    assert claim(doc(*one_driver), "fuse-overlayfs is for hosts")["verdict"] == NOT_MEASURED
-
-
-def _claim(d: dict[str, Any], start: str) -> dict[str, str]:
-    (row,) = [r for r in evaluate(d) if r["claim"].startswith(start)]
-    return row
+    assert claim(doc(*one_driver), "rootless")["verdict"] == NOT_MEASURED
 
 
 def test_pulling_dominates_is_decided_per_driver_and_link_sample_by_sample() -> None:
@@ -259,11 +265,11 @@ def test_pulling_dominates_is_decided_per_driver_and_link_sample_by_sample() -> 
         unpack_ns=[1e9, 1e9],
         cold_start_ns=[8e9, 8e9],
     )
-    row = _claim(doc(slow), "Pulling dominates")
+    row = claim(doc(slow), "pull-dominates")
     assert row["verdict"] == HELD and "overlay2 at 100mbit: 88%" in row["figures"] and "download 75%" in row["figures"]
-    row = _claim(doc(fast, slow), "Pulling dominates")
+    row = claim(doc(fast, slow), "pull-dominates")
     assert row["verdict"] == NOT_HELD and "overlay2 at loopback: 20%" in row["figures"]
-    assert _claim(doc(cell("cold-start", "vfs", {}, pull_ns=[1.0])), "Pulling")["verdict"] == NOT_MEASURED
+    assert claim(doc(cell("cold-start", "vfs", {}, pull_ns=[1.0])), "pull-dominates")["verdict"] == NOT_MEASURED
 
 
 def test_a_present_base_is_not_fetched_again() -> None:
@@ -275,7 +281,7 @@ def test_a_present_base_is_not_fetched_again() -> None:
         second_image_pull_bytes=[MiB],
         second_pulled_layer0_bytes=[0],
     )
-    row = _claim(doc(shared), "An image whose base")
+    row = claim(doc(shared), "base-present")
     assert row["verdict"] == HELD and "fetched 254 B of its 1 MiB (0.0%)" in row["figures"]
     fetched = cell(
         "pull-shared-base",
@@ -285,13 +291,13 @@ def test_a_present_base_is_not_fetched_again() -> None:
         second_image_pull_bytes=[MiB],
         second_pulled_layer0_bytes=[MiB - 254],
     )
-    assert _claim(doc(shared, fetched), "An image whose base")["verdict"] == NOT_HELD
+    assert claim(doc(shared, fetched), "base-present")["verdict"] == NOT_HELD
 
 
 def test_the_commit_claim_on_btrfs_is_decided_on_what_the_layer_holds_alone() -> None:
     def commit(**metrics: list[float]) -> list[dict[str, str]]:
         rows = evaluate(doc(cell("commit", "btrfs", {}, written_bytes=[47.7 * MiB], **metrics)))
-        return [r for r in rows if r["claim"].startswith("A commit adds one layer")]
+        return [r for r in rows if r["id"] == "commit"]
 
     # beside the live container the snapshot shares every extent: 32 KiB decided nothing; alone it holds the changes
     (row,) = commit(commit_layer_bytes=[32 * 1024], layer_alone_disk_bytes=[47.9 * MiB])

@@ -16,31 +16,7 @@ from layerbench.analysis import results
 from layerbench.cli import main
 from layerbench.plugins import default_plugins
 
-TINY = """
-name = "tiny"
-description = "Two containers and a write, on a small image."
-[params]
-containers = [1, 2]
-[image]
-layers = 3
-files = 20
-bytes = 100000
-[[image.file]]
-path = "t.bin"
-size = 8192
-[repeat]
-samples = 3
-warmup = 1
-[[step]]
-op = "start"
-count = "${containers}"
-[[step]]
-op = "append"
-path = "t.bin"
-measure = "copy_up_ns"
-[[step]]
-op = "usage"
-"""
+from .conftest import TINY
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
@@ -72,6 +48,7 @@ def test_bad_param_is_one_line() -> None:
     assert "copy-up.toml: image.file[0].size: parameter file_size = 'big' is not a size in bytes" in err
 
 
+@pytest.mark.mounts
 def test_drivers_lists_style_and_availability() -> None:
     code, out, _ = invoke("drivers", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
@@ -87,9 +64,9 @@ def test_scenarios_lists_descriptions() -> None:
     assert code == 0 and "copy-up" in out and "copies the whole file up" in out
 
 
-def test_run_null_end_to_end_writes_results_and_csv(tmp_path: Path) -> None:
-    scenario = tmp_path / "tiny.toml"
-    scenario.write_text(TINY)
+@pytest.mark.mounts
+def test_run_null_end_to_end_writes_results_and_csv(tiny: Path, tmp_path: Path) -> None:
+    scenario = tiny
     code, out, err = invoke(
         "run",
         str(scenario),
@@ -122,6 +99,7 @@ def test_run_null_end_to_end_writes_results_and_csv(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "work").iterdir()] == [".layerbench-work-root"]  # the cells left nothing
 
 
+@pytest.mark.mounts
 def test_failing_cell_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     scenario = tmp_path / "bad.toml"
     scenario.write_text(TINY.replace('path = "t.bin"\nmeasure', 'path = "missing.bin"\nmeasure'))
@@ -148,6 +126,7 @@ def test_failing_cell_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     assert "error: tiny null" in out
 
 
+@pytest.mark.mounts
 def test_a_run_with_some_cells_failing_exits_1_naming_only_those(tmp_path: Path) -> None:
     scenario = tmp_path / "half.toml"
     scenario.write_text(
@@ -227,6 +206,7 @@ def _slow_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.mounts
 def test_an_interrupted_run_exits_130_and_keeps_its_finished_cells(tmp_path: Path, sig: signal.Signals) -> None:
     proc, path = _slow_run(tmp_path)
     proc.send_signal(sig)
@@ -238,6 +218,7 @@ def test_an_interrupted_run_exits_130_and_keeps_its_finished_cells(tmp_path: Pat
     assert [p.name for p in (tmp_path / "work").iterdir()] == [".layerbench-work-root"]
 
 
+@pytest.mark.mounts
 def test_a_killed_run_is_listed_as_died_even_after_cleanup(tmp_path: Path) -> None:
     proc, path = _slow_run(tmp_path)
     code, out, _ = invoke("results", "--results-dir", str(tmp_path / "res"), "--json")
@@ -252,9 +233,9 @@ def test_a_killed_run_is_listed_as_died_even_after_cleanup(tmp_path: Path) -> No
     assert code == 0 and "died (run layerbench cleanup)" in out and str(path) in out
 
 
-def test_repeat_writes_one_results_file_per_run_and_compare_takes_them_as_one_side(tmp_path: Path) -> None:
-    scenario = tmp_path / "tiny.toml"
-    scenario.write_text(TINY)
+@pytest.mark.mounts
+def test_repeat_writes_one_results_file_per_run_and_compare_takes_them_as_one_side(tiny: Path, tmp_path: Path) -> None:
+    scenario = tiny
     common = ["--driver", "null", "--results-dir", str(tmp_path / "res"), "--work-root", str(tmp_path / "work")]
     code, _, err = invoke("run", str(scenario), *common, "--label", "aa", "--repeat", "3", "--target-ci", "0")
     assert code == 0, err

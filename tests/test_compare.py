@@ -128,6 +128,7 @@ def test_committed_slowed_run_flags_the_slow_driver_and_fails_the_gate() -> None
     golden("compare-slow.txt", out)
 
 
+@pytest.mark.mounts
 def test_a_live_slowed_driver_is_flagged_and_nothing_else(tmp_path: Path) -> None:
     # The threshold is wide (x4) so that run-to-run noise in the null driver's microsecond
     # timings cannot pass for a change; a 2 ms sleep in mount is a x100 and more.

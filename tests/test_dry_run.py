@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from layerbench.cli import main
@@ -13,7 +14,7 @@ from layerbench.run.estimates import estimate_bytes
 from layerbench.run.plan import RunConfig, plan
 from layerbench.run.runner import run
 
-from .test_cli import TINY
+from .conftest import TINY
 
 
 def _scenario(tmp_path: Path) -> Path:
@@ -22,6 +23,7 @@ def _scenario(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.mounts
 def test_plan_times_cells_by_their_past_runs_here(tmp_path: Path) -> None:
     scenario = _scenario(tmp_path)
     config = RunConfig(
@@ -59,6 +61,7 @@ def test_plan_times_cells_by_their_past_runs_here(tmp_path: Path) -> None:
     assert [(pc.cell.params["containers"], pc.seconds is None) for pc in wider.cells] == [(2, False), (3, True)]
 
 
+@pytest.mark.mounts
 def test_plan_ignores_another_machines_results_and_unreadable_files(tmp_path: Path) -> None:
     scenario = _scenario(tmp_path)
     config = RunConfig(
@@ -113,6 +116,7 @@ def test_dry_run_prints_the_plan_and_makes_nothing(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.toml"]  # no results dir, no work root
 
 
+@pytest.mark.mounts
 def test_dry_run_refuses_resume_in_one_line(tmp_path: Path) -> None:
     scenario = _scenario(tmp_path)
     _, path = run(

@@ -117,6 +117,7 @@ def _scenario(path: Path, files: dict[str, bytes]) -> None:
     )
 
 
+@pytest.mark.mounts
 def test_a_scenario_runs_on_a_third_party_image_source(tmp_path: Path) -> None:
     _installed("layerbench-example-source")
     files = _layers(tmp_path / "layers")
@@ -156,6 +157,7 @@ def test_a_scenario_runs_on_a_third_party_image_source(tmp_path: Path) -> None:
     assert code == 0 and csv_text == (tmp_path / "run.csv").read_text(), err
 
 
+@pytest.mark.mounts
 def test_a_wrong_byte_from_the_source_fails_the_cell_naming_the_file(tmp_path: Path) -> None:
     _installed("layerbench-example-source")
     files = _layers(tmp_path / "layers")

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from layerbench import Driver, LayerFormat, Style, hookimpl
 from layerbench.drivers import NullDriver
 from layerbench.plugins import load_plugins
@@ -57,6 +59,7 @@ def test_duplicate_name_is_refused() -> None:
     assert plugins.registry.drivers["null"] is NullDriver
 
 
+@pytest.mark.mounts
 def test_every_driver_probes_to_none_or_one_sentence() -> None:
     for cls in load_plugins().registry.drivers.values():
         reason = cls.probe()

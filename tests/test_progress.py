@@ -15,8 +15,6 @@ from layerbench.cli import main
 from layerbench.run.progress import CellEvent, LiveBar, PlainLines, RunClock, duration_text
 from layerbench.run.runner import RunConfig, run
 
-from .test_cli import TINY
-
 
 def _event(
     kind: Literal["planned", "started", "finished"], i: int, scenario: str, driver: str, duration_s: float | None = None
@@ -112,9 +110,11 @@ def test_live_bar_shows_cells_done_the_running_cell_elapsed_and_eta() -> None:
         (False, ["started 1", "finished 1", "started 2", "finished 2"]),
     ],
 )
-def test_run_reports_each_cell_planned_started_finished(tmp_path: Path, overlap: bool, order: list[str]) -> None:
-    scenario = tmp_path / "tiny.toml"
-    scenario.write_text(TINY)
+@pytest.mark.mounts
+def test_run_reports_each_cell_planned_started_finished(
+    tiny: Path, tmp_path: Path, overlap: bool, order: list[str]
+) -> None:
+    scenario = tiny
     seen: list[CellEvent] = []
     lines: list[str] = []
     doc, _ = run(
@@ -139,9 +139,9 @@ def test_run_reports_each_cell_planned_started_finished(tmp_path: Path, overlap:
     assert not any(line.startswith("[1/2]") for line in lines)  # the events replace the [i/n] lines
 
 
-def test_run_off_a_terminal_prints_plain_progress_lines(tmp_path: Path) -> None:
-    scenario = tmp_path / "tiny.toml"
-    scenario.write_text(TINY)
+@pytest.mark.mounts
+def test_run_off_a_terminal_prints_plain_progress_lines(tiny: Path, tmp_path: Path) -> None:
+    scenario = tiny
     r = CliRunner().invoke(
         main,
         [

@@ -49,6 +49,7 @@ class FlakyPlugin:
         registry.add(Flaky)
 
 
+@pytest.mark.mounts
 def test_resume_finishes_an_interrupted_run_without_redoing_cells(tmp_path: Path) -> None:
     scenario = tmp_path / "two.toml"
     scenario.write_text(SCENARIO)
@@ -80,6 +81,7 @@ def test_resume_finishes_an_interrupted_run_without_redoing_cells(tmp_path: Path
     assert done["cells"][0] == first  # kept, not run again
 
 
+@pytest.mark.mounts
 def test_resume_refuses_a_changed_scenario(tmp_path: Path) -> None:
     scenario = tmp_path / "two.toml"
     scenario.write_text(SCENARIO)
@@ -107,6 +109,7 @@ def _finished_run(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.mounts
 def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path: Path) -> None:
     path = _finished_run(tmp_path)
     before = path.read_bytes()
@@ -128,6 +131,7 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path: Path) -> 
         (["copy-up"], "--resume: the run was made with scenarios two; drop the scenario arguments or start a new run"),
     ],
 )
+@pytest.mark.mounts
 def test_resume_refuses_other_settings_naming_the_stored_ones(tmp_path: Path, args: list[str], message: str) -> None:
     path = _finished_run(tmp_path)
     before = path.read_bytes()
@@ -136,6 +140,7 @@ def test_resume_refuses_other_settings_naming_the_stored_ones(tmp_path: Path, ar
     assert path.read_bytes() == before
 
 
+@pytest.mark.mounts
 def test_resume_accepts_the_settings_the_run_had(tmp_path: Path) -> None:
     path = _finished_run(tmp_path)
     r = CliRunner().invoke(
@@ -144,6 +149,7 @@ def test_resume_accepts_the_settings_the_run_had(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "nothing to do" in r.stderr
 
 
+@pytest.mark.mounts
 def test_resume_refuses_a_run_that_is_still_going(tmp_path: Path) -> None:
     path = _finished_run(tmp_path)
     doc = results.read(path)

@@ -113,6 +113,7 @@ def test_samples_and_adaptive_false_pin_the_cell(tmp_path: Path) -> None:
     assert not runner._sampling_for(runner.RunConfig(), runner.Cell(load_scenario(fixed), null, {}, "dir")).adaptive
 
 
+@pytest.mark.mounts
 def test_a_real_cell_records_why_it_stopped_and_where_its_time_went(tmp_path: Path) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY.format(extra=""))
@@ -133,6 +134,7 @@ def test_a_real_cell_records_why_it_stopped_and_where_its_time_went(tmp_path: Pa
     assert split["timed"] >= round(raw_ns / 1e9, 3) - 0.001  # what was recorded, before the overhead came off
 
 
+@pytest.mark.mounts
 def test_run_prints_the_split_and_pins_with_samples(tmp_path: Path) -> None:
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY.format(extra=""))

@@ -14,34 +14,9 @@ from layerbench.analysis import results
 from layerbench.errors import UserError
 from layerbench.run.runner import RunConfig, run
 
-DATA = Path(__file__).parent / "data"
+from .conftest import TINY
 
-TINY = """
-name = "tiny"
-description = "Two container counts, a write, a usage step."
-[params]
-containers = [1, 2]
-[image]
-layers = 2
-files = 10
-bytes = 50000
-[[image.file]]
-path = "t.bin"
-size = 4096
-[repeat]
-samples = 3
-warmup = 0
-[[step]]
-op = "start"
-count = "${containers}"
-measure = "startup_ns"
-[[step]]
-op = "append"
-path = "t.bin"
-measure = "copy_up_ns"
-[[step]]
-op = "usage"
-"""
+DATA = Path(__file__).parent / "data"
 
 
 def check_results(path: Path) -> dict:
@@ -59,9 +34,9 @@ def test_every_committed_example_matches_the_schema(path: Path) -> None:
     check_results(path)
 
 
-def test_every_file_a_run_writes_matches_the_schema(tmp_path: Path) -> None:
-    scenario = tmp_path / "tiny.toml"
-    scenario.write_text(TINY)
+@pytest.mark.mounts
+def test_every_file_a_run_writes_matches_the_schema(tiny: Path, tmp_path: Path) -> None:
+    scenario = tiny
     bad = tmp_path / "bad.toml"
     bad.write_text(
         TINY.replace('name = "tiny"', 'name = "bad"').replace('path = "t.bin"\nmeasure', 'path = "no.bin"\nmeasure')
@@ -100,9 +75,11 @@ def test_a_broken_document_is_one_line_naming_the_place() -> None:
         results.validate(doc)
 
 
-def test_a_file_a_run_writes_records_its_process_and_older_files_without_it_stay_readable(tmp_path: Path) -> None:
-    scenario = tmp_path / "tiny.toml"
-    scenario.write_text(TINY)
+@pytest.mark.mounts
+def test_a_file_a_run_writes_records_its_process_and_older_files_without_it_stay_readable(
+    tiny: Path, tmp_path: Path
+) -> None:
+    scenario = tiny
     doc, path = run(
         RunConfig(
             scenarios=(str(scenario),), drivers=("null",), results_dir=tmp_path / "res", work_root=tmp_path / "work"

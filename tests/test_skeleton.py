@@ -26,6 +26,7 @@ except metadata.PackageNotFoundError:
     )
 
 
+@pytest.mark.mounts
 def test_skeleton_is_listed_by_drivers_and_plugins() -> None:
     rows = json.loads(CliRunner().invoke(main, ["drivers", "--json"]).stdout)
     row = next(r for r in rows if r["name"] == "skeleton")
@@ -35,6 +36,7 @@ def test_skeleton_is_listed_by_drivers_and_plugins() -> None:
     assert mine["drivers"] == ["skeleton"] and mine["version"] == "0.1.0"
 
 
+@pytest.mark.mounts
 def test_conformance_suite_passes_as_a_driver_author_runs_it(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
@@ -60,6 +62,7 @@ def test_conformance_suite_passes_as_a_driver_author_runs_it(tmp_path: Path) -> 
     assert " passed" in proc.stdout and "failed" not in proc.stdout, proc.stdout[-500:]
 
 
+@pytest.mark.mounts
 def test_a_scenario_runs_on_the_skeleton(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main,

@@ -2,42 +2,65 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
+from typing import ClassVar
+
+import pytest
 
 from layerbench.drivers.null import NullDriver
 from layerbench.images.build import build_image, files_image
+from layerbench.run import steps
 from layerbench.run.backing import BackingStore
 from layerbench.run.timing import StartTimer
 
-MOUNT_S, UNMOUNT_S = 0.005, 0.2
+TICK_NS = 1000
 
 
-class SlowNull(NullDriver):
-    """The null driver with a mount that costs 5 ms and an unmount that costs 200 ms."""
+class LoggedNull(NullDriver):
+    """The null driver, writing each container call into `log` beside the timer's clock reads."""
+
+    log: ClassVar[list[str]] = []
+
+    def create_container(self, container_id: str, image: str) -> None:
+        self.log.append(f"create {container_id}")
+        super().create_container(container_id, image)
 
     def mount(self, container_id: str) -> Path:
-        time.sleep(MOUNT_S)
+        self.log.append(f"mount {container_id}")
         return super().mount(container_id)
 
     def unmount(self, container_id: str) -> None:
-        time.sleep(UNMOUNT_S)
+        self.log.append(f"unmount {container_id}")
         super().unmount(container_id)
 
 
-def test_start_times_create_and_mount_and_keeps_the_container_until_release(tmp_path: Path) -> None:
+@pytest.mark.mounts
+def test_start_times_create_and_mount_and_keeps_the_container_until_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clock's two reads hold the create and the mount, and the unmount comes only with
+    `release`: the order of the calls, logged, not wall-clock times (CONTRIBUTING.md)."""
+    log: list[str] = []
+    clock = iter(range(0, 1 << 40, TICK_NS))
+
+    def read_clock() -> int:
+        log.append("clock")
+        return next(clock)
+
+    monkeypatch.setattr(LoggedNull, "log", log)
     store = BackingStore(tmp_path, "dir", 0)
     with store as mnt:
-        driver = SlowNull(mnt)
+        driver = LoggedNull(mnt)
         driver.setup()
         image = files_image([()])
         timer = StartTimer(driver, image, build_image(driver, image), store, prefix="x")
+        monkeypatch.setattr(steps, "perf_counter_ns", read_clock)
         first, second = timer.start(), timer.start()
+        assert (first, second) == (TICK_NS, TICK_NS)  # each start is its two clock reads apart
+        assert log == ["clock", "create xc0", "mount xc0", "clock", "clock", "create xc1", "mount xc1", "clock"]
         assert timer.containers == ["xc0", "xc1"] and set(driver.lineage.parent) >= {"xc0", "xc1"}
-        for ns in (first, second):  # the mount is inside the clock ...
-            assert MOUNT_S * 1e9 <= ns < UNMOUNT_S * 1e9  # ... the unmount is not
-        t0 = time.perf_counter()
+        log.clear()
         timer.release()
-        assert time.perf_counter() - t0 >= 2 * UNMOUNT_S  # both unmounted, after the clock
+        assert sorted(log) == ["unmount xc0", "unmount xc1"]  # after the clock, untimed
         assert timer.containers == [] and not {"xc0", "xc1"} & set(driver.lineage.parent)
         driver.close()

@@ -15,7 +15,18 @@ from typing import Any
 
 from layerbench.units import human
 
-__all__ = ["evaluate", "by_backing", "by_host", "where", "claims_text", "CLAIMS", "HELD", "NOT_HELD", "NOT_MEASURED"]
+__all__ = [
+    "evaluate",
+    "claim_id",
+    "by_backing",
+    "by_host",
+    "where",
+    "claims_text",
+    "CLAIMS",
+    "HELD",
+    "NOT_HELD",
+    "NOT_MEASURED",
+]
 
 HELD, NOT_HELD, NOT_MEASURED = "held", "did not hold", "not measured"
 Verdict = tuple[str, str]
@@ -420,6 +431,11 @@ CLAIMS: list[tuple[str, Callable[[dict[str, Any]], Verdict]]] = [
 ]
 
 
+def claim_id(check: Callable[[dict[str, Any]], Verdict]) -> str:
+    """A claim's stable id, its check's name (`_copy_up` -> `copy-up`): tests and tools pick claims by it."""
+    return check.__name__.strip("_").replace("_", "-")
+
+
 def by_backing(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The document once per backing filesystem of a backing sweep, else once whole (backing "").
 
@@ -462,7 +478,10 @@ def evaluate(doc: dict[str, Any]) -> list[dict[str, str]]:
         found = [(host, backing, *check(part)) for host, backing, part in parts]
         if len({(v, f) for _, _, v, f in found}) == 1:  # the same everywhere (e.g. not measured): said once
             found = [("", "", *found[0][2:])]
-        out += [{"claim": claim, "host": h, "backing": b, "verdict": v, "figures": f} for h, b, v, f in found]
+        cid = claim_id(check)
+        out += [
+            {"id": cid, "claim": claim, "host": h, "backing": b, "verdict": v, "figures": f} for h, b, v, f in found
+        ]
     return out
 
 

@@ -27,8 +27,7 @@ from layerbench.run.fleet_tls import FleetTLS
 from layerbench.run.ledger import release_abandoned
 from layerbench.run.runner import RunConfig, run
 
-from ..conftest import ROOT, _leftovers_under, require
-from ..test_cli import TINY
+from ..conftest import ROOT, TINY, _leftovers_under, require
 from .fleet_procs import (
     BIN,
     Certs,

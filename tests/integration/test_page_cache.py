@@ -16,8 +16,7 @@ from layerbench.run import backing
 from layerbench.run.runner import Cell, RunConfig, run, run_cell
 from layerbench.scenario import load_scenario
 
-from ..conftest import require
-from ..test_cli import TINY
+from ..conftest import TINY, require
 
 pytestmark = pytest.mark.mounts
 MiB = 1 << 20

@@ -17,7 +17,6 @@ from layerbench.run.runner import Cell, RunConfig, run, run_cell
 from layerbench.scenario import load_scenario
 
 from ..conftest import require
-from ..test_cli import TINY
 
 pytestmark = pytest.mark.mounts
 
@@ -26,11 +25,10 @@ def _mounts_under(path: Path) -> list[str]:
     return mountinfo.points_below(str(path))
 
 
-def test_run_on_every_real_driver(tmp_path: Path) -> None:
+def test_run_on_every_real_driver(tiny: Path, tmp_path: Path) -> None:
     for name in ("overlay2", "btrfs", "vfs"):
         require(name)
-    scenario = tmp_path / "tiny.toml"
-    scenario.write_text(TINY)
+    scenario = tiny
     config = RunConfig(
         scenarios=(str(scenario),),
         drivers=("overlay2", "btrfs", "vfs"),
@@ -64,10 +62,9 @@ class _FailingOverlay(Overlay2Driver):
 
 
 @pytest.mark.parametrize("driver", [_InterruptedOverlay, _FailingOverlay])
-def test_a_cell_stopped_mid_mount_releases_everything(driver: type[Overlay2Driver], tmp_path: Path) -> None:
+def test_a_cell_stopped_mid_mount_releases_everything(tiny: Path, driver: type[Overlay2Driver], tmp_path: Path) -> None:
     require("overlay2")
-    scenario = tmp_path / "tiny.toml"
-    scenario.write_text(TINY)
+    scenario = tiny
     s = load_scenario(scenario)
     cell = Cell(scenario=s, driver=driver, params=s.param_sets()[0], backing="ext4")
     if driver is _InterruptedOverlay:
@@ -97,11 +94,10 @@ class _SlowToCloseVfs(VfsDriver):
 
 @pytest.mark.parametrize("overlap", [True, False])
 def test_a_cells_teardown_overlaps_the_next_set_up_never_a_sample(
-    overlap: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: Path, overlap: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     require("vfs")
-    scenario = tmp_path / "tiny.toml"
-    scenario.write_text(TINY)
+    scenario = tiny
     _SlowToCloseVfs.log = []
     monkeypatch.setattr(runner_module, "select_drivers", lambda plugins, names: ([_SlowToCloseVfs], {}))
     config = RunConfig(
