@@ -8,6 +8,7 @@ import os
 import tarfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -162,6 +163,7 @@ hostile_paths = st.one_of(
 )
 
 
+@pytest.mark.mounts  # the null driver's "dir" store is a bind mount as root
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     ops=st.lists(
