@@ -14,6 +14,7 @@ from .containerd_snapshotter import (
     ContainerdOverlayfsSnapshotter,
 )
 from .erofs import ErofsDriver
+from .erofs_directio import ErofsDirectioDriver
 from .fuse_overlayfs import FuseOverlayfsDriver
 from .null import NullDriver
 from .overlay2 import Overlay2Driver
@@ -32,6 +33,7 @@ __all__ = [
     "ContainerdOverlayfsDriver",
     "ContainerdOverlayfsSnapshotter",
     "ErofsDriver",
+    "ErofsDirectioDriver",
     "FuseOverlayfsDriver",
     "NullDriver",
     "Overlay2Driver",
@@ -59,6 +61,7 @@ def layerbench_register_drivers(registry: DriverRegistry) -> None:
         ZfsDriver,
         ContainerdOverlayfsDriver,
         ErofsDriver,
+        ErofsDirectioDriver,
         SquashfsDriver,
         ComposefsDriver,
         ContainerdOverlayfsSnapshotter,

@@ -37,25 +37,39 @@ from layerbench.kernel import syscalls
 from ._common import fs_in_kernel, remove_tree
 from .containerd_overlayfs import ContainerdOverlayfsDriver
 
-__all__ = ["ImageLayersDriver", "mount_via_loop", "detach_loops_under", "run_tool"]
+__all__ = ["ImageLayersDriver", "mount_via_loop", "loop_dio", "detach_loops_under", "run_tool"]
 
 _LOOP_CTL_GET_FREE = 0x4C82
 _LOOP_CONFIGURE = 0x4C0A
 _LOOP_CLR_FD = 0x4C01
-_LO_FLAGS_READ_ONLY, _LO_FLAGS_AUTOCLEAR = 1, 4
+_LO_FLAGS_READ_ONLY, _LO_FLAGS_AUTOCLEAR, _LO_FLAGS_DIRECT_IO = 1, 4, 16
 
 
-def _loop_config(backing_fd: int, name: str) -> bytes:
+def _loop_config(backing_fd: int, name: str, direct_io: bool = False) -> bytes:
     """struct loop_config: fd, block_size, loop_info64 (lo_flags at 52, lo_file_name at 56), reserved."""
     info = bytearray(232)
-    struct.pack_into("=I", info, 52, _LO_FLAGS_READ_ONLY | _LO_FLAGS_AUTOCLEAR)
+    flags = _LO_FLAGS_READ_ONLY | _LO_FLAGS_AUTOCLEAR | (_LO_FLAGS_DIRECT_IO if direct_io else 0)
+    struct.pack_into("=I", info, 52, flags)
     raw = os.fsencode(name)[:63]
     info[56 : 56 + len(raw)] = raw
     return struct.pack("=II", backing_fd, 0) + bytes(info) + bytes(64)
 
 
-def mount_via_loop(image: str, target: str, fstype: str) -> str:
-    """Mount `image` read-only on `target` through a free loop device (autoclear); return the device."""
+def loop_dio(device: str) -> bool:
+    """Does the loop device do direct I/O to its file (the kernel's own answer, /sys/block/loopN/loop/dio)?"""
+    try:
+        with open(f"/sys/block/{os.path.basename(device)}/loop/dio") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def mount_via_loop(image: str, target: str, fstype: str, direct_io: bool = False) -> str:
+    """Mount `image` read-only on `target` through a free loop device (autoclear); return the device.
+
+    With `direct_io` the device reads its file with direct I/O (LO_FLAGS_DIRECT_IO), so the host page cache
+    holds no copy of the image file beside the mounted filesystem's own; where the file's filesystem cannot,
+    the kernel leaves the device buffered (`loop_dio` says which)."""
     backing = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
     try:
         for _ in range(32):  # another process may take the free device first (EBUSY): ask again
@@ -68,7 +82,7 @@ def mount_via_loop(image: str, target: str, fstype: str) -> str:
             loop = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 try:
-                    fcntl.ioctl(loop, _LOOP_CONFIGURE, _loop_config(backing, image))
+                    fcntl.ioctl(loop, _LOOP_CONFIGURE, _loop_config(backing, image, direct_io))
                 except OSError as exc:
                     if exc.errno == errno.EBUSY:
                         continue

@@ -20,6 +20,13 @@ see drivers/_image_layers.py for the directories:
 
 Timed: the conversion in the layer build and in `commit_ns`; the EROFS mounts of
 every layer and the overlay mount in `startup_ns`.
+
+containerd 2.2+ mounts each layer per container, a new superblock each, without the
+kernel's `directio` option (REFERENCES.md): a file-backed EROFS mount then reads its
+image through the host page cache, so a container's reads cache the image file once on
+the host and once in the mount. `erofs` does what containerd does; `erofs-directio` is
+the same driver with `directio` on each EROFS mount (drivers/erofs_directio.py), so the
+figure can be compared: the image file's pages leave the host cache, each mount keeps its own.
 """
 
 from __future__ import annotations
@@ -56,9 +63,12 @@ class ErofsDriver(ImageLayersDriver):
     def build_image(self, src: str, image: str) -> None:
         run_tool(["mkfs.erofs", "--quiet", "-Enoinline_data", image, src])
 
+    #: mount options of each EROFS mount ("": containerd's, no `directio`)
+    mount_data = ""
+
     def mount_image(self, image: str, target: str) -> None:
         try:
-            syscalls.mount(image, target, "erofs", syscalls.MS_RDONLY)
+            syscalls.mount(image, target, "erofs", syscalls.MS_RDONLY, self.mount_data)
             self.mounted_images[image] = "file"
         except OSError as exc:
             if exc.errno not in (errno.ENOTBLK, errno.EINVAL):

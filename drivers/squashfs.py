@@ -7,8 +7,10 @@ with
 - a layer filled as a diff directory (`snapshots/<n>/fs`), sealed by
   `mksquashfs snapshots/<n>/fs snapshots/<n>/layer.squashfs -noappend -comp <c>`
   (xattrs kept: `trusted.overlay.opaque`; whiteouts are 0/0 devices), the directory
-  then emptied, and the image attached to a loop device (read-only, autoclear; squashfs
-  mounts only a block device) and mounted `ro` on `snapshots/<n>/lower` for as long
+  then emptied, and the image attached to a loop device (read-only, autoclear, direct
+  I/O as every store's loop, so the host holds no cached copy of the image file beside
+  the mount's own pages; squashfs mounts only a block device) and mounted `ro` on
+  `snapshots/<n>/lower` for as long
   as the layer lives: one loop device per layer, shared by every container on it;
 - `commit`: `mksquashfs` of the container's upper directory into the new layer;
 - a container: the overlay
@@ -31,7 +33,7 @@ import os
 import re
 import subprocess
 
-from ._image_layers import ImageLayersDriver, mount_via_loop, run_tool
+from ._image_layers import ImageLayersDriver, loop_dio, mount_via_loop, run_tool
 
 __all__ = ["SquashfsDriver"]
 
@@ -110,9 +112,17 @@ class SquashfsDriver(ImageLayersDriver):
     def setup(self) -> None:
         super().setup()
         self.compression = compression()
+        self.setup_loops()
 
     def build_image(self, src: str, image: str) -> None:
         run_tool(["mksquashfs", src, image, "-noappend", "-quiet", "-no-progress", *compression_args(self.compression)])
 
+    def setup_loops(self) -> None:
+        #: each layer image's loop device and whether it does direct I/O (the kernel's answer)
+        self.loops: dict[str, tuple[str, bool]] = {}
+
     def mount_image(self, image: str, target: str) -> None:
-        mount_via_loop(image, target, "squashfs")
+        # direct I/O, as every store's loop: else the host caches the image file's compressed pages beside the
+        # squashfs pages of the mount, and the first container cached its image twice (193 MiB for 97.5 MiB)
+        device = mount_via_loop(image, target, "squashfs", direct_io=True)
+        self.loops[image] = (device, loop_dio(device))

@@ -16,11 +16,23 @@ import ctypes
 import errno
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from layerbench.kernel import mountinfo
 
-__all__ = ["page_cache_bytes", "regular_files", "cached_bytes", "drop_pages", "evict", "unavailable"]
+__all__ = [
+    "page_cache_bytes",
+    "regular_files",
+    "cached_bytes",
+    "CacheState",
+    "cache_state",
+    "lost_pages",
+    "drops",
+    "drop_pages",
+    "evict",
+    "unavailable",
+]
 
 #: cachestat(2), Linux 6.5; new syscalls have one number on every architecture but alpha
 _SYS_CACHESTAT = 451
@@ -45,13 +57,18 @@ class _Stat(ctypes.Structure):
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _cached_pages(fd: int) -> int:
-    """Pages of the open file in the page cache, over its whole length."""
+def _cachestat(fd: int) -> _Stat:
+    """cachestat(2) of the open file over its whole length."""
     whole, out = _Range(0, 0), _Stat()  # len 0: to the end of the file
     if _libc.syscall(_SYS_CACHESTAT, ctypes.c_uint(fd), ctypes.byref(whole), ctypes.byref(out), ctypes.c_uint(0)) < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"cachestat: {os.strerror(err)}")
-    return int(out.nr_cache)
+    return out
+
+
+def _cached_pages(fd: int) -> int:
+    """Pages of the open file in the page cache, over its whole length."""
+    return int(_cachestat(fd).nr_cache)
 
 
 def unavailable() -> str | None:
@@ -120,6 +137,58 @@ def cached_bytes(paths: list[str]) -> int:
         finally:
             os.close(fd)
     return pages * _PAGE
+
+
+@dataclass(frozen=True)
+class CacheState:
+    """The page cache of a list of files at one moment: each file's cached pages (in the order given) and
+    the pages the kernel evicted from them by reclaim (cachestat's nr_evicted, summed)."""
+
+    pages: tuple[int, ...]
+    evicted: int
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.pages) * _PAGE
+
+
+def cache_state(paths: list[str]) -> CacheState:
+    """Each file's cached pages and the evicted ones now (a file gone meanwhile counts 0)."""
+    pages, evicted = [], 0
+    for path in paths:
+        fd = _open(path)
+        if fd is None:
+            pages.append(0)
+            continue
+        try:
+            st = _cachestat(fd)
+        finally:
+            os.close(fd)
+        pages.append(int(st.nr_cache))
+        evicted += int(st.nr_evicted)
+    return CacheState(tuple(pages), evicted)
+
+
+def drops() -> int | None:
+    """How many times anyone dropped the page cache since boot (/proc/vmstat `drop_pagecache`; None where
+    the kernel does not count it or /proc is not readable). A drop leaves no trace in cachestat."""
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == "drop_pagecache":
+                    return int(value)
+    except OSError:
+        return None
+    return None
+
+
+def lost_pages(before: CacheState, after: CacheState) -> int:
+    """Pages that left the cache between the two states of the same files, while nothing should have: a file
+    with fewer cached pages than before (dropped caches, fadvise, truncation leave no trace), or more pages
+    evicted by reclaim (cachestat's nr_evicted). 0 when the cache only grew."""
+    fewer = sum(max(b - a, 0) for b, a in zip(before.pages, after.pages, strict=True))
+    return fewer + max(after.evicted - before.evicted, 0)
 
 
 def page_cache_bytes(root: Path) -> int:

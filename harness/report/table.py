@@ -151,7 +151,7 @@ def run_facts(doc: dict[str, Any]) -> str:
     if counts:
         mid = counts[len(counts) // 2]
         samples = (
-            f"{counts[0]} samples per cell"
+            f"{counts[0]} sample{'s' * (counts[0] != 1)} per cell"
             if counts[0] == counts[-1]
             else f"{counts[0]} to {counts[-1]} samples per cell (median {mid})"
         )

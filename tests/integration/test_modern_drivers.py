@@ -89,6 +89,9 @@ def test_squashfs_layers_are_compressed_images_on_loop_devices(work: Path) -> No
         assert mount.fstype == "squashfs" and mount.source.startswith("/dev/loop")
         with open(f"/sys/block/{Path(mount.source).name}/loop/backing_file") as f:
             assert f.read().strip() == str(layer_image)
+        with open(f"/sys/block/{Path(mount.source).name}/loop/dio") as f:
+            assert f.read().strip() == "1", "the layer's loop reads its image with direct I/O"
+        assert driver.loops[str(layer_image)] == (mount.source, True)  # type: ignore[attr-defined]
         driver.unmount("c")
         home = driver.home
     assert not [m for m in mountinfo.mounts() if str(home) in f"{m.point} {m.source} {m.super_options}"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,8 +93,10 @@ fraction = 1.0
 """
 
 
-@pytest.mark.parametrize("name", ["overlay2", "vfs"])
+@pytest.mark.parametrize("name", ["overlay2", "vfs", "squashfs"])
 def test_further_containers_share_the_page_cache_on_overlay_and_not_on_vfs(name: str, tmp_path: Path) -> None:
+    # squashfs: its layers' loops read the images with direct I/O, so the first container caches its image
+    # once (the squashfs pages), not twice (with the compressed image file's pages beside them)
     require(name)
     path = tmp_path / "pc-test.toml"
     path.write_text(SCENARIO)
@@ -105,7 +109,7 @@ def test_further_containers_share_the_page_cache_on_overlay_and_not_on_vfs(name:
     further = out["metrics"]["page_cache_per_container_bytes"]["samples"]
     assert len(first) == 1 and len(further) == 2
     assert image <= first[0] < 1.1 * image  # every file read once, rounded up to pages
-    if name == "overlay2":
+    if name in ("overlay2", "squashfs"):
         assert max(further) < 0.05 * image, f"overlay2 further containers added {further}"
     else:
         assert all(0.95 * image <= f < 1.1 * image for f in further), f"vfs further containers added {further}"
@@ -142,3 +146,86 @@ def test_a_local_run_gives_its_cells_the_loop_io_asked_for(tmp_path: Path) -> No
     assert [(c["status"], c["loop_direct_io"]) for c in doc["cells"]] == [("ok", False)]
     assert doc["settings"]["loop_io"] == "buffered"
     assert environment.current() == RunEnvironment()  # the run's environment ended with it
+
+
+def test_caches_dropped_mid_step_restart_the_step_and_never_make_a_figure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process drops the page cache right after the first container's reads, before they are counted:
+    # without a check the first container would add ~0 and the second on overlay2 a whole image
+    require("overlay2")
+    from layerbench.kernel import syscalls
+    from layerbench.run import steps
+
+    real_read, reads = steps._read, []
+
+    def read_then_drop(args: dict[str, Any], paths: list[Any]) -> Callable[[], None]:
+        inner = real_read(args, paths)
+
+        def run() -> None:
+            inner()
+            reads.append(1)
+            if len(reads) == 1:
+                syscalls.drop_caches()
+
+        return run
+
+    monkeypatch.setattr(steps, "_read", read_then_drop)
+    path = tmp_path / "pc-test.toml"
+    path.write_text(SCENARIO)
+    s = load_scenario(path)
+    out = run_cell(Cell(s, default_plugins().driver("overlay2"), s.param_sets()[0], "ext4"), tmp_path / "cell")
+    assert out["status"] == "ok", out["error"]
+    assert out["metrics"]["page_cache_retries"]["samples"] == [1]
+    image = out["image_bytes"]
+    assert image <= out["metrics"]["page_cache_first_bytes"]["samples"][0] < 1.1 * image
+    assert max(out["metrics"]["page_cache_per_container_bytes"]["samples"]) < 0.05 * image
+
+
+def test_a_sample_evicted_on_every_try_records_no_page_cache_figure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require("overlay2")
+    from layerbench.kernel import syscalls
+    from layerbench.run import steps
+
+    real_read = steps._read
+
+    def read_then_drop(args: dict[str, Any], paths: list[Any]) -> Callable[[], None]:
+        inner = real_read(args, paths)
+
+        def run() -> None:
+            inner()
+            syscalls.drop_caches()
+
+        return run
+
+    monkeypatch.setattr(steps, "_read", read_then_drop)
+    path = tmp_path / "pc-test.toml"
+    path.write_text(SCENARIO)
+    s = load_scenario(path)
+    out = run_cell(Cell(s, default_plugins().driver("overlay2"), s.param_sets()[0], "ext4"), tmp_path / "cell")
+    assert out["status"] == "ok", out["error"]
+    assert out["metrics"]["page_cache_retries"]["samples"] == [steps.PAGE_CACHE_TRIES]
+    assert "page_cache_evicted_pages" in out["metrics"]
+    assert not {"page_cache_first_bytes", "page_cache_per_container_bytes", "page_cache_bytes"} & set(out["metrics"])
+
+
+@pytest.mark.parametrize("name", ["erofs", "erofs-directio"])
+def test_erofs_caches_its_image_file_on_the_host_unless_mounted_with_directio(name: str, tmp_path: Path) -> None:
+    # containerd 2.2+ (and `erofs`): a file-backed EROFS mount per layer per container, no directio: the first
+    # container's reads cache the image file's pages and the mount's own, each further container its mount's
+    require(name)
+    path = tmp_path / "pc-test.toml"
+    path.write_text(SCENARIO)
+    s = load_scenario(path)
+    out = run_cell(Cell(s, default_plugins().driver(name), s.param_sets()[0], "ext4"), tmp_path / "cell")
+    assert out["status"] == "ok", out["error"]
+    image = out["image_bytes"]
+    first = out["metrics"]["page_cache_first_bytes"]["samples"][0]
+    further = out["metrics"]["page_cache_per_container_bytes"]["samples"]
+    assert all(0.95 * image <= f < 1.1 * image for f in further), further  # a superblock of its own each
+    if name == "erofs":
+        assert 1.9 * image <= first < 2.2 * image, first / image
+    else:
+        assert image <= first < 1.1 * image, first / image
