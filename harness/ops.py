@@ -149,7 +149,7 @@ _OPS = (
         "pull",
         {"image": (STR, False), "link": (STR, False), "prefix": (STR, False)},
         timed=False,
-        footprint=lambda a, i: Footprint(copies=1),
+        footprint=lambda a, i: Footprint(copies=1) if a["image"] == "base" else Footprint(imports=(a["image"],)),
         defaults={"image": "base", "link": "loopback"},
     ),
 )

@@ -24,7 +24,8 @@ from layerbench.environment import RunEnvironment, applied
 from layerbench.errors import UserError
 from layerbench.images.config import READY_LABEL, config_of
 from layerbench.images.debian import build_recipe, open_debian
-from layerbench.images.registry_client import Reference, RegistryClient, client_for
+from layerbench.images.oci import _host_platform
+from layerbench.images.registry_client import Reference, RegistryClient, client_for, open_reference
 from layerbench.kernel.netshape import link_unavailable, parse_link
 from layerbench.run.pull import StoreLayers, pull_image
 from layerbench.run.registry import registry, registry_unavailable
@@ -32,6 +33,7 @@ from layerbench.run.registry import registry, registry_unavailable
 from ..conftest import driver_on_store, require
 
 pytestmark = pytest.mark.mounts
+HOST_ARCH = _host_platform()[1]
 LAYERBENCH = [sys.executable, "-m", "layerbench"]
 
 
@@ -166,14 +168,19 @@ def test_an_image_on_a_present_base_fetches_only_its_own_layers(
 
 
 class _Lying(http.server.BaseHTTPRequestHandler):
-    """A registry whose layer blob is not what its manifest says."""
+    """A registry whose layer blob is not what its manifest says (and, with `index`, an index of two platforms)."""
 
     blobs: ClassVar[dict[str, bytes]] = {}
     manifest: ClassVar[bytes] = b""
+    index: ClassVar[bytes] = b""
 
     def do_GET(self) -> None:
-        if self.path.endswith("/manifests/latest"):
+        if self.path.endswith("/manifests/multi") and self.index:
+            body, ctype = self.index, "application/vnd.oci.image.index.v1+json"
+        elif self.path.endswith("/manifests/latest"):
             body, ctype = self.manifest, "application/vnd.oci.image.manifest.v1+json"
+        elif "/manifests/sha256:" in self.path:
+            body, ctype = self.blobs.get(self.path.rsplit("/", 1)[1], b""), "application/vnd.oci.image.manifest.v1+json"
         elif "/blobs/" in self.path:
             body, ctype = self.blobs.get(self.path.rsplit("/", 1)[1], b""), "application/octet-stream"
         else:
@@ -215,6 +222,28 @@ def lying_registry() -> Iterator[str]:
             ],
         }
     ).encode()
+    other = json.dumps({"schemaVersion": 2, "config": {}, "layers": []}).encode()  # another platform's: not taken
+    _Lying.blobs |= {_digest(_Lying.manifest): _Lying.manifest, _digest(other): other}
+    _Lying.index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": _digest(other),
+                    "size": len(other),
+                    "platform": {"os": "linux", "architecture": "s390x" if HOST_ARCH != "s390x" else "arm64"},
+                },
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": _digest(_Lying.manifest),
+                    "size": len(_Lying.manifest),
+                    "platform": {"os": "linux", "architecture": HOST_ARCH},
+                },
+            ],
+        }
+    ).encode()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Lying)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -235,6 +264,28 @@ def test_a_blob_that_does_not_match_its_digest_is_refused_in_one_line(lying_regi
     assert "does not match its digest" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "blob").exists()  # nothing of it is kept
     client.close()
+
+
+def test_an_index_resolves_to_this_platform(lying_registry: str) -> None:
+    client = RegistryClient(lying_registry, insecure=True)
+    manifest = client.manifest(Reference.parse(f"{lying_registry}/app:multi"))
+    assert manifest.digest == _digest(_Lying.manifest) and len(manifest.layers) == 1
+    client.close()
+
+
+def test_the_registry_source_fetches_a_users_image_by_reference(images: tuple[Path, Path, Path]) -> None:
+    busybox, _, root = images
+    with registry(parse_link("loopback"), root / "reg-src", root / "registry-storage", None, "tsrc") as reg:
+        reference = reg.push(busybox)
+        with applied(RunEnvironment(work_root=root)):
+            image = open_reference(reference, insecure=True)
+            with pytest.raises(UserError) as err:  # HTTPS to a registry that speaks HTTP: one line, no traceback
+                open_reference(reference)
+    assert "\n" not in str(err.value) and reference.split("/")[0] in str(err.value)
+    assert image.layout is not None and _layer_digests(image.layout) == _layer_digests(busybox)
+    config = config_of(image)
+    assert config is not None and config.ready == "log:ready"
+    assert "usr/bin/busybox" in image.file_paths()
 
 
 def test_bad_references_are_one_line() -> None:
