@@ -1,10 +1,13 @@
 """zfs: Docker's zfs driver model — a dataset per layer, child = snapshot + clone — on ZFS on FUSE.
 
 The kernel here has no zfs module, so ZFS runs in user space through Debian's
-``zfs-fuse``: `setup` starts the daemon with its own pid file, makes a sparse file
-in the driver's home and creates a pool on it (a unique name per run, no cache
-file); `close` destroys the pool and stops the daemon by its pid. The home sits on
-a plain directory (backing "dir"); the pool is the filesystem under test.
+``zfs-fuse``: `setup` starts the daemon in the foreground (`--no-daemon`, no kstat
+mount outside the home), written in the run's ledger (kind `daemon`, `<pid>:<start
+time>`) before it runs, so `layerbench cleanup` stops it after a SIGKILL; it makes a
+sparse file in the driver's home and creates a pool on it (a unique name per run, no
+cache file: the pool lives only as long as the daemon); `close` destroys the pool and
+stops the daemon (its pid and start time: never a recycled pid). The home sits on a
+plain directory (backing "dir"); the pool is the filesystem under test.
 
     <pool>/<id>          a dataset per layer and container, mounted at <home>/pool/<id>
     <pool>/<parent>@<id> the snapshot a child is cloned from (destroyed deferred, as Docker
@@ -22,19 +25,18 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 from layerbench.driver import Driver, LayerFormat, Style
 from layerbench.kernel import syscalls
+from layerbench.kernel.process import ProcessId
+from layerbench.run.ledger import daemon_id
 
 from ._common import Lineage, needs_root, unmount_below
 
 __all__ = ["ZfsDriver"]
-
-_KSTAT = "/zfs-kstat"  # zfs-fuse mounts its statistics here
 
 
 def _alive(pid: int) -> bool:
@@ -105,31 +107,22 @@ class ZfsDriver(Driver):
 
     def setup(self) -> None:
         self.lineage = Lineage()
-        self.pidfile = self.home / "zfs-fuse.pid"
         self.vdev = self.home / "pool.img"
         self.mountpoint = self.home / "pool"
         self.pool = f"lb{os.getpid()}{secrets.token_hex(3)}"
-        self._pid: int | None = None
+        self._daemon: subprocess.Popen[bytes] | None = None
+        self._ident = ""  # the daemon as the ledger names it
+        self.daemon_pid: int | None = None  # zfs-fuse's pid, while it runs
         self._pool_made = False
         if others := _zfs_fuse_running():
             raise OSError(f"zfs: a zfs-fuse daemon already runs (pid {others[0]}); it serves one machine-wide socket")
         for attempt in range(20):  # a daemon stopped a moment ago may still hold the socket
-            proc = subprocess.run(["zfs-fuse", "--pidfile", str(self.pidfile)], capture_output=True, text=True)
-            if proc.returncode == 0:
+            if self._start_daemon():
                 break
             if attempt == 19:
-                raise OSError(f"zfs-fuse did not start: {proc.stderr.strip() or proc.stdout.strip()}")
+                raise OSError(f"zfs-fuse did not start: {self._log_tail()}")
             time.sleep(0.25)
-        deadline = time.monotonic() + 15
-        while True:  # the daemon forks; it serves once its socket answers
-            if self._pid is None and self.pidfile.exists() and self.pidfile.read_text().strip():
-                self._pid = int(self.pidfile.read_text().strip())
-            if subprocess.run(["zpool", "list"], capture_output=True).returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                self.close()
-                raise OSError("zfs-fuse did not answer within 15 s")
-            time.sleep(0.05)
+
         with open(self.vdev, "wb") as f:
             f.truncate(self.pool_bytes)
         self.mountpoint.mkdir()
@@ -156,6 +149,54 @@ class ZfsDriver(Driver):
             raise OSError(f"zpool create failed: {proc.stderr.strip()}")
         self._pool_made = True
         syscalls.harden(str(self.mountpoint))
+
+    def _start_daemon(self) -> bool:
+        """Start zfs-fuse in the foreground, held by a shell until the ledger has it, then `exec`ed
+        under the same pid; True once it serves (`zpool list` answers), False if it exited (a
+        daemon stopped a moment ago still held the socket)."""
+        argv = ["zfs-fuse", "--no-daemon", "--no-kstat-mount"]
+        with open(self.home / "zfs-fuse.log", "wb") as log:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", 'read -r _ && exec "$@"', "layerbench-zfs-fuse", *argv],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C reaches the harness, which stops it in order
+            )
+        self._daemon, self._ident, self.daemon_pid = proc, daemon_id(proc.pid), proc.pid
+        if self.ledger is not None:
+            self.ledger.made("daemon", self._ident)
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
+        deadline = time.monotonic() + 15
+        while subprocess.run(["zpool", "list"], capture_output=True).returncode != 0:
+            if proc.poll() is not None:
+                self._stop_daemon()
+                return False
+            if time.monotonic() > deadline:
+                self.close()
+                raise OSError("zfs-fuse did not answer within 15 s")
+            time.sleep(0.05)
+        return True
+
+    def _log_tail(self) -> str:
+        lines = (self.home / "zfs-fuse.log").read_text(errors="replace").strip().splitlines()
+        return lines[-1] if lines else "it exited without a word"
+
+    def _stop_daemon(self, grace: float = 0.5) -> None:
+        """SIGTERM; SIGKILL if it is still there after `grace` seconds; reap it; out of the ledger."""
+        proc = self._daemon
+        if proc is None:
+            return
+        if proc.poll() is None:
+            me = ProcessId.of(proc.pid)
+            if me is not None:
+                me.stop(grace)
+            proc.wait()
+        if self.ledger is not None:
+            self.ledger.released("daemon", self._ident)
+        self._daemon = None
 
     def _ds(self, item_id: str) -> str:
         return f"{self.pool}/{item_id}"
@@ -239,40 +280,12 @@ class ZfsDriver(Driver):
                     break
                 time.sleep(0.2)
             self._pool_made = False
-        pid = getattr(self, "_pid", None)
-        if pid is None and getattr(self, "pidfile", None) is not None and self.pidfile.exists():
-            text = self.pidfile.read_text().strip()
-            pid = int(text) if text else None
-        if pid is not None:
-            self._stop(pid, grace)
-            self._pid = None
+        if getattr(self, "_daemon", None) is not None:
+            self._stop_daemon(grace)
         unmount_below(self.home)
-        if not _zfs_fuse_running():  # a killed daemon leaves its kstat FUSE mount behind
-            syscalls.unmount_below(_KSTAT, include_root=True)
-            if os.path.isdir(_KSTAT) and not os.listdir(_KSTAT):
-                os.rmdir(_KSTAT)
-        for path in (getattr(self, "vdev", None), getattr(self, "pidfile", None)):
+        for path in (getattr(self, "vdev", None), self.home / "zfs-fuse.log"):
             if path is not None:
                 path.unlink(missing_ok=True)
         mountpoint = getattr(self, "mountpoint", None)
         if mountpoint is not None and mountpoint.is_dir() and not os.path.ismount(mountpoint):
             shutil.rmtree(mountpoint, ignore_errors=True)
-
-    @staticmethod
-    def _stop(pid: int, grace: float) -> None:
-        """SIGTERM; SIGKILL if it is still there after `grace` seconds; then wait for it to exit."""
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if _alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                return
-        deadline = time.monotonic() + 30
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)

@@ -13,6 +13,7 @@ from typing import ClassVar
 import pytest
 
 from layerbench.drivers import Overlay2Driver
+from layerbench.kernel.process import ProcessId
 from layerbench.run import cell as one_cell
 from layerbench.run.cell import run_cell
 from layerbench.run.plan import Cell, RunConfig
@@ -242,3 +243,46 @@ def test_two_runs_at_once_do_not_collide(tmp_path: Path) -> None:
     assert len(files) == 2
     assert all(json.loads(f.read_text())["status"] == "finished" for f in files)
     assert _mounts_under(tmp_path) == [] and _files_under(tmp_path / "work") == []
+
+
+def _zfs_fuse_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-x", "zfs-fuse"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_sigkill_mid_zfs_cell_then_cleanup_leaves_no_daemon_pool_or_mount(tmp_path: Path) -> None:
+    require("zfs")
+    scenario, work = tmp_path / "slow.toml", tmp_path / "work"
+    scenario.write_text(SLOW)
+    args = ["run", str(scenario), "-d", "zfs", "--work-root", str(work), "--results-dir", str(tmp_path / "res")]
+    proc = subprocess.Popen([*LAYERBENCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # wait until a container's dataset is mounted
+            with open("/proc/self/mountinfo") as f:
+                if any(str(work) in line and "fuse" in line and "/pool/" in line for line in f):
+                    break
+            if proc.poll() is not None:
+                (result,) = (tmp_path / "res").rglob("*.json")
+                error = json.loads(result.read_text())["cells"][0]["error"]
+                if "a zfs-fuse daemon already runs" in error:  # zfs-fuse serves one socket per machine
+                    pytest.skip(f"another zfs-fuse daemon started meanwhile: {error}")
+                pytest.fail(f"the run ended before mounting a zfs dataset: {error}")
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run never mounted a zfs dataset")
+    finally:
+        proc.kill()
+        proc.wait()
+    (daemon,) = _zfs_fuse_pids()  # SIGKILL left it, serving the pool
+    left = ProcessId.of(daemon)
+    (pool,) = subprocess.run(["zpool", "list", "-H", "-o", "name"], capture_output=True, text=True).stdout.split()
+    out = subprocess.run([*LAYERBENCH, "cleanup", "--work-root", str(work)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"stopped process {daemon} (/usr/sbin/zfs-fuse)" in out.stdout.splitlines()
+    assert left is not None and not left.alive()  # (another test run's zfs-fuse may have started since)
+    assert _mounts_under(work) == [] and _loops_under(work) == [] and _files_under(work) == []
+    assert not os.path.exists("/zfs-kstat")  # nothing mounted outside the work root either
+    # the pool went with its daemon (no cache file): no daemon serves it now
+    listed = subprocess.run(["zpool", "list", "-H", "-o", "name"], capture_output=True, text=True).stdout.split()
+    assert pool not in listed

@@ -93,7 +93,8 @@ def test_zfs_child_is_a_clone_and_the_daemon_is_gone_after_close(tmp_path: Path)
         info = driver.inspect("c")
         assert info["Origin"] == f"{driver.pool}/base@c"  # type: ignore[attr-defined]
         assert (driver.mount("c") / "big.bin").stat().st_size == MiB
-        pid = int((driver.home / "zfs-fuse.pid").read_text())
+        pid = driver.daemon_pid  # type: ignore[attr-defined]
+        assert pid is not None and Path(f"/proc/{pid}/exe").resolve() == Path("/usr/sbin/zfs-fuse")
         pool = driver.pool  # type: ignore[attr-defined]
     assert not os.path.exists(f"/proc/{pid}/task") or all(
         Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
