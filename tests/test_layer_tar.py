@@ -617,7 +617,7 @@ def test_long_symlink_targets_and_hardlink_names_are_refused(tmp_path: Path) -> 
 
 def test_overlay_xattrs_of_a_layer_are_never_set(tmp_path: Path) -> None:
     stats = apply(tmp_path, FULL, F("f", b"", xattrs={"user.overlay.opaque": "y", "user.ok": "1"}))
-    assert "f: xattr user.overlay.opaque" in stats.skipped
+    assert "f: xattr user.overlay.opaque (overlayfs's own metadata)" in stats.skipped
     assert "user.overlay.opaque" not in os.listxattr(tmp_path / "f")
 
 
@@ -697,3 +697,9 @@ def test_opaque_marks_use_the_drivers_xattr(tmp_path: Path) -> None:
     apply(tmp_path, DIFF, D("d/"), WH("d/.wh..wh..opq"), opaque_xattr="user.overlay.opaque")
     assert os.getxattr(tmp_path / "d", "user.overlay.opaque") == b"y"
     assert "trusted.overlay.opaque" not in os.listxattr(tmp_path / "d")
+
+
+def test_an_xattr_name_with_a_nul_byte_is_one_line(tmp_path: Path) -> None:
+    member = F("f", b"", xattrs={"user.a\0b": "1"})
+    with pytest.raises(UserError, match=r"entry 'f': an xattr name 'user.a\\x00b' that is empty or holds a NUL byte$"):
+        apply(tmp_path, FULL, member)

@@ -17,7 +17,7 @@ import tarfile
 from pathlib import Path
 from typing import IO
 
-from .layer_encoding import OPAQUE_MARKER, WHITEOUT_PREFIX, is_whiteout
+from .layer_encoding import OPAQUE_MARKER, WHITEOUT_PREFIX, is_whiteout, mechanism_xattr
 
 __all__ = ["pack_layer"]
 
@@ -47,7 +47,7 @@ def _xattrs(path: str, opaque_xattr: str) -> tuple[dict[str, str], bool]:
         value = os.getxattr(path, name, follow_symlinks=False)
         if name == opaque_xattr:
             opaque = value == b"y"
-        elif not name.startswith(("trusted.overlay.", "user.overlay.")):
+        elif mechanism_xattr(name) is None:
             records[f"SCHILY.xattr.{name}"] = value.decode("utf-8", "surrogateescape")
     return records, opaque
 

@@ -39,6 +39,7 @@ from layerbench.images.layer_encoding import (
     WHITEOUT_PREFIX,
     is_whiteout,
     make_whiteout,
+    mechanism_xattr,
     set_opaque,
 )
 from layerbench.images.layer_stream import CHUNK, SizeLimit, free_disk_limit, name_of, read_layer, tighter
@@ -317,8 +318,10 @@ class _Applier:
 
     def _xattrs(self, e: _Entry, target: int | str) -> None:
         for key, value in e.xattrs.items():
-            if key.startswith(("trusted.overlay.", "user.overlay.")):  # never let a layer steer overlayfs
-                self.stats.skipped.append(f"{e.name}: xattr {key}")
+            if "\0" in key or not key:
+                self.fail(e, f"an xattr name {key!r} that is empty or holds a NUL byte")
+            if (mechanism := mechanism_xattr(key)) is not None:  # never let a layer steer a mechanism
+                self.stats.skipped.append(f"{e.name}: xattr {key} ({mechanism}'s own metadata)")
                 continue
             try:
                 os.setxattr(target, key, value, follow_symlinks=isinstance(target, int))
