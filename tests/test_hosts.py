@@ -135,3 +135,35 @@ def test_a_local_run_beside_a_fleet_run_is_one_more_host(doc: dict[str, Any]) ->
     report = build([fleet, local])
     assert report.hosts == ["lb-h8-b", doc["machine"]["name"]] and not report.notes  # nothing replaced
     assert f"overlay2 @ {doc['machine']['name']}" in render(report, "md")
+
+
+def test_the_terminal_verdict_has_one_driver_order_on_every_host() -> None:
+    doc = results.read(FLEET)
+    firsts = {h: next(c["driver"] for c in doc["cells"] if c["host"] == h) for h in doc["hosts"]}
+    assert len(set(firsts.values())) == 2  # the hosts' cells come in different driver orders
+    text = run_summary(doc, Path("fleet.json"))
+    headers = [lines.splitlines()[1] for lines in text.split("== verdict on ")[1:]]
+    assert len(headers) == 2 and headers[0] == headers[1], headers
+    assert headers[0].index("vfs") < headers[0].index("overlay2")  # the run's order (its settings)
+
+
+def test_the_reports_machine_table_describes_each_host() -> None:
+    doc = results.read(FLEET)
+    a, b = sorted(doc["hosts"])
+    doc["hosts"][a]["machine"] = {**doc["hosts"][a]["machine"], "kernel": "6.1.0-a", "disk": "ext4 on vda (virtio_blk)"}
+    doc["hosts"][b]["machine"] = {**doc["hosts"][b]["machine"], "kernel": "6.6.0-b", "disk": "xfs on nvme0n1 (Samsung)"}
+    doc["hosts"][b]["helpers"] = {**doc["hosts"][b]["helpers"], "mkfs.xfs": "mkfs.xfs version 6.6.0"}
+    report = build([doc])
+    md = render(report, "md")
+    table = md[md.index("## Machine and versions") :]
+    header = next(line for line in table.splitlines() if line.startswith("|  |") or line.startswith("| |"))
+    assert f"{doc['label']} @ {a}" in header and f"{doc['label']} @ {b}" in header
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("|")}
+    assert "6.1.0-a" in rows["kernel"] and "6.6.0-b" in rows["kernel"]
+    assert rows["kernel"].index("6.1.0-a") < rows["kernel"].index("6.6.0-b")  # each under its host's column
+    assert "ext4 on vda (virtio_blk)" in rows["disk"] and "xfs on nvme0n1 (Samsung)" in rows["disk"]
+    assert "mkfs.xfs version 6.6.0" in rows["mkfs.xfs"] and "mkfs.xfs version 6.1.0" in rows["mkfs.xfs"]
+    html = render(report, "html")
+    machine = html[html.index('id="machine"') :]
+    for text in ("6.1.0-a", "6.6.0-b", "xfs on nvme0n1 (Samsung)", f"{doc['label']} @ {b}"):
+        assert text in machine, text

@@ -287,6 +287,8 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
     runs = [
         {
             **{k: d.get(k) for k in ("label", "started_utc", "finished_utc", "status", "machine", "tool", "helpers")},
+            # a fleet run's hosts that ran its cells: their machines, in the machine table
+            "hosts": {h: v for h, v in (d.get("hosts") or {}).items() if any(c.get("host") == h for c in d["cells"])},
             "facts": run_facts(d).removeprefix("run: "),  # quick or full, samples per cell, how stores were made
         }
         for d in docs

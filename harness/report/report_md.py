@@ -170,8 +170,22 @@ def hosts_table(report: Report, scenario: str, metrics: list[str] | None = None)
 HOSTS_NOTE = "Across hosts: the lowest and highest of the hosts' medians, and highest over lowest."
 
 
+def _machines(report: Report) -> list[dict[str, Any]]:
+    """One column per run, or per host of a fleet run (`label @ host`: that host's machine and helpers)."""
+    out = []
+    for run in report.runs:
+        hosts = run.get("hosts") or {}
+        if not hosts:
+            out.append(run)
+        for name, host in sorted(hosts.items()):
+            label = f"{run['label']} @ {name}" if len(hosts) > 1 else run["label"]
+            out.append({**run, "label": label, "machine": host.get("machine") or {}, "helpers": host.get("helpers")})
+    return out
+
+
 def versions_table(report: Report) -> MdTable:
-    """Machine, tool and helper versions, one column per run."""
+    """Machine (its disk too), tool and helper versions: one column per run, or per host of a fleet run."""
+    runs = _machines(report)
 
     def memory(run: dict[str, Any]) -> str:
         value = run["machine"].get("memory_bytes")
@@ -188,12 +202,12 @@ def versions_table(report: Report) -> MdTable:
         ("python", lambda run: run["machine"].get("python")),
         ("layerbench", lambda run: f"{run['tool'].get('version')} ({run['tool'].get('git_commit') or 'no git'})"),
     ]
-    helpers = list(dict.fromkeys(h for run in report.runs for h in (run.get("helpers") or {})))
+    if any(run["machine"].get("disk") for run in runs):  # the disk the stores were made on (files since issue 21)
+        rows.insert(7, ("disk", lambda run: run["machine"].get("disk", "")))
+    helpers = list(dict.fromkeys(h for run in runs for h in (run.get("helpers") or {})))
     rows += [(h, lambda run, h=h: (run.get("helpers") or {}).get(h, "")) for h in helpers]
-    header = ["", *(run["label"] for run in report.runs)]
-    return header, [
-        [name, *(str(get(run) if get(run) is not None else "") for run in report.runs)] for name, get in rows
-    ]
+    header = ["", *(run["label"] for run in runs)]
+    return header, [[name, *(str(get(run) if get(run) is not None else "") for run in runs)] for name, get in rows]
 
 
 def claims_table(report: Report) -> MdTable:

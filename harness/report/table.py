@@ -225,5 +225,7 @@ def run_summary(doc: dict[str, Any], path: Path, elapsed_s: float | None = None)
         f"{len(doc['cells'])} cells in {took}; {n} warning{'s' * (n != 1)}" + (" (see the report)" if n else "")
     )
     lines.append(f"next: layerbench report {path} -o report.html")
-    lines += ["", *(verdict_text(verdict(part), host) for host, part in by_host(doc))]
+    # one driver order on every host: the run's own (its settings), then any other in the order the cells came
+    order = list(dict.fromkeys([*(doc.get("settings") or {}).get("drivers", []), *(c["driver"] for c in doc["cells"])]))
+    lines += ["", *(verdict_text(verdict(part, order), host) for host, part in by_host(doc))]
     return "\n".join(lines).rstrip("\n") + "\n"

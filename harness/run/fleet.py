@@ -95,7 +95,7 @@ def describe_host(names: tuple[str, ...]) -> dict[str, Any]:
         host, work_root = _this_host()
     except UserError as exc:
         return {"error": str(exc)}
-    info = machine.machine_info()
+    info = machine.machine_info(work_root)
     if not info["root"]:
         return {"name": host, "error": "the worker does not run as root (cells mount file systems)"}
     plugins = default_plugins()

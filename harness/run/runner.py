@@ -214,7 +214,9 @@ def _run(
         doc["status"] = "running"
         doc["run"] = results.run_record()
     else:
-        doc = results.new_document(config.label, machine.machine_info(), machine.tool_info())
+        doc = results.new_document(
+            config.label, machine.machine_info(work_root if executor is None else None), machine.tool_info()
+        )
         doc["helpers"] = backing.mkfs_versions(sorted({c.backing for c in cells} - {"dir"}))
         for cls in drivers:
             doc["helpers"].update(cls.versions())

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from layerbench.analysis import results
 from layerbench.cli import main
 from layerbench.kernel import mountinfo
+from layerbench.report import build, render
 from layerbench.run.fleet import run_fleet
 from layerbench.run.fleet_tls import FleetTLS
 from layerbench.run.ledger import release_abandoned
@@ -155,6 +156,12 @@ def test_a_fleet_run_has_every_cell_from_both_hosts_with_a_local_runs_physics(fl
     doc = results.read(path)
     assert set(doc["hosts"]) == set(HOSTS)
     assert all(doc["hosts"][h]["machine"]["kernel"] and doc["hosts"][h]["drivers"]["vfs"]["available"] for h in HOSTS)
+    for h in HOSTS:  # each host says what its work root is on, and the report shows it under the host
+        assert doc["hosts"][h]["machine"]["disk"].startswith(("ext4 on ", "xfs on ", "btrfs on ", "tmpfs on "))
+    md = render(build([doc]), "md")
+    machines = md[md.index("## Machine and versions") :]
+    assert all(f"{doc['label']} @ {h}" in machines for h in HOSTS)
+    assert doc["hosts"][HOSTS[0]]["machine"]["disk"] in machines
     got = {(c["scenario"], c["driver"], c["host"]): c["status"] for c in doc["cells"]}
     want = {(s, d, h): "ok" for s in ("fleet-disk", "tiny") for d in drivers for h in HOSTS}
     assert got == want, [c["error"] for c in doc["cells"] if c["error"]]
@@ -164,6 +171,7 @@ def test_a_fleet_run_has_every_cell_from_both_hosts_with_a_local_runs_physics(fl
         RunConfig(scenarios=(disk,), drivers=("vfs",), results_dir=tmp_path / "local", work_root=tmp_path / "work")
     )
     here = _disk_per_image(local["cells"][0])
+    assert local["machine"]["disk"] == doc["hosts"][HOSTS[0]]["machine"]["disk"]  # one disk under /tmp here
     for c in doc["cells"]:
         if c["scenario"] == "fleet-disk" and c["driver"] == "vfs":
             # vfs copies the whole image for every container, on every host, as it does here
