@@ -176,6 +176,7 @@ class FailingPlugin:
         registry.add(Failing)
 
 
+@pytest.mark.mounts
 def test_retry_failed_runs_the_failed_cells_of_a_finished_run_again(tmp_path: Path) -> None:
     scenario = tmp_path / "two.toml"
     scenario.write_text(SCENARIO)
