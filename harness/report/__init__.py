@@ -64,6 +64,8 @@ class Report:
     verdict: Any = None  # report.verdict.Verdict: drivers against the measures people choose by (the first host's)
     #: (host, Verdict) per host of a fleet run with several hosts, else one ("", verdict)
     verdicts: list[tuple[str, Any]] = field(default_factory=list)
+    #: report.engines.EngineOverhead: an engine driver's time beside its mechanism's, where both ran
+    engine_overheads: list[Any] = field(default_factory=list)
 
     def samples(
         self, scenario: str, driver: str, params: str, metric: str, backing: str | None = None, host: str | None = None
@@ -295,6 +297,7 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
     ]
     slopes = fit_slopes(doc["cells"], rows)
     slopes.sort(key=lambda f: (drivers.index(f["driver"]) if f["driver"] in drivers else len(drivers), f["host"]))
+    from layerbench.report.engines import engine_overheads
     from layerbench.report.verdict import verdict  # it reads REPEAT_PARAMS from here
 
     verdicts = [(host, verdict(part, drivers)) for host, part in claims.by_host(doc)]
@@ -312,6 +315,7 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
         slopes=slopes,
         verdict=verdicts[0][1],
         verdicts=verdicts,
+        engine_overheads=engine_overheads(doc),
     )
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "render_md",
     "render_md_long",
     "verdict_section",
+    "engine_section",
     "key_metrics",
 ]
 
@@ -267,6 +268,8 @@ def verdict_section(report: Report) -> list[str]:
         out += [f"### Verdict on {host}", ""] if host else []
         out += [*_md(verdict_table(v, ("**", "**")), numeric_from=99), ""]
         out += [f"- {line}" for line in v.advice] + ([""] if v.advice else [])
+        out += ["Engines beside their mechanisms:", ""] if v.engine else []
+        out += [f"- {line}" for line in v.engine] + ([""] if v.engine else [])
     out += [
         (
             "Each value is the median; in brackets its ratio to the best driver's (see docs/reports.md, "
@@ -275,6 +278,25 @@ def verdict_section(report: Report) -> list[str]:
         "",
     ]
     return out
+
+
+def engine_section(report: Report) -> list[str]:
+    """Every operation an engine driver and its mechanism driver both measured, side by side."""
+    from layerbench.report.engines import overhead_table
+
+    if not report.engine_overheads:
+        return []
+    return [
+        "## Engine overhead",
+        "",
+        (
+            "An engine driver (containerd's snapshotters, Podman) beside the driver that does its mechanism "
+            "without the engine, for the same scenario and parameters (medians; docs/drivers.md, Engines)."
+        ),
+        "",
+        *_md(overhead_table(report.engine_overheads), numeric_from=99),
+        "",
+    ]
 
 
 def _head(report: Report) -> list[str]:
@@ -287,6 +309,7 @@ def _head(report: Report) -> list[str]:
     out += [""] + [f"- `{r['label']}`: {r['facts']}" for r in report.runs if r.get("facts")]
     out += [""] + [f"> {n}" for n in report.notes] + ([""] if report.notes else [])
     out += verdict_section(report)
+    out += engine_section(report)
     if report.claims is not None:
         out += ["## Claims", "", *_md(claims_table(report), numeric_from=99), ""]
     return out

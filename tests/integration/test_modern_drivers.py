@@ -201,3 +201,22 @@ def test_a_64mib_copy_up_costs_far_more_than_a_4kib_one(name: str, work: Path) -
             driver.remove(f"c{i}")
     ratio = min(big) / min(small)  # the fastest of five: the least disturbed on a shared machine
     assert ratio > 10, f"{name}: copy-up 64 MiB / 4 KiB = {ratio:.1f} ({small} ns, {big} ns)"
+
+
+def test_erofs_says_which_build_path_each_layer_took(work: Path) -> None:
+    """containerd's EROFS differ pipes a layer's tar into `mkfs.erofs --tar=f`; erofs-utils < 1.7 has no
+    `--tar`, and the driver builds from the unpacked directory. The path is probed from the tool itself,
+    named in the run's helpers and in each image's inspect (`BuildPath`), and the image is valid either way."""
+    import subprocess
+
+    from layerbench.drivers.erofs import ErofsDriver
+
+    helped = subprocess.run(["mkfs.erofs", "--help"], capture_output=True, text=True)
+    has_tar = "--tar" in helped.stdout + helped.stderr
+    with driver_on_store("erofs", work) as (driver, _):
+        image = _one_layer(driver, {"f.txt": b"x" * 5000})
+        assert driver.inspect(image)["BuildPath"] == ("tar" if has_tar else "directory")
+        assert ErofsDriver.versions()["mkfs.erofs --tar"].startswith("yes" if has_tar else "no")
+        driver.create_container("c", image)
+        assert (driver.mount("c") / "f.txt").read_bytes() == b"x" * 5000
+        driver.unmount("c")
