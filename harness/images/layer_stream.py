@@ -21,7 +21,18 @@ from typing import BinaryIO
 from layerbench.errors import UserError
 from layerbench.units import bytes_text
 
-__all__ = ["SizeLimit", "free_disk_limit", "tighter", "open_layer_stream", "read_layer", "LayerTar", "name_of", "CHUNK"]
+__all__ = [
+    "SizeLimit",
+    "free_disk_limit",
+    "tighter",
+    "open_layer_stream",
+    "read_layer",
+    "LayerTar",
+    "name_of",
+    "CHUNK",
+    "BoundedTarInfo",
+    "HeaderTooLarge",
+]
 
 _GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 CHUNK = 1 << 20  # bytes read or written at a time
@@ -70,16 +81,16 @@ def tighter(a: SizeLimit | None, b: SizeLimit) -> SizeLimit:
     return b if a is None or b.left < a.left else a
 
 
-class _HeaderTooLarge(Exception):
-    pass
+class HeaderTooLarge(Exception):
+    """A tar header block over 16 MiB (`BoundedTarInfo`); its message says how large."""
 
 
-class _BoundedTarInfo(tarfile.TarInfo):
+class BoundedTarInfo(tarfile.TarInfo):
     """Refuses a PAX or GNU long-name header block larger than 16 MiB (tarfile reads it whole)."""
 
     def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _HEADER_TYPES and self.size > _MAX_HEADER:
-            raise _HeaderTooLarge(f"a tar header block of {bytes_text(self.size)} (at most {bytes_text(_MAX_HEADER)})")
+            raise HeaderTooLarge(f"a tar header block of {bytes_text(self.size)} (at most {bytes_text(_MAX_HEADER)})")
         return super()._proc_member(tar)  # type: ignore[misc]
 
 
@@ -183,9 +194,9 @@ def read_layer(fileobj: BinaryIO, source: str, limit: SizeLimit | None = None) -
     """
     try:
         stream = open_layer_stream(fileobj, limit, source)
-        with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape", tarinfo=_BoundedTarInfo) as tar:
+        with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape", tarinfo=BoundedTarInfo) as tar:
             yield LayerTar(tar, stream, stream.raw)  # type: ignore[attr-defined]
-    except _HeaderTooLarge as exc:
+    except HeaderTooLarge as exc:
         raise UserError(f"{source}: {exc}") from None
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise UserError(f"{source}: not a readable layer tar: {exc}") from None

@@ -31,7 +31,7 @@ from layerbench.errors import UserError
 from layerbench.images.config import ImageConfig, parse_config
 from layerbench.images.image import SyntheticImage
 from layerbench.images.layer_encoding import OPAQUE_XATTR
-from layerbench.images.layer_stream import SizeLimit, open_layer_stream
+from layerbench.images.layer_stream import BoundedTarInfo, HeaderTooLarge, SizeLimit, open_layer_stream
 from layerbench.images.layer_tar import LayerStats, LowerTree, SymlinkPolicy, apply_host_dir, apply_tar_layer
 from layerbench.kernel.safety import DEFAULT_WORK_ROOT, prepare_work_root
 
@@ -77,6 +77,8 @@ _MANIFEST_TYPES = {
 _DIGEST = re.compile(r"^(sha256|sha512):([0-9a-f]+)$")
 _HEX_LEN = {"sha256": 64, "sha512": 128}
 _MAX_JSON = 16 << 20
+#: files in a `docker save` archive (manifest, configs, a directory and a tar per layer): more is not an image
+MAX_ARCHIVE_MEMBERS = 100_000
 _ARCH = {
     "x86_64": "amd64",
     "aarch64": "arm64",
@@ -224,8 +226,16 @@ class _Archive:
         try:
             with open(path, "rb") as f:
                 magic = f.read(4)
-            with tarfile.open(path, "r:") as tar:
-                members = tar.getmembers()
+            members = []
+            # headers only, each header block bounded (a 7 GiB PAX header would be read whole), few members
+            with tarfile.open(path, "r:", tarinfo=BoundedTarInfo) as tar:
+                while (member := tar.next()) is not None:
+                    members.append(member)
+                    if len(members) > MAX_ARCHIVE_MEMBERS:
+                        raise UserError(f"{path}: more than {MAX_ARCHIVE_MEMBERS} files in the archive; not an image")
+                    tar.members.clear()  # type: ignore[attr-defined]  # kept here, once
+        except HeaderTooLarge as exc:
+            raise UserError(f"{path}: {exc}") from None
         except OSError as exc:
             raise UserError(f"{path}: {exc.strerror or exc}") from None
         except tarfile.TarError as exc:
