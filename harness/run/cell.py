@@ -224,7 +224,10 @@ def _measure_in_userns(run: _CellRun) -> None:
                 driver.close()
         return out, dict(recorded), {k: dict(v) for k, v in outcomes.items()}, error
 
-    got, got_recorded, got_outcomes, error = userns.run_in_userns(body, expose=[run.store.mountpoint])
+    cell = run.cell  # the OCI layouts its images are read from (under the 0700 work root) are reached too
+    layouts = [getattr(img, "layout", None) for img in (cell.image, *(i for _, _, i in (*cell.images, *cell.unbuilt)))]
+    expose = [run.store.mountpoint, *sorted({p for p in layouts if isinstance(p, Path)})]
+    got, got_recorded, got_outcomes, error = userns.run_in_userns(body, expose=expose)
     out.update(got)
     recorded.update(got_recorded)
     for label, counts in got_outcomes.items():

@@ -50,6 +50,7 @@ from layerbench.ops import OPS
 from layerbench.run import backing
 from layerbench.run.pull import StoreLayers, pull_image
 from layerbench.run.registry import Registries
+from layerbench.run.userns import in_initial_userns
 from layerbench.scenario import Step
 
 __all__ = ["SampleState", "Recorder", "run_step", "BEHAVIOUR", "glob_paths"]
@@ -379,6 +380,10 @@ def _pull(state: SampleState, step: Step, record: Recorder) -> None:
         )
     if state.registries is None:
         raise UserError(f"{step.label}: this cell has no registry (a pull needs root and docker-registry)")
+    if not in_initial_userns():
+        raise UserError(
+            f"{step.label}: a rootless cell cannot pull yet (its registry would run as the namespace's user)"
+        )
     reference = state.registries.get(link).push(layout)
     client, ref = client_for(reference, insecure=True)
     try:

@@ -327,12 +327,14 @@ def _ledger_records(work: Path) -> list[dict[str, str]]:
 
 
 def _alive(ident: str) -> bool:
+    """The process still runs (a zombie waiting for init to reap it has ended)."""
     pid, _, start = ident.partition(":")
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19] == start
+            fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return False
+    return fields[19] == start and fields[0] not in ("Z", "X")
 
 
 def test_sigkill_mid_pull_then_cleanup_leaves_no_registry_namespace_or_veth(
@@ -413,3 +415,62 @@ def test_the_shared_base_scenario_decides_its_claim_from_real_pulls(
     assert max(metrics["second_pulled_layer0_bytes"]["samples"]) == 0
     (row,) = [r for r in evaluate(doc) if r["claim"].startswith("An image whose base")]
     assert row["verdict"] == HELD, row
+
+
+FAILS_AFTER_PULL = """
+name = "fails-after-pull"
+description = "A pull over a shaped link, then a step that fails: the cell's error must not leave the registry."
+[image]
+source = "debian"
+recipe = "busybox"
+[repeat]
+samples = 1
+warmup = 0
+adaptive = false
+[[step]]
+op = "pull"
+link = "100mbit"
+[[step]]
+op = "start"
+[[step]]
+op = "expect"
+path = "etc/layerbench-recipe"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+"""
+
+
+def test_a_failing_cell_stops_its_registry_and_removes_its_namespace(
+    images: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    require("overlay2")
+    if (why := link_unavailable()) is not None:
+        pytest.skip(why)
+    _, _, work = images
+    scenario = tmp_path / "fails.toml"
+    scenario.write_text(FAILS_AFTER_PULL)
+    before, netns_before = set(work.glob("run-*")), _netns()
+    out = subprocess.run(
+        [*LAYERBENCH, "run", str(scenario), "-d", "overlay2", "--work-root", str(work), "--results-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1, out.stdout[-1500:] + out.stderr[-1500:]
+    (path,) = tmp_path.rglob("*.json")
+    (cell,) = json.loads(path.read_text())["cells"]
+    assert cell["status"] == "error" and "etc/layerbench-recipe" in cell["error"]
+    assert cell["metrics"]["pulled_bytes"]["samples"]  # it did pull before it failed
+    assert not set(work.glob("run-*")) - before  # the run's directory and ledger are gone: all released
+    assert _netns() <= netns_before  # its namespace (and the veth in it) went with the cell
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_our_registry(p, work)]
+
+
+def _netns() -> set[str]:
+    return {n for n in os.listdir("/run/netns") if n.startswith("lb-")} if os.path.isdir("/run/netns") else set()
+
+
+def _is_our_registry(pid: str, work: Path) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(b"docker-registry" in part for part in cmd) and any(str(work).encode() in p for p in cmd)
