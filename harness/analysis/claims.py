@@ -364,7 +364,8 @@ def _base_present(doc: dict[str, Any]) -> Verdict:
         if got is None or not whole or base is None:
             continue
         figures.append(
-            f"{c['driver']}: the second image fetched {human(got, 'bytes')} of its {human(whole, 'bytes')} "
+            f"{c['driver']} at {_link(c)}: the second image fetched {human(got, 'bytes')} "
+            f"of its {human(whole, 'bytes')} "
             f"({got / whole:.1%}); its base layer {human(base, 'bytes')}"
         )
         ok &= base == 0 and got < whole
