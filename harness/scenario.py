@@ -55,7 +55,7 @@ _KIND_TEXT = {
     MODE: "a file mode such as 0o644",
 }
 _COMMON = {"op", "measure", "allow_errors"}
-_TOP = {"name", "description", "params", "sets", "image", "images", "repeat", "step", "backing", "quick"}
+_TOP = {"name", "description", "params", "sets", "image", "images", "repeat", "step", "backing", "quick", "long"}
 _QUICK = {"params", "samples", "warmup"}
 _SOURCES = {
     "synthetic": {"layers", "files", "bytes", "seed", "depth", "sigma", "file", "remove"},
@@ -295,8 +295,14 @@ def _substituted_paths(c: _Checker, data: dict[str, Any], sets: list[dict[str, A
                 _relative(c, s[m.group(1)], f"{where}{key}", m.group(1))
 
 
-def _param_sets(data: dict[str, Any], path: str, overrides: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Every combination of [params], or the listed [[sets]]; `overrides` replace values."""
+def _param_sets(
+    data: dict[str, Any], path: str, overrides: dict[str, list[Any]], long: bool = False
+) -> list[dict[str, Any]]:
+    """Every combination of [params], or the listed [[sets]]; `overrides` replace values.
+
+    The long sweeps are left out unless `long`: a [[sets]] entry with `long = true`, and the values of
+    `[long] params` (added to [params]'s). A value `overrides` gives that no set has takes the first
+    set's other values (the scenario's base case: `startup -p layers=2` is layers=2 with files=1000)."""
     c = _Checker(path, {})
     if "params" in data and "sets" in data:
         raise c.fail("sets", "give either [params] (every combination) or [[sets]] (listed sets), not both")
@@ -305,6 +311,12 @@ def _param_sets(data: dict[str, Any], path: str, overrides: dict[str, list[Any]]
         sets = data["sets"]
         if not isinstance(sets, list) or not sets or not all(isinstance(s, dict) for s in sets):
             raise c.fail("sets", "expected one or more [[sets]] tables of name = value")
+        for i, s in enumerate(sets):
+            if not isinstance(s.get("long", False), bool):
+                raise c.fail(f"sets[{i}].long", "true (run only with --long) or false")
+        if all(s.get("long") for s in sets):
+            raise c.fail("sets", "at least one set must run without --long")
+        sets = [{k: v for k, v in s.items() if k != "long"} for s in sets if long or not s.get("long")]
         names = set(sets[0])
         for i, s in enumerate(sets):
             if set(s) != names:
@@ -316,9 +328,9 @@ def _param_sets(data: dict[str, Any], path: str, overrides: dict[str, list[Any]]
                     raise c.fail(f"sets[{i}].{k}", f"values are whole numbers or strings, got {v!r}")
         out = [dict(s) for s in sets]
         for name, new in overrides.items():
-            if name in names:  # keep the sets with these values; a new value copies the last set
+            if name in names:  # keep the sets with these values; a new value copies the first set
                 kept = [s for s in out if s[name] in new]
-                kept += [dict(out[-1], **{name: v}) for v in new if all(s[name] != v for s in out)]
+                kept += [dict(sets[0], **{name: v}) for v in new if all(s[name] != v for s in out)]
                 out = kept
         return out
     params = c.table(data.get("params", {}), "params")
@@ -329,6 +341,14 @@ def _param_sets(data: dict[str, Any], path: str, overrides: dict[str, list[Any]]
             raise c.fail(f"params.{name}", "expected a non-empty list of values")
         if not all(ok_value(v) for v in values):
             raise c.fail(f"params.{name}", f"values are whole numbers or strings, got {values!r}")
+    extra = c.table(c.table(data.get("long", {}), "long").get("params", {}), "long.params")
+    for name, values in extra.items():
+        if name not in params:
+            raise c.fail(f"long.params.{name}", "not a parameter of this scenario's [params]")
+        if not isinstance(values, list) or not values or not all(ok_value(v) for v in values):
+            raise c.fail(f"long.params.{name}", "expected a non-empty list of whole numbers or strings")
+        if long:
+            params = {**params, name: [*params[name], *(v for v in values if v not in params[name])]}
     params = {k: overrides.get(k, v) for k, v in params.items()}
     ordered = sorted(params)
     return [dict(zip(ordered, combo, strict=True)) for combo in itertools.product(*(params[n] for n in ordered))]
@@ -595,11 +615,13 @@ def _quick(data: dict[str, Any], path: str) -> tuple[dict[str, list[Any]], dict[
     return dict(params), {k: quick[k] for k in ("samples", "warmup") if k in quick}
 
 
-def load_scenario(path: Path | str, overrides: dict[str, list[Any]] | None = None, quick: bool = False) -> Scenario:
+def load_scenario(
+    path: Path | str, overrides: dict[str, list[Any]] | None = None, quick: bool = False, long: bool = False
+) -> Scenario:
     """Read and validate one scenario file; raises UserError naming the file and field.
 
     `quick` applies the file's `[quick]` table (fewer parameter values and samples)
-    under `overrides`.
+    under `overrides`; `long` adds its long sweeps (`long = true` sets, `[long] params`).
     """
     path = Path(path)
     try:
@@ -613,7 +635,7 @@ def load_scenario(path: Path | str, overrides: dict[str, list[Any]] | None = Non
     quick_params, quick_repeat = _quick(data, str(path))
     if quick:
         overrides = {**quick_params, **(overrides or {})}
-    sets = _param_sets(data, str(path), overrides or {})
+    sets = _param_sets(data, str(path), overrides or {}, long)
     order = _validate(data, str(path), sets)
     known = set().union(*(s.keys() for s in sets)) if sets else set()
     for name in quick_params:
@@ -643,17 +665,17 @@ def builtin_scenarios() -> dict[str, Path]:
 
 
 def resolve_scenarios(
-    names: tuple[str, ...], overrides: dict[str, list[Any]] | None = None, quick: bool = False
+    names: tuple[str, ...], overrides: dict[str, list[Any]] | None = None, quick: bool = False, long: bool = False
 ) -> list[Scenario]:
-    """Turn names of built-ins or paths to .toml files into validated scenarios."""
+    """Turn names of built-ins or paths to .toml files into validated scenarios (`long`: with their long sweeps)."""
     builtins = builtin_scenarios()
     chosen = names or tuple(sorted(builtins))
     out = []
     for name in chosen:
         if name in builtins:
-            out.append(load_scenario(builtins[name], overrides, quick))
+            out.append(load_scenario(builtins[name], overrides, quick, long))
         elif name.endswith(".toml") or "/" in name:
-            out.append(load_scenario(Path(name), overrides, quick))
+            out.append(load_scenario(Path(name), overrides, quick, long))
         else:
             raise UserError(f"unknown scenario {name!r}; built-in scenarios: {', '.join(sorted(builtins))}")
     known = {k for s in out for k in s.params}

@@ -123,6 +123,8 @@ def run_cmd(
     if repeat > 1 and (config.resume or dry_run or cluster):
         flag = "--resume" if config.resume else "--dry-run" if dry_run else "--cluster"
         raise UserError(f"--repeat runs the suite again here; it does not take {flag}")
+    if config.quick and config.long:
+        raise UserError("--quick and --long: the quick suite has no long sweeps; pick one")
     if export_csv and export_csv != "-":
         safety.check_output_file(Path(export_csv), "--export-csv")
     spread, resume, work_root = config.spread, config.resume, config.work_root

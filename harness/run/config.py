@@ -248,6 +248,18 @@ class RunConfig:
             Kept("quick", old=False),
         ),
     )
+    long: bool = field(
+        default=False,
+        metadata=meta(
+            Flag(
+                ("--long",),
+                "With the long sweeps too (100,000-file startup, 50-container vfs sharing, 256 MiB copy-ups, "
+                "128-layer vfs builds...): each scenario's `long = true` sets and [long] values.",
+                kind="flag",
+            ),
+            Kept("long", old=False),
+        ),
+    )
     cold: bool = field(
         default=False,
         metadata=meta(

@@ -189,7 +189,7 @@ def plan(config: RunConfig, plugins: Plugins | None = None) -> Plan:
     """What `run(config)` would run here, making nothing: each cell with its disk estimate and its
     median time in this machine's past results (`config.results_dir`/<machine>/, finished cells only)."""
     plugins = plugins or default_plugins()
-    scenarios = resolve_scenarios(config.scenarios, config.overrides, config.quick)
+    scenarios = resolve_scenarios(config.scenarios, config.overrides, config.quick, config.long)
     drivers, skipped = select_drivers(plugins, config.drivers, config.containerd_address)
     if not drivers:
         raise UserError("no driver can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))

@@ -32,7 +32,7 @@ def resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:
     if doc.get("run") is not None and results.run_state(doc) == "running":
         raise UserError(f"--resume {path}: the run is still going (pid {doc['run']['pid']}); let it finish")
     _refuse_changed_settings(config, doc, path)
-    for s in resolve_scenarios(resumed.scenarios, resumed.overrides, resumed.quick):
+    for s in resolve_scenarios(resumed.scenarios, resumed.overrides, resumed.quick, resumed.long):
         if doc["scenarios"].get(s.name, {}).get("sha256") != s.sha256:
             raise UserError(
                 f"{path}: scenario {s.name!r} changed since the run started ({s.path}); start a new run instead"

@@ -175,7 +175,7 @@ def _run(
             return previous, resume_path
     else:
         safety.check_output_dir(config.results_dir, "--results-dir")
-    scenarios = resolve_scenarios(config.scenarios, config.overrides, config.quick)
+    scenarios = resolve_scenarios(config.scenarios, config.overrides, config.quick, config.long)
     if executor is not None:
         drivers, skipped = executor.select(plugins, config.drivers)
     else:
