@@ -16,6 +16,7 @@ from ._common import Lineage, remove_tree
 class NullDriver(Driver):
     name = "null"
     style = Style.NONE
+    test_only = True  # it measures the harness, not a storage mechanism
     layer_format = LayerFormat.FULL
     backings = ("dir", "ext4")
 

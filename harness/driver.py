@@ -65,6 +65,8 @@ class Driver(abc.ABC):
     opaque_xattr: ClassVar[str] = "trusted.overlay.opaque"
     #: whether `layerbench run` without --driver runs it (the built-ins: overlay2, btrfs, vfs)
     in_default_run: ClassVar[bool] = False
+    #: a driver for tests and examples (null, the skeleton): never in `run -d all`, only named
+    test_only: ClassVar[bool] = False
     #: the engine an engine driver drives ("containerd", "podman"): it starts a daemon or runs the
     #: engine's commands, so its own tests run it with one engine per module (not tests/test_conformance.py)
     engine: ClassVar[str | None] = None

@@ -205,7 +205,9 @@ def _slow_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
     raise AssertionError(f"the run did not get to its second cell: {proc.communicate()}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP (a closed terminal)"]
+)
 @pytest.mark.mounts
 def test_an_interrupted_run_exits_130_and_keeps_its_finished_cells(tmp_path: Path, sig: signal.Signals) -> None:
     proc, path = _slow_run(tmp_path)
@@ -226,11 +228,13 @@ def test_a_killed_run_is_listed_as_died_even_after_cleanup(tmp_path: Path) -> No
     proc.kill()
     proc.communicate(timeout=30)
     code, out, _ = invoke("results", "--results-dir", str(tmp_path / "res"), "--json")
-    assert code == 0 and json.loads(out)[0]["status"] == "died (run layerbench cleanup)"
+    hint = f"died (run layerbench cleanup --work-root {tmp_path / 'work'})"  # the file records its work root
+    assert code == 0 and json.loads(out)[0]["status"] == hint
+    assert results.read(path)["work_root"] == str(tmp_path / "work")
     code, out, _ = invoke("cleanup", "--work-root", str(tmp_path / "work"))
     assert code == 0 and "removed" in out
     code, out, _ = invoke("results", "--results-dir", str(tmp_path / "res"))
-    assert code == 0 and "died (run layerbench cleanup)" in out and str(path) in out
+    assert code == 0 and hint in out and str(path) in out
 
 
 @pytest.mark.mounts

@@ -66,3 +66,13 @@ def test_the_csv_of_a_backing_sweep_has_64_distinguishable_rows() -> None:
     rows = list(csv.DictReader(io.StringIO(results.to_csv(results.read(BACKING)))))
     assert len(rows) == 64 and len({tuple(r[k] for k in KEYS) for r in rows}) == 64
     assert {r["backing"] for r in rows} == {"ext4", "xfs"} and {r["file_size"] for r in rows} == {"4096", "67108864"}
+
+
+def test_integer_parameters_stay_integers_across_runs_that_lack_them() -> None:
+    # the default run's startup cells have `layers`; the zfs run's cells do not: a float64 column read 1000.0
+    reference = Path(__file__).parent.parent / "results" / "reference"
+    frame = results.load([reference / "20261203T061119Z_after.json", reference / "20261130T075910Z_zfs.json"])
+    for column in ("layers", "files", "containers", "file_size"):
+        assert str(frame[column].dtype) == "Int64", column
+    assert sorted(frame["layers"].dropna().unique().tolist())[:2] == [1, 5]
+    assert frame["layers"].isna().any()  # the rows without the parameter stay empty, not 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from layerbench.plugins import default_plugins
 from layerbench.run.plan import Cell, order_cells, plan_cells
 from layerbench.scenario import Scenario, load_scenario
@@ -62,3 +64,20 @@ def test_a_seed_decides_the_order(tmp_path: Path) -> None:
     assert first != planned and sorted(first) == sorted(planned)  # shuffled, every cell once
     assert [_key(c) for c in order_cells(cells, "planned", seed=1)] == planned
     assert [_key(c) for c in cells] == planned  # the plan itself is left as it was
+
+
+@pytest.mark.mounts  # the drivers' probes mount (erofs, composefs)
+def test_all_drivers_leave_out_the_test_only_ones() -> None:
+    from layerbench.drivers.null import NullDriver
+    from layerbench.plugins import default_plugins
+    from layerbench.run.plan import select_drivers
+
+    plugins = default_plugins()
+    runnable, skipped = select_drivers(plugins, ("all",))
+    asked = {cls.name for cls in runnable} | set(skipped)
+    assert "null" not in asked and NullDriver.test_only
+    if "skeleton" in plugins.registry.drivers:  # installed as a user would (.ci/setup): an example, not a driver
+        assert plugins.driver("skeleton").test_only and "skeleton" not in asked
+    assert {"overlay2", "btrfs", "vfs", "erofs", "erofs-directio"} <= asked
+    named, _ = select_drivers(plugins, ("null",))  # named, a test-only driver still runs
+    assert [cls.name for cls in named] == ["null"]

@@ -114,7 +114,10 @@ def run_state(doc: dict[str, Any]) -> str:
         alive = False  # the machine rebooted since
     else:
         return f"running (on {record['host']})"
-    return "running" if alive else "died (run layerbench cleanup)"
+    if alive:
+        return "running"
+    root = doc.get("work_root")
+    return f"died (run layerbench cleanup --work-root {root})" if root else "died (run layerbench cleanup)"
 
 
 def save(doc: dict[str, Any], path: Path) -> None:
@@ -372,8 +375,20 @@ def _frame(doc: dict[str, Any], raw: bool) -> pd.DataFrame:
                 rows.append({**key, "metric": metric, "unit": data["unit"], **{k: stats[k] for k in SUMMARY_FIELDS}})
     tail = ["sample", "value"] if raw else list(SUMMARY_FIELDS)
     frame = pd.DataFrame(rows, columns=["host", *KEY_COLUMNS, *names, "metric", "unit", *tail])
-    for name in names:  # whole numbers stay whole where a cell lacks the parameter (pandas' nullable Int64)
-        if frame[name].map(lambda v: (isinstance(v, int) and not isinstance(v, bool)) or pd.isna(v)).all():
+    return _whole(frame, list(names))
+
+
+def _whole(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Parameter columns of whole numbers as pandas' nullable Int64, where a row lacks the parameter too
+    (a float64 column would read 1000.0)."""
+
+    def whole(v: Any) -> bool:
+        if isinstance(v, float) and not pd.isna(v):
+            return v.is_integer()
+        return (isinstance(v, int) and not isinstance(v, bool)) or pd.isna(v)
+
+    for name in names:
+        if frame[name].dtype != "Int64" and frame[name].map(whole).all() and frame[name].notna().any():
             frame[name] = frame[name].astype("Int64")
     return frame
 
@@ -413,7 +428,9 @@ def load(paths: str | Path | Iterable[str | Path], raw: bool = False) -> pd.Data
     if not frames:
         tail = ["sample", "value"] if raw else list(SUMMARY_FIELDS)
         return pd.DataFrame(columns=[*RUN_COLUMNS, *KEY_COLUMNS, "metric", "unit", *tail])
-    return pd.concat(frames, ignore_index=True)
+    frame = pd.concat(frames, ignore_index=True)
+    known = set(RUN_COLUMNS) | set(KEY_COLUMNS) | {"metric", "unit", "sample", "value", *SUMMARY_FIELDS}
+    return _whole(frame, [c for c in frame.columns if c not in known])  # a run without a parameter: NaN
 
 
 def to_csv(doc: dict[str, Any]) -> str:

@@ -99,8 +99,8 @@ class RunConfig:
         metadata=meta(
             Flag(
                 ("-d", "--driver"),
-                "Driver to run (repeatable; 'all' for every driver but null). Default: overlay2, btrfs and vfs, "
-                "where they can run.",
+                "Driver to run (repeatable; 'all' for every driver but the test-only ones: null, the skeleton "
+                "example). Default: overlay2, btrfs and vfs, where they can run.",
                 kind="many",
                 metavar="NAME",
             ),

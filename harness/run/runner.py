@@ -55,16 +55,18 @@ __all__ = [
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt, so a terminated run ends as an interrupted one: cleaned up, cells kept."""
+    """SIGTERM and SIGHUP (a closed terminal) raise KeyboardInterrupt, so a terminated run ends as an
+    interrupted one: cleaned up, cells kept."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 Progress = Callable[[str], None]
@@ -213,10 +215,14 @@ def _run(
         doc, path = previous, resume_path
         doc["status"] = "running"
         doc["run"] = results.run_record()
+        if executor is None:
+            doc["work_root"] = str(work_root)
     else:
         doc = results.new_document(
             config.label, machine.machine_info(work_root if executor is None else None), machine.tool_info()
         )
+        if executor is None:  # where its stores are: what `layerbench cleanup --work-root` needs after a crash
+            doc["work_root"] = str(work_root)
         doc["helpers"] = backing.mkfs_versions(sorted({c.backing for c in cells} - {"dir"}))
         for cls in drivers:
             doc["helpers"].update(cls.versions())

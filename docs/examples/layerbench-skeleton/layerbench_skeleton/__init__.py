@@ -32,6 +32,7 @@ class SkeletonDriver(Driver):
     style = Style.COPY
     layer_format = LayerFormat.FULL  # create_layer hands out the parent's whole tree
     backings = ("ext4", "xfs", "dir")  # where the harness may put `home`; the first is the default
+    test_only = True  # a template: left out of `layerbench run -d all`; a driver of your own drops this line
 
     @classmethod
     def probe(cls) -> str | None:
