@@ -175,6 +175,7 @@ _ERRNO = {
     grpc.StatusCode.INVALID_ARGUMENT: errno.EINVAL,
     grpc.StatusCode.UNAVAILABLE: errno.ECONNREFUSED,
     grpc.StatusCode.DEADLINE_EXCEEDED: errno.ETIMEDOUT,
+    grpc.StatusCode.UNIMPLEMENTED: errno.ENOSYS,
 }
 
 #: a unix socket path the kernel takes (sun_path is 108 bytes with its NUL)
@@ -319,6 +320,20 @@ class Containerd:
         self._metadata = (("containerd-namespace", self.namespace),)
         self._call("/containerd.services.leases.v1.Leases/Delete", request, "containerd.types.Empty")
         self.lease = None
+
+    def collect_garbage(self, lease_id: str) -> None:
+        """Run containerd's garbage collector now: a lease created and deleted with `sync`."""
+        self._call(
+            "/containerd.services.leases.v1.Leases/Create",
+            _new("containerd.leases.CreateRequest", id=lease_id),
+            "containerd.leases.CreateResponse",
+        )
+        request = _new("containerd.leases.DeleteRequest", id=lease_id, sync=True)
+        self._call("/containerd.services.leases.v1.Leases/Delete", request, "containerd.types.Empty")
+
+    def cleanup(self, snapshotter: str) -> None:
+        """The snapshotter's Cleanup: it removes what removed snapshots left (overlayfs, native: `rm-*`)."""
+        self._snap("Cleanup", snapshotter=snapshotter)
 
     def delete_namespace(self) -> None:
         request = _new("containerd.namespaces.DeleteRequest", name=self.namespace)

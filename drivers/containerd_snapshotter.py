@@ -36,6 +36,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -197,10 +198,12 @@ class ContainerdSnapshotterDriver(Driver):
         try:
             with open(tar, "wb") as out:
                 digest, size = pack_layer(staging, out, self.opaque_xattr)
+            remove_tree(staging)  # the tar holds the layer now: at most two copies of it on the store at once
             with open(tar, "rb") as f:
                 self.api.write_content(
                     f"layerbench-{layer_id}", iter(functools.partial(f.read, _CHUNK), b""), size, digest
                 )
+            tar.unlink()
             self._apply_blob(Descriptor(LAYER_MEDIA_TYPE, digest, size), layer_id, self._parents[layer_id])
         finally:
             tar.unlink(missing_ok=True)
@@ -261,6 +264,24 @@ class ContainerdSnapshotterDriver(Driver):
         del self._parents[item_id]
         self._containers.discard(item_id)
         self.lineage.forget(item_id)
+
+    def settle(self) -> None:
+        """Wait until containerd has given removed snapshots' space back: a garbage collection run
+        synchronously (a lease deleted with `sync`), the snapshotter's Cleanup, and (our daemon) no
+        `rm-*` directory left in its root. Not timed."""
+        self.api.collect_garbage(f"{self.api.namespace}-settle")
+        try:
+            self.api.cleanup(self.snapshotter)
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:  # native and btrfs have no Cleanup in 1.6: their GC removes in place
+                raise
+        if self.daemon is None:
+            return
+        root = self.home / "containerd" / "root" / f"io.containerd.snapshotter.v1.{self.snapshotter}"
+        for _ in range(200):
+            if not any(p.name.startswith("rm-") for d in (root, root / "snapshots") if d.is_dir() for p in d.iterdir()):
+                return
+            time.sleep(0.05)
 
     def inspect(self, item_id: str) -> dict[str, str]:
         data = {"Snapshotter": self.snapshotter, "Key": item_id, "Namespace": self.api.namespace}

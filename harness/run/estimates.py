@@ -30,6 +30,8 @@ def estimate_bytes(cell: Cell) -> int:
     else:
         need = total * (1 + steps.rebuilds + copies)
     need += _images_need(cell, total, "bytes")
+    if cell.driver.engine is not None:  # a layer passes through the engine: its directory, tar and blob
+        need += 2 * total + written
     return int((need + written) * 1.2) + estimate_inodes(cell) * 4096 + 128 * _MiB
 
 
