@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import json
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from layerbench.driver import LayerFormat
 from layerbench.errors import UserError
 from layerbench.images import oci
-from layerbench.images.oci import read_image
+from layerbench.images.oci import apply_tar_layer, read_image
 
 
 def _header(name: str, size: int, kind: bytes = tarfile.REGTYPE) -> bytes:
@@ -37,3 +40,54 @@ def test_an_archive_of_too_many_files_is_refused(tmp_path: Path, monkeypatch: py
             tar.addfile(tarfile.TarInfo(f"f{i}"))
     with pytest.raises(UserError, match=rf"^{archive}: more than 10 files in the archive; not an image$"):
         read_image(archive)
+
+
+def _archive(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_a_deeply_nested_manifest_is_one_line(tmp_path: Path) -> None:
+    archive = _archive(tmp_path / "img.tar", {"manifest.json": b"[" * 100_000 + b"]" * 100_000})
+    with pytest.raises(UserError, match=r"manifest.json: JSON nested too deep for image metadata$"):
+        read_image(archive)
+
+
+def test_a_docker_archive_without_config_or_with_a_malformed_one_is_one_line(tmp_path: Path) -> None:
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w"):
+        pass
+    manifest = json.dumps([{"RepoTags": 7, "Layers": ["l/layer.tar"]}]).encode()
+    archive = _archive(tmp_path / "a.tar", {"manifest.json": manifest, "l/layer.tar": layer.getvalue()})
+    with pytest.raises(UserError, match=r"the image names no Config, so its layers cannot be checked \(diff_ids\)$"):
+        read_image(archive)
+    manifest = json.dumps([{"Config": "c.json", "Layers": ["l/layer.tar"]}]).encode()
+    files = {"manifest.json": manifest, "c.json": b'{"rootfs": []}', "l/layer.tar": layer.getvalue()}
+    with pytest.raises(UserError, match=r"c.json: rootfs.diff_ids is missing or not a list of digests$"):
+        read_image(_archive(tmp_path / "b.tar", files))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("uid", 1 << 40, "uid 1099511627776 is not a user or group id"),
+        ("devmajor", 1 << 20, "device number 1048576:0 does not fit a dev_t"),
+    ],
+)
+def test_odd_owner_time_and_device_numbers_are_one_line(tmp_path: Path, field: str, value: object, why: str) -> None:
+    info = tarfile.TarInfo("n")
+    info.type = tarfile.CHRTYPE
+    setattr(info, field, value)
+    with pytest.raises(UserError, match=rf"entry 'n': {why}"):
+        apply_tar_layer(tmp_path, io.BytesIO(_one(info)), LayerFormat.FULL)
+
+
+def _one(info: tarfile.TarInfo) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info)
+    return out.getvalue()

@@ -32,6 +32,7 @@ __all__ = [
     "CHUNK",
     "BoundedTarInfo",
     "HeaderTooLarge",
+    "zstd_errors",
 ]
 
 _GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
@@ -200,11 +201,12 @@ def read_layer(fileobj: BinaryIO, source: str, limit: SizeLimit | None = None) -
         raise UserError(f"{source}: {exc}") from None
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise UserError(f"{source}: not a readable layer tar: {exc}") from None
-    except _zstd_errors() as exc:
+    except zstd_errors() as exc:
         raise UserError(f"{source}: not a readable zstd stream: {exc}") from None
 
 
-def _zstd_errors() -> tuple[type[BaseException], ...]:
+def zstd_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a corrupt zstd stream raises (none without the zstandard module)."""
     try:
         import zstandard
     except ImportError:

@@ -392,7 +392,12 @@ class _Applier:
         elif e.kind == "dir":
             self._dir(e, parts, pfd, base, merge=False, opaque=was_whiteout)
         elif e.kind == "symlink":
-            os.symlink(target, base, dir_fd=pfd)
+            try:
+                os.symlink(target, base, dir_fd=pfd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENAMETOOLONG, errno.EINVAL):
+                    raise
+                self.fail(e, f"a symlink target this filesystem cannot hold ({exc.strerror})")
             self._finish_path(e, pfd, base, chmod=False)
             self.stats.symlinks += 1
         else:
@@ -400,7 +405,11 @@ class _Applier:
                 os.mkfifo(base, 0o600, dir_fd=pfd)
             else:
                 kind = stat.S_IFCHR if e.kind == "char" else stat.S_IFBLK
-                os.mknod(base, kind | 0o600, os.makedev(e.major, e.minor), dir_fd=pfd)
+                try:
+                    os.mknod(base, kind | 0o600, os.makedev(e.major, e.minor), dir_fd=pfd)
+                except PermissionError:  # root in a user namespace (overlay2-rootless) makes no device node
+                    self.stats.skipped.append(f"{e.name}: device nodes need root in the initial user namespace")
+                    return None
             self._finish_path(e, pfd, base, chmod=True)
             self.stats.devices += 1
         return None
@@ -582,10 +591,36 @@ _KINDS = {
 }
 
 
+#: what an entry's numbers may be: ids below the (uid_t)-1 "no change" value, times a 64-bit
+#: nanosecond count holds, device numbers the kernel's dev_t has room for (12-bit major, 20-bit minor)
+_MAX_ID, _MAX_MTIME_S, _MAX_MAJOR, _MAX_MINOR = (
+    (1 << 32) - 2,
+    (1 << 63) // 1_000_000_000 - 1,
+    (1 << 12) - 1,
+    (1 << 20) - 1,
+)
+
+
+def _numbers_error(info: tarfile.TarInfo, kind: str) -> str | None:
+    """Why an entry's owner, time or device numbers cannot be applied, or None."""
+    for what, value in (("uid", info.uid), ("gid", info.gid)):
+        if not isinstance(value, int) or not 0 <= value <= _MAX_ID:
+            return f"{what} {value!r} is not a user or group id (0 to {_MAX_ID})"
+    mtime = info.mtime
+    if not isinstance(mtime, (int, float)) or mtime != mtime or not -_MAX_MTIME_S <= mtime <= _MAX_MTIME_S:
+        return f"mtime {mtime!r} is not a time a file can have"
+    if kind in ("char", "block") and not (0 <= info.devmajor <= _MAX_MAJOR and 0 <= info.devminor <= _MAX_MINOR):
+        fits = f"major <= {_MAX_MAJOR}, minor <= {_MAX_MINOR}"
+        return f"device number {info.devmajor}:{info.devminor} does not fit a dev_t ({fits})"
+    return None
+
+
 def _entry(info: tarfile.TarInfo) -> _Entry | str:
     kind = "file" if info.isreg() else _KINDS.get(info.type)
     if kind is None:
         return f"unsupported tar entry type {info.type!r}"
+    if (why := _numbers_error(info, kind)) is not None:
+        return why
     xattrs = {
         key[len("SCHILY.xattr.") :]: value.encode("utf-8", "surrogateescape")
         for key, value in info.pax_headers.items()

@@ -31,7 +31,7 @@ from layerbench.errors import UserError
 from layerbench.images.config import ImageConfig, parse_config
 from layerbench.images.image import SyntheticImage
 from layerbench.images.layer_encoding import OPAQUE_XATTR
-from layerbench.images.layer_stream import BoundedTarInfo, HeaderTooLarge, SizeLimit, open_layer_stream
+from layerbench.images.layer_stream import BoundedTarInfo, HeaderTooLarge, SizeLimit, open_layer_stream, zstd_errors
 from layerbench.images.layer_tar import LayerStats, LowerTree, SymlinkPolicy, apply_host_dir, apply_tar_layer
 from layerbench.kernel.safety import DEFAULT_WORK_ROOT, prepare_work_root
 
@@ -283,6 +283,30 @@ def _read_json(src: _Dir | _Archive, name: str, digest: str | None = None) -> An
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{src.label}: {name}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UserError(f"{src.label}: {name}: JSON nested too deep for image metadata") from None
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one (a malformed optional field reads as absent)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _tags(entry: Any) -> list[str]:
+    """The RepoTags of a `manifest.json` entry that are strings."""
+    tags = _obj(entry).get("RepoTags")
+    return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+
+
+def _diff_ids(src: _Dir | _Archive, name: str, config: Any, layers: int) -> list[str]:
+    """The config's `rootfs.diff_ids`, one digest per layer (a config without them: a one-line error)."""
+    label = f"{src.label}:{name}"
+    diff_ids = _obj(_obj(config).get("rootfs")).get("diff_ids")
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        raise UserError(f"{label}: rootfs.diff_ids is missing or not a list of digests")
+    if len(diff_ids) != layers:
+        raise UserError(f"{label}: {len(diff_ids)} diff_ids for {layers} layers")
+    return diff_ids
 
 
 def _parse_digest(label: str, digest: Any) -> tuple[str, str]:
@@ -317,17 +341,18 @@ def _pick(label: str, descs: list[Any], ref: str | None) -> dict[str, Any]:
     cands = [
         d
         for d in cands
-        if (d.get("annotations") or {}).get("vnd.docker.reference.type") != "attestation-manifest"
-        and (d.get("platform") or {}).get("os") != "unknown"
+        if _obj(d.get("annotations")).get("vnd.docker.reference.type") != "attestation-manifest"
+        and _obj(d.get("platform")).get("os") != "unknown"
     ]
     if ref is not None:
 
         def names(d: dict[str, Any]) -> set[str]:
-            ann = d.get("annotations") or {}
+            ann = _obj(d.get("annotations"))
             out = {ann.get("org.opencontainers.image.ref.name"), ann.get("io.containerd.image.name")}
-            full = ann.get("io.containerd.image.name") or ""
-            out |= {full.rsplit("/", 1)[-1], full.removeprefix("docker.io/library/")}
-            return {n for n in out if n}
+            full = ann.get("io.containerd.image.name")
+            if isinstance(full, str):
+                out |= {full.rsplit("/", 1)[-1], full.removeprefix("docker.io/library/")}
+            return {n for n in out if n and isinstance(n, str)}
 
         cands = [d for d in cands if ref in names(d) or f"{ref}:latest" in names(d)]
         if not cands:
@@ -335,9 +360,7 @@ def _pick(label: str, descs: list[Any], ref: str | None) -> dict[str, Any]:
     if len(cands) > 1:
         want = _host_platform()
         here = [
-            d
-            for d in cands
-            if ((d.get("platform") or {}).get("os"), (d.get("platform") or {}).get("architecture")) == want
+            d for d in cands if (_obj(d.get("platform")).get("os"), _obj(d.get("platform")).get("architecture")) == want
         ]
         cands = here or cands
     if len(cands) != 1:
@@ -375,7 +398,7 @@ def read_config(path: Path, *, ref: str | None = None) -> ImageConfig | None:
         entries = _read_json(src, "manifest.json")
         entry = entries[0] if isinstance(entries, list) and len(entries) == 1 else None
         if ref is not None and isinstance(entries, list):
-            tagged = [m for m in entries if isinstance(m, dict) and ref in (m.get("RepoTags") or [])]
+            tagged = [m for m in entries if isinstance(m, dict) and ref in _tags(m)]
             entry = tagged[0] if len(tagged) == 1 else entry
         name = entry.get("Config") if isinstance(entry, dict) else None
         if not isinstance(name, str):
@@ -406,7 +429,11 @@ def _oci(src: _Dir | _Archive, ref: str | None) -> list[tuple[LayerBlob, str | N
         if isinstance(layer.get("size"), int) and layer["size"] != size:
             raise UserError(f"{src.label}:{lname}: {size} bytes, the manifest says {layer['size']}")
         out.append(
-            (LayerBlob(f"{src.label}:{lname}", path, offset, size, ltype, layer["digest"]), layer["digest"], None)
+            (
+                LayerBlob(f"{src.label}:{lname}", path, offset, size, ltype, layer["digest"]),
+                layer["digest"],
+                None,
+            )
         )
     return out
 
@@ -420,33 +447,25 @@ def _docker(src: _Dir | _Archive, ref: str | None) -> list[tuple[LayerBlob, str 
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{label}: not a list of images")
     if ref is not None:
-        entries = [
-            m
-            for m in entries
-            if isinstance(m, dict)
-            and (ref in (m.get("RepoTags") or []) or f"{ref}:latest" in (m.get("RepoTags") or []))
-        ]
+        entries = [m for m in entries if isinstance(m, dict) and (ref in _tags(m) or f"{ref}:latest" in _tags(m))]
         if not entries:
             raise UserError(f"{label}: no image tagged {ref!r}")
     if len(entries) != 1:
-        tags = [t for m in entries if isinstance(m, dict) for t in (m.get("RepoTags") or [])]
+        tags = [t for m in entries for t in _tags(m)]
         raise UserError(f"{label}: {len(entries)} images ({', '.join(tags) or 'untagged'}); name one (ref)")
     image = entries[0]
     layers = _field(label, image, "Layers", list)
-    diff_ids: list[Any] = []
-    config_name = image.get("Config") if isinstance(image, dict) else None
-    if isinstance(config_name, str):
-        digest = _digest_from_name(config_name)
-        config = _read_json(src, config_name, digest)
-        diff_ids = ((config.get("rootfs") or {}).get("diff_ids") or []) if isinstance(config, dict) else []
-        if diff_ids and len(diff_ids) != len(layers):
-            raise UserError(f"{src.label}:{config_name}: {len(diff_ids)} diff_ids for {len(layers)} layers")
-    out = []
+    config_name = image.get("Config")
+    if not isinstance(config_name, str):  # docker save always writes one: without it nothing checks the layers
+        raise UserError(f"{label}: the image names no Config, so its layers cannot be checked (diff_ids)")
+    config = _read_json(src, config_name, _digest_from_name(config_name))
+    diff_ids = _diff_ids(src, config_name, config, len(layers))
+    out: list[tuple[LayerBlob, str | None, str | None]] = []
     for i, lname in enumerate(layers):
         lname = _clean(label, lname)
         path, offset, size = src.locate(lname)
         blob = LayerBlob(f"{src.label}:{lname}", path, offset, size, _sniff(path, offset), _digest_from_name(lname))
-        out.append((blob, blob.digest, diff_ids[i] if diff_ids else None))
+        out.append((blob, blob.digest, diff_ids[i]))
     return out
 
 
@@ -465,6 +484,10 @@ def _sniff(path: Path, offset: int) -> str:
     return "application/vnd.oci.image.layer.v1.tar"
 
 
+#: what reading a corrupt layer stream raises (gzip, zstd, a short file)
+_READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, *zstd_errors())
+
+
 def _verify(blob: LayerBlob, digest: str | None, diff_id: str | None, limit: SizeLimit | None) -> None:
     """Refuse a blob whose bytes (or, for a diff_id, uncompressed bytes) do not match."""
     checks = [(digest, False)] if digest is not None else [(diff_id, True)]
@@ -478,7 +501,7 @@ def _verify(blob: LayerBlob, digest: str | None, diff_id: str | None, limit: Siz
             try:
                 while chunk := stream.read(1 << 20):
                     h.update(chunk)
-            except (OSError, EOFError, zlib.error) as exc:
+            except _READ_ERRORS as exc:
                 raise UserError(f"{blob.name}: cannot read the layer ({exc})") from None
         if h.hexdigest() != hexd:
             what = "uncompressed content does not match its diff_id" if uncompressed else "does not match its digest"
