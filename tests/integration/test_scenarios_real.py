@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,52 @@ def test_what_a_committed_layer_holds_alone_is_the_containers_changes(name: str,
         assert max(beside) < 0.25 * written, beside
     else:  # overlay2 copies the container's upper directory into the new layer
         assert all(b >= 0.9 * written for b in beside), beside
+
+
+VOLUME_THEN_FAIL = """
+name = "volume-fail"
+description = "A tmpfs volume, then a step that fails the cell."
+[params]
+p = ["vol"]
+[image]
+files = 4
+bytes = 400
+[repeat]
+samples = 1
+warmup = 0
+[[step]]
+op = "start"
+[[step]]
+op = "volume"
+path = "${p}"
+kind = "tmpfs"
+[[step]]
+op = "read"
+path = "missing.bin"
+"""
+
+
+@pytest.mark.parametrize("target", ["vol", "../../../../sentinel"])
+def test_a_volume_is_released_after_a_failed_cell_and_never_lands_outside(target: str, tmp_path: Path) -> None:
+    """Issue 20: a tmpfs volume over a host directory stayed mounted after the cell failed. Inside
+    the root it is unmounted with the cell; a target outside (the scenario check bypassed) is
+    refused before any mount. The null driver's root is <cell>/mnt/null/root: four `..` reach tmp_path."""
+    from unittest import mock
+
+    sentinel = tmp_path / "sentinel"
+    sentinel.mkdir()
+    (sentinel / "host-file").write_bytes(b"host")
+    path = tmp_path / "s.toml"
+    path.write_text(VOLUME_THEN_FAIL)
+    with mock.patch("layerbench.scenario._relative"):  # past the check
+        scenario = load_scenario(path)
+    cls = default_plugins().driver("null")
+    out = run_cell(Cell(scenario, cls, {"p": target}, "dir"), tmp_path / "cell")
+    assert out["status"] == "error"
+    if target == "vol":
+        assert "missing.bin" in out["error"]
+    else:
+        assert "must be relative to the container root" in out["error"]
+    with open("/proc/self/mountinfo") as f:
+        assert str(tmp_path) not in f.read()
+    assert os.listdir(sentinel) == ["host-file"] and not (tmp_path / "cell").exists()
