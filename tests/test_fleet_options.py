@@ -121,3 +121,15 @@ def test_fleet_certs_makes_a_ca_and_host_certificates_it_signed_with_private_key
 def test_loopback_names_and_addresses() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("10.0.0.1") and not is_loopback("0.0.0.0")
+
+
+def test_fleet_certs_refuses_a_ca_without_its_key(tmp_path: Path) -> None:
+    folder = tmp_path / "fleet"
+    make_fleet_certs(folder, [])
+    (folder / "ca-key.pem").unlink()
+    r = CliRunner().invoke(main, ["fleet-certs", str(folder), "--host", "h"])
+    assert (r.exit_code, r.stderr) == (
+        2,
+        f"layerbench: error: {folder}: has ca.pem but not ca-key.pem; sign with both, or use a new folder\n",
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["ca.pem"]  # nothing made

@@ -147,7 +147,10 @@ def make_fleet_certs(folder: Path, hosts: list[str], days: int = DEFAULT_DAYS) -
         return key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
     ca_path, ca_key_path = folder / CA_FILE, folder / CA_KEY_FILE
-    if ca_path.exists() and ca_key_path.exists():
+    if ca_path.exists() != ca_key_path.exists():
+        have, lack = (ca_path, ca_key_path) if ca_path.exists() else (ca_key_path, ca_path)
+        raise UserError(f"{folder}: has {have.name} but not {lack.name}; sign with both, or use a new folder")
+    if ca_path.exists():
         ca_cert = x509.load_pem_x509_certificate(ca_path.read_bytes())
         loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
