@@ -21,6 +21,9 @@ __all__ = ["Op", "Footprint", "OPS", "SELECT", "INT", "SIZE", "STR", "BOOL", "FR
 INT, SIZE, STR, BOOL = "int", "size", "str", "bool"
 FRACTION, NUMBER, ERRNOS, MODE = "fraction", "number", "errnos", "mode"
 
+#: the most a `run` step's process is assumed to write into its container, and the files it may create
+RUN_WRITES, RUN_NEW_FILES = 32 << 20, 2048
+
 #: the ways a file step picks its files; exactly one is given
 SELECT = {"path": STR, "glob": STR, "fraction": FRACTION}
 
@@ -99,6 +102,21 @@ _OPS = (
         measure="startup_ns",
         footprint=lambda a, i: Footprint(containers=int(a["count"])),
         defaults={"count": 1},
+    ),
+    Op(
+        "run",
+        {
+            "image": (STR, False),
+            "runtime": (("crun", "builtin"), False),
+            "cold": (BOOL, False),
+            "keep": (BOOL, False),
+            "prefix": (STR, False),
+            "timeout": (NUMBER, False),
+        },
+        timed=False,
+        # a container, and what its process may write into it (a Python writing its bytecode caches)
+        footprint=lambda a, i: Footprint(containers=1, written_bytes=RUN_WRITES, new_files=RUN_NEW_FILES),
+        defaults={"cold": False, "keep": False, "timeout": 60.0},
     ),
     Op("remove"),
     Op("commit", measure="commit_ns", footprint=lambda a, i: Footprint(copies=1, commits=1, new_files=1)),

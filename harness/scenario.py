@@ -556,7 +556,7 @@ def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> No
         if key not in allowed:
             raise c.fail(f"{where}{key}", f"unknown field for op {op!r}; allowed: {', '.join(sorted(allowed))}")
     c.fields(step, spec, where)
-    if op == "start" and "image" in step:
+    if op in ("start", "run") and "image" in step:
         c.value(step["image"], c.images, f"{where}image")
         if step["image"] in c.unbuilt and step["image"] not in c.imported:
             raise c.fail(f"{where}image", f"{step['image']!r} is not pre-built: a build step must import it first")
@@ -572,7 +572,7 @@ def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> No
             parse_link(step["link"])
         except UserError as exc:
             raise c.fail(f"{where}link", str(exc)) from None
-    if op in ("usage", "pull") and isinstance(step.get("prefix"), str) and not _PREFIX.match(step["prefix"]):
+    if op in ("usage", "pull", "run") and isinstance(step.get("prefix"), str) and not _PREFIX.match(step["prefix"]):
         raise c.fail(f"{where}prefix", "a metric name prefix: lower_snake_case, such as 'after_remove'")
     if op == "expect":
         if ("sha256" in step) == ("layer" in step):

@@ -21,6 +21,8 @@ def human(value: float, unit: str) -> str:
             if abs(value) >= scale:
                 return f"{value / scale:.3g} {name}"
         return f"{value:.0f} B"
+    if unit == "fraction":
+        return f"{value * 100:.3g}%"
     return f"{value:.0f}"
 
 

@@ -53,11 +53,14 @@ def utc_now() -> str:
 
 
 def unit_of(metric: str) -> str:
-    """The unit is the metric name's suffix: `copy_up_ns` is in ns, `disk_bytes` in bytes."""
+    """The unit is the metric name's suffix: `copy_up_ns` is in ns, `disk_bytes` in bytes, `read_fraction`
+    a fraction (0 to 1, shown as a percentage)."""
     if metric.endswith("_ns"):
         return "ns"
     if metric.endswith("_bytes"):
         return "bytes"
+    if metric.endswith("_fraction"):
+        return "fraction"
     return "count"
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "drops",
     "drop_pages",
     "evict",
+    "evict_files",
     "unavailable",
 ]
 
@@ -204,7 +205,12 @@ def drop_pages(fd: int) -> None:
 
 def evict(root: Path) -> None:
     """Drop the pages of the files under `root` (POSIX_FADV_DONTNEED), where drop_caches is not allowed."""
-    for path in regular_files(root):
+    evict_files(regular_files(root))
+
+
+def evict_files(paths: list[str]) -> None:
+    """Drop these files' pages from the page cache (POSIX_FADV_DONTNEED), and no other file's."""
+    for path in paths:
         fd = _open(path)
         if fd is None:
             continue

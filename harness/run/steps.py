@@ -39,21 +39,24 @@ from typing import Any
 from layerbench.driver import Driver
 from layerbench.errors import UserError
 from layerbench.images.build import build_image
-from layerbench.images.config import ImageConfig
+from layerbench.images.config import ImageConfig, config_of
 from layerbench.images.image import Image, LayerSpec, SyntheticImage
 from layerbench.images.registry_client import client_for
-from layerbench.kernel import confined, pagecache, safety, syscalls
+from layerbench.kernel import confined, mountinfo, pagecache, safety, syscalls
 from layerbench.kernel.confined import Parents, Root
 from layerbench.kernel.netshape import parse_link
 from layerbench.kernel.treecopy import copy_tree
 from layerbench.ops import OPS
-from layerbench.run import backing
+from layerbench.run import backing, ready, runtime
 from layerbench.run.pull import StoreLayers, pull_image
 from layerbench.run.registry import Registries
 from layerbench.run.userns import in_initial_userns
 from layerbench.scenario import Step
 
-__all__ = ["SampleState", "Recorder", "run_step", "BEHAVIOUR", "glob_paths"]
+__all__ = ["SampleState", "Recorder", "run_step", "BEHAVIOUR", "glob_paths", "RUNTIME_DIR"]
+
+#: where the `run` step keeps its runtimes' bundles and state, in the store (the page-cache accounting skips it)
+RUNTIME_DIR = "runtime"
 
 Recorder = Callable[[str, int], None]
 Outcome = Callable[[str, str], None]
@@ -88,6 +91,8 @@ class SampleState:
     registries: Registries | None = None  # the cell's registries, one per link (run/registry.py): `pull` starts them
     pulled: StoreLayers = field(default_factory=StoreLayers)  # layers the sample's pulls put in the store, by chain
     configs: dict[str, ImageConfig] = field(default_factory=dict)  # image name ("base" too) -> config, once pulled
+    processes: list[runtime.Container] = field(default_factory=list)  # `run` containers still running (keep)
+    recorded: dict[str, int] = field(default_factory=dict)  # each metric the sample recorded, its last value
 
     @property
     def root(self) -> Path:
@@ -108,7 +113,10 @@ class SampleState:
         self.volumes = []
 
     def release(self) -> None:
-        """Unmount volumes and containers, remove containers and layers the sample made."""
+        """Stop running containers; unmount volumes and containers, remove containers and layers the sample made."""
+        for box in reversed(self.processes):
+            box.stop()
+        self.processes = []
         self.release_volumes()
         for cid in reversed(self.mounted):
             self.driver.unmount(cid)
@@ -287,18 +295,22 @@ def _batch(targets: list[Target], one: Callable[[Target], object]) -> Callable[[
 # -- container-level ops --------------------------------------------------------------
 
 
-def _start(state: SampleState, step: Step, record: Recorder) -> None:
-    driver = state.driver
-    image = state.top
-    name = step.args.get("image", "base")
+def _image_top(state: SampleState, name: str, op: str) -> str:
+    """The top layer of the image a `start` or `run` step names: base, committed or an [[images]] entry."""
     if name == "committed":
         if state.committed is None:
-            raise RuntimeError("start image = 'committed' needs a 'commit' step before it")
-        image = state.committed
-    elif name != "base":
+            raise RuntimeError(f"{op} image = 'committed' needs a 'commit' step before it")
+        return state.committed
+    if name != "base":
         if name not in state.images:
-            raise RuntimeError(f"start image = {name!r} needs a 'build' step importing it before it")
-        image = state.images[name]
+            raise RuntimeError(f"{op} image = {name!r} needs a 'build' step importing it before it")
+        return state.images[name]
+    return state.top
+
+
+def _start(state: SampleState, step: Step, record: Recorder) -> None:
+    driver = state.driver
+    image = _image_top(state, step.args.get("image", "base"), "start")
     for _ in range(OPS["start"].with_defaults(step.args)["count"]):
         cid = f"{state.prefix}c{len(state.containers)}"
         state.containers.append(cid)
@@ -311,6 +323,76 @@ def _start(state: SampleState, step: Step, record: Recorder) -> None:
         state.roots[cid] = root
         if step.measure:
             record(step.measure, t1 - t0)
+
+
+def _store_files(state: SampleState, skip: set[str]) -> list[str]:
+    """The store's regular files (`pagecache.regular_files`) but those under `skip` (paths)."""
+    return [p for p in pagecache.regular_files(state.store.mountpoint) if not any(p.startswith(d) for d in skip)]
+
+
+def _run(state: SampleState, step: Step, record: Recorder) -> None:
+    """Start the image's entrypoint in a new container through a runtime, wait until it is ready, stop it
+    (with `keep`, at the sample's end). Phases: create_ns (the driver's snapshot + mount), runtime_ns
+    (bundle to process created), ready_ns (exec to ready); read_bytes is the page cache the store's
+    files gained (what the start read of the image), read_fraction that over the image's bytes."""
+    args = OPS["run"].with_defaults(step.args)
+    name = args.get("image", "base")
+    image = _image_top(state, name, "run")
+    config = state.configs.get(name)
+    config = config or (config_of(state.image) if name == "base" else None)
+    if config is None or not config.argv():
+        raise ValueError(
+            "run needs an image with an Entrypoint or Cmd in its OCI config "
+            "([image] source debian, oci, docker-archive or registry; a synthetic image has none)"
+        )
+    rt = args.get("runtime") or runtime.default_runtime()
+    if (why := runtime.unavailable(rt)) is not None:
+        raise RuntimeError(f"runtime {rt}: {why}")
+    condition = config.ready or ready.DEFAULT_READY
+    pre = f"{args['prefix']}_" if "prefix" in args else ""
+    work = state.store.mountpoint / RUNTIME_DIR
+    work.mkdir(mode=0o700, exist_ok=True)
+    cid = f"{state.prefix}r{len(state.containers)}"
+    # what the start may read, listed (and for a cold start evicted) before the clock
+    skip = {str(work) + "/"} | {str(r) + "/" for r in state.roots.values()}
+    files = _store_files(state, skip)
+    if args["cold"]:
+        pagecache.evict_files(files)
+    cached = pagecache.cached_bytes(files)
+    state.containers.append(cid)
+    t0 = perf_counter_ns()
+    state.driver.create_container(cid, image)
+    root = state.driver.mount(cid)
+    t1 = perf_counter_ns()
+    state.mounted.append(cid)
+    state.roots[cid] = root
+    # the container's own files (a snapshot's, a copy's: their pages are theirs), unless its root is a mount
+    own = [] if str(root) in mountinfo.mount_points() else pagecache.regular_files(root)
+    own_cached = pagecache.cached_bytes(own)
+    box = runtime.container(rt, cid, root, config.argv(), config.env, config.working_dir, work, state.store.ledger)
+    state.processes.append(box)
+    t2 = perf_counter_ns()
+    box.create()
+    t3 = perf_counter_ns()
+    box.begin()
+    ready.wait_ready(box, condition, float(args["timeout"]))
+    t4 = perf_counter_ns()
+    read = pagecache.cached_bytes(files) - cached + pagecache.cached_bytes(own) - own_cached
+    if not args["keep"]:
+        state.processes.remove(box)
+        box.stop()
+    create, started, became_ready = t1 - t0, t3 - t2, t4 - t3
+    record(f"{pre}create_ns", create)
+    record(f"{pre}runtime_ns", started)
+    record(f"{pre}ready_ns", became_ready)
+    record(f"{pre}start_ns", create + started + became_ready)
+    record(f"{pre}read_bytes", max(0, read))
+    total = state.image.total_bytes if name == "base" else 0
+    if total:
+        record(f"{pre}read_fraction", max(0, read) / total)  # type: ignore[arg-type]  # a fraction, not a count
+    if args["cold"]:
+        pulled = state.recorded.get("pull_ns", 0) + state.recorded.get("unpack_ns", 0)
+        record(f"{pre}cold_start_ns", pulled + create + started + became_ready)
 
 
 def _remove(state: SampleState, step: Step, record: Recorder) -> None:
@@ -735,6 +817,7 @@ def _listdir(pfd: int, name: str) -> list[str]:
 #: op -> what it does; its fields, default metric and footprint are harness/ops.py's
 BEHAVIOUR: dict[str, Callable[[SampleState, Step, Recorder], None]] = {
     "start": _start,
+    "run": _run,
     "remove": _remove,
     "commit": _commit,
     "build": _build,
@@ -755,8 +838,13 @@ if BEHAVIOUR.keys() != OPS.keys():  # an op defined without a behaviour, or the 
 def run_step(state: SampleState, step: Step, record: Recorder, outcome: Outcome) -> None:
     """Run one step; an error the step allows (EXDEV, EROFS ...) is an outcome, not a crash.
     Any other error carries the step's label as a note (`step[2] write`), for the cell's error."""
+
+    def kept(metric: str, value: int) -> None:
+        state.recorded[metric] = value
+        record(metric, value)
+
     try:
-        BEHAVIOUR[step.op](state, step, record)
+        BEHAVIOUR[step.op](state, step, kept)
     except Exception as exc:
         name = errno.errorcode.get(exc.errno or 0, "") if isinstance(exc, OSError) else ""
         if name not in step.allow_errors:

@@ -1,0 +1,315 @@
+"""Container runtimes: how the `run` step starts an image's process on the driver's mount.
+
+Two, a cell dimension (the `run` step's `runtime`):
+
+- `crun` (Debian's crun, an OCI runtime): an OCI bundle whose `root.path` is the driver's
+  mount, `crun create` then `crun start`. crun runs with `--cgroup-manager=disabled`
+  inside a private mount namespace whose /sys/fs/cgroup is an empty tmpfs (crun refuses a
+  hybrid v1/v2 hierarchy before it reads that option): a *holder* process made with
+  unshare(1) keeps that namespace, and each crun command joins it (setns in the child
+  before exec). No cgroup is created, changed or joined. The state directory (`--root`)
+  is under the cell's store. The commands are the mechanism: `runtime_ns` holds
+  `crun create`'s process, `ready_ns` `crun start`'s.
+- `builtin` (harness/run/launcher.py): the same namespaces and mounts by syscalls, for a
+  machine without crun.
+
+Both: new mount, pid, ipc, uts and network namespaces (loopback only); the root is the
+driver's mount, `nodev,nosuid` as every mount layerbench makes; /proc, a /dev tmpfs with
+the usual devices, /dev/shm. A rootless cell (overlay2-rootless, fuse-overlayfs) starts
+it inside its user namespace, as rootless Podman does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from layerbench.kernel import namespaces
+from layerbench.run.launcher import BuiltinContainer
+from layerbench.run.ledger import Ledger
+
+__all__ = ["RUNTIMES", "Container", "CrunContainer", "unavailable", "default_runtime", "container", "versions"]
+
+RUNTIMES = ("crun", "builtin")
+_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_CAPS = [  # Docker's default set
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+]
+#: the holder: a private mount namespace, an empty tmpfs over /sys/fs/cgroup, the root ($1) a mount of its
+#: own (a driver's plain directory too) nodev,nosuid, then nothing but waiting
+_HOLDER = (
+    "mount -t tmpfs -o nodev,nosuid,noexec,size=4k,mode=0555 cgroup-free /sys/fs/cgroup "
+    '&& mount --bind "$1" "$1" && mount -o remount,bind,nosuid,nodev "$1" '
+    "&& echo ok && exec sleep 2147483647"
+)
+_STOP_WAIT_S = 10.0
+_MOUNT = shutil.which("mount") or "/usr/bin/mount"
+
+
+class Container(Protocol):
+    """A container of the `run` step: made (`create`, timed as runtime_ns), its process let run
+    (`begin`), stopped and removed (`stop`, after errors too)."""
+
+    pid: int
+    pidfd: int
+
+    @property
+    def output(self) -> int: ...
+
+    def create(self) -> None: ...
+
+    def begin(self) -> None: ...
+
+    def exit_status(self) -> int | None: ...
+
+    def stop(self) -> None: ...
+
+
+def unavailable(runtime: str) -> str | None:
+    """None when `runtime` can start containers here, else why not."""
+    if runtime == "crun":
+        if shutil.which("crun") is None:
+            return "crun is not installed (apt-get install crun; or runtime = 'builtin')"
+        if shutil.which("unshare") is None:
+            return "unshare(1) (util-linux) is not installed: crun needs it for its cgroup-free mount namespace"
+        return None
+    if runtime == "builtin":
+        return None
+    return f"unknown runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}"
+
+
+def default_runtime() -> str:
+    """crun where it can run, else the built-in launcher."""
+    return "crun" if unavailable("crun") is None else "builtin"
+
+
+def versions() -> dict[str, str]:
+    """The runtimes' versions, for the machine description."""
+    if shutil.which("crun") is None:
+        return {}
+    out = subprocess.run(["crun", "--version"], capture_output=True, text=True).stdout.split("\n", 1)[0]
+    return {"crun": out.removeprefix("crun version ").strip()}
+
+
+def bundle_config(root: Path, argv: tuple[str, ...], env: tuple[str, ...], cwd: str) -> dict[str, Any]:
+    """The OCI runtime config (config.json) of a container whose root is `root`."""
+    envs = list(env) if any(e.startswith("PATH=") for e in env) else [_PATH, *env]
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": list(argv),
+            "env": envs,
+            "cwd": cwd or "/",
+            "noNewPrivileges": True,
+            "capabilities": {k: _CAPS for k in ("bounding", "effective", "permitted")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        },
+        "root": {"path": str(root), "readonly": False},
+        "hostname": "layerbench",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "noexec", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+            },
+        ],
+        # crun binds `root.path` without the driver mount's nodev,nosuid: a createContainer hook (in the
+        # container's mount namespace, before pivot_root) remounts that bind nodev,nosuid again
+        "hooks": {
+            "createContainer": [
+                {"path": _MOUNT, "args": ["mount", "-o", "remount,bind,nosuid,nodev", str(root)]},
+            ]
+        },
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }
+
+
+class CrunContainer:
+    """One container through crun, in a cgroup-free mount namespace its holder keeps."""
+
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        argv: tuple[str, ...],
+        env: tuple[str, ...],
+        cwd: str,
+        workdir: Path,
+        ledger: Ledger | None = None,
+    ) -> None:
+        """Write the bundle and start the holder (both before the clock)."""
+        self.name, self.ledger = name, ledger
+        self.bundle = workdir / name
+        self.state = workdir / "crun"
+        self.bundle.mkdir(mode=0o700)
+        self.state.mkdir(mode=0o700, exist_ok=True)
+        (self.bundle / "config.json").write_text(json.dumps(bundle_config(root, argv, env, cwd)))
+        self.pidfile = self.bundle / "pid"
+        self.pid = 0
+        self.pidfd = -1
+        self._noted: list[str] = []
+        self._created = False
+        self._out_r, self._out_w = os.pipe()
+        os.set_blocking(self._out_r, False)
+        self.holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _HOLDER, "holder", str(root)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=namespaces.die_with_parent,  # noqa: PLW1509  one prctl(2) by ctypes: no lock taken
+        )
+        self._note(self.holder.pid)
+        assert self.holder.stdout is not None
+        if self.holder.stdout.readline().strip() != b"ok":
+            self.holder.wait()
+            err = self.holder.stderr.read().decode(errors="replace").strip() if self.holder.stderr else ""
+            self._release_holder()
+            raise RuntimeError(f"crun: the cgroup-free mount namespace could not be made: {err}")
+        self._mnt = os.open(f"/proc/{self.holder.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        self._argv = ["crun", "--root", str(self.state), "--cgroup-manager=disabled"]
+
+    @property
+    def output(self) -> int:
+        return self._out_r
+
+    def _join(self) -> None:  # pragma: no cover  (in the forked child, before exec)
+        namespaces.setns(self._mnt, namespaces.CLONE_NEWNS)
+        namespaces.die_with_parent()
+
+    def _crun(self, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [*self._argv, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=self._out_w,
+            stderr=self._out_w,
+            pass_fds=(self._mnt,),
+            preexec_fn=self._join,  # noqa: PLW1509  setns(2) and prctl(2) by ctypes: no lock taken
+        )
+
+    def _drain(self) -> str:
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self._out_r, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace").strip()
+
+    def create(self) -> None:
+        """`crun create`: namespaces, mounts, pivot_root; its process waits to exec (timed: runtime_ns)."""
+        proc = self._crun("create", "--bundle", str(self.bundle), "--pid-file", str(self.pidfile), self.name)
+        code = proc.wait()
+        self._created = True
+        if code != 0:
+            raise RuntimeError(f"crun create failed ({code}): {self._drain()[-400:]}")
+        self.pid = int(self.pidfile.read_text())
+        self.pidfd = namespaces.pidfd_open(self.pid)  # now: it may exit as soon as it runs
+        self._note(self.pid)
+
+    def begin(self) -> None:
+        """`crun start`: the waiting process execs the entrypoint."""
+        proc = self._crun("start", self.name)
+        os.close(self._out_w)  # the container's copy is the last: EOF when it ends
+        self._out_w = -1
+        if proc.wait() != 0:
+            raise RuntimeError(f"crun start failed: {self._drain()[-400:]}")
+
+    def exit_status(self) -> int | None:
+        return None  # the container's process is not our child; its output says how it ended
+
+    def stop(self) -> None:
+        """Kill the container (SIGKILL to its pid 1 ends its pid namespace), `crun delete`, end the holder."""
+        try:
+            if self.pidfd >= 0:  # pinned: the pid cannot name another process
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                _wait_fd(self.pidfd, _STOP_WAIT_S)
+            if self._created and self.holder.poll() is None:
+                self._crun("delete", "--force", self.name).wait()
+        finally:
+            self._release_holder()
+            for fd in (self._out_r, self._out_w, self.pidfd):
+                if fd >= 0:
+                    os.close(fd)
+            self._out_r = self._out_w = self.pidfd = -1
+            if self.ledger is not None:
+                for noted in self._noted:
+                    self.ledger.released("daemon", noted)
+            self._noted = []
+
+    def _release_holder(self) -> None:
+        if self.holder.poll() is None:
+            self.holder.kill()
+        self.holder.wait()
+        for stream in (self.holder.stdout, self.holder.stderr):
+            if stream is not None:
+                stream.close()
+        if getattr(self, "_mnt", -1) >= 0:
+            os.close(self._mnt)
+            self._mnt = -1
+
+    def _note(self, pid: int) -> None:
+        started = namespaces.start_time(pid)
+        if self.ledger is not None and started is not None:
+            self._noted.append(f"{pid}:{started}")
+            self.ledger.made("daemon", self._noted[-1])
+
+
+def _wait_fd(fd: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([fd], [], [], left)[0]:
+            return
+
+
+def container(
+    runtime: str,
+    name: str,
+    root: Path,
+    argv: tuple[str, ...],
+    env: tuple[str, ...],
+    cwd: str,
+    workdir: Path,
+    ledger: Ledger | None = None,
+) -> Container:
+    """A container of `runtime` on `root`, prepared (bundle, holder) but not yet created."""
+    if (why := unavailable(runtime)) is not None:
+        raise RuntimeError(why)
+    cls = CrunContainer if runtime == "crun" else BuiltinContainer
+    return cls(name, root, argv, env, cwd, workdir, ledger)
