@@ -111,12 +111,18 @@ class BuiltinContainer:
         self._note(outer)
         reply = self._read_ctl()
         if not reply.startswith("pid "):
-            raise RuntimeError(f"builtin runtime: {reply or 'the launcher died'}")
+            raise RuntimeError(f"builtin runtime: {reply or self._died()}")
         self.pid = int(reply.split()[1])
         self.pidfd = namespaces.pidfd_open(self.pid)  # now: it may exit as soon as it runs
         reply = self._read_ctl()
         if reply != "prepared":
-            raise RuntimeError(f"builtin runtime: {reply or 'the launcher died'}")
+            raise RuntimeError(f"builtin runtime: {reply or self._died()}")
+
+    def _died(self) -> str:
+        """How the launcher ended, when it said nothing."""
+        status = self.exit_status()
+        how = f"signal {-status}" if status is not None and status < 0 else f"status {status}"
+        return f"the launcher ended ({how}) before it was ready"
 
     def _read_ctl(self) -> str:
         data = b""
@@ -131,9 +137,9 @@ class BuiltinContainer:
         code = 1
         try:
             namespaces.die_with_parent()
-            os.close(self._ctl_r)
-            os.close(self._go_w)
-            os.close(self._out_r)
+            keep = sorted((0, 1, 2, self._ctl_w, self._go_r, self._out_w))
+            for low, high in zip(keep, [*keep[1:], os.sysconf("SC_OPEN_MAX")], strict=True):
+                os.closerange(low + 1, high)  # nothing of the harness's (a ledger's lock) lives on in here
             namespaces.unshare(_NAMESPACES)
             syscalls._mount("none", "/", "", _MS_REC | _MS_PRIVATE, "")  # nothing propagates back
             inner = os.fork()

@@ -63,7 +63,8 @@ _HOLDER = (
     "&& echo ok && exec sleep 2147483647"
 )
 _STOP_WAIT_S = 10.0
-_MOUNT = shutil.which("mount") or "/usr/bin/mount"
+_SH = shutil.which("sh") or "/bin/sh"
+_REMOUNT = 'cat >/dev/null; exec mount -o remount,bind,nosuid,nodev "$1"'
 
 
 class Container(Protocol):
@@ -147,7 +148,8 @@ def bundle_config(root: Path, argv: tuple[str, ...], env: tuple[str, ...], cwd: 
         # container's mount namespace, before pivot_root) remounts that bind nodev,nosuid again
         "hooks": {
             "createContainer": [
-                {"path": _MOUNT, "args": ["mount", "-o", "remount,bind,nosuid,nodev", str(root)]},
+                # crun writes the container's state to a hook's stdin: read it, or crun may get EPIPE
+                {"path": _SH, "args": ["sh", "-c", _REMOUNT, "hook", str(root)]},
             ]
         },
         "linux": {
@@ -177,7 +179,9 @@ class CrunContainer:
         self.state = workdir / "crun"
         self.bundle.mkdir(mode=0o700)
         self.state.mkdir(mode=0o700, exist_ok=True)
-        (self.bundle / "config.json").write_text(json.dumps(bundle_config(root, argv, env, cwd)))
+        config = bundle_config(root, argv, env, cwd)
+        config["annotations"] = {"run.oci.hooks.stderr": str(self.bundle / "hooks.err")}  # for crun's error
+        (self.bundle / "config.json").write_text(json.dumps(config))
         self.pidfile = self.bundle / "pid"
         self.pid = 0
         self.pidfd = -1
@@ -238,7 +242,9 @@ class CrunContainer:
         code = proc.wait()
         self._created = True
         if code != 0:
-            raise RuntimeError(f"crun create failed ({code}): {self._drain()[-400:]}")
+            hooks = self.bundle / "hooks.err"
+            said = hooks.read_text(errors="replace").strip() if hooks.exists() else ""
+            raise RuntimeError(f"crun create failed ({code}): {self._drain()[-400:]} {said[-200:]}".strip())
         self.pid = int(self.pidfile.read_text())
         self.pidfd = namespaces.pidfd_open(self.pid)  # now: it may exit as soon as it runs
         self._note(self.pid)
