@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from layerbench.kernel import namespaces, syscalls
-from layerbench.run.ledger import Ledger
+from layerbench.run.ledger import Ledger, daemon_id
 
 __all__ = ["BuiltinContainer"]
 
@@ -205,7 +205,6 @@ class BuiltinContainer:
                 pass
 
     def _note(self, pid: int) -> None:
-        started = namespaces.start_time(pid)
-        if self.ledger is not None and started is not None:
-            self._noted = f"{pid}:{started}"
+        if self.ledger is not None:
+            self._noted = daemon_id(pid)
             self.ledger.made("daemon", self._noted)

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from layerbench.kernel import namespaces
 from layerbench.run.launcher import BuiltinContainer
-from layerbench.run.ledger import Ledger
+from layerbench.run.ledger import Ledger, daemon_id
 
 __all__ = ["RUNTIMES", "Container", "CrunContainer", "unavailable", "default_runtime", "container", "versions"]
 
@@ -291,9 +291,8 @@ class CrunContainer:
             self._mnt = -1
 
     def _note(self, pid: int) -> None:
-        started = namespaces.start_time(pid)
-        if self.ledger is not None and started is not None:
-            self._noted.append(f"{pid}:{started}")
+        if self.ledger is not None:
+            self._noted.append(daemon_id(pid))
             self.ledger.made("daemon", self._noted[-1])
 
 
