@@ -36,7 +36,7 @@ def test_unknown_scenario_is_one_line_exit_2() -> None:
     assert (
         code == 2
         and len(err.strip().splitlines()) == 1
-        and "built-in scenarios: commit, container-remove, copy-up," in err
+        and "built-in scenarios: cold-start, commit, container-remove, copy-up," in err
     )
 
 

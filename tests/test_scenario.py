@@ -55,6 +55,7 @@ BUILTINS = {
     "nearest-layer",
     "unpack",
     "pull-shared-base",
+    "cold-start",
 }
 
 
@@ -150,7 +151,7 @@ def test_bad_files_get_one_precise_message(tmp_path: Path, edit, message: str) -
 
 
 def test_unknown_scenario_names_the_builtins() -> None:
-    with pytest.raises(UserError, match="built-in scenarios: commit, container-remove, copy-up, deep-read"):
+    with pytest.raises(UserError, match="built-in scenarios: cold-start, commit, container-remove, copy-up, deep-read"):
         resolve_scenarios(("nope",))
 
 
@@ -440,3 +441,10 @@ def test_a_new_value_of_a_listed_parameter_takes_the_first_sets_other_values() -
         {"layers": 1, "files": 10000, "samples": 5},
         {"layers": 2, "files": 1000, "samples": 10},
     ]
+
+
+def test_cold_start_runs_busybox_by_default_and_python_at_100mbit_with_long() -> None:
+    (default,) = resolve_scenarios(("cold-start",))
+    assert default.params == {"link": ["loopback"], "recipe": ["busybox"], "runtime": ["crun"]}
+    (long,) = resolve_scenarios(("cold-start",), long=True)
+    assert long.params["recipe"] == ["busybox", "python"] and long.params["link"] == ["loopback", "100mbit"]
