@@ -70,7 +70,7 @@ def test_a_broken_document_is_one_line_naming_the_place() -> None:
     with pytest.raises(
         UserError,
         match=r"^results document: cells\[0\]\.metrics\.copy_up_ns\.unit: expected one of "
-        r'"ns", "bytes", "count", got "seconds"$',
+        r'"ns", "bytes", "count", "fraction", got "seconds"$',
     ):
         results.validate(doc)
 
