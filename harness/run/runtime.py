@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from layerbench.kernel import namespaces
 from layerbench.run.launcher import BuiltinContainer
-from layerbench.run.ledger import Ledger, daemon_id
+from layerbench.run.ledger import TAG, Ledger, daemon_id
 
 __all__ = ["RUNTIMES", "Container", "CrunContainer", "unavailable", "default_runtime", "container", "versions"]
 
@@ -179,6 +179,8 @@ class CrunContainer:
         self.state = workdir / "crun"
         self.bundle.mkdir(mode=0o700)
         self.state.mkdir(mode=0o700, exist_ok=True)
+        if ledger is not None:  # cleanup kills only a process that carries its run's ledger (run/ledger.py)
+            env = (*env, f"{TAG}={os.path.abspath(ledger.path)}")
         config = bundle_config(root, argv, env, cwd)
         config["annotations"] = {"run.oci.hooks.stderr": str(self.bundle / "hooks.err")}  # for crun's error
         (self.bundle / "config.json").write_text(json.dumps(config))
