@@ -11,6 +11,8 @@ time split: its cells' durations still compare).
 Usage:
     python benchmarks/suite_time.py [--work-root DIR] [--results-dir DIR] -- [layerbench run args]
     python benchmarks/suite_time.py --compare BEFORE.json AFTER.json     (two finished runs)
+    python benchmarks/suite_time.py --stability RUN1.json RUN2.json      (runs back to back: wall time,
+        phases, and rank stability: the same best driver in every verdict row)
 """
 
 from __future__ import annotations
@@ -121,13 +123,58 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return lines
 
 
+def phases(doc: dict[str, Any], wall: float) -> str:
+    """The run's wall time and how its cells' time splits into phases (set-up, timed, sampling, teardown)."""
+    cells = [c for c in doc["cells"] if c.get("time_split_s")]
+    total = {p: sum(c["time_split_s"][p] for c in cells) for p in PHASES}
+    split = ", ".join(f"{p} {total[p]:.0f} s" for p in PHASES)
+    return f"{doc['label']}: wall {wall // 60:.0f} min {wall % 60:.0f} s, {len(doc['cells'])} cells; {split}"
+
+
+def best_drivers(doc: dict[str, Any]) -> dict[str, str]:
+    """Each verdict row's best driver(s) (ties joined by '='), by row key."""
+    from layerbench.report.verdict import verdict
+
+    v = verdict(doc)
+    return {
+        key: "=".join(sorted(label for c, label in zip(row, v.labels, strict=True) if c is not None and c.best))
+        for key, _, row in v.rows
+    }
+
+
+def stability(docs: list[dict[str, Any]]) -> list[str]:
+    """Confidence as rank stability (issue 25): do the runs name the same best driver in every verdict row?"""
+    bests = [best_drivers(d) for d in docs]
+    rows = sorted(set().union(*bests), key=lambda k: min(list(b).index(k) for b in bests if k in b))
+    lines, same = [], 0
+    for key in rows:
+        names = [b.get(key, "-") for b in bests]
+        same += len(set(names)) == 1
+        lines.append(f"  {key}: {' | '.join(names)}{'' if len(set(names)) == 1 else '  DIFFERENT'}")
+    head = f"== rank stability: the same best driver in {same} of {len(rows)} verdict rows across {len(docs)} runs"
+    return [head, *lines]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
+    parser.add_argument(
+        "--stability",
+        nargs="+",
+        type=Path,
+        metavar="RUN",
+        help="finished runs of one suite, back to back: each one's wall time and phases, and whether they name "
+        "the same best driver in every verdict row",
+    )
     parser.add_argument("--work-root", type=Path, default=Path("/var/tmp/lb-suite-time"))
     parser.add_argument("--results-dir", type=Path, default=Path("/tmp/lb-suite-time-results"))
     parser.add_argument("args", nargs="*", help="layerbench run arguments (after --)")
     opts = parser.parse_args()
+    if opts.stability:
+        docs = [results.read(p) for p in opts.stability]
+        print("\n".join(phases(d, _wall(d)) for d in docs))
+        print("\n".join(stability(docs)))
+        return
     if opts.compare:
         docs = [results.read(p) for p in opts.compare]
         walls = [_wall(d) for d in docs]
