@@ -129,7 +129,10 @@ def _commit(doc: dict[str, Any]) -> Verdict:
     for c in sorted(cells, key=lambda c: c["driver"]):
         # what the layer holds alone, once the container is removed (a btrfs snapshot shares every extent with
         # the live container, so what the commit added beside it is next to nothing and decides nothing)
-        alone, written = _median(c, "layer_alone_disk_bytes"), _median(c, "written_bytes")
+        # (the usage step reads the store over the empty store's: the image is in it, taken off here)
+        store, image = _median(c, "layer_alone_disk_bytes"), _median(c, "image_disk_bytes")
+        alone = None if store is None or image is None else store - image
+        written = _median(c, "written_bytes")
         layer = alone if alone is not None else _median(c, "commit_layer_bytes")
         if layer is None or not written:
             continue
