@@ -8,104 +8,41 @@ themselves live in their own modules and are imported when used.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from layerbench.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from layerbench.images.image import Image
     from layerbench.plugins import ExporterRegistry, ImageSourceRegistry
-    from layerbench.report import Report
 
 __all__ = ["layerbench_register_exporters", "layerbench_register_image_sources"]
 
 
-def _table(report: Report) -> str:
-    from layerbench.report.table import comparison_table
-
-    return comparison_table(report.doc)
-
-
-def _md(report: Report) -> str:
-    from layerbench.report.report_md import render_md
-
-    return render_md(report)
-
-
-def _md_long(report: Report) -> str:
-    from layerbench.report.report_md import render_md_long
-
-    return render_md_long(report)
-
-
-def _html(report: Report) -> str:
-    from layerbench.report.report_html import render_html
-
-    return render_html(report)
-
-
-def _csv(report: Report) -> str:
-    from layerbench.report import render_csv
-
-    return render_csv(report)
-
-
-def _json(report: Report) -> str:
-    from layerbench.report import render_json
-
-    return render_json(report)
-
-
-def _writer(render: Callable[[Report], str]) -> Callable[[Report, TextIO], None]:
-    """The exporter (report, out) of a function that returns the text."""
-
-    def export(report: Report, out: TextIO) -> None:
-        out.write(render(report))
-
-    export.__name__ = export.__qualname__ = render.__name__.lstrip("_")
-    return export
+#: the built-in exporters live in the report layer and are loaded by name, as an entry point is:
+#: report renders through this plugin door, so the door may not import report (a cycle)
+EXPORTERS = "layerbench.report.exporters"
 
 
 @hookimpl
 def layerbench_register_exporters(registry: ExporterRegistry) -> None:
     """The report formats: Markdown (short and long), HTML, the tidy CSV, JSON and the console table."""
-    registry.add(
-        "md", _writer(_md), suffix=".md", description="Markdown for a pull request: verdict, claims, headline tables"
-    )
-    registry.add(
-        "md-long",
-        _writer(_md_long),
-        suffix=".md",
-        description="Markdown, everything: every metric, slopes and statistics (`-f md --long`)",
-    )
-    registry.add("html", _writer(_html), suffix=".html", description="a self-contained page with every plot")
-    registry.add(
-        "csv",
-        _writer(_csv),
-        suffix=".csv",
-        description="the tidy CSV, a row per cell and metric (the same as `run --export-csv`)",
-    )
-    registry.add(
-        "json",
-        _writer(_json),
-        suffix=".json",
-        description="the report's data: runs, verdict, rows with ratios, slopes, claims",
-    )
-    registry.add("table", _writer(_table), suffix=".txt", description="the comparison table `layerbench run` prints")
+    importlib.import_module(EXPORTERS).register_exporters(registry)
 
 
 def _synthetic(table: Mapping[str, Any], base_dir: Path) -> Image:
-    from layerbench.scenario import synthetic_from_table
+    from layerbench.images.image import synthetic_from_table
 
     return synthetic_from_table(dict(table))
 
 
 def _synthetic_oci(table: Mapping[str, Any], base_dir: Path) -> Image:
+    from layerbench.images.image import synthetic_from_table
     from layerbench.images.image_sources import open_image
     from layerbench.images.oci import synthetic_layout
-    from layerbench.scenario import synthetic_from_table
 
     return open_image("oci", synthetic_layout(synthetic_from_table(dict(table)), table.get("compression", "gzip")))
 

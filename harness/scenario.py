@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from layerbench.errors import UserError
-from layerbench.images.image import FileSpec, Image, SyntheticImage, synthetic_image
+from layerbench.images.image import Image, synthetic_from_table
 from layerbench.images.oci import COMPRESSIONS
 from layerbench.kernel.confined import path_error
 from layerbench.kernel.netshape import parse_link
@@ -160,26 +160,6 @@ class Scenario:
             label = f"step[{i}] {op}"
             out.append(Step(op, args, raw.get("measure", OPS[op].measure), tuple(raw.get("allow_errors", ())), label))
         return out
-
-
-def synthetic_from_table(img: dict[str, Any]) -> SyntheticImage:
-    """A synthetic image from its table, parameters substituted."""
-    seed = img.get("seed", 0)
-    extra = tuple(
-        (f.get("layer", 0), FileSpec(f["path"], f["size"], seed * 7919 + 17 + i, f.get("mode", 0o644)))
-        for i, f in enumerate(img.get("file", []))
-    )
-    removals = tuple((r["layer"], r["path"]) for r in img.get("remove", []))
-    return synthetic_image(
-        layers=img.get("layers", 1),
-        files=img.get("files", 100),
-        total_bytes=img.get("bytes", 1 << 20),
-        seed=seed,
-        depth=img.get("depth", 3),
-        sigma=float(img.get("sigma", 2.0)),
-        extra=extra,
-        removals=removals,
-    )
 
 
 def _subst(value: Any, params: dict[str, Any]) -> Any:

@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import jsonschema
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from layerbench.analysis.stats import SUMMARY_FIELDS, summarize
 from layerbench.errors import UserError
+
+if TYPE_CHECKING:  # both are imported where used: a cell's process needs neither (0.7 s of its start)
+    import jsonschema
+    import pandas as pd
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -255,6 +256,8 @@ def schema() -> dict[str, Any]:
 def validate(doc: dict[str, Any], source: Path | str = "results document") -> None:
     """Raise UserError naming `source` and the first field where `doc` breaks the schema:
     `results/x.json: cells[3].metrics: missing`."""
+    import jsonschema
+
     error = jsonschema.exceptions.best_match(_validator().iter_errors(doc))
     if error is None:
         _check_param_kinds(doc, source)
@@ -284,6 +287,8 @@ def _check_param_kinds(doc: dict[str, Any], source: Path | str) -> None:
 
 @functools.cache
 def _validator() -> jsonschema.protocols.Validator:
+    import jsonschema
+
     return jsonschema.Draft202012Validator(schema())
 
 
@@ -354,6 +359,8 @@ def param_column(name: str) -> str:
 
 def _frame(doc: dict[str, Any], raw: bool) -> pd.DataFrame:
     """One run as rows: its cells' keys, one column per parameter, then the summary (or each sample)."""
+    import pandas as pd
+
     host = (doc.get("machine") or {}).get("name") or ""
     rows: list[dict[str, Any]] = []
     names: dict[str, None] = {}
@@ -419,6 +426,8 @@ def load(paths: str | Path | Iterable[str | Path], raw: bool = False) -> pd.Data
     `driver`, `backing`, `params` and one typed column per parameter), `metric`, `unit`
     and the summary; with `raw=True`, one row per sample (`sample` index, `value`) instead.
     """
+    import pandas as pd
+
     frames = []
     for path in result_paths(paths):
         doc = read(path)

@@ -15,7 +15,7 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,7 +23,16 @@ from layerbench.driver import LayerFormat
 from layerbench.images.layer_encoding import OPAQUE_XATTR, make_whiteout
 from layerbench.kernel.confined import Parents, Root
 
-__all__ = ["FileSpec", "LayerSpec", "Image", "SyntheticImage", "synthetic_image", "apply_layer", "write_whiteout"]
+__all__ = [
+    "FileSpec",
+    "LayerSpec",
+    "Image",
+    "SyntheticImage",
+    "synthetic_image",
+    "synthetic_from_table",
+    "apply_layer",
+    "write_whiteout",
+]
 
 
 @dataclass(frozen=True)
@@ -220,3 +229,23 @@ def apply_layer(
                     os.fchmod(fd, spec.mode)
             finally:
                 os.close(fd)
+
+
+def synthetic_from_table(img: dict[str, Any]) -> SyntheticImage:
+    """A synthetic image from a scenario's `[image]` table (`source = "synthetic"`), parameters substituted."""
+    seed = img.get("seed", 0)
+    extra = tuple(
+        (f.get("layer", 0), FileSpec(f["path"], f["size"], seed * 7919 + 17 + i, f.get("mode", 0o644)))
+        for i, f in enumerate(img.get("file", []))
+    )
+    removals = tuple((r["layer"], r["path"]) for r in img.get("remove", []))
+    return synthetic_image(
+        layers=img.get("layers", 1),
+        files=img.get("files", 100),
+        total_bytes=img.get("bytes", 1 << 20),
+        seed=seed,
+        depth=img.get("depth", 3),
+        sigma=float(img.get("sigma", 2.0)),
+        extra=extra,
+        removals=removals,
+    )

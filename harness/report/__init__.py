@@ -1,4 +1,4 @@
-"""What a report says, independent of its format: one `Report` built from result files.
+"""What a report says, independent of its format: one `Report` (report/model.py) built from result files.
 
 `build` merges the runs, summarises every cell's metrics (harness/analysis/stats.py), works
 out each driver's ratio to the baseline driver, and collects the claims check,
@@ -11,7 +11,6 @@ import io
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,11 @@ import numpy as np
 
 from layerbench.analysis import claims, results
 from layerbench.errors import UserError
+from layerbench.report.engines import engine_overheads
+from layerbench.report.model import Report, row_key
+from layerbench.report.params import REPEAT_PARAMS, other_params, params_key
 from layerbench.report.table import run_facts, run_warnings
+from layerbench.report.verdict import verdict, verdict_dict
 
 __all__ = [
     "Report",
@@ -30,6 +33,8 @@ __all__ = [
     "read_all",
     "params_key",
     "row_key",
+    "other_params",
+    "REPEAT_PARAMS",
     "fit_slopes",
     "slope_text",
     "SLOPES",
@@ -45,76 +50,6 @@ SLOPES: tuple[tuple[str, str, str], ...] = (
     ("startup_ns", "containers", "container"),
     ("disk_bytes", "containers", "container"),
 )
-
-
-@dataclass
-class Report:
-    """Everything a report shows. `rows`: one per cell and metric, with `ratio` to the baseline."""
-
-    runs: list[dict[str, Any]]
-    doc: dict[str, Any]
-    baseline: str
-    drivers: list[str]
-    rows: list[dict[str, Any]]
-    claims: list[dict[str, str]] | None = None
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    slopes: list[dict[str, Any]] = field(default_factory=list)
-    verdict: Any = None  # report.verdict.Verdict: drivers against the measures people choose by (the first host's)
-    #: (host, Verdict) per host of a fleet run with several hosts, else one ("", verdict)
-    verdicts: list[tuple[str, Any]] = field(default_factory=list)
-    #: report.engines.EngineOverhead: an engine driver's time beside its mechanism's, where both ran
-    engine_overheads: list[Any] = field(default_factory=list)
-
-    def samples(
-        self, scenario: str, driver: str, params: str, metric: str, backing: str | None = None, host: str | None = None
-    ) -> list[float]:
-        """The raw samples of one cell's metric (empty when it was not measured); any backing or host unless given."""
-        for cell in self.doc["cells"]:
-            if (
-                (cell["scenario"], cell["driver"], results.params_text(cell["params"])) == (scenario, driver, params)
-                and backing in (None, cell.get("backing") or "")
-                and host in (None, cell.get("host") or "")
-            ):
-                return list(cell.get("metrics", {}).get(metric, {}).get("samples", []))
-        return []
-
-    @property
-    def swept_backings(self) -> bool:
-        """Does some driver run on more than one backing filesystem (a backing sweep)?"""
-        seen: dict[str, set[str]] = {}
-        for cell in self.doc["cells"]:
-            seen.setdefault(cell["driver"], set()).add(cell.get("backing") or "")
-        return any(len(b) > 1 for b in seen.values())
-
-    @property
-    def hosts(self) -> list[str]:
-        """The hosts of a fleet run with several hosts, by name; empty otherwise."""
-        names = sorted({c.get("host") or "" for c in self.doc["cells"]})
-        return names if len(names) > 1 else []
-
-    def series(self) -> list[tuple[str, str, str]]:
-        """Every (driver, backing, host) with cells: drivers in report order, then hosts by name, backings in
-        run order."""
-        keys = dict.fromkeys((c["driver"], c.get("backing") or "", c.get("host") or "") for c in self.doc["cells"])
-        rank = self.drivers
-        return sorted(keys, key=lambda k: (rank.index(k[0]) if k[0] in rank else len(rank), k[2]))
-
-    def label(self, driver: str, backing: str, host: str = "") -> str:
-        """How a column or a line is named: the driver, `on <backing>` in a backing sweep, `@ <host>` in a fleet
-        run with several hosts."""
-        name = f"{driver} on {backing}" if self.swept_backings and backing else driver
-        return f"{name} @ {host}" if host and self.hosts else name
-
-
-#: parameters that only set how many samples a set takes: they do not split a line
-REPEAT_PARAMS = frozenset({"samples", "warmup"})
-
-
-def other_params(params: dict[str, Any], swept: str) -> str:
-    """`k=v;...` of the parameters besides `swept` that shape the measurement."""
-    return results.params_text({k: v for k, v in params.items() if k != swept and k not in REPEAT_PARAMS})
 
 
 def _describe(cell: dict[str, Any]) -> str:
@@ -160,14 +95,6 @@ def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
     return merged
 
 
-def params_key(text: str) -> tuple[Any, ...]:
-    """Sort key for `k=v;k=v` that orders numbers by value, then words."""
-    return tuple(
-        (k, (0, float(v), "") if v.lstrip("-").replace(".", "", 1).isdigit() else (1, 0.0, v))
-        for k, _, v in (part.partition("=") for part in text.split(";"))
-    )
-
-
 def slope_text(slope: float, unit: str, step: str) -> str:
     """`+12.3 µs per layer`, `+48 KiB per container`, `+0.41 ns per file`."""
     scales = {
@@ -181,11 +108,6 @@ def slope_text(slope: float, unit: str, step: str) -> str:
 #: a fitted slope is shown only when the line explains this much of the medians' variance
 MIN_R2 = 0.9
 MIN_FIT_POINTS = 3
-
-
-def row_key(row: dict[str, Any]) -> tuple[str, str, str, str, str]:
-    """A report row's cell: scenario, driver, backing, parameters and host, as `results.cell_key`."""
-    return row["scenario"], row["driver"], row["backing"], row["params"], row["host"]
 
 
 def fit_slopes(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -297,9 +219,6 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
     ]
     slopes = fit_slopes(doc["cells"], rows)
     slopes.sort(key=lambda f: (drivers.index(f["driver"]) if f["driver"] in drivers else len(drivers), f["host"]))
-    from layerbench.report.engines import engine_overheads
-    from layerbench.report.verdict import verdict  # it reads REPEAT_PARAMS from here
-
     verdicts = [(host, verdict(part, drivers)) for host, part in claims.by_host(doc)]
 
     return Report(
@@ -336,12 +255,10 @@ def render_csv(report: Report) -> str:
 
 def render_json(report: Report) -> str:
     """The report's data: runs, verdict, rows, slopes, claims, warnings, notes, errors."""
-    from layerbench.report.verdict import verdict_dict
-
     out = {
         "baseline": report.baseline,
         "runs": report.runs,
-        "verdict": verdict_dict(report.verdict),
+        "verdict": None if report.verdict is None else verdict_dict(report.verdict),
         "verdicts": [{"host": host, **verdict_dict(v)} for host, v in report.verdicts],
         "rows": report.rows,
         "slopes": report.slopes,

@@ -15,7 +15,8 @@ from typing import Any
 import plotly.graph_objects as go
 
 from layerbench.analysis import results
-from layerbench.report import Report, other_params, params_key, row_key
+from layerbench.report.model import Report, row_key
+from layerbench.report.params import other_params, params_key
 from layerbench.report.table import metric_title
 
 __all__ = ["Plot", "LINE_PLOTS", "figures", "line_plots", "box_plots", "plotly_js"]

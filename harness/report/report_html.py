@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
-from layerbench.report import Report
+from layerbench.report.model import Report
 from layerbench.report.plots import figures, plotly_js
 from layerbench.report.report_md import (
     HOSTS_NOTE,

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from layerbench.report import Report
+from layerbench.report.model import Report
 from layerbench.units import human, params_human
 
 __all__ = [

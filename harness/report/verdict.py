@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from layerbench.report import REPEAT_PARAMS
+from layerbench.report.params import REPEAT_PARAMS
 from layerbench.units import human, times_text
 
 __all__ = [

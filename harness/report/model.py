@@ -1,0 +1,79 @@
+"""The report model: what a report shows, independent of its format (`build` in report/__init__.py
+makes one; the exporters, plots and the verdict read it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from layerbench.analysis import results
+from layerbench.report.engines import EngineOverhead
+from layerbench.report.verdict import Verdict
+
+__all__ = ["Report", "row_key"]
+
+
+@dataclass
+class Report:
+    """Everything a report shows. `rows`: one per cell and metric, with `ratio` to the baseline."""
+
+    runs: list[dict[str, Any]]
+    doc: dict[str, Any]
+    baseline: str
+    drivers: list[str]
+    rows: list[dict[str, Any]]
+    claims: list[dict[str, str]] | None = None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    slopes: list[dict[str, Any]] = field(default_factory=list)
+    verdict: Verdict | None = None  # drivers against the measures people choose by (the first host's)
+    #: (host, Verdict) per host of a fleet run with several hosts, else one ("", verdict)
+    verdicts: list[tuple[str, Verdict]] = field(default_factory=list)
+    #: an engine driver's time beside its mechanism's, where both ran
+    engine_overheads: list[EngineOverhead] = field(default_factory=list)
+
+    def samples(
+        self, scenario: str, driver: str, params: str, metric: str, backing: str | None = None, host: str | None = None
+    ) -> list[float]:
+        """The raw samples of one cell's metric (empty when it was not measured); any backing or host unless given."""
+        for cell in self.doc["cells"]:
+            if (
+                (cell["scenario"], cell["driver"], results.params_text(cell["params"])) == (scenario, driver, params)
+                and backing in (None, cell.get("backing") or "")
+                and host in (None, cell.get("host") or "")
+            ):
+                return list(cell.get("metrics", {}).get(metric, {}).get("samples", []))
+        return []
+
+    @property
+    def swept_backings(self) -> bool:
+        """Does some driver run on more than one backing filesystem (a backing sweep)?"""
+        seen: dict[str, set[str]] = {}
+        for cell in self.doc["cells"]:
+            seen.setdefault(cell["driver"], set()).add(cell.get("backing") or "")
+        return any(len(b) > 1 for b in seen.values())
+
+    @property
+    def hosts(self) -> list[str]:
+        """The hosts of a fleet run with several hosts, by name; empty otherwise."""
+        names = sorted({c.get("host") or "" for c in self.doc["cells"]})
+        return names if len(names) > 1 else []
+
+    def series(self) -> list[tuple[str, str, str]]:
+        """Every (driver, backing, host) with cells: drivers in report order, then hosts by name, backings in
+        run order."""
+        keys = dict.fromkeys((c["driver"], c.get("backing") or "", c.get("host") or "") for c in self.doc["cells"])
+        rank = self.drivers
+        return sorted(keys, key=lambda k: (rank.index(k[0]) if k[0] in rank else len(rank), k[2]))
+
+    def label(self, driver: str, backing: str, host: str = "") -> str:
+        """How a column or a line is named: the driver, `on <backing>` in a backing sweep, `@ <host>` in a fleet
+        run with several hosts."""
+        name = f"{driver} on {backing}" if self.swept_backings and backing else driver
+        return f"{name} @ {host}" if host and self.hosts else name
+
+
+def row_key(row: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """A report row's cell: scenario, driver, backing, parameters and host, as `results.cell_key`."""
+    return row["scenario"], row["driver"], row["backing"], row["params"], row["host"]
