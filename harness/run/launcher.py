@@ -14,6 +14,7 @@ no container behind; the pid namespace ends with its pid 1.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import traceback
@@ -25,6 +26,7 @@ from layerbench.run.ledger import Ledger, daemon_id
 __all__ = ["BuiltinContainer"]
 
 _MS_REC, _MS_PRIVATE, _MS_NOEXEC = 16384, 1 << 18, 8
+_CTL_WAIT_S = 60.0  # the launcher's set-up is milliseconds: a minute without a word is a failure
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _NAMESPACES = (
     namespaces.CLONE_NEWNS
@@ -125,8 +127,11 @@ class BuiltinContainer:
         return f"the launcher ended ({how}) before it was ready"
 
     def _read_ctl(self) -> str:
+        """One line from the launcher; "" if it ends, or says nothing within _CTL_WAIT_S (never a hang)."""
         data = b""
         while not data.endswith(b"\n"):
+            if not select.select([self._ctl_r], [], [], _CTL_WAIT_S)[0]:
+                break
             chunk = os.read(self._ctl_r, 4096)
             if not chunk:
                 break
