@@ -66,7 +66,7 @@ def sha(data: bytes) -> str:
 
 def _compress(data: bytes, how: str) -> bytes:
     if how == "gzip":
-        return gzip.compress(data)
+        return gzip.compress(data, mtime=0)  # no timestamp: the same bytes, the same digest
     if how == "zstd":
         import zstandard
 
@@ -441,7 +441,7 @@ def _bomb_layout(path: Path) -> tuple[Path, str]:
     tars = [tar_bytes(D("etc/"), F("etc/conf", bytes(512 << 10))), tar_bytes(F("zeros", bytes(8 << 20)))]
     lay.index([lay.manifest(tars, how=("gzip",))])
     lay.write_dir(path)
-    return path, sha(gzip.compress(tars[1]))[7:]
+    return path, sha(gzip.compress(tars[1], mtime=0))[7:]
 
 
 def test_a_decompression_bomb_is_refused_naming_layer_and_limit(

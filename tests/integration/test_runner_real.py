@@ -99,7 +99,7 @@ def test_a_cells_teardown_overlaps_the_next_set_up_never_a_sample(
     require("vfs")
     scenario = tiny
     _SlowToCloseVfs.log = []
-    monkeypatch.setattr(runner_module, "select_drivers", lambda plugins, names: ([_SlowToCloseVfs], {}))
+    monkeypatch.setattr(runner_module, "select_drivers", lambda plugins, names, *_: ([_SlowToCloseVfs], {}))
     config = RunConfig(
         scenarios=(str(scenario),),
         drivers=("vfs",),

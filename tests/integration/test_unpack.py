@@ -36,5 +36,8 @@ def test_every_sample_unpacks_the_whole_image_first_hand(name: str, tmp_path: Pa
     assert pulled.total_bytes == 2_000_000 and out["image_bytes"] < 0.05 * pulled.total_bytes  # not pre-built
     first, second = metrics["build_disk_bytes"]["samples"]
     assert first >= 0.9 * pulled.total_bytes  # a first import: every byte stored, none deduplicated
-    assert 0.9 <= second / first <= 1.1  # the first sample's layers (and objects) went with it
+    # The first sample's layers (and objects) went with it: the second stores every byte again. It may
+    # store less than the first, which also made what a store keeps (composefs's objects/xx fan-out
+    # directories, a 4 KiB block each on a 4 KiB-block store), never less than the image.
+    assert second >= 0.9 * pulled.total_bytes and second <= 1.1 * first
     assert list((tmp_path / "work" / "oci-cache").glob("*-zstd/index.json"))
