@@ -391,6 +391,7 @@ def _frame(doc: dict[str, Any], raw: bool) -> pd.DataFrame:
 def _whole(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """Parameter columns of whole numbers as pandas' nullable Int64, where a row lacks the parameter too
     (a float64 column would read 1000.0)."""
+    import pandas as pd
 
     def whole(v: Any) -> bool:
         if isinstance(v, float) and not pd.isna(v):
