@@ -135,3 +135,56 @@ def test_the_console_table_writes_sizes_as_people_do() -> None:
 
     text = comparison_table(results.read(Path(__file__).parent / "data" / "copy-up.json"))
     assert "file_size=1 MiB  copy_up_ns" in text and "file_size=1048576" not in text
+
+
+def _cold_cell(driver: str, recipe: str, link: str, cold_ms: float, warm_ms: float) -> dict[str, object]:
+    ms = 1_000_000
+    return {
+        "scenario": "cold-start",
+        "driver": driver,
+        "backing": "ext4",
+        "params": {"recipe": recipe, "link": link, "runtime": "crun"},
+        "status": "ok",
+        "metrics": {
+            "cold_start_ns": {"unit": "ns", "samples": [int(cold_ms * ms), int(cold_ms * ms) + 2]},
+            "warm_start_ns": {"unit": "ns", "samples": [int(warm_ms * ms), int(warm_ms * ms) + 2]},
+        },
+    }
+
+
+def test_the_verdict_leads_with_cold_and_warm_start_of_the_python_image_at_100_mbit() -> None:
+    doc = {
+        "cells": [
+            _cold_cell("overlay2", "busybox", "loopback", 150, 40),
+            _cold_cell("overlay2", "python", "loopback", 900, 150),
+            _cold_cell("overlay2", "python", "100mbit", 6000, 140),
+            _cold_cell("btrfs", "python", "100mbit", 7200, 160),
+            _cold_cell("btrfs", "busybox", "loopback", 160, 45),
+            _cold_cell("vfs", "busybox", "loopback", 400, 45),  # no python cell: n/a in the python rows
+        ]
+    }
+    v = verdict(doc, ["overlay2", "btrfs", "vfs"])
+    assert [k for k, _, _ in v.rows] == ["cold_start", "warm_start"]
+    titles = [t for _, t, _ in v.rows]
+    assert titles == [
+        "cold start to ready (python, 100 Mbit/s, crun)",
+        "warm start to ready (python, crun; cells at 100 Mbit/s)",
+    ]
+    cold = cells(v, "cold_start")
+    assert cold["overlay2"].best and cold["btrfs"].text == "7.2 s (1.2x)" and cold["vfs"] is None  # type: ignore[attr-defined]
+    text = verdict_text(v)
+    assert text.index("cold start to ready") < text.index("warm start to ready")
+    assert "To start an application's container cold, pulled to ready (python, 100 Mbit/s, crun): overlay2, 6 s" in text
+
+
+def test_without_the_python_cells_the_cold_start_rows_say_what_they_hold() -> None:
+    doc = {
+        "cells": [
+            _cold_cell("overlay2", "busybox", "loopback", 150, 40),
+            _cold_cell("vfs", "busybox", "loopback", 400, 45),
+            _cold_cell("vfs", "python", "loopback", 900, 150),  # one driver only: not the row's image
+        ]
+    }
+    v = verdict(doc, ["overlay2", "vfs"])
+    assert v.rows[0][1] == "cold start to ready (busybox, loopback, crun)"
+    assert cells(v, "cold_start")["vfs"].text == "400 ms (2.7x)"  # type: ignore[attr-defined]
