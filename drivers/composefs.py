@@ -253,11 +253,12 @@ class _Flatten:
             _sparse(src, dst, st.st_mode, st.st_size)
         else:
             os.mknod(dst, st.st_mode, st.st_rdev)
+        _attrs(dst, st, times=False)  # before the xattrs: a chown drops security.capability
         _own_xattrs(src, dst, clear=False)
         if kind == stat.S_IFREG and (digest := self._content(src, st, name, lower_rel)) is not None:
             os.setxattr(dst, METACOPY, b"")  # after the xattrs are read: a layer's file is moved away here
             os.setxattr(dst, REDIRECT, ObjectStore.redirect(digest).encode())
-        _attrs(dst, st)
+        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
     def _content(self, src: str, st: os.stat_result, name: str, lower_rel: str | None) -> str | None:
         """The digest of a regular file's bytes (None for an empty file)."""

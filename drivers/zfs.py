@@ -2,12 +2,14 @@
 
 The kernel here has no zfs module, so ZFS runs in user space through Debian's
 ``zfs-fuse``: `setup` starts the daemon in the foreground (`--no-daemon`, no kstat
-mount outside the home), written in the run's ledger (kind `daemon`, `<pid>:<start
-time>`) before it runs, so `layerbench cleanup` stops it after a SIGKILL; it makes a
-sparse file in the driver's home and creates a pool on it (a unique name per run, no
-cache file: the pool lives only as long as the daemon); `close` destroys the pool and
-stops the daemon (its pid and start time: never a recycled pid). The home sits on a
-plain directory (backing "dir"); the pool is the filesystem under test.
+mount outside the home, `--enable-xattr`: without it every xattr, file capabilities
+among them, is refused with ENOTSUP and an image's `security.capability` was lost),
+written in the run's ledger (kind `daemon`, `<pid>:<start time>`) before it runs, so
+`layerbench cleanup` stops it after a SIGKILL; it makes a sparse file in the driver's
+home and creates a pool on it (a unique name per run, no cache file: the pool lives
+only as long as the daemon); `close` destroys the pool and stops the daemon (its pid
+and start time: never a recycled pid). The home sits on a plain directory (backing
+"dir"); the pool is the filesystem under test.
 
     <pool>/<id>          a dataset per layer and container, mounted at <home>/pool/<id>
     <pool>/<parent>@<id> the snapshot a child is cloned from (destroyed deferred, as Docker
@@ -154,7 +156,7 @@ class ZfsDriver(Driver):
         """Start zfs-fuse in the foreground, held by a shell until the ledger has it, then `exec`ed
         under the same pid; True once it serves (`zpool list` answers), False if it exited (a
         daemon stopped a moment ago still held the socket)."""
-        argv = ["zfs-fuse", "--no-daemon", "--no-kstat-mount"]
+        argv = ["zfs-fuse", "--no-daemon", "--no-kstat-mount", "--enable-xattr"]
         with open(self.home / "zfs-fuse.log", "wb") as log:
             proc = subprocess.Popen(
                 ["/bin/sh", "-c", 'read -r _ && exec "$@"', "layerbench-zfs-fuse", *argv],

@@ -55,10 +55,13 @@ def copy_data(src: str, dst: str, mode: int, size: int) -> None:
         os.close(fin)
 
 
-def _finish(path: str, st: os.stat_result) -> None:
+def _finish(path: str, st: os.stat_result, xattrs_from: str | None = None) -> None:
+    """Owner, mode, then xattrs (a chown drops `security.capability`: it must come after), then times."""
     os.lchown(path, st.st_uid, st.st_gid)
     if not stat.S_ISLNK(st.st_mode):
         os.chmod(path, stat.S_IMODE(st.st_mode))
+    if xattrs_from is not None:
+        copy_xattrs(xattrs_from, path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
@@ -104,8 +107,7 @@ def copy_tree(src: str, dst: str, into: bool = False, copy_file: FileCopier = co
                 os.mknod(d, mode, st.st_rdev)
             else:  # sockets are not image content
                 continue
-            copy_xattrs(s, d)
-            _finish(d, st)
+            _finish(d, st, xattrs_from=s)
     # Directory times last, deepest first, after their contents stopped changing.
     for path, st in reversed(dirs):
         _finish(path, st)
