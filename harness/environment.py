@@ -33,6 +33,7 @@ class RunEnvironment:
     work_root: Path | None = None  # None: outside a run (no image limit from the free disk)
     loop_io: str = "direct"  # new loop stores: "direct" or "buffered" (run --loop-io)
     max_image_bytes: int | None = None  # an imported image's uncompressed size limit (None: the free disk)
+    planning: bool = False  # a dry run: image sources open what is built already and build nothing (NotBuilt)
 
     def __post_init__(self) -> None:
         if self.loop_io not in LOOP_IO:

@@ -131,3 +131,47 @@ def test_dry_run_refuses_resume_in_one_line(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["run", "--resume", str(path), "--dry-run"])
     assert r.exit_code == 2
     assert r.stderr.strip().splitlines()[-1].endswith("--dry-run plans a new run here; it does not take --resume")
+
+
+def _dry_cold_start(tmp_path: Path) -> list[str]:
+    r = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "cold-start",
+            "--long",
+            "-d",
+            "null",
+            "--dry-run",
+            "--results-dir",
+            str(tmp_path / "res"),
+            "--work-root",
+            str(tmp_path / "work"),
+        ],
+    )
+    assert r.exit_code == 0, r.stderr
+    assert "building image" not in r.stderr
+    return r.stdout.splitlines()
+
+
+def test_dry_run_of_cold_start_builds_no_debian_image(tmp_path: Path) -> None:
+    lines = _dry_cold_start(tmp_path)
+    rows = [x for x in lines if x.startswith("cold-start")]
+    assert len(rows) == 4 and all("image not built" in x for x in rows)  # python and busybox, two links
+    assert "4 cells; their disk is unknown" in " ".join(lines)
+    assert "4 cells' images are built on the first run (not now): their disk is known then" in lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no work root, no image cache, no results
+
+
+def test_dry_run_sizes_a_debian_image_built_before(tmp_path: Path) -> None:
+    from layerbench.images.image import synthetic_image
+    from layerbench.images.oci import write_layout
+
+    cache = tmp_path / "work" / "debian-cache"
+    cache.mkdir(parents=True)
+    write_layout(synthetic_image(2, 30, 3_000_000), cache / f"busybox-{'a' * 24}-gzip", "gzip")
+    lines = _dry_cold_start(tmp_path)
+    busybox = [x for x in lines if "recipe=busybox" in x]
+    python = [x for x in lines if "recipe=python" in x]
+    assert busybox and python and all("MiB" in x for x in busybox) and all("image not built" in x for x in python)
+    assert "2 cells' images are built on the first run (not now): their disk is known then" in lines

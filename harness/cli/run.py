@@ -13,6 +13,7 @@ import click
 
 from layerbench.analysis import results
 from layerbench.cli.fleet_options import tls_options
+from layerbench.environment import applied
 from layerbench.errors import RunStopped, UserError
 from layerbench.kernel import safety
 from layerbench.report import build, render
@@ -135,7 +136,10 @@ def run_cmd(
     if dry_run:
         if resume or cluster:
             raise UserError(f"--dry-run plans a new run here; it does not take {'--resume' if resume else '--cluster'}")
-        click.echo(plan_text(plan(config), work_root or safety.DEFAULT_WORK_ROOT), nl=False)
+        root = work_root or safety.DEFAULT_WORK_ROOT
+        with applied(dataclasses.replace(config.environment(root), planning=True)):  # builds no image
+            planned = plan(config)
+        click.echo(plan_text(planned, root), nl=False)
         return
     tls = None
     if cluster:
@@ -213,7 +217,7 @@ def plan_text(p: Plan, work_root: Path) -> str:
             pc.cell.driver.name,
             params_human(results.params_text(pc.cell.params)),
             pc.cell.backing,
-            human(pc.disk_bytes, "bytes"),
+            "image not built" if pc.disk_bytes is None else human(pc.disk_bytes, "bytes"),
             "unknown" if pc.seconds is None else duration_text(pc.seconds),
         )
         for pc in p.cells
@@ -229,10 +233,13 @@ def plan_text(p: Plan, work_root: Path) -> str:
     took = f"about {duration_text(sum(known))}" if known else "unknown"
     if known and unknown:
         took += f" for the {len(known)} cells that ran here before; {unknown} unknown (never ran here)"
-    largest, free = human(max(pc.disk_bytes for pc in p.cells), "bytes"), human(shutil.disk_usage(where).free, "bytes")
+    sizes = [pc.disk_bytes for pc in p.cells if pc.disk_bytes is not None]
+    largest = f"the largest store needs {human(max(sizes), 'bytes')} of disk" if sizes else "their disk is unknown"
+    free = human(shutil.disk_usage(where).free, "bytes")
+    lines += ["", f"{len(p.cells)} cells; {largest} ({free} free under {where})"]
+    if unbuilt := len(p.cells) - len(sizes):
+        lines.append(f"{unbuilt} cells' images are built on the first run (not now): their disk is known then")
     lines += [
-        "",
-        f"{len(p.cells)} cells; the largest store needs {largest} of disk ({free} free under {where})",
         f"time: {took}; from {p.history} results file{'s' * (p.history != 1)} of this machine",
     ]
     lines += [f"skipping driver {name}: {reason}" for name, reason in p.skipped.items()]

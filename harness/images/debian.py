@@ -34,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from layerbench.errors import UserError
+from layerbench.errors import NotBuilt, UserError
 from layerbench.images.config import READY_LABEL, ImageConfig
 from layerbench.images.oci import COMPRESSIONS, write_layout_from_tars
+from layerbench.kernel.safety import DEFAULT_WORK_ROOT
 
 if TYPE_CHECKING:
     from layerbench.images.image_sources import ArchiveImage
@@ -568,14 +569,35 @@ def _bar(name: str) -> Iterator[Callable[[str], None]]:
         yield lambda text: progress.update(task, description=text)
 
 
+def built_layout(recipe: str, compression: str, cache: Path) -> Path | None:
+    """The newest layout of `recipe` already built in `cache` (by any package versions), or None; makes nothing."""
+    if recipe not in RECIPES:
+        raise UserError(f"unknown Debian image recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
+    name = re.compile(rf"{re.escape(recipe)}-[0-9a-f]{{24}}-{re.escape(compression)}")
+    try:
+        found = [p for p in cache.iterdir() if name.fullmatch(p.name) and (p / "index.json").is_file()]
+    except OSError:  # no cache yet
+        return None
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
 def open_debian(recipe: str, compression: str = "gzip") -> ArchiveImage:
-    """The image of recipe `recipe`: its OCI layout, built once per machine under the work root, opened."""
+    """The image of recipe `recipe`: its OCI layout, built once per machine under the work root, opened.
+    In a dry run (`RunEnvironment.planning`) the layout built before, if any: nothing is built or made."""
+    from layerbench import environment
     from layerbench.images.image_sources import open_image
     from layerbench.images.oci import cache_root
 
-    cache = cache_root() / "debian-cache"
-    with _bar(recipe) as step:
-        layout = build_recipe(recipe, compression, cache, step)
+    env = environment.current()
+    if env.planning:
+        found = built_layout(recipe, compression, (env.work_root or DEFAULT_WORK_ROOT) / "debian-cache")
+        if found is None:
+            raise NotBuilt(f"the Debian image {recipe!r} is built on the first run (minutes; its size is unknown)")
+        layout = found
+    else:
+        cache = cache_root() / "debian-cache"
+        with _bar(recipe) as step:
+            layout = build_recipe(recipe, compression, cache, step)
     from layerbench.images.image_sources import ArchiveImage as Archive
 
     image = open_image("oci", layout)

@@ -15,7 +15,7 @@ from typing import Any
 
 from layerbench.analysis import results
 from layerbench.driver import Driver
-from layerbench.errors import UserError
+from layerbench.errors import NotBuilt, UserError
 from layerbench.images.image import Image
 from layerbench.ops import OPS, Footprint
 from layerbench.plugins import Plugins, default_plugins
@@ -174,7 +174,7 @@ class PlannedCell:
     """A cell of `plan`: what its store needs, and how long it took on this machine before."""
 
     cell: Cell
-    disk_bytes: int  # estimate_bytes
+    disk_bytes: int | None  # estimate_bytes; None: an image a dry run does not build (NotBuilt)
     seconds: float | None  # median duration_s of this cell in past runs here; None: never ran here
 
 
@@ -215,5 +215,9 @@ def plan(config: RunConfig, plugins: Plugins | None = None) -> Plan:
         key = results.cell_key(
             {"scenario": c.scenario.name, "driver": c.driver.name, "backing": c.backing, "params": c.params}
         )[:4]
-        planned.append(PlannedCell(c, estimate_bytes(c), float(statistics.median(past[key])) if past[key] else None))
+        try:
+            need: int | None = estimate_bytes(c)
+        except NotBuilt:  # a dry run builds no image: its size is known once built
+            need = None
+        planned.append(PlannedCell(c, need, float(statistics.median(past[key])) if past[key] else None))
     return Plan(planned, skipped, len(files))
