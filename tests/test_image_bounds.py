@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from layerbench.cli import main
 from layerbench.driver import LayerFormat
 from layerbench.errors import UserError
 from layerbench.images import oci
 from layerbench.images.oci import apply_tar_layer, read_image
+
+from .test_oci import docker_archive
 
 
 def _header(name: str, size: int, kind: bytes = tarfile.REGTYPE) -> bytes:
@@ -91,3 +96,51 @@ def _one(info: tarfile.TarInfo) -> bytes:
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         tar.addfile(info)
     return out.getvalue()
+
+
+def _sparse_member(name: str, realsize: int, data: bytes = b"data") -> tuple[tarfile.TarInfo, bytes]:
+    """A PAX 1.0 GNU sparse member: `data` at offset 0, then a hole to `realsize` (a few blocks in the tar)."""
+    info = tarfile.TarInfo(f"GNUSparseFile.0/{name}")
+    info.pax_headers = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": name,
+        "GNU.sparse.realsize": str(realsize),
+    }
+    sparse_map = f"1\n0\n{len(data)}\n".encode()
+    payload = sparse_map + bytes(-len(sparse_map) % 512) + data
+    info.size = len(payload)
+    return info, payload
+
+
+SPARSE_SCENARIO = """
+name = "sparse"
+description = "An image whose layer declares a file far larger than the layer's bytes."
+[image]
+source = "docker-archive"
+path = "sparse.tar"
+[[step]]
+op = "usage"
+"""
+
+
+def test_run_refuses_a_sparse_member_over_the_limit_before_any_store(tmp_path: Path) -> None:
+    """A sparse member writes more than its layer reads: refused when the image is sized, exit 2, no store."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info, payload = _sparse_member("big", 8 << 20)
+        tar.addfile(info, io.BytesIO(payload))
+    assert len(layer.getvalue()) < 64 << 10
+    docker_archive(tmp_path / "sparse.tar", {"sparse:1": [layer.getvalue()]})
+    (tmp_path / "sparse.toml").write_text(SPARSE_SCENARIO)
+    work, res = tmp_path / "work", tmp_path / "res"
+    args = ["run", str(tmp_path / "sparse.toml"), "--driver", "null", "--max-image-bytes", "1M"]
+    r = CliRunner().invoke(main, [*args, "--work-root", str(work), "--results-dir", str(res)])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, (r.exit_code, r.stderr)
+    assert re.fullmatch(
+        rf"layerbench: error: {re.escape(str(tmp_path))}/sparse\.tar:[0-9a-f]{{64}}/layer\.tar: over the image "
+        r"size limit of 1\.0 MiB \(--max-image-bytes\): more than 1\.0 MiB written in this layer",
+        r.stderr.strip(),
+    ), r.stderr
+    assert [p.name for p in work.iterdir()] == [".layerbench-work-root"]  # no store was made
+    assert not res.exists() or not any(res.rglob("*.json"))

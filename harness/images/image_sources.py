@@ -56,14 +56,21 @@ def _image_limit() -> SizeLimit | None:
 _Tree = dict[str, Any]  # name -> a subtree (directory), a size (regular file) or -1 (anything else)
 
 
-def _scan_layer(tree: _Tree, layer: LayerTar, seen: int, name: str) -> int:
-    """Fold one layer's headers into `tree` (whiteouts hide lower layers only); return the entries seen."""
+def _scan_layer(tree: _Tree, layer: LayerTar, seen: int, name: str, limit: SizeLimit | None) -> tuple[int, int]:
+    """Fold one layer's headers into `tree` (whiteouts hide lower layers only); return the entries seen
+    and the bytes the layer's files declare. Those are what applying it writes, more than the stream
+    holds for a sparse member: past `limit`, the limit's error ("written"), as the applier would give."""
     hide: list[tuple[tuple[str, ...], str | None]] = []  # (directory, name or None for an opaque marker)
     put: list[tuple[tuple[str, ...], int | None]] = []  # (path, size, -1 or None for a directory)
+    written = 0
     for member in layer:
         seen += 1
         if seen > MAX_ENTRIES:
             raise UserError(f"{name}: the image has more than {MAX_ENTRIES} entries")
+        if member.isfile():
+            written += member.size
+            if limit is not None and written > limit.left:
+                raise limit.error(name, "written")
         parts = tuple(p for p in member.name.split("/") if p not in ("", "."))
         if not parts:
             continue
@@ -91,7 +98,7 @@ def _scan_layer(tree: _Tree, layer: LayerTar, seen: int, name: str) -> int:
                 node[parts[-1]] = {}
         else:
             node[parts[-1]] = value
-    return seen
+    return seen, written
 
 
 def _node(tree: _Tree, parts: tuple[str, ...]) -> _Tree | None:
@@ -132,7 +139,7 @@ class ArchiveImage:
     config: ImageConfig | None = None  # what a runtime starts, and when it is ready (harness/images/config.py)
     layout: Path | None = None  # the OCI layout the image was read from, when it was one (a registry pushes it)
     _files: dict[str, int] = field(default_factory=dict)
-    _sizes: list[int] = field(default_factory=list)  # uncompressed bytes of each layer
+    _sizes: list[int] = field(default_factory=list)  # each layer's uncompressed bytes or, if more, bytes written
     _scanned: bool = False
     _lower: LowerTree | None = None
     _next: int = 0
@@ -157,8 +164,8 @@ class ArchiveImage:
         for blob in self.blobs:
             limit = None if self.limit is None else replace(self.limit, below=sum(self._sizes))
             with blob.open() as raw, read_layer(raw, blob.name, limit) as layer:
-                seen = _scan_layer(tree, layer, seen, blob.name)
-                self._sizes.append(layer.size())
+                seen, written = _scan_layer(tree, layer, seen, blob.name, limit)
+                self._sizes.append(max(layer.size(), written))  # the most the layer reads or writes
         self._files, self._scanned = _files(tree), True
         if key is not None:
             if len(_SCANS) >= 16:
