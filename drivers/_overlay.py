@@ -14,7 +14,7 @@ else OSError(E2BIG). Data-only lowers (`data_lowers`, below the ordinary ones) a
 written `lower::data` in a mount(2) data string.
 
 :class:`OverlayLayout` is a driver whose containers are overlay mounts: it keeps the
-lineage, mounts a container at its merged directory, unmounts and closes; a
+mounts a container at its merged directory, unmounts and closes; a
 subclass says where a container's lowers, upper, work and merged directories are.
 """
 
@@ -31,7 +31,7 @@ from typing import ClassVar
 from layerbench.driver import Driver, LayerFormat, Style
 from layerbench.kernel import syscalls
 
-from ._common import Lineage, fs_in_kernel, needs_root, remove_tree, unmount_below
+from ._common import fs_in_kernel, needs_root, remove_tree, unmount_below
 
 __all__ = ["PAGE", "Options", "mount_overlay", "options_text", "overlay_data", "OverlayMount", "OverlayLayout"]
 
@@ -143,7 +143,6 @@ class OverlayLayout(Driver):
 
     def setup(self) -> None:
         self.new_api = syscalls.has_new_mount_api()
-        self.lineage = Lineage()
         #: how each mounted container was mounted ("mount(2)", "mount(2) relative", "fsconfig")
         self.mounted_via: dict[str, str] = {}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from layerbench.driver import Driver, LayerFormat, Style
 
-from ._common import Lineage, fs_in_kernel, needs_root, remove_tree
+from ._common import fs_in_kernel, needs_root, remove_tree
 
 BTRFS_IOC_SUBVOL_CREATE = 0x5000940E
 BTRFS_IOC_SNAP_DESTROY = 0x5000940F
@@ -79,6 +79,7 @@ class BtrfsDriver(Driver):
     layer_format = LayerFormat.FULL
     backings = ("btrfs",)
     in_default_run = True
+    adopts_store = True  # the subvolumes are the whole state; `let_go` closes the directory held open
 
     @classmethod
     def probe(cls) -> str | None:
@@ -98,7 +99,6 @@ class BtrfsDriver(Driver):
     def setup(self) -> None:
         self.subvolumes = self.home / "subvolumes"
         self.subvolumes.mkdir(exist_ok=True)
-        self.lineage = Lineage()
         self._dirfd = os.open(self.subvolumes, os.O_RDONLY | os.O_DIRECTORY)
 
     def _snapshot(self, source: str, name: str) -> Path:
@@ -110,6 +110,7 @@ class BtrfsDriver(Driver):
         return self.subvolumes / name
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
+        self.lineage.check_new(layer_id)
         if parent is not None:
             path = self._snapshot(parent, layer_id)
             self.lineage.add(layer_id, parent)
@@ -121,6 +122,7 @@ class BtrfsDriver(Driver):
         return path
 
     def create_container(self, container_id: str, image: str) -> None:
+        self.lineage.check_new(container_id)
         self._snapshot(image, container_id)
         self.lineage.add(container_id, image)
 
@@ -131,6 +133,7 @@ class BtrfsDriver(Driver):
         pass
 
     def commit(self, container_id: str, layer_id: str) -> None:
+        self.lineage.check_new(layer_id)
         self._snapshot(container_id, layer_id)
         self.lineage.add_commit(layer_id, container_id)
 
@@ -163,6 +166,11 @@ class BtrfsDriver(Driver):
                 woken = now
             time.sleep(_SETTLE_POLL_S)
         fcntl.ioctl(self._dirfd, BTRFS_IOC_SYNC)  # the cleaner's own changes, committed
+
+    def let_go(self) -> None:
+        if getattr(self, "_dirfd", None) is not None:
+            os.close(self._dirfd)
+            self._dirfd = None  # type: ignore[assignment]
 
     def close(self) -> None:
         if getattr(self, "_dirfd", None) is not None:

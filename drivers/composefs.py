@@ -389,6 +389,7 @@ class ComposefsDriver(OverlayLayout):
     # --- layers ------------------------------------------------------------------------
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
+        self.lineage.check_new(layer_id)
         if parent is not None and not self._image(parent).exists():
             raise FileNotFoundError(errno.ENOENT, "no sealed layer", parent)
         os.mkdir(self._layer(layer_id), 0o700)
@@ -429,6 +430,7 @@ class ComposefsDriver(OverlayLayout):
     # --- containers --------------------------------------------------------------------
 
     def create_container(self, container_id: str, image: str) -> None:
+        self.lineage.check_new(container_id)
         if not self._image(image).exists():
             raise FileNotFoundError(errno.ENOENT, "no sealed layer", image)
         d = self._container(container_id)
@@ -447,6 +449,7 @@ class ComposefsDriver(OverlayLayout):
             syscalls.umount(meta, syscalls.MNT_DETACH)
 
     def commit(self, container_id: str, layer_id: str) -> None:
+        self.lineage.check_new(layer_id)
         os.mkdir(self._layer(layer_id), 0o700)
         self.lineage.add_commit(layer_id, container_id)
         try:

@@ -79,8 +79,7 @@ class ContainerdOverlayfsDriver(OverlayLayout):
         return [f"{self.home}/snapshots/{n}/fs" for n in self._chain[item_id]]
 
     def _new_snapshot(self, item_id: str, parent: str | None, active: bool, fs_from: str | None = None) -> str:
-        if item_id in self._ids:
-            raise FileExistsError(errno.EEXIST, f"{self.name}: {item_id!r} exists")
+        self.lineage.check_new(item_id)
         chain = [] if parent is None else [self._ids[parent], *self._chain[parent]]
         self._seq += 1
         d = f"{self.home}/snapshots/{self._seq}"

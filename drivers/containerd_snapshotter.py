@@ -44,7 +44,7 @@ from layerbench.driver import Driver, LayerFormat, Style
 from layerbench.images.layer_pack import pack_layer
 from layerbench.kernel import syscalls
 
-from ._common import Lineage, fs_in_kernel, needs_root, remove_tree, unmount_below
+from ._common import fs_in_kernel, needs_root, remove_tree, unmount_below
 from ._overlay import mount_overlay
 from .containerd_api import Containerd, Descriptor, MountSpec
 from .containerd_daemon import ContainerdDaemon
@@ -137,7 +137,6 @@ class ContainerdSnapshotterDriver(Driver):
         return {"containerd": _containerd_version() if cls.engine_address is None else f"at {cls.engine_address}"}
 
     def setup(self) -> None:
-        self.lineage = Lineage()
         self._parents: dict[str, str | None] = {}
         self._mounted: dict[str, str] = {}
         self._containers: set[str] = set()  # active snapshots (committed ones have no mounts)
@@ -170,8 +169,7 @@ class ContainerdSnapshotterDriver(Driver):
     # --- layers ------------------------------------------------------------------------
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
-        if layer_id in self._parents:
-            raise FileExistsError(errno.EEXIST, f"{self.name}: {layer_id!r} exists")
+        self.lineage.check_new(layer_id)
         staging = self.home / "staging" / layer_id
         os.mkdir(staging, 0o755)
         self._parents[layer_id] = parent
@@ -212,6 +210,7 @@ class ContainerdSnapshotterDriver(Driver):
     # --- containers --------------------------------------------------------------------
 
     def create_container(self, container_id: str, image: str) -> None:
+        self.lineage.check_new(container_id)
         self.api.prepare(self.snapshotter, container_id, image)
         self._made.append(container_id)
         self._containers.add(container_id)
@@ -237,8 +236,7 @@ class ContainerdSnapshotterDriver(Driver):
         self.mounted_via.pop(container_id, None)
 
     def commit(self, container_id: str, layer_id: str) -> None:
-        if layer_id in self._parents:
-            raise FileExistsError(errno.EEXIST, f"{self.name}: {layer_id!r} exists")
+        self.lineage.check_new(layer_id)
         image = self._parents[container_id]
         view = f"view-{layer_id}"
         left = self.api.view(self.snapshotter, view, image or "")
@@ -295,7 +293,7 @@ class ContainerdSnapshotterDriver(Driver):
         return data
 
     def close(self) -> None:
-        if not hasattr(self, "lineage"):
+        if not hasattr(self, "_parents"):
             return  # never set up
         unmount_below(self.home / "rootfs")
         self._mounted.clear()

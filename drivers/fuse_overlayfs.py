@@ -35,6 +35,7 @@ class FuseOverlayfsDriver(Overlay2Driver):
     name = "fuse-overlayfs"
     backings = ("ext4", "xfs", "btrfs", "dir")
     in_default_run = False  # run it with -d fuse-overlayfs or -d all
+    adopts_store = False  # overlay2's layout would allow it; a copied store is not tested with the daemon
 
     @classmethod
     def probe(cls) -> str | None:

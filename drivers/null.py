@@ -10,7 +10,7 @@ from pathlib import Path
 
 from layerbench.driver import Driver, LayerFormat, Style
 
-from ._common import Lineage, remove_tree
+from ._common import remove_tree
 
 
 class NullDriver(Driver):
@@ -23,7 +23,6 @@ class NullDriver(Driver):
     def setup(self) -> None:
         self.root = self.home / "root"
         self.root.mkdir(exist_ok=True)
-        self.lineage = Lineage()
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
         self.lineage.add(layer_id, parent)

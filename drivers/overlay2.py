@@ -55,6 +55,7 @@ class Overlay2Driver(OverlayLayout):
     name = "overlay2"
     backings: ClassVar[tuple[str, ...]] = ("ext4", "xfs", "btrfs")
     in_default_run = True
+    adopts_store = True  # every link and lower file is on the store; the caches below are read back from it
     #: overlay mount options beyond the dirs, as Docker passes them (a None value is a flag)
     mount_options: ClassVar[tuple[tuple[str, str | None], ...]] = (("index", "off"),)
 
@@ -103,11 +104,13 @@ class Overlay2Driver(OverlayLayout):
         return f"l/{self._link(parent)}" + (f":{below}" if below else "")
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
+        self.lineage.check_new(layer_id)
         path = Path(self._make(layer_id, None if parent is None else self._lower_of_child(parent)))
         self.lineage.add(layer_id, parent)
         return path
 
     def create_container(self, container_id: str, image: str) -> None:
+        self.lineage.check_new(container_id)
         self._make(container_id, self._lower_of_child(image))
         self.lineage.add(container_id, image)
 
@@ -127,6 +130,7 @@ class Overlay2Driver(OverlayLayout):
         )
 
     def commit(self, container_id: str, layer_id: str) -> None:
+        self.lineage.check_new(layer_id)
         d = self.home / container_id
         self._make(layer_id, self._lower(container_id), diff_from=d / "diff")
         self.lineage.add_commit(layer_id, container_id)

@@ -42,6 +42,7 @@ class Overlay2RootlessDriver(Overlay2Driver):
     userns = True
     opaque_xattr = "user.overlay.opaque"
     in_default_run = False  # overlay2 stands for kernel overlay in the default run
+    adopts_store = False  # its cells run in a user namespace, each on a store handed to the user
     mount_options = (("index", "off"), ("userxattr", None))
 
     @classmethod

@@ -44,7 +44,7 @@ from layerbench.driver import Driver, LayerFormat, Style
 from layerbench.images.layer_pack import pack_layer
 from layerbench.run.ledger import daemon_id
 
-from ._common import Lineage, fs_in_kernel, needs_root, remove_tree
+from ._common import fs_in_kernel, needs_root, remove_tree
 
 __all__ = ["PodmanDriver", "PodmanOverlay", "PodmanVfs", "PodmanBtrfs"]
 
@@ -87,7 +87,6 @@ class PodmanDriver(Driver):
     # --- the engine --------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.lineage = Lineage()
         self._images: dict[str, str] = {}  # layer id -> Podman's image id
         self._layers: dict[str, tuple[list[dict[str, Any]], list[str]]] = {}  # layer id -> its descriptors, diff ids
         self._parents: dict[str, str | None] = {}
@@ -170,8 +169,7 @@ class PodmanDriver(Driver):
     # --- layers ------------------------------------------------------------------------
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
-        if layer_id in self._parents:
-            raise FileExistsError(errno.EEXIST, f"{self.name}: {layer_id!r} exists")
+        self.lineage.check_new(layer_id)
         staging = self.home / "staging" / layer_id
         os.mkdir(staging, 0o755)
         self._parents[layer_id] = parent
@@ -246,6 +244,7 @@ class PodmanDriver(Driver):
     # --- containers --------------------------------------------------------------------
 
     def create_container(self, container_id: str, image: str) -> None:
+        self.lineage.check_new(container_id)
         self.podman("create", "-q", "--name", container_id, *_CONTAINER_LIMITS, self._images[image], "true")
         self._containers.add(container_id)
         self._parents[container_id] = image
@@ -261,8 +260,7 @@ class PodmanDriver(Driver):
         self._mounted.discard(container_id)
 
     def commit(self, container_id: str, layer_id: str) -> None:
-        if layer_id in self._parents:
-            raise FileExistsError(errno.EEXIST, f"{self.name}: {layer_id!r} exists")
+        self.lineage.check_new(layer_id)
         image_id = self.podman("commit", "-q", "--pause=false", container_id)
         self._images[layer_id] = image_id.splitlines()[-1]
         image = self._parents[container_id]
@@ -293,7 +291,7 @@ class PodmanDriver(Driver):
         return data
 
     def close(self) -> None:
-        if not hasattr(self, "lineage"):
+        if not hasattr(self, "_parents"):
             return  # never set up
         try:
             if self._holder is not None and self._holder.poll() is None:

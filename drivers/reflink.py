@@ -49,6 +49,7 @@ class ReflinkDriver(VfsDriver):
     style = Style.SNAPSHOT
     backings = ("xfs", "btrfs")
     in_default_run = False
+    adopts_store = False  # vfs's layout would allow it; shared extents on a copied store are not tested
     copy_file: ClassVar[FileCopier] = staticmethod(clone_file)
 
     @classmethod

@@ -8,7 +8,7 @@ from typing import ClassVar
 from layerbench.driver import Driver, LayerFormat, Style
 from layerbench.kernel.treecopy import FileCopier, copy_data, copy_tree
 
-from ._common import Lineage, remove_tree
+from ._common import remove_tree
 
 
 class VfsDriver(Driver):
@@ -17,6 +17,7 @@ class VfsDriver(Driver):
     layer_format = LayerFormat.FULL
     backings: ClassVar[tuple[str, ...]] = ("ext4", "xfs", "btrfs", "dir")
     in_default_run = True
+    adopts_store = True  # the trees are the whole state
     #: how a regular file is copied into a child tree: every byte, here
     copy_file: ClassVar[FileCopier] = staticmethod(copy_data)
 
@@ -28,9 +29,9 @@ class VfsDriver(Driver):
 
     def setup(self) -> None:
         (self.home / "dir").mkdir(exist_ok=True)
-        self.lineage = Lineage()
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
+        self.lineage.check_new(layer_id)
         path = self._dir(layer_id)
         if parent is None:
             path.mkdir(mode=0o755)
@@ -40,6 +41,7 @@ class VfsDriver(Driver):
         return path
 
     def create_container(self, container_id: str, image: str) -> None:
+        self.lineage.check_new(container_id)
         self._copy(image, container_id)
         self.lineage.add(container_id, image)
 
@@ -50,6 +52,7 @@ class VfsDriver(Driver):
         pass
 
     def commit(self, container_id: str, layer_id: str) -> None:
+        self.lineage.check_new(layer_id)
         self._copy(container_id, layer_id)
         self.lineage.add_commit(layer_id, container_id)
 

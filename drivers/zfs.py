@@ -36,7 +36,7 @@ from layerbench.kernel import syscalls
 from layerbench.kernel.process import ProcessId
 from layerbench.run.ledger import daemon_id
 
-from ._common import Lineage, needs_root, unmount_below
+from ._common import needs_root, unmount_below
 
 __all__ = ["ZfsDriver"]
 
@@ -108,7 +108,6 @@ class ZfsDriver(Driver):
         return proc.stdout
 
     def setup(self) -> None:
-        self.lineage = Lineage()
         self.vdev = self.home / "pool.img"
         self.mountpoint = self.home / "pool"
         self.pool = f"lb{os.getpid()}{secrets.token_hex(3)}"
@@ -220,6 +219,7 @@ class ZfsDriver(Driver):
     # --- the interface ----------------------------------------------------------------
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
+        self.lineage.check_new(layer_id)
         if parent is None:
             self._zfs("create", self._ds(layer_id))
             path = self._hardened(layer_id)
@@ -230,6 +230,7 @@ class ZfsDriver(Driver):
         return path
 
     def create_container(self, container_id: str, image: str) -> None:
+        self.lineage.check_new(container_id)
         self._clone(image, container_id)
         self.lineage.add(container_id, image)
 
@@ -240,6 +241,7 @@ class ZfsDriver(Driver):
         pass
 
     def commit(self, container_id: str, layer_id: str) -> None:
+        self.lineage.check_new(layer_id)
         snap = f"{self._ds(container_id)}@{layer_id}"
         self._zfs("snapshot", snap)
         self._zfs("clone", snap, self._ds(layer_id))

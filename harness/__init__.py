@@ -12,14 +12,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from layerbench import _compat
-from layerbench.driver import Driver, LayerFormat, Style
+from layerbench.driver import Driver, LayerFormat, Lineage, Style
 from layerbench.errors import UserError
 from layerbench.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from layerbench.analysis.results import load
 
-__all__ = ["Driver", "LayerFormat", "Style", "UserError", "hookimpl", "load"]
+__all__ = ["Driver", "LayerFormat", "Lineage", "Style", "UserError", "hookimpl", "load"]
 
 _compat.install()
 

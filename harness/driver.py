@@ -15,16 +15,24 @@ The life of an image and a container::
     driver.commit("c0", "l1")                        # docker commit
     driver.remove("c0")
     driver.close()                                   # removes everything, idempotent
+
+The harness chooses every id and parent; a driver records them in its :class:`Lineage`
+(``self.lineage``, made by ``Driver.__init__``), which refuses an id that exists and a
+removal of a layer that still has children. ``commit`` may be called on a mounted
+container (the runner does: a scenario's `commit` step follows a `start`) or an unmounted
+one (the conformance suite's layers); a mounted container stays mounted and usable.
 """
 
 from __future__ import annotations
 
 import abc
+import errno
+from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
 from typing import ClassVar, Protocol
 
-__all__ = ["Driver", "Style", "LayerFormat", "ResourceNotes"]
+__all__ = ["Driver", "Style", "LayerFormat", "Lineage", "ResourceNotes"]
 
 
 class ResourceNotes(Protocol):
@@ -49,6 +57,57 @@ class LayerFormat(str, Enum):
 
     DIFF = "diff"  # only this layer's changes; removals are overlay whiteouts
     FULL = "full"  # the parent's whole tree, to be changed in place
+
+
+class Lineage:
+    """Who was made on whom: the ids the harness chose, one namespace for layers and containers.
+
+    A driver records each item as it makes it (`add`, `add_commit`), asks before making one
+    (`check_new`: an id that exists is refused with EEXIST) and before removing one
+    (`check_removable`: a layer with children is refused with EBUSY), and forgets it once
+    removed. A committed layer's parent is its container's image. Kept in memory: it covers
+    what this driver object made or adopted (`Driver.adopt`).
+    """
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str | None] = {}
+        self.children: dict[str, set[str]] = {}
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self.parent
+
+    def check_new(self, item_id: str) -> None:
+        """Raise FileExistsError(EEXIST) when `item_id` is a layer or container already."""
+        if item_id in self.parent:
+            raise FileExistsError(errno.EEXIST, f"{item_id!r} exists: a layer or container has that id")
+
+    def add(self, item_id: str, parent: str | None) -> None:
+        """Record `item_id`, made on `parent` (None: a base layer); EEXIST when the id is taken."""
+        self.check_new(item_id)
+        self.parent[item_id] = parent
+        if parent is not None:
+            self.children.setdefault(parent, set()).add(item_id)
+
+    def add_commit(self, layer_id: str, container_id: str) -> None:
+        """Record `layer_id`, committed from `container_id`: its parent is the container's image."""
+        self.add(layer_id, self.parent.get(container_id))
+
+    def add_all(self, items: Iterable[tuple[str, str | None]]) -> None:
+        """Record (id, parent) pairs, parents first."""
+        for item_id, parent in items:
+            self.add(item_id, parent)
+
+    def check_removable(self, item_id: str) -> None:
+        """Raise OSError(EBUSY) when `item_id` has children."""
+        if kids := self.children.get(item_id):
+            raise OSError(errno.EBUSY, f"layer {item_id!r} has children ({', '.join(sorted(kids))}); remove them first")
+
+    def forget(self, item_id: str) -> None:
+        """`item_id` is gone: its id is free again."""
+        parent = self.parent.pop(item_id, None)
+        if parent is not None:
+            self.children.get(parent, set()).discard(item_id)
+        self.children.pop(item_id, None)
 
 
 class Driver(abc.ABC):
@@ -81,11 +140,19 @@ class Driver(abc.ABC):
     root_mode: ClassVar[int | None] = None
     #: an engine driver: a running engine's address to use instead of starting one (`--containerd-address`)
     engine_address: ClassVar[str | None] = None
+    #: whether `adopt` takes over a copy of a store this driver built and let go of (`let_go`): the
+    #: run then builds an image once per cell family and starts each cell on a copy (harness/run/templates.py).
+    #: Only for a driver whose whole state is on the store, bar what `adopt` is told
+    adopts_store: ClassVar[bool] = False
     #: the run's ledger, set by the harness before `setup` (None outside a run)
     ledger: ResourceNotes | None = None
+    #: the ids this driver made and their parents (see `Lineage`); a driver written before it
+    #: existed may keep its own and ignore this one
+    lineage: Lineage
 
     def __init__(self, home: Path) -> None:
         self.home = home
+        self.lineage = Lineage()
 
     @classmethod
     def at(cls, address: str | None) -> type[Driver]:
@@ -107,16 +174,35 @@ class Driver(abc.ABC):
     def setup(self) -> None:
         """Prepare `home` (already exists, empty). Not timed."""
 
+    def adopt(self, layers: Iterable[tuple[str, str | None]]) -> None:
+        """Take over the image layers a build of this driver left on the store now under `home`.
+
+        Called after `setup`, and only when `adopts_store` is True, on a copy of a store on which
+        this driver built `layers` ((id, parent) pairs, bottom first), then called `let_go`, and
+        whose filesystem was unmounted cleanly. Afterwards the layers are as if made here: a
+        container can be made on them, and removing one with children is refused. Default: they
+        go into `lineage` (a driver keeping more in memory reads it back from the store here).
+        """
+        self.lineage.add_all(layers)
+
+    def let_go(self) -> None:
+        """Release what the driver holds open on its store (descriptors) and remove nothing, so
+        the store can be unmounted cleanly and copied for `adopt`; the object is not used again.
+        Only called when `adopts_store` is True. Default: nothing held."""
+
     @abc.abstractmethod
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
-        """Create an image layer on `parent`; return the writable directory to fill."""
+        """Create an image layer on `parent`; return the writable directory to fill.
+
+        An id that is a layer or container already is refused with FileExistsError (EEXIST),
+        before anything is made."""
 
     def seal_layer(self, layer_id: str) -> None:
         """Mark a filled layer read-only for its children. Default: nothing to do."""
 
     @abc.abstractmethod
     def create_container(self, container_id: str, image: str) -> None:
-        """Create a read-write layer on top of image layer `image`."""
+        """Create a read-write layer on top of image layer `image` (an id that exists: EEXIST)."""
 
     @abc.abstractmethod
     def mount(self, container_id: str) -> Path:
@@ -128,7 +214,12 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def commit(self, container_id: str, layer_id: str) -> None:
-        """Turn the container's changes into a new image layer (`docker commit`)."""
+        """Turn the container's changes into a new image layer (`docker commit`).
+
+        The container may be mounted or not. Mounted (the runner commits after a scenario's
+        `start`), the layer holds what was written through the mount before the call; the
+        container stays mounted, its later writes reach neither the layer nor the image, and
+        it is unmounted and removed as usual. `layer_id` existing already: EEXIST."""
 
     @abc.abstractmethod
     def remove(self, item_id: str) -> None:

@@ -8,8 +8,8 @@ a sparse copy) and re-opens the driver on it. Each cell so starts on a fresh fil
 holding the bytes a fresh build leaves, with the build's disk figures; the store is sized
 for the family's largest cell. docs/performance.md says how the page cache is matched.
 
-Only drivers whose whole state is on the store, save a `Lineage` rebuilt from the layer
-ids, are re-opened: overlay2 (its link/lower caches are read back from disk), vfs, btrfs.
+Only drivers that say they can take over such a store (`Driver.adopts_store`: their whole
+state is on it, save what `Driver.adopt` is told) are re-opened: overlay2, vfs, btrfs.
 """
 
 from __future__ import annotations
@@ -30,10 +30,7 @@ from layerbench.run.ledger import Ledger
 if TYPE_CHECKING:
     from layerbench.run.runner import Cell
 
-__all__ = ["Template", "Templates", "REOPENED", "family_key", "adopt", "let_go", "warm"]
-
-#: drivers re-opened exactly on a copied store (the module docstring says why)
-REOPENED = frozenset({"overlay2", "vfs", "btrfs"})
+__all__ = ["Template", "Templates", "family_key", "adopt", "let_go", "warm"]
 
 
 @dataclass
@@ -56,7 +53,7 @@ def family_key(cell: Cell) -> tuple[str, ...] | None:
     """The cell's family, or None when it builds its own store (another driver, a "dir" store,
     further images, an image from a path)."""
     s = cell.scenario
-    if cell.driver.name not in REOPENED or cell.driver.userns or cell.backing == "dir" or s.raw_images:
+    if not cell.driver.adopts_store or cell.driver.userns or cell.backing == "dir" or s.raw_images:
         return None
     from layerbench.scenario import _subst
 
@@ -68,18 +65,12 @@ def family_key(cell: Cell) -> tuple[str, ...] | None:
 
 def adopt(driver: Driver, template: Template) -> None:
     """Tell a driver set up on a copied store the layers the template's build made."""
-    lineage = getattr(driver, "lineage", None)
-    if lineage is not None:
-        for layer, parent in template.layers:
-            lineage.add(layer, parent)
+    driver.adopt(template.layers)
 
 
 def let_go(driver: Driver) -> None:
     """Release what a driver holds open on its store without removing anything (close would)."""
-    fd = getattr(driver, "_dirfd", None)  # btrfs: its subvolumes directory
-    if fd is not None:
-        os.close(fd)
-        driver._dirfd = None  # type: ignore[attr-defined]
+    driver.let_go()
 
 
 def warm(root: Path) -> None:

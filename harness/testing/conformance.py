@@ -283,6 +283,37 @@ def test_removing_a_layer_with_children_is_refused(layerbench_driver: Driver) ->
     d.seal_layer("base")
 
 
+def test_an_id_that_exists_is_refused(layerbench_driver: Driver) -> None:
+    """graphtest's duplicate Create: a layer, container or commit under an id that is a layer or a
+    container already is refused with EEXIST, and the item under that id is left as it was."""
+    d = layerbench_driver
+    File("f", b"base").apply(d.create_layer("base", None))
+    d.seal_layer("base")
+    d.create_container("c", "base")
+    made = {
+        "a layer with a layer's id": lambda: d.create_layer("base", None),
+        "a child layer with its parent's id": lambda: d.create_layer("base", "base"),
+        "a layer with a container's id": lambda: d.create_layer("c", "base"),
+        "a container with a container's id": lambda: d.create_container("c", "base"),
+        "a container with a layer's id": lambda: d.create_container("base", "base"),
+        "a commit under a layer's id": lambda: d.commit("c", "base"),
+        "a commit under its container's id": lambda: d.commit("c", "c"),
+    }
+    for what, make in made.items():
+        with pytest.raises(OSError) as info:
+            make()
+        assert info.value.errno == errno.EEXIST, f"{d.name}: {what} raised {info.value!r}, not EEXIST"
+    root = d.mount("c")
+    try:
+        assert (root / "f").read_bytes() == b"base", f"{d.name}: a refused duplicate changed container c"
+    finally:
+        d.unmount("c")
+    d.commit("c", "next")  # the ids still work: a new one is taken, and removal goes as usual
+    d.remove("c")
+    d.remove("next")
+    d.remove("base")
+
+
 def test_close_is_idempotent(layerbench_driver: Driver) -> None:
     """containerd CloseTwice: close, then close again."""
     d = layerbench_driver

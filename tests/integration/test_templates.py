@@ -102,6 +102,12 @@ def _container_root(
             driver.close()
 
 
+def test_every_driver_that_adopts_a_store_is_checked_here() -> None:
+    """`Driver.adopts_store` puts a driver's cells on template copies: each such built-in is in CASES."""
+    adopting = {name for name, cls in default_plugins().registry.drivers.items() if cls.adopts_store}
+    assert adopting == {name for name, _ in CASES}
+
+
 @pytest.mark.parametrize(("name", "fs"), CASES)
 def test_a_cell_from_a_template_equals_a_fresh_build(tmp_path: Path, name: str, fs: str) -> None:
     cell = _cell(tmp_path, name, fs)

@@ -7,7 +7,10 @@ keep the contract (see layerbench's docs/writing-a-driver.md):
 - everything lives under ``self.home``;
 - ``mount`` returns a real directory where plain file I/O goes through you;
 - ``create_container`` and ``mount`` spawn no process (they are timed);
-- ``remove`` of a layer that still has children raises ``OSError(errno.EBUSY)``;
+- an id that exists is refused (``FileExistsError``, EEXIST) and ``remove`` of a layer
+  that still has children raises ``OSError(errno.EBUSY)``: ``self.lineage`` (layerbench's
+  ``Lineage``, made for every driver) does both, fed as items are made;
+- ``commit`` works on a mounted container too, which stays mounted;
 - ``close`` removes everything, twice in a row and after a crash half-way.
 """
 
@@ -17,7 +20,7 @@ import errno
 import shutil
 from pathlib import Path
 
-from layerbench import Driver, LayerFormat, Style, hookimpl
+from layerbench import Driver, LayerFormat, Lineage, Style, hookimpl
 from layerbench.kernel.treecopy import copy_tree
 from layerbench.plugins import DriverRegistry
 
@@ -41,7 +44,6 @@ class SkeletonDriver(Driver):
     def setup(self) -> None:
         self.trees = self.home / "trees"
         self.trees.mkdir(exist_ok=True)
-        self.parent: dict[str, str | None] = {}  # item -> the layer it was made from
 
     def _tree(self, item_id: str) -> Path:
         return self.trees / item_id
@@ -53,16 +55,18 @@ class SkeletonDriver(Driver):
         return self._tree(item_id)
 
     def create_layer(self, layer_id: str, parent: str | None) -> Path:
+        self.lineage.check_new(layer_id)  # EEXIST before anything is made
         if parent is None:
             self._tree(layer_id).mkdir(mode=0o755)
         else:
             self._copy(parent, layer_id)
-        self.parent[layer_id] = parent
+        self.lineage.add(layer_id, parent)
         return self._tree(layer_id)
 
     def create_container(self, container_id: str, image: str) -> None:
+        self.lineage.check_new(container_id)
         self._copy(image, container_id)
-        self.parent[container_id] = image
+        self.lineage.add(container_id, image)
 
     def mount(self, container_id: str) -> Path:
         return self._tree(container_id)  # already a real directory
@@ -71,22 +75,21 @@ class SkeletonDriver(Driver):
         pass
 
     def commit(self, container_id: str, layer_id: str) -> None:
-        self._copy(container_id, layer_id)
-        self.parent[layer_id] = self.parent.get(container_id)
+        self.lineage.check_new(layer_id)
+        self._copy(container_id, layer_id)  # mounted or not: the container's tree as it is now
+        self.lineage.add_commit(layer_id, container_id)  # the parent is the container's image
 
     def remove(self, item_id: str) -> None:
-        children = sorted(k for k, p in self.parent.items() if p == item_id)
-        if children:
-            raise OSError(errno.EBUSY, f"skeleton: {item_id!r} has children {children}")
+        self.lineage.check_removable(item_id)  # EBUSY while a layer or container is made on it
         shutil.rmtree(self._tree(item_id), ignore_errors=True)
-        self.parent.pop(item_id, None)
+        self.lineage.forget(item_id)
 
     def inspect(self, item_id: str) -> dict[str, str]:
         return {"Dir": str(self._tree(item_id))}
 
     def close(self) -> None:
         shutil.rmtree(self.home / "trees", ignore_errors=True)
-        self.parent = {}
+        self.lineage = Lineage()
 
 
 @hookimpl
