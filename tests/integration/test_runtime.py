@@ -170,7 +170,7 @@ def test_a_sigkilled_run_leaves_nothing_after_cleanup(busybox_root: Path, tmp_pa
     while any(namespaces.alive(p, s) for p, s in starts.items() if s) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [p for p, s in starts.items() if s and namespaces.alive(p, s)], actions
-    assert not run_dir.exists() or not any(run_dir.glob(ledger.LEDGER_NAME))
+    assert not run_dir.exists() or not any(run_dir.glob(ledger.LEDGER_NAME)), actions
 
 
 def _run_steps(driver: Driver, store: Any, image: ConfiguredDir, steps: list[Step]) -> dict[str, list[float]]:
