@@ -50,7 +50,7 @@ from time import perf_counter_ns
 
 from layerbench.driver import Driver
 from layerbench.drivers._common import unmount_below
-from layerbench.drivers._overlay import PAGE, options_text, overlay_data
+from layerbench.drivers._overlay import PAGE, mount_overlay, options_text, overlay_data
 from layerbench.drivers.btrfs import BTRFS_IOC_SNAP_CREATE_V2, BtrfsDriver, _snap_args
 from layerbench.drivers.null import NullDriver
 from layerbench.drivers.overlay2 import Overlay2Driver
@@ -108,7 +108,10 @@ def bare_overlay_op(bare: Path, lowers: list[str], options: Sequence[tuple[str, 
         for path, mode in ((str(d), 0o700), (upper, 0o755), (work, 0o700), (merged, 0o755)):
             os.mkdir(path, mode)
         t0 = perf_counter_ns()
-        syscalls.overlay_mount(merged, lowers, upper, work, options, new_api=new_api)
+        if new_api:
+            syscalls.overlay_mount(merged, lowers, upper, work, options)
+        else:
+            mount_overlay(merged, lowers, upper, work, options, fsconfig=False)
         os.listdir(merged)
         t1 = perf_counter_ns()
         syscalls.umount(merged)
@@ -140,7 +143,7 @@ def bare_layout_op(bare: Path, lowers: list[str], options: Sequence[tuple[str, s
         os.close(fd)
         os.mkdir(work, 0o700)
         os.mkdir(merged)
-        syscalls.overlay_mount(merged, lowers, diff, work, options, new_api=False)
+        mount_overlay(merged, lowers, diff, work, options, fsconfig=False)
         os.listdir(merged)
         t1 = perf_counter_ns()
         syscalls.umount(merged)

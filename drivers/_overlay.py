@@ -13,6 +13,10 @@
 else OSError(E2BIG). Data-only lowers (`data_lowers`, below the ordinary ones) are
 written `lower::data` in a mount(2) data string.
 
+Every overlay mount layerbench makes comes through here (fuse-overlayfs's daemon takes
+the same options string, :func:`overlay_data`); `syscalls.overlay_mount` is only the
+fsconfig side of step 3.
+
 :class:`OverlayLayout` is a driver whose containers are overlay mounts: it keeps the
 mounts a container at its merged directory, unmounts and closes; a
 subclass says where a container's lowers, upper, work and merged directories are.
@@ -83,8 +87,8 @@ def mount_overlay(
     A read-only overlay has `upper` and `work` None.
     """
     target, pairs = os.path.abspath(target), _pairs(options)
-    if len(overlay_data(lowers, upper, work, pairs, data_lowers)) < PAGE:
-        syscalls.mount("overlay", target, "overlay", 0, overlay_data(lowers, upper, work, pairs, data_lowers))
+    if len(data := overlay_data(lowers, upper, work, pairs, data_lowers)) < PAGE:
+        syscalls.mount("overlay", target, "overlay", 0, data)
         return "mount(2)"
     if relative_to is not None:
         rel = [_relative(p, relative_to) for p in lowers]
@@ -101,7 +105,7 @@ def mount_overlay(
                 os.close(cwd)
             return "mount(2) relative"
     if fsconfig:
-        syscalls.overlay_mount(target, lowers, upper, work, pairs, data_lowers=data_lowers)
+        syscalls.overlay_mount(target, lowers, upper, work, pairs, data_lowers)
         return "fsconfig"
     raise OSError(
         errno.E2BIG,

@@ -21,12 +21,13 @@ from pathlib import Path
 from layerbench.kernel import syscalls
 
 from ._common import remove_tree, unmount_below
+from ._overlay import overlay_data
 from .overlay2 import Overlay2Driver
 
 __all__ = ["FuseOverlayfsDriver"]
 
 #: as every mount layerbench makes (harness/kernel/syscalls.py): an image's device nodes and setuid bits are inert
-_SAFE_OPTIONS = "nodev,nosuid"
+_SAFE_OPTIONS = (("nodev", None), ("nosuid", None))
 
 
 class FuseOverlayfsDriver(Overlay2Driver):
@@ -60,12 +61,10 @@ class FuseOverlayfsDriver(Overlay2Driver):
         self._exe = shutil.which("fuse-overlayfs") or "fuse-overlayfs"
 
     def mount(self, container_id: str) -> Path:
-        home = str(self.home)
-        d = f"{home}/{container_id}"
-        lowers = ":".join(f"{home}/{lower}" for lower in (self._lower(container_id) or "").split(":"))
-        target = f"{d}/merged"
+        spec = self.overlay_of(container_id)  # overlay2's directories, absolute (fuse-overlayfs has no page limit)
+        target = spec.merged
         os.mkdir(target)
-        options = f"lowerdir={lowers},upperdir={d}/diff,workdir={d}/work,{_SAFE_OPTIONS}"
+        options = overlay_data(spec.lowers, spec.upper, spec.work, _SAFE_OPTIONS)
         proc = subprocess.run([self._exe, "-o", options, target], capture_output=True, text=True)
         if proc.returncode != 0:
             os.rmdir(target)

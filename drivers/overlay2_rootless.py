@@ -29,6 +29,7 @@ from layerbench.kernel import syscalls
 from layerbench.run import userns
 
 from ._common import fs_in_kernel
+from ._overlay import mount_overlay
 from .overlay2 import Overlay2Driver
 
 __all__ = ["Overlay2RootlessDriver"]
@@ -73,13 +74,8 @@ def _trial(root: str) -> None:
     with open(f"{root}/lower/f", "w") as f:
         f.write("lower")
     merged = f"{root}/merged"
-    syscalls.mount(
-        "overlay",
-        merged,
-        "overlay",
-        0,
-        f"lowerdir={root}/lower,upperdir={root}/upper,workdir={root}/work,index=off,userxattr",
-    )
+    options = Overlay2RootlessDriver.mount_options  # the driver's own: index=off, userxattr
+    mount_overlay(merged, [f"{root}/lower"], f"{root}/upper", f"{root}/work", options, fsconfig=False)
     try:
         with open(f"{merged}/f", "a") as f:
             f.write("+")

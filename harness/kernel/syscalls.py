@@ -127,22 +127,15 @@ def overlay_mount(
     upper: str | None,
     work: str | None,
     options: Sequence[tuple[str, str | None]] = (),
-    new_api: bool = True,
     data_lowers: Sequence[str] = (),
 ) -> None:
-    """Mount overlayfs on `target` (nodev, nosuid); `lowers` uppermost first; an option whose value is None is a flag.
+    """Mount overlayfs on `target` (nodev, nosuid) through the new mount API: `lowers` uppermost first,
+    each added by `fsconfig(lowerdir+)`, which has no page limit (up to the kernel's 500 layers);
+    `data_lowers` (data-only) below them by `datadir+`; an option whose value is None is a flag.
 
-    With `new_api`, each lower is added by `fsconfig(lowerdir+)`, which has no page
-    limit (up to the kernel's 500 layers); otherwise one mount(2) whose data string
-    must fit one page. `data_lowers` are data-only lowers below them (`datadir+`, or `::`).
+    The kernel side only: drivers mount overlay through `layerbench.drivers._overlay.mount_overlay`,
+    which picks between this and one mount(2) and writes every overlay mount's options.
     """
-    if not new_api:
-        parts = ["lowerdir=" + ":".join(lowers) + "".join("::" + d for d in data_lowers)]
-        if upper is not None:
-            parts += [f"upperdir={upper}", f"workdir={work}"]
-        parts += [k if v is None else f"{k}={v}" for k, v in options]
-        mount("overlay", target, "overlay", 0, ",".join(parts))
-        return
     fd = _check(_libc.syscall(_SYS_FSOPEN, b"overlay", ctypes.c_uint(_FSOPEN_CLOEXEC)), "fsopen")
     try:
         for lower in lowers:
