@@ -10,9 +10,10 @@ the ones users ask about (vfs's cost, volumes bypassing the driver, memory).
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from layerbench.analysis.results_model import RunDocument, median, run_document
 from layerbench.units import human
 
 __all__ = [
@@ -33,8 +34,7 @@ Verdict = tuple[str, str]
 
 
 def _median(cell: dict[str, Any], metric: str) -> float | None:
-    samples = cell.get("metrics", {}).get(metric, {}).get("samples", [])
-    return float(statistics.median(samples)) if samples else None
+    return median(cell.get("metrics", {}).get(metric, {}).get("samples", []))
 
 
 def _cells(doc: dict[str, Any], scenario: str, **params: Any) -> list[dict[str, Any]]:
@@ -469,31 +469,14 @@ def claim_id(check: Callable[[dict[str, Any]], Verdict]) -> str:
     return check.__name__.strip("_").replace("_", "-")
 
 
-def by_backing(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The document once per backing filesystem of a backing sweep, else once whole (backing "").
-
-    In a sweep (a driver ran on several backings), each part holds that backing's cells
-    and the cells of drivers that ran on one backing only, so nothing is compared across
-    filesystems and nothing measured is left out.
-    """
-    seen: dict[str, set[str]] = {}
-    for cell in doc["cells"]:
-        seen.setdefault(cell["driver"], set()).add(cell.get("backing") or "")
-    swept = sorted({b for backings in seen.values() if len(backings) > 1 for b in backings})
-    if not swept:
-        return [("", doc)]
-    return [
-        (b, {**doc, "cells": [c for c in doc["cells"] if (c.get("backing") or "") == b or len(seen[c["driver"]]) == 1]})
-        for b in swept
-    ]
+def by_backing(doc: RunDocument | Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The document once per backing filesystem of a backing sweep, else once whole (RunDocument.by_backing)."""
+    return [(b, part.to_dict()) for b, part in run_document(doc).by_backing()]
 
 
-def by_host(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The document once per host of a fleet run with several hosts (by name), else once whole (host "")."""
-    hosts = sorted({cell.get("host") or "" for cell in doc["cells"]})
-    if len(hosts) < 2:
-        return [("", doc)]
-    return [(h, {**doc, "cells": [c for c in doc["cells"] if (c.get("host") or "") == h]}) for h in hosts]
+def by_host(doc: RunDocument | Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The document once per host of a fleet run with several hosts, else once whole (RunDocument.by_host)."""
+    return [(h, part.to_dict()) for h, part in run_document(doc).by_host()]
 
 
 def where(row: dict[str, str]) -> str:
@@ -502,11 +485,12 @@ def where(row: dict[str, str]) -> str:
     return f" (on {on})" if on else ""
 
 
-def evaluate(doc: dict[str, Any]) -> list[dict[str, str]]:
+def evaluate(doc: RunDocument | Mapping[str, Any]) -> list[dict[str, str]]:
     """Every claim with its verdict and the figures that decide it, per host of a fleet and per backing
     in a backing sweep; a claim that comes out the same everywhere is said once."""
     out = []
-    parts = [(h, b, part) for h, whole in by_host(doc) for b, part in by_backing(whole)]
+    run = run_document(doc)
+    parts = [(h, b, part.to_dict()) for h, whole in run.by_host() for b, part in whole.by_backing()]
     for claim, check in CLAIMS:
         found = [(host, backing, *check(part)) for host, backing, part in parts]
         if len({(v, f) for _, _, v, f in found}) == 1:  # the same everywhere (e.g. not measured): said once
@@ -518,7 +502,7 @@ def evaluate(doc: dict[str, Any]) -> list[dict[str, str]]:
     return out
 
 
-def claims_text(doc: dict[str, Any]) -> str:
+def claims_text(doc: RunDocument | Mapping[str, Any]) -> str:
     """The claims as lines a person reads after a run."""
     lines = ["== claims"]
     for row in evaluate(doc):

@@ -40,13 +40,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from layerbench.analysis import results
+from layerbench.analysis.results_model import CellKey, CellResult, RunDocument, median, run_document
 from layerbench.analysis.stats import bootstrap_ci
 from layerbench.errors import UserError
 from layerbench.units import human, params_human
@@ -83,9 +83,9 @@ VERDICTS = ("worse", "better", "changed", "noise", "unchanged")
 FORMATS = ("text", "md", "json")
 MAX_NOTES = 5  # cells in one run only: listed up to this many, else counted
 
-Doc = dict[str, Any]
+Doc = RunDocument | Mapping[str, Any]
 Side = Doc | Sequence[Doc]
-Key = tuple[str, str, str, str, str]
+Key = CellKey
 Family = tuple[str, str, str]  # scenario, driver, metric: what a noise floor is learned for
 
 
@@ -141,6 +141,7 @@ class Comparison:
 
 def environment(doc: Doc) -> dict[str, str]:
     """What a run's numbers depend on besides the drivers: kernel, CPU, commit, Python, settings."""
+    doc = run_document(doc).record
     m, tool, settings = doc.get("machine") or {}, doc.get("tool") or {}, doc.get("settings") or {}
     keys = ("quick", "cold", "samples", "warmup", "min_time_s", "order")
     return {
@@ -237,15 +238,14 @@ def _direction(metric: str, ratio: float) -> str:
     return "worse" if ratio > 1 else "better"
 
 
-def _docs(side: Side) -> list[Doc]:
-    return [side] if isinstance(side, dict) else list(side)
+def _docs(side: Side) -> list[RunDocument]:
+    sides = [side] if isinstance(side, (Mapping, RunDocument)) else list(side)
+    return [run_document(d) for d in sides]
 
 
-def _cells(doc: Doc, skip: set[str]) -> dict[Key, Doc]:
-    """The ok cells by scenario, driver, backing, parameters and host (results.cell_key)."""
-    return {
-        results.cell_key(cell): cell for cell in doc["cells"] if cell["status"] == "ok" and cell["scenario"] not in skip
-    }
+def _cells(doc: RunDocument, skip: set[str]) -> dict[Key, CellResult]:
+    """The ok cells by their CellKey."""
+    return {cell.key: cell for cell in doc.ok() if cell.scenario not in skip}
 
 
 def _geomean(ratios: list[float]) -> float:
@@ -253,23 +253,23 @@ def _geomean(ratios: list[float]) -> float:
     return float(math.exp(sum(map(math.log, good)) / len(good))) if good else 1.0
 
 
-def _changed_scenarios(docs: list[Doc]) -> dict[str, list[str]]:
+def _changed_scenarios(docs: list[RunDocument]) -> dict[str, list[str]]:
     """Scenarios whose file differs between any two of the runs: name -> its hashes, in run order."""
     hashes: dict[str, list[str]] = {}
     for doc in docs:
-        for name, info in (doc.get("scenarios") or {}).items():
+        for name, info in doc.scenarios.items():
             sha = str(info.get("sha256"))
             if sha not in hashes.setdefault(name, []):
                 hashes[name].append(sha)
     return {name: shas for name, shas in sorted(hashes.items()) if len(shas) > 1}
 
 
-def _medians(doc: Doc, skip: set[str]) -> dict[tuple[Key, str], float]:
+def _medians(doc: RunDocument, skip: set[str]) -> dict[tuple[Key, str], float]:
     return {
-        (key, metric): float(np.median(data["samples"]))
+        (key, metric): value
         for key, cell in _cells(doc, skip).items()
-        for metric, data in cell["metrics"].items()
-        if data.get("samples")
+        for metric, data in cell.metrics.items()
+        if (value := data.median) is not None
     }
 
 
@@ -277,7 +277,7 @@ def noise_floors(pairs: Sequence[tuple[Doc, Doc]]) -> dict[Family, float]:
     """The between-run noise floor of each scenario's metric on each driver, from A/A pairs (two runs of
     the same code on one machine): the largest new/old or old/new ratio of medians any of its cells showed."""
     floors: dict[Family, float] = {}
-    for a, b in pairs:
+    for a, b in ((run_document(a), run_document(b)) for a, b in pairs):
         skip = set(_changed_scenarios([a, b]))
         ma, mb = _medians(a, skip), _medians(b, skip)
         for (key, metric), x in ma.items():
@@ -286,7 +286,7 @@ def noise_floors(pairs: Sequence[tuple[Doc, Doc]]) -> dict[Family, float]:
                 continue
             r = _ratio(x, y)
             if 0 < r < math.inf:
-                family = (key[0], key[1], metric)
+                family = (key.scenario, key.driver, metric)
                 floors[family] = max(floors.get(family, 1.0), r, 1 / r)
     return floors
 
@@ -308,7 +308,7 @@ class _Pair:
         return [y for run in self.new_runs for y in run]
 
 
-def _pairs(olds: list[Doc], news: list[Doc], skip: set[str]) -> tuple[list[_Pair], list[str]]:
+def _pairs(olds: list[RunDocument], news: list[RunDocument], skip: set[str]) -> tuple[list[_Pair], list[str]]:
     """Every cell and metric both sides measured (each run's samples kept apart), and notes on the cells
     only one side has."""
     a_runs, b_runs = [_cells(d, skip) for d in olds], [_cells(d, skip) for d in news]
@@ -316,7 +316,7 @@ def _pairs(olds: list[Doc], news: list[Doc], skip: set[str]) -> tuple[list[_Pair
     b_keys = {k for cells in b_runs for k in cells}
     notes = []
     for side, mine, other in (("old", a_keys, b_keys), ("new", b_keys, a_keys)):
-        alone = [" ".join(k for k in key if k) for key in sorted(mine - other)]
+        alone = [key.name() for key in sorted(mine - other)]
         if len(alone) > MAX_NOTES:
             notes.append(f"{len(alone)} cells only in the {side} run, e.g. {'; '.join(alone[:MAX_NOTES])}")
         else:
@@ -325,12 +325,11 @@ def _pairs(olds: list[Doc], news: list[Doc], skip: set[str]) -> tuple[list[_Pair
     for key in sorted(a_keys & b_keys):
         a_cells = [cells[key] for cells in a_runs if key in cells]
         b_cells = [cells[key] for cells in b_runs if key in cells]
-        for metric in b_cells[0]["metrics"]:
-            xs = [[float(x) for x in c["metrics"][metric]["samples"]] for c in a_cells if metric in c["metrics"]]
-            ys = [[float(y) for y in c["metrics"][metric]["samples"]] for c in b_cells if metric in c["metrics"]]
-            xs, ys = [r for r in xs if r], [r for r in ys if r]
+        for metric, data in b_cells[0].metrics.items():
+            xs = [r for c in a_cells if (r := c.samples(metric))]
+            ys = [r for c in b_cells if (r := c.samples(metric))]
             if xs and ys:
-                pairs.append(_Pair(key, metric, b_cells[0]["metrics"][metric]["unit"], xs, ys))
+                pairs.append(_Pair(key, metric, data.unit, xs, ys))
     return pairs, notes
 
 
@@ -357,70 +356,119 @@ def compare_runs(old: Side, new: Side, threshold: float = 0.10, noise: Sequence[
             "nothing to compare: no cell and metric of the old run pairs with one of the new run"
             + (f" (changed scenarios left out: {', '.join(changed)})" if changed else "")
         )
-    several = len(olds) > 1 or len(news) > 1
-    floors = noise_floors(noise)
-    medians = [(float(np.median(p.xs)), float(np.median(p.ys))) for p in pairs]
+    judging = _judging(pairs, 1 + threshold, len(olds) > 1 or len(news) > 1, noise_floors(noise))
+    changes = _judge_all(pairs, judging)
+    envs, differences = _environments(olds, news)
+    return Comparison(
+        changes,
+        notes,
+        threshold,
+        envs,
+        differences,
+        judging.shifts,
+        judging.overall,
+        judging.moved,
+        judging.driver_moved,
+        (len(olds), len(news)),
+        list(changed),
+        bool(judging.floors),
+    )
+
+
+@dataclass
+class _Judging:
+    """What every pair is judged with: each pair's medians and its ratio after the machine's shift, each
+    driver's shift, the overall shift, whether the whole machine moved (`scale`: what the new timings are
+    divided by then, else 1.0), the drivers whose timings moved together, the noise floors."""
+
+    factor: float
+    several: bool
+    floors: dict[Family, float]
+    medians: list[tuple[float, float]]
+    shifts: dict[str, float]
+    overall: float
+    moved: bool
+    scale: float
+    judged: list[float]
+    driver_moved: dict[str, float]
+
+    def new_runs(self, p: _Pair) -> list[list[float]]:
+        """The new side's runs as judged: timings divided by the machine's shift."""
+        return [[y / self.scale for y in run] for run in p.new_runs] if p.metric.endswith("_ns") else p.new_runs
+
+
+def _judging(pairs: list[_Pair], factor: float, several: bool, floors: dict[Family, float]) -> _Judging:
+    """The shifts of the machine and of each driver (the module docstring says how each is decided)."""
+    medians = [(_median(p.xs), _median(p.ys)) for p in pairs]
     timing = [i for i, p in enumerate(pairs) if p.metric.endswith("_ns")]
     by_driver: dict[str, list[float]] = {}
     for i in timing:
-        by_driver.setdefault(pairs[i].key[1], []).append(_ratio(*medians[i]))
+        by_driver.setdefault(pairs[i].key.driver, []).append(_ratio(*medians[i]))
     shifts = {d: _geomean(r) for d, r in by_driver.items()}
     overall = _geomean([_ratio(*medians[i]) for i in timing])
-    factor = 1 + threshold
     moved = len(shifts) >= 2 and (
         all(s > factor for s in shifts.values()) or all(s < 1 / factor for s in shifts.values())
     )
     scale = overall if moved else 1.0
-
-    def judged_runs(p: _Pair) -> list[list[float]]:
-        return [[y / scale for y in run] for run in p.new_runs] if p.metric.endswith("_ns") else p.new_runs
-
-    judged_ratios = [
+    judged = [
         _ratio(m_old, m_new) / (scale if p.metric.endswith("_ns") else 1.0)
         for p, (m_old, m_new) in zip(pairs, medians, strict=True)
     ]
     driver_moved: dict[str, float] = {}
     for driver in by_driver:
-        logs = [
-            math.log(judged_ratios[i]) for i in timing if pairs[i].key[1] == driver and 0 < judged_ratios[i] < math.inf
-        ]
+        logs = [math.log(judged[i]) for i in timing if pairs[i].key.driver == driver and 0 < judged[i] < math.inf]
         shift = math.exp(sum(logs) / len(logs)) if logs else 1.0
         if len(logs) >= MIN_DRIVER_METRICS and _beyond(shift, factor) and _signed_rank(logs) < ALPHA:
             driver_moved[driver] = shift
     if len(driver_moved) == len(by_driver) >= 2:  # every driver moved: that is the machine, judged above
         driver_moved = {}
+    return _Judging(factor, several, floors, medians, shifts, overall, moved, scale, judged, driver_moved)
+
+
+def _median(samples: list[float]) -> float:
+    found = median(samples)
+    assert found is not None  # a pair has samples on both sides
+    return found
+
+
+def _p_values(pairs: list[_Pair], judging: _Judging) -> tuple[list[float | None], dict[int, float]]:
+    """Each pair's p-value (a t-test of the run medians with several runs a side, else Mann-Whitney U on the
+    samples; None with too few) and its Benjamini-Hochberg value within its scenario's metric."""
     pvalues: list[float | None] = []
     for p in pairs:
-        if several:
-            pvalues.append(
-                _t_test([float(np.median(r)) for r in p.old_runs], [float(np.median(r)) for r in judged_runs(p)])
-            )
+        if judging.several:
+            pvalues.append(_t_test([_median(r) for r in p.old_runs], [_median(r) for r in judging.new_runs(p)]))
         else:
-            pvalues.append(_p_value(p.xs, [y for run in judged_runs(p) for y in run]))
+            pvalues.append(_p_value(p.xs, [y for run in judging.new_runs(p) for y in run]))
     adjusted: dict[int, float] = {}
     families: dict[tuple[str, str], list[int]] = {}  # one family per scenario and metric
     for i, pv in enumerate(pvalues):
         if pv is not None:
-            families.setdefault((pairs[i].key[0], pairs[i].metric), []).append(i)
+            families.setdefault((pairs[i].key.scenario, pairs[i].metric), []).append(i)
     for members in families.values():
         adjusted.update(zip(members, benjamini_hochberg([pvalues[i] or 0.0 for i in members]), strict=True))
+    return pvalues, adjusted
+
+
+def _judge_all(pairs: list[_Pair], judging: _Judging) -> list[Change]:
+    """Every pair's Change: significant and beyond the threshold (and, for a timing with one run a side, beyond
+    its noise floor, else `noise`), or moved with its driver's timings."""
+    pvalues, adjusted = _p_values(pairs, judging)
+    several, factor = judging.several, judging.factor
     changes = []
     for i, p in enumerate(pairs):
-        m_old, m_new = medians[i]
-        ratio, judged = _ratio(m_old, m_new), judged_ratios[i]
-        pv = pvalues[i]
+        (m_old, m_new), judged, pv = judging.medians[i], judging.judged[i], pvalues[i]
         if pv is not None:
             what = f"t-test of {len(p.old_runs)}+{len(p.new_runs)} run medians" if several else "mann-whitney"
             is_sig, test = adjusted[i] < ALPHA, f"{what} p={pv:.2g} (BH {adjusted[i]:.2g})"
         else:
-            is_sig, test = significant(p.xs, [y for run in judged_runs(p) for y in run])
+            is_sig, test = significant(p.xs, [y for run in judging.new_runs(p) for y in run])
             if several:
                 test += f" ({len(p.old_runs)}+{len(p.new_runs)} runs)"
         scenario, driver, backing, params, host = p.key
-        floor = (
-            1.0 if several or not p.metric.endswith("_ns") else floors.get((scenario, driver, p.metric), DEFAULT_FLOOR)
-        )
-        moved_by = driver_moved.get(driver) if p.metric.endswith("_ns") else None
+        timing = p.metric.endswith("_ns")
+        floor = 1.0 if several or not timing else judging.floors.get((scenario, driver, p.metric), DEFAULT_FLOOR)
+        moved_by = judging.driver_moved.get(driver) if timing else None
         with_driver = moved_by is not None and _beyond(judged, factor) and (moved_by > 1) == (judged > 1)
         verdict = "unchanged"
         if with_driver:  # the evidence is the driver's metrics together, not this metric's own samples
@@ -438,7 +486,7 @@ def compare_runs(old: Side, new: Side, threshold: float = 0.10, noise: Sequence[
                 unit=p.unit,
                 old=m_old,
                 new=m_new,
-                ratio=ratio,
+                ratio=_ratio(m_old, m_new),
                 significant=is_sig,
                 test=test,
                 verdict=verdict,
@@ -449,6 +497,13 @@ def compare_runs(old: Side, new: Side, threshold: float = 0.10, noise: Sequence[
                 floor=floor,
             )
         )
+    return changes
+
+
+def _environments(
+    olds: list[RunDocument], news: list[RunDocument]
+) -> tuple[tuple[dict[str, str], dict[str, str]], list[str]]:
+    """Each side's environment (its first run's, with how many more runs) and what differs between them."""
     envs = environment(olds[0]), environment(news[0])
     for env, docs in zip(envs, (olds, news), strict=True):
         if len(docs) > 1:
@@ -456,20 +511,7 @@ def compare_runs(old: Side, new: Side, threshold: float = 0.10, noise: Sequence[
     differences = [
         f"{k}: {envs[0][k]} -> {envs[1][k]}" for k in envs[0] if k not in ("run",) and envs[0][k] != envs[1][k]
     ]
-    return Comparison(
-        changes,
-        notes,
-        threshold,
-        envs,
-        differences,
-        shifts,
-        overall,
-        moved,
-        driver_moved,
-        (len(olds), len(news)),
-        list(changed),
-        bool(floors),
-    )
+    return envs, differences
 
 
 def compare(

@@ -12,12 +12,13 @@ import os
 import socket
 import stat
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from layerbench.analysis.results_model import CellKey, RunDocument, cell_key, params_text, run_document
 from layerbench.analysis.stats import SUMMARY_FIELDS, summarize
 from layerbench.errors import UserError
 
@@ -40,6 +41,7 @@ __all__ = [
     "schema",
     "validate",
     "cell_key",
+    "CellKey",
     "result_paths",
     "to_csv",
     "run_record",
@@ -63,11 +65,6 @@ def unit_of(metric: str) -> str:
     if metric.endswith("_fraction"):
         return "fraction"
     return "count"
-
-
-def params_text(params: dict[str, Any]) -> str:
-    """`k=v;k=v`, sorted by name."""
-    return ";".join(f"{k}={params[k]}" for k in sorted(params))
 
 
 def new_document(label: str, machine: dict[str, Any], tool: dict[str, Any]) -> dict[str, Any]:
@@ -311,36 +308,22 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def cell_key(cell: dict[str, Any]) -> tuple[str, str, str, str, str]:
-    """What tells one cell from another: scenario, driver, backing, parameters (`k=v;k=v`) and host.
-
-    `host` is the cell's own `host` key when a document has one, else empty.
-    """
-    return (
-        cell["scenario"],
-        cell["driver"],
-        cell.get("backing") or "",
-        params_text(cell["params"]),
-        cell.get("host") or "",
-    )
-
-
-def tidy(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def tidy(docs: Iterable[RunDocument | Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per scenario x driver x backing x host x parameter set x metric, summarised."""
     rows = []
     for doc in docs:
-        for cell in doc["cells"]:
-            for metric, data in cell.get("metrics", {}).items():
+        for cell in run_document(doc).cells:
+            for metric, data in cell.metrics.items():
                 rows.append(
                     {
-                        "scenario": cell["scenario"],
-                        "driver": cell["driver"],
-                        "backing": cell.get("backing") or "",
-                        "host": cell.get("host") or "",
-                        "params": params_text(cell["params"]),
+                        "scenario": cell.scenario,
+                        "driver": cell.driver,
+                        "backing": cell.backing,
+                        "host": cell.host,
+                        "params": cell.params_text,
                         "metric": metric,
-                        "unit": data["unit"],
-                        **summarize(data["samples"]),
+                        "unit": data.unit,
+                        **summarize(data.samples),
                     }
                 )
     return rows
@@ -364,25 +347,25 @@ def _frame(doc: dict[str, Any], raw: bool) -> pd.DataFrame:
     host = (doc.get("machine") or {}).get("name") or ""
     rows: list[dict[str, Any]] = []
     names: dict[str, None] = {}
-    for cell in doc["cells"]:
+    for cell in run_document(doc).cells:
         key = {
-            "host": cell.get("host") or host,
-            "scenario": cell["scenario"],
-            "driver": cell["driver"],
-            "backing": cell.get("backing") or "",
-            "params": params_text(cell["params"]),
-            **{param_column(k): v for k, v in sorted(cell["params"].items())},
+            "host": cell.host or host,
+            "scenario": cell.scenario,
+            "driver": cell.driver,
+            "backing": cell.backing,
+            "params": cell.params_text,
+            **{param_column(k): v for k, v in sorted(cell.params.items())},
         }
-        names.update(dict.fromkeys(param_column(k) for k in sorted(cell["params"])))
-        for metric, data in cell.get("metrics", {}).items():
+        names.update(dict.fromkeys(param_column(k) for k in sorted(cell.params)))
+        for metric, data in cell.metrics.items():
             if raw:
                 rows += [
-                    {**key, "metric": metric, "unit": data["unit"], "sample": i, "value": float(v)}
-                    for i, v in enumerate(data["samples"])
+                    {**key, "metric": metric, "unit": data.unit, "sample": i, "value": float(v)}
+                    for i, v in enumerate(data.samples)
                 ]
             else:
-                stats = summarize(data["samples"])
-                rows.append({**key, "metric": metric, "unit": data["unit"], **{k: stats[k] for k in SUMMARY_FIELDS}})
+                stats = summarize(data.samples)
+                rows.append({**key, "metric": metric, "unit": data.unit, **{k: stats[k] for k in SUMMARY_FIELDS}})
     tail = ["sample", "value"] if raw else list(SUMMARY_FIELDS)
     frame = pd.DataFrame(rows, columns=["host", *KEY_COLUMNS, *names, "metric", "unit", *tail])
     return _whole(frame, list(names))

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from layerbench.analysis import results
+from layerbench.analysis.results_model import cell_result
 from layerbench.cli.fleet_options import tls_options
 from layerbench.environment import applied
 from layerbench.errors import RunStopped, UserError
 from layerbench.kernel import safety
 from layerbench.report import build, render
-from layerbench.report.table import comparison_table, host_suffix, run_summary, run_warnings, several_hosts
+from layerbench.report.table import comparison_table, run_summary, run_warnings, several_hosts
 from layerbench.run.config import Flag, RunConfig, parse_param
 from layerbench.run.plan import Plan, plan
 from layerbench.run.progress import duration_text, live_progress
@@ -250,12 +251,6 @@ def plan_text(p: Plan, work_root: Path) -> str:
 def failure_summary(failed: list[dict[str, Any]], total: int, several_hosts: bool = False) -> str:
     """`2 of 6 cells failed: copy-up overlay2 file_size=4096 on ext4; ...`, the first ten named (with
     ` @ host` when the run had several hosts)."""
-    named = [
-        f"{c['scenario']} {c['driver']}"
-        + (f" {results.params_text(c['params'])}" if c["params"] else "")
-        + f" on {c['backing']}"
-        + host_suffix(c, several_hosts)
-        for c in failed[:10]
-    ]
+    named = [cell_result(c).name(host=several_hosts, params_first=True) for c in failed[:10]]
     more = f"; and {len(failed) - 10} more (layerbench report lists them)" if len(failed) > 10 else ""
     return f"layerbench: {len(failed)} of {total} cells failed: " + "; ".join(named) + more

@@ -11,12 +11,14 @@ import io
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from layerbench.analysis import claims, results
+from layerbench.analysis.results_model import CellKey, CellResult, cell_key, cell_result, run_document
 from layerbench.errors import UserError
 from layerbench.report.engines import engine_overheads
 from layerbench.report.model import Report, row_key
@@ -52,20 +54,13 @@ SLOPES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _describe(cell: dict[str, Any]) -> str:
-    p = results.params_text(cell["params"])
-    backing = f" on {cell['backing']}" if cell.get("backing") else ""
-    host = f" @ {cell['host']}" if cell.get("host") else ""
-    return f"{cell['scenario']} {cell['driver']}{backing}{host}" + (f" {p}" if p else "")
-
-
 def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
     """One document of every run's cells; a cell in a later run replaces the same cell before (one
     note says how many, and from which runs). Beside a fleet run's cells, a local run's cells take
     its machine's name as their host."""
     merged: dict[str, Any] = {**docs[0], "scenarios": {}, "drivers": {}, "cells": []}
-    by_key: dict[tuple[str, ...], int] = {}
-    label_of: dict[tuple[str, ...], str] = {}
+    by_key: dict[CellKey, int] = {}
+    label_of: dict[CellKey, str] = {}
     shown: Counter[str] = Counter()  # run label -> cells it shows in place of an earlier run's
     involved: dict[str, None] = {}
     fleet = any(c.get("host") for doc in docs for c in doc["cells"])
@@ -75,7 +70,7 @@ def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
         for cell in doc["cells"]:
             if fleet and not cell.get("host"):  # a local run beside a fleet's: its machine is its host
                 cell = {**cell, "host": (doc.get("machine") or {}).get("name") or doc["label"]}
-            key = results.cell_key(cell)
+            key = cell_key(cell)
             if key in by_key:
                 involved.update(dict.fromkeys((label_of[key], doc["label"])))
                 shown[doc["label"]] += 1
@@ -110,7 +105,7 @@ MIN_R2 = 0.9
 MIN_FIT_POINTS = 3
 
 
-def fit_slopes(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def fit_slopes(cells: Iterable[CellResult | dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A least-squares line (numpy.polyfit, degree 1) through the medians of every SLOPES
     metric against its parameter, per scenario, driver and backing (and per set of the
     other parameters, when they do not just follow the swept one). A line through at
@@ -120,15 +115,15 @@ def fit_slopes(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[
     out = []
     for metric, param, step in SLOPES:
         groups: dict[tuple[str, str, str, str], list[tuple[float, str, float]]] = {}
-        for cell in cells:
-            if param not in cell["params"]:
+        for cell in map(cell_result, cells):
+            if param not in cell.params:
                 continue
-            scenario, driver, backing, params, host = results.cell_key(cell)
+            scenario, driver, backing, params, host = cell.key
             med = medians.get((scenario, driver, backing, params, host, metric))
             if med is None or math.isnan(med):
                 continue
-            rest = other_params(cell["params"], param)
-            groups.setdefault((scenario, driver, backing, host), []).append((float(cell["params"][param]), rest, med))
+            rest = other_params(dict(cell.params), param)
+            groups.setdefault((scenario, driver, backing, host), []).append((float(cell.params[param]), rest, med))
         for (scenario, driver, backing, host), points in groups.items():
             unique = len({x for x, _, _ in points}) == len(points)
             lines: dict[str, list[tuple[float, float]]] = {}
@@ -174,6 +169,39 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
         raise UserError("no results files given")
     notes: list[str] = []
     doc = _merge(docs, notes)
+    drivers = _drivers(doc, baseline, notes)
+    scenarios = list(dict.fromkeys([*doc["scenarios"], *(c["scenario"] for c in doc["cells"])]))
+    run = run_document(doc)
+    order = sorted(
+        run.cells,
+        key=lambda c: (scenarios.index(c.scenario), params_key(c.params_text), drivers.index(c.driver), c.host),
+    )
+    run = run.with_cells(order)
+    doc["cells"] = [c.record for c in order]
+    rows = results.tidy([run])
+    _ratios(rows, baseline)
+    slopes = fit_slopes(run.cells, rows)
+    slopes.sort(key=lambda f: (drivers.index(f["driver"]) if f["driver"] in drivers else len(drivers), f["host"]))
+    verdicts = [(host, verdict(part, drivers)) for host, part in run.by_host()]
+    return Report(
+        runs=[_run_record(d) for d in docs],
+        doc=doc,
+        baseline=baseline,
+        drivers=drivers,
+        rows=rows,
+        claims=claims.evaluate(run) if with_claims else None,
+        warnings=run_warnings(run),
+        notes=notes,
+        errors=[f"{c.name()}: {c.status}: {c.error}" for c in run.cells if not c.ok],
+        slopes=slopes,
+        verdict=verdicts[0][1],
+        verdicts=verdicts,
+        engine_overheads=engine_overheads(run),
+    )
+
+
+def _drivers(doc: dict[str, Any], baseline: str, notes: list[str]) -> list[str]:
+    """The drivers in report order: the baseline first (a note when it did not run), then as they came."""
     drivers = list(dict.fromkeys(c["driver"] for c in doc["cells"]))
     if baseline in drivers:
         drivers.remove(baseline)
@@ -183,17 +211,12 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
             f"baseline driver {baseline} is not in these results, so there are no ratios "
             f"(choose one of {', '.join(drivers) or 'none'} with --baseline)"
         )
-    scenarios = list(dict.fromkeys([*doc["scenarios"], *(c["scenario"] for c in doc["cells"])]))
-    doc["cells"].sort(
-        key=lambda c: (
-            scenarios.index(c["scenario"]),
-            params_key(results.params_text(c["params"])),
-            drivers.index(c["driver"]),
-            c.get("host") or "",
-        )
-    )
-    rows = results.tidy([doc])
-    # the baseline's cell on the same host and backing, else its only cell on the host with these parameters
+    return drivers
+
+
+def _ratios(rows: list[dict[str, Any]], baseline: str) -> None:
+    """Each row's `ratio` to the baseline's median: the baseline's cell on the same host and backing, else its
+    only cell on the host with these parameters (NaN when there is none, or several)."""
     base: dict[tuple[str, ...], list[float]] = {}
     for r in rows:
         if r["driver"] == baseline:
@@ -207,35 +230,16 @@ def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_cla
         )
         b = found[0] if len(found) == 1 else None
         r["ratio"] = r["median"] / b if b and not math.isnan(b) else float("nan")
-    errors = [f"{_describe(c)}: {c['status']}: {c.get('error')}" for c in doc["cells"] if c["status"] != "ok"]
-    runs = [
-        {
-            **{k: d.get(k) for k in ("label", "started_utc", "finished_utc", "status", "machine", "tool", "helpers")},
-            # a fleet run's hosts that ran its cells: their machines, in the machine table
-            "hosts": {h: v for h, v in (d.get("hosts") or {}).items() if any(c.get("host") == h for c in d["cells"])},
-            "facts": run_facts(d).removeprefix("run: "),  # quick or full, samples per cell, how stores were made
-        }
-        for d in docs
-    ]
-    slopes = fit_slopes(doc["cells"], rows)
-    slopes.sort(key=lambda f: (drivers.index(f["driver"]) if f["driver"] in drivers else len(drivers), f["host"]))
-    verdicts = [(host, verdict(part, drivers)) for host, part in claims.by_host(doc)]
 
-    return Report(
-        runs=runs,
-        doc=doc,
-        baseline=baseline,
-        drivers=drivers,
-        rows=rows,
-        claims=claims.evaluate(doc) if with_claims else None,
-        warnings=run_warnings(doc),
-        notes=notes,
-        errors=errors,
-        slopes=slopes,
-        verdict=verdicts[0][1],
-        verdicts=verdicts,
-        engine_overheads=engine_overheads(doc),
-    )
+
+def _run_record(d: dict[str, Any]) -> dict[str, Any]:
+    """One run as the report's machine table shows it."""
+    return {
+        **{k: d.get(k) for k in ("label", "started_utc", "finished_utc", "status", "machine", "tool", "helpers")},
+        # a fleet run's hosts that ran its cells: their machines, in the machine table
+        "hosts": {h: v for h, v in (d.get("hosts") or {}).items() if any(c.get("host") == h for c in d["cells"])},
+        "facts": run_facts(d).removeprefix("run: "),  # quick or full, samples per cell, how stores were made
+    }
 
 
 def _jsonable(value: Any) -> Any:

@@ -10,11 +10,11 @@ adds: its API or commands, its bookkeeping, its own way of doing the same thing.
 
 from __future__ import annotations
 
-import json
-import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from layerbench.analysis.results_model import CellResult, RunDocument, run_document
 from layerbench.plugins import default_plugins
 from layerbench.units import human
 
@@ -57,53 +57,38 @@ def mechanisms(names: list[str]) -> dict[str, str]:
     return {n: m for n in names if n in drivers and (m := drivers[n].mechanism) is not None}
 
 
-def _params(cell: dict[str, Any]) -> str:
-    return json.dumps(cell.get("params") or {}, sort_keys=True)
+def _medians(cell: CellResult) -> dict[str, float]:
+    return {m: v for m, data in cell.metrics.items() if m.endswith("_ns") and (v := data.median) is not None}
 
 
-def _medians(cell: dict[str, Any]) -> dict[str, float]:
-    return {
-        m: float(statistics.median(v["samples"]))
-        for m, v in (cell.get("metrics") or {}).items()
-        if m.endswith("_ns") and v.get("samples")
-    }
-
-
-def engine_overheads(doc: dict[str, Any], metrics: set[str] | None = None) -> list[EngineOverhead]:
+def engine_overheads(doc: RunDocument | Mapping[str, Any], metrics: set[str] | None = None) -> list[EngineOverhead]:
     """Every (engine cell, timed metric) whose mechanism ran the same scenario and parameters; only
     `metrics` when given."""
-    ok = [c for c in doc.get("cells", []) if c.get("status") == "ok"]
-    pairs = mechanisms(sorted({c["driver"] for c in ok}))
+    ok = run_document(doc).ok()
+    pairs = mechanisms(sorted({c.driver for c in ok}))
     out = []
     for cell in ok:
-        mechanism = pairs.get(cell["driver"])
+        mechanism = pairs.get(cell.driver)
         if mechanism is None:
             continue
         same = [
             c
             for c in ok
-            if c["driver"] == mechanism
-            and c["scenario"] == cell["scenario"]
-            and _params(c) == _params(cell)
-            and c.get("host") == cell.get("host")
+            if c.driver == mechanism
+            and c.scenario == cell.scenario
+            and c.params_text == cell.params_text
+            and c.host == cell.host
         ]
-        same.sort(key=lambda c: c.get("backing") != cell.get("backing"))  # the same backing first
+        same.sort(key=lambda c: c.backing != cell.backing)  # the same backing first
         if not same:
             continue
         theirs = _medians(same[0])
-        params = ", ".join(f"{k}={v}" for k, v in sorted((cell.get("params") or {}).items()))
+        params = ", ".join(f"{k}={v}" for k, v in sorted(cell.params.items()))
         for metric, value in sorted(_medians(cell).items()):
             if metric in theirs and (metrics is None or metric in metrics):
                 out.append(
                     EngineOverhead(
-                        cell["driver"],
-                        mechanism,
-                        cell["scenario"],
-                        params,
-                        cell.get("backing") or "",
-                        metric,
-                        value,
-                        theirs[metric],
+                        cell.driver, mechanism, cell.scenario, params, cell.backing, metric, value, theirs[metric]
                     )
                 )
     return out

@@ -3,10 +3,11 @@ makes one; the exporters, plots and the verdict read it)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from layerbench.analysis import results
+from layerbench.analysis.results_model import CellKey, RunDocument, run_document
 from layerbench.report.engines import EngineOverhead
 from layerbench.report.verdict import Verdict
 
@@ -33,37 +34,39 @@ class Report:
     #: an engine driver's time beside its mechanism's, where both ran
     engine_overheads: list[EngineOverhead] = field(default_factory=list)
 
+    @functools.cached_property
+    def document(self) -> RunDocument:
+        """The merged run (`doc`) as the typed results model."""
+        return run_document(self.doc)
+
     def samples(
         self, scenario: str, driver: str, params: str, metric: str, backing: str | None = None, host: str | None = None
     ) -> list[float]:
         """The raw samples of one cell's metric (empty when it was not measured); any backing or host unless given."""
-        for cell in self.doc["cells"]:
+        for cell in self.document.cells:
             if (
-                (cell["scenario"], cell["driver"], results.params_text(cell["params"])) == (scenario, driver, params)
-                and backing in (None, cell.get("backing") or "")
-                and host in (None, cell.get("host") or "")
+                (cell.scenario, cell.driver, cell.params_text) == (scenario, driver, params)
+                and backing in (None, cell.backing)
+                and host in (None, cell.host)
             ):
-                return list(cell.get("metrics", {}).get(metric, {}).get("samples", []))
+                found = cell.metrics.get(metric)
+                return list(found.samples) if found else []
         return []
 
     @property
     def swept_backings(self) -> bool:
         """Does some driver run on more than one backing filesystem (a backing sweep)?"""
-        seen: dict[str, set[str]] = {}
-        for cell in self.doc["cells"]:
-            seen.setdefault(cell["driver"], set()).add(cell.get("backing") or "")
-        return any(len(b) > 1 for b in seen.values())
+        return self.document.swept_backings
 
     @property
     def hosts(self) -> list[str]:
         """The hosts of a fleet run with several hosts, by name; empty otherwise."""
-        names = sorted({c.get("host") or "" for c in self.doc["cells"]})
-        return names if len(names) > 1 else []
+        return self.document.hosts if self.document.several_hosts else []
 
     def series(self) -> list[tuple[str, str, str]]:
         """Every (driver, backing, host) with cells: drivers in report order, then hosts by name, backings in
         run order."""
-        keys = dict.fromkeys((c["driver"], c.get("backing") or "", c.get("host") or "") for c in self.doc["cells"])
+        keys = dict.fromkeys((c.driver, c.backing, c.host) for c in self.document.cells)
         rank = self.drivers
         return sorted(keys, key=lambda k: (rank.index(k[0]) if k[0] in rank else len(rank), k[2]))
 
@@ -74,6 +77,6 @@ class Report:
         return f"{name} @ {host}" if host and self.hosts else name
 
 
-def row_key(row: dict[str, Any]) -> tuple[str, str, str, str, str]:
-    """A report row's cell: scenario, driver, backing, parameters and host, as `results.cell_key`."""
-    return row["scenario"], row["driver"], row["backing"], row["params"], row["host"]
+def row_key(row: dict[str, Any]) -> CellKey:
+    """A report row's cell: its `CellKey`."""
+    return CellKey(row["scenario"], row["driver"], row["backing"], row["params"], row["host"])

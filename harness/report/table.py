@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from layerbench.analysis.results import params_text, tidy
+from layerbench.analysis.results import tidy
+from layerbench.analysis.results_model import CellResult, RunDocument, cell_result, median, run_document
 from layerbench.analysis.stats import bootstrap_ci, wide_ci
 from layerbench.units import human, params_human, times_text
 
@@ -64,24 +64,26 @@ def _line(cells: list[str], widths: list[int]) -> str:
     return "  ".join(x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(cells, widths, strict=True)))
 
 
-def several_hosts(doc: dict[str, Any]) -> bool:
+def several_hosts(doc: RunDocument | Mapping[str, Any]) -> bool:
     """Did the run's cells run on more than one host (a fleet run)?"""
-    return len({c.get("host") or "" for c in doc["cells"]}) > 1
+    return run_document(doc).several_hosts
 
 
-def host_suffix(cell: dict[str, Any], several: bool) -> str:
+def host_suffix(cell: CellResult | Mapping[str, Any], several: bool) -> str:
     """` @ host-a` for a cell of a run with several hosts, else empty."""
-    return f" @ {cell['host']}" if several and cell.get("host") else ""
+    host = cell_result(cell).host
+    return f" @ {host}" if several and host else ""
 
 
-def comparison_table(doc: dict[str, Any]) -> str:
+def comparison_table(doc: RunDocument | Mapping[str, Any]) -> str:
     """Per scenario: one row per parameter set and metric, one column per driver (`driver @ host` when the
     run has several hosts)."""
-    several = several_hosts(doc)
+    run = run_document(doc)
+    several = run.several_hosts
     rows = []
-    for cell in doc["cells"]:  # tidy's rows, each with its cell's column
-        column = cell["driver"] + host_suffix(cell, several)
-        rows += [{**r, "driver": column} for r in tidy([{"cells": [cell]}])]
+    for cell in run.cells:  # tidy's rows, each with its cell's column
+        column = cell.driver + host_suffix(cell, several)
+        rows += [{**r, "driver": column} for r in tidy([run.with_cells([cell])])]
     rows.sort(key=lambda r: (r["scenario"], _natural(r["params"])))
     drivers = sorted({r["driver"] for r in rows})
     out: list[str] = []
@@ -99,55 +101,43 @@ def comparison_table(doc: dict[str, Any]) -> str:
         widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
         rule = ["-" * w for w in widths]
         out += [f"== {scenario}", *(_line(xs, widths) for xs in (header, rule, *body)), ""]
-    for c in sorted(doc["cells"], key=lambda c: (c["scenario"], c["driver"], c.get("host") or "")):
-        for label, counts in c.get("outcomes", {}).items():
+    for c in sorted(run.cells, key=lambda c: (c.scenario, c.driver, c.host)):
+        for label, counts in c.outcomes.items():
             seen = ", ".join(f"{name} x{n}" for name, n in counts.items())
-            out.append(
-                f"outcome: {c['scenario']} {c['driver']} {c['backing']}{host_suffix(c, several)} {label}: {seen}"
-            )
-    for c in doc["cells"]:
-        if c["status"] != "ok":
-            out.append(
-                f"{c['status']}: {c['scenario']} {c['driver']}{host_suffix(c, several)} {c['params']}: {c.get('error')}"
-            )
+            out.append(f"outcome: {c.name(host=several)} {label}: {seen}")
+    out += [f"{c.status}: {c.name(host=several)}: {c.error}" for c in run.cells if not c.ok]
     return "\n".join(out).rstrip() + "\n"
 
 
-def run_warnings(doc: dict[str, Any]) -> list[str]:
+def run_warnings(doc: RunDocument | Mapping[str, Any]) -> list[str]:
     """Timings whose 95% bootstrap CI of the median is wide (hyperfine-style: a real problem, not one
     outlier), grouped per cell, with the interval itself (it is rarely symmetric), parameters as people write
     them and what to do."""
-    out, several = [], several_hosts(doc)
-    for c in doc["cells"]:
+    run = run_document(doc)
+    out, several = [], run.several_hosts
+    for c in run.cells:
         wide = []
-        for metric, data in c.get("metrics", {}).items():
-            if wide_ci(data["samples"], data["unit"]) is not None:
-                low, high = bootstrap_ci(data["samples"])
-                median = float(np.median(data["samples"]))
-                unit = data["unit"]
-                wide.append(f"{metric} {human(median, unit)}, 95% CI {human(low, unit)} to {human(high, unit)}")
+        for metric, data in c.metrics.items():
+            if wide_ci(data.samples, data.unit) is not None and (mid := median(data.samples)) is not None:
+                low, high = bootstrap_ci(data.samples)
+                unit = data.unit
+                wide.append(f"{metric} {human(mid, unit)}, 95% CI {human(low, unit)} to {human(high, unit)}")
         if wide:
-            on = f" on {c['backing']}" if c.get("backing") else ""
-            on += host_suffix(c, several)
-            params = f" ({params_human(params_text(c['params']))})" if c["params"] else ""
-            out.append(
-                f"{c['scenario']} {c['driver']}{on}{params}: {'; '.join(wide)}: more --samples or a quieter machine"
-            )
+            out.append(f"{c.name(human=True, host=several)}: {'; '.join(wide)}: more --samples or a quieter machine")
     return out
 
 
-def run_facts(doc: dict[str, Any]) -> str:
+def run_facts(doc: RunDocument | Mapping[str, Any]) -> str:
     """How the run measured: the suite (quick or full), the samples each cell took, how its stores were made."""
-    settings = doc.get("settings") or {}
-    ok = [c for c in doc["cells"] if c["status"] == "ok"]
+    run = run_document(doc)
+    settings = run.settings
+    ok = run.ok()
     suite = (
         "quick suite (--quick: each scenario's [quick] values and samples)" if settings.get("quick") else "full suite"
     )
     if settings.get("long"):
         suite += " with the long sweeps (--long)"
-    counts = sorted(
-        int(c.get("samples") or max((len(m["samples"]) for m in c.get("metrics", {}).values()), default=0)) for c in ok
-    )
+    counts = sorted(int(c.get("samples") or max((len(m.samples) for m in c.metrics.values()), default=0)) for c in ok)
     if counts:
         mid = counts[len(counts) // 2]
         samples = (
@@ -157,8 +147,8 @@ def run_facts(doc: dict[str, Any]) -> str:
         )
     else:
         samples = "no cell finished"
-    backings = sorted({c.get("backing") or "dir" for c in ok})
-    loops = [c.get("loop_direct_io") for c in ok if (c.get("backing") or "dir") != "dir"]
+    backings = sorted({c.backing or "dir" for c in ok})
+    loops = [c.get("loop_direct_io") for c in ok if (c.backing or "dir") != "dir"]
     direct, buffered = sum(x is True for x in loops), sum(x is False for x in loops)
     how = (
         "direct I/O"
@@ -180,7 +170,7 @@ def run_facts(doc: dict[str, Any]) -> str:
     return f"run: {suite}; {samples}; stores: {stores}"
 
 
-def claims_lines(doc: dict[str, Any]) -> list[str]:
+def claims_lines(doc: RunDocument | Mapping[str, Any]) -> list[str]:
     """The claims decided by the run, with their figures; those it did not measure folded into one line."""
     from layerbench.analysis.claims import NOT_MEASURED, evaluate, where
 
@@ -200,18 +190,17 @@ def claims_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def run_summary(doc: dict[str, Any], path: Path, elapsed_s: float | None = None) -> str:
+def run_summary(doc: RunDocument | Mapping[str, Any], path: Path, elapsed_s: float | None = None) -> str:
     """The end of a run: the claims (those not measured in one line), how it measured, the time taken, how many
     warnings, the next command, and the verdict last, so that it is what a terminal shows."""
-    from layerbench.analysis.claims import by_host
     from layerbench.report.verdict import verdict, verdict_text
 
-    lines = [*claims_lines(doc), ""]
-    if elapsed_s is None and doc.get("finished_utc") and doc.get("started_utc"):
+    run = run_document(doc)
+    lines = [*claims_lines(run), ""]
+    finished, started = run.record.get("finished_utc"), run.record.get("started_utc")
+    if elapsed_s is None and finished and started:
         stamp = "%Y-%m-%dT%H:%M:%SZ"
-        elapsed_s = (
-            datetime.strptime(doc["finished_utc"], stamp) - datetime.strptime(doc["started_utc"], stamp)
-        ).total_seconds()
+        elapsed_s = (datetime.strptime(finished, stamp) - datetime.strptime(started, stamp)).total_seconds()
     took = (
         f"{elapsed_s // 60:.0f} min {elapsed_s % 60:.0f} s"
         if elapsed_s and elapsed_s >= 60
@@ -219,13 +208,11 @@ def run_summary(doc: dict[str, Any], path: Path, elapsed_s: float | None = None)
         if elapsed_s is not None
         else "unknown"
     )
-    n = len(run_warnings(doc))
-    lines.append(run_facts(doc))
-    lines.append(
-        f"{len(doc['cells'])} cells in {took}; {n} warning{'s' * (n != 1)}" + (" (see the report)" if n else "")
-    )
+    n = len(run_warnings(run))
+    lines.append(run_facts(run))
+    lines.append(f"{len(run.cells)} cells in {took}; {n} warning{'s' * (n != 1)}" + (" (see the report)" if n else ""))
     lines.append(f"next: layerbench report {path} -o report.html")
     # one driver order on every host: the run's own (its settings), then any other in the order the cells came
-    order = list(dict.fromkeys([*(doc.get("settings") or {}).get("drivers", []), *(c["driver"] for c in doc["cells"])]))
-    lines += ["", *(verdict_text(verdict(part, order), host) for host, part in by_host(doc))]
+    order = list(dict.fromkeys([*run.settings.get("drivers", []), *(c.driver for c in run.cells)]))
+    lines += ["", *(verdict_text(verdict(part, order), host) for host, part in run.by_host())]
     return "\n".join(lines).rstrip("\n") + "\n"

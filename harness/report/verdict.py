@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from layerbench.analysis.results_model import CellResult, RunDocument, cell_result, run_document
 from layerbench.report.params import REPEAT_PARAMS
 from layerbench.units import human, times_text
 
@@ -153,21 +154,17 @@ class _Default(dict[str, str]):
         return "?"
 
 
-def _median(cell: dict[str, Any], metric: str) -> float | None:
-    samples = cell.get("metrics", {}).get(metric, {}).get("samples", [])
-    return float(statistics.median(samples)) if samples else None
-
-
-def per_container_bytes(cell: dict[str, Any], metric: str = "disk_bytes") -> float | None:
+def per_container_bytes(cell: CellResult | Mapping[str, Any], metric: str = "disk_bytes") -> float | None:
     """What each container adds: (metric - image_disk_bytes) / containers, the claims' definition
     (harness/analysis/claims.py, layer sharing). A `*_per_container_bytes` metric is that already (its median);
     any other metric is divided by the containers."""
-    value, n = _median(cell, metric), cell["params"].get("containers") or 1
+    cell = cell_result(cell)
+    value, n = cell.median(metric), cell.params.get("containers") or 1
     if value is None or metric.endswith("_per_container_bytes"):
         return value
     if metric != "disk_bytes":
         return value / n
-    image = _median(cell, "image_disk_bytes")
+    image = cell.median("image_disk_bytes")
     return None if image is None else max(value - image, 0.0) / n
 
 
@@ -179,13 +176,13 @@ def _param_text(name: str, value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _preferred(cells: list[dict[str, Any]], name: str, order: tuple[Any, ...]) -> Any:
+def _preferred(cells: list[CellResult], name: str, order: tuple[Any, ...]) -> Any:
     """The first value of `order` that two drivers ran (the one driver, if only one ran any), else the
     value most drivers ran; None when no cell has the parameter. Drivers without it show n/a."""
     ran: dict[Any, set[tuple[str, str]]] = {}
     for c in cells:
-        if name in c["params"]:
-            ran.setdefault(c["params"][name], set()).add((c["driver"], c.get("backing") or ""))
+        if name in c.params:
+            ran.setdefault(c.params[name], set()).add(c.series)
     if not ran:
         return None
     enough = min(2, len(set.union(*ran.values())))
@@ -193,7 +190,7 @@ def _preferred(cells: list[dict[str, Any]], name: str, order: tuple[Any, ...]) -
     return next((v for v in order if len(ran.get(v, ())) >= enough), max(ranked, key=lambda v: len(ran[v])))
 
 
-def _choose(cells: list[dict[str, Any]], measure: Measure) -> dict[str, Any] | None:
+def _choose(cells: list[CellResult], measure: Measure) -> dict[str, Any] | None:
     """The parameter values of the measure: fixed ones, the extreme every driver ran, or the preferred one."""
     chosen: dict[str, Any] = {}
     for name, want in measure.select:
@@ -201,12 +198,12 @@ def _choose(cells: list[dict[str, Any]], measure: Measure) -> dict[str, Any] | N
             value = _preferred(cells, name, want)
             if value is not None:
                 chosen[name] = value
-                cells = [c for c in cells if c["params"].get(name) == value]  # the next choice among these
+                cells = [c for c in cells if c.params.get(name) == value]  # the next choice among these
         elif want in ("min", "max"):
             per_series: dict[tuple[str, str], set[Any]] = {}
             for c in cells:
-                if name in c["params"]:
-                    per_series.setdefault((c["driver"], c.get("backing") or ""), set()).add(c["params"][name])
+                if name in c.params:
+                    per_series.setdefault(c.series, set()).add(c.params[name])
             if not per_series:  # no cell sweeps it: nothing to choose
                 continue
             common = set.intersection(*per_series.values())
@@ -218,79 +215,84 @@ def _choose(cells: list[dict[str, Any]], measure: Measure) -> dict[str, Any] | N
     return chosen
 
 
-def series(doc: dict[str, Any], order: list[str] | None = None) -> list[tuple[str, str]]:
+def series(doc: RunDocument | Mapping[str, Any], order: list[str] | None = None) -> list[tuple[str, str]]:
     """Every (driver, backing) with ok cells, drivers in `order` (else as they come)."""
-    pairs = list(dict.fromkeys((c["driver"], c.get("backing") or "") for c in doc["cells"] if c["status"] == "ok"))
+    pairs = list(dict.fromkeys(c.series for c in run_document(doc).ok()))
     rank = order or list(dict.fromkeys(d for d, _ in pairs))
     return sorted(pairs, key=lambda p: rank.index(p[0]) if p[0] in rank else len(rank))
 
 
-def _rename(doc: dict[str, Any], key: tuple[str, str]) -> str | None:
+def _rename(doc: RunDocument, key: tuple[str, str]) -> str | None:
     """`yes (253 µs)`, `no: EXDEV`, or None when metadata-storm did not run."""
-    for c in doc["cells"]:
-        if c["scenario"] != "metadata-storm" or (c["driver"], c.get("backing") or "") != key or c["status"] != "ok":
+    for c in doc.ok("metadata-storm"):
+        if c.series != key:
             continue
-        failed = sorted({e for label, o in c.get("outcomes", {}).items() if "rename" in label for e in o})
+        failed = sorted({e for label, o in c.outcomes.items() if "rename" in label for e in o})
         if failed:
             return "no: " + ", ".join(failed)
-        t = _median(c, "rename_dir_ns")
+        t = c.median("rename_dir_ns")
         return f"yes ({human(t, 'ns')})" if t is not None else None
     return None
 
 
-def verdict(doc: dict[str, Any], order: list[str] | None = None) -> Verdict:
+def verdict(doc: RunDocument | Mapping[str, Any], order: list[str] | None = None) -> Verdict:
     """The matrix of drivers against MEASURES (rows with no value anywhere are left out) and the advice."""
-    columns = series(doc, order)
+    run = run_document(doc)
+    columns = series(run, order)
     swept = len({d for d, _ in columns}) < len(columns)
     out = Verdict(columns=columns, labels=[f"{d} on {b}" if swept and b else d for d, b in columns])
     for measure in MEASURES:
-        cells = [
-            c
-            for c in doc["cells"]
-            if c["scenario"] == measure.scenario and c["status"] == "ok" and measure.metric in c.get("metrics", {})
-        ]
-        chosen = _choose(cells, measure)
-        if chosen is None:
-            continue
-        values: list[float | None] = []
-        for key in columns:
-            mine = [
-                c
-                for c in cells
-                if (c["driver"], c.get("backing") or "") == key
-                and all(c["params"].get(k, v) == v for k, v in chosen.items())
-            ]  # absent: the default
-            value = None
-            if mine:
-                one = mine[0]
-                value = (
-                    per_container_bytes(one, measure.metric) if "containers" in chosen else _median(one, measure.metric)
-                )
-            values.append(value)
-        present = [v for v in values if v is not None]
-        if not present:
-            continue
-        best = min(present)
-        unit = "bytes" if measure.metric.endswith("_bytes") else "ns"
-        row: list[VerdictCell | None] = []
-        for v in values:
-            if v is None:
-                row.append(None)
-                continue
-            ratio = v / best if best > 0 else (1.0 if v == best else math.inf)
-            is_best = ratio <= 1.005
-            than = "best" if is_best else times_text(ratio, measure.worse) if ratio < math.inf else f"+{human(v, unit)}"
-            row.append(VerdictCell(v, ratio, is_best, f"{human(v, unit)} ({than})"))
-        shown = {k: _param_text(k, v) for k, v in chosen.items() if k not in REPEAT_PARAMS}
-        title = re.sub(r" \(\)", "", re.sub(r",? ?\?[^,)]*", "", measure.title.format_map(_Default(shown))))
-        out.rows.append((measure.key, title, row))
-    out.rename = {k: text for k in columns if (text := _rename(doc, k)) is not None}
+        row = _measure_row(run, columns, measure)
+        if row is not None:
+            out.rows.append(row)
+    out.rename = {k: text for k in columns if (text := _rename(run, k)) is not None}
     out.advice = _advice(out)
-    out.engine = _engine_lines(doc)
+    out.engine = _engine_lines(run)
     return out
 
 
-def _engine_lines(doc: dict[str, Any]) -> list[str]:
+def _measure_row(
+    run: RunDocument, columns: list[tuple[str, str]], measure: Measure
+) -> tuple[str, str, list[VerdictCell | None]] | None:
+    """One row of the matrix: the measure's key, its title at the chosen parameters, a cell per column
+    (None where that column has no value); None when no column has one."""
+    cells = [c for c in run.ok(measure.scenario) if measure.metric in c.metrics]
+    chosen = _choose(cells, measure)
+    if chosen is None:
+        return None
+    values: list[float | None] = []
+    for key in columns:
+        mine = [
+            c for c in cells if c.series == key and all(c.params.get(k, v) == v for k, v in chosen.items())
+        ]  # absent: the default
+        value = None
+        if mine:
+            value = (
+                per_container_bytes(mine[0], measure.metric)
+                if "containers" in chosen
+                else mine[0].median(measure.metric)
+            )
+        values.append(value)
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    best = min(present)
+    unit = "bytes" if measure.metric.endswith("_bytes") else "ns"
+    row: list[VerdictCell | None] = []
+    for v in values:
+        if v is None:
+            row.append(None)
+            continue
+        ratio = v / best if best > 0 else (1.0 if v == best else math.inf)
+        is_best = ratio <= 1.005
+        than = "best" if is_best else times_text(ratio, measure.worse) if ratio < math.inf else f"+{human(v, unit)}"
+        row.append(VerdictCell(v, ratio, is_best, f"{human(v, unit)} ({than})"))
+    shown = {k: _param_text(k, v) for k, v in chosen.items() if k not in REPEAT_PARAMS}
+    title = re.sub(r" \(\)", "", re.sub(r",? ?\?[^,)]*", "", measure.title.format_map(_Default(shown))))
+    return measure.key, title, row
+
+
+def _engine_lines(doc: RunDocument) -> list[str]:
     """ "containerd/overlayfs startup 7.2 ms, of which mechanism (containerd-overlayfs) 0.6 ms", for the
     verdict's measures where an engine driver and its mechanism both ran."""
     from layerbench.report.engines import engine_overheads

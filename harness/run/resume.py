@@ -12,14 +12,7 @@ from layerbench.errors import UserError
 from layerbench.run.config import RunConfig
 from layerbench.scenario import resolve_scenarios
 
-__all__ = ["resume", "cell_key"]
-
-
-def cell_key(
-    scenario: str, driver: str, params: dict[str, Any], backing_fs: str, host: str | None = None
-) -> tuple[str, str, str, str, str | None]:
-    """A cell's identity in a results file, to leave out on resume what is done (host None: any host)."""
-    return scenario, driver, results.params_text(params), backing_fs, host
+__all__ = ["resume"]
 
 
 def resume(config: RunConfig) -> tuple[RunConfig, dict[str, Any], Path]:

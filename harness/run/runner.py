@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 
 from layerbench import environment
 from layerbench.analysis import results
+from layerbench.analysis.results_model import CellKey, cell_key
 from layerbench.driver import Driver
 from layerbench.environment import RunEnvironment
 from layerbench.errors import RunStopped, UserError
@@ -29,7 +30,7 @@ from layerbench.run.estimates import check_disk, estimate_bytes, estimate_inodes
 from layerbench.run.ledger import LEDGER_NAME, Ledger
 from layerbench.run.plan import Cell, Plan, PlannedCell, RunConfig, order_cells, plan, plan_cells, select_drivers
 from layerbench.run.progress import CellEvent, CellEvents
-from layerbench.run.resume import cell_key, resume
+from layerbench.run.resume import resume
 from layerbench.run.sampling import Sampling
 from layerbench.run.teardown import Overlap
 from layerbench.run.templates import Templates
@@ -197,12 +198,10 @@ def _run(
     cells = order_cells(cells, config.order, config.seed)
     if previous is not None:
         # A cell planned for any host (host None) is done once it is done on one.
-        done = {
-            cell_key(c["scenario"], c["driver"], c["params"], c["backing"], host)
-            for c in previous["cells"]
-            for host in {c.get("host"), None}
-        }
-        cells = [c for c in cells if cell_key(c.scenario.name, c.driver.name, c.params, c.backing, c.host) not in done]
+        done = {key for c in previous["cells"] for key in (cell_key(c), cell_key(c).any_host())}
+        cells = [
+            c for c in cells if CellKey.of(c.scenario.name, c.driver.name, c.backing, c.params, c.host) not in done
+        ]
         progress(f"resuming {resume_path}: {len(previous['cells'])} cells done, {len(cells)} to go")
 
     if executor is None:  # a fleet's hosts use and check their own

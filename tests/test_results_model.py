@@ -1,0 +1,161 @@
+"""The typed results model (harness/analysis/results_model.py): one key, one median, one slicing."""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from layerbench.analysis import compare, results
+from layerbench.analysis.results_model import (
+    CellKey,
+    CellResult,
+    RunDocument,
+    cell_key,
+    median,
+    run_document,
+)
+from layerbench.analysis.stats import summarize
+from layerbench.run import resume
+
+DATA = Path(__file__).parent / "data"
+
+
+def cell(driver: str, backing: str | None = None, host: str | None = None, **params: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "scenario": "copy-up",
+        "driver": driver,
+        "params": params,
+        "status": "ok",
+        "error": None,
+        "metrics": {"copy_up_ns": {"unit": "ns", "samples": [4, 1, 3, 2]}},
+    }
+    if backing is not None:
+        out["backing"] = backing
+    if host is not None:
+        out["host"] = host
+    return out
+
+
+def test_the_key_is_scenario_driver_backing_params_host_in_that_order() -> None:
+    key = cell_key(cell("overlay2", "ext4", "host-a", mode="append", file_size=4096))
+    assert key == ("copy-up", "overlay2", "ext4", "file_size=4096;mode=append", "host-a")
+    assert (key.scenario, key.driver, key.backing, key.params, key.host) == tuple(key)
+    # what a file without backing or host says is "" (one place reads `get("host") or ""`)
+    assert cell_key(cell("vfs")) == ("copy-up", "vfs", "", "", "")
+    assert cell_key({**cell("vfs"), "host": None, "backing": None}) == cell_key(cell("vfs"))
+    # a planned cell's parts give the same key as its record
+    assert CellKey.of("copy-up", "overlay2", "ext4", {"mode": "append", "file_size": 4096}, "host-a") == key
+
+
+def test_there_is_one_cell_key() -> None:
+    assert results.cell_key is cell_key
+    assert not hasattr(resume, "cell_key")  # the second one, with another field order, is gone
+
+
+def test_a_cell_planned_for_any_host_is_done_once_it_is_done_on_one() -> None:
+    """The runner's resume filter: the done set holds each cell's key and its any-host key."""
+    done = {k for c in [cell("overlay2", "ext4", "host-a")] for k in (cell_key(c), cell_key(c).any_host())}
+    assert CellKey.of("copy-up", "overlay2", "ext4", {}, None) in done
+    assert CellKey.of("copy-up", "overlay2", "ext4", {}, "host-a") in done
+    assert CellKey.of("copy-up", "overlay2", "ext4", {}, "host-b") not in done
+    assert CellKey.of("copy-up", "overlay2", "xfs", {}, None) not in done
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [([4, 1, 3, 2], 2.5), ([5, 1, 3], 3.0), ([7], 7.0), ([1e9, 3e9], 2e9), ([], None)],
+)
+def test_the_median_is_the_middle_or_the_mean_of_the_two_middle_ones(
+    samples: list[float], expected: float | None
+) -> None:
+    got = median(samples)
+    assert got == expected and (got is None or isinstance(got, float))
+
+
+def test_every_headline_median_is_the_models() -> None:
+    """The summary's median (reports, load), a cell's and compare's agree on a real results file."""
+    doc = results.read(DATA / "copy-up.json")
+    run = run_document(doc)
+    for c in run.cells:
+        for name, metric in c.metrics.items():
+            assert c.median(name) == metric.median == summarize(metric.samples)["median"]
+            assert c.median(name) == statistics.median(metric.samples)
+    changes = compare.compare(doc, doc)[0]
+    by_key = {c.key: c for c in run.cells}
+    for change in changes:
+        found = by_key[CellKey(change.scenario, change.driver, change.backing, change.params, change.host)]
+        assert change.old == change.new == found.median(change.metric)
+
+
+def test_a_missing_metric_has_no_median_and_no_samples() -> None:
+    one = CellResult.from_dict(cell("overlay2"))
+    assert one.median("nope") is None and one.samples("nope") == []
+    assert one.samples("copy_up_ns") == [4.0, 1.0, 3.0, 2.0]
+
+
+def test_by_host_splits_a_fleet_run_into_its_hosts() -> None:
+    run = run_document(results.read(DATA / "fleet-2hosts.json"))
+    parts = run.by_host()
+    assert [h for h, _ in parts] == ["lb-h8-a", "lb-h8-b"]
+    for host, part in parts:
+        assert part.cells and all(c.host == host for c in part.cells)
+    assert sum(len(p.cells) for _, p in parts) == len(run.cells)
+    assert run.several_hosts and run.hosts == ["lb-h8-a", "lb-h8-b"]
+    one = run.with_cells(c for c in run.cells if c.host == "lb-h8-a")
+    assert one.by_host() == [("", one)] and not one.several_hosts
+
+
+def test_by_backing_keeps_drivers_of_one_backing_in_every_part() -> None:
+    run = run_document({"cells": [cell("overlay2", "ext4"), cell("overlay2", "xfs"), cell("btrfs", "btrfs")]})
+    parts = run.by_backing()
+    assert [b for b, _ in parts] == ["ext4", "xfs"]  # btrfs ran on one backing: no part of its own
+    assert [[(c.driver, c.backing) for c in p.cells] for _, p in parts] == [
+        [("overlay2", "ext4"), ("btrfs", "btrfs")],
+        [("overlay2", "xfs"), ("btrfs", "btrfs")],
+    ]
+    assert run.swept_backings
+    flat = run_document({"cells": [cell("overlay2", "ext4"), cell("btrfs", "btrfs")]})
+    assert flat.by_backing() == [("", flat)] and not flat.swept_backings
+
+
+def test_the_model_gives_back_the_json_document(tmp_path: Path) -> None:
+    doc = results.read(DATA / "fleet-2hosts.json")
+    before = copy.deepcopy(doc)
+    run = run_document(doc)
+    assert run_document(run) is run  # the builder takes a model too
+    assert run.to_dict() == before and doc == before  # a view: the document is not changed
+    results.validate(run.to_dict())
+    # a slice's document is the same run with the slice's cells, still valid
+    host, part = run.by_host()[1]
+    sliced = part.to_dict()
+    results.validate(sliced)
+    assert {c["host"] for c in sliced["cells"]} == {host} and sliced["label"] == doc["label"]
+    path = tmp_path / "x.json"
+    results.save(sliced, path)
+    assert json.loads(path.read_text())["cells"] == [c for c in before["cells"] if c.get("host") == host]
+
+
+def test_run_fields_and_styles_come_from_the_document() -> None:
+    run = RunDocument.from_dict(
+        {"label": "r", "drivers": {"overlay2": {"style": "union"}}, "cells": [cell("overlay2"), cell("vfs")]}
+    )
+    assert run.label == "r" and run.style("overlay2") == "union" and run.style("vfs") == ""
+    failed = {**cell("vfs", mode="append"), "status": "error", "error": "boom"}
+    run = run.with_cells([*run.cells, CellResult.from_dict(failed)])
+    assert [c.driver for c in run.ok()] == ["overlay2", "vfs"]
+    assert [c.driver for c in run.ok("copy-up", mode="append")] == []
+    assert [(c.status, c.error) for c in run.cells if not c.ok] == [("error", "boom")]
+
+
+def test_one_way_to_name_a_cell() -> None:
+    one = CellResult.from_dict(cell("overlay2", "ext4", "host-a", file_size=1048576))
+    assert one.name() == "copy-up overlay2 on ext4 @ host-a (file_size=1048576)"
+    assert one.name(human=True, host=False) == "copy-up overlay2 on ext4 (file_size=1 MiB)"
+    assert one.name(params_first=True) == "copy-up overlay2 file_size=1048576 on ext4 @ host-a"
+    assert CellResult.from_dict(cell("vfs")).name() == "copy-up vfs"
+    assert one.key.name() == one.name()
