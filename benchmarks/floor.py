@@ -60,7 +60,7 @@ from layerbench.images.image import FileSpec, SyntheticImage, synthetic_image
 from layerbench.kernel import syscalls
 from layerbench.kernel.treecopy import copy_tree
 from layerbench.run import overhead
-from layerbench.run.backing import BackingStore
+from layerbench.run.session import open_driver
 from layerbench.run.timing import StartTimer
 
 Op = Callable[[int], int]  # round number -> nanoseconds of the timed region
@@ -192,14 +192,10 @@ def interleave(ops: dict[str, Op], samples: int) -> Samples:
 
 def overlay_section(workdir: Path, samples: int, layers: int) -> Samples:
     """overlay2 on ext4: bare mount(2) and fsconfig against layerbench startup."""
-    store = BackingStore(workdir, "ext4", STORE_BYTES)
-    with store as mnt:
-        home, bare = mnt / "overlay2", mnt / "bare"
-        home.mkdir(mode=0o700)
+    with open_driver(Overlay2Driver, workdir, "ext4", STORE_BYTES) as session:
+        driver, store, bare = session.driver, session.store, session.store.mountpoint / "bare"
         bare.mkdir()
-        driver = Overlay2Driver(home)
         try:
-            driver.setup()
             image = small_image(layers)
             top = build(driver, image)
             timer = StartTimer(driver, image, top, store)
@@ -223,27 +219,17 @@ def overlay_section(workdir: Path, samples: int, layers: int) -> Samples:
             print(f"overlay2: {layers} layers; the driver mounts via {how}, options {options_text(options)}")
             return interleave(ops, samples)
         finally:
-            try:
-                unmount_below(bare)
-            finally:
-                driver.close()
+            unmount_below(bare)
 
 
 def btrfs_section(workdir: Path, samples: int, layers: int) -> Samples:
     """btrfs: bare snapshot ioctl against layerbench startup."""
-    store = BackingStore(workdir, "btrfs", STORE_BYTES)
-    with store as mnt:
-        home = mnt / "btrfs"
-        home.mkdir(mode=0o700)
-        driver = BtrfsDriver(home)
-        try:
-            driver.setup()
-            image = small_image(layers)
-            top = build(driver, image)
-            timer = StartTimer(driver, image, top, store)
-            return interleave({IOCTL: bare_snapshot_op(driver, top), STARTUP: startup_op(timer)}, samples)
-        finally:
-            driver.close()
+    with open_driver(BtrfsDriver, workdir, "btrfs", STORE_BYTES) as session:
+        driver, store = session.driver, session.store
+        image = small_image(layers)
+        top = build(driver, image)
+        timer = StartTimer(driver, image, top, store)
+        return interleave({IOCTL: bare_snapshot_op(driver, top), STARTUP: startup_op(timer)}, samples)
 
 
 def copy_tree_op(src: str, copies: Path) -> Op:
@@ -293,53 +279,40 @@ def vfs_section(workdir: Path, samples: int, layers: int) -> Samples:
     """vfs on ext4: copy_tree and a vfs start against `cp -a --reflink=never`, and a bare spawn."""
     cp, true = shutil.which("cp"), shutil.which("true")
     assert cp is not None and true is not None
-    store = BackingStore(workdir, "ext4", VFS_STORE_BYTES)
-    with store as mnt:
-        home, copies = mnt / "vfs", mnt / "copies"
-        home.mkdir(mode=0o700)
+    with open_driver(VfsDriver, workdir, "ext4", VFS_STORE_BYTES) as session:
+        driver, store, home, copies = session.driver, session.store, session.home, session.store.mountpoint / "copies"
         copies.mkdir()
-        driver = VfsDriver(home)
-        try:
-            driver.setup()
-            image = synthetic_image(1, VFS_FILES, VFS_BYTES)
-            top = build(driver, image)
-            timer = StartTimer(driver, image, top, store)
-            os.sync()
-            src = str(home / "dir" / "l0")
-            print(f"vfs: tree of {image.total_files} files, {image.total_bytes >> 20} MiB on ext4")
-            return interleave(
-                {
-                    COPY_TREE: copy_tree_op(src, copies),
-                    VFS_START: vfs_startup_op(timer),
-                    CP: command_op([cp, "-a", "--reflink=never", src, f"{copies}/cp{{r}}"], copies / "cp{r}"),
-                    SPAWN: command_op([true]),
-                },
-                samples,
-            )
-        finally:
-            driver.close()
+        image = synthetic_image(1, VFS_FILES, VFS_BYTES)
+        top = build(driver, image)
+        timer = StartTimer(driver, image, top, store)
+        os.sync()
+        src = str(home / "dir" / "l0")
+        print(f"vfs: tree of {image.total_files} files, {image.total_bytes >> 20} MiB on ext4")
+        return interleave(
+            {
+                COPY_TREE: copy_tree_op(src, copies),
+                VFS_START: vfs_startup_op(timer),
+                CP: command_op([cp, "-a", "--reflink=never", src, f"{copies}/cp{{r}}"], copies / "cp{r}"),
+                SPAWN: command_op([true]),
+            },
+            samples,
+        )
 
 
 def null_section(workdir: Path, samples: int, layers: int) -> Samples:
     """A start step through the null driver on its first backing ("dir"), and an empty timed region."""
     rounds = max(samples, 2000)
-    store = BackingStore(workdir, NullDriver.backings[0], 0)
-    with store as mnt:
-        driver = NullDriver(mnt / "null")
-        driver.home.mkdir(mode=0o700)
-        driver.setup()
-        try:
-            image = files_image([()])  # one empty layer
-            timer = StartTimer(driver, image, build(driver, image), store)
+    with open_driver(NullDriver, workdir, NullDriver.backings[0], 0) as session:
+        driver, store = session.driver, session.store
+        image = files_image([()])  # one empty layer
+        timer = StartTimer(driver, image, build(driver, image), store)
 
-            def empty_op(r: int) -> int:
-                t0 = perf_counter_ns()
-                t1 = perf_counter_ns()
-                return t1 - t0
+        def empty_op(r: int) -> int:
+            t0 = perf_counter_ns()
+            t1 = perf_counter_ns()
+            return t1 - t0
 
-            return interleave({NULL_START: startup_op(timer), EMPTY: empty_op}, rounds)
-        finally:
-            driver.close()
+        return interleave({NULL_START: startup_op(timer), EMPTY: empty_op}, rounds)
 
 
 def quartiles(xs: list[int]) -> tuple[float, float, float]:

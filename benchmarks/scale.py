@@ -34,7 +34,7 @@ from layerbench.drivers.overlay2 import Overlay2Driver
 from layerbench.images.build import build_image, files_image
 from layerbench.images.image import FileSpec, synthetic_image
 from layerbench.kernel import syscalls
-from layerbench.run.backing import BackingStore
+from layerbench.run.session import open_driver
 from layerbench.run.timing import StartTimer
 
 COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -54,14 +54,10 @@ def slope(xs: list[float], ys: list[float]) -> float:
 
 def containers_section(cls: type[Driver], workdir: Path, counts: list[int]) -> dict[str, Any]:
     image = synthetic_image(3, 1000, 100 * MiB, seed=0)
-    store = BackingStore(workdir, cls.backings[0], 2048 * MiB)
-    with store as mnt:
-        home = mnt / cls.name
-        home.mkdir(mode=0o700)
-        driver = cls(home)
+    with open_driver(cls, workdir, cls.backings[0], 2048 * MiB) as session:
+        driver, store, mnt = session.driver, session.store, session.store.mountpoint
         timer: StartTimer | None = None
         try:
-            driver.setup()
             top = build_image(driver, image, ids=[f"l{i}" for i in range(image.layer_count)])
             timer = StartTimer(driver, image, top, store)
             base = used_bytes(mnt)
@@ -88,42 +84,34 @@ def containers_section(cls: type[Driver], workdir: Path, counts: list[int]) -> d
         finally:
             if timer is not None:
                 timer.release()
-            driver.close()
 
 
 def layers_section(workdir: Path, layer_counts: list[int], per_step: int) -> dict[str, Any]:
-    store = BackingStore(workdir, "ext4", 1024 * MiB)
-    with store as mnt:
-        home = mnt / "overlay2"
-        home.mkdir(mode=0o700)
-        driver = Overlay2Driver(home)
-        try:
-            driver.setup()
-            rows: list[dict[str, Any]] = []
-            parent: str | None = None
-            made = 0
-            for count in layer_counts:  # each count's new layers on the last count's image
-                new = files_image([(FileSpec(f"l{i}.txt", 64, seed=i),) for i in range(made, count)])
-                parent = build_image(driver, new, ids=[f"l{i}" for i in range(made, count)], parent=parent)
-                made = count
-                timer = StartTimer(driver, new, parent, store, prefix=f"s{count}-")
-                times = []
-                for k in range(per_step + 2):  # two warm-up starts
-                    ns = timer.start()
-                    timer.release()
-                    if k >= 2:
-                        times.append(ns)
-                rows.append({"layers": count, "startup_ns": times})
-                print(
-                    f"overlay2  {count:>4} layers  startup {statistics.median(times) / 1e3:>8.1f} µs "
-                    f"(median of {len(times)})",
-                    flush=True,
-                )
-            s = slope([r["layers"] for r in rows], [statistics.median(r["startup_ns"]) for r in rows])
-            print(f"overlay2  slope: startup {s / 1e3:+.2f} µs per layer")
-            return {"rows": rows, "startup_slope_ns": s}
-        finally:
-            driver.close()
+    with open_driver(Overlay2Driver, workdir, "ext4", 1024 * MiB) as session:
+        driver, store = session.driver, session.store
+        rows: list[dict[str, Any]] = []
+        parent: str | None = None
+        made = 0
+        for count in layer_counts:  # each count's new layers on the last count's image
+            new = files_image([(FileSpec(f"l{i}.txt", 64, seed=i),) for i in range(made, count)])
+            parent = build_image(driver, new, ids=[f"l{i}" for i in range(made, count)], parent=parent)
+            made = count
+            timer = StartTimer(driver, new, parent, store, prefix=f"s{count}-")
+            times = []
+            for k in range(per_step + 2):  # two warm-up starts
+                ns = timer.start()
+                timer.release()
+                if k >= 2:
+                    times.append(ns)
+            rows.append({"layers": count, "startup_ns": times})
+            print(
+                f"overlay2  {count:>4} layers  startup {statistics.median(times) / 1e3:>8.1f} µs "
+                f"(median of {len(times)})",
+                flush=True,
+            )
+        s = slope([r["layers"] for r in rows], [statistics.median(r["startup_ns"]) for r in rows])
+        print(f"overlay2  slope: startup {s / 1e3:+.2f} µs per layer")
+        return {"rows": rows, "startup_slope_ns": s}
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -17,6 +17,7 @@ from layerbench.kernel import mountinfo, syscalls
 from layerbench.plugins import default_plugins
 from layerbench.run import backing
 from layerbench.run.backing import BackingStore
+from layerbench.run.session import open_driver
 
 ROOT = os.geteuid() == 0
 
@@ -117,16 +118,8 @@ def driver_on_store(
     """A fresh backing store of the driver's default kind, and the driver set up on it."""
     require(name)
     cls = default_plugins().driver(name)
-    store = BackingStore(work, cls.backings[0], size, inodes)
-    with store as mnt:
-        home = mnt / name
-        home.mkdir()
-        driver = cls(home)
-        driver.setup()
-        try:
-            yield driver, store
-        finally:
-            driver.close()
+    with open_driver(cls, work, cls.backings[0], size, inodes) as session:
+        yield session.driver, session.store
 
 
 def first_append_ns(path: Path) -> int:

@@ -25,7 +25,7 @@ from layerbench.errors import RunStopped, UserError
 from layerbench.kernel import safety
 from layerbench.plugins import Plugins, default_plugins
 from layerbench.run import backing, machine, overhead
-from layerbench.run.cell import build_template, run_cell
+from layerbench.run.cell import run_cell
 from layerbench.run.estimates import check_disk, estimate_bytes, estimate_inodes
 from layerbench.run.ledger import LEDGER_NAME, Ledger
 from layerbench.run.plan import Cell, Plan, PlannedCell, RunConfig, order_cells, plan, plan_cells, select_drivers
@@ -33,7 +33,7 @@ from layerbench.run.progress import CellEvent, CellEvents
 from layerbench.run.resume import resume
 from layerbench.run.sampling import Sampling
 from layerbench.run.teardown import Overlap
-from layerbench.run.templates import Templates
+from layerbench.run.templates import Templates, build_template
 from layerbench.scenario import Scenario, resolve_scenarios
 
 __all__ = [

@@ -23,14 +23,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from layerbench.driver import Driver
+from layerbench.environment import RunEnvironment
+from layerbench.images.build import layer_ids
 from layerbench.kernel.safety import remove_tree
-from layerbench.run.backing import Usage
+from layerbench.run.backing import Usage, allocated_bytes
+from layerbench.run.builds import build_measured
 from layerbench.run.ledger import Ledger
+from layerbench.run.session import DriverSession
 
 if TYPE_CHECKING:
     from layerbench.run.runner import Cell
 
-__all__ = ["Template", "Templates", "family_key", "adopt", "let_go", "warm"]
+__all__ = ["Template", "Templates", "family_key", "build_template", "adopt", "let_go", "warm"]
 
 
 @dataclass
@@ -61,6 +65,48 @@ def family_key(cell: Cell) -> tuple[str, ...] | None:
     if image.get("source", "synthetic") != "synthetic":
         return None
     return json.dumps(image, sort_keys=True), cell.driver.name, cell.backing
+
+
+def build_template(
+    cell: Cell,
+    workdir: Path,
+    size_bytes: int,
+    inodes: int,
+    ledger: Ledger | None = None,
+    env: RunEnvironment | None = None,
+) -> Template:
+    """Build the cell's image on a fresh store in `workdir` as a cell does (harness/run/cell.py), and
+    keep its backing file, cleanly unmounted, as its family's template."""
+    loop_io = (env or RunEnvironment()).loop_io
+    session = DriverSession.new(
+        cell.driver, workdir, cell.backing, size_bytes, inodes, ledger=ledger, loop_io=loop_io, own_workdir=True
+    )
+    try:
+        session.open_store()
+        store = session.store
+        base, base_walk = store.usage(), allocated_bytes(store.mountpoint)
+        driver = session.start()
+        image, ids = cell.image, layer_ids(cell.image)
+        top, per_layer = build_measured(image, driver, store, base.bytes)
+        template = Template(
+            store.image,
+            store.size_bytes,
+            inodes,
+            base,
+            base_walk,
+            top,
+            per_layer,
+            [(layer, ids[i - 1] if i else None) for i, layer in enumerate(ids)],
+            image.total_bytes,
+            driver.inspect(top),
+        )
+        let_go(driver)
+        session.forget_driver()
+        store.close(keep_file=True)
+        return template
+    except BaseException:
+        session.close()
+        raise
 
 
 def adopt(driver: Driver, template: Template) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from layerbench.driver import Driver
 from layerbench.kernel import mountinfo
 from layerbench.run.backing import BackingStore
+from layerbench.run.session import DriverSession, open_driver
 from layerbench.run.userns import hand_over, in_initial_userns
 
 __all__ = ["mounts_below", "default_backing", "driver_session", "userns_session"]
@@ -39,16 +40,8 @@ def driver_session(cls: type[Driver], workdir: Path, size_bytes: int = 512 * _Mi
         import pytest  # only here: the module is pytest-free otherwise
 
         pytest.skip(f"{cls.name} runs inside a user namespace; the layerbench_driver fixture runs tests there")
-    store = BackingStore(workdir, default_backing(cls), size_bytes)
-    with store as mnt:
-        home = mnt / cls.name
-        home.mkdir(mode=0o700, parents=True)
-        driver = cls(home)
-        try:
-            driver.setup()
-            yield driver
-        finally:
-            driver.close()
+    with open_driver(cls, workdir, default_backing(cls), size_bytes) as session:
+        yield session.driver
 
 
 @contextmanager
@@ -58,12 +51,10 @@ def userns_session(cls: type[Driver], workdir: Path, size_bytes: int = 512 * _Mi
     Call `setup` and everything else inside :func:`~layerbench.run.userns.run_in_userns`
     (exposing the store's mount point); `close` here, after it, removes what is left.
     """
-    with BackingStore(workdir, default_backing(cls), size_bytes) as mnt:
-        home = mnt / cls.name
-        home.mkdir(mode=0o700, parents=True)
-        hand_over(mnt)
-        driver = cls(home)
-        try:
-            yield driver
-        finally:
-            driver.close()
+    session = DriverSession(cls, BackingStore(workdir, default_backing(cls), size_bytes))
+    try:
+        session.open_store()
+        hand_over(session.store.mountpoint)
+        yield session.start(setup=False)
+    finally:
+        session.close()

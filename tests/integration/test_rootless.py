@@ -239,8 +239,7 @@ def test_a_rootless_cell_past_its_time_limit_is_killed_and_released(
     """The cell's time limit fires in the parent; the child (mid-mount) is killed, the store released."""
 
     def hang(run: Any) -> None:
-        driver = run.cell.driver(run.home)
-        driver.setup()
+        driver = run.session.start()
         driver.create_layer("base", None)
         driver.seal_layer("base")
         driver.create_container("c", "base")
@@ -258,7 +257,7 @@ def test_a_failing_rootless_cell_keeps_its_partial_samples_and_error_type(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def fail(run: Any) -> None:
-        run.recorded["copy_up_ns"].append(123)
+        run.recorder.record("copy_up_ns", 123)
         raise PermissionError(13, "injected in the namespace")
 
     monkeypatch.setattr(cell, "_measure", fail)

@@ -13,9 +13,9 @@ import pytest
 from layerbench.driver import Driver
 from layerbench.plugins import default_plugins
 from layerbench.run import runner
-from layerbench.run.backing import BackingStore
 from layerbench.run.builds import build_measured
 from layerbench.run.sampling import Sampling
+from layerbench.run.session import open_driver
 from layerbench.run.templates import Template, adopt
 from layerbench.scenario import load_scenario
 from layerbench.testing import Tree, compare, snapshot
@@ -80,26 +80,18 @@ def _container_root(
     cell: runner.Cell, work: Path, template: Template | None, size: int, inodes: int
 ) -> Iterator[tuple[Path, Driver]]:
     """A container of the cell's image, on a fresh build or on a copy of `template`."""
-    store = BackingStore(work, cell.backing, size, inodes, template=template.image if template else None)
-    with store as mnt:
-        home = mnt / cell.driver.name
-        driver = cell.driver(home)
-        try:
-            if template is None:
-                home.mkdir(mode=0o700)
-                driver.setup()
-                base = store.usage()
-                top, _ = build_measured(cell.scenario.image({}), driver, store, base.bytes)
-            else:
-                driver.setup()
-                adopt(driver, template)
-                top = template.top
-            driver.create_container("c", top)
-            yield driver.mount("c"), driver
-            driver.unmount("c")
-            driver.remove("c")
-        finally:
-            driver.close()
+    backing_file = template.image if template else None
+    with open_driver(cell.driver, work, cell.backing, size, inodes, template=backing_file) as session:
+        driver, store = session.driver, session.store
+        if template is None:
+            top, _ = build_measured(cell.scenario.image({}), driver, store, store.usage().bytes)
+        else:
+            adopt(driver, template)
+            top = template.top
+        driver.create_container("c", top)
+        yield driver.mount("c"), driver
+        driver.unmount("c")
+        driver.remove("c")
 
 
 def test_every_driver_that_adopts_a_store_is_checked_here() -> None:
