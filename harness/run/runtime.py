@@ -21,6 +21,7 @@ it inside its user namespace, as rootless Podman does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -266,7 +267,8 @@ class CrunContainer:
         """Kill the container (SIGKILL to its pid 1 ends its pid namespace), `crun delete`, end the holder."""
         try:
             if self.pidfd >= 0:  # pinned: the pid cannot name another process
-                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # it ended on its own (an entrypoint that exits)
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
                 _wait_fd(self.pidfd, _STOP_WAIT_S)
             if self._created and self.holder.poll() is None:
                 self._crun("delete", "--force", self.name).wait()
