@@ -4,7 +4,8 @@ Each test is a `docker save` archive whose top layer carries one of fuse-overlay
 metadata xattrs (its sources: `user.fuseoverlayfs.*`, `security.fuseoverlayfs.*`,
 `user.containers.*`), imported and mounted on the real fuse-overlayfs driver. Before the
 filter (images/layer_encoding.MECHANISM_XATTRS) each attack worked: a lower directory's
-files hidden, a 0644 file shown setuid root, a file showing a host path's inode number.
+files hidden, a 0644 file shown setuid root, a file showing a host path's inode number,
+one file reading another's bytes.
 """
 
 from __future__ import annotations
@@ -86,6 +87,26 @@ def test_the_fuse_overlayfs_origin_xattr_does_not_take_a_host_paths_inode(tmp_pa
             assert "user.fuseoverlayfs.origin" not in os.listxattr(root / "probe", follow_symlinks=False)
         finally:
             driver.unmount("c")
+
+
+def test_an_origin_xattr_does_not_make_one_file_read_anothers_bytes(tmp_path: Path) -> None:
+    """fuse-overlayfs looks a file up in the layers below under the path its origin xattr names and
+    takes that file's inode: both paths became one inode, and `probe` read `hidden/secret`'s bytes
+    (seen with the filter removed: b"lower bytes")."""
+    name = "user.fuseoverlayfs.origin"
+    top = tar_bytes(F("probe", b"the image's own bytes", xattrs={name: "hidden/secret"}))
+    archive = docker_archive(tmp_path / "image.tar", {"x:1": [LOWER, top]})
+    with driver_on_store("fuse-overlayfs", tmp_path / "store") as (driver, _):
+        root = _container(driver, archive)
+        try:
+            assert (root / "hidden" / "secret").read_bytes() == b"lower bytes"
+            assert (root / "probe").read_bytes() == b"the image's own bytes"
+            assert os.lstat(root / "probe").st_ino != os.lstat(root / "hidden" / "secret").st_ino
+            assert name not in os.listxattr(root / "probe", follow_symlinks=False)
+        finally:
+            driver.unmount("c")
+        # the dropped state on disk: the layer's file (overlay2's layout, <id>/diff) carries no origin
+        assert name not in os.listxattr(driver.home / "l1" / "diff" / "probe", follow_symlinks=False)
 
 
 @pytest.mark.parametrize(
