@@ -145,15 +145,18 @@ class ArchiveImage:
     _next: int = 0
 
     def _scan(self) -> None:
-        """Read the layers' tar headers once: the final image's files and sizes, each layer's size.
+        """Read the layers' tar headers once: the final image's files and sizes, each layer's size; each
+        layer's uncompressed bytes checked against its diff_id in the same pass (before any store is made).
 
         An image whose every layer has a digest (verified when it was opened) is scanned once per
         process: every cell that opens the same image shares the result while it is within the limit
         (a scan that passed a limit passes any limit as large; a smaller one scans again, and refuses)."""
         if self._scanned:
             return
-        digests = tuple(b.digest for b in self.blobs)
-        key = digests if all(digests) else None
+        # a scan is shared only by layers whose stored bytes were checked (their digest), and by the same
+        # diff_ids: the scan checks the uncompressed bytes against them
+        ids = tuple((b.digest, b.diff_id) for b in self.blobs)
+        key = ids if all(d for d, _ in ids) else None
         if key is not None and key in _SCANS:
             files, sizes = _SCANS[key]
             if self.limit is None or sum(sizes) <= self.limit.total:
@@ -163,7 +166,7 @@ class ArchiveImage:
         seen = 0
         for blob in self.blobs:
             limit = None if self.limit is None else replace(self.limit, below=sum(self._sizes))
-            with blob.open() as raw, read_layer(raw, blob.name, limit) as layer:
+            with blob.open() as raw, read_layer(raw, blob.name, limit, blob.diff_id) as layer:
                 seen, written = _scan_layer(tree, layer, seen, blob.name, limit)
                 self._sizes.append(max(layer.size(), written))  # the most the layer reads or writes
         self._files, self._scanned = _files(tree), True

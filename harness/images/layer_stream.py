@@ -2,14 +2,18 @@
 
 The uncompressed bytes stop at a `SizeLimit` (by default the free disk of the layer's
 filesystem less a margin), header blocks at 16 MiB; each refusal is one `UserError`
-naming the layer, raised as soon as it shows, before more is decompressed.
+naming the layer, raised as soon as it shows, before more is decompressed. Given the
+layer's `diff_id` (the image config's digest of the uncompressed tar), the bytes are
+hashed as they are decompressed, in the same pass, and checked at the stream's end.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
+import re
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -33,6 +37,7 @@ __all__ = [
     "BoundedTarInfo",
     "HeaderTooLarge",
     "zstd_errors",
+    "diff_id_hash",
 ]
 
 _GZIP, _ZSTD = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
@@ -95,11 +100,23 @@ class BoundedTarInfo(tarfile.TarInfo):
         return super()._proc_member(tar)  # type: ignore[misc]
 
 
-class _Bounded(io.RawIOBase):
-    """A decompressed stream that counts its bytes and raises the limit's error past `limit.left`."""
+_DIGEST = re.compile(r"^(sha256|sha512):([0-9a-f]{64}|[0-9a-f]{128})$")
 
-    def __init__(self, stream: BinaryIO, limit: SizeLimit | None, source: str) -> None:
-        self.stream, self.limit, self.source, self.count = stream, limit, source, 0
+
+def diff_id_hash(source: str, diff_id: str) -> tuple[hashlib._Hash, str]:
+    """A new hash of `diff_id`'s algorithm and the hex digest it must reach; a malformed one is a `UserError`."""
+    m = _DIGEST.match(diff_id)
+    if m is None or len(m.group(2)) != {"sha256": 64, "sha512": 128}[m.group(1)]:
+        raise UserError(f"{source}: unsupported or malformed diff_id {diff_id!r}")
+    return hashlib.new(m.group(1)), m.group(2)
+
+
+class _Bounded(io.RawIOBase):
+    """A decompressed stream that counts (and, given a hash, hashes) its bytes and raises the
+    limit's error past `limit.left`."""
+
+    def __init__(self, stream: BinaryIO, limit: SizeLimit | None, source: str, hasher: hashlib._Hash | None) -> None:
+        self.stream, self.limit, self.source, self.count, self.hasher = stream, limit, source, 0, hasher
 
     def readable(self) -> bool:
         return True
@@ -110,6 +127,8 @@ class _Bounded(io.RawIOBase):
         self.count += len(data)
         if self.limit is not None and self.count > self.limit.left:
             raise self.limit.error(self.source)
+        if self.hasher is not None:
+            self.hasher.update(data)
         buf[: len(data)] = data
         return len(data)
 
@@ -134,13 +153,15 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
-def open_layer_stream(fileobj: BinaryIO, limit: SizeLimit | None = None, name: str = "layer") -> BinaryIO:
+def open_layer_stream(
+    fileobj: BinaryIO, limit: SizeLimit | None = None, name: str = "layer", hasher: hashlib._Hash | None = None
+) -> BinaryIO:
     """Return `fileobj` decompressed as its magic says: gzip, zstd, or as it is.
 
     With `limit`, reading more than `limit.left` decompressed bytes raises its `UserError`
-    (naming `name`) at once, before more is decompressed.
+    (naming `name`) at once, before more is decompressed; `hasher` is fed every decompressed byte.
     """
-    return io.BufferedReader(_Bounded(_decompressed(fileobj), limit, name), CHUNK)
+    return io.BufferedReader(_Bounded(_decompressed(fileobj), limit, name, hasher), CHUNK)
 
 
 def _decompressed(fileobj: BinaryIO) -> BinaryIO:
@@ -187,16 +208,26 @@ class LayerTar:
 
 
 @contextmanager
-def read_layer(fileobj: BinaryIO, source: str, limit: SizeLimit | None = None) -> Iterator[LayerTar]:
+def read_layer(
+    fileobj: BinaryIO, source: str, limit: SizeLimit | None = None, diff_id: str | None = None
+) -> Iterator[LayerTar]:
     """The layer tar stream in `fileobj` (plain, gzip or zstd), for one pass in order.
 
     Reading past `limit`, a header block over 16 MiB, a corrupt stream: one `UserError`
-    naming `source`, raised as soon as it shows.
+    naming `source`, raised as soon as it shows. With `diff_id`, the decompressed bytes are
+    hashed as they are read; once the caller is done, the rest of the stream (the tar's end
+    blocks) is read and a digest other than `diff_id` is a `UserError`.
     """
+    hasher, want = diff_id_hash(source, diff_id) if diff_id is not None else (None, "")
     try:
-        stream = open_layer_stream(fileobj, limit, source)
+        stream = open_layer_stream(fileobj, limit, source, hasher)
         with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape", tarinfo=BoundedTarInfo) as tar:
             yield LayerTar(tar, stream, stream.raw)  # type: ignore[attr-defined]
+            if hasher is not None:
+                while stream.read(CHUNK):
+                    pass
+                if hasher.hexdigest() != want:
+                    raise UserError(f"{source}: uncompressed content does not match its diff_id {diff_id}")
     except HeaderTooLarge as exc:
         raise UserError(f"{source}: {exc}") from None
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:

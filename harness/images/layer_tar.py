@@ -669,6 +669,7 @@ def apply_tar_layer(
     limit: SizeLimit | None = None,
     lower: LowerTree | None = None,
     opaque_xattr: str = OPAQUE_XATTR,
+    diff_id: str | None = None,
 ) -> LayerStats:
     """Apply one layer tar stream (plain, gzip or zstd) onto `root` with OCI semantics.
 
@@ -678,12 +679,14 @@ def apply_tar_layer(
     refusing them. The uncompressed stream and the bytes written stop at `limit` and at
     the free disk of the root's filesystem. On DIFF, `lower` (one `LowerTree` for all
     the layers of an image, bottom first) makes the refusals those of FULL and takes in
-    this layer; `opaque_xattr` is the driver's (`Driver.opaque_xattr`).
+    this layer; `opaque_xattr` is the driver's (`Driver.opaque_xattr`). With `diff_id`, the
+    uncompressed stream is hashed while it is applied and a mismatch is a `UserError` at its end
+    (what was applied stays: the caller removes the layer, as after any error).
     """
     source = name or name_of(fileobj)
     applier = _Applier(root, layer_format, source, symlinks, limit=limit, lower=lower, opaque_xattr=opaque_xattr)
     try:
-        with read_layer(fileobj, source, applier.limit) as layer:
+        with read_layer(fileobj, source, applier.limit, diff_id) as layer:
             for info in layer:
                 e = _entry(info)
                 if isinstance(e, str):

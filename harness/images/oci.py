@@ -20,7 +20,6 @@ import re
 import shutil
 import tarfile
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal, cast
@@ -31,7 +30,7 @@ from layerbench.errors import UserError
 from layerbench.images.config import ImageConfig, parse_config
 from layerbench.images.image import SyntheticImage
 from layerbench.images.layer_encoding import OPAQUE_XATTR
-from layerbench.images.layer_stream import BoundedTarInfo, HeaderTooLarge, SizeLimit, open_layer_stream, zstd_errors
+from layerbench.images.layer_stream import BoundedTarInfo, HeaderTooLarge, SizeLimit
 from layerbench.images.layer_tar import LayerStats, LowerTree, SymlinkPolicy, apply_host_dir, apply_tar_layer
 from layerbench.kernel.safety import DEFAULT_WORK_ROOT, prepare_work_root
 
@@ -44,6 +43,7 @@ __all__ = [
     "apply_blob",
     "apply_tar_layer",
     "apply_host_dir",
+    "config_diff_ids",
     "source_kind",
     "LAYER_MEDIA_TYPES",
     "write_layout",
@@ -100,6 +100,7 @@ class LayerBlob:
     size: int
     media_type: str
     digest: str | None  # "sha256:<hex>" of the stored bytes, when the format records it
+    diff_id: str | None = None  # the config's digest of the uncompressed tar, checked while it is read
 
     def open(self) -> BinaryIO:
         """The stored bytes (compressed as stored); `apply_tar_layer` decompresses."""
@@ -161,6 +162,7 @@ def apply_blob(
             limit=limit,
             lower=lower,
             opaque_xattr=opaque_xattr,
+            diff_id=blob.diff_id,
         )
 
 
@@ -172,8 +174,12 @@ def read_image(
     `path` is an OCI image layout directory, a `docker save` / `podman save` archive
     (legacy `manifest.json` form, or an OCI layout inside the tar), or either one
     unpacked into a directory. `ref` picks one image when there are several (a
-    RepoTag or an `org.opencontainers.image.ref.name`). A layer checked by its
-    uncompressed digest stops decompressing at `limit`. Raises `UserError`.
+    RepoTag or an `org.opencontainers.image.ref.name`). The stored bytes of a layer are
+    checked here against the digest that names them; each layer's `diff_id` (from the
+    config: the digest of its uncompressed tar) goes with its `LayerBlob` and is checked
+    whenever the layer is read (`read_layer`, `apply_blob`): in the same pass as the
+    decompression, never a pass of its own. `limit` is kept for callers; reading a layer
+    stops at the limit it is read with. Raises `UserError`.
     """
     src: _Dir | _Archive = _Dir(path) if path.is_dir() else _Archive(path)
     if src.has("manifest.json"):
@@ -185,9 +191,9 @@ def read_image(
             f"{path}: neither an OCI image layout (no oci-layout) nor a docker save archive (no manifest.json)"
         )
     if verify:
-        for blob, expect, uncompressed in layers:
-            _verify(blob, expect, uncompressed, limit)
-    return [blob for blob, _, _ in layers]
+        for blob in layers:
+            _verify(blob)
+    return layers
 
 
 # -- where the files are ---------------------------------------------------------------------
@@ -298,14 +304,16 @@ def _tags(entry: Any) -> list[str]:
     return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
 
 
-def _diff_ids(src: _Dir | _Archive, name: str, config: Any, layers: int) -> list[str]:
-    """The config's `rootfs.diff_ids`, one digest per layer (a config without them: a one-line error)."""
-    label = f"{src.label}:{name}"
+def config_diff_ids(label: str, config: Any, layers: int) -> list[str]:
+    """An image config's `rootfs.diff_ids`, one well-formed digest per layer, else a one-line error
+    naming `label` (the config)."""
     diff_ids = _obj(_obj(config).get("rootfs")).get("diff_ids")
     if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
         raise UserError(f"{label}: rootfs.diff_ids is missing or not a list of digests")
     if len(diff_ids) != layers:
         raise UserError(f"{label}: {len(diff_ids)} diff_ids for {layers} layers")
+    for d in diff_ids:
+        _parse_digest(label, d)
     return diff_ids
 
 
@@ -417,10 +425,14 @@ def pick_manifest(label: str, descs: list[Any]) -> dict[str, Any]:
     return _pick(label, descs, None)
 
 
-def _oci(src: _Dir | _Archive, ref: str | None) -> list[tuple[LayerBlob, str | None, str | None]]:
+def _oci(src: _Dir | _Archive, ref: str | None) -> list[LayerBlob]:
     label, doc = _oci_manifest(src, ref)
-    out: list[tuple[LayerBlob, str | None, str | None]] = []
-    for layer in _field(label, doc, "layers", list):
+    descs = _field(label, doc, "layers", list)
+    cdesc = _field(label, doc, "config", dict)
+    cname = _blob_name(label, cdesc.get("digest"))
+    diff_ids = config_diff_ids(f"{src.label}:{cname}", _read_json(src, cname, cdesc["digest"]), len(descs))
+    out: list[LayerBlob] = []
+    for layer, diff_id in zip(descs, diff_ids, strict=True):
         ltype = _field(label, layer, "mediaType", str)
         if ltype not in LAYER_MEDIA_TYPES:
             raise UserError(f"{label}: layer media type {ltype!r} is not a tar layer")
@@ -428,20 +440,14 @@ def _oci(src: _Dir | _Archive, ref: str | None) -> list[tuple[LayerBlob, str | N
         path, offset, size = src.locate(lname)
         if isinstance(layer.get("size"), int) and layer["size"] != size:
             raise UserError(f"{src.label}:{lname}: {size} bytes, the manifest says {layer['size']}")
-        out.append(
-            (
-                LayerBlob(f"{src.label}:{lname}", path, offset, size, ltype, layer["digest"]),
-                layer["digest"],
-                None,
-            )
-        )
+        out.append(LayerBlob(f"{src.label}:{lname}", path, offset, size, ltype, layer["digest"], diff_id))
     return out
 
 
 # -- docker save / podman save ---------------------------------------------------------------
 
 
-def _docker(src: _Dir | _Archive, ref: str | None) -> list[tuple[LayerBlob, str | None, str | None]]:
+def _docker(src: _Dir | _Archive, ref: str | None) -> list[LayerBlob]:
     label = f"{src.label}:manifest.json"
     entries = _read_json(src, "manifest.json")
     if not isinstance(entries, list) or not entries:
@@ -459,13 +465,13 @@ def _docker(src: _Dir | _Archive, ref: str | None) -> list[tuple[LayerBlob, str 
     if not isinstance(config_name, str):  # docker save always writes one: without it nothing checks the layers
         raise UserError(f"{label}: the image names no Config, so its layers cannot be checked (diff_ids)")
     config = _read_json(src, config_name, _digest_from_name(config_name))
-    diff_ids = _diff_ids(src, config_name, config, len(layers))
-    out: list[tuple[LayerBlob, str | None, str | None]] = []
-    for i, lname in enumerate(layers):
+    diff_ids = config_diff_ids(f"{src.label}:{config_name}", config, len(layers))
+    out: list[LayerBlob] = []
+    for lname, diff_id in zip(layers, diff_ids, strict=True):
         lname = _clean(label, lname)
         path, offset, size = src.locate(lname)
-        blob = LayerBlob(f"{src.label}:{lname}", path, offset, size, _sniff(path, offset), _digest_from_name(lname))
-        out.append((blob, blob.digest, diff_ids[i]))
+        digest = _digest_from_name(lname)  # a newer docker save names each layer blobs/sha256/<digest>
+        out.append(LayerBlob(f"{src.label}:{lname}", path, offset, size, _sniff(path, offset), digest, diff_id))
     return out
 
 
@@ -484,28 +490,20 @@ def _sniff(path: Path, offset: int) -> str:
     return "application/vnd.oci.image.layer.v1.tar"
 
 
-#: what reading a corrupt layer stream raises (gzip, zstd, a short file)
-_READ_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, *zstd_errors())
-
-
-def _verify(blob: LayerBlob, digest: str | None, diff_id: str | None, limit: SizeLimit | None) -> None:
-    """Refuse a blob whose bytes (or, for a diff_id, uncompressed bytes) do not match."""
-    checks = [(digest, False)] if digest is not None else [(diff_id, True)]
-    for expect, uncompressed in checks:
-        if expect is None:
-            continue
-        alg, hexd = _parse_digest(blob.name, expect)
-        h = hashlib.new(alg)
-        with blob.open() as f:
-            stream = open_layer_stream(f, limit, blob.name) if uncompressed else f
-            try:
-                while chunk := stream.read(1 << 20):
-                    h.update(chunk)
-            except _READ_ERRORS as exc:
-                raise UserError(f"{blob.name}: cannot read the layer ({exc})") from None
-        if h.hexdigest() != hexd:
-            what = "uncompressed content does not match its diff_id" if uncompressed else "does not match its digest"
-            raise UserError(f"{blob.name}: {what} {expect}")
+def _verify(blob: LayerBlob) -> None:
+    """Refuse a blob whose stored bytes do not match the digest naming them (its diff_id is checked as it is read)."""
+    if blob.digest is None:
+        return
+    alg, hexd = _parse_digest(blob.name, blob.digest)
+    h = hashlib.new(alg)
+    with blob.open() as f:
+        try:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        except OSError as exc:
+            raise UserError(f"{blob.name}: cannot read the layer ({exc})") from None
+    if h.hexdigest() != hexd:
+        raise UserError(f"{blob.name}: does not match its digest {blob.digest}")
 
 
 # -- writing an OCI layout -------------------------------------------------------------------

@@ -3,7 +3,9 @@
 The manifest (an index resolved to this platform), then the layer blobs fetched
 concurrently (3 at a time, Docker's and containerd's default), each streamed to a spool
 file and verified against its digest and size; each layer is applied through the driver
-(`create_layer`, the tar decompressed and applied with OCI semantics, `seal_layer`) as soon
+(`create_layer`, the tar decompressed and applied with OCI semantics, its uncompressed bytes
+hashed in the same pass and checked against the config's diff_id as containerd's unpacker
+does, `seal_layer`) as soon
 as it and every layer below it have arrived, in layer order, as Docker's "Download
 complete" -> "Extracting" -> "Pull complete". A layer the store already holds on the same
 chain of layers below is not fetched ("Already exists").
@@ -28,7 +30,7 @@ from layerbench.driver import Driver, LayerFormat
 from layerbench.images.config import ImageConfig, parse_config
 from layerbench.images.layer_stream import SizeLimit
 from layerbench.images.layer_tar import LowerTree
-from layerbench.images.oci import LayerBlob, apply_blob
+from layerbench.images.oci import LayerBlob, apply_blob, config_diff_ids
 from layerbench.images.registry_client import Descriptor, Reference, RegistryClient
 
 __all__ = ["Pulled", "PulledLayer", "StoreLayers", "pull_image", "CONCURRENCY"]
@@ -117,8 +119,10 @@ def _pull(
 ) -> Pulled:
     t0 = perf_counter_ns()
     manifest = client.manifest(ref)
-    config = parse_config(f"{ref}: config", _json(client.config(ref, manifest.config), f"{ref}: config"))
+    raw_config = _json(client.config(ref, manifest.config), f"{ref}: config")
+    config = parse_config(f"{ref}: config", raw_config)
     descs = manifest.layers
+    diff_ids = config_diff_ids(f"{ref}: config", raw_config, len(descs))  # each checked as its layer is applied
     chains = [tuple(d.digest for d in descs[: i + 1]) for i in range(len(descs))]
     first_new = next((i for i, chain in enumerate(chains) if chain not in store.by_chain), len(descs))
     room = limit if limit is not None else shutil.disk_usage(spool).free
@@ -150,7 +154,7 @@ def _pull(
                 layer_id = f"{id_prefix}-{i}"
                 root = driver.create_layer(layer_id, parent)
                 made.append(layer_id)
-                blob = LayerBlob(f"{ref}@{desc.digest}", path, 0, desc.size, desc.media_type, desc.digest)
+                blob = LayerBlob(f"{ref}@{desc.digest}", path, 0, desc.size, desc.media_type, desc.digest, diff_ids[i])
                 apply_blob(
                     root,
                     blob,

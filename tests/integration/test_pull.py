@@ -201,7 +201,7 @@ def _digest(data: bytes) -> str:
 
 @pytest.fixture
 def lying_registry() -> Iterator[str]:
-    config = json.dumps({"config": {}, "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    config = json.dumps({"config": {}, "rootfs": {"type": "layers", "diff_ids": [_digest(b"")]}}).encode()
     claimed, sent = b"the bytes the manifest names" * 10, b"other bytes, same length!!!!" * 10
     _Lying.blobs = {_digest(config): config, _digest(claimed): sent}
     _Lying.manifest = json.dumps(
@@ -474,3 +474,26 @@ def _is_our_registry(pid: str, work: Path) -> bool:
     except OSError:
         return False
     return any(b"docker-registry" in part for part in cmd) and any(str(work).encode() in p for p in cmd)
+
+
+def test_a_pulled_layer_whose_diff_id_lies_is_refused_in_one_line(tmp_path: Path) -> None:
+    """The blob matches its digest; its uncompressed bytes do not match the config's diff_id (issue 20)."""
+    from ..test_diff_ids import LIE, TRUE, _layout
+    from ..test_oci import sha
+
+    _need_registry()
+    require("overlay2")
+    layout = _layout(tmp_path / "img", {"type": "layers", "diff_ids": [sha(LIE)]})
+    with (
+        driver_on_store("overlay2", tmp_path / "store") as (driver, _),
+        registry(parse_link("loopback"), tmp_path / "reg", tmp_path / "registry-storage", None, "tlie") as reg,
+    ):
+        client, ref = client_for(reg.push(layout), insecure=True)
+        made: list[str] = []
+        with pytest.raises(UserError) as err:
+            pull_image(client, ref, driver, StoreLayers(), tmp_path / "spool", created=made)
+        client.close()
+        for layer in reversed(made):
+            driver.remove(layer)
+    assert str(err.value).endswith(f": uncompressed content does not match its diff_id {sha(LIE)}"), err.value
+    assert "\n" not in str(err.value) and sha(TRUE) != sha(LIE)
