@@ -65,3 +65,25 @@ def test_deeply_nested_json_is_one_line(tmp_path: Path) -> None:
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(UserError, match=rf"^{path}: not a readable results file"):
         results.read(path)
+
+
+def test_a_directory_scan_does_not_follow_a_symlinked_directory(tmp_path: Path) -> None:
+    """`report DIR` reads the files under DIR; a directory link inside it (to anywhere) is not walked."""
+    shutil.copy(DATA / "null.json", tmp_path / "good.json")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    _hostile(elsewhere, "fifo")  # read, it would be a one-line error: it is never reached
+    (tmp_path / "linked").symlink_to(elsewhere, target_is_directory=True)
+    assert results.result_paths(tmp_path) == [tmp_path / "good.json"]
+    r = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+
+
+def test_saving_over_a_symlink_replaces_the_link_and_leaves_its_target(tmp_path: Path) -> None:
+    """A results path is written by rename, never through a link: the link's target keeps its bytes."""
+    target = tmp_path / "target.json"
+    target.write_bytes(b"theirs")
+    (tmp_path / "run.json").symlink_to(target)
+    results.save(results.read(DATA / "null.json"), tmp_path / "run.json")
+    assert target.read_bytes() == b"theirs"
+    assert not (tmp_path / "run.json").is_symlink() and results.read(tmp_path / "run.json")["schema_version"]
