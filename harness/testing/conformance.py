@@ -225,6 +225,27 @@ def test_committed_container_image_starts_again(layerbench_stack: Stack) -> None
     s.check()
 
 
+def test_commit_of_a_mounted_container(layerbench_stack: Stack) -> None:
+    """The runner's `commit` after a `start`: committed while mounted, the layer holds what was
+    written before the call; the container stays mounted and takes more writes, which reach
+    neither the layer nor the image (the rule in Driver.commit). The conformance suite's other
+    commits unmount first: both ways are the contract."""
+    s = layerbench_stack
+    _layered(s.driver)
+    base = s.layer(
+        Mkdir("app"), File("app/conf", b"a=1"), File("app/bin", b"b" * 5000, 0o755), File("app/old", b"o" * 3000)
+    )
+    s.commit(
+        Append("app/conf", b"\nb=2"),
+        File("app/log", b"started"),
+        Remove("app/old"),
+        mounted=True,
+        then=(Append("app/log", b"+after"), File("app/late", b"after the commit"), Remove("app/bin")),
+    )
+    s.check(base)
+    s.check()
+
+
 def test_container_writes_stay_in_the_container(layerbench_driver: Driver) -> None:
     """Two containers of one image: a write in one is seen neither by the other nor the image."""
     d = layerbench_driver

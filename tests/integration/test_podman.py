@@ -1,7 +1,7 @@
 """Podman as an engine driver: conformance cases on its overlay storage driver, and a run's cell.
 
 Every Podman operation is a `podman` command in a private mount namespace of ours
-(drivers/podman.py), so these tests are few: five conformance cases on `podman/overlay`
+(drivers/podman.py), so these tests are few: seven conformance cases on `podman/overlay`
 (the whole suite but the 128-layer case passes too: `pytest --pyargs
 layerbench.testing.conformance --layerbench-driver podman/overlay`), a cell of a run, and
 the faithfulness of our overlay2, vfs and btrfs to Podman's drivers of those names on disk.
@@ -22,6 +22,8 @@ from layerbench.run.ledger import Ledger
 from layerbench.run.plan import RunConfig
 from layerbench.run.runner import run
 from layerbench.testing.conformance import (
+    test_an_id_that_exists_is_refused,
+    test_commit_of_a_mounted_container,
     test_committed_container_image_starts_again,
     test_container_writes_stay_in_the_container,
     test_empty_layer_root_is_0755_root,
@@ -35,6 +37,8 @@ pytestmark = pytest.mark.mounts
 LAYERBENCH_DRIVERS = ["podman/overlay"]
 
 __all__ = [
+    "test_an_id_that_exists_is_refused",
+    "test_commit_of_a_mounted_container",
     "test_committed_container_image_starts_again",
     "test_container_writes_stay_in_the_container",
     "test_empty_layer_root_is_0755_root",
