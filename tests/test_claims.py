@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from layerbench.analysis.claims import CLAIMS, HELD, NOT_HELD, NOT_MEASURED, claim_id, evaluate
+from layerbench.analysis.claims import CLAIMS, HELD, NOT_HELD, NOT_MEASURED, evaluate
+from layerbench.analysis.results_model import run_document
 
 MiB = 1 << 20
 STYLES = {
@@ -38,11 +39,11 @@ def verdicts(d: dict[str, Any]) -> dict[str, str]:
 
 
 def test_nothing_measured() -> None:
-    assert verdicts(doc()) == {claim_id(check): NOT_MEASURED for _, check in CLAIMS}
+    assert verdicts(doc()) == {c.id: NOT_MEASURED for c in CLAIMS}
 
 
 def test_every_claim_has_its_own_id() -> None:
-    ids = [claim_id(check) for _, check in CLAIMS]
+    ids = [c.id for c in CLAIMS]
     assert len(set(ids)) == len(ids) and "copy-up" in ids and "page-cache" in ids
 
 
@@ -321,3 +322,60 @@ def test_a_start_reads_a_small_part_of_its_image_is_decided_per_driver() -> None
     row = claim(doc(overlay, vfs), "reads-little")
     assert row["verdict"] == NOT_HELD and "vfs python, crun: 100.0%" in row["figures"]
     assert claim(doc(cell("cold-start", "vfs", {})), "reads-little")["verdict"] == NOT_MEASURED
+
+
+def test_claims_are_data_picked_by_id() -> None:
+    """Reports and docs quote these ids: each claim says what it reads and where it comes from."""
+    from layerbench.analysis.claims import claim as by_id
+
+    assert {c.id for c in CLAIMS} == {
+        "sharing",
+        "copy-up",
+        "delete",
+        "commit",
+        "vfs-worst",
+        "volumes",
+        "page-cache",
+        "images",
+        "remove",
+        "tmpfs",
+        "nearest",
+        "rootless",
+        "pull-dominates",
+        "base-present",
+        "reads-little",
+    }
+    assert all(c.statement and c.source and c.metrics for c in CLAIMS)
+    copy_up = by_id("copy-up")
+    assert copy_up.scenario == "copy-up" and "copy_up_ns" in copy_up.metrics
+    d = doc(
+        *(
+            cell("copy-up", "overlay2", {"file_size": size, "mode": "append", "depth": 1}, copy_up_ns=[t])
+            for size, t in ((4096, 3e4), (256 * MiB, 2e8))
+        )
+    )
+    # one claim alone decides the same as among all of them
+    assert evaluate(d, [copy_up]) == [claim(d, "copy-up")]
+    assert copy_up(run_document(d)) == (claim(d, "copy-up")["verdict"], claim(d, "copy-up")["figures"])
+    try:
+        by_id("nope")
+    except KeyError as exc:
+        assert "copy-up" in str(exc)
+    else:
+        raise AssertionError("an unknown claim id was accepted")
+
+
+def test_volumes_is_decided_by_the_drivers_that_measured_it() -> None:
+    """A union driver without the three overwrite metrics is left out (it made the claim not measured)."""
+
+    def heavy(driver: str, **metrics: list[float]) -> dict[str, Any]:
+        return cell("write-heavy", driver, {}, **metrics)
+
+    full = heavy("overlay2", overwrite_container_ns=[7e7], overwrite_volume_ns=[1.5e4], overwrite_tmpfs_ns=[9e3])
+    partial = heavy("fuse-overlayfs", overwrite_container_ns=[7e7], overwrite_volume_ns=[1.5e4])
+    row = claim(doc(full, partial), "volumes")
+    assert row["verdict"] == HELD and row["figures"].startswith("overlay2: overwrite in the container layer 70 ms")
+    assert "fuse-overlayfs" not in row["figures"]
+    assert claim(doc(partial), "volumes")["verdict"] == NOT_MEASURED
+    slow_volume = heavy("overlay2", overwrite_container_ns=[7e7], overwrite_volume_ns=[1e7], overwrite_tmpfs_ns=[9e3])
+    assert claim(doc(slow_volume), "volumes")["verdict"] == NOT_HELD

@@ -163,3 +163,22 @@ def test_a_cells_process_imports_neither_pandas_nor_jsonschema() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+#: the most lines a function of these packages has, unless it is one concern and says so: a comment
+#: `# one concern: WHY` among its lines
+MAX_FUNCTION_LINES = 60
+SHORT_FUNCTIONS = ("analysis", "report")
+
+
+def test_functions_of_analysis_and_report_are_short() -> None:
+    long = []
+    for group in SHORT_FUNCTIONS:
+        for path in sorted((HARNESS / group).rglob("*.py")):
+            lines = path.read_text().splitlines()
+            for node in ast.walk(ast.parse("\n".join(lines))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    body = lines[node.lineno - 1 : node.end_lineno]
+                    if len(body) > MAX_FUNCTION_LINES and not any("# one concern:" in line for line in body):
+                        long.append(f"{path.relative_to(HARNESS)}:{node.lineno} {node.name}: {len(body)} lines")
+    assert not long, "functions over 60 lines (split them, or say `# one concern: why`):\n" + "\n".join(long)

@@ -1,24 +1,41 @@
 """The claims people make about image layers, checked against a run's own numbers.
 
-Each claim is decided from the cells of the built-in scenario that measures it:
-held, did not hold, or not measured, with the figures that decide it. The seed
-tutorial's claims (layers shared between containers, copy-on-write into the
-container layer, deletes that do not shrink an image, commit as a new layer) and
-the ones users ask about (vfs's cost, volumes bypassing the driver, memory).
+Each claim is data (`Claim`): its id, the statement, where it comes from, the scenario and
+metrics it reads, and how it is decided, by one of three evaluators:
+
+- `Each`: every subject measured (a cell, or one cell per driver) gives a figure, and the
+  comparison (`rules`: by the driver's style, `"*"` for any) must hold for each; a claim no
+  rule decided is not measured;
+- `Extremes`: at each value of a swept parameter, the largest value of each metric belongs to
+  a driver of one style (vfs is the slowest and the largest);
+- `Faster`: one driver below another at every point both ran (overlay2-rootless against
+  fuse-overlayfs).
+
+Each gives held, did not hold, or not measured, with the figures that decide it. The seed
+tutorial's claims (layers shared between containers, copy-on-write into the container layer,
+deletes that do not shrink an image, commit as a new layer), the ones users ask about
+(vfs's cost, volumes bypassing the driver, memory), and Slacker's (FAST '16) about pulls.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping
-from typing import Any
+import string
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from layerbench.analysis.results_model import RunDocument, median, run_document
+from layerbench.analysis.results_model import CellResult, RunDocument, run_document
 from layerbench.units import human
 
 __all__ = [
+    "Claim",
+    "Each",
+    "Extremes",
+    "Faster",
+    "Select",
     "evaluate",
-    "claim_id",
+    "claim",
     "by_backing",
     "by_host",
     "where",
@@ -27,446 +44,632 @@ __all__ = [
     "HELD",
     "NOT_HELD",
     "NOT_MEASURED",
+    "SMALL_READ",
 ]
 
 HELD, NOT_HELD, NOT_MEASURED = "held", "did not hold", "not measured"
 Verdict = tuple[str, str]
+#: what a subject measured: named numbers (and lists, text) a figure is written from and a rule reads
+Values = dict[str, Any]
+Rule = Callable[[Values], bool]
 
-
-def _median(cell: dict[str, Any], metric: str) -> float | None:
-    return median(cell.get("metrics", {}).get(metric, {}).get("samples", []))
-
-
-def _cells(doc: dict[str, Any], scenario: str, **params: Any) -> list[dict[str, Any]]:
-    return [
-        c
-        for c in doc["cells"]
-        if c["scenario"] == scenario and c["status"] == "ok" and all(c["params"].get(k) == v for k, v in params.items())
-    ]
-
-
-def _style(doc: dict[str, Any], driver: str) -> str:
-    return doc.get("drivers", {}).get(driver, {}).get("style", "")
-
-
-def _sharing(doc: dict[str, Any]) -> Verdict:
-    cells = _cells(doc, "layer-sharing")
-    if not cells:
-        return NOT_MEASURED, "no layer-sharing cells"
-    figures, ok = [], True
-    for driver in sorted({c["driver"] for c in cells}):
-        cell = max((c for c in cells if c["driver"] == driver), key=lambda c: c["params"].get("containers", 0))
-        n, disk, image = (
-            cell["params"].get("containers", 1),
-            _median(cell, "disk_bytes"),
-            _median(cell, "image_disk_bytes"),
-        )
-        if disk is None or image is None or not cell.get("image_bytes"):
-            continue
-        each = (disk - image) / n / cell["image_bytes"]
-        figures.append(f"{driver}: {n} containers add {human(disk - image, 'bytes')}, {each:.3f} image each")
-        style = _style(doc, driver)
-        if style in ("union", "snapshot"):
-            ok &= each < 0.05
-        elif style == "copy":
-            ok &= each > 0.8
-    if not figures:
-        return NOT_MEASURED, "no disk_bytes in layer-sharing"
-    return (HELD if ok else NOT_HELD), "; ".join(figures)
-
-
-def _copy_up(doc: dict[str, Any]) -> Verdict:
-    cells = _cells(doc, "copy-up", mode="append", depth=1)
-    figures, decided, ok = [], False, True
-    for driver in sorted({c["driver"] for c in cells}):
-        mine = {c["params"]["file_size"]: c for c in cells if c["driver"] == driver}
-        if len(mine) < 2:
-            continue
-        small, big = mine[min(mine)], mine[max(mine)]
-        a, b = _median(small, "copy_up_ns"), _median(big, "copy_up_ns")
-        if not a or b is None:
-            continue
-        ratio = b / a
-        grew = (_median(big, "disk_bytes") or 0) - (_median(big, "image_disk_bytes") or 0)
-        figures.append(
-            f"{driver}: first append {human(b, 'ns')} at {human(max(mine), 'bytes')} vs "
-            f"{human(a, 'ns')} at {human(min(mine), 'bytes')} ({ratio:.0f}x), container layer +{human(grew, 'bytes')}"
-        )
-        style = _style(doc, driver)
-        if style == "union":
-            decided, ok = True, ok and ratio > 10 and grew >= 0.9 * max(mine)
-        elif style == "snapshot":
-            decided, ok = True, ok and ratio < 10
-    if not decided:
-        return NOT_MEASURED, "; ".join(figures) or "no copy-up cells on a union or snapshot driver"
-    return (HELD if ok else NOT_HELD), "; ".join(figures)
-
-
-def _delete(doc: dict[str, Any]) -> Verdict:
-    cells = _cells(doc, "delete-in-later-layer")
-    if not cells:
-        return NOT_MEASURED, "no delete-in-later-layer cells"
-    figures, ok = [], True
-    for c in sorted(cells, key=lambda c: c["driver"]):
-        layers = c.get("image_layers_disk_bytes") or []
-        if len(layers) < 2:
-            continue
-        peak, final = max(layers[:-1]), layers[-1]
-        hidden = sum(
-            n for label, o in c.get("outcomes", {}).items() if "stat" in label for e, n in o.items() if e == "ENOENT"
-        )
-        figures.append(
-            f"{c['driver']}: {human(peak, 'bytes')} before the delete, {human(final, 'bytes')} after; "
-            f"file hidden in {hidden} samples"
-        )
-        ok &= final >= 0.98 * peak and hidden > 0
-    return (HELD if ok and figures else NOT_HELD if figures else NOT_MEASURED), "; ".join(figures)
-
-
-def _commit(doc: dict[str, Any]) -> Verdict:
-    cells = _cells(doc, "commit")
-    figures, decided, ok = [], False, True
-    for c in sorted(cells, key=lambda c: c["driver"]):
-        # what the layer holds alone, once the container is removed (a btrfs snapshot shares every extent with
-        # the live container, so what the commit added beside it is next to nothing and decides nothing)
-        # (the usage step reads the store over the empty store's: the image is in it, taken off here)
-        store, image = _median(c, "layer_alone_disk_bytes"), _median(c, "image_disk_bytes")
-        alone = None if store is None or image is None else store - image
-        written = _median(c, "written_bytes")
-        layer = alone if alone is not None else _median(c, "commit_layer_bytes")
-        if layer is None or not written:
-            continue
-        figures.append(
-            f"{c['driver']}: new layer {human(layer, 'bytes')}{' alone' if alone is not None else ''} for "
-            f"{human(written, 'bytes')} of changes on a {human(c.get('image_bytes', 0), 'bytes')} image"
-        )
-        if _style(doc, c["driver"]) in ("union", "snapshot"):
-            holds = layer <= 1.5 * written and (alone is None or alone >= 0.5 * written)
-            decided, ok = True, ok and holds
-    if not decided:
-        return NOT_MEASURED, "; ".join(figures) or "no commit cells on a union or snapshot driver"
-    return (HELD if ok else NOT_HELD), "; ".join(figures)
-
-
-def _vfs_worst(doc: dict[str, Any]) -> Verdict:
-    cells = _cells(doc, "layer-sharing")
-    copy = [d for d in {c["driver"] for c in cells} if _style(doc, d) == "copy"]
-    others = [d for d in {c["driver"] for c in cells} if _style(doc, d) in ("union", "snapshot")]
-    if not copy or not others:
-        return NOT_MEASURED, "needs layer-sharing on vfs and on a union or snapshot driver"
-    ok, figures = True, []
-    for n in sorted({c["params"].get("containers") for c in cells}):
-        at = {c["driver"]: c for c in cells if c["params"].get("containers") == n}
-        start = {d: _median(c, "startup_ns") or 0 for d, c in at.items()}
-        disk = {d: _median(c, "disk_bytes") or 0 for d, c in at.items()}
-        slowest, largest = max(start, key=start.__getitem__), max(disk, key=disk.__getitem__)
-        ok &= slowest in copy and largest in copy
-        figures.append(
-            f"{n} containers: slowest {slowest} ({human(start[slowest], 'ns')}), "
-            f"largest {largest} ({human(disk[largest], 'bytes')})"
-        )
-    return (HELD if ok else NOT_HELD), "; ".join(figures)
-
-
-def _volumes(doc: dict[str, Any]) -> Verdict:
-    cells = [c for c in _cells(doc, "write-heavy") if _style(doc, c["driver"]) == "union"]
-    if not cells:
-        return NOT_MEASURED, "needs write-heavy on a union driver (overlay2)"
-    ok, figures = True, []
-    for c in cells:
-        box, vol, tmp = (_median(c, f"overwrite_{t}_ns") for t in ("container", "volume", "tmpfs"))
-        if box is None or vol is None or tmp is None:
-            return NOT_MEASURED, f"{c['driver']}: overwrite metrics missing"
-        figures.append(
-            f"{c['driver']}: overwrite in the container layer {human(box, 'ns')}, on a volume "
-            f"{human(vol, 'ns')}, on tmpfs {human(tmp, 'ns')}"
-        )
-        ok &= box > 10 * vol and box > 10 * tmp
-    return (HELD if ok else NOT_HELD), "; ".join(figures)
-
-
-def _page_cache(doc: dict[str, Any]) -> Verdict:
-    """Each driver's page cache per further container, in images, at its most containers."""
-    cells = [c for c in _cells(doc, "page-cache-sharing") if _median(c, "page_cache_per_container_bytes") is not None]
-    figures, decided, ok = [], False, True
-    for driver in sorted({c["driver"] for c in cells}):
-        cell = max((c for c in cells if c["driver"] == driver), key=lambda c: c["params"].get("containers", 0))
-        image, first = cell.get("image_bytes"), _median(cell, "page_cache_first_bytes")
-        each = _median(cell, "page_cache_per_container_bytes")
-        if not image or first is None or each is None:
-            continue
-        figures.append(
-            f"{driver}: first container {human(first, 'bytes')}, each further one {human(each, 'bytes')} "
-            f"({each / image:.2f} image) at {cell['params'].get('containers')} containers"
-        )
-        style = _style(doc, driver)
-        if style == "union":
-            decided, ok = True, ok and each < 0.05 * image
-        elif style in ("snapshot", "copy"):
-            decided, ok = True, ok and 0.8 * image <= each <= 1.25 * image
-    if not decided:
-        return NOT_MEASURED, "; ".join(figures) or "no page-cache-sharing cells with two or more containers"
-    return (HELD if ok else NOT_HELD), "; ".join(figures)
-
-
-_SLACK = 256 << 10  # a store's metadata moves by a few blocks: 256 KiB, or 1%, counts as unchanged
-
-
-def _images(doc: dict[str, Any]) -> Verdict:
-    """What each further image of image-sharing added to the store, against its own bytes and its base's."""
-    cells = [c for c in _cells(doc, "image-sharing") if c.get("images")]
-    figures, decided, ok = [], False, True
-    for driver in sorted({c["driver"] for c in cells}):
-        cell = max((c for c in cells if c["driver"] == driver), key=lambda c: c.get("image_bytes", 0))
-        built = [i for i in cell["images"] if i.get("base_bytes")]
-        if not built:
-            continue
-        added = ", ".join(f"{i['name']} +{human(i['added_bytes'], 'bytes')}" for i in built)
-        figures.append(
-            f"{driver}: {added} (own layers {human(built[0]['bytes'], 'bytes')}, "
-            f"base {human(built[0]['base_bytes'], 'bytes')})"
-        )
-        style = _style(doc, driver)
-        if style in ("union", "snapshot"):
-            decided, ok = True, ok and all(i["added_bytes"] - i["bytes"] < 0.25 * i["base_bytes"] for i in built)
-        elif style == "copy":
-            decided, ok = True, ok and all(i["added_bytes"] >= 0.8 * i["base_bytes"] for i in built)
-    if not decided:
-        return NOT_MEASURED, "; ".join(figures) or "no image-sharing cells"
-    return (HELD if ok else NOT_HELD), "; ".join(figures)
-
-
-def _remove(doc: dict[str, Any]) -> Verdict:
-    """container-remove: the store's use after `remove` against the image alone."""
-    figures, ok = [], True
-    for c in sorted(_cells(doc, "container-remove"), key=lambda c: c["driver"]):
-        image, during, after = (
-            _median(c, m) for m in ("image_disk_bytes", "with_container_disk_bytes", "after_remove_disk_bytes")
-        )
-        if image is None or during is None or after is None:
-            continue
-        figures.append(
-            f"{c['driver']}: {human(during, 'bytes')} with the container, {human(after, 'bytes')} "
-            f"after remove, image alone {human(image, 'bytes')}"
-        )
-        ok &= abs(after - image) <= max(0.01 * image, _SLACK)
-    if not figures:
-        return NOT_MEASURED, "no container-remove cells"
-    return (HELD if ok else NOT_HELD), "; ".join(figures)
-
-
-def _tmpfs(doc: dict[str, Any]) -> Verdict:
-    """volume-writes: what the write added to the store's use, on a tmpfs and on a bind volume."""
-    figures, ok = [], True
-    cells = _cells(doc, "volume-writes")
-    for driver in sorted({c["driver"] for c in cells}):
-        grew, written = {}, {}
-        for c in (c for c in cells if c["driver"] == driver):
-            before, after = _median(c, "before_write_disk_bytes"), _median(c, "after_write_disk_bytes")
-            if before is not None and after is not None:
-                grew[c["params"].get("kind")], written[c["params"].get("kind")] = (
-                    after - before,
-                    _median(c, "written_bytes") or 0,
-                )
-        if "tmpfs" not in grew or "bind" not in grew:
-            continue
-        figures.append(
-            f"{driver}: {human(written['tmpfs'], 'bytes')} written to tmpfs added "
-            f"{human(grew['tmpfs'], 'bytes')}, to a bind volume {human(grew['bind'], 'bytes')}"
-        )
-        ok &= abs(grew["tmpfs"]) <= _SLACK and grew["bind"] >= 0.95 * written["bind"] > 0
-    if not figures:
-        return NOT_MEASURED, "needs volume-writes with kind tmpfs and bind on one driver"
-    return (HELD if ok else NOT_HELD), "; ".join(figures)
-
-
-def _nearest(doc: dict[str, Any]) -> Verdict:
-    """nearest-layer: each driver's cell read every checked file as its uppermost copy, or failed naming it."""
-    cells = [c for c in doc["cells"] if c["scenario"] == "nearest-layer" and c["status"] in ("ok", "error")]
-    figures, ok = [], True
-    for c in sorted(cells, key=lambda c: c["driver"]):
-        if c["status"] == "error":
-            figures.append(f"{c['driver']}: {c['error']}")
-            ok = False
-            continue
-        checked = len(c.get("metrics", {}).get("expect_files", {}).get("samples", []))
-        if checked:
-            figures.append(f"{c['driver']}: {checked} reads, each the uppermost layer's copy")
-    if not figures:
-        return NOT_MEASURED, "no nearest-layer cells"
-    return (HELD if ok else NOT_HELD), "; ".join(figures)
-
-
-def _rootless(doc: dict[str, Any]) -> Verdict:
-    """overlay2-rootless against fuse-overlayfs: startup at each set both ran, and the first append to
-    each file size both ran on the shallowest image; faster everywhere, or it did not hold."""
-    kernel, fuse = "overlay2-rootless", "fuse-overlayfs"
-    pairs = []  # (what, kernel's median, fuse's median)
-    for scenario, metric, params in (("startup", "startup_ns", {}), ("copy-up", "copy_up_ns", {"mode": "append"})):
-        at: dict[tuple[tuple[str, Any], ...], dict[str, float]] = {}
-        for c in _cells(doc, scenario, **params):
-            if c["driver"] in (kernel, fuse) and (m := _median(c, metric)) is not None:
-                at.setdefault(tuple(sorted(c["params"].items())), {})[c["driver"]] = m
-        common = sorted((k, v) for k, v in at.items() if len(v) == 2)
-        if scenario == "copy-up" and common:  # every file size, on the shallowest image
-            top = min(dict(k).get("depth", 1) for k, _ in common)
-            common = [(k, v) for k, v in common if dict(k).get("depth", 1) == top]
-        pairs += [(f"{scenario} ({', '.join(f'{k}={v}' for k, v in key)})", v[kernel], v[fuse]) for key, v in common]
-    if not any(w.startswith("startup") for w, _, _ in pairs) or not any(w.startswith("copy-up") for w, _, _ in pairs):
-        return NOT_MEASURED, "needs startup and copy-up cells on both overlay2-rootless and fuse-overlayfs"
-    figures = [f"{what}: {kernel} {human(a, 'ns')}, {fuse} {human(b, 'ns')}" for what, a, b in pairs]
-    return (HELD if all(a < b for _, a, b in pairs) else NOT_HELD), "; ".join(figures)
-
-
-def _samples(cell: dict[str, Any], metric: str) -> list[float]:
-    return [float(x) for x in cell.get("metrics", {}).get(metric, {}).get("samples", [])]
-
-
-def _link(cell: dict[str, Any]) -> str:
-    return str(cell["params"].get("link", "loopback"))
-
-
-def _pull_dominates(doc: dict[str, Any]) -> Verdict:
-    """Per driver and link: the pull's share (download + the unpack not hidden behind it) of each cold start,
-    sample by sample, from any cell that pulled and started to ready (`cold_start_ns`)."""
-    cells = [
-        c
-        for c in doc["cells"]
-        if c["status"] == "ok" and all(_samples(c, m) for m in ("pull_ns", "unpack_ns", "cold_start_ns"))
-    ]
-    if not cells:
-        return NOT_MEASURED, "no cell with pull_ns and cold_start_ns (a pull step, then a run step)"
-    figures, ok = [], True
-    for c in sorted(cells, key=lambda c: (c["driver"], _link(c), c["scenario"])):
-        pulls, unpacks, whole = (_samples(c, m) for m in ("pull_ns", "unpack_ns", "cold_start_ns"))
-        n = min(len(pulls), len(unpacks), len(whole))
-        shares = [(pulls[i] + unpacks[i]) / whole[i] for i in range(n) if whole[i] > 0]
-        if not shares:
-            continue
-        share = statistics.median(shares)
-        download = statistics.median(pulls[i] / whole[i] for i in range(n) if whole[i] > 0)
-        figures.append(
-            f"{c['driver']} at {_link(c)}: {share:.0%} of a {human(statistics.median(whole), 'ns')} cold start "
-            f"(download {download:.0%})"
-        )
-        ok &= share >= 0.5
-    if not figures:
-        return NOT_MEASURED, "no cold start with a duration"
-    return (HELD if ok else NOT_HELD), "; ".join(figures)
-
-
-def _base_present(doc: dict[str, Any]) -> Verdict:
-    """An image pulled after one with the same base (`pull-shared-base`): its base layer is not fetched again."""
-    cells = [c for c in doc["cells"] if c["status"] == "ok" and _samples(c, "second_pulled_bytes")]
-    if not cells:
-        return NOT_MEASURED, "no second pull of an image on a present base (pull-shared-base)"
-    figures, ok = [], True
-    for c in sorted(cells, key=lambda c: (c["driver"], _link(c))):
-        got, whole = _median(c, "second_pulled_bytes"), _median(c, "second_image_pull_bytes")
-        base = _median(c, "second_pulled_layer0_bytes")
-        if got is None or not whole or base is None:
-            continue
-        figures.append(
-            f"{c['driver']} at {_link(c)}: the second image fetched {human(got, 'bytes')} "
-            f"of its {human(whole, 'bytes')} "
-            f"({got / whole:.1%}); its base layer {human(base, 'bytes')}"
-        )
-        ok &= base == 0 and got < whole
-    if not figures:
-        return NOT_MEASURED, "no second pull with its image's size"
-    return (HELD if ok else NOT_HELD), "; ".join(figures)
-
-
+#: a store's metadata moves by a few blocks: 256 KiB, or 1%, counts as unchanged
+_SLACK = 256 << 10
 #: "a small part": a start that reads under this fraction of its image (Slacker, FAST '16: 6.4% on average)
 SMALL_READ = 0.2
 
 
-def _reads_little(doc: dict[str, Any]) -> Verdict:
-    """Per driver (and image): the median fraction of the image's bytes a cold start read from the store
-    (`read_fraction` of a `run` step with `cold = true`), held where it is under SMALL_READ."""
-    cells = [c for c in doc["cells"] if c["status"] == "ok" and _samples(c, "read_fraction")]
-    if not cells:
-        return NOT_MEASURED, "no cell with read_fraction (a run step with cold = true, e.g. cold-start)"
-    figures, ok = [], True
-    for c in sorted(cells, key=lambda c: (c["driver"], str(c["params"].get("recipe", "")), _link(c))):
-        fraction, read = _median(c, "read_fraction"), _median(c, "read_bytes")
-        if fraction is None or read is None:
-            continue
-        image = f" {c['params']['recipe']}" if "recipe" in c["params"] else ""
-        whole = f" of {human(read / fraction, 'bytes')}" if fraction > 0 else ""
-        runtime = f", {c['params']['runtime']}" if "runtime" in c["params"] else ""
-        figures.append(f"{c['driver']}{image}{runtime}: {fraction:.1%} ({human(read, 'bytes')}{whole})")
-        ok &= fraction < SMALL_READ
-    if not figures:
-        return NOT_MEASURED, "no cold start with what it read"
-    return (HELD if ok else NOT_HELD), "; ".join(dict.fromkeys(figures))
+class _Figure(string.Formatter):
+    """`{x:bytes}` and `{x:ns}` as people read them (units.human); any other spec as str.format."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if format_spec in ("bytes", "ns"):
+            return human(value, format_spec)
+        return super().format_field(value, format_spec)
 
 
-CLAIMS: list[tuple[str, Callable[[dict[str, Any]], Verdict]]] = [
-    (
-        (
-            "Containers from one image share its layers: union and snapshot drivers cost the image once "
-            "plus a little per container; vfs about one image per container"
+def _figure(template: str | Callable[[Values], str], values: Values) -> str:
+    return template(values) if callable(template) else _Figure().format(template, **values)
+
+
+class Evaluator(Protocol):
+    def __call__(self, claim: Claim, run: RunDocument) -> Verdict: ...
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim: `id` (stable: tests and tools pick claims by it), the `statement` reports print, its
+    `source`, the `scenario` whose cells decide it (`""`: any cell with the metrics), the `metrics` it
+    reads, and the evaluator with the comparison."""
+
+    id: str
+    statement: str
+    source: str
+    scenario: str
+    metrics: tuple[str, ...]
+    decide: Evaluator
+
+    def __call__(self, run: RunDocument) -> Verdict:
+        return self.decide(self, run)
+
+
+@dataclass(frozen=True)
+class Select:
+    """Which cells a claim reads: of its scenario, with these parameter values, with samples of every
+    metric in `needs`, of drivers of these `styles` (any when empty), in these statuses, and `where`."""
+
+    params: tuple[tuple[str, Any], ...] = ()
+    needs: tuple[str, ...] = ()
+    styles: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ("ok",)
+    where: Callable[[CellResult], bool] | None = None
+
+    def cells(self, scenario: str, run: RunDocument) -> list[CellResult]:
+        return [
+            c
+            for c in run.cells
+            if c.status in self.statuses
+            and (not scenario or c.scenario == scenario)
+            and all(c.params.get(k) == v for k, v in self.params)
+            and all(c.samples(m) for m in self.needs)
+            and (not self.styles or run.style(c.driver) in self.styles)
+            and (self.where is None or self.where(c))
+        ]
+
+
+def _by_driver(c: CellResult) -> tuple[str, ...]:
+    return (c.driver,)
+
+
+@dataclass(frozen=True)
+class Each:
+    """Every subject gives a figure and must pass the rule of its driver's style.
+
+    A subject is one cell (`per_driver` None, in `order`), or each driver's cells (`per_driver`
+    picks what `values` reads from them: one cell, or the group). `values` gives what the figure
+    and the rules read, or None to leave the subject out. `rules` maps a driver style (`"*"`: any
+    other) to the comparison; a subject whose style has no rule is shown, not judged. With no
+    selected cell the verdict is not measured with `none` (when given); with no subject judged,
+    not measured with the figures, else `empty`."""
+
+    select: Select
+    values: Callable[[Any, RunDocument], Values | None]
+    figure: str | Callable[[Values], str]
+    rules: Mapping[str, Rule]
+    none: str | None = None
+    empty: str = ""
+    per_driver: Callable[[list[CellResult]], Any] | None = None
+    order: Callable[[CellResult], tuple[str, ...]] = _by_driver
+    unique: bool = False  # the same figure once
+
+    def __call__(self, claim: Claim, run: RunDocument) -> Verdict:
+        cells = self.select.cells(claim.scenario, run)
+        if not cells and self.none is not None:
+            return NOT_MEASURED, self.none
+        figures: list[str] = []
+        decided, ok = False, True
+        for driver, subject in self._subjects(cells):
+            values = self.values(subject, run)
+            if values is None:
+                continue
+            figures.append(_figure(self.figure, {"driver": driver, **values}))
+            rule = self.rules.get(run.style(driver), self.rules.get("*"))
+            if rule is not None:
+                decided, ok = True, ok and rule(values)
+        if self.unique:
+            figures = list(dict.fromkeys(figures))
+        if not decided:
+            return NOT_MEASURED, "; ".join(figures) or self.empty
+        return (HELD if ok else NOT_HELD), "; ".join(figures)
+
+    def _subjects(self, cells: list[CellResult]) -> list[tuple[str, Any]]:
+        if self.per_driver is None:
+            return [(c.driver, c) for c in sorted(cells, key=self.order)]
+        drivers = sorted({c.driver for c in cells})
+        return [(d, self.per_driver([c for c in cells if c.driver == d])) for d in drivers]
+
+
+@dataclass(frozen=True)
+class Extremes:
+    """At each value of `across`, the largest median of each of `metrics` ((name, metric, unit)) is a
+    driver of style `worst`; not measured unless drivers of `worst` and of `against` both ran."""
+
+    across: str
+    metrics: tuple[tuple[str, str, str], ...]
+    worst: str
+    against: tuple[str, ...]
+    none: str
+
+    def __call__(self, claim: Claim, run: RunDocument) -> Verdict:
+        cells = run.ok(claim.scenario)
+        drivers = {c.driver for c in cells}
+        worst = [d for d in drivers if run.style(d) == self.worst]
+        if not worst or not [d for d in drivers if run.style(d) in self.against]:
+            return NOT_MEASURED, self.none
+        ok, figures = True, []
+        swept: set[Any] = {c.params.get(self.across) for c in cells}
+        for n in sorted(swept):
+            at = {c.driver: c for c in cells if c.params.get(self.across) == n}
+            parts = [f"{n} {self.across}:"]
+            for name, metric, unit in self.metrics:
+                value = {d: c.median(metric) or 0 for d, c in at.items()}
+                top = max(value, key=value.__getitem__)
+                ok &= top in worst
+                parts.append(f"{name} {top} ({human(value[top], unit)})")
+            figures.append(parts[0] + " " + ", ".join(parts[1:]))
+        return (HELD if ok else NOT_HELD), "; ".join(figures)
+
+
+@dataclass(frozen=True)
+class Faster:
+    """`fast` below `slow` at every point both ran: each (scenario, metric, parameters) of `points`, a
+    point per parameter set both drivers ran (on the shallowest `shallowest` when given)."""
+
+    fast: str
+    slow: str
+    points: tuple[tuple[str, str, tuple[tuple[str, Any], ...], str | None], ...]
+    none: str
+
+    def __call__(self, claim: Claim, run: RunDocument) -> Verdict:
+        pairs: list[tuple[str, float, float]] = []  # (what, fast's median, slow's median)
+        missing = set()
+        for scenario, metric, params, shallowest in self.points:
+            at: dict[tuple[tuple[str, Any], ...], dict[str, float]] = {}
+            for c in run.ok(scenario, **dict(params)):
+                if c.driver in (self.fast, self.slow) and (m := c.median(metric)) is not None:
+                    at.setdefault(tuple(sorted(c.params.items())), {})[c.driver] = m
+            common = sorted((k, v) for k, v in at.items() if len(v) == 2)
+            if shallowest and common:
+                top = min(dict(k).get(shallowest, 1) for k, _ in common)
+                common = [(k, v) for k, v in common if dict(k).get(shallowest, 1) == top]
+            if not common:
+                missing.add(scenario)
+            pairs += [
+                (f"{scenario} ({', '.join(f'{k}={v}' for k, v in key)})", v[self.fast], v[self.slow])
+                for key, v in common
+            ]
+        if missing:
+            return NOT_MEASURED, self.none
+        figures = [f"{what}: {self.fast} {human(a, 'ns')}, {self.slow} {human(b, 'ns')}" for what, a, b in pairs]
+        return (HELD if all(a < b for _, a, b in pairs) else NOT_HELD), "; ".join(figures)
+
+
+# ---- what each claim reads from a subject (a cell, or a driver's cells)
+
+
+def _medians(**metrics: str) -> Callable[[CellResult, RunDocument], Values | None]:
+    """The medians of `metrics` (name=metric) of one cell; None when one is missing."""
+
+    def read(cell: CellResult, run: RunDocument) -> Values | None:
+        values = {name: cell.median(metric) for name, metric in metrics.items()}
+        return None if any(v is None for v in values.values()) else values
+
+    return read
+
+
+def _most(param: str) -> Callable[[list[CellResult]], CellResult]:
+    """A driver's cell at the largest value of `param`."""
+    return lambda cells: max(cells, key=lambda c: c.params.get(param, 0))
+
+
+def _sharing(cell: CellResult, run: RunDocument) -> Values | None:
+    n, disk, image = cell.params.get("containers", 1), cell.median("disk_bytes"), cell.median("image_disk_bytes")
+    if disk is None or image is None or not cell.get("image_bytes"):
+        return None
+    return {"n": n, "grew": disk - image, "each": (disk - image) / n / cell.get("image_bytes")}
+
+
+def _copy_up(cells: list[CellResult], run: RunDocument) -> Values | None:
+    """The first append at the smallest and the largest file size, and what the big one added to the store."""
+    mine = {c.params["file_size"]: c for c in cells}
+    if len(mine) < 2:
+        return None
+    small, big = mine[min(mine)], mine[max(mine)]
+    a, b = small.median("copy_up_ns"), big.median("copy_up_ns")
+    if not a or b is None:
+        return None
+    grew = (big.median("disk_bytes") or 0) - (big.median("image_disk_bytes") or 0)
+    return {"small": a, "big": b, "small_size": min(mine), "big_size": max(mine), "ratio": b / a, "grew": grew}
+
+
+def _delete(cell: CellResult, run: RunDocument) -> Values | None:
+    layers = cell.get("image_layers_disk_bytes") or []
+    if len(layers) < 2:
+        return None
+    hidden = sum(n for label, o in cell.outcomes.items() if "stat" in label for e, n in o.items() if e == "ENOENT")
+    return {"peak": max(layers[:-1]), "final": layers[-1], "hidden": hidden}
+
+
+def _commit(cell: CellResult, run: RunDocument) -> Values | None:
+    # what the layer holds alone, once the container is removed (a btrfs snapshot shares every extent with
+    # the live container, so what the commit added beside it is next to nothing and decides nothing)
+    # (the usage step reads the store over the empty store's: the image is in it, taken off here)
+    store, image = cell.median("layer_alone_disk_bytes"), cell.median("image_disk_bytes")
+    alone = None if store is None or image is None else store - image
+    written = cell.median("written_bytes")
+    layer = alone if alone is not None else cell.median("commit_layer_bytes")
+    if layer is None or not written:
+        return None
+    return {"layer": layer, "alone": alone, "written": written, "image": cell.get("image_bytes", 0)}
+
+
+def _page_cache(cell: CellResult, run: RunDocument) -> Values | None:
+    image, first, each = (
+        cell.get("image_bytes"),
+        cell.median("page_cache_first_bytes"),
+        cell.median("page_cache_per_container_bytes"),
+    )
+    if not image or first is None or each is None:
+        return None
+    return {"image": image, "first": first, "each": each, "n": cell.params.get("containers")}
+
+
+def _images(cell: CellResult, run: RunDocument) -> Values | None:
+    built = [i for i in cell.get("images") if i.get("base_bytes")]
+    if not built:
+        return None
+    added = ", ".join(f"{i['name']} +{human(i['added_bytes'], 'bytes')}" for i in built)
+    return {"built": built, "added": added, "own": built[0]["bytes"], "base": built[0]["base_bytes"]}
+
+
+def _tmpfs(cells: list[CellResult], run: RunDocument) -> Values | None:
+    """What the write added to the store's use, on a tmpfs and on a bind volume (`kind`)."""
+    grew, written = {}, {}
+    for c in cells:
+        before, after = c.median("before_write_disk_bytes"), c.median("after_write_disk_bytes")
+        if before is not None and after is not None:
+            grew[c.params.get("kind")], written[c.params.get("kind")] = after - before, c.median("written_bytes") or 0
+    if "tmpfs" not in grew or "bind" not in grew:
+        return None
+    return {"tmpfs": grew["tmpfs"], "bind": grew["bind"], "written_tmpfs": written["tmpfs"], "written": written["bind"]}
+
+
+def _nearest(cell: CellResult, run: RunDocument) -> Values | None:
+    checked = len(cell.samples("expect_files"))
+    if cell.status == "error":
+        return {"error": cell.error, "checked": checked}
+    return {"error": None, "checked": checked} if checked else None
+
+
+def _link(cell: CellResult) -> str:
+    return str(cell.params.get("link", "loopback"))
+
+
+def _pull_share(cell: CellResult, run: RunDocument) -> Values | None:
+    """The pull's share (download + the unpack not hidden behind it) of each cold start, sample by sample."""
+    pulls, unpacks, whole = (cell.samples(m) for m in ("pull_ns", "unpack_ns", "cold_start_ns"))
+    n = min(len(pulls), len(unpacks), len(whole))
+    shares = [(pulls[i] + unpacks[i]) / whole[i] for i in range(n) if whole[i] > 0]
+    if not shares:
+        return None
+    download = statistics.median(pulls[i] / whole[i] for i in range(n) if whole[i] > 0)
+    return {
+        "link": _link(cell),
+        "share": statistics.median(shares),
+        "whole": statistics.median(whole),
+        "download": download,
+    }
+
+
+def _base_present(cell: CellResult, run: RunDocument) -> Values | None:
+    got, whole = cell.median("second_pulled_bytes"), cell.median("second_image_pull_bytes")
+    base = cell.median("second_pulled_layer0_bytes")
+    if got is None or not whole or base is None:
+        return None
+    return {"link": _link(cell), "got": got, "whole": whole, "base": base}
+
+
+def _reads_little(cell: CellResult, run: RunDocument) -> Values | None:
+    fraction, read = cell.median("read_fraction"), cell.median("read_bytes")
+    if fraction is None or read is None:
+        return None
+    image = f" {cell.params['recipe']}" if "recipe" in cell.params else ""
+    whole = f" of {human(read / fraction, 'bytes')}" if fraction > 0 else ""
+    runtime = f", {cell.params['runtime']}" if "runtime" in cell.params else ""
+    return {"fraction": fraction, "read": read, "image": image, "whole": whole, "runtime": runtime}
+
+
+# ---- the figures that need more than a template
+
+
+def _copy_up_figure(v: Values) -> str:
+    return (
+        f"{v['driver']}: first append {human(v['big'], 'ns')} at {human(v['big_size'], 'bytes')} vs "
+        f"{human(v['small'], 'ns')} at {human(v['small_size'], 'bytes')} ({v['ratio']:.0f}x), "
+        f"container layer +{human(v['grew'], 'bytes')}"
+    )
+
+
+def _commit_figure(v: Values) -> str:
+    return (
+        f"{v['driver']}: new layer {human(v['layer'], 'bytes')}{' alone' if v['alone'] is not None else ''} for "
+        f"{human(v['written'], 'bytes')} of changes on a {human(v['image'], 'bytes')} image"
+    )
+
+
+def _nearest_figure(v: Values) -> str:
+    if v["error"] is not None:
+        return f"{v['driver']}: {v['error']}"
+    return f"{v['driver']}: {v['checked']} reads, each the uppermost layer's copy"
+
+
+_UNION_OR_SNAPSHOT = ("union", "snapshot")
+_TUTORIAL = "the seed tutorial (Docker's storage-driver documentation)"
+_USERS = "what users ask (Docker's storage-driver and volume documentation)"
+_SLACKER = "Slacker: Fast Distribution with Lazy Docker Containers (Harter et al., FAST '16)"
+
+
+def _both(rule: Rule, *styles: str) -> dict[str, Rule]:
+    return dict.fromkeys(styles, rule)
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "sharing",
+        "Containers from one image share its layers: union and snapshot drivers cost the image once "
+        "plus a little per container; vfs about one image per container",
+        _TUTORIAL,
+        "layer-sharing",
+        ("disk_bytes", "image_disk_bytes"),
+        Each(
+            Select(),
+            _sharing,
+            "{driver}: {n} containers add {grew:bytes}, {each:.3f} image each",
+            {
+                **_both(lambda v: v["each"] < 0.05, *_UNION_OR_SNAPSHOT),
+                "copy": lambda v: v["each"] > 0.8,
+                "*": lambda v: True,  # other styles are shown and hold: the claim is about these three
+            },
+            none="no layer-sharing cells",
+            empty="no disk_bytes in layer-sharing",
+            per_driver=_most("containers"),
         ),
-        _sharing,
     ),
-    (
-        (
-            "A change copies the file up into the container's layer; the copy costs time that grows with "
-            "the file's size on overlay2 and not on btrfs"
+    Claim(
+        "copy-up",
+        "A change copies the file up into the container's layer; the copy costs time that grows with "
+        "the file's size on overlay2 and not on btrfs",
+        _TUTORIAL,
+        "copy-up",
+        ("copy_up_ns", "disk_bytes", "image_disk_bytes"),
+        Each(
+            Select(params=(("mode", "append"), ("depth", 1))),
+            _copy_up,
+            _copy_up_figure,
+            {
+                "union": lambda v: v["ratio"] > 10 and v["grew"] >= 0.9 * v["big_size"],
+                "snapshot": lambda v: v["ratio"] < 10,
+            },
+            empty="no copy-up cells on a union or snapshot driver",
+            per_driver=lambda cells: cells,
         ),
-        _copy_up,
     ),
-    ("Deleting a file in a later layer does not make the image smaller", _delete),
-    ("A commit adds one layer holding only the container's changes", _commit),
-    ("vfs is the slowest to start and the largest on disk", _vfs_worst),
-    ("Writes to a volume or a tmpfs avoid copy-up", _volumes),
-    (
-        (
-            "Containers from one image share one copy of it in memory: on union drivers each further container "
-            "adds under 5% of an image to the page cache; on snapshot (btrfs, reflink, zfs) and copy drivers "
-            "about one image each"
+    Claim(
+        "delete",
+        "Deleting a file in a later layer does not make the image smaller",
+        _TUTORIAL,
+        "delete-in-later-layer",
+        ("image_layers_disk_bytes",),
+        Each(
+            Select(),
+            _delete,
+            "{driver}: {peak:bytes} before the delete, {final:bytes} after; file hidden in {hidden} samples",
+            {"*": lambda v: v["final"] >= 0.98 * v["peak"] and v["hidden"] > 0},
+            none="no delete-in-later-layer cells",
         ),
-        _page_cache,
     ),
-    (
-        (
-            "Images built on one base store it once: union and snapshot drivers add about each image's new layers; "
-            "vfs copies the base into every image"
+    Claim(
+        "commit",
+        "A commit adds one layer holding only the container's changes",
+        _TUTORIAL,
+        "commit",
+        ("layer_alone_disk_bytes", "image_disk_bytes", "written_bytes", "commit_layer_bytes"),
+        Each(
+            Select(),
+            _commit,
+            _commit_figure,
+            _both(
+                lambda v: v["layer"] <= 1.5 * v["written"] and (v["alone"] is None or v["alone"] >= 0.5 * v["written"]),
+                *_UNION_OR_SNAPSHOT,
+            ),
+            empty="no commit cells on a union or snapshot driver",
         ),
-        _images,
     ),
-    ("Removing a container removes its layer: the store returns to the image's size", _remove),
-    (
-        (
-            "tmpfs writes never reach the host file system: they leave the store's used bytes unchanged, while the "
-            "same on a bind volume adds them"
+    Claim(
+        "vfs-worst",
+        "vfs is the slowest to start and the largest on disk",
+        _USERS,
+        "layer-sharing",
+        ("startup_ns", "disk_bytes"),
+        Extremes(
+            "containers",
+            (("slowest", "startup_ns", "ns"), ("largest", "disk_bytes", "bytes")),
+            "copy",
+            _UNION_OR_SNAPSHOT,
+            "needs layer-sharing on vfs and on a union or snapshot driver",
         ),
-        _tmpfs,
     ),
-    ("The nearest layer wins in the merged view: a file in several layers reads as the uppermost copy", _nearest),
-    (
-        (
-            "fuse-overlayfs is for hosts where rootless kernel overlay cannot run: where it can, overlay2-rootless "
-            "starts containers and copies up faster"
+    Claim(
+        "volumes",
+        "Writes to a volume or a tmpfs avoid copy-up",
+        _USERS,
+        "write-heavy",
+        ("overwrite_container_ns", "overwrite_volume_ns", "overwrite_tmpfs_ns"),
+        Each(
+            Select(styles=("union",)),
+            _medians(box="overwrite_container_ns", vol="overwrite_volume_ns", tmp="overwrite_tmpfs_ns"),
+            "{driver}: overwrite in the container layer {box:ns}, on a volume {vol:ns}, on tmpfs {tmp:ns}",
+            {"*": lambda v: v["box"] > 10 * v["vol"] and v["box"] > 10 * v["tmp"]},
+            none="needs write-heavy on a union driver (overlay2)",
+            order=lambda c: (),  # as the run has them
+            empty="needs write-heavy on a union driver (overlay2) with its three overwrite metrics",
         ),
-        _rootless,
     ),
-    (
+    Claim(
+        "page-cache",
+        "Containers from one image share one copy of it in memory: on union drivers each further container "
+        "adds under 5% of an image to the page cache; on snapshot (btrfs, reflink, zfs) and copy drivers "
+        "about one image each",
+        _USERS,
+        "page-cache-sharing",
+        ("page_cache_first_bytes", "page_cache_per_container_bytes"),
+        Each(
+            Select(needs=("page_cache_per_container_bytes",)),
+            _page_cache,
+            lambda v: (
+                f"{v['driver']}: first container {human(v['first'], 'bytes')}, each further one "
+                f"{human(v['each'], 'bytes')} ({v['each'] / v['image']:.2f} image) at {v['n']} containers"
+            ),
+            {
+                "union": lambda v: v["each"] < 0.05 * v["image"],
+                **_both(lambda v: 0.8 * v["image"] <= v["each"] <= 1.25 * v["image"], "snapshot", "copy"),
+            },
+            empty="no page-cache-sharing cells with two or more containers",
+            per_driver=_most("containers"),
+        ),
+    ),
+    Claim(
+        "images",
+        "Images built on one base store it once: union and snapshot drivers add about each image's new layers; "
+        "vfs copies the base into every image",
+        _USERS,
+        "image-sharing",
+        ("images",),
+        Each(
+            Select(where=lambda c: bool(c.get("images"))),
+            _images,
+            "{driver}: {added} (own layers {own:bytes}, base {base:bytes})",
+            {
+                **_both(
+                    lambda v: all(i["added_bytes"] - i["bytes"] < 0.25 * i["base_bytes"] for i in v["built"]),
+                    *_UNION_OR_SNAPSHOT,
+                ),
+                "copy": lambda v: all(i["added_bytes"] >= 0.8 * i["base_bytes"] for i in v["built"]),
+            },
+            empty="no image-sharing cells",
+            per_driver=lambda cells: max(cells, key=lambda c: c.get("image_bytes", 0)),
+        ),
+    ),
+    Claim(
+        "remove",
+        "Removing a container removes its layer: the store returns to the image's size",
+        _USERS,
+        "container-remove",
+        ("image_disk_bytes", "with_container_disk_bytes", "after_remove_disk_bytes"),
+        Each(
+            Select(),
+            _medians(image="image_disk_bytes", during="with_container_disk_bytes", after="after_remove_disk_bytes"),
+            "{driver}: {during:bytes} with the container, {after:bytes} after remove, image alone {image:bytes}",
+            {"*": lambda v: abs(v["after"] - v["image"]) <= max(0.01 * v["image"], _SLACK)},
+            empty="no container-remove cells",
+        ),
+    ),
+    Claim(
+        "tmpfs",
+        "tmpfs writes never reach the host file system: they leave the store's used bytes unchanged, while the "
+        "same on a bind volume adds them",
+        _USERS,
+        "volume-writes",
+        ("before_write_disk_bytes", "after_write_disk_bytes", "written_bytes"),
+        Each(
+            Select(),
+            _tmpfs,
+            "{driver}: {written_tmpfs:bytes} written to tmpfs added {tmpfs:bytes}, to a bind volume {bind:bytes}",
+            {"*": lambda v: abs(v["tmpfs"]) <= _SLACK and v["bind"] >= 0.95 * v["written"] > 0},
+            empty="needs volume-writes with kind tmpfs and bind on one driver",
+            per_driver=lambda cells: cells,
+        ),
+    ),
+    Claim(
+        "nearest",
+        "The nearest layer wins in the merged view: a file in several layers reads as the uppermost copy",
+        "the OCI image spec (layers applied in order) and overlayfs (the upper layer hides the lower)",
+        "nearest-layer",
+        ("expect_files",),
+        Each(
+            Select(statuses=("ok", "error")),
+            _nearest,
+            _nearest_figure,
+            {"*": lambda v: v["error"] is None},
+            empty="no nearest-layer cells",
+        ),
+    ),
+    Claim(
+        "rootless",
+        "fuse-overlayfs is for hosts where rootless kernel overlay cannot run: where it can, overlay2-rootless "
+        "starts containers and copies up faster",
+        "rootless Podman's storage documentation (fuse-overlayfs before kernel 5.11's unprivileged overlay)",
+        "",
+        ("startup_ns", "copy_up_ns"),
+        Faster(
+            "overlay2-rootless",
+            "fuse-overlayfs",
+            (("startup", "startup_ns", (), None), ("copy-up", "copy_up_ns", (("mode", "append"),), "depth")),
+            "needs startup and copy-up cells on both overlay2-rootless and fuse-overlayfs",
+        ),
+    ),
+    Claim(
+        "pull-dominates",
         "Pulling dominates a cold start: the download and the unpack are most of the time to ready (Slacker: 76%)",
-        _pull_dominates,
+        _SLACKER,
+        "",
+        ("pull_ns", "unpack_ns", "cold_start_ns"),
+        Each(
+            Select(needs=("pull_ns", "unpack_ns", "cold_start_ns")),
+            _pull_share,
+            "{driver} at {link}: {share:.0%} of a {whole:ns} cold start (download {download:.0%})",
+            {"*": lambda v: v["share"] >= 0.5},
+            none="no cell with pull_ns and cold_start_ns (a pull step, then a run step)",
+            empty="no cold start with a duration",
+            order=lambda c: (c.driver, _link(c), c.scenario),
+        ),
     ),
-    ("An image whose base is already present downloads only its own layers", _base_present),
-    (
+    Claim(
+        "base-present",
+        "An image whose base is already present downloads only its own layers",
+        "the OCI distribution spec (layers fetched by digest, skipped when present)",
+        "",
+        ("second_pulled_bytes", "second_image_pull_bytes", "second_pulled_layer0_bytes"),
+        Each(
+            Select(needs=("second_pulled_bytes",)),
+            _base_present,
+            lambda v: (
+                f"{v['driver']} at {v['link']}: the second image fetched {human(v['got'], 'bytes')} "
+                f"of its {human(v['whole'], 'bytes')} ({v['got'] / v['whole']:.1%}); "
+                f"its base layer {human(v['base'], 'bytes')}"
+            ),
+            {"*": lambda v: v["base"] == 0 and v["got"] < v["whole"]},
+            none="no second pull of an image on a present base (pull-shared-base)",
+            empty="no second pull with its image's size",
+            order=lambda c: (c.driver, _link(c)),
+        ),
+    ),
+    Claim(
+        "reads-little",
         f"A container reads a small part of its image to start: under {SMALL_READ:.0%} of its bytes (Slacker: 6.4%)",
-        _reads_little,
+        _SLACKER,
+        "",
+        ("read_fraction", "read_bytes"),
+        Each(
+            Select(needs=("read_fraction",)),
+            _reads_little,
+            "{driver}{image}{runtime}: {fraction:.1%} ({read:bytes}{whole})",
+            {"*": lambda v: v["fraction"] < SMALL_READ},
+            none="no cell with read_fraction (a run step with cold = true, e.g. cold-start)",
+            empty="no cold start with what it read",
+            order=lambda c: (c.driver, str(c.params.get("recipe", "")), _link(c)),
+            unique=True,
+        ),
     ),
-]
+)
 
 
-def claim_id(check: Callable[[dict[str, Any]], Verdict]) -> str:
-    """A claim's stable id, its check's name (`_copy_up` -> `copy-up`): tests and tools pick claims by it."""
-    return check.__name__.strip("_").replace("_", "-")
+def claim(claim_id: str) -> Claim:
+    """The claim with this id (KeyError naming the known ids when there is none)."""
+    for c in CLAIMS:
+        if c.id == claim_id:
+            return c
+    raise KeyError(f"no claim {claim_id!r}; the claims: {', '.join(c.id for c in CLAIMS)}")
 
 
 def by_backing(doc: RunDocument | Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -479,25 +682,25 @@ def by_host(doc: RunDocument | Mapping[str, Any]) -> list[tuple[str, dict[str, A
     return [(h, part.to_dict()) for h, part in run_document(doc).by_host()]
 
 
-def where(row: dict[str, str]) -> str:
+def where(row: Mapping[str, str]) -> str:
     """` (on xfs, host-a)`: the backing and host a claim's row was decided on, if any."""
     on = ", ".join(x for x in (row.get("backing"), row.get("host")) if x)
     return f" (on {on})" if on else ""
 
 
-def evaluate(doc: RunDocument | Mapping[str, Any]) -> list[dict[str, str]]:
+def evaluate(doc: RunDocument | Mapping[str, Any], claims: Sequence[Claim] = CLAIMS) -> list[dict[str, str]]:
     """Every claim with its verdict and the figures that decide it, per host of a fleet and per backing
     in a backing sweep; a claim that comes out the same everywhere is said once."""
     out = []
     run = run_document(doc)
-    parts = [(h, b, part.to_dict()) for h, whole in run.by_host() for b, part in whole.by_backing()]
-    for claim, check in CLAIMS:
-        found = [(host, backing, *check(part)) for host, backing, part in parts]
+    parts = [(h, b, part) for h, whole in run.by_host() for b, part in whole.by_backing()]
+    for c in claims:
+        found = [(host, backing, *c(part)) for host, backing, part in parts]
         if len({(v, f) for _, _, v, f in found}) == 1:  # the same everywhere (e.g. not measured): said once
             found = [("", "", *found[0][2:])]
-        cid = claim_id(check)
         out += [
-            {"id": cid, "claim": claim, "host": h, "backing": b, "verdict": v, "figures": f} for h, b, v, f in found
+            {"id": c.id, "claim": c.statement, "host": h, "backing": b, "verdict": v, "figures": f}
+            for h, b, v, f in found
         ]
     return out
 

@@ -17,7 +17,7 @@ __all__ = ["register_exporters"]
 def _table(report: Report) -> str:
     from layerbench.report.table import comparison_table
 
-    return comparison_table(report.doc)
+    return comparison_table(report.document)
 
 
 def _md(report: Report) -> str:

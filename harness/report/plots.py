@@ -140,30 +140,43 @@ def _layout(fig: go.Figure, title: str, height: int) -> None:
     )
 
 
-def _line_plot(
-    report: Report, scenario: str, metric: str, param: str, title: str, logx: bool, logy: bool
-) -> Plot | None:
+#: one line of a line plot: driver, backing, host and the other parameters (`""` when they follow x)
+Line = tuple[str, str, str, str]
+#: a line's points: x and the report row of its cell's metric
+Points = list[tuple[float, dict[str, Any]]]
+DASHES = ["solid", "dash", "dot", "dashdot"]
+
+
+def _lines(report: Report, scenario: str, metric: str, param: str) -> dict[Line, Points]:
+    """The lines of `metric` across `param` in `scenario`, in the report's series order; only lines with two
+    x values or more."""
     stats = _stats(report)
     points: dict[tuple[str, str, str], list[tuple[float, str, dict[str, Any]]]] = {}
-    for cell in report.doc["cells"]:
-        if cell["scenario"] != scenario or param not in cell["params"]:
+    for cell in report.document.cells:
+        if cell.scenario != scenario or param not in cell.params:
             continue
-        row = stats.get((*results.cell_key(cell), metric))
+        row = stats.get((*cell.key, metric))
         if row is None or row["n"] == 0:
             continue
-        rest = other_params(cell["params"], param)
+        rest = other_params(dict(cell.params), param)
         points.setdefault((row["driver"], row["backing"], row["host"]), []).append(
-            (float(cell["params"][param]), rest, row)
+            (float(cell.params[param]), rest, row)
         )
     # A driver is one line when each x has one cell (other parameters just follow x, like
     # `samples`); else one line per combination of the other parameters.
     series = report.series()
-    lines: dict[tuple[str, str, str, str], list[tuple[float, dict[str, Any]]]] = {}
+    lines: dict[Line, Points] = {}
     for key in sorted(points, key=series.index):
         unique = len({x for x, _, _ in points[key]}) == len(points[key])
         for x, rest, row in sorted(points[key], key=lambda p: (p[1], p[0])):
             lines.setdefault((*key, "" if unique else rest), []).append((x, row))
-    lines = {k: pts for k, pts in lines.items() if len({x for x, _ in pts}) >= 2}
+    return {k: sorted(pts, key=lambda p: p[0]) for k, pts in lines.items() if len({x for x, _ in pts}) >= 2}
+
+
+def _line_plot(
+    report: Report, scenario: str, metric: str, param: str, title: str, logx: bool, logy: bool
+) -> Plot | None:
+    lines = _lines(report, scenario, metric, param)
     if not lines:
         return None
     factor, unit_name = _family_scale(report, metric)
@@ -174,55 +187,17 @@ def _line_plot(
         if (f["scenario"], f["metric"], f["param"]) == (scenario, metric, param) and f["fits"]
     }
     fig = go.Figure()
-    dashes = ["solid", "dash", "dot", "dashdot"]
     rests = list(dict.fromkeys(rest for *_, rest in lines))
     backings = list(dict.fromkeys(b for _, b, _, _ in lines))
     hosts = list(dict.fromkeys(h for _, _, h, _ in lines))
     x_name = PARAM_NAMES.get(param, param.replace("_", " "))
     for i, ((driver, backing, host, rest), pts) in enumerate(lines.items()):
-        pts.sort(key=lambda p: p[0])
-        xs = [x for x, _ in pts]
         label = report.label(driver, backing, host) + (f" ({_rest_text(rest)})" if rest else "")
         fitted = slopes.get((driver, backing, host, rest))
         if fitted:
             label += f", {fitted}"
-        color, group = colors[driver], f"line{i}"
-        # the CI band first (hidden with its line from the legend), then the medians
-        fig.add_trace(
-            go.Scatter(
-                x=xs + xs[::-1],
-                y=[r["ci95_high"] / factor for _, r in pts] + [r["ci95_low"] / factor for _, r in pts][::-1],
-                fill="toself",
-                fillcolor=_alpha(color, 0.15),
-                line={"width": 0},
-                hoverinfo="skip",
-                legendgroup=group,
-                showlegend=False,
-            )
-        )
-        # markers differ per line and shrink as lines are drawn, so lines that coincide stay visible
-        fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=[r["median"] / factor for _, r in pts],
-                name=label,
-                legendgroup=group,
-                mode="lines+markers",
-                line={
-                    "color": color,
-                    "width": 3 if i == 0 else 2,
-                    "dash": dashes[(rests.index(rest) + backings.index(backing) + hosts.index(host)) % len(dashes)],
-                },
-                marker={
-                    "symbol": MARKERS[i % len(MARKERS)] + ("-open" if i % 2 else ""),
-                    "size": max(12 - 2 * i, 6),
-                    "line": {"width": 2, "color": color},
-                },
-                customdata=[[_tick(x, param), _ci_text(r, factor, unit_name), int(r["n"])] for x, r in pts],
-                hovertemplate=f"<b>{label}</b><br>{x_name}: %{{customdata[0]}}<br>median: %{{y:.3g}} {unit_name}"
-                "<br>95% CI: %{customdata[1]}<br>%{customdata[2]} samples<extra></extra>",
-            )
-        )
+        dash = DASHES[(rests.index(rest) + backings.index(backing) + hosts.index(host)) % len(DASHES)]
+        _add_line(fig, i, pts, label, colors[driver], dash, (factor, unit_name), (param, x_name))
     ticks = sorted({x for pts in lines.values() for x, _ in pts})
     fig.update_xaxes(
         type="log" if logx else "linear", tickvals=ticks, ticktext=[_tick(x, param) for x in ticks], title=x_name
@@ -244,6 +219,52 @@ def _line_plot(
     return Plot(title=f"{title} ({scenario})", caption=caption, figure=fig, scenario=scenario)
 
 
+def _add_line(
+    fig: go.Figure,
+    i: int,
+    pts: Points,
+    label: str,
+    color: str,
+    dash: str,
+    scale: tuple[float, str],
+    param: tuple[str, str],
+) -> None:
+    """The `i`-th line: its CI band first (hidden with its line from the legend), then the medians. Markers
+    differ per line and shrink as lines are drawn, so lines that coincide stay visible."""
+    (factor, unit_name), (name, x_name) = scale, param
+    xs, group = [x for x, _ in pts], f"line{i}"
+    fig.add_trace(
+        go.Scatter(
+            x=xs + xs[::-1],
+            y=[r["ci95_high"] / factor for _, r in pts] + [r["ci95_low"] / factor for _, r in pts][::-1],
+            fill="toself",
+            fillcolor=_alpha(color, 0.15),
+            line={"width": 0},
+            hoverinfo="skip",
+            legendgroup=group,
+            showlegend=False,
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=[r["median"] / factor for _, r in pts],
+            name=label,
+            legendgroup=group,
+            mode="lines+markers",
+            line={"color": color, "width": 3 if i == 0 else 2, "dash": dash},
+            marker={
+                "symbol": MARKERS[i % len(MARKERS)] + ("-open" if i % 2 else ""),
+                "size": max(12 - 2 * i, 6),
+                "line": {"width": 2, "color": color},
+            },
+            customdata=[[_tick(x, name), _ci_text(r, factor, unit_name), int(r["n"])] for x, r in pts],
+            hovertemplate=f"<b>{label}</b><br>{x_name}: %{{customdata[0]}}<br>median: %{{y:.3g}} {unit_name}"
+            "<br>95% CI: %{customdata[1]}<br>%{customdata[2]} samples<extra></extra>",
+        )
+    )
+
+
 def _rest_text(rest: str) -> str:
     """`file_size=67108864;mode=append` as people write it: `64 MiB, append`."""
     parts = [part.partition("=") for part in rest.split(";") if part]
@@ -257,7 +278,7 @@ def line_plots(report: Report) -> list[Plot]:
     """Every LINE_PLOTS entry for every scenario that sweeps its parameter and has its metric."""
     out = []
     for metric, param, title, logx, logy in LINE_PLOTS:
-        for scenario in dict.fromkeys(c["scenario"] for c in report.doc["cells"]):
+        for scenario in dict.fromkeys(c.scenario for c in report.document.cells):
             plot = _line_plot(report, scenario, metric, param, title, logx, logy)
             if plot is not None:
                 out.append(plot)

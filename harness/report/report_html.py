@@ -6,7 +6,7 @@ from __future__ import annotations
 from html import escape
 
 from layerbench.report.model import Report
-from layerbench.report.plots import figures, plotly_js
+from layerbench.report.plots import Plot, figures, plotly_js
 from layerbench.report.report_md import (
     HOSTS_NOTE,
     SLOPES_NOTE,
@@ -123,32 +123,8 @@ def _verdict(report: Report) -> list[str]:
 def render_html(report: Report) -> str:
     """The whole report as one HTML document that needs nothing but itself: the verdict first, then the
     claims, then each scenario folded (its plots, tables and statistics), warnings, errors, machine."""
-    runs = ", ".join(
-        f"<code>{escape(r['label'])}</code> ({escape(str(r['started_utc']))}, {escape(str(r['machine'].get('name')))})"
-        for r in report.runs
-    )
     scenarios = list(dict.fromkeys(r["scenario"] for r in report.rows))
-    toc = ['<a href="#verdict">Verdict</a>'] if any(v.rows for _, v in report.verdicts) else []
-    toc += ['<a href="#claims">Claims</a>'] if report.claims is not None else []
-    toc += [f'<a href="#{_anchor(s)}">{escape(s)}</a>' for s in scenarios]
-    toc += ['<a href="#warnings">Warnings</a>'] if report.warnings else []
-    toc += ['<a href="#machine">Machine</a>']
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<title>layerbench report</title>",
-        f"<style>{CSS}</style>",
-        f'<script type="text/javascript">{plotly_js()}</script></head><body>',
-        "<h1>layerbench report</h1>",
-        f'<p class="meta">Runs: {runs}.</p>',
-        *(
-            f'<p class="meta"><code>{escape(r["label"])}</code>: {escape(r["facts"])}</p>'
-            for r in report.runs
-            if r.get("facts")
-        ),
-        f'<nav class="toc">{" · ".join(toc)}</nav>',
-    ]
+    out = _head(report, scenarios)
     out += [f'<div class="note">{escape(n)}</div>' for n in report.notes]
     out += _verdict(report)
     if report.claims is not None:
@@ -157,33 +133,7 @@ def render_html(report: Report) -> str:
     plots = figures(report)
     out += ["<h2>Details</h2>", f'<p class="desc">{intro(report, lambda name: f"<b>{escape(name)}</b>")}</p>']
     for scenario in scenarios:
-        out.append(f'<details id="{_anchor(scenario)}"><summary><h3>{escape(scenario)}</h3></summary>')
-        description = report.doc["scenarios"].get(scenario, {}).get("description")
-        if description:
-            out.append(f'<p class="desc">{escape(" ".join(description.split()))}</p>')
-        mine = [p for p in plots if p.scenario == scenario]
-        if mine:
-            out.append('<div class="plots">')
-            for p in mine:
-                wide = ' class="wide"' if p.wide else ""
-                out.append(
-                    f"<figure{wide}>{p.html(f'plot{plots.index(p) + 1}')}"
-                    f"<figcaption><b>{escape(p.title)}.</b> {escape(p.caption)}</figcaption></figure>"
-                )
-            out.append("</div>")
-        out.append(_table(scenario_table(report, scenario)))
-        spread = hosts_table(report, scenario)
-        if spread[1]:
-            out += [f'<p class="desc">{escape(HOSTS_NOTE)}</p>', _table(spread)]
-        slopes = slopes_table(report, scenario)
-        if slopes[1]:
-            out += [f'<p class="desc">{escape(SLOPES_NOTE)}</p>', _table(slopes)]
-        out += [
-            "<details><summary>Statistics</summary>",
-            _table(stats_table(report, scenario), 3),
-            "</details>",
-            "</details>",
-        ]
+        out += _scenario(report, scenario, plots)
     if report.warnings:
         out += [
             '<h2 id="warnings">Warnings</h2><ul class="warn">',
@@ -199,3 +149,64 @@ def render_html(report: Report) -> str:
         "</body></html>",
     ]
     return "\n".join(out) + "\n"
+
+
+def _head(report: Report, scenarios: list[str]) -> list[str]:
+    """The page up to its table of contents: the head with CSS and plotly.js, the runs and how each measured."""
+    runs = ", ".join(
+        f"<code>{escape(r['label'])}</code> ({escape(str(r['started_utc']))}, {escape(str(r['machine'].get('name')))})"
+        for r in report.runs
+    )
+    toc = ['<a href="#verdict">Verdict</a>'] if any(v.rows for _, v in report.verdicts) else []
+    toc += ['<a href="#claims">Claims</a>'] if report.claims is not None else []
+    toc += [f'<a href="#{_anchor(s)}">{escape(s)}</a>' for s in scenarios]
+    toc += ['<a href="#warnings">Warnings</a>'] if report.warnings else []
+    toc += ['<a href="#machine">Machine</a>']
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>layerbench report</title>",
+        f"<style>{CSS}</style>",
+        f'<script type="text/javascript">{plotly_js()}</script></head><body>',
+        "<h1>layerbench report</h1>",
+        f'<p class="meta">Runs: {runs}.</p>',
+        *(
+            f'<p class="meta"><code>{escape(r["label"])}</code>: {escape(r["facts"])}</p>'
+            for r in report.runs
+            if r.get("facts")
+        ),
+        f'<nav class="toc">{" · ".join(toc)}</nav>',
+    ]
+
+
+def _scenario(report: Report, scenario: str, plots: list[Plot]) -> list[str]:
+    """One scenario, folded: its description, plots, table, the spread across hosts, slopes, statistics."""
+    out = [f'<details id="{_anchor(scenario)}"><summary><h3>{escape(scenario)}</h3></summary>']
+    description = report.document.scenarios.get(scenario, {}).get("description")
+    if description:
+        out.append(f'<p class="desc">{escape(" ".join(description.split()))}</p>')
+    mine = [p for p in plots if p.scenario == scenario]
+    if mine:
+        out.append('<div class="plots">')
+        for p in mine:
+            wide = ' class="wide"' if p.wide else ""
+            out.append(
+                f"<figure{wide}>{p.html(f'plot{plots.index(p) + 1}')}"
+                f"<figcaption><b>{escape(p.title)}.</b> {escape(p.caption)}</figcaption></figure>"
+            )
+        out.append("</div>")
+    out.append(_table(scenario_table(report, scenario)))
+    spread = hosts_table(report, scenario)
+    if spread[1]:
+        out += [f'<p class="desc">{escape(HOSTS_NOTE)}</p>', _table(spread)]
+    slopes = slopes_table(report, scenario)
+    if slopes[1]:
+        out += [f'<p class="desc">{escape(SLOPES_NOTE)}</p>', _table(slopes)]
+    return [
+        *out,
+        "<details><summary>Statistics</summary>",
+        _table(stats_table(report, scenario), 3),
+        "</details>",
+        "</details>",
+    ]

@@ -245,7 +245,7 @@ def key_metrics(report: Report, scenario: str) -> list[str]:
     (no other time is measured, or layers, files or containers are swept)."""
     mine = list(dict.fromkeys(r["metric"] for r in report.rows if r["scenario"] == scenario))
     keep = [m for m in mine if m not in SECONDARY_METRICS]
-    swept = set(report.doc["scenarios"].get(scenario, {}).get("params", {}))
+    swept = set(report.document.scenarios.get(scenario, {}).get("params", {}))
     if (
         "startup_ns" in keep
         and len([m for m in keep if m.endswith("_ns")]) > 1
@@ -355,7 +355,7 @@ def render_md_long(report: Report) -> str:
     out += ["## Details", "", intro(report), ""]
     for scenario in dict.fromkeys(r["scenario"] for r in report.rows):
         out += [f"<details><summary><b>{scenario}</b></summary>", ""]
-        description = report.doc["scenarios"].get(scenario, {}).get("description")
+        description = report.document.scenarios.get(scenario, {}).get("description")
         if description:
             out += [" ".join(description.split()), ""]
         out += [*_md(scenario_table(report, scenario)), ""]
