@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,7 +69,9 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     """After the whole suite, no mount or loop device under the tests' temp root remains."""
     root = str(tmp_path_factory.getbasetemp())
     yield
-    left = _leftovers_under(root)
+    deadline = time.monotonic() + 10  # a loop device detaches when the last mount namespace holding it ends
+    while (left := _leftovers_under(root)) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not left, f"left behind by the test suite: {left}"
 
 

@@ -26,6 +26,7 @@ from layerbench.run.ledger import Ledger, daemon_id
 __all__ = ["BuiltinContainer"]
 
 _MS_REC, _MS_PRIVATE, _MS_NOEXEC = 16384, 1 << 18, 8
+_STOP_WAIT_S = 10.0  # a SIGKILLed pid 1 ends in milliseconds; the launcher is killed after, whatever happened
 _CTL_WAIT_S = 60.0  # the launcher's set-up is milliseconds: a minute without a word is a failure
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _NAMESPACES = (
@@ -87,6 +88,7 @@ class BuiltinContainer:
         self.ledger = ledger
         self._out_r, self._out_w = os.pipe()
         os.set_blocking(self._out_r, False)
+        self._ctl_buf = b""
         self._ctl_r, self._ctl_w = os.pipe()  # child -> harness: its pid 1, then "prepared" or an error
         self._go_r, self._go_w = os.pipe()  # harness -> child: execve now
         self._outer: int | None = None  # the forked child, outside the new pid namespace
@@ -111,14 +113,18 @@ class BuiltinContainer:
         os.close(self._go_r)
         os.close(self._out_w)
         self._note(outer)
-        reply = self._read_ctl()
-        if not reply.startswith("pid "):
-            raise RuntimeError(f"builtin runtime: {reply or self._died()}")
-        self.pid = int(reply.split()[1])
-        self.pidfd = namespaces.pidfd_open(self.pid)  # now: it may exit as soon as it runs
-        reply = self._read_ctl()
-        if reply != "prepared":
-            raise RuntimeError(f"builtin runtime: {reply or self._died()}")
+        # the outer child's "pid N" and the inner child's "prepared" come in either order
+        pid, prepared = None, False
+        while pid is None or not prepared:
+            reply = self._read_ctl()
+            if reply.startswith("pid ") and pid is None:
+                pid = int(reply.split()[1])
+                self.pid = pid
+                self.pidfd = namespaces.pidfd_open(pid)  # now: it may exit as soon as it runs
+            elif reply == "prepared":
+                prepared = True
+            else:
+                raise RuntimeError(f"builtin runtime: {reply or self._died()}")
 
     def _died(self) -> str:
         """How the launcher ended, when it said nothing."""
@@ -128,15 +134,15 @@ class BuiltinContainer:
 
     def _read_ctl(self) -> str:
         """One line from the launcher; "" if it ends, or says nothing within _CTL_WAIT_S (never a hang)."""
-        data = b""
-        while not data.endswith(b"\n"):
+        while b"\n" not in self._ctl_buf:
             if not select.select([self._ctl_r], [], [], _CTL_WAIT_S)[0]:
                 break
             chunk = os.read(self._ctl_r, 4096)
             if not chunk:
                 break
-            data += chunk
-        return data.decode(errors="replace").strip()
+            self._ctl_buf += chunk
+        line, _, self._ctl_buf = self._ctl_buf.partition(b"\n")
+        return line.decode(errors="replace").strip()
 
     def _outer_child(self, env: dict[str, str]) -> None:  # pragma: no cover  (a forked child)
         code = 1
@@ -192,11 +198,12 @@ class BuiltinContainer:
     def stop(self) -> None:
         """SIGKILL the container's pid 1 (the kernel ends every process of its pid namespace), reap."""
         if self._outer is not None:
-            if self.pid:
+            if self.pid and self.pidfd >= 0:  # pinned: the pid cannot name another process
                 try:
-                    os.kill(self.pid, signal.SIGKILL)
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                select.select([self.pidfd], [], [], _STOP_WAIT_S)  # ended (its mounts with it) before the launcher goes
             os.kill(self._outer, signal.SIGKILL)
             os.waitpid(self._outer, 0)
             self._outer = None

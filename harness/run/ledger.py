@@ -47,6 +47,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,14 @@ def _stop_daemon(run: _Run, ident: str) -> str | None:
     if process.start_time(pid) != int(start) or exe is None:
         return None  # gone, or its pid holds another process now
     if not process.environ_has(pid, TAG, run.ledger):
+        # A process forked by the run without an exec (the built-in launcher) has the environment its
+        # parent was started with; it dies with its parent (PR_SET_PDEATHSIG): wait for that, kill nothing.
+        proc = process.ProcessId(pid, int(start), exe)
+        deadline = time.monotonic() + DAEMON_GRACE_S
+        while proc.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not proc.alive():
+            return None
         raise _Skip(f"pid {pid} ({exe}) does not carry this run's {TAG}")
     if process.ProcessId(pid, int(start), exe).stop(DAEMON_GRACE_S):
         return f"stopped process {pid} ({exe})"
