@@ -137,7 +137,6 @@ class ContainerdSnapshotterDriver(Driver):
         return {"containerd": _containerd_version() if cls.engine_address is None else f"at {cls.engine_address}"}
 
     def setup(self) -> None:
-        self._parents: dict[str, str | None] = {}
         self._mounted: dict[str, str] = {}
         self._containers: set[str] = set()  # active snapshots (committed ones have no mounts)
         #: how each mounted container was mounted ("mount(2)", "mount(2) relative", "fsconfig", "bind", "btrfs")
@@ -172,7 +171,6 @@ class ContainerdSnapshotterDriver(Driver):
         self.lineage.check_new(layer_id)
         staging = self.home / "staging" / layer_id
         os.mkdir(staging, 0o755)
-        self._parents[layer_id] = parent
         self.lineage.add(layer_id, parent)
         return staging
 
@@ -202,7 +200,7 @@ class ContainerdSnapshotterDriver(Driver):
                     f"layerbench-{layer_id}", iter(functools.partial(f.read, _CHUNK), b""), size, digest
                 )
             tar.unlink()
-            self._apply_blob(Descriptor(LAYER_MEDIA_TYPE, digest, size), layer_id, self._parents[layer_id])
+            self._apply_blob(Descriptor(LAYER_MEDIA_TYPE, digest, size), layer_id, self.lineage.parent[layer_id])
         finally:
             tar.unlink(missing_ok=True)
             remove_tree(staging)
@@ -214,7 +212,6 @@ class ContainerdSnapshotterDriver(Driver):
         self.api.prepare(self.snapshotter, container_id, image)
         self._made.append(container_id)
         self._containers.add(container_id)
-        self._parents[container_id] = image
         self.lineage.add(container_id, image)
 
     def mount(self, container_id: str) -> Path:
@@ -237,7 +234,7 @@ class ContainerdSnapshotterDriver(Driver):
 
     def commit(self, container_id: str, layer_id: str) -> None:
         self.lineage.check_new(layer_id)
-        image = self._parents[container_id]
+        image = self.lineage.parent[container_id]
         view = f"view-{layer_id}"
         left = self.api.view(self.snapshotter, view, image or "")
         try:
@@ -247,11 +244,10 @@ class ContainerdSnapshotterDriver(Driver):
         finally:
             self.api.remove(self.snapshotter, view)
         self._apply_blob(blob, layer_id, image)
-        self._parents[layer_id] = image
         self.lineage.add_commit(layer_id, container_id)
 
     def remove(self, item_id: str) -> None:
-        if item_id not in self._parents:
+        if item_id not in self.lineage:
             raise FileNotFoundError(errno.ENOENT, f"{self.name}: no snapshot {item_id!r}")
         self.lineage.check_removable(item_id)
         if item_id in self._made:
@@ -259,7 +255,6 @@ class ContainerdSnapshotterDriver(Driver):
             self._made.remove(item_id)
         else:  # a layer created and never sealed: only its staging directory exists
             remove_tree(self.home / "staging" / item_id)
-        del self._parents[item_id]
         self._containers.discard(item_id)
         self.lineage.forget(item_id)
 
@@ -293,7 +288,7 @@ class ContainerdSnapshotterDriver(Driver):
         return data
 
     def close(self) -> None:
-        if not hasattr(self, "_parents"):
+        if not hasattr(self, "_mounted"):
             return  # never set up
         unmount_below(self.home / "rootfs")
         self._mounted.clear()

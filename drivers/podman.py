@@ -89,7 +89,6 @@ class PodmanDriver(Driver):
     def setup(self) -> None:
         self._images: dict[str, str] = {}  # layer id -> Podman's image id
         self._layers: dict[str, tuple[list[dict[str, Any]], list[str]]] = {}  # layer id -> its descriptors, diff ids
-        self._parents: dict[str, str | None] = {}
         self._containers: set[str] = set()
         self._mounted: set[str] = set()
         self._holder: subprocess.Popen[bytes] | None = None
@@ -172,7 +171,6 @@ class PodmanDriver(Driver):
         self.lineage.check_new(layer_id)
         staging = self.home / "staging" / layer_id
         os.mkdir(staging, 0o755)
-        self._parents[layer_id] = parent
         self.lineage.add(layer_id, parent)
         return staging
 
@@ -188,7 +186,7 @@ class PodmanDriver(Driver):
             with open(tmp, "wb") as out:
                 digest, size = pack_layer(staging, out, self.opaque_xattr)
             os.replace(tmp, self.home / "oci" / "blobs" / "sha256" / digest.removeprefix("sha256:"))
-            parent = self._parents[layer_id]
+            parent = self.lineage.parent[layer_id]
             below, diff_ids = self._chain(parent) if parent is not None else ([], [])
             layers = [*below, {"mediaType": _LAYER, "digest": digest, "size": size}]
             diff_ids = [*diff_ids, digest]  # uncompressed: the diff id is the blob's digest
@@ -247,7 +245,6 @@ class PodmanDriver(Driver):
         self.lineage.check_new(container_id)
         self.podman("create", "-q", "--name", container_id, *_CONTAINER_LIMITS, self._images[image], "true")
         self._containers.add(container_id)
-        self._parents[container_id] = image
         self.lineage.add(container_id, image)
 
     def mount(self, container_id: str) -> Path:
@@ -263,12 +260,10 @@ class PodmanDriver(Driver):
         self.lineage.check_new(layer_id)
         image_id = self.podman("commit", "-q", "--pause=false", container_id)
         self._images[layer_id] = image_id.splitlines()[-1]
-        image = self._parents[container_id]
-        self._parents[layer_id] = image
-        self.lineage.add_commit(layer_id, container_id)
+        self.lineage.add_commit(layer_id, container_id)  # the layer's parent: the container's image
 
     def remove(self, item_id: str) -> None:
-        if item_id not in self._parents:
+        if item_id not in self.lineage:
             raise FileNotFoundError(errno.ENOENT, f"{self.name}: no such item {item_id!r}")
         self.lineage.check_removable(item_id)
         if item_id in self._containers:
@@ -278,7 +273,6 @@ class PodmanDriver(Driver):
             self.podman("rmi", "--no-prune", self._images.pop(item_id))  # not the untagged parent images too
         else:  # a layer created and never sealed
             remove_tree(self.home / "staging" / item_id)
-        del self._parents[item_id]
         self._layers.pop(item_id, None)
         self.lineage.forget(item_id)
 
@@ -291,7 +285,7 @@ class PodmanDriver(Driver):
         return data
 
     def close(self) -> None:
-        if not hasattr(self, "_parents"):
+        if not hasattr(self, "_mounted"):
             return  # never set up
         try:
             if self._holder is not None and self._holder.poll() is None:
