@@ -14,6 +14,7 @@ import pytest
 
 from layerbench.driver import LayerFormat
 from layerbench.errors import UserError
+from layerbench.images import layer_apply
 from layerbench.images.layer_stream import SizeLimit, free_disk_limit
 from layerbench.images.layer_tar import LowerTree, apply_host_dir, apply_tar_layer
 from layerbench.kernel.treecopy import copy_tree
@@ -703,3 +704,19 @@ def test_an_xattr_name_with_a_nul_byte_is_one_line(tmp_path: Path) -> None:
     member = F("f", b"", xattrs={"user.a\0b": "1"})
     with pytest.raises(UserError, match=r"entry 'f': an xattr name 'user.a\\x00b' that is empty or holds a NUL byte$"):
         apply(tmp_path, FULL, member)
+
+
+def test_a_missed_name_check_still_cannot_leave_the_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Confined by construction: with the '..' check switched off, the kernel (openat2 beneath the
+    layer root, kernel/confined.py) refuses the way out, and nothing outside is written."""
+
+    def unchecked(applier: object, e: object, name: str, what: str = "path") -> tuple[str, ...]:
+        return tuple(p for p in name.split("/") if p not in ("", "."))
+
+    monkeypatch.setattr(layer_apply, "_split", unchecked)
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    with pytest.raises(UserError, match=r"^layer\.tar: entry '\.\./outside/planted': path escapes the layer root"):
+        apply(root, FULL, F("../outside/planted", b"x"))
+    assert list(outside.iterdir()) == [] and list(root.iterdir()) == []

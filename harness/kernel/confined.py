@@ -22,12 +22,14 @@ import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "Root",
     "Parents",
     "Escape",
     "openat2",
+    "opendir",
     "path_error",
     "chmod",
     "RESOLVE_BENEATH",
@@ -79,21 +81,53 @@ def path_error(path: str) -> str | None:
     return None
 
 
+#: open_how structs by (flags, mode, resolve), made once: a layer's import opens a directory per entry
+_HOWS: dict[tuple[int, int, int], Any] = {}
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
+
+
+def _how(flags: int, mode: int, resolve: int) -> Any:
+    key = (flags, mode, resolve)
+    ref = _HOWS.get(key)
+    if ref is None:
+        if len(_HOWS) >= 64:
+            _HOWS.clear()
+        ref = _HOWS[key] = ctypes.byref(_OpenHow(flags, mode, resolve))
+    return ref
+
+
+_OPENDIR = _how(os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, BENEATH)
+
+
 def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = BENEATH) -> int:
     """openat2(2): open `path` relative to `dirfd` under the `resolve` restrictions; returns the fd."""
     if "\0" in path:
         raise Escape(f"{path!r}: holds a NUL byte")
     creates = flags & os.O_CREAT or flags & os.O_TMPFILE == os.O_TMPFILE  # O_TMPFILE holds O_DIRECTORY's bit
-    how = _OpenHow(flags | os.O_CLOEXEC, mode if creates else 0, resolve)
-    fd = _libc.syscall(
-        _SYS_OPENAT2, ctypes.c_int(dirfd), os.fsencode(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))
-    )
+    how = _how(flags | os.O_CLOEXEC, mode if creates else 0, resolve)
+    fd = _libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), how, _HOW_SIZE)
     if fd < 0:
         err = ctypes.get_errno()
         if err == errno.EXDEV and resolve & (RESOLVE_BENEATH | RESOLVE_IN_ROOT):
             raise Escape(f"{path!r}: resolves outside the root it must stay below")
         raise OSError(err, os.strerror(err), path)
     return fd
+
+
+def opendir(dirfd: int, name: str) -> int:
+    """A readable directory fd of `name` below `dirfd`: never above it, no symlink followed
+    (a symlink: ELOOP, a non-directory: ENOTDIR, nothing there: FileNotFoundError).
+
+    `openat2` without its generality: a layer's import opens a directory per entry."""
+    if "\0" in name:
+        raise Escape(f"{name!r}: holds a NUL byte")
+    fd = _libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(name), _OPENDIR, _HOW_SIZE)
+    if fd < 0:
+        err = ctypes.get_errno()
+        if err == errno.EXDEV:
+            raise Escape(f"{name!r}: resolves outside the root it must stay below")
+        raise OSError(err, os.strerror(err), name)
+    return int(fd)
 
 
 def chmod(dirfd: int, name: str, mode: int) -> None:
