@@ -223,7 +223,10 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def remove(self, item_id: str) -> None:
-        """Remove a layer or an unmounted container."""
+        """Remove a layer or an unmounted container; its id is free again after.
+
+        A layer that still has children (a layer or a container made on it) is refused with
+        OSError(EBUSY) and left as it was (`Lineage.check_removable`)."""
 
     @abc.abstractmethod
     def inspect(self, item_id: str) -> dict[str, str]:
