@@ -11,7 +11,6 @@ deletes that do not shrink an image, commit as a new layer), the ones users ask 
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ from layerbench.analysis.claim_evaluators import (
     Select,
     Values,
 )
-from layerbench.analysis.results_model import CellResult, RunDocument, run_document
+from layerbench.analysis.results_model import CellResult, RunDocument, median, run_document
 from layerbench.units import human
 
 __all__ = [
@@ -161,13 +160,8 @@ def _pull_share(cell: CellResult, run: RunDocument) -> Values | None:
     shares = [(pulls[i] + unpacks[i]) / whole[i] for i in range(n) if whole[i] > 0]
     if not shares:
         return None
-    download = statistics.median(pulls[i] / whole[i] for i in range(n) if whole[i] > 0)
-    return {
-        "link": _link(cell),
-        "share": statistics.median(shares),
-        "whole": statistics.median(whole),
-        "download": download,
-    }
+    download = median(pulls[i] / whole[i] for i in range(n) if whole[i] > 0)
+    return {"link": _link(cell), "share": median(shares), "whole": median(whole), "download": download}
 
 
 def _base_present(cell: CellResult, run: RunDocument) -> Values | None:

@@ -63,14 +63,16 @@ def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
     label_of: dict[CellKey, str] = {}
     shown: Counter[str] = Counter()  # run label -> cells it shows in place of an earlier run's
     involved: dict[str, None] = {}
-    fleet = any(c.get("host") for doc in docs for c in doc["cells"])
-    for doc in docs:
+    runs = [run_document(doc) for doc in docs]
+    fleet = any(c.host for run in runs for c in run.cells)
+    for doc, run in zip(docs, runs, strict=True):
         merged["scenarios"].update(doc["scenarios"])
         merged["drivers"].update(doc["drivers"])
-        for cell in doc["cells"]:
-            if fleet and not cell.get("host"):  # a local run beside a fleet's: its machine is its host
+        for one in run.cells:
+            cell, key = one.record, one.key
+            if fleet and not one.host:  # a local run beside a fleet's: its machine is its host
                 cell = {**cell, "host": (doc.get("machine") or {}).get("name") or doc["label"]}
-            key = cell_key(cell)
+                key = cell_key(cell)
             if key in by_key:
                 involved.update(dict.fromkeys((label_of[key], doc["label"])))
                 shown[doc["label"]] += 1
@@ -80,10 +82,10 @@ def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
                 merged["cells"].append(cell)
             label_of[key] = doc["label"]
     if shown:
-        runs = ", ".join(involved)
+        labels = ", ".join(involved)
         winners = ", ".join(f"{n} from {label}" for label, n in shown.items())
         notes.append(
-            f"{sum(shown.values())} cells are in several of these runs ({runs}); each shows the last run "
+            f"{sum(shown.values())} cells are in several of these runs ({labels}); each shows the last run "
             f"given ({winners}). Report one run's file to see that run alone, or compare two with "
             f"`layerbench compare OLD NEW`"
         )
@@ -237,7 +239,7 @@ def _run_record(d: dict[str, Any]) -> dict[str, Any]:
     return {
         **{k: d.get(k) for k in ("label", "started_utc", "finished_utc", "status", "machine", "tool", "helpers")},
         # a fleet run's hosts that ran its cells: their machines, in the machine table
-        "hosts": {h: v for h, v in (d.get("hosts") or {}).items() if any(c.get("host") == h for c in d["cells"])},
+        "hosts": {h: v for h, v in (d.get("hosts") or {}).items() if h in run_document(d).hosts},
         "facts": run_facts(d).removeprefix("run: "),  # quick or full, samples per cell, how stores were made
     }
 
