@@ -40,6 +40,8 @@ from ._common import needs_root, unmount_below
 
 __all__ = ["ZfsDriver"]
 
+_BUSY_WAIT_S = 15.0  # how long `remove` retries a dataset zfs-fuse calls busy
+
 
 def _alive(pid: int) -> bool:
     """True while any thread of `pid` runs; a zombie left for init to reap is not alive."""
@@ -255,12 +257,15 @@ class ZfsDriver(Driver):
     def remove(self, item_id: str) -> None:
         self.lineage.check_removable(item_id)
         if (self.mountpoint / item_id).exists():
-            for attempt in range(10):  # -f: zfs-fuse reports busy otherwise; it can still, briefly
+            # -f: zfs-fuse reports busy otherwise; it can still, for as long as a mount namespace that
+            # copied the dataset's mount (a runtime's, just stopped) takes to end: seconds on a loaded machine
+            deadline = time.monotonic() + _BUSY_WAIT_S
+            while True:
                 try:
                     self._zfs("destroy", "-f", "-r", self._ds(item_id))
                     break
                 except OSError as exc:
-                    if "busy" not in str(exc) or attempt == 9:
+                    if "busy" not in str(exc) or time.monotonic() > deadline:
                         raise
                     time.sleep(0.1)
         self.lineage.forget(item_id)
