@@ -20,7 +20,6 @@ from typing import Any
 from layerbench.driver import Driver
 from layerbench.environment import RunEnvironment
 from layerbench.images.image import Image, SyntheticImage
-from layerbench.images.oci import cache_root
 from layerbench.kernel import syscalls
 from layerbench.run import backing, userns
 from layerbench.run.builds import build_further_images, build_measured
@@ -31,7 +30,7 @@ from layerbench.run.recorder import CellRecorder
 from layerbench.run.registry import Registries
 from layerbench.run.sampling import Sampling, headline_widths, stop_reason
 from layerbench.run.session import DriverSession
-from layerbench.run.steps import SampleState, run_step
+from layerbench.run.steps import SampleState, cell_registries, run_step, start_registries
 from layerbench.run.teardown import Overlap
 from layerbench.run.templates import Template, adopt
 from layerbench.run.templates import warm as warm_page_cache
@@ -76,6 +75,7 @@ class _CellRun:
     template: Template | None = None  # the store is a copy of this built one (harness/run/templates.py)
     overlap: Overlap | None = None  # the last cell's teardown, maybe still running: joined before the first sample
     waited_s: float = 0.0  # time spent joining it: that cell's, not this one's
+    registries: Registries | None = None  # a rootless cell's, started outside its user namespace (steps.py)
 
 
 @dataclass
@@ -192,16 +192,15 @@ def _take_samples(run: _CellRun, built: _Built, registries: Registries | None) -
 def _measure(run: _CellRun) -> None:
     """Set the driver up on the open store, build the image, take the samples; `run_cell` cleans up."""
     built = _build(run)
-    registries = (  # the registries `pull` steps start, one per link, stopped with the cell (run/registry.py)
-        Registries(run.session.store.mountpoint.parent, cache_root() / "registry-storage", run.session.store.ledger)
-        if any(x.op == "pull" for x in run.cell.steps)
-        else None
-    )
+    # the registries `pull` steps start, one per link, stopped with the cell (run/registry.py); a rootless
+    # cell's were started before its namespace, and its parent stops them
+    store = run.session.store
+    registries = run.registries or cell_registries(run.cell.steps, store.mountpoint.parent, store.ledger)
     try:
         _join_last_teardown(run)
         _take_samples(run, built, registries)
     finally:
-        if registries is not None:
+        if registries is not None and run.registries is None:
             registries.close()
 
 
@@ -213,7 +212,23 @@ def _measure_in_userns(run: _CellRun) -> None:
     comes back, after an error too; the parent's own handle cleans up what is left.
     """
     _join_last_teardown(run)  # before the fork: the child has no teardown thread to wait for
-    child = dataclasses.replace(run, overlap=None, session=DriverSession(run.session.cls, run.session.store))
+    cell, store = run.cell, run.session.store
+    registries = cell_registries(cell.steps, store.mountpoint.parent, store.ledger)
+    try:
+        spool = []
+        if registries is not None:  # pulls run inside, their registries as root outside, as a remote one
+            unbuilt = {name: image for name, _, image in cell.unbuilt}
+            spool = [start_registries(registries, cell.steps, cell.image, unbuilt)]
+        session = DriverSession(run.session.cls, store)
+        _in_userns(run, dataclasses.replace(run, overlap=None, session=session, registries=registries), spool)
+    finally:
+        if registries is not None:
+            registries.close()
+
+
+def _in_userns(run: _CellRun, child: _CellRun, spool: list[Path]) -> None:
+    """Hand the store (and `spool`, the pulls' directory) over; `child` measures in a forked child in the
+    namespace, `run` keeps the parent's own handle on the driver and gets what the child measured."""
     userns.hand_over(run.session.store.mountpoint)
     run.session.start(setup=False)  # the parent's own handle on the driver
 
@@ -229,7 +244,7 @@ def _measure_in_userns(run: _CellRun) -> None:
 
     cell = run.cell  # the OCI layouts its images are read from (under the 0700 work root) are reached too
     layouts = [getattr(img, "layout", None) for img in (cell.image, *(i for _, _, i in (*cell.images, *cell.unbuilt)))]
-    expose = [run.session.store.mountpoint, *sorted({p for p in layouts if isinstance(p, Path)})]
+    expose = [run.session.store.mountpoint, *spool, *sorted({p for p in layouts if isinstance(p, Path)})]
     got, recorded, error = userns.run_in_userns(body, expose=expose)
     run.result.update(got)
     run.recorder.merge(recorded)

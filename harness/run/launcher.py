@@ -127,7 +127,12 @@ class BuiltinContainer:
                 raise RuntimeError(f"builtin runtime: {reply or self._died()}")
 
     def _died(self) -> str:
-        """How the launcher ended, when it said nothing."""
+        """How the launcher ended, when it said nothing (killed first if it still runs: a silent one)."""
+        if self._outer is not None:
+            try:
+                os.kill(self._outer, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         status = self.exit_status()
         how = f"signal {-status}" if status is not None and status < 0 else f"status {status}"
         return f"the launcher ended ({how}) before it was ready"

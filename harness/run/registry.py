@@ -31,6 +31,7 @@ from pathlib import Path
 from layerbench.errors import UserError
 from layerbench.kernel.netshape import Link, ShapedNet, shaped_net
 from layerbench.run.ledger import Ledger, daemon_id
+from layerbench.run.userns import in_initial_userns
 
 __all__ = ["Registry", "registry", "registry_unavailable", "REGISTRY_BIN"]
 
@@ -220,6 +221,11 @@ class Registries:
 
     def get(self, link: Link) -> Registry:
         if link.name not in self._running:
+            if not in_initial_userns():  # a rootless cell's registries run as root outside its namespace
+                raise UserError(
+                    f"the registry at link {link.name} was not started before the cell's user namespace "
+                    "(steps.start_registries)"
+                )
             tag = f"{os.getpid() % 0xFFFFF:x}{len(self._running)}{int(time.monotonic() * 1000) % 1296:x}"
             self._running[link.name] = self._stack.enter_context(
                 registry(link, self.home / f"registry-{tag}", self.storage, self.ledger, tag)

@@ -15,8 +15,13 @@ Two, a cell dimension (the `run` step's `runtime`):
 
 Both: new mount, pid, ipc, uts and network namespaces (loopback only); the root is the
 driver's mount, `nodev,nosuid` as every mount layerbench makes; /proc, a /dev tmpfs with
-the usual devices, /dev/shm. A rootless cell (overlay2-rootless, fuse-overlayfs) starts
-it inside its user namespace, as rootless Podman does.
+the usual devices, /dev/shm. A rootless cell (overlay2-rootless) starts it inside its
+user namespace, as rootless Podman does (its image pulled in there too, from registries
+started as root outside: run/steps.start_registries). fuse-overlayfs cells run as root
+in layerbench (that driver has no user namespace of its own, `userns = False`), so their
+containers start as root, as overlay2's do. Each sample's first `run` step says which, from
+the container's own /proc files, as an outcome (`seen_from_inside`):
+`container root: overlay (nodev,nosuid), uid 0 = host uid 100000`.
 """
 
 from __future__ import annotations
@@ -32,11 +37,20 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from layerbench.kernel import namespaces
+from layerbench.kernel import mountinfo, namespaces
 from layerbench.run.launcher import BuiltinContainer
 from layerbench.run.ledger import TAG, Ledger, daemon_id
 
-__all__ = ["RUNTIMES", "Container", "CrunContainer", "unavailable", "default_runtime", "container", "versions"]
+__all__ = [
+    "RUNTIMES",
+    "Container",
+    "CrunContainer",
+    "unavailable",
+    "default_runtime",
+    "container",
+    "versions",
+    "seen_from_inside",
+]
 
 RUNTIMES = ("crun", "builtin")
 _PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -298,6 +312,22 @@ class CrunContainer:
         if self.ledger is not None:
             self._noted.append(daemon_id(pid))
             self.ledger.made("daemon", self._noted[-1])
+
+
+def seen_from_inside(pid: int) -> str:
+    """What a created container's process (`pid`, not yet exec'd) runs on, from its own /proc files: its
+    root's filesystem type and whether that mount is nodev,nosuid, and the host uid its uid 0 is (not 0:
+    a user namespace). `container root: overlay (nodev,nosuid), uid 0 = host uid 100000`."""
+    try:
+        root = [m for m in mountinfo.mounts(pid) if m.point == "/"][-1]
+        with open(f"/proc/{pid}/uid_map") as f:
+            first = f.readline().split()
+        host = int(first[1]) if first and first[0] == "0" else None
+    except (OSError, IndexError, ValueError) as exc:
+        return f"container root: unreadable from outside ({type(exc).__name__})"
+    safe = "nodev,nosuid" if root.has("nodev", "nosuid") else "NOT nodev,nosuid"
+    user = "uid 0 unmapped" if host is None else f"uid 0 = host uid {host}"
+    return f"container root: {root.fstype} ({safe}), {user}"
 
 
 def _wait_fd(fd: int, timeout_s: float) -> None:

@@ -41,6 +41,7 @@ from layerbench.errors import UserError
 from layerbench.images.build import build_image
 from layerbench.images.config import ImageConfig, config_of
 from layerbench.images.image import Image, LayerSpec, SyntheticImage
+from layerbench.images.oci import cache_root
 from layerbench.images.registry_client import client_for
 from layerbench.kernel import confined, mountinfo, pagecache, safety, syscalls
 from layerbench.kernel.confined import Parents, Root
@@ -48,15 +49,28 @@ from layerbench.kernel.netshape import parse_link
 from layerbench.kernel.treecopy import copy_tree
 from layerbench.ops import OPS
 from layerbench.run import backing, ready, runtime
+from layerbench.run.ledger import Ledger
 from layerbench.run.pull import StoreLayers, pull_image
 from layerbench.run.registry import Registries
-from layerbench.run.userns import in_initial_userns
+from layerbench.run.userns import hand_over
 from layerbench.scenario import Step
 
-__all__ = ["SampleState", "Recorder", "run_step", "BEHAVIOUR", "glob_paths", "RUNTIME_DIR"]
+__all__ = [
+    "SampleState",
+    "Recorder",
+    "run_step",
+    "BEHAVIOUR",
+    "glob_paths",
+    "RUNTIME_DIR",
+    "SPOOL_DIR",
+    "cell_registries",
+    "start_registries",
+]
 
 #: where the `run` step keeps its runtimes' bundles and state, in the store (the page-cache accounting skips it)
 RUNTIME_DIR = "runtime"
+#: where `pull` spools each sample's blobs, in the cell's directory beside the store (made and removed per pull)
+SPOOL_DIR = "spool"
 
 Recorder = Callable[[str, int], None]
 Outcome = Callable[[str, str], None]
@@ -93,6 +107,7 @@ class SampleState:
     configs: dict[str, ImageConfig] = field(default_factory=dict)  # image name ("base" too) -> config, once pulled
     processes: list[runtime.Container] = field(default_factory=list)  # `run` containers still running (keep)
     recorded: dict[str, int] = field(default_factory=dict)  # each metric the sample recorded, its last value
+    notes: list[str] = field(default_factory=list)  # what the running step saw, each an outcome of it
 
     @property
     def root(self) -> Path:
@@ -374,14 +389,17 @@ def _run(state: SampleState, step: Step, record: Recorder) -> None:
     t2 = perf_counter_ns()
     box.create()
     t3 = perf_counter_ns()
+    if not pre:  # between the clocks, once a sample: the root and the user the process gets, as it sees them
+        state.notes.append(runtime.seen_from_inside(box.pid))
+    t4 = perf_counter_ns()
     box.begin()
     ready.wait_ready(box, condition, float(args["timeout"]))
-    t4 = perf_counter_ns()
+    t5 = perf_counter_ns()
     read = pagecache.cached_bytes(files) - cached + pagecache.cached_bytes(own) - own_cached
     if not args["keep"]:
         state.processes.remove(box)
         box.stop()
-    create, started, became_ready = t1 - t0, t3 - t2, t4 - t3
+    create, started, became_ready = t1 - t0, t3 - t2, t5 - t4
     record(f"{pre}create_ns", create)
     record(f"{pre}runtime_ns", started)
     record(f"{pre}ready_ns", became_ready)
@@ -462,11 +480,7 @@ def _pull(state: SampleState, step: Step, record: Recorder) -> None:
         )
     if state.registries is None:
         raise UserError(f"{step.label}: this cell has no registry (a pull needs root and docker-registry)")
-    if not in_initial_userns():
-        raise UserError(
-            f"{step.label}: a rootless cell cannot pull yet (its registry would run as the namespace's user)"
-        )
-    reference = state.registries.get(link).push(layout)
+    reference = state.registries.get(link).push(layout)  # a rootless cell's: started and pushed before its namespace
     client, ref = client_for(reference, insecure=True)
     try:
         pulled = pull_image(
@@ -474,7 +488,7 @@ def _pull(state: SampleState, step: Step, record: Recorder) -> None:
             ref,
             state.driver,
             state.pulled,
-            state.store.mountpoint.parent / f"spool-{state.prefix}",
+            _spool(state.store.mountpoint.parent) / state.prefix,
             id_prefix=f"{state.prefix}p{len(state.layers)}",
             created=state.layers,
         )
@@ -492,6 +506,35 @@ def _pull(state: SampleState, step: Step, record: Recorder) -> None:
         state.top = pulled.top
     state.images = {**state.images, name: pulled.top}  # a copy: the runner's map of pre-built images stays
     state.configs = {**state.configs, name: pulled.config}
+
+
+def _spool(cell_dir: Path) -> Path:
+    spool = cell_dir / SPOOL_DIR
+    spool.mkdir(mode=0o700, exist_ok=True)
+    return spool
+
+
+def cell_registries(steps: list[Step], cell_dir: Path, ledger: Ledger | None) -> Registries | None:
+    """The registries a cell's `pull` steps start, one per link, stopped when the cell ends (`close`); None
+    without a pull step."""
+    if not any(x.op == "pull" for x in steps):
+        return None
+    return Registries(cell_dir, cache_root() / "registry-storage", ledger)
+
+
+def start_registries(registries: Registries, steps: list[Step], image: Image, unbuilt: dict[str, Image]) -> Path:
+    """For a rootless cell, before its user namespace: start the registry of every link its `pull` steps use
+    and push their images there (the registry runs as root outside, as a remote one would; the pull runs
+    inside), and hand the namespace's user the directory the pulls spool to (returned, to expose)."""
+    for step in steps:
+        if step.op == "pull":
+            args = OPS["pull"].with_defaults(step.args)
+            layout = getattr(image if args["image"] == "base" else unbuilt[args["image"]], "layout", None)
+            if isinstance(layout, Path):
+                registries.get(parse_link(args["link"])).push(layout)
+    spool = _spool(registries.home)
+    hand_over(spool)
+    return spool
 
 
 def _usage(state: SampleState, step: Step, record: Recorder) -> None:
@@ -853,3 +896,6 @@ def run_step(state: SampleState, step: Step, record: Recorder, outcome: Outcome)
         outcome(step.label, name)
     finally:
         _report_skipped(state, step, outcome)
+        for note in state.notes:
+            outcome(step.label, note)
+        state.notes.clear()

@@ -356,7 +356,7 @@ def test_sigkill_mid_pull_then_cleanup_leaves_no_registry_namespace_or_veth(
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until the registry serves and a pull is on its way
             kinds = {r.get("kind") for r in _ledger_records(work) if r.get("op") == "make"}
-            if {"daemon", "netns", "veth"} <= kinds and list(work.glob("run-*/*/spool-*")):
+            if {"daemon", "netns", "veth"} <= kinds and list(work.glob("run-*/*/spool/*")):
                 break
             time.sleep(0.05)
         else:
@@ -497,3 +497,41 @@ def test_a_pulled_layer_whose_diff_id_lies_is_refused_in_one_line(tmp_path: Path
             driver.remove(layer)
     assert str(err.value).endswith(f": uncompressed content does not match its diff_id {sha(LIE)}"), err.value
     assert "\n" not in str(err.value) and sha(TRUE) != sha(LIE)
+
+
+@pytest.mark.parametrize("rt", ["crun", "builtin"])
+def test_rootless_cells_pull_and_start_the_image_in_their_user_namespace(
+    images: tuple[Path, Path, Path], tmp_path: Path, rt: str
+) -> None:
+    """overlay2-rootless pulls and starts the image inside its user namespace (the registry runs as root
+    outside it); fuse-overlayfs cells run as root here. What the container's process ran on, from its own
+    /proc files, is each cell's outcome."""
+    from layerbench.plugins import default_plugins
+    from layerbench.run import runtime
+
+    if (why := runtime.unavailable(rt)) is not None:
+        pytest.skip(why)
+    expected = {
+        "overlay2-rootless": "container root: overlay (nodev,nosuid), uid 0 = host uid 100000",
+        "fuse-overlayfs": "container root: fuse.fuse-overlayfs (nodev,nosuid), uid 0 = host uid 0",
+    }
+    drivers = [d for d in expected if default_plugins().driver(d).probe() is None]
+    if not drivers:
+        pytest.skip("neither overlay2-rootless nor fuse-overlayfs can run here")
+    _, _, work = images
+    chosen = [x for d in drivers for x in ("-d", d)]
+    where = ["--work-root", str(work), "--results-dir", str(tmp_path)]
+    out = subprocess.run(
+        [*LAYERBENCH, "run", "cold-start", *chosen, "-p", f"runtime={rt}", "--samples", "1", "--warmup", "0", *where],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (path,) = tmp_path.rglob("*.json")
+    cells = {c["driver"]: c for c in json.loads(path.read_text())["cells"]}
+    assert sorted(cells) == sorted(drivers)
+    for driver, c in cells.items():
+        assert c["status"] == "ok", c["error"]
+        assert c["metrics"]["pulled_bytes"]["samples"][0] > 1_000_000  # busybox-static came over the link
+        assert c["metrics"]["cold_start_ns"]["samples"][0] > c["metrics"]["pull_ns"]["samples"][0] > 0
+        assert c["outcomes"]["step[1] run"] == {expected[driver]: 1}

@@ -100,10 +100,13 @@ def _root_line(output: str) -> list[str]:
 
 
 @pytest.mark.parametrize("rt", RUNTIMES)
-@pytest.mark.parametrize("name,fstype", [("overlay2", "overlay"), ("btrfs", "btrfs")])
+@pytest.mark.parametrize(
+    "name,fstype", [("overlay2", "overlay"), ("btrfs", "btrfs"), ("fuse-overlayfs", "fuse.fuse-overlayfs")]
+)
 def test_the_process_runs_inside_the_container(
     busybox_root: Path, tmp_path: Path, rt: str, name: str, fstype: str
 ) -> None:
+    require(name)
     with driver_on_store(name, tmp_path / "store") as (driver, store):
         work = store.mountpoint / "runtime"
         work.mkdir()
