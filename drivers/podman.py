@@ -25,7 +25,10 @@ crash) every mount Podman made goes with its namespace.
   (containers/image copies it, containers-storage applies it; lower layers already
   there are skipped, as from a registry);
 - start: `podman create` + `podman mount`; commit: `podman commit`; remove: `podman rm`
-  / `podman rmi` (a layer with children is refused here first: EBUSY).
+  / `podman rmi` (a layer with children is refused here first: EBUSY);
+- the cold start (run/engine.py's EngineImages): the `pull` step's `podman pull` from the
+  cell's registry (`pull_image`), the `run` step's `podman create` / `init` / `start
+  --attach` (`run_image`, drivers/_podman_container.py).
 """
 
 from __future__ import annotations
@@ -38,13 +41,17 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from time import perf_counter_ns
 from typing import Any, ClassVar
 
 from layerbench.driver import Driver, LayerFormat, Style
 from layerbench.images.layer_pack import pack_layer
-from layerbench.run.ledger import daemon_id
+from layerbench.kernel import namespaces
+from layerbench.run.engine import EnginePulled
+from layerbench.run.ledger import TAG, daemon_id
 
 from ._common import fs_in_kernel, needs_root, remove_tree
+from ._podman_container import PodmanContainer
 
 __all__ = ["PodmanDriver", "PodmanOverlay", "PodmanVfs", "PodmanBtrfs"]
 
@@ -58,6 +65,7 @@ _HOLDER = (
     '"mount -t tmpfs -o nodev,nosuid,noexec,size=1m tmpfs /sys/fs/cgroup && echo ready && exec sleep infinity"'
 )
 _CONTAINER_LIMITS = ("--cgroups=disabled", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class PodmanDriver(Driver):
@@ -90,6 +98,7 @@ class PodmanDriver(Driver):
         self._images: dict[str, str] = {}  # layer id -> Podman's image id
         self._layers: dict[str, tuple[list[dict[str, Any]], list[str]]] = {}  # layer id -> its descriptors, diff ids
         self._containers: set[str] = set()
+        self._ran: set[str] = set()  # containers made by run_image (PodmanContainer)
         self._mounted: set[str] = set()
         self._holder: subprocess.Popen[bytes] | None = None
         self._ident = ""
@@ -101,8 +110,11 @@ class PodmanDriver(Driver):
         (h / "storage.conf").write_text(
             f'[storage]\ndriver = "{self.storage_driver}"\ngraphroot = "{h}/root"\nrunroot = "{h}/run"\n'
         )
+        # conmon carries the run's tag, so `cleanup` may end it (and the process it starts) after a crash
+        conmon_env = [f"PATH={_PATH}", *([f"{TAG}={os.environ[TAG]}"] if TAG in os.environ else [])]
         (h / "containers.conf").write_text(
             f'[engine]\nevents_logger = "none"\ntmp_dir = "{h}/tmp"\ncgroup_manager = "cgroupfs"\n'
+            f"conmon_env_vars = {json.dumps(conmon_env)}\n"
             '[containers]\ncgroups = "disabled"\n'
         )
         self._env = {
@@ -148,17 +160,27 @@ class PodmanDriver(Driver):
         if self.ledger is not None:
             self.ledger.released("daemon", self._ident)
 
-    def podman(self, *args: str) -> str:
-        """Run `podman ARGS` in Podman's namespace on our storage; its stdout, or OSError with its last error line."""
+    def _argv(self, args: list[str] | tuple[str, ...]) -> list[str]:
         if self._holder is None:
             raise RuntimeError(f"{self.name}: not set up")
-        argv = ["nsenter", "-t", str(self._holder.pid), "-m", "--", "podman", *args]
-        proc = subprocess.run(argv, env=self._env, capture_output=True, text=True, cwd="/")
-        if proc.returncode != 0:
-            lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
-            code = errno.ENOENT if "no such" in lines[-1].lower() else errno.EIO
-            raise OSError(code, f"podman {args[0]}: {lines[-1]}")
-        return proc.stdout.strip()
+        return ["nsenter", "-t", str(self._holder.pid), "-m", "--", "podman", *args]
+
+    def podman(self, *args: str) -> str:
+        """Run `podman ARGS` in Podman's namespace on our storage; its stdout, or OSError with its last error line."""
+        proc = subprocess.run(self._argv(args), env=self._env, capture_output=True, text=True, cwd="/")
+        return _checked(args[0], proc)
+
+    def popen(self, args: list[str], out: int) -> subprocess.Popen[bytes]:
+        """`podman ARGS` started in Podman's namespace, its stdout and stderr to `out`; it dies with us."""
+        return subprocess.Popen(
+            self._argv(args),
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            cwd="/",
+            preexec_fn=namespaces.die_with_parent,  # noqa: PLW1509  one prctl(2) by ctypes: no lock taken
+        )
 
     def _inside(self, path: str) -> Path:
         """A path of Podman's namespace, as this process reaches it."""
@@ -239,6 +261,60 @@ class PodmanDriver(Driver):
             self._layers[layer_id] = (manifest["layers"], config["rootfs"]["diff_ids"])
         return self._layers[layer_id]
 
+    # --- the engine's own pull and run (run/engine.py) ---------------------------------
+
+    def pull_image(self, reference: str, image_id: str, created: list[str]) -> EnginePulled:
+        """`podman pull docker://REFERENCE` (plain HTTP: the harness's registry) as `image_id`, timed alone;
+        the layers it made, read from containers-storage's layers.json before and after, are what it fetched."""
+        self.lineage.check_new(image_id)
+        before = {layer["id"] for layer in self._storage_layers()}
+        policy = str(self.home / "policy.json")
+        argv = self._argv(["pull", "-q", "--tls-verify=false", "--signature-policy", policy, f"docker://{reference}"])
+        t0 = perf_counter_ns()
+        proc = subprocess.run(
+            argv,
+            env=self._env,
+            capture_output=True,
+            text=True,
+            cwd="/",
+            preexec_fn=namespaces.die_with_parent,
+        )
+        t1 = perf_counter_ns()
+        self._images[image_id] = _checked("pull", proc).splitlines()[-1]
+        self.lineage.add(image_id, None)
+        created.append(image_id)
+        fetched = {
+            str(layer["compressed-diff-digest"]): int(layer["compressed-size"])
+            for layer in self._storage_layers()
+            if layer["id"] not in before and "compressed-diff-digest" in layer
+        }
+        return EnginePulled(t1 - t0, fetched)
+
+    def _storage_layers(self) -> list[dict[str, Any]]:
+        """containers-storage's record of its image layers (each with the compressed size it read, when pulled)."""
+        path = self.home / "root" / f"{self.storage_driver}-layers" / "layers.json"
+        try:
+            layers = json.loads(path.read_text()) if path.exists() else []
+        except ValueError:
+            raise OSError(errno.EIO, f"{self.name}: {path.name} is not JSON") from None
+        return [layer for layer in layers if isinstance(layer, dict) and "id" in layer]
+
+    def run_image(
+        self, container_id: str, image_id: str, runtime: str, argv: tuple[str, ...], env: tuple[str, ...], cwd: str
+    ) -> PodmanContainer:
+        if runtime != "crun":
+            raise RuntimeError(f"{self.name}: Podman starts containers through crun here, not {runtime!r}")
+        self.lineage.check_new(container_id)
+        return PodmanContainer(self, container_id, self._images[image_id], runtime, argv, env, cwd)
+
+    def made_container(self, container_id: str, image_id: str, create: list[str]) -> None:
+        """`podman CREATE... IMAGE` for a run's container (PodmanContainer), then known as an item of the store."""
+        layer = next(k for k, v in self._images.items() if v == image_id)
+        self.podman(*create, *_CONTAINER_LIMITS, image_id)
+        self._containers.add(container_id)
+        self._ran.add(container_id)
+        self.lineage.add(container_id, layer)
+
     # --- containers --------------------------------------------------------------------
 
     def create_container(self, container_id: str, image: str) -> None:
@@ -267,8 +343,9 @@ class PodmanDriver(Driver):
             raise FileNotFoundError(errno.ENOENT, f"{self.name}: no such item {item_id!r}")
         self.lineage.check_removable(item_id)
         if item_id in self._containers:
-            self.podman("rm", item_id)
+            self.podman("rm", *(["-f"] if item_id in self._ran else []), item_id)  # a run's may not be reaped yet
             self._containers.discard(item_id)
+            self._ran.discard(item_id)
         elif item_id in self._images:
             self.podman("rmi", "--no-prune", self._images.pop(item_id))  # not the untagged parent images too
         else:  # a layer created and never sealed
@@ -346,3 +423,12 @@ def _podman_version() -> str:
         return "not installed"
     out = subprocess.run(["podman", "--version"], capture_output=True, text=True).stdout.split()
     return out[-1] if out else "?"
+
+
+def _checked(command: str, proc: subprocess.CompletedProcess[str]) -> str:
+    """The command's stdout, or OSError with its last error line."""
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
+        code = errno.ENOENT if "no such" in lines[-1].lower() else errno.EIO
+        raise OSError(code, f"podman {command}: {lines[-1]}")
+    return proc.stdout.strip()

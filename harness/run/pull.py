@@ -33,7 +33,7 @@ from layerbench.images.layer_tar import LowerTree
 from layerbench.images.oci import LayerBlob, apply_blob, config_diff_ids
 from layerbench.images.registry_client import Descriptor, Reference, RegistryClient
 
-__all__ = ["Pulled", "PulledLayer", "StoreLayers", "pull_image", "CONCURRENCY"]
+__all__ = ["Pulled", "PulledLayer", "StoreLayers", "pull_image", "parse_json", "CONCURRENCY"]
 
 #: blobs fetched at once (Docker's max-concurrent-downloads, containerd's default)
 CONCURRENCY = 3
@@ -58,8 +58,8 @@ class Pulled:
     config: ImageConfig
     layers: list[PulledLayer]
     pull_ns: int
-    unpack_ns: int
-    apply_ns: int
+    unpack_ns: int | None  # None: an engine's pull (run/engine.py), its unpacking inside pull_ns
+    apply_ns: int | None
 
     @property
     def transferred(self) -> int:
@@ -119,7 +119,7 @@ def _pull(
 ) -> Pulled:
     t0 = perf_counter_ns()
     manifest = client.manifest(ref)
-    raw_config = _json(client.config(ref, manifest.config), f"{ref}: config")
+    raw_config = parse_json(client.config(ref, manifest.config), f"{ref}: config")
     config = parse_config(f"{ref}: config", raw_config)
     descs = manifest.layers
     diff_ids = config_diff_ids(f"{ref}: config", raw_config, len(descs))  # each checked as its layer is applied
@@ -180,7 +180,8 @@ def _pull(
     return Pulled(parent, config, layers, t_fetched - t0, t_end - t_fetched, apply_ns)
 
 
-def _json(data: bytes, what: str) -> object:
+def parse_json(data: bytes, what: str) -> object:
+    """`data` as JSON, or UserError naming `what`."""
     import json
 
     from layerbench.errors import UserError

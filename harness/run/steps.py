@@ -48,7 +48,7 @@ from layerbench.kernel.confined import Parents, Root
 from layerbench.kernel.netshape import parse_link
 from layerbench.kernel.treecopy import copy_tree
 from layerbench.ops import OPS
-from layerbench.run import backing, ready, runtime
+from layerbench.run import backing, engine, ready, runtime
 from layerbench.run.ledger import Ledger
 from layerbench.run.pull import StoreLayers, pull_image
 from layerbench.run.registry import Registries
@@ -375,31 +375,40 @@ def _run(state: SampleState, step: Step, record: Recorder) -> None:
         pagecache.evict_files(files)
     cached = pagecache.cached_bytes(files)
     state.containers.append(cid)
-    t0 = perf_counter_ns()
-    state.driver.create_container(cid, image)
-    root = state.driver.mount(cid)
-    t1 = perf_counter_ns()
-    state.mounted.append(cid)
-    state.roots[cid] = root
-    # the container's own files (a snapshot's, a copy's: their pages are theirs), unless its root is a mount
-    own = [] if str(root) in mountinfo.mount_points() else pagecache.regular_files(root)
-    own_cached = pagecache.cached_bytes(own)
-    box = runtime.container(rt, cid, root, config.argv(), config.env, config.working_dir, work, state.store.ledger)
-    state.processes.append(box)
-    t2 = perf_counter_ns()
-    box.create()
-    t3 = perf_counter_ns()
-    if not pre:  # between the clocks, once a sample: the root and the user the process gets, as it sees them
-        state.notes.append(runtime.seen_from_inside(box.pid))
-    t4 = perf_counter_ns()
-    box.begin()
-    ready.wait_ready(box, condition, float(args["timeout"]))
-    t5 = perf_counter_ns()
+    if isinstance(state.driver, engine.EngineImages):  # the engine's own create, init and start (run/engine.py)
+        own: list[str] = []
+        own_cached = 0
+        made = state.driver.run_image(cid, image, rt, config.argv(), config.env, config.working_dir)
+        box: runtime.Container = made
+        state.processes.append(box)
+        seen = None if pre else (lambda pid: state.notes.append(runtime.seen_from_inside(pid)))
+        create, started, became_ready = engine.start(made, condition, float(args["timeout"]), seen)
+    else:
+        t0 = perf_counter_ns()
+        state.driver.create_container(cid, image)
+        root = state.driver.mount(cid)
+        t1 = perf_counter_ns()
+        state.mounted.append(cid)
+        state.roots[cid] = root
+        # the container's own files (a snapshot's, a copy's: their pages are theirs), unless its root is a mount
+        own = [] if str(root) in mountinfo.mount_points() else pagecache.regular_files(root)
+        own_cached = pagecache.cached_bytes(own)
+        box = runtime.container(rt, cid, root, config.argv(), config.env, config.working_dir, work, state.store.ledger)
+        state.processes.append(box)
+        t2 = perf_counter_ns()
+        box.create()
+        t3 = perf_counter_ns()
+        if not pre:  # between the clocks, once a sample: the root and the user the process gets, as it sees them
+            state.notes.append(runtime.seen_from_inside(box.pid))
+        t4 = perf_counter_ns()
+        box.begin()
+        ready.wait_ready(box, condition, float(args["timeout"]))
+        t5 = perf_counter_ns()
+        create, started, became_ready = t1 - t0, t3 - t2, t5 - t4
     read = pagecache.cached_bytes(files) - cached + pagecache.cached_bytes(own) - own_cached
     if not args["keep"]:
         state.processes.remove(box)
         box.stop()
-    create, started, became_ready = t1 - t0, t3 - t2, t5 - t4
     record(f"{pre}create_ns", create)
     record(f"{pre}runtime_ns", started)
     record(f"{pre}ready_ns", became_ready)
@@ -482,22 +491,20 @@ def _pull(state: SampleState, step: Step, record: Recorder) -> None:
         raise UserError(f"{step.label}: this cell has no registry (a pull needs root and docker-registry)")
     reference = state.registries.get(link).push(layout)  # a rootless cell's: started and pushed before its namespace
     client, ref = client_for(reference, insecure=True)
+    prefix = f"{state.prefix}p{len(state.layers)}"
     try:
-        pulled = pull_image(
-            client,
-            ref,
-            state.driver,
-            state.pulled,
-            _spool(state.store.mountpoint.parent) / state.prefix,
-            id_prefix=f"{state.prefix}p{len(state.layers)}",
-            created=state.layers,
-        )
+        if isinstance(state.driver, engine.EngineImages):  # the engine's own pull (run/engine.py)
+            pulled = engine.pull(state.driver, client, ref, prefix, state.layers)
+        else:
+            spool = _spool(state.store.mountpoint.parent) / state.prefix
+            pulled = pull_image(client, ref, state.driver, state.pulled, spool, id_prefix=prefix, created=state.layers)
     finally:
         client.close()
     pre = f"{args['prefix']}_" if "prefix" in args else ""
     record(f"{pre}pull_ns", pulled.pull_ns)
-    record(f"{pre}unpack_ns", pulled.unpack_ns)
-    record(f"{pre}apply_ns", pulled.apply_ns)
+    if pulled.unpack_ns is not None and pulled.apply_ns is not None:  # an engine's pull unpacks inside pull_ns
+        record(f"{pre}unpack_ns", pulled.unpack_ns)
+        record(f"{pre}apply_ns", pulled.apply_ns)
     record(f"{pre}pulled_bytes", pulled.transferred)
     record(f"{pre}image_pull_bytes", pulled.image_bytes)
     for i, layer in enumerate(pulled.layers):

@@ -1,0 +1,105 @@
+"""An engine's own pull and run: the optional capability the `pull` and `run` steps use when a driver has it.
+
+A driver whose engine pulls and starts images with its own commands (drivers/podman.py:
+`podman pull`, `podman create` / `init` / `start`) provides `EngineImages`; the steps
+then measure the engine instead of the harness's puller (run/pull.py) and runtimes
+(run/runtime.py). Nothing else changes: the same registry and link, the same ready
+conditions (run/ready.py), the same metric names, with these meanings —
+
+- `pull_ns` is the engine's whole pull command, the fetch *and* the unpacking (the engine
+  applies each layer as it arrives and says nothing in between that a clock could read);
+  `unpack_ns` and `apply_ns` are not recorded (absent, not 0), so a claim that needs the
+  split (pulling's share of a cold start) leaves these cells out. `pulled_bytes` is what the
+  engine's store recorded reading of each layer blob it did not have (containers-storage
+  counts the compressed stream it applies: `compressed-size`); `image_pull_bytes` the
+  manifest's layer sizes, as for the harness's pull.
+- `create_ns` is the engine's create (`podman create`: its container record and
+  container layer, no mount); `runtime_ns` its init (`podman init`: the mount, conmon and
+  the OCI runtime's create, the process waiting to exec); `ready_ns` its start to ready
+  (`podman start --attach`, the exec and the wait). `runtime` stays the OCI runtime
+  (`crun`): the engine drives it (`podman --runtime crun`); `builtin` is the harness's own
+  launcher, which an engine cannot drive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import perf_counter_ns
+from typing import Protocol, runtime_checkable
+
+from layerbench.images.config import parse_config
+from layerbench.images.registry_client import Reference, RegistryClient
+from layerbench.run import ready
+from layerbench.run.pull import Pulled, PulledLayer, parse_json
+from layerbench.run.runtime import Container
+
+__all__ = ["EngineImages", "EngineContainer", "EnginePulled", "pull", "start"]
+
+
+@dataclass
+class EnginePulled:
+    """What an engine's pull did: its command's time, and the layer blobs it fetched (digest -> bytes read)."""
+
+    pull_ns: int
+    fetched: dict[str, int]
+
+
+class EngineContainer(Container, Protocol):
+    """A container the engine makes (`make`, timed as create_ns), initialises (`create`, runtime_ns),
+    starts (`begin`) and stops (`stop`, after errors too); `noted` runs untimed between `create` and `begin`."""
+
+    def make(self) -> None: ...
+
+    def noted(self) -> None: ...
+
+
+@runtime_checkable
+class EngineImages(Protocol):
+    """A driver whose engine pulls and runs images itself; the pull and run steps use it when present."""
+
+    def pull_image(self, reference: str, image_id: str, created: list[str]) -> EnginePulled:
+        """Pull `reference` (host:port/name:tag, the harness's plain-HTTP registry) into the store as the
+        image `image_id`, appended to `created` once it exists; the command's time alone in pull_ns."""
+        ...
+
+    def run_image(
+        self, container_id: str, image_id: str, runtime: str, argv: tuple[str, ...], env: tuple[str, ...], cwd: str
+    ) -> EngineContainer:
+        """A container `container_id` of image `image_id` running `argv` (the image's Entrypoint + Cmd) with
+        `env` in `cwd` through OCI runtime `runtime`, prepared: nothing runs yet. Once made,
+        `remove(container_id)` removes it."""
+        ...
+
+
+def pull(engine: EngineImages, client: RegistryClient, ref: Reference, image_id: str, created: list[str]) -> Pulled:
+    """The engine pulls `ref` as `image_id`; then, untimed, the manifest and config from the registry say which
+    layers it had to fetch and how the image starts."""
+    got = engine.pull_image(str(ref), image_id, created)
+    manifest = client.manifest(ref)
+    config = parse_config(f"{ref}: config", parse_json(client.config(ref, manifest.config), f"{ref}: config"))
+    layers = [
+        PulledLayer(d.digest, d.size, image_id, got.fetched.get(d.digest, 0), d.digest not in got.fetched)
+        for d in manifest.layers
+    ]
+    return Pulled(image_id, config, layers, got.pull_ns, None, None)
+
+
+def start(
+    box: EngineContainer, condition: str, timeout_s: float, seen: Callable[[int], None] | None = None
+) -> tuple[int, int, int]:
+    """Make, initialise and start `box` until `condition` holds: (create_ns, runtime_ns, ready_ns). `seen` gets
+    the created process's pid between the clocks (run/runtime.py's seen_from_inside)."""
+    t0 = perf_counter_ns()
+    box.make()
+    t1 = perf_counter_ns()
+    box.create()
+    t2 = perf_counter_ns()
+    box.noted()
+    if seen is not None:
+        seen(box.pid)
+    t3 = perf_counter_ns()
+    box.begin()
+    ready.wait_ready(box, condition, timeout_s)
+    t4 = perf_counter_ns()
+    return t1 - t0, t2 - t1, t4 - t3

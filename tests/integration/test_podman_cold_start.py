@@ -1,0 +1,197 @@
+"""The cold start through Podman itself: `podman pull` from the cell's registry, `podman create`, `init`, `start`.
+
+A podman/overlay cell of the cold-start scenario (busybox, loopback): Podman pulls the
+image from the harness's docker-registry (the bytes its store read equal the image's
+compressed layers), starts the entrypoint to its ready line, and leaves nothing after
+the cell; a run SIGKILLed while Podman's container runs leaves nothing once `cleanup`
+has run (conmon and the container's process are in the ledger).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from layerbench.environment import RunEnvironment, applied
+from layerbench.errors import UserError
+from layerbench.images.debian import open_debian
+from layerbench.kernel import mountinfo
+from layerbench.run.ledger import LEDGER_NAME, TAG, Ledger
+from layerbench.run.plan import RunConfig
+from layerbench.run.registry import registry_unavailable
+from layerbench.run.runner import run
+from layerbench.run.runtime import unavailable
+
+from ..conftest import require
+
+pytestmark = pytest.mark.mounts
+LAYERBENCH = [sys.executable, "-m", "layerbench"]
+
+#: the cold-start scenario's steps, one sample, the busybox httpd image kept running (for the SIGKILL)
+_SERVING = """
+name = "serving"
+description = "podman pulls busybox-httpd and keeps it serving, sample after sample"
+[image]
+source = "debian"
+recipe = "busybox-httpd"
+[repeat]
+samples = 1000
+warmup = 0
+adaptive = false
+[[step]]
+op = "pull"
+[[step]]
+op = "run"
+runtime = "crun"
+keep = true
+"""
+
+
+def _need_all() -> None:
+    require("podman/overlay")
+    if (why := registry_unavailable()) is not None:
+        pytest.skip(why)
+    if (why := unavailable("crun")) is not None:
+        pytest.skip(why)
+
+
+def _layout(work: Path, recipe: str) -> Path:
+    """The recipe's OCI layout under `work` (built once there), or a skip without a Debian mirror."""
+    try:
+        with applied(RunEnvironment(work_root=work)):
+            image = open_debian(recipe)
+    except UserError as exc:
+        pytest.skip(str(exc))
+    assert image.layout is not None
+    return image.layout
+
+
+def _compressed_layers(layout: Path) -> int:
+    blobs = layout / "blobs" / "sha256"
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].removeprefix("sha256:")).read_text())
+    return sum(int(layer["size"]) for layer in manifest["layers"])
+
+
+def _tagged(under: Path) -> list[int]:
+    """Pids of live processes carrying the tag of a run's ledger under `under`."""
+    want = f"{TAG}={under}/".encode()
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if any(e.startswith(want) for e in env) and state != "Z":
+            pids.append(int(pid))
+    return pids
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def test_a_podman_cold_start_cell_pulls_from_the_registry_and_runs_to_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _need_all()
+    work = tmp_path / "work"
+    layout = _layout(work, "busybox")
+    noted: list[tuple[str, str]] = []
+    made, released = Ledger.made, Ledger.released
+
+    def note_made(self: Ledger, kind: str, path: Path | str) -> None:
+        if kind == "daemon":
+            noted.append(("make", str(path)))
+        made(self, kind, path)
+
+    def note_released(self: Ledger, kind: str, path: Path | str) -> None:
+        if kind == "daemon":
+            noted.append(("release", str(path)))
+        released(self, kind, path)
+
+    monkeypatch.setattr(Ledger, "made", note_made)
+    monkeypatch.setattr(Ledger, "released", note_released)
+    config = RunConfig(
+        scenarios=("cold-start",),
+        drivers=("podman/overlay",),
+        results_dir=tmp_path / "results",
+        work_root=work,
+        quick=True,
+        samples=1,
+        warmup=0,
+        target_ci=0.0,
+    )
+    doc, _path = run(config, progress=lambda _line: None)
+    (cell,) = doc["cells"]
+    assert cell["status"] == "ok", cell["error"]
+    m = cell["metrics"]
+    size = _compressed_layers(layout)
+    # Podman read every compressed byte of the image from the registry, and only those
+    assert m["pulled_bytes"]["samples"] == m["image_pull_bytes"]["samples"] == [size]
+    assert size > 0
+    assert "unpack_ns" not in m and "apply_ns" not in m  # inside pull_ns: the engine does not split them
+    for phase in ("pull_ns", "create_ns", "runtime_ns", "ready_ns", "cold_start_ns", "warm_start_ns"):
+        assert m[phase]["samples"] and min(m[phase]["samples"]) > 0, phase
+    (whole,) = m["cold_start_ns"]["samples"]
+    parts = sum(m[p]["samples"][0] for p in ("pull_ns", "create_ns", "runtime_ns", "ready_ns"))
+    assert 0 <= whole - parts < 10_000  # the whole, less the timer's overhead once instead of four times
+    assert cell["inspect"]["container"]["GraphDriver"] == "overlay"
+    # the holder, and for each of the three containers conmon and its process: made, then released
+    makes = [p for op, p in noted if op == "make"]
+    assert len(makes) >= 7 and sorted(makes) == sorted(p for op, p in noted if op == "release")
+    assert mountinfo.points_below(str(tmp_path)) == []
+    assert _tagged(work) == []
+
+
+def test_a_sigkilled_podman_run_leaves_nothing_after_cleanup(tmp_path: Path) -> None:
+    _need_all()
+    work = tmp_path / "work"
+    _layout(work, "busybox-httpd")
+    scenario = tmp_path / "serving.toml"
+    scenario.write_text(_SERVING)
+    argv = [*LAYERBENCH, "run", str(scenario), "-d", "podman/overlay", "--work-root", str(work)]
+    proc = subprocess.Popen(
+        [*argv, "--results-dir", str(tmp_path / "res")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # until Podman's container serves (its process carries the run's tag)
+            if any(_cmdline(p).startswith(b"/bin/busybox\0httpd\0") for p in _tagged(work)):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("Podman's container never ran")
+        assert any(_comm(p) == "conmon" for p in _tagged(work))  # conmon carries the run's tag too
+    finally:
+        proc.kill()
+        proc.wait()
+        left = _tagged(work)  # SIGKILL left Podman's processes: cleanup's work is real
+        out = subprocess.run([*LAYERBENCH, "cleanup", "--work-root", str(work)], capture_output=True, text=True)
+    assert left
+    assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 15
+    while (_tagged(work) or mountinfo.points_below(str(work))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _tagged(work) == [], out.stdout
+    assert mountinfo.points_below(str(work)) == [], out.stdout
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert str(work) not in loops
+    assert list(work.rglob(LEDGER_NAME)) == []
