@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import ClassVar
 
 from layerbench.driver import Driver, LayerFormat, Style
 from layerbench.kernel import syscalls
@@ -82,6 +83,9 @@ class ZfsDriver(Driver):
     backings = ("dir",)
     #: size of the sparse file the pool lives on; only written blocks take disk
     pool_bytes = 8 << 30
+    #: zfs-fuse's `--enable-xattr`: off, it refuses every xattr and an image's capabilities are lost
+    #: (benchmarks/zfs_xattrs.py measures what it costs)
+    xattrs: ClassVar[bool] = True
 
     @classmethod
     def probe(cls) -> str | None:
@@ -157,7 +161,7 @@ class ZfsDriver(Driver):
         """Start zfs-fuse in the foreground, held by a shell until the ledger has it, then `exec`ed
         under the same pid; True once it serves (`zpool list` answers), False if it exited (a
         daemon stopped a moment ago still held the socket)."""
-        argv = ["zfs-fuse", "--no-daemon", "--no-kstat-mount", "--enable-xattr"]
+        argv = ["zfs-fuse", "--no-daemon", "--no-kstat-mount", *(["--enable-xattr"] if self.xattrs else [])]
         with open(self.home / "zfs-fuse.log", "wb") as log:
             proc = subprocess.Popen(
                 ["/bin/sh", "-c", 'read -r _ && exec "$@"', "layerbench-zfs-fuse", *argv],
