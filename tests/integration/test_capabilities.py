@@ -3,10 +3,11 @@
 The image is a `docker save` archive whose base layer holds `bin/ping` with the capability
 cap_net_raw+ep (a version-2 `vfs_cap_data`, as `setcap` writes it) and a second layer on top,
 so a FULL driver copies the file into the child layer and again into the container. The
-capability must read back, byte for byte, with os.getxattr on the mounted container, and on a
-fresh container of the container's commit. Before the fix vfs, reflink and composefs lost it:
-their tree copies set the xattrs, then lchown'd the file, and the kernel drops
-`security.capability` on a chown.
+capability must read back, byte for byte, with os.getxattr on the mounted container and on a
+fresh container of the container's commit, on every mechanism driver (overlay2-rootless inside
+its user namespace). Before the fix vfs, reflink and composefs lost it (their tree copies set
+the xattrs, then lchown'd the file, and the kernel drops `security.capability` on a chown),
+and zfs did (zfs-fuse refused every xattr without `--enable-xattr`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import pytest
 from layerbench.driver import Driver
 from layerbench.images.image_sources import open_image
 from layerbench.plugins import default_plugins
+from layerbench.run import userns
+from layerbench.testing import userns_session
 
-from ..conftest import driver_on_store
+from ..conftest import driver_on_store, require
 from ..test_layer_tar import D, F, tar_bytes
 from ..test_oci import docker_archive
 
@@ -80,3 +83,26 @@ def test_a_files_capability_reaches_the_container_and_its_commit(tmp_path: Path,
         driver.commit("c", "committed")
         driver.create_container("c2", "committed")
         assert _capability(driver, "c2") == NET_RAW_EP, f"{name}: the commit lost bin/ping's {CAP}"
+
+
+def test_a_files_capability_reaches_a_rootless_container(tmp_path: Path) -> None:
+    """overlay2-rootless, in its user namespace: the capability the namespace's root wrote at import
+    (the kernel keeps it as a v3 capability of that root) reads back in the container as written."""
+    name = "overlay2-rootless"
+    require(name)
+
+    def body(driver: Driver) -> tuple[bytes | None, bytes | None]:
+        driver.setup()
+        try:
+            driver.create_container("c", _image_on(driver, archive))
+            first = _capability(driver, "c")
+            driver.commit("c", "committed")
+            driver.create_container("c2", "committed")
+            return first, _capability(driver, "c2")
+        finally:
+            driver.close()
+
+    with userns_session(default_plugins().driver(name), tmp_path / "store", 1 << 30) as driver:
+        archive = _archive(driver.home.parent / "image.tar")  # where the namespace's root may read it
+        got = userns.run_in_userns(body, driver, expose=[driver.home.parent])
+    assert got == (NET_RAW_EP, NET_RAW_EP), got
