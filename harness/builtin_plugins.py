@@ -40,9 +40,9 @@ def _synthetic(table: Mapping[str, Any], base_dir: Path) -> Image:
 
 
 def _synthetic_oci(table: Mapping[str, Any], base_dir: Path) -> Image:
+    from layerbench.images.caches import synthetic_layout
     from layerbench.images.image import synthetic_from_table
     from layerbench.images.image_sources import open_image
-    from layerbench.images.oci import synthetic_layout
 
     return open_image("oci", synthetic_layout(synthetic_from_table(dict(table)), table.get("compression", "gzip")))
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from layerbench.errors import UserError
 from layerbench.images.image import Image, synthetic_from_table
-from layerbench.images.oci import COMPRESSIONS
+from layerbench.images.oci_write import COMPRESSIONS
 from layerbench.kernel.confined import path_error
 from layerbench.kernel.netshape import parse_link
 from layerbench.ops import BOOL, ERRNOS, FRACTION, INT, MODE, NUMBER, OPS, SELECT, SIZE, STR

@@ -165,7 +165,7 @@ def test_dry_run_of_cold_start_builds_no_debian_image(tmp_path: Path) -> None:
 
 def test_dry_run_sizes_a_debian_image_built_before(tmp_path: Path) -> None:
     from layerbench.images.image import synthetic_image
-    from layerbench.images.oci import write_layout
+    from layerbench.images.oci_write import write_layout
 
     cache = tmp_path / "work" / "debian-cache"
     cache.mkdir(parents=True)

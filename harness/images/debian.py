@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from layerbench.errors import NotBuilt, UserError
 from layerbench.images.config import READY_LABEL, ImageConfig
-from layerbench.images.oci import COMPRESSIONS, write_layout_from_tars
+from layerbench.images.oci_write import COMPRESSIONS, write_layout_from_tars
 from layerbench.kernel.safety import DEFAULT_WORK_ROOT
 
 if TYPE_CHECKING:
@@ -585,8 +585,8 @@ def open_debian(recipe: str, compression: str = "gzip") -> ArchiveImage:
     """The image of recipe `recipe`: its OCI layout, built once per machine under the work root, opened.
     In a dry run (`RunEnvironment.planning`) the layout built before, if any: nothing is built or made."""
     from layerbench import environment
+    from layerbench.images.caches import cache_root
     from layerbench.images.image_sources import open_image
-    from layerbench.images.oci import cache_root
 
     env = environment.current()
     if env.planning:

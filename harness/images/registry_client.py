@@ -326,8 +326,8 @@ def open_reference(
     """A user's image from a registry, fetched once into a content-addressed OCI layout under the work
     root (`registry-cache/<manifest digest>`), then opened as any OCI layout is: a `pull` step pulls it
     from the registry again, each sample."""
+    from layerbench.images.caches import cache_root
     from layerbench.images.image_sources import ArchiveImage, open_image
-    from layerbench.images.oci import cache_root
 
     client, ref = client_for(reference, token, insecure)
     try:

@@ -14,7 +14,8 @@ from layerbench.analysis.claims import HELD, evaluate
 from layerbench.driver import LayerFormat
 from layerbench.images.image import LayerSpec, SyntheticImage, synthetic_image
 from layerbench.images.image_sources import open_image
-from layerbench.images.oci import COMPRESSIONS, read_image, write_layout
+from layerbench.images.oci import read_image
+from layerbench.images.oci_write import COMPRESSIONS, write_layout
 from layerbench.plugins import default_plugins
 from layerbench.run.runner import Cell, RunConfig, run, run_cell
 from layerbench.run.sampling import Sampling

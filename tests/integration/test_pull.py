@@ -24,7 +24,7 @@ from layerbench.environment import RunEnvironment, applied
 from layerbench.errors import UserError
 from layerbench.images.config import READY_LABEL, config_of
 from layerbench.images.debian import build_recipe, open_debian
-from layerbench.images.oci import _host_platform
+from layerbench.images.oci import host_platform
 from layerbench.images.registry_client import Reference, RegistryClient, client_for, open_reference
 from layerbench.kernel.netshape import link_unavailable, parse_link
 from layerbench.run.pull import StoreLayers, pull_image
@@ -33,7 +33,7 @@ from layerbench.run.registry import registry, registry_unavailable
 from ..conftest import driver_on_store, require
 
 pytestmark = pytest.mark.mounts
-HOST_ARCH = _host_platform()[1]
+HOST_ARCH = host_platform()[1]
 LAYERBENCH = [sys.executable, "-m", "layerbench"]
 
 
