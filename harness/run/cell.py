@@ -19,7 +19,6 @@ from typing import Any
 
 from layerbench.driver import Driver
 from layerbench.environment import RunEnvironment
-from layerbench.images.caches import cache_root
 from layerbench.images.image import Image, SyntheticImage
 from layerbench.kernel import syscalls
 from layerbench.run import backing, userns

@@ -39,9 +39,9 @@ from typing import Any
 from layerbench.driver import Driver
 from layerbench.errors import UserError
 from layerbench.images.build import build_image
+from layerbench.images.caches import cache_root
 from layerbench.images.config import ImageConfig, config_of
 from layerbench.images.image import Image, LayerSpec, SyntheticImage
-from layerbench.images.oci import cache_root
 from layerbench.images.registry_client import client_for
 from layerbench.kernel import confined, mountinfo, pagecache, safety, syscalls
 from layerbench.kernel.confined import Parents, Root
