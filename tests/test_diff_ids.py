@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
+from click.testing import CliRunner
 
+from layerbench.cli import main
 from layerbench.driver import LayerFormat
 from layerbench.errors import UserError
 from layerbench.images import layer_stream
@@ -109,3 +111,21 @@ def test_a_config_that_lies_about_layers_scanned_before_is_still_refused(tmp_pat
     assert [b.digest for b in read_image(bad)] == [b.digest for b in read_image(good)]
     with pytest.raises(UserError, match=r"uncompressed content does not match its diff_id"):
         _ = open_image("oci", bad).file_paths()
+
+
+def test_run_refuses_a_lying_diff_id_before_any_store(tmp_path: Path) -> None:
+    _layout(tmp_path / "img", {"type": "layers", "diff_ids": [sha(LIE)]})
+    (tmp_path / "lie.toml").write_text(
+        'name = "lie"\ndescription = "A config lying about its layer."\n'
+        '[image]\nsource = "oci"\npath = "img"\n[[step]]\nop = "usage"\n'
+    )
+    work, res = tmp_path / "work", tmp_path / "res"
+    args = ["run", str(tmp_path / "lie.toml"), "--driver", "null", "--work-root", str(work), "--results-dir", str(res)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, (r.exit_code, r.stderr)
+    assert re.fullmatch(
+        rf"layerbench: error: {re.escape(str(tmp_path))}/img:blobs/sha256/[0-9a-f]{{64}}: uncompressed content "
+        rf"does not match its diff_id {sha(LIE)}",
+        r.stderr.strip(),
+    )
+    assert [p.name for p in work.iterdir()] == [".layerbench-work-root"]  # no store was made
