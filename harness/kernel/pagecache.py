@@ -199,7 +199,11 @@ def page_cache_bytes(root: Path) -> int:
 
 def drop_pages(fd: int) -> None:
     """Write the open file's dirty pages back, then drop all its pages from the page cache."""
-    os.fdatasync(fd)
+    try:
+        os.fdatasync(fd)
+    except OSError as exc:  # a read-only filesystem without fsync (squashfs: EINVAL) has no dirty page
+        if exc.errno not in (errno.EINVAL, errno.EROFS):
+            raise
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
