@@ -5,7 +5,8 @@ The engine's commands are the mechanism here: every timed region of these driver
 of Podman pays it. The figures answer "what does Podman cost?", not "what does the
 storage driver cost?" (the mechanism drivers `overlay2`, `vfs`, `btrfs` answer that).
 
-    <home>/root, <home>/run    Podman's graph root and run root (containers-storage)
+    <home>/root                Podman's graph root (containers-storage)
+    <home>/run                 its run root, and crun's state: bound over /run in Podman's namespace
     <home>/tmp                 libpod's tmp dir and TMPDIR (image pulls' scratch)
     <home>/*.conf, policy.json our containers.conf, storage.conf and signature policy; nothing else read
     <home>/oci                 an OCI layout of the layers built so far (the blobs Podman pulls from)
@@ -59,10 +60,14 @@ _LAYER = "application/vnd.oci.image.layer.v1.tar"
 _CONFIG = "application/vnd.oci.image.config.v1+json"
 _MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 #: the holder: held by `read` until the ledger has its pid, then (same pid) a private mount
-#: namespace with an empty tmpfs over /sys/fs/cgroup, kept alive by sleep
+#: namespace with an empty tmpfs over /sys/fs/cgroup and the home's run/ ($1) bound over /run, kept
+#: alive by sleep. /run: Podman refuses a run root path over 50 characters in the cleanup command conmon
+#: runs when a container exits (a store's is longer), and crun keeps its state in /run/crun: both
+#: stay on the cell's store, and nothing lands in the machine's /run.
 _HOLDER = (
     "read -r _ && exec unshare -m --propagation private sh -c "
-    '"mount -t tmpfs -o nodev,nosuid,noexec,size=1m tmpfs /sys/fs/cgroup && echo ready && exec sleep infinity"'
+    '"mount -t tmpfs -o nodev,nosuid,noexec,size=1m tmpfs /sys/fs/cgroup && mount --bind \\"\\$0\\" /run '
+    '&& echo ready && exec sleep infinity" "$1"'
 )
 _CONTAINER_LIMITS = ("--cgroups=disabled", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -108,7 +113,7 @@ class PodmanDriver(Driver):
         (h / "oci" / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
         (h / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
         (h / "storage.conf").write_text(
-            f'[storage]\ndriver = "{self.storage_driver}"\ngraphroot = "{h}/root"\nrunroot = "{h}/run"\n'
+            f'[storage]\ndriver = "{self.storage_driver}"\ngraphroot = "{h}/root"\nrunroot = "/run"\n'
         )
         # conmon carries the run's tag, so `cleanup` may end it (and the process it starts) after a crash
         conmon_env = [f"PATH={_PATH}", *([f"{TAG}={os.environ[TAG]}"] if TAG in os.environ else [])]
@@ -129,7 +134,7 @@ class PodmanDriver(Driver):
 
     def _start_holder(self) -> None:
         self._holder = subprocess.Popen(
-            ["/bin/sh", "-c", _HOLDER],
+            ["/bin/sh", "-c", _HOLDER, "holder", str(self.home / "run")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

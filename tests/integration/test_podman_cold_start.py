@@ -18,13 +18,17 @@ from pathlib import Path
 
 import pytest
 
+from layerbench.drivers.podman import PodmanOverlay
 from layerbench.environment import RunEnvironment, applied
 from layerbench.errors import UserError
 from layerbench.images.debian import open_debian
 from layerbench.kernel import mountinfo
+from layerbench.kernel.netshape import parse_link
+from layerbench.run import ready
 from layerbench.run.ledger import LEDGER_NAME, TAG, Ledger
 from layerbench.run.plan import RunConfig
-from layerbench.run.registry import registry_unavailable
+from layerbench.run.ready import NotReady
+from layerbench.run.registry import registry, registry_unavailable
 from layerbench.run.runner import run
 from layerbench.run.runtime import unavailable
 
@@ -94,6 +98,19 @@ def _tagged(under: Path) -> list[int]:
     return pids
 
 
+def _in_host_run(work: Path) -> list[str]:
+    """crun state dirs in the machine's /run naming `work` (Podman's crun keeps its state on the store)."""
+    crun = Path("/run/crun")
+    found = []
+    for state in crun.iterdir() if crun.is_dir() else []:
+        try:
+            if str(work) in (state / "config.json").read_text(errors="replace"):
+                found.append(str(state))
+        except OSError:
+            continue
+    return found
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -158,7 +175,7 @@ def test_a_podman_cold_start_cell_pulls_from_the_registry_and_runs_to_ready(
     makes = [p for op, p in noted if op == "make"]
     assert len(makes) >= 7 and sorted(makes) == sorted(p for op, p in noted if op == "release")
     assert mountinfo.points_below(str(tmp_path)) == []
-    assert _tagged(work) == []
+    assert _tagged(work) == [] and _in_host_run(work) == []
 
 
 def test_a_sigkilled_podman_run_leaves_nothing_after_cleanup(tmp_path: Path) -> None:
@@ -195,3 +212,41 @@ def test_a_sigkilled_podman_run_leaves_nothing_after_cleanup(tmp_path: Path) -> 
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     assert str(work) not in loops
     assert list(work.rglob(LEDGER_NAME)) == []
+    assert _in_host_run(work) == []
+
+
+def test_podmans_exit_status_reaches_the_ready_wait(tmp_path: Path) -> None:
+    """A process that exits 3 is not ready by `exit`: the status comes through `podman start --attach`,
+    whose end (after Podman's cleanup of the container) ends the wait; one that exits 0 is ready."""
+    _need_all()
+    layout = _layout(tmp_path / "work", "busybox")
+    home = tmp_path / "a-store-path-as-deep-as-a-cells-is" / "podman" / "overlay"
+    home.mkdir(parents=True)
+    driver = PodmanOverlay(home)
+    driver.setup()
+    try:
+        with registry(parse_link("loopback"), tmp_path / "reg", tmp_path / "storage", None, "tpexit") as reg:
+            made: list[str] = []
+            pulled = driver.pull_image(reg.push(layout), "img", made)
+        assert made == ["img"] and sum(pulled.fetched.values()) == _compressed_layers(layout)
+        for name, script, status in (("ok", "echo done", 0), ("bad", "echo failing; exit 3", 3)):
+            box = driver.run_image(name, "img", "crun", ("/bin/sh", "-c", script), (), "/")
+            try:
+                box.make()
+                box.create()
+                box.noted()
+                box.begin()
+                if status:
+                    with pytest.raises(NotReady, match="status 3"):
+                        ready.wait_ready(box, "exit", 60)
+                else:
+                    assert "done" in ready.wait_ready(box, "exit", 60)
+                assert box.exit_status() == status
+            finally:
+                box.stop()
+                driver.remove(name)
+        with pytest.raises(RuntimeError, match="crun"):
+            driver.run_image("builtin", "img", "builtin", ("true",), (), "/")
+    finally:
+        driver.close()
+    assert _in_host_run(home) == []
