@@ -304,6 +304,9 @@ class PodmanDriver(Driver):
             raise OSError(errno.EIO, f"{self.name}: {path.name} is not JSON") from None
         return [layer for layer in layers if isinstance(layer, dict) and "id" in layer]
 
+    def image_files(self) -> Path:
+        return self.home / "root" / self.storage_driver  # overlay/<id>/diff, vfs/dir/<id>, btrfs/subvolumes/<id>
+
     def run_image(
         self, container_id: str, image_id: str, runtime: str, argv: tuple[str, ...], env: tuple[str, ...], cwd: str
     ) -> PodmanContainer:

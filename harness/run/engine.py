@@ -16,15 +16,17 @@ conditions (run/ready.py), the same metric names, with these meanings —
 - `create_ns` is the engine's create (`podman create`: its container record and
   container layer, no mount); `runtime_ns` its init (`podman init`: the mount, conmon and
   the OCI runtime's create, the process waiting to exec); `ready_ns` its start to ready
-  (`podman start --attach`, the exec and the wait). `runtime` stays the OCI runtime
-  (`crun`): the engine drives it (`podman --runtime crun`); `builtin` is the harness's own
-  launcher, which an engine cannot drive.
+  (`podman start --attach`, the exec and the wait). `read_bytes` counts the pages the
+  start read of the layers' files (`image_files`), not of the engine's own records.
+  `runtime` stays the OCI runtime (`crun`): the engine drives it (`podman --runtime
+  crun`); `builtin` is the harness's own launcher, which an engine cannot drive.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter_ns
 from typing import Protocol, runtime_checkable
 
@@ -61,6 +63,12 @@ class EngineImages(Protocol):
     def pull_image(self, reference: str, image_id: str, created: list[str]) -> EnginePulled:
         """Pull `reference` (host:port/name:tag, the harness's plain-HTTP registry) into the store as the
         image `image_id`, appended to `created` once it exists; the command's time alone in pull_ns."""
+        ...
+
+    def image_files(self) -> Path:
+        """The directory the store keeps its layers' files in: `read_bytes` counts what a start read there, not
+        the engine's own records beside it (its database, its layer and image lists), which a cold start
+        evicts and reads too."""
         ...
 
     def run_image(

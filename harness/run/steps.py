@@ -373,6 +373,8 @@ def _run(state: SampleState, step: Step, record: Recorder) -> None:
     files = _store_files(state, skip)
     if args["cold"]:
         pagecache.evict_files(files)
+    if isinstance(state.driver, engine.EngineImages):  # read_bytes: the image's files, not the engine's records
+        files = [f for f in files if f.startswith(f"{state.driver.image_files()}/")]
     cached = pagecache.cached_bytes(files)
     state.containers.append(cid)
     if isinstance(state.driver, engine.EngineImages):  # the engine's own create, init and start (run/engine.py)

@@ -171,6 +171,9 @@ def test_a_podman_cold_start_cell_pulls_from_the_registry_and_runs_to_ready(
     parts = sum(m[p]["samples"][0] for p in ("pull_ns", "create_ns", "runtime_ns", "ready_ns"))
     assert 0 <= whole - parts < 10_000  # the whole, less the timer's overhead once instead of four times
     assert cell["inspect"]["container"]["GraphDriver"] == "overlay"
+    # what the start read of the image's layer files (busybox: nearly all), not of Podman's own records
+    (fraction,) = m["read_fraction"]["samples"]
+    assert 0 < fraction <= 1.0
     # the holder, and for each of the three containers conmon and its process: made, then released
     makes = [p for op, p in noted if op == "make"]
     assert len(makes) >= 7 and sorted(makes) == sorted(p for op, p in noted if op == "release")
