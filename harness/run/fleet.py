@@ -22,11 +22,10 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import CancelledError
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,9 +40,8 @@ from layerbench.run.cell import run_cell
 from layerbench.run.estimates import check_disk
 from layerbench.run.fleet_services import HOST_ENV, HOST_RESOURCE, WORK_ROOT_ENV, host_resource
 from layerbench.run.fleet_tls import FleetTLS
-from layerbench.run.ledger import LEDGER_NAME, Ledger
+from layerbench.run.local import Progress, run_directory, sigterm_as_interrupt
 from layerbench.run.plan import Cell, RunConfig, plan_cells, select_drivers
-from layerbench.run.runner import Progress, sigterm_as_interrupt
 from layerbench.run.sampling import Sampling
 from layerbench.scenario import Scenario
 
@@ -186,16 +184,9 @@ def _cell_main() -> None:
         with environment.applied(env):
             check_disk([cell], work_root, lambda line: None)
             timer_ns = overhead.measure(plugins.registry.drivers.get("null"))["timer_ns"]
-            run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work_root))
-            ledger = Ledger(run_dir / LEDGER_NAME).open()
-            try:
-                with sigterm_as_interrupt():
-                    sampling = Sampling(**request["sampling"])
-                    result = run_cell(cell, run_dir / "cell", sampling, timer_ns, ledger, env=env)
-            finally:
-                ledger.close()
-                (run_dir / LEDGER_NAME).unlink(missing_ok=True)
-                safety.remove_tree(run_dir)
+            with run_directory(work_root) as (run_dir, ledger), sigterm_as_interrupt():
+                sampling = Sampling(**request["sampling"])
+                result = run_cell(cell, run_dir / "cell", sampling, timer_ns, ledger, env=env)
     except UserError as exc:
         result = _error_cell(request["cell"], None, f"UserError: {exc}")
     os.write(out, json.dumps(result).encode())
@@ -326,19 +317,20 @@ class FleetExecutor:
             )
         return _error_cell(job.plain, job.cell.host, f"{type(exc).__name__}: {exc}")
 
+    def prepare(self, config: RunConfig, cells: list[Cell], progress: Progress, scope: ExitStack) -> RunEnvironment:
+        """Nothing to ready here: each host uses and checks its own work root; the run's environment without one."""
+        return config.environment(None)
+
     def execute(
-        self, doc: dict[str, Any], cells: list[tuple[Cell, Any]], progress: Progress, env: RunEnvironment
-    ) -> Iterator[dict[str, Any]]:
-        hosts = doc.setdefault("hosts", {})
-        for name, d in self.hosts.items():
-            hosts[name] = {
-                "machine": d["machine"],
-                "work_root": d["work_root"],
-                "helpers": d["helpers"],
-                "overhead": d["overhead"],
-                "backings": d["backings"],
-                "drivers": {n: {"available": r is None, "reason": r} for n, r in d["drivers"].items()},
-            }
+        self,
+        doc: dict[str, Any],
+        cells: list[tuple[Cell, Sampling]],
+        progress: Progress,
+        env: RunEnvironment,
+        save: Callable[[], None],
+    ) -> Generator[dict[str, Any], None, None]:
+        """Each cell's result as its host sends it (its teardown has ended there: `save` is not needed)."""
+        self._record_hosts(doc)
         jobs: dict[Future, _Job] = {}
         for i, (cell, sampling) in enumerate(cells):
             job = _Job(cell, cell.to_plain(), dataclasses.asdict(sampling), i, env.to_plain())
@@ -349,25 +341,7 @@ class FleetExecutor:
             pending = set(jobs)
             while pending:
                 time.sleep(0.2)
-                done = [f for f in pending if f.done()]
-                self._check_scheduler()  # after `done`: a lost scheduler's futures are cancelled, not failed
-                pending.difference_update(done)
-                finished = []
-                try:
-                    for f in done:
-                        if f.status == "finished":
-                            finished.append((f, f.result()))
-                        elif self._never_started(f):
-                            again = self._submit(jobs[f])
-                            jobs[again] = jobs[f]
-                            pending.add(again)
-                        else:
-                            finished.append((f, self._failed(jobs[f], f)))
-                    finished += self._abandon_gone_hosts(pending, jobs, gone)
-                except (OSError, CancelledError) as exc:  # distributed's CommClosedError is an OSError
-                    self._check_scheduler()
-                    raise SchedulerLost(f"lost the scheduler at {self.address}: {exc}") from None
-                for future, result in finished:
+                for future, result in self._finished(pending, jobs, gone):
                     pending.discard(future)
                     n += 1
                     progress(
@@ -380,6 +354,44 @@ class FleetExecutor:
         finally:
             if self.client.status == "running":
                 self.client.cancel(list(jobs))
+
+    def _record_hosts(self, doc: dict[str, Any]) -> None:
+        """The document's `hosts`: each host's machine, work root, helpers, overhead, backings and drivers."""
+        hosts = doc.setdefault("hosts", {})
+        for name, d in self.hosts.items():
+            hosts[name] = {
+                "machine": d["machine"],
+                "work_root": d["work_root"],
+                "helpers": d["helpers"],
+                "overhead": d["overhead"],
+                "backings": d["backings"],
+                "drivers": {n: {"available": r is None, "reason": r} for n, r in d["drivers"].items()},
+            }
+
+    def _finished(
+        self, pending: set[Future], jobs: dict[Future, _Job], gone: dict[str, float]
+    ) -> list[tuple[Future, dict[str, Any]]]:
+        """The cells that ended since the last look, each with its result (an error for a failed task or a gone
+        host's cell); a task whose worker died before it began is submitted again, as a new pending one."""
+        done = [f for f in pending if f.done()]
+        self._check_scheduler()  # after `done`: a lost scheduler's futures are cancelled, not failed
+        pending.difference_update(done)
+        finished = []
+        try:
+            for f in done:
+                if f.status == "finished":
+                    finished.append((f, f.result()))
+                elif self._never_started(f):
+                    again = self._submit(jobs[f])
+                    jobs[again] = jobs[f]
+                    pending.add(again)
+                else:
+                    finished.append((f, self._failed(jobs[f], f)))
+            finished += self._abandon_gone_hosts(pending, jobs, gone)
+        except (OSError, CancelledError) as exc:  # distributed's CommClosedError is an OSError
+            self._check_scheduler()
+            raise SchedulerLost(f"lost the scheduler at {self.address}: {exc}") from None
+        return finished
 
     def _check_scheduler(self) -> None:
         """Raise SchedulerLost once the client has lost its scheduler (its futures are gone with it)."""

@@ -115,55 +115,67 @@ def serve_worker(
     When the scheduler goes, start again and try to reach it for up to `reconnect_timeout_s`
     seconds; then give up with one line.
     """
-    from distributed import Nanny
-
     if not is_loopback(listen) and is_loopback(address_host(scheduler)):
         say(f"host {host}: note: listening on {listen} for a scheduler on this machine ({scheduler})")
 
-    async def serve() -> None:
-        stop = _stop_on_signals()
-        lost_at = time.monotonic()  # at start as after a loss: the scheduler may come a little later
-        while not stop.is_set():
-            left = reconnect_timeout_s - (time.monotonic() - lost_at)
-            if left <= 0:
-                raise UserError(
-                    f"host {host}: no scheduler at {scheduler} for {reconnect_timeout_s:g} s "
-                    f"(--reconnect-timeout); giving up"
-                )
-            nanny = Nanny(
-                scheduler,
-                name=host,
-                nthreads=1,
-                memory_limit=0,
-                host=listen,
-                protocol="tls",
-                security=tls.security(),
-                death_timeout=max(left, 1.0),
-                dashboard=False,
-                dashboard_address=HTTP_ADDRESS,
-                resources={HOST_RESOURCE: 1, host_resource(host): 1},
-                env={HOST_ENV: host, WORK_ROOT_ENV: str(work_root)},
-                local_directory=str(work_root / "dask"),
-            )
-            starting = asyncio.ensure_future(nanny.start())
-            await _first(starting, stop.wait())
-            if stop.is_set():
-                await nanny.close(reason="layerbench-worker-stop")
-                break
-            if (exc := starting.exception()) is not None:  # no scheduler (yet), or it refused us
-                await nanny.close(reason="layerbench-worker-reconnect")
-                if (refused := _refused(exc)) is not None:
-                    raise UserError(f"host {host}: the scheduler {scheduler} refused this worker: {refused}")
-                await _first(asyncio.sleep(1.0), stop.wait())
-                continue
-            say(f"host {host}: connected to {scheduler}")
-            await _first(nanny.finished(), stop.wait())
-            await nanny.close(reason="layerbench-worker-stop" if stop.is_set() else "scheduler-lost")
-            if not stop.is_set():
-                lost_at = time.monotonic()
-                say(
-                    f"host {host}: lost the scheduler {scheduler}; trying to reconnect for up to "
-                    f"{reconnect_timeout_s:g} s (--reconnect-timeout)"
-                )
+    def nanny(death_timeout_s: float) -> Any:
+        return _nanny(scheduler, host, work_root, tls, listen, death_timeout_s)
 
-    asyncio.run(serve())
+    asyncio.run(_serve_worker(scheduler, host, nanny, say, reconnect_timeout_s))
+
+
+def _nanny(scheduler: str, host: str, work_root: Path, tls: FleetTLS, listen: str, death_timeout_s: float) -> Any:
+    """A new Dask nanny for host `host`'s worker, giving up on the scheduler after `death_timeout_s`."""
+    from distributed import Nanny
+
+    return Nanny(
+        scheduler,
+        name=host,
+        nthreads=1,
+        memory_limit=0,
+        host=listen,
+        protocol="tls",
+        security=tls.security(),
+        death_timeout=death_timeout_s,
+        dashboard=False,
+        dashboard_address=HTTP_ADDRESS,
+        resources={HOST_RESOURCE: 1, host_resource(host): 1},
+        env={HOST_ENV: host, WORK_ROOT_ENV: str(work_root)},
+        local_directory=str(work_root / "dask"),
+    )
+
+
+async def _serve_worker(
+    scheduler: str, host: str, nanny: Callable[[float], Any], say: Say, reconnect_timeout_s: float
+) -> None:
+    """Start a nanny (`nanny(death timeout)`) until one reaches the scheduler, serve until it goes, again."""
+    stop = _stop_on_signals()
+    lost_at = time.monotonic()  # at start as after a loss: the scheduler may come a little later
+    while not stop.is_set():
+        left = reconnect_timeout_s - (time.monotonic() - lost_at)
+        if left <= 0:
+            raise UserError(
+                f"host {host}: no scheduler at {scheduler} for {reconnect_timeout_s:g} s "
+                f"(--reconnect-timeout); giving up"
+            )
+        worker = nanny(max(left, 1.0))
+        starting = asyncio.ensure_future(worker.start())
+        await _first(starting, stop.wait())
+        if stop.is_set():
+            await worker.close(reason="layerbench-worker-stop")
+            break
+        if (exc := starting.exception()) is not None:  # no scheduler (yet), or it refused us
+            await worker.close(reason="layerbench-worker-reconnect")
+            if (refused := _refused(exc)) is not None:
+                raise UserError(f"host {host}: the scheduler {scheduler} refused this worker: {refused}")
+            await _first(asyncio.sleep(1.0), stop.wait())
+            continue
+        say(f"host {host}: connected to {scheduler}")
+        await _first(worker.finished(), stop.wait())
+        await worker.close(reason="layerbench-worker-stop" if stop.is_set() else "scheduler-lost")
+        if not stop.is_set():
+            lost_at = time.monotonic()
+            say(
+                f"host {host}: lost the scheduler {scheduler}; trying to reconnect for up to "
+                f"{reconnect_timeout_s:g} s (--reconnect-timeout)"
+            )

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from layerbench.errors import UserError
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+    from cryptography.x509 import Certificate
     from distributed import Security
 
 __all__ = ["FleetTLS", "tls_address", "is_loopback", "make_fleet_certs", "CA_FILE", "DEFAULT_DAYS"]
@@ -126,25 +128,52 @@ def make_fleet_certs(folder: Path, hosts: list[str], days: int = DEFAULT_DAYS) -
 
     Keys are 0600 and the folder 0700, so only their owner can use them. Returns the files made.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
     for host in hosts:
         if not host or not all(c.isalnum() or c in ".-_:" for c in host):
             raise UserError(f"--host {host!r}: use a host name or an IP address")
+    _private_folder(folder)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_cert, ca_key, made = _fleet_ca(folder, now, days)
+    for host in hosts:
+        cert, key = _host_certificate(host, ca_cert, ca_key, now, days)
+        key_path, cert_path = folder / f"{host}-key.pem", folder / f"{host}.pem"
+        _write_private(key_path, _key_bytes(key), 0o600)
+        _write_private(cert_path, _cert_bytes(cert), 0o644)
+        made += [cert_path, key_path]
+    return made
+
+
+def _private_folder(folder: Path) -> None:
+    """Make `folder` 0700, or check that the one there is a directory, the user's own and private."""
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise UserError(f"{folder}: not a directory")
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if folder.stat().st_uid != os.geteuid() or folder.stat().st_mode & 0o077:
         raise UserError(f"{folder}: must be yours and private (0700): it holds the fleet's keys")
-    now = datetime.datetime.now(datetime.UTC)
-    pem = serialization.Encoding.PEM
-    made: list[Path] = []
 
-    def key_bytes(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+def _key_bytes(key: EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert_bytes(cert: Certificate) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _fleet_ca(
+    folder: Path, now: datetime.datetime, days: int
+) -> tuple[Certificate, EllipticCurvePrivateKey, list[Path]]:
+    """The CA in `folder` (both its files, or neither: then made), its key, and the files made."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
 
     ca_path, ca_key_path = folder / CA_FILE, folder / CA_KEY_FILE
     if ca_path.exists() != ca_key_path.exists():
@@ -155,49 +184,54 @@ def make_fleet_certs(folder: Path, hosts: list[str], days: int = DEFAULT_DAYS) -
         loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
         if not isinstance(loaded, ec.EllipticCurvePrivateKey):
             raise UserError(f"{ca_key_path}: not an EC key made by layerbench fleet-certs")
-        ca_key = loaded
-    else:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "layerbench fleet CA")])
-        ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-            .sign(ca_key, hashes.SHA256())
+        return ca_cert, loaded, []
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "layerbench fleet CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_private(ca_key_path, _key_bytes(ca_key), 0o600)
+    _write_private(ca_path, _cert_bytes(ca_cert), 0o644)
+    return ca_cert, ca_key, [ca_path, ca_key_path]
+
+
+def _host_certificate(
+    host: str, ca_cert: Certificate, ca_key: EllipticCurvePrivateKey, now: datetime.datetime, days: int
+) -> tuple[Certificate, EllipticCurvePrivateKey]:
+    """A new key for `host` and its certificate, signed by the CA, for serving and for connecting."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    try:
+        alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        alt = x509.DNSName(host)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
         )
-        _write_private(ca_key_path, key_bytes(ca_key), 0o600)
-        _write_private(ca_path, ca_cert.public_bytes(pem), 0o644)
-        made += [ca_path, ca_key_path]
-    for host in hosts:
-        key = ec.generate_private_key(ec.SECP256R1())
-        try:
-            alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
-        except ValueError:
-            alt = x509.DNSName(host)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        key_path, cert_path = folder / f"{host}-key.pem", folder / f"{host}.pem"
-        _write_private(key_path, key_bytes(key), 0o600)
-        _write_private(cert_path, cert.public_bytes(pem), 0o644)
-        made += [cert_path, key_path]
-    return made
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key

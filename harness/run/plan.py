@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from layerbench.analysis import results
 from layerbench.driver import Driver
@@ -24,7 +24,20 @@ from layerbench.run.config import RunConfig
 from layerbench.run.estimates import estimate_bytes
 from layerbench.scenario import Scenario, Step, builtin_scenarios, load_scenario, resolve_scenarios
 
-__all__ = ["Cell", "RunConfig", "plan_cells", "order_cells", "select_drivers", "Plan", "PlannedCell", "plan"]
+__all__ = [
+    "Cell",
+    "RunConfig",
+    "plan_cells",
+    "order_cells",
+    "select_drivers",
+    "Planner",
+    "Here",
+    "Chosen",
+    "choose",
+    "Plan",
+    "PlannedCell",
+    "plan",
+]
 
 
 @dataclass(frozen=True)
@@ -169,6 +182,60 @@ def select_drivers(
     return runnable, skipped
 
 
+class Planner(Protocol):
+    """Where a run's cells may run: which drivers can run there, and the cells for them."""
+
+    def select(self, plugins: Plugins, names: tuple[str, ...]) -> tuple[list[type[Driver]], dict[str, str]]:
+        """As `select_drivers`: the drivers that can run and, by name, why the others cannot."""
+
+    def plan(self, scenarios: list[Scenario], drivers: list[type[Driver]], config: RunConfig) -> list[Cell]:
+        """The cells, each with the host it runs on (None: any host); refuses a backing that cannot be made."""
+
+
+class Here:
+    """This machine as a `Planner`: its drivers' probes, and the backings it can make."""
+
+    def __init__(self, containerd_address: str | None = None) -> None:
+        self.containerd_address = containerd_address  # containerd's drivers run on that daemon
+
+    def select(self, plugins: Plugins, names: tuple[str, ...]) -> tuple[list[type[Driver]], dict[str, str]]:
+        return select_drivers(plugins, names, self.containerd_address)
+
+    def plan(self, scenarios: list[Scenario], drivers: list[type[Driver]], config: RunConfig) -> list[Cell]:
+        for b in config.backings:
+            if (why := backing.unavailable(b)) is not None:
+                raise UserError(f"--backing {b}: {why}")
+        return plan_cells(scenarios, drivers, config.backings)
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """What a run runs: its scenarios, the drivers that can run, why the others cannot, the cells as planned."""
+
+    scenarios: list[Scenario]
+    drivers: list[type[Driver]]
+    skipped: dict[str, str]  # driver -> why it cannot run
+    cells: list[Cell]
+
+
+def choose(
+    config: RunConfig, plugins: Plugins, planner: Planner, progress: Callable[[str], None] = lambda line: None
+) -> Chosen:
+    """The configured scenarios, drivers and cells where `planner` says, each driver that cannot run told
+    to `progress`; one line (UserError) when no driver can run or none can sit on the backings asked for.
+    The dry run (`plan`), a run here and a fleet's run all choose their cells here."""
+    scenarios = resolve_scenarios(config.scenarios, config.overrides, config.quick, config.long)
+    drivers, skipped = planner.select(plugins, config.drivers)
+    for name, reason in skipped.items():
+        progress(f"skipping driver {name}: {reason}")
+    if not drivers:
+        raise UserError("no driver can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    cells = planner.plan(scenarios, drivers, config)
+    if not cells:
+        raise UserError(f"no driver can sit on --backing {', '.join(config.backings)}")
+    return Chosen(scenarios, drivers, skipped, cells)
+
+
 @dataclass(frozen=True)
 class PlannedCell:
     """A cell of `plan`: what its store needs, and how long it took on this machine before."""
@@ -188,17 +255,7 @@ class Plan:
 def plan(config: RunConfig, plugins: Plugins | None = None) -> Plan:
     """What `run(config)` would run here, making nothing: each cell with its disk estimate and its
     median time in this machine's past results (`config.results_dir`/<machine>/, finished cells only)."""
-    plugins = plugins or default_plugins()
-    scenarios = resolve_scenarios(config.scenarios, config.overrides, config.quick, config.long)
-    drivers, skipped = select_drivers(plugins, config.drivers, config.containerd_address)
-    if not drivers:
-        raise UserError("no driver can run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    for b in config.backings:
-        if (why := backing.unavailable(b)) is not None:
-            raise UserError(f"--backing {b}: {why}")
-    cells = plan_cells(scenarios, drivers, config.backings)
-    if not cells:
-        raise UserError(f"no driver can sit on --backing {', '.join(config.backings)}")
+    chosen = choose(config, plugins or default_plugins(), Here(config.containerd_address))
     folder = config.results_dir / machine.machine_name()
     past: dict[tuple[str, ...], list[float]] = defaultdict(list)
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []
@@ -211,7 +268,7 @@ def plan(config: RunConfig, plugins: Plugins | None = None) -> Plan:
             if c["status"] == "ok" and c.get("duration_s") is not None:
                 past[results.cell_key(c)[:4]].append(c["duration_s"])
     planned = []
-    for c in cells:
+    for c in chosen.cells:
         key = results.cell_key(
             {"scenario": c.scenario.name, "driver": c.driver.name, "backing": c.backing, "params": c.params}
         )[:4]
@@ -220,4 +277,4 @@ def plan(config: RunConfig, plugins: Plugins | None = None) -> Plan:
         except NotBuilt:  # a dry run builds no image: its size is known once built
             need = None
         planned.append(PlannedCell(c, need, float(statistics.median(past[key])) if past[key] else None))
-    return Plan(planned, skipped, len(files))
+    return Plan(planned, chosen.skipped, len(files))

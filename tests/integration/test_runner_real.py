@@ -12,7 +12,7 @@ import pytest
 
 from layerbench.drivers import Overlay2Driver, VfsDriver
 from layerbench.kernel import mountinfo
-from layerbench.run import runner as runner_module
+from layerbench.run import plan as plan_module
 from layerbench.run.runner import Cell, RunConfig, run, run_cell
 from layerbench.scenario import load_scenario
 
@@ -99,7 +99,7 @@ def test_a_cells_teardown_overlaps_the_next_set_up_never_a_sample(
     require("vfs")
     scenario = tiny
     _SlowToCloseVfs.log = []
-    monkeypatch.setattr(runner_module, "select_drivers", lambda plugins, names, *_: ([_SlowToCloseVfs], {}))
+    monkeypatch.setattr(plan_module, "select_drivers", lambda plugins, names, *_: ([_SlowToCloseVfs], {}))
     config = RunConfig(
         scenarios=(str(scenario),),
         drivers=("vfs",),
