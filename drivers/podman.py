@@ -313,15 +313,14 @@ class PodmanDriver(Driver):
         if runtime != "crun":
             raise RuntimeError(f"{self.name}: Podman starts containers through crun here, not {runtime!r}")
         self.lineage.check_new(container_id)
-        return PodmanContainer(self, container_id, self._images[image_id], runtime, argv, env, cwd)
+        return PodmanContainer(self, container_id, image_id, runtime, argv, env, cwd)
 
     def made_container(self, container_id: str, image_id: str, create: list[str]) -> None:
         """`podman CREATE... IMAGE` for a run's container (PodmanContainer), then known as an item of the store."""
-        layer = next(k for k, v in self._images.items() if v == image_id)
-        self.podman(*create, *_CONTAINER_LIMITS, image_id)
+        self.podman(*create, *_CONTAINER_LIMITS, self._images[image_id])
         self._containers.add(container_id)
         self._ran.add(container_id)
-        self.lineage.add(container_id, layer)
+        self.lineage.add(container_id, image_id)
 
     # --- containers --------------------------------------------------------------------
 
@@ -355,7 +354,9 @@ class PodmanDriver(Driver):
             self._containers.discard(item_id)
             self._ran.discard(item_id)
         elif item_id in self._images:
-            self.podman("rmi", "--no-prune", self._images.pop(item_id))  # not the untagged parent images too
+            podman_id = self._images.pop(item_id)
+            if podman_id not in self._images.values():  # the same image pulled twice is two items, one image
+                self.podman("rmi", "--no-prune", podman_id)  # not the untagged parent images too
         else:  # a layer created and never sealed
             remove_tree(self.home / "staging" / item_id)
         self._layers.pop(item_id, None)

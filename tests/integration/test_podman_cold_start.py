@@ -253,3 +253,36 @@ def test_podmans_exit_status_reaches_the_ready_wait(tmp_path: Path) -> None:
     finally:
         driver.close()
     assert _in_host_run(home) == []
+
+
+def test_podman_fetches_only_the_layers_its_store_lacks(tmp_path: Path) -> None:
+    """busybox-httpd after busybox (the same base layer): Podman fetches only the httpd layer; the same image
+    pulled twice is two items of one Podman image, each removable."""
+    _need_all()
+    busybox, httpd = _layout(tmp_path / "work", "busybox"), _layout(tmp_path / "work", "busybox-httpd")
+    home = tmp_path / "home"
+    home.mkdir()
+    driver = PodmanOverlay(home)
+    driver.setup()
+    try:
+        with registry(parse_link("loopback"), tmp_path / "reg", tmp_path / "storage", None, "tpshare") as reg:
+            made: list[str] = []
+            first = driver.pull_image(reg.push(busybox), "a", made)
+            second = driver.pull_image(reg.push(httpd), "b", made)
+            again = driver.pull_image(reg.push(busybox), "c", made)
+        base, *_ = _layer_digests(busybox)
+        assert base in first.fetched and sum(first.fetched.values()) == _compressed_layers(busybox)
+        assert base not in second.fetched and set(second.fetched) == set(_layer_digests(httpd)[1:])
+        assert again.fetched == {} and made == ["a", "b", "c"]
+        for item in ("c", "a", "b"):
+            driver.remove(item)
+        assert driver.podman("images", "-q") == ""
+    finally:
+        driver.close()
+
+
+def _layer_digests(layout: Path) -> list[str]:
+    blobs = layout / "blobs" / "sha256"
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].removeprefix("sha256:")).read_text())
+    return [str(layer["digest"]) for layer in manifest["layers"]]
