@@ -14,7 +14,8 @@ import pytest
 from layerbench.driver import Driver
 from layerbench.images.image import Image
 from layerbench.run.backing import BackingStore, Usage
-from layerbench.run.steps import SampleState, glob_paths, run_step
+from layerbench.run.selection import glob_paths
+from layerbench.run.steps import SampleState, run_step
 from layerbench.scenario import Step
 
 ROOT = os.geteuid() == 0

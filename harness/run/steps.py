@@ -4,7 +4,7 @@ Every op gets the sample's state, the resolved step and a recorder. Paths, buffe
 offsets and ids are prepared before the first clock read; a step over several
 files times the whole batch as one sample.
 
-File steps touch regular files only (docs/images.md, threat model): the selection
+File steps touch regular files only (docs/images.md, threat model): the selection (run/selection.py)
 drops every other entry (symlinks, devices, fifos, sockets, directories) and says
 so, globs never follow a symlink, and every open is O_NOFOLLOW | O_NONBLOCK with
 a type check after it.
@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fnmatch
 import hashlib
 import itertools
 import os
-import random
-import re
 import stat
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -52,6 +49,7 @@ from layerbench.run import backing, engine, ready, runtime
 from layerbench.run.ledger import Ledger
 from layerbench.run.pull import StoreLayers, pull_image
 from layerbench.run.registry import Registries
+from layerbench.run.selection import counted, entry_kind, select_files, skipped_text
 from layerbench.run.userns import hand_over
 from layerbench.scenario import Step
 
@@ -60,7 +58,6 @@ __all__ = [
     "Recorder",
     "run_step",
     "BEHAVIOUR",
-    "glob_paths",
     "RUNTIME_DIR",
     "SPOOL_DIR",
     "cell_registries",
@@ -154,131 +151,15 @@ def _timed(record: Recorder, metric: str | None, fn: Callable[[], object]) -> No
         record(metric, t1 - t0)
 
 
-_KINDS = {
-    stat.S_IFDIR: "directory",
-    stat.S_IFLNK: "symlink",
-    stat.S_IFBLK: "block device",
-    stat.S_IFCHR: "char device",
-    stat.S_IFIFO: "fifo",
-    stat.S_IFSOCK: "socket",
-}
 #: every open a file step makes: no symlink followed, no wait on a fifo, not inherited
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def _kind(mode: int) -> str:
-    return _KINDS.get(stat.S_IFMT(mode), "special file")
-
-
-def glob_paths(root: str | Root, pattern: str) -> list[str]:
-    """The entries under `root` whose relative path matches `pattern`, sorted, without following symlinks.
-
-    Components are `/`-separated fnmatch patterns; `**` stands for any number of
-    directories, none included. As with Python's glob, a name starting with `.`
-    matches only a component starting with `.`. Only real directories are entered
-    (`os.scandir` of a directory opened beneath the root, no symlink followed),
-    each once per pattern position, so a tree of symlink loops ends at once.
-    """
-    if not isinstance(root, Root):
-        with Root(root) as box:
-            return glob_paths(box, pattern)
-    parts = [p for p in pattern.split("/") if p]
-    rules = [None if p == "**" else re.compile(fnmatch.translate(p)) for p in parts]
-    found: set[str] = set()
-    seen: set[tuple[str, int]] = set()
-    stack = [("", 0)]
-    while stack:
-        rel, i = stack.pop()
-        if (rel, i) in seen:
-            continue
-        seen.add((rel, i))
-        if i == len(parts):
-            if rel:
-                found.add(rel)
-            continue
-        rule = rules[i]
-        if rule is None:
-            stack.append((rel, i + 1))  # `**` as no directory at all
-        try:
-            fd = root.open(rel, os.O_RDONLY | os.O_DIRECTORY)
-        except (NotADirectoryError, FileNotFoundError, PermissionError, OSError):
-            continue
-        try:
-            entries = list(os.scandir(fd))
-        finally:
-            os.close(fd)
-        for entry in entries:
-            name = entry.name
-            child = f"{rel}/{name}" if rel else name
-            if rule is None:
-                if name.startswith("."):
-                    continue
-                if i + 1 == len(parts):
-                    found.add(child)
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append((child, i))
-            elif (
-                rule.match(name)
-                and (not name.startswith(".") or parts[i].startswith("."))
-                and (i + 1 == len(parts) or entry.is_dir(follow_symlinks=False))
-            ):
-                stack.append((child, i + 1))
-    return sorted(found)
-
-
-def _skip_reason(parents: Parents, rel: str) -> str | None:
-    """Why the file step must not open `rel`, or None: a regular file, or nothing
-    there yet (a write creates it; any other op fails with ENOENT, as it should)."""
-    found = parents.kind(rel)
-    if found is None:
-        return None
-    last, mode = found
-    return _kind(mode) if last else f"path through a {_kind(mode)}"
-
-
-def _select(state: SampleState, args: dict[str, Any], parents: Parents) -> tuple[list[str], Counter[str]]:
-    """The regular files a step works on, as paths relative to the root, chosen before the
-    clock, and how many entries of each other kind the selection skipped."""
-    if "path" in args and "count" in args:
-        rels = [args["path"].replace("{i}", str(i)) for i in range(args["count"])]
-    elif "path" in args:
-        rels = [args["path"]]
-    elif "glob" in args:
-        rels = glob_paths(parents.root, args["glob"])
-        if not rels:
-            raise FileNotFoundError(errno.ENOENT, f"glob {args['glob']!r} matched nothing")
-    else:
-        files = state.image.file_paths()
-        random.Random(0).shuffle(files)
-        rels = sorted(files[: max(1, round(args["fraction"] * len(files)))])
-    paths: list[str] = []
-    skipped: Counter[str] = Counter()
-    for rel in rels:
-        if (why := _skip_reason(parents, rel)) is None:
-            paths.append(rel)
-        else:
-            skipped[why] += 1
-    return paths, skipped
-
-
-def _counted(kind: str, n: int) -> str:
-    """`1 fifo`, `2 directories`, `3 paths through a symlink`."""
-    if n == 1:
-        return f"1 {kind}"
-    head, _, tail = kind.partition(" ")
-    if head == "path":
-        return f"{n} paths {tail}"
-    return f"{n} {kind[:-1]}ies" if kind.endswith("y") else f"{n} {kind}s"
-
-
-def _skipped_text(skipped: Counter[str]) -> str:
-    return ", ".join(_counted(kind, n) for kind, n in sorted(skipped.items()))
+_NOT_REGULAR = "not a regular file: file steps open regular files only"
 
 
 def _report_skipped(state: SampleState, step: Step, outcome: Outcome) -> None:
     """What the step's selection skipped, as one outcome per kind of entry per sample."""
     for kind, n in sorted(state.skipped.pop(step.label, Counter()).items()):
-        outcome(step.label, f"skipped {_counted(kind, n)}")
+        outcome(step.label, f"skipped {counted(kind, n)}")
 
 
 def _open(target: Target, flags: int, mode: int = 0o644) -> int:
@@ -289,14 +170,14 @@ def _open(target: Target, flags: int, mode: int = 0o644) -> int:
     st_mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(st_mode):
         os.close(fd)
-        raise OSError(errno.EINVAL, f"a {_kind(st_mode)}, not a regular file: file steps open regular files only", name)
+        raise OSError(errno.EINVAL, f"a {entry_kind(st_mode)}, {_NOT_REGULAR}", name)
     return fd
 
 
 def _check_type(fd: int, rel: str) -> None:
     st_mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(st_mode):
-        raise OSError(errno.EINVAL, f"a {_kind(st_mode)}, not a regular file: file steps open regular files only", rel)
+        raise OSError(errno.EINVAL, f"a {entry_kind(st_mode)}, {_NOT_REGULAR}", rel)
 
 
 def _batch(targets: list[Target], one: Callable[[Target], object]) -> Callable[[], None]:
@@ -612,7 +493,7 @@ def _page_cache(state: SampleState, step: Step, record: Recorder) -> None:
     still evicted after PAGE_CACHE_TRIES records no page cache figure (`page_cache_evicted_pages`
     instead: the pages lost, or 0 when only a drop was seen), so no claim is decided from it."""
     with state.confined() as box, Parents(box) as parents:
-        rel, _ = _select(state, step.args, parents)
+        rel, _ = select_files(state.image, step.args, parents)
     store = state.store.mountpoint
     files = pagecache.regular_files(store)  # once: reading adds no file
     lost = 0
@@ -698,13 +579,13 @@ def _fd(fd: int) -> Iterator[str]:
 def _file_op(state: SampleState, step: Step, record: Recorder) -> None:
     args = OPS[step.op].with_defaults(step.args)
     with state.confined() as box, Parents(box) as parents:
-        paths, skipped = _select(state, args, parents)
+        paths, skipped = select_files(state.image, args, parents)
         if skipped:
             state.skipped[step.label] = skipped
         if not paths:
             key = next(k for k in ("path", "glob", "fraction") if k in args)
             what = f"{key} {args[key]!r}"
-            detail = f" (skipped {_skipped_text(skipped)})" if skipped else ""
+            detail = f" (skipped {skipped_text(skipped)})" if skipped else ""
             raise FileNotFoundError(
                 errno.ENOENT, f"{what} selects no regular file{detail}; file steps open regular files only"
             )
