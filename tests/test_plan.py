@@ -81,3 +81,43 @@ def test_all_drivers_leave_out_the_test_only_ones() -> None:
     assert {"overlay2", "btrfs", "vfs", "erofs", "erofs-directio"} <= asked
     named, _ = select_drivers(plugins, ("null",))  # named, a test-only driver still runs
     assert [cls.name for cls in named] == ["null"]
+
+
+def test_a_cell_sent_to_another_host_keeps_its_engine_address(tmp_path: Path) -> None:
+    """--containerd-address in a fleet: the cell's containerd driver runs on that socket on the worker too
+    (the worker probes it there); a driver without an engine takes none; a malformed address is refused."""
+    from layerbench.errors import UserError
+
+    plugins = default_plugins()
+    scenario = _scenario(tmp_path, "plain")
+    sock = str(tmp_path / "containerd.sock")  # none there: the worker's probe says so
+    at = plugins.driver("containerd/overlayfs").at(sock)
+    (cell,) = plan_cells([scenario], [at], ("ext4",), unavailable=lambda fs: None)
+    sent = cell.to_plain()
+    back = Cell.from_plain(sent, plugins)
+    assert back.driver.name == "containerd/overlayfs" and back.driver.engine_address == sock
+    (own,) = plan_cells([scenario], [plugins.driver("containerd/overlayfs")], ("ext4",), unavailable=lambda fs: None)
+    assert Cell.from_plain(own.to_plain(), plugins).driver.engine_address is None
+    with pytest.raises(UserError, match="engine_address"):
+        Cell.from_plain({**sent, "engine_address": ["/x"]}, plugins)
+
+
+def test_a_fleet_host_probes_containerds_drivers_at_the_runs_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """describe_host (a worker's answer to the client) checks --containerd-address's socket on its own host."""
+    import os
+
+    from layerbench.run.fleet import describe_host
+    from layerbench.run.fleet_services import HOST_ENV, WORK_ROOT_ENV
+
+    if os.geteuid() != 0:
+        pytest.skip("a fleet host runs as root")
+    monkeypatch.setenv(HOST_ENV, "h1")
+    monkeypatch.setenv(WORK_ROOT_ENV, str(tmp_path))
+    sock = tmp_path / "containerd.sock"
+    sock.write_text("")  # a file, not a socket
+    desc = describe_host(("containerd/overlayfs",), str(sock))
+    assert desc["drivers"]["containerd/overlayfs"] == f"--containerd-address {sock}: not a unix socket"
+    own = describe_host(("containerd/overlayfs",))
+    assert "--containerd-address" not in str(own["drivers"]["containerd/overlayfs"])

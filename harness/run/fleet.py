@@ -87,8 +87,9 @@ def _this_host() -> tuple[str, Path]:
     return host, Path(root)
 
 
-def describe_host(names: tuple[str, ...]) -> dict[str, Any]:
-    """Run on a worker: its host's name, machine, work root, and why it cannot run a driver or make a backing."""
+def describe_host(names: tuple[str, ...], containerd_address: str | None = None) -> dict[str, Any]:
+    """Run on a worker: its host's name, machine, work root, and why it cannot run a driver or make a backing
+    (containerd's drivers on the daemon at `containerd_address` on this host, when given)."""
     try:
         host, work_root = _this_host()
     except UserError as exc:
@@ -97,7 +98,7 @@ def describe_host(names: tuple[str, ...]) -> dict[str, Any]:
     if not info["root"]:
         return {"name": host, "error": "the worker does not run as root (cells mount file systems)"}
     plugins = default_plugins()
-    runnable, skipped = select_drivers(plugins, names)
+    runnable, skipped = select_drivers(plugins, names, containerd_address)
     fstypes = sorted({b for cls in runnable for b in cls.backings})
     helpers = backing.mkfs_versions([b for b in fstypes if b != "dir"])
     for cls in runnable:
@@ -213,8 +214,10 @@ class FleetExecutor:
         spread: bool = False,
         host_grace_s: float = HOST_GRACE_S,
         progress: Progress = lambda line: None,
+        containerd_address: str | None = None,
     ) -> None:
         self.client, self.spread, self.host_grace_s, self.progress = client, spread, host_grace_s, progress
+        self.containerd_address = containerd_address  # the same socket path on every host (docs/fleet.md)
         self.hosts: dict[str, dict[str, Any]] = {}  # name -> describe_host()
         self.address = str(client.scheduler.address if client.scheduler else "?")
 
@@ -228,7 +231,7 @@ class FleetExecutor:
             )
         boots: dict[str, str] = {}
         unusable = []
-        for desc in self.client.run(describe_host, names, workers=hosts).values():
+        for desc in self.client.run(describe_host, names, self.containerd_address, workers=hosts).values():
             if "error" in desc:
                 unusable.append(f"host {desc.get('name', '?')}: not used: {desc['error']}")
                 self.progress(unusable[-1])
@@ -248,7 +251,8 @@ class FleetExecutor:
             if len(why) == len(self.hosts):
                 skipped[name] = "; ".join(f"{h}: {r}" for h, r in why.items())
             else:
-                available.append(plugins.driver(name))
+                cls = plugins.driver(name)
+                available.append(cls.at(self.containerd_address) if cls.engine == "containerd" else cls)
         return available, skipped
 
     def _can(self, host: str, cell: Cell) -> bool:
@@ -462,7 +466,7 @@ def run_fleet(
             ) from None
         if was != 0:
             progress(f"scheduler: a cell whose worker dies is now an error at once (allowed_failures {was} -> 0)")
-        executor = FleetExecutor(client, config.spread, host_grace_s, progress)
+        executor = FleetExecutor(client, config.spread, host_grace_s, progress, config.containerd_address)
         return runner.run(config, progress=progress, executor=executor)
 
 

@@ -98,6 +98,7 @@ class Cell:
             "sha256": s.sha256,
             "overrides": s.overrides,
             "driver": self.driver.name,
+            "engine_address": self.driver.engine_address,  # --containerd-address: the engine's socket on each host
             "params": self.params,
             "backing": self.backing,
             "host": self.host,
@@ -112,7 +113,11 @@ class Cell:
         scenario = load_scenario(path, data["overrides"])
         if scenario.sha256 != data["sha256"]:
             raise UserError(f"{path}: scenario {data['name']!r} differs from the one the run planned (sha256)")
-        return cls(scenario, plugins.driver(data["driver"]), data["params"], data["backing"], data["host"])
+        address = data.get("engine_address")
+        if address is not None and not isinstance(address, str):
+            raise UserError(f"cell of {data['name']!r}: engine_address is not a path")
+        driver = plugins.driver(data["driver"])
+        return cls(scenario, driver.at(address), data["params"], data["backing"], data["host"])
 
 
 Unavailable = Callable[[str], "str | None"]
