@@ -106,6 +106,49 @@ def pull_image(
         shutil.rmtree(spool, ignore_errors=True)
 
 
+@dataclass
+class _Pull:
+    """One pull under way: where it reads and writes, the layers it made, when each blob arrived."""
+
+    client: RegistryClient
+    ref: Reference
+    driver: Driver
+    store: StoreLayers
+    spool: Path
+    id_prefix: str
+    made: list[str]
+    room: int  # a blob's size limit
+    diff_ids: list[str]  # each layer's diff_id from the config, checked as it is applied
+    fetched_at: list[int]  # perf_counter_ns() of the metadata's and each blob's arrival
+
+    def fetch(self, i: int, desc: Descriptor) -> tuple[Path, int]:
+        """Download layer `i`'s blob into the spool (on a pool thread); its path and size."""
+        dest = self.spool / f"{i}.blob"
+        got = self.client.fetch_blob(self.ref, desc, dest, limit=self.room)
+        self.fetched_at.append(perf_counter_ns())
+        return dest, got
+
+    def apply(self, i: int, desc: Descriptor, path: Path, parent: str | None, lower: LowerTree | None) -> str:
+        """Make layer `i` on `parent` from its blob at `path`, and seal it; its id."""
+        layer_id = f"{self.id_prefix}-{i}"
+        root = self.driver.create_layer(layer_id, parent)
+        self.made.append(layer_id)
+        blob = LayerBlob(
+            f"{self.ref}@{desc.digest}", path, 0, desc.size, desc.media_type, desc.digest, self.diff_ids[i]
+        )
+        apply_blob(
+            root,
+            blob,
+            self.driver.layer_format,
+            symlinks="relative",
+            limit=SizeLimit(max(self.room, 1), "the free disk"),
+            lower=lower,
+            opaque_xattr=self.driver.opaque_xattr,
+        )
+        self.driver.seal_layer(layer_id)
+        return layer_id
+
+
 def _pull(
     client: RegistryClient,
     ref: Reference,
@@ -126,58 +169,52 @@ def _pull(
     chains = [tuple(d.digest for d in descs[: i + 1]) for i in range(len(descs))]
     first_new = next((i for i, chain in enumerate(chains) if chain not in store.by_chain), len(descs))
     room = limit if limit is not None else shutil.disk_usage(spool).free
-    fetched_at: list[int] = [perf_counter_ns()]  # the metadata's arrival: the end of the fetch if no blob is new
-
-    def fetch(i: int, desc: Descriptor) -> tuple[Path, int]:
-        dest = spool / f"{i}.blob"
-        got = client.fetch_blob(ref, desc, dest, limit=room)
-        fetched_at.append(perf_counter_ns())
-        return dest, got
-
-    layers: list[PulledLayer] = []
-    apply_ns = 0
+    # the metadata's arrival: the end of the fetch if no blob is new
+    pull = _Pull(client, ref, driver, store, spool, id_prefix, made, room, diff_ids, [perf_counter_ns()])
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="layerbench-pull") as pool:
         futures: dict[int, Future[tuple[Path, int]]] = {
-            i: pool.submit(fetch, i, descs[i]) for i in range(first_new, len(descs))
+            i: pool.submit(pull.fetch, i, descs[i]) for i in range(first_new, len(descs))
         }
         try:
-            parent: str | None = None
-            lower: LowerTree | None = LowerTree() if driver.layer_format is LayerFormat.DIFF else None
-            for i, desc in enumerate(descs):
-                if i < first_new:
-                    parent, kept = store.by_chain[chains[i]]
-                    lower = copy.deepcopy(kept) if kept is not None else lower
-                    layers.append(PulledLayer(desc.digest, desc.size, parent, 0, True))
-                    continue
-                path, got = futures[i].result()
-                a0 = perf_counter_ns()
-                layer_id = f"{id_prefix}-{i}"
-                root = driver.create_layer(layer_id, parent)
-                made.append(layer_id)
-                blob = LayerBlob(f"{ref}@{desc.digest}", path, 0, desc.size, desc.media_type, desc.digest, diff_ids[i])
-                apply_blob(
-                    root,
-                    blob,
-                    driver.layer_format,
-                    symlinks="relative",
-                    limit=SizeLimit(max(room, 1), "the free disk"),
-                    lower=lower,
-                    opaque_xattr=driver.opaque_xattr,
-                )
-                driver.seal_layer(layer_id)
-                apply_ns += perf_counter_ns() - a0
-                os.unlink(path)
-                store.by_chain[chains[i]] = (layer_id, copy.deepcopy(lower) if lower is not None else None)
-                layers.append(PulledLayer(desc.digest, desc.size, layer_id, got, False))
-                parent = layer_id
+            layers, top, apply_ns = _unpack(pull, descs, chains, first_new, futures)
         except BaseException:
             for f in futures.values():
                 f.cancel()
             raise
     t_end = perf_counter_ns()
-    t_fetched = max(fetched_at)
+    t_fetched = max(pull.fetched_at)
+    return Pulled(top, config, layers, t_fetched - t0, t_end - t_fetched, apply_ns)
+
+
+def _unpack(
+    pull: _Pull,
+    descs: tuple[Descriptor, ...],
+    chains: list[tuple[str, ...]],
+    first_new: int,
+    futures: dict[int, Future[tuple[Path, int]]],
+) -> tuple[list[PulledLayer], str, int]:
+    """The image's layers in order: those the store has (`first_new` of them) taken as they are, each new
+    one applied once its blob has arrived. The layers, the top one's id, and the ns spent applying."""
+    parent: str | None = None
+    lower: LowerTree | None = LowerTree() if pull.driver.layer_format is LayerFormat.DIFF else None
+    layers: list[PulledLayer] = []
+    apply_ns = 0
+    for i, desc in enumerate(descs):
+        if i < first_new:
+            parent, kept = pull.store.by_chain[chains[i]]
+            lower = copy.deepcopy(kept) if kept is not None else lower
+            layers.append(PulledLayer(desc.digest, desc.size, parent, 0, True))
+            continue
+        path, got = futures[i].result()
+        a0 = perf_counter_ns()
+        layer_id = pull.apply(i, desc, path, parent, lower)
+        apply_ns += perf_counter_ns() - a0
+        os.unlink(path)
+        pull.store.by_chain[chains[i]] = (layer_id, copy.deepcopy(lower) if lower is not None else None)
+        layers.append(PulledLayer(desc.digest, desc.size, layer_id, got, False))
+        parent = layer_id
     assert parent is not None
-    return Pulled(parent, config, layers, t_fetched - t0, t_end - t_fetched, apply_ns)
+    return layers, parent, apply_ns
 
 
 def parse_json(data: bytes, what: str) -> object:

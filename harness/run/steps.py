@@ -234,17 +234,7 @@ def _run(state: SampleState, step: Step, record: Recorder) -> None:
     args = OPS["run"].with_defaults(step.args)
     name = args.get("image", "base")
     image = _image_top(state, name, "run")
-    config = state.configs.get(name)
-    config = config or (config_of(state.image) if name == "base" else None)
-    if config is None or not config.argv():
-        raise ValueError(
-            "run needs an image with an Entrypoint or Cmd in its OCI config "
-            "([image] source debian, oci, docker-archive or registry; a synthetic image has none)"
-        )
-    rt = args.get("runtime") or runtime.default_runtime()
-    if (why := runtime.unavailable(rt)) is not None:
-        raise RuntimeError(f"runtime {rt}: {why}")
-    condition = config.ready or ready.DEFAULT_READY
+    config, rt = _run_config(state, name, args)
     pre = f"{args['prefix']}_" if "prefix" in args else ""
     work = state.store.mountpoint / RUNTIME_DIR
     work.mkdir(mode=0o700, exist_ok=True)
@@ -258,40 +248,81 @@ def _run(state: SampleState, step: Step, record: Recorder) -> None:
         files = [f for f in files if f.startswith(f"{state.driver.image_files()}/")]
     cached = pagecache.cached_bytes(files)
     state.containers.append(cid)
-    if isinstance(state.driver, engine.EngineImages):  # the engine's own create, init and start (run/engine.py)
-        own: list[str] = []
-        own_cached = 0
-        made = state.driver.run_image(cid, image, rt, config.argv(), config.env, config.working_dir)
-        box: runtime.Container = made
-        state.processes.append(box)
-        seen = None if pre else (lambda pid: state.notes.append(runtime.seen_from_inside(pid)))
-        create, started, became_ready = engine.start(made, condition, float(args["timeout"]), seen)
-    else:
-        t0 = perf_counter_ns()
-        state.driver.create_container(cid, image)
-        root = state.driver.mount(cid)
-        t1 = perf_counter_ns()
-        state.mounted.append(cid)
-        state.roots[cid] = root
-        # the container's own files (a snapshot's, a copy's: their pages are theirs), unless its root is a mount
-        own = [] if str(root) in mountinfo.mount_points() else pagecache.regular_files(root)
-        own_cached = pagecache.cached_bytes(own)
-        box = runtime.container(rt, cid, root, config.argv(), config.env, config.working_dir, work, state.store.ledger)
-        state.processes.append(box)
-        t2 = perf_counter_ns()
-        box.create()
-        t3 = perf_counter_ns()
-        if not pre:  # between the clocks, once a sample: the root and the user the process gets, as it sees them
-            state.notes.append(runtime.seen_from_inside(box.pid))
-        t4 = perf_counter_ns()
-        box.begin()
-        ready.wait_ready(box, condition, float(args["timeout"]))
-        t5 = perf_counter_ns()
-        create, started, became_ready = t1 - t0, t3 - t2, t5 - t4
+    start = _start_in_engine if isinstance(state.driver, engine.EngineImages) else _start_with_runtime
+    box, phases, own, own_cached = start(state, args, cid, image, config, rt, work, pre)
     read = pagecache.cached_bytes(files) - cached + pagecache.cached_bytes(own) - own_cached
     if not args["keep"]:
         state.processes.remove(box)
         box.stop()
+    _record_run(state, args, record, name, phases, read)
+
+
+#: a started `run` container, its phases (create, runtime, ready ns), its own files and their cached bytes before
+_Started = tuple[runtime.Container, tuple[int, int, int], list[str], int]
+
+
+def _run_config(state: SampleState, name: str, args: dict[str, Any]) -> tuple[ImageConfig, str]:
+    """The `run` step's image config (it must name a command) and its runtime (it must be here)."""
+    config = state.configs.get(name)
+    config = config or (config_of(state.image) if name == "base" else None)
+    if config is None or not config.argv():
+        raise ValueError(
+            "run needs an image with an Entrypoint or Cmd in its OCI config "
+            "([image] source debian, oci, docker-archive or registry; a synthetic image has none)"
+        )
+    rt = args.get("runtime") or runtime.default_runtime()
+    if (why := runtime.unavailable(rt)) is not None:
+        raise RuntimeError(f"runtime {rt}: {why}")
+    return config, rt
+
+
+def _start_in_engine(
+    state: SampleState, args: dict[str, Any], cid: str, image: str, config: ImageConfig, rt: str, work: Path, pre: str
+) -> _Started:
+    """The engine's own create, init and start (run/engine.py), timed there; no files of the container's own."""
+    assert isinstance(state.driver, engine.EngineImages)
+    condition = config.ready or ready.DEFAULT_READY
+    made = state.driver.run_image(cid, image, rt, config.argv(), config.env, config.working_dir)
+    state.processes.append(made)
+    seen = None if pre else (lambda pid: state.notes.append(runtime.seen_from_inside(pid)))
+    phases = engine.start(made, condition, float(args["timeout"]), seen)
+    return made, phases, [], 0
+
+
+def _start_with_runtime(
+    state: SampleState, args: dict[str, Any], cid: str, image: str, config: ImageConfig, rt: str, work: Path, pre: str
+) -> _Started:
+    """The driver's snapshot and mount, then the runtime's create and the entrypoint until ready, each timed."""
+    condition = config.ready or ready.DEFAULT_READY
+    t0 = perf_counter_ns()
+    state.driver.create_container(cid, image)
+    root = state.driver.mount(cid)
+    t1 = perf_counter_ns()
+    state.mounted.append(cid)
+    state.roots[cid] = root
+    # the container's own files (a snapshot's, a copy's: their pages are theirs), unless its root is a mount
+    own = [] if str(root) in mountinfo.mount_points() else pagecache.regular_files(root)
+    own_cached = pagecache.cached_bytes(own)
+    box = runtime.container(rt, cid, root, config.argv(), config.env, config.working_dir, work, state.store.ledger)
+    state.processes.append(box)
+    t2 = perf_counter_ns()
+    box.create()
+    t3 = perf_counter_ns()
+    if not pre:  # between the clocks, once a sample: the root and the user the process gets, as it sees them
+        state.notes.append(runtime.seen_from_inside(box.pid))
+    t4 = perf_counter_ns()
+    box.begin()
+    ready.wait_ready(box, condition, float(args["timeout"]))
+    t5 = perf_counter_ns()
+    return box, (t1 - t0, t3 - t2, t5 - t4), own, own_cached
+
+
+def _record_run(
+    state: SampleState, args: dict[str, Any], record: Recorder, name: str, phases: tuple[int, int, int], read: int
+) -> None:
+    """The `run` step's metrics, taken after its clocks: its phases, their sum, what the start read."""
+    pre = f"{args['prefix']}_" if "prefix" in args else ""
+    create, started, became_ready = phases
     record(f"{pre}create_ns", create)
     record(f"{pre}runtime_ns", started)
     record(f"{pre}ready_ns", became_ready)
