@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,9 @@ from layerbench.errors import UserError
 from layerbench.plugins import DriverRegistry, load_plugins
 from layerbench.run.runner import RunConfig, run
 
+from .checks import golden
+
 DATA = Path(__file__).parent / "data"
-GOLDEN = DATA / "golden"
-UPDATE = os.environ.get("LAYERBENCH_UPDATE_GOLDEN") == "1"  # regenerate the golden files
 
 
 class SlowPlugin:
@@ -92,14 +91,6 @@ def slow_run(tmp: Path, delay_s: float, label: str) -> dict[str, Any]:
     )
     doc, _ = run(config, plugins=load_plugins(extra=(SlowPlugin(delay_s),)))
     return doc
-
-
-def golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if UPDATE:
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert text == path.read_text()
 
 
 def invoke(*args: str) -> tuple[int, str, str]:

@@ -24,23 +24,9 @@ from layerbench.run.backing import BackingStore, Usage
 from layerbench.run.steps import SampleState, run_step
 from layerbench.scenario import Step
 
+from .checks import snapshot
+
 ROOT = os.geteuid() == 0
-
-
-def snapshot(top: Path) -> dict[str, tuple[Any, ...]]:
-    """Every entry under `top`: kind and mode, owner, size, mtime, content digest or link target."""
-    out: dict[str, tuple[Any, ...]] = {".": (os.lstat(top).st_mode, os.lstat(top).st_mtime_ns)}
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            body: Any = None
-            if os.path.islink(p):
-                body = os.readlink(p)
-            elif os.path.isfile(p):
-                body = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-            out[os.path.relpath(p, top)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, body)
-    return out
 
 
 @pytest.fixture
@@ -265,6 +251,7 @@ def test_openat2_refuses_every_way_out(box: tuple[Path, Path]) -> None:
 def test_a_volume_is_never_mounted_outside_the_root(
     kind: str, hostile: str, box: tuple[Path, Path], tmp_path: Path
 ) -> None:
+
     root, sentinel = box
     store = tmp_path / "store"
     store.mkdir()

@@ -24,22 +24,19 @@ from layerbench.images import layer_stream
 from layerbench.images.image_sources import open_image
 from layerbench.images.oci import apply_blob, read_image
 
-from .test_layer_tar import F, tar_bytes
-from .test_oci import Layout, docker_archive, layers, sha
-
-TRUE, LIE = tar_bytes(F("etc/conf", b"the layer")), tar_bytes(F("etc/conf", b"the config's"))
-
-
-def _layout(path: Path, rootfs: dict[str, Any] | None, how: tuple[str, ...] = ("gzip",)) -> Path:
-    """An OCI layout of the one layer TRUE, its config's rootfs `rootfs` (None: the true diff_ids)."""
-    lay = Layout()
-    lay.index([lay.manifest([TRUE], how=how, rootfs=rootfs)])
-    return lay.write_dir(path)
+from .image_files import (
+    LIE,
+    TRUE,
+    docker_archive,
+    layers,
+    lying_layout,
+    sha,
+)
 
 
 @pytest.mark.parametrize("how", ["", "gzip", "zstd"])
 def test_an_oci_layer_whose_diff_id_lies_is_refused_before_any_store(tmp_path: Path, how: str) -> None:
-    path = _layout(tmp_path / "img", {"type": "layers", "diff_ids": [sha(LIE)]}, (how,))
+    path = lying_layout(tmp_path / "img", {"type": "layers", "diff_ids": [sha(LIE)]}, (how,))
     image = open_image("oci", path)  # the stored bytes match their digest: only the diff_id tells
     with pytest.raises(UserError) as exc:
         _ = image.total_bytes  # the sizing a run does before it plans its stores
@@ -51,7 +48,7 @@ def test_an_oci_layer_whose_diff_id_lies_is_refused_before_any_store(tmp_path: P
 
 
 def test_an_oci_layer_whose_diff_id_lies_is_refused_when_applied(tmp_path: Path) -> None:
-    path = _layout(tmp_path / "img", {"type": "layers", "diff_ids": [sha(LIE)]})
+    path = lying_layout(tmp_path / "img", {"type": "layers", "diff_ids": [sha(LIE)]})
     (blob,) = read_image(path)
     (tmp_path / "root").mkdir()
     with pytest.raises(UserError, match=r"uncompressed content does not match its diff_id sha256:[0-9a-f]{64}$"):
@@ -67,7 +64,7 @@ def test_an_oci_layer_whose_diff_id_lies_is_refused_when_applied(tmp_path: Path)
     ],
 )
 def test_an_oci_config_without_good_diff_ids_is_one_line(tmp_path: Path, rootfs: Any, why: str) -> None:
-    path = _layout(tmp_path / "img", {} if rootfs is None else rootfs)
+    path = lying_layout(tmp_path / "img", {} if rootfs is None else rootfs)
     with pytest.raises(UserError, match=rf"^{re.escape(str(path))}:blobs/sha256/[0-9a-f]{{64}}: {re.escape(why)}$"):
         read_image(path)
 
@@ -105,16 +102,16 @@ def test_each_layer_is_decompressed_once_to_open_and_size_the_image(
 
 def test_a_config_that_lies_about_layers_scanned_before_is_still_refused(tmp_path: Path) -> None:
     """A scan is shared between cells by the layers' digests and diff_ids, never by the digests alone."""
-    good = _layout(tmp_path / "good", None)
+    good = lying_layout(tmp_path / "good", None)
     assert open_image("oci", good).file_paths() == ["etc/conf"]
-    bad = _layout(tmp_path / "bad", {"type": "layers", "diff_ids": [sha(LIE)]})  # the same layer blob
+    bad = lying_layout(tmp_path / "bad", {"type": "layers", "diff_ids": [sha(LIE)]})  # the same layer blob
     assert [b.digest for b in read_image(bad)] == [b.digest for b in read_image(good)]
     with pytest.raises(UserError, match=r"uncompressed content does not match its diff_id"):
         _ = open_image("oci", bad).file_paths()
 
 
 def test_run_refuses_a_lying_diff_id_before_any_store(tmp_path: Path) -> None:
-    _layout(tmp_path / "img", {"type": "layers", "diff_ids": [sha(LIE)]})
+    lying_layout(tmp_path / "img", {"type": "layers", "diff_ids": [sha(LIE)]})
     (tmp_path / "lie.toml").write_text(
         'name = "lie"\ndescription = "A config lying about its layer."\n'
         '[image]\nsource = "oci"\npath = "img"\n[[step]]\nop = "usage"\n'

@@ -184,7 +184,7 @@ def test_hostile_path_parameters_never_touch_anything_outside_the_container(
     from layerbench.plugins import default_plugins
     from layerbench.run.runner import Cell, run_cell
 
-    from .test_confinement import snapshot
+    from .checks import snapshot
 
     TRIED["hostile"] = TRIED.get("hostile", 0) + 1
     base = tmp_path / f"h{TRIED['hostile']}"

@@ -17,7 +17,9 @@ from layerbench.errors import UserError
 from layerbench.images import oci
 from layerbench.images.oci import apply_tar_layer, read_image
 
-from .test_oci import docker_archive
+from .image_files import (
+    docker_archive,
+)
 
 
 def _header(name: str, size: int, kind: bytes = tarfile.REGTYPE) -> bytes:

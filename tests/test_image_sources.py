@@ -14,8 +14,14 @@ from layerbench.errors import UserError
 from layerbench.images import image_sources
 from layerbench.images.image_sources import ArchiveImage, HostDirImage, open_image
 
-from .test_layer_tar import WH, D, F, S, tar_bytes
-from .test_oci import Layout
+from .image_files import (
+    WH,
+    D,
+    F,
+    Layout,
+    S,
+    tar_bytes,
+)
 
 
 def _archive(tmp_path: Path, *tars: bytes) -> ArchiveImage:

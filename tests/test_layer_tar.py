@@ -19,78 +19,22 @@ from layerbench.images.layer_stream import SizeLimit, free_disk_limit
 from layerbench.images.layer_tar import LowerTree, apply_host_dir, apply_tar_layer
 from layerbench.kernel.treecopy import copy_tree
 
-ROOT = os.geteuid() == 0
-FULL, DIFF = LayerFormat.FULL, LayerFormat.DIFF
-needs_root = pytest.mark.skipif(not ROOT, reason="overlay whiteouts, trusted xattrs and chown need root")
-MTIME = 1_600_000_000
-
-
-# -- building archives ----------------------------------------------------------------------
-
-Member = tuple[tarfile.TarInfo, bytes | None]
-
-
-def _info(
-    name: str,
-    kind: bytes,
-    mode: int,
-    uid: int = 0,
-    gid: int = 0,
-    xattrs: dict[str, str] | None = None,
-    mtime: int = MTIME,
-) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.mode, info.uid, info.gid, info.mtime = kind, mode, uid, gid, mtime
-    if xattrs:
-        info.pax_headers = {f"SCHILY.xattr.{k}": v for k, v in xattrs.items()}
-    return info
-
-
-def F(name: str, data: bytes = b"", mode: int = 0o644, **kw: object) -> Member:
-    info = _info(name, tarfile.REGTYPE, mode, **kw)  # type: ignore[arg-type]
-    info.size = len(data)
-    return info, data
-
-
-def D(name: str, mode: int = 0o755, **kw: object) -> Member:
-    return _info(name, tarfile.DIRTYPE, mode, **kw), None  # type: ignore[arg-type]
-
-
-def S(name: str, target: str) -> Member:
-    info = _info(name, tarfile.SYMTYPE, 0o777)
-    info.linkname = target
-    return info, None
-
-
-def H(name: str, target: str) -> Member:
-    info = _info(name, tarfile.LNKTYPE, 0o644)
-    info.linkname = target
-    return info, None
-
-
-def DEV(name: str, kind: bytes, major: int = 0, minor: int = 0, mode: int = 0o600) -> Member:
-    info = _info(name, kind, mode)
-    info.devmajor, info.devminor = major, minor
-    return info, None
-
-
-def WH(name: str) -> Member:
-    return F(name)
-
-
-def tar_bytes(*members: Member, compress: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    raw = buf.getvalue()
-    if compress == "gzip":
-        return gzip.compress(raw)
-    if compress == "zstd":
-        import zstandard
-
-        return zstandard.ZstdCompressor().compress(raw)
-    return raw
+from .image_files import (
+    DEV,
+    DIFF,
+    FULL,
+    MTIME,
+    ROOT,
+    WH,
+    D,
+    F,
+    H,
+    Member,
+    S,
+    needs_root,
+    tar_bytes,
+    tar_info,
+)
 
 
 def apply(root: Path, fmt: LayerFormat, *members: Member, **kw: Any):
@@ -513,7 +457,7 @@ def test_file_over_a_symlink_replaces_the_link_not_its_target(jail: tuple[Path, 
 
 
 def test_unknown_entry_type_is_refused(tmp_path: Path) -> None:
-    info = _info("weird", b"Z", 0o644)
+    info = tar_info("weird", b"Z", 0o644)
     with pytest.raises(UserError, match=r"layer\.tar: entry 'weird': unsupported tar entry type"):
         apply(tmp_path, FULL, F("ok", b"1"), (info, None))
     assert (tmp_path / "ok").read_bytes() == b"1"

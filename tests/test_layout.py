@@ -182,3 +182,24 @@ def test_functions_of_analysis_and_report_are_short() -> None:
                     if len(body) > MAX_FUNCTION_LINES and not any("# one concern:" in line for line in body):
                         long.append(f"{path.relative_to(HARNESS)}:{node.lineno} {node.name}: {len(body)} lines")
     assert not long, "functions over 60 lines (split them, or say `# one concern: why`):\n" + "\n".join(long)
+
+
+TESTS = Path(__file__).parent
+
+
+def test_no_test_module_imports_another() -> None:
+    """Test modules share code through conftest's fixtures and plain helper modules (tests/image_files.py,
+    tests/checks.py, integration/fleet_procs.py), never by importing another test module."""
+    wrong = []
+    for path in sorted(TESTS.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or "", *(a.name for a in node.names if not node.module)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            last = [n.rsplit(".", 1)[-1] for n in names]
+            if any(n.startswith("test_") for n in last):
+                wrong.append(f"{path.relative_to(TESTS)}:{node.lineno}")
+    assert not wrong, "test modules importing test modules: " + ", ".join(wrong)

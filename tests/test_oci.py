@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
-import platform
 import re
 import stat
 import tarfile
@@ -27,29 +25,20 @@ from layerbench.errors import UserError
 from layerbench.images.image_sources import ArchiveImage, open_image, parse_size
 from layerbench.images.oci import apply_blob, read_image, source_kind
 
-from .test_layer_tar import DIFF, FULL, WH, D, F, H, S, needs_root, tar_bytes
-
-OCI_TAR = "application/vnd.oci.image.layer.v1.tar"
-ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
-
-
-def layers() -> list[bytes]:
-    """Three uncompressed layer tars: a base, a change set with whiteouts, an opaque dir."""
-    return [
-        tar_bytes(
-            D("etc/"),
-            F("etc/conf", b"v1"),
-            D("bin/"),
-            F("bin/sh", b"#!", 0o755),
-            H("bin/sh2", "bin/sh"),
-            D("d/"),
-            F("d/old", b"o"),
-            D("gone/"),
-            F("gone/x", b"x"),
-        ),
-        tar_bytes(D("etc/"), WH("etc/.wh.conf"), F("etc/new", b"n"), WH(".wh.gone"), S("etc/sh", "../bin/sh")),
-        tar_bytes(D("d/"), WH("d/.wh..wh..opq"), F("d/fresh", b"f")),
-    ]
+from .image_files import (
+    ARCH,
+    DIFF,
+    FULL,
+    D,
+    F,
+    Layout,
+    docker_archive,
+    layers,
+    needs_root,
+    oci_layout,
+    sha,
+    tar_bytes,
+)
 
 
 def expect_final(root: Path) -> None:
@@ -58,114 +47,6 @@ def expect_final(root: Path) -> None:
     assert os.listdir(root / "d") == ["fresh"]
     assert (root / "etc/sh").read_bytes() == b"#!"
     assert (root / "bin/sh2").stat().st_ino == (root / "bin/sh").stat().st_ino
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _compress(data: bytes, how: str) -> bytes:
-    if how == "gzip":
-        return gzip.compress(data, mtime=0)  # no timestamp: the same bytes, the same digest
-    if how == "zstd":
-        import zstandard
-
-        return zstandard.ZstdCompressor().compress(data)
-    return data
-
-
-class Layout:
-    """Files of an OCI image layout, to write as a directory or a tar."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}'}
-
-    def blob(self, data: bytes) -> dict[str, Any]:
-        self.files[f"blobs/sha256/{sha(data)[7:]}"] = data
-        return {"digest": sha(data), "size": len(data)}
-
-    def manifest(
-        self, tars: list[bytes], how: tuple[str, ...] = ("", "gzip", "zstd"), rootfs: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """An image of `tars`; its config's `rootfs` is `rootfs` when given (else the tars' true diff_ids)."""
-        rootfs = {"type": "layers", "diff_ids": [sha(t) for t in tars]} if rootfs is None else rootfs
-        config = self.blob(json.dumps({"rootfs": rootfs}).encode())
-        descs = []
-        for i, t in enumerate(tars):
-            kind = how[i % len(how)]
-            descs.append({"mediaType": OCI_TAR + (f"+{kind}" if kind else ""), **self.blob(_compress(t, kind))})
-        doc = {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-            "layers": descs,
-        }
-        return {"mediaType": doc["mediaType"], **self.blob(json.dumps(doc).encode())}
-
-    def index(self, manifests: list[dict[str, Any]]) -> None:
-        self.files["index.json"] = json.dumps({"schemaVersion": 2, "manifests": manifests}).encode()
-
-    def write_dir(self, path: Path) -> Path:
-        for name, data in self.files.items():
-            (path / name).parent.mkdir(parents=True, exist_ok=True)
-            (path / name).write_bytes(data)
-        return path
-
-    def write_tar(self, path: Path) -> Path:
-        with tarfile.open(path, "w") as tar:
-            for name, data in self.files.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-        return path
-
-
-def oci_layout(path: Path, ref: str = "demo:1") -> Path:
-    lay = Layout()
-    m = lay.manifest(layers())
-    lay.index([{**m, "annotations": {"org.opencontainers.image.ref.name": ref}}])
-    return lay.write_dir(path)
-
-
-def docker_archive(
-    path: Path,
-    images: dict[str, list[bytes]],
-    dup_symlink: bool = False,
-    blobs: bool = False,
-    diff_ids: list[str] | None = None,
-) -> Path:
-    """A legacy `docker save` tar: manifest.json, <id>/layer.tar, <config>.json with diff_ids.
-
-    `blobs`: each layer at blobs/sha256/<its digest>, as docker save writes since Docker 25;
-    `diff_ids`: the config's, instead of the layers' true ones."""
-    entries: list[tuple[tarfile.TarInfo, bytes | None]] = []
-    manifest = []
-    for tag, tars in images.items():
-        names: list[str] = []
-        for i, t in enumerate(tars):
-            lid = hashlib.sha256(tag.encode() + bytes([i])).hexdigest()
-            info = tarfile.TarInfo(f"blobs/sha256/{sha(t)[7:]}" if blobs else f"{lid}/layer.tar")
-            if dup_symlink and i > 0 and t == tars[0]:  # older docker links duplicate layers
-                info.type, info.linkname = tarfile.SYMTYPE, f"../{names[0].split('/')[0]}/layer.tar"
-                entries.append((info, None))
-            else:
-                info.size = len(t)
-                entries.append((info, t))
-            names.append(info.name)
-        ids = [sha(t) for t in tars] if diff_ids is None else diff_ids
-        config = json.dumps({"rootfs": {"type": "layers", "diff_ids": ids}}).encode()
-        cinfo = tarfile.TarInfo(f"{sha(config)[7:]}.json")
-        cinfo.size = len(config)
-        entries.append((cinfo, config))
-        manifest.append({"Config": cinfo.name, "RepoTags": [tag], "Layers": names})
-    data = json.dumps(manifest).encode()
-    minfo = tarfile.TarInfo("manifest.json")
-    minfo.size = len(data)
-    entries.append((minfo, data))
-    with tarfile.open(path, "w") as tar:
-        for info, blob in entries:
-            tar.addfile(info, io.BytesIO(blob) if blob is not None else None)
-    return path
 
 
 def apply_all(root: Path, blobs: list[Any], fmt: LayerFormat = FULL) -> None:

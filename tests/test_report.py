@@ -14,6 +14,8 @@ from layerbench import report
 from layerbench.analysis import results
 from layerbench.cli import main
 
+from .checks import golden
+
 DATA = Path(__file__).parent / "data"
 RUNS = [DATA / f"{name}.json" for name in ("copy-up", "null", "layer-sharing", "startup")]
 
@@ -28,8 +30,6 @@ def invoke(*args: str) -> tuple[int, str, str]:
 
 
 def test_markdown_is_golden() -> None:
-    from .test_compare import golden
-
     golden("report-copy-up.md", report.render(build(RUNS[:2]), "md"))
 
 

@@ -25,8 +25,12 @@ from layerbench.run import userns
 from layerbench.testing import userns_session
 
 from ..conftest import driver_on_store, require
-from ..test_layer_tar import D, F, tar_bytes
-from ..test_oci import docker_archive
+from ..image_files import (
+    D,
+    F,
+    docker_archive,
+    tar_bytes,
+)
 
 pytestmark = [pytest.mark.mounts, pytest.mark.skipif(os.geteuid() != 0, reason="security.* xattrs need root")]
 

@@ -31,8 +31,14 @@ from layerbench.run.runner import RunConfig, run
 from layerbench.testing import userns_session
 
 from ..conftest import driver_on_store, require
-from ..test_layer_tar import DEV, D, F, S, tar_bytes
-from ..test_oci import docker_archive
+from ..image_files import (
+    DEV,
+    D,
+    F,
+    S,
+    docker_archive,
+    tar_bytes,
+)
 
 pytestmark = pytest.mark.mounts
 MiB = 1 << 20

@@ -24,8 +24,17 @@ from layerbench.run import userns
 from layerbench.testing import userns_session
 
 from ..conftest import driver_on_store, require
-from ..test_layer_tar import WH, D, F, H, Member, S, tar_bytes
-from ..test_oci import Layout, layers
+from ..image_files import (
+    WH,
+    D,
+    F,
+    H,
+    Layout,
+    Member,
+    S,
+    layers,
+    tar_bytes,
+)
 
 pytestmark = pytest.mark.mounts
 

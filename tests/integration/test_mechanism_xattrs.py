@@ -21,8 +21,12 @@ from layerbench.images.image_sources import open_image
 from layerbench.images.layer_encoding import mechanism_xattr
 
 from ..conftest import ROOT, driver_on_store
-from ..test_layer_tar import D, F, tar_bytes
-from ..test_oci import docker_archive
+from ..image_files import (
+    D,
+    F,
+    docker_archive,
+    tar_bytes,
+)
 
 pytestmark = [pytest.mark.mounts, pytest.mark.skipif(not ROOT, reason="trusted and security xattrs need root")]
 

@@ -20,8 +20,16 @@ from layerbench.driver import LayerFormat
 from layerbench.images.oci import apply_blob, read_image
 
 from ..conftest import driver_on_store
-from ..test_layer_tar import DEV, WH, D, F, H, S, tar_bytes
-from ..test_oci import Layout
+from ..image_files import (
+    DEV,
+    WH,
+    D,
+    F,
+    H,
+    Layout,
+    S,
+    tar_bytes,
+)
 
 pytestmark = pytest.mark.mounts
 MiB = 1 << 20

@@ -478,12 +478,11 @@ def _is_our_registry(pid: str, work: Path) -> bool:
 
 def test_a_pulled_layer_whose_diff_id_lies_is_refused_in_one_line(tmp_path: Path) -> None:
     """The blob matches its digest; its uncompressed bytes do not match the config's diff_id (issue 20)."""
-    from ..test_diff_ids import LIE, TRUE, _layout
-    from ..test_oci import sha
+    from ..image_files import LIE, TRUE, lying_layout, sha
 
     _need_registry()
     require("overlay2")
-    layout = _layout(tmp_path / "img", {"type": "layers", "diff_ids": [sha(LIE)]})
+    layout = lying_layout(tmp_path / "img", {"type": "layers", "diff_ids": [sha(LIE)]})
     with (
         driver_on_store("overlay2", tmp_path / "store") as (driver, _),
         registry(parse_link("loopback"), tmp_path / "reg", tmp_path / "registry-storage", None, "tlie") as reg,
