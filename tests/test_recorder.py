@@ -1,0 +1,40 @@
+"""CellRecorder: what a cell's samples keep, as its steps record them."""
+
+from __future__ import annotations
+
+from layerbench.run.recorder import CellRecorder
+
+
+def test_a_warm_up_samples_values_are_dropped_but_its_outcomes_counted() -> None:
+    rec = CellRecorder(overhead_ns=0)
+    rec.warm = True
+    rec.record("startup_ns", 500)
+    rec.outcome("step[1] rename", "EXDEV")
+    rec.warm = False
+    rec.record("startup_ns", 700)
+    rec.outcome("step[1] rename", "EXDEV")
+    assert rec.metrics() == {"startup_ns": {"unit": "ns", "samples": [700]}}
+    assert rec.outcome_counts() == {"step[1] rename": {"EXDEV": 2}}
+    assert rec.timed_ns == 700  # the warm-up's clock is no measured time
+
+
+def test_the_timers_cost_comes_off_ns_values_only_and_never_below_zero() -> None:
+    rec = CellRecorder(overhead_ns=100)
+    rec.record("startup_ns", 350)
+    rec.record("startup_ns", 60)
+    rec.record("written_bytes", 350)
+    rec.add("image_disk_bytes", 4096)
+    assert rec.samples == {"startup_ns": [250, 0], "written_bytes": [350], "image_disk_bytes": [4096]}
+    assert rec.timed_ns == 410  # the timed regions as taken, before the cost comes off
+    assert rec.metrics()["written_bytes"]["unit"] == "bytes"
+
+
+def test_what_a_forked_child_recorded_reaches_the_parent() -> None:
+    child, parent = CellRecorder(10), CellRecorder(10)
+    child.record("copy_up_ns", 110)
+    child.outcome("step[0] write", "EROFS")
+    child.outcome("step[0] write", "EROFS")
+    parent.merge(child.to_plain())
+    assert parent.samples == {"copy_up_ns": [100]}
+    assert parent.outcome_counts() == {"step[0] write": {"EROFS": 2}}
+    assert parent.timed_ns == 110
