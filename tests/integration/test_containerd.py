@@ -26,6 +26,7 @@ from layerbench.run.backing import BackingStore, allocated_bytes
 from layerbench.run.ledger import LEDGER_NAME, Ledger, release_abandoned
 from layerbench.run.plan import RunConfig
 from layerbench.run.runner import run
+from layerbench.run.session import open_driver
 from layerbench.testing.conformance import *  # noqa: F403  the cases, on each of the three
 from layerbench.testing.sessions import driver_session
 from tests.conftest import require
@@ -209,23 +210,18 @@ def test_our_containerd_overlayfs_is_faithful_to_containerds(containerd_address:
         ("real", default_plugins().driver("containerd/overlayfs").at(containerd_address)),
         ("ours", default_plugins().driver("containerd-overlayfs")),
     ):
-        with BackingStore(tmp_path / name, "btrfs", 1 << 30) as mnt:
-            (mnt / "h").mkdir()
-            d = cls(mnt / "h")
-            try:
-                d.setup()
-                top = build_image(d, image)
-                d.create_container("c0", top)
-                d.mount("c0")
-                options = _overlay_of(d.inspect("c0"))
-                lowers = options["lowerdir"].split(":")
-                os.sync()
-                disk = sum(allocated_bytes(Path(p).parent) for p in lowers)
-                order = [o.split("=", 1)[0] for o in d.inspect("c0").get("MountOptions", "").split(",") if o]
-                seen[name] = (options, disk, order)
-                d.unmount("c0")
-            finally:
-                d.close()
+        with open_driver(cls, tmp_path / name, "btrfs", 1 << 30) as on:
+            d = on.driver
+            top = build_image(d, image)
+            d.create_container("c0", top)
+            d.mount("c0")
+            options = _overlay_of(d.inspect("c0"))
+            lowers = options["lowerdir"].split(":")
+            os.sync()
+            disk = sum(allocated_bytes(Path(p).parent) for p in lowers)
+            order = [o.split("=", 1)[0] for o in d.inspect("c0").get("MountOptions", "").split(",") if o]
+            seen[name] = (options, disk, order)
+            d.unmount("c0")
     (real, real_disk, real_order), (ours, ours_disk, _) = seen["real"], seen["ours"]
     assert set(real) == set(ours) == {"index", "workdir", "upperdir", "lowerdir"}
     assert real["index"] == ours["index"] == "off"

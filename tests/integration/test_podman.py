@@ -17,10 +17,11 @@ import pytest
 from layerbench.images.build import build_image, files_image
 from layerbench.images.image import FileSpec
 from layerbench.plugins import default_plugins
-from layerbench.run.backing import BackingStore, allocated_bytes
+from layerbench.run.backing import allocated_bytes
 from layerbench.run.ledger import Ledger
 from layerbench.run.plan import RunConfig
 from layerbench.run.runner import run
+from layerbench.run.session import open_driver
 from layerbench.testing.conformance import (
     test_an_id_that_exists_is_refused,
     test_commit_of_a_mounted_container,
@@ -127,15 +128,9 @@ def test_our_drivers_agree_with_podmans_on_disk(
     image = files_image([[FileSpec(f"d{n}/f{i}", 256 << 10, n * 100 + i) for i in range(8)] for n in range(3)])
     disk = {}
     for name, under in ((engine, root), (ours, "")):
-        with BackingStore(tmp_path / name.replace("/", "-"), backing, 1 << 30) as mnt:
-            (mnt / "h").mkdir()
-            d = default_plugins().driver(name)(mnt / "h")
-            try:
-                d.setup()
-                build_image(d, image)
-                os.sync()
-                disk[name] = allocated_bytes(mnt / "h" / under)
-            finally:
-                d.close()
+        with open_driver(default_plugins().driver(name), tmp_path / name.replace("/", "-"), backing, 1 << 30) as on:
+            build_image(on.driver, image)
+            os.sync()
+            disk[name] = allocated_bytes(on.home / under)
     assert disk[ours] >= image.total_bytes
     assert abs(disk[engine] - disk[ours]) <= 0.01 * disk[ours], disk
