@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from time import perf_counter_ns
@@ -55,6 +55,76 @@ def tiny(tmp_path: Path) -> Path:
     """TINY, written to this test's own `tiny.toml`."""
     path = tmp_path / "tiny.toml"
     path.write_text(TINY)
+    return path
+
+
+#: `starts(counts, samples)`: a scenario "starts" of one start step, one cell per container count
+STARTS = """
+name = "starts"
+description = "Containers started on a three-file image, one cell per count."
+[params]
+n = {counts}
+[image]
+layers = 1
+files = 3
+bytes = 100
+[repeat]
+samples = {samples}
+[[step]]
+op = "start"
+count = "${{n}}"
+"""
+
+
+@pytest.fixture
+def starts(tmp_path: Path) -> Callable[[list[int], int], Path]:
+    """Writes STARTS with these container counts and samples to this test's `starts.toml`, returns its path."""
+
+    def write(counts: list[int], samples: int) -> Path:
+        path = tmp_path / "starts.toml"
+        path.write_text(STARTS.format(counts=counts, samples=samples))
+        return path
+
+    return write
+
+
+#: an engine driver's cell (containerd's snapshotters, Podman): a start, a copy-up, a commit, the disk used
+ENGINE_CELL = """
+name = "s"
+description = "an engine's cell"
+[image]
+source = "synthetic"
+layers = 2
+files = 8
+bytes = 65536
+seed = 1
+[[image.file]]
+path = "etc/app.conf"
+size = 4096
+layer = 0
+[repeat]
+samples = 2
+warmup = 0
+[[step]]
+op = "start"
+measure = "startup_ns"
+[[step]]
+op = "append"
+path = "etc/app.conf"
+measure = "copy_up_ns"
+[[step]]
+op = "commit"
+measure = "commit_ns"
+[[step]]
+op = "usage"
+"""
+
+
+@pytest.fixture
+def engine_cell(tmp_path: Path) -> Path:
+    """ENGINE_CELL, written to this test's own `s.toml`."""
+    path = tmp_path / "s.toml"
+    path.write_text(ENGINE_CELL)
     return path
 
 

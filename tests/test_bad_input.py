@@ -145,26 +145,7 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(point)], check=True)
 
 
-TINY = """
-name = "tiny"
-description = "One container."
-[params]
-n = [1]
-[image]
-layers = 1
-files = 3
-bytes = 100
-[repeat]
-samples = 1
-[[step]]
-op = "start"
-count = "${n}"
-"""
-
-
-def _run(tmp_path: Path, *extra: str) -> tuple[int, str, BaseException | None]:
-    scenario = tmp_path / "tiny.toml"
-    scenario.write_text(TINY)
+def _run(scenario: Path, tmp_path: Path, *extra: str) -> tuple[int, str, BaseException | None]:
     code, _, err, crashed = invoke(
         "run",
         str(scenario),
@@ -185,16 +166,18 @@ def test_report_into_a_missing_directory_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.mounts
-@pytest.mark.mounts
-def test_read_only_outputs_are_refused_before_any_cell_runs(tmp_path: Path) -> None:
+def test_read_only_outputs_are_refused_before_any_cell_runs(
+    starts: Callable[[list[int], int], Path], tmp_path: Path
+) -> None:
+    scenario = starts([1], 1)
     with read_only_dir(tmp_path) as ro:
         code, _, err, crashed = invoke("report", str(GOOD), "-o", str(ro / "r.md"))
         assert crashed is None and code == 2
         assert err.startswith(f"layerbench: error: -o {ro / 'r.md'}: cannot write")
-        code, err, crashed = _run(tmp_path, "--export-csv", str(ro / "x.csv"))
+        code, err, crashed = _run(scenario, tmp_path, "--export-csv", str(ro / "x.csv"))
         assert crashed is None and code == 2 and err.startswith(f"layerbench: error: --export-csv {ro / 'x.csv'}: ")
         assert "Read-only file system" in err and "[1/1]" not in err and not (tmp_path / "res").exists()
-        code, err, crashed = _run(tmp_path, "--results-dir", str(ro / "res"))
+        code, err, crashed = _run(scenario, tmp_path, "--results-dir", str(ro / "res"))
         assert crashed is None and code == 2 and err.startswith(f"layerbench: error: --results-dir {ro / 'res'}: ")
         assert "[1/1]" not in err and not (tmp_path / "work").exists()
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,21 +16,8 @@ from layerbench.errors import UserError
 from layerbench.plugins import load_plugins
 from layerbench.run.runner import RunConfig, run
 
-SCENARIO = """
-name = "two"
-description = "Two cells."
-[params]
-n = [1, 2]
-[image]
-layers = 1
-files = 3
-bytes = 100
-[repeat]
-samples = 2
-[[step]]
-op = "start"
-count = "${n}"
-"""
+#: conftest's `starts` fixture: writes a scenario of container counts and samples
+Starts = Callable[[list[int], int], Path]
 
 
 class Flaky(NullDriver):
@@ -50,9 +38,8 @@ class FlakyPlugin:
 
 
 @pytest.mark.mounts
-def test_resume_finishes_an_interrupted_run_without_redoing_cells(tmp_path: Path) -> None:
-    scenario = tmp_path / "two.toml"
-    scenario.write_text(SCENARIO)
+def test_resume_finishes_an_interrupted_run_without_redoing_cells(starts: Starts, tmp_path: Path) -> None:
+    scenario = starts([1, 2], 2)
     plugins = load_plugins(extra=(FlakyPlugin(),))
     config = RunConfig(
         scenarios=(str(scenario),),
@@ -82,21 +69,18 @@ def test_resume_finishes_an_interrupted_run_without_redoing_cells(tmp_path: Path
 
 
 @pytest.mark.mounts
-def test_resume_refuses_a_changed_scenario(tmp_path: Path) -> None:
-    scenario = tmp_path / "two.toml"
-    scenario.write_text(SCENARIO)
+def test_resume_refuses_a_changed_scenario(starts: Starts, tmp_path: Path) -> None:
+    scenario = starts([1, 2], 2)
     config = RunConfig(
         scenarios=(str(scenario),), drivers=("null",), results_dir=tmp_path / "res", work_root=tmp_path / "work"
     )
     _, path = run(config)
-    scenario.write_text(SCENARIO + "\n# edited\n")
-    with pytest.raises(UserError, match="scenario 'two' changed since the run started"):
+    scenario.write_text(scenario.read_text() + "\n# edited\n")
+    with pytest.raises(UserError, match="scenario 'starts' changed since the run started"):
         run(RunConfig(resume=path, results_dir=tmp_path / "res", work_root=tmp_path / "work"))
 
 
-def _finished_run(tmp_path: Path) -> Path:
-    scenario = tmp_path / "two.toml"
-    scenario.write_text(SCENARIO)
+def _finished_run(scenario: Path, tmp_path: Path) -> Path:
     _, path = run(
         RunConfig(
             scenarios=(str(scenario),),
@@ -110,8 +94,8 @@ def _finished_run(tmp_path: Path) -> Path:
 
 
 @pytest.mark.mounts
-def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path: Path) -> None:
-    path = _finished_run(tmp_path)
+def test_resuming_a_finished_run_says_so_and_changes_nothing(starts: Starts, tmp_path: Path) -> None:
+    path = _finished_run(starts([1, 2], 2), tmp_path)
     before = path.read_bytes()
     r = CliRunner().invoke(main, ["run", "--resume", str(path), "--work-root", str(tmp_path / "work")])
     assert r.exit_code == 0, r.stderr
@@ -128,12 +112,17 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path: Path) -> 
             ("--resume: the run was made with parameters none and seed 3; drop -p and --seed or start a new run"),
         ),
         (["--label", "other"], "--resume: the run was made with label run; drop --label or start a new run"),
-        (["copy-up"], "--resume: the run was made with scenarios two; drop the scenario arguments or start a new run"),
+        (
+            ["copy-up"],
+            "--resume: the run was made with scenarios starts; drop the scenario arguments or start a new run",
+        ),
     ],
 )
 @pytest.mark.mounts
-def test_resume_refuses_other_settings_naming_the_stored_ones(tmp_path: Path, args: list[str], message: str) -> None:
-    path = _finished_run(tmp_path)
+def test_resume_refuses_other_settings_naming_the_stored_ones(
+    starts: Starts, tmp_path: Path, args: list[str], message: str
+) -> None:
+    path = _finished_run(starts([1, 2], 2), tmp_path)
     before = path.read_bytes()
     r = CliRunner().invoke(main, ["run", "--resume", str(path), *args])
     assert r.exit_code == 2 and r.stderr == f"layerbench: error: {message}\n"
@@ -141,8 +130,8 @@ def test_resume_refuses_other_settings_naming_the_stored_ones(tmp_path: Path, ar
 
 
 @pytest.mark.mounts
-def test_resume_accepts_the_settings_the_run_had(tmp_path: Path) -> None:
-    path = _finished_run(tmp_path)
+def test_resume_accepts_the_settings_the_run_had(starts: Starts, tmp_path: Path) -> None:
+    path = _finished_run(starts([1, 2], 2), tmp_path)
     r = CliRunner().invoke(
         main, ["run", "--resume", str(path), "-d", "null", "--seed", "3", "--work-root", str(tmp_path / "work")]
     )
@@ -150,8 +139,8 @@ def test_resume_accepts_the_settings_the_run_had(tmp_path: Path) -> None:
 
 
 @pytest.mark.mounts
-def test_resume_refuses_a_run_that_is_still_going(tmp_path: Path) -> None:
-    path = _finished_run(tmp_path)
+def test_resume_refuses_a_run_that_is_still_going(starts: Starts, tmp_path: Path) -> None:
+    path = _finished_run(starts([1, 2], 2), tmp_path)
     doc = results.read(path)
     doc["status"], doc["run"] = "running", results.run_record()  # this very process: alive
     results.save(doc, path)
@@ -177,9 +166,8 @@ class FailingPlugin:
 
 
 @pytest.mark.mounts
-def test_retry_failed_runs_the_failed_cells_of_a_finished_run_again(tmp_path: Path) -> None:
-    scenario = tmp_path / "two.toml"
-    scenario.write_text(SCENARIO)
+def test_retry_failed_runs_the_failed_cells_of_a_finished_run_again(starts: Starts, tmp_path: Path) -> None:
+    scenario = starts([1, 2], 2)
     plugins = load_plugins(extra=(FailingPlugin(),))
     config = RunConfig(
         scenarios=(str(scenario),), drivers=("failing",), results_dir=tmp_path / "res", work_root=tmp_path / "work"

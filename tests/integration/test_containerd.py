@@ -106,7 +106,9 @@ def test_a_missing_or_wrong_address_is_one_sentence() -> None:
     assert (cls.at("/etc/hostname").probe() or "").endswith("not a unix socket")
 
 
-def test_a_cell_starts_its_own_daemon_and_stops_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cell_starts_its_own_daemon_and_stops_it(
+    engine_cell: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run's containerd cell: its daemon on the cell's store, in the ledger, stopped after the cell."""
     require("containerd/overlayfs")
     noted: list[tuple[str, str]] = []
@@ -122,17 +124,7 @@ def test_a_cell_starts_its_own_daemon_and_stops_it(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(Ledger, "made", note_made)
     monkeypatch.setattr(Ledger, "released", note_released)
-    scenario = tmp_path / "s.toml"
-    scenario.write_text(
-        'name = "s"\ndescription = "a containerd cell"\n'
-        '[image]\nsource = "synthetic"\nlayers = 2\nfiles = 8\nbytes = 65536\nseed = 1\n'
-        '[[image.file]]\npath = "etc/app.conf"\nsize = 4096\nlayer = 0\n'
-        "[repeat]\nsamples = 2\nwarmup = 0\n"
-        '[[step]]\nop = "start"\nmeasure = "startup_ns"\n'
-        '[[step]]\nop = "append"\npath = "etc/app.conf"\nmeasure = "copy_up_ns"\n'
-        '[[step]]\nop = "commit"\nmeasure = "commit_ns"\n'
-        '[[step]]\nop = "usage"\n'
-    )
+    scenario = engine_cell
     config = RunConfig(
         scenarios=(str(scenario),),
         drivers=("containerd/overlayfs",),

@@ -63,7 +63,7 @@ def _holders() -> list[int]:
 
 
 def test_a_podman_cell_runs_in_its_own_namespace_and_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine_cell: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run's cell on podman/overlay: start (podman create + mount), copy-up through the mount,
     commit, disk; the namespace holder in the ledger and gone after; no mount in ours at any time."""
@@ -82,17 +82,7 @@ def test_a_podman_cell_runs_in_its_own_namespace_and_leaves_nothing(
 
     monkeypatch.setattr(Ledger, "made", note_made)
     monkeypatch.setattr(Ledger, "released", note_released)
-    scenario = tmp_path / "s.toml"
-    scenario.write_text(
-        'name = "s"\ndescription = "a podman cell"\n'
-        '[image]\nsource = "synthetic"\nlayers = 2\nfiles = 8\nbytes = 65536\nseed = 1\n'
-        '[[image.file]]\npath = "etc/app.conf"\nsize = 4096\nlayer = 0\n'
-        "[repeat]\nsamples = 2\nwarmup = 0\n"
-        '[[step]]\nop = "start"\nmeasure = "startup_ns"\n'
-        '[[step]]\nop = "append"\npath = "etc/app.conf"\nmeasure = "copy_up_ns"\n'
-        '[[step]]\nop = "commit"\nmeasure = "commit_ns"\n'
-        '[[step]]\nop = "usage"\n'
-    )
+    scenario = engine_cell
     config = RunConfig(
         scenarios=(str(scenario),),
         drivers=("podman/overlay",),
