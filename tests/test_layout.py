@@ -15,7 +15,8 @@ HARNESS = Path(layerbench.__file__).parent
 DRIVERS = HARNESS.parent / "drivers"
 
 #: who may import whom, by top-level group: a group imports only groups listed for it
-#: (and the top modules: driver, errors, hookspecs, plugins, scenario)
+#: (and the top modules: driver, environment, errors, hookspecs, ops, plugins, builtin_plugins, scenario,
+#: units; docs/architecture.md draws this)
 BELOW: dict[str, set[str]] = {
     "kernel": set(),
     "images": {"kernel"},
