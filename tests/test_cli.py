@@ -16,8 +16,6 @@ from layerbench.analysis import results
 from layerbench.cli import main
 from layerbench.plugins import default_plugins
 
-from .conftest import TINY
-
 
 def invoke(*args: str) -> tuple[int, str, str]:
     r = CliRunner().invoke(main, list(args))
@@ -100,9 +98,9 @@ def test_run_null_end_to_end_writes_results_and_csv(tiny: Path, tmp_path: Path) 
 
 
 @pytest.mark.mounts
-def test_failing_cell_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
+def test_failing_cell_is_recorded_and_the_run_goes_on(tiny: Path, tmp_path: Path) -> None:
     scenario = tmp_path / "bad.toml"
-    scenario.write_text(TINY.replace('path = "t.bin"\nmeasure', 'path = "missing.bin"\nmeasure'))
+    scenario.write_text(tiny.read_text().replace('path = "t.bin"\nmeasure', 'path = "missing.bin"\nmeasure'))
     code, out, err = invoke(
         "run",
         str(scenario),
@@ -127,12 +125,12 @@ def test_failing_cell_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
 
 
 @pytest.mark.mounts
-def test_a_run_with_some_cells_failing_exits_1_naming_only_those(tmp_path: Path) -> None:
+def test_a_run_with_some_cells_failing_exits_1_naming_only_those(tiny: Path, tmp_path: Path) -> None:
     scenario = tmp_path / "half.toml"
     scenario.write_text(
-        TINY.replace('path = "t.bin"\nmeasure', 'path = "${f}"\nmeasure').replace(
-            "containers = [1, 2]", 'containers = [1]\nf = ["t.bin", "missing.bin"]'
-        )
+        tiny.read_text()
+        .replace('path = "t.bin"\nmeasure', 'path = "${f}"\nmeasure')
+        .replace("containers = [1, 2]", 'containers = [1]\nf = ["t.bin", "missing.bin"]')
     )
     code, _, err = invoke(
         "run",

@@ -92,3 +92,39 @@ def test_an_ops_defaults_size_what_a_step_leaves_out(tmp_path: Path, monkeypatch
     before = estimate_bytes(_cell(tmp_path, "overlay2", extra=overwrite))
     monkeypatch.setitem(OPS, "overwrite", dataclasses.replace(OPS["overwrite"], defaults={"bytes": 10**6}))
     assert estimate_bytes(_cell(tmp_path, "overlay2", extra=overwrite)) - before >= 50 * (10**6 - 4)
+
+
+@pytest.mark.parametrize("driver", ["overlay2", "vfs", "btrfs"])
+def test_a_write_with_count_raises_the_estimate_by_count_times_bytes(tmp_path: Path, driver: str) -> None:
+    n, b = 500, 100_000
+    without = _cell(tmp_path, driver)
+    with_writes = _cell(tmp_path, driver, extra=_writes(n, b))
+    assert estimate_bytes(with_writes) - estimate_bytes(without) >= n * b
+    assert estimate_inodes(with_writes) - estimate_inodes(without) >= n
+
+
+@pytest.mark.parametrize(
+    ("step", "at_least"),
+    [
+        ('op = "append"\nfraction = 0.5\nbytes = 1000000', 25 * 1_000_000),  # half of 50 files
+        ('op = "overwrite"\nglob = "**"\nbytes = 100000', 50 * 100_000),  # a glob: every file, at most
+        ('op = "truncate"\npath = "x"\nsize = 50000000', 50_000_000),
+        ('op = "write"\npath = "one"\nbytes = 30000000', 30_000_000),
+    ],
+)
+def test_every_op_that_writes_counts(tmp_path: Path, step: str, at_least: int) -> None:
+    grown = estimate_bytes(_cell(tmp_path, "overlay2", extra=f"[[step]]\n{step}\n"))
+    assert grown - estimate_bytes(_cell(tmp_path, "overlay2")) >= at_least
+
+
+def test_a_commit_after_writes_counts_them_again(tmp_path: Path) -> None:
+    write = '[[step]]\nop = "write"\npath = "w{i}"\ncount = 100\nbytes = 1000000\n'
+    plain = estimate_bytes(_cell(tmp_path, "overlay2", extra=write))
+    committed = estimate_bytes(_cell(tmp_path, "overlay2", extra=write + '[[step]]\nop = "commit"\n'))
+    assert committed - plain >= 100 * 1_000_000
+
+
+def test_steps_that_write_nothing_add_nothing(tmp_path: Path) -> None:
+    base = estimate_bytes(_cell(tmp_path, "overlay2"))
+    assert estimate_bytes(_cell(tmp_path, "overlay2", extra='[[step]]\nop = "stat"\nglob = "**"\n')) == base
+    assert estimate_bytes(_cell(tmp_path, "overlay2", extra='[[step]]\nop = "read"\nfraction = 1\n')) == base
