@@ -122,12 +122,11 @@ def _sampling_for(config: RunConfig, cell: Cell) -> Sampling:
 
 @dataclass
 class _Prepared:
-    """A run ready to start: its settings, what it runs, the cells left to run, and a resumed document."""
+    """A run ready to start: its settings, what it runs, and the cells left to run."""
 
     config: RunConfig
     chosen: Chosen
     cells: list[Cell]  # in the run's order, without the cells a resumed run has done
-    previous: tuple[dict[str, Any], Path] | None  # the resumed run's document and path
 
 
 def run(
@@ -185,7 +184,7 @@ def _prepare(
             c for c in cells if CellKey.of(c.scenario.name, c.driver.name, c.backing, c.params, c.host) not in done
         ]
         progress(f"resuming {path}: {len(doc['cells'])} cells done, {len(cells)} to go")
-    return _Prepared(config, chosen, cells, previous)
+    return _Prepared(config, chosen, cells)
 
 
 def _resumed_document(doc: dict[str, Any], path: Path, env: RunEnvironment) -> tuple[dict[str, Any], Path]:
