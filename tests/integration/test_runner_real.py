@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -10,9 +11,11 @@ from typing import ClassVar
 
 import pytest
 
+from layerbench.analysis import results
 from layerbench.drivers import Overlay2Driver, VfsDriver
 from layerbench.kernel import mountinfo
 from layerbench.run import plan as plan_module
+from layerbench.run.progress import CellEvent
 from layerbench.run.runner import Cell, RunConfig, run, run_cell
 from layerbench.scenario import load_scenario
 
@@ -123,3 +126,33 @@ def test_a_cells_teardown_overlaps_the_next_set_up_never_a_sample(
         assert abs(c["duration_s"] - sum(c["time_split_s"].values())) <= 0.01
     assert [p.name for p in (tmp_path / "work").iterdir()] == [".layerbench-work-root"]
     assert _mounts_under(tmp_path) == []
+
+
+def test_a_run_stopped_by_a_refusal_between_cells_is_saved_interrupted_with_its_finished_cells(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """Someone plants a symlink where the next cell's directory goes while the first cell runs: the run
+    will not make its directory there (FileExistsError: never through a link) and stops, and its results
+    file says `interrupted` (it was left `running`), keeps the finished cell for --resume and names the
+    run's work root; nothing is left mounted, nothing is written elsewhere."""
+    require("vfs")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    work = tmp_path / "work"
+
+    def plant(event: CellEvent) -> None:
+        if event.kind == "started" and event.index == 1:
+            (run_dir,) = work.glob("run-*")
+            os.symlink(elsewhere, run_dir / "cell2")
+
+    config = RunConfig(
+        scenarios=(str(tiny),), drivers=("vfs",), results_dir=tmp_path / "res", work_root=work, order="planned"
+    )
+    with pytest.raises(FileExistsError, match="cell2"):
+        run(config, events=plant)
+    (path,) = (tmp_path / "res").rglob("*.json")
+    doc = results.read(path)
+    assert doc["status"] == "interrupted" and doc["finished_utc"]
+    assert [c["status"] for c in doc["cells"]] == ["ok"] and doc["work_root"] == str(work)
+    assert os.listdir(elsewhere) == [] and _mounts_under(tmp_path) == []
+    assert [p.name for p in work.iterdir()] == [".layerbench-work-root"]
