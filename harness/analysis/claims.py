@@ -178,7 +178,8 @@ def _reads_little(cell: CellResult, run: RunDocument) -> Values | None:
         return None
     image = f" {cell.params['recipe']}" if "recipe" in cell.params else ""
     whole = f" of {human(read / fraction, 'bytes')}" if fraction > 0 else ""
-    runtime = f", {cell.params['runtime']}" if "runtime" in cell.params else ""
+    # every dimension the cell has (a link, a runtime): two cells of one driver never read alike
+    runtime = "".join(f", {name} {cell.params[name]}" for name in ("link", "runtime") if name in cell.params)
     return {"fraction": fraction, "read": read, "image": image, "whole": whole, "runtime": runtime}
 
 
