@@ -68,6 +68,7 @@ class PodmanContainer:
         self._client: subprocess.Popen[bytes] | None = None
         self._out_r, self._out_w = os.pipe()
         os.set_blocking(self._out_r, False)
+        os.makedirs(self.files, 0o700)  # for the pid files, before the clock
 
     @property
     def output(self) -> int:
@@ -75,7 +76,6 @@ class PodmanContainer:
 
     def make(self) -> None:
         """`podman create` (timed: create_ns)."""
-        os.makedirs(self.files, 0o700)
         self.driver.made_container(self.name, self.image, self._create)
 
     def create(self) -> None:

@@ -25,18 +25,19 @@ conditions (run/ready.py), the same metric names, with these meanings —
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter_ns
 from typing import Protocol, runtime_checkable
 
 from layerbench.images.config import parse_config
 from layerbench.images.registry_client import Reference, RegistryClient
+from layerbench.kernel import pagecache
 from layerbench.run import ready
 from layerbench.run.pull import Pulled, PulledLayer, parse_json
-from layerbench.run.runtime import Container
+from layerbench.run.runtime import Container, seen_from_inside
 
-__all__ = ["EngineImages", "EngineContainer", "EnginePulled", "pull", "start"]
+__all__ = ["EngineImages", "EngineContainer", "EnginePulled", "Between", "pull", "start"]
 
 
 @dataclass
@@ -93,19 +94,42 @@ def pull(engine: EngineImages, client: RegistryClient, ref: Reference, image_id:
     return Pulled(image_id, config, layers, got.pull_ns, None, None)
 
 
+@dataclass
+class Between:
+    """What the run step reads between the engine's init and start, untimed: the container's own files (a
+    snapshot's or a copy's, made by the engine's create: new files under `image_files`, not `listed` when
+    this was made, before the clock), their cached bytes then, and, with `notes`, what the created process
+    sees (run/runtime.py)."""
+
+    image_files: Path
+    notes: list[str] | None
+    listed: set[str] = field(init=False)  # the files there before the container: listed when this is made
+    files: list[str] = field(default_factory=list)
+    cached: int = 0
+
+    def __post_init__(self) -> None:
+        self.listed = set(pagecache.regular_files(self.image_files))
+
+    def __call__(self, pid: int) -> None:
+        if self.notes is not None:
+            self.notes.append(seen_from_inside(pid))
+        self.files = [f for f in pagecache.regular_files(self.image_files) if f not in self.listed]
+        self.cached = pagecache.cached_bytes(self.files)
+
+
 def start(
-    box: EngineContainer, condition: str, timeout_s: float, seen: Callable[[int], None] | None = None
+    box: EngineContainer, condition: str, timeout_s: float, between: Callable[[int], None] | None = None
 ) -> tuple[int, int, int]:
-    """Make, initialise and start `box` until `condition` holds: (create_ns, runtime_ns, ready_ns). `seen` gets
-    the created process's pid between the clocks (run/runtime.py's seen_from_inside)."""
+    """Make, initialise and start `box` until `condition` holds: (create_ns, runtime_ns, ready_ns). `between`
+    gets the created process's pid between the clocks (`Between`)."""
     t0 = perf_counter_ns()
     box.make()
     t1 = perf_counter_ns()
     box.create()
     t2 = perf_counter_ns()
     box.noted()
-    if seen is not None:
-        seen(box.pid)
+    if between is not None:
+        between(box.pid)
     t3 = perf_counter_ns()
     box.begin()
     ready.wait_ready(box, condition, timeout_s)

@@ -279,14 +279,15 @@ def _run_config(state: SampleState, name: str, args: dict[str, Any]) -> tuple[Im
 def _start_in_engine(
     state: SampleState, args: dict[str, Any], cid: str, image: str, config: ImageConfig, rt: str, work: Path, pre: str
 ) -> _Started:
-    """The engine's own create, init and start (run/engine.py), timed there; no files of the container's own."""
+    """The engine's own create, init and start (run/engine.py), timed there; the container's own files are
+    those its create made among the store's layers (a btrfs snapshot's), listed between init and start."""
     assert isinstance(state.driver, engine.EngineImages)
     condition = config.ready or ready.DEFAULT_READY
     made = state.driver.run_image(cid, image, rt, config.argv(), config.env, config.working_dir)
     state.processes.append(made)
-    seen = None if pre else (lambda pid: state.notes.append(runtime.seen_from_inside(pid)))
-    phases = engine.start(made, condition, float(args["timeout"]), seen)
-    return made, phases, [], 0
+    mine = engine.Between(state.driver.image_files(), None if pre else state.notes)
+    phases = engine.start(made, condition, float(args["timeout"]), mine)
+    return made, phases, mine.files, mine.cached
 
 
 def _start_with_runtime(
