@@ -191,9 +191,9 @@ def test_a_sigkilled_podman_run_leaves_nothing_after_cleanup(tmp_path: Path) -> 
     scenario = tmp_path / "serving.toml"
     scenario.write_text(_SERVING)
     argv = [*LAYERBENCH, "run", str(scenario), "-d", "podman/overlay", "--work-root", str(work)]
-    proc = subprocess.Popen(
-        [*argv, "--results-dir", str(tmp_path / "res")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*argv, "--results-dir", str(tmp_path / "res")], stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # until Podman's container serves (its process carries the run's tag)
@@ -201,7 +201,7 @@ def test_a_sigkilled_podman_run_leaves_nothing_after_cleanup(tmp_path: Path) -> 
                 break
             time.sleep(0.05)
         else:
-            pytest.fail("Podman's container never ran")
+            pytest.fail(f"Podman's container never ran: {log.read_text(errors='replace')[-2000:]}")
         assert any(_comm(p) == "conmon" for p in _tagged(work))  # conmon carries the run's tag too
     finally:
         proc.kill()
