@@ -192,8 +192,8 @@ def test_a_sigkilled_podman_run_leaves_nothing_after_cleanup(tmp_path: Path) -> 
     scenario.write_text(_SERVING)
     argv = [*LAYERBENCH, "run", str(scenario), "-d", "podman/overlay", "--work-root", str(work)]
     log = tmp_path / "run.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([*argv, "--results-dir", str(tmp_path / "res")], stdout=out, stderr=subprocess.STDOUT)
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen([*argv, "--results-dir", str(tmp_path / "res")], stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # until Podman's container serves (its process carries the run's tag)
