@@ -139,3 +139,37 @@ def test_the_same_writes_take_the_same_space_on_a_small_and_a_large_store(fstype
     if fstype == "ext4":
         assert small >= 1000 * 4096  # a 4 KiB block per file, whatever the size of the store
     assert backing.mkfs_options(fstype) == " ".join(backing.MKFS_OPTIONS[fstype]) and backing.mkfs_options("dir") == ""
+
+
+def test_a_loop_device_losetup_could_not_detach_stays_in_the_ledger_for_cleanup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`losetup -d` killed by a signal meant for the run (a fleet worker stopped with its process group)
+    detaches nothing: close says so, keeps the file, and `cleanup` detaches the device from the ledger."""
+    from layerbench.run.ledger import LEDGER_NAME, Ledger, release_abandoned
+
+    run_dir = tmp_path / "work" / "run-1"
+    run_dir.mkdir(parents=True, mode=0o700)
+    (tmp_path / "work").chmod(0o700)
+    ledger = Ledger(run_dir / LEDGER_NAME).open()
+    store = BackingStore(run_dir / "cell", "ext4", SIZE["ext4"], ledger=ledger)
+    store.open()
+    loop = store.loop
+    assert loop is not None
+    real_run = subprocess.run
+
+    def killed_losetup(args: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
+        if args[:2] == ["losetup", "-d"]:
+            return subprocess.CompletedProcess(args, -15)  # as a SIGTERMed losetup returns: nothing done
+        return real_run(args, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(backing.subprocess, "run", killed_losetup)
+    with pytest.raises(OSError, match="losetup -d failed"):
+        store.close()
+    monkeypatch.undo()
+    assert _backing_file(loop) == str(store.image)  # still attached, and its file still there
+    ledger.close()
+    actions, live = release_abandoned(tmp_path / "work")
+    assert not live and any(a.startswith("detached") for a in actions), actions
+    assert _backing_file(loop) is None
+    assert not _loops_of(store.image) if store.image.exists() else True
