@@ -182,9 +182,9 @@ _ERRNO = {
 _SUN_PATH = 107
 
 
-def connect_path(socket: str, dir_fd: int | None = None) -> str:
-    """`socket`, or where it is too long for a unix address, its name through `/proc/self/fd/<dir_fd>/`."""
-    if len(os.fsencode(socket)) <= _SUN_PATH:
+def connect_path(socket: str, dir_fd: int | None = None, limit: int = _SUN_PATH) -> str:
+    """`socket`, or where it is longer than `limit` (a unix address's), its name through `/proc/self/fd/<dir_fd>/`."""
+    if len(os.fsencode(socket)) <= limit:
         return socket
     if dir_fd is None:
         raise OSError(errno.ENAMETOOLONG, f"containerd socket path longer than {_SUN_PATH} bytes", socket)

@@ -87,7 +87,8 @@ class ContainerdDaemon:
         root.mkdir(mode=0o700, exist_ok=True)
         state.mkdir(mode=0o700, exist_ok=True)
         self._state_fd = os.open(state, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.address = connect_path(str(state / "c.sock"), self._state_fd)
+        # containerd makes <socket>.ttrpc beside it too, and refuses a socket path over 104 bytes
+        self.address = connect_path(str(state / "c.sock"), self._state_fd, limit=104 - len(".ttrpc"))
         config = self.dir / "config.toml"
         config.write_text(config_text(root, state, self.address))
         argv = [self.binary, "--config", str(config), "--log-level", "warn"]

@@ -225,3 +225,19 @@ def test_our_containerd_overlayfs_is_faithful_to_containerds(containerd_address:
         assert upper is not None and int(upper.group(1)) > numbers[0]
         assert options["workdir"] == options["upperdir"].removesuffix("/fs") + "/work"
     assert abs(real_disk - ours_disk) <= 0.01 * real_disk, (real_disk, ours_disk)
+
+
+@pytest.mark.parametrize("length", [99, 104, 107])
+def test_a_daemon_starts_where_its_socket_path_is_near_a_unix_address_limit(tmp_path: Path, length: int) -> None:
+    """containerd refuses its `<socket>.ttrpc` over 104 bytes: a state directory whose `c.sock` is 99-107
+    bytes long (short enough for gRPC's own limit) is reached through /proc/self/fd too."""
+    require("containerd/overlayfs")
+    base = str(tmp_path / "d")
+    pad = length - len(f"{base}/state/c.sock") - 1
+    if pad < 1:
+        pytest.skip(f"the test's temp path is already over {length} bytes")
+    directory = Path(f"{base}{'x' * pad}")
+    directory.mkdir(mode=0o700)
+    assert len(str(directory / "state" / "c.sock")) == length - 1
+    with ContainerdDaemon(directory) as address:
+        assert os.path.exists(directory / "state" / "c.sock") and address
