@@ -237,6 +237,12 @@ class PodmanDriver(Driver):
             policy = str(self.home / "policy.json")
             out_text = self.podman("pull", "-q", "--signature-policy", policy, f"oci:{self.home}/oci:{layer_id}")
             self._images[layer_id] = out_text.splitlines()[-1]
+            # Podman holds the layers now; the staged tars would count a second copy of every layer in the
+            # store's disk. A later pull reuses a layer Podman has by its digest and never reads its tar.
+            for layer in layers:
+                (self.home / "oci" / "blobs" / "sha256" / layer["digest"].removeprefix("sha256:")).unlink(
+                    missing_ok=True
+                )
         finally:
             tmp.unlink(missing_ok=True)
             remove_tree(staging)

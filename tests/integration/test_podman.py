@@ -124,3 +124,19 @@ def test_our_drivers_agree_with_podmans_on_disk(
             disk[name] = allocated_bytes(on.home / under)
     assert disk[ours] >= image.total_bytes
     assert abs(disk[engine] - disk[ours]) <= 0.01 * disk[ours], disk
+
+
+def test_a_podman_store_holds_its_layers_once(tmp_path: Path) -> None:
+    """What the harness reads of a Podman store (its whole home, as a scenario's disk does) holds the
+    image once: the layer tars the driver stages for `podman pull oci:` are gone once Podman has them."""
+    require("podman/overlay")
+    require("overlay2")
+    image = files_image([[FileSpec(f"d{n}/f{i}", 256 << 10, n * 100 + i) for i in range(8)] for n in range(3)])
+    disk = {}
+    for name in ("podman/overlay", "overlay2"):
+        with open_driver(default_plugins().driver(name), tmp_path / name.replace("/", "-"), "ext4", 1 << 30) as on:
+            build_image(on.driver, image)
+            os.sync()
+            disk[name] = allocated_bytes(on.home)
+    assert disk["overlay2"] >= image.total_bytes
+    assert disk["podman/overlay"] < 1.2 * disk["overlay2"], disk  # with the staged tars: about 2x
