@@ -10,6 +10,9 @@ tries to reach the scheduler again, for up to `reconnect_timeout_s` seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -19,7 +22,7 @@ from typing import Any
 from layerbench.errors import UserError
 from layerbench.run.fleet_tls import FleetTLS, address_host, is_loopback
 
-__all__ = ["serve_scheduler", "serve_worker", "listen_host", "RECONNECT_TIMEOUT_S", "HTTP_ADDRESS"]
+__all__ = ["quiet_dask", "serve_scheduler", "serve_worker", "listen_host", "RECONNECT_TIMEOUT_S", "HTTP_ADDRESS"]
 
 RECONNECT_TIMEOUT_S = 600.0  # a worker keeps trying to reach its scheduler this long before it gives up
 HTTP_ADDRESS = "127.0.0.1:0"  # Dask's HTTP endpoints (health, metrics): this machine only, any port
@@ -42,6 +45,15 @@ def listen_host(address: str | None, option: str) -> str:
     if host in ("", "0.0.0.0", "::"):
         raise UserError(f"{option} {address}: name one address to listen on, not every interface")
     return host
+
+
+def quiet_dask() -> None:
+    """Dask's own log at WARNING and above: a fleet process says what layerbench says (each start,
+    connection, cell error), not Dask's INFO lines about every call. `DASK_LOGGING__DISTRIBUTED=info`
+    (Dask's own setting, read by the worker processes a nanny starts too) brings them back."""
+    level = os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    with contextlib.suppress(ValueError):  # a level logging does not know: Dask says so itself
+        logging.getLogger("distributed").setLevel(level.upper())
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -80,6 +92,7 @@ def serve_scheduler(host: str, port: int, tls: FleetTLS, say: Say, address_file:
     A cell whose worker dies is an error at once (allowed_failures 0), never run again on a
     host that might die again.
     """
+    quiet_dask()
     from distributed import Scheduler
 
     async def serve() -> None:
@@ -115,6 +128,7 @@ def serve_worker(
     When the scheduler goes, start again and try to reach it for up to `reconnect_timeout_s`
     seconds; then give up with one line.
     """
+    quiet_dask()
     if not is_loopback(listen) and is_loopback(address_host(scheduler)):
         say(f"host {host}: note: listening on {listen} for a scheduler on this machine ({scheduler})")
 

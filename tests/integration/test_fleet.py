@@ -527,3 +527,27 @@ def test_ctrl_c_on_a_fleet_client_marks_the_run_interrupted_and_exits_130(fleet:
     assert "Traceback" not in err and err.splitlines()[-1].startswith("layerbench: interrupted"), err
     doc = results.read(files[0])
     assert doc["status"] == "interrupted" and 1 <= len(doc["cells"]) < 6
+
+
+def test_a_fleet_process_logs_only_what_matters(fleet: Fleet, tmp_path: Path) -> None:
+    """Dask's INFO lines (every call, every connection) are not in a worker's or the scheduler's output;
+    layerbench's own lines are."""
+    r = CliRunner().invoke(
+        main,
+        [
+            "run",
+            _write(tmp_path, TINY, "tiny.toml"),
+            "-d",
+            "null",
+            "--results-dir",
+            str(tmp_path / "res"),
+            "--cluster",
+            fleet.address,
+            *fleet.certs.options("client"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    logs = fleet.roots["host-a"].parent
+    text = "".join((logs / name).read_text(errors="replace") for name in ("host-a.log", "scheduler.log"))
+    assert "host host-a: connected to" in text
+    assert " - INFO - " not in text, text[:2000]
