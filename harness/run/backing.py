@@ -13,12 +13,11 @@ from pathlib import Path
 
 from layerbench.environment import LOOP_IO
 from layerbench.errors import UserError
-from layerbench.kernel import mountinfo, pagecache, safety, syscalls
+from layerbench.kernel import loopdev, mountinfo, pagecache, safety, syscalls
 from layerbench.kernel.safety import remove_tree
 from layerbench.run.ledger import Ledger
 
 __all__ = [
-    "detach_loop",
     "BackingStore",
     "MKFS",
     "MKFS_OPTIONS",
@@ -257,22 +256,6 @@ def copy_backing_file(source: Path, target: int) -> str:
     return how
 
 
-def detach_loop(device: str) -> bool:
-    """Detach the loop device; whether it is detached (or set to detach when its last user closes it).
-    `losetup -d` killed by a signal meant for the run (a fleet worker stopped with its process group)
-    detaches nothing: it is tried again, and a device still attached is reported, never forgotten."""
-    name = os.path.basename(device)
-    for _ in range(3):
-        if subprocess.run(["losetup", "-d", device], capture_output=True).returncode == 0:
-            return True
-        try:
-            if Path(f"/sys/block/{name}/loop/autoclear").read_text().strip() == "1":
-                return True
-        except FileNotFoundError:  # detached after all
-            return True
-    return False
-
-
 class BackingStore:
     """A sparse file, formatted and loop-mounted under `workdir`; released by `close`.
 
@@ -391,7 +374,7 @@ class BackingStore:
             self.mounted = False
             self._note("mount", self.mountpoint, made=False)
         if self.loop is not None:
-            if not detach_loop(self.loop):  # the ledger keeps the loop and its file: `cleanup` detaches it
+            if not loopdev.detach(self.loop):  # the ledger keeps the loop and its file: `cleanup` detaches it
                 raise OSError(f"{self.loop} ({self.image}): losetup -d failed; `layerbench cleanup` detaches it")
             self.loop = None
             self._note("loop", self.image, made=False)

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from layerbench.errors import UserError
-from layerbench.kernel import process, safety, syscalls
+from layerbench.kernel import loopdev, process, safety, syscalls
 from layerbench.kernel.netshape import release_net
 
 __all__ = ["Ledger", "release", "release_abandoned", "daemon_id", "LEDGER_NAME", "TAG", "DAEMON_GRACE_S"]
@@ -205,8 +205,8 @@ def _release_one(run: _Run, rec: dict[str, Any]) -> str | None:
         finally:
             os.close(fd)
         devices = [line.split(":", 1)[0] for line in out.splitlines() if line.startswith("/dev/loop")]
-        for dev in devices:
-            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        if failed := [dev for dev in devices if not loopdev.detach(dev)]:
+            raise _Skip(f"losetup -d failed on {', '.join(failed)}")  # the entry stays: the next cleanup tries again
         return f"detached {', '.join(devices)} ({path})" if devices else None
     if kind not in ("file", "dir"):
         raise _Skip("an unknown kind")
@@ -278,13 +278,17 @@ def release(ledger_path: Path) -> list[str]:
     run, lfd = _open_run(os.path.dirname(os.path.abspath(ledger_path)))
     try:
         records = _read(lfd, run.ledger)
-        actions = []
+        actions, attached = [], set()  # backing files whose loop device stayed attached: kept for the next try
         for rec in reversed(_pending(records)):
             try:
+                if rec["kind"] == "file" and rec["path"] in attached:
+                    raise _Skip("its loop device is still attached")
                 if (done := _release_one(run, rec)) is not None:
                     actions.append(done)
             except _Skip as why:
                 actions.append(f"skipped {rec['kind']} {rec['path']}: {why}")
+                if rec["kind"] == "loop":
+                    attached.add(rec["path"])
         return actions
     finally:
         os.close(lfd)

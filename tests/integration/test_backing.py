@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from layerbench.kernel import mountinfo
+from layerbench.kernel import loopdev, mountinfo
 from layerbench.run import backing
 from layerbench.run.backing import MIN_SIZE, BackingStore
 
@@ -163,12 +163,15 @@ def test_a_loop_device_losetup_could_not_detach_stays_in_the_ledger_for_cleanup(
             return subprocess.CompletedProcess(args, -15)  # as a SIGTERMed losetup returns: nothing done
         return real_run(args, **kw)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(backing.subprocess, "run", killed_losetup)
+    monkeypatch.setattr(loopdev.subprocess, "run", killed_losetup)
     with pytest.raises(OSError, match="losetup -d failed"):
         store.close()
-    monkeypatch.undo()
     assert _backing_file(loop) == str(store.image)  # still attached, and its file still there
     ledger.close()
+    actions, _ = release_abandoned(tmp_path / "work")  # cleanup's losetup -d fails too: the entry stays
+    assert any("losetup -d failed" in a for a in actions), actions
+    assert (run_dir / LEDGER_NAME).exists() and _backing_file(loop) == str(store.image)
+    monkeypatch.undo()
     actions, live = release_abandoned(tmp_path / "work")
     assert not live and any(a.startswith("detached") for a in actions), actions
     assert _backing_file(loop) is None
