@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from layerbench.driver import Driver
+from layerbench.images.build import build_image
 from layerbench.images.image_sources import open_image
 from layerbench.plugins import default_plugins
 from layerbench.run import userns
@@ -55,14 +56,7 @@ def _archive(path: Path) -> Path:
 
 
 def _image_on(driver: Driver, archive: Path) -> str:
-    image = open_image("docker-archive", archive)
-    parent = None
-    for i in range(image.layer_count):
-        image.apply(i, driver.create_layer(f"l{i}", parent), driver.layer_format)
-        driver.seal_layer(f"l{i}")
-        parent = f"l{i}"
-    assert parent is not None
-    return parent
+    return build_image(driver, open_image("docker-archive", archive))
 
 
 def _capability(driver: Driver, container: str) -> bytes | None:

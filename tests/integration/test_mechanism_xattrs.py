@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from layerbench.driver import Driver
+from layerbench.images.build import build_image
 from layerbench.images.image_sources import open_image
 from layerbench.images.layer_encoding import mechanism_xattr
 
@@ -36,13 +37,7 @@ LOWER = tar_bytes(D("hidden/"), F("hidden/secret", b"lower bytes"), F("plain", b
 def _container(driver: Driver, archive: Path) -> Path:
     """The archive's layers on `driver`, a container of them, mounted."""
     image = open_image("docker-archive", archive)
-    parent = None
-    for i in range(image.layer_count):
-        image.apply(i, driver.create_layer(f"l{i}", parent), driver.layer_format)
-        driver.seal_layer(f"l{i}")
-        parent = f"l{i}"
-    assert parent is not None
-    driver.create_container("c", parent)
+    driver.create_container("c", build_image(driver, image, ids=[f"l{i}" for i in range(image.layer_count)]))
     return driver.mount("c")
 
 
