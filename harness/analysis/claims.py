@@ -178,8 +178,8 @@ def _reads_little(cell: CellResult, run: RunDocument) -> Values | None:
         return None
     image = f" {cell.params['recipe']}" if "recipe" in cell.params else ""
     whole = f" of {human(read / fraction, 'bytes')}" if fraction > 0 else ""
-    # every dimension the cell has (a link, a runtime): two cells of one driver never read alike
-    runtime = "".join(f", {name} {cell.params[name]}" for name in ("link", "runtime") if name in cell.params)
+    # every parameter of the cell but the image (named above): two cells of one driver never read alike
+    runtime = "".join(f", {name} {value}" for name, value in sorted(cell.params.items()) if name != "recipe")
     return {"fraction": fraction, "read": read, "image": image, "whole": whole, "runtime": runtime}
 
 
