@@ -165,14 +165,16 @@ class PodmanDriver(Driver):
         if self.ledger is not None:
             self.ledger.released("daemon", self._ident)
 
-    def _argv(self, args: list[str] | tuple[str, ...]) -> list[str]:
+    def _argv(self, args: list[str] | tuple[str, ...], wd: Path | None = None) -> list[str]:
         if self._holder is None:
             raise RuntimeError(f"{self.name}: not set up")
-        return ["nsenter", "-t", str(self._holder.pid), "-m", "--", "podman", *args]
+        where = [f"--wdns={wd}"] if wd is not None else []
+        return ["nsenter", "-t", str(self._holder.pid), "-m", *where, "--", "podman", *args]
 
-    def podman(self, *args: str) -> str:
-        """Run `podman ARGS` in Podman's namespace on our storage; its stdout, or OSError with its last error line."""
-        proc = subprocess.run(self._argv(args), env=self._env, capture_output=True, text=True, cwd="/")
+    def podman(self, *args: str, wd: Path | None = None) -> str:
+        """Run `podman ARGS` in Podman's namespace on our storage, in directory `wd` if given (else /); its
+        stdout, or OSError with its last error line."""
+        proc = subprocess.run(self._argv(args, wd), env=self._env, capture_output=True, text=True, cwd="/")
         return _checked(args[0], proc)
 
     def popen(self, args: list[str], out: int) -> subprocess.Popen[bytes]:
@@ -235,7 +237,9 @@ class PodmanDriver(Driver):
             m_digest, m_size = self._blob(json.dumps(manifest).encode())
             self._index_add(layer_id, {"mediaType": _MANIFEST, "digest": m_digest, "size": m_size})
             policy = str(self.home / "policy.json")
-            out_text = self.podman("pull", "-q", "--signature-policy", policy, f"oci:{self.home}/oci:{layer_id}")
+            # Podman 4.3 names an image pulled from `oci:DIR:REF` after DIR as written ("localhost/DIR"), and a
+            # work root's path need not be a valid image name ("run-_x", capitals): DIR is relative, from home.
+            out_text = self.podman("pull", "-q", "--signature-policy", policy, f"oci:oci:{layer_id}", wd=self.home)
             self._images[layer_id] = out_text.splitlines()[-1]
             # Podman holds the layers now; the staged tars would count a second copy of every layer in the
             # store's disk. A later pull reuses a layer Podman has by its digest and never reads its tar.

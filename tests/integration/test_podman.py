@@ -140,3 +140,22 @@ def test_a_podman_store_holds_its_layers_once(tmp_path: Path) -> None:
             disk[name] = allocated_bytes(on.home)
     assert disk["overlay2"] >= image.total_bytes
     assert disk["podman/overlay"] < 1.2 * disk["overlay2"], disk  # with the staged tars: about 2x
+
+
+def test_a_podman_store_builds_under_a_path_that_is_no_image_name(tmp_path: Path) -> None:
+    """Podman 4.3 names an image pulled from `oci:DIR` after DIR; a work root such as mkdtemp's `run-_x7`
+    or one with capitals is no valid image name, and building there once failed with "invalid reference
+    format" (CI saw it, 1 run in some tens: mkdtemp's random letters)."""
+    require("podman/overlay")
+    image = files_image([[FileSpec("a", 4096, 1)], [FileSpec("b", 4096, 2)]])
+    home = tmp_path / "Work-_Root" / "run-_x7"
+    home.mkdir(parents=True)
+    with open_driver(default_plugins().driver("podman/overlay"), home, "ext4", 256 << 20) as on:
+        top = build_image(on.driver, image)
+        on.driver.create_container("c", top)
+        root = on.driver.mount("c")
+        try:
+            assert (root / "a").stat().st_size == 4096 and (root / "b").stat().st_size == 4096
+        finally:
+            on.driver.unmount("c")
+            on.driver.remove("c")
