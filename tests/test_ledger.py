@@ -143,10 +143,13 @@ def test_a_daemon_record_stops_only_that_very_process_of_that_run(tmp_path: Path
     run.mkdir()
     env = {k: v for k, v in os.environ.items() if k != TAG}
     untagged = subprocess.Popen(["sleep", "1000"], env=env)  # someone else's: right pid and start, no tag
-    tagged = subprocess.Popen(["sleep", "1000"], env={**env, TAG: str(run / LEDGER_NAME)})
+    tagged = subprocess.Popen(
+        ["sleep", "1000"], env={**env, TAG: str(tmp_path / "run-2" / LEDGER_NAME)}
+    )  # another run's
+    unnamed = subprocess.Popen(["sleep", "1000"], env={**env, TAG: str(run / LEDGER_NAME)})  # made before its entry
     try:
-        a, b = ProcessId.of(untagged.pid), ProcessId.of(tagged.pid)
-        assert a is not None and b is not None
+        a, b, c = ProcessId.of(untagged.pid), ProcessId.of(tagged.pid), ProcessId.of(unnamed.pid)
+        assert a is not None and b is not None and c is not None
         records = [
             {"op": "make", "kind": "daemon", "path": f"{a.pid}:{a.start}"},
             {"op": "make", "kind": "daemon", "path": f"{b.pid}:{b.start + 1}"},  # a recycled pid: another start
@@ -156,12 +159,13 @@ def test_a_daemon_record_stops_only_that_very_process_of_that_run(tmp_path: Path
         (run / LEDGER_NAME).write_text("".join(json.dumps(r) + "\n" for r in records))
         actions = release(run / LEDGER_NAME)
         assert actions == [
+            f"stopped process {c.pid} (/usr/bin/sleep): it carries this run's {TAG}",  # no entry needed
             "skipped daemon 1:1: not a daemon as the ledger names one (<pid>:<start time>)",
             f"skipped daemon {a.pid}:{a.start}: pid {a.pid} (/usr/bin/sleep) does not carry this run's {TAG}",
         ]
-        assert a.alive() and b.alive()
+        assert a.alive() and b.alive() and not c.alive()
     finally:
-        for p in (untagged, tagged):
+        for p in (untagged, tagged, unnamed):
             p.kill()
             p.wait()
 

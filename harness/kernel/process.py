@@ -10,13 +10,14 @@ the signal.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
 import time
 from dataclasses import dataclass
 
-__all__ = ["ProcessId", "start_time", "exe_of", "boot_ticks", "environ_has"]
+__all__ = ["ProcessId", "start_time", "exe_of", "boot_ticks", "environ_has", "carrying", "stop_all"]
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -60,6 +61,43 @@ def environ_has(pid: int, key: str, value: str) -> bool:
             return f"{key}={value}".encode() in f.read().split(b"\0")
     except OSError:
         return False
+
+
+def carrying(key: str, value: str) -> list[ProcessId]:
+    """Every live process but this one whose environment (as it started) holds `key=value`, read from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid() or not environ_has(int(name), key, value):
+            continue
+        if (proc := ProcessId.of(int(name))) is not None and proc.alive():
+            found.append(proc)
+    return found
+
+
+def stop_all(procs: list[ProcessId], grace: float = 5.0) -> list[ProcessId]:
+    """`ProcessId.stop` for several at once: SIGTERM to each, SIGKILL after `grace` s to those left, then
+    wait (up to 30 s more). Returns those that were there to stop."""
+    fds: dict[ProcessId, int] = {}
+    try:
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                fds[proc] = os.pidfd_open(proc.pid)
+        live = {proc: fd for proc, fd in fds.items() if proc.alive()}
+        left = dict(live)
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+            for proc, fd in list(left.items()):
+                try:
+                    signal.pidfd_send_signal(fd, sig)
+                except ProcessLookupError:
+                    del left[proc]
+            deadline = time.monotonic() + wait
+            while left and time.monotonic() < deadline:
+                left = {proc: fd for proc, fd in left.items() if not proc._exited(fd, 0.0)}
+                time.sleep(0.02)
+        return list(live)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,11 @@ run directory, reached without following a symlink —
   process the run starts inherits);
 - `netns`, `veth`: only names of the form kernel/netshape.py gives (`release_net`).
 
+One thing more than its entries: a process that carries the run's tag and no `daemon` entry
+names (a container's first process in the instant between `crun create` and its entry, a
+daemon's child) is stopped first, as a daemon is. The tag is in the environment of every
+process the run started, so a process made before its entry could be written is found too.
+
 A work root, run directory or ledger file another user owns or may write in is refused
 whole (kernel/safety.py): its ledger is never read. Anything else is skipped with one line
 saying why.
@@ -254,6 +259,17 @@ def _stop_daemon(run: _Run, ident: str) -> str | None:
     return None
 
 
+def _stop_unnamed(run: _Run, named: set[str]) -> list[str]:
+    """Stop the processes that carry the dead run's tag but are no pending `daemon` entry (module docstring):
+    SIGTERM to all, SIGKILL after `DAEMON_GRACE_S` to those left (a pid namespace's first process ignores
+    SIGTERM). The entries' daemons stay for their turn, in the ledger's order."""
+    procs = [p for p in process.carrying(TAG, run.ledger) if f"{p.pid}:{p.start}" not in named]
+    if not procs:
+        return []
+    stopped = process.stop_all(procs, DAEMON_GRACE_S)
+    return [f"stopped process {p.pid} ({p.exe}): it carries this run's {TAG}" for p in stopped]
+
+
 def _open_run(run_dir: str) -> tuple[_Run, int]:
     """The run directory and its ledger, opened and checked to be the running user's alone."""
     fd = safety.open_dir(run_dir)
@@ -278,8 +294,10 @@ def release(ledger_path: Path) -> list[str]:
     run, lfd = _open_run(os.path.dirname(os.path.abspath(ledger_path)))
     try:
         records = _read(lfd, run.ledger)
-        actions, attached = [], set()  # backing files whose loop device stayed attached: kept for the next try
-        for rec in reversed(_pending(records)):
+        pending = _pending(records)
+        actions = _stop_unnamed(run, {rec["path"] for rec in pending if rec["kind"] == "daemon"})
+        attached: set[str] = set()  # backing files whose loop device stayed attached: kept for the next try
+        for rec in reversed(pending):
             try:
                 if rec["kind"] == "file" and rec["path"] in attached:
                     raise _Skip("its loop device is still attached")

@@ -176,6 +176,49 @@ def test_a_sigkilled_run_leaves_nothing_after_cleanup(busybox_root: Path, tmp_pa
     assert not run_dir.exists() or not any(run_dir.glob(ledger.LEDGER_NAME)), actions
 
 
+_CHILD_IN_THE_WINDOW = """
+import os, signal, sys
+from pathlib import Path
+from layerbench.run import ledger, runtime
+root, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
+book = ledger.Ledger(run_dir / ledger.LEDGER_NAME).open()
+box = runtime.container("crun", "window", root, ("/bin/sleep", "1000"), (), "/", run_dir, book)
+note = box._note
+def killed_before_the_entry(pid):
+    if pid != box.holder.pid:  # the container's first process: `crun create` made it, no entry names it yet
+        print(pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    note(pid)
+box._note = killed_before_the_entry
+box.create()
+"""
+
+
+@pytest.mark.skipif(runtime.unavailable("crun") is not None, reason=f"crun: {runtime.unavailable('crun')}")
+def test_a_run_killed_between_crun_create_and_its_entry_leaves_nothing_after_cleanup(
+    busybox_root: Path, tmp_path: Path
+) -> None:
+    """The container's first process outlives a SIGKILLed run (crun made it; it waits to exec), and no
+    ledger entry names it yet: cleanup finds it by the run's tag in its environment."""
+    run_dir = tmp_path / "run-1"
+    run_dir.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_CHILD_IN_THE_WINDOW), str(busybox_root), str(run_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    pid = int(child.stdout.readline())
+    start = namespaces.start_time(pid)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert start is not None and namespaces.alive(pid, start)  # left waiting by the dead run
+    actions, live = ledger.release_abandoned(tmp_path)
+    assert not live
+    assert not namespaces.alive(pid, start), actions
+    assert any(f"stopped process {pid} " in line for line in actions), actions
+
+
 def _run_steps(driver: Driver, store: Any, image: ConfiguredDir, steps: list[Step]) -> dict[str, list[float]]:
     ids: list[str] = []
     build_image(driver, image, created=lambda layer, _root: ids.append(layer))
