@@ -9,6 +9,7 @@ storage driver cost?" (the mechanism drivers `overlay2`, `vfs`, `btrfs` answer t
     <home>/run                 its run root, and crun's state: bound over /run in Podman's namespace
     <home>/tmp                 libpod's tmp dir and TMPDIR (image pulls' scratch)
     <home>/*.conf, policy.json our containers.conf, storage.conf and signature policy; nothing else read
+    <home>/hooks.d             one OCI hook: the container's root remounted nodev,nosuid (crun's bind drops them)
     <home>/oci                 an OCI layout of the layers built so far (the blobs Podman pulls from)
     <home>/staging/<id>        a layer while the harness fills it (a DIFF directory)
 
@@ -69,6 +70,12 @@ _HOLDER = (
     '"mount -t tmpfs -o nodev,nosuid,noexec,size=1m tmpfs /sys/fs/cgroup && mount --bind \\"\\$0\\" /run '
     '&& echo ready && exec sleep infinity" "$1"'
 )
+#: the createContainer hook: the root path from the state crun writes on its stdin ({..."root":"PATH",...}),
+#: that bind remounted nodev,nosuid
+_ROOT_NODEV = (
+    'state=$(cat) && root=${state#*\\"root\\":\\"} && root=${root%%\\"*} '
+    '&& exec mount -o remount,bind,nosuid,nodev "$root"'
+)
 _CONTAINER_LIMITS = ("--cgroups=disabled", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -112,16 +119,31 @@ class PodmanDriver(Driver):
             os.mkdir(h / d, 0o700)
         (h / "oci" / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
         (h / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+        # nodev,nosuid on the roots Podman mounts itself (overlay), as on every mount layerbench makes; vfs and
+        # btrfs roots are directories of the store's mount, which is nodev,nosuid already
         (h / "storage.conf").write_text(
             f'[storage]\ndriver = "{self.storage_driver}"\ngraphroot = "{h}/root"\nrunroot = "/run"\n'
+            '[storage.options.overlay]\nmountopt = "nodev,nosuid"\n'
         )
         # conmon carries the run's tag, so `cleanup` may end it (and the process it starts) after a crash
         conmon_env = [f"PATH={_PATH}", *([f"{TAG}={os.environ[TAG]}"] if TAG in os.environ else [])]
         (h / "containers.conf").write_text(
             f'[engine]\nevents_logger = "none"\ntmp_dir = "{h}/tmp"\ncgroup_manager = "cgroupfs"\n'
             f"conmon_env_vars = {json.dumps(conmon_env)}\n"
+            f'hooks_dir = ["{h}/hooks.d"]\n'
             '[containers]\ncgroups = "disabled"\n'
         )
+        os.mkdir(h / "hooks.d", 0o700)
+        # crun binds the container's root without the nodev,nosuid of the mount under it (a driver's overlay,
+        # the store's for vfs and btrfs); this hook, in the container's mount namespace before pivot_root,
+        # remounts that bind nodev,nosuid, as the harness's own crun bundles do (run/runtime.py)
+        hook = {
+            "version": "1.0.0",
+            "hook": {"path": "/bin/sh", "args": ["sh", "-c", _ROOT_NODEV]},
+            "when": {"always": True},
+            "stages": ["createContainer"],
+        }
+        (h / "hooks.d" / "nodev.json").write_text(json.dumps(hook))
         self._env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "CONTAINERS_CONF": str(h / "containers.conf"),

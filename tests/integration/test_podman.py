@@ -159,3 +159,20 @@ def test_a_podman_store_builds_under_a_path_that_is_no_image_name(tmp_path: Path
         finally:
             on.driver.unmount("c")
             on.driver.remove("c")
+
+
+def test_a_container_root_podman_mounts_is_nodev_nosuid(tmp_path: Path) -> None:
+    """`podman mount`'s overlay (what copy-up and commit steps write through) carries nodev,nosuid, as every
+    mount layerbench makes: a device node in an image opens nothing of the host's (storage.conf `mountopt`).
+    The root a started container sees is checked by the cold-start cell (test_podman_cold_start.py)."""
+    require("podman/overlay")
+    image = files_image([[FileSpec("a", 4096, 1)]])
+    with open_driver(default_plugins().driver("podman/overlay"), tmp_path / "store", "ext4", 256 << 20) as on:
+        on.driver.create_container("c", build_image(on.driver, image))
+        root = on.driver.mount("c")
+        try:
+            flags = os.statvfs(root).f_flag
+            assert flags & os.ST_NODEV and flags & os.ST_NOSUID, flags
+        finally:
+            on.driver.unmount("c")
+            on.driver.remove("c")

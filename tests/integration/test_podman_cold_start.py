@@ -173,6 +173,9 @@ def test_a_podman_cold_start_cell_pulls_from_the_registry_and_runs_to_ready(
     parts = sum(m[p]["samples"][0] for p in ("pull_ns", "create_ns", "runtime_ns", "ready_ns"))
     assert 0 <= whole - parts < 10_000  # the whole, less the timer's overhead once instead of four times
     assert cell["inspect"]["container"]["GraphDriver"] == driver.removeprefix("podman/")
+    # the root Podman mounted (overlay) or bound (a btrfs subvolume of the store), as its process saw it
+    seen = [o for step in cell["outcomes"].values() for o in step if o.startswith("container root:")]
+    assert seen and all("(nodev,nosuid)" in o for o in seen), cell["outcomes"]
     # what the start read of the image's layer files (busybox: nearly all; on btrfs, of the container's
     # snapshot), not of Podman's own records
     (fraction,) = m["read_fraction"]["samples"]
