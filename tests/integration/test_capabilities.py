@@ -4,8 +4,10 @@ The image is a `docker save` archive whose base layer holds `bin/ping` with the 
 cap_net_raw+ep (a version-2 `vfs_cap_data`, as `setcap` writes it) and a second layer on top,
 so a FULL driver copies the file into the child layer and again into the container. The
 capability must read back, byte for byte, with os.getxattr on the mounted container and on a
-fresh container of the container's commit, on every mechanism driver (overlay2-rootless inside
-its user namespace). Before the fix vfs, reflink and composefs lost it (their tree copies set
+fresh container of the container's commit, on every driver: the mechanism drivers
+(overlay2-rootless inside its user namespace) and the engines' (containerd's snapshotters,
+its diff service applying the layers; Podman's storage drivers, `podman pull` applying them).
+Before the fix vfs, reflink and composefs lost it (their tree copies set
 the xattrs, then lchown'd the file, and the kernel drops `security.capability` on a chown),
 and zfs did (zfs-fuse refused every xattr without `--enable-xattr`).
 """
@@ -40,9 +42,7 @@ CAP_NET_RAW = 13
 #: struct vfs_cap_data, revision 2 with the effective bit: magic_etc, then (permitted, inheritable) x 2
 NET_RAW_EP = struct.pack("<5I", 0x02000000 | 0x1, 1 << CAP_NET_RAW, 0, 0, 0)
 DRIVERS = sorted(
-    name
-    for name, cls in default_plugins().registry.drivers.items()
-    if cls.engine is None and not cls.test_only and cls.userns is False
+    name for name, cls in default_plugins().registry.drivers.items() if not cls.test_only and cls.userns is False
 )
 
 
