@@ -143,15 +143,23 @@ def best_drivers(doc: dict[str, Any]) -> dict[str, str]:
 
 
 def stability(docs: list[dict[str, Any]]) -> list[str]:
-    """Confidence as rank stability (issue 25): do the runs name the same best driver in every verdict row?"""
+    """Confidence as rank stability (issue 25): do the runs name the same best driver in every verdict row, and
+    where not, do they contradict each other (no driver best or tied for best in every run) or only differ
+    in a tie one run could not break (report/verdict.py `_tied`)?"""
     bests = [best_drivers(d) for d in docs]
     rows = sorted(set().union(*bests), key=lambda k: min(list(b).index(k) for b in bests if k in b))
-    lines, same = [], 0
+    lines, same, apart = [], 0, 0
     for key in rows:
         names = [b.get(key, "-") for b in bests]
+        common = set.intersection(*(set(n.split("=")) for n in names))
         same += len(set(names)) == 1
-        lines.append(f"  {key}: {' | '.join(names)}{'' if len(set(names)) == 1 else '  DIFFERENT'}")
-    head = f"== rank stability: the same best driver in {same} of {len(rows)} verdict rows across {len(docs)} runs"
+        apart += not common
+        mark = "" if len(set(names)) == 1 else "  a tie in some runs" if common else "  DIFFERENT"
+        lines.append(f"  {key}: {' | '.join(names)}{mark}")
+    head = (
+        f"== rank stability: the same best driver in {same} of {len(rows)} verdict rows across {len(docs)} runs; "
+        f"runs contradict each other in {apart}"
+    )
     return [head, *lines]
 
 

@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from layerbench.kernel import mountinfo
-from layerbench.kernel.process import ProcessId
+from layerbench.kernel.process import ProcessId, environ_has
 from layerbench.run.ledger import LEDGER_NAME, TAG, Ledger, release, release_abandoned
 
 from .conftest import ROOT
@@ -143,10 +144,14 @@ def test_a_daemon_record_stops_only_that_very_process_of_that_run(tmp_path: Path
     run.mkdir()
     env = {k: v for k, v in os.environ.items() if k != TAG}
     untagged = subprocess.Popen(["sleep", "1000"], env=env)  # someone else's: right pid and start, no tag
-    tagged = subprocess.Popen(
-        ["sleep", "1000"], env={**env, TAG: str(tmp_path / "run-2" / LEDGER_NAME)}
-    )  # another run's
+    other = tmp_path / "run-2" / LEDGER_NAME
+    tagged = subprocess.Popen(["sleep", "1000"], env={**env, TAG: str(other)})  # another run's
     unnamed = subprocess.Popen(["sleep", "1000"], env={**env, TAG: str(run / LEDGER_NAME)})  # made before its entry
+    # Popen returns as execve closes the child's fds, a moment before /proc/PID/environ shows the new environment
+    deadline = time.monotonic() + 10
+    while not all(environ_has(p.pid, TAG, str(t)) for p, t in ((tagged, other), (unnamed, run / LEDGER_NAME))):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     try:
         a, b, c = ProcessId.of(untagged.pid), ProcessId.of(tagged.pid), ProcessId.of(unnamed.pid)
         assert a is not None and b is not None and c is not None

@@ -188,3 +188,55 @@ def test_without_the_python_cells_the_cold_start_rows_say_what_they_hold() -> No
     v = verdict(doc, ["overlay2", "vfs"])
     assert v.rows[0][1] == "cold start to ready (busybox, loopback, crun)"
     assert cells(v, "cold_start")["vfs"].text == "400 ms (2.7x)"  # type: ignore[attr-defined]
+
+
+def _startup_cell(driver: str, ms: list[float]) -> dict[str, object]:
+    return {
+        "scenario": "startup",
+        "driver": driver,
+        "backing": "ext4",
+        "params": {"layers": 8, "files": 100},
+        "status": "ok",
+        "metrics": {"startup_ns": {"unit": "ns", "samples": [int(x * 1_000_000) for x in ms]}},
+    }
+
+
+def test_a_driver_this_run_cannot_tell_from_the_best_is_tied_for_best() -> None:
+    """Tied: under compare's THRESHOLD (10%) above the best and not significantly different from its samples
+    (Mann-Whitney U). Apart by either rule, it is ranked as before."""
+    doc = {
+        "cells": [
+            _startup_cell("overlay2", [10.0, 10.4, 10.8, 11.2, 11.6]),
+            _startup_cell("btrfs", [10.2, 10.6, 11.0, 11.4, 11.8]),  # 1.9% slower, the samples interleave: tied
+            _startup_cell("vfs", [10.9, 10.95, 11.0, 11.05, 11.1]),  # 1.9% slower too, tight: overlaps, n.s.
+            _startup_cell("zfs", [11.7, 11.8, 11.9, 12.0, 12.1]),  # 10% slower: past the threshold
+        ]
+    }
+    v = verdict(doc, ["overlay2", "btrfs", "vfs", "zfs"])
+    row = cells(v, "startup")
+    assert row["overlay2"].best and not row["overlay2"].tied  # type: ignore[attr-defined]
+    assert row["btrfs"].best and row["btrfs"].tied and row["btrfs"].text == "11 ms (tied, 1x)"  # type: ignore[attr-defined]
+    assert row["vfs"].tied and not row["zfs"].best and not row["zfs"].tied  # type: ignore[attr-defined]
+    advice = next(a for a in v.advice if a.startswith("To start containers fast"))
+    assert advice.startswith("To start containers fast: overlay2, 10.8 ms, or ")
+    assert "(a tie: under 10% apart, and not significant in this run)" in advice and "zfs 1.1x" in advice
+
+
+def test_a_small_difference_the_samples_establish_is_no_tie() -> None:
+    doc = {
+        "cells": [
+            _startup_cell("overlay2", [10.0, 10.1, 10.2, 10.3, 10.4]),
+            _startup_cell("btrfs", [10.5, 10.6, 10.7, 10.8, 10.9]),  # 4.9% slower, every sample above: significant
+        ]
+    }
+    row = cells(verdict(doc, ["overlay2", "btrfs"]), "startup")
+    assert row["overlay2"].best and not row["btrfs"].best and row["btrfs"].text == "10.7 ms (1x)"  # type: ignore[attr-defined]
+
+
+def test_the_reference_default_run_ties_its_cold_start_and_keeps_its_clear_rows() -> None:
+    v = verdict(results.read(REFERENCE / "20261205T084929Z_default-a.json"), ["overlay2", "vfs", "btrfs"])
+    cold, warm = cells(v, "cold_start"), cells(v, "warm_start")
+    # overlay2 94.9 ms, btrfs 95.9 ms: five samples each, interleaved
+    assert cold["overlay2"].best and cold["btrfs"].tied  # type: ignore[attr-defined]
+    assert not warm["vfs"].best and not warm["btrfs"].best  # type: ignore[attr-defined]  # 14%, 13% slower
+    assert "overlay2, 94.9 ms, or btrfs, 95.9 ms (a tie" in verdict_text(v)

@@ -79,6 +79,8 @@ MIN_DRIVER_METRICS = 6
 #: of the reference pair here was x2.01; docs/reports.md, "The regression gate")
 DEFAULT_FLOOR = 3.0
 ALPHA = 0.05
+#: the smallest ratio that counts as a change (`--threshold`); the verdict's ties are differences below it
+THRESHOLD = 0.10
 VERDICTS = ("worse", "better", "changed", "noise", "unchanged")
 FORMATS = ("text", "md", "json")
 MAX_NOTES = 5  # cells in one run only: listed up to this many, else counted
@@ -333,7 +335,9 @@ def _pairs(olds: list[RunDocument], news: list[RunDocument], skip: set[str]) -> 
     return pairs, notes
 
 
-def compare_runs(old: Side, new: Side, threshold: float = 0.10, noise: Sequence[tuple[Doc, Doc]] = ()) -> Comparison:
+def compare_runs(
+    old: Side, new: Side, threshold: float = THRESHOLD, noise: Sequence[tuple[Doc, Doc]] = ()
+) -> Comparison:
     """Every metric of every paired cell, judged as the module docstring says, with the environments.
 
     `old` and `new` are one results document each, or several runs of the same code each; `noise` are

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from layerbench.analysis import results
-from layerbench.analysis.compare import FORMATS, compare_runs, format_json, format_md, format_text
+from layerbench.analysis.compare import FORMATS, THRESHOLD, compare_runs, format_json, format_md, format_text
 
 __all__ = ["compare_cmd"]
 
@@ -45,7 +45,7 @@ __all__ = ["compare_cmd"]
 @click.option(
     "--threshold",
     type=click.FloatRange(min=0),
-    default=0.10,
+    default=THRESHOLD,
     show_default=True,
     help="Smallest ratio that counts: 0.10 flags a new median 10% above or below the old one.",
 )

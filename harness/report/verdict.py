@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from layerbench.analysis.compare import THRESHOLD, significant
 from layerbench.analysis.results_model import CellResult, RunDocument, cell_result, run_document
 from layerbench.report.params import REPEAT_PARAMS
 from layerbench.units import human, times_text
@@ -125,12 +126,14 @@ AVOID_ROWS = {
 
 @dataclass
 class VerdictCell:
-    """One driver's value of one measure: `text` is the value and its ratio to the best in words."""
+    """One driver's value of one measure: `text` is the value and its ratio to the best in words. `best` also
+    marks a tie (`tied`): a timing this run cannot tell from the best (`_tied`)."""
 
     value: float
     ratio: float
     best: bool
     text: str
+    tied: bool = False
 
 
 @dataclass
@@ -261,6 +264,7 @@ def _measure_row(
     if chosen is None:
         return None
     values: list[float | None] = []
+    timings: list[list[float] | None] = []  # a timing's samples: ties (`_tied`)
     for key in columns:
         mine = [
             c for c in cells if c.series == key and all(c.params.get(k, v) == v for k, v in chosen.items())
@@ -273,23 +277,44 @@ def _measure_row(
                 else mine[0].median(measure.metric)
             )
         values.append(value)
+        timed = mine and value is not None and "containers" not in chosen
+        timings.append(mine[0].samples(measure.metric) if timed else None)
     present = [v for v in values if v is not None]
     if not present:
         return None
     best = min(present)
+    tied = _tied(values, timings, best)
     unit = "bytes" if measure.metric.endswith("_bytes") else "ns"
     row: list[VerdictCell | None] = []
-    for v in values:
+    for v, tie in zip(values, tied, strict=True):
         if v is None:
             row.append(None)
             continue
         ratio = v / best if best > 0 else (1.0 if v == best else math.inf)
         is_best = ratio <= 1.005
         than = "best" if is_best else times_text(ratio, measure.worse) if ratio < math.inf else f"+{human(v, unit)}"
-        row.append(VerdictCell(v, ratio, is_best, f"{human(v, unit)} ({than})"))
+        if tie and not is_best:
+            than = f"tied, {than}"
+        row.append(VerdictCell(v, ratio, is_best or tie, f"{human(v, unit)} ({than})", tie and not is_best))
     shown = {k: _param_text(k, v) for k, v in chosen.items() if k not in REPEAT_PARAMS}
     title = re.sub(r" \(\)", "", re.sub(r",? ?\?[^,)]*", "", measure.title.format_map(_Default(shown))))
     return measure.key, title, row
+
+
+def _tied(values: list[float | None], timings: list[list[float] | None], best: float) -> list[bool]:
+    """Which values this run cannot tell from the best: less than the regression gate's `THRESHOLD` above it
+    (a difference the gate would not call a change) and not significantly different from its samples
+    (`compare.significant`: Mann-Whitney U, else the 95% intervals apart). Rows without samples
+    (per-container bytes, derived from medians) have no ties but equal values."""
+    mine = next((t for v, t in zip(values, timings, strict=True) if v == best and t), None)
+    return [
+        mine is not None
+        and v is not None
+        and best < v < best * (1 + THRESHOLD)
+        and bool(t)
+        and not significant(mine, t or [])[0]
+        for v, t in zip(values, timings, strict=True)
+    ]
 
 
 def _engine_lines(doc: RunDocument) -> list[str]:
@@ -366,13 +391,24 @@ def _winner(v: Verdict, key: str, what: str, worse: str = "slower") -> str | Non
     if not kept:
         return f"{what}: none of {', '.join(label for _, label in ranked)} can be advised (see below)."
     (best, name) = kept[0]
+    ties = [(c, label) for c, label in kept[1:] if c.tied]  # this run cannot tell them from the best
+    named = {name, *(label for _, label in ties)}
     others = ", ".join(
-        f"{label} {_versus(c, best, worse, unit)}" for c, label in ranked if label != name and c.ratio >= best.ratio
+        f"{label} {_versus(c, best, worse, unit)}"
+        for c, label in ranked
+        if label not in named and c.ratio >= best.ratio
     )
-    faster = [f"{label} ({c.text.rsplit(' (', 1)[0]})" for c, label in ranked if c.ratio < best.ratio]
-    value = best.text.rsplit(" (", 1)[0]
+    faster = [f"{label} ({_value(c)})" for c, label in ranked if c.ratio < best.ratio]
+    either = "".join(f", or {label}, {_value(c)}" for c, label in ties)
+    if ties:
+        either += f" (a tie: under {THRESHOLD:.0%} apart, and not significant in this run)"
     tail = f" Faster, but not advised: {', '.join(faster)}." if faster else ""
-    return f"{what}: {name}, {value}" + (f"; {others}." if others else ".") + tail
+    return f"{what}: {name}, {_value(best)}{either}" + (f"; {others}." if others else ".") + tail
+
+
+def _value(c: VerdictCell) -> str:
+    """The value of a cell's text, without its ratio."""
+    return c.text.rsplit(" (", 1)[0]
 
 
 def _node(v: Verdict) -> str | None:
@@ -498,7 +534,9 @@ def verdict_dict(v: Verdict) -> dict[str, Any]:
                 "measure": key,
                 "title": title,
                 "cells": [
-                    None if c is None else {"value": c.value, "ratio": c.ratio, "best": c.best, "text": c.text}
+                    None
+                    if c is None
+                    else {"value": c.value, "ratio": c.ratio, "best": c.best, "tied": c.tied, "text": c.text}
                     for c in cells
                 ],
             }
