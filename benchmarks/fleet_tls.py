@@ -36,13 +36,13 @@ def _echo(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-async def _round_trips(security: Any, protocol: str, payloads: list[dict[str, Any]]) -> list[float]:
+async def _round_trips(security: Any, protocol: str, payloads: list[dict[str, Any]], scratch: str) -> list[float]:
     from distributed import Client, Scheduler, Worker
 
     kw = {"security": security} if security is not None else {}
     async with Scheduler(protocol=protocol, host="127.0.0.1", port=0, dashboard=False, **kw) as scheduler:  # noqa: SIM117
         async with (
-            Worker(scheduler.address, host="127.0.0.1", nthreads=1, **kw),
+            Worker(scheduler.address, host="127.0.0.1", nthreads=1, local_directory=scratch, **kw),
             Client(scheduler.address, asynchronous=True, **kw) as client,
         ):
             await client.submit(_echo, {"warm": 1}, pure=False)  # connections made, function shipped
@@ -58,7 +58,9 @@ def measure(rounds: int, doc: dict[str, Any]) -> dict[str, list[float]]:
     """Round trips in ms per protocol, `rounds` each, in batches of 20 alternating between the two."""
     quiet_dask()
     cell = max(doc["cells"], key=lambda c: len(json.dumps(c)))
-    with tempfile.TemporaryDirectory(prefix="lb-fleet-tls-") as tmp:
+    import dask.config
+
+    with tempfile.TemporaryDirectory(prefix="lb-fleet-tls-") as tmp, dask.config.set({"temporary-directory": tmp}):
         folder = Path(tmp) / "certs"
         make_fleet_certs(folder, ["127.0.0.1"])
         tls = FleetTLS(folder / "ca.pem", folder / "127.0.0.1.pem", folder / "127.0.0.1-key.pem").security()
@@ -68,7 +70,7 @@ def measure(rounds: int, doc: dict[str, Any]) -> dict[str, list[float]]:
             order = [("tls", tls, "tls"), ("tcp", None, "tcp")]
             for name, security, protocol in order if (i // batch) % 2 == 0 else reversed(order):
                 payloads = [dict(cell, sample=j) for j in range(min(batch, rounds - i))]
-                got[name] += asyncio.run(_round_trips(security, protocol, payloads))
+                got[name] += asyncio.run(_round_trips(security, protocol, payloads, tmp))
     return got
 
 
