@@ -16,10 +16,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+# gRPC's fork handlers (on by default) run in every child this process forks while a channel is open, and
+# there fail (a poller's descriptor gone: "epoll_wait error: Bad file descriptor") before the child's own
+# preexec work (crun's setns into its holder's namespace) and exec: the run step forks crun while our
+# channel to containerd is open. A child here never uses gRPC, so the handlers are off (read when gRPC loads).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 
-__all__ = ["Containerd", "MountSpec", "Descriptor", "connect_path"]
+__all__ = ["Containerd", "MountSpec", "Descriptor", "connect_path", "OCI_SPEC_TYPE"]
 
 _STRING, _INT64, _BYTES, _BOOL, _INT32, _MESSAGE = 9, 3, 12, 8, 5, 11
 _OPTIONAL, _REPEATED = 1, 3
@@ -98,9 +104,49 @@ _MESSAGES: dict[str, list[_Field]] = {
     "containerd.introspection.Plugin": [
         ("type", 1, _STRING, False),
         ("id", 2, _STRING, False),
+        ("exports", 5, _STR_MAP, False),
         ("init_err", 7, "containerd.introspection.Status", False),
     ],
     "containerd.introspection.PluginsResponse": [("plugins", 1, "containerd.introspection.Plugin", True)],
+    # content: what the store holds (its own record of each blob's size), and a blob's bytes
+    "containerd.content.Info": [
+        ("digest", 1, _STRING, False),
+        ("size", 2, _INT64, False),
+        ("labels", 5, _STR_MAP, False),
+    ],
+    "containerd.content.ListContentRequest": [("filters", 1, _STRING, True)],
+    "containerd.content.ListContentResponse": [("info", 1, "containerd.content.Info", True)],
+    "containerd.content.ReadContentRequest": [
+        ("digest", 1, _STRING, False),
+        ("offset", 2, _INT64, False),
+        ("size", 3, _INT64, False),
+    ],
+    "containerd.content.ReadContentResponse": [("offset", 1, _INT64, False), ("data", 2, _BYTES, False)],
+    # images: the record a pull makes (name -> the manifest's descriptor)
+    "containerd.images.Image": [
+        ("name", 1, _STRING, False),
+        ("labels", 2, _STR_MAP, False),
+        ("target", 3, "containerd.types.Descriptor", False),
+    ],
+    "containerd.images.GetImageRequest": [("name", 1, _STRING, False)],
+    "containerd.images.GetImageResponse": [("image", 1, "containerd.images.Image", False)],
+    "containerd.images.DeleteImageRequest": [("name", 1, _STRING, False), ("sync", 2, _BOOL, False)],
+    # containers: the record `ctr containers create` / the client's NewContainer makes (google.protobuf.Any
+    # is described here under a name of ours: only its two fields travel)
+    "containerd.containers.Any": [("type_url", 1, _STRING, False), ("value", 2, _BYTES, False)],
+    "containerd.containers.Runtime": [("name", 1, _STRING, False)],
+    "containerd.containers.Container": [
+        ("id", 1, _STRING, False),
+        ("labels", 2, _STR_MAP, False),
+        ("image", 3, _STRING, False),
+        ("runtime", 4, "containerd.containers.Runtime", False),
+        ("spec", 5, "containerd.containers.Any", False),
+        ("snapshotter", 6, _STRING, False),
+        ("snapshot_key", 7, _STRING, False),
+    ],
+    "containerd.containers.CreateContainerRequest": [("container", 1, "containerd.containers.Container", False)],
+    "containerd.containers.CreateContainerResponse": [("container", 1, "containerd.containers.Container", False)],
+    "containerd.containers.DeleteContainerRequest": [("id", 1, _STRING, False)],
 }
 
 
@@ -180,6 +226,8 @@ _ERRNO = {
 
 #: a unix socket path the kernel takes (sun_path is 108 bytes with its NUL)
 _SUN_PATH = 107
+#: the type URL containerd's client gives a container's OCI runtime spec (JSON) in its record
+OCI_SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 
 
 def connect_path(socket: str, dir_fd: int | None = None, limit: int = _SUN_PATH) -> str:
@@ -356,6 +404,90 @@ class Containerd:
             "containerd.introspection.PluginsResponse",
         )
         return {p.id: (p.init_err.message or None) if p.HasField("init_err") else None for p in r.plugins}
+
+    def snapshotter_root(self, snapshotter: str) -> str | None:
+        """The directory the snapshotter keeps its snapshots under, as the plugin exports it (`root`)."""
+        request = _new("containerd.introspection.PluginsRequest", filters=[f"id=={snapshotter}"])
+        r = self._call(
+            "/containerd.services.introspection.v1.Introspection/Plugins",
+            request,
+            "containerd.introspection.PluginsResponse",
+        )
+        roots = [p.exports.get("root") for p in r.plugins if p.type == "io.containerd.snapshotter.v1"]
+        return roots[0] if roots and roots[0] else None
+
+    # --- content, images and containers: what `ctr` makes and reads ---------------------
+
+    def _stream(self, method: str, request: Any, response: str) -> Iterator[Any]:
+        rpc = self._channel.unary_stream(
+            method, request_serializer=type(request).SerializeToString, response_deserializer=_M[response].FromString
+        )
+        try:
+            yield from rpc(request, metadata=self._metadata, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise _os_error(method, exc) from None
+
+    def content_sizes(self) -> dict[str, int]:
+        """Every blob the namespace's content store holds: digest -> its size, as the store recorded it."""
+        request = _new("containerd.content.ListContentRequest")
+        out: dict[str, int] = {}
+        for r in self._stream(
+            "/containerd.services.content.v1.Content/List", request, "containerd.content.ListContentResponse"
+        ):
+            for info in r.info:
+                out[str(info.digest)] = int(info.size)
+        return out
+
+    def read_content(self, digest: str, limit: int) -> bytes:
+        """The bytes of blob `digest`, or OSError(EFBIG) if it holds more than `limit` (a blob is untrusted)."""
+        request = _new("containerd.content.ReadContentRequest", digest=digest)
+        chunks, size = [], 0
+        for r in self._stream(
+            "/containerd.services.content.v1.Content/Read", request, "containerd.content.ReadContentResponse"
+        ):
+            size += len(r.data)
+            if size > limit:
+                raise OSError(errno.EFBIG, f"containerd Read: blob {digest} is larger than {limit} bytes")
+            chunks.append(bytes(r.data))
+        return b"".join(chunks)
+
+    def image_target(self, name: str) -> Descriptor:
+        """The descriptor image `name` points to (its manifest, or an index)."""
+        request = _new("containerd.images.GetImageRequest", name=name)
+        t = self._call(
+            "/containerd.services.images.v1.Images/Get", request, "containerd.images.GetImageResponse"
+        ).image.target
+        return Descriptor(t.media_type, t.digest, int(t.size))
+
+    def delete_image(self, name: str) -> None:
+        """Delete image `name`'s record; `sync`: containerd collects what only it held (blobs, snapshots) first."""
+        request = _new("containerd.images.DeleteImageRequest", name=name, sync=True)
+        self._call("/containerd.services.images.v1.Images/Delete", request, "containerd.types.Empty")
+
+    def create_container(
+        self, container_id: str, image: str, runtime: str, spec: bytes, snapshotter: str, snapshot_key: str
+    ) -> None:
+        """A container record (what containerd's client's NewContainer writes): its image, runtime name, OCI
+        spec (JSON, as `OCI_SPEC_TYPE`) and snapshot."""
+        container = _new(
+            "containerd.containers.Container",
+            id=container_id,
+            image=image,
+            runtime=_new("containerd.containers.Runtime", name=runtime),
+            spec=_new("containerd.containers.Any", type_url=OCI_SPEC_TYPE, value=spec),
+            snapshotter=snapshotter,
+            snapshot_key=snapshot_key,
+        )
+        request = _new("containerd.containers.CreateContainerRequest", container=container)
+        self._call(
+            "/containerd.services.containers.v1.Containers/Create",
+            request,
+            "containerd.containers.CreateContainerResponse",
+        )
+
+    def delete_container(self, container_id: str) -> None:
+        request = _new("containerd.containers.DeleteContainerRequest", id=container_id)
+        self._call("/containerd.services.containers.v1.Containers/Delete", request, "containerd.types.Empty")
 
 
 def _os_error(method: str, exc: grpc.RpcError) -> OSError:

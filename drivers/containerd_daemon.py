@@ -82,6 +82,11 @@ class ContainerdDaemon:
         out = subprocess.run(["containerd", "--version"], capture_output=True, text=True).stdout.split()
         return out[2] if len(out) > 2 else "?"
 
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        """The descriptor a client must inherit (same number) to reach `address` through /proc/self/fd."""
+        return (self._state_fd,) if self._state_fd is not None and self.address.startswith("/proc/self/fd/") else ()
+
     def start(self) -> str:
         root, state = self.dir / "root", self.dir / "state"
         root.mkdir(mode=0o700, exist_ok=True)

@@ -32,19 +32,26 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
+import json
 import os
+import re
 import secrets
 import shutil
 import stat
+import subprocess
 import time
 from pathlib import Path
-from typing import ClassVar
+from time import perf_counter_ns
+from typing import Any, ClassVar
 
 from layerbench.driver import Driver, LayerFormat, Style
 from layerbench.images.layer_pack import pack_layer
-from layerbench.kernel import syscalls
+from layerbench.kernel import namespaces, syscalls
+from layerbench.run.engine import EnginePulled
 
 from ._common import fs_in_kernel, needs_root, remove_tree, unmount_below
+from ._containerd_container import ContainerdContainer, valid_identifier
 from ._overlay import mount_overlay
 from .containerd_api import Containerd, Descriptor, MountSpec
 from .containerd_daemon import ContainerdDaemon
@@ -55,11 +62,24 @@ __all__ = [
     "ContainerdNativeSnapshotter",
     "ContainerdBtrfsSnapshotter",
     "mount_specs",
+    "chain_id",
 ]
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 _CHUNK = 1 << 20
 _MS_REC = 16384
+#: a reference the harness's registry gives (host:port/name:tag): ctr's last argument, never an option
+_REFERENCE = re.compile(r"[A-Za-z0-9.\[\]:-]+/[a-z0-9._/-]+(:[A-Za-z0-9_.-]{1,128})?")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+#: the most a manifest or config read from the content store may hold (they are untrusted)
+_MAX_JSON = 8 << 20
+_INDEXES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
+#: the runtime name our container records carry: not a containerd shim (no task service here)
+RECORD_RUNTIME = "layerbench.crun"
+#: below the snapshotter's root, where the files a start reads are (not its metadata.db): each layer's and
+#: container's snapshot under overlayfs and native; under btrfs, the containers' own subvolumes (a start reads
+#: its snapshot's inodes, never the committed layers': each subvolume has its own page cache)
+_IMAGE_FILES = {"overlayfs": "snapshots", "native": "snapshots", "btrfs": "active"}
 
 
 def _flags(options: tuple[str, ...]) -> tuple[int, list[str]]:
@@ -144,7 +164,9 @@ class ContainerdSnapshotterDriver(Driver):
         self._made: list[str] = []  # snapshot keys, oldest first: `close` removes them newest first
         self.daemon: ContainerdDaemon | None = None
         self.client: Containerd | None = None
-        for d in ("staging", "rootfs"):
+        self._pulled: dict[str, tuple[str, str]] = {}  # image item id -> (containerd's image name, chain id)
+        self._records: set[str] = set()  # container records (run_image's containers)
+        for d in ("staging", "rootfs", "crun"):
             os.mkdir(self.home / d, 0o700)
         address = self.engine_address
         if address is None:
@@ -158,6 +180,12 @@ class ContainerdSnapshotterDriver(Driver):
             why = loaded.get(self.snapshotter) or "not offered by this containerd"
             raise OSError(errno.ENOTSUP, f"{self.name}: containerd's {self.snapshotter} snapshotter: {why}")
         self.client.take_lease(self.client.namespace)
+        root = self.client.snapshotter_root(self.snapshotter)
+        self._snapshotter_root = Path(root) if root else self.home / "containerd" / "root"
+
+    def _parent(self, image: str) -> str:
+        """The snapshot an item's children stand on: a pulled image's chain id, else the layer's own key."""
+        return self._pulled[image][1] if image in self._pulled else image
 
     @property
     def api(self) -> Containerd:
@@ -205,11 +233,87 @@ class ContainerdSnapshotterDriver(Driver):
             tar.unlink(missing_ok=True)
             remove_tree(staging)
 
+    # --- containerd's own pull, and a run from its snapshot (run/engine.py) -------------
+
+    def pull_image(self, reference: str, image_id: str, created: list[str]) -> EnginePulled:
+        """`ctr images pull --plain-http --snapshotter NAME REFERENCE`, containerd's own client, timed alone: it
+        fetches the blobs into containerd's content store and unpacks each layer through the daemon's Diff
+        service into a snapshot of ours. What it fetched is read from containerd's records after, untimed: the
+        manifest's layer blobs the content store did not list before, with the size it recorded of each."""
+        self.lineage.check_new(image_id)
+        if _REFERENCE.fullmatch(reference) is None:
+            raise ValueError(f"{self.name}: {reference!r} is not a registry reference (host:port/name:tag)")
+        before = self.api.content_sizes()
+        argv = ["ctr", "--address", self.api.address, "--namespace", self.api.namespace, "images", "pull"]
+        argv += ["--plain-http", "--snapshotter", self.snapshotter, reference]
+        fds = self.daemon.pass_fds if self.daemon is not None else ()  # a socket reached by /proc/self/fd/N
+        t0 = perf_counter_ns()
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            cwd="/",
+            pass_fds=fds,
+            preexec_fn=namespaces.die_with_parent,
+        )
+        t1 = perf_counter_ns()
+        if proc.returncode != 0:
+            lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
+            raise OSError(errno.EIO, f"{self.name}: ctr images pull {reference}: {lines[-1][-400:]}")
+        layers, diff_ids = self._image_of(reference)
+        self._pulled[image_id] = (reference, chain_id(diff_ids))
+        self.lineage.add(image_id, None)
+        created.append(image_id)
+        after = self.api.content_sizes()
+        return EnginePulled(t1 - t0, {d: after[d] for d in layers if d not in before and d in after})
+
+    def _image_of(self, name: str) -> tuple[list[str], list[str]]:
+        """Image `name`'s layer digests and diff ids, from containerd's image record and content store."""
+        target = self.api.image_target(name)
+        manifest = _json_object(self.api.read_content(target.digest, _MAX_JSON), f"{name}: manifest")
+        if target.media_type in _INDEXES or "manifests" in manifest:
+            raise OSError(errno.ENOTSUP, f"{self.name}: {name} is an image index; a single manifest is expected")
+        layers = [_digest(d.get("digest") if isinstance(d, dict) else None, name) for d in _list(manifest, "layers")]
+        config_desc = manifest.get("config")
+        config_digest = _digest(config_desc.get("digest") if isinstance(config_desc, dict) else None, name)
+        config = _json_object(self.api.read_content(config_digest, _MAX_JSON), f"{name}: config")
+        rootfs = config.get("rootfs")
+        diff_ids = [_digest(d, name) for d in _list(rootfs if isinstance(rootfs, dict) else {}, "diff_ids")]
+        if not layers or len(diff_ids) != len(layers):
+            raise OSError(errno.EINVAL, f"{self.name}: {name}: {len(layers)} layers but {len(diff_ids)} diff ids")
+        return layers, diff_ids
+
+    def image_files(self) -> Path:
+        return self._snapshotter_root / _IMAGE_FILES[self.snapshotter]
+
+    def run_image(
+        self, container_id: str, image_id: str, runtime: str, argv: tuple[str, ...], env: tuple[str, ...], cwd: str
+    ) -> ContainerdContainer:
+        if runtime != "crun":
+            raise RuntimeError(f"{self.name}: containers start through crun here (no task service), not {runtime!r}")
+        self.lineage.check_new(container_id)
+        if image_id not in self.lineage:
+            raise FileNotFoundError(errno.ENOENT, f"{self.name}: no image {image_id!r}")
+        if not valid_identifier(container_id):
+            raise ValueError(f"{self.name}: {container_id!r} is not a containerd identifier")
+        return ContainerdContainer(self, container_id, image_id, argv, env, cwd)
+
+    def made_container(self, container_id: str, image_id: str, spec: bytes) -> None:
+        """A run's container as containerd's client makes one (ContainerdContainer.make): its active snapshot on
+        the image, then its record; an item of the store from then on."""
+        self.api.prepare(self.snapshotter, container_id, self._parent(image_id))
+        self._made.append(container_id)
+        self._containers.add(container_id)
+        self.lineage.add(container_id, image_id)
+        image = self._pulled[image_id][0] if image_id in self._pulled else ""
+        self.api.create_container(container_id, image, RECORD_RUNTIME, spec, self.snapshotter, container_id)
+        self._records.add(container_id)
+
     # --- containers --------------------------------------------------------------------
 
     def create_container(self, container_id: str, image: str) -> None:
         self.lineage.check_new(container_id)
-        self.api.prepare(self.snapshotter, container_id, image)
+        self.api.prepare(self.snapshotter, container_id, self._parent(image))
         self._made.append(container_id)
         self._containers.add(container_id)
         self.lineage.add(container_id, image)
@@ -236,21 +340,28 @@ class ContainerdSnapshotterDriver(Driver):
         self.lineage.check_new(layer_id)
         image = self.lineage.parent[container_id]
         view = f"view-{layer_id}"
-        left = self.api.view(self.snapshotter, view, image or "")
+        left = self.api.view(self.snapshotter, view, self._parent(image) if image else "")
         try:
             blob = self.api.diff(
                 left, self.api.mounts(self.snapshotter, container_id), LAYER_MEDIA_TYPE, f"commit-{layer_id}"
             )
         finally:
             self.api.remove(self.snapshotter, view)
-        self._apply_blob(blob, layer_id, image)
+        self._apply_blob(blob, layer_id, self._parent(image) if image else None)
         self.lineage.add_commit(layer_id, container_id)
 
     def remove(self, item_id: str) -> None:
         if item_id not in self.lineage:
             raise FileNotFoundError(errno.ENOENT, f"{self.name}: no snapshot {item_id!r}")
         self.lineage.check_removable(item_id)
-        if item_id in self._made:
+        if item_id in self._records:  # the record first, then its snapshot (containerd's client does so)
+            self.api.delete_container(item_id)
+            self._records.discard(item_id)
+        if item_id in self._pulled:
+            name, _chain = self._pulled.pop(item_id)
+            if all(n != name for n, _ in self._pulled.values()):  # one image pulled twice: two items, one record
+                self.api.delete_image(name)  # sync: containerd collects its blobs and snapshots
+        elif item_id in self._made:
             self.api.remove(self.snapshotter, item_id)
             self._made.remove(item_id)
         else:  # a layer created and never sealed: only its staging directory exists
@@ -294,12 +405,24 @@ class ContainerdSnapshotterDriver(Driver):
         self._mounted.clear()
         if self.client is not None:
             try:
+                for cid in list(self._records):
+                    try:
+                        self.api.delete_container(cid)
+                    except FileNotFoundError:
+                        pass
+                self._records.clear()
                 for key in reversed(self._made):
                     try:
                         self.api.remove(self.snapshotter, key)
                     except FileNotFoundError:
                         pass
                 self._made.clear()
+                for name in {n for n, _ in self._pulled.values()}:
+                    try:
+                        self.api.delete_image(name)
+                    except FileNotFoundError:
+                        pass
+                self._pulled.clear()
                 self.client.drop_lease()
                 if self.daemon is None:
                     self.client.delete_namespace()  # a user's daemon: leave nothing of ours
@@ -345,6 +468,35 @@ class ContainerdBtrfsSnapshotter(ContainerdSnapshotterDriver):
     kernel_fs = "btrfs"
     backings = ("btrfs",)
     mechanism = "btrfs"
+
+
+def chain_id(diff_ids: list[str]) -> str:
+    """The chain id of a stack of layers (OCI image-spec `config.md`): the key of its top snapshot in containerd."""
+    chain = diff_ids[0]
+    for diff_id in diff_ids[1:]:
+        chain = "sha256:" + hashlib.sha256(f"{chain} {diff_id}".encode()).hexdigest()
+    return chain
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        raise OSError(errno.EINVAL, f"{what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise OSError(errno.EINVAL, f"{what} is not a JSON object")
+    return value
+
+
+def _list(obj: dict[str, Any], key: str) -> list[Any]:
+    value = obj.get(key)
+    return value if isinstance(value, list) else []
+
+
+def _digest(value: object, image: str) -> str:
+    if not isinstance(value, str) or _DIGEST.fullmatch(value) is None:
+        raise OSError(errno.EINVAL, f"{image}: {str(value)[:80]!r} is not a sha256 digest")
+    return value
 
 
 @functools.cache
