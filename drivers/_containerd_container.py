@@ -136,7 +136,7 @@ class ContainerdContainer:
         os.mkdir(self.target, 0o755)
         try:
             ledger = driver.ledger if isinstance(driver.ledger, Ledger) else None
-            self._box = CrunContainer(name, self.target, argv, env, cwd, self._crun_dir, ledger)
+            self._box = CrunContainer(name, self.target, argv, env, cwd, self._crun_dir, ledger, mounted_later=True)
             self.spec = (self._box.bundle / "config.json").read_bytes()  # the record's spec is the one crun runs
             if driver.ledger is not None:
                 driver.ledger.made("mount", self.target)

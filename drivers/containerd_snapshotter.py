@@ -180,8 +180,9 @@ class ContainerdSnapshotterDriver(Driver):
             why = loaded.get(self.snapshotter) or "not offered by this containerd"
             raise OSError(errno.ENOTSUP, f"{self.name}: containerd's {self.snapshotter} snapshotter: {why}")
         self.client.take_lease(self.client.namespace)
-        root = self.client.snapshotter_root(self.snapshotter)
-        self._snapshotter_root = Path(root) if root else self.home / "containerd" / "root"
+        ours = self.home / "containerd" / "root" / f"io.containerd.snapshotter.v1.{self.snapshotter}"
+        root = self.client.snapshotter_root(self.snapshotter) if self.daemon is None else None
+        self._snapshotter_root = ours if self.daemon is not None else Path(root) if root else None
 
     def _parent(self, image: str) -> str:
         """The snapshot an item's children stand on: a pulled image's chain id, else the layer's own key."""
@@ -284,6 +285,8 @@ class ContainerdSnapshotterDriver(Driver):
         return layers, diff_ids
 
     def image_files(self) -> Path:
+        if self._snapshotter_root is None:  # a user's daemon whose snapshotter does not export its root (native)
+            raise OSError(errno.ENOTSUP, f"{self.name}: containerd does not say where {self.snapshotter} keeps files")
         return self._snapshotter_root / _IMAGE_FILES[self.snapshotter]
 
     def run_image(

@@ -77,6 +77,12 @@ _HOLDER = (
     '&& mount --bind "$1" "$1" && mount -o remount,bind,nosuid,nodev "$1" '
     "&& echo ok && exec sleep 2147483647"
 )
+#: the holder of a root its caller mounts in the holder's namespace afterwards (CrunContainer's `mounted_later`):
+#: no bind of the root (a mount of the same filesystem onto the root of a mount of it is refused: EBUSY)
+_HOLDER_MOUNTED_LATER = (
+    "mount -t tmpfs -o nodev,nosuid,noexec,size=4k,mode=0555 cgroup-free /sys/fs/cgroup "
+    "&& echo ok && exec sleep 2147483647"
+)
 _STOP_WAIT_S = 10.0
 _SH = shutil.which("sh") or "/bin/sh"
 _REMOUNT = 'cat >/dev/null; exec mount -o remount,bind,nosuid,nodev "$1"'
@@ -187,8 +193,12 @@ class CrunContainer:
         cwd: str,
         workdir: Path,
         ledger: Ledger | None = None,
+        *,
+        mounted_later: bool = False,
     ) -> None:
-        """Write the bundle and start the holder (both before the clock)."""
+        """Write the bundle and start the holder (both before the clock). With `mounted_later`, the caller
+        mounts the root (nodev,nosuid) in the holder's namespace itself before `create` (drivers/
+        _containerd_container.py); else the holder makes the root a nodev,nosuid mount of its own."""
         self.name, self.ledger = name, ledger
         self.bundle = workdir / name
         self.state = workdir / "crun"
@@ -207,7 +217,11 @@ class CrunContainer:
         self._out_r, self._out_w = os.pipe()
         os.set_blocking(self._out_r, False)
         self.holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _HOLDER, "holder", str(root)],
+            [
+                *("unshare", "--mount", "--propagation", "private", "--", "sh", "-c"),
+                _HOLDER_MOUNTED_LATER if mounted_later else _HOLDER,
+                *("holder", str(root)),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
