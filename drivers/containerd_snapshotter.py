@@ -10,6 +10,7 @@ under one lease, and removed by `close`.
     <home>/staging/<id>       a layer while the harness fills it (a DIFF directory)
     <home>/staging/<id>.tar   that layer as an OCI tar, on its way to the content store
     <home>/rootfs/<id>        where a container is mounted, as a task's rootfs
+    <home>/crun               crun's state and bundles of the run step's containers
 
 - a layer: the filled directory packed as an uncompressed OCI tar
   (images/layer_pack.py), written to the content store, applied by the Diff service
@@ -23,6 +24,14 @@ under one lease, and removed by `close`.
   mounts and writes the changes as a tar blob; that blob is applied to a snapshot
   Prepared on the image and Committed (what `nerdctl commit` does);
 - `remove`: Remove (containerd refuses a snapshot with children: EBUSY).
+- the cold start (run/engine.py's EngineImages): the `pull` step is containerd's own client,
+  `ctr images pull --plain-http --snapshotter NAME REF` on our socket and namespace (the
+  command is the mechanism: ctr fetches into containerd's content store and unpacks each
+  layer through the daemon's Diff service into the snapshotter; with 1.6.20 `--snapshotter
+  btrfs` lands in btrfs, which `ctr images mount --snapshotter` does not honour). What it
+  fetched is read from containerd's records after: the manifest's layer blobs the content
+  store did not list before. The `run` step's containers are containerd's snapshot and
+  record, mounted in crun's namespace and started by crun (drivers/_containerd_container.py).
 
 Timed: every API call a step makes is inside its timed region (the engine is the
 mechanism here); `inspect` adds the snapshotter's own Usage of the item.

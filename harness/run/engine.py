@@ -1,25 +1,38 @@
 """An engine's own pull and run: the optional capability the `pull` and `run` steps use when a driver has it.
 
-A driver whose engine pulls and starts images with its own commands (drivers/podman.py:
-`podman pull`, `podman create` / `init` / `start`) provides `EngineImages`; the steps
-then measure the engine instead of the harness's puller (run/pull.py) and runtimes
-(run/runtime.py). Nothing else changes: the same registry and link, the same ready
-conditions (run/ready.py), the same metric names, with these meanings —
+A driver whose engine pulls and starts images with its own commands provides `EngineImages`:
+Podman (drivers/podman.py: `podman pull`, `podman create` / `init` / `start`) and containerd's
+snapshotters (drivers/containerd_snapshotter.py: `ctr images pull`, containerd's snapshot and
+container record, crun). The steps then measure the engine instead of the harness's puller
+(run/pull.py) and runtimes (run/runtime.py). Nothing else changes: the same registry and link,
+the same ready conditions (run/ready.py), the same metric names, with these meanings —
 
 - `pull_ns` is the engine's whole pull command, the fetch *and* the unpacking (the engine
-  applies each layer as it arrives and says nothing in between that a clock could read);
-  `unpack_ns` and `apply_ns` are not recorded (absent, not 0), so a claim that needs the
-  split (pulling's share of a cold start) leaves these cells out. `pulled_bytes` is what the
-  engine's store recorded reading of each layer blob it did not have (containers-storage
-  counts the compressed stream it applies: `compressed-size`); `image_pull_bytes` the
-  manifest's layer sizes, as for the harness's pull.
-- `create_ns` is the engine's create (`podman create`: its container record and
-  container layer, no mount); `runtime_ns` its init (`podman init`: the mount, conmon and
-  the OCI runtime's create, the process waiting to exec); `ready_ns` its start to ready
-  (`podman start --attach`, the exec and the wait). `read_bytes` counts the pages the
-  start read of the layers' files (`image_files`), not of the engine's own records.
-  `runtime` stays the OCI runtime (`crun`): the engine drives it (`podman --runtime
-  crun`); `builtin` is the harness's own launcher, which an engine cannot drive.
+  applies each layer as it arrives and says nothing in between that a clock could read):
+  `podman pull docker://REF`, or `ctr images pull --plain-http --snapshotter NAME REF`
+  (containerd's own client: the blobs into containerd's content store, each layer unpacked
+  through the daemon's Diff service into the snapshotter named). `unpack_ns` and `apply_ns`
+  are not recorded (absent, not 0), so a claim that needs the split (pulling's share of a cold
+  start) leaves these cells out. `pulled_bytes` is what the engine's store recorded of each
+  layer blob it did not have (containers-storage: the compressed stream it applied,
+  `compressed-size`; containerd: the manifest's layer blobs its content store did not list
+  before the pull, at the size it recorded); `image_pull_bytes` the manifest's layer sizes, as
+  for the harness's pull.
+- `create_ns` is the engine's create: `podman create` (its container record and container
+  layer, no mount); on containerd what its client does for `ctr run` / `containers create`,
+  through our gRPC client: `Snapshots.Prepare` of an active snapshot on the image's chain id,
+  then `Containers.Create` of the record. `runtime_ns` is the start up to a process waiting to
+  exec: `podman init` (the mount, conmon and the OCI runtime's create); on containerd
+  `Snapshots.Mounts`, those mounts made as containerd's shim makes them (in crun's private mount
+  namespace), and `crun create`. `ready_ns` is its start to ready: `podman start --attach`;
+  `crun start` on containerd. containerd's task service (a shim per container, which puts it in
+  a cgroup) is not used: this machine's cgroup hierarchy is hybrid, which crun and the shims
+  refuse, and cgroups belong to the machine; so our daemon runs without tasks and the harness's
+  cgroup-free crun (run/runtime.py) stands where the shim's runtime call would be. A containerd
+  cell measures containerd's pull and snapshots plus our crun, not containerd's task path.
+  `read_bytes` counts the pages the start read of the layers' files (`image_files`), not of the
+  engine's own records. `runtime` stays the OCI runtime (`crun`); `builtin` is the harness's
+  own launcher, which these cells refuse.
 """
 
 from __future__ import annotations
