@@ -7,7 +7,7 @@ and snapshot, mounted as its shim would mount them, started by crun as the harne
   spec of the bundle crun runs, its snapshotter and snapshot key), through our gRPC client.
 - `create` (runtime_ns) is what a task's start does before the process runs: Snapshots.Mounts
   of that snapshot (the rootfs the client hands the task service), those mounts mounted as
-  containerd's shim mounts them (drivers/containerd_snapshotter.mount_specs), then
+  containerd's shim mounts them (drivers/_containerd_mounts.py), then
   `crun create` (run/runtime.py's CrunContainer: namespaces, pivot_root, the process waiting
   to exec). containerd's own task service is not used: it starts a shim that puts every
   container in a cgroup (crun and the shims refuse this machine's hybrid cgroup hierarchy,
@@ -39,6 +39,7 @@ from layerbench.run.ledger import Ledger
 from layerbench.run.runtime import CrunContainer
 
 from ._common import remove_tree
+from ._containerd_mounts import mount_specs
 
 if TYPE_CHECKING:
     from .containerd_api import MountSpec
@@ -75,8 +76,6 @@ class _MounterThread:
             raise OSError(f"containerd: joining crun's mount namespace failed: {self._error}")
 
     def _run(self) -> None:
-        from .containerd_snapshotter import mount_specs
-
         try:
             namespaces.unshare(_CLONE_FS)  # this thread alone: setns(CLONE_NEWNS) refuses a shared fs context
             namespaces.setns(self._ns, namespaces.CLONE_NEWNS)

@@ -61,8 +61,8 @@ from layerbench.run.engine import EnginePulled
 
 from ._common import fs_in_kernel, needs_root, remove_tree, unmount_below
 from ._containerd_container import ContainerdContainer, valid_identifier
-from ._overlay import mount_overlay
-from .containerd_api import Containerd, Descriptor, MountSpec
+from ._containerd_mounts import mount_specs
+from .containerd_api import Containerd, Descriptor
 from .containerd_daemon import ContainerdDaemon
 
 __all__ = [
@@ -76,7 +76,6 @@ __all__ = [
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 _CHUNK = 1 << 20
-_MS_REC = 16384
 #: a reference the harness's registry gives (host:port/name:tag): ctr's last argument, never an option
 _REFERENCE = re.compile(r"[A-Za-z0-9.\[\]:-]+/[a-z0-9._/-]+(:[A-Za-z0-9_.-]{1,128})?")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -89,48 +88,6 @@ RECORD_RUNTIME = "layerbench.crun"
 #: container's snapshot under overlayfs and native; under btrfs, the containers' own subvolumes (a start reads
 #: its snapshot's inodes, never the committed layers': each subvolume has its own page cache)
 _IMAGE_FILES = {"overlayfs": "snapshots", "native": "snapshots", "btrfs": "active"}
-
-
-def _flags(options: tuple[str, ...]) -> tuple[int, list[str]]:
-    """mount(2) flags for containerd's flag options, and the options left for the data string."""
-    flags, data = 0, []
-    for o in options:
-        if o == "ro":
-            flags |= syscalls.MS_RDONLY
-        elif o == "bind":
-            flags |= syscalls.MS_BIND
-        elif o == "rbind":
-            flags |= syscalls.MS_BIND | _MS_REC
-        elif o not in ("rw", "nodev", "nosuid"):
-            data.append(o)
-    return flags, data
-
-
-def mount_specs(specs: list[MountSpec], target: str) -> str:
-    """Mount what containerd returned on `target` (one mount: overlay, bind or btrfs); return how."""
-    if len(specs) != 1:
-        raise OSError(errno.EINVAL, f"containerd returned {len(specs)} mounts; one is supported", target)
-    spec = specs[0]
-    flags, data = _flags(spec.options)
-    if spec.type == "overlay":
-        lowers = (spec.option("lowerdir") or "").split(":")
-        upper, work = spec.option("upperdir"), spec.option("workdir")
-        rest = [(o.split("=", 1)[0], o.split("=", 1)[1] if "=" in o else None) for o in data]
-        rest = [kv for kv in rest if kv[0] not in ("lowerdir", "upperdir", "workdir")]
-        return mount_overlay(
-            target,
-            lowers,
-            upper,
-            work,
-            rest,
-            relative_to=os.path.commonpath(lowers) if len(lowers) > 1 else None,
-            fsconfig=syscalls.has_new_mount_api(),
-        )
-    if flags & syscalls.MS_BIND:
-        syscalls.mount(spec.source, target, "", flags)
-        return "bind"
-    syscalls.mount(spec.source, target, spec.type, flags, ",".join(data))
-    return spec.type
 
 
 class ContainerdSnapshotterDriver(Driver):

@@ -12,10 +12,12 @@ fetches only the layer containerd lacks; a run SIGKILLed while the container ser
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,18 +27,20 @@ from layerbench.drivers.containerd_snapshotter import (
     ContainerdSnapshotterDriver,
     chain_id,
 )
+from layerbench.environment import RunEnvironment, applied
+from layerbench.errors import UserError
+from layerbench.images.debian import open_debian
 from layerbench.kernel import mountinfo
 from layerbench.kernel.netshape import parse_link
 from layerbench.run import ready
 from layerbench.run.backing import BackingStore
-from layerbench.run.ledger import LEDGER_NAME, Ledger
+from layerbench.run.ledger import LEDGER_NAME, TAG, Ledger
 from layerbench.run.plan import RunConfig
 from layerbench.run.registry import registry, registry_unavailable
 from layerbench.run.runner import run
 from layerbench.run.runtime import seen_from_inside, unavailable
 
 from ..conftest import require
-from .test_podman_cold_start import _cmdline, _compressed_layers, _layer_digests, _layout, _tagged
 
 pytestmark = pytest.mark.mounts
 LAYERBENCH = [sys.executable, "-m", "layerbench"]
@@ -68,12 +72,57 @@ def _need_all(driver: str) -> None:
         pytest.skip(why)
 
 
+def _layout(work: Path, recipe: str) -> Path:
+    """The recipe's OCI layout under `work` (built once there), or a skip without a Debian mirror."""
+    try:
+        with applied(RunEnvironment(work_root=work)):
+            image = open_debian(recipe)
+    except UserError as exc:
+        pytest.skip(str(exc))
+    assert image.layout is not None
+    return image.layout
+
+
+def _blob(layout: Path, digest: str) -> dict[str, Any]:
+    return dict(json.loads((layout / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_text()))
+
+
+def _manifest(layout: Path) -> dict[str, Any]:
+    return _blob(layout, json.loads((layout / "index.json").read_text())["manifests"][0]["digest"])
+
+
+def _compressed_layers(layout: Path) -> int:
+    return sum(int(layer["size"]) for layer in _manifest(layout)["layers"])
+
+
+def _layer_digests(layout: Path) -> list[str]:
+    return [str(layer["digest"]) for layer in _manifest(layout)["layers"]]
+
+
 def _diff_ids(layout: Path) -> list[str]:
-    blobs = layout / "blobs" / "sha256"
-    index = json.loads((layout / "index.json").read_text())
-    manifest = json.loads((blobs / index["manifests"][0]["digest"].removeprefix("sha256:")).read_text())
-    config = json.loads((blobs / manifest["config"]["digest"].removeprefix("sha256:")).read_text())
-    return [str(d) for d in config["rootfs"]["diff_ids"]]
+    return [str(d) for d in _blob(layout, _manifest(layout)["config"]["digest"])["rootfs"]["diff_ids"]]
+
+
+def _tagged(under: Path) -> list[int]:
+    """Pids of live processes carrying the tag of a run's ledger under `under`."""
+    want = f"{TAG}={under}/".encode()
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if any(e.startswith(want) for e in env) and state != "Z":
+            pids.append(int(pid))
+    return pids
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _ctr(driver: ContainerdSnapshotterDriver, *args: str) -> str:
