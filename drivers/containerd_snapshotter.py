@@ -77,7 +77,7 @@ __all__ = [
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
 _CHUNK = 1 << 20
 #: a reference the harness's registry gives (host:port/name:tag): ctr's last argument, never an option
-_REFERENCE = re.compile(r"[A-Za-z0-9.\[\]:-]+/[a-z0-9._/-]+(:[A-Za-z0-9_.-]{1,128})?")
+_REFERENCE = re.compile(r"[A-Za-z0-9\[][A-Za-z0-9.\[\]:-]*/[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 #: the most a manifest or config read from the content store may hold (they are untrusted)
 _MAX_JSON = 8 << 20
@@ -227,7 +227,12 @@ class ContainerdSnapshotterDriver(Driver):
         if proc.returncode != 0:
             lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit {proc.returncode}"]
             raise OSError(errno.EIO, f"{self.name}: ctr images pull {reference}: {lines[-1][-400:]}")
-        layers, diff_ids = self._image_of(reference)
+        try:
+            layers, diff_ids = self._image_of(reference)
+        except BaseException:
+            if all(n != reference for n, _ in self._pulled.values()):
+                self.api.delete_image(reference)  # a record no item names: gone with what it holds
+            raise
         self._pulled[image_id] = (reference, chain_id(diff_ids))
         self.lineage.add(image_id, None)
         created.append(image_id)
