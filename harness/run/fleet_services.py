@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,6 +94,7 @@ def serve_scheduler(host: str, port: int, tls: FleetTLS, say: Say, address_file:
     host that might die again.
     """
     quiet_dask()
+    import dask.config
     from distributed import Scheduler
 
     async def serve() -> None:
@@ -111,7 +113,13 @@ def serve_scheduler(host: str, port: int, tls: FleetTLS, say: Say, address_file:
                 address_file.write_text(scheduler.address + "\n")
             await _first(scheduler.finished(), stop.wait())
 
-    asyncio.run(serve())
+    # Dask's lock files (dask-scratch-space/) in a directory of this scheduler's own, gone when it ends, not
+    # left in the machine's temporary directory
+    with (
+        tempfile.TemporaryDirectory(prefix="layerbench-scheduler-") as scratch,
+        dask.config.set({"temporary-directory": scratch}),
+    ):
+        asyncio.run(serve())
 
 
 def serve_worker(

@@ -46,6 +46,8 @@ def start_scheduler(
     """`layerbench scheduler` on 127.0.0.1; the process and the address it serves."""
     address_file = tmp / f"{name}.address"
     address_file.unlink(missing_ok=True)
+    scratch = tmp / f"{name}.tmp"  # its TMPDIR: what Dask would leave in the machine's /tmp lands here
+    scratch.mkdir(exist_ok=True)
     with open(tmp / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(
             [
@@ -60,6 +62,7 @@ def start_scheduler(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, "TMPDIR": str(scratch)},
         )
     deadline = time.monotonic() + 30
     while not (address_file.exists() and address_file.read_text().endswith("\n")):

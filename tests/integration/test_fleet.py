@@ -551,3 +551,16 @@ def test_a_fleet_process_logs_only_what_matters(fleet: Fleet, tmp_path: Path) ->
     text = "".join((logs / name).read_text(errors="replace") for name in ("host-a.log", "scheduler.log"))
     assert "host host-a: connected to" in text
     assert " - INFO - " not in text, text[:2000]
+
+
+def test_a_scheduler_leaves_nothing_in_the_temporary_directory(tmp_path: Path) -> None:
+    """Dask's Scheduler makes dask-scratch-space/ (its lock files) in the temporary directory and leaves it; the
+    scheduler keeps it in a directory of its own, removed when it ends (SIGTERM)."""
+    certs = make_certs(tmp_path / "certs")
+    proc, _address = start_scheduler(tmp_path, certs)
+    try:
+        (own,) = (tmp_path / "scheduler.tmp").iterdir()  # while it serves
+        assert own.name.startswith("layerbench-scheduler-") and (own / "dask-scratch-space").is_dir()
+    finally:
+        stop([proc])
+    assert list((tmp_path / "scheduler.tmp").iterdir()) == []
