@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from layerbench.analysis.results_model import Metric
 from layerbench.run.recorder import CellRecorder
 
 
@@ -13,7 +14,7 @@ def test_a_warm_up_samples_values_are_dropped_but_its_outcomes_counted() -> None
     rec.warm = False
     rec.record("startup_ns", 700)
     rec.outcome("step[1] rename", "EXDEV")
-    assert rec.metrics() == {"startup_ns": {"unit": "ns", "samples": [700]}}
+    assert rec.metrics() == {"startup_ns": Metric("ns", (700,))}
     assert rec.outcome_counts() == {"step[1] rename": {"EXDEV": 2}}
     assert rec.timed_ns == 700  # the warm-up's clock is no measured time
 
@@ -26,7 +27,7 @@ def test_the_timers_cost_comes_off_ns_values_only_and_never_below_zero() -> None
     rec.add("image_disk_bytes", 4096)
     assert rec.samples == {"startup_ns": [250, 0], "written_bytes": [350], "image_disk_bytes": [4096]}
     assert rec.timed_ns == 410  # the timed regions as taken, before the cost comes off
-    assert rec.metrics()["written_bytes"]["unit"] == "bytes"
+    assert rec.metrics()["written_bytes"].unit == "bytes"
 
 
 def test_what_a_forked_child_recorded_reaches_the_parent() -> None:

@@ -143,11 +143,11 @@ class Comparison:
 
 def environment(doc: Doc) -> dict[str, str]:
     """What a run's numbers depend on besides the drivers: kernel, CPU, commit, Python, settings."""
-    doc = run_document(doc).record
-    m, tool, settings = doc.get("machine") or {}, doc.get("tool") or {}, doc.get("settings") or {}
+    run = run_document(doc)
+    m, tool, settings = run.machine or {}, run.tool or {}, run.settings or {}
     keys = ("quick", "cold", "samples", "warmup", "min_time_s", "order")
     return {
-        "run": f"{doc.get('label')} ({doc.get('started_utc')})",
+        "run": f"{run.label} ({run.started_utc})",
         "host": str(m.get("name")),
         "kernel": str(m.get("kernel")),
         "cpu": f"{m.get('cpu')} × {m.get('cpus')}",

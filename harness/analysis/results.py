@@ -18,7 +18,14 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from layerbench.analysis.results_model import CellKey, RunDocument, cell_key, params_text, run_document
+from layerbench.analysis.results_model import (
+    SCHEMA_VERSION,
+    CellKey,
+    RunDocument,
+    cell_key,
+    params_text,
+    run_document,
+)
 from layerbench.analysis.stats import SUMMARY_FIELDS, summarize
 from layerbench.errors import UserError
 
@@ -29,8 +36,10 @@ if TYPE_CHECKING:  # both are imported where used: a cell's process needs neithe
 __all__ = [
     "SCHEMA_VERSION",
     "new_document",
+    "new_run",
     "save",
     "read",
+    "read_document",
     "tidy",
     "load",
     "params_text",
@@ -47,8 +56,6 @@ __all__ = [
     "run_record",
     "run_state",
 ]
-
-SCHEMA_VERSION = 1
 
 
 def utc_now() -> str:
@@ -67,21 +74,14 @@ def unit_of(metric: str) -> str:
     return "count"
 
 
+def new_run(label: str, machine: dict[str, Any], tool: dict[str, Any]) -> RunDocument:
+    """A new run's document, started now by this process: no cells yet."""
+    return RunDocument(label=label, started_utc=utc_now(), machine=machine, tool=tool, run=run_record())
+
+
 def new_document(label: str, machine: dict[str, Any], tool: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "label": label,
-        "started_utc": utc_now(),
-        "finished_utc": None,
-        "status": "running",
-        "machine": machine,
-        "tool": tool,
-        "run": run_record(),
-        "helpers": {},
-        "drivers": {},
-        "scenarios": {},
-        "cells": [],
-    }
+    """`new_run`'s JSON document."""
+    return new_run(label, machine, tool).to_dict()
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -104,11 +104,12 @@ def run_record() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": pid, "boot_id": _boot_id(), "start_ticks": _start_ticks(pid) or 0}
 
 
-def run_state(doc: dict[str, Any]) -> str:
+def run_state(doc: RunDocument | Mapping[str, Any]) -> str:
     """The run's status, with a `running` run whose process is gone shown as `died`."""
-    record = doc.get("run")
-    if doc["status"] != "running" or record is None:
-        return str(doc["status"])
+    run = run_document(doc)
+    record = run.run
+    if run.status != "running" or record is None:
+        return run.status
     if record["boot_id"] == _boot_id():
         alive = _start_ticks(record["pid"]) == record["start_ticks"]
     elif record["host"] == socket.gethostname():
@@ -117,12 +118,15 @@ def run_state(doc: dict[str, Any]) -> str:
         return f"running (on {record['host']})"
     if alive:
         return "running"
-    root = doc.get("work_root")
+    root = run.work_root
     return f"died (run layerbench cleanup --work-root {root})" if root else "died (run layerbench cleanup)"
 
 
-def save(doc: dict[str, Any], path: Path) -> None:
-    """Write `doc` to `path` atomically: a temporary file, fsync, rename."""
+def save(doc: RunDocument | Mapping[str, Any], path: Path) -> None:
+    """Write `doc` (its JSON document, `RunDocument.to_dict`) to `path` atomically: a temporary file,
+    fsync, rename."""
+    if isinstance(doc, RunDocument):
+        doc = doc.to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -190,6 +194,11 @@ def read(path: Path) -> dict[str, Any]:
         ) from None
     validate(doc, path)
     return doc
+
+
+def read_document(path: Path) -> RunDocument:
+    """`read`'s document as the model: migrated and checked, then parsed once."""
+    return RunDocument.from_dict(read(path))
 
 
 def migrate_0_to_1(doc: dict[str, Any]) -> dict[str, Any]:

@@ -1,27 +1,35 @@
 """The typed results model: a run as `RunDocument`, each of its cells as `CellResult`.
 
 The JSON document on disk (docs/results.md, harness/analysis/results.schema.json) is what a
-run stores; this is how code reads it. `run_document` is the one builder: it takes the JSON
-document as `results.read` returns it, a runner's document as it grows, or a test's partial
-one, and `RunDocument.to_dict` gives the JSON back. What tells cells apart (`CellKey`), a
-metric's median, a cell's name in a message, a cell's host and backing (`""` when none) and
-the slicing of a run by host or by backing each live here once.
+run stores; this is the one record of it that code builds and reads. The runner, the local and
+fleet executors and `--resume` build a `RunDocument` and its `CellResult`s; `to_dict` is the
+JSON, written once where the file is saved (`results.save`), and `from_dict` reads it back once
+where a file is loaded (`results.read_document`, after its migrations and the schema check). A
+fleet cell crosses its process boundary as that JSON record. `run_document` takes the JSON
+document as `results.read` returns it, a model, or a test's partial document. What tells cells
+apart (`CellKey`), a metric's median, a cell's name in a message, a cell's host and backing
+(`""` when none) and the slicing of a run by host or by backing each live here once.
 
-The model is a view: it keeps each cell's JSON record (`CellResult.record`) for the fields a
-scenario adds (`outcomes`, `images`, `image_layers_disk_bytes`, ...), read with `get`.
+Fields the model does not name (a newer writer's) are kept as they were read (`extra`), and
+`get` reads any field by its JSON name.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import statistics
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from layerbench.units import params_human
 
 __all__ = [
+    "SCHEMA_VERSION",
     "CellKey",
+    "Unset",
+    "UNSET",
     "Metric",
     "CellResult",
     "RunDocument",
@@ -31,6 +39,10 @@ __all__ = [
     "median",
     "params_text",
 ]
+
+
+#: the results document's format (docs/results.md); older ones are migrated on reading (results.migrate)
+SCHEMA_VERSION = 1
 
 
 def params_text(params: Mapping[str, Any]) -> str:
@@ -93,38 +105,107 @@ class Metric:
     def median(self) -> float | None:
         return median(self.samples)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"unit": self.unit, "samples": list(self.samples)}
 
-@dataclass(frozen=True, eq=False)
+
+class Unset(enum.Enum):
+    """A field the JSON record leaves out (where null is a value: `loop_direct_io` of a cell without a loop)."""
+
+    UNSET = "unset"
+
+
+UNSET = Unset.UNSET
+
+#: a cell's JSON fields in the order a run writes them (a record read keeps its own order)
+CELL_FIELDS = (
+    "scenario", "driver", "params", "backing", "status", "error", "warmup", "metrics", "outcomes", "inspect",
+    "time_split_s", "template", "loop_direct_io", "mkfs_options", "image_layers_disk_bytes", "image_bytes",
+    "images", "samples", "stop_reason", "ci_half_width", "duration_s", "host",
+)  # fmt: skip
+_ALWAYS = {"scenario", "driver", "params", "backing", "status", "error", "metrics"}  # the schema requires them
+_ATTR = {"outcomes": "outcome_counts", "samples": "sample_count"}  # JSON name -> attribute, where they differ
+
+
+@dataclass(eq=False)
 class CellResult:
-    """One cell of a run: its key fields, status, metrics, and its JSON record for everything else."""
+    """One cell of a run, as the runner builds it and every reader reads it.
+
+    The fields are the cell's JSON record's (docs/results.md); an optional one is None (`loop_direct_io`:
+    UNSET) when the record leaves it out. `outcome_counts` is the record's `outcomes`, `sample_count` its
+    `samples`. Fields this model does not name (a newer writer's) are kept in `extra`. `to_dict` is the
+    JSON record (in the order a run writes it, or the one it was read in); `from_dict` reads one.
+    """
 
     scenario: str
     driver: str
-    params: Mapping[str, Any]
-    backing: str
-    host: str
-    status: str
-    error: str | None
-    metrics: Mapping[str, Metric]
-    record: Mapping[str, Any]
+    params: dict[str, Any]
+    backing: str  # "" when none
+    status: str = "ok"  # running, ok, error, interrupted
+    error: str | None = None
+    warmup: int | None = None
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    outcome_counts: dict[str, dict[str, int]] | None = None
+    inspect: dict[str, Any] | None = None
+    time_split_s: dict[str, float] | None = None  # setup, timed, sampling, teardown
+    template: bool | None = None
+    loop_direct_io: bool | Unset | None = UNSET
+    mkfs_options: str | None = None
+    image_layers_disk_bytes: list[int] | None = None
+    image_bytes: int | None = None
+    images: list[dict[str, Any]] | None = None
+    sample_count: int | None = None
+    stop_reason: str | None = None
+    ci_half_width: dict[str, float] | None = None
+    duration_s: float | None = None
+    host: str = ""  # a fleet cell's host; "" when none
+    extra: dict[str, Any] = field(default_factory=dict)
+    order: tuple[str, ...] = ()  # the JSON record's own key order, when it was read
 
     @classmethod
     def from_dict(cls, cell: Mapping[str, Any]) -> CellResult:
         """A cell from its JSON record (missing backing and host read as `""`; missing status as ok)."""
+        named = {name: cell[name] for name in CELL_FIELDS if name in cell and name not in _ALWAYS}
+        named.pop("host", None)
         return cls(
             scenario=cell["scenario"],
             driver=cell["driver"],
             params=cell.get("params") or {},
             backing=cell.get("backing") or "",
-            host=cell.get("host") or "",
             status=cell.get("status", "ok"),
             error=cell.get("error"),
             metrics={
                 name: Metric(data.get("unit", ""), tuple(data.get("samples") or ()))
                 for name, data in (cell.get("metrics") or {}).items()
             },
-            record=cell,
+            host=cell.get("host") or "",
+            extra={k: v for k, v in cell.items() if k not in CELL_FIELDS},
+            order=tuple(cell),
+            **{_ATTR.get(k, k): v for k, v in named.items()},
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The cell's JSON record: what the results file holds."""
+        fields = {name: self._json(name) for name in CELL_FIELDS}
+        out = {k: v for k, v in fields.items() if k in _ALWAYS or (v is not None and v is not UNSET)}
+        if self.loop_direct_io is None:  # a store without a loop says so
+            out["loop_direct_io"] = None
+        out.update(self.extra)
+        if self.order:
+            out = {k: out[k] for k in (*self.order, *out) if k in out}
+        return out
+
+    def _json(self, name: str) -> Any:
+        if name == "metrics":
+            return {m: data.to_dict() for m, data in self.metrics.items()}
+        if name == "host":
+            return self.host or None
+        return getattr(self, _ATTR.get(name, name))
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The cell's JSON record (`to_dict`)."""
+        return self.to_dict()
 
     @property
     def key(self) -> CellKey:
@@ -153,59 +234,102 @@ class CellResult:
         found = self.metrics.get(metric)
         return found.median if found else None
 
-    def get(self, field: str, default: Any = None) -> Any:
-        """A field of the cell's JSON record that the model does not name (`outcomes`, `image_bytes`, ...)."""
-        return self.record.get(field, default)
+    def get(self, name: str, default: Any = None) -> Any:
+        """A field of the cell's JSON record by its JSON name (`image_bytes`, `samples`, ...); `default`
+        when the record leaves it out."""
+        if name in CELL_FIELDS:
+            value = self._json(name)
+            return default if value is None or value is UNSET else value
+        return self.extra.get(name, default)
 
     @property
     def outcomes(self) -> Mapping[str, Mapping[str, int]]:
         """Labelled outcome counts (`{"stat": {"ENOENT": 3}}`), empty when none."""
-        found: Mapping[str, Mapping[str, int]] = self.record.get("outcomes") or {}
-        return found
+        return self.outcome_counts or {}
 
     def name(self, human: bool = False, host: bool = True, params_first: bool = False) -> str:
         """The cell in a message (CellKey.name)."""
         return self.key.name(human, host, params_first)
 
 
-@dataclass(frozen=True, eq=False)
-class RunDocument:
-    """One run (or several merged): its cells and its JSON document for the run-level fields."""
+#: the document's JSON fields in the order a run writes them (a document read keeps its own order)
+RUN_FIELDS = (
+    "schema_version", "label", "started_utc", "finished_utc", "status", "machine", "tool", "run", "helpers",
+    "drivers", "scenarios", "cells", "work_root", "overhead", "settings", "hosts",
+)  # fmt: skip
+_RUN_ALWAYS = {"schema_version", "label", "started_utc", "finished_utc", "status", "machine", "tool", "helpers"}
+_RUN_ALWAYS |= {"drivers", "scenarios", "cells"}
+_RUN_ATTR = {"hosts": "fleet_hosts"}  # JSON name -> attribute, where they differ
 
-    cells: tuple[CellResult, ...]
-    record: Mapping[str, Any]
+
+@dataclass(eq=False)
+class RunDocument:
+    """One run (or several merged), as the runner builds it and every reader reads it.
+
+    The fields are the results document's (docs/results.md): `run`, `work_root`, `overhead`,
+    `settings` and `hosts` (`fleet_hosts`) are None when the document leaves them out; fields this model does not
+    name are kept in `extra`. `to_dict` is the JSON document (in the order a run writes it, or the
+    one it was read in); `from_dict` reads one, after `results.read` has migrated and checked it.
+    """
+
+    cells: list[CellResult] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+    label: str = ""
+    started_utc: str = ""
+    finished_utc: str | None = None
+    status: str = "running"  # running, finished, interrupted
+    machine: dict[str, Any] = field(default_factory=dict)
+    tool: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] | None = None  # the process writing it (results.run_record)
+    helpers: dict[str, Any] = field(default_factory=dict)  # tool -> version (or null)
+    drivers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> style, available, reason
+    scenarios: dict[str, dict[str, Any]] = field(default_factory=dict)
+    work_root: str | None = None
+    overhead: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = None
+    fleet_hosts: dict[str, dict[str, Any]] | None = None  # a fleet run's `hosts`: each host's record
+    extra: dict[str, Any] = field(default_factory=dict)
+    order: tuple[str, ...] = ()  # the JSON document's own key order, when it was read
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> RunDocument:
-        return cls(tuple(CellResult.from_dict(c) for c in doc.get("cells") or ()), doc)
+        """A run from its JSON document (a partial one, as tests write, too)."""
+        named = {_RUN_ATTR.get(k, k): doc[k] for k in RUN_FIELDS if k in doc and k != "cells"}
+        return cls(
+            cells=[CellResult.from_dict(c) for c in doc.get("cells") or ()],
+            **named,
+            extra={k: v for k, v in doc.items() if k not in RUN_FIELDS},
+            order=tuple(doc),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document of these cells (a slice's document holds the slice's cells)."""
-        return {**self.record, "cells": [dict(c.record) for c in self.cells]}
+        """The JSON document: what the results file holds (a slice's holds the slice's cells)."""
+        fields = {
+            k: [c.to_dict() for c in self.cells] if k == "cells" else getattr(self, _RUN_ATTR.get(k, k))
+            for k in RUN_FIELDS
+        }
+        out = {k: v for k, v in fields.items() if k in _RUN_ALWAYS or v is not None}
+        out.update(self.extra)
+        if self.order:
+            out = {k: out[k] for k in (*self.order, *out) if k in out}
+        return out
 
     def with_cells(self, cells: Iterable[CellResult]) -> RunDocument:
         """The same run with only `cells` (a slice)."""
-        return RunDocument(tuple(cells), self.record)
+        return dataclasses.replace(self, cells=list(cells))
 
     @property
-    def label(self) -> str:
-        return str(self.record.get("label") or "")
+    def timer_ns(self) -> int:
+        """The timer's own cost on this machine (`overhead.timer_ns`; 0 when not measured)."""
+        return int((self.overhead or {}).get("timer_ns", 0))
 
-    @property
-    def drivers(self) -> Mapping[str, Mapping[str, Any]]:
-        """Each driver's record (`style`, `version`, ...)."""
-        found: Mapping[str, Mapping[str, Any]] = self.record.get("drivers") or {}
-        return found
+    def add(self, cell: CellResult) -> None:
+        """A cell's result, as it finishes."""
+        self.cells.append(cell)
 
-    @property
-    def scenarios(self) -> Mapping[str, Mapping[str, Any]]:
-        found: Mapping[str, Mapping[str, Any]] = self.record.get("scenarios") or {}
-        return found
-
-    @property
-    def settings(self) -> Mapping[str, Any]:
-        found: Mapping[str, Any] = self.record.get("settings") or {}
-        return found
+    def end(self, status: str, when: str) -> None:
+        """The run ended as `status` (finished, interrupted) at `when` (UTC)."""
+        self.status, self.finished_utc = status, when
 
     def style(self, driver: str) -> str:
         """A driver's style (union, snapshot, copy, ...), `""` when the document does not say."""

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from layerbench.analysis import results
-from layerbench.analysis.results_model import cell_result
+from layerbench.analysis.results_model import CellResult, RunDocument, cell_result
 from layerbench.cli.fleet_options import tls_options
 from layerbench.environment import applied
 from layerbench.errors import RunStopped, UserError
@@ -22,7 +22,7 @@ from layerbench.report.table import comparison_table, run_summary, run_warnings,
 from layerbench.run.config import Flag, RunConfig, parse_param
 from layerbench.run.plan import Plan, plan
 from layerbench.run.progress import duration_text, live_progress
-from layerbench.run.runner import run, sigterm_as_interrupt
+from layerbench.run.runner import run_results, sigterm_as_interrupt
 from layerbench.run.sampling import time_split_lines
 from layerbench.units import human, params_human
 
@@ -187,24 +187,22 @@ def run_cmd(
                 Path(export_csv).write_text(text)
             except OSError as exc:
                 raise UserError(f"--export-csv {export_csv}: {exc.strerror}") from None
-    failed = [c for c in doc["cells"] if c["status"] == "error"]
+    failed = [c for c in doc.cells if c.status == "error"]
     if failed:
-        click.echo(failure_summary(failed, len(doc["cells"]), several_hosts(doc)), err=True)
+        click.echo(failure_summary(failed, len(doc.cells), several_hosts(doc)), err=True)
         sys.exit(EXIT_FAILED)
 
 
-def _run(
-    config: RunConfig, cluster: str | None, tls: FleetTLS | None = None
-) -> tuple[dict[str, Any], Path, float | None]:
+def _run(config: RunConfig, cluster: str | None, tls: FleetTLS | None = None) -> tuple[RunDocument, Path, float | None]:
     """Here, with a live bar on a terminal and plain lines elsewhere (harness/run/progress.py), or on the
     hosts of the Dask cluster at `cluster` (harness/run/fleet.py); the document, its path, and the time taken."""
     if cluster is not None and tls is not None:
-        from layerbench.run.fleet import run_fleet
+        from layerbench.run.fleet import run_fleet_results
 
-        return *run_fleet(config, cluster, tls, progress=lambda line: click.echo(line, err=True)), None
+        return *run_fleet_results(config, cluster, tls, progress=lambda line: click.echo(line, err=True)), None
     live = live_progress()
     try:
-        return *run(config, progress=live.line, events=live.event), live.clock.elapsed_s()
+        return *run_results(config, progress=live.line, events=live.event), live.clock.elapsed_s()
     finally:
         live.close()
 
@@ -248,7 +246,7 @@ def plan_text(p: Plan, work_root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def failure_summary(failed: list[dict[str, Any]], total: int, several_hosts: bool = False) -> str:
+def failure_summary(failed: Sequence[CellResult | Mapping[str, Any]], total: int, several_hosts: bool = False) -> str:
     """`2 of 6 cells failed: copy-up overlay2 file_size=4096 on ext4; ...`, the first ten named (with
     ` @ host` when the run had several hosts)."""
     named = [cell_result(c).name(host=several_hosts, params_first=True) for c in failed[:10]]

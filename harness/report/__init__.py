@@ -11,14 +11,14 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from layerbench.analysis import claims, results
-from layerbench.analysis.results_model import CellKey, CellResult, cell_key, cell_result, run_document
+from layerbench.analysis.results_model import CellKey, CellResult, RunDocument, cell_key, cell_result, run_document
 from layerbench.errors import UserError
 from layerbench.report.engines import engine_overheads
 from layerbench.report.model import Report, row_key
@@ -165,10 +165,14 @@ def fit_slopes(cells: Iterable[CellResult | dict[str, Any]], rows: list[dict[str
     return out
 
 
-def build(docs: list[dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_claims: bool = True) -> Report:
-    """The report of one or more results documents (read with `results.read`)."""
-    if not docs:
+def build(
+    given: Sequence[RunDocument | dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_claims: bool = True
+) -> Report:
+    """The report of one or more results documents (read with `results.read`, or a run's model): the report
+    merges and keeps them as JSON documents (`Report.doc`)."""
+    if not given:
         raise UserError("no results files given")
+    docs = [d.to_dict() if isinstance(d, RunDocument) else d for d in given]
     notes: list[str] = []
     doc = _merge(docs, notes)
     drivers = _drivers(doc, baseline, notes)

@@ -130,7 +130,7 @@ def run_warnings(doc: RunDocument | Mapping[str, Any]) -> list[str]:
 def run_facts(doc: RunDocument | Mapping[str, Any]) -> str:
     """How the run measured: the suite (quick or full), the samples each cell took, how its stores were made."""
     run = run_document(doc)
-    settings = run.settings
+    settings = run.settings or {}
     ok = run.ok()
     suite = (
         "quick suite (--quick: each scenario's [quick] values and samples)" if settings.get("quick") else "full suite"
@@ -197,7 +197,7 @@ def run_summary(doc: RunDocument | Mapping[str, Any], path: Path, elapsed_s: flo
 
     run = run_document(doc)
     lines = [*claims_lines(run), ""]
-    finished, started = run.record.get("finished_utc"), run.record.get("started_utc")
+    finished, started = run.finished_utc, run.started_utc
     if elapsed_s is None and finished and started:
         stamp = "%Y-%m-%dT%H:%M:%SZ"
         elapsed_s = (datetime.strptime(finished, stamp) - datetime.strptime(started, stamp)).total_seconds()
@@ -213,6 +213,6 @@ def run_summary(doc: RunDocument | Mapping[str, Any], path: Path, elapsed_s: flo
     lines.append(f"{len(run.cells)} cells in {took}; {n} warning{'s' * (n != 1)}" + (" (see the report)" if n else ""))
     lines.append(f"next: layerbench report {path} -o report.html")
     # one driver order on every host: the run's own (its settings), then any other in the order the cells came
-    order = list(dict.fromkeys([*run.settings.get("drivers", []), *(c.driver for c in run.cells)]))
+    order = list(dict.fromkeys([*(run.settings or {}).get("drivers", []), *(c.driver for c in run.cells)]))
     lines += ["", *(verdict_text(verdict(part, order), host) for host, part in run.by_host())]
     return "\n".join(lines).rstrip("\n") + "\n"

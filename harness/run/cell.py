@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from layerbench.analysis.results_model import CellResult
 from layerbench.driver import Driver
 from layerbench.environment import RunEnvironment
 from layerbench.images.image import Image, SyntheticImage
@@ -36,7 +37,7 @@ from layerbench.run.templates import Template, adopt
 from layerbench.run.templates import warm as warm_page_cache
 from layerbench.units import bytes_text
 
-__all__ = ["CellTimeout", "run_cell"]
+__all__ = ["CellTimeout", "measure_cell", "run_cell"]
 
 
 class CellTimeout(Exception):
@@ -69,7 +70,7 @@ class _CellRun:
     cell: Cell
     session: DriverSession  # the driver on the cell's store, released by the teardown
     sampling: Sampling
-    result: dict[str, Any]  # the cell's result, filled in as it runs
+    result: CellResult  # the cell's result, filled in as it runs
     recorder: CellRecorder
     started: float  # time.monotonic() when the cell began: its set-up runs from here to the first sample
     template: Template | None = None  # the store is a copy of this built one (harness/run/templates.py)
@@ -112,12 +113,12 @@ def _build(run: _CellRun) -> _Built:
     else:
         top, per_layer = build_measured(image, driver, store, base.bytes)
     run.recorder.add("image_disk_bytes", per_layer[-1])
-    out["image_layers_disk_bytes"] = per_layer
-    out["image_bytes"] = image.total_bytes
-    out["inspect"]["image"] = driver.inspect(top)
+    out.image_layers_disk_bytes = per_layer
+    out.image_bytes = image.total_bytes
+    _inspect(out)["image"] = driver.inspect(top)
     tops = {"base": top}
     if further := cell.images:
-        out["images"] = build_further_images(further, driver, store, base.bytes, tops, image.total_bytes, per_layer[-1])
+        out.images = build_further_images(further, driver, store, base.bytes, tops, image.total_bytes, per_layer[-1])
     rebuilt = any(x.op == "build" and "image" not in x.args for x in cell.steps)
     contents = image.contents() if isinstance(image, SyntheticImage) and rebuilt else None
     unbuilt = {  # imported by build steps, each sample anew; generated contents made here, untimed
@@ -161,14 +162,14 @@ def _take_samples(run: _CellRun, built: _Built, registries: Registries | None) -
     sampling, out, recorder = run.sampling, run.result, run.recorder
     rep, measured, spent = 0, 0, 0.0
     loop_start = time.monotonic()
-    split = out["time_split_s"]
+    split = _split(out)
     split["setup"] = round(loop_start - run.started - run.waited_s, 3)
     while True:
         recorder.warm = rep < sampling.warmup
         if not recorder.warm:
             reason = stop_reason(sampling, measured, spent, time.monotonic() - loop_start, recorder.samples)
             if reason is not None:
-                out["stop_reason"] = reason
+                out.stop_reason = reason
                 break
         state, took = _sample(run, built, registries, rep)
         if not recorder.warm:
@@ -176,17 +177,17 @@ def _take_samples(run: _CellRun, built: _Built, registries: Registries | None) -
             measured += 1
             if state.written:
                 recorder.add("written_bytes", state.written)
-            if state.containers and "container" not in out["inspect"]:
-                out["inspect"]["container"] = built.driver.inspect(state.containers[-1])
+            if state.containers and "container" not in _inspect(out):
+                _inspect(out)["container"] = built.driver.inspect(state.containers[-1])
         # After a failure, the cleanup below releases what the sample left.
         state.release()
         rep += 1
         _note_split(split, recorder.timed_ns, loop_start)
-        out["samples"] = measured
+        out.sample_count = measured
     _note_split(split, recorder.timed_ns, loop_start)
     if sampling.adaptive:
         widths = headline_widths(recorder.samples)
-        out["ci_half_width"] = {m: round(w, 4) for m, w in widths.items() if w != float("inf")}
+        out.ci_half_width = {m: round(w, 4) for m, w in widths.items() if w != float("inf")}
 
 
 def _measure(run: _CellRun) -> None:
@@ -232,7 +233,7 @@ def _in_userns(run: _CellRun, child: _CellRun, spool: list[Path]) -> None:
     userns.hand_over(run.session.store.mountpoint)
     run.session.start(setup=False)  # the parent's own handle on the driver
 
-    def body() -> tuple[dict[str, Any], dict[str, Any], Exception | None]:
+    def body() -> tuple[dict[str, Any], dict[str, Any], Exception | None]:  # plain data across the fork
         error: Exception | None = None
         try:
             _measure(child)
@@ -240,34 +241,47 @@ def _in_userns(run: _CellRun, child: _CellRun, spool: list[Path]) -> None:
             error = exc
         finally:
             child.session.close_driver()
-        return child.result, child.recorder.to_plain(), error
+        return child.result.to_dict(), child.recorder.to_plain(), error
 
     cell = run.cell  # the OCI layouts its images are read from (under the 0700 work root) are reached too
     layouts = [getattr(img, "layout", None) for img in (cell.image, *(i for _, _, i in (*cell.images, *cell.unbuilt)))]
     expose = [run.session.store.mountpoint, *spool, *sorted({p for p in layouts if isinstance(p, Path)})]
     got, recorded, error = userns.run_in_userns(body, expose=expose)
-    run.result.update(got)
+    measured = CellResult.from_dict(got)
+    for f in dataclasses.fields(CellResult):  # what the child filled in, in the parent's result
+        if f.name != "order":
+            setattr(run.result, f.name, getattr(measured, f.name))
     run.recorder.merge(recorded)
     if error is not None:
         raise error
 
 
-def _new_result(cell: Cell, sampling: Sampling, template: Template | None) -> dict[str, Any]:
+def _new_result(cell: Cell, sampling: Sampling, template: Template | None) -> CellResult:
     """A cell's result as it starts: what it is, and nothing measured yet."""
-    return {
-        "scenario": cell.scenario.name,
-        "driver": cell.driver.name,
-        "params": cell.params,
-        "backing": cell.backing,
-        "status": "running",
-        "error": None,
-        "warmup": sampling.warmup,
-        "metrics": {},
-        "outcomes": {},
-        "inspect": {},
-        "time_split_s": {"setup": 0.0, "timed": 0.0, "sampling": 0.0, "teardown": 0.0},
-        "template": template is not None,
-    }
+    return CellResult(
+        cell.scenario.name,
+        cell.driver.name,
+        cell.params,
+        cell.backing,
+        status="running",
+        warmup=sampling.warmup,
+        outcome_counts={},
+        inspect={},
+        time_split_s={"setup": 0.0, "timed": 0.0, "sampling": 0.0, "teardown": 0.0},
+        template=template is not None,
+    )
+
+
+def _inspect(out: CellResult) -> dict[str, Any]:
+    """The result's `inspect` (a running cell's has one)."""
+    assert out.inspect is not None
+    return out.inspect
+
+
+def _split(out: CellResult) -> dict[str, float]:
+    """The result's `time_split_s` (a running cell's has one)."""
+    assert out.time_split_s is not None
+    return out.time_split_s
 
 
 def run_cell(
@@ -277,11 +291,25 @@ def run_cell(
     overhead_ns: int = 0,
     ledger: Ledger | None = None,
     template: Template | None = None,
-    overlap: Overlap | None = None,
-    spent_s: float = 0.0,
-    released: Callable[[dict[str, Any]], None] | None = None,
     env: RunEnvironment | None = None,
 ) -> dict[str, Any]:
+    """`measure_cell` without an overlapped teardown, for scripts and tests: the cell's JSON record, as the
+    results file holds it (its teardown has ended)."""
+    return measure_cell(cell, workdir, sampling, overhead_ns, ledger, template, env=env).to_dict()
+
+
+def measure_cell(
+    cell: Cell,
+    workdir: Path,
+    sampling: Sampling | None = None,
+    overhead_ns: int = 0,
+    ledger: Ledger | None = None,
+    template: Template | None = None,
+    overlap: Overlap | None = None,
+    spent_s: float = 0.0,
+    released: Callable[[CellResult], None] | None = None,
+    env: RunEnvironment | None = None,
+) -> CellResult:
     """Run one cell in `workdir` (created and removed here) and return its result; with `template`,
     on a copy of that built store instead of a new one. With `overlap`, the cell waits for the last
     cell's teardown before its first sample and hands its own teardown to it: the result's
@@ -307,39 +335,37 @@ def run_cell(
     try:
         with _time_limit(sampling.timeout_s):
             session.open_store()
-            out["loop_direct_io"] = session.store.direct_io
-            out["mkfs_options"] = backing.mkfs_options(cell.backing)  # alike on every store of this backing
+            out.loop_direct_io = session.store.direct_io
+            out.mkfs_options = backing.mkfs_options(cell.backing)  # alike on every store of this backing
             (_measure_in_userns if cell.driver.userns else _measure)(run)
-        out["status"] = "ok"
+        out.status = "ok"
     except KeyboardInterrupt:
-        out["status"] = "interrupted"
-        out["error"] = "interrupted"
+        out.status, out.error = "interrupted", "interrupted"
         raise
     except Exception as exc:  # noqa: BLE001  any failure is this cell's error; the run goes on
-        out["status"] = "error"
-        out["error"] = _error_text(cell, exc, session.store)
+        out.status, out.error = "error", _error_text(cell, exc, session.store)
     finally:
         _end(run, released)
     return out
 
 
-def _end(run: _CellRun, released: Callable[[dict[str, Any]], None] | None) -> None:
+def _end(run: _CellRun, released: Callable[[CellResult], None] | None) -> None:
     """The cell's figures, once its samples have ended; then its teardown, now or beside the next cell's
     set-up (`overlap`), after which `released` gets the result."""
     out, recorder = run.result, run.recorder
     measured_until = time.monotonic()
     started = run.started + run.waited_s
-    out["metrics"] = recorder.metrics()
-    out["outcomes"] = recorder.outcome_counts()
-    split = out["time_split_s"]
+    out.metrics = recorder.metrics()
+    out.outcome_counts = recorder.outcome_counts()
+    split = _split(out)
     if not split["setup"]:  # the cell failed before its first sample: all of it was set-up
         split["setup"] = round(measured_until - started, 3)
-    out["duration_s"] = round(measured_until - started, 3)  # and the teardown, once it has ended
+    out.duration_s = round(measured_until - started, 3)  # and the teardown, once it has ended
     teardown = functools.partial(_teardown, run, started, measured_until)
     then = None if released is None else functools.partial(released, out)
-    if run.overlap is None or out["status"] == "interrupted":
+    if run.overlap is None or out.status == "interrupted":
         teardown()
-        if then is not None and out["status"] != "interrupted":
+        if then is not None and out.status != "interrupted":
             then()
     else:
         run.overlap.submit(teardown, then)
@@ -351,12 +377,12 @@ def _teardown(run: _CellRun, started: float, measured_until: float) -> None:
     try:
         run.session.close(unmount_home=True)
     except Exception as exc:  # noqa: BLE001  this cell's error, not the next one's
-        if out["status"] != "error":
-            out["status"], out["error"] = "error", f"{run.cell.describe()}: teardown: {type(exc).__name__}: {exc}"
+        if out.status != "error":
+            out.status, out.error = "error", f"{run.cell.describe()}: teardown: {type(exc).__name__}: {exc}"
     finally:
         ended = time.monotonic()
-        out["time_split_s"]["teardown"] = round(ended - measured_until, 3)
-        out["duration_s"] = round(ended - started, 3)
+        _split(out)["teardown"] = round(ended - measured_until, 3)
+        out.duration_s = round(ended - started, 3)
 
 
 def _error_text(cell: Cell, exc: Exception, store: backing.BackingStore) -> str:

@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from layerbench import environment
+from layerbench.analysis.results_model import CellResult, RunDocument
 from layerbench.driver import Driver
 from layerbench.environment import RunEnvironment
 from layerbench.errors import RunStopped, UserError
 from layerbench.kernel import safety
 from layerbench.plugins import Plugins, default_plugins
 from layerbench.run import backing, machine, overhead, runner
-from layerbench.run.cell import run_cell
+from layerbench.run.cell import measure_cell
 from layerbench.run.estimates import check_disk
 from layerbench.run.fleet_services import HOST_ENV, HOST_RESOURCE, WORK_ROOT_ENV, host_resource
 from layerbench.run.fleet_tls import FleetTLS
@@ -52,6 +53,7 @@ __all__ = [
     "HOST_RESOURCE",
     "require_dask",
     "run_fleet",
+    "run_fleet_results",
     "SchedulerLost",
     "FleetExecutor",
     "describe_host",
@@ -115,22 +117,17 @@ def describe_host(names: tuple[str, ...], containerd_address: str | None = None)
     }
 
 
-def _error_cell(plain: dict[str, Any], host: str | None, error: str) -> dict[str, Any]:
-    return {
-        "scenario": plain["name"],
-        "driver": plain["driver"],
-        "params": plain["params"],
-        "backing": plain["backing"],
-        "host": host,
-        "status": "error",
-        "error": error,
-        "metrics": {},
-    }
+def _error_cell(plain: dict[str, Any], host: str | None, error: str) -> CellResult:
+    """The result of a cell (as `Cell.to_plain` describes it) that failed before it measured anything."""
+    return CellResult(
+        plain["name"], plain["driver"], plain["params"], plain["backing"], status="error", error=error, host=host or ""
+    )
 
 
 def run_on_host(plain: dict[str, Any], sampling: dict[str, Any], env: dict[str, Any] | None = None) -> dict[str, Any]:
     """A Dask task: run the cell `Cell.to_plain` described on this host, in a child process, in the run's
-    environment `env` (`RunEnvironment.to_plain`) on this host's work root; its result with `host`."""
+    environment `env` (`RunEnvironment.to_plain`) on this host's work root; its result with `host`, as its
+    JSON record (`CellResult.to_dict`: the wire format between the cell's process, the worker and the client)."""
     from distributed import get_worker
 
     host, work_root = _this_host()
@@ -151,7 +148,7 @@ def run_on_host(plain: dict[str, Any], sampling: dict[str, Any], env: dict[str, 
     )
     if proc.returncode != 0 or not proc.stdout:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return _error_cell(plain, host, f"the cell's process on {host} exited with {proc.returncode}: {last}")
+        return _error_cell(plain, host, f"the cell's process on {host} exited with {proc.returncode}: {last}").to_dict()
     result: dict[str, Any] = json.loads(proc.stdout)
     result["host"] = host
     return result
@@ -168,7 +165,7 @@ def _die_with_parent(parent: int) -> None:
 def _cell_main() -> None:
     """The cell's own process: run it as a local run does, with a ledger under this host's work root.
 
-    Reads the request on stdin; writes the result as JSON on stdout (anything else the cell
+    Reads the request on stdin; writes the result as its JSON record on stdout (anything else the cell
     prints goes to stderr).
     """
     request = json.loads(sys.stdin.read())
@@ -187,10 +184,10 @@ def _cell_main() -> None:
             timer_ns = overhead.measure(plugins.registry.drivers.get("null"))["timer_ns"]
             with run_directory(work_root) as (run_dir, ledger), sigterm_as_interrupt():
                 sampling = Sampling(**request["sampling"])
-                result = run_cell(cell, run_dir / "cell", sampling, timer_ns, ledger, env=env)
+                result = measure_cell(cell, run_dir / "cell", sampling, timer_ns, ledger, env=env)
     except UserError as exc:
         result = _error_cell(request["cell"], None, f"UserError: {exc}")
-    os.write(out, json.dumps(result).encode())
+    os.write(out, json.dumps(result.to_dict()).encode())
 
 
 # --- the client side ---------------------------------------------------------------------------------------
@@ -305,7 +302,7 @@ class FleetExecutor:
         started = {event.get("key") for _, event in self.client.get_events(STARTED)}
         return isinstance(future.exception(), KilledWorker) and future.key not in started
 
-    def _failed(self, job: _Job, future: Future) -> dict[str, Any]:
+    def _failed(self, job: _Job, future: Future) -> CellResult:
         from distributed import KilledWorker
 
         exc = future.exception()
@@ -327,12 +324,12 @@ class FleetExecutor:
 
     def execute(
         self,
-        doc: dict[str, Any],
+        doc: RunDocument,
         cells: list[tuple[Cell, Sampling]],
         progress: Progress,
         env: RunEnvironment,
         save: Callable[[], None],
-    ) -> Generator[dict[str, Any], None, None]:
+    ) -> Generator[CellResult, None, None]:
         """Each cell's result as its host sends it (its teardown has ended there: `save` is not needed)."""
         self._record_hosts(doc)
         jobs: dict[Future, _Job] = {}
@@ -350,18 +347,20 @@ class FleetExecutor:
                     n += 1
                     progress(
                         f"[{n}/{len(cells)}] {jobs[future].cell.describe()}"
-                        + ("" if jobs[future].cell.host else f" @{result.get('host')}")
-                        + f": {result['status']}"
-                        + (f": {result['error']}" if result.get("error") else "")
+                        + ("" if jobs[future].cell.host else f" @{result.host or None}")
+                        + f": {result.status}"
+                        + (f": {result.error}" if result.error else "")
                     )
                     yield result
         finally:
             if self.client.status == "running":
                 self.client.cancel(list(jobs))
 
-    def _record_hosts(self, doc: dict[str, Any]) -> None:
+    def _record_hosts(self, doc: RunDocument) -> None:
         """The document's `hosts`: each host's machine, work root, helpers, overhead, backings and drivers."""
-        hosts = doc.setdefault("hosts", {})
+        if doc.fleet_hosts is None:
+            doc.fleet_hosts = {}
+        hosts = doc.fleet_hosts
         for name, d in self.hosts.items():
             hosts[name] = {
                 "machine": d["machine"],
@@ -374,7 +373,7 @@ class FleetExecutor:
 
     def _finished(
         self, pending: set[Future], jobs: dict[Future, _Job], gone: dict[str, float]
-    ) -> list[tuple[Future, dict[str, Any]]]:
+    ) -> list[tuple[Future, CellResult]]:
         """The cells that ended since the last look, each with its result (an error for a failed task or a gone
         host's cell); a task whose worker died before it began is submitted again, as a new pending one."""
         done = [f for f in pending if f.done()]
@@ -384,7 +383,7 @@ class FleetExecutor:
         try:
             for f in done:
                 if f.status == "finished":
-                    finished.append((f, f.result()))
+                    finished.append((f, CellResult.from_dict(f.result())))  # its JSON record, off the wire
                 elif self._never_started(f):
                     again = self._submit(jobs[f])
                     jobs[again] = jobs[f]
@@ -404,7 +403,7 @@ class FleetExecutor:
 
     def _abandon_gone_hosts(
         self, pending: set[Future], jobs: dict[Future, _Job], gone: dict[str, float]
-    ) -> list[tuple[Future, dict[str, Any]]]:
+    ) -> list[tuple[Future, CellResult]]:
         """Errors for the waiting cells of a host whose worker has been gone longer than the grace."""
         here = {w.get("name") for w in self.client.scheduler_info(n_workers=-1)["workers"].values()}
         now = time.monotonic()
@@ -446,6 +445,18 @@ def run_fleet(
     progress: Progress = lambda line: None,
     host_grace_s: float = HOST_GRACE_S,
 ) -> tuple[dict[str, Any], Path]:
+    """`run_fleet_results`, with the run's JSON document (as its file holds it) in place of the model."""
+    doc, path = run_fleet_results(config, address, tls, progress, host_grace_s)
+    return doc.to_dict(), path
+
+
+def run_fleet_results(
+    config: RunConfig,
+    address: str,
+    tls: FleetTLS,
+    progress: Progress = lambda line: None,
+    host_grace_s: float = HOST_GRACE_S,
+) -> tuple[RunDocument, Path]:
     """Run the configured suite on the hosts of the Dask cluster at `address`; the document and its path."""
     require_dask()
     from distributed import Client
@@ -467,7 +478,7 @@ def run_fleet(
         if was != 0:
             progress(f"scheduler: a cell whose worker dies is now an error at once (allowed_failures {was} -> 0)")
         executor = FleetExecutor(client, config.spread, host_grace_s, progress, config.containerd_address)
-        return runner.run(config, progress=progress, executor=executor)
+        return runner.run_results(config, progress=progress, executor=executor)
 
 
 @contextmanager

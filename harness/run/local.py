@@ -20,15 +20,16 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from layerbench import environment
+from layerbench.analysis.results_model import CellResult, RunDocument
 from layerbench.driver import Driver
 from layerbench.environment import RunEnvironment
 from layerbench.errors import UserError
 from layerbench.kernel import safety
 from layerbench.plugins import Plugins
-from layerbench.run.cell import run_cell
+from layerbench.run.cell import measure_cell
 from layerbench.run.estimates import check_disk, estimate_bytes, estimate_inodes
 from layerbench.run.ledger import LEDGER_NAME, Ledger
 from layerbench.run.plan import Cell, Here, RunConfig
@@ -72,17 +73,11 @@ def run_directory(work_root: Path) -> Iterator[tuple[Path, Ledger]]:
         safety.remove_tree(run_dir)
 
 
-def interrupted_cell(cell: Cell) -> dict[str, Any]:
+def interrupted_cell(cell: Cell) -> CellResult:
     """The result of a cell Ctrl-C stopped: kept in the results file, so `--resume` runs it again."""
-    return {
-        "scenario": cell.scenario.name,
-        "driver": cell.driver.name,
-        "params": cell.params,
-        "backing": cell.backing,
-        "status": "interrupted",
-        "error": "interrupted",
-        "metrics": {},
-    }
+    return CellResult(
+        cell.scenario.name, cell.driver.name, cell.params, cell.backing, status="interrupted", error="interrupted"
+    )
 
 
 def _tell(
@@ -91,7 +86,7 @@ def _tell(
     kind: Literal["planned", "started", "finished"],
     index: int,
     cell: Cell,
-    result: dict[str, Any] | None = None,
+    result: CellResult | None = None,
 ) -> None:
     """Tell `events` of the run's `index`th cell (of `total`); once finished, its duration and status."""
     events(
@@ -103,8 +98,8 @@ def _tell(
             cell.driver.name,
             cell.params,
             cell.backing,
-            None if result is None else result.get("duration_s"),
-            None if result is None else result["status"],
+            None if result is None else result.duration_s,
+            None if result is None else result.status,
         )
     )
 
@@ -113,7 +108,7 @@ def _tell(
 class _Here:
     """What the cells of one run here share: where they go, what they were given, what tells of them."""
 
-    doc: dict[str, Any]
+    doc: RunDocument
     env: RunEnvironment
     run_dir: Path
     ledger: Ledger
@@ -153,12 +148,12 @@ class LocalExecutor:
 
     def execute(
         self,
-        doc: dict[str, Any],
+        doc: RunDocument,
         cells: list[tuple[Cell, Sampling]],
         progress: Progress,
         env: RunEnvironment,
         save: Callable[[], None],
-    ) -> Generator[dict[str, Any], None, None]:
+    ) -> Generator[CellResult, None, None]:
         """Each cell's result as its samples end (its teardown may still run: `save` once it has ended)."""
         assert env.work_root is not None  # `prepare` made it
         with run_directory(env.work_root) as (run_dir, ledger):
@@ -182,7 +177,7 @@ class LocalExecutor:
                 if templates:
                     templates.close()
 
-    def _cell(self, here: _Here, i: int, cell: Cell, sampling: Sampling) -> dict[str, Any]:
+    def _cell(self, here: _Here, i: int, cell: Cell, sampling: Sampling) -> CellResult:
         """Run the run's `i`th cell, on its family's template if it has one; Ctrl-C: an interrupted result."""
         if self.events is None:
             here.progress(f"[{i}/{here.total}] {cell.describe()}")
@@ -193,11 +188,11 @@ class LocalExecutor:
                 if here.templates
                 else (None, 0.0)
             )
-            result = run_cell(
+            result = measure_cell(
                 cell,
                 here.run_dir / f"cell{i}",
                 sampling,
-                here.doc["overhead"]["timer_ns"],
+                here.doc.timer_ns,
                 here.ledger,
                 template,
                 overlap=here.overlap,
@@ -212,10 +207,10 @@ class LocalExecutor:
         return result
 
 
-def _released(here: _Here, i: int, cell: Cell, result: dict[str, Any]) -> None:
+def _released(here: _Here, i: int, cell: Cell, result: CellResult) -> None:
     """A cell's teardown has ended: its whole duration is known."""
     here.event("finished", i, cell, result)
-    if result["status"] == "error":
-        here.progress(f"    error: {result['error']}")
-    if any(c is result for c in here.doc["cells"]):  # overlapped: saved before, now with its teardown
+    if result.status == "error":
+        here.progress(f"    error: {result.error}")
+    if any(c is result for c in here.doc.cells):  # overlapped: saved before, now with its teardown
         here.save()

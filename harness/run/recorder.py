@@ -12,6 +12,7 @@ from collections import defaultdict
 from typing import Any
 
 from layerbench.analysis.results import unit_of
+from layerbench.analysis.results_model import Metric
 
 __all__ = ["CellRecorder"]
 
@@ -43,9 +44,9 @@ class CellRecorder:
         """A step (`label`) ended in an allowed error or skipped entries: counted by `name`."""
         self.outcomes[label][name] += 1
 
-    def metrics(self) -> dict[str, dict[str, Any]]:
+    def metrics(self) -> dict[str, Metric]:
         """The result's `metrics`: each metric's unit and samples."""
-        return {m: {"unit": unit_of(m), "samples": v} for m, v in self.samples.items()}
+        return {m: Metric(unit_of(m), tuple(v)) for m, v in self.samples.items()}
 
     def outcome_counts(self) -> dict[str, dict[str, int]]:
         """The result's `outcomes`, as plain dicts."""

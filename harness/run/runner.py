@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from layerbench.analysis import results
-from layerbench.analysis.results_model import CellKey, cell_key
+from layerbench.analysis.results_model import CellKey, CellResult, RunDocument
 from layerbench.environment import RunEnvironment
 from layerbench.errors import RunStopped
 from layerbench.kernel import safety
@@ -57,6 +57,7 @@ __all__ = [
     "run_cell",
     "build_template",
     "run",
+    "run_results",
     "select_drivers",
     "sigterm_as_interrupt",
     "Plan",
@@ -78,12 +79,12 @@ class Executor(Planner, Protocol):
 
     def execute(
         self,
-        doc: dict[str, Any],
+        doc: RunDocument,
         cells: list[tuple[Cell, Sampling]],
         progress: Progress,
         env: RunEnvironment,
         save: Callable[[], None],
-    ) -> Generator[dict[str, Any], None, None]:
+    ) -> Generator[CellResult, None, None]:
         """Each cell's result as it finishes, each run in `env` (on its host's own work root); adds to `doc`
         what it learns about the hosts; calls `save` when a result it gave has changed since (its teardown
         ended). A result with status "interrupted" (Ctrl-C in a cell) is its last."""
@@ -136,6 +137,19 @@ def run(
     executor: Executor | None = None,
     events: CellEvents | None = None,
 ) -> tuple[dict[str, Any], Path]:
+    """`run_results`, with the run's JSON document (as its file holds it) in place of the model: for
+    scripts and tests that read the document as JSON."""
+    doc, path = run_results(config, plugins, progress, executor, events)
+    return doc.to_dict(), path
+
+
+def run_results(
+    config: RunConfig,
+    plugins: Plugins | None = None,
+    progress: Progress = lambda s: None,
+    executor: Executor | None = None,
+    events: CellEvents | None = None,
+) -> tuple[RunDocument, Path]:
     """Run the configured suite (or finish an interrupted one) here, or through `executor` on a
     fleet's hosts; return the document and its path. `progress` gets lines of text; `events`, if
     given, each cell planned, started and finished here (harness/run/progress.py), instead of the
@@ -145,9 +159,9 @@ def run(
         if config.resume is not None:
             safety.check_output_dir(config.resume.parent, "--resume")
             config, doc, path = resume(config)
-            if doc["status"] == "finished":
+            if doc.status == "finished":
                 return _nothing_to_do(doc, path, progress)
-            previous: tuple[dict[str, Any], Path] | None = (doc, path)
+            previous: tuple[RunDocument, Path] | None = (doc, path)
         else:
             safety.check_output_dir(config.results_dir, "--results-dir")
             previous = None
@@ -159,10 +173,10 @@ def run(
         return _execute(prepared, executor, doc, path, env, progress)
 
 
-def _nothing_to_do(doc: dict[str, Any], path: Path, progress: Progress) -> tuple[dict[str, Any], Path]:
-    failed = sum(c["status"] == "error" for c in doc["cells"])
+def _nothing_to_do(doc: RunDocument, path: Path, progress: Progress) -> tuple[RunDocument, Path]:
+    failed = sum(c.status == "error" for c in doc.cells)
     again = f" (--retry-failed runs its {failed} failed cells again)" if failed else ""
-    progress(f"{path}: the run finished at {doc['finished_utc']}; nothing to do{again}")
+    progress(f"{path}: the run finished at {doc.finished_utc}; nothing to do{again}")
     return doc, path
 
 
@@ -170,7 +184,7 @@ def _prepare(
     config: RunConfig,
     plugins: Plugins,
     executor: Executor,
-    previous: tuple[dict[str, Any], Path] | None,
+    previous: tuple[RunDocument, Path] | None,
     progress: Progress,
 ) -> _Prepared:
     """The run's cells where `executor` runs them, in the run's order, less what `previous` has done."""
@@ -179,51 +193,51 @@ def _prepare(
     if previous is not None:
         doc, path = previous
         # A cell planned for any host (host None) is done once it is done on one.
-        done = {key for c in doc["cells"] for key in (cell_key(c), cell_key(c).any_host())}
+        done = {key for c in doc.cells for key in (c.key, c.key.any_host())}
         cells = [
             c for c in cells if CellKey.of(c.scenario.name, c.driver.name, c.backing, c.params, c.host) not in done
         ]
-        progress(f"resuming {path}: {len(doc['cells'])} cells done, {len(cells)} to go")
+        progress(f"resuming {path}: {len(doc.cells)} cells done, {len(cells)} to go")
     return _Prepared(config, chosen, cells)
 
 
-def _resumed_document(doc: dict[str, Any], path: Path, env: RunEnvironment) -> tuple[dict[str, Any], Path]:
+def _resumed_document(doc: RunDocument, path: Path, env: RunEnvironment) -> tuple[RunDocument, Path]:
     """The interrupted run's document, running again in this process."""
-    doc["status"] = "running"
-    doc["run"] = results.run_record()
+    doc.status = "running"
+    doc.run = results.run_record()
     if env.work_root is not None:
-        doc["work_root"] = str(env.work_root)
+        doc.work_root = str(env.work_root)
     return doc, path
 
 
-def _new_document(prepared: _Prepared, plugins: Plugins, env: RunEnvironment) -> tuple[dict[str, Any], Path]:
+def _new_document(prepared: _Prepared, plugins: Plugins, env: RunEnvironment) -> tuple[RunDocument, Path]:
     """A new run's document, every field but its cells, and the results file claimed for it."""
     config, chosen = prepared.config, prepared.chosen
-    doc = results.new_document(config.label, machine.machine_info(env.work_root), machine.tool_info())
+    doc = results.new_run(config.label, machine.machine_info(env.work_root), machine.tool_info())
     if env.work_root is not None:  # where its stores are: what `layerbench cleanup --work-root` needs after a crash
-        doc["work_root"] = str(env.work_root)
-    doc["helpers"] = backing.mkfs_versions(sorted({c.backing for c in prepared.cells} - {"dir"}))
+        doc.work_root = str(env.work_root)
+    doc.helpers = backing.mkfs_versions(sorted({c.backing for c in prepared.cells} - {"dir"}))
     for cls in chosen.drivers:
-        doc["helpers"].update(cls.versions())
-    doc["drivers"] = {
+        doc.helpers.update(cls.versions())
+    doc.drivers = {
         **{d.name: {"style": d.style.value, "available": True, "reason": None} for d in chosen.drivers},
         **{
             n: {"style": plugins.driver(n).style.value, "available": False, "reason": r}
             for n, r in chosen.skipped.items()
         },
     }
-    doc["scenarios"] = {
+    doc.scenarios = {
         s.name: {"path": s.path, "sha256": s.sha256, "description": s.description, "params": s.params}
         for s in chosen.scenarios
     }
-    doc["overhead"] = overhead.measure(plugins.registry.drivers.get("null"))
-    doc["settings"] = config.settings([s.path for s in chosen.scenarios], [d.name for d in chosen.drivers])
-    return doc, _results_path(config, doc["started_utc"].replace("-", "").replace(":", ""))
+    doc.overhead = overhead.measure(plugins.registry.drivers.get("null"))
+    doc.settings = config.settings([s.path for s in chosen.scenarios], [d.name for d in chosen.drivers])
+    return doc, _results_path(config, doc.started_utc.replace("-", "").replace(":", ""))
 
 
 def _execute(
-    prepared: _Prepared, executor: Executor, doc: dict[str, Any], path: Path, env: RunEnvironment, progress: Progress
-) -> tuple[dict[str, Any], Path]:
+    prepared: _Prepared, executor: Executor, doc: RunDocument, path: Path, env: RunEnvironment, progress: Progress
+) -> tuple[RunDocument, Path]:
     """Each cell's result from `executor` into the document, saved after every cell; the run ended as
     finished, or as interrupted (Ctrl-C, a fleet's scheduler lost, any failure) with what finished kept."""
     jobs = [(c, _sampling_for(prepared.config, c)) for c in prepared.cells]
@@ -231,8 +245,8 @@ def _execute(
     with contextlib.closing(done):  # the executor's own clean-up after the document says how the run ended
         try:
             for result in done:
-                doc["cells"].append(result)  # saved now; again by `save` once its teardown has ended
-                if result["status"] == "interrupted":
+                doc.add(result)  # saved now; again by `save` once its teardown has ended
+                if result.status == "interrupted":
                     raise KeyboardInterrupt
                 results.save(doc, path)
         except BaseException as exc:  # what finished is kept, for --resume
@@ -244,8 +258,7 @@ def _execute(
     return doc, path
 
 
-def _finish(doc: dict[str, Any], path: Path, status: str) -> None:
+def _finish(doc: RunDocument, path: Path, status: str) -> None:
     """End the run as `status`: its end time, the file saved."""
-    doc["status"] = status
-    doc["finished_utc"] = results.utc_now()
+    doc.end(status, results.utc_now())
     results.save(doc, path)

@@ -13,10 +13,11 @@ docs/performance.md describes the rule and the time split.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from layerbench.analysis.results import params_text
+from layerbench.analysis.results_model import CellResult, RunDocument, run_document
 from layerbench.analysis.stats import ci_half_width
 
 __all__ = ["Sampling", "STOP_REASONS", "stop_reason", "headline_widths", "time_split_lines", "MAX_SAMPLES"]
@@ -85,32 +86,31 @@ def _seconds(x: float) -> str:
     return f"{x:.1f} s" if x < 600 else f"{x / 60:.1f} min"
 
 
-def _describe(cell: dict[str, Any]) -> str:
-    p = params_text(cell.get("params") or {})
-    return f"{cell['scenario']} {cell['driver']}" + (f" {p}" if p else "") + f" on {cell['backing']}"
+def _describe(cell: CellResult) -> str:
+    p = cell.params_text
+    return f"{cell.scenario} {cell.driver}" + (f" {p}" if p else "") + f" on {cell.backing}"
 
 
-def time_split_lines(doc: dict[str, Any], slowest: int = 5) -> list[str]:
+def time_split_lines(doc: RunDocument | Mapping[str, Any], slowest: int = 5) -> list[str]:
     """Where the run's time went: the total split, how cells stopped, and the `slowest` cells' splits."""
-    cells = [c for c in doc.get("cells", []) if c.get("time_split_s")]
+    cells = [(c, c.time_split_s) for c in run_document(doc).cells if c.time_split_s]
     if not cells:
         return []
-    total = {p: sum(c["time_split_s"].get(p, 0.0) for c in cells) for p in PHASES}
+    total = {p: sum(split.get(p, 0.0) for _, split in cells) for p in PHASES}
     whole = sum(total.values()) or math.inf
     lines = [
         f"time: {len(cells)} cells took {_seconds(sum(total.values()))}: "
         + ", ".join(f"{p} {_seconds(total[p])} ({total[p] / whole:.0%})" for p in PHASES)
     ]
-    stops = [c.get("stop_reason") for c in cells]
+    stops = [c.stop_reason for c, _ in cells]
     counted = [f"{stops.count(r)} {r.replace('_', ' ')}" for r in STOP_REASONS if stops.count(r)]
     if counted:
         lines.append("stopped on: " + ", ".join(counted))
     lines.append(f"slowest {min(slowest, len(cells))} cells:")
-    for c in sorted(cells, key=lambda c: -sum(c["time_split_s"].values()))[:slowest]:
-        split = c["time_split_s"]
+    for c, split in sorted(cells, key=lambda one: -sum(one[1].values()))[:slowest]:
         lines.append(
             f"  {_describe(c)}: {_seconds(sum(split.values()))} = "
             + ", ".join(f"{p} {split.get(p, 0.0):.1f}" for p in PHASES)
-            + f" ({c.get('samples', 0)} samples, {str(c.get('stop_reason', '?')).replace('_', ' ')})"
+            + f" ({c.sample_count or 0} samples, {str(c.stop_reason or '?').replace('_', ' ')})"
         )
     return lines
