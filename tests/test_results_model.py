@@ -14,6 +14,7 @@ from layerbench.analysis import compare, results
 from layerbench.analysis.results_model import (
     CellKey,
     CellResult,
+    Metric,
     RunDocument,
     cell_key,
     median,
@@ -159,3 +160,63 @@ def test_one_way_to_name_a_cell() -> None:
     assert one.name(params_first=True) == "copy-up overlay2 file_size=1048576 on ext4 @ host-a"
     assert CellResult.from_dict(cell("vfs")).name() == "copy-up vfs"
     assert one.key.name() == one.name()
+
+
+REFERENCE = Path(__file__).parent.parent / "results" / "reference"
+
+
+@pytest.mark.parametrize("path", sorted([*REFERENCE.glob("*.json"), *DATA.glob("*.json")]), ids=lambda p: p.name)
+def test_every_results_file_round_trips_through_the_model_byte_for_byte(path: Path) -> None:
+    """What a run writes is the model's `to_dict`: a file read into the model and written back is the same
+    JSON, key order and nulls (`loop_direct_io` of a store without a loop) included."""
+    doc = results.read(path)
+    again = RunDocument.from_dict(doc).to_dict()
+    assert json.dumps(again, indent=1) == json.dumps(doc, indent=1)
+    assert results.read_document(path).to_dict() == doc
+
+
+def test_a_cell_built_by_the_runner_writes_its_fields_in_the_runs_order() -> None:
+    built = CellResult(
+        "copy-up", "overlay2", {"file_size": 4096}, "ext4", status="running", warmup=1, outcome_counts={}, inspect={}
+    )
+    built.time_split_s, built.template = {"setup": 0.0}, False
+    built.loop_direct_io, built.mkfs_options = None, ""
+    built.sample_count, built.duration_s = 3, 1.5
+    built.metrics = {"copy_up_ns": Metric("ns", (3, 1, 2))}
+    built.status = "ok"
+    assert list(built.to_dict()) == [
+        "scenario", "driver", "params", "backing", "status", "error", "warmup", "metrics", "outcomes", "inspect",
+        "time_split_s", "template", "loop_direct_io", "mkfs_options", "samples", "duration_s",
+    ]  # fmt: skip
+    assert built.to_dict()["metrics"] == {"copy_up_ns": {"unit": "ns", "samples": [3, 1, 2]}}
+    assert built.get("samples") == 3 and built.get("loop_direct_io") is None and built.get("images", []) == []
+    # a cell interrupted before it opened its store has no loop_direct_io at all; a fleet's cell names its host
+    bare = CellResult("copy-up", "vfs", {}, "dir", status="interrupted", error="interrupted", host="h1")
+    assert bare.to_dict() == {
+        "scenario": "copy-up",
+        "driver": "vfs",
+        "params": {},
+        "backing": "dir",
+        "status": "interrupted",
+        "error": "interrupted",
+        "metrics": {},
+        "host": "h1",
+    }
+    assert CellResult.from_dict(bare.to_dict()).to_dict() == bare.to_dict()
+
+
+def test_a_new_runs_document_is_valid_and_ends_with_its_status() -> None:
+    run = results.new_run("r", {"name": "m", "kernel": "6.1"}, {"name": "layerbench", "version": "0"})
+    assert run.to_dict() == results.new_document("r", run.machine, run.tool) | {
+        "started_utc": run.started_utc,
+        "run": run.run,
+    }
+    run.add(CellResult.from_dict(cell("overlay2", "ext4")))
+    run.end("finished", "2026-01-01T00:00:00Z")
+    doc = run.to_dict()
+    results.validate(doc)
+    assert (doc["status"], doc["finished_utc"], len(doc["cells"])) == ("finished", "2026-01-01T00:00:00Z", 1)
+    assert list(doc)[:12] == [
+        "schema_version", "label", "started_utc", "finished_utc", "status", "machine", "tool", "run", "helpers",
+        "drivers", "scenarios", "cells",
+    ]  # fmt: skip

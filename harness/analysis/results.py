@@ -259,10 +259,13 @@ def schema() -> dict[str, Any]:
     return result
 
 
-def validate(doc: dict[str, Any], source: Path | str = "results document") -> None:
-    """Raise UserError naming `source` and the first field where `doc` breaks the schema:
-    `results/x.json: cells[3].metrics: missing`."""
+def validate(doc: RunDocument | dict[str, Any], source: Path | str = "results document") -> None:
+    """Raise UserError naming `source` and the first field where `doc` (or a model's JSON document) breaks
+    the schema: `results/x.json: cells[3].metrics: missing`."""
     import jsonschema
+
+    if isinstance(doc, RunDocument):
+        doc = doc.to_dict()
 
     error = jsonschema.exceptions.best_match(_validator().iter_errors(doc))
     if error is None:

@@ -187,9 +187,9 @@ class CellResult:
     def to_dict(self) -> dict[str, Any]:
         """The cell's JSON record: what the results file holds."""
         fields = {name: self._json(name) for name in CELL_FIELDS}
-        out = {k: v for k, v in fields.items() if k in _ALWAYS or (v is not None and v is not UNSET)}
-        if self.loop_direct_io is None:  # a store without a loop says so
-            out["loop_direct_io"] = None
+        # a store without a loop says so: loop_direct_io null (UNSET: a cell that opened no store)
+        kept = {*_ALWAYS, *(("loop_direct_io",) if self.loop_direct_io is None else ())}
+        out = {k: v for k, v in fields.items() if k in kept or (v is not None and v is not UNSET)}
         out.update(self.extra)
         if self.order:
             out = {k: out[k] for k in (*self.order, *out) if k in out}
