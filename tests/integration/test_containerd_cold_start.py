@@ -12,12 +12,10 @@ fetches only the layer containerd lacks; a run SIGKILLed while the container ser
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,102 +25,24 @@ from layerbench.drivers.containerd_snapshotter import (
     ContainerdSnapshotterDriver,
     chain_id,
 )
-from layerbench.environment import RunEnvironment, applied
-from layerbench.errors import UserError
-from layerbench.images.debian import open_debian
 from layerbench.kernel import mountinfo
 from layerbench.kernel.netshape import parse_link
 from layerbench.run import ready
 from layerbench.run.backing import BackingStore
-from layerbench.run.ledger import LEDGER_NAME, TAG, Ledger
-from layerbench.run.plan import RunConfig
-from layerbench.run.registry import registry, registry_unavailable
-from layerbench.run.runner import run
-from layerbench.run.runtime import seen_from_inside, unavailable
+from layerbench.run.ledger import LEDGER_NAME
+from layerbench.run.registry import registry
+from layerbench.run.runtime import seen_from_inside
 
+from .. import engine_cells
 from ..conftest import require
 
 pytestmark = pytest.mark.mounts
 LAYERBENCH = [sys.executable, "-m", "layerbench"]
 
-_SERVING = """
-name = "serving"
-description = "containerd pulls busybox-httpd and crun keeps it serving, sample after sample"
-[image]
-source = "debian"
-recipe = "busybox-httpd"
-[repeat]
-samples = 1000
-warmup = 0
-adaptive = false
-[[step]]
-op = "pull"
-[[step]]
-op = "run"
-runtime = "crun"
-keep = true
-"""
-
 
 def _need_all(driver: str) -> None:
     require(driver)
-    if (why := registry_unavailable()) is not None:
-        pytest.skip(why)
-    if (why := unavailable("crun")) is not None:
-        pytest.skip(why)
-
-
-def _layout(work: Path, recipe: str) -> Path:
-    """The recipe's OCI layout under `work` (built once there), or a skip without a Debian mirror."""
-    try:
-        with applied(RunEnvironment(work_root=work)):
-            image = open_debian(recipe)
-    except UserError as exc:
-        pytest.skip(str(exc))
-    assert image.layout is not None
-    return image.layout
-
-
-def _blob(layout: Path, digest: str) -> dict[str, Any]:
-    return dict(json.loads((layout / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_text()))
-
-
-def _manifest(layout: Path) -> dict[str, Any]:
-    return _blob(layout, json.loads((layout / "index.json").read_text())["manifests"][0]["digest"])
-
-
-def _compressed_layers(layout: Path) -> int:
-    return sum(int(layer["size"]) for layer in _manifest(layout)["layers"])
-
-
-def _layer_digests(layout: Path) -> list[str]:
-    return [str(layer["digest"]) for layer in _manifest(layout)["layers"]]
-
-
-def _diff_ids(layout: Path) -> list[str]:
-    return [str(d) for d in _blob(layout, _manifest(layout)["config"]["digest"])["rootfs"]["diff_ids"]]
-
-
-def _tagged(under: Path) -> list[int]:
-    """Pids of live processes carrying the tag of a run's ledger under `under`."""
-    want = f"{TAG}={under}/".encode()
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if any(e.startswith(want) for e in env) and state != "Z":
-            pids.append(int(pid))
-    return pids
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
+    engine_cells.need_registry_and_crun()
 
 
 def _ctr(driver: ContainerdSnapshotterDriver, *args: str) -> str:
@@ -140,57 +60,22 @@ def test_a_containerd_cold_start_cell_pulls_from_the_registry_and_runs_to_ready(
 ) -> None:
     _need_all(driver)
     work = tmp_path / "work"
-    layout = _layout(work, "busybox")
-    noted: list[tuple[str, str, str]] = []
-    made, released = Ledger.made, Ledger.released
-
-    def note_made(self: Ledger, kind: str, path: Path | str) -> None:
-        noted.append(("make", kind, str(path)))
-        made(self, kind, path)
-
-    def note_released(self: Ledger, kind: str, path: Path | str) -> None:
-        noted.append(("release", kind, str(path)))
-        released(self, kind, path)
-
-    monkeypatch.setattr(Ledger, "made", note_made)
-    monkeypatch.setattr(Ledger, "released", note_released)
-    config = RunConfig(
-        scenarios=("cold-start",),
-        drivers=(driver,),
-        results_dir=tmp_path / "results",
-        work_root=work,
-        quick=True,
-        samples=1,
-        warmup=0,
-        target_ci=0.0,
-    )
-    doc, _path = run(config, progress=lambda _line: None)
-    (cell,) = doc["cells"]
-    assert cell["status"] == "ok", cell["error"]
-    m = cell["metrics"]
-    size = _compressed_layers(layout)
-    # containerd's content store recorded every compressed byte of the image, and only those
-    assert m["pulled_bytes"]["samples"] == m["image_pull_bytes"]["samples"] == [size]
-    assert size > 0
-    assert "unpack_ns" not in m and "apply_ns" not in m  # ctr unpacks inside pull_ns
-    for phase in ("pull_ns", "create_ns", "runtime_ns", "ready_ns", "cold_start_ns", "warm_start_ns"):
-        assert m[phase]["samples"] and min(m[phase]["samples"]) > 0, phase
-    (whole,) = m["cold_start_ns"]["samples"]
-    parts = sum(m[p]["samples"][0] for p in ("pull_ns", "create_ns", "runtime_ns", "ready_ns"))
-    assert 0 <= whole - parts < 10_000
+    layout = engine_cells.layout(work, "busybox")
+    cell, noted = engine_cells.cold_start_cell(driver, work, tmp_path / "results", monkeypatch)
+    # containerd's content store recorded every compressed byte of the image, and only those; ctr unpacks inside
+    # pull_ns
+    engine_cells.check_engine_phases(cell, layout)
     # the snapshot containerd returned, mounted by us: overlay, or a btrfs subvolume; nodev,nosuid as crun's
     # process saw its root
     fstype = "overlay" if driver == "containerd/overlayfs" else "btrfs"
     seen = [o for step in cell["outcomes"].values() for o in step if o.startswith("container root:")]
     assert seen and all(o.startswith(f"container root: {fstype} (nodev,nosuid)") for o in seen), cell["outcomes"]
-    (fraction,) = m["read_fraction"]["samples"]
-    assert 0 < fraction <= 1.0
     # the daemon; per container crun's holder, its process and the root's mount point: all made, all released
     makes = sorted((k, p) for op, k, p in noted if op == "make" and k in ("daemon", "mount"))
     assert sum(1 for k, _ in makes if k == "mount") >= 3
     assert makes == sorted((k, p) for op, k, p in noted if op == "release" and k in ("daemon", "mount"))
     assert mountinfo.points_below(str(tmp_path)) == []
-    assert _tagged(work) == []
+    assert engine_cells.tagged(work) == []
 
 
 @pytest.mark.parametrize("cls", [ContainerdOverlayfsSnapshotter, ContainerdBtrfsSnapshotter])
@@ -201,7 +86,10 @@ def test_containerd_fetches_only_what_it_lacks_into_the_snapshotter_named(
     the snapshotter named (btrfs too: 1.6.20's `ctr images mount --snapshotter` ignores it, `pull`'s does
     not); a run's container is containerd's record on its snapshot; an image pulled twice is two items."""
     _need_all(cls.name)
-    busybox, httpd = _layout(tmp_path / "work", "busybox"), _layout(tmp_path / "work", "busybox-httpd")
+    busybox, httpd = (
+        engine_cells.layout(tmp_path / "work", "busybox"),
+        engine_cells.layout(tmp_path / "work", "busybox-httpd"),
+    )
     with BackingStore(tmp_path / "store", "btrfs", 1 << 30) as mnt:
         home = mnt / "home"
         home.mkdir()
@@ -214,13 +102,13 @@ def test_containerd_fetches_only_what_it_lacks_into_the_snapshotter_named(
                 named = reg.push(httpd)
                 second = driver.pull_image(named, "b", made)
                 again = driver.pull_image(reg.push(busybox), "c", made)
-            base, *_ = _layer_digests(busybox)
-            assert base in first.fetched and sum(first.fetched.values()) == _compressed_layers(busybox)
-            assert base not in second.fetched and set(second.fetched) == set(_layer_digests(httpd)[1:])
+            base, *_ = engine_cells.layer_digests(busybox)
+            assert base in first.fetched and sum(first.fetched.values()) == engine_cells.compressed_layers(busybox)
+            assert base not in second.fetched and set(second.fetched) == set(engine_cells.layer_digests(httpd)[1:])
             assert again.fetched == {} and made == ["a", "b", "c"]
             other = "overlayfs" if driver.snapshotter == "btrfs" else "btrfs"
             keys = _ctr(driver, "snapshots", "--snapshotter", driver.snapshotter, "ls")
-            assert chain_id(_diff_ids(busybox)) in keys and chain_id(_diff_ids(httpd)) in keys
+            assert chain_id(engine_cells.diff_ids(busybox)) in keys and chain_id(engine_cells.diff_ids(httpd)) in keys
             assert "sha256:" not in _ctr(driver, "snapshots", "--snapshotter", other, "ls")
             box = driver.run_image("r0", "b", "crun", ("/bin/sh", "-c", "echo ready"), (), "/")
             try:
@@ -250,9 +138,9 @@ def test_containerd_fetches_only_what_it_lacks_into_the_snapshotter_named(
 def test_a_sigkilled_containerd_run_leaves_nothing_after_cleanup(tmp_path: Path) -> None:
     _need_all("containerd/overlayfs")
     work = tmp_path / "work"
-    _layout(work, "busybox-httpd")
+    engine_cells.layout(work, "busybox-httpd")
     scenario = tmp_path / "serving.toml"
-    scenario.write_text(_SERVING)
+    scenario.write_text(engine_cells.SERVING.format(engine="containerd"))
     argv = [*LAYERBENCH, "run", str(scenario), "-d", "containerd/overlayfs", "--work-root", str(work)]
     log = tmp_path / "run.log"
     with open(log, "wb") as sink:
@@ -260,23 +148,24 @@ def test_a_sigkilled_containerd_run_leaves_nothing_after_cleanup(tmp_path: Path)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # until the container serves (its process carries the run's tag)
-            if any(_cmdline(p).startswith(b"/bin/busybox\0httpd\0") for p in _tagged(work)):
+            if any(engine_cells.cmdline(p).startswith(b"/bin/busybox\0httpd\0") for p in engine_cells.tagged(work)):
                 break
             time.sleep(0.05)
         else:
             pytest.fail(f"the container never ran: {log.read_text(errors='replace')[-2000:]}")
-        assert any(_cmdline(p).startswith(b"containerd\0") for p in _tagged(work))
+        assert any(engine_cells.cmdline(p).startswith(b"containerd\0") for p in engine_cells.tagged(work))
     finally:
         proc.kill()
         proc.wait()
-        left = _tagged(work)  # SIGKILL left the daemon, crun's holder and the container: cleanup's work is real
+        # SIGKILL left the daemon, crun's holder and the container: cleanup's work is real
+        left = engine_cells.tagged(work)
         out = subprocess.run([*LAYERBENCH, "cleanup", "--work-root", str(work)], capture_output=True, text=True)
     assert left
     assert out.returncode == 0, out.stderr
     deadline = time.monotonic() + 15
-    while (_tagged(work) or mountinfo.points_below(str(work))) and time.monotonic() < deadline:
+    while (engine_cells.tagged(work) or mountinfo.points_below(str(work))) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _tagged(work) == [], out.stdout
+    assert engine_cells.tagged(work) == [], out.stdout
     assert mountinfo.points_below(str(work)) == [], out.stdout
     assert str(work) not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     assert list(work.rglob(LEDGER_NAME)) == []

@@ -9,8 +9,6 @@ has run (conmon and the container's process are in the ledger).
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time
@@ -19,83 +17,23 @@ from pathlib import Path
 import pytest
 
 from layerbench.drivers.podman import PodmanOverlay
-from layerbench.environment import RunEnvironment, applied
-from layerbench.errors import UserError
-from layerbench.images.debian import open_debian
 from layerbench.kernel import mountinfo
 from layerbench.kernel.netshape import parse_link
 from layerbench.run import ready
-from layerbench.run.ledger import LEDGER_NAME, TAG, Ledger
-from layerbench.run.plan import RunConfig
+from layerbench.run.ledger import LEDGER_NAME
 from layerbench.run.ready import NotReady
-from layerbench.run.registry import registry, registry_unavailable
-from layerbench.run.runner import run
-from layerbench.run.runtime import unavailable
+from layerbench.run.registry import registry
 
+from .. import engine_cells
 from ..conftest import require
 
 pytestmark = pytest.mark.mounts
 LAYERBENCH = [sys.executable, "-m", "layerbench"]
 
-#: the cold-start scenario's steps, one sample, the busybox httpd image kept running (for the SIGKILL)
-_SERVING = """
-name = "serving"
-description = "podman pulls busybox-httpd and keeps it serving, sample after sample"
-[image]
-source = "debian"
-recipe = "busybox-httpd"
-[repeat]
-samples = 1000
-warmup = 0
-adaptive = false
-[[step]]
-op = "pull"
-[[step]]
-op = "run"
-runtime = "crun"
-keep = true
-"""
-
 
 def _need_all() -> None:
     require("podman/overlay")
-    if (why := registry_unavailable()) is not None:
-        pytest.skip(why)
-    if (why := unavailable("crun")) is not None:
-        pytest.skip(why)
-
-
-def _layout(work: Path, recipe: str) -> Path:
-    """The recipe's OCI layout under `work` (built once there), or a skip without a Debian mirror."""
-    try:
-        with applied(RunEnvironment(work_root=work)):
-            image = open_debian(recipe)
-    except UserError as exc:
-        pytest.skip(str(exc))
-    assert image.layout is not None
-    return image.layout
-
-
-def _compressed_layers(layout: Path) -> int:
-    blobs = layout / "blobs" / "sha256"
-    index = json.loads((layout / "index.json").read_text())
-    manifest = json.loads((blobs / index["manifests"][0]["digest"].removeprefix("sha256:")).read_text())
-    return sum(int(layer["size"]) for layer in manifest["layers"])
-
-
-def _tagged(under: Path) -> list[int]:
-    """Pids of live processes carrying the tag of a run's ledger under `under`."""
-    want = f"{TAG}={under}/".encode()
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if any(e.startswith(want) for e in env) and state != "Z":
-            pids.append(int(pid))
-    return pids
+    engine_cells.need_registry_and_crun()
 
 
 def _in_host_run(work: Path) -> list[str]:
@@ -109,13 +47,6 @@ def _in_host_run(work: Path) -> list[str]:
         except OSError:
             continue
     return found
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def _comm(pid: int) -> str:
@@ -132,67 +63,30 @@ def test_a_podman_cold_start_cell_pulls_from_the_registry_and_runs_to_ready(
     _need_all()
     require(driver)
     work = tmp_path / "work"
-    layout = _layout(work, "busybox")
-    noted: list[tuple[str, str]] = []
-    made, released = Ledger.made, Ledger.released
-
-    def note_made(self: Ledger, kind: str, path: Path | str) -> None:
-        if kind == "daemon":
-            noted.append(("make", str(path)))
-        made(self, kind, path)
-
-    def note_released(self: Ledger, kind: str, path: Path | str) -> None:
-        if kind == "daemon":
-            noted.append(("release", str(path)))
-        released(self, kind, path)
-
-    monkeypatch.setattr(Ledger, "made", note_made)
-    monkeypatch.setattr(Ledger, "released", note_released)
-    config = RunConfig(
-        scenarios=("cold-start",),
-        drivers=(driver,),
-        results_dir=tmp_path / "results",
-        work_root=work,
-        quick=True,
-        samples=1,
-        warmup=0,
-        target_ci=0.0,
-    )
-    doc, _path = run(config, progress=lambda _line: None)
-    (cell,) = doc["cells"]
-    assert cell["status"] == "ok", cell["error"]
-    m = cell["metrics"]
-    size = _compressed_layers(layout)
-    # Podman read every compressed byte of the image from the registry, and only those
-    assert m["pulled_bytes"]["samples"] == m["image_pull_bytes"]["samples"] == [size]
-    assert size > 0
-    assert "unpack_ns" not in m and "apply_ns" not in m  # inside pull_ns: the engine does not split them
-    for phase in ("pull_ns", "create_ns", "runtime_ns", "ready_ns", "cold_start_ns", "warm_start_ns"):
-        assert m[phase]["samples"] and min(m[phase]["samples"]) > 0, phase
-    (whole,) = m["cold_start_ns"]["samples"]
-    parts = sum(m[p]["samples"][0] for p in ("pull_ns", "create_ns", "runtime_ns", "ready_ns"))
-    assert 0 <= whole - parts < 10_000  # the whole, less the timer's overhead once instead of four times
+    layout = engine_cells.layout(work, "busybox")
+    cell, noted = engine_cells.cold_start_cell(driver, work, tmp_path / "results", monkeypatch)
+    # Podman read every compressed byte of the image from the registry, and only those; what the start read of
+    # the image's layer files (busybox: nearly all; on btrfs, of the container's snapshot), not of its records
+    engine_cells.check_engine_phases(cell, layout)
     assert cell["inspect"]["container"]["GraphDriver"] == driver.removeprefix("podman/")
     # the root Podman mounted (overlay) or bound (a btrfs subvolume of the store), as its process saw it
     seen = [o for step in cell["outcomes"].values() for o in step if o.startswith("container root:")]
     assert seen and all("(nodev,nosuid)" in o for o in seen), cell["outcomes"]
-    # what the start read of the image's layer files (busybox: nearly all; on btrfs, of the container's
-    # snapshot), not of Podman's own records
-    (fraction,) = m["read_fraction"]["samples"]
-    assert 0 < fraction <= 1.0
     # the holder, and for each of the three containers conmon and its process: made, then released
-    makes = [p for op, p in noted if op == "make"]
-    assert len(makes) >= 7 and sorted(makes) == sorted(p for op, p in noted if op == "release")
+    makes = [p for op, kind, p in noted if op == "make" and kind == "daemon"]
+    assert len(makes) >= 7 and sorted(makes) == sorted(
+        p for op, kind, p in noted if op == "release" and kind == "daemon"
+    )
     assert mountinfo.points_below(str(tmp_path)) == []
-    assert _tagged(work) == [] and _in_host_run(work) == []
+    assert engine_cells.tagged(work) == [] and _in_host_run(work) == []
 
 
 def test_a_sigkilled_podman_run_leaves_nothing_after_cleanup(tmp_path: Path) -> None:
     _need_all()
     work = tmp_path / "work"
-    _layout(work, "busybox-httpd")
+    engine_cells.layout(work, "busybox-httpd")
     scenario = tmp_path / "serving.toml"
-    scenario.write_text(_SERVING)
+    scenario.write_text(engine_cells.SERVING.format(engine="podman"))
     argv = [*LAYERBENCH, "run", str(scenario), "-d", "podman/overlay", "--work-root", str(work)]
     log = tmp_path / "run.log"
     with open(log, "wb") as sink:
@@ -200,23 +94,23 @@ def test_a_sigkilled_podman_run_leaves_nothing_after_cleanup(tmp_path: Path) -> 
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # until Podman's container serves (its process carries the run's tag)
-            if any(_cmdline(p).startswith(b"/bin/busybox\0httpd\0") for p in _tagged(work)):
+            if any(engine_cells.cmdline(p).startswith(b"/bin/busybox\0httpd\0") for p in engine_cells.tagged(work)):
                 break
             time.sleep(0.05)
         else:
             pytest.fail(f"Podman's container never ran: {log.read_text(errors='replace')[-2000:]}")
-        assert any(_comm(p) == "conmon" for p in _tagged(work))  # conmon carries the run's tag too
+        assert any(_comm(p) == "conmon" for p in engine_cells.tagged(work))  # conmon carries the run's tag too
     finally:
         proc.kill()
         proc.wait()
-        left = _tagged(work)  # SIGKILL left Podman's processes: cleanup's work is real
+        left = engine_cells.tagged(work)  # SIGKILL left Podman's processes: cleanup's work is real
         out = subprocess.run([*LAYERBENCH, "cleanup", "--work-root", str(work)], capture_output=True, text=True)
     assert left
     assert out.returncode == 0, out.stderr
     deadline = time.monotonic() + 15
-    while (_tagged(work) or mountinfo.points_below(str(work))) and time.monotonic() < deadline:
+    while (engine_cells.tagged(work) or mountinfo.points_below(str(work))) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _tagged(work) == [], out.stdout
+    assert engine_cells.tagged(work) == [], out.stdout
     assert mountinfo.points_below(str(work)) == [], out.stdout
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     assert str(work) not in loops
@@ -228,7 +122,7 @@ def test_podmans_exit_status_reaches_the_ready_wait(tmp_path: Path) -> None:
     """A process that exits 3 is not ready by `exit`: the status comes through `podman start --attach`,
     whose end (after Podman's cleanup of the container) ends the wait; one that exits 0 is ready."""
     _need_all()
-    layout = _layout(tmp_path / "work", "busybox")
+    layout = engine_cells.layout(tmp_path / "work", "busybox")
     home = tmp_path / "a-store-path-as-deep-as-a-cells-is" / "podman" / "overlay"
     home.mkdir(parents=True)
     driver = PodmanOverlay(home)
@@ -237,7 +131,7 @@ def test_podmans_exit_status_reaches_the_ready_wait(tmp_path: Path) -> None:
         with registry(parse_link("loopback"), tmp_path / "reg", tmp_path / "storage", None, "tpexit") as reg:
             made: list[str] = []
             pulled = driver.pull_image(reg.push(layout), "img", made)
-        assert made == ["img"] and sum(pulled.fetched.values()) == _compressed_layers(layout)
+        assert made == ["img"] and sum(pulled.fetched.values()) == engine_cells.compressed_layers(layout)
         for name, script, status in (("ok", "echo done", 0), ("bad", "echo failing; exit 3", 3)):
             box = driver.run_image(name, "img", "crun", ("/bin/sh", "-c", script), (), "/")
             try:
@@ -265,7 +159,10 @@ def test_podman_fetches_only_the_layers_its_store_lacks(tmp_path: Path) -> None:
     """busybox-httpd after busybox (the same base layer): Podman fetches only the httpd layer; the same image
     pulled twice is two items of one Podman image, each removable."""
     _need_all()
-    busybox, httpd = _layout(tmp_path / "work", "busybox"), _layout(tmp_path / "work", "busybox-httpd")
+    busybox, httpd = (
+        engine_cells.layout(tmp_path / "work", "busybox"),
+        engine_cells.layout(tmp_path / "work", "busybox-httpd"),
+    )
     home = tmp_path / "home"
     home.mkdir()
     driver = PodmanOverlay(home)
@@ -276,19 +173,12 @@ def test_podman_fetches_only_the_layers_its_store_lacks(tmp_path: Path) -> None:
             first = driver.pull_image(reg.push(busybox), "a", made)
             second = driver.pull_image(reg.push(httpd), "b", made)
             again = driver.pull_image(reg.push(busybox), "c", made)
-        base, *_ = _layer_digests(busybox)
-        assert base in first.fetched and sum(first.fetched.values()) == _compressed_layers(busybox)
-        assert base not in second.fetched and set(second.fetched) == set(_layer_digests(httpd)[1:])
+        base, *_ = engine_cells.layer_digests(busybox)
+        assert base in first.fetched and sum(first.fetched.values()) == engine_cells.compressed_layers(busybox)
+        assert base not in second.fetched and set(second.fetched) == set(engine_cells.layer_digests(httpd)[1:])
         assert again.fetched == {} and made == ["a", "b", "c"]
         for item in ("c", "a", "b"):
             driver.remove(item)
         assert driver.podman("images", "-q") == ""
     finally:
         driver.close()
-
-
-def _layer_digests(layout: Path) -> list[str]:
-    blobs = layout / "blobs" / "sha256"
-    index = json.loads((layout / "index.json").read_text())
-    manifest = json.loads((blobs / index["manifests"][0]["digest"].removeprefix("sha256:")).read_text())
-    return [str(layer["digest"]) for layer in manifest["layers"]]
