@@ -134,9 +134,11 @@ def cold_start_cell(
     return cell, noted
 
 
-def check_engine_phases(cell: dict[str, Any], layout: Path) -> None:
+def check_engine_phases(cell: dict[str, Any], layout: Path, copies: bool = False) -> None:
     """An engine's cold start: it read every compressed byte of the image and only those, unpacked inside its
-    pull (no unpack or apply split), every phase measured, and the phases add up to the whole."""
+    pull (no unpack or apply split), every phase measured, and the phases add up to the whole. The start read
+    part of the image, or (`copies`: a container that is a copy of it, containerd's native) up to all of it
+    and the last pages of its small files (vfs reads 103% of busybox so)."""
     m = cell["metrics"]
     size = compressed_layers(layout)
     assert m["pulled_bytes"]["samples"] == m["image_pull_bytes"]["samples"] == [size]
@@ -148,4 +150,4 @@ def check_engine_phases(cell: dict[str, Any], layout: Path) -> None:
     parts = sum(m[p]["samples"][0] for p in ("pull_ns", "create_ns", "runtime_ns", "ready_ns"))
     assert 0 <= whole - parts < 10_000  # the whole, less the timer's overhead once instead of four times
     (fraction,) = m["read_fraction"]["samples"]
-    assert 0 < fraction <= 1.0
+    assert 0 < fraction <= (1.1 if copies else 1.0), fraction
