@@ -131,15 +131,15 @@ def test_slopes_are_fitted_per_driver_through_the_medians() -> None:
     import numpy as np
 
     r = build([DATA / "startup.json", DATA / "layer-sharing.json"])
-    fitted = {(f["scenario"], f["driver"], f["metric"], f["param"]): f for f in r.slopes}
+    fitted = {(f.scenario, f.driver, f.metric, f.param): f for f in r.slopes}
     med = {
-        (row["driver"], row["params"]): row["median"]
+        (row.driver, row.params): row.median
         for row in r.rows
-        if row["scenario"] == "startup" and row["metric"] == "startup_ns"
+        if row.scenario == "startup" and row.metric == "startup_ns"
     }
     xs = [1, 8, 32]
     want = np.polyfit(xs, [med[("overlay2", f"layers={x}")] for x in xs], 1)[0]
-    assert fitted[("startup", "overlay2", "startup_ns", "layers")]["slope"] == pytest.approx(want)
+    assert fitted[("startup", "overlay2", "startup_ns", "layers")].slope == pytest.approx(want)
     assert {d for (s, d, m, p) in fitted if (s, m, p) == ("layer-sharing", "disk_bytes", "containers")} == {
         "overlay2",
         "btrfs",

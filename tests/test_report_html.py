@@ -49,9 +49,9 @@ def test_plots_are_the_reports_medians_with_hover_and_legend() -> None:
     lines = [t for t in plot.figure.data if t.mode == "lines+markers"]
     assert [t.name for t in lines] == ["overlay2", "btrfs", "null"]  # the baseline first, one toggleable entry each
     overlay2 = {
-        row["params"]: row["median"]
+        row.params: row.median
         for row in r.rows
-        if (row["scenario"], row["driver"], row["metric"]) == ("copy-up", "overlay2", "copy_up_ns")
+        if (row.scenario, row.driver, row.metric) == ("copy-up", "overlay2", "copy_up_ns")
     }
     assert plot.figure.layout.yaxis.title.text == "copy-up time, median (ms)"  # one unit: the largest median's
     assert list(lines[0].y) == [overlay2[f"file_size={x:.0f}"] / 1e6 for x in lines[0].x]

@@ -7,27 +7,31 @@ warnings and errors. report_md.py, report_html.py and `render` turn it into text
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from layerbench.analysis import claims, results
-from layerbench.analysis.results_model import CellKey, CellResult, RunDocument, cell_key, cell_result, run_document
+from layerbench.analysis.results_model import CellKey, CellResult, RunDocument, run_document
 from layerbench.errors import UserError
 from layerbench.report.engines import engine_overheads
 from layerbench.report.model import Report, row_key
 from layerbench.report.params import REPEAT_PARAMS, other_params, params_key
+from layerbench.report.rows import MetricRow, Slope, metric_rows
 from layerbench.report.table import run_facts, run_warnings
 from layerbench.report.verdict import verdict, verdict_dict
 
 __all__ = [
     "Report",
+    "MetricRow",
+    "Slope",
     "build",
     "render",
     "render_csv",
@@ -54,33 +58,33 @@ SLOPES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
-    """One document of every run's cells; a cell in a later run replaces the same cell before (one
+def _merge(runs: list[RunDocument], notes: list[str]) -> RunDocument:
+    """One run of every run's cells; a cell in a later run replaces the same cell before (one
     note says how many, and from which runs). Beside a fleet run's cells, a local run's cells take
     its machine's name as their host."""
-    merged: dict[str, Any] = {**docs[0], "scenarios": {}, "drivers": {}, "cells": []}
+    cells: list[CellResult] = []
+    scenarios: dict[str, dict[str, Any]] = {}
+    drivers: dict[str, dict[str, Any]] = {}
     by_key: dict[CellKey, int] = {}
     label_of: dict[CellKey, str] = {}
     shown: Counter[str] = Counter()  # run label -> cells it shows in place of an earlier run's
     involved: dict[str, None] = {}
-    runs = [run_document(doc) for doc in docs]
     fleet = any(c.host for run in runs for c in run.cells)
-    for doc, run in zip(docs, runs, strict=True):
-        merged["scenarios"].update(doc["scenarios"])
-        merged["drivers"].update(doc["drivers"])
-        for one in run.cells:
-            cell, key = one.record, one.key
-            if fleet and not one.host:  # a local run beside a fleet's: its machine is its host
-                cell = {**cell, "host": (doc.get("machine") or {}).get("name") or doc["label"]}
-                key = cell_key(cell)
+    for run in runs:
+        scenarios.update(run.scenarios)
+        drivers.update(run.drivers)
+        for cell in run.cells:
+            if fleet and not cell.host:  # a local run beside a fleet's: its machine is its host
+                cell = dataclasses.replace(cell, host=(run.machine or {}).get("name") or run.label)
+            key = cell.key
             if key in by_key:
-                involved.update(dict.fromkeys((label_of[key], doc["label"])))
-                shown[doc["label"]] += 1
-                merged["cells"][by_key[key]] = cell
+                involved.update(dict.fromkeys((label_of[key], run.label)))
+                shown[run.label] += 1
+                cells[by_key[key]] = cell
             else:
-                by_key[key] = len(merged["cells"])
-                merged["cells"].append(cell)
-            label_of[key] = doc["label"]
+                by_key[key] = len(cells)
+                cells.append(cell)
+            label_of[key] = run.label
     if shown:
         labels = ", ".join(involved)
         winners = ", ".join(f"{n} from {label}" for label, n in shown.items())
@@ -89,7 +93,7 @@ def _merge(docs: list[dict[str, Any]], notes: list[str]) -> dict[str, Any]:
             f"given ({winners}). Report one run's file to see that run alone, or compare two with "
             f"`layerbench compare OLD NEW`"
         )
-    return merged
+    return dataclasses.replace(runs[0], cells=cells, scenarios=scenarios, drivers=drivers)
 
 
 def slope_text(slope: float, unit: str, step: str) -> str:
@@ -107,26 +111,17 @@ MIN_R2 = 0.9
 MIN_FIT_POINTS = 3
 
 
-def fit_slopes(cells: Iterable[CellResult | dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def fit_slopes(cells: Sequence[CellResult], rows: Iterable[MetricRow]) -> list[Slope]:
     """A least-squares line (numpy.polyfit, degree 1) through the medians of every SLOPES
     metric against its parameter, per scenario, driver and backing (and per set of the
     other parameters, when they do not just follow the swept one). A line through at
     least MIN_FIT_POINTS values with R² of at least MIN_R2 `fits`; the others are kept
     with `fits` false, so a report can say that no straight line describes them."""
-    medians = {(*row_key(r), r["metric"]): r["median"] for r in rows}
+    medians: dict[tuple[str, ...], float] = {(*r.key, r.metric): r.median for r in rows}
     out = []
     for metric, param, step in SLOPES:
-        groups: dict[tuple[str, str, str, str], list[tuple[float, str, float]]] = {}
-        for cell in map(cell_result, cells):
-            if param not in cell.params:
-                continue
-            scenario, driver, backing, params, host = cell.key
-            med = medians.get((scenario, driver, backing, params, host, metric))
-            if med is None or math.isnan(med):
-                continue
-            rest = other_params(dict(cell.params), param)
-            groups.setdefault((scenario, driver, backing, host), []).append((float(cell.params[param]), rest, med))
-        for (scenario, driver, backing, host), points in groups.items():
+        unit = results.unit_of(metric)
+        for (scenario, driver, backing, host), points in _slope_points(cells, medians, metric, param).items():
             unique = len({x for x, _, _ in points}) == len(points)
             lines: dict[str, list[tuple[float, float]]] = {}
             for x, rest, med in points:
@@ -134,64 +129,72 @@ def fit_slopes(cells: Iterable[CellResult | dict[str, Any]], rows: list[dict[str
             for rest, pts in lines.items():
                 if len({x for x, _ in pts}) < 2:
                     continue
-                xs, ys = np.array([x for x, _ in pts]), np.array([y for _, y in pts])
-                slope, intercept = (float(v) for v in np.polyfit(xs, ys, 1))
-                spread = float(np.sum((ys - ys.mean()) ** 2))
-                r2 = 1 - float(np.sum((ys - (slope * xs + intercept)) ** 2)) / spread if spread else 1.0
-                unit = results.unit_of(metric)
+                slope, intercept, r2 = _fit_line(pts)
                 fits = len(pts) >= MIN_FIT_POINTS and r2 >= MIN_R2
-                out.append(
-                    {
-                        "scenario": scenario,
-                        "driver": driver,
-                        "backing": backing,
-                        "host": host,
-                        "metric": metric,
-                        "param": param,
-                        "rest": rest,
-                        "unit": unit,
-                        "slope": slope,
-                        "intercept": intercept,
-                        "r2": r2,
-                        "points": len(pts),
-                        "fits": fits,
-                        "text": slope_text(slope, unit, step)
-                        if fits
-                        else "too few values to fit"
-                        if len(pts) < MIN_FIT_POINTS
-                        else "no straight line",
-                    }
+                text = (
+                    slope_text(slope, unit, step)
+                    if fits
+                    else "too few values to fit"
+                    if len(pts) < MIN_FIT_POINTS
+                    else "no straight line"
                 )
+                where = (scenario, driver, backing, host, metric, param, rest, unit)
+                out.append(Slope(*where, slope, intercept, r2, len(pts), fits, text))
     return out
 
 
+def _slope_points(
+    cells: Sequence[CellResult], medians: Mapping[tuple[str, ...], float], metric: str, param: str
+) -> dict[tuple[str, str, str, str], list[tuple[float, str, float]]]:
+    """Per (scenario, driver, backing, host): each cell's value of `param`, its other parameters and the
+    median of `metric` (cells without either are left out)."""
+    groups: dict[tuple[str, str, str, str], list[tuple[float, str, float]]] = {}
+    for cell in cells:
+        if param not in cell.params:
+            continue
+        scenario, driver, backing, params, host = cell.key
+        med = medians.get((scenario, driver, backing, params, host, metric))
+        if med is None or math.isnan(med):
+            continue
+        rest = other_params(dict(cell.params), param)
+        groups.setdefault((scenario, driver, backing, host), []).append((float(cell.params[param]), rest, med))
+    return groups
+
+
+def _fit_line(pts: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """Slope, intercept and R² of the least-squares line through `pts` (x, y)."""
+    xs, ys = np.array([x for x, _ in pts]), np.array([y for _, y in pts])
+    slope, intercept = (float(v) for v in np.polyfit(xs, ys, 1))
+    spread = float(np.sum((ys - ys.mean()) ** 2))
+    r2 = 1 - float(np.sum((ys - (slope * xs + intercept)) ** 2)) / spread if spread else 1.0
+    return slope, intercept, r2
+
+
 def build(
-    given: Sequence[RunDocument | dict[str, Any]], baseline: str = DEFAULT_BASELINE, with_claims: bool = True
+    given: Sequence[RunDocument | Mapping[str, Any]], baseline: str = DEFAULT_BASELINE, with_claims: bool = True
 ) -> Report:
-    """The report of one or more results documents (read with `results.read`, or a run's model): the report
-    merges and keeps them as JSON documents (`Report.doc`)."""
+    """The report of one or more runs (results documents read with `results.read`, or runs' models): the
+    report merges them into one `RunDocument` (`Report.document`)."""
     if not given:
         raise UserError("no results files given")
-    docs = [d.to_dict() if isinstance(d, RunDocument) else d for d in given]
+    runs = [run_document(d) for d in given]
     notes: list[str] = []
-    doc = _merge(docs, notes)
-    drivers = _drivers(doc, baseline, notes)
-    scenarios = list(dict.fromkeys([*doc["scenarios"], *(c["scenario"] for c in doc["cells"])]))
-    run = run_document(doc)
-    order = sorted(
-        run.cells,
-        key=lambda c: (scenarios.index(c.scenario), params_key(c.params_text), drivers.index(c.driver), c.host),
+    merged = _merge(runs, notes)
+    drivers = _drivers(merged, baseline, notes)
+    scenarios = list(dict.fromkeys([*merged.scenarios, *(c.scenario for c in merged.cells)]))
+    run = merged.with_cells(
+        sorted(
+            merged.cells,
+            key=lambda c: (scenarios.index(c.scenario), params_key(c.params_text), drivers.index(c.driver), c.host),
+        )
     )
-    run = run.with_cells(order)
-    doc["cells"] = [c.record for c in order]
-    rows = results.tidy([run])
-    _ratios(rows, baseline)
+    rows = _ratios(metric_rows(run), baseline)
     slopes = fit_slopes(run.cells, rows)
-    slopes.sort(key=lambda f: (drivers.index(f["driver"]) if f["driver"] in drivers else len(drivers), f["host"]))
+    slopes.sort(key=lambda f: (drivers.index(f.driver) if f.driver in drivers else len(drivers), f.host))
     verdicts = [(host, verdict(part, drivers)) for host, part in run.by_host()]
     return Report(
-        runs=[_run_record(d) for d in docs],
-        doc=doc,
+        runs=[_run_record(r) for r in runs],
+        document=run,
         baseline=baseline,
         drivers=drivers,
         rows=rows,
@@ -206,9 +209,9 @@ def build(
     )
 
 
-def _drivers(doc: dict[str, Any], baseline: str, notes: list[str]) -> list[str]:
+def _drivers(run: RunDocument, baseline: str, notes: list[str]) -> list[str]:
     """The drivers in report order: the baseline first (a note when it did not run), then as they came."""
-    drivers = list(dict.fromkeys(c["driver"] for c in doc["cells"]))
+    drivers = list(dict.fromkeys(c.driver for c in run.cells))
     if baseline in drivers:
         drivers.remove(baseline)
         drivers.insert(0, baseline)
@@ -220,31 +223,39 @@ def _drivers(doc: dict[str, Any], baseline: str, notes: list[str]) -> list[str]:
     return drivers
 
 
-def _ratios(rows: list[dict[str, Any]], baseline: str) -> None:
-    """Each row's `ratio` to the baseline's median: the baseline's cell on the same host and backing, else its
-    only cell on the host with these parameters (NaN when there is none, or several)."""
+def _ratios(rows: list[MetricRow], baseline: str) -> list[MetricRow]:
+    """The rows, each with its `ratio` to the baseline's median: the baseline's cell on the same host and
+    backing, else its only cell on the host with these parameters (NaN when there is none, or several)."""
     base: dict[tuple[str, ...], list[float]] = {}
     for r in rows:
-        if r["driver"] == baseline:
-            base.setdefault((r["scenario"], r["params"], r["metric"], r["host"], r["backing"]), []).append(r["median"])
-            base.setdefault((r["scenario"], r["params"], r["metric"], r["host"]), []).append(r["median"])
+        if r.driver == baseline:
+            base.setdefault((r.scenario, r.params, r.metric, r.host, r.backing), []).append(r.median)
+            base.setdefault((r.scenario, r.params, r.metric, r.host), []).append(r.median)
+    out = []
     for r in rows:
         found = (
-            base.get((r["scenario"], r["params"], r["metric"], r["host"], r["backing"]))
-            or base.get((r["scenario"], r["params"], r["metric"], r["host"]))
+            base.get((r.scenario, r.params, r.metric, r.host, r.backing))
+            or base.get((r.scenario, r.params, r.metric, r.host))
             or []
         )
         b = found[0] if len(found) == 1 else None
-        r["ratio"] = r["median"] / b if b and not math.isnan(b) else float("nan")
+        out.append(r.with_ratio(r.median / b if b and not math.isnan(b) else float("nan")))
+    return out
 
 
-def _run_record(d: dict[str, Any]) -> dict[str, Any]:
+def _run_record(run: RunDocument) -> dict[str, Any]:
     """One run as the report's machine table shows it."""
     return {
-        **{k: d.get(k) for k in ("label", "started_utc", "finished_utc", "status", "machine", "tool", "helpers")},
+        "label": run.label,
+        "started_utc": run.started_utc,
+        "finished_utc": run.finished_utc,
+        "status": run.status,
+        "machine": run.machine,
+        "tool": run.tool,
+        "helpers": run.helpers,
         # a fleet run's hosts that ran its cells: their machines, in the machine table
-        "hosts": {h: v for h, v in (d.get("hosts") or {}).items() if h in run_document(d).hosts},
-        "facts": run_facts(d).removeprefix("run: "),  # quick or full, samples per cell, how stores were made
+        "hosts": {h: v for h, v in (run.fleet_hosts or {}).items() if h in run.hosts},
+        "facts": run_facts(run).removeprefix("run: "),  # quick or full, samples per cell, how stores were made
     }
 
 
@@ -270,8 +281,8 @@ def render_json(report: Report) -> str:
         "runs": report.runs,
         "verdict": None if report.verdict is None else verdict_dict(report.verdict),
         "verdicts": [{"host": host, **verdict_dict(v)} for host, v in report.verdicts],
-        "rows": report.rows,
-        "slopes": report.slopes,
+        "rows": [r.to_dict() for r in report.rows],
+        "slopes": [f.to_dict() for f in report.slopes],
         "claims": report.claims,
         "warnings": report.warnings,
         "notes": report.notes,

@@ -1,5 +1,5 @@
 """The report model: what a report shows, independent of its format (`build` in report/__init__.py
-makes one; the exporters, plots and the verdict read it)."""
+makes one; the exporters, plots and the verdict read it). Its rows and slopes are typed (report/rows.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from layerbench.analysis.results_model import CellKey, RunDocument, run_document
+from layerbench.analysis.results_model import CellKey, RunDocument
 from layerbench.report.engines import EngineOverhead
+from layerbench.report.rows import MetricRow, Slope
 from layerbench.report.verdict import Verdict
 
 __all__ = ["Report", "row_key"]
@@ -16,18 +17,19 @@ __all__ = ["Report", "row_key"]
 
 @dataclass
 class Report:
-    """Everything a report shows. `rows`: one per cell and metric, with `ratio` to the baseline."""
+    """Everything a report shows. `document`: the merged run; `rows`: one per cell and metric, with `ratio` to
+    the baseline; `slopes`: the lines fitted through swept parameters."""
 
     runs: list[dict[str, Any]]
-    doc: dict[str, Any]
+    document: RunDocument
     baseline: str
     drivers: list[str]
-    rows: list[dict[str, Any]]
+    rows: list[MetricRow]
     claims: list[dict[str, str]] | None = None
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    slopes: list[dict[str, Any]] = field(default_factory=list)
+    slopes: list[Slope] = field(default_factory=list)
     verdict: Verdict | None = None  # drivers against the measures people choose by (the first host's)
     #: (host, Verdict) per host of a fleet run with several hosts, else one ("", verdict)
     verdicts: list[tuple[str, Verdict]] = field(default_factory=list)
@@ -35,9 +37,10 @@ class Report:
     engine_overheads: list[EngineOverhead] = field(default_factory=list)
 
     @functools.cached_property
-    def document(self) -> RunDocument:
-        """The merged run (`doc`) as the typed results model."""
-        return run_document(self.doc)
+    def doc(self) -> dict[str, Any]:
+        """The merged run as its JSON results document (docs/results.md), for exporters that write or read
+        JSON (the tidy CSV, a plugin's format)."""
+        return self.document.to_dict()
 
     def samples(
         self, scenario: str, driver: str, params: str, metric: str, backing: str | None = None, host: str | None = None
@@ -77,6 +80,6 @@ class Report:
         return f"{name} @ {host}" if host and self.hosts else name
 
 
-def row_key(row: dict[str, Any]) -> CellKey:
-    """A report row's cell: its `CellKey`."""
-    return CellKey(row["scenario"], row["driver"], row["backing"], row["params"], row["host"])
+def row_key(row: MetricRow) -> CellKey:
+    """A report row's cell: its `CellKey` (`MetricRow.key`)."""
+    return row.key

@@ -10,13 +10,13 @@ shows them inlines plotly.js once (`plotly_js`), so it stays self-contained and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import plotly.graph_objects as go
 
 from layerbench.analysis import results
-from layerbench.report.model import Report, row_key
+from layerbench.report.model import Report
 from layerbench.report.params import other_params, params_key
+from layerbench.report.rows import MetricRow
 from layerbench.report.table import metric_title
 
 __all__ = ["Plot", "LINE_PLOTS", "figures", "line_plots", "box_plots", "plotly_js"]
@@ -88,7 +88,7 @@ def _scale(unit: str, largest: float) -> tuple[float, str]:
 
 def _family_scale(report: Report, metric: str) -> tuple[float, str]:
     """One unit for every plot of a metric, from its largest median in the report."""
-    medians = [r["median"] for r in report.rows if r["metric"] == metric and r["n"]]
+    medians = [r.median for r in report.rows if r.metric == metric and r.n]
     return _scale(results.unit_of(metric), max(medians, default=1.0))
 
 
@@ -104,8 +104,8 @@ def _colors(report: Report) -> dict[str, str]:
     return {d: palette[i % len(palette)] for i, d in enumerate(report.drivers)}
 
 
-def _stats(report: Report) -> dict[tuple[str, str, str, str, str, str], dict[str, Any]]:
-    return {(*row_key(r), r["metric"]): r for r in report.rows}
+def _stats(report: Report) -> dict[tuple[str, str, str, str, str, str], MetricRow]:
+    return {(*r.key, r.metric): r for r in report.rows}
 
 
 MARKERS = ["circle", "square", "triangle-up", "diamond", "triangle-down", "cross", "x", "star"]
@@ -117,8 +117,8 @@ def _alpha(color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _ci_text(row: dict[str, Any], factor: float, unit: str) -> str:
-    return f"{row['ci95_low'] / factor:.3g} to {row['ci95_high'] / factor:.3g} {unit}"
+def _ci_text(row: MetricRow, factor: float, unit: str) -> str:
+    return f"{row.ci95_low / factor:.3g} to {row.ci95_high / factor:.3g} {unit}"
 
 
 def _decades(fig: go.Figure, values: list[float]) -> None:
@@ -143,7 +143,7 @@ def _layout(fig: go.Figure, title: str, height: int) -> None:
 #: one line of a line plot: driver, backing, host and the other parameters (`""` when they follow x)
 Line = tuple[str, str, str, str]
 #: a line's points: x and the report row of its cell's metric
-Points = list[tuple[float, dict[str, Any]]]
+Points = list[tuple[float, MetricRow]]
 DASHES = ["solid", "dash", "dot", "dashdot"]
 
 
@@ -151,17 +151,15 @@ def _lines(report: Report, scenario: str, metric: str, param: str) -> dict[Line,
     """The lines of `metric` across `param` in `scenario`, in the report's series order; only lines with two
     x values or more."""
     stats = _stats(report)
-    points: dict[tuple[str, str, str], list[tuple[float, str, dict[str, Any]]]] = {}
+    points: dict[tuple[str, str, str], list[tuple[float, str, MetricRow]]] = {}
     for cell in report.document.cells:
         if cell.scenario != scenario or param not in cell.params:
             continue
         row = stats.get((*cell.key, metric))
-        if row is None or row["n"] == 0:
+        if row is None or row.n == 0:
             continue
         rest = other_params(dict(cell.params), param)
-        points.setdefault((row["driver"], row["backing"], row["host"]), []).append(
-            (float(cell.params[param]), rest, row)
-        )
+        points.setdefault((row.driver, row.backing, row.host), []).append((float(cell.params[param]), rest, row))
     # A driver is one line when each x has one cell (other parameters just follow x, like
     # `samples`); else one line per combination of the other parameters.
     series = report.series()
@@ -182,9 +180,9 @@ def _line_plot(
     factor, unit_name = _family_scale(report, metric)
     colors = _colors(report)
     slopes = {
-        (f["driver"], f["backing"], f["host"], f["rest"]): f["text"]
+        (f.driver, f.backing, f.host, f.rest): f.text
         for f in report.slopes
-        if (f["scenario"], f["metric"], f["param"]) == (scenario, metric, param) and f["fits"]
+        if (f.scenario, f.metric, f.param) == (scenario, metric, param) and f.fits
     }
     fig = go.Figure()
     rests = list(dict.fromkeys(rest for *_, rest in lines))
@@ -208,7 +206,7 @@ def _line_plot(
         rangemode="normal" if logy else "tozero",
     )
     if logy:
-        _decades(fig, [r[k] / factor for pts in lines.values() for _, r in pts for k in ("ci95_low", "ci95_high")])
+        _decades(fig, [v / factor for pts in lines.values() for _, r in pts for v in (r.ci95_low, r.ci95_high)])
     _layout(fig, title, 440)
     caption = (
         f"Median of {len(lines)} line(s) from scenario {scenario}; the band is the 95% bootstrap "
@@ -236,7 +234,7 @@ def _add_line(
     fig.add_trace(
         go.Scatter(
             x=xs + xs[::-1],
-            y=[r["ci95_high"] / factor for _, r in pts] + [r["ci95_low"] / factor for _, r in pts][::-1],
+            y=[r.ci95_high / factor for _, r in pts] + [r.ci95_low / factor for _, r in pts][::-1],
             fill="toself",
             fillcolor=_alpha(color, 0.15),
             line={"width": 0},
@@ -248,7 +246,7 @@ def _add_line(
     fig.add_trace(
         go.Scatter(
             x=xs,
-            y=[r["median"] / factor for _, r in pts],
+            y=[r.median / factor for _, r in pts],
             name=label,
             legendgroup=group,
             mode="lines+markers",
@@ -258,7 +256,7 @@ def _add_line(
                 "size": max(12 - 2 * i, 6),
                 "line": {"width": 2, "color": color},
             },
-            customdata=[[_tick(x, name), _ci_text(r, factor, unit_name), int(r["n"])] for x, r in pts],
+            customdata=[[_tick(x, name), _ci_text(r, factor, unit_name), int(r.n)] for x, r in pts],
             hovertemplate=f"<b>{label}</b><br>{x_name}: %{{customdata[0]}}<br>median: %{{y:.3g}} {unit_name}"
             "<br>95% CI: %{customdata[1]}<br>%{customdata[2]} samples<extra></extra>",
         )
@@ -298,7 +296,7 @@ def _group_labels(groups: list[str]) -> list[str]:
 
 def _box_plot(report: Report, scenario: str, metric: str) -> Plot | None:
     groups = sorted(
-        dict.fromkeys(r["params"] for r in report.rows if r["scenario"] == scenario and r["metric"] == metric),
+        dict.fromkeys(r.params for r in report.rows if r.scenario == scenario and r.metric == metric),
         key=params_key,
     )
     series = [
@@ -355,7 +353,7 @@ def _box_plot(report: Report, scenario: str, metric: str) -> Plot | None:
 def box_plots(report: Report) -> list[Plot]:
     """One box plot per scenario and metric that has at least 3 samples somewhere and samples that vary."""
     out = []
-    for scenario, metric in dict.fromkeys((r["scenario"], r["metric"]) for r in report.rows):
+    for scenario, metric in dict.fromkeys((r.scenario, r.metric) for r in report.rows):
         plot = _box_plot(report, scenario, metric)
         if plot is not None:
             out.append(plot)

@@ -123,7 +123,7 @@ def _verdict(report: Report) -> list[str]:
 def render_html(report: Report) -> str:
     """The whole report as one HTML document that needs nothing but itself: the verdict first, then the
     claims, then each scenario folded (its plots, tables and statistics), warnings, errors, machine."""
-    scenarios = list(dict.fromkeys(r["scenario"] for r in report.rows))
+    scenarios = list(dict.fromkeys(r.scenario for r in report.rows))
     out = _head(report, scenarios)
     out += [f'<div class="note">{escape(n)}</div>' for n in report.notes]
     out += _verdict(report)

@@ -49,12 +49,12 @@ def scenario_table(report: Report, scenario: str, metrics: list[str] | None = No
     backing sweep, and host in a fleet run): median (×ratio); n/a where a driver does not measure the metric."""
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for r in report.rows:
-        if r["scenario"] != scenario or (metrics is not None and r["metric"] not in metrics):
+        if r.scenario != scenario or (metrics is not None and r.metric not in metrics):
             continue
-        text = human(r["median"], r["unit"]) if r["n"] else NA
-        if r["driver"] != report.baseline and ratio_text(r["ratio"]):
-            text += f" ({ratio_text(r['ratio'])})"
-        cells.setdefault((r["params"], r["metric"]), {})[report.label(r["driver"], r["backing"], r["host"])] = text
+        text = human(r.median, r.unit) if r.n else NA
+        if r.driver != report.baseline and ratio_text(r.ratio):
+            text += f" ({ratio_text(r.ratio)})"
+        cells.setdefault((r.params, r.metric), {})[report.label(r.driver, r.backing, r.host)] = text
     columns = [
         c for c in dict.fromkeys(report.label(*s) for s in report.series()) if any(c in v for v in cells.values())
     ]
@@ -78,25 +78,23 @@ def stats_table(report: Report, scenario: str) -> MdTable:
         "max",
         "outliers MAD/Tukey",
     ]
-    mine = [r for r in report.rows if r["scenario"] == scenario]
-    keys = list(dict.fromkeys((r["params"], r["metric"]) for r in mine))
+    mine = [r for r in report.rows if r.scenario == scenario]
+    keys = list(dict.fromkeys((r.params, r.metric) for r in mine))
     series = report.series()
-    mine.sort(
-        key=lambda r: (keys.index((r["params"], r["metric"])), series.index((r["driver"], r["backing"], r["host"])))
-    )
+    mine.sort(key=lambda r: (keys.index((r.params, r.metric)), series.index((r.driver, r.backing, r.host))))
     body = []
     for r in mine:
         low, median, high, iqr, p90, p99, least, most = (
-            human(r[k], r["unit"]) for k in ("ci95_low", "median", "ci95_high", "iqr", "p90", "p99", "min", "max")
+            human(v, r.unit) for v in (r.ci95_low, r.median, r.ci95_high, r.iqr, r.p90, r.p99, r.min, r.max)
         )
-        label = report.label(r["driver"], r["backing"], r["host"])
-        outliers = f"{r['outliers_mad']}/{r['outliers_tukey']}"
+        label = report.label(r.driver, r.backing, r.host)
+        outliers = f"{r.outliers_mad}/{r.outliers_tukey}"
         body.append(
             [
-                params_human(r["params"]),
-                r["metric"],
+                params_human(r.params),
+                r.metric,
                 label,
-                str(r["n"]),
+                str(r.n),
                 median,
                 f"{low} – {high}",
                 iqr,
@@ -120,14 +118,14 @@ def slopes_table(report: Report, scenario: str) -> MdTable:
     """How startup and disk grow per layer, file or container: one row per fitted line, with R²."""
     body = [
         [
-            f"{f['metric']} vs {f['param']}" + (f" ({f['rest']})" if f["rest"] else ""),
-            report.label(f["driver"], f["backing"], f["host"]),
-            f["text"],
-            f"{f['r2']:.2f}",
-            str(f["points"]),
+            f"{f.metric} vs {f.param}" + (f" ({f.rest})" if f.rest else ""),
+            report.label(f.driver, f.backing, f.host),
+            f.text,
+            f"{f.r2:.2f}",
+            str(f.points),
         ]
         for f in report.slopes
-        if f["scenario"] == scenario
+        if f.scenario == scenario
     ]
     return ["growth", "driver", "slope", "R²", "points"], body
 
@@ -140,11 +138,11 @@ def hosts_table(report: Report, scenario: str, metrics: list[str] | None = None)
     medians: dict[tuple[str, str], dict[str, list[float]]] = {}
     units: dict[str, str] = {}
     for r in report.rows:
-        if r["scenario"] != scenario or (metrics is not None and r["metric"] not in metrics) or not r["n"]:
+        if r.scenario != scenario or (metrics is not None and r.metric not in metrics) or not r.n:
             continue
-        at = medians.setdefault((r["params"], r["metric"]), {})
-        at.setdefault(report.label(r["driver"], r["backing"]), []).append(r["median"])
-        units[r["metric"]] = r["unit"]
+        at = medians.setdefault((r.params, r.metric), {})
+        at.setdefault(report.label(r.driver, r.backing), []).append(r.median)
+        units[r.metric] = r.unit
     columns = [
         c
         for c in dict.fromkeys(report.label(d, b) for d, b, _ in report.series())
@@ -243,7 +241,7 @@ SECONDARY_METRICS = frozenset({"image_disk_bytes", "disk_walk_bytes", "inodes", 
 def key_metrics(report: Report, scenario: str) -> list[str]:
     """A scenario's headline metrics: all but SECONDARY_METRICS, and startup only where it is the point
     (no other time is measured, or layers, files or containers are swept)."""
-    mine = list(dict.fromkeys(r["metric"] for r in report.rows if r["scenario"] == scenario))
+    mine = list(dict.fromkeys(r.metric for r in report.rows if r.scenario == scenario))
     keep = [m for m in mine if m not in SECONDARY_METRICS]
     swept = set(report.document.scenarios.get(scenario, {}).get("params", {}))
     if (
@@ -338,7 +336,7 @@ def render_md(report: Report) -> str:
     the claims, each scenario's headline metrics side by side, errors and the machine."""
     out = _head(report)
     out += ["## Details", "", intro(report), ""]
-    for scenario in dict.fromkeys(r["scenario"] for r in report.rows):
+    for scenario in dict.fromkeys(r.scenario for r in report.rows):
         out += [f"### {scenario}", ""]
         out += [*_md(scenario_table(report, scenario, key_metrics(report, scenario))), ""]
         out += _hosts(report, scenario, key_metrics(report, scenario))
@@ -353,7 +351,7 @@ def render_md_long(report: Report) -> str:
     """The whole report: verdict, claims, then per scenario (folded) every metric, slopes and statistics."""
     out = _head(report)
     out += ["## Details", "", intro(report), ""]
-    for scenario in dict.fromkeys(r["scenario"] for r in report.rows):
+    for scenario in dict.fromkeys(r.scenario for r in report.rows):
         out += [f"<details><summary><b>{scenario}</b></summary>", ""]
         description = report.document.scenarios.get(scenario, {}).get("description")
         if description:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from layerbench.analysis.results import tidy
 from layerbench.analysis.results_model import CellResult, RunDocument, cell_result, median, run_document
 from layerbench.analysis.stats import bootstrap_ci, wide_ci
+from layerbench.report.rows import metric_rows
 from layerbench.units import human, params_human, times_text
 
 __all__ = [
@@ -81,19 +82,19 @@ def comparison_table(doc: RunDocument | Mapping[str, Any]) -> str:
     run = run_document(doc)
     several = run.several_hosts
     rows = []
-    for cell in run.cells:  # tidy's rows, each with its cell's column
+    for cell in run.cells:  # the cell's rows, each with its cell's column
         column = cell.driver + host_suffix(cell, several)
-        rows += [{**r, "driver": column} for r in tidy([run.with_cells([cell])])]
-    rows.sort(key=lambda r: (r["scenario"], _natural(r["params"])))
-    drivers = sorted({r["driver"] for r in rows})
+        rows += [dataclasses.replace(r, driver=column) for r in metric_rows([cell])]
+    rows.sort(key=lambda r: (r.scenario, _natural(r.params)))
+    drivers = sorted({r.driver for r in rows})
     out: list[str] = []
-    for scenario in dict.fromkeys(r["scenario"] for r in rows):
-        mine = [r for r in rows if r["scenario"] == scenario]
+    for scenario in dict.fromkeys(r.scenario for r in rows):
+        mine = [r for r in rows if r.scenario == scenario]
         cells: dict[tuple[str, str], dict[str, str]] = {}
         for r in mine:
-            cells.setdefault((r["params"], r["metric"]), {})[r["driver"]] = human(r["median"], r["unit"])
+            cells.setdefault((r.params, r.metric), {})[r.driver] = human(r.median, r.unit)
         header = ["params", "metric (median)", *drivers]
-        ran = {(r["params"], r["driver"]) for r in mine}  # a metric such a cell lacks does not apply: n/a
+        ran = {(r.params, r.driver) for r in mine}  # a metric such a cell lacks does not apply: n/a
         body = [
             [params_human(p), m, *(v.get(d, "n/a" if (p, d) in ran else "") for d in drivers)]
             for (p, m), v in cells.items()
