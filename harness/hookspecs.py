@@ -50,9 +50,9 @@ def layerbench_register_exporters(registry: ExporterRegistry) -> None:
         ``exporter(report: layerbench.report.Report, out: typing.TextIO) -> None``
         that writes a report to ``out``: ``report.doc`` is the merged results document
         (the JSON the runner saves, see docs/results.md), ``report.rows`` one summary
-        row per cell and metric with its ``ratio`` to ``report.baseline``. ``name`` is
-        then a choice of ``layerbench report -f``; ``suffix`` is the file name ending
-        it writes (".csv"), by which ``-o FILE`` picks it. A duplicate name or an
+        row per cell and metric (a ``layerbench.report.MetricRow``) with its ``ratio``
+        to ``report.baseline``. ``name`` is then a choice of ``layerbench report -f``;
+        ``suffix`` is the file name ending it writes (".csv"), by which ``-o FILE`` picks it. A duplicate name or an
         exporter that is not callable is refused, naming the plugin.
     """
 
