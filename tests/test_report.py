@@ -184,3 +184,19 @@ def test_runs_that_share_cells_get_one_note_saying_how_many_and_which_run_shows(
     assert len(shared) > 1 and len(r.notes) == 1
     assert r.notes[0].startswith(f"{len(shared)} cells are in several of these runs (default, quick)")
     assert f"({len(shared)} from quick)" in r.notes[0]
+
+
+def test_rows_read_by_key_as_exporters_written_for_dict_rows_do() -> None:
+    """A report's rows and slopes are typed (report/rows.py); an exporter plugin written when they were dicts
+    (`row["median"]`, `row.get(...)`, `dict(row)`, `pandas.DataFrame(report.rows)`) reads the same values."""
+    import pandas as pd
+
+    rep = build(RUNS)
+    row = rep.rows[0]
+    assert row["median"] == row.median and row.get("host") == row.host and row.get("nope", 7) == 7
+    assert dict(row) == row.to_dict() and list(row.keys())[:3] == ["scenario", "driver", "backing"]
+    with pytest.raises(KeyError):
+        row["nope"]
+    frame = pd.DataFrame(rep.rows)
+    assert list(frame["median"]) == [r.median for r in rep.rows] and "ratio" in frame.columns
+    assert rep.slopes and all(dict(s) == s.to_dict() and s["r2"] == s.r2 for s in rep.slopes)

@@ -19,8 +19,24 @@ from layerbench.analysis.stats import summarize
 __all__ = ["MetricRow", "Slope", "metric_rows"]
 
 
+class _Record:
+    """Read by key as well as by attribute: an exporter plugin written when rows were dicts (`row["median"]`,
+    `row.get("host")`, `dict(row)`) keeps working."""
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.keys():
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name) if name in self.keys() else default
+
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
-class MetricRow:
+class MetricRow(_Record):
     """One cell's metric, summarised (analysis/stats.py `summarize`), and its `ratio` to the baseline's
     median (NaN when there is none). `params` is the cell's `k=v;k=v`; backing and host are `""` when none."""
 
@@ -81,7 +97,7 @@ class MetricRow:
 
 
 @dataclass(frozen=True)
-class Slope:
+class Slope(_Record):
     """A least-squares line through the medians of `metric` against the swept `param`, for one scenario,
     driver, backing and host (and set of the other parameters, `rest`, `""` when they just follow `param`).
     `fits`: through enough values with a high enough R² to be shown; `text` says the slope, or why not."""
