@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +18,14 @@ import pytest
 from layerbench.environment import RunEnvironment, applied
 from layerbench.errors import UserError
 from layerbench.images.debian import open_debian
-from layerbench.run.ledger import TAG, Ledger
+from layerbench.kernel import mountinfo
+from layerbench.run.ledger import LEDGER_NAME, TAG, Ledger
 from layerbench.run.plan import RunConfig
 from layerbench.run.registry import registry_unavailable
 from layerbench.run.runner import run
 from layerbench.run.runtime import unavailable
 
+LAYERBENCH = [sys.executable, "-m", "layerbench"]
 #: a scenario whose one sample keeps busybox httpd serving (for a SIGKILL mid-run); {engine} names who pulls
 SERVING = """
 name = "serving"
@@ -151,3 +157,46 @@ def check_engine_phases(cell: dict[str, Any], layout: Path, copies: bool = False
     assert 0 <= whole - parts < 10_000  # the whole, less the timer's overhead once instead of four times
     (fraction,) = m["read_fraction"]["samples"]
     assert 0 < fraction <= (1.1 if copies else 1.0), fraction
+
+
+def sigkill_while_serving(
+    driver: str, engine: str, tmp_path: Path, also: Callable[[list[int]], bool]
+) -> tuple[Path, list[int], subprocess.CompletedProcess[str]]:
+    """`layerbench run` of SERVING on `driver` in a process of its own, SIGKILLed once busybox httpd serves in the
+    container (and `also(the run's tagged pids)` holds), then `layerbench cleanup` on its work root. The work
+    root, the tagged processes the SIGKILL left (cleanup's work is real when there are some) and cleanup's run."""
+    work = tmp_path / "work"
+    layout(work, "busybox-httpd")
+    scenario = tmp_path / "serving.toml"
+    scenario.write_text(SERVING.format(engine=engine))
+    argv = [*LAYERBENCH, "run", str(scenario), "-d", driver, "--work-root", str(work)]
+    log = tmp_path / "run.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen([*argv, "--results-dir", str(tmp_path / "res")], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # until the container serves (its process carries the run's tag)
+            if any(cmdline(p).startswith(b"/bin/busybox\0httpd\0") for p in tagged(work)):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"{engine}'s container never ran: {log.read_text(errors='replace')[-2000:]}")
+        assert also(tagged(work))
+    finally:
+        proc.kill()
+        proc.wait()
+        left = tagged(work)
+        out = subprocess.run([*LAYERBENCH, "cleanup", "--work-root", str(work)], capture_output=True, text=True)
+    return work, left, out
+
+
+def check_cleaned(work: Path, out: subprocess.CompletedProcess[str]) -> None:
+    """After `cleanup` (its run `out`): no process of the run, no mount or loop device under `work`, no ledger."""
+    assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 15
+    while (tagged(work) or mountinfo.points_below(str(work))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tagged(work) == [], out.stdout
+    assert mountinfo.points_below(str(work)) == [], out.stdout
+    assert str(work) not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert list(work.rglob(LEDGER_NAME)) == []

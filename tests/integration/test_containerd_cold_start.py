@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +27,6 @@ from layerbench.kernel import mountinfo
 from layerbench.kernel.netshape import parse_link
 from layerbench.run import ready
 from layerbench.run.backing import BackingStore
-from layerbench.run.ledger import LEDGER_NAME
 from layerbench.run.registry import registry
 from layerbench.run.runtime import seen_from_inside
 
@@ -37,7 +34,6 @@ from .. import engine_cells
 from ..conftest import require
 
 pytestmark = pytest.mark.mounts
-LAYERBENCH = [sys.executable, "-m", "layerbench"]
 
 
 def _need_all(driver: str) -> None:
@@ -138,35 +134,11 @@ def test_containerd_fetches_only_what_it_lacks_into_the_snapshotter_named(
 
 def test_a_sigkilled_containerd_run_leaves_nothing_after_cleanup(tmp_path: Path) -> None:
     _need_all("containerd/overlayfs")
-    work = tmp_path / "work"
-    engine_cells.layout(work, "busybox-httpd")
-    scenario = tmp_path / "serving.toml"
-    scenario.write_text(engine_cells.SERVING.format(engine="containerd"))
-    argv = [*LAYERBENCH, "run", str(scenario), "-d", "containerd/overlayfs", "--work-root", str(work)]
-    log = tmp_path / "run.log"
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen([*argv, "--results-dir", str(tmp_path / "res")], stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # until the container serves (its process carries the run's tag)
-            if any(engine_cells.cmdline(p).startswith(b"/bin/busybox\0httpd\0") for p in engine_cells.tagged(work)):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail(f"the container never ran: {log.read_text(errors='replace')[-2000:]}")
-        assert any(engine_cells.cmdline(p).startswith(b"containerd\0") for p in engine_cells.tagged(work))
-    finally:
-        proc.kill()
-        proc.wait()
-        # SIGKILL left the daemon, crun's holder and the container: cleanup's work is real
-        left = engine_cells.tagged(work)
-        out = subprocess.run([*LAYERBENCH, "cleanup", "--work-root", str(work)], capture_output=True, text=True)
-    assert left
-    assert out.returncode == 0, out.stderr
-    deadline = time.monotonic() + 15
-    while (engine_cells.tagged(work) or mountinfo.points_below(str(work))) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert engine_cells.tagged(work) == [], out.stdout
-    assert mountinfo.points_below(str(work)) == [], out.stdout
-    assert str(work) not in subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    assert list(work.rglob(LEDGER_NAME)) == []
+    work, left, out = engine_cells.sigkill_while_serving(
+        "containerd/overlayfs",
+        "containerd",
+        tmp_path,
+        lambda pids: any(engine_cells.cmdline(p).startswith(b"containerd\0") for p in pids),
+    )
+    assert left  # SIGKILL left the daemon, crun's holder and the container: cleanup's work is real
+    engine_cells.check_cleaned(work, out)

@@ -9,9 +9,6 @@ has run (conmon and the container's process are in the ledger).
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,6 @@ from layerbench.drivers.podman import PodmanOverlay
 from layerbench.kernel import mountinfo
 from layerbench.kernel.netshape import parse_link
 from layerbench.run import ready
-from layerbench.run.ledger import LEDGER_NAME
 from layerbench.run.ready import NotReady
 from layerbench.run.registry import registry
 
@@ -28,7 +24,6 @@ from .. import engine_cells
 from ..conftest import require
 
 pytestmark = pytest.mark.mounts
-LAYERBENCH = [sys.executable, "-m", "layerbench"]
 
 
 def _need_all() -> None:
@@ -83,38 +78,12 @@ def test_a_podman_cold_start_cell_pulls_from_the_registry_and_runs_to_ready(
 
 def test_a_sigkilled_podman_run_leaves_nothing_after_cleanup(tmp_path: Path) -> None:
     _need_all()
-    work = tmp_path / "work"
-    engine_cells.layout(work, "busybox-httpd")
-    scenario = tmp_path / "serving.toml"
-    scenario.write_text(engine_cells.SERVING.format(engine="podman"))
-    argv = [*LAYERBENCH, "run", str(scenario), "-d", "podman/overlay", "--work-root", str(work)]
-    log = tmp_path / "run.log"
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen([*argv, "--results-dir", str(tmp_path / "res")], stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # until Podman's container serves (its process carries the run's tag)
-            if any(engine_cells.cmdline(p).startswith(b"/bin/busybox\0httpd\0") for p in engine_cells.tagged(work)):
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail(f"Podman's container never ran: {log.read_text(errors='replace')[-2000:]}")
-        assert any(_comm(p) == "conmon" for p in engine_cells.tagged(work))  # conmon carries the run's tag too
-    finally:
-        proc.kill()
-        proc.wait()
-        left = engine_cells.tagged(work)  # SIGKILL left Podman's processes: cleanup's work is real
-        out = subprocess.run([*LAYERBENCH, "cleanup", "--work-root", str(work)], capture_output=True, text=True)
-    assert left
-    assert out.returncode == 0, out.stderr
-    deadline = time.monotonic() + 15
-    while (engine_cells.tagged(work) or mountinfo.points_below(str(work))) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert engine_cells.tagged(work) == [], out.stdout
-    assert mountinfo.points_below(str(work)) == [], out.stdout
-    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    assert str(work) not in loops
-    assert list(work.rglob(LEDGER_NAME)) == []
+    # conmon carries the run's tag too
+    work, left, out = engine_cells.sigkill_while_serving(
+        "podman/overlay", "podman", tmp_path, lambda pids: any(_comm(p) == "conmon" for p in pids)
+    )
+    assert left  # SIGKILL left Podman's processes: cleanup's work is real
+    engine_cells.check_cleaned(work, out)
     assert _in_host_run(work) == []
 
 
