@@ -487,6 +487,7 @@ def test_a_scheduler_without_layerbench_is_one_line(tmp_path: Path) -> None:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, "DASK_TEMPORARY_DIRECTORY": str(tmp_path)},  # its lock files, not in /tmp
         )
     try:
         deadline = time.monotonic() + 30
