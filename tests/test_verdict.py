@@ -240,3 +240,12 @@ def test_the_reference_default_run_ties_its_cold_start_and_keeps_its_clear_rows(
     assert cold["overlay2"].best and cold["btrfs"].tied  # type: ignore[attr-defined]
     assert not warm["vfs"].best and not warm["btrfs"].best  # type: ignore[attr-defined]  # 14%, 13% slower
     assert "overlay2, 94.9 ms, or btrfs, 95.9 ms (a tie" in verdict_text(v)
+
+
+def test_a_driver_tied_for_best_but_to_be_avoided_is_said_tied_and_not_advised() -> None:
+    """vfs ties the cold start here (98.9 ms against btrfs 91.2 ms, samples overlapping) but is 62x slower to
+    start and 3,600x larger per container: the advice names it tied and not advised, never as a choice."""
+    v = verdict(results.read(REFERENCE / "20261205T171149Z_s3-default-b.json"), ["btrfs", "overlay2", "vfs"])
+    assert cells(v, "cold_start")["vfs"].tied  # type: ignore[attr-defined]
+    advice = next(a for a in v.advice if a.startswith("To start an application's container cold"))
+    assert "or overlay2, 97.2 ms (a tie" in advice and advice.endswith("; vfs 1.1x (tied, not advised).")

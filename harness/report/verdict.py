@@ -394,7 +394,7 @@ def _winner(v: Verdict, key: str, what: str, worse: str = "slower") -> str | Non
     ties = [(c, label) for c, label in kept[1:] if c.tied]  # this run cannot tell them from the best
     named = {name, *(label for _, label in ties)}
     others = ", ".join(
-        f"{label} {_versus(c, best, worse, unit)}"
+        f"{label} {_versus(c, best, worse, unit)}" + (" (tied, not advised)" if c.tied and label in avoid else "")
         for c, label in ranked
         if label not in named and c.ratio >= best.ratio
     )
