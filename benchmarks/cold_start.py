@@ -21,13 +21,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from layerbench.analysis import results
+from layerbench.analysis.results_model import RunDocument
 from layerbench.units import human
 
 #: (column, metric, unit) of the table, in the order a cold start goes
@@ -58,28 +57,23 @@ DEFAULT_DRIVERS = (
 )
 
 
-def _median(cell: dict[str, Any], metric: str) -> float | None:
-    samples = cell["metrics"].get(metric, {}).get("samples", [])
-    return float(statistics.median(samples)) if samples else None
-
-
-def phase_table(doc: dict[str, Any], recipe: str) -> str:
+def phase_table(run: RunDocument, recipe: str) -> str:
     """The cold-start cells of `recipe` as a table: a row per driver, backing, link and runtime."""
-    cells = [c for c in doc["cells"] if c["scenario"] == "cold-start" and c["params"].get("recipe") == recipe]
+    cells = [c for c in run.cells if c.scenario == "cold-start" and c.params.get("recipe") == recipe]
     if not cells:
         return f"no cold-start cells of the {recipe} image in these results\n"
     header = ["driver", "backing", "link", "runtime", "n", *(name for name, _, _ in COLUMNS), "pull share"]
     rows, failed = [], []
-    for c in sorted(cells, key=lambda c: (c["params"].get("link", ""), c["driver"])):
-        if c["status"] != "ok":
-            failed.append(f"{c['driver']} {results.params_text(c['params'])}: {c['status']}: {c.get('error')}")
+    for c in sorted(cells, key=lambda c: (c.params.get("link", ""), c.driver)):
+        if not c.ok:
+            failed.append(f"{c.driver} {c.params_text}: {c.status}: {c.error}")
             continue
-        values = [_median(c, metric) for _, metric, _ in COLUMNS]
+        values = [c.median(metric) for _, metric, _ in COLUMNS]
         texts = ["n/a" if v is None else human(v, unit) for v, (_, _, unit) in zip(values, COLUMNS, strict=True)]
         pull, unpack, cold = values[0], values[1], values[5]
         share = f"{(pull + unpack) / cold:.0%}" if pull is not None and unpack is not None and cold else "n/a"
-        n = len(c["metrics"].get("cold_start_ns", {}).get("samples", []))
-        rows.append([c["driver"], c["backing"], c["params"].get("link", "?"), c["params"].get("runtime", "?"), str(n)])
+        n = len(c.samples("cold_start_ns"))
+        rows.append([c.driver, c.backing, c.params.get("link", "?"), c.params.get("runtime", "?"), str(n)])
         rows[-1] += [*texts, share]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     lines = [
@@ -120,11 +114,11 @@ def main() -> None:
     args = parser.parse_args()
     path = args.source or _run(args)
     try:
-        doc = results.read(path)
+        run = results.read_document(path)
     except Exception as exc:  # noqa: BLE001  one line, whatever the file holds
         sys.exit(f"{path}: {exc}")
     print(f"cold start of the {args.recipe} image, per driver (medians; {path})")
-    print(phase_table(doc, args.recipe), end="")
+    print(phase_table(run, args.recipe), end="")
 
 
 if __name__ == "__main__":

@@ -14,28 +14,32 @@ sample), as `compare --noise` would.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
 
 from layerbench.analysis import results
 from layerbench.analysis.compare import compare_runs
+from layerbench.analysis.results_model import CellResult, Metric, RunDocument
 
 
-def slowed(doc: dict[str, Any], driver: str, factor: float) -> dict[str, Any]:
-    """A copy of `doc` whose `driver` took `factor` times as long in every timing sample."""
-    out = json.loads(json.dumps(doc))
-    for cell in out["cells"]:
-        if cell["driver"] == driver:
-            for metric, data in cell["metrics"].items():
-                if metric.endswith("_ns"):
-                    data["samples"] = [v * factor for v in data["samples"]]
-    return out
+def slowed(run: RunDocument, driver: str, factor: float) -> RunDocument:
+    """A copy of `run` whose `driver` took `factor` times as long in every timing sample."""
+
+    def slow(cell: CellResult) -> CellResult:
+        if cell.driver != driver:
+            return cell
+        metrics = {
+            name: Metric(data.unit, tuple(v * factor for v in data.samples)) if name.endswith("_ns") else data
+            for name, data in cell.metrics.items()
+        }
+        return dataclasses.replace(cell, metrics=metrics)
+
+    return run.with_cells(slow(c) for c in run.cells)
 
 
 def gate_lines(pairs: list[tuple[Path, Path]], factor: float, learn: bool) -> list[str]:
-    docs = [(results.read(a), results.read(b)) for a, b in pairs]
+    docs = [(results.read_document(a), results.read_document(b)) for a, b in pairs]
     lines = []
     for i, ((a, b), (pa, pb)) in enumerate(zip(docs, pairs, strict=True)):
         noise = [p for j, p in enumerate(docs) if j != i] if learn else []
@@ -47,7 +51,7 @@ def gate_lines(pairs: list[tuple[Path, Path]], factor: float, learn: bool) -> li
             f"{worse} worse, {better} better, {noisy} noise of {len(verdicts)} metrics; "
             f"--fail-on worse exits {1 if worse else 0}"
         )
-        for driver in sorted({c["driver"] for c in b["cells"]}):
+        for driver in sorted({c.driver for c in b.cells}):
             for side, (old, new) in (("new", (a, slowed(b, driver, factor))), ("same", (b, slowed(b, driver, factor)))):
                 got = compare_runs(old, new, noise=noise).changes
                 hit = [c for c in got if c.driver == driver and c.metric.endswith("_ns")]

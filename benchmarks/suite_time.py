@@ -25,9 +25,9 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from layerbench.analysis import results
+from layerbench.analysis.results_model import CellKey, RunDocument
 from layerbench.analysis.stats import ci_half_width
 from layerbench.run.sampling import PHASES, STOP_REASONS, time_split_lines
 
@@ -61,41 +61,38 @@ def _run(label: str, extra: list[str], args: list[str], work_root: Path, results
     return Path(path), wall
 
 
-def _wall(doc: dict[str, Any]) -> float:
+def _wall(run: RunDocument) -> float:
     def at(text: str) -> datetime:
         return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
 
-    return (at(doc["finished_utc"]) - at(doc["started_utc"])).total_seconds()
+    return (at(run.finished_utc or "") - at(run.started_utc)).total_seconds()
 
 
-def _widths(doc: dict[str, Any]) -> dict[Key, float]:
+def _widths(run: RunDocument) -> dict[Key, float]:
     out: dict[Key, float] = {}
-    for c in doc["cells"]:
-        if c["status"] != "ok":
-            continue
-        for metric, m in c["metrics"].items():
-            if metric.endswith("_ns") and len(m["samples"]) > 1:
-                key = (c["scenario"], c["driver"], results.params_text(c["params"]), c["backing"], metric)
-                out[key] = ci_half_width(m["samples"])
+    for c in run.ok():
+        for metric, m in c.metrics.items():
+            if metric.endswith("_ns") and len(m.samples) > 1:
+                out[(c.scenario, c.driver, c.params_text, c.backing, metric)] = ci_half_width(m.samples)
     return out
 
 
-def summary(name: str, doc: dict[str, Any], wall: float) -> list[str]:
-    cells = [c for c in doc["cells"] if c.get("time_split_s")]
-    total = {p: sum(c["time_split_s"][p] for c in cells) for p in PHASES}
-    stops = [c.get("stop_reason") for c in cells]
+def summary(name: str, run: RunDocument, wall: float) -> list[str]:
+    splits = [c.time_split_s for c in run.cells if c.time_split_s]
+    total = {p: sum(split[p] for split in splits) for p in PHASES}
+    stops = [c.stop_reason for c in run.cells if c.time_split_s]
     return [
-        f"== {name}: {len(doc['cells'])} cells, wall {wall:.1f} s, timed fraction "
+        f"== {name}: {len(run.cells)} cells, wall {wall:.1f} s, timed fraction "
         f"{total['timed'] / (sum(total.values()) or 1):.1%} of the cells' {sum(total.values()):.1f} s; "
         f"stopped: " + ", ".join(f"{r} {stops.count(r)}" for r in STOP_REASONS),
-        *time_split_lines(doc),
+        *time_split_lines(run),
     ]
 
 
-def same_cells(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+def same_cells(before: RunDocument, after: RunDocument) -> list[str]:
     """The summed durations of the cells both runs ran (a suite that grew compares on what it shared)."""
-    a = {results.cell_key(c): c.get("duration_s") or 0.0 for c in before["cells"]}
-    b = {results.cell_key(c): c.get("duration_s") or 0.0 for c in after["cells"]}
+    a: dict[CellKey, float] = {c.key: c.duration_s or 0.0 for c in before.cells}
+    b: dict[CellKey, float] = {c.key: c.duration_s or 0.0 for c in after.cells}
     both = set(a) & set(b)
     if not both:
         return ["no cell in both runs"]
@@ -103,7 +100,7 @@ def same_cells(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return [f"== the {len(both)} cells both ran: {ta:.1f} s before, {tb:.1f} s after (after / before {tb / ta:.2f})"]
 
 
-def compare(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+def compare(before: RunDocument, after: RunDocument) -> list[str]:
     a, b = _widths(before), _widths(after)
     both = sorted(set(a) & set(b))
     if not both:
@@ -123,30 +120,30 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return lines
 
 
-def phases(doc: dict[str, Any], wall: float) -> str:
+def phases(run: RunDocument, wall: float) -> str:
     """The run's wall time and how its cells' time splits into phases (set-up, timed, sampling, teardown)."""
-    cells = [c for c in doc["cells"] if c.get("time_split_s")]
-    total = {p: sum(c["time_split_s"][p] for c in cells) for p in PHASES}
+    splits = [c.time_split_s for c in run.cells if c.time_split_s]
+    total = {p: sum(split[p] for split in splits) for p in PHASES}
     split = ", ".join(f"{p} {total[p]:.0f} s" for p in PHASES)
-    return f"{doc['label']}: wall {wall // 60:.0f} min {wall % 60:.0f} s, {len(doc['cells'])} cells; {split}"
+    return f"{run.label}: wall {wall // 60:.0f} min {wall % 60:.0f} s, {len(run.cells)} cells; {split}"
 
 
-def best_drivers(doc: dict[str, Any]) -> dict[str, str]:
+def best_drivers(run: RunDocument) -> dict[str, str]:
     """Each verdict row's best driver(s) (ties joined by '='), by row key."""
     from layerbench.report.verdict import verdict
 
-    v = verdict(doc)
+    v = verdict(run)
     return {
         key: "=".join(sorted(label for c, label in zip(row, v.labels, strict=True) if c is not None and c.best))
         for key, _, row in v.rows
     }
 
 
-def stability(docs: list[dict[str, Any]]) -> list[str]:
+def stability(runs: list[RunDocument]) -> list[str]:
     """Confidence as rank stability (issue 25): do the runs name the same best driver in every verdict row, and
     where not, do they contradict each other (no driver best or tied for best in every run) or only differ
     in a tie one run could not break (report/verdict.py `_tied`)?"""
-    bests = [best_drivers(d) for d in docs]
+    bests = [best_drivers(r) for r in runs]
     rows = sorted(set().union(*bests), key=lambda k: min(list(b).index(k) for b in bests if k in b))
     lines, same, apart = [], 0, 0
     for key in rows:
@@ -157,7 +154,7 @@ def stability(docs: list[dict[str, Any]]) -> list[str]:
         mark = "" if len(set(names)) == 1 else "  a tie in some runs" if common else "  DIFFERENT"
         lines.append(f"  {key}: {' | '.join(names)}{mark}")
     head = (
-        f"== rank stability: the same best driver in {same} of {len(rows)} verdict rows across {len(docs)} runs; "
+        f"== rank stability: the same best driver in {same} of {len(rows)} verdict rows across {len(runs)} runs; "
         f"runs contradict each other in {apart}"
     )
     return [head, *lines]
@@ -179,12 +176,12 @@ def main() -> None:
     parser.add_argument("args", nargs="*", help="layerbench run arguments (after --)")
     opts = parser.parse_args()
     if opts.stability:
-        docs = [results.read(p) for p in opts.stability]
+        docs = [results.read_document(p) for p in opts.stability]
         print("\n".join(phases(d, _wall(d)) for d in docs))
         print("\n".join(stability(docs)))
         return
     if opts.compare:
-        docs = [results.read(p) for p in opts.compare]
+        docs = [results.read_document(p) for p in opts.compare]
         walls = [_wall(d) for d in docs]
     else:
         print(f"load average before: {os.getloadavg()}", flush=True)
@@ -193,7 +190,7 @@ def main() -> None:
             for label, extra in (("before", BEFORE), ("after", AFTER))
         ]
         print(f"load average after: {os.getloadavg()}")
-        docs = [results.read(p) for p, _ in runs]
+        docs = [results.read_document(p) for p, _ in runs]
         walls = [w for _, w in runs]
     for name, doc, wall in zip(("before", "after"), docs, walls, strict=True):
         print("\n".join(summary(name, doc, wall)))

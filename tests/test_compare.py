@@ -20,6 +20,7 @@ from layerbench.analysis.compare import (
     format_text,
     significant,
 )
+from layerbench.analysis.results_model import CellResult
 from layerbench.cli import main
 from layerbench.drivers.null import NullDriver
 from layerbench.errors import UserError
@@ -303,7 +304,7 @@ def test_several_runs_a_side_are_tested_on_their_medians() -> None:
     def one_slower(doc: dict[str, Any]) -> dict[str, Any]:
         out = json.loads(json.dumps(doc))
         for c in out["cells"]:
-            if results.cell_key(c) == results.cell_key(cell):
+            if CellResult.from_dict(c).key == CellResult.from_dict(cell).key:
                 c["metrics"]["chown_all_ns"]["samples"] = [v * 1.3 for v in c["metrics"]["chown_all_ns"]["samples"]]
         return out
 

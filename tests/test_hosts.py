@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from layerbench.analysis import claims, compare, results
+from layerbench.analysis.results_model import run_document
 from layerbench.cli.run import failure_summary
 from layerbench.report import build, render
 from layerbench.report.table import comparison_table, run_summary
@@ -114,7 +115,7 @@ def test_compare_pairs_every_cell_on_its_own_host(doc: dict[str, Any]) -> None:
     changes, notes = compare.compare(doc, copy.deepcopy(doc))
     assert not notes and {c.verdict for c in changes} == {"unchanged"}
     paired = {(c.scenario, c.driver, c.backing, c.params, c.host) for c in changes}
-    assert paired == {results.cell_key(c) for c in doc["cells"]} and len(paired) == len(doc["cells"])
+    assert paired == {c.key for c in run_document(doc).cells} and len(paired) == len(doc["cells"])
     assert {c.host for c in changes} == HOSTS
     moved = copy.deepcopy(doc)  # host a's cells under another name pair with nothing
     for c in moved["cells"]:

@@ -177,9 +177,7 @@ def test_a_backing_sweep_shows_both_backings_in_every_table() -> None:
 def test_runs_that_share_cells_get_one_note_saying_how_many_and_which_run_shows() -> None:
     reference = Path(__file__).parent.parent / "results" / "reference"
     default, quick = reference / "20261130T074758Z_default.json", reference / "20261130T075321Z_quick.json"
-    shared = {results.cell_key(c) for c in results.read(default)["cells"]} & {
-        results.cell_key(c) for c in results.read(quick)["cells"]
-    }
+    shared = {c.key for c in results.read_document(default).cells} & {c.key for c in results.read_document(quick).cells}
     r = build([default, quick])
     assert len(shared) > 1 and len(r.notes) == 1
     assert r.notes[0].startswith(f"{len(shared)} cells are in several of these runs (default, quick)")

@@ -19,8 +19,8 @@ __all__ = ["claims_cmd"]
 def claims_cmd(result_files: tuple[Path, ...], as_json: bool) -> None:
     """Check each claim (held / did not hold / not measured) on RESULT_FILES, with its figures."""
     for path in result_files:
-        doc = results.read(path)
+        run = results.read_document(path)
         if as_json:
-            click.echo(json.dumps({"file": str(path), "claims": evaluate(doc)}, indent=2))
+            click.echo(json.dumps({"file": str(path), "claims": evaluate(run)}, indent=2))
         else:
-            click.echo(f"{path}\n{claims_text(doc)}")
+            click.echo(f"{path}\n{claims_text(run)}")

@@ -78,9 +78,9 @@ def compare_cmd(
 ) -> None:
     """Compare the results file NEW against OLD, cell by cell and metric by metric, and say how their
     machines differ."""
-    olds = [results.read(p) for p in (old, *more_old)]
-    news = [results.read(p) for p in (new, *more_new)]
-    pairs = [(results.read(a), results.read(b)) for a, b in noise]
+    olds = [results.read_document(p) for p in (old, *more_old)]
+    news = [results.read_document(p) for p in (new, *more_new)]
+    pairs = [(results.read_document(a), results.read_document(b)) for a, b in noise]
     comp = compare_runs(olds, news, threshold, pairs)
     render = {"text": format_text, "md": format_md, "json": format_json}[fmt]
     click.echo(render(comp, show_all), nl=False)

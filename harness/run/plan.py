@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
-import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from layerbench.analysis import results
+from layerbench.analysis.results_model import CellKey, median
 from layerbench.driver import Driver
 from layerbench.errors import NotBuilt, UserError
 from layerbench.images.image import Image
@@ -262,24 +262,22 @@ def plan(config: RunConfig, plugins: Plugins | None = None) -> Plan:
     median time in this machine's past results (`config.results_dir`/<machine>/, finished cells only)."""
     chosen = choose(config, plugins or default_plugins(), Here(config.containerd_address))
     folder = config.results_dir / machine.machine_name()
-    past: dict[tuple[str, ...], list[float]] = defaultdict(list)
+    past: dict[CellKey, list[float]] = defaultdict(list)
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []
     for path in files:
         try:
-            doc = results.read(path)
+            run = results.read_document(path)
         except UserError:
             continue  # not a results file of ours: no history from it
-        for c in doc["cells"]:
-            if c["status"] == "ok" and c.get("duration_s") is not None:
-                past[results.cell_key(c)[:4]].append(c["duration_s"])
+        for done in run.ok():
+            if done.duration_s is not None:
+                past[done.key.any_host()].append(done.duration_s)
     planned = []
     for c in chosen.cells:
-        key = results.cell_key(
-            {"scenario": c.scenario.name, "driver": c.driver.name, "backing": c.backing, "params": c.params}
-        )[:4]
+        key = CellKey.of(c.scenario.name, c.driver.name, c.backing, c.params)
         try:
             need: int | None = estimate_bytes(c)
         except NotBuilt:  # a dry run builds no image: its size is known once built
             need = None
-        planned.append(PlannedCell(c, need, float(statistics.median(past[key])) if past[key] else None))
+        planned.append(PlannedCell(c, need, median(past[key])))
     return Plan(planned, chosen.skipped, len(files))
