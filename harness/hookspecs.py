@@ -51,7 +51,9 @@ def layerbench_register_exporters(registry: ExporterRegistry) -> None:
         that writes a report to ``out``: ``report.doc`` is the merged results document
         (the JSON the runner saves, see docs/results.md), ``report.rows`` one summary
         row per cell and metric (a ``layerbench.report.MetricRow``) with its ``ratio``
-        to ``report.baseline``. ``name`` is then a choice of ``layerbench report -f``;
+        to ``report.baseline``, ``report.runs`` one ``layerbench.report.RunRecord`` per run
+        (label, times, status, machine, tool, helpers; read by key too). ``name`` is then a
+        choice of ``layerbench report -f``;
         ``suffix`` is the file name ending it writes (".csv"), by which ``-o FILE`` picks it. A duplicate name or an
         exporter that is not callable is refused, naming the plugin.
     """

@@ -198,3 +198,24 @@ def test_rows_read_by_key_as_exporters_written_for_dict_rows_do() -> None:
     frame = pd.DataFrame(rep.rows)
     assert list(frame["median"]) == [r.median for r in rep.rows] and "ratio" in frame.columns
     assert rep.slopes and all(dict(s) == s.to_dict() and s["r2"] == s.r2 for s in rep.slopes)
+
+
+def test_run_records_read_by_key_as_exporters_written_for_dict_runs_do() -> None:
+    """`Report.runs` is typed (`RunRecord`, report/model.py); an exporter plugin written when each run was a dict
+    (`run["label"]`, `run["machine"]["name"]`, `run.get("facts")`, `dict(run)`) reads the same values, and the
+    JSON report's `runs` is each record's `to_dict`."""
+    rep = build(RUNS[:2])
+    run = rep.runs[0]
+    assert isinstance(run, report.RunRecord) and run["label"] == run.label == "copy-up"
+    assert run["machine"]["name"] == run.machine.name and run["machine"].get("nope", 7) == 7
+    assert run.get("facts") == run.facts and run.get("nope") is None and dict(run) == run.to_dict()
+    with pytest.raises(KeyError):
+        run["nope"]
+    with pytest.raises(AttributeError):
+        run.label = "x"  # type: ignore[misc]  # frozen
+    on_disk = json.loads((DATA / "copy-up.json").read_text())
+    runs = json.loads(report.render(rep, "json"))["runs"]
+    assert runs[0]["machine"] == on_disk["machine"] and list(runs[0]["machine"]) == list(on_disk["machine"])
+    assert runs == [json.loads(json.dumps(r.to_dict())) for r in rep.runs]
+    keys = ["label", "started_utc", "finished_utc", "status", "machine", "tool", "helpers", "hosts", "facts"]
+    assert list(runs[0]) == keys

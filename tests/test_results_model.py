@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -14,9 +15,10 @@ from layerbench.analysis import compare, results
 from layerbench.analysis.results_model import (
     CellKey,
     CellResult,
+    Machine,
     Metric,
     RunDocument,
-    cell_key,
+    Tool,
     median,
     run_document,
 )
@@ -42,6 +44,10 @@ def cell(driver: str, backing: str | None = None, host: str | None = None, **par
     return out
 
 
+def cell_key(record: dict[str, Any]) -> CellKey:
+    return CellResult.from_dict(record).key
+
+
 def test_the_key_is_scenario_driver_backing_params_host_in_that_order() -> None:
     key = cell_key(cell("overlay2", "ext4", "host-a", mode="append", file_size=4096))
     assert key == ("copy-up", "overlay2", "ext4", "file_size=4096;mode=append", "host-a")
@@ -54,8 +60,13 @@ def test_the_key_is_scenario_driver_backing_params_host_in_that_order() -> None:
 
 
 def test_there_is_one_cell_key() -> None:
-    assert results.cell_key is cell_key
     assert not hasattr(resume, "cell_key")  # the second one, with another field order, is gone
+    assert "cell_key" not in results.__all__
+    # the dict version, documented in 0.x's CHANGELOG, still works for a release, with a warning
+    with pytest.warns(DeprecationWarning, match=r"results\.cell_key is deprecated; .*CellResult\.key"):
+        old = results.cell_key
+    record = cell("overlay2", "ext4", "host-a", file_size=4096)
+    assert old(record) == cell_key(record) == CellKey.of("copy-up", "overlay2", "ext4", {"file_size": 4096}, "host-a")
 
 
 def test_a_cell_planned_for_any_host_is_done_once_it_is_done_on_one() -> None:
@@ -172,7 +183,14 @@ def test_every_results_file_round_trips_through_the_model_byte_for_byte(path: Pa
     doc = results.read(path)
     again = RunDocument.from_dict(doc).to_dict()
     assert json.dumps(again, indent=1) == json.dumps(doc, indent=1)
-    assert results.read_document(path).to_dict() == doc
+    run = results.read_document(path)
+    assert run.to_dict() == doc
+    # the machine and the tool are records, each its own JSON again, key order and nulls included
+    assert isinstance(run.machine, Machine) and isinstance(run.tool, Tool)
+    assert (
+        json.dumps(run.machine.to_dict()) == json.dumps(doc["machine"]) and run.machine.name == doc["machine"]["name"]
+    )
+    assert json.dumps(run.tool.to_dict()) == json.dumps(doc["tool"]) and run.tool.version == doc["tool"]["version"]
 
 
 def test_a_cell_built_by_the_runner_writes_its_fields_in_the_runs_order() -> None:
@@ -220,3 +238,48 @@ def test_a_new_runs_document_is_valid_and_ends_with_its_status() -> None:
         "schema_version", "label", "started_utc", "finished_utc", "status", "machine", "tool", "run", "helpers",
         "drivers", "scenarios", "cells",
     ]  # fmt: skip
+
+
+MACHINE = {"name": "m", "kernel": "6.1", "cpus": None, "gpu": "none", "arch": "x86_64", "order": 1, "extra": [2]}
+
+
+def test_a_machine_keeps_keys_it_does_not_name_and_its_nulls_in_their_place() -> None:
+    """An older or a newer writer's machine record: keys the model does not name (`gpu`, even `order` and
+    `extra`) are kept, a null stays a null and an absent field stays absent, in the file's order."""
+    machine = Machine.from_dict(MACHINE)
+    assert (machine.name, machine.kernel, machine.cpus, machine.arch, machine.disk) == (
+        "m",
+        "6.1",
+        None,
+        "x86_64",
+        None,
+    )
+    assert machine.extra == {"gpu": "none", "order": 1, "extra": [2]}
+    assert json.dumps(machine.to_dict()) == json.dumps(MACHINE)
+    # through a whole document, written and read again
+    doc = {**results.new_document("r", MACHINE, {"version": "0", "name": "layerbench", "build": "x"}), "cells": []}
+    again = RunDocument.from_dict(json.loads(json.dumps(RunDocument.from_dict(doc).to_dict())))
+    assert json.dumps(again.to_dict()) == json.dumps(doc)
+    assert list(again.tool.to_dict()) == ["version", "name", "build"] and again.tool.extra == {"build": "x"}
+
+
+def test_a_machine_reads_by_key_as_the_dict_it_was() -> None:
+    machine = Machine.from_dict(MACHINE)
+    assert machine["name"] == "m" and machine.get("disk") is None and machine.get("gpu") == "none"
+    assert "cpus" in machine and "disk" not in machine and dict(machine) == MACHINE and {**machine} == MACHINE
+    assert machine == MACHINE and len(machine) == len(MACHINE) and list(machine) == list(MACHINE)
+    with pytest.raises(KeyError):
+        machine["disk"]
+    # a field set since it was read comes after the keys read, before nothing is lost
+    grown = dataclasses.replace(machine, disk="ext4 on vda")
+    assert list(grown.to_dict()) == [*MACHINE, "disk"] and grown["disk"] == "ext4 on vda"
+    # built by code: the fields set, in the order a run writes them
+    built = Machine(kernel="6.1", name="m", root=True)
+    assert list(built.to_dict()) == ["name", "kernel", "root"] and Machine().to_dict() == {}
+
+
+def test_a_document_given_dicts_for_machine_and_tool_holds_the_records() -> None:
+    run = RunDocument(label="r", machine={"name": "m", "kernel": "6.1"}, tool={"name": "layerbench"})  # type: ignore[arg-type]
+    assert isinstance(run.machine, Machine) and run.machine.name == "m" and isinstance(run.tool, Tool)
+    assert run.to_dict()["machine"] == {"name": "m", "kernel": "6.1"}
+    assert RunDocument().to_dict()["machine"] == {} and RunDocument.from_dict({"cells": []}).machine == {}

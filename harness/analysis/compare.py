@@ -144,15 +144,15 @@ class Comparison:
 def environment(doc: Doc) -> dict[str, str]:
     """What a run's numbers depend on besides the drivers: kernel, CPU, commit, Python, settings."""
     run = run_document(doc)
-    m, tool, settings = run.machine or {}, run.tool or {}, run.settings or {}
+    m, tool, settings = run.machine, run.tool, run.settings or {}
     keys = ("quick", "cold", "samples", "warmup", "min_time_s", "order")
     return {
         "run": f"{run.label} ({run.started_utc})",
-        "host": str(m.get("name")),
-        "kernel": str(m.get("kernel")),
-        "cpu": f"{m.get('cpu')} × {m.get('cpus')}",
-        "layerbench": f"{tool.get('version')} ({str(tool.get('git_commit') or 'no git')[:12]})",
-        "python": str(m.get("python")),
+        "host": str(m.name),
+        "kernel": str(m.kernel),
+        "cpu": f"{m.cpu} × {m.cpus}",
+        "layerbench": f"{tool.version} ({str(tool.git_commit or 'no git')[:12]})",
+        "python": str(m.python),
         "settings": ", ".join(f"{k}={settings[k]}" for k in keys if settings.get(k) not in (None, False)) or "defaults",
     }
 

@@ -12,6 +12,7 @@ import os
 import socket
 import stat
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from importlib import resources
@@ -21,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 from layerbench.analysis.results_model import (
     SCHEMA_VERSION,
     CellKey,
+    Machine,
     RunDocument,
-    cell_key,
+    Tool,
     params_text,
     run_document,
 )
@@ -49,13 +51,31 @@ __all__ = [
     "migrate_0_to_1",
     "schema",
     "validate",
-    "cell_key",
     "CellKey",
     "result_paths",
     "to_csv",
     "run_record",
     "run_state",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`cell_key`, the key of a cell's JSON record, is deprecated: a cell read with `read_document` has its
+    `key` (`CellResult.key`), a planned one `CellKey.of(...)`."""
+    if name == "cell_key":
+        warnings.warn(
+            "layerbench.analysis.results.cell_key is deprecated; read the file with results.read_document and "
+            "use CellResult.key (or CellKey.of for a cell's parts)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return _cell_key
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _cell_key(cell: Mapping[str, Any]) -> CellKey:
+    """The key of a cell's JSON record (deprecated: `CellResult.key`)."""
+    return CellKey.of(cell["scenario"], cell["driver"], cell.get("backing"), cell["params"], cell.get("host"))
 
 
 def utc_now() -> str:
@@ -74,12 +94,19 @@ def unit_of(metric: str) -> str:
     return "count"
 
 
-def new_run(label: str, machine: dict[str, Any], tool: dict[str, Any]) -> RunDocument:
-    """A new run's document, started now by this process: no cells yet."""
-    return RunDocument(label=label, started_utc=utc_now(), machine=machine, tool=tool, run=run_record())
+def new_run(label: str, machine: Mapping[str, Any], tool: Mapping[str, Any]) -> RunDocument:
+    """A new run's document, started now by this process: no cells yet. `machine` and `tool` as
+    `run/machine.py` describes them (its dicts, or the records)."""
+    return RunDocument(
+        label=label,
+        started_utc=utc_now(),
+        machine=Machine.from_dict(machine),
+        tool=Tool.from_dict(tool),
+        run=run_record(),
+    )
 
 
-def new_document(label: str, machine: dict[str, Any], tool: dict[str, Any]) -> dict[str, Any]:
+def new_document(label: str, machine: Mapping[str, Any], tool: Mapping[str, Any]) -> dict[str, Any]:
     """`new_run`'s JSON document."""
     return new_run(label, machine, tool).to_dict()
 

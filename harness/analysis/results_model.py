@@ -19,9 +19,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 from layerbench.units import params_human
 
@@ -32,10 +32,12 @@ __all__ = [
     "UNSET",
     "Metric",
     "CellResult",
+    "Record",
+    "Machine",
+    "Tool",
     "RunDocument",
     "run_document",
     "cell_result",
-    "cell_key",
     "median",
     "params_text",
 ]
@@ -87,11 +89,6 @@ class CellKey(NamedTuple):
         if params_first:
             return f"{self.scenario} {self.driver}" + (f" {params}" if params else "") + where
         return f"{self.scenario} {self.driver}{where}" + (f" ({params})" if params else "")
-
-
-def cell_key(cell: Mapping[str, Any]) -> CellKey:
-    """The key of a cell's JSON record (`CellKey`)."""
-    return CellKey.of(cell["scenario"], cell["driver"], cell.get("backing"), cell["params"], cell.get("host"))
 
 
 @dataclass(frozen=True)
@@ -252,6 +249,80 @@ class CellResult:
         return self.key.name(human, host, params_first)
 
 
+class Record(Mapping[str, Any]):
+    """A nested record of the document (`machine`, `tool`), typed: its named fields are dataclass fields (None
+    when the JSON leaves one out), the keys it does not name (an older or a newer writer's) are kept in `extra`,
+    and `order` is the JSON's own keys in order when it was read. `to_dict` writes back what was read, byte for
+    byte: the keys read (a null too) in their order, then fields set since, then the extra keys. It reads by key
+    too, as the dict it was (`machine["name"]`, `.get`, `dict(machine)`, `**machine`)."""
+
+    extra: dict[str, Any]
+    order: tuple[str, ...]
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The JSON keys the record names, in the order a run writes them."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("extra", "order"))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """The record of its JSON object (one read from a file, or a writer's own dict)."""
+        names = cls.names()
+        named = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names}
+        return cls(**named, extra=extra, order=tuple(data))  # type: ignore[call-arg]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object: the keys read in their order (a null kept), then fields set since, then `extra`."""
+        named = {k: getattr(self, k) for k in self.names()}
+        out = {k: v for k, v in named.items() if v is not None or k in self.order}
+        out.update(self.extra)
+        return {k: out[k] for k in (*self.order, *out) if k in out}
+
+    def __getitem__(self, name: str) -> Any:
+        return self.to_dict()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+
+@dataclass(frozen=True, eq=False)
+class Machine(Record):
+    """The machine a run ran on (docs/results.md `machine`; `run/machine.py` `machine_info` writes it): `disk`
+    is what the work root is on (files since issue 21)."""
+
+    name: str | None = None
+    kernel: str | None = None
+    arch: str | None = None
+    cpu: str | None = None
+    cpus: int | None = None
+    memory_bytes: int | None = None
+    python: str | None = None
+    root: bool | None = None
+    disk: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    order: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class Tool(Record):
+    """The layerbench that wrote a run (docs/results.md `tool`): `git_commit` with `-dirty` for a changed tree."""
+
+    name: str | None = None
+    version: str | None = None
+    git_commit: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    order: tuple[str, ...] = ()
+
+
+def _record(cls: type[Record], value: Mapping[str, Any] | None) -> Any:
+    """`value` as the record `cls` (a record given is kept as it is; none: an empty one)."""
+    return value if isinstance(value, cls) else cls.from_dict(value or {})
+
+
 #: the document's JSON fields in the order a run writes them (a document read keeps its own order)
 RUN_FIELDS = (
     "schema_version", "label", "started_utc", "finished_utc", "status", "machine", "tool", "run", "helpers",
@@ -266,7 +337,8 @@ _RUN_ATTR = {"hosts": "fleet_hosts"}  # JSON name -> attribute, where they diffe
 class RunDocument:
     """One run (or several merged), as the runner builds it and every reader reads it.
 
-    The fields are the results document's (docs/results.md): `run`, `work_root`, `overhead`,
+    The fields are the results document's (docs/results.md): `machine` and `tool` are records (`Machine`,
+    `Tool`: typed fields, read by key too, unknown keys kept); `run`, `work_root`, `overhead`,
     `settings` and `hosts` (`fleet_hosts`) are None when the document leaves them out; fields this model does not
     name are kept in `extra`. `to_dict` is the JSON document (in the order a run writes it, or the
     one it was read in); `from_dict` reads one, after `results.read` has migrated and checked it.
@@ -278,8 +350,8 @@ class RunDocument:
     started_utc: str = ""
     finished_utc: str | None = None
     status: str = "running"  # running, finished, interrupted
-    machine: dict[str, Any] = field(default_factory=dict)
-    tool: dict[str, Any] = field(default_factory=dict)
+    machine: Machine = field(default_factory=Machine)
+    tool: Tool = field(default_factory=Tool)
     run: dict[str, Any] | None = None  # the process writing it (results.run_record)
     helpers: dict[str, Any] = field(default_factory=dict)  # tool -> version (or null)
     drivers: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> style, available, reason
@@ -290,6 +362,9 @@ class RunDocument:
     fleet_hosts: dict[str, dict[str, Any]] | None = None  # a fleet run's `hosts`: each host's record
     extra: dict[str, Any] = field(default_factory=dict)
     order: tuple[str, ...] = ()  # the JSON document's own key order, when it was read
+
+    def __post_init__(self) -> None:  # a writer's (or a script's) machine and tool as dicts: the records
+        self.machine, self.tool = _record(Machine, self.machine), _record(Tool, self.tool)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> RunDocument:
@@ -308,6 +383,7 @@ class RunDocument:
             k: [c.to_dict() for c in self.cells] if k == "cells" else getattr(self, _RUN_ATTR.get(k, k))
             for k in RUN_FIELDS
         }
+        fields["machine"], fields["tool"] = self.machine.to_dict(), self.tool.to_dict()
         out = {k: v for k, v in fields.items() if k in _RUN_ALWAYS or v is not None}
         out.update(self.extra)
         if self.order:

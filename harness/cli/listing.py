@@ -22,7 +22,7 @@ def list_runs(results_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for path in sorted(p for p in results_dir.rglob("*.json") if not p.name.startswith(".")):
         try:
-            doc = results.read(path)
+            run = results.read_document(path)
         except UserError as exc:
             rows.append(
                 {
@@ -36,15 +36,15 @@ def list_runs(results_dir: Path) -> list[dict[str, Any]]:
                 }
             )
             continue
-        drivers = dict.fromkeys(c["driver"] for c in doc["cells"]) or doc["drivers"]
+        drivers = dict.fromkeys(c.driver for c in run.cells) or run.drivers
         rows.append(
             {
-                "date": doc["started_utc"],
-                "label": doc["label"],
-                "machine": doc["machine"]["name"],
-                "scenarios": ",".join(doc["scenarios"]),
+                "date": run.started_utc,
+                "label": run.label,
+                "machine": run.machine.name or "",
+                "scenarios": ",".join(run.scenarios),
                 "drivers": ",".join(drivers),
-                "status": results.run_state(doc),
+                "status": results.run_state(run),
                 "path": str(path),
             }
         )

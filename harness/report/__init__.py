@@ -22,7 +22,7 @@ from layerbench.analysis import claims, results
 from layerbench.analysis.results_model import CellKey, CellResult, RunDocument, run_document
 from layerbench.errors import UserError
 from layerbench.report.engines import engine_overheads
-from layerbench.report.model import Report, row_key
+from layerbench.report.model import Report, RunRecord, row_key
 from layerbench.report.params import REPEAT_PARAMS, other_params, params_key
 from layerbench.report.rows import MetricRow, Slope, metric_rows
 from layerbench.report.table import run_facts, run_warnings
@@ -30,6 +30,7 @@ from layerbench.report.verdict import verdict, verdict_dict
 
 __all__ = [
     "Report",
+    "RunRecord",
     "MetricRow",
     "Slope",
     "build",
@@ -75,7 +76,7 @@ def _merge(runs: list[RunDocument], notes: list[str]) -> RunDocument:
         drivers.update(run.drivers)
         for cell in run.cells:
             if fleet and not cell.host:  # a local run beside a fleet's: its machine is its host
-                cell = dataclasses.replace(cell, host=(run.machine or {}).get("name") or run.label)
+                cell = dataclasses.replace(cell, host=run.machine.name or run.label)
             key = cell.key
             if key in by_key:
                 involved.update(dict.fromkeys((label_of[key], run.label)))
@@ -243,20 +244,20 @@ def _ratios(rows: list[MetricRow], baseline: str) -> list[MetricRow]:
     return out
 
 
-def _run_record(run: RunDocument) -> dict[str, Any]:
+def _run_record(run: RunDocument) -> RunRecord:
     """One run as the report's machine table shows it."""
-    return {
-        "label": run.label,
-        "started_utc": run.started_utc,
-        "finished_utc": run.finished_utc,
-        "status": run.status,
-        "machine": run.machine,
-        "tool": run.tool,
-        "helpers": run.helpers,
+    return RunRecord(
+        label=run.label,
+        started_utc=run.started_utc,
+        finished_utc=run.finished_utc,
+        status=run.status,
+        machine=run.machine,
+        tool=run.tool,
+        helpers=run.helpers,
         # a fleet run's hosts that ran its cells: their machines, in the machine table
-        "hosts": {h: v for h, v in (run.fleet_hosts or {}).items() if h in run.hosts},
-        "facts": run_facts(run).removeprefix("run: "),  # quick or full, samples per cell, how stores were made
-    }
+        hosts={h: v for h, v in (run.fleet_hosts or {}).items() if h in run.hosts},
+        facts=run_facts(run).removeprefix("run: "),  # quick or full, samples per cell, how stores were made
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -278,7 +279,7 @@ def render_json(report: Report) -> str:
     """The report's data: runs, verdict, rows, slopes, claims, warnings, notes, errors."""
     out = {
         "baseline": report.baseline,
-        "runs": report.runs,
+        "runs": [r.to_dict() for r in report.runs],
         "verdict": None if report.verdict is None else verdict_dict(report.verdict),
         "verdicts": [{"host": host, **verdict_dict(v)} for host, v in report.verdicts],
         "rows": [r.to_dict() for r in report.rows],

@@ -3,16 +3,40 @@ makes one; the exporters, plots and the verdict read it). Its rows and slopes ar
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from layerbench.analysis.results_model import CellKey, RunDocument
+from layerbench.analysis.results_model import CellKey, Machine, RunDocument, Tool
 from layerbench.report.engines import EngineOverhead
-from layerbench.report.rows import MetricRow, Slope
+from layerbench.report.rows import MetricRow, Slope, _Record
 from layerbench.report.verdict import Verdict
 
-__all__ = ["Report", "row_key"]
+__all__ = ["Report", "RunRecord", "row_key"]
+
+
+@dataclass(frozen=True)
+class RunRecord(_Record):
+    """One run as the report's machine table shows it (`Report.runs`; the JSON report's `runs`): its label,
+    times and status, `machine` and `tool` (the results model's records), `helpers` (tool -> version), `hosts`
+    (a fleet run's hosts that ran its cells: their records, by name) and `facts` (quick or full, samples per
+    cell, how stores were made). Read by key too (`run["label"]`, `run.get("facts")`), as the dict it was."""
+
+    label: str
+    started_utc: str
+    finished_utc: str | None
+    status: str
+    machine: Machine
+    tool: Tool
+    helpers: dict[str, Any] | None
+    hosts: dict[str, dict[str, Any]]
+    facts: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as the JSON report writes it."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return out | {"machine": self.machine.to_dict(), "tool": self.tool.to_dict()}
 
 
 @dataclass
@@ -20,7 +44,7 @@ class Report:
     """Everything a report shows. `document`: the merged run; `rows`: one per cell and metric, with `ratio` to
     the baseline; `slopes`: the lines fitted through swept parameters."""
 
-    runs: list[dict[str, Any]]
+    runs: list[RunRecord]
     document: RunDocument
     baseline: str
     drivers: list[str]

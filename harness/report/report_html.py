@@ -154,7 +154,7 @@ def render_html(report: Report) -> str:
 def _head(report: Report, scenarios: list[str]) -> list[str]:
     """The page up to its table of contents: the head with CSS and plotly.js, the runs and how each measured."""
     runs = ", ".join(
-        f"<code>{escape(r['label'])}</code> ({escape(str(r['started_utc']))}, {escape(str(r['machine'].get('name')))})"
+        f"<code>{escape(r.label)}</code> ({escape(str(r.started_utc))}, {escape(str(r.machine.name))})"
         for r in report.runs
     )
     toc = ['<a href="#verdict">Verdict</a>'] if any(v.rows for _, v in report.verdicts) else []
@@ -171,11 +171,7 @@ def _head(report: Report, scenarios: list[str]) -> list[str]:
         f'<script type="text/javascript">{plotly_js()}</script></head><body>',
         "<h1>layerbench report</h1>",
         f'<p class="meta">Runs: {runs}.</p>',
-        *(
-            f'<p class="meta"><code>{escape(r["label"])}</code>: {escape(r["facts"])}</p>'
-            for r in report.runs
-            if r.get("facts")
-        ),
+        *(f'<p class="meta"><code>{escape(r.label)}</code>: {escape(r.facts)}</p>' for r in report.runs if r.facts),
         f'<nav class="toc">{" · ".join(toc)}</nav>',
     ]
 

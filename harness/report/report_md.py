@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
 
-from layerbench.report.model import Report
+from layerbench.analysis.results_model import Machine
+from layerbench.report.model import Report, RunRecord
 from layerbench.units import human, params_human
 
 __all__ = [
@@ -169,16 +171,16 @@ def hosts_table(report: Report, scenario: str, metrics: list[str] | None = None)
 HOSTS_NOTE = "Across hosts: the lowest and highest of the hosts' medians, and highest over lowest."
 
 
-def _machines(report: Report) -> list[dict[str, Any]]:
+def _machines(report: Report) -> list[RunRecord]:
     """One column per run, or per host of a fleet run (`label @ host`: that host's machine and helpers)."""
     out = []
     for run in report.runs:
-        hosts = run.get("hosts") or {}
-        if not hosts:
+        if not run.hosts:
             out.append(run)
-        for name, host in sorted(hosts.items()):
-            label = f"{run['label']} @ {name}" if len(hosts) > 1 else run["label"]
-            out.append({**run, "label": label, "machine": host.get("machine") or {}, "helpers": host.get("helpers")})
+        for name, host in sorted(run.hosts.items()):
+            label = f"{run.label} @ {name}" if len(run.hosts) > 1 else run.label
+            machine = Machine.from_dict(host.get("machine") or {})
+            out.append(dataclasses.replace(run, label=label, machine=machine, helpers=host.get("helpers")))
     return out
 
 
@@ -186,26 +188,30 @@ def versions_table(report: Report) -> MdTable:
     """Machine (its disk too), tool and helper versions: one column per run, or per host of a fleet run."""
     runs = _machines(report)
 
-    def memory(run: dict[str, Any]) -> str:
-        value = run["machine"].get("memory_bytes")
+    def memory(run: RunRecord) -> str:
+        value = run.machine.memory_bytes
         return human(float(value), "bytes") if value else ""
 
-    rows: list[tuple[str, Any]] = [
-        ("started (UTC)", lambda run: run["started_utc"]),
-        ("status", lambda run: run["status"]),
-        ("machine", lambda run: run["machine"].get("name")),
-        ("kernel", lambda run: run["machine"].get("kernel")),
-        ("arch", lambda run: run["machine"].get("arch")),
-        ("cpu", lambda run: f"{run['machine'].get('cpu')} × {run['machine'].get('cpus')}"),
+    rows: list[tuple[str, Callable[[RunRecord], Any]]] = [
+        ("started (UTC)", lambda run: run.started_utc),
+        ("status", lambda run: run.status),
+        ("machine", lambda run: run.machine.name),
+        ("kernel", lambda run: run.machine.kernel),
+        ("arch", lambda run: run.machine.arch),
+        ("cpu", lambda run: f"{run.machine.cpu} × {run.machine.cpus}"),
         ("memory", memory),
-        ("python", lambda run: run["machine"].get("python")),
-        ("layerbench", lambda run: f"{run['tool'].get('version')} ({run['tool'].get('git_commit') or 'no git'})"),
+        ("python", lambda run: run.machine.python),
+        ("layerbench", lambda run: f"{run.tool.version} ({run.tool.git_commit or 'no git'})"),
     ]
-    if any(run["machine"].get("disk") for run in runs):  # the disk the stores were made on (files since issue 21)
-        rows.insert(7, ("disk", lambda run: run["machine"].get("disk", "")))
-    helpers = list(dict.fromkeys(h for run in runs for h in (run.get("helpers") or {})))
-    rows += [(h, lambda run, h=h: (run.get("helpers") or {}).get(h, "")) for h in helpers]
-    header = ["", *(run["label"] for run in runs)]
+    if any(run.machine.disk for run in runs):  # the disk the stores were made on (files since issue 21)
+        rows.insert(7, ("disk", lambda run: run.machine.disk))
+    helpers = list(dict.fromkeys(h for run in runs for h in (run.helpers or {})))
+
+    def helper(name: str) -> Callable[[RunRecord], Any]:
+        return lambda run: (run.helpers or {}).get(name, "")
+
+    rows += [(h, helper(h)) for h in helpers]
+    header = ["", *(run.label for run in runs)]
     return header, [[name, *(str(get(run) if get(run) is not None else "") for run in runs)] for name, get in rows]
 
 
@@ -299,12 +305,8 @@ def engine_section(report: Report) -> list[str]:
 
 def _head(report: Report) -> list[str]:
     out = ["# layerbench report", ""]
-    out.append(
-        "Runs: "
-        + ", ".join(f"`{r['label']}` ({r['started_utc']}, {r['machine'].get('name')})" for r in report.runs)
-        + "."
-    )
-    out += [""] + [f"- `{r['label']}`: {r['facts']}" for r in report.runs if r.get("facts")]
+    out.append("Runs: " + ", ".join(f"`{r.label}` ({r.started_utc}, {r.machine.name})" for r in report.runs) + ".")
+    out += [""] + [f"- `{r.label}`: {r.facts}" for r in report.runs if r.facts]
     out += [""] + [f"> {n}" for n in report.notes] + ([""] if report.notes else [])
     out += verdict_section(report)
     out += engine_section(report)
