@@ -64,13 +64,20 @@ def environ_has(pid: int, key: str, value: str) -> bool:
 
 
 def carrying(key: str, value: str) -> list[ProcessId]:
-    """Every live process but this one whose environment (as it started) holds `key=value`, read from /proc."""
+    """Every live process but this one whose environment (as it started) holds `key=value`, read from /proc.
+
+    A process is named by what was read *before* its environment (pid, start time, executable) and kept
+    only if that same process is still there after: a process that carried the tag and exited, its pid
+    taken by another (a root process, another run's) in between, is never named by the other's identity."""
     found = []
     for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid() or not environ_has(int(name), key, value):
+        if not name.isdigit() or int(name) == os.getpid():
             continue
-        if (proc := ProcessId.of(int(name))) is not None and proc.alive():
-            found.append(proc)
+        before = ProcessId.of(int(name))
+        if before is None or not environ_has(before.pid, key, value):
+            continue
+        if before.alive():  # the environment read was this process's: same start time after as before
+            found.append(before)
     return found
 
 
