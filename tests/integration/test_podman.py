@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from layerbench.drivers.podman import PodmanDriver
 from layerbench.images.build import build_image, files_image
 from layerbench.images.image import FileSpec
 from layerbench.plugins import default_plugins
@@ -186,6 +187,7 @@ def test_a_store_path_with_a_backslash_and_a_quote_is_the_path_podman_uses(tmp_p
     home = tmp_path / 'a\\tb"c'
     home.mkdir()
     with open_driver(default_plugins().driver("podman/vfs"), home, "ext4", 256 << 20) as on:
+        assert isinstance(on.driver, PodmanDriver)
         graphroot = on.driver.podman("info", "--format", "{{.Store.GraphRoot}}").strip()
         assert graphroot == str(on.driver.home / "root"), graphroot
         assert not (tmp_path / 'a\tb"c').exists()
