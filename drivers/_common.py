@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from layerbench.driver import Lineage  # its home is the driver interface; here for code that imported it from here
 from layerbench.kernel import safety, syscalls
 
-__all__ = ["needs_root", "fs_in_kernel", "unmount_below", "remove_tree", "Lineage"]
+__all__ = ["needs_root", "fs_in_kernel", "unmount_below", "remove_tree", "toml_string", "Lineage"]
+
+
+def toml_string(text: str) -> str:
+    """`text` as a TOML basic string, every quote, backslash and control character escaped (JSON's escapes are
+    TOML's): a path written into an engine's config is that path, never a string ended early or a `\\t` read
+    as a tab (a work root `/var/tmp/a\\tb` put Podman's graphroot and hooks_dir in `/var/tmp/a<TAB>b`, a
+    directory any user may make)."""
+    return json.dumps(text)
 
 
 def needs_root() -> str | None:

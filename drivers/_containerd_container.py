@@ -39,7 +39,7 @@ from layerbench.run.ledger import Ledger
 from layerbench.run.runtime import CrunContainer
 
 from ._common import remove_tree
-from ._containerd_mounts import mount_specs
+from ._containerd_mounts import Allowed, mount_specs
 
 if TYPE_CHECKING:
     from .containerd_api import MountSpec
@@ -61,8 +61,8 @@ def valid_identifier(name: str) -> bool:
 class _MounterThread:
     """A thread in the mount namespace of process `holder`: `mount` has it mount `specs` on `target` there."""
 
-    def __init__(self, holder: int, target: str) -> None:
-        self.target = target
+    def __init__(self, holder: int, target: str, allowed: Allowed) -> None:
+        self.target, self.allowed = target, allowed
         self._ns = os.open(f"/proc/{holder}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         self._joined, self._go, self._done = threading.Event(), threading.Event(), threading.Event()
         self._specs: list[MountSpec] | None = None
@@ -88,7 +88,7 @@ class _MounterThread:
         if self._specs is None:
             return  # closed before `mount`
         try:
-            self.how = mount_specs(self._specs, self.target)
+            self.how = mount_specs(self._specs, self.target, self.allowed)
         except BaseException as exc:  # noqa: BLE001  handed to the caller, which raises it
             self._error = exc
         finally:
@@ -140,7 +140,7 @@ class ContainerdContainer:
             if driver.ledger is not None:
                 driver.ledger.made("mount", self.target)
             self._noted = True
-            self._mounter = _MounterThread(self._box.holder.pid, str(self.target))
+            self._mounter = _MounterThread(self._box.holder.pid, str(self.target), driver.allowed)
         except BaseException:
             self.stop()
             raise

@@ -24,6 +24,7 @@ from pathlib import Path
 from layerbench.driver import ResourceNotes
 from layerbench.run.ledger import daemon_id
 
+from ._common import toml_string
 from .containerd_api import connect_path
 
 __all__ = ["ContainerdDaemon", "config_text"]
@@ -49,15 +50,15 @@ _STOP_GRACE_S = 10.0
 
 def config_text(root: Path, state: Path, address: str) -> str:
     """containerd's config (version 2) for a daemon of ours."""
-    disabled = ", ".join(f'"{p}"' for p in DISABLED_PLUGINS)
+    disabled = ", ".join(toml_string(p) for p in DISABLED_PLUGINS)
     return (
         "version = 2\n"
-        f'root = "{root}"\n'
-        f'state = "{state}"\n'
+        f"root = {toml_string(str(root))}\n"
+        f"state = {toml_string(str(state))}\n"
         "oom_score = 0\n"
         f"disabled_plugins = [{disabled}]\n"
-        f'[grpc]\n  address = "{address}"\n'
-        f'[ttrpc]\n  address = "{address}.ttrpc"\n'
+        f"[grpc]\n  address = {toml_string(address)}\n"
+        f"[ttrpc]\n  address = {toml_string(address + '.ttrpc')}\n"
         '[debug]\n  address = ""\n'
         '[metrics]\n  address = ""\n'
     )

@@ -47,7 +47,9 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import stat
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -56,12 +58,12 @@ from typing import Any, ClassVar
 
 from layerbench.driver import Driver, LayerFormat, Style
 from layerbench.images.layer_pack import pack_layer
-from layerbench.kernel import namespaces, syscalls
+from layerbench.kernel import namespaces, safety, syscalls
 from layerbench.run.engine import EnginePulled
 
 from ._common import fs_in_kernel, needs_root, remove_tree, unmount_below
 from ._containerd_container import ContainerdContainer, valid_identifier
-from ._containerd_mounts import mount_specs
+from ._containerd_mounts import Allowed, mount_specs
 from .containerd_api import Containerd, Descriptor
 from .containerd_daemon import ContainerdDaemon
 
@@ -114,6 +116,8 @@ class ContainerdSnapshotterDriver(Driver):
                 return f"--containerd-address {cls.engine_address}: {exc.strerror}"
             if not is_socket:
                 return f"--containerd-address {cls.engine_address}: not a unix socket"
+            if (why := _not_roots_daemon(cls.engine_address)) is not None:
+                return f"--containerd-address {cls.engine_address}: {why}"
         if cls.kernel_fs is not None and not fs_in_kernel(cls.kernel_fs):
             return f"the kernel has no {cls.kernel_fs} filesystem (modprobe {cls.kernel_fs})"
         return None
@@ -149,6 +153,8 @@ class ContainerdSnapshotterDriver(Driver):
         ours = self.home / "containerd" / "root" / f"io.containerd.snapshotter.v1.{self.snapshotter}"
         root = self.client.snapshotter_root(self.snapshotter) if self.daemon is None else None
         self._snapshotter_root = ours if self.daemon is not None else Path(root) if root else None
+        #: what the snapshotter's Mounts may name: containerd's answer is checked before anything is mounted
+        self.allowed = Allowed.of(self.snapshotter, self._snapshotter_root)
 
     def _parent(self, image: str) -> str:
         """The snapshot an item's children stand on: a pulled image's chain id, else the layer's own key."""
@@ -297,7 +303,7 @@ class ContainerdSnapshotterDriver(Driver):
         target = str(self.home / "rootfs" / container_id)
         os.mkdir(target)
         try:
-            self.mounted_via[container_id] = mount_specs(specs, target)
+            self.mounted_via[container_id] = mount_specs(specs, target, self.allowed)
         except BaseException:
             os.rmdir(target)
             raise
@@ -442,6 +448,28 @@ class ContainerdBtrfsSnapshotter(ContainerdSnapshotterDriver):
     kernel_fs = "btrfs"
     backings = ("btrfs",)
     mechanism = "btrfs"
+
+
+def _not_roots_daemon(address: str) -> str | None:
+    """Why the daemon at `address` is not root's alone, or None. Its answers are acted on as root (the mounts
+    Snapshots.Mounts names are mounted, a container started on them), so it must be a daemon of root's: the
+    socket owned by root (or us), in directories no other user can swap it in, and the process serving it
+    (its peer credentials, SO_PEERCRED) running as root."""
+    st = os.lstat(address)
+    if st.st_uid not in (0, os.geteuid()):
+        return f"owned by uid {st.st_uid}: a daemon of another user's; its mounts would be made as root"
+    if (why := safety.ancestors_error(os.path.abspath(address))) is not None:
+        return f"{why}: another user could swap the socket"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        try:
+            sock.connect(address)
+        except OSError as exc:
+            return f"cannot connect: {exc.strerror or exc}"
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    if uid not in (0, os.geteuid()):
+        return f"served by a process of uid {uid}, not root: its mounts would be made as root"
+    return None
 
 
 def chain_id(diff_ids: list[str]) -> str:

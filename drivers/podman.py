@@ -52,7 +52,7 @@ from layerbench.kernel import namespaces
 from layerbench.run.engine import EnginePulled
 from layerbench.run.ledger import TAG, daemon_id
 
-from ._common import fs_in_kernel, needs_root, remove_tree
+from ._common import fs_in_kernel, needs_root, remove_tree, toml_string
 from ._podman_container import PodmanContainer
 
 __all__ = ["PodmanDriver", "PodmanOverlay", "PodmanVfs", "PodmanBtrfs"]
@@ -122,15 +122,16 @@ class PodmanDriver(Driver):
         # nodev,nosuid on the roots Podman mounts itself (overlay), as on every mount layerbench makes; vfs and
         # btrfs roots are directories of the store's mount, which is nodev,nosuid already
         (h / "storage.conf").write_text(
-            f'[storage]\ndriver = "{self.storage_driver}"\ngraphroot = "{h}/root"\nrunroot = "/run"\n'
+            f"[storage]\ndriver = {toml_string(self.storage_driver)}\ngraphroot = {toml_string(f'{h}/root')}\n"
+            'runroot = "/run"\n'
             '[storage.options.overlay]\nmountopt = "nodev,nosuid"\n'
         )
         # conmon carries the run's tag, so `cleanup` may end it (and the process it starts) after a crash
         conmon_env = [f"PATH={_PATH}", *([f"{TAG}={os.environ[TAG]}"] if TAG in os.environ else [])]
         (h / "containers.conf").write_text(
-            f'[engine]\nevents_logger = "none"\ntmp_dir = "{h}/tmp"\ncgroup_manager = "cgroupfs"\n'
+            f'[engine]\nevents_logger = "none"\ntmp_dir = {toml_string(f"{h}/tmp")}\ncgroup_manager = "cgroupfs"\n'
             f"conmon_env_vars = {json.dumps(conmon_env)}\n"
-            f'hooks_dir = ["{h}/hooks.d"]\n'
+            f"hooks_dir = [{toml_string(f'{h}/hooks.d')}]\n"
             '[containers]\ncgroups = "disabled"\n'
         )
         os.mkdir(h / "hooks.d", 0o700)

@@ -184,3 +184,59 @@ def test_a_run_tags_the_processes_it_starts_with_its_ledger(tmp_path: Path, monk
     finally:
         ledger.close()
     assert TAG not in os.environ
+
+
+def _take_pid(pid: int) -> subprocess.Popen[bytes] | None:
+    """A process started with pid `pid` (freed just before): the kernel's next pid set by ns_last_pid. None when
+    another process of the machine took it first."""
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(pid - 1))
+    proc = subprocess.Popen(["sleep", "60"], env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    if proc.pid == pid:
+        return proc
+    proc.kill()
+    proc.wait()
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (/proc/sys/kernel/ns_last_pid)")
+def test_a_tagged_process_whose_pid_is_reused_while_read_names_not_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`carrying` read a process's environment and only then its identity: a tagged process that exited in
+    between, its pid taken by an untagged one (a root daemon, another run's), named that other, and
+    `cleanup` killed it. The pid is really reused here (ns_last_pid) in that instant."""
+    from layerbench.kernel import process
+
+    tag = str(tmp_path / LEDGER_NAME)
+    taken: list[subprocess.Popen[bytes]] = []
+    real = process.environ_has
+
+    def reused(pid: int, key: str, value: str) -> bool:
+        had = real(pid, key, value)
+        if had and pid == tagged.pid and not taken:  # exits, its pid is another's, the answer already given
+            tagged.kill()
+            tagged.wait()
+            if (other := _take_pid(pid)) is not None:
+                taken.append(other)
+        return had
+
+    monkeypatch.setattr(process, "environ_has", reused)
+    try:
+        for _ in range(20):  # another process of the machine may take the pid first: try again
+            tagged = subprocess.Popen(["sleep", "60"], env={**os.environ, TAG: tag})
+            while not real(tagged.pid, TAG, tag):  # execve done: the environment shows
+                time.sleep(0.01)
+            found = process.carrying(TAG, tag)
+            if taken:
+                break
+            tagged.kill()
+            tagged.wait()
+        else:
+            pytest.skip("the freed pid was taken by another process of the machine each time")
+        assert taken[0].poll() is None
+        assert [p.pid for p in found] == [], f"the untagged process {taken[0].pid} that took the pid was named"
+    finally:
+        for proc in taken:
+            proc.kill()
+            proc.wait()

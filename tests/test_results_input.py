@@ -87,3 +87,19 @@ def test_saving_over_a_symlink_replaces_the_link_and_leaves_its_target(tmp_path:
     results.save(results.read(DATA / "null.json"), tmp_path / "run.json")
     assert target.read_bytes() == b"theirs"
     assert not (tmp_path / "run.json").is_symlink() and results.read(tmp_path / "run.json")["schema_version"]
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "1" + "0" * 400, "-" + "9" * 320])
+@pytest.mark.parametrize("verb", ["report", "compare"])
+def test_a_sample_no_float_holds_is_one_line_and_exit_2(tmp_path: Path, number: str, verb: str) -> None:
+    """JSON has no NaN or Infinity, but `1e400` parses as inf and a 400-digit integer overflows every statistic
+    (a traceback): both are refused as the file is read, in one line naming it."""
+    good = (DATA / "null.json").read_text()
+    first = good.index('"samples": [') + len('"samples": [')
+    evil = tmp_path / "evil.json"
+    evil.write_text(good[:first] + number + ", " + good[first:])
+    args = ["report", str(evil), "-f", "md"] if verb == "report" else ["compare", str(DATA / "null.json"), str(evil)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"layerbench: error: {evil}: not a readable results file"), lines

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import socket
 import stat
@@ -172,6 +173,26 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent, refused where it is no finite float (`1e400` reads as inf)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is not a finite number")
+    return value
+
+
+def _float_sized_int(text: str) -> int:
+    """A JSON integer, refused where no float holds it (`1` and 400 zeros: every statistic would overflow)."""
+    if len(text.lstrip("-")) > 308:  # 10**308 is the order of the largest double; decided before int() parses
+        raise ValueError(f"{text[:40]}... ({len(text)} digits) is larger than any number a results file holds")
+    value = int(text)
+    try:
+        float(value)
+    except OverflowError:
+        raise ValueError(f"{text[:40]}... is larger than any number a results file holds") from None
+    return value
+
+
 #: the largest results file read (a run of thousands of cells with their samples is a few MiB)
 MAX_RESULTS_BYTES = 256 << 20
 
@@ -202,7 +223,12 @@ def read(path: Path) -> dict[str, Any]:
     """Read one results file, migrated and validated; refuse one that is not ours, newer than this
     code or malformed, in one line naming the file and the field."""
     try:
-        doc = json.loads(_read_bounded(Path(path)).decode(), parse_constant=_no_constant)
+        doc = json.loads(
+            _read_bounded(Path(path)).decode(),
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+            parse_int=_float_sized_int,
+        )
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise UserError(f"{path}: not a readable results file: {exc}") from None
     version = doc.get("schema_version") if isinstance(doc, dict) else None

@@ -64,13 +64,29 @@ def environ_has(pid: int, key: str, value: str) -> bool:
 
 
 def carrying(key: str, value: str) -> list[ProcessId]:
-    """Every live process but this one whose environment (as it started) holds `key=value`, read from /proc."""
+    """Every live process but this one whose environment (as it started) holds `key=value`, read from /proc.
+
+    A pidfd is opened first, then the process's identity (pid, start time, executable) and environment are
+    read, and it is kept only if the pidfd's process has not exited after: then the pid was that process's
+    throughout, so a process that carried the tag and exited, its pid taken by another (a root process,
+    another run's) in between, is never named by the other's identity (the start time alone cannot tell two
+    processes started within one clock tick apart)."""
     found = []
     for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid() or not environ_has(int(name), key, value):
+        if not name.isdigit() or int(name) == os.getpid():
             continue
-        if (proc := ProcessId.of(int(name))) is not None and proc.alive():
-            found.append(proc)
+        try:
+            pidfd = os.pidfd_open(int(name))
+        except OSError:
+            continue
+        try:
+            proc = ProcessId.of(int(name))
+            if proc is None or not environ_has(proc.pid, key, value):
+                continue
+            if not select.select([pidfd], [], [], 0)[0] and not _zombie(proc.pid):  # still running: it was this one
+                found.append(proc)
+        finally:
+            os.close(pidfd)
     return found
 
 

@@ -15,6 +15,7 @@ from layerbench.kernel import mountinfo
 __all__ = [
     "prepare_work_root",
     "check_work_root",
+    "ancestors_error",
     "not_ours",
     "open_dir",
     "make_dir",
@@ -72,6 +73,12 @@ def _ancestors_error(path: str) -> str | None:
                 f"{parent} is writable by group or others without the sticky bit (mode {stat.S_IMODE(st.st_mode):04o})"
             )
     return None
+
+
+def ancestors_error(path: str) -> str | None:
+    """Why a directory above `path` would let another user swap what is there, or None (each one root's or
+    ours, sticky where others may write)."""
+    return _ancestors_error(path)
 
 
 _SWAP = "another user could swap it; use a work root under directories only root can write"

@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 
 from layerbench.kernel import namespaces, syscalls
-from layerbench.run.ledger import Ledger, daemon_id
+from layerbench.run.ledger import Ledger, daemon_id, untagged
 
 __all__ = ["BuiltinContainer"]
 
@@ -84,7 +84,7 @@ class BuiltinContainer:
         workdir: Path,
         ledger: Ledger | None = None,
     ) -> None:
-        self.name, self.root, self.argv, self.env, self.cwd = name, root, argv, env, cwd
+        self.name, self.root, self.argv, self.env, self.cwd = name, root, argv, untagged(env), cwd  # run/ledger.py
         self.ledger = ledger
         self._out_r, self._out_w = os.pipe()
         os.set_blocking(self._out_r, False)

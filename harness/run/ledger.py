@@ -61,11 +61,28 @@ from layerbench.errors import UserError
 from layerbench.kernel import loopdev, process, safety, syscalls
 from layerbench.kernel.netshape import release_net
 
-__all__ = ["Ledger", "release", "release_abandoned", "daemon_id", "LEDGER_NAME", "TAG", "DAEMON_GRACE_S"]
+__all__ = [
+    "Ledger",
+    "release",
+    "release_abandoned",
+    "daemon_id",
+    "untagged",
+    "LEDGER_NAME",
+    "TAG",
+    "DAEMON_GRACE_S",
+]
 
 LEDGER_NAME = "ledger.jsonl"
 #: the environment variable a run's daemons carry (`Ledger.environ`): the run's ledger path
 TAG = "LAYERBENCH_LEDGER"
+
+
+def untagged(env: tuple[str, ...]) -> tuple[str, ...]:
+    """An image's environment without any `TAG` entry of its own: the run's tag is the harness's alone to give
+    (an image naming another run's ledger would have its container stopped by that run's `cleanup`)."""
+    return tuple(e for e in env if e.split("=", 1)[0] != TAG)
+
+
 #: a ledger longer than this is not a run's (a few records per cell)
 _MAX_LEDGER_BYTES = 64 << 20
 

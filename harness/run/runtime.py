@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from layerbench.kernel import mountinfo, namespaces
 from layerbench.run.launcher import BuiltinContainer
-from layerbench.run.ledger import TAG, Ledger, daemon_id
+from layerbench.run.ledger import TAG, Ledger, daemon_id, untagged
 
 __all__ = [
     "RUNTIMES",
@@ -204,6 +204,7 @@ class CrunContainer:
         self.state = workdir / "crun"
         self.bundle.mkdir(mode=0o700)
         self.state.mkdir(mode=0o700, exist_ok=True)
+        env = untagged(env)  # the image's own tag, if it names one, is not the run's
         if ledger is not None:  # cleanup kills only a process that carries its run's ledger (run/ledger.py)
             env = (*env, f"{TAG}={os.path.abspath(ledger.path)}")
         config = bundle_config(root, argv, env, cwd)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from layerbench.drivers.podman import PodmanDriver
 from layerbench.images.build import build_image, files_image
 from layerbench.images.image import FileSpec
 from layerbench.plugins import default_plugins
@@ -176,3 +177,17 @@ def test_a_container_root_podman_mounts_is_nodev_nosuid(tmp_path: Path) -> None:
         finally:
             on.driver.unmount("c")
             on.driver.remove("c")
+
+
+def test_a_store_path_with_a_backslash_and_a_quote_is_the_path_podman_uses(tmp_path: Path) -> None:
+    """storage.conf and containers.conf are TOML: the store's path went in unquoted, so a work root holding
+    `\\t` put Podman's graphroot, tmp_dir and hooks_dir in a directory with a tab instead (under /var/tmp, one
+    any user may make and fill with a hook of theirs), and a `"` ended the string. Now Podman reads the path."""
+    require("podman/vfs")
+    home = tmp_path / 'a\\tb"c'
+    home.mkdir()
+    with open_driver(default_plugins().driver("podman/vfs"), home, "ext4", 256 << 20) as on:
+        assert isinstance(on.driver, PodmanDriver)
+        graphroot = on.driver.podman("info", "--format", "{{.Store.GraphRoot}}").strip()
+        assert graphroot == str(on.driver.home / "root"), graphroot
+        assert not (tmp_path / 'a\tb"c').exists()

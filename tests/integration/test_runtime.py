@@ -307,3 +307,35 @@ def test_the_results_name_the_fraction_unit() -> None:
     assert results.unit_of("read_fraction") == "fraction"
     assert human(0.064, "fraction") == "6.4%"
     assert json.dumps(0.064)
+
+
+@pytest.mark.parametrize("rt", RUNTIMES)
+def test_an_image_cannot_give_its_container_a_runs_tag(busybox_root: Path, tmp_path: Path, rt: str) -> None:
+    """An image's Env naming `LAYERBENCH_LEDGER` (another run's ledger) is dropped: the container carries only
+    the tag of the run that started it (crun), or none (builtin), so no other run's `cleanup` stops it. Before,
+    the builtin launcher's container carried the image's (crun's had both; a shell keeps the last, ours)."""
+    require("overlay2")
+    other = f"{ledger.TAG}=/var/tmp/layerbench/run-other/ledger.jsonl"
+    with driver_on_store("overlay2", tmp_path / "store") as (driver, store):
+        work = store.mountpoint / "runtime"
+        work.mkdir()
+        ids: list[str] = []
+        build_image(driver, HostDirImage(busybox_root), created=lambda layer, _root: ids.append(layer))
+        driver.create_container("c0", ids[-1])
+        root = driver.mount("c0")
+        notes = ledger.Ledger(tmp_path / ledger.LEDGER_NAME).open()
+        argv = ("/bin/sh", "-c", "echo ready; exec sleep 60")
+        box = runtime.container(rt, "c0", root, argv, (other, "A=1"), "/", work, notes)
+        try:
+            box.create()
+            box.begin()
+            ready.wait_ready(box, "log:ready", 30)
+            with open(f"/proc/{box.pid}/environ", "rb") as f:  # the entrypoint's, as it was exec'd
+                env = f.read().decode().split("\0")
+            tags = [e for e in env if e.startswith(f"{ledger.TAG}=")]
+        finally:
+            box.stop()
+            notes.close()
+            driver.unmount("c0")
+    assert "A=1" in env and other not in tags
+    assert tags == ([f"{ledger.TAG}={tmp_path / ledger.LEDGER_NAME}"] if rt == "crun" else []), tags
