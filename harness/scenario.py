@@ -25,8 +25,8 @@ from layerbench.errors import UserError
 from layerbench.images.image import Image, synthetic_from_table
 from layerbench.images.oci_write import COMPRESSIONS
 from layerbench.kernel.confined import path_error
-from layerbench.kernel.netshape import parse_link
 from layerbench.ops import BOOL, ERRNOS, FRACTION, INT, MODE, NUMBER, OPS, SELECT, SIZE, STR
+from layerbench.ops import MAX_WRITE_COUNT as MAX_WRITE_COUNT  # defined here before ops.py
 
 __all__ = [
     "Scenario",
@@ -76,8 +76,6 @@ _IMAGES = {"name", "base", "source", "prebuilt", "recipe"} | _SOURCES["synthetic
 #: the sources an [[images]] entry takes: generated layers, the same packed as a compressed OCI layout,
 #: or a Debian recipe (a `pull` step pulls it whole; layers it shares with an image in the store are not fetched)
 _IMAGES_SOURCES = ("synthetic", "synthetic-oci", "debian")
-_PREFIX = re.compile(r"^[a-z][a-z0-9_]*$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REPEAT = {"samples": (INT, False), "warmup": (INT, False), "min_time_s": (NUMBER, False), "adaptive": (BOOL, False)}
 
 
@@ -208,6 +206,18 @@ class _Checker:
             return
         if not _ok(value, kind):
             raise self.fail(where, f'expected {_describe(kind)} or "${{param}}", got {value!r}')
+
+    def is_param(self, value: Any) -> bool:
+        """Whether `value` is a `${param}` reference (its values are checked by `value`)."""
+        return isinstance(value, str) and _REF.match(value) is not None
+
+    def bounded(self, value: Any, low: float, high: float, where: str) -> None:
+        """A number between `low` and `high`, literal or every value of its `${param}`."""
+        ref = _REF.match(value) if isinstance(value, str) else None
+        for n in self.params.get(ref.group(1), []) if ref else [value]:
+            if isinstance(n, (int, float)) and not isinstance(n, bool) and not low <= n <= high:
+                shown = f"{n} (parameter {ref.group(1)})" if ref else f"{n}"
+                raise self.fail(where, f"must be between {_number(low)} and {_number(high)}, got {shown}")
 
     def fields(self, table: dict[str, Any], spec: dict[str, tuple[Any, bool]], where: str) -> None:
         for key, (kind, required) in spec.items():
@@ -399,7 +409,7 @@ def _validate(data: dict[str, Any], path: str, sets: list[dict[str, Any]]) -> li
             ops = list(dict.fromkeys(values[m.group(1)]))
         for one in ops:
             _validate_step(c, step, one, where)
-        if ops in (["build"], ["pull"]) and isinstance(step.get("image"), str):
+        if len(ops) == 1 and OPS[ops[0]].imports_image and isinstance(step.get("image"), str):
             c.imported.add(step["image"])
     for name, i in c.unbuilt.items():
         if name not in c.imported:
@@ -443,17 +453,6 @@ SYNTHETIC_BOUNDS: dict[str, tuple[float, float]] = {
     "depth": (0, 1000),  # `usr/d0/d1/...`: 3 bytes a level, within PATH_MAX (4095)
     "sigma": (0, 20),  # the log-normal spread: a larger one overflows the sizes to inf
 }
-#: the most files a `write` step's `count` numbers
-MAX_WRITE_COUNT = 1_000_000
-
-
-def _bounded(c: _Checker, value: Any, low: float, high: float, where: str) -> None:
-    """A number between `low` and `high`, literal or every value of its `${param}`."""
-    ref = _REF.match(value) if isinstance(value, str) else None
-    for n in c.params.get(ref.group(1), []) if ref else [value]:
-        if isinstance(n, (int, float)) and not isinstance(n, bool) and not low <= n <= high:
-            shown = f"{n} (parameter {ref.group(1)})" if ref else f"{n}"
-            raise c.fail(where, f"must be between {_number(low)} and {_number(high)}, got {shown}")
 
 
 def _number(x: float) -> str:
@@ -466,7 +465,7 @@ def _check_synthetic(c: _Checker, image: dict[str, Any], at: str) -> None:
     c.fields(image, {"sigma": (NUMBER, False)}, f"{at}.")
     for key, (low, high) in SYNTHETIC_BOUNDS.items():
         if key in image:
-            _bounded(c, image[key], low, high, f"{at}.{key}")
+            c.bounded(image[key], low, high, f"{at}.{key}")
     for table, spec in (("file", _IMAGE_FILE), ("remove", _IMAGE_REMOVE)):
         entries = image.get(table, [])
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -528,6 +527,7 @@ def _image_order(c: _Checker, data: dict[str, Any]) -> list[str]:
 
 
 def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> None:
+    """The checks every step gets, and its op's own (`ops.Op.rules`, `ops.Op.path_rules`)."""
     if op not in OPS:
         raise c.fail(f"{where}op", f"unknown op {op!r}; allowed: {', '.join(OPS)}")
     spec, selects = OPS[op].fields, OPS[op].selects
@@ -536,29 +536,8 @@ def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> No
         if key not in allowed:
             raise c.fail(f"{where}{key}", f"unknown field for op {op!r}; allowed: {', '.join(sorted(allowed))}")
     c.fields(step, spec, where)
-    if op in ("start", "run") and "image" in step:
-        c.value(step["image"], c.images, f"{where}image")
-        if step["image"] in c.unbuilt and step["image"] not in c.imported:
-            raise c.fail(f"{where}image", f"{step['image']!r} is not pre-built: a build step must import it first")
-    if op == "build" and "image" in step and step["image"] not in c.unbuilt:
-        importable = ", ".join(c.unbuilt) or "none (mark an [[images]] entry prebuilt = false)"
-        what = "pre-built (the runner builds it before the samples)" if step["image"] in c.images else "unknown"
-        raise c.fail(f"{where}image", f"{step['image']!r} is {what}; images to import: {importable}")
-    if op == "pull" and "image" in step and step["image"] != "base" and step["image"] not in c.unbuilt:
-        pullable = ", ".join(("base", *c.unbuilt))
-        raise c.fail(f"{where}image", f"{step['image']!r} cannot be pulled; images to pull: {pullable}")
-    if op == "pull" and isinstance(step.get("link"), str) and not _REF.match(step["link"]):
-        try:
-            parse_link(step["link"])
-        except UserError as exc:
-            raise c.fail(f"{where}link", str(exc)) from None
-    if op in ("usage", "pull", "run") and isinstance(step.get("prefix"), str) and not _PREFIX.match(step["prefix"]):
-        raise c.fail(f"{where}prefix", "a metric name prefix: lower_snake_case, such as 'after_remove'")
-    if op == "expect":
-        if ("sha256" in step) == ("layer" in step):
-            raise c.fail(where.rstrip("."), "op 'expect' needs exactly one of sha256 (the content's digest) or layer")
-        if isinstance(step.get("sha256"), str) and not _SHA256.match(step["sha256"]):
-            raise c.fail(f"{where}sha256", "64 lower-case hex digits")
+    for rule in OPS[op].rules:
+        rule(c, step, where)
     if selects:
         given = [k for k in SELECT if k in step]
         if len(given) != 1:
@@ -567,10 +546,8 @@ def _validate_step(c: _Checker, step: dict[str, Any], op: Any, where: str) -> No
     for key in ("path", "to", "glob"):
         if key in step:
             _relative(c, step[key], f"{where}{key}")
-    if "count" in step and op == "write":
-        _bounded(c, step["count"], 0, MAX_WRITE_COUNT, f"{where}count")
-    if "count" in step and op == "write" and "{i}" not in str(step.get("path", "")):
-        raise c.fail(f"{where}path", "with count, the path must hold {i}, numbering the files")
+    for rule in OPS[op].path_rules:
+        rule(c, step, where)
     if "allow_errors" in step:
         c.value(step["allow_errors"], ERRNOS, f"{where}allow_errors")
     if "measure" in step:
