@@ -183,6 +183,10 @@ def test_the_runs_lines_name_a_cell_the_one_way(tiny: Path) -> None:
     `@ host` as everywhere), the progress line (parameters as people write them) and the slowest cells."""
     planned = Cell(load_scenario(tiny), default_plugins().driver("null"), {"containers": 2}, "dir", host="host-a")
     assert planned.describe() == "tiny null containers=2 on dir @ host-a" == planned.key.name(params_first=True)
+    anywhere = dataclasses.replace(planned, host=None)  # a fleet cell for any host, named with the one it ran on
+    assert anywhere.describe() == "tiny null containers=2 on dir"
+    assert anywhere.describe("host-b") == "tiny null containers=2 on dir @ host-b"
+    assert planned.describe("host-b") == planned.describe()  # a cell planned for a host is named by it
     assert CellEvent("planned", 1, 2, "tiny", "null", {"file_size": 4096}, "ext4").describe() == (
         "tiny null on ext4 (file_size=4 KiB)"
     )

@@ -59,9 +59,11 @@ class Cell:
         """The cell's key in its results (`host` "" for a cell planned for any host)."""
         return CellKey.of(self.scenario.name, self.driver.name, self.backing, self.params, self.host)
 
-    def describe(self) -> str:
-        """The cell in a run's lines and errors: `copy-up overlay2 file_size=4096 on ext4 @ host-a` (CellKey.name)."""
-        return self.key.name(params_first=True)
+    def describe(self, ran_on: str = "") -> str:
+        """The cell in a run's lines and errors: `copy-up overlay2 file_size=4096 on ext4 @ host-a` (CellKey.name);
+        `ran_on`: the host a cell planned for any host of a fleet ran on."""
+        key = self.key
+        return key._replace(host=key.host or ran_on).name(params_first=True)
 
     @functools.cached_property
     def image(self) -> Image:
