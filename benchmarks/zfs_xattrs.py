@@ -26,7 +26,7 @@ from layerbench.driver import LayerFormat
 from layerbench.drivers.zfs import ZfsDriver
 from layerbench.images.layer_tar import apply_tar_layer
 from layerbench.kernel.safety import prepare_work_root
-from layerbench.run.backing import BackingStore
+from layerbench.run.session import open_driver
 
 
 class _NoXattrs(ZfsDriver):
@@ -50,29 +50,23 @@ def _layer(dirs: int, files: int) -> bytes:
 def _round(cls: type[ZfsDriver], work: Path, layer: bytes, dirs: int, files: int) -> tuple[int, int]:
     """(apply ns, overwrite ns) on a fresh store and daemon."""
     work.mkdir(parents=True)
-    with BackingStore(work, "dir", 1 << 30, 0) as mnt:
-        home = mnt / "zfs"
-        home.mkdir()
-        driver = cls(home)
-        driver.setup()
-        try:
-            path = driver.create_layer("l0", None)
-            t0 = perf_counter_ns()
-            apply_tar_layer(path, io.BytesIO(layer), LayerFormat.FULL)
-            applied = perf_counter_ns() - t0
-            driver.seal_layer("l0")
-            driver.create_container("c", "l0")
-            root = driver.mount("c")
-            names = [root / f"d{d}" / f"f{f}" for d in range(dirs) for f in range(files)]
-            t0 = perf_counter_ns()
-            for name in names:
-                with open(name, "r+b") as fh:
-                    fh.write(b"y" * 4096)
-            written = perf_counter_ns() - t0
-            driver.unmount("c")
-            return applied, written
-        finally:
-            driver.close()
+    with open_driver(cls, work, "dir", 1 << 30) as session:
+        driver = session.driver
+        path = driver.create_layer("l0", None)
+        t0 = perf_counter_ns()
+        apply_tar_layer(path, io.BytesIO(layer), LayerFormat.FULL)
+        applied = perf_counter_ns() - t0
+        driver.seal_layer("l0")
+        driver.create_container("c", "l0")
+        root = driver.mount("c")
+        names = [root / f"d{d}" / f"f{f}" for d in range(dirs) for f in range(files)]
+        t0 = perf_counter_ns()
+        for name in names:
+            with open(name, "r+b") as fh:
+                fh.write(b"y" * 4096)
+        written = perf_counter_ns() - t0
+        driver.unmount("c")
+        return applied, written
 
 
 def main() -> None:

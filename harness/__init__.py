@@ -9,6 +9,7 @@ authors, and `load` for notebooks. The package is grouped by concern (docs/archi
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from layerbench import _compat
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Driver", "LayerFormat", "Lineage", "Style", "UserError", "hookimpl", "load"]
 
-_compat.install()
+_compat.install(sys.modules[__name__])
 
 
 def __getattr__(name: str) -> Any:

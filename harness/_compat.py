@@ -40,8 +40,9 @@ def new_name(old: str) -> str:
     return f"layerbench.{moved}" + (f".{tail}" if tail else "")
 
 
-def _old_package() -> types.ModuleType:
-    """`layerbench.harness` itself: its submodules by their old names, its names from `layerbench`."""
+def _old_package(package: types.ModuleType) -> types.ModuleType:
+    """`layerbench.harness` itself: its submodules by their old names, its names from `package` (`layerbench`,
+    handed over by `install`: this module, which the package imports, does not import it back)."""
     shim = types.ModuleType(OLD, "Deprecated: use `layerbench`.")
     shim.__path__ = []
 
@@ -49,14 +50,15 @@ def _old_package() -> types.ModuleType:
         try:
             return importlib.import_module(new_name(f"{OLD}.{name}"))
         except ModuleNotFoundError:
-            return getattr(importlib.import_module("layerbench"), name)
+            return getattr(package, name)
 
     shim.__getattr__ = __getattr__  # type: ignore[method-assign]
     return shim
 
 
 class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def __init__(self) -> None:
+    def __init__(self, package: types.ModuleType) -> None:
+        self.package = package
         self.real_specs: dict[str, importlib.machinery.ModuleSpec | None] = {}
 
     def find_spec(
@@ -75,7 +77,7 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         new = new_name(spec.name)
         warnings.warn(f"{spec.name} is deprecated; import {new} instead", DeprecationWarning, stacklevel=2)
         if spec.name == OLD:
-            return _old_package()
+            return _old_package(self.package)
         module = importlib.import_module(new)
         self.real_specs[new] = module.__spec__
         return module
@@ -86,7 +88,7 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             module.__spec__ = self.real_specs[module.__name__]
 
 
-def install() -> None:
-    """Serve the old names (once per process)."""
+def install(package: types.ModuleType) -> None:
+    """Serve the old names (once per process); `layerbench.harness`'s own names are `package`'s."""
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _Finder())  # before the path finder, which would load a second copy
+        sys.meta_path.insert(0, _Finder(package))  # before the path finder, which would load a second copy

@@ -79,8 +79,8 @@ def test_plain_lines_name_the_cell_and_give_elapsed_and_eta() -> None:
     lines.event(CellEvent("started", 1, 6, "copy-up", "overlay2", {"file_size": 4096}, "ext4"))
     lines.event(CellEvent("finished", 1, 6, "copy-up", "overlay2", {"file_size": 4096}, "ext4", 2.0, "ok"))
     first, second = out.getvalue().splitlines()
-    assert first == "[1/6] copy-up overlay2 (file_size=4 KiB) on ext4"
-    ended = r"\[1/6\] copy-up overlay2 \(file_size=4 KiB\) on ext4: ok in 2\.0 s; elapsed [0-9.]+ s, ETA 10 s"
+    assert first == "[1/6] copy-up overlay2 on ext4 (file_size=4 KiB)"
+    ended = r"\[1/6\] copy-up overlay2 on ext4 \(file_size=4 KiB\): ok in 2\.0 s; elapsed [0-9.]+ s, ETA 10 s"
     assert re.fullmatch(ended, second), second  # 5 more x 2 s
 
 
@@ -100,7 +100,7 @@ def test_live_bar_shows_cells_done_the_running_cell_elapsed_and_eta() -> None:
         bar.close()
     screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
     assert "2/6 elapsed" in screen and "ETA 12 s" in screen  # a/x took 2 s and 4 s: 4 cells left at 3 s
-    assert "[2/6] a x (file_size=64 KiB) on ext4: error" in screen  # a failed cell stays on the screen
+    assert "[2/6] a x on ext4 (file_size=64 KiB): error" in screen  # a failed cell stays on the screen
 
 
 @pytest.mark.parametrize(
@@ -162,8 +162,8 @@ def test_run_off_a_terminal_prints_plain_progress_lines(tiny: Path, tmp_path: Pa
     assert r.exit_code == 0, r.stderr
     progress = [line for line in r.stderr.splitlines() if line.startswith("[")]
     ended = r"ok in [0-9.]+ \S+; elapsed [0-9.]+ \S+, ETA [0-9.]+ \S+"
-    assert progress[0] == "[1/2] tiny null (containers=1) on dir"
-    assert re.fullmatch(r"\[1/2\] tiny null \(containers=1\) on dir: " + ended, progress[1]), progress
-    assert progress[2] == "[2/2] tiny null (containers=2) on dir"
-    assert re.fullmatch(r"\[2/2\] tiny null \(containers=2\) on dir: " + ended, progress[3]), progress
+    assert progress[0] == "[1/2] tiny null on dir (containers=1)"
+    assert re.fullmatch(r"\[1/2\] tiny null on dir \(containers=1\): " + ended, progress[1]), progress
+    assert progress[2] == "[2/2] tiny null on dir (containers=2)"
+    assert re.fullmatch(r"\[2/2\] tiny null on dir \(containers=2\): " + ended, progress[3]), progress
     assert "\x1b[" not in r.stderr  # no bar, no colours

@@ -23,7 +23,12 @@ from layerbench.analysis.results_model import (
     run_document,
 )
 from layerbench.analysis.stats import summarize
+from layerbench.plugins import default_plugins
 from layerbench.run import resume
+from layerbench.run.plan import Cell
+from layerbench.run.progress import CellEvent
+from layerbench.run.sampling import time_split_lines
+from layerbench.scenario import load_scenario
 
 DATA = Path(__file__).parent / "data"
 
@@ -171,6 +176,29 @@ def test_one_way_to_name_a_cell() -> None:
     assert one.name(params_first=True) == "copy-up overlay2 file_size=1048576 on ext4 @ host-a"
     assert CellResult.from_dict(cell("vfs")).name() == "copy-up vfs"
     assert one.key.name() == one.name()
+
+
+def test_the_runs_lines_name_a_cell_the_one_way(tiny: Path) -> None:
+    """A run's own lines name a cell through CellKey.name too: the planned cell (its errors, the [i/n] lines,
+    `@ host` as everywhere), the progress line (parameters as people write them) and the slowest cells."""
+    planned = Cell(load_scenario(tiny), default_plugins().driver("null"), {"containers": 2}, "dir", host="host-a")
+    assert planned.describe() == "tiny null containers=2 on dir @ host-a" == planned.key.name(params_first=True)
+    anywhere = dataclasses.replace(planned, host=None)  # a fleet cell for any host, named with the one it ran on
+    assert anywhere.describe() == "tiny null containers=2 on dir"
+    assert anywhere.describe("host-b") == "tiny null containers=2 on dir @ host-b"
+    assert planned.describe("host-b") == planned.describe()  # a cell planned for a host is named by it
+    assert CellEvent("planned", 1, 2, "tiny", "null", {"file_size": 4096}, "ext4").describe() == (
+        "tiny null on ext4 (file_size=4 KiB)"
+    )
+    slow = cell("overlay2", "ext4", "host-a", file_size=4096) | {
+        "time_split_s": {"setup": 1.0, "timed": 0.5, "sampling": 2.0, "teardown": 0.5},
+        "samples": 3,
+        "stop_reason": "pinned",
+    }
+    doc = results.new_run("r", {"name": "m"}, {"name": "layerbench", "version": "0"})
+    doc.add(CellResult.from_dict(slow))
+    line = time_split_lines(doc)[-1]
+    assert line.startswith("  copy-up overlay2 file_size=4096 on ext4 @ host-a: 4.0 s = "), line
 
 
 REFERENCE = Path(__file__).parent.parent / "results" / "reference"

@@ -4,6 +4,7 @@ saved into the results file and resumed from it."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,16 @@ def test_every_setting_is_one_option_of_run_under_its_own_name() -> None:
         assert f.name in params, f"{f.name}: not an option of `layerbench run`"
         if flag.decls:
             assert params[f.name].opts[0] == flag.decls[0].split("/")[0]
+
+
+def test_docs_results_lists_every_saved_setting() -> None:
+    """docs/results.md names each key of a results file's `settings` (a setting is declared once, in RunConfig;
+    its docs line is the one other place)."""
+    docs = (Path(__file__).parent.parent / "docs" / "results.md").read_text()
+    row = next(line for line in docs.splitlines() if line.startswith("| `settings` |"))
+    listed = set(re.findall(r"`(\w+)`", row.split(":", 1)[1].split(";", 1)[0]))
+    saved = RunConfig().settings(["a.toml"], ["vfs"])
+    assert listed == set(saved), f"docs/results.md lacks {set(saved) - listed}, has no such {listed - set(saved)}"
 
 
 def test_a_config_saved_and_resumed_is_the_same_config(tmp_path: Path) -> None:

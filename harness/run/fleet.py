@@ -346,9 +346,7 @@ class FleetExecutor:
                     pending.discard(future)
                     n += 1
                     progress(
-                        f"[{n}/{len(cells)}] {jobs[future].cell.describe()}"
-                        + ("" if jobs[future].cell.host else f" @{result.host or None}")
-                        + f": {result.status}"
+                        f"[{n}/{len(cells)}] {jobs[future].cell.describe(result.host)}: {result.status}"
                         + (f": {result.error}" if result.error else "")
                     )
                     yield result

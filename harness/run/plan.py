@@ -54,10 +54,16 @@ class Cell:
     backing: str
     host: str | None = None  # a fleet's host it runs on (harness/run/fleet.py); None: here, or any host
 
-    def describe(self) -> str:
-        p = results.params_text(self.params)
-        where = f" on {self.backing}" + (f" @{self.host}" if self.host else "")
-        return f"{self.scenario.name} {self.driver.name}" + (f" {p}" if p else "") + where
+    @property
+    def key(self) -> CellKey:
+        """The cell's key in its results (`host` "" for a cell planned for any host)."""
+        return CellKey.of(self.scenario.name, self.driver.name, self.backing, self.params, self.host)
+
+    def describe(self, ran_on: str = "") -> str:
+        """The cell in a run's lines and errors: `copy-up overlay2 file_size=4096 on ext4 @ host-a` (CellKey.name);
+        `ran_on`: the host a cell planned for any host of a fleet ran on."""
+        key = self.key
+        return key._replace(host=key.host or ran_on).name(params_first=True)
 
     @functools.cached_property
     def image(self) -> Image:
@@ -274,7 +280,7 @@ def plan(config: RunConfig, plugins: Plugins | None = None) -> Plan:
                 past[done.key.any_host()].append(done.duration_s)
     planned = []
     for c in chosen.cells:
-        key = CellKey.of(c.scenario.name, c.driver.name, c.backing, c.params)
+        key = c.key.any_host()
         try:
             need: int | None = estimate_bytes(c)
         except NotBuilt:  # a dry run builds no image: its size is known once built

@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
-from layerbench.analysis.results import params_text
-from layerbench.units import params_human
+from layerbench.analysis.results_model import CellKey
 
 __all__ = ["CellEvent", "CellEvents", "RunClock", "PlainLines", "LiveBar", "duration_text", "live_progress"]
 
@@ -42,8 +41,8 @@ class CellEvent:
         return self.scenario, self.driver
 
     def describe(self) -> str:
-        p = params_human(params_text(self.params)) if self.params else ""
-        return f"{self.scenario} {self.driver}" + (f" ({p})" if p else "") + f" on {self.backing}"
+        """The cell on its progress line: `copy-up overlay2 on ext4 (file_size=4 KiB)` (CellKey.name, human)."""
+        return CellKey.of(self.scenario, self.driver, self.backing, self.params).name(human=True)
 
 
 CellEvents = Callable[[CellEvent], None]

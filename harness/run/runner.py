@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from layerbench.analysis import results
-from layerbench.analysis.results_model import CellKey, CellResult, RunDocument
+from layerbench.analysis.results_model import CellResult, RunDocument
 from layerbench.environment import RunEnvironment
 from layerbench.errors import RunStopped
 from layerbench.kernel import safety
@@ -194,9 +194,7 @@ def _prepare(
         doc, path = previous
         # A cell planned for any host (host None) is done once it is done on one.
         done = {key for c in doc.cells for key in (c.key, c.key.any_host())}
-        cells = [
-            c for c in cells if CellKey.of(c.scenario.name, c.driver.name, c.backing, c.params, c.host) not in done
-        ]
+        cells = [c for c in cells if c.key not in done]
         progress(f"resuming {path}: {len(doc.cells)} cells done, {len(cells)} to go")
     return _Prepared(config, chosen, cells)
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from layerbench.analysis.results_model import CellResult, RunDocument, run_document
+from layerbench.analysis.results_model import RunDocument, run_document
 from layerbench.analysis.stats import ci_half_width
 
 __all__ = ["Sampling", "STOP_REASONS", "stop_reason", "headline_widths", "time_split_lines", "MAX_SAMPLES"]
@@ -86,11 +86,6 @@ def _seconds(x: float) -> str:
     return f"{x:.1f} s" if x < 600 else f"{x / 60:.1f} min"
 
 
-def _describe(cell: CellResult) -> str:
-    p = cell.params_text
-    return f"{cell.scenario} {cell.driver}" + (f" {p}" if p else "") + f" on {cell.backing}"
-
-
 def time_split_lines(doc: RunDocument | Mapping[str, Any], slowest: int = 5) -> list[str]:
     """Where the run's time went: the total split, how cells stopped, and the `slowest` cells' splits."""
     cells = [(c, c.time_split_s) for c in run_document(doc).cells if c.time_split_s]
@@ -109,7 +104,7 @@ def time_split_lines(doc: RunDocument | Mapping[str, Any], slowest: int = 5) -> 
     lines.append(f"slowest {min(slowest, len(cells))} cells:")
     for c, split in sorted(cells, key=lambda one: -sum(one[1].values()))[:slowest]:
         lines.append(
-            f"  {_describe(c)}: {_seconds(sum(split.values()))} = "
+            f"  {c.name(params_first=True)}: {_seconds(sum(split.values()))} = "
             + ", ".join(f"{p} {split.get(p, 0.0):.1f}" for p in PHASES)
             + f" ({c.sample_count or 0} samples, {str(c.stop_reason or '?').replace('_', ' ')})"
         )

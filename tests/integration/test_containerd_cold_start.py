@@ -26,9 +26,9 @@ from layerbench.drivers.containerd_snapshotter import (
 from layerbench.kernel import mountinfo
 from layerbench.kernel.netshape import parse_link
 from layerbench.run import ready
-from layerbench.run.backing import BackingStore
 from layerbench.run.registry import registry
 from layerbench.run.runtime import seen_from_inside
+from layerbench.run.session import open_driver
 
 from .. import engine_cells
 from ..conftest import require
@@ -87,48 +87,43 @@ def test_containerd_fetches_only_what_it_lacks_into_the_snapshotter_named(
         engine_cells.layout(tmp_path / "work", "busybox"),
         engine_cells.layout(tmp_path / "work", "busybox-httpd"),
     )
-    with BackingStore(tmp_path / "store", "btrfs", 1 << 30) as mnt:
-        home = mnt / "home"
-        home.mkdir()
-        driver = cls(home)
-        driver.setup()
+    with open_driver(cls, tmp_path / "store", "btrfs", 1 << 30) as session:
+        driver, home = session.driver, session.home
+        assert isinstance(driver, ContainerdSnapshotterDriver)
+        with registry(parse_link("loopback"), tmp_path / "reg", tmp_path / "storage", None, "tcshare") as reg:
+            made: list[str] = []
+            first = driver.pull_image(reg.push(busybox), "a", made)
+            named = reg.push(httpd)
+            second = driver.pull_image(named, "b", made)
+            again = driver.pull_image(reg.push(busybox), "c", made)
+        base, *_ = engine_cells.layer_digests(busybox)
+        assert base in first.fetched and sum(first.fetched.values()) == engine_cells.compressed_layers(busybox)
+        assert base not in second.fetched and set(second.fetched) == set(engine_cells.layer_digests(httpd)[1:])
+        assert again.fetched == {} and made == ["a", "b", "c"]
+        other = "overlayfs" if driver.snapshotter == "btrfs" else "btrfs"
+        keys = _ctr(driver, "snapshots", "--snapshotter", driver.snapshotter, "ls")
+        assert chain_id(engine_cells.diff_ids(busybox)) in keys and chain_id(engine_cells.diff_ids(httpd)) in keys
+        assert "sha256:" not in _ctr(driver, "snapshots", "--snapshotter", other, "ls")
+        box = driver.run_image("r0", "b", "crun", ("/bin/sh", "-c", "echo ready"), (), "/")
         try:
-            with registry(parse_link("loopback"), tmp_path / "reg", tmp_path / "storage", None, "tcshare") as reg:
-                made: list[str] = []
-                first = driver.pull_image(reg.push(busybox), "a", made)
-                named = reg.push(httpd)
-                second = driver.pull_image(named, "b", made)
-                again = driver.pull_image(reg.push(busybox), "c", made)
-            base, *_ = engine_cells.layer_digests(busybox)
-            assert base in first.fetched and sum(first.fetched.values()) == engine_cells.compressed_layers(busybox)
-            assert base not in second.fetched and set(second.fetched) == set(engine_cells.layer_digests(httpd)[1:])
-            assert again.fetched == {} and made == ["a", "b", "c"]
-            other = "overlayfs" if driver.snapshotter == "btrfs" else "btrfs"
-            keys = _ctr(driver, "snapshots", "--snapshotter", driver.snapshotter, "ls")
-            assert chain_id(engine_cells.diff_ids(busybox)) in keys and chain_id(engine_cells.diff_ids(httpd)) in keys
-            assert "sha256:" not in _ctr(driver, "snapshots", "--snapshotter", other, "ls")
-            box = driver.run_image("r0", "b", "crun", ("/bin/sh", "-c", "echo ready"), (), "/")
-            try:
-                box.make()
-                info = json.loads(_ctr(driver, "containers", "info", "r0"))
-                assert (info["Snapshotter"], info["SnapshotKey"]) == (driver.snapshotter, "r0")
-                assert info["Image"] == named and info["Runtime"]["Name"] == "layerbench.crun"
-                assert info["Spec"]["root"]["path"] == str(box.target)  # the spec crun runs
-                box.create()
-                assert seen_from_inside(box.pid).startswith("container root: ")
-                assert box.target not in map(Path, mountinfo.points_below(str(home)))  # in crun's namespace
-                box.begin()
-                assert "ready" in ready.wait_ready(box, "log:ready", 30)
-            finally:
-                box.stop()
-            driver.remove("r0")
-            assert _ctr(driver, "containers", "ls", "-q").strip() == ""
-            for item in ("c", "a", "b"):
-                driver.remove(item)
-            assert _ctr(driver, "images", "ls", "-q").strip() == ""
-            assert "sha256:" not in _ctr(driver, "snapshots", "--snapshotter", driver.snapshotter, "ls")
+            box.make()
+            info = json.loads(_ctr(driver, "containers", "info", "r0"))
+            assert (info["Snapshotter"], info["SnapshotKey"]) == (driver.snapshotter, "r0")
+            assert info["Image"] == named and info["Runtime"]["Name"] == "layerbench.crun"
+            assert info["Spec"]["root"]["path"] == str(box.target)  # the spec crun runs
+            box.create()
+            assert seen_from_inside(box.pid).startswith("container root: ")
+            assert box.target not in map(Path, mountinfo.points_below(str(home)))  # in crun's namespace
+            box.begin()
+            assert "ready" in ready.wait_ready(box, "log:ready", 30)
         finally:
-            driver.close()
+            box.stop()
+        driver.remove("r0")
+        assert _ctr(driver, "containers", "ls", "-q").strip() == ""
+        for item in ("c", "a", "b"):
+            driver.remove(item)
+        assert _ctr(driver, "images", "ls", "-q").strip() == ""
+        assert "sha256:" not in _ctr(driver, "snapshots", "--snapshotter", driver.snapshotter, "ls")
     assert mountinfo.points_below(str(tmp_path)) == []
 
 
