@@ -164,14 +164,23 @@ warmup = 0
 op = "start"
 """
 LAYERBENCH = [sys.executable, "-c", "from layerbench.cli import main; main()"]
+# the signals a test sends at their defaults, whatever pytest was started with (a shell's background job
+# ignores SIGINT, and its children inherit that): coreutils' env sets them and execs
+SIGNALS_AT_DEFAULT = ["env", "--default-signal=INT,TERM,HUP"]
 
 
-def _slow_run(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
-    """`layerbench run` in a process of its own, once its first cell is saved and its second runs."""
+def _slow_run(tmp_path: Path, ignore: signal.Signals | None = None) -> tuple[subprocess.Popen[str], Path]:
+    """`layerbench run` in a process of its own (started with `ignore` ignored, as `nohup` does SIGHUP),
+    once its first cell is saved and its second runs."""
+
+    ignored = [] if ignore is None else [f"--ignore-signal={ignore.name[3:]}"]
+
     scenario = tmp_path / "slow.toml"
     scenario.write_text(SLOW)
     proc = subprocess.Popen(
         [
+            *SIGNALS_AT_DEFAULT,
+            *ignored,
             *LAYERBENCH,
             "run",
             str(scenario),
@@ -216,6 +225,19 @@ def test_an_interrupted_run_exits_130_and_keeps_its_finished_cells(tmp_path: Pat
     doc = results.read(path)
     assert doc["status"] == "interrupted" and [c["status"] for c in doc["cells"]] == ["ok", "interrupted"]
     assert [p.name for p in (tmp_path / "work").iterdir()] == [".layerbench-work-root"]
+
+
+@pytest.mark.mounts
+def test_a_run_started_with_nohup_goes_on_when_its_terminal_closes(tmp_path: Path) -> None:
+    proc, path = _slow_run(tmp_path, ignore=signal.SIGHUP)
+    proc.send_signal(signal.SIGHUP)
+    with pytest.raises(subprocess.TimeoutExpired):  # an interrupted run ends in well under a second
+        proc.wait(timeout=3)
+    assert results.read(path)["status"] == "running"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert results.read(path)["status"] == "interrupted"
 
 
 @pytest.mark.mounts

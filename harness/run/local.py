@@ -47,12 +47,17 @@ Progress = Callable[[str], None]
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP (a closed terminal) raise KeyboardInterrupt, so a terminated run ends as an
-    interrupted one: cleaned up, cells kept."""
+    interrupted one: cleaned up, cells kept. A signal the process was started with ignored stays
+    ignored: `nohup layerbench run` goes on when its terminal closes."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig in (signal.SIGTERM, signal.SIGHUP)
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:

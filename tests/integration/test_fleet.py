@@ -512,6 +512,8 @@ def test_ctrl_c_on_a_fleet_client_marks_the_run_interrupted_and_exits_130(fleet:
     long = _write(tmp_path, LONG.replace("[image]", "[params]\nn = [1, 2, 3]\n[image]"), "long.toml")
     client = subprocess.Popen(
         [
+            # SIGINT at its default, whatever pytest was started with (a background job ignores it)
+            *("env", "--default-signal=INT"),
             *(BIN / "layerbench", "run", long, "-d", "vfs", "--results-dir", tmp_path / "res"),
             *("--cluster", fleet.address, *fleet.certs.options("client")),
         ],
