@@ -18,7 +18,9 @@ from layerbench.images import oci
 from layerbench.images.oci import apply_tar_layer, read_image
 
 from .image_files import (
+    F,
     docker_archive,
+    tar_bytes,
 )
 
 
@@ -82,8 +84,14 @@ def test_a_docker_archive_without_config_or_with_a_malformed_one_is_one_line(tmp
     ("field", "value", "why"),
     [
         ("uid", 1 << 40, "uid 1099511627776 is not a user or group id"),
+        ("gid", 1 << 32, r"gid 4294967296 is not a user or group id \(0 to 4294967294\)$"),
+        ("gid", -1, r"gid -1 is not a user or group id \(0 to 4294967294\)$"),
+        ("mtime", 1e19, r"mtime 1e\+19 is not a time a file can have$"),
+        ("mtime", -1e19, r"mtime -1e\+19 is not a time a file can have$"),
         ("devmajor", 1 << 20, "device number 1048576:0 does not fit a dev_t"),
+        ("devminor", 1 << 20, r"device number 0:1048576 does not fit a dev_t \(major <= 4095, minor <= 1048575\)$"),
     ],
+    ids=["uid", "gid", "gid-negative", "mtime", "mtime-negative", "devmajor", "devminor"],
 )
 def test_odd_owner_time_and_device_numbers_are_one_line(tmp_path: Path, field: str, value: object, why: str) -> None:
     info = tarfile.TarInfo("n")
@@ -146,3 +154,25 @@ def test_run_refuses_a_sparse_member_over_the_limit_before_any_store(tmp_path: P
     ), r.stderr
     assert [p.name for p in work.iterdir()] == [".layerbench-work-root"]  # no store was made
     assert not res.exists() or not any(res.rglob("*.json"))
+
+
+CORRUPT_ZSTD_SCENARIO = SPARSE_SCENARIO.replace("sparse.tar", "zstd.tar")
+
+
+def test_a_corrupt_zstd_layer_in_a_legacy_docker_archive_is_one_line(tmp_path: Path) -> None:
+    """`<id>/layer.tar` that starts as zstd and then is garbage: one line naming the layer, exit 2, no
+    ZstdError traceback (issue 20, L3)."""
+    good = tar_bytes(F("etc/conf", b"x" * 100_000), compress="zstd")
+    corrupt = good[:24] + bytes(b ^ 0x5A for b in good[24:])  # the frame header stays, the blocks are garbage
+    docker_archive(tmp_path / "zstd.tar", {"zstd:1": [corrupt]})
+    (tmp_path / "zstd.toml").write_text(CORRUPT_ZSTD_SCENARIO)
+    work, res = tmp_path / "work", tmp_path / "res"
+    args = ["run", str(tmp_path / "zstd.toml"), "--driver", "null"]
+    r = CliRunner().invoke(main, [*args, "--work-root", str(work), "--results-dir", str(res)])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, (r.exit_code, r.stderr)
+    assert re.fullmatch(
+        rf"layerbench: error: {re.escape(str(tmp_path))}/zstd\.tar:[0-9a-f]{{64}}/layer\.tar: "
+        r"not a readable zstd stream: .+",
+        r.stderr.strip(),
+    ), r.stderr
+    assert "Traceback" not in r.output + r.stderr and "ZstdError" not in r.stderr

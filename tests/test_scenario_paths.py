@@ -101,6 +101,32 @@ def test_a_listed_set_is_checked_too(tmp_path: Path, where: str, body: str) -> N
         load_scenario(path)
 
 
+@pytest.mark.parametrize("table", ["quick", "long"])
+@pytest.mark.parametrize(("where", "body"), FIELDS[:3] + FIELDS[-2:], ids=lambda v: str(v)[:20])
+def test_a_quick_or_long_value_is_checked_too(tmp_path: Path, where: str, body: str, table: str) -> None:
+    """`[quick] params` replace [params]'s values under --quick, `[long] params` add to them under --long:
+    a hostile value there is refused with the same one line as in [params]."""
+    path = _write(tmp_path, body, f'[params]\np = ["ok"]\n[{table}]\nparams = {{ p = ["../../x"] }}\n')
+    load_scenario(path)  # without --quick or --long the table's values are not used
+    with pytest.raises(UserError) as err:
+        load_scenario(path, quick=table == "quick", long=table == "long")
+    why = "must be relative to the container root, without '..'"
+    assert str(err.value) == f"{path}: {where}: {why}, got '../../x' (parameter p)"
+
+
+@pytest.mark.parametrize("table", ["quick", "long"])
+def test_the_cli_refuses_a_quick_or_long_value_with_exit_2_and_one_line(tmp_path: Path, table: str) -> None:
+    path = _write(tmp_path, FIELDS[0][1], f'[params]\np = ["ok"]\n[{table}]\nparams = {{ p = ["../../x"] }}\n')
+    args = ["run", str(path), "-d", "null", f"--{table}", "--work-root", str(tmp_path / "work")]
+    r = CliRunner().invoke(main, [*args, "--results-dir", str(tmp_path / "o")])
+    assert r.exit_code == 2, r.output
+    why = "must be relative to the container root, without '..'"
+    assert [line for line in r.output.splitlines() if line.strip()] == [
+        f"layerbench: error: {path}: step[1].path: {why}, got '../../x' (parameter p)"
+    ]
+    assert not (tmp_path / "o").exists() and not (tmp_path / "work").exists()
+
+
 @pytest.mark.parametrize(("where", "body"), FIELDS, ids=[f[0] + ":" + f[1].split('op = "')[-1][:9] for f in FIELDS])
 def test_a_param_option_is_checked_too(tmp_path: Path, where: str, body: str) -> None:
     path = _write(tmp_path, body, '[params]\np = ["ok"]\n')
