@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tarfile
 import tempfile
 import threading
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from layerbench.driver import Driver
 from layerbench.drivers.overlay2_rootless import _trial
+from layerbench.images.oci import apply_blob, read_image
 from layerbench.kernel import mountinfo
 from layerbench.plugins import default_plugins
 from layerbench.run import cell, runner, userns
@@ -25,6 +27,7 @@ from layerbench.scenario import builtin_scenarios, load_scenario
 from layerbench.testing import userns_session
 
 from ..conftest import first_append_ns, require
+from ..image_files import DEV, D, F, Layout, tar_bytes
 
 pytestmark = pytest.mark.mounts
 MiB = 1 << 20
@@ -264,3 +267,30 @@ def test_a_failing_rootless_cell_keeps_its_partial_samples_and_error_type(
     out = runner.run_cell(_cell(tmp_path), tmp_path / "cell")
     assert out["status"] == "error" and out["error"].startswith("PermissionError:"), out["error"]
     assert out["metrics"]["copy_up_ns"]["samples"] == [123]
+
+
+def test_a_device_node_in_an_image_is_skipped_not_a_permission_error(tmp_path: Path) -> None:
+    """Root in a user namespace makes no device node: the layer applies without it, and the skip is
+    named in its LayerStats (issue 20, L7; it was a bare PermissionError that failed the cell)."""
+    require(NAME)
+    layer = tar_bytes(D("dev/"), DEV("dev/null", tarfile.CHRTYPE, 1, 3), F("etc/conf", b"kept"))
+    lay = Layout()
+    lay.index([lay.manifest([layer], how=("gzip",))])
+    lay.write_dir(tmp_path / "image")
+    os.chmod(tmp_path, 0o755)  # the image is read by the namespace's root, an unprivileged uid on the host
+
+    def body(driver: Driver) -> tuple[list[str], list[str], bytes]:
+        driver.setup()
+        try:
+            (blob,) = read_image(tmp_path / "image")
+            root = driver.create_layer("l0", None)
+            stats = apply_blob(root, blob, driver.layer_format, symlinks="relative", opaque_xattr=driver.opaque_xattr)
+            return stats.skipped, sorted(os.listdir(root / "dev")), (root / "etc" / "conf").read_bytes()
+        finally:
+            driver.close()
+
+    with userns_session(default_plugins().driver(NAME), tmp_path / "store") as driver:
+        skipped, dev, conf = userns.run_in_userns(body, driver, expose=[driver.home.parent, tmp_path / "image"])
+    assert skipped == ["dev/null: device nodes need root in the initial user namespace"]
+    assert dev == [] and conf == b"kept"
+    assert not _mounted_anywhere(tmp_path)
