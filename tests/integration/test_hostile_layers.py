@@ -19,8 +19,10 @@ from layerbench.driver import Driver
 from layerbench.errors import UserError
 from layerbench.images.build import build_image
 from layerbench.images.image_sources import ArchiveImage, open_image
+from layerbench.kernel import mountinfo
 from layerbench.plugins import default_plugins
-from layerbench.run import userns
+from layerbench.run import backing, userns
+from layerbench.run.session import open_driver
 from layerbench.testing import userns_session
 
 from ..conftest import driver_on_store, require
@@ -130,3 +132,24 @@ def test_an_opaque_directory_on_overlay2_rootless_uses_its_user_xattr(tmp_path: 
     with userns_session(cls, tmp_path / "store") as driver:
         listed, sh = userns.run_in_userns(body, driver, expose=[driver.home.parent, tmp_path / "image"])
     assert listed == ["fresh"] and sh == b"#!"  # d/old of the lower layer hidden by the opaque d/
+
+
+@pytest.mark.parametrize("driver_name", ["vfs", "overlay2"])
+def test_a_symlink_target_the_filesystem_cannot_hold_is_one_line(driver_name: str, tmp_path: Path) -> None:
+    """xfs holds a symlink target of at most 1024 bytes, shorter than PATH_MAX: a 2000-byte target
+    (which ext4 takes) is refused in one line naming the entry, not an OSError (issue 20, L8)."""
+    if (why := backing.unavailable("xfs")) is not None:
+        pytest.skip(f"xfs: {why}")
+    require(driver_name)
+    target = "a/" * 999 + "a"  # 1999 bytes, relative, inside the root: only its length is wrong on xfs
+    image = _image(tmp_path, [tar_bytes(D("d/"), F("d/kept", b"k"), S("d/l", target))])
+    cls = default_plugins().driver(driver_name)
+    with open_driver(cls, tmp_path / "store", "xfs", backing.MIN_SIZE["xfs"]) as session:
+        driver = session.driver
+        assert [m.fstype for m in mountinfo.mounts() if m.point == str(session.store.mountpoint)] == ["xfs"]
+        with pytest.raises(UserError) as exc:
+            image.apply(0, driver.create_layer("l0", None), driver.layer_format)
+    assert str(exc.value) == (
+        f"{image.blobs[0].name}: entry 'd/l': a symlink target this filesystem cannot hold (File name too long)"
+    )
+    assert mountinfo.points_below(str(tmp_path)) == []
