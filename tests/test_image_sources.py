@@ -4,6 +4,7 @@ need, the entry bound, and a host directory as a one-layer image."""
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from layerbench.images import image_sources
 from layerbench.images.image_sources import ArchiveImage, HostDirImage, open_image
 
 from .image_files import (
+    DEV,
     WH,
     D,
     F,
@@ -66,6 +68,26 @@ def test_diff_layers_must_be_applied_bottom_first(tmp_path: Path) -> None:
     image.apply(0, tmp_path / "l0", LayerFormat.DIFF)
     image.apply(1, tmp_path / "l1", LayerFormat.DIFF)
     assert os.listdir(tmp_path / "l0") == ["a"] and os.listdir(tmp_path / "l1") == ["b"]
+
+
+def test_what_a_hostile_layer_could_not_apply_is_kept_on_the_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lower = tar_bytes(D("dev/"), DEV("dev/null", tarfile.CHRTYPE, 1, 3))
+    upper = tar_bytes(D("hidden/", xattrs={"user.fuseoverlayfs.opaque": "y"}), F("hidden/new", b"upper"))
+    image = _archive(tmp_path, lower, upper)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # an unprivileged importer makes no device node
+    skipped = [
+        "dev/null: device nodes need root",
+        "hidden: xattr user.fuseoverlayfs.opaque (fuse-overlayfs's own metadata)",
+    ]
+    for build in ("first", "again"):  # each build of the image starts the list anew
+        root = tmp_path / build
+        root.mkdir()
+        image.apply(0, root, LayerFormat.FULL)
+        image.apply(1, root, LayerFormat.FULL)
+        assert image.skipped == skipped
+        assert not (root / "dev" / "null").exists() and (root / "hidden" / "new").read_bytes() == b"upper"
 
 
 def test_an_image_of_more_entries_than_allowed_is_refused_in_one_line(

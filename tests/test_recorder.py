@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from layerbench.analysis.results_model import Metric
-from layerbench.run.recorder import CellRecorder
+from layerbench.analysis import results
+from layerbench.analysis.results_model import CellResult, Metric, RunDocument
+from layerbench.report.table import comparison_table
+from layerbench.run.recorder import SKIPPED_KEPT, CellRecorder
 
 
 def test_a_warm_up_samples_values_are_dropped_but_its_outcomes_counted() -> None:
@@ -39,3 +41,21 @@ def test_what_a_forked_child_recorded_reaches_the_parent() -> None:
     assert parent.samples == {"copy_up_ns": [100]}
     assert parent.outcome_counts() == {"step[0] write": {"EROFS": 2}}
     assert parent.timed_ns == 110
+
+
+def test_what_imports_skipped_is_kept_once_each_capped_in_the_record_and_said_in_one_line() -> None:
+    child, parent = CellRecorder(), CellRecorder()
+    assert parent.skipped_at_import() is None  # nothing skipped: no field
+    hostile = [f"dev/tty{i}: device nodes need root" for i in range(1000)]
+    child.skip(hostile)
+    child.skip(hostile[:5])  # the next sample's build skips them again
+    parent.merge(child.to_plain())  # a rootless cell's child measured it
+    record = parent.skipped_at_import()
+    assert record == {"count": 1000, "entries": hostile[:SKIPPED_KEPT]}
+    cell = CellResult("cold-start", "overlay2-rootless", {}, "ext4", skipped_at_import=record)
+    doc = RunDocument.from_dict(
+        {"schema_version": results.SCHEMA_VERSION, "created": "2024-01-01T00:00:00Z", "cells": [cell.to_dict()]}
+    )
+    shown = "; ".join(hostile[:3])
+    line = f"skipped at import: cold-start overlay2-rootless on ext4: 1000 entries ({shown}; 997 more)"
+    assert line in comparison_table(doc).splitlines()

@@ -116,7 +116,8 @@ UNSET = Unset.UNSET
 
 #: a cell's JSON fields in the order a run writes them (a record read keeps its own order)
 CELL_FIELDS = (
-    "scenario", "driver", "params", "backing", "status", "error", "warmup", "metrics", "outcomes", "inspect",
+    "scenario", "driver", "params", "backing", "status", "error", "warmup", "metrics", "outcomes",
+    "skipped_at_import", "inspect",
     "time_split_s", "template", "loop_direct_io", "mkfs_options", "image_layers_disk_bytes", "image_bytes",
     "images", "samples", "stop_reason", "ci_half_width", "duration_s", "host",
 )  # fmt: skip
@@ -143,6 +144,7 @@ class CellResult:
     warmup: int | None = None
     metrics: dict[str, Metric] = field(default_factory=dict)
     outcome_counts: dict[str, dict[str, int]] | None = None
+    skipped_at_import: dict[str, Any] | None = None  # {"count": n, "entries": the first 20}: what imports skipped
     inspect: dict[str, Any] | None = None
     time_split_s: dict[str, float] | None = None  # setup, timed, sampling, teardown
     template: bool | None = None

@@ -32,6 +32,7 @@ __all__ = [
     "synthetic_from_table",
     "apply_layer",
     "write_whiteout",
+    "skipped_at_import",
 ]
 
 
@@ -54,7 +55,11 @@ class LayerSpec:
 
 
 class Image(Protocol):
-    """What the runner needs of an image, whatever its source."""
+    """What the runner needs of an image, whatever its source.
+
+    An image may also keep `skipped`, a list of what its last build's layers did not apply and why
+    (`LayerStats.skipped`: `dev/null: device nodes need root`), started anew by layer 0; the cell
+    records it (`skipped_at_import`, below)."""
 
     @property
     def layer_count(self) -> int: ...
@@ -120,6 +125,11 @@ class SyntheticImage:
         for gone in layer.removals:
             write_whiteout(root, gone, layer_format)
         apply_layer(root, layer.files, layer_format, contents)
+
+
+def skipped_at_import(image: Image) -> list[str]:
+    """What the last build of `image` did not apply and why (none for an image that keeps no `skipped`)."""
+    return list(getattr(image, "skipped", ()))
 
 
 @functools.lru_cache(maxsize=8)  # a cell asks for its image more than once; generation is the slow part

@@ -138,6 +138,8 @@ class ArchiveImage:
     limit: SizeLimit | None = None
     config: ImageConfig | None = None  # what a runtime starts, and when it is ready (harness/images/config.py)
     layout: Path | None = None  # the OCI layout the image was read from, when it was one (a registry pushes it)
+    #: what its last build's layers did not apply and why (`LayerStats.skipped`; layer 0 starts it anew)
+    skipped: list[str] = field(default_factory=list, init=False)
     _files: dict[str, int] = field(default_factory=dict)
     _sizes: list[int] = field(default_factory=list)  # each layer's uncompressed bytes or, if more, bytes written
     _scanned: bool = False
@@ -203,7 +205,7 @@ class ArchiveImage:
                 raise ValueError(f"DIFF layer {index} applied after layer {self._next - 1}: apply them bottom first")
             lower = self._lower
         limit = None if self.limit is None else replace(self.limit, below=sum(self._sizes[:index]))
-        apply_blob(
+        stats = apply_blob(
             root,
             self.blobs[index],
             layer_format,
@@ -212,6 +214,7 @@ class ArchiveImage:
             lower=lower,
             opaque_xattr=opaque_xattr,
         )
+        self.skipped = [*(self.skipped if index else ()), *stats.skipped]
         self._next = index + 1
 
 
@@ -220,6 +223,7 @@ class HostDirImage:
     """A directory on the host as a one-layer image."""
 
     path: Path
+    skipped: list[str] = field(default_factory=list, init=False)  # what its last build did not apply (`LayerStats`)
 
     @property
     def layer_count(self) -> int:
@@ -247,7 +251,7 @@ class HostDirImage:
         return sorted(p for p, _ in self._walk())
 
     def apply(self, index: int, root: Path, layer_format: LayerFormat, *, opaque_xattr: str = OPAQUE_XATTR) -> None:
-        apply_host_dir(root, self.path, layer_format, symlinks="relative", limit=_image_limit())
+        self.skipped = apply_host_dir(root, self.path, layer_format, symlinks="relative", limit=_image_limit()).skipped
 
 
 def open_image(source: str, path: Path) -> ArchiveImage | HostDirImage:

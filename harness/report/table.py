@@ -20,6 +20,7 @@ __all__ = [
     "host_suffix",
     "human",
     "run_warnings",
+    "skipped_at_import_text",
     "run_summary",
     "run_facts",
     "claims_lines",
@@ -106,8 +107,19 @@ def comparison_table(doc: RunDocument | Mapping[str, Any]) -> str:
         for label, counts in c.outcomes.items():
             seen = ", ".join(f"{name} x{n}" for name, n in counts.items())
             out.append(f"outcome: {c.name(host=several)} {label}: {seen}")
+        if c.skipped_at_import:
+            out.append(f"skipped at import: {c.name(host=several)}: {skipped_at_import_text(c.skipped_at_import)}")
     out += [f"{c.status}: {c.name(host=several)}: {c.error}" for c in run.cells if not c.ok]
     return "\n".join(out).rstrip() + "\n"
+
+
+def skipped_at_import_text(skipped: Mapping[str, Any], shown: int = 3) -> str:
+    """A cell's `skipped_at_import` in one phrase: `3 entries (dev/null: device nodes need root; ...)`,
+    its first `shown` entries, the rest counted (its record lists the first 20)."""
+    count, entries = skipped.get("count", 0), list(skipped.get("entries", ()))
+    more = count - min(len(entries), shown)
+    listed = "; ".join(entries[:shown]) + (f"; {more} more" if more > 0 else "")
+    return f"{count} {'entry' if count == 1 else 'entries'} ({listed})"
 
 
 def run_warnings(doc: RunDocument | Mapping[str, Any]) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 from layerbench.analysis.results_model import CellResult
 from layerbench.driver import Driver
 from layerbench.environment import RunEnvironment
-from layerbench.images.image import Image, SyntheticImage
+from layerbench.images.image import Image, SyntheticImage, skipped_at_import
 from layerbench.kernel import syscalls
 from layerbench.run import backing, userns
 from layerbench.run.builds import build_further_images, build_measured
@@ -112,6 +112,7 @@ def _build(run: _CellRun) -> _Built:
         warm_page_cache(store.mountpoint)
     else:
         top, per_layer = build_measured(image, driver, store, base.bytes)
+        run.recorder.skip(skipped_at_import(image))
     run.recorder.add("image_disk_bytes", per_layer[-1])
     out.image_layers_disk_bytes = per_layer
     out.image_bytes = image.total_bytes
@@ -119,6 +120,8 @@ def _build(run: _CellRun) -> _Built:
     tops = {"base": top}
     if further := cell.images:
         out.images = build_further_images(further, driver, store, base.bytes, tops, image.total_bytes, per_layer[-1])
+        for _, _, built in further:
+            run.recorder.skip(skipped_at_import(built))
     rebuilt = any(x.op == "build" and "image" not in x.args for x in cell.steps)
     contents = image.contents() if isinstance(image, SyntheticImage) and rebuilt else None
     unbuilt = {  # imported by build steps, each sample anew; generated contents made here, untimed
@@ -146,8 +149,11 @@ def _sample(run: _CellRun, built: _Built, registries: Registries | None, rep: in
         registries=registries,
     )
     t0 = time.monotonic()
-    for step in run.cell.steps:
-        run_step(state, step, run.recorder.record, run.recorder.outcome)
+    try:
+        for step in run.cell.steps:
+            run_step(state, step, run.recorder.record, run.recorder.outcome)
+    finally:
+        run.recorder.skip(state.import_skipped)
     return state, time.monotonic() - t0
 
 
@@ -357,6 +363,7 @@ def _end(run: _CellRun, released: Callable[[CellResult], None] | None) -> None:
     started = run.started + run.waited_s
     out.metrics = recorder.metrics()
     out.outcome_counts = recorder.outcome_counts()
+    out.skipped_at_import = recorder.skipped_at_import()
     split = _split(out)
     if not split["setup"]:  # the cell failed before its first sample: all of it was set-up
         split["setup"] = round(measured_until - started, 3)

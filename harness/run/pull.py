@@ -60,6 +60,7 @@ class Pulled:
     pull_ns: int
     unpack_ns: int | None  # None: an engine's pull (run/engine.py), its unpacking inside pull_ns
     apply_ns: int | None
+    skipped: list[str] = field(default_factory=list)  # what the layers it applied did not apply and why
 
     @property
     def transferred(self) -> int:
@@ -120,6 +121,7 @@ class _Pull:
     room: int  # a blob's size limit
     diff_ids: list[str]  # each layer's diff_id from the config, checked as it is applied
     fetched_at: list[int]  # perf_counter_ns() of the metadata's and each blob's arrival
+    skipped: list[str] = field(default_factory=list)  # what the layers applied did not apply (`LayerStats.skipped`)
 
     def fetch(self, i: int, desc: Descriptor) -> tuple[Path, int]:
         """Download layer `i`'s blob into the spool (on a pool thread); its path and size."""
@@ -136,7 +138,7 @@ class _Pull:
         blob = LayerBlob(
             f"{self.ref}@{desc.digest}", path, 0, desc.size, desc.media_type, desc.digest, self.diff_ids[i]
         )
-        apply_blob(
+        stats = apply_blob(
             root,
             blob,
             self.driver.layer_format,
@@ -145,6 +147,7 @@ class _Pull:
             lower=lower,
             opaque_xattr=self.driver.opaque_xattr,
         )
+        self.skipped += stats.skipped
         self.driver.seal_layer(layer_id)
         return layer_id
 
@@ -183,7 +186,7 @@ def _pull(
             raise
     t_end = perf_counter_ns()
     t_fetched = max(pull.fetched_at)
-    return Pulled(top, config, layers, t_fetched - t0, t_end - t_fetched, apply_ns)
+    return Pulled(top, config, layers, t_fetched - t0, t_end - t_fetched, apply_ns, pull.skipped)
 
 
 def _unpack(

@@ -3,7 +3,9 @@
 `record` is the `steps.Recorder` a sample's steps are given. A warm-up sample's values are
 not kept (`warm`), though its outcomes are counted, as a measured sample's. The timer's own
 cost (`run/overhead.py`) comes off every `_ns` value as it is recorded; `timed_ns` is the
-sum of the measured samples' timed regions as taken, before that.
+sum of the measured samples' timed regions as taken, before that. `skipped` keeps what the
+cell's image imports did not apply (a layer's device nodes, an xattr a mechanism reads as its own),
+each entry once, whatever sample or build met it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ from typing import Any
 from layerbench.analysis.results import unit_of
 from layerbench.analysis.results_model import Metric
 
-__all__ = ["CellRecorder"]
+__all__ = ["CellRecorder", "SKIPPED_KEPT"]
+
+#: entries of `skipped_at_import` a cell's record lists (its count counts them all): a hostile image's
+#: million device nodes cannot bloat the results file
+SKIPPED_KEPT = 20
 
 
 class CellRecorder:
@@ -26,6 +32,7 @@ class CellRecorder:
         self.samples: dict[str, list[int]] = defaultdict(list)
         self.outcomes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.timed_ns = 0
+        self.skipped: dict[str, None] = {}  # what the cell's imports did not apply, each once, in order
 
     def record(self, metric: str, value: int) -> None:
         """A step's value, kept unless the sample is a warm-up one; an `_ns` one less the timer's cost."""
@@ -44,6 +51,16 @@ class CellRecorder:
         """A step (`label`) ended in an allowed error or skipped entries: counted by `name`."""
         self.outcomes[label][name] += 1
 
+    def skip(self, entries: list[str]) -> None:
+        """What an import did not apply and why (`LayerStats.skipped`), kept once each."""
+        self.skipped.update(dict.fromkeys(entries))
+
+    def skipped_at_import(self) -> dict[str, Any] | None:
+        """The result's `skipped_at_import`: how many entries, the first `SKIPPED_KEPT`; None when none."""
+        if not self.skipped:
+            return None
+        return {"count": len(self.skipped), "entries": list(self.skipped)[:SKIPPED_KEPT]}
+
     def metrics(self) -> dict[str, Metric]:
         """The result's `metrics`: each metric's unit and samples."""
         return {m: Metric(unit_of(m), tuple(v)) for m, v in self.samples.items()}
@@ -54,7 +71,8 @@ class CellRecorder:
 
     def to_plain(self) -> dict[str, Any]:
         """What a forked child recorded, to hand back to its parent (`merge`)."""
-        return {"samples": dict(self.samples), "outcomes": self.outcome_counts(), "timed_ns": self.timed_ns}
+        plain = {"samples": dict(self.samples), "outcomes": self.outcome_counts(), "timed_ns": self.timed_ns}
+        return {**plain, "skipped": list(self.skipped)}
 
     def merge(self, plain: dict[str, Any]) -> None:
         """Take what a child recorded (`to_plain`)."""
@@ -62,3 +80,4 @@ class CellRecorder:
         for label, counts in plain["outcomes"].items():
             self.outcomes[label].update(counts)
         self.timed_ns += plain["timed_ns"]
+        self.skip(plain["skipped"])

@@ -38,7 +38,7 @@ from layerbench.errors import UserError
 from layerbench.images.build import build_image
 from layerbench.images.caches import cache_root
 from layerbench.images.config import ImageConfig, config_of
-from layerbench.images.image import Image, LayerSpec, SyntheticImage
+from layerbench.images.image import Image, LayerSpec, SyntheticImage, skipped_at_import
 from layerbench.images.registry_client import client_for
 from layerbench.kernel import confined, mountinfo, pagecache, safety, syscalls
 from layerbench.kernel.confined import Parents, Root
@@ -105,6 +105,7 @@ class SampleState:
     processes: list[runtime.Container] = field(default_factory=list)  # `run` containers still running (keep)
     recorded: dict[str, int] = field(default_factory=dict)  # each metric the sample recorded, its last value
     notes: list[str] = field(default_factory=list)  # what the running step saw, each an outcome of it
+    import_skipped: list[str] = field(default_factory=list)  # what its builds' and pulls' layers did not apply
 
     @property
     def root(self) -> Path:
@@ -386,6 +387,7 @@ def _build(state: SampleState, step: Step, record: Recorder) -> None:
         ),
     )
     record("build_disk_bytes", state.store.usage().bytes - before)
+    state.import_skipped += skipped_at_import(image)
     if name is not None:
         state.images = {**state.images, name: ids[-1]}  # a copy: the runner's map of pre-built images stays
 
@@ -428,6 +430,7 @@ def _pull(state: SampleState, step: Step, record: Recorder) -> None:
         state.top = pulled.top
     state.images = {**state.images, name: pulled.top}  # a copy: the runner's map of pre-built images stays
     state.configs = {**state.configs, name: pulled.config}
+    state.import_skipped += pulled.skipped
 
 
 def _spool(cell_dir: Path) -> Path:

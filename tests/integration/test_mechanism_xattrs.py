@@ -15,13 +15,16 @@ import stat
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from layerbench.analysis import results
+from layerbench.cli import main
 from layerbench.driver import Driver
 from layerbench.images.build import build_image
 from layerbench.images.image_sources import open_image
 from layerbench.images.layer_encoding import mechanism_xattr
 
-from ..conftest import ROOT, driver_on_store
+from ..conftest import ROOT, driver_on_store, require
 from ..image_files import (
     D,
     F,
@@ -106,6 +109,40 @@ def test_an_origin_xattr_does_not_make_one_file_read_anothers_bytes(tmp_path: Pa
             driver.unmount("c")
         # the dropped state on disk: the layer's file (overlay2's layout, <id>/diff) carries no origin
         assert name not in os.listxattr(driver.home / "l1" / "diff" / "probe", follow_symlinks=False)
+
+
+SCENARIO = """
+name = "opaque"
+description = "Start a container of an image whose top layer carries fuse-overlayfs's opaque xattr."
+[image]
+source = "docker-archive"
+path = "image.tar"
+[repeat]
+samples = 1
+warmup = 0
+[[step]]
+op = "start"
+"""
+
+
+def test_a_run_records_and_says_what_the_image_import_skipped(tmp_path: Path) -> None:
+    """The xattr the import drops is in the cell's results record and in one line at the end of the run."""
+    top = tar_bytes(D("hidden/", xattrs={"user.fuseoverlayfs.opaque": "y"}), F("hidden/new", b"upper"))
+    docker_archive(tmp_path / "image.tar", {"x:1": [LOWER, top]})
+    (tmp_path / "opaque.toml").write_text(SCENARIO)
+    require("fuse-overlayfs")
+    where = ["--results-dir", str(tmp_path / "res"), "--work-root", str(tmp_path / "work")]
+    r = CliRunner().invoke(
+        main, ["run", str(tmp_path / "opaque.toml"), "-d", "fuse-overlayfs", "--target-ci", "0", *where]
+    )
+    assert r.exit_code == 0, r.stderr
+    [path] = (tmp_path / "res").rglob("*.json")
+    doc = results.read(path)
+    results.validate(doc)  # the schema takes the record
+    [cell] = doc["cells"]
+    entry = "hidden: xattr user.fuseoverlayfs.opaque (fuse-overlayfs's own metadata)"
+    assert cell["status"] == "ok" and cell["skipped_at_import"] == {"count": 1, "entries": [entry]}
+    assert f"skipped at import: opaque fuse-overlayfs on {cell['backing']}: 1 entry ({entry})" in r.stdout.splitlines()
 
 
 @pytest.mark.parametrize(

@@ -498,6 +498,28 @@ def test_a_pulled_layer_whose_diff_id_lies_is_refused_in_one_line(tmp_path: Path
     assert "\n" not in str(err.value) and sha(TRUE) != sha(LIE)
 
 
+def test_a_pull_keeps_what_its_layers_did_not_apply(tmp_path: Path) -> None:
+    from ..image_files import D, F, Layout, tar_bytes
+
+    _need_registry()
+    require("overlay2")
+    lay = Layout()
+    lay.index([lay.manifest([tar_bytes(D("hidden/", xattrs={"user.fuseoverlayfs.opaque": "y"}), F("hidden/a"))])])
+    with (
+        driver_on_store("overlay2", tmp_path / "store") as (driver, _),
+        registry(parse_link("loopback"), tmp_path / "reg", tmp_path / "registry-storage", None, "tskip") as reg,
+    ):
+        client, ref = client_for(reg.push(lay.write_dir(tmp_path / "img")), insecure=True)
+        made: list[str] = []
+        try:
+            pulled = pull_image(client, ref, driver, StoreLayers(), tmp_path / "spool", created=made)
+        finally:
+            client.close()
+            for layer in reversed(made):
+                driver.remove(layer)
+    assert pulled.skipped == ["hidden: xattr user.fuseoverlayfs.opaque (fuse-overlayfs's own metadata)"]
+
+
 @pytest.mark.parametrize("rt", ["crun", "builtin"])
 def test_rootless_cells_pull_and_start_the_image_in_their_user_namespace(
     images: tuple[Path, Path, Path], tmp_path: Path, rt: str
