@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from layerbench.kernel import mountinfo
+from layerbench.kernel import mountinfo, process
 from layerbench.kernel.process import ProcessId, environ_has
 from layerbench.run.ledger import LEDGER_NAME, TAG, Ledger, release, release_abandoned
 
@@ -206,8 +206,6 @@ def test_a_tagged_process_whose_pid_is_reused_while_read_names_not_the_new_one(
     """`carrying` read a process's environment and only then its identity: a tagged process that exited in
     between, its pid taken by an untagged one (a root daemon, another run's), named that other, and
     `cleanup` killed it. The pid is really reused here (ns_last_pid) in that instant."""
-    from layerbench.kernel import process
-
     tag = str(tmp_path / LEDGER_NAME)
     taken: list[subprocess.Popen[bytes]] = []
     real = process.environ_has
@@ -240,3 +238,50 @@ def test_a_tagged_process_whose_pid_is_reused_while_read_names_not_the_new_one(
         for proc in taken:
             proc.kill()
             proc.wait()
+
+
+def _found_then_reused(tag: str) -> tuple[process.Held, subprocess.Popen[bytes]] | None:
+    """A tagged process found (`held_carrying`), then exited, its pid taken by an untagged process started
+    within the same clock tick: the newcomer has the found one's very `ProcessId` (pid, start time,
+    executable). None when the tick ended first or another process of the machine took the pid."""
+    tick = process.boot_ticks()
+    while process.boot_ticks() == tick:  # a tick begins: all of it for what follows
+        pass
+    tagged = subprocess.Popen(["sleep", "60"], env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), TAG: tag})
+    while not environ_has(tagged.pid, TAG, tag):  # execve done: the environment shows
+        pass
+    held = process.held_carrying(TAG, tag)
+    tagged.kill()
+    tagged.wait()
+    other = _take_pid(tagged.pid)
+    if other is not None and [ProcessId.of(other.pid)] == list(held):
+        return held, other
+    held.close()
+    if other is not None:
+        other.kill()
+        other.wait()
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (/proc/sys/kernel/ns_last_pid)")
+def test_a_tagged_process_whose_pid_is_reused_after_it_was_found_is_not_the_one_stopped(tmp_path: Path) -> None:
+    """`carrying` closed the pidfd it had read each process through and `stop_all` opened another by pid: a
+    tagged process that exited in between, its pid taken by another started within the same clock tick (the
+    same pid, start time and executable: the same `ProcessId`), was that other to `stop_all`, which killed it.
+    The found processes are now held by their first pidfds and stopped through them. The pid is really reused
+    here (ns_last_pid), between the finding and the stopping, within the found process's tick."""
+    for _ in range(200):  # the tick may end first, another process of the machine may take the pid: again
+        if (got := _found_then_reused(str(tmp_path / LEDGER_NAME))) is not None:
+            break
+    else:
+        pytest.skip("no pid was reused within the clock tick its process started in")
+    held, other = got
+    try:
+        newcomer = ProcessId.of(other.pid)
+        assert newcomer is not None and newcomer.alive()
+        assert process.stop_all(held, grace=5.0) == []  # the found process was gone: not there to stop
+        assert other.poll() is None and newcomer.alive(), f"the untagged process {other.pid} was signalled"
+    finally:
+        held.close()
+        other.kill()
+        other.wait()

@@ -6,6 +6,15 @@ processes that ever held one pid share it) and its executable (/proc/PID/exe), s
 `stop` signals the process that was recorded or nothing. Signals go through a pidfd
 opened and then checked again, so the pid cannot be recycled between the check and
 the signal.
+
+Processes found by what they carry (`held_carrying`: a run's tag in their environment)
+come as a `Held` set: each `ProcessId` with the pidfd opened before its identity and
+environment were read, kept open until the set is closed. `stop_all` given that set
+signals through those pidfds and never opens one by pid again, so a process that exited
+after it was found, its pid taken by another started within the same clock tick (same
+pid, start time and executable: `ProcessId.alive` cannot tell them apart), is reported
+gone and the other is never signalled. `carrying` (a list, its pidfds closed) is for
+looking only.
 """
 
 from __future__ import annotations
@@ -15,9 +24,21 @@ import os
 import select
 import signal
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import TracebackType
 
-__all__ = ["ProcessId", "start_time", "exe_of", "boot_ticks", "environ_has", "carrying", "stop_all"]
+__all__ = [
+    "ProcessId",
+    "Held",
+    "start_time",
+    "exe_of",
+    "boot_ticks",
+    "environ_has",
+    "carrying",
+    "held_carrying",
+    "stop_all",
+]
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -63,57 +84,132 @@ def environ_has(pid: int, key: str, value: str) -> bool:
         return False
 
 
-def carrying(key: str, value: str) -> list[ProcessId]:
-    """Every live process but this one whose environment (as it started) holds `key=value`, read from /proc.
+class Held:
+    """Processes each held by the pidfd opened before its identity was read; a context manager that closes
+    them. Iterates the `ProcessId`s in the order they were found."""
+
+    def __init__(self) -> None:
+        self._fds: dict[ProcessId, int] = {}
+
+    def add(self, proc: ProcessId, pidfd: int) -> None:
+        """Hold `proc` by `pidfd` (opened before `proc` was read), which the set closes from now on."""
+        if proc in self._fds:
+            os.close(pidfd)
+        else:
+            self._fds[proc] = pidfd
+
+    def fd(self, proc: ProcessId) -> int:
+        """The pidfd `proc` is held by."""
+        return self._fds[proc]
+
+    def keep(self, wanted: Callable[[ProcessId], bool]) -> None:
+        """Drop (and close the pidfd of) every process `wanted` says no to."""
+        for proc in [p for p in self._fds if not wanted(p)]:
+            os.close(self._fds.pop(proc))
+
+    def close(self) -> None:
+        """Close every pidfd; the set is empty after."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def __iter__(self) -> Iterator[ProcessId]:
+        return iter(list(self._fds))
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def __enter__(self) -> Held:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def held_carrying(key: str, value: str) -> Held:
+    """Every live process but this one whose environment (as it started) holds `key=value`, read from /proc,
+    each held by its pidfd (close the set when done: `with held_carrying(...) as procs:`).
 
     A pidfd is opened first, then the process's identity (pid, start time, executable) and environment are
     read, and it is kept only if the pidfd's process has not exited after: then the pid was that process's
     throughout, so a process that carried the tag and exited, its pid taken by another (a root process,
     another run's) in between, is never named by the other's identity (the start time alone cannot tell two
-    processes started within one clock tick apart)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            pidfd = os.pidfd_open(int(name))
-        except OSError:
-            continue
-        try:
-            proc = ProcessId.of(int(name))
-            if proc is None or not environ_has(proc.pid, key, value):
+    processes started within one clock tick apart). The pidfd stays open in the set, for `stop_all`."""
+    found = Held()
+    try:
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == os.getpid():
                 continue
-            if not select.select([pidfd], [], [], 0)[0] and not _zombie(proc.pid):  # still running: it was this one
-                found.append(proc)
-        finally:
-            os.close(pidfd)
+            try:
+                pidfd = os.pidfd_open(int(name))
+            except OSError:
+                continue
+            kept = False
+            try:
+                proc = ProcessId.of(int(name))
+                if proc is not None and environ_has(proc.pid, key, value) and _running(proc, pidfd):
+                    found.add(proc, pidfd)
+                    kept = True
+            finally:
+                if not kept:
+                    os.close(pidfd)
+    except BaseException:
+        found.close()
+        raise
     return found
 
 
-def stop_all(procs: list[ProcessId], grace: float = 5.0) -> list[ProcessId]:
+def carrying(key: str, value: str) -> list[ProcessId]:
+    """`held_carrying`'s processes, their pidfds closed: for looking only. To stop them, hand `stop_all` the
+    `Held` set itself; a list makes it open pidfds by pid again, and a pid reused in between within one clock
+    tick would name another process."""
+    with held_carrying(key, value) as found:
+        return list(found)
+
+
+def _running(proc: ProcessId, pidfd: int) -> bool:
+    """Whether `pidfd`'s process, read as `proc`, still runs: its pidfd does not poll readable (exited) after
+    the read, so the pid was that process's throughout the read."""
+    return not _zombie(proc.pid) and not select.select([pidfd], [], [], 0)[0]
+
+
+def stop_all(procs: Held | list[ProcessId], grace: float = 5.0) -> list[ProcessId]:
     """`ProcessId.stop` for several at once: SIGTERM to each, SIGKILL after `grace` s to those left, then
-    wait (up to 30 s more). Returns those that were there to stop."""
-    fds: dict[ProcessId, int] = {}
+    wait (up to 30 s more). Returns those that were there to stop.
+
+    A `Held` set is signalled through its own pidfds (opened before each identity was read), never by pid:
+    one that exited since is not there to stop, and whatever holds its pid now is not signalled. The set
+    stays open (its owner closes it). A list opens a pidfd by pid for each, then checks its identity."""
+    if isinstance(procs, Held):
+        return _stop_held(procs, grace)
+    held = Held()
     try:
         for proc in procs:
             with contextlib.suppress(OSError):
-                fds[proc] = os.pidfd_open(proc.pid)
-        live = {proc: fd for proc, fd in fds.items() if proc.alive()}
-        left = dict(live)
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
-            for proc, fd in list(left.items()):
-                try:
-                    signal.pidfd_send_signal(fd, sig)
-                except ProcessLookupError:
-                    del left[proc]
-            deadline = time.monotonic() + wait
-            while left and time.monotonic() < deadline:
-                left = {proc: fd for proc, fd in left.items() if not proc._exited(fd, 0.0)}
-                time.sleep(0.02)
-        return list(live)
+                held.add(proc, os.pidfd_open(proc.pid))
+        return _stop_held(held, grace)
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        held.close()
+
+
+def _stop_held(held: Held, grace: float) -> list[ProcessId]:
+    """`stop_all` through the set's pidfds: those still running (as read, and by their pidfd after) are
+    signalled."""
+    live = {proc: held.fd(proc) for proc in held if proc.alive() and _running(proc, held.fd(proc))}
+    left = dict(live)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+        for proc, fd in list(left.items()):
+            try:
+                signal.pidfd_send_signal(fd, sig)
+            except ProcessLookupError:
+                del left[proc]
+        deadline = time.monotonic() + wait
+        while left and time.monotonic() < deadline:
+            left = {proc: fd for proc, fd in left.items() if not proc._exited(fd, 0.0)}
+            time.sleep(0.02)
+    return list(live)
 
 
 @dataclass(frozen=True)

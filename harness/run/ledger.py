@@ -280,10 +280,9 @@ def _stop_unnamed(run: _Run, named: set[str]) -> list[str]:
     """Stop the processes that carry the dead run's tag but are no pending `daemon` entry (module docstring):
     SIGTERM to all, SIGKILL after `DAEMON_GRACE_S` to those left (a pid namespace's first process ignores
     SIGTERM). The entries' daemons stay for their turn, in the ledger's order."""
-    procs = [p for p in process.carrying(TAG, run.ledger) if f"{p.pid}:{p.start}" not in named]
-    if not procs:
-        return []
-    stopped = process.stop_all(procs, DAEMON_GRACE_S)
+    with process.held_carrying(TAG, run.ledger) as procs:  # each held by its pidfd: stopped through it
+        procs.keep(lambda p: f"{p.pid}:{p.start}" not in named)
+        stopped = process.stop_all(procs, DAEMON_GRACE_S)
     return [f"stopped process {p.pid} ({p.exe}): it carries this run's {TAG}" for p in stopped]
 
 
