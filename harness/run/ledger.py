@@ -233,6 +233,8 @@ def _release_one(run: _Run, rec: dict[str, Any]) -> str | None:
         return release_net(kind, path)  # only names of netshape's own form
     if kind in run.releasers:
         return run.releasers[kind](path, run_id(run.ledger))
+    if kind not in ("mount", "loop", "file", "dir"):
+        raise Skip("an unknown kind")
     rel = run.rel(path)
     if rel is None:
         raise Skip(f"outside its run directory {run.path}")
@@ -260,8 +262,6 @@ def _release_one(run: _Run, rec: dict[str, Any]) -> str | None:
         if failed := [dev for dev in devices if not loopdev.detach(dev)]:
             raise Skip(f"losetup -d failed on {', '.join(failed)}")  # the entry stays: the next cleanup tries again
         return f"detached {', '.join(devices)} ({path})" if devices else None
-    if kind not in ("file", "dir"):
-        raise Skip("an unknown kind")
     parent_rel, name = os.path.split(rel)
     parent = run.open(parent_rel or ".", os.O_PATH | os.O_DIRECTORY)
     if parent is None:
