@@ -147,6 +147,20 @@ _MESSAGES: dict[str, list[_Field]] = {
     "containerd.containers.CreateContainerRequest": [("container", 1, "containerd.containers.Container", False)],
     "containerd.containers.CreateContainerResponse": [("container", 1, "containerd.containers.Container", False)],
     "containerd.containers.DeleteContainerRequest": [("id", 1, _STRING, False)],
+    # listing what a namespace holds, to empty it (drivers/_containerd_namespace.py)
+    "containerd.containers.ListContainersRequest": [("filters", 1, _STRING, True)],
+    "containerd.containers.ListContainersResponse": [("containers", 1, "containerd.containers.Container", True)],
+    "containerd.images.ListImagesRequest": [("filters", 1, _STRING, True)],
+    "containerd.images.ListImagesResponse": [("images", 1, "containerd.images.Image", True)],
+    "containerd.leases.ListRequest": [("filters", 1, _STRING, True)],
+    "containerd.leases.ListResponse": [("leases", 1, "containerd.leases.Lease", True)],
+    "containerd.snapshots.ListSnapshotsRequest": [("snapshotter", 1, _STRING, False), ("filters", 2, _STRING, True)],
+    "containerd.snapshots.Info": [("name", 1, _STRING, False), ("parent", 2, _STRING, False)],
+    "containerd.snapshots.ListSnapshotsResponse": [("info", 1, "containerd.snapshots.Info", True)],
+    "containerd.content.Status": [("ref", 3, _STRING, False)],
+    "containerd.content.ListStatusesRequest": [("filters", 1, _STRING, True)],
+    "containerd.content.ListStatusesResponse": [("statuses", 1, "containerd.content.Status", True)],
+    "containerd.content.AbortRequest": [("ref", 1, _STRING, False)],
 }
 
 
@@ -488,6 +502,51 @@ class Containerd:
     def delete_container(self, container_id: str) -> None:
         request = _new("containerd.containers.DeleteContainerRequest", id=container_id)
         self._call("/containerd.services.containers.v1.Containers/Delete", request, "containerd.types.Empty")
+
+    # --- what a namespace holds: listed to empty it (drivers/_containerd_namespace.py) ---
+
+    def containers(self) -> list[str]:
+        """The ids of the namespace's container records."""
+        request = _new("containerd.containers.ListContainersRequest")
+        method = "/containerd.services.containers.v1.Containers/List"
+        return [c.id for c in self._call(method, request, "containerd.containers.ListContainersResponse").containers]
+
+    def images(self) -> list[str]:
+        """The names of the namespace's image records."""
+        request = _new("containerd.images.ListImagesRequest")
+        method = "/containerd.services.images.v1.Images/List"
+        return [i.name for i in self._call(method, request, "containerd.images.ListImagesResponse").images]
+
+    def leases(self) -> list[str]:
+        """The ids of the namespace's leases (ours, and those a `ctr` command took and did not drop)."""
+        request = _new("containerd.leases.ListRequest")
+        method = "/containerd.services.leases.v1.Leases/List"
+        return [lease.id for lease in self._call(method, request, "containerd.leases.ListResponse").leases]
+
+    def delete_lease(self, lease_id: str) -> None:
+        """Delete lease `lease_id`; `sync`: containerd collects what only it held first."""
+        request = _new("containerd.leases.DeleteRequest", id=lease_id, sync=True)
+        self._call("/containerd.services.leases.v1.Leases/Delete", request, "containerd.types.Empty")
+
+    def snapshots(self, snapshotter: str) -> dict[str, str]:
+        """The namespace's snapshots in `snapshotter`: key -> its parent's ("" for none)."""
+        request = _new("containerd.snapshots.ListSnapshotsRequest", snapshotter=snapshotter)
+        method = "/containerd.services.snapshots.v1.Snapshots/List"
+        return {
+            str(i.name): str(i.parent)
+            for r in self._stream(method, request, "containerd.snapshots.ListSnapshotsResponse")
+            for i in r.info
+        }
+
+    def ingests(self) -> list[str]:
+        """The refs of the namespace's unfinished content writes (a Write cut short)."""
+        request = _new("containerd.content.ListStatusesRequest")
+        method = "/containerd.services.content.v1.Content/ListStatuses"
+        return [s.ref for s in self._call(method, request, "containerd.content.ListStatusesResponse").statuses]
+
+    def abort_ingest(self, ref: str) -> None:
+        request = _new("containerd.content.AbortRequest", ref=ref)
+        self._call("/containerd.services.content.v1.Content/Abort", request, "containerd.types.Empty")
 
 
 def _os_error(method: str, exc: grpc.RpcError) -> OSError:

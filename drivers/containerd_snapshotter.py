@@ -45,11 +45,7 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
-import socket
-import stat
-import struct
 import subprocess
 import time
 from pathlib import Path
@@ -58,12 +54,13 @@ from typing import Any, ClassVar
 
 from layerbench.driver import Driver, LayerFormat, Style
 from layerbench.images.layer_pack import pack_layer
-from layerbench.kernel import namespaces, safety, syscalls
+from layerbench.kernel import namespaces, syscalls
 from layerbench.run.engine import EnginePulled
 
 from ._common import fs_in_kernel, needs_root, remove_tree, unmount_below
 from ._containerd_container import ContainerdContainer, valid_identifier
 from ._containerd_mounts import Allowed, mount_specs
+from ._containerd_namespace import LEDGER_KIND, clear_namespace, ledger_entry, namespace_name, refused
 from .containerd_api import Containerd, Descriptor
 from .containerd_daemon import ContainerdDaemon
 
@@ -109,15 +106,8 @@ class ContainerdSnapshotterDriver(Driver):
             return reason
         if cls.engine_address is None and shutil.which("containerd") is None:
             return "containerd is not installed (apt-get install containerd), and no --containerd-address was given"
-        if cls.engine_address is not None:
-            try:
-                is_socket = stat.S_ISSOCK(os.stat(cls.engine_address).st_mode)
-            except OSError as exc:
-                return f"--containerd-address {cls.engine_address}: {exc.strerror}"
-            if not is_socket:
-                return f"--containerd-address {cls.engine_address}: not a unix socket"
-            if (why := _not_roots_daemon(cls.engine_address)) is not None:
-                return f"--containerd-address {cls.engine_address}: {why}"
+        if cls.engine_address is not None and (why := refused(cls.engine_address)) is not None:
+            return f"--containerd-address {cls.engine_address}: {why}"
         if cls.kernel_fs is not None and not fs_in_kernel(cls.kernel_fs):
             return f"the kernel has no {cls.kernel_fs} filesystem (modprobe {cls.kernel_fs})"
         return None
@@ -138,12 +128,17 @@ class ContainerdSnapshotterDriver(Driver):
         self._records: set[str] = set()  # container records (run_image's containers)
         for d in ("staging", "rootfs", "crun"):
             os.mkdir(self.home / d, 0o700)
+        self._entry: str | None = None  # our namespace on a user's daemon, as the ledger names it
+        namespace = namespace_name(self.ledger.run_id if self.ledger is not None else None)
         address = self.engine_address
         if address is None:
             os.mkdir(self.home / "containerd", 0o700)
             self.daemon = ContainerdDaemon(self.home / "containerd", self.ledger)
             address = self.daemon.start()
-        self.client = Containerd(address, f"layerbench-{secrets.token_hex(6)}")
+        elif self.ledger is not None:  # written down before anything is made there: `cleanup` empties it
+            self._entry = ledger_entry(namespace, address)
+            self.ledger.made(LEDGER_KIND, self._entry)
+        self.client = Containerd(address, namespace)
         self.client.wait_ready(30)
         loaded = self.client.snapshotters()
         if self.snapshotter not in loaded or loaded[self.snapshotter] is not None:
@@ -404,8 +399,10 @@ class ContainerdSnapshotterDriver(Driver):
                         pass
                 self._pulled.clear()
                 self.client.drop_lease()
-                if self.daemon is None:
-                    self.client.delete_namespace()  # a user's daemon: leave nothing of ours
+                if self.daemon is None:  # a user's daemon: leave nothing of ours (what `cleanup` does too)
+                    clear_namespace(self.client)
+                    if self.ledger is not None and self._entry is not None:
+                        self.ledger.released(LEDGER_KIND, self._entry)
             finally:
                 self.client.close()
                 self.client = None
@@ -448,28 +445,6 @@ class ContainerdBtrfsSnapshotter(ContainerdSnapshotterDriver):
     kernel_fs = "btrfs"
     backings = ("btrfs",)
     mechanism = "btrfs"
-
-
-def _not_roots_daemon(address: str) -> str | None:
-    """Why the daemon at `address` is not root's alone, or None. Its answers are acted on as root (the mounts
-    Snapshots.Mounts names are mounted, a container started on them), so it must be a daemon of root's: the
-    socket owned by root (or us), in directories no other user can swap it in, and the process serving it
-    (its peer credentials, SO_PEERCRED) running as root."""
-    st = os.lstat(address)
-    if st.st_uid not in (0, os.geteuid()):
-        return f"owned by uid {st.st_uid}: a daemon of another user's; its mounts would be made as root"
-    if (why := safety.ancestors_error(os.path.abspath(address))) is not None:
-        return f"{why}: another user could swap the socket"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        try:
-            sock.connect(address)
-        except OSError as exc:
-            return f"cannot connect: {exc.strerror or exc}"
-        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    if uid not in (0, os.geteuid()):
-        return f"served by a process of uid {uid}, not root: its mounts would be made as root"
-    return None
 
 
 def chain_id(diff_ids: list[str]) -> str:

@@ -36,11 +36,15 @@ __all__ = ["Driver", "Style", "LayerFormat", "Lineage", "ResourceNotes"]
 
 
 class ResourceNotes(Protocol):
-    """The run's ledger as a driver sees it: a daemon it starts is written down before it starts."""
+    """The run's ledger as a driver sees it: a daemon it starts is written down before it starts, and so is
+    a namespace it makes on a user's engine (named with `run_id`, which `cleanup` checks)."""
 
     def made(self, kind: str, path: Path | str) -> None: ...
 
     def released(self, kind: str, path: Path | str) -> None: ...
+
+    @property
+    def run_id(self) -> str: ...
 
 
 class Style(str, Enum):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from layerbench.drivers._containerd_namespace import LEDGER_KIND, release_entry
 from layerbench.kernel import mountinfo, process
 from layerbench.kernel.process import ProcessId, environ_has
-from layerbench.run.ledger import LEDGER_NAME, TAG, Ledger, release, release_abandoned
+from layerbench.run.ledger import LEDGER_NAME, TAG, Ledger, release, release_abandoned, run_id
 
 from .conftest import ROOT
 
@@ -285,3 +287,57 @@ def test_a_tagged_process_whose_pid_is_reused_after_it_was_found_is_not_the_one_
         held.close()
         other.kill()
         other.wait()
+
+
+def _plant(run: Path, entries: list[str]) -> None:
+    records = [{"op": "make", "kind": LEDGER_KIND, "path": e} for e in entries]
+    (run / LEDGER_NAME).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_a_planted_containerd_namespace_not_of_that_run_is_refused_before_any_connection(tmp_path: Path) -> None:
+    """`cleanup` acts on a `containerd-namespace` entry only when the namespace carries the id of the run whose
+    ledger names it: another run's, an untagged `layerbench-<hex>` (outside a run) or the user's own is skipped
+    with its line, the daemon never reached, and the entry stays."""
+    run = tmp_path / "run-1"
+    run.mkdir(mode=0o700)
+    other = run_id(tmp_path / "run-2" / LEDGER_NAME)
+    assert run_id(run / LEDGER_NAME) != other
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(tmp_path / "c.sock"))
+        listener.listen(8)
+        listener.setblocking(False)
+        address = str(tmp_path / "c.sock")
+        planted = [
+            f"default@{address}",
+            f"layerbench-0123456789ab@{address}",
+            f"layerbench-{other}-0123456789ab@{address}",
+        ]
+        _plant(run, planted)
+        actions, live = release_abandoned(tmp_path, {LEDGER_KIND: release_entry})
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected: refused on the name alone
+    mine = run_id(run / LEDGER_NAME)
+    assert live == [] and actions == [
+        f"skipped {LEDGER_KIND} {e}: not a namespace this run made (layerbench-{mine}-<hex>)" for e in reversed(planted)
+    ]
+    assert (run / LEDGER_NAME).exists()  # kept: what it names was not released
+
+
+def test_a_namespace_on_a_daemon_gone_is_one_line_and_the_entry_dropped(tmp_path: Path) -> None:
+    run = tmp_path / "run-1"
+    run.mkdir(mode=0o700)
+    namespace = f"layerbench-{run_id(run / LEDGER_NAME)}-0123456789ab"
+    _plant(run, [f"{namespace}@{tmp_path / 'gone.sock'}"])
+    actions, live = release_abandoned(tmp_path, {LEDGER_KIND: release_entry})
+    assert live == [] and actions == [
+        f"containerd at {tmp_path / 'gone.sock'}: No such file or directory; namespace {namespace} not released there",
+        f"removed {run}",
+    ]
+
+
+def test_without_a_releaser_for_its_kind_a_namespace_entry_stays(tmp_path: Path) -> None:
+    run = tmp_path / "run-1"
+    run.mkdir(mode=0o700)
+    entry = f"layerbench-{run_id(run / LEDGER_NAME)}-0123456789ab@/run/containerd/containerd.sock"
+    _plant(run, [entry])
+    assert release(run / LEDGER_NAME) == [f"skipped {LEDGER_KIND} {entry}: an unknown kind"]

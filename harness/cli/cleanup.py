@@ -1,4 +1,5 @@
-"""`layerbench cleanup`: release what killed runs left behind (mounts, loop devices, files)."""
+"""`layerbench cleanup`: release what killed runs left behind (mounts, loop devices, files, daemons, and a
+namespace of ours on a user's containerd)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from layerbench.drivers._containerd_namespace import LEDGER_KIND, release_entry
 from layerbench.kernel.safety import DEFAULT_WORK_ROOT
 from layerbench.run.ledger import release_abandoned
 
@@ -22,12 +24,12 @@ __all__ = ["cleanup_cmd"]
 )
 def cleanup_cmd(work_root: Path) -> None:
     """Release everything runs that died (SIGKILL, power loss) recorded and left: unmount
-    top-down, detach loop devices, remove files. Idempotent; touches nothing unrecorded;
-    skips runs still alive."""
+    top-down, detach loop devices, remove files, stop daemons, empty and delete a namespace of ours on a
+    user's containerd (--containerd-address). Idempotent; touches nothing unrecorded; skips runs still alive."""
     if not work_root.is_dir():
         click.echo(f"nothing to clean: {work_root} does not exist")
         return
-    actions, live = release_abandoned(work_root)
+    actions, live = release_abandoned(work_root, {LEDGER_KIND: release_entry})
     for line in actions:
         click.echo(line)
     for run_dir in live:

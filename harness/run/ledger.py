@@ -16,7 +16,12 @@ run directory, reached without following a symlink —
   time (so a recycled pid is never hit) that also carries this run's tag in its
   environment (`TAG`: the ledger's path, which `Ledger.open` puts in the environment every
   process the run starts inherits);
-- `netns`, `veth`: only names of the form kernel/netshape.py gives (`release_net`).
+- `netns`, `veth`: only names of the form kernel/netshape.py gives (`release_net`);
+- a kind of an engine's (`containerd-namespace`: a namespace a run made on a user's containerd,
+  `<namespace>@<socket>`): released by the function the caller hands `release_abandoned` for that
+  kind (`Releaser`; `layerbench cleanup` hands drivers/_containerd_namespace.release_entry), given
+  the entry and the run's id (`run_id`), which the names the run gives there carry; without one the
+  entry is skipped. These go last, once nothing of the run's is mounted or running.
 
 One thing more than its entries: a process that carries the run's tag and no `daemon` entry
 names (a container's first process in the instant between `crun create` and its entry, a
@@ -48,11 +53,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import stat
 import subprocess
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +74,9 @@ __all__ = [
     "release_abandoned",
     "daemon_id",
     "untagged",
+    "run_id",
+    "Releaser",
+    "Skip",
     "LEDGER_NAME",
     "TAG",
     "DAEMON_GRACE_S",
@@ -81,6 +91,18 @@ def untagged(env: tuple[str, ...]) -> tuple[str, ...]:
     """An image's environment without any `TAG` entry of its own: the run's tag is the harness's alone to give
     (an image naming another run's ledger would have its container stopped by that run's `cleanup`)."""
     return tuple(e for e in env if e.split("=", 1)[0] != TAG)
+
+
+def run_id(ledger_path: Path | str) -> str:
+    """The run's id as a name outside the machine's files carries it (a containerd namespace,
+    `layerbench-<run id>-<hex>`): 12 hex digits of the sha256 of its ledger's absolute path (`TAG`).
+    `cleanup` acts on such a name only when it carries the id of the ledger naming it."""
+    return hashlib.sha256(os.path.abspath(ledger_path).encode()).hexdigest()[:12]
+
+
+#: what releases an entry of an engine's kind: (its path, the run's `run_id`) -> what it did, or None; it
+#: raises `Skip` to keep the entry (refused, or to be tried again by the next `cleanup`)
+Releaser = Callable[[str, str], "str | None"]
 
 
 #: a ledger longer than this is not a run's (a few records per cell)
@@ -123,6 +145,11 @@ class Ledger:
 
     def released(self, kind: str, path: Path | str) -> None:
         self._write({"op": "release", "kind": kind, "path": str(path)})
+
+    @property
+    def run_id(self) -> str:
+        """The run's id, for names the run gives outside its directory (`run_id`)."""
+        return run_id(self.path)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -173,6 +200,7 @@ class _Run:
     path: str
     fd: int
     ledger: str
+    releasers: Mapping[str, Releaser] = field(default_factory=dict)
 
     def rel(self, path: str) -> str | None:
         """`path` relative to the run directory, or None if it is not below it (or is it)."""
@@ -189,12 +217,12 @@ class _Run:
             return None
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # a symlink on the way: not what the run made
-                raise _Skip("a symlink on the way") from None
+                raise Skip("a symlink on the way") from None
             raise
 
 
-class _Skip(Exception):
-    """An entry not acted on; its message says why."""
+class Skip(Exception):
+    """An entry not acted on (it stays in the ledger); its message says why."""
 
 
 def _release_one(run: _Run, rec: dict[str, Any]) -> str | None:
@@ -203,9 +231,13 @@ def _release_one(run: _Run, rec: dict[str, Any]) -> str | None:
         return _stop_daemon(run, path)
     if kind in ("netns", "veth"):
         return release_net(kind, path)  # only names of netshape's own form
+    if kind in run.releasers:
+        return run.releasers[kind](path, run_id(run.ledger))
+    if kind not in ("mount", "loop", "file", "dir"):
+        raise Skip("an unknown kind")
     rel = run.rel(path)
     if rel is None:
-        raise _Skip(f"outside its run directory {run.path}")
+        raise Skip(f"outside its run directory {run.path}")
     if kind == "mount":
         fd = run.open(rel, os.O_PATH | os.O_DIRECTORY)
         if fd is None:
@@ -219,7 +251,7 @@ def _release_one(run: _Run, rec: dict[str, Any]) -> str | None:
             return None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise _Skip("not a regular file")
+                raise Skip("not a regular file")
             # losetup -j matches by the inode (device and number) of the file open here
             out = subprocess.run(
                 ["losetup", "-j", f"/proc/self/fd/{fd}"], capture_output=True, text=True, pass_fds=[fd]
@@ -228,10 +260,8 @@ def _release_one(run: _Run, rec: dict[str, Any]) -> str | None:
             os.close(fd)
         devices = [line.split(":", 1)[0] for line in out.splitlines() if line.startswith("/dev/loop")]
         if failed := [dev for dev in devices if not loopdev.detach(dev)]:
-            raise _Skip(f"losetup -d failed on {', '.join(failed)}")  # the entry stays: the next cleanup tries again
+            raise Skip(f"losetup -d failed on {', '.join(failed)}")  # the entry stays: the next cleanup tries again
         return f"detached {', '.join(devices)} ({path})" if devices else None
-    if kind not in ("file", "dir"):
-        raise _Skip("an unknown kind")
     parent_rel, name = os.path.split(rel)
     parent = run.open(parent_rel or ".", os.O_PATH | os.O_DIRECTORY)
     if parent is None:
@@ -256,7 +286,7 @@ def _stop_daemon(run: _Run, ident: str) -> str | None:
     """Stop the daemon `ident` (`<pid>:<start time>`) names if it is that run's (module docstring)."""
     pid_text, _, start = ident.partition(":")
     if not pid_text.isdigit() or not start.isdigit() or int(pid_text) <= 1:
-        raise _Skip("not a daemon as the ledger names one (<pid>:<start time>)")
+        raise Skip("not a daemon as the ledger names one (<pid>:<start time>)")
     pid = int(pid_text)
     exe = process.exe_of(pid)
     if process.start_time(pid) != int(start) or exe is None:
@@ -270,7 +300,7 @@ def _stop_daemon(run: _Run, ident: str) -> str | None:
             time.sleep(0.05)
         if not proc.alive():
             return None
-        raise _Skip(f"pid {pid} ({exe}) does not carry this run's {TAG}")
+        raise Skip(f"pid {pid} ({exe}) does not carry this run's {TAG}")
     if process.ProcessId(pid, int(start), exe).stop(DAEMON_GRACE_S):
         return f"stopped process {pid} ({exe})"
     return None
@@ -303,23 +333,25 @@ def _open_run(run_dir: str) -> tuple[_Run, int]:
     return _Run(run_dir, fd, os.path.join(run_dir, LEDGER_NAME)), lfd
 
 
-def release(ledger_path: Path) -> list[str]:
-    """Release what one ledger lists, newest first; idempotent. Returns what was done, and a
-    line for each entry skipped and why. A run directory or ledger that is not the running
-    user's alone is a `UserError`."""
+def release(ledger_path: Path, releasers: Mapping[str, Releaser] | None = None) -> list[str]:
+    """Release what one ledger lists, newest first, an engine's kinds (`releasers`) last; idempotent.
+    Returns what was done, and a line for each entry skipped and why. A run directory or ledger that
+    is not the running user's alone is a `UserError`."""
     run, lfd = _open_run(os.path.dirname(os.path.abspath(ledger_path)))
+    run.releasers = releasers or {}
     try:
         records = _read(lfd, run.ledger)
         pending = _pending(records)
         actions = _stop_unnamed(run, {rec["path"] for rec in pending if rec["kind"] == "daemon"})
         attached: set[str] = set()  # backing files whose loop device stayed attached: kept for the next try
-        for rec in reversed(pending):
+        # an engine's namespace once nothing of the run's is mounted on its snapshots or running
+        for rec in sorted(reversed(pending), key=lambda rec: rec["kind"] in run.releasers):
             try:
                 if rec["kind"] == "file" and rec["path"] in attached:
-                    raise _Skip("its loop device is still attached")
+                    raise Skip("its loop device is still attached")
                 if (done := _release_one(run, rec)) is not None:
                     actions.append(done)
-            except _Skip as why:
+            except Skip as why:
                 actions.append(f"skipped {rec['kind']} {rec['path']}: {why}")
                 if rec["kind"] == "loop":
                     attached.add(rec["path"])
@@ -342,8 +374,9 @@ def _held(path: Path) -> bool:
         os.close(fd)
 
 
-def release_abandoned(work_root: Path) -> tuple[list[str], list[str]]:
+def release_abandoned(work_root: Path, releasers: Mapping[str, Releaser] | None = None) -> tuple[list[str], list[str]]:
     """Release every dead run's resources under `work_root`; (what was done or skipped, live runs skipped).
+    An engine's kinds are released by `releasers` (module docstring).
 
     A work root another user owns or may write in is a `UserError` before any ledger is read;
     so is a run directory or ledger that is not the running user's alone (one line each, skipped).
@@ -357,7 +390,7 @@ def release_abandoned(work_root: Path) -> tuple[list[str], list[str]]:
             if _held(ledger_path):
                 live.append(str(run_dir))
                 continue
-            done = release(ledger_path)
+            done = release(ledger_path, releasers)
         except UserError as exc:
             actions.append(f"skipped {run_dir}: {exc}")
             continue

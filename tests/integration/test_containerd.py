@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,13 +20,15 @@ import pytest
 
 from layerbench.analysis import results
 from layerbench.driver import Driver
+from layerbench.drivers._containerd_namespace import refused
 from layerbench.drivers.containerd_api import Containerd
 from layerbench.drivers.containerd_daemon import ContainerdDaemon
 from layerbench.images.build import build_image, files_image
 from layerbench.images.image import FileSpec
+from layerbench.kernel import mountinfo
 from layerbench.plugins import default_plugins
 from layerbench.run.backing import BackingStore, allocated_bytes
-from layerbench.run.ledger import LEDGER_NAME, Ledger, release_abandoned
+from layerbench.run.ledger import LEDGER_NAME, Ledger, release_abandoned, run_id
 from layerbench.run.plan import RunConfig
 from layerbench.run.runner import run
 from layerbench.run.session import open_driver
@@ -34,6 +39,7 @@ from tests.conftest import require
 pytestmark = pytest.mark.mounts
 
 LAYERBENCH_DRIVERS = ["containerd/overlayfs", "containerd/native", "containerd/btrfs"]
+LAYERBENCH = [sys.executable, "-m", "layerbench"]
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +181,88 @@ def test_cleanup_stops_the_daemon_of_a_run_that_died(tmp_path: Path) -> None:
         assert not _containerd_of(tmp_path)
     finally:
         daemon.stop()
+
+
+#: a cell to be killed in the middle: many samples of a start and a write, on a user's daemon
+SLOW = """
+name = "slow"
+description = "Many samples of a start and a write on containerd's overlayfs, to be killed in the middle."
+[image]
+layers = 2
+files = 20
+bytes = 100000
+[repeat]
+samples = 100000
+warmup = 0
+adaptive = false
+[[step]]
+op = "start"
+[[step]]
+op = "write"
+path = "big.bin"
+bytes = 4194304
+"""
+
+
+def _ours(client: Containerd, before: set[str]) -> list[str]:
+    """Namespaces of ours on the daemon that were not there `before`, with a snapshot in them."""
+    found = []
+    for name in sorted(set(client.namespaces()) - before):
+        if name.startswith("layerbench-"):
+            ns = Containerd(client.address, name)
+            try:
+                if ns.snapshots("overlayfs"):
+                    found.append(name)
+            finally:
+                ns.close()
+    return found
+
+
+def test_cleanup_removes_our_namespace_from_a_users_daemon_after_a_sigkill(
+    containerd_address: str, tmp_path: Path
+) -> None:
+    """A run on a user's daemon (--containerd-address) SIGKILLed mid-cell leaves our namespace there, its
+    snapshots in it; `cleanup` empties and deletes it from the ledger's entry, and the user's daemon runs on."""
+    require("containerd/overlayfs")
+    scenario, work = tmp_path / "slow.toml", tmp_path / "work"
+    scenario.write_text(SLOW)
+    client = Containerd(containerd_address, "default")
+    try:
+        before = set(client.namespaces())
+        argv = [*LAYERBENCH, "run", str(scenario), "-d", "containerd/overlayfs"]
+        argv += ["--containerd-address", containerd_address, "--work-root", str(work)]
+        proc = subprocess.Popen(
+            [*argv, "--results-dir", str(tmp_path / "res")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not (found := _ours(client, before)):
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "the run never made its namespace on the daemon"
+                time.sleep(0.1)
+        finally:
+            proc.kill()
+            proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
+        (namespace,) = found
+        (ledger,) = work.glob(f"run-*/{LEDGER_NAME}")
+        assert namespace.startswith(f"layerbench-{run_id(ledger)}-")  # named with the run's own id
+        ns = Containerd(containerd_address, namespace)
+        try:
+            assert namespace in client.namespaces() and ns.snapshots("overlayfs")  # SIGKILL left them
+            out = subprocess.run([*LAYERBENCH, "cleanup", "--work-root", str(work)], capture_output=True, text=True)
+            assert out.returncode == 0, out.stderr
+            assert f"removed containerd namespace {namespace}" in out.stdout, out.stdout
+            assert namespace not in client.namespaces() and ns.snapshots("overlayfs") == {}
+        finally:
+            ns.close()
+        assert refused(containerd_address) is None and client.snapshotters()["overlayfs"] is None  # it runs on
+        assert mountinfo.points_below(str(work)) == [] and not list(work.glob("run-*"))
+        again = subprocess.run([*LAYERBENCH, "cleanup", "--work-root", str(work)], capture_output=True, text=True)
+        assert again.returncode == 0 and "nothing to clean" in again.stdout  # idempotent
+    finally:
+        client.close()
 
 
 # --- faithfulness: our containerd-overlayfs beside containerd's own overlayfs snapshotter ----------------
