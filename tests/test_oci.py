@@ -425,3 +425,22 @@ path = "img"
 [[step]]
 op = "usage"
 """
+
+
+@pytest.mark.parametrize("which", ["index.json", "a layer blob"])
+def test_a_layout_file_that_is_a_fifo_is_named_as_not_a_regular_file(tmp_path: Path, which: str) -> None:
+    """A fifo where a layout's file goes is refused without being opened (it would block), and the line says
+    what it is: it said "is missing"."""
+    path = oci_layout(tmp_path / "img")
+    if which == "index.json":
+        victim = path / "index.json"
+    else:
+        index = json.loads((path / "index.json").read_bytes())
+        manifest = json.loads((path / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_bytes())
+        victim = path / "blobs/sha256" / manifest["layers"][0]["digest"][7:]
+    victim.unlink()
+    os.mkfifo(victim)
+    with pytest.raises(UserError) as exc:
+        read_image(path).layers  # noqa: B018 (the layers are located as the image is read)
+    name = "index.json" if which == "index.json" else victim.relative_to(path).as_posix()
+    assert str(exc.value) == f"{path}: {name!r} is not a regular file"

@@ -212,7 +212,8 @@ class _Dir:
         if not real.startswith(self.real + os.sep):
             raise UserError(f"{self.label}: {name!r} leads outside the image directory")
         if not os.path.isfile(real):
-            raise UserError(f"{self.label}: {name!r} is missing")
+            there = os.path.lexists(real)
+            raise UserError(f"{self.label}: {name!r} is {'not a regular file' if there else 'missing'}")
         return Path(real), 0, os.path.getsize(real)
 
 
