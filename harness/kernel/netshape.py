@@ -2,10 +2,19 @@
 
 `link = "loopback"` leaves the registry on 127.0.0.1. Any rate (`"1gbit"`, `"100mbit"`,
 `"10mbit"`, `"512kbit"`) puts the registry in a network namespace of its own behind a
-veth pair, its side shaped with `tc qdisc ... tbf` (this kernel has no netem: bandwidth
-only, no added delay). The namespace and the host's veth end are written to the run's
-ledger before they are made, so `layerbench cleanup` removes them after a SIGKILL; the
-context manager removes them after errors and signals.
+veth pair, its side shaped with `tc qdisc ... tbf` (this kernel has no netem: tbf shapes
+bandwidth only). The namespace and the host's veth end are written to the run's ledger
+before they are made, so `layerbench cleanup` removes them after a SIGKILL; the context
+manager removes them after errors and signals.
+
+A rate may carry an added round-trip delay, `"100mbit+20ms"` (1 to 1000 ms; only with a
+rate: loopback has no namespace to put it in). netem being absent, the delay is ours:
+run/delayproxy.py, a TCP proxy in the namespace in front of the registry (run/registry.py
+starts it, a `daemon` of the run's ledger), holds each chunk of data half the delay in
+each direction, in order and without cutting the rate (a queue per direction, not a sleep
+per read). So every request and its answer take the delay more: the round-trip time a
+connection's data exchange sees grows by it. The TCP handshake with the proxy is not
+delayed.
 """
 
 from __future__ import annotations
@@ -24,7 +33,12 @@ from layerbench.errors import UserError
 
 __all__ = ["Link", "Notes", "parse_link", "shaped_net", "ShapedNet", "link_unavailable", "release_net", "tbf_args"]
 
-_RATE = re.compile(r"^(\d{1,6})(kbit|mbit|gbit)$")
+_RATE = re.compile(r"^(\d{1,6})(kbit|mbit|gbit)(?:\+(\d{1,6})ms)?$")
+_EXPECTED = (
+    "expected loopback, a rate such as 1gbit, 100mbit, 10mbit, 512kbit, "
+    "or a rate and an added round-trip delay such as 100mbit+20ms"
+)
+MIN_DELAY_MS, MAX_DELAY_MS = 1, 1000
 _UNIT = {"kbit": 1_000, "mbit": 1_000_000, "gbit": 1_000_000_000}
 
 
@@ -38,10 +52,11 @@ class Notes(Protocol):
 
 @dataclass(frozen=True)
 class Link:
-    """A link by name: `loopback`, or a rate in bits per second."""
+    """A link by name: `loopback`, or a rate in bits per second and an added round-trip delay."""
 
     name: str
     rate_bps: int | None  # None: loopback, unshaped
+    delay_ms: int = 0  # round-trip time added by run/delayproxy.py; 0: none (only with a rate)
 
     @property
     def shaped(self) -> bool:
@@ -49,16 +64,24 @@ class Link:
 
 
 def parse_link(text: object) -> Link:
-    """`loopback`, or a rate such as `1gbit`, `100mbit`, `10mbit`, `512kbit`; else one line saying so."""
+    """`loopback`, or a rate such as `1gbit`, `100mbit`, `10mbit`, `512kbit`, optionally with an added
+    round-trip delay (`100mbit+20ms`); else one line saying so."""
     if text == "loopback":
         return Link("loopback", None)
+    if isinstance(text, str) and text.startswith("loopback+"):
+        raise UserError(
+            f"link {text[:60]!r}: a delay needs a rate (loopback has no namespace for it), such as 1gbit+5ms"
+        )
     m = _RATE.match(text) if isinstance(text, str) else None
     if m is None or int(m.group(1)) == 0:
-        raise UserError(f"link {str(text)[:60]!r}: expected loopback or a rate such as 1gbit, 100mbit, 10mbit, 512kbit")
+        raise UserError(f"link {str(text)[:60]!r}: {_EXPECTED}")
     rate = int(m.group(1)) * _UNIT[m.group(2)]
     if not 64_000 <= rate <= 100_000_000_000:
         raise UserError(f"link {text!r}: a rate between 64kbit and 100gbit")
-    return Link(str(text), rate)
+    delay = 0 if m.group(3) is None else int(m.group(3))
+    if m.group(3) is not None and not MIN_DELAY_MS <= delay <= MAX_DELAY_MS:
+        raise UserError(f"link {text!r}: a round-trip delay between {MIN_DELAY_MS}ms and {MAX_DELAY_MS}ms")
+    return Link(str(text), rate, delay)
 
 
 def link_unavailable() -> str | None:

@@ -7,7 +7,10 @@ holds the tag at the layout's digest), the process started in a new session, rec
 the run's ledger (a `daemon`, by pid and start time) before it runs a single instruction of
 the registry, killed with the runner (PR_SET_PDEATHSIG) and stopped on exit, after errors
 and signals too. With a shaped link it runs in a network namespace of its own behind a
-veth (run/link.py); else on 127.0.0.1. Images are pushed with skopeo from their OCI
+veth (kernel/netshape.py); else on 127.0.0.1. A link with a delay (`100mbit+20ms`) puts our
+delaying proxy (run/delayproxy.py) in that namespace on the veth's address, in front of the
+registry, which then listens on the namespace's loopback; the proxy is started, recorded
+and stopped as the registry is (a `daemon`). Images are pushed with skopeo from their OCI
 layout, digests kept.
 """
 
@@ -22,6 +25,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +37,7 @@ from layerbench.kernel.netshape import Link, ShapedNet, shaped_net
 from layerbench.run.ledger import Ledger, daemon_id
 from layerbench.run.userns import in_initial_userns
 
-__all__ = ["Registry", "registry", "registry_unavailable", "REGISTRY_BIN"]
+__all__ = ["Registry", "registry", "registry_unavailable", "proxy_buffer", "REGISTRY_BIN"]
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 _PR_SET_PDEATHSIG = 1
@@ -131,14 +135,15 @@ def _die_with_parent() -> None:
     os.setsid()
 
 
-def _wait_ready(address: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 20.0) -> None:
-    """Until `GET /v2/` answers; the registry's own last line if it exits first."""
+def _wait_ready(address: str, procs: list[tuple[str, subprocess.Popen[bytes], Path]], timeout_s: float = 20.0) -> None:
+    """Until `GET /v2/` answers; a process's own last line if it exits first (each: its name, itself, its log)."""
     host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = (log.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
-            raise OSError(f"docker-registry exited with {proc.returncode}: {tail[:300]}")
+        for name, proc, log in procs:
+            if proc.poll() is not None:
+                tail = (log.read_text(errors="replace").strip().splitlines() or ["no output"])[-1]
+                raise OSError(f"{name} exited with {proc.returncode}: {tail[:300]}")
         try:
             with socket.create_connection((host, int(port)), timeout=1) as s:
                 s.sendall(f"GET /v2/ HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
@@ -148,6 +153,36 @@ def _wait_ready(address: str, proc: subprocess.Popen[bytes], log: Path, timeout_
             pass
         time.sleep(0.02)
     raise OSError(f"docker-registry did not answer on {address} within {timeout_s:g} s")
+
+
+def _start_daemon(
+    argv: list[str], name: str, log: Path, ledger: Ledger | None, stack: contextlib.ExitStack
+) -> subprocess.Popen[bytes]:
+    """`argv` started held, recorded in the ledger (a `daemon`), let go; stopped when `stack` closes."""
+    with open(log, "wb") as out:
+        # `read` holds the process until the ledger has its pid; then `exec` makes it the daemon (same pid)
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", 'read -r _ && exec "$@"', name, *argv],
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509  prctl + setsid only
+            close_fds=True,
+        )
+    ident = daemon_id(proc.pid)
+    if ledger is not None:
+        ledger.made("daemon", ident)
+    stack.callback(_stop, proc, ledger, ident)
+    assert proc.stdin is not None
+    proc.stdin.write(b"go\n")
+    proc.stdin.close()
+    return proc
+
+
+def proxy_buffer(link: Link) -> int:
+    """The bytes the delaying proxy holds in a direction at most: twice the link's rate × delay, 1 to 256 MiB."""
+    bdp = (link.rate_bps or 0) // 8 * link.delay_ms // 1000
+    return min(256 << 20, max(1 << 20, 2 * bdp))
 
 
 @contextmanager
@@ -166,7 +201,9 @@ def registry(link: Link, home: Path, storage: Path, ledger: Ledger | None, tag: 
         net: ShapedNet | None = None
         if link.shaped:
             net = stack.enter_context(shaped_net(link, ledger, tag))
-            address, listen = f"{net.ns_ip}:5000", f"{net.ns_ip}:5000"
+            address = listen = f"{net.ns_ip}:5000"
+            if link.delay_ms:  # the proxy takes the veth's address, the registry the namespace's loopback
+                listen = "127.0.0.1:5001"
         else:
             port = _free_port()
             address = listen = f"127.0.0.1:{port}"
@@ -176,24 +213,17 @@ def registry(link: Link, home: Path, storage: Path, ledger: Ledger | None, tag: 
         serve = [REGISTRY_BIN, "serve", str(config)]
         if net is not None:
             serve = ["ip", "netns", "exec", net.netns, *serve]
-        with open(log, "wb") as out:
-            # `read` holds the process until the ledger has its pid; then `exec` makes it the registry (same pid)
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", 'read -r _ && exec "$@"', "layerbench-registry", *serve],
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509  prctl + setsid only
-                close_fds=True,
+        procs = [("docker-registry", _start_daemon(serve, "layerbench-registry", log, ledger, stack), log)]
+        if net is not None and link.delay_ms:
+            plog = home / "delayproxy.log"
+            proxy = [
+                *("ip", "netns", "exec", net.netns, sys.executable, "-m", "layerbench.run.delayproxy"),
+                *(address, listen, str(link.delay_ms), str(proxy_buffer(link))),
+            ]
+            procs.append(
+                ("the delaying proxy", _start_daemon(proxy, "layerbench-delayproxy", plog, ledger, stack), plog)
             )
-        ident = daemon_id(proc.pid)
-        if ledger is not None:
-            ledger.made("daemon", ident)
-        stack.callback(_stop, proc, ledger, ident)
-        assert proc.stdin is not None
-        proc.stdin.write(b"go\n")
-        proc.stdin.close()
-        _wait_ready(address, proc, log)
+        _wait_ready(address, procs)
         yield Registry(address, storage, link, net)
 
 
