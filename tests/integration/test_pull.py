@@ -10,6 +10,7 @@ import hashlib
 import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -130,6 +131,33 @@ def test_a_ten_times_slower_link_makes_the_pull_at_least_five_times_longer(
     fast = _pull_min_ns(busybox, "100mbit", tmp_path, root / "registry-storage")
     slow = _pull_min_ns(busybox, "10mbit", tmp_path, root / "registry-storage")
     assert slow >= 5 * fast, (fast, slow)
+
+
+def _gets_s(address: str, n: int) -> float:
+    """Seconds for `n` sequential `GET /v2/`, each on a fresh connection read to its end."""
+    host, port = address.rsplit(":", 1)
+    start = time.monotonic()
+    for _ in range(n):
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(f"GET /v2/ HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.") and b" 200 " in answer.split(b"\r\n", 1)[0], answer[:200]
+    return time.monotonic() - start
+
+
+def test_a_link_with_a_delay_adds_it_to_every_request_and_answer(tmp_path: Path) -> None:
+    """20 requests through 1gbit+50ms take at least 20 × 50 ms more than through 1gbit: only the proxy delays."""
+    _need_registry()
+    if (why := link_unavailable()) is not None:
+        pytest.skip(why)
+    took = {}
+    for n, link in enumerate(("1gbit", "1gbit+50ms")):
+        with registry(parse_link(link), tmp_path / f"reg-{n}", tmp_path / "storage", None, f"tdl{n}") as reg:
+            assert reg.address.endswith(":5000") and not reg.address.startswith("127.")
+            took[link] = min(_gets_s(reg.address, 20) for _ in range(3))
+    assert took["1gbit+50ms"] - took["1gbit"] >= 20 * 0.050 * 0.95, took
 
 
 def test_an_image_on_a_present_base_fetches_only_its_own_layers(
@@ -301,7 +329,7 @@ def test_bad_references_are_one_line() -> None:
 
 PULLS = """
 name = "pulls"
-description = "Pull busybox over a shaped link, forever, to be killed in the middle."
+description = "Pull busybox over a shaped link with a delay, forever, to be killed in the middle."
 [image]
 source = "debian"
 recipe = "busybox"
@@ -311,7 +339,7 @@ warmup = 0
 adaptive = false
 [[step]]
 op = "pull"
-link = "10mbit"
+link = "10mbit+5ms"
 """
 
 
@@ -337,7 +365,7 @@ def _alive(ident: str) -> bool:
     return fields[19] == start and fields[0] not in ("Z", "X")
 
 
-def test_sigkill_mid_pull_then_cleanup_leaves_no_registry_namespace_or_veth(
+def test_sigkill_mid_pull_then_cleanup_leaves_no_registry_proxy_namespace_or_veth(
     images: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     require("overlay2")
@@ -357,6 +385,7 @@ def test_sigkill_mid_pull_then_cleanup_leaves_no_registry_namespace_or_veth(
         while time.monotonic() < deadline:  # until the registry serves and a pull is on its way
             kinds = {r.get("kind") for r in _ledger_records(work) if r.get("op") == "make"}
             if {"daemon", "netns", "veth"} <= kinds and list(work.glob("run-*/*/spool/*")):
+                proxies = [p for p in os.listdir("/proc") if p.isdigit() and _is_our_proxy(p)]
                 break
             time.sleep(0.05)
         else:
@@ -368,6 +397,8 @@ def test_sigkill_mid_pull_then_cleanup_leaves_no_registry_namespace_or_veth(
     netns = [r["path"] for r in made if r["kind"] == "netns"]
     veths = [r["path"] for r in made if r["kind"] == "veth"]
     daemons = [r["path"] for r in made if r["kind"] == "daemon"]
+    assert len(daemons) == 2  # the registry and the delaying proxy in front of it
+    assert proxies and all(f"{p}:" in " ".join(daemons) for p in proxies)  # the proxy ran, a daemon entry
     assert os.path.exists(f"/run/netns/{netns[0]}")  # SIGKILL left it: cleanup's work is real
     out = subprocess.run([*LAYERBENCH, "cleanup", "--work-root", str(work)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -378,6 +409,7 @@ def test_sigkill_mid_pull_then_cleanup_leaves_no_registry_namespace_or_veth(
         assert subprocess.run(["ip", "link", "show", name], capture_output=True).returncode != 0
     for ident in daemons:
         assert not _alive(ident)
+    assert not [p for p in proxies if _is_our_proxy(p)]
     assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(work) in line]
     assert set(work.glob("run-*")) <= before
 
@@ -466,6 +498,15 @@ def test_a_failing_cell_stops_its_registry_and_removes_its_namespace(
 
 def _netns() -> set[str]:
     return {n for n in os.listdir("/run/netns") if n.startswith("lb-")} if os.path.isdir("/run/netns") else set()
+
+
+def _is_our_proxy(pid: str) -> bool:
+    """A delaying proxy (run/delayproxy.py) of a namespace this module's runs made (lb-<tag>, 10.213.x.x)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"layerbench.run.delayproxy" in cmd and any(p.startswith(b"10.213.") for p in cmd)
 
 
 def _is_our_registry(pid: str, work: Path) -> bool:
