@@ -46,6 +46,12 @@ def test_bad_param_is_one_line() -> None:
     assert "copy-up.toml: image.file[0].size: parameter file_size = 'big' is not a size in bytes" in err
 
 
+def test_a_link_with_a_delay_is_a_param_value() -> None:
+    from layerbench.run.config import parse_param
+
+    assert parse_param("link=loopback,100mbit+20ms") == ("link", ["loopback", "100mbit+20ms"])
+
+
 @pytest.mark.mounts
 def test_drivers_lists_style_and_availability() -> None:
     code, out, _ = invoke("drivers", "--json")

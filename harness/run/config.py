@@ -62,8 +62,9 @@ class Kept:
 
 
 def parse_param(text: str) -> tuple[str, list[int | str]]:
-    """`name=1,2,3` -> ("name", [1, 2, 3]); values that are not whole numbers stay strings."""
-    m = re.match(r"^([a-z_][a-z0-9_]*)=([A-Za-z0-9_.-]+(?:,[A-Za-z0-9_.-]+)*)$", text)
+    """`name=1,2,3` -> ("name", [1, 2, 3]); values that are not whole numbers stay strings (`+` too: a link's
+    `100mbit+20ms`)."""
+    m = re.match(r"^([a-z_][a-z0-9_]*)=([A-Za-z0-9_.+-]+(?:,[A-Za-z0-9_.+-]+)*)$", text)
     if not m:
         raise UserError(f"--param {text!r}: expected name=value or name=v1,v2 (whole numbers or words)")
     return m.group(1), [int(v) if v.isdigit() else v for v in m.group(2).split(",")]
