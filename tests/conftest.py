@@ -120,6 +120,29 @@ op = "usage"
 """
 
 
+def slow_cell(write_bytes: int, on: str = "") -> str:
+    """A cell to be killed in the middle: many samples of a start and a write of `write_bytes` (`on`: where,
+    for its description). Not adaptive, so it never ends early once its figures are sure."""
+    return f"""
+name = "slow"
+description = "Many samples of a start and a write{on}, to be killed in the middle."
+[image]
+layers = 2
+files = 20
+bytes = 100000
+[repeat]
+samples = 100000
+warmup = 0
+adaptive = false
+[[step]]
+op = "start"
+[[step]]
+op = "write"
+path = "big.bin"
+bytes = {write_bytes}
+"""
+
+
 @pytest.fixture
 def engine_cell(tmp_path: Path) -> Path:
     """ENGINE_CELL, written to this test's own `s.toml`."""

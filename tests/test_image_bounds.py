@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from layerbench.cli import main
 from layerbench.driver import LayerFormat
@@ -143,17 +143,23 @@ def test_run_refuses_a_sparse_member_over_the_limit_before_any_store(tmp_path: P
     assert len(layer.getvalue()) < 64 << 10
     docker_archive(tmp_path / "sparse.tar", {"sparse:1": [layer.getvalue()]})
     (tmp_path / "sparse.toml").write_text(SPARSE_SCENARIO)
-    work, res = tmp_path / "work", tmp_path / "res"
-    args = ["run", str(tmp_path / "sparse.toml"), "--driver", "null", "--max-image-bytes", "1M"]
-    r = CliRunner().invoke(main, [*args, "--work-root", str(work), "--results-dir", str(res)])
-    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, (r.exit_code, r.stderr)
+    r = _refused_before_any_store(tmp_path, "sparse.toml", "--max-image-bytes", "1M")
     assert re.fullmatch(
         rf"layerbench: error: {re.escape(str(tmp_path))}/sparse\.tar:[0-9a-f]{{64}}/layer\.tar: over the image "
         r"size limit of 1\.0 MiB \(--max-image-bytes\): more than 1\.0 MiB written in this layer",
         r.stderr.strip(),
     ), r.stderr
+
+
+def _refused_before_any_store(tmp_path: Path, scenario: str, *options: str) -> Result:
+    """`layerbench run` of `scenario` (under tmp_path) on null: exit 2 in one line, no store made, no results."""
+    work, res = tmp_path / "work", tmp_path / "res"
+    args = ["run", str(tmp_path / scenario), "--driver", "null", *options]
+    r = CliRunner().invoke(main, [*args, "--work-root", str(work), "--results-dir", str(res)])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, (r.exit_code, r.stderr)
     assert [p.name for p in work.iterdir()] == [".layerbench-work-root"]  # no store was made
     assert not res.exists() or not any(res.rglob("*.json"))
+    return r
 
 
 CORRUPT_ZSTD_SCENARIO = SPARSE_SCENARIO.replace("sparse.tar", "zstd.tar")
@@ -166,10 +172,7 @@ def test_a_corrupt_zstd_layer_in_a_legacy_docker_archive_is_one_line(tmp_path: P
     corrupt = good[:24] + bytes(b ^ 0x5A for b in good[24:])  # the frame header stays, the blocks are garbage
     docker_archive(tmp_path / "zstd.tar", {"zstd:1": [corrupt]})
     (tmp_path / "zstd.toml").write_text(CORRUPT_ZSTD_SCENARIO)
-    work, res = tmp_path / "work", tmp_path / "res"
-    args = ["run", str(tmp_path / "zstd.toml"), "--driver", "null"]
-    r = CliRunner().invoke(main, [*args, "--work-root", str(work), "--results-dir", str(res)])
-    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, (r.exit_code, r.stderr)
+    r = _refused_before_any_store(tmp_path, "zstd.toml")
     assert re.fullmatch(
         rf"layerbench: error: {re.escape(str(tmp_path))}/zstd\.tar:[0-9a-f]{{64}}/layer\.tar: "
         r"not a readable zstd stream: .+",

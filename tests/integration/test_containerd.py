@@ -34,7 +34,7 @@ from layerbench.run.runner import run
 from layerbench.run.session import open_driver
 from layerbench.testing.conformance import *  # noqa: F403  the cases, on each of the three
 from layerbench.testing.sessions import driver_session
-from tests.conftest import require
+from tests.conftest import require, slow_cell
 
 pytestmark = pytest.mark.mounts
 
@@ -183,25 +183,8 @@ def test_cleanup_stops_the_daemon_of_a_run_that_died(tmp_path: Path) -> None:
         daemon.stop()
 
 
-#: a cell to be killed in the middle: many samples of a start and a write, on a user's daemon
-SLOW = """
-name = "slow"
-description = "Many samples of a start and a write on containerd's overlayfs, to be killed in the middle."
-[image]
-layers = 2
-files = 20
-bytes = 100000
-[repeat]
-samples = 100000
-warmup = 0
-adaptive = false
-[[step]]
-op = "start"
-[[step]]
-op = "write"
-path = "big.bin"
-bytes = 4194304
-"""
+#: a cell to be killed in the middle, on a user's daemon
+SLOW = slow_cell(4 << 20, " on containerd's overlayfs")
 
 
 def _ours(client: Containerd, before: set[str]) -> list[str]:

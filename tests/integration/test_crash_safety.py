@@ -21,29 +21,12 @@ from layerbench.run.runner import run
 from layerbench.run.sampling import Sampling
 from layerbench.scenario import load_scenario
 
-from ..conftest import require
+from ..conftest import require, slow_cell
 
 pytestmark = pytest.mark.mounts
 LAYERBENCH = [sys.executable, "-m", "layerbench"]
 
-SLOW = """
-name = "slow"
-description = "Many samples of a start and a 32 MiB write, to be killed in the middle."
-[image]
-layers = 2
-files = 20
-bytes = 100000
-[repeat]
-samples = 100000
-warmup = 0
-adaptive = false  # killed in the middle: it must not end early once its figures are sure
-[[step]]
-op = "start"
-[[step]]
-op = "write"
-path = "big.bin"
-bytes = 33554432
-"""
+SLOW = slow_cell(32 << 20)
 
 SMALL = """
 name = "small"
@@ -152,7 +135,7 @@ def test_cleanup_skips_a_live_run(tmp_path: Path) -> None:
 def test_enospc_fails_the_cell_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     require("overlay2")
     full = tmp_path / "full.toml"
-    full.write_text(SLOW.replace("samples = 100000", "samples = 1").replace("33554432", "209715200"))
+    full.write_text(slow_cell(200 << 20).replace("samples = 100000", "samples = 1"))
     small = tmp_path / "small.toml"
     small.write_text(SMALL)
     monkeypatch.setattr(one_cell, "estimate_bytes", lambda c: 64 << 20)  # a store too small for the write
