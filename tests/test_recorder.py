@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from layerbench.analysis import results
 from layerbench.analysis.results_model import CellResult, Metric, RunDocument
+from layerbench.images.layer_apply import SKIPPED_LISTED, LayerStats
 from layerbench.report.table import comparison_table
 from layerbench.run.recorder import SKIPPED_KEPT, CellRecorder
 
@@ -59,3 +60,17 @@ def test_what_imports_skipped_is_kept_once_each_capped_in_the_record_and_said_in
     shown = "; ".join(hostile[:3])
     line = f"skipped at import: cold-start overlay2-rootless on ext4: 1000 entries ({shown}; 997 more)"
     assert line in comparison_table(doc).splitlines()
+
+
+def test_what_an_import_skips_is_bounded_in_memory_from_the_layer_up() -> None:
+    """A hostile image of a million device nodes: each layer lists the first SKIPPED_LISTED, and so does a cell."""
+    stats, recorder = LayerStats(), CellRecorder()
+    for i in range(SKIPPED_LISTED + 500):
+        stats.skip(f"dev/tty{i}: device nodes need root")
+    assert (
+        len(stats.skipped) == SKIPPED_LISTED
+        and stats.skipped[-1] == f"dev/tty{SKIPPED_LISTED - 1}: device nodes need root"
+    )
+    recorder.skip(stats.skipped)
+    recorder.skip([f"other{i}" for i in range(10)])
+    assert recorder.skipped_at_import() == {"count": SKIPPED_LISTED, "entries": stats.skipped[:SKIPPED_KEPT]}

@@ -19,6 +19,7 @@ from layerbench import environment
 from layerbench.driver import LayerFormat
 from layerbench.errors import UserError
 from layerbench.images.config import ImageConfig
+from layerbench.images.layer_apply import SKIPPED_LISTED
 from layerbench.images.layer_encoding import OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX
 from layerbench.images.layer_stream import LayerTar, SizeLimit, free_disk_limit, read_layer
 from layerbench.images.layer_tar import LowerTree
@@ -214,7 +215,7 @@ class ArchiveImage:
             lower=lower,
             opaque_xattr=opaque_xattr,
         )
-        self.skipped = [*(self.skipped if index else ()), *stats.skipped]
+        self.skipped = [*(self.skipped if index else ()), *stats.skipped][:SKIPPED_LISTED]
         self._next = index + 1
 
 

@@ -49,7 +49,10 @@ from layerbench.images.layer_stream import SizeLimit, free_disk_limit, tighter
 from layerbench.images.lower_tree import LowerTree
 from layerbench.kernel import confined
 
-__all__ = ["Applier", "Entry", "LayerStats", "SymlinkPolicy", "NAME_MAX", "PATH_MAX"]
+__all__ = ["Applier", "Entry", "LayerStats", "SymlinkPolicy", "NAME_MAX", "PATH_MAX", "SKIPPED_LISTED"]
+
+#: what a layer (and an image, and a cell) lists of what its import did not apply; more is not kept
+SKIPPED_LISTED = 1000
 
 #: "refuse" an absolute symlink target, or rewrite it as a relative one inside the root
 SymlinkPolicy = Literal["refuse", "relative"]
@@ -73,8 +76,14 @@ class LayerStats:
     opaques: int = 0
     bytes: int = 0
     xattrs: int = 0
-    #: what was not applied and why, e.g. "dev/null: device nodes need root"
+    #: what was not applied and why, e.g. "dev/null: device nodes need root" (the first `SKIPPED_LISTED`)
     skipped: list[str] = field(default_factory=list)
+
+    def skip(self, what: str) -> None:
+        """Note what was not applied and why: listed up to `SKIPPED_LISTED` (an image of a million device
+        nodes holds no list of a million in memory)."""
+        if len(self.skipped) < SKIPPED_LISTED:
+            self.skipped.append(what)
 
 
 @dataclass
@@ -273,7 +282,7 @@ class Applier:
             if "\0" in key or not key:
                 self.fail(e, f"an xattr name {key!r} that is empty or holds a NUL byte")
             if (mechanism := mechanism_xattr(key)) is not None:  # never let a layer steer a mechanism
-                self.stats.skipped.append(f"{e.name}: xattr {key} ({mechanism}'s own metadata)")
+                self.stats.skip(f"{e.name}: xattr {key} ({mechanism}'s own metadata)")
                 continue
             try:
                 os.setxattr(target, key, value, follow_symlinks=isinstance(target, int))
@@ -281,7 +290,7 @@ class Applier:
             except OSError as exc:
                 if exc.errno not in _XATTR_SKIP:
                     raise
-                self.stats.skipped.append(f"{e.name}: xattr {key}: {os.strerror(exc.errno or 0)}")
+                self.stats.skip(f"{e.name}: xattr {key}: {os.strerror(exc.errno or 0)}")
 
     def _owner_mode(self, e: Entry, fd: int) -> None:
         if self.is_root:
@@ -327,7 +336,7 @@ class Applier:
         if e.kind == "hardlink" and (not link_parts or link_parts == parts):
             self.fail(e, f"hardlink target {e.linkname!r} is not another file of the layer")
         if e.kind in ("char", "block") and not self.is_root:
-            self.stats.skipped.append(f"{e.name}: device nodes need root")
+            self.stats.skip(f"{e.name}: device nodes need root")
             return None
         pfd = self.parent(e, parts)
         assert pfd is not None
@@ -366,7 +375,7 @@ class Applier:
                 try:
                     os.mknod(base, kind | 0o600, os.makedev(e.major, e.minor), dir_fd=pfd)
                 except PermissionError:  # root in a user namespace (overlay2-rootless) makes no device node
-                    self.stats.skipped.append(f"{e.name}: device nodes need root in the initial user namespace")
+                    self.stats.skip(f"{e.name}: device nodes need root in the initial user namespace")
                     return None
             self._finish_path(e, pfd, base, chmod=True)
             self.stats.devices += 1
@@ -471,7 +480,7 @@ class Applier:
         if base == OPAQUE_MARKER:
             return self._opaque(e, parts[:-1])
         if base.startswith(WHITEOUT_PREFIX * 2):  # other AUFS metadata (.wh..wh.plnk ...)
-            self.stats.skipped.append(f"{e.name}: AUFS metadata")
+            self.stats.skip(f"{e.name}: AUFS metadata")
             return None
         name = base[len(WHITEOUT_PREFIX) :]
         if name in ("", ".", ".."):

@@ -88,7 +88,7 @@ def apply_host_dir(
                 elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
                     kind = "char" if stat.S_ISCHR(mode) else "block" if stat.S_ISBLK(mode) else "fifo"
                 else:
-                    applier.stats.skipped.append(f"{path}: sockets are not image content")
+                    applier.stats.skip(f"{path}: sockets are not image content")
                     continue
                 linkname = os.readlink(name, dir_fd=dfd) if kind == "symlink" else ""
                 applier.apply(_host_entry(path, st, kind, xattrs, linkname), data, whiteouts=False)

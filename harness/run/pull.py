@@ -28,6 +28,7 @@ from time import perf_counter_ns
 
 from layerbench.driver import Driver, LayerFormat
 from layerbench.images.config import ImageConfig, parse_config
+from layerbench.images.layer_apply import SKIPPED_LISTED
 from layerbench.images.layer_stream import SizeLimit
 from layerbench.images.layer_tar import LowerTree
 from layerbench.images.oci import LayerBlob, apply_blob, config_diff_ids
@@ -147,7 +148,7 @@ class _Pull:
             lower=lower,
             opaque_xattr=self.driver.opaque_xattr,
         )
-        self.skipped += stats.skipped
+        self.skipped = [*self.skipped, *stats.skipped][:SKIPPED_LISTED]
         self.driver.seal_layer(layer_id)
         return layer_id
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from layerbench.analysis.results import unit_of
 from layerbench.analysis.results_model import Metric
+from layerbench.images.layer_apply import SKIPPED_LISTED
 
 __all__ = ["CellRecorder", "SKIPPED_KEPT"]
 
@@ -53,7 +54,10 @@ class CellRecorder:
 
     def skip(self, entries: list[str]) -> None:
         """What an import did not apply and why (`LayerStats.skipped`), kept once each."""
-        self.skipped.update(dict.fromkeys(entries))
+        for entry in entries:
+            if len(self.skipped) >= SKIPPED_LISTED:
+                return
+            self.skipped[entry] = None
 
     def skipped_at_import(self) -> dict[str, Any] | None:
         """The result's `skipped_at_import`: how many entries, the first `SKIPPED_KEPT`; None when none."""

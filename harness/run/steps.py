@@ -39,6 +39,7 @@ from layerbench.images.build import build_image
 from layerbench.images.caches import cache_root
 from layerbench.images.config import ImageConfig, config_of
 from layerbench.images.image import Image, LayerSpec, SyntheticImage, skipped_at_import
+from layerbench.images.layer_apply import SKIPPED_LISTED
 from layerbench.images.registry_client import client_for
 from layerbench.kernel import confined, mountinfo, pagecache, safety, syscalls
 from layerbench.kernel.confined import Parents, Root
@@ -387,7 +388,7 @@ def _build(state: SampleState, step: Step, record: Recorder) -> None:
         ),
     )
     record("build_disk_bytes", state.store.usage().bytes - before)
-    state.import_skipped += skipped_at_import(image)
+    state.import_skipped = [*state.import_skipped, *skipped_at_import(image)][:SKIPPED_LISTED]
     if name is not None:
         state.images = {**state.images, name: ids[-1]}  # a copy: the runner's map of pre-built images stays
 
@@ -430,7 +431,7 @@ def _pull(state: SampleState, step: Step, record: Recorder) -> None:
         state.top = pulled.top
     state.images = {**state.images, name: pulled.top}  # a copy: the runner's map of pre-built images stays
     state.configs = {**state.configs, name: pulled.config}
-    state.import_skipped += pulled.skipped
+    state.import_skipped = [*state.import_skipped, *pulled.skipped][:SKIPPED_LISTED]
 
 
 def _spool(cell_dir: Path) -> Path:
